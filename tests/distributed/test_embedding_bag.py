@@ -1,0 +1,154 @@
+"""Sharded learned-hash EBC == unsharded, at world size 2 on gloo, for every sharding type."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.tensor import DTensor
+from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.sharding_plan import (
+    column_wise,
+    construct_module_sharding_plan,
+    data_parallel,
+    row_wise,
+    table_row_wise,
+    table_wise,
+)
+from torchrec.distributed.types import ShardingEnv, ShardingPlan
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from tests._multiprocess import run_multiprocess
+from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
+from torchrec_lhf.distributed.embedding_bag import (
+    TESTED_SHARDING_TYPES,
+    LearnedHashEmbeddingBagCollectionSharder,
+)
+
+LR = 0.5
+FUSED = EmbeddingComputeKernel.FUSED.value
+BATCH = 3  # per rank
+
+
+def _tables() -> list[EmbeddingBagConfig]:
+    return [
+        EmbeddingBagConfig(name="t0", embedding_dim=8, num_embeddings=40, feature_names=["f0", "f1"]),
+        EmbeddingBagConfig(name="t1", embedding_dim=8, num_embeddings=30, feature_names=["f2"]),
+        EmbeddingBagConfig(name="t2", embedding_dim=8, num_embeddings=12, feature_names=["f3"]),
+    ]
+
+
+def _plan(combine: str) -> HashPlan:
+    g = torch.Generator().manual_seed(0)
+    return HashPlan.from_multi_mappings(
+        {
+            "t0": [torch.randint(0, 10, (40,), generator=g)],
+            "t1": [torch.randint(0, 8, (30,), generator=g), torch.randint(0, 6, (30,), generator=g)],
+        },
+        combine=combine,
+        heights={"t0": [10], "t1": [8, 6]},
+    )
+
+
+def _batch(seed: int) -> KeyedJaggedTensor:
+    g = torch.Generator().manual_seed(seed)
+    keys, heights = ["f3", "f0", "f1", "f2"], [12, 40, 40, 30]  # deliberately not in table order
+    lengths = torch.randint(0, 4, (len(keys), BATCH), generator=g)
+    values = torch.cat(
+        [torch.randint(0, h, (int(lengths[i].sum()),), generator=g) for i, h in enumerate(heights)]
+    )
+    return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths.flatten())
+
+
+def _full(t: torch.Tensor | ShardedTensor | DTensor, rank: int) -> torch.Tensor | None:
+    if isinstance(t, DTensor):
+        return t.full_tensor()
+    if isinstance(t, ShardedTensor):
+        out = torch.empty(t.size()) if rank == 0 else None
+        t.gather(dst=0, out=out)
+        return out
+    return t.detach().clone()
+
+
+def _sharded_vs_unsharded(rank: int, world_size: int, sharding_type: str, combine: str) -> None:
+    torch.manual_seed(1)
+    plan = _plan(combine)
+    reference = LearnedHashEmbeddingBagCollection(tables=_tables(), plan=plan)
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+
+    sharder = LearnedHashEmbeddingBagCollectionSharder(
+        fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR}
+    )
+    module = LearnedHashEmbeddingBagCollection(tables=_tables(), plan=plan, device=torch.device("meta"))
+    per_param = {
+        "table_wise": lambda i: table_wise(rank=i % world_size, compute_kernel=FUSED),
+        "row_wise": lambda i: row_wise(compute_kernel=FUSED),
+        "column_wise": lambda i: column_wise(ranks=[0, 1], compute_kernel=FUSED),
+        "table_row_wise": lambda i: table_row_wise(host_index=0),
+        "data_parallel": lambda i: data_parallel(),
+    }[sharding_type]
+    names = [c.name for c in module.embedding_bag_configs()]
+    module_plan = construct_module_sharding_plan(
+        module,
+        per_param_sharding={n: per_param(i) for i, n in enumerate(names)},
+        sharder=sharder,
+        local_size=world_size,
+        world_size=world_size,
+        device_type="cpu",
+    )
+    model = DistributedModelParallel(
+        module,
+        env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
+        plan=ShardingPlan({"": module_plan}),
+        sharders=[sharder],
+        device=torch.device("cpu"),
+    )
+    model.load_state_dict(state)
+
+    batches = [_batch(seed) for seed in range(world_size)]
+    out = model(batches[rank]).wait()
+    ref_out = reference(_concat(batches))
+    assert out.keys() == ref_out.keys() == ["f0", "f1", "f2", "f3"]
+    torch.testing.assert_close(out.values(), ref_out.values()[rank * BATCH : (rank + 1) * BATCH])
+
+    # one training step: loss = weighted sum of outputs (fused SGD inside backward)
+    w = torch.arange(out.values().shape[1], dtype=torch.float32) / 10
+    (out.values() * w).sum().backward()
+    dense = dict(in_backward_optimizer_filter(model.named_parameters()))
+    if dense:  # data-parallel tables are not fused: step them here
+        torch.optim.SGD(dense.values(), lr=LR).step()
+    # TorchRec divides embedding gradients by the world size (gradient division, as DDP
+    # averages dense ones): the reference loss over the global batch is scaled to match.
+    (ref_out.values() * w).sum().div(world_size).backward()
+    torch.optim.SGD(reference.parameters(), lr=LR).step()
+
+    ref_state = reference.state_dict()
+    for key, value in model.state_dict().items():
+        full = _full(value, rank)
+        if rank == 0:
+            torch.testing.assert_close(full, ref_state[key], msg=lambda m: f"{key}: {m}")
+    assert set(model.state_dict()) == set(ref_state)
+
+
+def _concat(batches: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:
+    keys = batches[0].keys()
+    per = [b.to_dict() for b in batches]
+    values = torch.cat([torch.cat([p[k].values() for p in per]) for k in keys])
+    lengths = torch.cat([torch.cat([p[k].lengths() for p in per]) for k in keys])
+    return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("sharding_type", TESTED_SHARDING_TYPES)
+def test_sharded_equals_unsharded(sharding_type: str) -> None:
+    combine = "concat" if sharding_type in ("column_wise", "data_parallel") else "sum"
+    run_multiprocess(_sharded_vs_unsharded, world_size=2, sharding_type=sharding_type, combine=combine)
+
+
+def test_sharder_rejects_untested_sharding_type() -> None:
+    with pytest.raises(ValueError, match="table_column_wise"):
+        LearnedHashEmbeddingBagCollectionSharder(sharding_types=["table_column_wise"])

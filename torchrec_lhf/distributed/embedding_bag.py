@@ -1,0 +1,191 @@
+"""Sharding for :class:`LearnedHashEmbeddingBagCollection`.
+
+The compressed tables shard exactly like a stock EmbeddingBagCollection's (TorchRec's
+fused FBGEMM kernels, any of the tested sharding types); this file adds only the remap
+(inside ``input_dist``, so TrainPipelineSparseDist still overlaps it with compute) and
+the combine of internal embeddings (a callback on the output awaitable).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+from torchrec.distributed.embedding_types import KJTList
+from torchrec.distributed.embeddingbag import (
+    EmbeddingBagCollectionContext,
+    EmbeddingBagCollectionSharder,
+    ShardedEmbeddingBagCollection,
+)
+from torchrec.distributed.types import (
+    Awaitable,
+    LazyAwaitable,
+    ParameterSharding,
+    QuantizedCommCodecs,
+    ShardingEnv,
+    ShardingType,
+)
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection, _check_remap_on_load
+
+# The sharding types covered by tests/distributed (world size 2, gloo and CPU).
+TESTED_SHARDING_TYPES: tuple[str, ...] = (
+    ShardingType.TABLE_WISE.value,
+    ShardingType.ROW_WISE.value,
+    ShardingType.COLUMN_WISE.value,
+    ShardingType.TABLE_ROW_WISE.value,
+    ShardingType.DATA_PARALLEL.value,
+)
+
+
+class ShardedLearnedHashEmbeddingBagCollection(ShardedEmbeddingBagCollection):
+    """The sharded twin of :class:`LearnedHashEmbeddingBagCollection`.
+
+    NOTE: one subclass level under ShardedEmbeddingBagCollection: TrainPipelineSparseDist
+    calls ``input_dist`` and ``compute_and_output_dist`` of the sharded module directly, so
+    the remap and the combine have to live in those methods.
+
+    The remap (``remap.mapping``) is replicated on every rank and is part of the state dict
+    under the same key as in the unsharded module.
+    """
+
+    def __init__(
+        self,
+        module: LearnedHashEmbeddingBagCollection,
+        table_name_to_parameter_sharding: dict[str, ParameterSharding],
+        env: ShardingEnv,
+        *,
+        fused_params: dict[str, Any] | None = None,
+        device: torch.device | None = None,
+        qcomm_codecs_registry: dict[str, QuantizedCommCodecs] | None = None,
+        module_fqn: str | None = None,
+    ) -> None:
+        super().__init__(
+            module=module,
+            table_name_to_parameter_sharding=table_name_to_parameter_sharding,
+            env=env,
+            fused_params=fused_params,
+            device=device,
+            qcomm_codecs_registry=qcomm_codecs_registry,
+            module_fqn=module_fqn,
+        )
+        target = device if device is not None and device.type != "meta" else torch.device("cpu")
+        self.remap = copy.deepcopy(module.remap).to(target)
+        self.combine = copy.deepcopy(module.combine).to(target) if module.combine is not None else None
+        self._plan_fingerprint = module.plan_fingerprint
+        self._logical_configs = module.logical_configs()
+        self._register_load_state_dict_pre_hook(_check_remap_on_load, with_module=True)
+
+    @property
+    def plan_fingerprint(self) -> str:
+        return self._plan_fingerprint
+
+    def logical_configs(self) -> list:
+        return self._logical_configs
+
+    def input_dist(
+        self, ctx: EmbeddingBagCollectionContext, features: KeyedJaggedTensor
+    ) -> Awaitable[Awaitable[KJTList]]:
+        """Remap raw ids to internal rows on this rank, then TorchRec's input_dist."""
+        return super().input_dist(ctx, self.remap(features))
+
+    def output_dist(
+        self, ctx: EmbeddingBagCollectionContext, output: list[torch.Tensor]
+    ) -> LazyAwaitable[KeyedTensor]:
+        return self._with_combine(super().output_dist(ctx, output))
+
+    def compute_and_output_dist(
+        self, ctx: EmbeddingBagCollectionContext, input: KJTList
+    ) -> LazyAwaitable[KeyedTensor]:
+        return self._with_combine(super().compute_and_output_dist(ctx, input))
+
+    def _with_combine(self, awaitable: LazyAwaitable[KeyedTensor]) -> LazyAwaitable[KeyedTensor]:
+        if self.combine is not None:
+            awaitable.callbacks.append(self.combine)
+        return awaitable
+
+    @property
+    def unsharded_module_type(self) -> type[LearnedHashEmbeddingBagCollection]:
+        return LearnedHashEmbeddingBagCollection
+
+
+class LearnedHashEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
+    """Shards :class:`LearnedHashEmbeddingBagCollection` with TorchRec's fused tables.
+
+    Pass it to ``DistributedModelParallel`` and the planner together with TorchRec's
+    defaults: ``sharders=[LearnedHashEmbeddingBagCollectionSharder(), *get_default_sharders()]``
+    (the planner picks sharders by exact module type).
+
+    Args:
+        fused_params: as for EmbeddingBagCollectionSharder (optimizer, learning rate, ...).
+        qcomm_codecs_registry: as for EmbeddingBagCollectionSharder.
+        sharding_types: restrict the offered types to these (default: all tested types).
+
+    Raises:
+        ValueError: a requested sharding type is not among the tested ones.
+    """
+
+    def __init__(
+        self,
+        fused_params: dict[str, Any] | None = None,
+        qcomm_codecs_registry: dict[str, QuantizedCommCodecs] | None = None,
+        *,
+        sharding_types: list[str] | None = None,
+    ) -> None:
+        super().__init__(fused_params=fused_params, qcomm_codecs_registry=qcomm_codecs_registry)
+        requested = list(sharding_types) if sharding_types is not None else list(TESTED_SHARDING_TYPES)
+        for st in requested:
+            if st not in TESTED_SHARDING_TYPES:
+                raise ValueError(
+                    f"sharding type {st!r} is not supported for learned-hash tables; "
+                    f"expected one of {list(TESTED_SHARDING_TYPES)}"
+                )
+        self._sharding_types = requested
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        # NOTE: TorchRec's base offers row-wise only on CUDA; on CPU (gloo) it works and is tested.
+        return list(self._sharding_types)
+
+    def shard(
+        self,
+        module: LearnedHashEmbeddingBagCollection,
+        params: dict[str, ParameterSharding],
+        env: ShardingEnv,
+        device: torch.device | None = None,
+        module_fqn: str | None = None,
+    ) -> ShardedLearnedHashEmbeddingBagCollection:
+        for name, ps in params.items():
+            if ps.sharding_type not in self._sharding_types:
+                raise ValueError(
+                    f"table {name!r}: sharding type {ps.sharding_type!r} is not supported; "
+                    f"expected one of {self._sharding_types}"
+                )
+        return ShardedLearnedHashEmbeddingBagCollection(
+            module,
+            params,
+            env,
+            fused_params=self.fused_params,
+            device=device,
+            qcomm_codecs_registry=self.qcomm_codecs_registry,
+            module_fqn=module_fqn,
+        )
+
+    @property
+    def module_type(self) -> type[LearnedHashEmbeddingBagCollection]:
+        return LearnedHashEmbeddingBagCollection
+
+    @property
+    def sharded_module_type(self) -> type[ShardedLearnedHashEmbeddingBagCollection]:
+        return ShardedLearnedHashEmbeddingBagCollection
+
+
+def remap_bytes(model: nn.Module) -> int:
+    """Bytes of all learned-hash remap buffers in ``model`` (replicated on every rank)."""
+    return sum(
+        m.remap.remap_bytes()
+        for m in model.modules()
+        if isinstance(m, (LearnedHashEmbeddingBagCollection, ShardedLearnedHashEmbeddingBagCollection))
+    )

@@ -1,0 +1,253 @@
+"""The learned-hash EmbeddingBagCollection (single device) and ``apply_hash_plan``.
+
+A logical table ``t`` (height ``N``, dim ``D``) compressed by a plan with ``H`` hash
+functions becomes ``H`` internal tables ``t`` (``H = 1``) or ``t__h0 .. t__h{H-1}``
+(heights ``M_h``; dim ``D`` for ``sum``, ``D`` split for ``concat``), and each of its
+features ``f`` becomes internal features ``f`` / ``f__h{h}``. Tables absent from the plan
+stay as they are. The module returns the same KeyedTensor (keys, order, dims) as a plain
+EmbeddingBagCollection over the logical tables.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from torchrec_lhf.modules.remap import (
+    IDENTITY,
+    FeatureRemap,
+    InternalFeature,
+    KeyedTensorCombine,
+    hashed_name,
+)
+from torchrec_lhf.plan import HashPlan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class InternalLayout:
+    """How logical tables map to internal tables, features and mapping offsets."""
+
+    configs: list[EmbeddingBagConfig]
+    features: list[InternalFeature]
+    mapping: torch.Tensor
+    combine: KeyedTensorCombine | None
+
+
+def internal_layout(tables: list[EmbeddingBagConfig], plan: HashPlan) -> InternalLayout:
+    """Derive the internal tables of ``tables`` under ``plan`` (pure; mutates nothing).
+
+    Raises:
+        ValueError: a planned table's height differs from its config, a concat split is
+            impossible, or a name clash.
+    """
+    configs: list[EmbeddingBagConfig] = []
+    features: list[InternalFeature] = []
+    pieces: list[torch.Tensor] = []
+    offset = 0
+    in_keys, in_dims, out_keys, out_dims, sources = [], [], [], [], []
+    for cfg in tables:
+        names = list(cfg.feature_names) or [cfg.name]
+        th = plan[cfg.name] if cfg.name in plan else None
+        if th is not None and th.num_embeddings != cfg.num_embeddings:
+            raise ValueError(
+                f"table {cfg.name!r}: the hash plan has num_embeddings={th.num_embeddings}, "
+                f"the table config has {cfg.num_embeddings}"
+            )
+        num_hashes = th.num_hashes if th is not None else 1
+        dims = th.internal_dims(cfg.embedding_dim) if th is not None else [cfg.embedding_dim]
+        for h in range(num_hashes):
+            rows = th.heights[h] if th is not None else cfg.num_embeddings
+            configs.append(_internal_config(cfg, hashed_name(cfg.name, h, num_hashes), rows, dims[h], names, h, num_hashes))
+            for f in names:
+                fname = hashed_name(f, h, num_hashes)
+                features.append(
+                    InternalFeature(fname, f, offset if th is not None else IDENTITY, cfg.num_embeddings)
+                )
+                in_keys.append(fname)
+                in_dims.append(dims[h])
+            if th is not None:
+                pieces.append(th.mappings[h])
+                offset += th.num_embeddings
+        for f in names:
+            out_keys.append(f)
+            out_dims.append(cfg.embedding_dim)
+            sources.append(
+                ([hashed_name(f, h, num_hashes) for h in range(num_hashes)], th.combine if th else "sum")
+            )
+    mapping = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.int32)
+    combine = None
+    if in_keys != out_keys:
+        combine = KeyedTensorCombine(in_keys, in_dims, out_keys, out_dims, sources)
+    return InternalLayout(configs, features, mapping, combine)
+
+
+def _internal_config(
+    cfg: EmbeddingBagConfig, name: str, rows: int, dim: int, features: list[str], h: int, num_hashes: int
+) -> EmbeddingBagConfig:
+    init_fn = cfg.init_fn
+    if isinstance(init_fn, functools.partial) and init_fn.func is torch.nn.init.uniform_:
+        # TorchRec's default init (bounds from the *logical* height): recompute for ``rows``.
+        init_fn = None
+    return dataclasses.replace(
+        cfg,
+        name=name,
+        num_embeddings=rows,
+        embedding_dim=dim,
+        feature_names=[hashed_name(f, h, num_hashes) for f in features],
+        init_fn=init_fn,
+    )
+
+
+class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
+    """An EmbeddingBagCollection whose tables are compressed by a :class:`HashPlan`.
+
+    Takes the logical table configs a user gives TorchRec's EmbeddingBagCollection and
+    returns exactly the KeyedTensor that one would (same keys, order and dims), so it drops
+    into ``torchrec.models.dlrm.DLRM``. Internally it holds the compressed tables
+    (``embedding_bag_configs()`` lists them, which is what TorchRec's sharders, planner and
+    quantization work on) and a :class:`FeatureRemap` (``remap.mapping`` is in the state
+    dict). ``logical_configs()`` lists the tables as given.
+
+    NOTE: one subclass level under TorchRec's EmbeddingBagCollection, because DMP, the
+    planner and ``quantize_embeddings`` match modules by exact type, and the sharded twin
+    must subclass ShardedEmbeddingBagCollection to remap inside the pipelined input_dist.
+
+    Args:
+        tables: logical table configs (not mutated).
+        plan: the hash plan; its tables not in ``tables`` are ignored here.
+        is_weighted: as for EmbeddingBagCollection.
+        device: device of the tables; the remap lives on CPU when this is ``meta``.
+        out_of_range: ``"error"`` or ``"modulo"`` (see :class:`FeatureRemap`).
+
+    Example::
+
+        >>> import torch
+        >>> from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+        >>> from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
+        >>> plan = HashPlan.from_mappings({"t0": torch.tensor([0, 1, 1, 0], dtype=torch.int32)})
+        >>> ebc = LearnedHashEmbeddingBagCollection(
+        ...     tables=[EmbeddingBagConfig(name="t0", embedding_dim=3, num_embeddings=4, feature_names=["f0"])],
+        ...     plan=plan,
+        ... )
+        >>> kjt = KeyedJaggedTensor(["f0"], torch.tensor([0, 2, 3]), lengths=torch.tensor([2, 1]))
+        >>> ebc(kjt).to_dict()["f0"].shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        tables: list[EmbeddingBagConfig],
+        plan: HashPlan,
+        *,
+        is_weighted: bool = False,
+        device: torch.device | str | None = None,
+        out_of_range: str = "error",
+    ) -> None:
+        logical = copy.deepcopy(list(tables))
+        layout = internal_layout(logical, plan)
+        super().__init__(layout.configs, is_weighted=is_weighted, device=device)
+        self._logical_configs = logical
+        self._plan_fingerprint = plan.fingerprint()
+        remap_device = self.device if self.device.type != "meta" else torch.device("cpu")
+        self.remap = FeatureRemap(layout.features, layout.mapping.to(remap_device), out_of_range=out_of_range)
+        self.combine = layout.combine.to(remap_device) if layout.combine is not None else None
+        self._register_load_state_dict_pre_hook(_check_remap_on_load, with_module=True)
+
+    def logical_configs(self) -> list[EmbeddingBagConfig]:
+        """The table configs as given by the user (logical heights and dims)."""
+        return self._logical_configs
+
+    @property
+    def plan_fingerprint(self) -> str:
+        """:meth:`HashPlan.fingerprint` of the plan this module was built with."""
+        return self._plan_fingerprint
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        """Args: features: raw ids of the logical features. Returns: pooled ``(B, sum D)``."""
+        pooled = super().forward(self.remap(features))
+        return pooled if self.combine is None else self.combine(pooled)
+
+    def extra_repr(self) -> str:
+        return f"plan={self._plan_fingerprint[:12]}, out_of_range={self.remap.out_of_range!r}"
+
+
+def _check_remap_on_load(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    key = f"{prefix}remap.mapping"
+    if key not in state_dict:
+        return  # strict loading reports the missing key itself
+    incoming, mine = state_dict[key], module.remap.mapping
+    if incoming.shape != mine.shape or not torch.equal(incoming.cpu(), mine.cpu()):
+        raise ValueError(
+            f"{key}: the checkpoint's hash mapping differs from this module's plan "
+            f"(checkpoint {tuple(incoming.shape)}, module {tuple(mine.shape)}); it was trained with "
+            "another hash plan"
+        )
+
+
+def apply_hash_plan(
+    model: nn.Module,
+    plan: HashPlan,
+    *,
+    out_of_range: str = "error",
+    filter_fn: Callable[[str, EmbeddingBagCollection], bool] | None = None,
+) -> nn.Module:
+    """Swap every EmbeddingBagCollection of ``model`` for the learned-hash one, in place.
+
+    Use it before sharding, also on a model built on the meta device. The new modules keep
+    the device, weighting and logical configs of the ones they replace.
+
+    Args:
+        model: any module; a bare EmbeddingBagCollection is converted and returned.
+        plan: the hash plan; each of its tables must belong to some swapped collection.
+        out_of_range: see :class:`FeatureRemap`.
+        filter_fn: optional ``(fqn, ebc) -> bool`` choosing which collections to swap.
+
+    Returns:
+        ``model`` (or the new module when ``model`` itself is an EmbeddingBagCollection).
+
+    Raises:
+        ValueError: a plan table matches no collection of the model.
+    """
+    seen: set[str] = set()
+
+    def convert(fqn: str, ebc: EmbeddingBagCollection) -> nn.Module:
+        if type(ebc) is not EmbeddingBagCollection or (filter_fn and not filter_fn(fqn, ebc)):
+            return ebc
+        names = {c.name for c in ebc.embedding_bag_configs()}
+        if not names & set(plan.table_names):
+            return ebc
+        seen.update(names)
+        new = LearnedHashEmbeddingBagCollection(
+            ebc.embedding_bag_configs(), plan, is_weighted=ebc.is_weighted(),
+            device=ebc.device, out_of_range=out_of_range,
+        )
+        if ebc.device.type != "meta":
+            with torch.no_grad():  # uncompressed tables keep their trained weights
+                for name in names - set(plan.table_names):
+                    new.embedding_bags[name].weight.copy_(ebc.embedding_bags[name].weight)
+        logger.info("learned hashing for %s: tables %s", fqn or "<root>", sorted(names & set(plan.table_names)))
+        return new
+
+    if isinstance(model, EmbeddingBagCollection):
+        result = convert("", model)
+    else:
+        for fqn, child in list(model.named_modules()):
+            if isinstance(child, EmbeddingBagCollection):
+                parent_fqn, _, attr = fqn.rpartition(".")
+                setattr(model.get_submodule(parent_fqn), attr, convert(fqn, child))
+        result = model
+    unused = sorted(set(plan.table_names) - seen)
+    if unused:
+        raise ValueError(f"hash plan tables {unused} match no EmbeddingBagCollection table of the model")
+    return result

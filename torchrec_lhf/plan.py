@@ -1,0 +1,345 @@
+"""The hash plan: per table, the learned lookup tables raw id -> compressed row.
+
+Shapes: ``N`` logical table height (raw ids ``0..N-1``), ``H`` hash functions of a
+table, ``M_h`` height of internal table ``h``.
+
+A table with ``H > 1`` hash functions has ``H`` internal tables (the paper's
+"multiple internal tables"); their embeddings combine by ``sum`` (each internal
+table has the full dim) or ``concat`` (the dim is split across them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from torchrec_lhf._io import load_tensors, save_tensors
+
+FORMAT_VERSION = 1
+COMBINE_MODES = ("sum", "concat")
+_KIND = "hash_plan"
+
+
+@dataclass(frozen=True, eq=False)
+class TableHash:
+    """The learned hash of one logical table.
+
+    Args:
+        name: the logical table's name (as in ``EmbeddingBagConfig.name``).
+        num_embeddings: logical height ``N``.
+        mappings: ``H`` int32 tensors, each shape ``(N,)`` with values in ``[0, M_h)``.
+        heights: the internal heights ``M_h``, one per mapping.
+        combine: how the ``H`` internal embeddings combine: ``"sum"`` or ``"concat"``.
+
+    Raises:
+        ValueError: sizes, dtypes or values are inconsistent.
+    """
+
+    name: str
+    num_embeddings: int
+    mappings: tuple[torch.Tensor, ...]
+    heights: tuple[int, ...]
+    combine: str = "sum"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "." in self.name:
+            raise ValueError(f"table name must be a non-empty string without '.', got {self.name!r}")
+        if self.num_embeddings < 1:
+            raise ValueError(f"table {self.name!r}: num_embeddings must be >= 1, got {self.num_embeddings}")
+        if len(self.mappings) < 1:
+            raise ValueError(f"table {self.name!r}: needs at least one hash function, got 0")
+        if len(self.heights) != len(self.mappings):
+            raise ValueError(
+                f"table {self.name!r}: {len(self.mappings)} mappings but {len(self.heights)} heights"
+            )
+        if self.combine not in COMBINE_MODES:
+            raise ValueError(f"table {self.name!r}: combine must be one of {COMBINE_MODES}, got {self.combine!r}")
+        for h, (m, height) in enumerate(zip(self.mappings, self.heights)):
+            if not isinstance(m, torch.Tensor) or m.dtype != torch.int32 or m.dim() != 1:
+                got = f"{m.dtype} of shape {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m)
+                raise ValueError(f"table {self.name!r} hash {h}: mapping must be a 1-D int32 tensor, got {got}")
+            if m.numel() != self.num_embeddings:
+                raise ValueError(
+                    f"table {self.name!r} hash {h}: mapping has {m.numel()} entries, "
+                    f"expected num_embeddings={self.num_embeddings}"
+                )
+            if not 1 <= int(height) < 2**31:
+                raise ValueError(f"table {self.name!r} hash {h}: height must be in [1, 2**31), got {height}")
+            lo, hi = int(m.min()), int(m.max())
+            if lo < 0 or hi >= height:
+                raise ValueError(
+                    f"table {self.name!r} hash {h}: mapping values must be in [0, {height}), "
+                    f"found range [{lo}, {hi}]"
+                )
+
+    @property
+    def num_hashes(self) -> int:
+        """``H``, the number of hash functions (internal tables)."""
+        return len(self.mappings)
+
+    @property
+    def num_rows(self) -> int:
+        """Total rows over the internal tables, ``sum(M_h)``."""
+        return sum(self.heights)
+
+    def remap_bytes(self) -> int:
+        """Bytes of the lookup tables themselves (int32, ``N * H``)."""
+        return 4 * self.num_embeddings * self.num_hashes
+
+    def internal_dims(self, embedding_dim: int) -> list[int]:
+        """Dims of the internal tables for a logical dim (split evenly for ``concat``)."""
+        if self.combine == "sum":
+            return [embedding_dim] * self.num_hashes
+        if embedding_dim < self.num_hashes:
+            raise ValueError(
+                f"table {self.name!r}: concat of {self.num_hashes} internal tables needs "
+                f"embedding_dim >= {self.num_hashes}, got {embedding_dim}"
+            )
+        base, extra = divmod(embedding_dim, self.num_hashes)
+        return [base + (1 if h < extra else 0) for h in range(self.num_hashes)]
+
+    def equals(self, other: TableHash) -> bool:
+        return (
+            self.name == other.name
+            and self.num_embeddings == other.num_embeddings
+            and tuple(self.heights) == tuple(other.heights)
+            and self.combine == other.combine
+            and all(torch.equal(a, b) for a, b in zip(self.mappings, other.mappings))
+        )
+
+
+@dataclass(eq=False)
+class HashPlan:
+    """Learned hash functions for some tables of a model.
+
+    Tables absent from the plan stay uncompressed. Compare plans with ``==`` (tables,
+    mappings, heights, combine modes; not metadata).
+
+    Args:
+        tables: the tables' hashes.
+        metadata: free-form JSON-serializable information (method, fraction, source, ...).
+            ``created`` and ``format_version`` are filled in when missing.
+
+    Example::
+
+        >>> import torch
+        >>> from torchrec_lhf import HashPlan
+        >>> plan = HashPlan.from_mappings({"t0": torch.tensor([0, 0, 1, 2, 1], dtype=torch.int32)})
+        >>> plan["t0"].num_embeddings, plan["t0"].heights
+        (5, (3,))
+    """
+
+    tables: list[TableHash]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tables = list(self.tables)
+        names = [t.name for t in self.tables]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"hash plan has duplicate table names: {dupes}")
+        self.metadata = dict(self.metadata)
+        self.metadata.setdefault("format_version", FORMAT_VERSION)
+        self.metadata.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self._by_name = {t.name: t for t in self.tables}
+
+    # ----------------------------------------------------------------- builders
+    @classmethod
+    def from_mappings(
+        cls,
+        mappings: Mapping[str, torch.Tensor],
+        *,
+        heights: Mapping[str, int] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> HashPlan:
+        """One hash function per table (``H = 1``).
+
+        Args:
+            mappings: table name -> integer tensor of shape ``(N,)``, values ``>= 0``.
+            heights: table name -> ``M``; defaults to ``max + 1`` of the mapping.
+            metadata: see the class.
+        """
+        return cls.from_multi_mappings(
+            {name: [m] for name, m in mappings.items()},
+            heights={k: [v] for k, v in (heights or {}).items()},
+            metadata=metadata,
+        )
+
+    @classmethod
+    def from_multi_mappings(
+        cls,
+        mappings: Mapping[str, Sequence[torch.Tensor]],
+        *,
+        combine: str | Mapping[str, str] = "sum",
+        heights: Mapping[str, Sequence[int]] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> HashPlan:
+        """``H >= 1`` hash functions per table.
+
+        Args:
+            mappings: table name -> list of ``H`` integer tensors, each shape ``(N,)``.
+            combine: ``"sum"`` or ``"concat"``, for all tables or per table name.
+            heights: table name -> list of ``H`` heights; default ``max + 1`` of each mapping.
+            metadata: see the class.
+        """
+        heights = heights or {}
+        tables = []
+        for name, ms in mappings.items():
+            ms = [_as_int32(m, name) for m in ms]
+            if not ms:
+                raise ValueError(f"table {name!r}: needs at least one mapping, got none")
+            hs = list(heights.get(name) or [int(m.max()) + 1 if m.numel() else 1 for m in ms])
+            mode = combine if isinstance(combine, str) else combine.get(name, "sum")
+            tables.append(
+                TableHash(name, int(ms[0].numel()), tuple(ms), tuple(int(h) for h in hs), mode)
+            )
+        return cls(tables, metadata=metadata or {})
+
+    # --------------------------------------------------------------- container
+    def __getitem__(self, name: str) -> TableHash:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"table {name!r} is not in the hash plan (tables: {self.table_names})")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[TableHash]:
+        return iter(self.tables)
+
+    def __len__(self) -> int:
+        return len(self.tables)
+
+    @property
+    def table_names(self) -> list[str]:
+        return [t.name for t in self.tables]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HashPlan):
+            return NotImplemented
+        return sorted(self.table_names) == sorted(other.table_names) and all(
+            t.equals(other[t.name]) for t in self.tables
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def fingerprint(self) -> str:
+        """A sha256 of what ``==`` compares: equal plans have equal fingerprints."""
+        h = hashlib.sha256()
+        for t in sorted(self.tables, key=lambda t: t.name):
+            h.update(f"{t.name}|{t.num_embeddings}|{t.heights}|{t.combine}|".encode())
+            for m in t.mappings:
+                h.update(m.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    # --------------------------------------------------------------- reporting
+    def remap_bytes(self) -> int:
+        """Bytes of all lookup tables."""
+        return sum(t.remap_bytes() for t in self.tables)
+
+    def summary(self, embedding_dim: int | Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+        """Per table: ``N -> M``, hash count, combine, and bytes (fp32 tables, int32 remap).
+
+        Args:
+            embedding_dim: the logical dim (one for all tables, or per table name) to
+                compute table bytes; without it the byte columns are ``None``.
+
+        Returns:
+            One dict per table with keys ``table, num_embeddings, rows, num_hashes,
+            combine, ratio, table_bytes, full_table_bytes, remap_bytes``.
+        """
+        rows = []
+        for t in self.tables:
+            dim = embedding_dim.get(t.name) if isinstance(embedding_dim, Mapping) else embedding_dim
+            dims = t.internal_dims(dim) if dim else None
+            rows.append(
+                {
+                    "table": t.name,
+                    "num_embeddings": t.num_embeddings,
+                    "rows": t.num_rows,
+                    "num_hashes": t.num_hashes,
+                    "combine": t.combine,
+                    "ratio": t.num_rows / t.num_embeddings,
+                    "table_bytes": 4 * sum(m * d for m, d in zip(t.heights, dims)) if dims else None,
+                    "full_table_bytes": 4 * t.num_embeddings * dim if dim else None,
+                    "remap_bytes": t.remap_bytes(),
+                }
+            )
+        return rows
+
+    def format_summary(self, embedding_dim: int | Mapping[str, int] | None = None) -> str:
+        """:meth:`summary` as an aligned text table."""
+        lines = [f"{'table':<20} {'N':>12} {'rows':>12} {'H':>2} {'combine':>7} {'remap MB':>9}"]
+        for r in self.summary(embedding_dim):
+            lines.append(
+                f"{r['table']:<20} {r['num_embeddings']:>12,} {r['rows']:>12,} {r['num_hashes']:>2} "
+                f"{r['combine']:>7} {r['remap_bytes'] / 2**20:>9.2f}"
+            )
+        return "\n".join(lines)
+
+    # --------------------------------------------------------------------- I/O
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the plan to one safetensors file (JSON manifest in its header), atomically."""
+        tensors = {
+            f"{t.name}/{h}": m for t in self.tables for h, m in enumerate(t.mappings)
+        }
+        manifest = {
+            "kind": _KIND,
+            "format_version": FORMAT_VERSION,
+            "tables": [
+                {
+                    "name": t.name,
+                    "num_embeddings": t.num_embeddings,
+                    "heights": list(t.heights),
+                    "combine": t.combine,
+                }
+                for t in self.tables
+            ],
+            "metadata": self.metadata,
+        }
+        save_tensors(path, tensors, manifest)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HashPlan:
+        """Load a plan written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: the file is truncated, altered, of another kind or of a newer format.
+        """
+        tensors, manifest = load_tensors(path, _KIND)
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path}: hash plan format version {version}, this build reads {FORMAT_VERSION}")
+        tables = []
+        try:
+            for spec in manifest["tables"]:
+                name = spec["name"]
+                ms = tuple(tensors[f"{name}/{h}"] for h in range(len(spec["heights"])))
+                tables.append(
+                    TableHash(name, int(spec["num_embeddings"]), ms, tuple(spec["heights"]), spec["combine"])
+                )
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}: manifest and tensors disagree ({e!r} missing or malformed)")
+        except ValueError as e:
+            raise ValueError(f"{path}: invalid hash plan: {e}")
+        return cls(tables, metadata=manifest.get("metadata", {}))
+
+
+def _as_int32(m: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(m, torch.Tensor):
+        m = torch.as_tensor(m)
+    if m.is_floating_point() or m.dtype == torch.bool:
+        raise ValueError(f"table {name!r}: mapping must be an integer tensor, got {m.dtype}")
+    if m.numel() and (int(m.min()) < 0 or int(m.max()) >= 2**31):
+        raise ValueError(
+            f"table {name!r}: mapping values must be in [0, 2**31), found [{int(m.min())}, {int(m.max())}]"
+        )
+    return m.detach().to("cpu", torch.int32).contiguous()
