@@ -1,0 +1,164 @@
+"""The unsharded learned-hash EBC against hand-computed results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.models.dlrm import DLRM
+
+from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, apply_hash_plan
+
+
+def _i32(*v: int) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.int32)
+
+
+def _table(name: str = "t0", n: int = 4, dim: int = 2, features=("f0",)) -> EmbeddingBagConfig:
+    return EmbeddingBagConfig(name=name, embedding_dim=dim, num_embeddings=n, feature_names=list(features))
+
+
+def _kjt(keys: list[str], bags: list[list[list[int]]]) -> KeyedJaggedTensor:
+    """bags[feature][sample] -> ids."""
+    values = [i for feat in bags for bag in feat for i in bag]
+    lengths = [len(bag) for feat in bags for bag in feat]
+    return KeyedJaggedTensor(keys=keys, values=torch.tensor(values), lengths=torch.tensor(lengths))
+
+
+def _set(ebc: LearnedHashEmbeddingBagCollection, name: str, rows: list[list[float]]) -> None:
+    with torch.no_grad():
+        ebc.embedding_bags[name].weight.copy_(torch.tensor(rows))
+
+
+def test_single_hash_by_hand() -> None:
+    plan = HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)})
+    ebc = LearnedHashEmbeddingBagCollection(tables=[_table()], plan=plan)
+    assert [(c.name, c.num_embeddings) for c in ebc.embedding_bag_configs()] == [("t0", 3)]
+    _set(ebc, "t0", [[1, 10], [2, 20], [3, 30]])
+    out = ebc(_kjt(["f0"], [[[0, 3], [2]]]))
+    assert out.keys() == ["f0"]
+    torch.testing.assert_close(out.values(), torch.tensor([[5.0, 50.0], [2.0, 20.0]]))
+
+
+def test_two_hashes_sum_by_hand() -> None:
+    plan = HashPlan.from_multi_mappings({"t0": [_i32(0, 1, 1, 0), _i32(0, 0, 1, 2)]}, combine="sum")
+    ebc = LearnedHashEmbeddingBagCollection(tables=[_table()], plan=plan)
+    _set(ebc, "t0__h0", [[1, 0], [0, 1]])
+    _set(ebc, "t0__h1", [[10, 0], [0, 10], [100, 100]])
+    out = ebc(_kjt(["f0"], [[[3, 2], [1]]]))
+    # id 3 -> h0 row 0 + h1 row 2 = [101, 100]; id 2 -> [0, 1] + [0, 10]; id 1 -> [0, 1] + [10, 0]
+    torch.testing.assert_close(out.values(), torch.tensor([[101.0, 111.0], [10.0, 1.0]]))
+    assert out.keys() == ["f0"] and out.length_per_key() == [2]
+
+
+def test_two_hashes_concat_by_hand() -> None:
+    plan = HashPlan.from_multi_mappings({"t0": [_i32(0, 1, 1, 0), _i32(0, 0, 1, 2)]}, combine="concat")
+    tables = [_table(dim=4, features=("f0", "f1")), _table("t1", n=3, dim=4, features=("f2",))]
+    ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan)
+    assert [(c.name, c.num_embeddings, c.embedding_dim) for c in ebc.embedding_bag_configs()] == [
+        ("t0__h0", 2, 2), ("t0__h1", 3, 2), ("t1", 3, 4)
+    ]
+    _set(ebc, "t0__h0", [[1, 2], [3, 4]])
+    _set(ebc, "t0__h1", [[10, 20], [30, 40], [50, 60]])
+    _set(ebc, "t1", [[0, 0, 0, 1], [0, 0, 1, 0], [0, 1, 0, 0]])
+    # keys in another order than the tables, and f1's first bag empty
+    out = ebc(_kjt(["f2", "f1", "f0"], [[[2], [0, 1]], [[], [3]], [[3], [1, 2]]]))
+    assert out.keys() == ["f0", "f1", "f2"]
+    expected = {
+        "f0": [[1, 2, 50, 60], [3 + 3, 4 + 4, 10 + 30, 20 + 40]],
+        "f1": [[0, 0, 0, 0], [1, 2, 50, 60]],
+        "f2": [[0, 1, 0, 0], [0, 0, 1, 1]],
+    }
+    for key, rows in expected.items():
+        torch.testing.assert_close(out[key], torch.tensor(rows, dtype=torch.float32))
+
+
+def test_matches_plain_ebc_with_identity_plan() -> None:
+    """A plan mapping every id to itself is the plain EBC (same weights, same output)."""
+    tables = [_table(n=6, dim=3, features=("a", "b")), _table("t1", n=5, dim=3, features=("c",))]
+    plan = HashPlan.from_mappings({"t0": torch.arange(6, dtype=torch.int32)})
+    torch.manual_seed(0)
+    plain = EmbeddingBagCollection(tables=tables)
+    lhf = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan)
+    lhf.load_state_dict({**plain.state_dict(), "remap.mapping": lhf.remap.mapping})
+    kjt = _kjt(["a", "b", "c"], [[[0, 5], [1]], [[2], []], [[4, 4], [0]]])
+    torch.testing.assert_close(lhf(kjt).values(), plain(kjt).values())
+
+
+@pytest.mark.parametrize("policy", ["error", "modulo"])
+def test_out_of_range_and_negative_ids(policy: str) -> None:
+    plan = HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)})
+    ebc = LearnedHashEmbeddingBagCollection(tables=[_table()], plan=plan, out_of_range=policy)
+    _set(ebc, "t0", [[1, 10], [2, 20], [3, 30]])
+    for bad in (4, -1, 10**9):
+        kjt = _kjt(["f0"], [[[0], [bad]]])
+        if policy == "error":
+            with pytest.raises(ValueError, match=rf"feature 'f0': id {bad} is out of range \[0, 4\)"):
+                ebc(kjt)
+        else:
+            folded = bad % 4  # Python's % folds negatives into [0, 4) like torch.remainder
+            row = [1, 0, 1, 2][folded]
+            torch.testing.assert_close(ebc(kjt).values()[1], torch.tensor([[1, 10], [2, 20], [3, 30]][row], dtype=torch.float32))
+
+
+def test_remap_state_dict_is_checked_on_load() -> None:
+    tables = [_table()]
+    a = LearnedHashEmbeddingBagCollection(tables=tables, plan=HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)}))
+    b = LearnedHashEmbeddingBagCollection(tables=tables, plan=HashPlan.from_mappings({"t0": _i32(2, 0, 1, 1)}))
+    assert "remap.mapping" in a.state_dict()
+    with pytest.raises(ValueError, match="another hash plan"):
+        b.load_state_dict(a.state_dict())
+    b2 = LearnedHashEmbeddingBagCollection(tables=tables, plan=HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)}))
+    b2.load_state_dict(a.state_dict())
+    torch.testing.assert_close(b2.embedding_bags["t0"].weight, a.embedding_bags["t0"].weight)
+
+
+def test_plan_height_mismatch_is_rejected() -> None:
+    plan = HashPlan.from_mappings({"t0": _i32(0, 1, 0)})
+    with pytest.raises(ValueError, match="num_embeddings=3.*has 4"):
+        LearnedHashEmbeddingBagCollection(tables=[_table()], plan=plan)
+
+
+def test_missing_feature_is_a_clear_error() -> None:
+    ebc = LearnedHashEmbeddingBagCollection(tables=[_table(features=("f0", "f1"))], plan=HashPlan.from_mappings({"t0": _i32(0, 1, 0, 1)}))
+    with pytest.raises(ValueError, match=r"lack \['f1'\]"):
+        ebc(_kjt(["f0"], [[[0]]]))
+
+
+def test_caller_configs_are_not_mutated() -> None:
+    tables = [_table()]
+    before = repr(tables)
+    LearnedHashEmbeddingBagCollection(tables=tables, plan=HashPlan.from_mappings({"t0": _i32(0, 1, 0, 1)}))
+    assert repr(tables) == before
+
+
+def test_apply_hash_plan_on_meta_dlrm() -> None:
+    tables = [_table(n=40, dim=4, features=("f0",)), _table("t1", n=30, dim=4, features=("f1",))]
+    plan = HashPlan.from_multi_mappings(
+        {"t0": [torch.arange(40) % 7, torch.arange(40) // 7]}, combine="concat"
+    )
+    model = DLRM(
+        embedding_bag_collection=EmbeddingBagCollection(tables=tables, device=torch.device("meta")),
+        dense_in_features=3, dense_arch_layer_sizes=[8, 4], over_arch_layer_sizes=[8, 1],
+    )
+    apply_hash_plan(model, plan)
+    ebc = model.sparse_arch.embedding_bag_collection
+    assert isinstance(ebc, LearnedHashEmbeddingBagCollection)
+    assert ebc.embedding_bags["t0__h0"].weight.device.type == "meta"
+    assert ebc.remap.mapping.device.type == "cpu"
+    assert [c.num_embeddings for c in ebc.embedding_bag_configs()] == [7, 6, 30]
+
+    # materialised, the DLRM runs end to end with the compressed collection
+    model = DLRM(
+        embedding_bag_collection=EmbeddingBagCollection(tables=tables),
+        dense_in_features=3, dense_arch_layer_sizes=[8, 4], over_arch_layer_sizes=[8, 1],
+    )
+    apply_hash_plan(model, plan)
+    logits = model(torch.randn(2, 3), _kjt(["f0", "f1"], [[[39], [0, 1]], [[29], []]]))
+    assert logits.shape == (2, 1)
+
+
+def test_apply_hash_plan_rejects_unknown_tables() -> None:
+    plan = HashPlan.from_mappings({"nope": _i32(0, 1)})
+    with pytest.raises(ValueError, match=r"\['nope'\] match no EmbeddingBagCollection"):
+        apply_hash_plan(EmbeddingBagCollection(tables=[_table()]), plan)

@@ -1,0 +1,57 @@
+"""Quantized learned-hash EBC: same remap, output close to the float module's."""
+
+from __future__ import annotations
+
+import torch
+from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.models.dlrm import DLRM
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, apply_hash_plan
+from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection, quantize_learned_hash
+
+
+def _setup(combine: str) -> tuple[LearnedHashEmbeddingBagCollection, KeyedJaggedTensor]:
+    torch.manual_seed(0)
+    tables = [
+        EmbeddingBagConfig(name="t0", embedding_dim=8, num_embeddings=50, feature_names=["f0", "f1"]),
+        EmbeddingBagConfig(name="t1", embedding_dim=8, num_embeddings=20, feature_names=["f2"]),
+    ]
+    plan = HashPlan.from_multi_mappings(
+        {"t0": [torch.arange(50) % 9, (torch.arange(50) * 7) % 5]}, combine=combine
+    )
+    ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan)
+    kjt = KeyedJaggedTensor(
+        keys=["f0", "f1", "f2"],
+        values=torch.randint(0, 20, (30,)),
+        lengths=torch.tensor([3, 2, 5, 4, 6, 0, 1, 5, 4]),
+    )
+    return ebc, kjt
+
+
+def test_quantized_output_close_to_float() -> None:
+    for combine in ("sum", "concat"):
+        ebc, kjt = _setup(combine)
+        q = quantize_learned_hash(ebc, dtype=torch.qint8)
+        assert isinstance(q, QuantLearnedHashEmbeddingBagCollection)
+        assert torch.equal(q.remap.mapping, ebc.remap.mapping)
+        expected, got = ebc(kjt), q(kjt)
+        assert got.keys() == expected.keys()
+        # int8 rowwise quantization: error bounded by a fraction of the weight range
+        err = (got.values() - expected.values()).abs().max().item()
+        assert err < 0.02, err
+        assert not torch.equal(got.values(), expected.values())  # it really is quantized
+
+
+def test_quantize_inside_dlrm() -> None:
+    tables = [EmbeddingBagConfig(name="t0", embedding_dim=4, num_embeddings=30, feature_names=["f0"])]
+    model = DLRM(
+        embedding_bag_collection=EmbeddingBagCollection(tables=tables),
+        dense_in_features=2, dense_arch_layer_sizes=[4], over_arch_layer_sizes=[4, 1],
+    )
+    apply_hash_plan(model, HashPlan.from_mappings({"t0": torch.arange(30) % 6}))
+    q = quantize_learned_hash(model)
+    assert isinstance(q.sparse_arch.embedding_bag_collection, QuantLearnedHashEmbeddingBagCollection)
+    kjt = KeyedJaggedTensor(keys=["f0"], values=torch.tensor([1, 29, 7]), lengths=torch.tensor([2, 1]))
+    dense = torch.randn(2, 2)
+    torch.testing.assert_close(q(dense, kjt), model(dense, kjt), atol=0.02, rtol=0)

@@ -1,0 +1,143 @@
+"""HashPlan: construction, validation, equality, save/load and corrupt files."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from torchrec_lhf import HashPlan, TableHash
+
+
+def _plan() -> HashPlan:
+    return HashPlan.from_multi_mappings(
+        {"t0": [torch.tensor([0, 2, 1, 2]), torch.tensor([1, 0, 0, 1])], "t1": [torch.tensor([0, 0, 3])]},
+        combine={"t0": "concat"},
+        heights={"t1": [5]},
+        metadata={"method": "test"},
+    )
+
+
+def test_from_mappings_defaults_height_to_max_plus_one() -> None:
+    plan = HashPlan.from_mappings({"t": torch.tensor([3, 0, 1])})
+    t = plan["t"]
+    assert (t.num_embeddings, t.heights, t.num_hashes, t.combine) == (3, (4,), 1, "sum")
+    assert t.mappings[0].dtype == torch.int32
+    assert plan.metadata["format_version"] == 1 and "created" in plan.metadata
+
+
+def test_equality_ignores_metadata_but_not_content() -> None:
+    a, b = _plan(), _plan()
+    b.metadata["created"] = "another day"
+    assert a == b and a.fingerprint() == b.fingerprint()
+    c = HashPlan.from_multi_mappings(
+        {"t0": [torch.tensor([0, 2, 1, 2]), torch.tensor([1, 0, 0, 1])], "t1": [torch.tensor([0, 0, 3])]},
+        combine="sum", heights={"t1": [5]},
+    )
+    assert a != c and a.fingerprint() != c.fingerprint()  # combine differs
+    d = HashPlan.from_mappings({"t0": torch.tensor([0, 2, 1, 1])})
+    assert a != d
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    plan = _plan()
+    path = tmp_path / "sub" / "plan.safetensors"
+    plan.save(path)
+    loaded = HashPlan.load(path)
+    assert loaded == plan
+    assert loaded.metadata == plan.metadata
+    assert loaded["t0"].combine == "concat" and loaded["t1"].heights == (5,)
+    assert [p.name for p in path.parent.iterdir()] == ["plan.safetensors"]  # no temp files left
+
+
+def test_truncated_file(tmp_path) -> None:
+    path = tmp_path / "plan.safetensors"
+    _plan().save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 7])
+    with pytest.raises(ValueError, match=r"plan.safetensors: not a readable safetensors file"):
+        HashPlan.load(path)
+
+
+def test_altered_file(tmp_path) -> None:
+    path = tmp_path / "plan.safetensors"
+    _plan().save(path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # flip bits in the last mapping value
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        HashPlan.load(path)
+
+
+def test_foreign_files(tmp_path) -> None:
+    foreign = tmp_path / "model.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(ValueError, match="not a torchrec_lhf hash_plan"):
+        HashPlan.load(foreign)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt: not a readable safetensors"):
+        HashPlan.load(text)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        HashPlan.load(tmp_path / "missing.safetensors")
+
+
+def test_manifest_of_another_kind(tmp_path) -> None:
+    path = tmp_path / "x.safetensors"
+    save_file({"t/0": torch.zeros(2, dtype=torch.int32)}, str(path), metadata={"torchrec_lhf": json.dumps({"kind": "teacher"})})
+    with pytest.raises(ValueError, match="expected a torchrec_lhf hash_plan, found 'teacher'"):
+        HashPlan.load(path)
+
+
+def test_header_tampering_is_detected(tmp_path) -> None:
+    """Changing a height in the manifest without the data is caught by validation."""
+    path = tmp_path / "plan.safetensors"
+    HashPlan.from_mappings({"t": torch.tensor([0, 1, 2])}).save(path)
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = raw[8 : 8 + n].decode().replace('\\"heights\\": [3]', '\\"heights\\": [2]')
+    assert len(header) == n
+    path.write_bytes(raw[:8] + header.encode() + raw[8 + n :])
+    with pytest.raises(ValueError, match=r"values must be in \[0, 2\)"):
+        HashPlan.load(path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(mappings=(torch.tensor([0, 5], dtype=torch.int32),), heights=(5,)), r"values must be in \[0, 5\), found range \[0, 5\]"),
+        (dict(mappings=(torch.tensor([0, 1], dtype=torch.int64),), heights=(2,)), "1-D int32"),
+        (dict(mappings=(torch.tensor([0, 1, 0], dtype=torch.int32),), heights=(2,)), "3 entries, expected num_embeddings=2"),
+        (dict(mappings=(torch.tensor([0, 1], dtype=torch.int32),), heights=(2, 3)), "1 mappings but 2 heights"),
+        (dict(mappings=(torch.tensor([0, 1], dtype=torch.int32),), heights=(2,), combine="max"), "combine must be one of"),
+        (dict(mappings=(), heights=()), "at least one hash function"),
+    ],
+)
+def test_table_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TableHash("t", 2, **kwargs)
+
+
+def test_rejects_negative_and_float_mappings_and_duplicates() -> None:
+    with pytest.raises(ValueError, match=r"found \[-1, 1\]"):
+        HashPlan.from_mappings({"t": torch.tensor([-1, 1])})
+    with pytest.raises(ValueError, match="integer tensor, got torch.float32"):
+        HashPlan.from_mappings({"t": torch.tensor([0.0, 1.0])})
+    t = HashPlan.from_mappings({"t": torch.tensor([0, 1])})["t"]
+    with pytest.raises(ValueError, match=r"duplicate table names: \['t'\]"):
+        HashPlan([t, t])
+
+
+def test_summary_bytes() -> None:
+    rows = {r["table"]: r for r in _plan().summary(embedding_dim=8)}
+    t0 = rows["t0"]
+    # concat of 2 internal tables of heights 3 and 2, dims 4 + 4
+    assert (t0["num_embeddings"], t0["rows"], t0["num_hashes"]) == (4, 5, 2)
+    assert t0["table_bytes"] == 4 * (3 * 4 + 2 * 4)
+    assert t0["full_table_bytes"] == 4 * 4 * 8
+    assert t0["remap_bytes"] == 4 * 4 * 2
+    assert rows["t1"]["table_bytes"] == 4 * 5 * 8
+    assert "t0" in _plan().format_summary(8)

@@ -1,0 +1,196 @@
+"""A user's own CSV file (header row) -> :class:`RecDataset`.
+
+Shape legend: ``N`` data rows, ``C`` categorical columns, ``D`` dense columns.
+
+Columns: ``label`` holds 0 / 1 (or any number with ``label_threshold``: label =
+value >= threshold); every ``categorical`` column is one one-hot feature whose
+strings are mapped to contiguous ids by descending frequency, with id ``0``
+reserved for empty cells and for values seen fewer than ``min_count`` times;
+``dense`` columns are numbers (empty cells -> 0.0, with a warning). Without dense
+columns the dataset gets one constant column ``"bias"`` (all 1.0), because DLRM's
+dense arch needs at least one input.
+
+Splits: with a ``time`` column (any number, e.g. a Unix timestamp), rows are sorted
+by it (ties by file order) and cut 80 / 10 / 10; without one, a permutation seeded
+by ``seed`` is cut 80 / 10 / 10.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from torchrec_lhf.data._util import EMPTY, frequency_encode, seeded_permutation, split_by_order
+from torchrec_lhf.data.dataset import RecDataset
+
+logger = logging.getLogger(__name__)
+
+BIAS_COLUMN = "bias"
+
+
+def load_csv(
+    path: str | os.PathLike,
+    *,
+    label: str,
+    categorical: Sequence[str],
+    dense: Sequence[str] = (),
+    time: str | None = None,
+    min_count: int = 1,
+    label_threshold: float | None = None,
+    seed: int = 0,
+    delimiter: str = ",",
+) -> RecDataset:
+    """Load a CSV file with a header row.
+
+    Args:
+        path: the file.
+        label: the label column: 0 / 1, or numbers cut by ``label_threshold``.
+        categorical: the categorical columns, one sparse feature (and table) each.
+        dense: numeric columns; empty cells read as 0.0.
+        time: a numeric column giving time order for the splits, or None.
+        min_count: categorical values seen fewer times map to the reserved id 0.
+        label_threshold: if set, label = (label value >= label_threshold).
+        seed: the split permutation's seed when there is no ``time`` column.
+        delimiter: the field separator.
+
+    Returns:
+        A ``RecDataset`` named after the file, features named after the columns.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: a named column is missing or repeated, a row is short, or a label,
+            dense or time cell is not a number (the error names column, row and value).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if isinstance(categorical, str) or isinstance(dense, str):
+        raise ValueError(
+            f"categorical and dense must be lists of column names, got {categorical!r}, {dense!r}"
+        )
+    categorical, dense = list(categorical), list(dense)
+    if not categorical:
+        raise ValueError("categorical must name at least one column (one embedding table each)")
+    if min_count < 1:
+        raise ValueError(f"min_count must be >= 1, got {min_count}")
+    wanted = [label, *categorical, *dense] + ([time] if time is not None else [])
+    repeated = sorted({c for c in wanted if wanted.count(c) > 1})
+    if repeated:
+        raise ValueError(f"columns used twice among label/categorical/dense/time: {repeated}")
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path}: empty file, expected a header row")
+        header = [h.strip() for h in header]
+        missing = [c for c in wanted if c not in header]
+        if missing:
+            raise ValueError(f"{path}: columns {missing} not found; the header has {header}")
+        index = [header.index(c) for c in wanted]
+        rows = []
+        for line_no, row in enumerate(reader, start=2):  # NOTE: parsing text, once per row
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ValueError(
+                    f"{path}:{line_no}: expected {len(header)} fields, found {len(row)}"
+                )
+            rows.append((line_no, [row[i].strip() for i in index]))
+    if not rows:
+        raise ValueError(f"{path}: no data rows")
+    line_N = np.array([r[0] for r in rows])
+    cells = np.array([r[1] for r in rows], dtype=object)  # (N, len(wanted))
+    num_cat, num_dense = len(categorical), len(dense)
+
+    label_N = _numeric(cells[:, 0], label, line_N, path, allow_empty=False)
+    if label_threshold is not None:
+        label_N = (label_N >= label_threshold).astype(np.float64)
+    bad = (label_N != 0) & (label_N != 1)
+    if bad.any():
+        i = int(bad.nonzero()[0][0])
+        raise ValueError(
+            f"{path}:{line_N[i]}: column {label!r} must be 0 or 1 (or pass label_threshold), "
+            f"got {cells[i, 0]!r}"
+        )
+    # Categorical strings -> global codes (EMPTY for ""), then per-column frequency ids.
+    cat_strings = cells[:, 1 : 1 + num_cat].astype(str)
+    uniq, inv = np.unique(cat_strings, return_inverse=True)
+    raw_NC = torch.from_numpy(inv.reshape(cat_strings.shape).astype(np.int64))
+    raw_NC[torch.from_numpy(cat_strings == "")] = EMPTY
+    ids_NC, num_embeddings = frequency_encode(raw_NC, min_count=min_count)
+
+    if num_dense:
+        cols = [_numeric(cells[:, 1 + num_cat + j], c, line_N, path) for j, c in enumerate(dense)]
+        dense_ND = torch.from_numpy(np.stack(cols, axis=1)).to(torch.float32)
+        dense_names = dense
+    else:
+        dense_ND = torch.ones(len(rows), 1)
+        dense_names = [BIAS_COLUMN]
+    if time is not None:
+        time_N = torch.from_numpy(_numeric(cells[:, -1], time, line_N, path, allow_empty=False))
+        order_N = torch.sort(time_N, stable=True).indices
+        split_rule = f"sorted by {time!r} (ties by file order), contiguous 80/10/10"
+    else:
+        order_N = seeded_permutation(len(rows), seed)
+        split_rule = f"permutation seeded with {seed}, 80/10/10"
+    logger.info("csv %s: %d rows, tables %s", path, len(rows), num_embeddings)
+    return RecDataset(
+        name=path.stem,
+        feature_names=categorical,
+        num_embeddings=num_embeddings,
+        dense_names=dense_names,
+        dense=dense_ND,
+        lengths=torch.ones(len(rows), num_cat, dtype=torch.int32),
+        values=ids_NC.reshape(-1),
+        labels=torch.from_numpy(label_N).to(torch.float32),
+        splits=split_by_order(order_N),
+        info={
+            "source": str(path),
+            "format": "csv",
+            "label": label if label_threshold is None else f"{label} >= {label_threshold:g}",
+            "min_count": min_count,
+            "reserved_id": "0: empty cells and values seen fewer than min_count times",
+            "dense": dense_names if num_dense else "none in the file: constant 1.0 column 'bias'",
+            "split": split_rule,
+        },
+    )
+
+
+def _numeric(
+    col: np.ndarray, name: str, line_N: np.ndarray, path: Path, *, allow_empty: bool = True
+) -> np.ndarray:
+    """Strings ``(N,)`` -> float64 ``(N,)``; "" -> 0.0 if ``allow_empty``; errors name the cell."""
+    empty = col == ""
+    if empty.any() and not allow_empty:
+        i = int(empty.nonzero()[0][0])
+        raise ValueError(f"{path}:{line_N[i]}: column {name!r} is empty; expected a number")
+    try:
+        out = np.where(empty, "0", col).astype(str).astype(np.float64)
+    except ValueError:
+        out = None
+    if out is None or not np.isfinite(out).all():
+        for i, s in enumerate(col):  # NOTE: error path only, to name the bad cell
+            v = 0.0 if s == "" else _to_float(s)
+            if v is None or not math.isfinite(v):
+                raise ValueError(
+                    f"{path}:{line_N[i]}: column {name!r} must be a finite number, got {s!r}"
+                )
+    if empty.any():
+        logger.warning(
+            "%s: column %r has %d empty cells, read as 0.0", path, name, int(empty.sum())
+        )
+    return out
+
+
+def _to_float(s: str) -> float | None:
+    try:
+        return float(s)
+    except ValueError:
+        return None

@@ -1,0 +1,121 @@
+"""``load_dataset(spec, **options)``: one string names any dataset the project can load.
+
+Specs: ``movielens-100k``; ``criteo-tsv:PATH``; ``csv:PATH`` (options ``label=``,
+``categorical=[...]``, ``dense=[...]``, ``time=``, ...); ``synthetic`` (options are
+:class:`SyntheticConfig` fields). New sources join with :func:`register_dataset`.
+
+Example::
+
+    >>> from torchrec_lhf.data import load_dataset
+    >>> ds = load_dataset("synthetic", num_samples=1000, num_embeddings=[50, 80])
+    >>> ds.num_embeddings
+    [50, 80]
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+from torchrec_lhf.data.criteo import load_criteo_tsv
+from torchrec_lhf.data.csv import load_csv
+from torchrec_lhf.data.dataset import RecDataset
+from torchrec_lhf.data.movielens import load_movielens_100k
+from torchrec_lhf.data.synthetic import SyntheticConfig, make_synthetic
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetSource:
+    """A registered dataset: its loader and whether the spec carries a path."""
+
+    name: str
+    loader: Callable[..., RecDataset]
+    takes_path: bool
+    options: tuple[str, ...]
+
+
+_REGISTRY: dict[str, DatasetSource] = {}
+
+
+def register_dataset(
+    name: str,
+    loader: Callable[..., RecDataset],
+    *,
+    takes_path: bool,
+    options: tuple[str, ...] | None = None,
+) -> None:
+    """Register ``loader`` under ``name``: called as ``loader(PATH, **options)`` or ``loader(**options)``.
+
+    Args:
+        name: the spec's prefix, e.g. ``"criteo-tsv"``.
+        loader: builds the ``RecDataset``.
+        takes_path: whether the spec is ``name:PATH``.
+        options: accepted keyword options; default the loader's keyword-only parameters.
+
+    Raises:
+        ValueError: ``name`` is already registered or contains ``':'``.
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"dataset {name!r} is already registered")
+    if not name or ":" in name:
+        raise ValueError(f"dataset name must be non-empty without ':', got {name!r}")
+    if options is None:
+        params = inspect.signature(loader).parameters.values()
+        options = tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    _REGISTRY[name] = DatasetSource(
+        name=name, loader=loader, takes_path=takes_path, options=options
+    )
+
+
+def dataset_names() -> list[str]:
+    """The registered names, e.g. ``["criteo-tsv", "csv", "movielens-100k", "synthetic"]``."""
+    return sorted(_REGISTRY)
+
+
+def load_dataset(spec: str, **options) -> RecDataset:
+    """Load the dataset named by ``spec`` (see the module docstring).
+
+    Raises:
+        ValueError: unknown name, a missing or unexpected path, or an unknown option.
+        DatasetUnavailableError: the data cannot be obtained (e.g. PyPI unreachable).
+    """
+    name, sep, path = spec.partition(":")
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown dataset {spec!r}; expected one of {[_usage(s) for s in _REGISTRY.values()]}"
+        )
+    source = _REGISTRY[name]
+    if source.takes_path and not path:
+        raise ValueError(f"dataset {spec!r} needs a path: {_usage(source)}")
+    if not source.takes_path and sep:
+        raise ValueError(f"dataset {name!r} takes no path, got {spec!r}")
+    unknown = sorted(set(options) - set(source.options))
+    if unknown:
+        raise ValueError(
+            f"dataset {name!r}: unknown options {unknown}; accepted: {list(source.options)}"
+        )
+    return source.loader(path, **options) if source.takes_path else source.loader(**options)
+
+
+def _usage(source: DatasetSource) -> str:
+    return f"{source.name}:PATH" if source.takes_path else source.name
+
+
+def _synthetic(**options) -> RecDataset:
+    return make_synthetic(SyntheticConfig(**options))
+
+
+def _movielens(*, cache_dir: str | None = None) -> RecDataset:
+    return load_movielens_100k(cache_dir)
+
+
+register_dataset("movielens-100k", _movielens, takes_path=False)
+register_dataset("criteo-tsv", load_criteo_tsv, takes_path=True)
+register_dataset("csv", load_csv, takes_path=True)
+register_dataset(
+    "synthetic",
+    _synthetic,
+    takes_path=False,
+    options=tuple(f.name for f in fields(SyntheticConfig)),
+)

@@ -1,0 +1,89 @@
+"""Planner support: make TorchRec's planner account for the replicated remap buffers.
+
+The compressed tables are ordinary tables to the planner (it sees their compressed
+heights through ``embedding_bag_configs()``); the remap is not a shardable parameter, is
+replicated on every rank, and TorchRec's storage reservations subtract shardable modules
+wholesale, so it would be invisible. :class:`LearnedHashStorageReservation` reserves it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
+from torchrec.distributed.planner.types import ParameterConstraints, StorageReservation
+from torchrec.distributed.types import ModuleSharder
+
+from torchrec_lhf.distributed.embedding_bag import remap_bytes
+
+logger = logging.getLogger(__name__)
+
+
+class LearnedHashStorageReservation(StorageReservation):
+    """Another reservation, plus the learned-hash remap bytes on every device.
+
+    Args:
+        base: the reservation to extend (default ``HeuristicalStorageReservation(0.15)``,
+            TorchRec's planner default).
+    """
+
+    def __init__(self, base: StorageReservation | None = None) -> None:
+        self._base = base if base is not None else HeuristicalStorageReservation(percentage=0.15)
+        self.reserved_remap_bytes = 0
+
+    def reserve(
+        self,
+        topology: Topology,
+        batch_size: int,
+        module: nn.Module,
+        sharders: list[ModuleSharder[nn.Module]],
+        constraints: dict[str, ParameterConstraints] | None = None,
+    ) -> Topology:
+        reserved = self._base.reserve(topology, batch_size, module, sharders, constraints)
+        self.reserved_remap_bytes = remap_bytes(module)
+        for device in reserved.devices:
+            if reserved.compute_device == "cpu":
+                device.storage.ddr -= self.reserved_remap_bytes
+            else:
+                device.storage.hbm -= self.reserved_remap_bytes
+        if self.reserved_remap_bytes:
+            logger.info("planner: reserved %.1f MB per rank for remap buffers", self.reserved_remap_bytes / 2**20)
+        return reserved
+
+    @property
+    def last_reserved_topology(self) -> Topology | None:
+        return self._base.last_reserved_topology
+
+
+def make_planner(
+    *,
+    world_size: int,
+    compute_device: str,
+    batch_size: int,
+    local_world_size: int | None = None,
+    constraints: dict[str, ParameterConstraints] | None = None,
+) -> EmbeddingShardingPlanner:
+    """TorchRec's planner with :class:`LearnedHashStorageReservation`.
+
+    Args:
+        world_size: number of ranks.
+        compute_device: ``"cpu"`` or ``"cuda"``.
+        batch_size: per-rank batch size.
+        local_world_size: ranks per host (default: ``world_size``).
+        constraints: per-table constraints, e.g. allowed sharding types.
+    """
+    if compute_device not in ("cpu", "cuda"):
+        raise ValueError(f"compute_device must be 'cpu' or 'cuda', got {compute_device!r}")
+    topology = Topology(
+        world_size=world_size,
+        compute_device=compute_device,
+        local_world_size=local_world_size or world_size,
+    )
+    return EmbeddingShardingPlanner(
+        topology=topology,
+        batch_size=batch_size,
+        constraints=constraints,
+        storage_reservation=LearnedHashStorageReservation(),
+    )

@@ -1,0 +1,92 @@
+"""Quantized (inference) learned-hash EmbeddingBagCollection.
+
+``torchrec.inference.modules.quantize_embeddings`` maps modules by exact type, so the
+learned-hash module needs its own entry: :func:`quantize_learned_hash` passes it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torchrec.inference.modules import quantize_embeddings
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.quant.embedding_modules import (
+    EmbeddingBagCollection as QuantEmbeddingBagCollection,
+)
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection
+
+
+class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
+    """TorchRec's quantized EBC over the compressed tables, with the same remap.
+
+    NOTE: one subclass level under TorchRec's quantized EBC, which ``quantize_embeddings``
+    instantiates through ``from_float`` by exact type.
+    """
+
+    @classmethod
+    def from_float(
+        cls, module: LearnedHashEmbeddingBagCollection, use_precomputed_fake_quant: bool = False
+    ) -> QuantLearnedHashEmbeddingBagCollection:
+        if not isinstance(module, LearnedHashEmbeddingBagCollection):
+            raise ValueError(f"expected a LearnedHashEmbeddingBagCollection, got {type(module).__name__}")
+        # TorchRec's from_float expects only table weights in the state dict: hand it a
+        # plain collection sharing the compressed tables (no copy), without the remap.
+        tables = EmbeddingBagCollection(
+            module.embedding_bag_configs(), is_weighted=module.is_weighted(), device=torch.device("meta")
+        )
+        tables.embedding_bags = module.embedding_bags
+        tables._device = module.device
+        tables.qconfig = module.qconfig
+        quantized = super().from_float(tables, use_precomputed_fake_quant)
+        quantized.remap = copy.deepcopy(module.remap)
+        quantized.combine = copy.deepcopy(module.combine)
+        quantized._logical_configs = module.logical_configs()
+        quantized._plan_fingerprint = module.plan_fingerprint
+        return quantized
+
+    @property
+    def plan_fingerprint(self) -> str:
+        return self._plan_fingerprint
+
+    def logical_configs(self) -> list:
+        return self._logical_configs
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        pooled = super().forward(self.remap(features))
+        return pooled if self.combine is None else self.combine(pooled)
+
+
+def quantize_learned_hash(
+    model: nn.Module,
+    *,
+    dtype: torch.dtype = torch.qint8,
+    output_dtype: torch.dtype = torch.float,
+    inplace: bool = False,
+) -> nn.Module:
+    """Quantize every (learned-hash or plain) EmbeddingBagCollection of ``model``.
+
+    Args:
+        model: a float model (unsharded).
+        dtype: weight dtype (``torch.qint8``, ``torch.quint4x2``, ``torch.float16``...).
+        output_dtype: dtype of the pooled embeddings.
+        inplace: modify ``model`` instead of a copy.
+
+    Returns:
+        The quantized model (or module, if ``model`` is itself a collection).
+    """
+    if isinstance(model, EmbeddingBagCollection):
+        # quantize_dynamic swaps children only: wrap a bare collection.
+        holder = nn.ModuleDict({"ebc": model})
+        return quantize_learned_hash(holder, dtype=dtype, output_dtype=output_dtype, inplace=inplace)["ebc"]
+    return quantize_embeddings(
+        model,
+        dtype=dtype,
+        inplace=inplace,
+        additional_qconfig_spec_keys=[LearnedHashEmbeddingBagCollection],
+        additional_mapping={LearnedHashEmbeddingBagCollection: QuantLearnedHashEmbeddingBagCollection},
+        output_dtype=output_dtype,
+    )
