@@ -5,7 +5,9 @@ table, ``M_h`` height of internal table ``h``.
 
 A table with ``H > 1`` hash functions has ``H`` internal tables (the paper's
 "multiple internal tables"); their embeddings combine by ``sum`` (each internal
-table has the full dim) or ``concat`` (the dim is split across them).
+table has the full dim), ``concat`` (the dim is split across them), ``mult`` (element-wise
+product, as in compositional embeddings) or ``scaled_sum`` (the sum of the first ``H - 1``
+times the last, as MEM-REC's token and weight tables).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from torchrec_lhf._io import load_tensors, save_tensors
 
 FORMAT_VERSION = 1
-COMBINE_MODES = ("sum", "concat")
+COMBINE_MODES = ("sum", "concat", "mult", "scaled_sum")
 _KIND = "hash_plan"
 
 
@@ -35,7 +37,8 @@ class TableHash:
         num_embeddings: logical height ``N``.
         mappings: ``H`` int32 tensors, each shape ``(N,)`` with values in ``[0, M_h)``.
         heights: the internal heights ``M_h``, one per mapping.
-        combine: how the ``H`` internal embeddings combine: ``"sum"`` or ``"concat"``.
+        combine: how the ``H`` internal embeddings combine: ``"sum"``, ``"concat"``,
+            ``"mult"`` or ``"scaled_sum"`` (see the module docstring).
 
     Raises:
         ValueError: sizes, dtypes or values are inconsistent.
@@ -60,6 +63,8 @@ class TableHash:
             )
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"table {self.name!r}: combine must be one of {COMBINE_MODES}, got {self.combine!r}")
+        if self.combine == "scaled_sum" and len(self.mappings) < 2:
+            raise ValueError(f"table {self.name!r}: scaled_sum needs at least 2 hash functions, got {len(self.mappings)}")
         for h, (m, height) in enumerate(zip(self.mappings, self.heights)):
             if not isinstance(m, torch.Tensor) or m.dtype != torch.int32 or m.dim() != 1:
                 got = f"{m.dtype} of shape {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m)
@@ -94,7 +99,7 @@ class TableHash:
 
     def internal_dims(self, embedding_dim: int) -> list[int]:
         """Dims of the internal tables for a logical dim (split evenly for ``concat``)."""
-        if self.combine == "sum":
+        if self.combine != "concat":
             return [embedding_dim] * self.num_hashes
         if embedding_dim < self.num_hashes:
             raise ValueError(
@@ -184,7 +189,7 @@ class HashPlan:
 
         Args:
             mappings: table name -> list of ``H`` integer tensors, each shape ``(N,)``.
-            combine: ``"sum"`` or ``"concat"``, for all tables or per table name.
+            combine: one of ``COMBINE_MODES``, for all tables or per table name.
             heights: table name -> list of ``H`` heights; default ``max + 1`` of each mapping.
             metadata: see the class.
         """

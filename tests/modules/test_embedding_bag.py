@@ -162,3 +162,27 @@ def test_apply_hash_plan_rejects_unknown_tables() -> None:
     plan = HashPlan.from_mappings({"nope": _i32(0, 1)})
     with pytest.raises(ValueError, match=r"\['nope'\] match no EmbeddingBagCollection"):
         apply_hash_plan(EmbeddingBagCollection(tables=[_table()]), plan)
+
+
+@pytest.mark.parametrize(
+    "combine, expected",
+    [
+        # id 2 -> rows (1, 1, 0) of the three internal tables; id 0 -> (0, 0, 1)
+        ("mult", [[1 * 3 * 5, 2 * 4 * 6], [0 * 1 * 7, 1 * 2 * 8]]),
+        ("scaled_sum", [[(1 + 3) * 5, (2 + 4) * 6], [(0 + 1) * 7, (1 + 2) * 8]]),
+        ("sum", [[1 + 3 + 5, 2 + 4 + 6], [0 + 1 + 7, 1 + 2 + 8]]),
+    ],
+)
+def test_three_hash_combines_by_hand(combine: str, expected: list[list[int]]) -> None:
+    plan = HashPlan.from_multi_mappings(
+        {"t0": [_i32(0, 0, 1, 1), _i32(0, 0, 1, 0), _i32(1, 1, 0, 0)]}, combine=combine
+    )
+    tables = [_table(), _table("t1", n=2, dim=2, features=("g",))]
+    ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan)
+    _set(ebc, "t0__h0", [[0, 1], [1, 2]])
+    _set(ebc, "t0__h1", [[1, 2], [3, 4]])
+    _set(ebc, "t0__h2", [[5, 6], [7, 8]])
+    _set(ebc, "t1", [[9, 9], [8, 8]])
+    out = ebc(_kjt(["f0", "g"], [[[2], [0]], [[1], [0]]]))
+    torch.testing.assert_close(out["f0"], torch.tensor(expected, dtype=torch.float32))
+    torch.testing.assert_close(out["g"], torch.tensor([[8.0, 8.0], [9.0, 9.0]]))

@@ -182,15 +182,15 @@ class FeatureRemap(nn.Module):
 
 
 class KeyedTensorCombine(nn.Module):
-    """Combines internal pooled embeddings into the logical ones (sum or concat).
+    """Combines internal pooled embeddings into the logical ones.
 
     Args:
         in_keys: internal embedding names, in the internal KeyedTensor's order.
         in_dims: their dims.
         out_keys: logical embedding names, in the order the plain EBC returns them.
         out_dims: their dims.
-        sources: for each logical key, the list of ``(internal key, combine)`` feeding it,
-            ``combine`` being ``"sum"`` or ``"concat"``.
+        sources: for each logical key, ``(internal keys, combine)``; ``combine`` is one of
+            ``sum``, ``concat``, ``mult``, ``scaled_sum`` (see :mod:`torchrec_lhf.plan`).
     """
 
     def __init__(
@@ -205,36 +205,44 @@ class KeyedTensorCombine(nn.Module):
         self.out_keys, self.out_dims = list(out_keys), list(out_dims)
         col = dict(zip(in_keys, (sum(in_dims[:i]) for i in range(len(in_dims)))))
         dim = dict(zip(in_keys, in_dims))
-        # First pass copies one column per output column; each further pass h adds the
-        # columns of hash h into the output columns of the "sum" features that have it.
+        # One gather fills every output column from the first internal table (all of them,
+        # for concat); pass h then adds or multiplies in internal table h, for all features
+        # at once: the number of ops depends on the largest H, not on the features.
         first: list[int] = []
-        add: list[tuple[list[int], list[int]]] = []
+        passes: list[dict[str, tuple[list[int], list[int]]]] = []
         out_col = 0
         for (keys, mode), out_dim in zip(sources, out_dims):
             if mode == "concat" or len(keys) == 1:
-                cols = [c for k in keys for c in range(col[k], col[k] + dim[k])]
-                first.extend(cols)
+                first.extend(c for k in keys for c in range(col[k], col[k] + dim[k]))
             else:
                 first.extend(range(col[keys[0]], col[keys[0]] + out_dim))
-                for h, k in enumerate(keys[1:]):
-                    while len(add) <= h:
-                        add.append(([], []))
-                    add[h][0].extend(range(out_col, out_col + out_dim))
-                    add[h][1].extend(range(col[k], col[k] + dim[k]))
+                for h, k in enumerate(keys[1:], start=1):
+                    op = "mul" if mode == "mult" or (mode == "scaled_sum" and h == len(keys) - 1) else "add"
+                    while len(passes) < h:
+                        passes.append({"add": ([], []), "mul": ([], [])})
+                    dst, src = passes[h - 1][op]
+                    dst.extend(range(out_col, out_col + out_dim))
+                    src.extend(range(col[k], col[k] + dim[k]))
             out_col += out_dim
         assert len(first) == out_col == sum(out_dims), "combine layout mismatch"
         self.register_buffer("first_C", torch.tensor(first, dtype=torch.long), persistent=False)
-        for h, (dst, src) in enumerate(add):
-            self.register_buffer(f"add_dst_{h}", torch.tensor(dst, dtype=torch.long), persistent=False)
-            self.register_buffer(f"add_src_{h}", torch.tensor(src, dtype=torch.long), persistent=False)
-        self.num_add = len(add)
+        self._ops: list[tuple[str, str, str]] = []
+        for h, ops in enumerate(passes):
+            for op, (dst, src) in ops.items():
+                if dst:
+                    names = (f"{op}_dst_{h}", f"{op}_src_{h}")
+                    self.register_buffer(names[0], torch.tensor(dst, dtype=torch.long), persistent=False)
+                    self.register_buffer(names[1], torch.tensor(src, dtype=torch.long), persistent=False)
+                    self._ops.append((op, *names))
 
     def forward(self, kt: KeyedTensor) -> KeyedTensor:
         """Args: kt: internal KeyedTensor, values ``(B, C_in)``. Returns: values ``(B, C_out)``."""
         values = kt.values()
         out = values.index_select(1, self.first_C)
-        for h in range(self.num_add):
-            out = out.index_add(
-                1, getattr(self, f"add_dst_{h}"), values.index_select(1, getattr(self, f"add_src_{h}"))
-            )
+        for op, dst_name, src_name in self._ops:
+            dst, src = getattr(self, dst_name), getattr(self, src_name)
+            if op == "add":
+                out = out.index_add(1, dst, values.index_select(1, src))
+            else:
+                out = out.index_copy(1, dst, out.index_select(1, dst) * values.index_select(1, src))
         return KeyedTensor(keys=self.out_keys, length_per_key=self.out_dims, values=out)

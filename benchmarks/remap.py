@@ -1,0 +1,168 @@
+"""Forward+backward cost of the learned-hash EBC against a plain EBC of the same size.
+
+Both collections have the same compressed tables (heights ``fraction * N``); the plain one
+is fed ids already in range, the learned-hash one raw ids that its remap maps. Measured in
+the same run, two ways:
+
+* ``unsharded``: TorchRec's EmbeddingBagCollection (``nn.EmbeddingBag`` per table);
+* ``fused``: both wrapped by DistributedModelParallel on one gloo rank, i.e. TorchRec's
+  fused FBGEMM tables with the optimizer in the backward (the training path).
+
+Usage::
+
+    python -m benchmarks.remap --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.types import ShardingEnv
+
+from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
+from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
+
+# Criteo Kaggle cardinalities (26 tables), capped by --max_rows.
+CRITEO_HEIGHTS = [
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
+    14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+]
+
+
+def _inputs(heights: list[int], batch: int, pooling: int, seed: int) -> KeyedJaggedTensor:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.full((len(heights) * batch,), pooling, dtype=torch.int32)
+    # Zipf-like skew: squares of uniforms concentrate on small ids
+    values = torch.cat(
+        [(torch.rand(batch * pooling, generator=g) ** 3 * h).long().clamp_max(h - 1) for h in heights]
+    )
+    return KeyedJaggedTensor(keys=[f"f{i}" for i in range(len(heights))], values=values, lengths=lengths)
+
+
+def _time(step, iters: int, warmup: int) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _dmp(module: torch.nn.Module, sharders: list, batch: int) -> DistributedModelParallel:
+    pg = dist.GroupMember.WORLD
+    plan = EmbeddingShardingPlanner(topology=Topology(world_size=1, compute_device="cpu"), batch_size=batch).collective_plan(
+        module, sharders, pg
+    )
+    return DistributedModelParallel(
+        module, env=ShardingEnv.from_process_group(pg), plan=plan, sharders=sharders, device=torch.device("cpu")
+    )
+
+
+def run(args: argparse.Namespace) -> dict:
+    heights = [min(h, args.max_rows) for h in CRITEO_HEIGHTS]
+    compressed = [max(1, round(h * args.fraction)) for h in heights]
+    logical = [
+        EmbeddingBagConfig(name=f"t{i}", embedding_dim=args.dim, num_embeddings=h, feature_names=[f"f{i}"])
+        for i, h in enumerate(heights)
+    ]
+    small = [
+        EmbeddingBagConfig(name=f"t{i}", embedding_dim=args.dim, num_embeddings=m, feature_names=[f"f{i}"])
+        for i, m in enumerate(compressed)
+    ]
+    g = torch.Generator().manual_seed(0)
+    plan = HashPlan.from_mappings(
+        {f"t{i}": torch.randint(0, m, (h,), generator=g) for i, (h, m) in enumerate(zip(heights, compressed))},
+        heights={f"t{i}": m for i, m in enumerate(compressed)},
+    )
+    raw = _inputs(heights, args.batch_size, args.pooling, seed=1)
+    in_range = _inputs(compressed, args.batch_size, args.pooling, seed=1)
+    results: dict = {}
+
+    plain = EmbeddingBagCollection(tables=small)
+    lhf = LearnedHashEmbeddingBagCollection(tables=logical, plan=plan)
+    for name, module, kjt in (("plain", plain, in_range), ("lhf", lhf, raw)):
+        opt = torch.optim.SGD(module.parameters(), lr=0.01)
+
+        def step(module=module, kjt=kjt, opt=opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            module(kjt).values().sum().backward()
+            opt.step()
+
+        results.setdefault("unsharded", {})[name] = _time(step, args.iters, args.warmup)
+
+    fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.01}
+    plain_dmp = _dmp(EmbeddingBagCollection(tables=small, device=torch.device("meta")), [EmbeddingBagCollectionSharder(fused_params=fused)], args.batch_size)
+    lhf_dmp = _dmp(
+        LearnedHashEmbeddingBagCollection(tables=logical, plan=plan, device=torch.device("meta")),
+        [LearnedHashEmbeddingBagCollectionSharder(fused_params=fused)],
+        args.batch_size,
+    )
+    for name, module, kjt in (("plain", plain_dmp, in_range), ("lhf", lhf_dmp, raw)):
+
+        def step(module=module, kjt=kjt) -> None:
+            module(kjt).wait().values().sum().backward()
+
+        results.setdefault("fused", {})[name] = _time(step, args.iters, args.warmup)
+
+    remap_only = _time(lambda: lhf.remap(raw), args.iters, args.warmup)
+    for mode in ("unsharded", "fused"):
+        r = results[mode]
+        r["ratio"] = r["lhf"] / r["plain"]
+    return {
+        "benchmark": "remap",
+        "config": {
+            "num_tables": len(heights), "batch_size": args.batch_size, "pooling": args.pooling,
+            "embedding_dim": args.dim, "fraction": args.fraction, "max_rows": args.max_rows,
+            "ids_per_batch": raw.values().numel(), "threads": torch.get_num_threads(),
+            "machine": platform.machine(), "torch": torch.__version__,
+        },
+        "seconds_per_batch": results,
+        "remap_only_seconds": remap_only,
+        "goal": "fused ratio <= 1.05",
+        "goal_met": results["fused"]["ratio"] <= 1.05,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_size", type=int, default=4096)
+    parser.add_argument("--pooling", type=int, default=1, help="ids per sample per feature")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--max_rows", type=int, default=1_000_000)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args(argv)
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29533")
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for mode in ("unsharded", "fused"):
+            r = result["seconds_per_batch"][mode]
+            print(f"{mode:>9}: plain {r['plain'] * 1e3:.2f} ms  lhf {r['lhf'] * 1e3:.2f} ms  ratio {r['ratio']:.3f}")
+        print(f"remap alone: {result['remap_only_seconds'] * 1e3:.2f} ms")
+    dist.destroy_process_group()
+    return result
+
+
+if __name__ == "__main__":
+    main()
