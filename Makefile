@@ -20,7 +20,7 @@ $(STAMP): requirements-cpu.txt pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(PY) -m apps.pipeline
+	$(PY) -m apps.pipeline --out_dir runs/demo --results_json docs/demo.json --plot docs/demo.png
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not gpu" -q

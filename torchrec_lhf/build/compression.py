@@ -1,0 +1,467 @@
+"""Every height-compression method as a :class:`HashPlan`, behind one registry.
+
+Legend:
+    N   logical table height (raw ids ``0..N-1``)
+    R   the table's row budget, ``round(fraction * N)`` (at least one row per internal table)
+    M_h height of internal table ``h``
+    K   ids that get a row of their own (``fbdh``)
+
+A method is ``fn(num_embeddings, *, fraction, counts=None, min_table_rows=0, seed=0,
+**options) -> HashPlan``. ``fraction`` is the fraction of each table's ROWS the method may
+use: ``sum_h M_h`` stays within a row or two of ``R`` (``qr`` cannot go below about
+``2 * sqrt(N)``), and the plan metadata records the real per-table fraction
+(``rows_fraction``) so that a comparison at equal size is honest. Tables with
+``N < min_table_rows`` are left out of the plan and stay full. Every plan trains through
+the same :class:`~torchrec_lhf.LearnedHashEmbeddingBagCollection` and sharder.
+
+Built-in methods (see each function for how it splits ``R``):
+    ``none``    empty plan: the uncompressed model (fraction recorded as 1.0).
+    ``modulo``  the hashing trick (:func:`~torchrec_lhf.build.baselines.modulo_plan`).
+    ``qr``      quotient-remainder compositional embeddings (Shi et al. 2020).
+    ``fbdh``    frequency-based double hashing (Zhang et al. 2020).
+    ``memrec``  MEM-REC's Bloom-filter token tables scaled by a weight table (Jha et al. 2023).
+    ``lhf``     learned hashing; needs ``teacher_embeddings=`` and calls
+                :func:`~torchrec_lhf.build.plan_builder.build_plan`.
+
+``mlet`` (narrower tables, :mod:`torchrec_lhf.modules.mlet`) and ``mch`` (TorchRec's
+managed collisions) change the model, not the plan, so they are not registered here.
+
+Hashed methods use a seeded balanced random hash: a random permutation of the ids (seeded by
+``seed``, the table name and the hash's role), then ``mod M``, so every row gets
+``floor(N / M)`` or ``ceil(N / M)`` ids and two hashes of a table are independent.
+
+Example::
+
+    >>> from torchrec_lhf.build.compression import get_method
+    >>> plan = get_method("qr")({"t": 10}, fraction=0.7)
+    >>> plan["t"].heights, plan["t"].combine, plan["t"].mappings[1].tolist()
+    ((2, 5), 'mult', [0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from torchrec_lhf.build.baselines import modulo_plan
+from torchrec_lhf.build.plan_builder import split_rows
+from torchrec_lhf.plan import HashPlan, TableHash
+
+logger = logging.getLogger(__name__)
+
+MethodFn = Callable[..., HashPlan]
+_COMMON = ("num_embeddings", "fraction", "counts", "min_table_rows", "seed")
+_METHODS: dict[str, MethodFn] = {}
+
+
+# ------------------------------------------------------------------------ registry
+def register_method(name: str, fn: MethodFn) -> MethodFn:
+    """Register a plan-producing method under ``name``.
+
+    The stored function checks the common arguments (heights, fraction, counts,
+    ``min_table_rows``, seed), rejects options ``fn`` does not declare, and completes the
+    plan's metadata (``method``, ``fraction``, ``seed``, ``min_table_rows``, ``options``,
+    ``rows_fraction`` per table).
+
+    Args:
+        name: a new, non-empty method name.
+        fn: ``fn(num_embeddings, *, fraction, ...)``; of ``counts``, ``min_table_rows`` and
+            ``seed`` it gets those it declares; its other keyword parameters are its options.
+
+    Returns:
+        The checked function, as :func:`get_method` returns it.
+
+    Raises:
+        ValueError: ``name`` is empty or already registered, or ``fn`` is not callable.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"method name must be a non-empty string, got {name!r}")
+    if name in _METHODS:
+        raise ValueError(f"compression method {name!r} is already registered")
+    if not callable(fn):
+        raise ValueError(f"method {name!r}: fn must be callable, got {type(fn).__name__}")
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = [k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    accepted = sorted(k for k in named if k not in _COMMON)
+
+    @functools.wraps(fn)
+    def checked(
+        num_embeddings: Mapping[str, int],
+        *,
+        fraction: float,
+        counts: Mapping[str, torch.Tensor] | None = None,
+        min_table_rows: int = 0,
+        seed: int = 0,
+        **options: Any,
+    ) -> HashPlan:
+        unknown = sorted(set(options) - set(accepted))
+        if unknown and not takes_any:
+            raise ValueError(f"method {name!r}: unknown options {unknown}; it accepts {accepted}")
+        _check_common(name, num_embeddings, fraction, counts, min_table_rows, seed)
+        common = {
+            "fraction": fraction,
+            "counts": counts,
+            "min_table_rows": min_table_rows,
+            "seed": seed,
+        }
+        plan = fn(
+            num_embeddings,
+            **{k: v for k, v in common.items() if takes_any or k in named},
+            **options,
+        )
+        meta = plan.metadata
+        meta["method"] = name
+        meta.setdefault("fraction", fraction)
+        meta.update(seed=seed, min_table_rows=min_table_rows)
+        meta["options"] = {k: v for k, v in options.items() if _is_jsonable(v)}
+        meta["rows_fraction"] = {t.name: t.num_rows / t.num_embeddings for t in plan}
+        return plan
+
+    _METHODS[name] = checked
+    return checked
+
+
+def get_method(name: str) -> MethodFn:
+    """The registered method ``name`` (see :func:`register_method`).
+
+    Raises:
+        ValueError: no method of that name.
+    """
+    if name not in _METHODS:
+        raise ValueError(f"unknown compression method {name!r}; registered: {list_methods()}")
+    return _METHODS[name]
+
+
+def list_methods() -> list[str]:
+    """Names of the registered methods, sorted."""
+    return sorted(_METHODS)
+
+
+def make_plan(
+    method: str, num_embeddings: Mapping[str, int], *, fraction: float, **kwargs: Any
+) -> HashPlan:
+    """``get_method(method)(num_embeddings, fraction=fraction, **kwargs)``."""
+    return get_method(method)(num_embeddings, fraction=fraction, **kwargs)
+
+
+# ------------------------------------------------------------------------- methods
+def none_plan(num_embeddings: Mapping[str, int], *, fraction: float) -> HashPlan:
+    """The uncompressed model: an empty plan (every table stays full)."""
+    if fraction != 1.0:
+        logger.warning("method 'none' keeps every table full; fraction=%s is ignored", fraction)
+    return HashPlan([], metadata={"fraction": 1.0})
+
+
+def _modulo(num_embeddings: Mapping[str, int], *, fraction: float, min_table_rows: int) -> HashPlan:
+    """The hashing trick, ``i -> i mod R`` (one internal table of ``R`` rows)."""
+    return modulo_plan(num_embeddings, fraction=fraction, min_table_rows=min_table_rows)
+
+
+def qr_plan(
+    num_embeddings: Mapping[str, int],
+    *,
+    fraction: float,
+    min_table_rows: int = 0,
+    combine: str = "mult",
+) -> HashPlan:
+    """Quotient-remainder embeddings: ``i -> (i mod m, i // m)``, a complementary partition.
+
+    Internal table 0 (the remainder) has ``m`` rows, table 1 (the quotient) ``ceil(N / m)``;
+    no two ids share both rows. ``m <= ceil(sqrt(N))`` is chosen so that ``m + ceil(N / m)``
+    is closest to ``R`` (ties: fewer rows), as DLRM's ``QREmbeddingBag`` with
+    ``num_collisions = m``. Since ``m + N / m >= 2 sqrt(N)``, budgets below that are clamped
+    to the smallest total and logged; ``rows_fraction`` records what was used.
+
+    Args:
+        combine: ``"mult"`` (the paper's default), ``"sum"`` or ``"concat"``.
+    """
+    if combine not in ("mult", "sum", "concat"):
+        raise ValueError(f"method 'qr': combine must be 'mult', 'sum' or 'concat', got {combine!r}")
+    tables = []
+    for name, n in _planned(num_embeddings, min_table_rows):
+        target = fraction * n
+        m_K = torch.arange(1, math.isqrt(n - 1) + 2 if n > 1 else 2, dtype=torch.int64)
+        total_K = m_K + (n + m_K - 1) // m_K
+        # |total - R| first, then prefer not exceeding R; argmin takes the smallest m on ties
+        key_K = 2 * (total_K.double() - target).abs() + (total_K > target).double()
+        m = int(m_K[int(torch.argmin(key_K))])
+        q = -(-n // m)
+        if target < int(total_K.min()) - 0.5:  # below QR's smallest size: clamped
+            logger.warning(
+                "qr: table %s (N=%d) cannot reach %d rows; uses %d (m=%d, q=%d)",
+                name,
+                n,
+                round(target),
+                m + q,
+                m,
+                q,
+            )
+        ids_N = torch.arange(n, dtype=torch.int64)
+        mappings = ((ids_N % m).to(torch.int32), (ids_N // m).to(torch.int32))
+        tables.append(TableHash(name, n, mappings, (m, q), combine))
+    return HashPlan(tables, metadata={"combine": combine})
+
+
+def fbdh_plan(
+    num_embeddings: Mapping[str, int],
+    *,
+    fraction: float,
+    counts: Mapping[str, torch.Tensor] | None = None,
+    min_table_rows: int = 0,
+    seed: int = 0,
+    retain: float = 0.5,
+) -> HashPlan:
+    """Frequency-based double hashing: the most frequent ids get their own rows.
+
+    Budget ``R`` split: ``K = round(retain * R)`` rows for the ``K`` most frequent ids
+    (by ``counts``, ties to the lower id), in internal table 0 (rows ``0..K-1``, by
+    decreasing count); one bias row; and the remaining ``R - K - 1`` rows split evenly over
+    two hashed parts. Every other id is hashed into rows ``K..K+M_0-1`` of table 0 and,
+    independently, into rows ``0..M_1-1`` of table 1; the two are summed (``H = 2``,
+    ``combine="sum"``). A frequent id's hash into table 1 is the dedicated last row ``M_1``,
+    which so acts as a bias shared by all frequent ids. ``K`` shrinks if needed to leave one
+    row per hashed part; ``retain=0`` is plain double hashing (no counts needed).
+
+    Args:
+        counts: table name -> access counts, shape ``(N,)``; required when ``retain > 0``.
+        retain: fraction of ``R`` given to frequent ids, in ``[0, 1]``.
+    """
+    if isinstance(retain, bool) or not (isinstance(retain, (int, float)) and 0.0 <= retain <= 1.0):
+        raise ValueError(f"method 'fbdh': retain must be in [0, 1], got {retain!r}")
+    tables = []
+    for name, n in _planned(num_embeddings, min_table_rows):
+        rows = max(2, round(fraction * n))
+        if retain > 0:
+            if counts is None or name not in counts:
+                raise ValueError(
+                    f"method 'fbdh': table {name!r} needs access counts (counts=...) to pick its "
+                    f"frequent ids; got {'none' if counts is None else sorted(counts)}"
+                )
+            order_N = torch.argsort(-counts[name].to("cpu", torch.float64), stable=True)
+        else:
+            order_N = torch.arange(n)
+        k = min(n, round(retain * rows))
+        if k < n:
+            k = min(k, max(0, rows - 3))  # room for one row per hashed part and the bias row
+        bias = 1 if k > 0 else 0
+        rest = n - k
+        hashed = max(2, rows - k - bias) if rest else 0
+        m0, m1 = min(rest, -(-hashed // 2)), min(rest, hashed // 2)
+        map0_N = torch.empty(n, dtype=torch.int64)
+        map1_N = torch.empty(n, dtype=torch.int64)
+        map0_N[order_N[:k]] = torch.arange(k)
+        map1_N[order_N[:k]] = m1
+        if rest:
+            map0_N[order_N[k:]] = k + balanced_hash(rest, m0, seed=seed, key=f"fbdh/{name}/0")
+            map1_N[order_N[k:]] = balanced_hash(rest, m1, seed=seed, key=f"fbdh/{name}/1")
+        heights = (k + m0, m1 + bias)
+        tables.append(
+            TableHash(name, n, (map0_N.to(torch.int32), map1_N.to(torch.int32)), heights, "sum")
+        )
+    return HashPlan(tables, metadata={"retain": retain})
+
+
+def memrec_plan(
+    num_embeddings: Mapping[str, int],
+    *,
+    fraction: float,
+    min_table_rows: int = 0,
+    seed: int = 0,
+    num_token_hashes: int = 2,
+    weight_fraction: float = 0.25,
+) -> HashPlan:
+    """MEM-REC: ``k`` hashed token lookups, summed, scaled by a hashed weight embedding.
+
+    Budget ``R`` split: ``round(weight_fraction * R)`` rows (at least 1) for the weight
+    table (the last internal table), the rest split evenly over ``k`` token tables, one per
+    hash (a partitioned Bloom filter: internal tables are not shared across hashes). Each id
+    is hashed independently into each table; ``combine="scaled_sum"`` gives
+    ``(sum_j token_j[h_j(i)]) * weight[h_w(i)]`` element-wise (``H = k + 1``).
+
+    Args:
+        num_token_hashes: ``k >= 1``.
+        weight_fraction: share of ``R`` for the weight table, in ``(0, 1)``.
+    """
+    if not _is_int(num_token_hashes, 1):
+        raise ValueError(
+            f"method 'memrec': num_token_hashes must be an int >= 1, got {num_token_hashes!r}"
+        )
+    if isinstance(weight_fraction, bool) or not (
+        isinstance(weight_fraction, (int, float)) and 0.0 < weight_fraction < 1.0
+    ):
+        raise ValueError(
+            f"method 'memrec': weight_fraction must be in (0, 1), got {weight_fraction!r}"
+        )
+    tables = []
+    for name, n in _planned(num_embeddings, min_table_rows):
+        rows = max(num_token_hashes + 1, round(fraction * n))
+        weight_rows = min(rows - num_token_hashes, max(1, round(weight_fraction * rows)))
+        heights = [min(n, h) for h in split_rows(rows - weight_rows, num_token_hashes)] + [
+            min(n, weight_rows)
+        ]
+        roles = [f"token{j}" for j in range(num_token_hashes)] + ["weight"]
+        mappings = tuple(
+            balanced_hash(n, m, seed=seed, key=f"memrec/{name}/{role}").to(torch.int32)
+            for m, role in zip(heights, roles)
+        )
+        tables.append(TableHash(name, n, mappings, tuple(heights), "scaled_sum"))
+    return HashPlan(
+        tables, metadata={"num_token_hashes": num_token_hashes, "weight_fraction": weight_fraction}
+    )
+
+
+def lhf_plan(
+    num_embeddings: Mapping[str, int],
+    *,
+    fraction: float,
+    counts: Mapping[str, torch.Tensor] | None = None,
+    min_table_rows: int = 0,
+    teacher_embeddings: Mapping[str, torch.Tensor] | None = None,
+    num_hashes: int = 1,
+    combine: str = "sum",
+    clustering: str = "agglomerative",
+    projection: str = "pca",
+    clustering_options: Mapping[str, Any] | None = None,
+) -> HashPlan:
+    """Learned hashing: cluster a trained teacher's embeddings (``build_plan``).
+
+    Learned plans need a teacher; without ``teacher_embeddings`` this raises and points to
+    :func:`~torchrec_lhf.build.plan_builder.build_plan` / ``python -m apps.build_hash``.
+    ``R = max(H, round(fraction * N))`` split evenly over ``H`` internal tables.
+    The seed is not used (the clustering is deterministic).
+
+    Args:
+        teacher_embeddings: table name -> ``(N, D_teacher)`` embeddings, for every planned table.
+        num_hashes, combine, clustering, projection, clustering_options: as ``build_plan``'s
+            ``num_hashes, combine, method, projection, method_options``.
+    """
+    if teacher_embeddings is None:
+        raise ValueError(
+            "method 'lhf' needs teacher_embeddings= (table name -> (N, D) tensors of a trained "
+            "teacher); build learned plans with torchrec_lhf.build.build_plan or "
+            "`python -m apps.build_hash`, then train with the saved plan"
+        )
+    planned = dict(_planned(num_embeddings, min_table_rows))
+    for name, n in planned.items():
+        emb = teacher_embeddings.get(name)
+        if not isinstance(emb, torch.Tensor) or emb.dim() != 2 or emb.shape[0] != n:
+            got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+            raise ValueError(
+                f"method 'lhf': table {name!r} needs teacher embeddings of shape ({n}, D), got {got}"
+            )
+    from torchrec_lhf.build.plan_builder import build_plan  # the clustering code, only when used
+
+    plan = build_plan(
+        {name: teacher_embeddings[name] for name in planned},
+        None if counts is None else {name: counts[name] for name in planned if name in counts},
+        fraction=fraction,
+        min_table_rows=max(1, min_table_rows),
+        num_hashes=num_hashes,
+        combine=combine,
+        method=clustering,
+        projection=projection,
+        method_options=clustering_options,
+    )
+    plan.metadata["clustering"] = plan.metadata.pop("method")
+    return plan
+
+
+# ------------------------------------------------------------------------- helpers
+def balanced_hash(num_ids: int, rows: int, *, seed: int, key: str) -> torch.Tensor:
+    """A seeded balanced random hash of ``0..num_ids-1`` into ``[0, rows)``.
+
+    A random permutation (seeded by ``seed`` and ``key``) followed by ``mod rows``: every
+    row gets ``floor`` or ``ceil`` of ``num_ids / rows`` ids; different keys are independent.
+
+    Returns:
+        int64 tensor of shape ``(num_ids,)``.
+    """
+    if rows < 1:
+        raise ValueError(f"balanced_hash: rows must be >= 1, got {rows}")
+    g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{key}".encode()))
+    return torch.randperm(num_ids, generator=g) % rows
+
+
+def _planned(num_embeddings: Mapping[str, int], min_table_rows: int) -> list[tuple[str, int]]:
+    """``(name, N)`` of the tables to compress (a loop per table, not per id)."""
+    kept = [(name, int(n)) for name, n in num_embeddings.items() if n >= min_table_rows]
+    skipped = sorted(set(num_embeddings) - {name for name, _ in kept})
+    if skipped:
+        logger.info(
+            "tables %s have fewer than min_table_rows=%d rows and stay full",
+            skipped,
+            min_table_rows,
+        )
+    return kept
+
+
+def _check_common(
+    name: str,
+    num_embeddings: Mapping[str, int],
+    fraction: float,
+    counts: Mapping[str, torch.Tensor] | None,
+    min_table_rows: int,
+    seed: int,
+) -> None:
+    if not isinstance(num_embeddings, Mapping):
+        raise ValueError(
+            f"method {name!r}: num_embeddings must map table names to heights, got {type(num_embeddings).__name__}"
+        )
+    for table, n in num_embeddings.items():
+        if not _is_int(n, 1):
+            raise ValueError(
+                f"method {name!r}: table {table!r} num_embeddings must be an int >= 1, got {n!r}"
+            )
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0 < fraction <= 1
+    ):
+        raise ValueError(f"method {name!r}: fraction must be in (0, 1], got {fraction!r}")
+    if not _is_int(min_table_rows, 0):
+        raise ValueError(
+            f"method {name!r}: min_table_rows must be an int >= 0, got {min_table_rows!r}"
+        )
+    if not _is_int(seed, 0):
+        raise ValueError(f"method {name!r}: seed must be an int >= 0, got {seed!r}")
+    for table, c in (counts or {}).items():
+        if table not in num_embeddings:
+            continue
+        n = num_embeddings[table]
+        if not isinstance(c, torch.Tensor) or c.shape != (n,) or c.is_complex():
+            got = f"shape {tuple(c.shape)}" if isinstance(c, torch.Tensor) else type(c).__name__
+            raise ValueError(
+                f"method {name!r}: counts of table {table!r} must have shape ({n},), got {got}"
+            )
+        if c.numel() and (bool((c < 0).any()) or not bool(torch.isfinite(c.double()).all())):
+            raise ValueError(f"method {name!r}: counts of table {table!r} must be finite and >= 0")
+
+
+def _is_int(value: Any, lowest: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= lowest
+
+
+def _is_jsonable(value: Any) -> bool:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_jsonable(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_jsonable(v) for k, v in value.items())
+    return False
+
+
+register_method("none", none_plan)
+register_method("modulo", _modulo)
+register_method("qr", qr_plan)
+register_method("fbdh", fbdh_plan)
+register_method("memrec", memrec_plan)
+register_method("lhf", lhf_plan)
