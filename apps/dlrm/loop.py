@@ -1,0 +1,331 @@
+"""The training and evaluation loop shared by the DLRM app and the teacher.
+
+Shape legend: ``B`` per-rank batch size, ``W`` world size, ``V`` ids of a batch, ``F``
+features, ``T`` ids of all tables together (``sum N``).
+
+Training runs through TorchRec's TrainPipelineSparseDist (input_dist of batch ``i + 1``
+overlaps the forward / backward of batch ``i``); evaluation runs the same pipeline in
+eval mode under ``no_grad``. Data order depends only on ``--seed`` and the epoch, so a
+run resumed from the checkpoint of epoch ``k`` continues exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAUROC
+from torchrec.datasets.utils import Batch
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from tqdm import tqdm
+
+from apps.dlrm import checkpoint as ckpt
+from apps.dlrm.config import TrainConfig
+from apps.dlrm.model import build_model, make_optimizer, shard_model, table_configs, table_stats
+from apps.dlrm.runtime import DistEnv
+from torchrec_lhf.data import RecDataset, load_dataset
+from torchrec_lhf.distributed.embedding_bag import remap_bytes
+from torchrec_lhf.plan import HashPlan
+
+logger = logging.getLogger(__name__)
+
+BatchHook = Callable[[Iterable[Batch]], Iterable[Batch]]
+
+
+@dataclass(kw_only=True)
+class Session:
+    """A sharded model ready to train, with its data and bookkeeping."""
+
+    config: TrainConfig
+    env: DistEnv
+    dataset: RecDataset
+    tables: list[EmbeddingBagConfig]
+    """The logical tables (one per feature, in feature order)."""
+    plan: HashPlan | None
+    model: DistributedModelParallel
+    optimizer: torch.optim.Optimizer
+    pipeline: TrainPipelineSparseDist
+    stats: dict[str, int]
+    """``rows``, ``embedding_bytes``, ``full_rows``, ``full_embedding_bytes``, ``remap_bytes``."""
+    prepare: Callable[[Batch], Batch]
+    """Applied to every batch (folds ids beyond ``--num_embeddings_per_feature``)."""
+    epoch: int = 0
+    step: int = 0
+    train_seconds: float = 0.0
+    train_samples: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def plan_fingerprint(self) -> str | None:
+        return self.plan.fingerprint() if self.plan is not None else None
+
+
+def load_data(config: TrainConfig) -> RecDataset:
+    """The dataset named by ``config.dataset`` (every rank loads the same, deterministically)."""
+    return load_dataset(config.dataset, **config.dataset_options)
+
+
+def build_session(
+    config: TrainConfig, env: DistEnv, dataset: RecDataset, plan: HashPlan | None
+) -> Session:
+    """Build, convert and shard the model; seed first so that runs are reproducible."""
+    heights = config.num_embeddings_per_feature or list(dataset.num_embeddings)
+    tables = table_configs(dataset.feature_names, heights, config.embedding_dim)
+    torch.manual_seed(config.seed)  # NOTE: before DMP, which initializes the sharded tables
+    unsharded = build_model(
+        config, tables, num_dense=len(dataset.dense_names), plan=plan, dense_device=env.device
+    )
+    stats = dict(table_stats(unsharded), remap_bytes=remap_bytes(unsharded))
+    model = shard_model(unsharded, config, device=env.device, world_size=env.world_size)
+    if env.is_main:
+        logger.info("sharding plan:\n%s", model.plan)
+    optimizer = make_optimizer(model, config)
+    pipeline = TrainPipelineSparseDist(model, optimizer, env.device, execute_all_batches=True)
+    return Session(
+        config=config,
+        env=env,
+        dataset=dataset,
+        tables=tables,
+        plan=plan,
+        model=model,
+        optimizer=optimizer,
+        pipeline=pipeline,
+        stats=stats,
+        prepare=_fold_ids(tables, dataset),
+    )
+
+
+def _fold_ids(tables: list[EmbeddingBagConfig], dataset: RecDataset) -> Callable[[Batch], Batch]:
+    """Batch transform folding ids modulo the table heights where they are below the data's."""
+    heights_F = torch.tensor([c.num_embeddings for c in tables], dtype=torch.int64)
+    if all(c.num_embeddings >= n for c, n in zip(tables, dataset.num_embeddings)):
+        return lambda batch: batch
+    logger.warning(
+        "--num_embeddings_per_feature %s is below the data's heights %s for some features: "
+        "their ids fold modulo the table height",
+        heights_F.tolist(),
+        dataset.num_embeddings,
+    )
+
+    def fold(batch: Batch) -> Batch:
+        kjt = batch.sparse_features
+        feature_V = torch.repeat_interleave(
+            torch.arange(len(tables)),
+            torch.tensor(kjt.length_per_key()),
+            output_size=kjt.values().numel(),
+        )
+        values_V = kjt.values() % heights_F[feature_V]
+        folded = KeyedJaggedTensor(keys=kjt.keys(), values=values_V, lengths=kjt.lengths())
+        return Batch(
+            dense_features=batch.dense_features, sparse_features=folded, labels=batch.labels
+        )
+
+    return fold
+
+
+def train_epoch(session: Session, *, hook: BatchHook | None = None) -> None:
+    """One pass over this epoch's training batches (``--limit_train_batches`` at most)."""
+    cfg, env, ds = session.config, session.env, session.dataset
+    batches: Iterable[Batch] = map(
+        session.prepare,
+        ds.batches(
+            "train",
+            cfg.batch_size,
+            rank=env.rank,
+            world_size=env.world_size,
+            shuffle=True,
+            seed=cfg.seed,
+            epoch=session.epoch,
+            limit=cfg.limit_train_batches,
+        ),
+    )
+    if hook is not None:
+        batches = hook(batches)
+    total = ds.num_batches("train", cfg.batch_size, env.world_size)
+    if cfg.limit_train_batches is not None:
+        total = min(total, cfg.limit_train_batches)
+    session.model.train()
+    iterator = iter(batches)
+    start, steps = time.perf_counter(), 0
+    with tqdm(
+        total=total,
+        desc=f"epoch {session.epoch + 1}/{cfg.epochs}",
+        disable=not env.is_main,
+        mininterval=5.0,
+    ) as bar:
+        while True:
+            try:
+                loss, _, _ = session.pipeline.progress(iterator)
+            except StopIteration:
+                break
+            steps += 1
+            session.step += 1
+            bar.update(1)
+            if session.step % cfg.log_every == 0:
+                logger.info(
+                    "epoch %d step %d: loss %.5f", session.epoch + 1, session.step, float(loss)
+                )
+    session.train_seconds += time.perf_counter() - start
+    session.train_samples += steps * cfg.batch_size * env.world_size
+
+
+def _eval_batches(
+    session: Session, split: str, limit: int | None
+) -> tuple[Iterator[Batch], list[int]]:
+    """This rank's batches of ``split`` and the number of real rows in each.
+
+    Without ``limit`` the incomplete last global batch is padded (with copies of its first
+    row, masked out of the metrics) so that the whole split is evaluated while every rank
+    still runs the same number of batches.
+    """
+    cfg, env, ds = session.config, session.env, session.dataset
+    per_global = cfg.batch_size * env.world_size
+    num_full = ds.num_batches(split, cfg.batch_size, env.world_size)
+    if limit is not None and limit <= num_full:
+        batches = ds.batches(
+            split, cfg.batch_size, rank=env.rank, world_size=env.world_size, limit=limit
+        )
+        return iter(map(session.prepare, batches)), [cfg.batch_size] * limit
+    valid = [cfg.batch_size] * num_full
+    rows_R = ds.splits[split][num_full * per_global :]
+    tail: list[Batch] = []
+    if rows_R.numel():
+        padded_R = torch.cat([rows_R, rows_R[:1].expand(per_global - rows_R.numel())])
+        tail = [
+            ds.make_batch(padded_R[env.rank * cfg.batch_size : (env.rank + 1) * cfg.batch_size])
+        ]
+        valid.append(max(0, min(cfg.batch_size, rows_R.numel() - env.rank * cfg.batch_size)))
+    full = ds.batches(split, cfg.batch_size, rank=env.rank, world_size=env.world_size)
+    return iter(map(session.prepare, _chain(full, tail))), valid
+
+
+def _chain(*parts: Iterable[Batch]) -> Iterator[Batch]:
+    for part in parts:
+        yield from part
+
+
+def evaluate(session: Session, split: str, limit: int | None = None) -> dict[str, float]:
+    """AUROC and logloss over ``split`` on all ranks together (torchmetrics syncs them).
+
+    Returns:
+        ``{"auc", "logloss", "num_samples"}`` (identical on every rank); NaN metrics for an
+        empty split.
+    """
+    batches, valid = _eval_batches(session, split, limit)
+    device = session.env.device
+    auroc, logloss = BinaryAUROC().to(device), MeanMetric().to(device)
+    num_local = 0
+    session.model.eval()
+    i = 0
+    with torch.no_grad():
+        while True:
+            try:
+                _, logits_B, labels_B = session.pipeline.progress(batches)
+            except StopIteration:
+                break
+            n = valid[i]
+            i += 1
+            logits_B, labels_B = logits_B[:n].float(), labels_B[:n].float()
+            auroc.update(torch.sigmoid(logits_B), labels_B.long())
+            logloss.update(F.binary_cross_entropy_with_logits(logits_B, labels_B, reduction="none"))
+            num_local += n
+    session.model.train()
+    assert i == len(valid), f"evaluated {i} batches, expected {len(valid)}"
+    num_N = torch.tensor([num_local], dtype=torch.int64, device=device)
+    dist.all_reduce(num_N)
+    num = int(num_N)
+    if num == 0:
+        logger.warning("split %r is empty: no metrics", split)
+        return {"auc": float("nan"), "logloss": float("nan"), "num_samples": 0}
+    return {"auc": float(auroc.compute()), "logloss": float(logloss.compute()), "num_samples": num}
+
+
+def fit(
+    session: Session, *, hook: BatchHook | None = None, extra_state: Any = None
+) -> dict[str, Any]:
+    """Resume if asked, train the remaining epochs (validating and checkpointing after each),
+    then test.
+
+    Args:
+        session: from :func:`build_session`.
+        hook: wraps each epoch's training batches (e.g. the teacher's id counter).
+        extra_state: an object with ``state() -> dict[str, Tensor]`` (collective, rank 0's
+            result is saved) and ``load(dict[str, Tensor])``, checkpointed with the model.
+
+    Returns:
+        ``val_auc``, ``val_logloss``, ``auc``, ``logloss`` (test), ``samples_per_s``, the
+        table statistics, ``epochs``, ``steps`` and ``history`` (per-epoch validation).
+    """
+    cfg, env = session.config, session.env
+    if cfg.resume:
+        path = ckpt.checkpoint_path(cfg.checkpoint_dir)
+        if path.is_file():
+            resumed = ckpt.load_checkpoint(
+                cfg.checkpoint_dir,
+                model=session.model,
+                optimizer=session.optimizer,
+                plan_fingerprint=session.plan_fingerprint,
+                config=cfg.to_dict(),
+            )
+            session.epoch, session.step = resumed.epoch, resumed.step
+            if extra_state is not None:
+                extra_state.load(resumed.extra)
+        else:
+            logger.warning("--resume: no checkpoint at %s yet; starting from scratch", path)
+    val = {"auc": float("nan"), "logloss": float("nan")}
+    while session.epoch < cfg.epochs:
+        train_epoch(session, hook=hook)
+        session.epoch += 1
+        val = evaluate(session, "val", cfg.limit_val_batches)
+        session.history.append(
+            {
+                "epoch": session.epoch,
+                "step": session.step,
+                "val_auc": val["auc"],
+                "val_logloss": val["logloss"],
+            }
+        )
+        logger.info(
+            "epoch %d: val auc %.5f logloss %.5f", session.epoch, val["auc"], val["logloss"]
+        )
+        if cfg.checkpoint_dir is not None:
+            ckpt.save_checkpoint(
+                cfg.checkpoint_dir,
+                model=session.model,
+                optimizer=session.optimizer,
+                epoch=session.epoch,
+                step=session.step,
+                plan_fingerprint=session.plan_fingerprint,
+                config=cfg.to_dict(),
+                extra=extra_state.state() if extra_state is not None else None,
+                device=env.device,
+            )
+    if not session.history:  # resumed after the last epoch: validate the restored model
+        val = evaluate(session, "val", cfg.limit_val_batches)
+    test = evaluate(session, "test", cfg.limit_test_batches)
+    logger.info("test auc %.5f logloss %.5f", test["auc"], test["logloss"])
+    return {
+        "auc": test["auc"],
+        "logloss": test["logloss"],
+        "val_auc": val["auc"],
+        "val_logloss": val["logloss"],
+        "test_samples": test["num_samples"],
+        "samples_per_s": session.train_samples / session.train_seconds
+        if session.train_seconds
+        else 0.0,
+        **session.stats,
+        "epochs": session.epoch,
+        "steps": session.step,
+        "world_size": env.world_size,
+        "history": session.history,
+    }

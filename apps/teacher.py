@@ -1,0 +1,209 @@
+"""Train the teacher: the app's DLRM with a tiny embedding dim, counting id accesses.
+
+Shape legend: ``N`` table height, ``D`` teacher embedding dim (``--embedding_dim``,
+default 4), ``V`` ids of a batch, ``T`` ids of all tables together (``sum N``).
+
+The teacher is the DLRM app's architecture at full table height (no compression), trained
+through the same loop on any number of ranks. While it trains, every rank counts how often
+each id of each table is accessed in the training batches it sees (exact int64, summed
+over ranks with ``all_reduce``); at the end the full ``(N, D)`` tables are gathered to
+rank 0 whatever the sharding and written with the counts as a :class:`TeacherArtifact`
+(safetensors + JSON manifest, atomically) to ``--out``::
+
+    python -m apps.teacher --dataset movielens-100k --epochs 2 --out runs/teacher
+    torchrun --nproc_per_node 2 -m apps.teacher --dataset synthetic --out runs/teacher
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torchrec.datasets.utils import Batch
+
+from apps.dlrm.config import TrainConfig, add_training_flags, config_from_args
+from apps.dlrm.gather import gather_to_rank0
+from apps.dlrm.loop import Session, build_session, fit, load_data
+from apps.dlrm.model import EBC_FQN
+from apps.dlrm.runtime import DistEnv, distributed, setup_logging
+from torchrec_lhf._io import atomic_write_json
+from torchrec_lhf.build.artifact import TeacherArtifact
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class TeacherConfig:
+    """The teacher's run: a DLRM training config (no compression) and where to write."""
+
+    train: TrainConfig
+    """Model, data and optimization (``--embedding_dim`` defaults to 4 here)."""
+    out: str
+    """Directory of the teacher artifact."""
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError(f"out must name a directory, got {self.out!r}")
+        if self.train.learned_hash is not None or self.train.compression != "none":
+            raise ValueError(
+                f"the teacher trains full tables; got learned_hash={self.train.learned_hash!r}, "
+                f"compression={self.train.compression!r}"
+            )
+
+
+class IdCounter:
+    """Counts accesses per id per table of the batches passing through it (this rank's).
+
+    Each batch costs ``O(V)`` (an ``index_add_`` of its ids), not ``O(T)``.
+
+    Args:
+        num_embeddings: the table heights, in the batches' feature order.
+        device: where the counts live.
+
+    Attributes:
+        counts_T: int64 ``(T,)``, the tables' counts one after another.
+        samples: int64 ``(1,)``, samples seen.
+    """
+
+    def __init__(self, num_embeddings: list[int], device: torch.device) -> None:
+        self.num_embeddings = list(num_embeddings)
+        self.offsets_F = torch.tensor([0, *num_embeddings[:-1]], device=device).cumsum(0)
+        self.counts_T = torch.zeros(sum(num_embeddings), dtype=torch.int64, device=device)
+        self.samples = torch.zeros(1, dtype=torch.int64, device=device)
+
+    def __call__(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        for batch in batches:
+            kjt = batch.sparse_features
+            values_V = kjt.values().to(self.counts_T.device)
+            per_key_F = torch.tensor(kjt.length_per_key(), device=values_V.device)
+            feature_V = torch.repeat_interleave(
+                torch.arange(len(per_key_F), device=values_V.device),
+                per_key_F,
+                output_size=values_V.numel(),
+            )
+            index_V = self.offsets_F[feature_V] + values_V
+            self.counts_T.index_add_(0, index_V, torch.ones_like(index_V))
+            self.samples += batch.labels.numel()
+            yield batch
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The counts summed over ranks (collective; this rank's counts are unchanged)."""
+        counts_T, samples = self.counts_T.clone(), self.samples.clone()
+        dist.all_reduce(counts_T)
+        dist.all_reduce(samples)
+        return {"counts": counts_T.cpu(), "samples": samples.cpu()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state` (rank 0 holds the sums, the other ranks restart at 0)."""
+        if tuple(state["counts"].shape) != tuple(self.counts_T.shape):
+            raise ValueError(
+                f"checkpointed counts have shape {tuple(state['counts'].shape)}, expected {tuple(self.counts_T.shape)}"
+            )
+        keep = dist.get_rank() == 0
+        self.counts_T.copy_(state["counts"] if keep else torch.zeros_like(state["counts"]))
+        self.samples.copy_(state["samples"] if keep else torch.zeros_like(state["samples"]))
+
+
+def gather_tables(session: Session) -> dict[str, torch.Tensor] | None:
+    """The full ``(N, D)`` float32 tables on rank 0 (``None`` elsewhere); collective."""
+    state = session.model.state_dict()
+    keys = {cfg.name: f"{EBC_FQN}.embedding_bags.{cfg.name}.weight" for cfg in session.tables}
+    missing = sorted(k for k in keys.values() if k not in state)
+    if missing:
+        raise ValueError(
+            f"the model has no tables {missing}; it has {[k for k in state if 'embedding_bags' in k]}"
+        )
+    full = gather_to_rank0({key: state[key] for key in keys.values()}, device=session.env.device)
+    if full is None:
+        return None
+    return {name: full[key].float() for name, key in keys.items()}
+
+
+def train_teacher(config: TeacherConfig, env: DistEnv) -> tuple[Session, dict[str, Any]]:
+    """Train the teacher and write its artifact (rank 0) to ``config.out``.
+
+    Returns:
+        The session (its sharded model, for inspection) and the metrics: the DLRM app's
+        keys plus ``out``, ``samples_seen`` and ``tables``.
+    """
+    cfg = config.train
+    dataset = load_data(cfg)
+    logger.info("teacher dataset: %s", dataset)
+    session = build_session(cfg, env, dataset, plan=None)
+    counter = IdCounter([c.num_embeddings for c in session.tables], env.device)
+    metrics = fit(session, hook=counter, extra_state=counter)
+    counted = counter.state()
+    embeddings = gather_tables(session)
+    samples_seen = int(counted["samples"])
+    if env.is_main:
+        counts = dict(
+            zip(
+                [c.name for c in session.tables],
+                torch.split(counted["counts"], counter.num_embeddings),
+            )
+        )
+        manifest = {
+            "dataset": cfg.dataset,
+            "dataset_name": dataset.name,
+            "feature_names": list(dataset.feature_names),
+            "samples_seen": samples_seen,
+            "epochs": metrics["epochs"],
+            "world_size": env.world_size,
+            "config": cfg.to_dict(),
+            "metrics": {k: metrics[k] for k in ("auc", "logloss", "val_auc", "val_logloss")},
+        }
+        TeacherArtifact(embeddings=embeddings, counts=counts, manifest=manifest).save(config.out)
+        logger.info(
+            "teacher artifact -> %s: %d tables, %d samples seen, test auc %.5f",
+            config.out,
+            len(counts),
+            samples_seen,
+            metrics["auc"],
+        )
+    dist.barrier()
+    metrics.update(
+        out=config.out,
+        samples_seen=samples_seen,
+        tables=[c.name for c in session.tables],
+        config=cfg.to_dict(),
+    )
+    return session, metrics
+
+
+def parse_args(argv: list[str] | None = None) -> TeacherConfig:
+    """Parse the teacher's flags.
+
+    Raises:
+        ValueError: a flag value is invalid (the message names it).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.teacher",
+        description="Train the teacher DLRM (tiny embedding dim, full tables) and write its "
+        "embeddings and id access counts for the hash build.",
+    )
+    add_training_flags(parser, embedding_dim=4)
+    parser.add_argument("--out", required=True, help="directory of the teacher artifact")
+    args = parser.parse_args(argv)
+    out = args.out
+    del args.out
+    return TeacherConfig(train=config_from_args(args), out=out)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command-line entry point: ``python -m apps.teacher --help``."""
+    config = parse_args(argv)
+    with distributed(config.train.backend) as env:
+        setup_logging(env.rank)
+        _, metrics = train_teacher(config, env)
+        if env.is_main and config.train.metrics_json:
+            atomic_write_json(config.train.metrics_json, metrics)
+        return metrics
+
+
+if __name__ == "__main__":
+    main()
