@@ -93,9 +93,11 @@ class TableHash:
         """Total rows over the internal tables, ``sum(M_h)``."""
         return sum(self.heights)
 
-    def remap_bytes(self) -> int:
-        """Bytes of the lookup tables themselves (int32, ``N * H``)."""
-        return 4 * self.num_embeddings * self.num_hashes
+    def remap_bytes(self, max_height: int | None = None) -> int:
+        """Bytes of the lookup table in a module: 2 per entry (int16) when the largest
+        compressed height (``max_height``, default this table's) fits in 2**15, else 4."""
+        width = 2 if (max_height or max(self.heights)) <= 2**15 else 4
+        return width * self.num_embeddings * self.num_hashes
 
     def internal_dims(self, embedding_dim: int) -> list[int]:
         """Dims of the internal tables for a logical dim (split evenly for ``concat``)."""
@@ -246,11 +248,12 @@ class HashPlan:
 
     # --------------------------------------------------------------- reporting
     def remap_bytes(self) -> int:
-        """Bytes of all lookup tables."""
-        return sum(t.remap_bytes() for t in self.tables)
+        """Bytes of all lookup tables in one module (width set by the largest height)."""
+        max_height = max((h for t in self.tables for h in t.heights), default=1)
+        return sum(t.remap_bytes(max_height) for t in self.tables)
 
     def summary(self, embedding_dim: int | Mapping[str, int] | None = None) -> list[dict[str, Any]]:
-        """Per table: ``N -> M``, hash count, combine, and bytes (fp32 tables, int32 remap).
+        """Per table: ``N -> M``, hash count, combine, and bytes (fp32 tables, int16/int32 remap).
 
         Args:
             embedding_dim: the logical dim (one for all tables, or per table name) to
@@ -261,6 +264,7 @@ class HashPlan:
             combine, ratio, table_bytes, full_table_bytes, remap_bytes``.
         """
         rows = []
+        max_height = max((h for t in self.tables for h in t.heights), default=1)
         for t in self.tables:
             dim = embedding_dim.get(t.name) if isinstance(embedding_dim, Mapping) else embedding_dim
             dims = t.internal_dims(dim) if dim else None
@@ -274,7 +278,7 @@ class HashPlan:
                     "ratio": t.num_rows / t.num_embeddings,
                     "table_bytes": 4 * sum(m * d for m, d in zip(t.heights, dims)) if dims else None,
                     "full_table_bytes": 4 * t.num_embeddings * dim if dim else None,
-                    "remap_bytes": t.remap_bytes(),
+                    "remap_bytes": t.remap_bytes(max_height),
                 }
             )
         return rows

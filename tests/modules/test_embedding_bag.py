@@ -186,3 +186,17 @@ def test_three_hash_combines_by_hand(combine: str, expected: list[list[int]]) ->
     out = ebc(_kjt(["f0", "g"], [[[2], [0]], [[1], [0]]]))
     torch.testing.assert_close(out["f0"], torch.tensor(expected, dtype=torch.float32))
     torch.testing.assert_close(out["g"], torch.tensor([[8.0, 8.0], [9.0, 9.0]]))
+
+
+def test_mapping_width_follows_largest_compressed_table() -> None:
+    small = HashPlan.from_mappings({"t0": _i32(0, 1, 1, 0)})
+    ebc = LearnedHashEmbeddingBagCollection(tables=[_table()], plan=small)
+    assert ebc.remap.mapping.dtype == torch.int16 and ebc.remap.remap_bytes() == 2 * 4
+    big = HashPlan.from_mappings({"t0": _i32(0, 1, 1, 0)}, heights={"t0": 2**15 + 1})
+    ebc = LearnedHashEmbeddingBagCollection(tables=[_table()], plan=big)
+    assert ebc.remap.mapping.dtype == torch.int32
+    # a checkpoint holding the mapping as int32 still loads into the int16 module
+    ebc16 = LearnedHashEmbeddingBagCollection(tables=[_table()], plan=small)
+    state = dict(ebc16.state_dict(), **{"remap.mapping": ebc16.remap.mapping.to(torch.int32)})
+    ebc16.load_state_dict(state)
+    assert ebc16.remap.mapping.dtype == torch.int16

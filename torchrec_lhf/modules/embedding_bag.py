@@ -28,6 +28,7 @@ from torchrec_lhf.modules.remap import (
     InternalFeature,
     KeyedTensorCombine,
     hashed_name,
+    mapping_dtype,
 )
 from torchrec_lhf.plan import HashPlan
 
@@ -85,7 +86,9 @@ def internal_layout(tables: list[EmbeddingBagConfig], plan: HashPlan) -> Interna
             sources.append(
                 ([hashed_name(f, h, num_hashes) for h in range(num_hashes)], th.combine if th else "sum")
             )
+    max_height = max((h for cfg in tables if cfg.name in plan for h in plan[cfg.name].heights), default=1)
     mapping = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.int32)
+    mapping = mapping.to(mapping_dtype(max_height))
     combine = None
     if in_keys != out_keys:
         combine = KeyedTensorCombine(in_keys, in_dims, out_keys, out_dims, sources)
@@ -187,12 +190,13 @@ def _check_remap_on_load(module: nn.Module, state_dict: dict, prefix: str, *args
     if key not in state_dict:
         return  # strict loading reports the missing key itself
     incoming, mine = state_dict[key], module.remap.mapping
-    if incoming.shape != mine.shape or not torch.equal(incoming.cpu(), mine.cpu()):
+    if incoming.shape != mine.shape or not torch.equal(incoming.cpu().long(), mine.cpu().long()):
         raise ValueError(
             f"{key}: the checkpoint's hash mapping differs from this module's plan "
             f"(checkpoint {tuple(incoming.shape)}, module {tuple(mine.shape)}); it was trained with "
             "another hash plan"
         )
+    state_dict[key] = incoming.to(mine.dtype)  # a checkpoint may hold another int width
 
 
 def apply_hash_plan(

@@ -7,8 +7,9 @@ Legend:
     V   ids in the input batch;  P ids in the remapped batch (V * H for uniform H)
     C   columns of a KeyedTensor (sum of embedding dims)
 
-All mappings of a module live in one flat int32 buffer; each internal feature owns an
-offset into it. The remap of a batch is a handful of vectorized ops and one gather,
+All mappings of a module live in one flat buffer; each internal feature owns an offset
+into it. As in the paper, the bit width of its values is set by the largest compressed
+table: int16 when every internal height fits in 2**15 rows, int32 otherwise. The remap of a batch is a handful of vectorized ops and one gather,
 whatever the number of features.
 """
 
@@ -22,6 +23,12 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 OUT_OF_RANGE_POLICIES = ("error", "modulo")
 IDENTITY = -1  # offset of an internal feature whose table is not compressed
+MAPPING_DTYPES = (torch.int16, torch.int32)
+
+
+def mapping_dtype(max_height: int) -> torch.dtype:
+    """The narrowest mapping dtype for rows ``[0, max_height)``."""
+    return torch.int16 if max_height <= 2**15 else torch.int32
 
 
 def hashed_name(name: str, h: int, num_hashes: int) -> str:
@@ -51,7 +58,7 @@ class FeatureRemap(nn.Module):
 
     Args:
         features: the internal features, in the order the internal tables expect them.
-        mapping: flat int32 buffer, shape ``(sum_t N_t * H_t,)``.
+        mapping: flat int16 or int32 buffer, shape ``(sum_t N_t * H_t,)``.
         out_of_range: ``"error"`` (ValueError naming feature, id and N) or ``"modulo"``
             (fold raw ids into ``[0, N)`` first, negatives included).
 
@@ -77,8 +84,10 @@ class FeatureRemap(nn.Module):
         super().__init__()
         if out_of_range not in OUT_OF_RANGE_POLICIES:
             raise ValueError(f"out_of_range must be one of {OUT_OF_RANGE_POLICIES}, got {out_of_range!r}")
-        if mapping.dtype != torch.int32 or mapping.dim() != 1:
-            raise ValueError(f"mapping must be a 1-D int32 tensor, got {mapping.dtype} {tuple(mapping.shape)}")
+        if mapping.dtype not in MAPPING_DTYPES or mapping.dim() != 1:
+            raise ValueError(
+                f"mapping must be a 1-D tensor of {MAPPING_DTYPES}, got {mapping.dtype} {tuple(mapping.shape)}"
+            )
         self.out_of_range = out_of_range
         self.features = list(features)
         self.feature_names = [f.name for f in self.features]
