@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +28,9 @@ def _worker(fn: Callable[..., Any], rank: int, world_size: int, port: int, kwarg
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         result = fn(rank=rank, world_size=world_size, **kwargs)
-        queue.put((rank, "ok", result))
+        # NOTE: plain pickle bytes, not the queue's tensor sharing: shared-memory tensors
+        # need this process alive until the parent reads them, and it exits right away.
+        queue.put((rank, "ok", pickle.dumps(result)))
     except BaseException:  # report everything to the parent, which raises
         queue.put((rank, "error", traceback.format_exc()))
     finally:
@@ -56,7 +59,7 @@ def run_multiprocess(fn: Callable[..., Any], world_size: int = 2, timeout: float
         for _ in range(world_size):
             rank, status, payload = queue.get(timeout=timeout)
             if status == "ok":
-                results[rank] = payload
+                results[rank] = pickle.loads(payload)  # our own child's bytes (tests only)
             else:
                 errors.append(f"rank {rank}:\n{payload}")
                 break
