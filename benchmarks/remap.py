@@ -36,8 +36,32 @@ from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollec
 
 # Criteo Kaggle cardinalities (26 tables), capped by --max_rows.
 CRITEO_HEIGHTS = [
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
-    14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+    1460,
+    583,
+    10131227,
+    2202608,
+    305,
+    24,
+    12517,
+    633,
+    3,
+    93145,
+    5683,
+    8351593,
+    3194,
+    27,
+    14992,
+    5461306,
+    10,
+    5652,
+    2173,
+    4,
+    7046547,
+    18,
+    15,
+    286181,
+    105,
+    142572,
 ]
 
 
@@ -46,9 +70,14 @@ def _inputs(heights: list[int], batch: int, pooling: int, seed: int) -> KeyedJag
     lengths = torch.full((len(heights) * batch,), pooling, dtype=torch.int32)
     # Zipf-like skew: squares of uniforms concentrate on small ids
     values = torch.cat(
-        [(torch.rand(batch * pooling, generator=g) ** 3 * h).long().clamp_max(h - 1) for h in heights]
+        [
+            (torch.rand(batch * pooling, generator=g) ** 3 * h).long().clamp_max(h - 1)
+            for h in heights
+        ]
     )
-    return KeyedJaggedTensor(keys=[f"f{i}" for i in range(len(heights))], values=values, lengths=lengths)
+    return KeyedJaggedTensor(
+        keys=[f"f{i}" for i in range(len(heights))], values=values, lengths=lengths
+    )
 
 
 def _time(step, iters: int, warmup: int) -> float:
@@ -64,11 +93,15 @@ def _time(step, iters: int, warmup: int) -> float:
 
 def _dmp(module: torch.nn.Module, sharders: list, batch: int) -> DistributedModelParallel:
     pg = dist.GroupMember.WORLD
-    plan = EmbeddingShardingPlanner(topology=Topology(world_size=1, compute_device="cpu"), batch_size=batch).collective_plan(
-        module, sharders, pg
-    )
+    plan = EmbeddingShardingPlanner(
+        topology=Topology(world_size=1, compute_device="cpu"), batch_size=batch
+    ).collective_plan(module, sharders, pg)
     return DistributedModelParallel(
-        module, env=ShardingEnv.from_process_group(pg), plan=plan, sharders=sharders, device=torch.device("cpu")
+        module,
+        env=ShardingEnv.from_process_group(pg),
+        plan=plan,
+        sharders=sharders,
+        device=torch.device("cpu"),
     )
 
 
@@ -76,16 +109,23 @@ def run(args: argparse.Namespace) -> dict:
     heights = [min(h, args.max_rows) for h in CRITEO_HEIGHTS]
     compressed = [max(1, round(h * args.fraction)) for h in heights]
     logical = [
-        EmbeddingBagConfig(name=f"t{i}", embedding_dim=args.dim, num_embeddings=h, feature_names=[f"f{i}"])
+        EmbeddingBagConfig(
+            name=f"t{i}", embedding_dim=args.dim, num_embeddings=h, feature_names=[f"f{i}"]
+        )
         for i, h in enumerate(heights)
     ]
     small = [
-        EmbeddingBagConfig(name=f"t{i}", embedding_dim=args.dim, num_embeddings=m, feature_names=[f"f{i}"])
+        EmbeddingBagConfig(
+            name=f"t{i}", embedding_dim=args.dim, num_embeddings=m, feature_names=[f"f{i}"]
+        )
         for i, m in enumerate(compressed)
     ]
     g = torch.Generator().manual_seed(0)
     plan = HashPlan.from_mappings(
-        {f"t{i}": torch.randint(0, m, (h,), generator=g) for i, (h, m) in enumerate(zip(heights, compressed))},
+        {
+            f"t{i}": torch.randint(0, m, (h,), generator=g)
+            for i, (h, m) in enumerate(zip(heights, compressed))
+        },
         heights={f"t{i}": m for i, m in enumerate(compressed)},
     )
     raw = _inputs(heights, args.batch_size, args.pooling, seed=1)
@@ -105,7 +145,11 @@ def run(args: argparse.Namespace) -> dict:
         results.setdefault("unsharded", {})[name] = _time(step, args.iters, args.warmup)
 
     fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.01}
-    plain_dmp = _dmp(EmbeddingBagCollection(tables=small, device=torch.device("meta")), [EmbeddingBagCollectionSharder(fused_params=fused)], args.batch_size)
+    plain_dmp = _dmp(
+        EmbeddingBagCollection(tables=small, device=torch.device("meta")),
+        [EmbeddingBagCollectionSharder(fused_params=fused)],
+        args.batch_size,
+    )
     lhf_dmp = _dmp(
         LearnedHashEmbeddingBagCollection(tables=logical, plan=plan, device=torch.device("meta")),
         [LearnedHashEmbeddingBagCollectionSharder(fused_params=fused)],
@@ -125,10 +169,16 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "remap",
         "config": {
-            "num_tables": len(heights), "batch_size": args.batch_size, "pooling": args.pooling,
-            "embedding_dim": args.dim, "fraction": args.fraction, "max_rows": args.max_rows,
-            "ids_per_batch": raw.values().numel(), "threads": torch.get_num_threads(),
-            "machine": platform.machine(), "torch": torch.__version__,
+            "num_tables": len(heights),
+            "batch_size": args.batch_size,
+            "pooling": args.pooling,
+            "embedding_dim": args.dim,
+            "fraction": args.fraction,
+            "max_rows": args.max_rows,
+            "ids_per_batch": raw.values().numel(),
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "torch": torch.__version__,
         },
         "seconds_per_batch": results,
         "remap_only_seconds": remap_only,
@@ -138,7 +188,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch_size", type=int, default=4096)
     parser.add_argument("--pooling", type=int, default=1, help="ids per sample per feature")
     parser.add_argument("--dim", type=int, default=64)
@@ -158,7 +210,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         for mode in ("unsharded", "fused"):
             r = result["seconds_per_batch"][mode]
-            print(f"{mode:>9}: plain {r['plain'] * 1e3:.2f} ms  lhf {r['lhf'] * 1e3:.2f} ms  ratio {r['ratio']:.3f}")
+            print(
+                f"{mode:>9}: plain {r['plain'] * 1e3:.2f} ms  lhf {r['lhf'] * 1e3:.2f} ms  ratio {r['ratio']:.3f}"
+            )
         print(f"remap alone: {result['remap_only_seconds'] * 1e3:.2f} ms")
     dist.destroy_process_group()
     return result

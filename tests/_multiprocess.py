@@ -14,7 +14,9 @@ import torch.distributed as dist
 from torchrec.test_utils import get_free_port
 
 
-def _worker(fn: Callable[..., Any], rank: int, world_size: int, port: int, kwargs: dict, queue: Any) -> None:
+def _worker(
+    fn: Callable[..., Any], rank: int, world_size: int, port: int, kwargs: dict, queue: Any
+) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -38,7 +40,9 @@ def _worker(fn: Callable[..., Any], rank: int, world_size: int, port: int, kwarg
             dist.destroy_process_group()
 
 
-def run_multiprocess(fn: Callable[..., Any], world_size: int = 2, timeout: float = 300, **kwargs: Any) -> list[Any]:
+def run_multiprocess(
+    fn: Callable[..., Any], world_size: int = 2, timeout: float = 300, **kwargs: Any
+) -> list[Any]:
     """Call ``fn(rank=, world_size=, **kwargs)`` in ``world_size`` processes.
 
     ``fn`` must be a module-level function. Returns the per-rank results (picklable);

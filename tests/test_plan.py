@@ -14,7 +14,10 @@ from torchrec_lhf import HashPlan, TableHash
 
 def _plan() -> HashPlan:
     return HashPlan.from_multi_mappings(
-        {"t0": [torch.tensor([0, 2, 1, 2]), torch.tensor([1, 0, 0, 1])], "t1": [torch.tensor([0, 0, 3])]},
+        {
+            "t0": [torch.tensor([0, 2, 1, 2]), torch.tensor([1, 0, 0, 1])],
+            "t1": [torch.tensor([0, 0, 3])],
+        },
         combine={"t0": "concat"},
         heights={"t1": [5]},
         metadata={"method": "test"},
@@ -34,8 +37,12 @@ def test_equality_ignores_metadata_but_not_content() -> None:
     b.metadata["created"] = "another day"
     assert a == b and a.fingerprint() == b.fingerprint()
     c = HashPlan.from_multi_mappings(
-        {"t0": [torch.tensor([0, 2, 1, 2]), torch.tensor([1, 0, 0, 1])], "t1": [torch.tensor([0, 0, 3])]},
-        combine="sum", heights={"t1": [5]},
+        {
+            "t0": [torch.tensor([0, 2, 1, 2]), torch.tensor([1, 0, 0, 1])],
+            "t1": [torch.tensor([0, 0, 3])],
+        },
+        combine="sum",
+        heights={"t1": [5]},
     )
     assert a != c and a.fingerprint() != c.fingerprint()  # combine differs
     d = HashPlan.from_mappings({"t0": torch.tensor([0, 2, 1, 1])})
@@ -87,7 +94,11 @@ def test_foreign_files(tmp_path) -> None:
 
 def test_manifest_of_another_kind(tmp_path) -> None:
     path = tmp_path / "x.safetensors"
-    save_file({"t/0": torch.zeros(2, dtype=torch.int32)}, str(path), metadata={"torchrec_lhf": json.dumps({"kind": "teacher"})})
+    save_file(
+        {"t/0": torch.zeros(2, dtype=torch.int32)},
+        str(path),
+        metadata={"torchrec_lhf": json.dumps({"kind": "teacher"})},
+    )
     with pytest.raises(ValueError, match="expected a torchrec_lhf hash_plan, found 'teacher'"):
         HashPlan.load(path)
 
@@ -108,11 +119,23 @@ def test_header_tampering_is_detected(tmp_path) -> None:
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(mappings=(torch.tensor([0, 5], dtype=torch.int32),), heights=(5,)), r"values must be in \[0, 5\), found range \[0, 5\]"),
+        (
+            dict(mappings=(torch.tensor([0, 5], dtype=torch.int32),), heights=(5,)),
+            r"values must be in \[0, 5\), found range \[0, 5\]",
+        ),
         (dict(mappings=(torch.tensor([0, 1], dtype=torch.int64),), heights=(2,)), "1-D int32"),
-        (dict(mappings=(torch.tensor([0, 1, 0], dtype=torch.int32),), heights=(2,)), "3 entries, expected num_embeddings=2"),
-        (dict(mappings=(torch.tensor([0, 1], dtype=torch.int32),), heights=(2, 3)), "1 mappings but 2 heights"),
-        (dict(mappings=(torch.tensor([0, 1], dtype=torch.int32),), heights=(2,), combine="max"), "combine must be one of"),
+        (
+            dict(mappings=(torch.tensor([0, 1, 0], dtype=torch.int32),), heights=(2,)),
+            "3 entries, expected num_embeddings=2",
+        ),
+        (
+            dict(mappings=(torch.tensor([0, 1], dtype=torch.int32),), heights=(2, 3)),
+            "1 mappings but 2 heights",
+        ),
+        (
+            dict(mappings=(torch.tensor([0, 1], dtype=torch.int32),), heights=(2,), combine="max"),
+            "combine must be one of",
+        ),
         (dict(mappings=(), heights=()), "at least one hash function"),
     ],
 )

@@ -24,6 +24,28 @@ MANIFEST_KEY = "torchrec_lhf"
 
 
 @contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success move it over ``path``.
+
+    If the body raises, the temporary file is removed and ``path`` is left untouched. The
+    parent directory is created if missing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file next to ``path`` and move it over ``path`` on success.
 
@@ -32,22 +54,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         mode: ``"wb"`` or ``"w"``.
 
     Yields:
-        The open temporary file. If the body raises, the temporary file is removed and
-        ``path`` is left untouched.
+        The open temporary file; ``path`` is untouched if the body raises.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -79,19 +89,8 @@ def save_tensors(
     """
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     manifest = dict(manifest, sha256=tensor_digest(tensors))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def load_tensors(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -118,13 +117,15 @@ def load_tensors(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Te
             header = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}")
+        raise ValueError(
+            f"{path}: not a readable safetensors file (truncated or corrupt?): {e}"
+        ) from e
     if MANIFEST_KEY not in header:
         raise ValueError(f"{path}: a safetensors file, but not a torchrec_lhf {kind} (no manifest)")
     try:
         manifest = json.loads(header[MANIFEST_KEY])
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: manifest is not valid JSON: {e}")
+        raise ValueError(f"{path}: manifest is not valid JSON: {e}") from e
     if manifest.get("kind") != kind:
         raise ValueError(f"{path}: expected a torchrec_lhf {kind}, found {manifest.get('kind')!r}")
     digest = tensor_digest(tensors)

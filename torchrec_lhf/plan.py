@@ -52,9 +52,13 @@ class TableHash:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "." in self.name:
-            raise ValueError(f"table name must be a non-empty string without '.', got {self.name!r}")
+            raise ValueError(
+                f"table name must be a non-empty string without '.', got {self.name!r}"
+            )
         if self.num_embeddings < 1:
-            raise ValueError(f"table {self.name!r}: num_embeddings must be >= 1, got {self.num_embeddings}")
+            raise ValueError(
+                f"table {self.name!r}: num_embeddings must be >= 1, got {self.num_embeddings}"
+            )
         if len(self.mappings) < 1:
             raise ValueError(f"table {self.name!r}: needs at least one hash function, got 0")
         if len(self.heights) != len(self.mappings):
@@ -62,20 +66,32 @@ class TableHash:
                 f"table {self.name!r}: {len(self.mappings)} mappings but {len(self.heights)} heights"
             )
         if self.combine not in COMBINE_MODES:
-            raise ValueError(f"table {self.name!r}: combine must be one of {COMBINE_MODES}, got {self.combine!r}")
+            raise ValueError(
+                f"table {self.name!r}: combine must be one of {COMBINE_MODES}, got {self.combine!r}"
+            )
         if self.combine == "scaled_sum" and len(self.mappings) < 2:
-            raise ValueError(f"table {self.name!r}: scaled_sum needs at least 2 hash functions, got {len(self.mappings)}")
+            raise ValueError(
+                f"table {self.name!r}: scaled_sum needs at least 2 hash functions, got {len(self.mappings)}"
+            )
         for h, (m, height) in enumerate(zip(self.mappings, self.heights)):
             if not isinstance(m, torch.Tensor) or m.dtype != torch.int32 or m.dim() != 1:
-                got = f"{m.dtype} of shape {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m)
-                raise ValueError(f"table {self.name!r} hash {h}: mapping must be a 1-D int32 tensor, got {got}")
+                got = (
+                    f"{m.dtype} of shape {tuple(m.shape)}"
+                    if isinstance(m, torch.Tensor)
+                    else type(m)
+                )
+                raise ValueError(
+                    f"table {self.name!r} hash {h}: mapping must be a 1-D int32 tensor, got {got}"
+                )
             if m.numel() != self.num_embeddings:
                 raise ValueError(
                     f"table {self.name!r} hash {h}: mapping has {m.numel()} entries, "
                     f"expected num_embeddings={self.num_embeddings}"
                 )
             if not 1 <= int(height) < 2**31:
-                raise ValueError(f"table {self.name!r} hash {h}: height must be in [1, 2**31), got {height}")
+                raise ValueError(
+                    f"table {self.name!r} hash {h}: height must be in [1, 2**31), got {height}"
+                )
             lo, hi = int(m.min()), int(m.max())
             if lo < 0 or hi >= height:
                 raise ValueError(
@@ -213,7 +229,9 @@ class HashPlan:
         try:
             return self._by_name[name]
         except KeyError:
-            raise KeyError(f"table {name!r} is not in the hash plan (tables: {self.table_names})")
+            raise KeyError(
+                f"table {name!r} is not in the hash plan (tables: {self.table_names})"
+            ) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
@@ -276,7 +294,9 @@ class HashPlan:
                     "num_hashes": t.num_hashes,
                     "combine": t.combine,
                     "ratio": t.num_rows / t.num_embeddings,
-                    "table_bytes": 4 * sum(m * d for m, d in zip(t.heights, dims)) if dims else None,
+                    "table_bytes": 4 * sum(m * d for m, d in zip(t.heights, dims))
+                    if dims
+                    else None,
                     "full_table_bytes": 4 * t.num_embeddings * dim if dim else None,
                     "remap_bytes": t.remap_bytes(max_height),
                 }
@@ -296,9 +316,7 @@ class HashPlan:
     # --------------------------------------------------------------------- I/O
     def save(self, path: str | os.PathLike) -> None:
         """Write the plan to one safetensors file (JSON manifest in its header), atomically."""
-        tensors = {
-            f"{t.name}/{h}": m for t in self.tables for h, m in enumerate(t.mappings)
-        }
+        tensors = {f"{t.name}/{h}": m for t in self.tables for h, m in enumerate(t.mappings)}
         manifest = {
             "kind": _KIND,
             "format_version": FORMAT_VERSION,
@@ -326,19 +344,29 @@ class HashPlan:
         tensors, manifest = load_tensors(path, _KIND)
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(f"{path}: hash plan format version {version}, this build reads {FORMAT_VERSION}")
+            raise ValueError(
+                f"{path}: hash plan format version {version}, this build reads {FORMAT_VERSION}"
+            )
         tables = []
         try:
             for spec in manifest["tables"]:
                 name = spec["name"]
                 ms = tuple(tensors[f"{name}/{h}"] for h in range(len(spec["heights"])))
                 tables.append(
-                    TableHash(name, int(spec["num_embeddings"]), ms, tuple(spec["heights"]), spec["combine"])
+                    TableHash(
+                        name,
+                        int(spec["num_embeddings"]),
+                        ms,
+                        tuple(spec["heights"]),
+                        spec["combine"],
+                    )
                 )
         except (KeyError, TypeError) as e:
-            raise ValueError(f"{path}: manifest and tensors disagree ({e!r} missing or malformed)")
+            raise ValueError(
+                f"{path}: manifest and tensors disagree ({e!r} missing or malformed)"
+            ) from e
         except ValueError as e:
-            raise ValueError(f"{path}: invalid hash plan: {e}")
+            raise ValueError(f"{path}: invalid hash plan: {e}") from e
         return cls(tables, metadata=manifest.get("metadata", {}))
 
 

@@ -65,16 +65,21 @@ def test_flags_parse_into_a_config() -> None:
     ("kwargs", "message"),
     [
         (
-            {"compression": "qr", "fraction": 0.1},
-            r"'qr' is not a built-in method; supported: \['none', 'modulo'\]",
+            {"compression": "lhf", "fraction": 0.1},
+            r"'lhf' is not a built-in method; supported: \['none', 'modulo', 'qr'",
         ),
+        ({"compression": "mch", "fraction": 0.1}, "'mch' is not supported: TorchRec's MCH"),
+        ({"compression_options": {"retain": 0.5}}, r"need a plan method"),
+        ({"compression": "mlet", "fraction": 0.5, "mlet_fraction": 0.25}, "disagrees"),
+        ({"mlet_fraction": 1.5}, r"mlet_fraction must be in \(0, 1\], got 1.5"),
+        ({"mlet_fraction": 0.5, "mlet_inner_dim": 0}, "mlet_inner_dim must be an int >= 1"),
         ({"compression": "modulo"}, "needs --fraction"),
         ({"fraction": 0.1}, "needs --compression"),
         ({"compression": "modulo", "fraction": 1.5}, r"fraction must be in \(0, 1\], got 1.5"),
         ({"learned_hash": "p", "compression": "modulo", "fraction": 0.1}, "give one"),
         (
             {"embedding_dim": 8, "dense_arch_layer_sizes": [16, 4]},
-            r"equal embedding_dim=8, got \[16, 4\]",
+            r"equal the model's embedding dim 8 \(embedding_dim=8, mlet_fraction=None\), got \[16, 4\]",
         ),
         ({"over_arch_layer_sizes": [16, 2]}, r"must be 1, got \[16, 2\]"),
         ({"resume": True}, "--resume needs --checkpoint_dir"),
@@ -85,6 +90,88 @@ def test_flags_parse_into_a_config() -> None:
 def test_bad_config_is_named(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
+
+
+# ------------------------------------------------------------- every --compression method
+# Tables 40, 60, 200 at dim 8: the full model has 300 rows, 300 * 8 * 4 = 9,600 bytes.
+@pytest.mark.parametrize(
+    ("flags", "rows", "embedding_bytes", "computable"),
+    [
+        # modulo: round(0.5 N) rows per table
+        (["--compression", "modulo"], 20 + 30 + 100, 150 * 8 * 4, True),
+        # qr at 0.5: m + ceil(N / m) closest to 0.5 N: 40 -> 8 + 5 (or 5 + 8), 60 -> 3 + 20 /
+        # ..., checked against the plan below rather than by hand
+        (["--compression", "qr", "--compression_options", '{"combine": "sum"}'], None, None, True),
+        (["--compression", "fbdh"], None, None, True),
+        (["--compression", "memrec"], None, None, True),
+        # MLET alone at 0.5: dim 4, collapsed tables 300 * 4 * 4 bytes
+        (["--compression", "mlet"], 300, 300 * 4 * 4, None),
+        # modulo at 0.5 with MLET at 0.5: 150 rows of dim 4
+        (["--compression", "modulo", "--mlet_fraction", "0.5"], 150, 150 * 4 * 4, True),
+    ],
+)
+def test_every_compression_method_trains(
+    tmp_path: Path,
+    flags: list[str],
+    rows: int | None,
+    embedding_bytes: int | None,
+    computable: bool | None,
+) -> None:
+    dims = ["--dense_arch_layer_sizes", "16,4"] if "mlet" in " ".join(flags) else []
+    metrics = main(
+        [
+            *SMALL,
+            *dims,
+            *flags,
+            "--fraction",
+            "0.5",
+            "--limit_train_batches",
+            "2",
+            "--limit_val_batches",
+            "1",
+            "--limit_test_batches",
+            "2",
+        ]
+    )
+    assert 0.0 <= metrics["auc"] <= 1.0 and math.isfinite(metrics["logloss"])
+    assert metrics["full_embedding_bytes"] == 300 * 8 * 4
+    assert metrics["remap_computable"] is computable
+    if rows is not None:
+        assert metrics["rows"] == rows and metrics["embedding_bytes"] == embedding_bytes
+    else:  # a plan method at 0.5: about half the rows, full dim, a materialized remap
+        assert 0.4 * 300 <= metrics["rows"] <= 0.6 * 300 + 3
+        assert metrics["embedding_bytes"] == metrics["rows"] * 8 * 4
+    assert (metrics["remap_bytes"] > 0) == (computable is not None)
+
+
+def test_mlet_trains_wider_than_it_saves() -> None:
+    metrics = main(
+        [
+            *SMALL,
+            "--dense_arch_layer_sizes",
+            "16,2",
+            "--compression",
+            "mlet",
+            "--fraction",
+            "0.25",
+            "--mlet_inner_dim",
+            "16",
+            "--limit_train_batches",
+            "2",
+            "--limit_val_batches",
+            "1",
+            "--limit_test_batches",
+            "1",
+        ]
+    )
+    # dim 8 * 0.25 = 2 saved; inner tables 300 x 16 plus three (16, 2) projections train
+    assert metrics["embedding_bytes"] == 300 * 2 * 4
+    assert metrics["train_embedding_bytes"] == 300 * 16 * 4 + 3 * 16 * 2 * 4
+
+
+def test_unknown_compression_option_is_named() -> None:
+    with pytest.raises(ValueError, match=r"unknown options \['colour'\]"):
+        main([*SMALL, "--compression", "qr", "--fraction", "0.5", "--compression_options", '{"colour": 1}'])
 
 
 def test_csv_flags_need_a_csv_dataset() -> None:

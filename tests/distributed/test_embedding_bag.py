@@ -36,7 +36,9 @@ BATCH = 3  # per rank
 
 def _tables() -> list[EmbeddingBagConfig]:
     return [
-        EmbeddingBagConfig(name="t0", embedding_dim=8, num_embeddings=40, feature_names=["f0", "f1"]),
+        EmbeddingBagConfig(
+            name="t0", embedding_dim=8, num_embeddings=40, feature_names=["f0", "f1"]
+        ),
         EmbeddingBagConfig(name="t1", embedding_dim=8, num_embeddings=30, feature_names=["f2"]),
         EmbeddingBagConfig(name="t2", embedding_dim=8, num_embeddings=12, feature_names=["f3"]),
     ]
@@ -47,7 +49,10 @@ def _plan(combine: str) -> HashPlan:
     return HashPlan.from_multi_mappings(
         {
             "t0": [torch.randint(0, 10, (40,), generator=g)],
-            "t1": [torch.randint(0, 8, (30,), generator=g), torch.randint(0, 6, (30,), generator=g)],
+            "t1": [
+                torch.randint(0, 8, (30,), generator=g),
+                torch.randint(0, 6, (30,), generator=g),
+            ],
         },
         combine=combine,
         heights={"t0": [10], "t1": [8, 6]},
@@ -83,7 +88,9 @@ def _sharded_vs_unsharded(rank: int, world_size: int, sharding_type: str, combin
     sharder = LearnedHashEmbeddingBagCollectionSharder(
         fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR}
     )
-    module = LearnedHashEmbeddingBagCollection(tables=_tables(), plan=plan, device=torch.device("meta"))
+    module = LearnedHashEmbeddingBagCollection(
+        tables=_tables(), plan=plan, device=torch.device("meta")
+    )
     per_param = {
         "table_wise": lambda i: table_wise(rank=i % world_size, compute_kernel=FUSED),
         "row_wise": lambda i: row_wise(compute_kernel=FUSED),
@@ -130,7 +137,7 @@ def _sharded_vs_unsharded(rank: int, world_size: int, sharding_type: str, combin
     for key, value in model.state_dict().items():
         full = _full(value, rank)
         if rank == 0:
-            torch.testing.assert_close(full, ref_state[key], msg=lambda m: f"{key}: {m}")
+            torch.testing.assert_close(full, ref_state[key], msg=lambda m, key=key: f"{key}: {m}")
     assert set(model.state_dict()) == set(ref_state)
 
 
@@ -146,7 +153,9 @@ def _concat(batches: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:
 @pytest.mark.parametrize("sharding_type", TESTED_SHARDING_TYPES)
 def test_sharded_equals_unsharded(sharding_type: str) -> None:
     combine = "concat" if sharding_type in ("column_wise", "data_parallel") else "sum"
-    run_multiprocess(_sharded_vs_unsharded, world_size=2, sharding_type=sharding_type, combine=combine)
+    run_multiprocess(
+        _sharded_vs_unsharded, world_size=2, sharding_type=sharding_type, combine=combine
+    )
 
 
 def test_sharder_rejects_untested_sharding_type() -> None:

@@ -15,7 +15,9 @@ def _i32(*v: int) -> torch.Tensor:
 
 
 def _table(name: str = "t0", n: int = 4, dim: int = 2, features=("f0",)) -> EmbeddingBagConfig:
-    return EmbeddingBagConfig(name=name, embedding_dim=dim, num_embeddings=n, feature_names=list(features))
+    return EmbeddingBagConfig(
+        name=name, embedding_dim=dim, num_embeddings=n, feature_names=list(features)
+    )
 
 
 def _kjt(keys: list[str], bags: list[list[list[int]]]) -> KeyedJaggedTensor:
@@ -52,11 +54,15 @@ def test_two_hashes_sum_by_hand() -> None:
 
 
 def test_two_hashes_concat_by_hand() -> None:
-    plan = HashPlan.from_multi_mappings({"t0": [_i32(0, 1, 1, 0), _i32(0, 0, 1, 2)]}, combine="concat")
+    plan = HashPlan.from_multi_mappings(
+        {"t0": [_i32(0, 1, 1, 0), _i32(0, 0, 1, 2)]}, combine="concat"
+    )
     tables = [_table(dim=4, features=("f0", "f1")), _table("t1", n=3, dim=4, features=("f2",))]
     ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan)
     assert [(c.name, c.num_embeddings, c.embedding_dim) for c in ebc.embedding_bag_configs()] == [
-        ("t0__h0", 2, 2), ("t0__h1", 3, 2), ("t1", 3, 4)
+        ("t0__h0", 2, 2),
+        ("t0__h1", 3, 2),
+        ("t1", 3, 4),
     ]
     _set(ebc, "t0__h0", [[1, 2], [3, 4]])
     _set(ebc, "t0__h1", [[10, 20], [30, 40], [50, 60]])
@@ -93,22 +99,33 @@ def test_out_of_range_and_negative_ids(policy: str) -> None:
     for bad in (4, -1, 10**9):
         kjt = _kjt(["f0"], [[[0], [bad]]])
         if policy == "error":
-            with pytest.raises(ValueError, match=rf"feature 'f0': id {bad} is out of range \[0, 4\)"):
+            with pytest.raises(
+                ValueError, match=rf"feature 'f0': id {bad} is out of range \[0, 4\)"
+            ):
                 ebc(kjt)
         else:
             folded = bad % 4  # Python's % folds negatives into [0, 4) like torch.remainder
             row = [1, 0, 1, 2][folded]
-            torch.testing.assert_close(ebc(kjt).values()[1], torch.tensor([[1, 10], [2, 20], [3, 30]][row], dtype=torch.float32))
+            torch.testing.assert_close(
+                ebc(kjt).values()[1],
+                torch.tensor([[1, 10], [2, 20], [3, 30]][row], dtype=torch.float32),
+            )
 
 
 def test_remap_state_dict_is_checked_on_load() -> None:
     tables = [_table()]
-    a = LearnedHashEmbeddingBagCollection(tables=tables, plan=HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)}))
-    b = LearnedHashEmbeddingBagCollection(tables=tables, plan=HashPlan.from_mappings({"t0": _i32(2, 0, 1, 1)}))
+    a = LearnedHashEmbeddingBagCollection(
+        tables=tables, plan=HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)})
+    )
+    b = LearnedHashEmbeddingBagCollection(
+        tables=tables, plan=HashPlan.from_mappings({"t0": _i32(2, 0, 1, 1)})
+    )
     assert "remap.mapping" in a.state_dict()
     with pytest.raises(ValueError, match="another hash plan"):
         b.load_state_dict(a.state_dict())
-    b2 = LearnedHashEmbeddingBagCollection(tables=tables, plan=HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)}))
+    b2 = LearnedHashEmbeddingBagCollection(
+        tables=tables, plan=HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)})
+    )
     b2.load_state_dict(a.state_dict())
     torch.testing.assert_close(b2.embedding_bags["t0"].weight, a.embedding_bags["t0"].weight)
 
@@ -120,7 +137,10 @@ def test_plan_height_mismatch_is_rejected() -> None:
 
 
 def test_missing_feature_is_a_clear_error() -> None:
-    ebc = LearnedHashEmbeddingBagCollection(tables=[_table(features=("f0", "f1"))], plan=HashPlan.from_mappings({"t0": _i32(0, 1, 0, 1)}))
+    ebc = LearnedHashEmbeddingBagCollection(
+        tables=[_table(features=("f0", "f1"))],
+        plan=HashPlan.from_mappings({"t0": _i32(0, 1, 0, 1)}),
+    )
     with pytest.raises(ValueError, match=r"lack \['f1'\]"):
         ebc(_kjt(["f0"], [[[0]]]))
 
@@ -128,7 +148,9 @@ def test_missing_feature_is_a_clear_error() -> None:
 def test_caller_configs_are_not_mutated() -> None:
     tables = [_table()]
     before = repr(tables)
-    LearnedHashEmbeddingBagCollection(tables=tables, plan=HashPlan.from_mappings({"t0": _i32(0, 1, 0, 1)}))
+    LearnedHashEmbeddingBagCollection(
+        tables=tables, plan=HashPlan.from_mappings({"t0": _i32(0, 1, 0, 1)})
+    )
     assert repr(tables) == before
 
 
@@ -139,7 +161,9 @@ def test_apply_hash_plan_on_meta_dlrm() -> None:
     )
     model = DLRM(
         embedding_bag_collection=EmbeddingBagCollection(tables=tables, device=torch.device("meta")),
-        dense_in_features=3, dense_arch_layer_sizes=[8, 4], over_arch_layer_sizes=[8, 1],
+        dense_in_features=3,
+        dense_arch_layer_sizes=[8, 4],
+        over_arch_layer_sizes=[8, 1],
     )
     apply_hash_plan(model, plan)
     ebc = model.sparse_arch.embedding_bag_collection
@@ -151,7 +175,9 @@ def test_apply_hash_plan_on_meta_dlrm() -> None:
     # materialised, the DLRM runs end to end with the compressed collection
     model = DLRM(
         embedding_bag_collection=EmbeddingBagCollection(tables=tables),
-        dense_in_features=3, dense_arch_layer_sizes=[8, 4], over_arch_layer_sizes=[8, 1],
+        dense_in_features=3,
+        dense_arch_layer_sizes=[8, 4],
+        over_arch_layer_sizes=[8, 1],
     )
     apply_hash_plan(model, plan)
     logits = model(torch.randn(2, 3), _kjt(["f0", "f1"], [[[39], [0, 1]], [[29], []]]))

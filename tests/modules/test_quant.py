@@ -14,7 +14,9 @@ from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection, q
 def _setup(combine: str) -> tuple[LearnedHashEmbeddingBagCollection, KeyedJaggedTensor]:
     torch.manual_seed(0)
     tables = [
-        EmbeddingBagConfig(name="t0", embedding_dim=8, num_embeddings=50, feature_names=["f0", "f1"]),
+        EmbeddingBagConfig(
+            name="t0", embedding_dim=8, num_embeddings=50, feature_names=["f0", "f1"]
+        ),
         EmbeddingBagConfig(name="t1", embedding_dim=8, num_embeddings=20, feature_names=["f2"]),
     ]
     plan = HashPlan.from_multi_mappings(
@@ -44,14 +46,22 @@ def test_quantized_output_close_to_float() -> None:
 
 
 def test_quantize_inside_dlrm() -> None:
-    tables = [EmbeddingBagConfig(name="t0", embedding_dim=4, num_embeddings=30, feature_names=["f0"])]
+    tables = [
+        EmbeddingBagConfig(name="t0", embedding_dim=4, num_embeddings=30, feature_names=["f0"])
+    ]
     model = DLRM(
         embedding_bag_collection=EmbeddingBagCollection(tables=tables),
-        dense_in_features=2, dense_arch_layer_sizes=[4], over_arch_layer_sizes=[4, 1],
+        dense_in_features=2,
+        dense_arch_layer_sizes=[4],
+        over_arch_layer_sizes=[4, 1],
     )
     apply_hash_plan(model, HashPlan.from_mappings({"t0": torch.arange(30) % 6}))
     q = quantize_learned_hash(model)
-    assert isinstance(q.sparse_arch.embedding_bag_collection, QuantLearnedHashEmbeddingBagCollection)
-    kjt = KeyedJaggedTensor(keys=["f0"], values=torch.tensor([1, 29, 7]), lengths=torch.tensor([2, 1]))
+    assert isinstance(
+        q.sparse_arch.embedding_bag_collection, QuantLearnedHashEmbeddingBagCollection
+    )
+    kjt = KeyedJaggedTensor(
+        keys=["f0"], values=torch.tensor([1, 29, 7]), lengths=torch.tensor([2, 1])
+    )
     dense = torch.randn(2, 2)
     torch.testing.assert_close(q(dense, kjt), model(dense, kjt), atol=0.02, rtol=0)

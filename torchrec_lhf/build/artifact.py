@@ -45,7 +45,9 @@ class TeacherArtifact:
         for name, emb in self.embeddings.items():
             cnt = self.counts[name]
             if emb.dim() != 2 or not emb.is_floating_point():
-                raise ValueError(f"table {name!r}: embeddings must be a float (N, D) tensor, got {emb.dtype} {tuple(emb.shape)}")
+                raise ValueError(
+                    f"table {name!r}: embeddings must be a float (N, D) tensor, got {emb.dtype} {tuple(emb.shape)}"
+                )
             if cnt.shape != (emb.shape[0],) or cnt.is_floating_point():
                 raise ValueError(
                     f"table {name!r}: counts must be an integer ({emb.shape[0]},) tensor, got {cnt.dtype} {tuple(cnt.shape)}"
@@ -81,5 +83,5 @@ class TeacherArtifact:
             embeddings = {n: tensors[f"{n}/embeddings"] for n in names}
             counts = {n: tensors[f"{n}/counts"] for n in names}
         except KeyError as e:
-            raise ValueError(f"{path}: manifest and tensors disagree: {e} missing")
+            raise ValueError(f"{path}: manifest and tensors disagree: {e} missing") from e
         return cls(embeddings=embeddings, counts=counts, manifest=manifest)

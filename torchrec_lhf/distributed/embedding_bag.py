@@ -29,7 +29,10 @@ from torchrec.distributed.types import (
 )
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection, _check_remap_on_load
+from torchrec_lhf.modules.embedding_bag import (
+    LearnedHashEmbeddingBagCollection,
+    _check_remap_on_load,
+)
 
 # The sharding types covered by tests/distributed (world size 2, gloo and CPU).
 TESTED_SHARDING_TYPES: tuple[str, ...] = (
@@ -74,7 +77,9 @@ class ShardedLearnedHashEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         )
         target = device if device is not None and device.type != "meta" else torch.device("cpu")
         self.remap = copy.deepcopy(module.remap).to(target)
-        self.combine = copy.deepcopy(module.combine).to(target) if module.combine is not None else None
+        self.combine = (
+            copy.deepcopy(module.combine).to(target) if module.combine is not None else None
+        )
         self._plan_fingerprint = module.plan_fingerprint
         self._logical_configs = module.logical_configs()
         self._register_load_state_dict_pre_hook(_check_remap_on_load, with_module=True)
@@ -136,7 +141,9 @@ class LearnedHashEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
         sharding_types: list[str] | None = None,
     ) -> None:
         super().__init__(fused_params=fused_params, qcomm_codecs_registry=qcomm_codecs_registry)
-        requested = list(sharding_types) if sharding_types is not None else list(TESTED_SHARDING_TYPES)
+        requested = (
+            list(sharding_types) if sharding_types is not None else list(TESTED_SHARDING_TYPES)
+        )
         for st in requested:
             if st not in TESTED_SHARDING_TYPES:
                 raise ValueError(
@@ -187,5 +194,7 @@ def remap_bytes(model: nn.Module) -> int:
     return sum(
         m.remap.remap_bytes()
         for m in model.modules()
-        if isinstance(m, (LearnedHashEmbeddingBagCollection, ShardedLearnedHashEmbeddingBagCollection))
+        if isinstance(
+            m, (LearnedHashEmbeddingBagCollection, ShardedLearnedHashEmbeddingBagCollection)
+        )
     )

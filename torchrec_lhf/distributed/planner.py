@@ -49,7 +49,10 @@ class LearnedHashStorageReservation(StorageReservation):
             else:
                 device.storage.hbm -= self.reserved_remap_bytes
         if self.reserved_remap_bytes:
-            logger.info("planner: reserved %.1f MB per rank for remap buffers", self.reserved_remap_bytes / 2**20)
+            logger.info(
+                "planner: reserved %.1f MB per rank for remap buffers",
+                self.reserved_remap_bytes / 2**20,
+            )
         return reserved
 
     @property

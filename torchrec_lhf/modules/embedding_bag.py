@@ -69,11 +69,17 @@ def internal_layout(tables: list[EmbeddingBagConfig], plan: HashPlan) -> Interna
         dims = th.internal_dims(cfg.embedding_dim) if th is not None else [cfg.embedding_dim]
         for h in range(num_hashes):
             rows = th.heights[h] if th is not None else cfg.num_embeddings
-            configs.append(_internal_config(cfg, hashed_name(cfg.name, h, num_hashes), rows, dims[h], names, h, num_hashes))
+            configs.append(
+                _internal_config(
+                    cfg, hashed_name(cfg.name, h, num_hashes), rows, dims[h], names, h, num_hashes
+                )
+            )
             for f in names:
                 fname = hashed_name(f, h, num_hashes)
                 features.append(
-                    InternalFeature(fname, f, offset if th is not None else IDENTITY, cfg.num_embeddings)
+                    InternalFeature(
+                        fname, f, offset if th is not None else IDENTITY, cfg.num_embeddings
+                    )
                 )
                 in_keys.append(fname)
                 in_dims.append(dims[h])
@@ -84,9 +90,14 @@ def internal_layout(tables: list[EmbeddingBagConfig], plan: HashPlan) -> Interna
             out_keys.append(f)
             out_dims.append(cfg.embedding_dim)
             sources.append(
-                ([hashed_name(f, h, num_hashes) for h in range(num_hashes)], th.combine if th else "sum")
+                (
+                    [hashed_name(f, h, num_hashes) for h in range(num_hashes)],
+                    th.combine if th else "sum",
+                )
             )
-    max_height = max((h for cfg in tables if cfg.name in plan for h in plan[cfg.name].heights), default=1)
+    max_height = max(
+        (h for cfg in tables if cfg.name in plan for h in plan[cfg.name].heights), default=1
+    )
     mapping = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.int32)
     mapping = mapping.to(mapping_dtype(max_height))
     combine = None
@@ -96,7 +107,13 @@ def internal_layout(tables: list[EmbeddingBagConfig], plan: HashPlan) -> Interna
 
 
 def _internal_config(
-    cfg: EmbeddingBagConfig, name: str, rows: int, dim: int, features: list[str], h: int, num_hashes: int
+    cfg: EmbeddingBagConfig,
+    name: str,
+    rows: int,
+    dim: int,
+    features: list[str],
+    h: int,
+    num_hashes: int,
 ) -> EmbeddingBagConfig:
     init_fn = cfg.init_fn
     if isinstance(init_fn, functools.partial) and init_fn.func is torch.nn.init.uniform_:
@@ -163,7 +180,9 @@ class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
         self._logical_configs = logical
         self._plan_fingerprint = plan.fingerprint()
         remap_device = self.device if self.device.type != "meta" else torch.device("cpu")
-        self.remap = FeatureRemap(layout.features, layout.mapping.to(remap_device), out_of_range=out_of_range)
+        self.remap = FeatureRemap(
+            layout.features, layout.mapping.to(remap_device), out_of_range=out_of_range
+        )
         self.combine = layout.combine.to(remap_device) if layout.combine is not None else None
         self._register_load_state_dict_pre_hook(_check_remap_on_load, with_module=True)
 
@@ -233,14 +252,21 @@ def apply_hash_plan(
             return ebc
         seen.update(names)
         new = LearnedHashEmbeddingBagCollection(
-            ebc.embedding_bag_configs(), plan, is_weighted=ebc.is_weighted(),
-            device=ebc.device, out_of_range=out_of_range,
+            ebc.embedding_bag_configs(),
+            plan,
+            is_weighted=ebc.is_weighted(),
+            device=ebc.device,
+            out_of_range=out_of_range,
         )
         if ebc.device.type != "meta":
             with torch.no_grad():  # uncompressed tables keep their trained weights
                 for name in names - set(plan.table_names):
                     new.embedding_bags[name].weight.copy_(ebc.embedding_bags[name].weight)
-        logger.info("learned hashing for %s: tables %s", fqn or "<root>", sorted(names & set(plan.table_names)))
+        logger.info(
+            "learned hashing for %s: tables %s",
+            fqn or "<root>",
+            sorted(names & set(plan.table_names)),
+        )
         return new
 
     if isinstance(model, EmbeddingBagCollection):
@@ -253,5 +279,7 @@ def apply_hash_plan(
         result = model
     unused = sorted(set(plan.table_names) - seen)
     if unused:
-        raise ValueError(f"hash plan tables {unused} match no EmbeddingBagCollection table of the model")
+        raise ValueError(
+            f"hash plan tables {unused} match no EmbeddingBagCollection table of the model"
+        )
     return result

@@ -32,11 +32,15 @@ class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
         cls, module: LearnedHashEmbeddingBagCollection, use_precomputed_fake_quant: bool = False
     ) -> QuantLearnedHashEmbeddingBagCollection:
         if not isinstance(module, LearnedHashEmbeddingBagCollection):
-            raise ValueError(f"expected a LearnedHashEmbeddingBagCollection, got {type(module).__name__}")
+            raise ValueError(
+                f"expected a LearnedHashEmbeddingBagCollection, got {type(module).__name__}"
+            )
         # TorchRec's from_float expects only table weights in the state dict: hand it a
         # plain collection sharing the compressed tables (no copy), without the remap.
         tables = EmbeddingBagCollection(
-            module.embedding_bag_configs(), is_weighted=module.is_weighted(), device=torch.device("meta")
+            module.embedding_bag_configs(),
+            is_weighted=module.is_weighted(),
+            device=torch.device("meta"),
         )
         tables.embedding_bags = module.embedding_bags
         tables._device = module.device
@@ -81,12 +85,16 @@ def quantize_learned_hash(
     if isinstance(model, EmbeddingBagCollection):
         # quantize_dynamic swaps children only: wrap a bare collection.
         holder = nn.ModuleDict({"ebc": model})
-        return quantize_learned_hash(holder, dtype=dtype, output_dtype=output_dtype, inplace=inplace)["ebc"]
+        return quantize_learned_hash(
+            holder, dtype=dtype, output_dtype=output_dtype, inplace=inplace
+        )["ebc"]
     return quantize_embeddings(
         model,
         dtype=dtype,
         inplace=inplace,
         additional_qconfig_spec_keys=[LearnedHashEmbeddingBagCollection],
-        additional_mapping={LearnedHashEmbeddingBagCollection: QuantLearnedHashEmbeddingBagCollection},
+        additional_mapping={
+            LearnedHashEmbeddingBagCollection: QuantLearnedHashEmbeddingBagCollection
+        },
         output_dtype=output_dtype,
     )

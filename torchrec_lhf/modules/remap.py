@@ -83,7 +83,9 @@ class FeatureRemap(nn.Module):
     ) -> None:
         super().__init__()
         if out_of_range not in OUT_OF_RANGE_POLICIES:
-            raise ValueError(f"out_of_range must be one of {OUT_OF_RANGE_POLICIES}, got {out_of_range!r}")
+            raise ValueError(
+                f"out_of_range must be one of {OUT_OF_RANGE_POLICIES}, got {out_of_range!r}"
+            )
         if mapping.dtype not in MAPPING_DTYPES or mapping.dim() != 1:
             raise ValueError(
                 f"mapping must be a 1-D tensor of {MAPPING_DTYPES}, got {mapping.dtype} {tuple(mapping.shape)}"
@@ -96,12 +98,15 @@ class FeatureRemap(nn.Module):
         self.register_buffer("mapping", mapping, persistent=True)
         device = mapping.device
         self.register_buffer(
-            "offset_J", torch.tensor([f.offset for f in self.features], dtype=torch.long, device=device),
+            "offset_J",
+            torch.tensor([f.offset for f in self.features], dtype=torch.long, device=device),
             persistent=False,
         )
         self.register_buffer(
             "height_J",
-            torch.tensor([f.num_embeddings for f in self.features], dtype=torch.long, device=device),
+            torch.tensor(
+                [f.num_embeddings for f in self.features], dtype=torch.long, device=device
+            ),
             persistent=False,
         )
         # input key order -> (index of each internal feature's source among the input keys,
@@ -138,7 +143,11 @@ class FeatureRemap(nn.Module):
         """
         if features.variable_stride_per_key():
             raise ValueError("variable batch size per feature (VBE) is not supported by the remap")
-        values_V, lengths, weights_V = features.values(), features.lengths(), features.weights_or_none()
+        values_V, lengths, weights_V = (
+            features.values(),
+            features.lengths(),
+            features.weights_or_none(),
+        )
         src_J, identity = self._layout(features.keys(), values_V.device)
         num_keys, stride = len(features.keys()), features.stride()
         lengths_FB = lengths.view(num_keys, stride)
@@ -226,7 +235,11 @@ class KeyedTensorCombine(nn.Module):
             else:
                 first.extend(range(col[keys[0]], col[keys[0]] + out_dim))
                 for h, k in enumerate(keys[1:], start=1):
-                    op = "mul" if mode == "mult" or (mode == "scaled_sum" and h == len(keys) - 1) else "add"
+                    op = (
+                        "mul"
+                        if mode == "mult" or (mode == "scaled_sum" and h == len(keys) - 1)
+                        else "add"
+                    )
                     while len(passes) < h:
                         passes.append({"add": ([], []), "mul": ([], [])})
                     dst, src = passes[h - 1][op]
@@ -240,8 +253,12 @@ class KeyedTensorCombine(nn.Module):
             for op, (dst, src) in ops.items():
                 if dst:
                     names = (f"{op}_dst_{h}", f"{op}_src_{h}")
-                    self.register_buffer(names[0], torch.tensor(dst, dtype=torch.long), persistent=False)
-                    self.register_buffer(names[1], torch.tensor(src, dtype=torch.long), persistent=False)
+                    self.register_buffer(
+                        names[0], torch.tensor(dst, dtype=torch.long), persistent=False
+                    )
+                    self.register_buffer(
+                        names[1], torch.tensor(src, dtype=torch.long), persistent=False
+                    )
                     self._ops.append((op, *names))
 
     def forward(self, kt: KeyedTensor) -> KeyedTensor:

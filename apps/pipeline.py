@@ -1,0 +1,319 @@
+"""The main job: teacher -> learned hash plan -> compressed DLRM, against the baselines.
+
+``make demo`` runs it with no arguments on MovieLens-100K (the synthetic data with a clear
+message when PyPI cannot be reached)::
+
+    python -m apps.pipeline                                   # the demo
+    python -m apps.pipeline --dataset criteo-tsv:train.txt --fraction 0.05 --min_table_rows 100000
+    torchrun --nproc_per_node 2 -m apps.pipeline --dataset synthetic   # any number of ranks
+
+Stages (each the app of its own, run in this process on every rank):
+
+1. ``apps.teacher``: the DLRM at ``--teacher_dim`` and full heights, counting id accesses;
+2. ``apps.build_hash``: the learned hash plan at ``--fraction`` of the rows of tables with at
+   least ``--min_table_rows`` ids;
+3. ``apps.dlrm.train`` once per method: ``lhf`` (the plan), ``modulo`` (the hashing trick on the
+   same tables at the same rows) and ``none`` (the full model), all with the same seed,
+   model and optimizer.
+
+Results: a table on stdout, ``results.json`` (``[{"method", "fraction", "rows", "bytes",
+"auc", "logloss", ...}]``) and ``results.png`` (test AUC against model bytes) under
+``--out_dir``, copied to ``--results_json`` / ``--plot`` when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from apps import build_hash, teacher
+from apps.dlrm import train
+from apps.dlrm.runtime import distributed, setup_logging
+from torchrec_lhf._io import atomic_write, atomic_write_json
+from torchrec_lhf.data import DatasetUnavailableError, load_dataset
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("lhf", "modulo", "none")
+FALLBACK_DATASET = "synthetic"
+
+
+@dataclass(kw_only=True)
+class PipelineConfig:
+    """One end-to-end comparison run."""
+
+    dataset: str = "movielens-100k"
+    """A ``torchrec_lhf.data`` spec; the default falls back to synthetic data offline."""
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    """Loader options (JSON object), e.g. ``{"label": "y", "categorical": [...]}`` for csv."""
+    fraction: float = 0.1
+    """Rows kept in the compressed tables, in (0, 1]."""
+    min_table_rows: int = 100
+    """Tables with fewer ids stay full (the paper used 100,000 on Criteo)."""
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    """Which of ``lhf``, ``modulo``, ``none`` to train."""
+    teacher_dim: int = 4
+    """Embedding dim of the teacher."""
+    teacher_epochs: int = 3
+    """Epochs of the teacher."""
+    embedding_dim: int = 16
+    """Embedding dim of the trained models."""
+    epochs: int = 3
+    """Epochs of each trained model."""
+    batch_size: int = 256
+    """Per-rank batch size."""
+    learning_rate: float = 0.05
+    """Learning rate of the dense and embedding optimizers (Adagrad)."""
+    num_hashes: int = 1
+    """Hash functions per compressed table."""
+    clustering: str = "agglomerative"
+    """Clustering method of the hash build."""
+    projection: str = "pca"
+    """Projection of teacher embeddings to 1-D values."""
+    seed: int = 0
+    """Seed of every stage."""
+    out_dir: str = "runs/pipeline"
+    """Where artifacts, plans, metrics and results go."""
+    results_json: str | None = None
+    """Also write the results list here (``make demo``: docs/demo.json)."""
+    plot: str | None = None
+    """Also write the plot here (``make demo``: docs/demo.png)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(
+                f"methods must be a non-empty subset of {list(METHODS)}, got {self.methods}"
+            )
+        for name in (
+            "teacher_dim",
+            "teacher_epochs",
+            "embedding_dim",
+            "epochs",
+            "batch_size",
+            "num_hashes",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_table_rows < 0:
+            raise ValueError(f"min_table_rows must be >= 0, got {self.min_table_rows}")
+
+
+def _resolve_dataset(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
+    """The dataset spec to use: the default MovieLens falls back to synthetic offline."""
+    try:
+        load_dataset(config.dataset, **config.dataset_options)
+        return config.dataset, config.dataset_options
+    except DatasetUnavailableError as e:
+        if config.dataset != PipelineConfig.dataset:
+            raise
+        logger.warning(
+            "MovieLens-100K could not be fetched from PyPI (%s): running the pipeline on the "
+            "synthetic dataset instead",
+            e,
+        )
+        return FALLBACK_DATASET, {}
+
+
+def _common(config: PipelineConfig, dataset: str, options: dict[str, Any]) -> list[str]:
+    return [
+        "--dataset",
+        dataset,
+        "--dataset_options",
+        json.dumps(options),
+        "--batch_size",
+        str(config.batch_size),
+        "--seed",
+        str(config.seed),
+        "--learning_rate",
+        str(config.learning_rate),
+    ]
+
+
+def run(config: PipelineConfig) -> list[dict[str, Any]]:
+    """Run all stages; returns the results rows (on every rank)."""
+    out = Path(config.out_dir)
+    dataset, options = _resolve_dataset(config)
+    common = _common(config, dataset, options)
+    rows: list[dict[str, Any]] = []
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    plan_path = out / "plan.safetensors"
+    if "lhf" in config.methods:
+        teacher.main(
+            [
+                *common,
+                "--embedding_dim",
+                str(config.teacher_dim),
+                "--epochs",
+                str(config.teacher_epochs),
+                "--dense_arch_layer_sizes",
+                f"64,{config.teacher_dim}",
+                "--out",
+                str(out / "teacher"),
+                "--metrics_json",
+                str(out / "teacher_metrics.json"),
+            ]
+        )
+        timings["teacher"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        build_hash.main(
+            [
+                "--teacher",
+                str(out / "teacher"),
+                "--fraction",
+                str(config.fraction),
+                "--min_table_rows",
+                str(config.min_table_rows),
+                "--num_hashes",
+                str(config.num_hashes),
+                "--method",
+                config.clustering,
+                "--projection",
+                config.projection,
+                "--out",
+                str(plan_path),
+                "--restart",
+            ]
+        )
+        timings["build_hash"] = time.perf_counter() - t0
+
+    model = [*common, "--embedding_dim", str(config.embedding_dim), "--epochs", str(config.epochs)]
+    variants = {
+        "lhf": ["--learned_hash", str(plan_path)],
+        "modulo": [
+            "--compression",
+            "modulo",
+            "--fraction",
+            str(config.fraction),
+            "--min_table_rows",
+            str(config.min_table_rows),
+        ],
+        "none": [],
+    }
+    for method in config.methods:
+        t0 = time.perf_counter()
+        metrics = train.main(
+            [*model, *variants[method], "--metrics_json", str(out / f"metrics_{method}.json")]
+        )
+        timings[f"train_{method}"] = time.perf_counter() - t0
+        rows.append(
+            {
+                "method": method,
+                "fraction": 1.0 if method == "none" else config.fraction,
+                "rows": metrics.get("rows"),
+                "bytes": metrics["embedding_bytes"] + metrics["remap_bytes"],
+                "embedding_bytes": metrics["embedding_bytes"],
+                "remap_bytes": metrics["remap_bytes"],
+                "auc": metrics["auc"],
+                "logloss": metrics["logloss"],
+                "val_auc": metrics["val_auc"],
+                "dataset": dataset,
+                "seconds": round(timings[f"train_{method}"], 1),
+            }
+        )
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        _report(config, rows, timings, out)
+    return rows
+
+
+def _report(
+    config: PipelineConfig, rows: list[dict[str, Any]], timings: dict[str, float], out: Path
+) -> None:
+    header = f"{'method':<8} {'fraction':>8} {'rows':>10} {'bytes':>12} {'AUC':>8} {'logloss':>8}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['method']:<8} {r['fraction']:>8.3f} {r['rows'] or 0:>10,} {r['bytes']:>12,} "
+            f"{r['auc']:>8.4f} {r['logloss']:>8.4f}"
+        )
+    table = "\n".join(lines)
+    print(
+        f"\nDataset: {rows[0]['dataset']}; test split; stage seconds: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+        + f"\n{table}\n"
+    )
+    atomic_write_json(out / "results.json", rows)
+    if config.results_json:
+        atomic_write_json(config.results_json, rows)
+    png = out / "results.png"
+    if _plot(rows, png) and config.plot:
+        Path(config.plot).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(config.plot) as f, open(png, "rb") as src:
+            shutil.copyfileobj(src, f)
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Test AUC against model bytes, one marker per method; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plot written")
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter(r["bytes"] / 2**20, r["auc"], s=60, label=f"{r['method']} ({r['fraction']:g})")
+    ax.set_xscale("log")
+    ax.set_xlabel("embedding + remap size (MiB, log scale)")
+    ax.set_ylabel("test AUC")
+    ax.set_title(f"{rows[0]['dataset']}: AUC against model size")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+    return True
+
+
+def parse_args(argv: list[str] | None = None) -> PipelineConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.pipeline",
+        description="Teacher -> learned hash plan -> compressed DLRM, against the hashing trick and the full model.",
+    )
+    defaults = PipelineConfig()
+    for f in PipelineConfig.__dataclass_fields__.values():
+        default = getattr(defaults, f.name)
+        if f.name == "methods":
+            parser.add_argument(
+                "--methods",
+                type=lambda s: s.split(","),
+                default=default,
+                help=f"comma list of {METHODS}",
+            )
+        elif f.name == "dataset_options":
+            parser.add_argument(
+                "--dataset_options", type=json.loads, default=default, help="JSON object"
+            )
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(
+                f"--{f.name}", type=kind, default=default, help=f"default: {default}"
+            )
+    return PipelineConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    config = parse_args(argv)
+    with distributed() as env:
+        setup_logging(env.rank)
+        logger.info("pipeline config: %s", asdict(config))
+        return run(config)
+
+
+if __name__ == "__main__":
+    main()
