@@ -1,0 +1,106 @@
+"""torchx components: valid AppDefs, lint-clean, and a real 2-process local_cwd run."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torchx import specs
+from torchx.specs.builders import materialize_appdef
+from torchx.specs.file_linter import validate
+
+from torchx_components import lhf
+
+REPO = Path(__file__).resolve().parents[1]
+COMPONENTS = {"teacher": "apps.teacher", "build_hash": "apps.build_hash", "train": "apps.dlrm.train",
+              "pipeline": "apps.pipeline"}  # fmt: skip
+
+
+def _command(app: specs.AppDef) -> list[str]:
+    (role,) = app.roles
+    assert role.entrypoint == "bash" and role.args[0] == "-c"
+    return shlex.split(role.args[1])
+
+
+@pytest.mark.parametrize("name", sorted(COMPONENTS))
+def test_component_builds_a_torchrun_appdef(name: str):
+    app = getattr(lhf, name)("--fraction", "0.1", "--out", "a b/plan", nproc_per_node=2, cpu=4)
+    cmd = _command(app)
+    assert cmd[0] == "torchrun"
+    assert cmd[cmd.index("--nproc_per_node") + 1] == "2"
+    assert cmd[cmd.index("--nnodes") + 1] == "1"
+    i = cmd.index("-m")
+    assert cmd[i + 1 : i + 2] == [COMPONENTS[name]]
+    assert cmd[i + 2 :] == ["--fraction", "0.1", "--out", "a b/plan"]  # passed through, quoted
+    assert app.name == name and app.roles[0].num_replicas == 1 and app.roles[0].resource.cpu == 4
+
+
+def test_j_overrides_nnodes_and_nproc_per_node():
+    app = lhf.build_hash("--out", "p", nnodes=1, nproc_per_node=1, j="2x4", gpu=4)
+    cmd = _command(app)
+    assert cmd[cmd.index("--nproc_per_node") + 1] == "4" and cmd[cmd.index("--nnodes") + 1] == "2"
+    assert app.roles[0].num_replicas == 2 and app.roles[0].resource.gpu == 4
+    with pytest.raises(ValueError, match="must be >= 1, got 1 and 0"):
+        lhf.train(nproc_per_node=0)
+
+
+@pytest.mark.parametrize("name", sorted(COMPONENTS))
+def test_component_passes_the_torchx_linter_and_cli_parsing(name: str):
+    assert validate(str(REPO / "torchx_components" / "lhf.py"), name) == []
+    # What `torchx run ...:name --nproc_per_node 2 -- --teacher t` hands the function.
+    app = materialize_appdef(
+        getattr(lhf, name), ["--nproc_per_node", "2", "--env", "A=1", "--", "--teacher", "t"]
+    )
+    cmd = _command(app)
+    assert cmd[cmd.index("--nproc_per_node") + 1] == "2" and cmd[-2:] == ["--teacher", "t"]
+    assert app.roles[0].env["A"] == "1"
+
+
+def test_help_comes_from_the_docstring():
+    out = subprocess.run(
+        [sys.executable, "-m", "torchx.cli.main", "run", "-s", "local_cwd",
+         "torchx_components/lhf.py:build_hash", "--help"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "Cluster a teacher's tables into learned hash functions" in out.stdout
+    assert "--nproc_per_node" in out.stdout and "processes per node" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchx_local_cwd_build_hash_two_processes(tmp_path: Path):
+    from tests.build.test_job import _teacher
+    from torchrec_lhf.build.job import BuildConfig, run_build
+    from torchrec_lhf.plan import HashPlan
+
+    art = _teacher(tmp_path / "teacher")
+    out = tmp_path / "plan.safetensors"
+    env = dict(
+        os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchx.cli.main", "run", "-s", "local_cwd",
+         "-cfg", f"log_dir={tmp_path / 'logs'}",
+         "torchx_components/lhf.py:build_hash", "--nproc_per_node", "2", "--",
+         "--teacher", str(tmp_path / "teacher"), "--fraction", "0.1", "--min_table_rows", "300",
+         "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "[rank 1]" not in proc.stderr or "Error" not in proc.stderr
+    single = run_build(
+        BuildConfig(
+            fraction=0.1, min_table_rows=300, work_dir=tmp_path / "w1", out=tmp_path / "p1"
+        ),
+        art,
+    )
+    assert HashPlan.load(out) == single
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*") if p.is_file())
+    assert "hash plan written to" in logs + proc.stderr  # rank 0's summary
