@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from apps.dlrm.runtime import setup_logging
 from torchrec_lhf.build.artifact import TeacherArtifact
 from torchrec_lhf.build.job import BuildConfig, run_build
 from torchrec_lhf.clustering.registry import list_clusterings
@@ -166,11 +167,7 @@ def _setup_logging() -> None:
     """Rank-tagged INFO logs on rank 0, warnings elsewhere (entry point only: callers such
     as the pipeline keep their own logging)."""
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"[rank {rank}] %(asctime)s %(name)s %(levelname)s: %(message)s",
-        force=True,  # NOTE: an import (TorchRec's) already put a WARNING handler on the root
-    )
+    setup_logging(rank)
 
 
 if __name__ == "__main__":
