@@ -14,8 +14,22 @@ from typing import Any
 
 INTERACTION_TYPES = ("original", "dcn")
 DENSE_OPTIMIZERS = ("adagrad", "adam")
-COMPRESSION_METHODS = ("none", "modulo")
-"""Built-in baselines of ``--compression``; learned plans come through ``--learned_hash``."""
+COMPRESSION_METHODS = ("none", "modulo", "qr", "fbdh", "memrec", "mlet", "mch")
+"""Methods of ``--compression``: the plan methods of ``torchrec_lhf.build.compression`` that
+need no teacher, ``mlet`` (narrower tables trained through a wider layer) and ``mch``
+(TorchRec's managed collisions; rejected, see :data:`UNSUPPORTED_METHODS`). Learned
+plans come through ``--learned_hash``."""
+PLAN_METHODS = ("modulo", "qr", "fbdh", "memrec")
+"""``--compression`` methods that produce a HashPlan (hash computable from the id)."""
+UNSUPPORTED_METHODS = {
+    "mch": (
+        "TorchRec cannot shard a ManagedCollisionEmbeddingBagCollection on CPU: the "
+        "MCHManagedCollisionModule sharder supports only row_wise, TorchRec's "
+        "EmbeddingBagCollectionSharder offers no row_wise on CPU, so their intersection is "
+        "empty (TorchRec 1.8). On GPU it would shard row-wise; that path is not built here"
+    ),
+}
+"""Methods that ``--compression`` names but rejects, with the reason."""
 OUT_OF_RANGE = ("error", "modulo")
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel")
 DEFAULT_SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_row_wise")
@@ -35,6 +49,8 @@ MODEL_FIELDS = (
     "dcn_num_layers",
     "dcn_low_rank_dim",
     "dense_optimizer",
+    "mlet_fraction",
+    "mlet_inner_dim",
 )
 
 
@@ -82,9 +98,19 @@ class TrainConfig:
     learned_hash: str | None = None
     """Path of a HashPlan: train its tables compressed by learned hashing."""
     compression: str = "none"
-    """A built-in baseline plan instead: ``none`` or ``modulo`` (the hashing trick)."""
+    """A built-in method instead: one of :data:`COMPRESSION_METHODS`."""
     fraction: float | None = None
-    """Rows kept by ``--compression``, in ``(0, 1]``."""
+    """Rows kept by ``--compression`` (for ``mlet``: the width kept), in ``(0, 1]``."""
+    compression_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the ``--compression`` plan method (e.g. ``{"combine": "concat"}`` for qr,
+    ``{"retain": 0.3}`` for fbdh)."""
+    mlet_fraction: float | None = None
+    """MLET: the model's embedding dim becomes ``max(1, round(mlet_fraction * D))``, its
+    tables trained through a wider inner layer and collapsible to that dim. Combines with
+    a plan (``--compression``/``--learned_hash``); ``--compression mlet`` sets it from
+    ``--fraction``."""
+    mlet_inner_dim: int | None = None
+    """MLET's inner (training) width ``k`` (default ``embedding_dim``, the uncompressed dim)."""
     min_table_rows: int = 0
     """``--compression`` leaves tables with fewer rows full."""
     out_of_range: str = "error"
@@ -127,18 +153,46 @@ class TrainConfig:
                 f"--compression {self.compression!r} is not a built-in method; supported: "
                 f"{list(COMPRESSION_METHODS)} (learned plans: --learned_hash PLAN)"
             )
+        if self.compression in UNSUPPORTED_METHODS:
+            raise ValueError(
+                f"--compression {self.compression!r} is not supported: "
+                f"{UNSUPPORTED_METHODS[self.compression]}"
+            )
+        if not isinstance(self.compression_options, dict):
+            raise ValueError(
+                f"compression_options must be a JSON object, got {self.compression_options!r}"
+            )
+        if self.compression_options and self.compression not in PLAN_METHODS:
+            raise ValueError(
+                f"--compression_options {self.compression_options!r} need a plan method "
+                f"{list(PLAN_METHODS)}, got --compression {self.compression!r}"
+            )
+        if self.compression == "mlet":
+            if self.mlet_fraction is not None and self.mlet_fraction != self.fraction:
+                raise ValueError(
+                    f"--compression mlet takes its width from --fraction {self.fraction}; "
+                    f"--mlet_fraction {self.mlet_fraction} disagrees"
+                )
+            self.mlet_fraction = self.fraction
+        if self.mlet_fraction is not None and (
+            isinstance(self.mlet_fraction, bool) or not 0 < self.mlet_fraction <= 1
+        ):
+            raise ValueError(f"mlet_fraction must be in (0, 1], got {self.mlet_fraction!r}")
+        if self.mlet_inner_dim is not None:
+            _check_int("mlet_inner_dim", self.mlet_inner_dim, low=1)
         for name in ("learning_rate", "embedding_learning_rate"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
         if self.dense_arch_layer_sizes is None:
-            self.dense_arch_layer_sizes = [64, self.embedding_dim]
+            self.dense_arch_layer_sizes = [64, self.model_dim]
         _check_sizes("dense_arch_layer_sizes", self.dense_arch_layer_sizes)
         _check_sizes("over_arch_layer_sizes", self.over_arch_layer_sizes)
-        if self.dense_arch_layer_sizes[-1] != self.embedding_dim:
+        if self.dense_arch_layer_sizes[-1] != self.model_dim:
             raise ValueError(
-                f"the last dense_arch_layer_sizes value must equal embedding_dim={self.embedding_dim}, "
-                f"got {self.dense_arch_layer_sizes}"
+                f"the last dense_arch_layer_sizes value must equal the model's embedding dim "
+                f"{self.model_dim} (embedding_dim={self.embedding_dim}, "
+                f"mlet_fraction={self.mlet_fraction}), got {self.dense_arch_layer_sizes}"
             )
         if self.over_arch_layer_sizes[-1] != 1:
             raise ValueError(
@@ -166,6 +220,13 @@ class TrainConfig:
             raise ValueError("--resume needs --checkpoint_dir")
         if not isinstance(self.dataset_options, dict):
             raise ValueError(f"dataset_options must be a JSON object, got {self.dataset_options!r}")
+
+    @property
+    def model_dim(self) -> int:
+        """The tables' dim in the model: ``embedding_dim``, shrunk by ``mlet_fraction``."""
+        if self.mlet_fraction is None:
+            return self.embedding_dim
+        return max(1, round(self.mlet_fraction * self.embedding_dim))
 
     @property
     def table_learning_rate(self) -> float:
@@ -296,9 +357,25 @@ def add_compression_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--compression",
         default="none",
-        help=f"built-in baseline plan: one of {list(COMPRESSION_METHODS)} (default none)",
+        help=f"built-in method: one of {list(COMPRESSION_METHODS)} (default none)",
     )
-    g.add_argument("--fraction", type=float, help="rows kept by --compression, in (0, 1]")
+    g.add_argument(
+        "--fraction", type=float, help="rows (mlet: width) kept by --compression, in (0, 1]"
+    )
+    g.add_argument(
+        "--compression_options",
+        type=_json_object,
+        default={},
+        help='JSON object of the plan method\'s options, e.g. \'{"combine": "concat"}\' (qr)',
+    )
+    g.add_argument(
+        "--mlet_fraction",
+        type=float,
+        help="MLET: embedding dim = round(F * embedding_dim), trained through a wider layer",
+    )
+    g.add_argument(
+        "--mlet_inner_dim", type=int, help="MLET's inner training width (default embedding_dim)"
+    )
     g.add_argument(
         "--min_table_rows", type=int, default=0, help="--compression keeps smaller tables full"
     )

@@ -1,6 +1,7 @@
 """Build the DLRM on the meta device, convert it with a hash plan, shard it, optimize it.
 
-Shape legend: ``N`` logical table height, ``D`` embedding dim.
+Shape legend: ``N`` logical table height, ``D`` embedding dim, ``d`` the model's table dim
+(``D``, or MLET's narrower ``round(mlet_fraction * D)``), ``k`` MLET's inner width.
 
 One embedding table per sparse feature, named after the feature (``.`` -> ``_``, since
 table names are module names), so a hash plan or teacher artifact names tables by feature.
@@ -8,6 +9,7 @@ table names are module names), so a hash plan or teacher artifact names tables b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -25,11 +27,13 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from apps.dlrm.config import TrainConfig
 from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
 from torchrec_lhf.distributed.planner import make_planner
 from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection, apply_hash_plan
+from torchrec_lhf.modules.mlet import MultiLayerEmbeddingBagCollection, apply_mlet
 from torchrec_lhf.plan import HashPlan
 
 logger = logging.getLogger(__name__)
@@ -78,12 +82,16 @@ def build_model(
     """The unsharded DLRM (tables on the meta device), converted by ``plan`` if given.
 
     Args:
-        config: architecture flags.
-        tables: the logical tables (see :func:`table_configs`).
+        config: architecture flags (``mlet_fraction``: the tables train as MLET).
+        tables: the logical tables (see :func:`table_configs`); with ``mlet_fraction`` they
+            are narrowed to the model's dim ``d``.
         num_dense: dense input features.
-        plan: a hash plan; its tables become learned-hash tables (``apply_hash_plan``).
+        plan: a hash plan; its tables become learned-hash tables (``apply_hash_plan``), the
+            inner tables of MLET with ``mlet_fraction``.
         dense_device: where the MLPs are built.
     """
+    if config.model_dim != tables[0].embedding_dim:  # MLET: the model's tables are narrower
+        tables = [dataclasses.replace(t, embedding_dim=config.model_dim) for t in tables]
     ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
     common = dict(
         embedding_bag_collection=ebc,
@@ -98,34 +106,114 @@ def build_model(
         )
     else:
         dlrm = DLRM(**common)
-    if plan is not None:
+    if config.mlet_fraction is not None:
+        inner = config.mlet_inner_dim or config.embedding_dim
+        mlet = apply_mlet(
+            ebc, inner / config.model_dim, plan=plan, out_of_range=config.out_of_range
+        )
+        dlrm.sparse_arch.embedding_bag_collection = PipelinedMLET(mlet)
+    elif plan is not None:
         apply_hash_plan(dlrm, plan, out_of_range=config.out_of_range)
     return DLRMTrain(dlrm)
 
 
+class PipelinedMLET(nn.Module):
+    """An MLET collection split so that TrainPipelineSparseDist can pipeline it.
+
+    The pipeline FX-traces every module that holds a sharded module; MLET's projection
+    step reads the inner KeyedTensor's keys, which a trace cannot. Here the inner
+    collection (sharded) is a child of its own and the MLET module, its inner collection
+    swapped for an identity, only projects: it holds no sharded module, so the tracer
+    keeps it as a leaf. The output equals ``mlet(features)``.
+
+    Args:
+        mlet: the MLET collection (its ``inner`` is moved here).
+    """
+
+    def __init__(self, mlet: MultiLayerEmbeddingBagCollection) -> None:
+        super().__init__()
+        self.inner = mlet.inner
+        mlet.inner = _PassKeyedTensor()
+        self.mlet = mlet
+
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """The logical table configs (dims ``d``)."""
+        return self.mlet.embedding_bag_configs()
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        """Args: features: raw ids. Returns: the pooled ``(B, sum d)`` embeddings."""
+        return self.mlet(self.inner(features))
+
+
+class _PassKeyedTensor(nn.Module):
+    """Stands in for MLET's inner collection: its input is already the pooled KeyedTensor."""
+
+    def forward(self, pooled: KeyedTensor) -> KeyedTensor:
+        return pooled
+
+    def is_weighted(self) -> bool:
+        return False
+
+
 def embedding_collection(model: nn.Module) -> EmbeddingBagCollection:
-    """The (unsharded) embedding collection of a :func:`build_model` model."""
-    return model.get_submodule(EBC_FQN)
+    """The (unsharded) embedding collection of a :func:`build_model` model: the sharded
+    one (MLET's inner collection)."""
+    ebc = model.get_submodule(EBC_FQN)
+    return ebc.inner if isinstance(ebc, PipelinedMLET) else ebc
 
 
-def table_stats(model: nn.Module) -> dict[str, int]:
-    """Rows and fp32 bytes of the trained and of the logical tables of an unsharded model.
+def table_stats(
+    model: nn.Module, *, full_dim: int | None = None, plan: HashPlan | None = None
+) -> dict[str, int]:
+    """Rows and fp32 bytes of the saved, trained and logical tables of an unsharded model.
+
+    Args:
+        model: from :func:`build_model`.
+        full_dim: the uncompressed dim ``D`` of ``full_embedding_bytes`` (default: the
+            logical tables' own dim).
+        plan: the model's hash plan (decides whether MLET can collapse).
 
     Returns:
-        ``rows``, ``embedding_bytes`` (the internal tables actually trained),
-        ``full_rows``, ``full_embedding_bytes`` (``sum N * D * 4`` of the logical tables).
+        ``rows`` (internal rows), ``embedding_bytes`` (the tables as saved: MLET collapsed
+        to ``(rows, d)``, or inner tables plus projections where a ``mult``/``scaled_sum``
+        plan cannot collapse), ``train_embedding_bytes`` (what trains: MLET's inner tables
+        and projections), ``full_rows``, ``full_embedding_bytes`` (``sum N * D * 4``).
     """
+    top = model.get_submodule(EBC_FQN)
     ebc = embedding_collection(model)
     internal = ebc.embedding_bag_configs()
     logical = (
         ebc.logical_configs() if isinstance(ebc, LearnedHashEmbeddingBagCollection) else internal
     )
+    train_bytes = sum(4 * c.num_embeddings * c.embedding_dim for c in internal)
+    saved_bytes = train_bytes
+    if isinstance(top, PipelinedMLET):
+        proj_bytes = sum(4 * p.numel() for p in top.mlet.parameters())
+        train_bytes += proj_bytes
+        dims = {c.name: c.embedding_dim for c in top.embedding_bag_configs()}
+        collapsible = plan is None or all(
+            t.num_hashes == 1 or t.combine in ("sum", "concat") for t in plan if t.name in dims
+        )
+        if collapsible:  # collapse: every internal table becomes (M_h, d)
+            saved_bytes = sum(
+                4 * c.num_embeddings * dims[_logical_name(c.name, dims)] for c in internal
+            )
+        else:
+            saved_bytes = train_bytes
     return {
         "rows": sum(c.num_embeddings for c in internal),
-        "embedding_bytes": sum(4 * c.num_embeddings * c.embedding_dim for c in internal),
+        "embedding_bytes": saved_bytes,
+        "train_embedding_bytes": train_bytes,
         "full_rows": sum(c.num_embeddings for c in logical),
-        "full_embedding_bytes": sum(4 * c.num_embeddings * c.embedding_dim for c in logical),
+        "full_embedding_bytes": sum(
+            4 * c.num_embeddings * (full_dim or c.embedding_dim) for c in logical
+        ),
     }
+
+
+def _logical_name(internal: str, logical: dict[str, int]) -> str:
+    """The logical table of an internal table (``t`` or ``t__h<i>``, see ``hashed_name``)."""
+    return internal if internal in logical else internal.rpartition("__h")[0]
 
 
 def make_sharders(config: TrainConfig) -> list:

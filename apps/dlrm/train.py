@@ -5,6 +5,9 @@ Run it as one process, with torchrun, or with torchx::
     python -m apps.dlrm.train --dataset movielens-100k --epochs 2 --metrics_json m.json
     python -m apps.dlrm.train --learned_hash plan.safetensors ...      # learned hashing
     python -m apps.dlrm.train --compression modulo --fraction 0.1 ...  # the hashing trick
+    python -m apps.dlrm.train --compression qr --fraction 0.1 --compression_options '{"combine": "sum"}'
+    python -m apps.dlrm.train --compression mlet --fraction 0.5 ...    # MLET: half the width
+    python -m apps.dlrm.train --compression fbdh --fraction 0.1 --mlet_fraction 0.5 ...  # both
     torchrun --nproc_per_node 2 -m apps.dlrm.train --dataset synthetic ...
 
 The model is TorchRec's DLRM (``--interaction_type original|dcn``), its embedding
@@ -25,17 +28,20 @@ import argparse
 import logging
 from typing import Any
 
+import torch
+
 from apps.dlrm.config import (
+    PLAN_METHODS,
     TrainConfig,
     add_compression_flags,
     add_training_flags,
     config_from_args,
 )
 from apps.dlrm.loop import build_session, fit, load_data
-from apps.dlrm.model import table_name
+from apps.dlrm.model import build_model, table_name, table_stats
 from apps.dlrm.runtime import distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.build.baselines import modulo_plan
+from torchrec_lhf.build.compression import make_plan
 from torchrec_lhf.data import RecDataset
 from torchrec_lhf.plan import HashPlan
 
@@ -49,11 +55,18 @@ METRIC_KEYS = (
     "embedding_bytes",
     "remap_bytes",
     "full_embedding_bytes",
+    "remap_computable",
     "samples_per_s",
     "config",
     "plan_fingerprint",
 )
-"""Keys ``--metrics_json`` always has (more: rows, full_rows, epochs, steps, history, ...)."""
+"""Keys ``--metrics_json`` always has (more: rows, full_rows, epochs, steps, history, ...).
+
+``embedding_bytes`` are the fp32 tables as saved (MLET: collapsed to the narrow dim;
+``train_embedding_bytes`` has what trains), ``remap_bytes`` the materialized id -> row
+lookup tables. ``remap_computable`` is True when those can be computed from the id at
+serving time instead (modulo, qr, fbdh, memrec: seeded hashes; for fbdh the frequent ids'
+rows still need a small id -> row map), False for a learned plan, None without a plan."""
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -74,13 +87,38 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def resolve_plan(
     config: TrainConfig, dataset: RecDataset, tables_heights: list[int]
 ) -> HashPlan | None:
-    """The hash plan of ``--learned_hash`` or ``--compression``, or None."""
+    """The hash plan of ``--learned_hash`` or ``--compression``, or None.
+
+    ``fbdh`` gets the access counts of the training split (ids folded to ``tables_heights``).
+    """
     if config.learned_hash is not None:
         return HashPlan.load(config.learned_hash)
-    if config.compression == "modulo":
-        heights = {table_name(f): n for f, n in zip(dataset.feature_names, tables_heights)}
-        return modulo_plan(heights, fraction=config.fraction, min_table_rows=config.min_table_rows)
-    return None
+    if config.compression not in PLAN_METHODS:
+        return None
+    names = [table_name(f) for f in dataset.feature_names]
+    heights = dict(zip(names, tables_heights))
+    options: dict[str, Any] = dict(config.compression_options)
+    if config.compression == "fbdh":
+        options["counts"] = {
+            name: _fold_counts(c_N, n)
+            for name, c_N, n in zip(names, dataset.id_counts("train"), tables_heights)
+        }
+    return make_plan(
+        config.compression,
+        heights,
+        fraction=config.fraction,
+        min_table_rows=config.min_table_rows,
+        seed=config.seed,
+        **options,
+    )
+
+
+def _fold_counts(counts_N: torch.Tensor, height: int) -> torch.Tensor:
+    """Counts of a table of ``height`` rows: ids beyond it fold modulo it, as in training."""
+    if counts_N.numel() <= height:
+        return torch.nn.functional.pad(counts_N, (0, height - counts_N.numel()))
+    ids_N = torch.arange(counts_N.numel()) % height
+    return torch.zeros(height, dtype=counts_N.dtype).index_add_(0, ids_N, counts_N)
 
 
 def run(config: TrainConfig) -> dict[str, Any]:
@@ -99,8 +137,26 @@ def run(config: TrainConfig) -> dict[str, Any]:
             )
         session = build_session(config, env, dataset, plan)
         metrics = fit(session)
+        # NOTE: the loop's statistics know neither D nor the plan; recount on a meta copy
+        # (cheap) so MLET reports its collapsed bytes against the full-width model.
         metrics.update(
-            config=config.to_dict(), plan_fingerprint=session.plan_fingerprint, dataset=dataset.name
+            table_stats(
+                build_model(
+                    config,
+                    session.tables,
+                    num_dense=len(dataset.dense_names),
+                    plan=plan,
+                    dense_device=torch.device("meta"),
+                ),
+                full_dim=config.embedding_dim,
+                plan=plan,
+            )
+        )
+        metrics.update(
+            config=config.to_dict(),
+            plan_fingerprint=session.plan_fingerprint,
+            dataset=dataset.name,
+            remap_computable=None if plan is None else config.learned_hash is None,
         )
         if env.is_main:
             if config.metrics_json:

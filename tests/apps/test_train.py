@@ -68,7 +68,7 @@ def test_flags_parse_into_a_config() -> None:
             {"compression": "lhf", "fraction": 0.1},
             r"'lhf' is not a built-in method; supported: \['none', 'modulo', 'qr'",
         ),
-        ({"compression": "mch", "fraction": 0.1}, "'mch' is not supported: TorchRec's MCH"),
+        ({"compression": "mch", "fraction": 0.1}, "'mch' is not supported: TorchRec cannot shard"),
         ({"compression_options": {"retain": 0.5}}, r"need a plan method"),
         ({"compression": "mlet", "fraction": 0.5, "mlet_fraction": 0.25}, "disagrees"),
         ({"mlet_fraction": 1.5}, r"mlet_fraction must be in \(0, 1\], got 1.5"),
@@ -171,7 +171,17 @@ def test_mlet_trains_wider_than_it_saves() -> None:
 
 def test_unknown_compression_option_is_named() -> None:
     with pytest.raises(ValueError, match=r"unknown options \['colour'\]"):
-        main([*SMALL, "--compression", "qr", "--fraction", "0.5", "--compression_options", '{"colour": 1}'])
+        main(
+            [
+                *SMALL,
+                "--compression",
+                "qr",
+                "--fraction",
+                "0.5",
+                "--compression_options",
+                '{"colour": 1}',
+            ]
+        )
 
 
 def test_csv_flags_need_a_csv_dataset() -> None:

@@ -1,0 +1,99 @@
+"""The quality sweep on tiny synthetic data: outputs, summary and resuming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import quality
+
+# 600 samples, tables of 30, 50 and 120 ids, dim 4: a run takes a second or two.
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--dataset_options",
+    json.dumps({"num_samples": 600, "num_embeddings": [30, 50, 120], "num_groups": 4}),
+    "--embedding_dim",
+    "4",
+    "--batch_size",
+    "64",
+    "--train_flags",
+    json.dumps(["--dense_arch_layer_sizes", "8,4", "--over_arch_layer_sizes", "8,1"]),
+]
+
+
+def test_tiny_sweep_writes_the_three_outputs_and_resumes(tmp_path: Path) -> None:
+    argv = [*TINY, "--methods", "none,modulo,lhf", "--fractions", "0.5", "--seeds", "1"]
+    rows = quality.main([*argv, "--out", str(tmp_path)])
+    assert [(r["method"], r["fraction"], r["seed"]) for r in rows] == [
+        ("none", 1.0, 0),
+        ("modulo", 0.5, 0),
+        ("lhf", 0.5, 0),
+    ]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == rows
+    full, modulo, lhf = rows
+    # 200 ids at dim 4: 3,200 bytes, no remap; half the rows with an int16 remap per id
+    assert full["bytes"] == 200 * 4 * 4 and full["remap_bytes"] == 0
+    assert modulo["embedding_bytes"] == 100 * 4 * 4 and modulo["remap_bytes"] == 200 * 2
+    assert modulo["remap_computable"] is True and lhf["remap_computable"] is False
+    assert all(0 <= r["auc"] <= 1 for r in rows)
+    table = (tmp_path / "results.md").read_text()
+    assert "| modulo | 0.5 | 1 |" in table and "| none | 1 | 1 |" in table
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+    # resuming: a second call reads every run back (a changed file proves it is not rerun)
+    run = tmp_path / "runs" / "modulo_f0.5_s0.json"
+    run.write_text(json.dumps({**modulo, "auc": 0.123}))
+    again = quality.main([*argv, "--out", str(tmp_path)])
+    assert again[1]["auc"] == 0.123 and again[0] == full
+
+
+def test_summary_is_mean_and_std_over_seeds() -> None:
+    rows = [
+        {"method": "qr", "fraction": 0.1, "seed": s, "auc": a, "logloss": 0.5, "bytes": 10,
+         "remap_bytes": 2, "remap_computable": True}
+        for s, a in enumerate([0.70, 0.72, 0.74])
+    ]  # fmt: skip
+    (s,) = quality.summarize(rows)
+    assert s["seeds"] == 3 and s["auc"] == pytest.approx(0.72)
+    assert s["auc_std"] == pytest.approx(0.02)
+    assert "| qr | 0.1 | 3 | 0.7200 ± 0.0200 |" in quality.markdown([s])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--methods", "modulo,bogus"], r"--methods must name some of .*'bogus'"),
+        (["--methods", "mch"], "mch is not supported"),
+        (["--fractions", "0.5,2"], r"--fractions must be in \(0, 1\], got \[0.5, 2.0\]"),
+        (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+    ],
+)
+def test_bad_flags_are_named(tmp_path: Path, flags: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        quality.parse_args([*flags, "--out", str(tmp_path)])
+
+
+def test_rare_ids_are_rehashed_keeping_heights(tmp_path: Path) -> None:
+    options = {"num_samples": 600, "num_embeddings": [30, 50, 120], "num_groups": 4}
+    args = quality.parse_args(
+        ["--dataset", "synthetic", "--dataset_options", json.dumps(options)]
+        + ["--rare_count", "3", "--out", str(tmp_path)]
+    )
+    dataset = quality.load_dataset("synthetic", **options)
+    counts_N = dataset.id_counts("train")[2]
+    # every id of cat_2 in row 0 of 7: after the rewrite the rare ids sit at id mod 7
+    plan = quality.HashPlan.from_mappings(
+        {"cat_2": torch.zeros(120, dtype=torch.int32)}, heights={"cat_2": 7}
+    )
+    path = tmp_path / "p.safetensors"
+    plan.save(path)
+    quality._hash_rare_ids(path, args)
+    (t,) = quality.HashPlan.load(path).tables
+    ids_N = torch.arange(120)
+    expected_N = torch.where(counts_N < 3, ids_N % 7, 0)
+    assert t.heights == (7,) and torch.equal(t.mappings[0].long(), expected_N)
+    assert 0 < int((counts_N < 3).sum()) < 120  # both kinds of ids occur
