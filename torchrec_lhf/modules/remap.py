@@ -112,6 +112,7 @@ class FeatureRemap(nn.Module):
         # input key order -> (index of each internal feature's source among the input keys,
         # whether the layout is the identity); computed once per distinct key order.
         self._layout_cache: dict[tuple[str, ...], tuple[torch.Tensor, bool]] = {}
+        self._position_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def remap_bytes(self) -> int:
         return self.mapping.numel() * self.mapping.element_size()
@@ -177,26 +178,40 @@ class FeatureRemap(nn.Module):
             stride=stride,
         )
 
-    def _remap_ids(self, ids_P: torch.Tensor, per_key_J: torch.Tensor, num: int) -> torch.Tensor:
+    def _per_position(self, per_key_J: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(height_P, offset_P)``; reused while the ids per feature stay the same (one-hot
+        features at a fixed batch size: every batch), which saves two repeat_interleaves."""
+        cached = self._position_cache
+        if (
+            cached is not None
+            and cached[0].shape == per_key_J.shape
+            and torch.equal(cached[0], per_key_J)
+        ):
+            return cached[1], cached[2]
         height_P = torch.repeat_interleave(self.height_J, per_key_J, output_size=num)
+        offset_P = torch.repeat_interleave(self.offset_J, per_key_J, output_size=num)
+        self._position_cache = (per_key_J.clone(), height_P, offset_P)
+        return height_P, offset_P
+
+    def _remap_ids(self, ids_P: torch.Tensor, per_key_J: torch.Tensor, num: int) -> torch.Tensor:
+        height_P, offset_P = self._per_position(per_key_J, num)
         if self.out_of_range == "modulo":
             ids_P = torch.remainder(ids_P, height_P)
-        else:
+        elif num and (bool((ids_P >= height_P).any()) or int(ids_P.min()) < 0):
             bad_P = (ids_P < 0) | (ids_P >= height_P)
-            if bool(bad_P.any()):
-                first = int(bad_P.nonzero()[0, 0])
-                j = int(torch.searchsorted(torch.cumsum(per_key_J, 0), first, right=True))
-                f = self.features[j]
-                raise ValueError(
-                    f"feature {f.source!r}: id {int(ids_P[first])} is out of range [0, {f.num_embeddings}) "
-                    f"({int(bad_P.sum())} such ids in the batch); pass out_of_range='modulo' to fold ids"
-                )
-        offset_P = torch.repeat_interleave(self.offset_J, per_key_J, output_size=num)
+            first = int(bad_P.nonzero()[0, 0])
+            j = int(torch.searchsorted(torch.cumsum(per_key_J, 0), first, right=True))
+            f = self.features[j]
+            raise ValueError(
+                f"feature {f.source!r}: id {int(ids_P[first])} is out of range [0, {f.num_embeddings}) "
+                f"({int(bad_P.sum())} such ids in the batch); pass out_of_range='modulo' to fold ids"
+            )
         if self.has_identity:
             mapped_P = offset_P >= 0
-            rows = self.mapping[torch.where(mapped_P, offset_P + ids_P, 0)].to(ids_P.dtype)
-            return torch.where(mapped_P, rows, ids_P)
-        return self.mapping[offset_P + ids_P].to(ids_P.dtype)
+            rows = self.mapping.index_select(0, torch.where(mapped_P, offset_P + ids_P, 0))
+            return torch.where(mapped_P, rows.to(ids_P.dtype), ids_P)
+        # NOTE: index_select is ~1.5x faster than advanced indexing for this 1-D gather on CPU
+        return self.mapping.index_select(0, offset_P + ids_P).to(ids_P.dtype)
 
 
 class KeyedTensorCombine(nn.Module):
