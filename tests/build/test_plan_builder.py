@@ -1,0 +1,126 @@
+"""The single-process plan builder: tiny tables checkable by hand."""
+
+import pytest
+import torch
+
+import torchrec_lhf
+from torchrec_lhf.build import build_plan, build_table_hash, split_rows
+from torchrec_lhf.plan import HashPlan
+
+# Two well-separated groups on coordinate 0; coordinate 1 splits the ids differently.
+EMB = torch.tensor([[0.0, 9.0], [5.0, 0.0], [0.1, 0.1], [5.2, 9.1], [0.2, 9.2], [5.1, 0.2]])
+
+
+def test_split_rows():
+    assert split_rows(10, 3) == [4, 3, 3]
+    assert split_rows(2, 2) == [1, 1]
+    with pytest.raises(ValueError, match="rows must be an int >= num_hashes=3"):
+        split_rows(2, 3)
+
+
+def test_build_table_hash_one_hash():
+    table, info = build_table_hash("t", EMB, None, rows=2, projection="dim:0")
+    assert table.mappings[0].dtype == torch.int32
+    assert table.mappings[0].tolist() == [0, 1, 0, 1, 0, 1]
+    assert (table.name, table.num_embeddings, table.heights) == ("t", 6, (2,))
+    assert info["fallback_merges"] == 0 and info["seconds"] >= 0 and info["rows"] == 2
+
+
+def test_build_table_hash_two_hashes_use_two_coordinates():
+    table, info = build_table_hash(
+        "t", EMB, torch.ones(6), rows=4, num_hashes=2, combine="concat", projection="dim:0"
+    )
+    assert table.heights == (2, 2) and table.combine == "concat"
+    assert table.mappings[0].tolist() == [0, 1, 0, 1, 0, 1]  # coordinate 0
+    assert table.mappings[1].tolist() == [1, 0, 0, 1, 1, 0]  # coordinate 1
+    assert info["heights"] == [2, 2]
+
+
+def test_build_table_hash_methods_and_options():
+    q, _ = build_table_hash("t", EMB, None, rows=3, method="quantile", projection="dim:0")
+    # Sorted by coordinate 0: ids 0, 2, 4, 1, 5, 3 -> pairs {0, 2}, {4, 1}, {5, 3}.
+    assert q.mappings[0].tolist() == [0, 1, 0, 2, 1, 2]
+    with pytest.raises(ValueError, match="unknown clustering 'kmeans'"):
+        build_table_hash("t", EMB, None, rows=3, method="kmeans")
+    with pytest.raises(ValueError, match="unknown agglomerative option"):
+        build_table_hash("t", EMB, None, rows=3, bogus=1)
+    t, _ = build_table_hash("t", EMB, None, rows=2, projection="dim:0", max_cluster_size=2)
+    assert t.num_rows == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(rows=7), "more than the table's 6 ids"),
+        (dict(rows=1, num_hashes=2), "rows must be an int >= num_hashes=2"),
+        (dict(rows=2, combine="mean"), "combine must be one of"),
+        (dict(rows=2, projection="dim:5"), "teacher dim is 2"),
+    ],
+)
+def test_build_table_hash_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_table_hash("t", EMB, None, **kwargs)
+
+
+def test_build_plan_fraction_skips_small_tables():
+    emb = {"big": EMB, "small": torch.zeros(3, 2)}
+    counts = {"big": torch.ones(6), "small": torch.ones(3)}
+    plan = build_plan(emb, counts, fraction=0.5, min_table_rows=4, projection="dim:0")
+    assert plan.table_names == ["big"]
+    assert plan["big"].heights == (3,)
+    assert plan.metadata["source"] == "build_plan"
+    for key, value in dict(
+        method="agglomerative",
+        fraction=0.5,
+        projection="dim:0",
+        num_hashes=1,
+        combine="sum",
+        min_table_rows=4,
+    ).items():
+        assert plan.metadata[key] == value
+    assert plan.metadata["build_info"]["big"]["fallback_merges"] == 0
+
+
+def test_build_plan_rows_int_and_dict_and_num_hashes():
+    emb = {"a": EMB, "b": EMB.flip(0)}
+    plan = build_plan(emb, None, rows=4, num_hashes=2, min_table_rows=1, projection="dim:0")
+    assert [t.heights for t in plan] == [(2, 2), (2, 2)]
+    assert plan["a"].mappings[1].tolist() == [1, 0, 0, 1, 1, 0]
+    plan = build_plan(emb, None, rows={"b": 3}, min_table_rows=1)
+    assert plan.table_names == ["b"] and plan["b"].heights == (3,)
+    # fraction -> max(H, round(fraction * N)) rows: round(0.1 * 6) = 1 -> 2 with H = 2.
+    plan = build_plan(emb, None, fraction=0.1, num_hashes=2, min_table_rows=1)
+    assert plan["a"].heights == (1, 1)
+
+
+def test_build_plan_is_deterministic_and_round_trips(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    emb = {"t": torch.randn(300, 4, generator=g)}
+    counts = {"t": torch.randint(0, 100, (300,), generator=g)}
+    one = build_plan(emb, counts, fraction=0.1, min_table_rows=100)
+    two = torchrec_lhf.build_plan(emb, counts, fraction=0.1, min_table_rows=100)
+    assert one == two and one["t"].heights == (30,)
+    one.save(tmp_path / "plan.safetensors")
+    assert HashPlan.load(tmp_path / "plan.safetensors") == one
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(), "exactly one of fraction / rows"),
+        (dict(fraction=0.5, rows=3), "exactly one of fraction / rows"),
+        (dict(fraction=1.5), r"fraction must be in \(0, 1\]"),
+        (dict(fraction=0.0), r"fraction must be in \(0, 1\]"),
+        (dict(rows={"zzz": 3}), r"rows names tables \['zzz'\]"),
+        (dict(fraction=0.5, min_table_rows=0), "min_table_rows"),
+        (dict(fraction=0.5, method="kmeans"), "unknown clustering"),
+    ],
+)
+def test_build_plan_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_plan({"t": EMB}, None, **kwargs)
+
+
+def test_build_plan_missing_counts():
+    with pytest.raises(ValueError, match="table 't': no access counts"):
+        build_plan({"t": EMB}, {"other": torch.ones(6)}, fraction=0.5, min_table_rows=1)

@@ -1,0 +1,248 @@
+"""Single-process hash-plan builder: teacher embeddings + access counts -> HashPlan.
+
+Shapes: ``N`` ids of a table, ``D`` teacher dim, ``H`` hash functions (internal tables),
+``M_h`` height of internal table ``h`` (``sum_h M_h`` = the table's compressed rows).
+
+:func:`build_table_hash` does one table and is what the distributed build job calls per
+table; :func:`build_plan` loops over the tables of a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from torchrec_lhf.clustering import get_clustering, project
+from torchrec_lhf.plan import COMBINE_MODES, HashPlan, TableHash
+
+logger = logging.getLogger(__name__)
+
+
+def split_rows(rows: int, num_hashes: int) -> list[int]:
+    """Split a table's total compressed rows as evenly as possible over its ``H`` internal tables.
+
+    Example::
+
+        >>> split_rows(10, 3)
+        [4, 3, 3]
+    """
+    if isinstance(num_hashes, bool) or not isinstance(num_hashes, int) or num_hashes < 1:
+        raise ValueError(f"num_hashes must be an int >= 1, got {num_hashes!r}")
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < num_hashes:
+        raise ValueError(
+            f"rows must be an int >= num_hashes={num_hashes} (one row per internal table), got {rows!r}"
+        )
+    base, extra = divmod(rows, num_hashes)
+    return [base + (1 if h < extra else 0) for h in range(num_hashes)]
+
+
+def build_table_hash(
+    name: str,
+    embeddings_ND: torch.Tensor,
+    counts_N: torch.Tensor | None,
+    *,
+    rows: int,
+    num_hashes: int = 1,
+    combine: str = "sum",
+    method: str = "agglomerative",
+    projection: str = "pca",
+    **method_options: Any,
+) -> tuple[TableHash, dict[str, Any]]:
+    """Learn one table's hash: project, then cluster each projection coordinate.
+
+    Args:
+        name: the table's name.
+        embeddings_ND: the teacher's embeddings, shape ``(N, D)``.
+        counts_N: access counts, shape ``(N,)`` (``None``: all ones).
+        rows: total compressed rows, split over the ``H`` internal tables
+            (see :func:`split_rows`); each internal table has at most ``N`` rows.
+        num_hashes: ``H``; hash ``h`` clusters projection coordinate ``h``.
+        combine: ``"sum"`` or ``"concat"`` (see :class:`~torchrec_lhf.plan.TableHash`).
+        method: a registered clustering (:func:`~torchrec_lhf.clustering.get_clustering`).
+        projection: ``"pca"``, ``"dim:k"`` or ``"dim:k0,k1,..."``.
+        **method_options: passed to the clustering (e.g. ``max_cluster_size``).
+
+    Returns:
+        ``(table_hash, info)``; ``info`` holds ``seconds``, ``fallback_merges``, ``steps``,
+        ``heights``, ``num_embeddings`` and the settings (JSON-serializable).
+
+    Raises:
+        ValueError: bad shapes, settings, or more rows per internal table than ids.
+
+    Example::
+
+        >>> import torch
+        >>> emb = torch.tensor([[0.0], [5.0], [0.1], [5.2]])
+        >>> table, info = build_table_hash("t", emb, None, rows=2, projection="dim:0")
+        >>> table.mappings[0].tolist(), table.heights
+        ([0, 1, 0, 1], (2,))
+    """
+    if combine not in COMBINE_MODES:
+        raise ValueError(f"table {name!r}: combine must be one of {COMBINE_MODES}, got {combine!r}")
+    if not isinstance(embeddings_ND, torch.Tensor) or embeddings_ND.dim() != 2:
+        got = (
+            tuple(embeddings_ND.shape)
+            if isinstance(embeddings_ND, torch.Tensor)
+            else type(embeddings_ND)
+        )
+        raise ValueError(f"table {name!r}: teacher embeddings must have shape (N, D), got {got}")
+    n = embeddings_ND.shape[0]
+    heights = split_rows(rows, num_hashes)
+    if heights[0] > n:
+        raise ValueError(
+            f"table {name!r}: {rows} rows over {num_hashes} hash(es) gives internal tables of "
+            f"{heights[0]} rows, more than the table's {n} ids"
+        )
+    cluster = get_clustering(method)
+    start = time.perf_counter()
+    values_HN = project(embeddings_ND, projection, num_hashes)
+    mappings, fallback_merges, steps = [], 0, 0
+    for h, height in enumerate(heights):  # one clustering per hash function
+        result = cluster(values_HN[h], counts_N, height, **method_options)
+        mappings.append(result.cluster_of_id.to(device="cpu", dtype=torch.int32))
+        fallback_merges += result.fallback_merges
+        steps += result.steps
+    table = TableHash(name, n, tuple(mappings), tuple(heights), combine)
+    info = {
+        "table": name,
+        "num_embeddings": n,
+        "rows": rows,
+        "heights": heights,
+        "num_hashes": num_hashes,
+        "combine": combine,
+        "method": method,
+        "projection": projection,
+        "seconds": time.perf_counter() - start,
+        "fallback_merges": fallback_merges,
+        "steps": steps,
+    }
+    logger.info(
+        "table %s: %d ids -> %s rows (%s, %s) in %.2fs, %d fallback merges",
+        name,
+        n,
+        heights,
+        method,
+        projection,
+        info["seconds"],
+        fallback_merges,
+    )
+    return table, info
+
+
+def build_plan(
+    teacher_embeddings: Mapping[str, torch.Tensor],
+    counts: Mapping[str, torch.Tensor] | None,
+    *,
+    fraction: float | None = None,
+    rows: int | Mapping[str, int] | None = None,
+    min_table_rows: int = 100_000,
+    num_hashes: int = 1,
+    combine: str = "sum",
+    method: str = "agglomerative",
+    projection: str = "pca",
+    method_options: Mapping[str, Any] | None = None,
+) -> HashPlan:
+    """Build the hash plan of a model's tables in this process.
+
+    Args:
+        teacher_embeddings: table name -> teacher embeddings, shape ``(N, D)``.
+        counts: table name -> access counts, shape ``(N,)``, for every table that is built;
+            ``None``: all ones (no frequency information).
+        fraction: compressed rows per table as a fraction of ``N`` in ``(0, 1]``:
+            ``max(H, round(fraction * N))``.
+        rows: compressed rows, one int for all tables or a dict per table; tables missing
+            from the dict stay full. Exactly one of ``fraction`` / ``rows``.
+        min_table_rows: tables with fewer ids stay full (left out of the plan).
+        num_hashes: ``H`` hash functions per table; the rows are split over them.
+        combine: ``"sum"`` or ``"concat"``.
+        method: a registered clustering.
+        projection: ``"pca"``, ``"dim:k"`` or ``"dim:k0,k1,..."``.
+        method_options: passed to the clustering.
+
+    Returns:
+        The :class:`~torchrec_lhf.plan.HashPlan` (metadata: method, fraction, rows, projection,
+        num_hashes, combine, min_table_rows, source, and per-table build info).
+
+    Raises:
+        ValueError: both or neither of ``fraction``/``rows``, a value out of range, a table
+            named in ``rows`` or needed from ``counts`` that is missing.
+
+    Example::
+
+        >>> import torch
+        >>> emb = {"t": torch.tensor([[0.0], [5.0], [0.1], [5.2]]), "small": torch.zeros(2, 1)}
+        >>> plan = build_plan(emb, None, fraction=0.5, min_table_rows=3)
+        >>> plan.table_names, plan["t"].mappings[0].tolist()
+        (['t'], [0, 1, 0, 1])
+    """
+    if (fraction is None) == (rows is None):
+        raise ValueError(
+            f"give exactly one of fraction / rows, got fraction={fraction!r}, rows={rows!r}"
+        )
+    if fraction is not None and not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    if (
+        isinstance(min_table_rows, bool)
+        or not isinstance(min_table_rows, int)
+        or min_table_rows < 1
+    ):
+        raise ValueError(f"min_table_rows must be an int >= 1, got {min_table_rows!r}")
+    if isinstance(rows, Mapping):
+        unknown = sorted(set(rows) - set(teacher_embeddings))
+        if unknown:
+            raise ValueError(f"rows names tables {unknown} that have no teacher embeddings")
+    get_clustering(method)  # fail before any work on an unknown method
+
+    tables, infos = [], {}
+    for name, emb in teacher_embeddings.items():  # a loop per table, not per id
+        n = int(emb.shape[0]) if isinstance(emb, torch.Tensor) and emb.dim() == 2 else -1
+        if n < 0:
+            raise ValueError(f"table {name!r}: teacher embeddings must be a 2-D tensor (N, D)")
+        if n < min_table_rows:
+            logger.info("table %s: %d ids < min_table_rows=%d, stays full", name, n, min_table_rows)
+            continue
+        if isinstance(rows, Mapping):
+            if name not in rows:
+                logger.info("table %s: not in rows, stays full", name)
+                continue
+            table_rows = rows[name]
+        elif rows is not None:
+            table_rows = rows
+        else:
+            table_rows = max(num_hashes, round(fraction * n))
+        if counts is not None and name not in counts:
+            raise ValueError(f"table {name!r}: no access counts (counts has {sorted(counts)})")
+        table, info = build_table_hash(
+            name,
+            emb,
+            None if counts is None else counts[name],
+            rows=table_rows,
+            num_hashes=num_hashes,
+            combine=combine,
+            method=method,
+            projection=projection,
+            **dict(method_options or {}),
+        )
+        tables.append(table)
+        infos[name] = {k: info[k] for k in ("seconds", "fallback_merges", "steps", "heights")}
+    metadata = {
+        "method": method,
+        "fraction": fraction,
+        "rows": dict(rows) if isinstance(rows, Mapping) else rows,
+        "projection": projection,
+        "num_hashes": num_hashes,
+        "combine": combine,
+        "min_table_rows": min_table_rows,
+        "method_options": _jsonable(dict(method_options or {})),
+        "source": "build_plan",
+        "build_info": infos,
+    }
+    return HashPlan(tables, metadata=metadata)
+
+
+def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
