@@ -1,0 +1,55 @@
+"""The end-to-end pipeline (teacher -> hash build -> three trainings) on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from apps import pipeline
+from torchrec_lhf.data import DatasetUnavailableError
+
+TINY = json.dumps({"num_samples": 3000, "num_embeddings": [300, 400, 50]})
+
+
+def test_pipeline_end_to_end(tmp_path) -> None:
+    rows = pipeline.main([
+        "--dataset", "synthetic", "--dataset_options", TINY, "--out_dir", str(tmp_path / "run"),
+        "--fraction", "0.1", "--min_table_rows", "100", "--teacher_epochs", "1",
+        "--results_json", str(tmp_path / "demo.json"), "--plot", str(tmp_path / "demo.png"),
+    ])  # fmt: skip
+    by_method = {r["method"]: r for r in rows}
+    assert list(by_method) == ["lhf", "modulo", "none"]
+    # 300 -> 30 and 400 -> 40 rows; the 50-id table stays full
+    assert by_method["lhf"]["rows"] == by_method["modulo"]["rows"] == 30 + 40 + 50
+    assert by_method["none"]["rows"] == 750 and by_method["none"]["remap_bytes"] == 0
+    assert by_method["lhf"]["embedding_bytes"] < by_method["none"]["embedding_bytes"]
+    assert by_method["modulo"]["remap_computable"] and not by_method["lhf"]["remap_computable"]
+    for r in rows:
+        assert 0.0 <= r["auc"] <= 1.0 and r["logloss"] > 0
+    assert json.loads((tmp_path / "demo.json").read_text()) == rows
+    assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "run" / "plan.safetensors").is_file()
+
+
+def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
+    def unavailable(spec: str, **options):
+        raise DatasetUnavailableError("no network")
+
+    monkeypatch.setattr(pipeline, "load_dataset", unavailable)
+    assert pipeline._resolve_dataset(pipeline.PipelineConfig()) == ("synthetic", {})
+    named = pipeline.PipelineConfig(dataset="criteo-tsv:x.txt")  # a named dataset is kept as is
+    assert pipeline._resolve_dataset(named) == ("criteo-tsv:x.txt", {})
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"fraction": 0.0}, "fraction"),
+        ({"methods": ["lhf", "bogus"]}, "methods"),
+        ({"epochs": 0}, "epochs"),
+    ],
+)
+def test_config_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        pipeline.PipelineConfig(**kwargs)
