@@ -39,6 +39,7 @@ from apps.dlrm import train
 from apps.dlrm.runtime import distributed, setup_logging
 from torchrec_lhf._io import atomic_write, atomic_write_json
 from torchrec_lhf.data import DatasetUnavailableError, load_dataset
+from torchrec_lhf.report import plot_auc_vs_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -257,36 +258,13 @@ def _report(
     if config.results_json:
         atomic_write_json(config.results_json, rows)
     png = out / "results.png"
-    if _plot(rows, png) and config.plot:
+    if (
+        plot_auc_vs_bytes(rows, png, f"{rows[0]['dataset']}: test AUC against model size")
+        and config.plot
+    ):
         Path(config.plot).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(config.plot) as f, open(png, "rb") as src:
             shutil.copyfileobj(src, f)
-
-
-def _plot(rows: list[dict[str, Any]], path: Path) -> bool:
-    """Test AUC against model bytes, one marker per method; False if matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plot written")
-        return False
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        ax.scatter(r["bytes"] / 2**20, r["auc"], s=60, label=f"{r['method']} ({r['fraction']:g})")
-    ax.set_xscale("log")
-    ax.set_xlabel("embedding + remap size (MiB, log scale)")
-    ax.set_ylabel("test AUC")
-    ax.set_title(f"{rows[0]['dataset']}: AUC against model size")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-    return True
 
 
 def parse_args(argv: list[str] | None = None) -> PipelineConfig:

@@ -52,6 +52,7 @@ from apps.dlrm.model import table_name
 from torchrec_lhf._io import atomic_write, atomic_write_json
 from torchrec_lhf.data import load_dataset
 from torchrec_lhf.plan import HashPlan
+from torchrec_lhf.report import plot_auc_vs_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -247,41 +248,6 @@ def markdown(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: list[dict[str, Any]], path: Path, title: str) -> bool:
-    """AUC (mean, std bars) against bytes, one line per method; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plot written")
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for s in summary:
-        by_method[s["method"]].append(s)
-    for method, ss in by_method.items():
-        ss = sorted(ss, key=lambda s: s["bytes"])
-        x = [s["bytes"] / 2**10 for s in ss]
-        y, e = [s["auc"] for s in ss], [s["auc_std"] for s in ss]
-        if method == "none":
-            ax.axhline(y[0], color="k", ls="--", lw=1, label=f"none ({x[0]:.0f} KiB)")
-        else:
-            ax.errorbar(x, y, yerr=e, marker="o", ms=4, capsize=2, label=method)
-    ax.set_xscale("log")
-    ax.set_xlabel("model embedding size incl. remap (KiB, log)")
-    ax.set_ylabel("test AUC")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
-    return True
-
-
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the sweep and write the three outputs; returns the results rows."""
     args = parse_args(argv)
@@ -297,7 +263,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     summary = summarize(rows)
     with atomic_write(args.out / "results.md", "w") as f:
         f.write(markdown(summary))
-    plot(summary, args.out / "results.png", f"{rows[0]['dataset']}: test AUC against size")
+    plot_auc_vs_bytes(
+        summary, args.out / "results.png", f"{rows[0]['dataset']}: test AUC against size"
+    )
     print(json.dumps({"out": str(args.out), "runs": len(rows), "summary": summary}, indent=1))  # noqa: T201
     return rows
 

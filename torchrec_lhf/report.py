@@ -1,0 +1,57 @@
+"""Reporting helpers shared by the pipeline app and the benchmarks."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from torchrec_lhf._io import atomic_write
+
+logger = logging.getLogger(__name__)
+
+
+def plot_auc_vs_bytes(summary: list[dict[str, Any]], path: str | Path, title: str) -> bool:
+    """Test AUC against model bytes, a line per method, like Figure 3 of the paper.
+
+    Args:
+        summary: rows with ``method``, ``bytes``, ``auc`` and optionally ``auc_std`` (error
+            bars); method ``none`` (the full model) is drawn as a horizontal reference line.
+        path: the PNG to write (atomically).
+        title: the plot's title.
+
+    Returns:
+        False (and a warning) when matplotlib is not installed, else True.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plot written")
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in summary:
+        by_method[s["method"]].append(s)
+    for method, ss in by_method.items():
+        ss = sorted(ss, key=lambda s: s["bytes"])
+        x = [s["bytes"] / 2**10 for s in ss]
+        y, e = [s["auc"] for s in ss], [s.get("auc_std", 0.0) for s in ss]
+        if method == "none":
+            ax.axhline(y[0], color="k", ls="--", lw=1, label=f"none ({x[0]:.0f} KiB)")
+        else:
+            ax.errorbar(x, y, yerr=e, marker="o", ms=4, capsize=2, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("model embedding size incl. remap (KiB, log)")
+    ax.set_ylabel("test AUC")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return True
