@@ -83,14 +83,12 @@ def build_table_hash(
     """
     if combine not in COMBINE_MODES:
         raise ValueError(f"table {name!r}: combine must be one of {COMBINE_MODES}, got {combine!r}")
-    if not isinstance(embeddings_ND, torch.Tensor) or embeddings_ND.dim() != 2:
-        got = (
-            tuple(embeddings_ND.shape)
-            if isinstance(embeddings_ND, torch.Tensor)
-            else type(embeddings_ND)
-        )
-        raise ValueError(f"table {name!r}: teacher embeddings must have shape (N, D), got {got}")
-    n = embeddings_ND.shape[0]
+    start = time.perf_counter()
+    try:  # project() validates the embeddings; name the table in its message
+        values_HN = project(embeddings_ND, projection, num_hashes)
+    except ValueError as e:
+        raise ValueError(f"table {name!r}: {e}") from e
+    n = values_HN.shape[1]
     heights = split_rows(rows, num_hashes)
     if heights[0] > n:
         raise ValueError(
@@ -98,8 +96,6 @@ def build_table_hash(
             f"{heights[0]} rows, more than the table's {n} ids"
         )
     cluster = get_clustering(method)
-    start = time.perf_counter()
-    values_HN = project(embeddings_ND, projection, num_hashes)
     mappings, fallback_merges, steps = [], 0, 0
     for h, height in enumerate(heights):  # one clustering per hash function
         result = cluster(values_HN[h], counts_N, height, **method_options)
