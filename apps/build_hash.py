@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from apps.dlrm.runtime import setup_logging
 from torchrec_lhf.build.artifact import TeacherArtifact
+from torchrec_lhf.build.budget import BUDGETS
 from torchrec_lhf.build.job import BuildConfig, run_build
 from torchrec_lhf.clustering.registry import list_clusterings
 from torchrec_lhf.plan import COMBINE_MODES, HashPlan
@@ -80,6 +81,13 @@ def make_parser() -> argparse.ArgumentParser:
         help="JSON object (or file) table -> compressed rows, e.g. '{\"t_cat_0\": 1000}'",
     )
     p.add_argument("--min_table_rows", type=int, default=100_000, help="smaller tables stay full")
+    p.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        default="table",
+        help="'table': --fraction of each table; 'total': --fraction of all rows, small tables "
+        "full while cheap, the rest in proportion (torchrec_lhf.build.budget)",
+    )
     p.add_argument("--num_hashes", type=int, default=1, help="hash functions per table")
     p.add_argument("--combine", choices=COMBINE_MODES, default="sum", help="how hashes combine")
     p.add_argument(
@@ -121,6 +129,7 @@ def main(argv: list[str] | None = None) -> HashPlan | None:
         fraction=args.fraction,
         rows_per_table=args.rows_per_table,
         min_table_rows=args.min_table_rows,
+        budget=args.budget,
         num_hashes=args.num_hashes,
         combine=args.combine,
         method=args.method,

@@ -10,8 +10,9 @@ message when PyPI cannot be reached)::
 Stages (each the app of its own, run in this process on every rank):
 
 1. ``apps.teacher``: the DLRM at ``--teacher_dim`` and full heights, counting id accesses;
-2. ``apps.build_hash``: the learned hash plan at ``--fraction`` of the rows of tables with at
-   least ``--min_table_rows`` ids;
+2. ``apps.build_hash``: the learned hash plan at ``--fraction`` of the model's rows
+   (``--budget total``: tables under ``--min_table_rows`` ids stay full while cheap, the
+   others share the rest; ``--budget table``: the paper's fraction of each big table);
 3. ``apps.dlrm.train`` once per method: ``lhf`` (the plan), ``modulo`` (the hashing trick on the
    same tables at the same rows) and ``none`` (the full model), all with the same seed,
    model and optimizer.
@@ -38,6 +39,7 @@ from apps import build_hash, teacher
 from apps.dlrm import train
 from apps.dlrm.runtime import distributed, setup_logging
 from torchrec_lhf._io import atomic_write, atomic_write_json
+from torchrec_lhf.build.budget import BUDGETS
 from torchrec_lhf.data import DatasetUnavailableError, load_dataset
 from torchrec_lhf.report import plot_auc_vs_bytes
 
@@ -56,9 +58,14 @@ class PipelineConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     """Loader options (JSON object), e.g. ``{"label": "y", "categorical": [...]}`` for csv."""
     fraction: float = 0.1
-    """Rows kept in the compressed tables, in (0, 1]."""
+    """Rows kept, in (0, 1]: of all the model's rows (``budget="total"``) or of each table."""
     min_table_rows: int = 100
-    """Tables with fewer ids stay full (the paper used 100,000 on Criteo)."""
+    """Tables with fewer ids stay full (``"total"``: while they take at most half the rows;
+    the paper used 100,000 on Criteo)."""
+    budget: str = "total"
+    """``"total"``: ``fraction`` of all rows, small tables full while cheap, the rest in
+    proportion; ``"table"``: the paper's ``fraction`` of each table of at least
+    ``min_table_rows`` ids (:func:`torchrec_lhf.build.budget.allocate_rows`)."""
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     """Which of ``lhf``, ``modulo``, ``none`` to train."""
     teacher_dim: int = 4
@@ -108,6 +115,8 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.min_table_rows < 0:
             raise ValueError(f"min_table_rows must be >= 0, got {self.min_table_rows}")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
 
 
 def _resolve_dataset(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
@@ -179,7 +188,9 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
                 "--fraction",
                 str(config.fraction),
                 "--min_table_rows",
-                str(config.min_table_rows),
+                str(max(1, config.min_table_rows)),
+                "--budget",
+                config.budget,
                 "--num_hashes",
                 str(config.num_hashes),
                 "--method",
@@ -203,6 +214,8 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
             str(config.fraction),
             "--min_table_rows",
             str(config.min_table_rows),
+            "--budget",
+            config.budget,
         ],
         "none": [],
     }

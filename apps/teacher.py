@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,10 @@ from torchrec_lhf.build.artifact import TeacherArtifact
 
 logger = logging.getLogger(__name__)
 
+FUSED_DIM_MULTIPLE = 4
+"""TorchRec shards FBGEMM's fused tables only at widths divisible by 4; narrower teachers
+(the paper's dim 2) train ``data_parallel`` with the dense kernel and the dense optimizer."""
+
 
 @dataclass(kw_only=True)
 class TeacherConfig:
@@ -49,6 +54,13 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         if not self.out:
             raise ValueError(f"out must name a directory, got {self.out!r}")
+        dim, types = self.train.embedding_dim, self.train.sharding_types
+        if dim % FUSED_DIM_MULTIPLE and set(types) != {"data_parallel"}:
+            raise ValueError(
+                f"teacher embedding_dim={dim} is not a multiple of {FUSED_DIM_MULTIPLE}: TorchRec's "
+                f"fused FBGEMM tables reject it, so sharding_types must be ['data_parallel'] "
+                f"(dense kernel), got {types}"
+            )
         if self.train.learned_hash is not None or self.train.compression != "none":
             raise ValueError(
                 f"the teacher trains full tables; got learned_hash={self.train.learned_hash!r}, "
@@ -188,7 +200,17 @@ def parse_args(argv: list[str] | None = None) -> TeacherConfig:
     )
     add_training_flags(parser, embedding_dim=4)
     parser.add_argument("--out", required=True, help="directory of the teacher artifact")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    explicit_types = any(a.split("=")[0] == "--sharding_types" for a in argv)
+    if args.embedding_dim % FUSED_DIM_MULTIPLE and not explicit_types:
+        logger.info(
+            "teacher dim %d is not a multiple of %d: training the tables data_parallel "
+            "(dense kernel, --dense_optimizer)",
+            args.embedding_dim,
+            FUSED_DIM_MULTIPLE,
+        )
+        args.sharding_types = ["data_parallel"]
     out = args.out
     del args.out
     return TeacherConfig(train=config_from_args(args), out=out)

@@ -7,13 +7,14 @@ Each run is the DLRM app (``apps.dlrm.train.main``) in this process with the sam
 optimizer, epochs and seed; only the embedding tables differ. Methods:
 
 * ``none`` (the full model, fraction 1.0), ``modulo``, ``qr``, ``fbdh``, ``memrec``, ``mlet``
-  (``--compression``);
+  and ``mch`` (TorchRec's managed collisions; not among the defaults) (``--compression``);
 * ``lhf`` and its ablations: a teacher per seed and teacher dim (``apps.teacher.main``), a
   plan per fraction (``apps.build_hash.main``), then training with ``--learned_hash``.
   Variants (see :data:`LHF_VARIANTS`): ``lhf`` (the paper: frequency for filtering and
   weighting, one table, teacher dim ``--teacher_dim``, PCA), ``lhf-nofilter`` (no frequency
   filter), ``lhf-noweight`` (plain means), ``lhf-nofreq`` (neither), ``lhf-h2`` (two
-  internal tables, summed), ``lhf-dim0`` (projection ``dim:0``),
+  internal tables, summed), ``lhf-dim0`` (projection ``dim:0``), ``lhf-t2`` (teacher dim 2,
+  its tables data_parallel: FBGEMM's fused tables need widths divisible by 4),
   ``lhf-skip`` (tables under ``--skip_rows`` ids stay full); and one change of ours,
   ``lhf-rarehash``: the paper's plan, then ids seen fewer than ``--rare_count`` times in
   the training split are re-mapped ``id mod M`` (same rows, same bytes). The teacher
@@ -47,9 +48,10 @@ import torch
 
 from apps import build_hash, teacher
 from apps.dlrm import train
-from apps.dlrm.config import UNSUPPORTED_METHODS
+from apps.dlrm.config import PLAN_METHODS
 from apps.dlrm.model import table_name
 from torchrec_lhf._io import atomic_write, atomic_write_json
+from torchrec_lhf.build.budget import BUDGETS
 from torchrec_lhf.data import load_dataset
 from torchrec_lhf.plan import HashPlan
 from torchrec_lhf.report import plot_auc_vs_bytes
@@ -64,12 +66,13 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-nofreq": {"method_options": {"filters": ["distance", "size"], "weighted_values": False}},
     "lhf-h2": {"num_hashes": 2},
     "lhf-dim0": {"projection": "dim:0"},
+    "lhf-t2": {"teacher_dim": 2},
     "lhf-skip": {"skip": True},
     "lhf-rarehash": {"rare_hash": True},
 }
 """Learned-hash variants: build options that differ from the paper's ``lhf``."""
 METHODS = (*BASELINES, *LHF_VARIANTS, "mch")
-DEFAULT_METHODS = (*BASELINES, "lhf")
+DEFAULT_METHODS = (*BASELINES, "mch", "lhf")
 DEFAULT_FRACTIONS = (0.5, 0.2, 0.1, 0.05, 0.01)
 
 
@@ -87,13 +90,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=1024)
     p.add_argument("--learning_rate", type=float, default=0.05)
     p.add_argument("--min_table_rows", type=int, default=0, help="smaller tables stay full")
+    p.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        default="table",
+        help="--fractions of each table (the paper) or of all rows, small tables full while "
+        "cheap (every row-compressing method; mlet shrinks width and ignores it)",
+    )
     p.add_argument("--skip_rows", type=int, default=1000, help="lhf-skip: smaller tables stay full")
     p.add_argument("--rare_count", type=int, default=5, help="lhf-rarehash: rare = fewer hits")
     p.add_argument(
         "--teacher_dim",
         type=int,
         default=4,
-        help="a multiple of 4: FBGEMM's fused CPU tables reject dims like 2 (so no dim-2 ablation)",
+        help="teacher dim of lhf (lhf-t2: 2; dims not divisible by 4 train data_parallel)",
     )
     p.add_argument("--teacher_epochs", type=int, default=1)
     p.add_argument(
@@ -104,8 +114,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [m for m in args.methods if m not in METHODS]
     if bad or not args.methods:
         raise ValueError(f"--methods must name some of {list(METHODS)}, got {args.methods}")
-    if "mch" in args.methods:
-        raise ValueError(f"--methods mch is not supported: {UNSUPPORTED_METHODS['mch']}")
     args.fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
     if not args.fractions or any(not 0 < f <= 1 for f in args.fractions):
         raise ValueError(f"--fractions must be in (0, 1], got {args.fractions}")
@@ -146,6 +154,7 @@ def _plan(args: argparse.Namespace, variant: str, fraction: float, seed: int) ->
             "--num_hashes", str(opts.get("num_hashes", 1)),
             "--projection", opts.get("projection", "pca"),
             "--method_options", json.dumps(opts.get("method_options", {})),
+            "--budget", args.budget,
             "--out", str(path), "--restart",
         ])  # fmt: skip
         if opts.get("rare_hash"):
@@ -182,6 +191,8 @@ def run_one(args: argparse.Namespace, method: str, fraction: float, seed: int) -
     elif method != "none":
         flags += ["--compression", method, "--fraction", str(fraction)]
         flags += ["--min_table_rows", str(args.min_table_rows)]
+        if method in PLAN_METHODS:
+            flags += ["--budget", args.budget]
     if method == "mlet":
         flags += ["--dense_arch_layer_sizes", f"64,{max(1, round(fraction * args.embedding_dim))}"]
     start = time.perf_counter()
@@ -248,6 +259,34 @@ def markdown(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pivot_markdown(summary: list[dict[str, Any]]) -> str:
+    """Test AUC (mean over seeds) as a method x fraction table; bold: the best compressed
+    method of each fraction (``none`` is the full model at every size)."""
+    fractions = sorted({s["fraction"] for s in summary if s["method"] != "none"}, reverse=True)
+    cell = {(s["method"], s["fraction"]): s["auc"] for s in summary}
+    best = {
+        f: max((a for (m, g), a in cell.items() if g == f and m != "none"), default=None)
+        for f in fractions
+    }
+    lines = [
+        "| method | " + " | ".join(f"{f:g}" for f in fractions) + " |",
+        "|---|" + "---:|" * len(fractions),
+    ]
+    for method in dict.fromkeys(s["method"] for s in summary):
+        if method == "none":
+            lines.append(
+                f"| none (full) | {cell[('none', 1.0)]:.4f} (all sizes) |"
+                + " |" * (len(fractions) - 1)
+            )
+            continue
+        row = []
+        for f in fractions:
+            a = cell.get((method, f))
+            row.append("" if a is None else f"**{a:.4f}**" if a == best[f] else f"{a:.4f}")
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the sweep and write the three outputs; returns the results rows."""
     args = parse_args(argv)
@@ -263,6 +302,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     summary = summarize(rows)
     with atomic_write(args.out / "results.md", "w") as f:
         f.write(markdown(summary))
+        f.write("\nTest AUC, mean over seeds (bold: the best compressed method per fraction):\n\n")
+        f.write(pivot_markdown(summary))
     plot_auc_vs_bytes(
         summary, args.out / "results.png", f"{rows[0]['dataset']}: test AUC against size"
     )

@@ -12,24 +12,20 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchrec_lhf.build.budget import BUDGETS
+
 INTERACTION_TYPES = ("original", "dcn")
 DENSE_OPTIMIZERS = ("adagrad", "adam")
 COMPRESSION_METHODS = ("none", "modulo", "qr", "fbdh", "memrec", "mlet", "mch")
 """Methods of ``--compression``: the plan methods of ``torchrec_lhf.build.compression`` that
 need no teacher, ``mlet`` (narrower tables trained through a wider layer) and ``mch``
-(TorchRec's managed collisions; rejected, see :data:`UNSUPPORTED_METHODS`). Learned
-plans come through ``--learned_hash``."""
+(TorchRec's managed collisions, ``torchrec_lhf.modules.mch``: tables of
+``round(fraction * N)`` rows, sharded row-wise). Learned plans come through
+``--learned_hash``."""
 PLAN_METHODS = ("modulo", "qr", "fbdh", "memrec")
 """``--compression`` methods that produce a HashPlan (hash computable from the id)."""
-UNSUPPORTED_METHODS = {
-    "mch": (
-        "TorchRec cannot shard a ManagedCollisionEmbeddingBagCollection on CPU: the "
-        "MCHManagedCollisionModule sharder supports only row_wise, TorchRec's "
-        "EmbeddingBagCollectionSharder offers no row_wise on CPU, so their intersection is "
-        "empty (TorchRec 1.8). On GPU it would shard row-wise; that path is not built here"
-    ),
-}
-"""Methods that ``--compression`` names but rejects, with the reason."""
+UNSUPPORTED_METHODS: dict[str, str] = {}
+"""Methods that ``--compression`` names but rejects, with the reason (none at present)."""
 OUT_OF_RANGE = ("error", "modulo")
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel")
 DEFAULT_SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_row_wise")
@@ -113,6 +109,9 @@ class TrainConfig:
     """MLET's inner (training) width ``k`` (default ``embedding_dim``, the uncompressed dim)."""
     min_table_rows: int = 0
     """``--compression`` leaves tables with fewer rows full."""
+    budget: str = "table"
+    """How ``--compression`` spends ``--fraction``: ``"table"`` (of each table) or
+    ``"total"`` (of all rows; :func:`torchrec_lhf.build.budget.allocate_rows`)."""
     out_of_range: str = "error"
     """Raw ids beyond a plan's table: ``error`` or fold them ``modulo`` the height."""
     sharding_types: list[str] = field(default_factory=lambda: list(DEFAULT_SHARDING_TYPES))
@@ -162,11 +161,27 @@ class TrainConfig:
             raise ValueError(
                 f"compression_options must be a JSON object, got {self.compression_options!r}"
             )
+        _check_choice("budget", self.budget, BUDGETS)
+        if self.budget != "table" and self.compression not in PLAN_METHODS:
+            raise ValueError(
+                f"--budget {self.budget!r} needs a plan method {list(PLAN_METHODS)}, got "
+                f"--compression {self.compression!r} (a learned plan brings its own rows)"
+            )
         if self.compression_options and self.compression not in PLAN_METHODS:
             raise ValueError(
                 f"--compression_options {self.compression_options!r} need a plan method "
                 f"{list(PLAN_METHODS)}, got --compression {self.compression!r}"
             )
+        if self.compression == "mch":
+            if self.mlet_fraction is not None:
+                raise ValueError(
+                    f"--compression mch does not combine with --mlet_fraction {self.mlet_fraction}"
+                )
+            if "row_wise" not in self.sharding_types:
+                raise ValueError(
+                    "--compression mch shards its tables row_wise only (TorchRec's managed "
+                    f"collisions); --sharding_types {self.sharding_types} must include row_wise"
+                )
         if self.compression == "mlet":
             if self.mlet_fraction is not None and self.mlet_fraction != self.fraction:
                 raise ValueError(
@@ -378,6 +393,12 @@ def add_compression_flags(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--min_table_rows", type=int, default=0, help="--compression keeps smaller tables full"
+    )
+    g.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        default="table",
+        help="--fraction of each table, or of the total rows (small tables full while cheap)",
     )
     g.add_argument(
         "--out_of_range",

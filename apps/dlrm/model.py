@@ -30,9 +30,14 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from apps.dlrm.config import TrainConfig
-from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
+from torchrec_lhf.distributed.embedding_bag import (
+    LearnedHashEmbeddingBagCollectionSharder,
+    remap_bytes,
+)
+from torchrec_lhf.distributed.mch import ManagedCollisionSharder
 from torchrec_lhf.distributed.planner import make_planner
 from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection, apply_hash_plan
+from torchrec_lhf.modules.mch import MCHEmbeddingBagCollection, mch_rows, mch_state_bytes
 from torchrec_lhf.modules.mlet import MultiLayerEmbeddingBagCollection, apply_mlet
 from torchrec_lhf.plan import HashPlan
 
@@ -78,6 +83,7 @@ def build_model(
     num_dense: int,
     plan: HashPlan | None,
     dense_device: torch.device,
+    world_size: int | None = None,
 ) -> DLRMTrain:
     """The unsharded DLRM (tables on the meta device), converted by ``plan`` if given.
 
@@ -89,6 +95,8 @@ def build_model(
         plan: a hash plan; its tables become learned-hash tables (``apply_hash_plan``), the
             inner tables of MLET with ``mlet_fraction``.
         dense_device: where the MLPs are built.
+        world_size: ranks the model will be sharded over (default: the default process
+            group's, else 1); ``--compression mch`` sizes its row-wise tables by it.
     """
     if config.model_dim != tables[0].embedding_dim:  # MLET: the model's tables are narrower
         tables = [dataclasses.replace(t, embedding_dim=config.model_dim) for t in tables]
@@ -114,7 +122,27 @@ def build_model(
         dlrm.sparse_arch.embedding_bag_collection = PipelinedMLET(mlet)
     elif plan is not None:
         apply_hash_plan(dlrm, plan, out_of_range=config.out_of_range)
+    elif config.compression == "mch":
+        dlrm.sparse_arch.embedding_bag_collection = _mch_collection(config, tables, world_size)
     return DLRMTrain(dlrm)
+
+
+def _mch_collection(
+    config: TrainConfig, tables: list[EmbeddingBagConfig], world_size: int | None
+) -> MCHEmbeddingBagCollection:
+    """``--compression mch``: TorchRec's managed collisions, ``round(fraction * N)`` rows."""
+    if world_size is None:
+        world_size = dist.get_world_size() if dist.is_initialized() else 1
+    assert config.fraction is not None  # TrainConfig checks it
+    zch_sizes = mch_rows(
+        {t.name: t.num_embeddings for t in tables},
+        fraction=config.fraction,
+        min_table_rows=config.min_table_rows,
+        world_size=world_size,
+    )
+    return MCHEmbeddingBagCollection(
+        tables, zch_sizes=zch_sizes, world_size=world_size, device=torch.device("meta")
+    )
 
 
 class PipelinedMLET(nn.Module):
@@ -177,13 +205,17 @@ def table_stats(
         ``rows`` (internal rows), ``embedding_bytes`` (the tables as saved: MLET collapsed
         to ``(rows, d)``, or inner tables plus projections where a ``mult``/``scaled_sum``
         plan cannot collapse), ``train_embedding_bytes`` (what trains: MLET's inner tables
-        and projections), ``full_rows``, ``full_embedding_bytes`` (``sum N * D * 4``).
+        and projections), ``full_rows``, ``full_embedding_bytes`` (``sum N * D * 4``),
+        ``remap_bytes`` (learned-hash remap buffers, or every persistent buffer of the
+        ``mch`` modules: sorted raw ids, rows, counts, last access, TorchRec's segments).
     """
     top = model.get_submodule(EBC_FQN)
     ebc = embedding_collection(model)
     internal = ebc.embedding_bag_configs()
     logical = (
-        ebc.logical_configs() if isinstance(ebc, LearnedHashEmbeddingBagCollection) else internal
+        ebc.logical_configs()
+        if isinstance(ebc, (LearnedHashEmbeddingBagCollection, MCHEmbeddingBagCollection))
+        else internal
     )
     train_bytes = sum(4 * c.num_embeddings * c.embedding_dim for c in internal)
     saved_bytes = train_bytes
@@ -208,6 +240,7 @@ def table_stats(
         "full_embedding_bytes": sum(
             4 * c.num_embeddings * (full_dim or c.embedding_dim) for c in logical
         ),
+        "remap_bytes": remap_bytes(model) + mch_state_bytes(model),
     }
 
 
@@ -217,7 +250,7 @@ def _logical_name(internal: str, logical: dict[str, int]) -> str:
 
 
 def make_sharders(config: TrainConfig) -> list:
-    """Learned-hash and stock EBC sharders with the fused row-wise Adagrad."""
+    """Learned-hash, managed-collision and stock EBC sharders with the fused row-wise Adagrad."""
     fused_params = {
         "optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
         "learning_rate": config.table_learning_rate,
@@ -225,6 +258,7 @@ def make_sharders(config: TrainConfig) -> list:
     }
     return [
         LearnedHashEmbeddingBagCollectionSharder(fused_params=fused_params),
+        ManagedCollisionSharder(fused_params=fused_params),
         EmbeddingBagCollectionSharder(fused_params=fused_params),
     ]
 

@@ -8,6 +8,7 @@ Run it as one process, with torchrun, or with torchx::
     python -m apps.dlrm.train --compression qr --fraction 0.1 --compression_options '{"combine": "sum"}'
     python -m apps.dlrm.train --compression mlet --fraction 0.5 ...    # MLET: half the width
     python -m apps.dlrm.train --compression fbdh --fraction 0.1 --mlet_fraction 0.5 ...  # both
+    python -m apps.dlrm.train --compression mch --fraction 0.1 ...     # TorchRec's managed collisions
     torchrun --nproc_per_node 2 -m apps.dlrm.train --dataset synthetic ...
 
 The model is TorchRec's DLRM (``--interaction_type original|dcn``), its embedding
@@ -17,9 +18,9 @@ with FBGEMM's fused row-wise Adagrad, the MLPs with Adagrad or Adam, through
 TrainPipelineSparseDist.
 
 Splits (deterministic, from ``torchrec_lhf.data``): 80 / 10 / 10 train / val / test, in
-time order where the data has time (MovieLens by timestamp, Criteo by file order, a CSV by
-its ``time`` column), along a seeded permutation otherwise (synthetic, a CSV without
-time). Validation after each epoch and the test at the end cover the whole split.
+time order where the data has time (Criteo by file order, a CSV by its ``time`` column,
+MovieLens with ``--dataset_options '{"split": "time"}'``), along a seeded permutation
+otherwise (MovieLens by default, synthetic, a CSV without time). Validation after each epoch and the test at the end cover the whole split.
 """
 
 from __future__ import annotations
@@ -64,9 +65,10 @@ METRIC_KEYS = (
 
 ``embedding_bytes`` are the fp32 tables as saved (MLET: collapsed to the narrow dim;
 ``train_embedding_bytes`` has what trains), ``remap_bytes`` the materialized id -> row
-lookup tables. ``remap_computable`` is True when those can be computed from the id at
-serving time instead (modulo, qr, fbdh, memrec: seeded hashes; for fbdh the frequent ids'
-rows still need a small id -> row map), False for a learned plan, None without a plan."""
+lookup tables (``mch``: its modules' persistent buffers, see ``torchrec_lhf.modules.mch``).
+``remap_computable`` is True when those can be computed from the id at serving time
+instead (modulo, qr, fbdh, memrec: seeded hashes; for fbdh the frequent ids' rows still
+need a small id -> row map), False for a learned plan and ``mch``, None without either."""
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -108,9 +110,17 @@ def resolve_plan(
         heights,
         fraction=config.fraction,
         min_table_rows=config.min_table_rows,
+        budget=config.budget,
         seed=config.seed,
         **options,
     )
+
+
+def _remap_computable(config: TrainConfig, plan: HashPlan | None) -> bool | None:
+    """True for hashes computable from the id, False for learned plans and ``mch``."""
+    if config.compression == "mch":
+        return False
+    return None if plan is None else config.learned_hash is None
 
 
 def _fold_counts(counts_N: torch.Tensor, height: int) -> torch.Tensor:
@@ -156,7 +166,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
             config=config.to_dict(),
             plan_fingerprint=session.plan_fingerprint,
             dataset=dataset.name,
-            remap_computable=None if plan is None else config.learned_hash is None,
+            remap_computable=_remap_computable(config, plan),
         )
         if env.is_main:
             if config.metrics_json:

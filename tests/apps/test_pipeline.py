@@ -20,8 +20,9 @@ def test_pipeline_end_to_end(tmp_path) -> None:
     ])  # fmt: skip
     by_method = {r["method"]: r for r in rows}
     assert list(by_method) == ["lhf", "modulo", "none"]
-    # 300 -> 30 and 400 -> 40 rows; the 50-id table stays full
-    assert by_method["lhf"]["rows"] == by_method["modulo"]["rows"] == 30 + 40 + 50
+    # the default --budget total: 10% of all 750 ids = 75 rows; the 50-id table alone would
+    # take more than half of them, so all three tables shrink in proportion: 30 + 40 + 5
+    assert by_method["lhf"]["rows"] == by_method["modulo"]["rows"] == 30 + 40 + 5
     assert by_method["none"]["rows"] == 750 and by_method["none"]["remap_bytes"] == 0
     assert by_method["lhf"]["embedding_bytes"] < by_method["none"]["embedding_bytes"]
     assert by_method["modulo"]["remap_computable"] and not by_method["lhf"]["remap_computable"]
@@ -48,6 +49,7 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
         ({"fraction": 0.0}, "fraction"),
         ({"methods": ["lhf", "bogus"]}, "methods"),
         ({"epochs": 0}, "epochs"),
+        ({"budget": "weekly"}, "'weekly'"),
     ],
 )
 def test_config_validation(kwargs: dict, match: str) -> None:

@@ -121,3 +121,30 @@ def test_id_counter_by_hand() -> None:
 def test_teacher_rejects_compression_flags() -> None:
     with pytest.raises(SystemExit):
         parse_args([*ARGS, "--out", "x", "--compression", "modulo"])
+
+
+def test_dim_2_teacher_trains_data_parallel(tmp_path: Path) -> None:
+    # The paper's dim-2 teacher: FBGEMM's fused tables need widths divisible by 4, so a
+    # narrower teacher trains its tables data_parallel (dense kernel) unless told otherwise.
+    args = [*ARGS, "--embedding_dim", "2", "--dense_arch_layer_sizes", "16,2"]
+    config = parse_args([*args, "--out", str(tmp_path / "t2")])
+    assert config.train.sharding_types == ["data_parallel"]
+    with pytest.raises(ValueError, match=r"embedding_dim=2 .*\['table_wise'\]"):
+        parse_args([*args, "--sharding_types", "table_wise", "--out", "x"])
+    with distributed() as env:
+        _, metrics = train_teacher(config, env)
+    artifact = TeacherArtifact.load(tmp_path / "t2")
+    assert {k: tuple(v.shape) for k, v in artifact.embeddings.items()} == {
+        "cat_0": (40, 2),
+        "cat_1": (60, 2),
+        "cat_2": (200, 2),
+    }
+    dataset = load_dataset("synthetic", **OPTIONS)
+    for feature, direct in zip(dataset.feature_names, dataset.id_counts("train")):
+        assert artifact.counts[feature].tolist() == direct.tolist()
+        # the dense kernel really trains: seen rows leave TorchRec's init range
+        # U(-sqrt(1/N), sqrt(1/N)), rows never seen stay inside it
+        emb, bound = artifact.embeddings[feature], (1.0 / len(direct)) ** 0.5
+        assert float(emb[direct > 0].abs().max()) > bound
+        assert bool((emb[direct == 0].abs() <= bound).all())
+    assert metrics["samples_seen"] == 1600

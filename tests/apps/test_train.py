@@ -68,7 +68,14 @@ def test_flags_parse_into_a_config() -> None:
             {"compression": "lhf", "fraction": 0.1},
             r"'lhf' is not a built-in method; supported: \['none', 'modulo', 'qr'",
         ),
-        ({"compression": "mch", "fraction": 0.1}, "'mch' is not supported: TorchRec cannot shard"),
+        (
+            {"compression": "mch", "fraction": 0.1, "mlet_fraction": 0.5},
+            "--compression mch does not combine with --mlet_fraction 0.5",
+        ),
+        (
+            {"compression": "mch", "fraction": 0.1, "sharding_types": ["table_wise"]},
+            r"row_wise only .* --sharding_types \['table_wise'\] must include row_wise",
+        ),
         ({"compression_options": {"retain": 0.5}}, r"need a plan method"),
         ({"compression": "mlet", "fraction": 0.5, "mlet_fraction": 0.25}, "disagrees"),
         ({"mlet_fraction": 1.5}, r"mlet_fraction must be in \(0, 1\], got 1.5"),
@@ -108,6 +115,10 @@ def test_bad_config_is_named(kwargs: dict, message: str) -> None:
         (["--compression", "mlet"], 300, 300 * 4 * 4, None),
         # modulo at 0.5 with MLET at 0.5: 150 rows of dim 4
         (["--compression", "modulo", "--mlet_fraction", "0.5"], 150, 150 * 4 * 4, True),
+        # TorchRec's managed collisions: round(0.5 N) rows, a non-computable id -> row state
+        (["--compression", "mch"], 150, 150 * 8 * 4, False),
+        # ... with the 40-id table full (a plain EBC beside the managed one)
+        (["--compression", "mch", "--min_table_rows", "50"], 40 + 30 + 100, 170 * 8 * 4, False),
     ],
 )
 def test_every_compression_method_trains(
@@ -194,6 +205,32 @@ def test_csv_flags_need_a_csv_dataset() -> None:
 
 
 # ------------------------------------------------------------------------- world size 2
+def _train_mch(rank: int, world_size: int, tmp: str) -> dict:
+    return main(
+        [
+            *SMALL,
+            *("--compression", "mch", "--fraction", "0.5", "--metrics_json", f"{tmp}/mch.json"),
+            *("--limit_train_batches", "6", "--limit_val_batches", "2"),
+        ]
+    )
+
+
+@pytest.mark.distributed
+def test_mch_trains_row_wise_at_world_size_2(tmp_path: Path) -> None:
+    first, second = run_multiprocess(_train_mch, world_size=2, tmp=str(tmp_path))
+    assert first["auc"] == second["auc"]  # synced metrics
+    metrics = json.loads((tmp_path / "mch.json").read_text())
+    assert set(METRIC_KEYS) <= set(metrics) and 0.0 <= metrics["auc"] <= 1.0
+    assert metrics["steps"] == 6 and metrics["world_size"] == 2
+    # 40, 60, 200 ids at 0.5: 20 + 30 + 100 managed rows of dim 8
+    assert metrics["rows"] == 150 and metrics["full_rows"] == 300
+    assert metrics["embedding_bytes"] == 150 * 8 * 4
+    assert metrics["full_embedding_bytes"] == 300 * 8 * 4
+    # the serving lookup: sorted raw ids and their rows, one int64 each per managed row
+    assert metrics["remap_bytes"] == 8 * 2 * 150
+    assert metrics["remap_computable"] is False and metrics["plan_fingerprint"] is None
+
+
 def _train_with_and_without_plan(rank: int, world_size: int, tmp: str) -> tuple[dict, dict]:
     common = [*SMALL, "--epochs", "1", "--limit_train_batches", "6", "--limit_val_batches", "2"]
     full = main([*common, "--metrics_json", f"{tmp}/full.json"])

@@ -51,6 +51,39 @@ def test_tiny_sweep_writes_the_three_outputs_and_resumes(tmp_path: Path) -> None
     assert again[1]["auc"] == 0.123 and again[0] == full
 
 
+def test_tiny_sweep_with_mch(tmp_path: Path) -> None:
+    argv = [*TINY, "--methods", "mch", "--fractions", "0.5", "--seeds", "1"]
+    (row,) = quality.main([*argv, "--out", str(tmp_path)])
+    assert (row["method"], row["fraction"], row["remap_computable"]) == ("mch", 0.5, False)
+    # 30, 50, 120 ids at 0.5: 15 + 25 + 60 rows of dim 4; the serving lookup: sorted raw
+    # ids and their rows, one int64 each per row
+    assert row["embedding_bytes"] == 100 * 4 * 4
+    assert row["remap_bytes"] == 8 * 2 * 100
+    assert 0 <= row["auc"] <= 1
+
+
+def test_pivot_bolds_the_best_compressed_method_per_fraction() -> None:
+    summary = [
+        {"method": "none", "fraction": 1.0, "auc": 0.80},
+        {"method": "lhf", "fraction": 0.5, "auc": 0.79},
+        {"method": "lhf", "fraction": 0.1, "auc": 0.75},
+        {"method": "modulo", "fraction": 0.5, "auc": 0.78},
+        {"method": "modulo", "fraction": 0.1, "auc": 0.76},
+    ]
+    lines = quality.pivot_markdown(summary).splitlines()
+    assert lines[0] == "| method | 0.5 | 0.1 |"
+    assert lines[2] == "| none (full) | 0.8000 (all sizes) | |"
+    assert lines[3] == "| lhf | **0.7900** | 0.7500 |"
+    assert lines[4] == "| modulo | 0.7800 | **0.7600** |"
+
+
+def test_total_budget_sweep_gives_equal_rows(tmp_path: Path) -> None:
+    # --budget total: 20% of all 200 ids = 40 rows for modulo and lhf alike
+    argv = [*TINY, "--methods", "modulo,lhf", "--fractions", "0.2", "--seeds", "1"]
+    rows = quality.main([*argv, "--budget", "total", "--out", str(tmp_path)])
+    assert [r["rows"] for r in rows] == [40, 40]
+
+
 def test_summary_is_mean_and_std_over_seeds() -> None:
     rows = [
         {"method": "qr", "fraction": 0.1, "seed": s, "auc": a, "logloss": 0.5, "bytes": 10,
@@ -67,7 +100,6 @@ def test_summary_is_mean_and_std_over_seeds() -> None:
     ("flags", "message"),
     [
         (["--methods", "modulo,bogus"], r"--methods must name some of .*'bogus'"),
-        (["--methods", "mch"], "mch is not supported"),
         (["--fractions", "0.5,2"], r"--fractions must be in \(0, 1\], got \[0.5, 2.0\]"),
         (["--seeds", "0"], "--seeds must be >= 1, got 0"),
     ],

@@ -64,12 +64,31 @@ def test_first_rating_by_hand(ml):
 
 
 def test_split_is_time_ordered(ml):
+    ml = load_movielens_100k(cache_dir=ml.info["cache_dir"], split="time")
     ts = torch.tensor([int(float(t)) for t in _inter_column(ml, 3)])
     sizes = [ml.splits[k].numel() for k in ("train", "val", "test")]
     assert sizes == [80_000, 10_000, 10_000]
     train, val, test = (ts[ml.splits[k]] for k in ("train", "val", "test"))
     assert int(train.max()) <= int(val.min()) and int(val.max()) <= int(test.min())
     assert bool((torch.diff(ts[torch.cat(list(ml.splits.values()))]) >= 0).all())
+
+
+def test_random_split_is_seeded_and_disjoint(ml):
+    sizes = [ml.splits[k].numel() for k in ("train", "val", "test")]
+    assert sizes == [80_000, 10_000, 10_000]
+    assert torch.cat(list(ml.splits.values())).sort().values.equal(torch.arange(100_000))
+    # A random split interleaves time: the test rows are not the latest ratings.
+    ts = torch.tensor([int(float(t)) for t in _inter_column(ml, 3)])
+    assert int(ts[ml.splits["test"]].min()) < int(ts[ml.splits["train"]].max())
+    again = load_dataset("movielens-100k", split_seed=0)
+    other = load_dataset("movielens-100k", split_seed=1)
+    assert again.splits["test"].equal(ml.splits["test"])
+    assert not other.splits["test"].equal(ml.splits["test"])
+
+
+def test_bad_split_names_value(ml):
+    with pytest.raises(ValueError, match="'weekly'"):
+        load_movielens_100k(cache_dir=ml.info["cache_dir"], split="weekly")
 
 
 def test_registry_spec(ml):

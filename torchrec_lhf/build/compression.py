@@ -51,6 +51,7 @@ from typing import Any
 import torch
 
 from torchrec_lhf.build.baselines import modulo_plan
+from torchrec_lhf.build.budget import BUDGETS, allocate_rows
 from torchrec_lhf.build.plan_builder import split_rows
 from torchrec_lhf.plan import HashPlan, TableHash
 
@@ -100,27 +101,34 @@ def register_method(name: str, fn: MethodFn) -> MethodFn:
         counts: Mapping[str, torch.Tensor] | None = None,
         min_table_rows: int = 0,
         seed: int = 0,
+        budget: str = "table",
         **options: Any,
     ) -> HashPlan:
         unknown = sorted(set(options) - set(accepted))
         if unknown and not takes_any:
             raise ValueError(f"method {name!r}: unknown options {unknown}; it accepts {accepted}")
         _check_common(name, num_embeddings, fraction, counts, min_table_rows, seed)
-        common = {
-            "fraction": fraction,
-            "counts": counts,
-            "min_table_rows": min_table_rows,
-            "seed": seed,
-        }
-        plan = fn(
-            num_embeddings,
-            **{k: v for k, v in common.items() if takes_any or k in named},
-            **options,
-        )
+        if budget not in BUDGETS:
+            raise ValueError(f"method {name!r}: budget must be one of {BUDGETS}, got {budget!r}")
+
+        def call(heights: Mapping[str, int], f: float, min_rows: int) -> HashPlan:
+            common = {"fraction": f, "counts": counts, "min_table_rows": min_rows, "seed": seed}
+            return fn(
+                heights, **{k: v for k, v in common.items() if takes_any or k in named}, **options
+            )
+
+        if budget == "table" or name == "none":
+            plan = call(num_embeddings, fraction, min_table_rows)
+        else:  # one call per table at the fraction the total budget gives it
+            rows = allocate_rows(
+                dict(num_embeddings), fraction, budget=budget, min_table_rows=max(1, min_table_rows)
+            )
+            parts = [call({t: n}, rows[t] / n, 0) for t, n in num_embeddings.items() if rows[t] < n]
+            plan = HashPlan([t for p in parts for t in p], metadata=_merge_metadata(parts))
         meta = plan.metadata
         meta["method"] = name
         meta.setdefault("fraction", fraction)
-        meta.update(seed=seed, min_table_rows=min_table_rows)
+        meta.update(seed=seed, min_table_rows=min_table_rows, budget=budget)
         meta["options"] = {k: v for k, v in options.items() if _is_jsonable(v)}
         meta["rows_fraction"] = {t.name: t.num_rows / t.num_embeddings for t in plan}
         return plan
@@ -388,6 +396,19 @@ def balanced_hash(num_ids: int, rows: int, *, seed: int, key: str) -> torch.Tens
         raise ValueError(f"balanced_hash: rows must be >= 1, got {rows}")
     g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{key}".encode()))
     return torch.randperm(num_ids, generator=g) % rows
+
+
+def _merge_metadata(plans: list[HashPlan]) -> dict[str, Any]:
+    """One metadata dict of per-table plans: per-table dicts merged, the rest from the first."""
+    meta: dict[str, Any] = {}
+    for plan in plans:
+        for key, value in plan.metadata.items():
+            if isinstance(value, dict) and isinstance(meta.get(key), dict):
+                meta[key] = {**meta[key], **value}
+            else:
+                meta.setdefault(key, value)
+    meta.pop("fraction", None)  # the per-table fractions, not the requested one
+    return meta
 
 
 def _planned(num_embeddings: Mapping[str, int], min_table_rows: int) -> list[tuple[str, int]]:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from torchrec_lhf._io import atomic_write_json, tensor_digest
 from torchrec_lhf.build.artifact import TeacherArtifact
+from torchrec_lhf.build.budget import BUDGETS, allocate_rows
 from torchrec_lhf.build.plan_builder import build_table_hash
 from torchrec_lhf.clustering.registry import get_clustering
 from torchrec_lhf.plan import COMBINE_MODES, HashPlan, TableHash
@@ -56,6 +57,10 @@ class BuildConfig:
 
     min_table_rows: int = 100_000
     """Tables with fewer ids stay full (the paper skipped tables under 100K rows)."""
+
+    budget: str = "table"
+    """How ``fraction`` is spent (:func:`~torchrec_lhf.build.budget.allocate_rows`):
+    ``"table"`` (each table's own fraction) or ``"total"`` (of all the model's rows)."""
 
     num_hashes: int = 1
     """``H``, hash functions (internal tables) per compressed table."""
@@ -110,6 +115,10 @@ class BuildConfig:
             if bad:
                 raise ValueError(f"rows_per_table values must be ints >= 1, got {bad}")
             self.rows_per_table = dict(rows)
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
+        if self.budget != "table" and self.fraction is None:
+            raise ValueError(f"budget={self.budget!r} needs a fraction, not rows_per_table")
         for name in ("min_table_rows", "num_hashes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -144,6 +153,7 @@ class BuildConfig:
             "num_hashes": self.num_hashes,
             "combine": self.combine,
             "min_table_rows": self.min_table_rows,
+            "budget": self.budget,
             "method_options": self.method_options,
         }
 
@@ -192,7 +202,8 @@ def table_rows(sizes: dict[str, int], config: BuildConfig) -> dict[str, int]:
 
     Returns:
         table name -> total rows over the table's ``H`` internal tables, in ``sizes``
-        order, for tables with ``N >= min_table_rows`` (and named in ``rows_per_table``).
+        order, for tables with ``N >= min_table_rows`` (and named in ``rows_per_table``);
+        with ``budget="total"``, the tables it allocates fewer rows than ids.
 
     Raises:
         ValueError: ``rows_per_table`` names an unknown table, gives fewer rows than ``H``,
@@ -205,17 +216,25 @@ def table_rows(sizes: dict[str, int], config: BuildConfig) -> dict[str, int]:
             raise ValueError(
                 f"rows_per_table names tables the teacher lacks: {unknown} (has {list(sizes)})"
             )
-    out: dict[str, int] = {}
-    for name, n in sizes.items():
-        if n < config.min_table_rows or (
-            config.fraction is None and name not in config.rows_per_table
-        ):
-            continue
-        rows = (
-            max(h, round(config.fraction * n))
-            if config.fraction is not None
-            else config.rows_per_table[name]
+    if config.fraction is not None:
+        allocated = allocate_rows(
+            sizes,
+            config.fraction,
+            budget=config.budget,
+            min_table_rows=config.min_table_rows,
+            num_hashes=h,
         )
+    else:
+        allocated = {
+            k: config.rows_per_table[k]
+            for k, n in sizes.items()
+            if k in config.rows_per_table and n >= config.min_table_rows
+        }
+    out: dict[str, int] = {}
+    for name, rows in allocated.items():
+        n = sizes[name]
+        if config.budget == "total" and rows >= n:
+            continue  # the total budget keeps this table full
         if not h <= rows <= h * n:
             raise ValueError(
                 f"table {name!r}: {rows} rows for {h} hash(es) of a table of {n} ids; "

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from torchrec_lhf.build.budget import allocate_rows
 from torchrec_lhf.clustering import get_clustering, project
 from torchrec_lhf.plan import COMBINE_MODES, HashPlan, TableHash
 
@@ -136,6 +137,7 @@ def build_plan(
     fraction: float | None = None,
     rows: int | Mapping[str, int] | None = None,
     min_table_rows: int = 100_000,
+    budget: str = "table",
     num_hashes: int = 1,
     combine: str = "sum",
     method: str = "agglomerative",
@@ -153,6 +155,8 @@ def build_plan(
         rows: compressed rows, one int for all tables or a dict per table; tables missing
             from the dict stay full. Exactly one of ``fraction`` / ``rows``.
         min_table_rows: tables with fewer ids stay full (left out of the plan).
+        budget: how ``fraction`` is spent: ``"table"`` (of each table) or ``"total"`` (of
+            all rows; see :func:`~torchrec_lhf.build.budget.allocate_rows`).
         num_hashes: ``H`` hash functions per table; the rows are split over them.
         combine: ``"sum"`` or ``"concat"``.
         method: a registered clustering.
@@ -192,24 +196,36 @@ def build_plan(
         if unknown:
             raise ValueError(f"rows names tables {unknown} that have no teacher embeddings")
     get_clustering(method)  # fail before any work on an unknown method
+    if budget != "table" and fraction is None:
+        raise ValueError(f"budget={budget!r} needs a fraction, not rows")
+    sizes = {}
+    for name, emb in teacher_embeddings.items():  # a loop per table, not per id
+        if not (isinstance(emb, torch.Tensor) and emb.dim() == 2 and emb.shape[0] > 0):
+            raise ValueError(f"table {name!r}: teacher embeddings must be a 2-D tensor (N, D)")
+        sizes[name] = int(emb.shape[0])
+    if fraction is not None:
+        allocated = allocate_rows(
+            sizes, fraction, budget=budget, min_table_rows=min_table_rows, num_hashes=num_hashes
+        )
 
     tables, infos = [], {}
-    for name, emb in teacher_embeddings.items():  # a loop per table, not per id
-        n = int(emb.shape[0]) if isinstance(emb, torch.Tensor) and emb.dim() == 2 else -1
-        if n < 0:
-            raise ValueError(f"table {name!r}: teacher embeddings must be a 2-D tensor (N, D)")
-        if n < min_table_rows:
+    for name, emb in teacher_embeddings.items():
+        n = sizes[name]
+        if fraction is not None:
+            if name not in allocated or (budget == "total" and allocated[name] >= n):
+                logger.info("table %s: %d ids, stays full (budget %r)", name, n, budget)
+                continue
+            table_rows = allocated[name]
+        elif n < min_table_rows:
             logger.info("table %s: %d ids < min_table_rows=%d, stays full", name, n, min_table_rows)
             continue
-        if isinstance(rows, Mapping):
+        elif isinstance(rows, Mapping):
             if name not in rows:
                 logger.info("table %s: not in rows, stays full", name)
                 continue
             table_rows = rows[name]
-        elif rows is not None:
-            table_rows = rows
         else:
-            table_rows = max(num_hashes, round(fraction * n))
+            table_rows = rows
         if counts is not None and name not in counts:
             raise ValueError(f"table {name!r}: no access counts (counts has {sorted(counts)})")
         table, info = build_table_hash(

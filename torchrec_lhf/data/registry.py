@@ -106,8 +106,10 @@ def _synthetic(**options) -> RecDataset:
     return make_synthetic(SyntheticConfig(**options))
 
 
-def _movielens(*, cache_dir: str | None = None) -> RecDataset:
-    return load_movielens_100k(cache_dir)
+def _movielens(
+    *, cache_dir: str | None = None, split: str = "random", split_seed: int = 0
+) -> RecDataset:
+    return load_movielens_100k(cache_dir, split=split, split_seed=split_seed)
 
 
 register_dataset("movielens-100k", _movielens, takes_path=False)

@@ -1,0 +1,109 @@
+"""TorchRec's managed collisions as a baseline: row counts, the builder and its bytes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+
+from torchrec_lhf.modules.mch import (
+    MCHEmbeddingBagCollection,
+    managed_collision_collection,
+    mch_rows,
+    mch_state_bytes,
+)
+
+MAX = torch.iinfo(torch.int64).max
+
+
+def _tables() -> list[EmbeddingBagConfig]:
+    return [
+        EmbeddingBagConfig(name="a", embedding_dim=4, num_embeddings=20, feature_names=["fa"]),
+        EmbeddingBagConfig(name="b", embedding_dim=4, num_embeddings=3, feature_names=["fb"]),
+    ]
+
+
+def test_rows_are_the_rounded_fraction_with_small_tables_full() -> None:
+    heights = {"user": 943, "item": 1682, "gender": 2, "age": 7}
+    assert mch_rows(heights, fraction=0.1) == {"user": 94, "item": 168, "gender": 1, "age": 1}
+    assert mch_rows(heights, fraction=0.1, min_table_rows=10) == {"user": 94, "item": 168}
+
+
+def test_rows_leave_no_rank_empty_when_row_wise_sharded() -> None:
+    # ceil(R / W)-row blocks: 1 row over 2 ranks is [1, 0] -> 2; 5 over 4 is [2, 2, 1, 0] -> 7
+    assert mch_rows({"t": 10}, fraction=0.1, world_size=2) == {"t": 2}
+    assert mch_rows({"t": 10}, fraction=0.5, world_size=4) == {"t": 7}
+    assert mch_rows({"t": 8}, fraction=0.5, world_size=4) == {"t": 4}  # [1, 1, 1, 1]
+    assert mch_rows({"t": 5}, fraction=1.0, world_size=4) == {}  # 7 > 5 rows: stays full
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"fraction": 0.0}, r"fraction must be in \(0, 1\], got 0.0"),
+        ({"fraction": 0.5, "min_table_rows": -1}, "min_table_rows must be an int >= 0, got -1"),
+        ({"fraction": 0.5, "world_size": 0}, "world_size must be an int >= 1, got 0"),
+    ],
+)
+def test_bad_row_arguments_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        mch_rows({"t": 10}, **kwargs)
+
+
+def test_builder_rejects_bad_sizes() -> None:
+    with pytest.raises(ValueError, match=r"must name exactly the tables \['a', 'b'\], got \['a'\]"):
+        managed_collision_collection(_tables(), {"a": 5})
+    with pytest.raises(ValueError, match=r"table 'b': zch size must be an int in \[1, 3\], got 4"):
+        managed_collision_collection(_tables(), {"a": 5, "b": 4})
+    with pytest.raises(ValueError, match="eviction_interval must be an int >= 1, got 0"):
+        managed_collision_collection(_tables(), {"a": 5, "b": 2}, eviction_interval=0)
+    with pytest.raises(ValueError, match=r"names tables \['c'\] that are not among"):
+        MCHEmbeddingBagCollection(_tables(), zch_sizes={"c": 2})
+
+
+def test_managed_table_has_exactly_zch_rows_and_small_tables_stay_full() -> None:
+    tables = _tables()
+    ebc = MCHEmbeddingBagCollection(tables, zch_sizes={"a": 6})
+    assert [(c.name, c.num_embeddings) for c in ebc.embedding_bag_configs()] == [("a", 6), ("b", 3)]
+    assert [(c.name, c.num_embeddings) for c in ebc.logical_configs()] == [("a", 20), ("b", 3)]
+    state = ebc.state_dict()
+    assert state["managed._embedding_module.embedding_bags.a.weight"].shape == (6, 4)
+    assert state["full.embedding_bags.b.weight"].shape == (3, 4)
+    assert tables[0].num_embeddings == 20  # the caller's configs are untouched
+    # serving bytes: the sorted raw ids and their rows, 6 int64 each (eviction metadata and
+    # TorchRec's fixed bookkeeping are training state, not counted)
+    assert mch_state_bytes(ebc) == 8 * 2 * 6
+
+
+def test_forward_remaps_by_hand() -> None:
+    """Ids held by the module get their rows; others share the last (miss) row."""
+    torch.manual_seed(0)
+    ebc = MCHEmbeddingBagCollection(_tables(), zch_sizes={"a": 4})
+    key = "managed._managed_collision_collection._managed_collision_modules.a."
+    state = ebc.state_dict()
+    state[key + "_mch_sorted_raw_ids"] = torch.tensor([3, 7, 12, MAX])
+    state[key + "_mch_remapped_ids_mapping"] = torch.tensor([2, 0, 1, 3])
+    ebc.load_state_dict(state)
+    ebc.eval()  # no profiling: the held ids stay as loaded
+    w_a = state["managed._embedding_module.embedding_bags.a.weight"]
+    w_b = state["full.embedding_bags.b.weight"]
+    # batch of 2: fa = [3, 12], [7, 5]; fb = [2], [0, 1]
+    kjt = KeyedJaggedTensor(
+        keys=["fb", "fa"],
+        values=torch.tensor([2, 0, 1, 3, 12, 7, 5]),
+        lengths=torch.tensor([1, 2, 2, 2]),
+    )
+    out = ebc(kjt).to_dict()
+    torch.testing.assert_close(out["fa"], torch.stack([w_a[2] + w_a[1], w_a[0] + w_a[3]]))
+    torch.testing.assert_close(out["fb"], torch.stack([w_b[2], w_b[0] + w_b[1]]))
+
+
+def test_training_admits_new_ids() -> None:
+    ebc = MCHEmbeddingBagCollection(_tables(), zch_sizes={"a": 4, "b": 2})
+    kjt = KeyedJaggedTensor(
+        keys=["fa", "fb"], values=torch.tensor([9, 4, 9, 1]), lengths=torch.tensor([2, 1, 1, 0])
+    )
+    ebc(kjt)  # training mode: the batch's ids are admitted before the lookup
+    modules = ebc.managed._managed_collision_collection._managed_collision_modules
+    assert modules["a"]._mch_sorted_raw_ids.tolist() == [4, 9, MAX, MAX]
+    assert modules["b"]._mch_sorted_raw_ids.tolist() == [1, MAX]
