@@ -77,6 +77,11 @@ def test_flags_parse_into_a_config() -> None:
             r"row_wise only .* --sharding_types \['table_wise'\] must include row_wise",
         ),
         ({"compression_options": {"retain": 0.5}}, r"need a plan method"),
+        ({"compression": "modulo", "fraction": 0.1, "budget": "weekly"}, r"'weekly'"),
+        (
+            {"compression": "mlet", "fraction": 0.5, "budget": "total"},
+            r"--budget 'total' needs a plan method .* got --compression 'mlet'",
+        ),
         ({"compression": "mlet", "fraction": 0.5, "mlet_fraction": 0.25}, "disagrees"),
         ({"mlet_fraction": 1.5}, r"mlet_fraction must be in \(0, 1\], got 1.5"),
         ({"mlet_fraction": 0.5, "mlet_inner_dim": 0}, "mlet_inner_dim must be an int >= 1"),
