@@ -15,7 +15,9 @@ optimizer, epochs and seed; only the embedding tables differ. Methods:
   filter), ``lhf-noweight`` (plain means), ``lhf-nofreq`` (neither), ``lhf-h2`` (two
   internal tables, summed), ``lhf-dim0`` (projection ``dim:0``), ``lhf-t2`` (teacher dim 2,
   its tables data_parallel: FBGEMM's fused tables need widths divisible by 4),
-  ``lhf-skip`` (tables under ``--skip_rows`` ids stay full); and one change of ours,
+  ``lhf-skip`` (tables under ``--skip_rows`` ids stay full); and changes of ours:
+  ``lhf-mlet`` (the learned plan at ``sqrt(fraction)`` of the rows, trained as MLET at
+  ``sqrt(fraction)`` of the width, so about ``fraction`` of the bytes), and
   ``lhf-rarehash``: the paper's plan, then ids seen fewer than ``--rare_count`` times in
   the training split are re-mapped ``id mod M`` (same rows, same bytes). The teacher
   memorizes the labels of rare ids, so clustering them by teacher value makes compressed
@@ -48,7 +50,6 @@ import torch
 
 from apps import build_hash, teacher
 from apps.dlrm import train
-from apps.dlrm.config import PLAN_METHODS
 from apps.dlrm.model import table_name
 from torchrec_lhf._io import atomic_write, atomic_write_json
 from torchrec_lhf.build.budget import BUDGETS
@@ -69,6 +70,7 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-t2": {"teacher_dim": 2},
     "lhf-skip": {"skip": True},
     "lhf-rarehash": {"rare_hash": True},
+    "lhf-mlet": {"mlet": True},
 }
 """Learned-hash variants: build options that differ from the paper's ``lhf``."""
 METHODS = (*BASELINES, *LHF_VARIANTS, "mch")
@@ -186,12 +188,18 @@ def run_one(args: argparse.Namespace, method: str, fraction: float, seed: int) -
         return json.loads(path.read_text())
     flags = [*_common(args, seed), "--embedding_dim", str(args.embedding_dim)]
     flags += ["--epochs", str(args.epochs)]
-    if method in LHF_VARIANTS:  # the plan skips small tables itself
+    if method in LHF_VARIANTS and LHF_VARIANTS[method].get("mlet"):
+        # both ways at once: sqrt(fraction) of the rows, sqrt(fraction) of the width
+        side = fraction**0.5
+        flags += ["--learned_hash", str(_plan(args, method, round(side, 6), seed))]
+        flags += ["--mlet_fraction", str(side)]
+        flags += ["--dense_arch_layer_sizes", f"64,{max(1, round(side * args.embedding_dim))}"]
+    elif method in LHF_VARIANTS:  # the plan skips small tables itself
         flags += ["--learned_hash", str(_plan(args, method, fraction, seed))]
     elif method != "none":
         flags += ["--compression", method, "--fraction", str(fraction)]
         flags += ["--min_table_rows", str(args.min_table_rows)]
-        if method in PLAN_METHODS:
+        if method != "mlet":
             flags += ["--budget", args.budget]
     if method == "mlet":
         flags += ["--dense_arch_layer_sizes", f"64,{max(1, round(fraction * args.embedding_dim))}"]

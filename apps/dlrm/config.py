@@ -162,10 +162,11 @@ class TrainConfig:
                 f"compression_options must be a JSON object, got {self.compression_options!r}"
             )
         _check_choice("budget", self.budget, BUDGETS)
-        if self.budget != "table" and self.compression not in PLAN_METHODS:
+        if self.budget != "table" and self.compression not in (*PLAN_METHODS, "mch"):
             raise ValueError(
-                f"--budget {self.budget!r} needs a plan method {list(PLAN_METHODS)}, got "
-                f"--compression {self.compression!r} (a learned plan brings its own rows)"
+                f"--budget {self.budget!r} needs a method that drops rows "
+                f"{[*PLAN_METHODS, 'mch']}, got --compression {self.compression!r} (a learned "
+                "plan brings its own rows; mlet narrows the width)"
             )
         if self.compression_options and self.compression not in PLAN_METHODS:
             raise ValueError(

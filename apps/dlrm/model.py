@@ -139,6 +139,7 @@ def _mch_collection(
         fraction=config.fraction,
         min_table_rows=config.min_table_rows,
         world_size=world_size,
+        budget=config.budget,
     )
     return MCHEmbeddingBagCollection(
         tables, zch_sizes=zch_sizes, world_size=world_size, device=torch.device("meta")

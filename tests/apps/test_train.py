@@ -80,7 +80,7 @@ def test_flags_parse_into_a_config() -> None:
         ({"compression": "modulo", "fraction": 0.1, "budget": "weekly"}, r"'weekly'"),
         (
             {"compression": "mlet", "fraction": 0.5, "budget": "total"},
-            r"--budget 'total' needs a plan method .* got --compression 'mlet'",
+            r"--budget 'total' needs a method that drops rows .* got --compression 'mlet'",
         ),
         ({"compression": "mlet", "fraction": 0.5, "mlet_fraction": 0.25}, "disagrees"),
         ({"mlet_fraction": 1.5}, r"mlet_fraction must be in \(0, 1\], got 1.5"),

@@ -27,6 +27,10 @@ def test_rows_are_the_rounded_fraction_with_small_tables_full() -> None:
     heights = {"user": 943, "item": 1682, "gender": 2, "age": 7}
     assert mch_rows(heights, fraction=0.1) == {"user": 94, "item": 168, "gender": 1, "age": 1}
     assert mch_rows(heights, fraction=0.1, min_table_rows=10) == {"user": 94, "item": 168}
+    # --budget total: 10% of all 2,634 ids = 263 rows; gender and age (9 rows) stay full,
+    # user and item share 254 in proportion (91 + 163)
+    rows = mch_rows(heights, fraction=0.1, min_table_rows=10, budget="total")
+    assert rows == {"user": 91, "item": 163}
 
 
 def test_rows_leave_no_rank_empty_when_row_wise_sharded() -> None:

@@ -8,8 +8,8 @@ keeps the ``R - 1`` raw ids with the best DistanceLFU score (access count over r
 rows of their own and sends every other id to its last row (the "miss" row), re-deciding
 every ``eviction_interval`` training steps; evaluation only looks ids up. Its state lives
 in persistent buffers of ``R`` int64 each (sorted raw ids, their rows, counts, last access)
-plus TorchRec's fixed sharding metadata (1,025 int64 output segments and the step counter):
-:func:`mch_state_bytes` counts all of it.
+plus TorchRec's fixed sharding metadata (1,025 int64 output segments and the step counter);
+:func:`mch_state_bytes` counts what serving needs (the sorted raw ids and their rows).
 
 NOTE: row-wise sharded over ``W`` ranks, each rank manages the ids of its block of the raw
 id range ``[0, N)`` with its block of rows, and keeps a miss row of its own (``W`` miss rows
@@ -37,6 +37,8 @@ from torchrec.modules.mc_modules import (
 )
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from torchrec_lhf.build.budget import allocate_rows
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_EVICTION_INTERVAL = 1
@@ -49,10 +51,13 @@ def mch_rows(
     fraction: float,
     min_table_rows: int = 0,
     world_size: int = 1,
+    budget: str = "table",
 ) -> dict[str, int]:
     """The managed rows ``R`` of each compressed table: ``max(1, round(fraction * N))``.
 
-    Tables with ``N < min_table_rows`` are left out (they stay full). With ``world_size``
+    Tables with ``N < min_table_rows`` are left out (they stay full); with
+    ``budget="total"``, ``R`` comes from :func:`~torchrec_lhf.build.budget.allocate_rows`
+    over all tables and tables it keeps whole stay full. With ``world_size``
     above 1, ``R`` is raised (with a warning) to the least value that row-wise shards with
     at least one row on every rank (each rank's MCH module needs one); a table where that
     exceeds ``N`` stays full.
@@ -62,6 +67,7 @@ def mch_rows(
         fraction: rows kept, in ``(0, 1]``.
         min_table_rows: smaller tables stay full.
         world_size: ranks the tables will be row-wise sharded over.
+        budget: ``"table"`` or ``"total"`` (see :mod:`torchrec_lhf.build.budget`).
 
     Returns:
         table name -> ``R`` for the compressed tables, in the order given.
@@ -79,13 +85,17 @@ def mch_rows(
         raise ValueError(f"min_table_rows must be an int >= 0, got {min_table_rows!r}")
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
-    rows: dict[str, int] = {}
     for name, n in num_embeddings.items():
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"table {name!r}: num_embeddings must be an int >= 1, got {n!r}")
-        if n < min_table_rows:
+    allocated = allocate_rows(
+        dict(num_embeddings), fraction, budget=budget, min_table_rows=max(1, min_table_rows)
+    )
+    rows: dict[str, int] = {}
+    for name, n in num_embeddings.items():
+        if name not in allocated or (budget == "total" and allocated[name] >= n):
             continue
-        r = max(1, round(fraction * n))
+        r = allocated[name]
         shardable = _row_wise_shardable(r, world_size)
         if shardable > n:
             _warn_once(
