@@ -82,6 +82,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--min_table_rows", type=int, default=100_000, help="smaller tables stay full")
     p.add_argument(
+        "--rare_count",
+        type=int,
+        default=0,
+        help="ids the teacher saw fewer times are hashed, not clustered (0: the paper's)",
+    )
+    p.add_argument(
         "--budget",
         choices=BUDGETS,
         default="table",
@@ -130,6 +136,7 @@ def main(argv: list[str] | None = None) -> HashPlan | None:
         rows_per_table=args.rows_per_table,
         min_table_rows=args.min_table_rows,
         budget=args.budget,
+        rare_count=args.rare_count,
         num_hashes=args.num_hashes,
         combine=args.combine,
         method=args.method,

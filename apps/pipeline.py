@@ -86,6 +86,10 @@ class PipelineConfig:
     """Clustering method of the hash build."""
     projection: str = "pca"
     """Projection of teacher embeddings to 1-D values."""
+    rare_count: int = 0
+    """Ids the teacher saw fewer times are hashed, not clustered (0: the paper's build;
+    the teacher counts every epoch, so with ``teacher_epochs=3`` a value of 4 means "seen
+    once")."""
     seed: int = 0
     """Seed of every stage."""
     out_dir: str = "runs/pipeline"
@@ -113,6 +117,8 @@ class PipelineConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.rare_count < 0:
+            raise ValueError(f"rare_count must be >= 0, got {self.rare_count}")
         if self.min_table_rows < 0:
             raise ValueError(f"min_table_rows must be >= 0, got {self.min_table_rows}")
         if self.budget not in BUDGETS:
@@ -197,6 +203,8 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
                 config.clustering,
                 "--projection",
                 config.projection,
+                "--rare_count",
+                str(config.rare_count),
                 "--out",
                 str(plan_path),
                 "--restart",

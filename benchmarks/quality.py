@@ -18,10 +18,11 @@ optimizer, epochs and seed; only the embedding tables differ. Methods:
   ``lhf-skip`` (tables under ``--skip_rows`` ids stay full); and changes of ours:
   ``lhf-mlet`` (the learned plan at ``sqrt(fraction)`` of the rows, trained as MLET at
   ``sqrt(fraction)`` of the width, so about ``fraction`` of the bytes), and
-  ``lhf-rarehash``: the paper's plan, then ids seen fewer than ``--rare_count`` times in
-  the training split are re-mapped ``id mod M`` (same rows, same bytes). The teacher
-  memorizes the labels of rare ids, so clustering them by teacher value makes compressed
-  rows that memorize labels (see docs/RESULTS.md); hashing them breaks that.
+  ``lhf-rarehash`` (``apps.build_hash --rare_count``): ids the teacher saw fewer than
+  ``--rare_count`` times are left out of the clustering and hashed ``id mod M`` into the
+  same rows (same bytes). The teacher memorizes the labels of rare ids, so clustering them
+  by teacher value makes compressed rows that memorize labels (see docs/RESULTS.md);
+  hashing them breaks that.
 
 Resumable: each run writes ``runs/<method>_f<fraction>_s<seed>.json`` under ``--out`` and
 is skipped when that file exists (teachers and plans likewise). Outputs under ``--out``:
@@ -37,7 +38,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import statistics
@@ -46,15 +46,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from apps import build_hash, teacher
 from apps.dlrm import train
-from apps.dlrm.model import table_name
 from torchrec_lhf._io import atomic_write, atomic_write_json
 from torchrec_lhf.build.budget import BUDGETS
-from torchrec_lhf.data import load_dataset
-from torchrec_lhf.plan import HashPlan
 from torchrec_lhf.report import plot_auc_vs_bytes
 
 logger = logging.getLogger(__name__)
@@ -157,28 +152,10 @@ def _plan(args: argparse.Namespace, variant: str, fraction: float, seed: int) ->
             "--projection", opts.get("projection", "pca"),
             "--method_options", json.dumps(opts.get("method_options", {})),
             "--budget", args.budget,
+            "--rare_count", str(args.rare_count if opts.get("rare_hash") else 0),
             "--out", str(path), "--restart",
         ])  # fmt: skip
-        if opts.get("rare_hash"):
-            _hash_rare_ids(path, args)
     return path
-
-
-def _hash_rare_ids(path: Path, args: argparse.Namespace) -> None:
-    """Rewrite the plan at ``path``: ids with fewer than ``--rare_count`` training hits go to
-    row ``id mod M_h`` of each internal table (heights unchanged, so bytes are the same)."""
-    dataset = load_dataset(args.dataset, **args.dataset_options)
-    counts = dict(zip((table_name(f) for f in dataset.feature_names), dataset.id_counts("train")))
-    plan = HashPlan.load(path)
-    tables = []
-    for t in plan:
-        rare_N = counts[t.name][: t.num_embeddings] < args.rare_count
-        ids_N = torch.arange(t.num_embeddings, dtype=torch.int32)
-        mappings = tuple(
-            torch.where(rare_N, ids_N % m, map_N) for map_N, m in zip(t.mappings, t.heights)
-        )
-        tables.append(dataclasses.replace(t, mappings=mappings))
-    HashPlan(tables, metadata={**plan.metadata, "rare_hash_count": args.rare_count}).save(path)
 
 
 def run_one(args: argparse.Namespace, method: str, fraction: float, seed: int) -> dict[str, Any]:

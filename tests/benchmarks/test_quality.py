@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from benchmarks import quality
+from torchrec_lhf.build.artifact import TeacherArtifact
+from torchrec_lhf.plan import HashPlan
 
 # 600 samples, tables of 30, 50 and 120 ids, dim 4: a run takes a second or two.
 TINY = [
@@ -109,23 +111,13 @@ def test_bad_flags_are_named(tmp_path: Path, flags: list[str], message: str) -> 
         quality.parse_args([*flags, "--out", str(tmp_path)])
 
 
-def test_rare_ids_are_rehashed_keeping_heights(tmp_path: Path) -> None:
-    options = {"num_samples": 600, "num_embeddings": [30, 50, 120], "num_groups": 4}
-    args = quality.parse_args(
-        ["--dataset", "synthetic", "--dataset_options", json.dumps(options)]
-        + ["--rare_count", "3", "--out", str(tmp_path)]
-    )
-    dataset = quality.load_dataset("synthetic", **options)
-    counts_N = dataset.id_counts("train")[2]
-    # every id of cat_2 in row 0 of 7: after the rewrite the rare ids sit at id mod 7
-    plan = quality.HashPlan.from_mappings(
-        {"cat_2": torch.zeros(120, dtype=torch.int32)}, heights={"cat_2": 7}
-    )
-    path = tmp_path / "p.safetensors"
-    plan.save(path)
-    quality._hash_rare_ids(path, args)
-    (t,) = quality.HashPlan.load(path).tables
-    ids_N = torch.arange(120)
-    expected_N = torch.where(counts_N < 3, ids_N % 7, 0)
-    assert t.heights == (7,) and torch.equal(t.mappings[0].long(), expected_N)
-    assert 0 < int((counts_N < 3).sum()) < 120  # both kinds of ids occur
+def test_rarehash_plan_hashes_the_ids_the_teacher_saw_rarely(tmp_path: Path) -> None:
+    args = quality.parse_args([*TINY, "--rare_count", "3", "--out", str(tmp_path)])
+    plan = HashPlan.load(quality._plan(args, "lhf-rarehash", 0.5, 0))
+    counts = TeacherArtifact.load(tmp_path / "teachers" / "d4_s0").counts
+    assert plan.metadata["rare_count"] == 3
+    for t in plan:
+        rare_N = counts[t.name] < 3
+        assert 0 < int(rare_N.sum()) < t.num_embeddings  # both kinds of ids occur
+        ids_N = torch.arange(t.num_embeddings)
+        assert torch.equal(t.mappings[0][rare_N].long(), ids_N[rare_N] % t.heights[0])

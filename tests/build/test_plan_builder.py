@@ -124,3 +124,44 @@ def test_build_plan_bad_settings(kwargs, match):
 def test_build_plan_missing_counts():
     with pytest.raises(ValueError, match="table 't': no access counts"):
         build_plan({"t": EMB}, {"other": torch.ones(6)}, fraction=0.5, min_table_rows=1)
+
+
+def test_rare_ids_are_hashed_not_clustered():
+    # Values on coordinate 0: ids 0, 2, 4 near 0, ids 1, 3, 5 near 5. Ids 2 and 5 were seen
+    # once (rare at rare_count=2): they leave the clustering and go to row id mod 2, i.e.
+    # 2 -> 0 and 5 -> 1, whatever their values; the others cluster as before.
+    counts = torch.tensor([3.0, 4.0, 1.0, 2.0, 5.0, 1.0])
+    table, info = build_table_hash("t", EMB, counts, rows=2, projection="dim:0", rare_count=2)
+    assert table.mappings[0].tolist() == [0, 1, 0, 1, 0, 1]
+    assert info["rare_ids"] == 2 and info["rare_count"] == 2
+    # Where value and hash disagree the hash wins for rare ids: with ids 3 and 4 swapping
+    # values (3 now near 0, 4 near 5) clustering puts 3 in row 0 and 4 in row 1, hashing
+    # puts 3 in row 1 and 4 in row 0.
+    swapped = EMB[[0, 1, 2, 4, 3, 5]]
+    clustered, _ = build_table_hash("t", swapped, counts, rows=2, projection="dim:0")
+    assert clustered.mappings[0].tolist() == [0, 1, 0, 0, 1, 1]
+    rare = torch.tensor([3.0, 4.0, 1.0, 1.0, 1.0, 1.0])  # 3, 4, 5 rare (and 2)
+    hashed, info = build_table_hash("t", swapped, rare, rows=2, projection="dim:0", rare_count=2)
+    assert hashed.mappings[0].tolist() == [0, 1, 0, 1, 0, 1]  # 2..5 -> id mod 2
+    assert info["rare_ids"] == 4
+    # every id rare: a pure hash; fewer frequent ids than rows: each keeps a row
+    all_rare, _ = build_table_hash(
+        "t", EMB, torch.ones(6), rows=3, projection="dim:0", rare_count=2
+    )
+    assert all_rare.mappings[0].tolist() == [0, 1, 2, 0, 1, 2]
+    one, _ = build_table_hash("t", EMB, torch.tensor([9.0, 1, 1, 1, 1, 1]), rows=3, rare_count=2)
+    assert one.mappings[0].tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_rare_count_needs_counts_and_a_valid_value():
+    with pytest.raises(ValueError, match="rare_count=2 needs access counts"):
+        build_table_hash("t", EMB, None, rows=2, rare_count=2)
+    with pytest.raises(ValueError, match="rare_count must be an int >= 0, got -1"):
+        build_table_hash("t", EMB, torch.ones(6), rows=2, rare_count=-1)
+    with pytest.raises(ValueError, match="needs access counts, got counts=None"):
+        build_plan({"t": EMB}, None, fraction=0.5, min_table_rows=1, rare_count=2)
+    plan = build_plan(
+        {"t": EMB}, {"t": torch.ones(6)}, fraction=0.5, min_table_rows=1, rare_count=2
+    )
+    assert plan["t"].mappings[0].tolist() == [0, 1, 2, 0, 1, 2]
+    assert plan.metadata["rare_count"] == 2

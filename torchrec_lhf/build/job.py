@@ -74,6 +74,10 @@ class BuildConfig:
     projection: str = "pca"
     """Teacher embeddings -> 1-D values: ``"pca"``, ``"dim:k"`` or ``"dim:k0,k1,..."``."""
 
+    rare_count: int = 0
+    """Ids the teacher saw fewer times are hashed (``id mod M``), not clustered: the
+    teacher memorizes their labels (:func:`~torchrec_lhf.build.plan_builder.build_table_hash`)."""
+
     method_options: dict[str, Any] = field(default_factory=dict)
     """Passed to the clustering (e.g. ``max_cluster_size``); JSON-serializable."""
 
@@ -119,6 +123,9 @@ class BuildConfig:
             raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
         if self.budget != "table" and self.fraction is None:
             raise ValueError(f"budget={self.budget!r} needs a fraction, not rows_per_table")
+        rc = self.rare_count
+        if isinstance(rc, bool) or not isinstance(rc, int) or rc < 0:
+            raise ValueError(f"rare_count must be an int >= 0, got {rc!r}")
         for name in ("min_table_rows", "num_hashes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -154,6 +161,7 @@ class BuildConfig:
             "combine": self.combine,
             "min_table_rows": self.min_table_rows,
             "budget": self.budget,
+            "rare_count": self.rare_count,
             "method_options": self.method_options,
         }
 
@@ -447,6 +455,7 @@ def _build_or_resume(
         combine=config.combine,
         method=config.method,
         projection=config.projection,
+        rare_count=config.rare_count,
         **config.method_options,
     )
     info = {k: info[k] for k in _INFO_KEYS}

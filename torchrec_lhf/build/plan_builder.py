@@ -51,9 +51,15 @@ def build_table_hash(
     combine: str = "sum",
     method: str = "agglomerative",
     projection: str = "pca",
+    rare_count: int = 0,
     **method_options: Any,
 ) -> tuple[TableHash, dict[str, Any]]:
     """Learn one table's hash: project, then cluster each projection coordinate.
+
+    With ``rare_count``, ids the teacher saw fewer than ``rare_count`` times are left out of
+    the clustering and hashed (``id mod M_h``) into the same rows: a teacher trained on the
+    student's data memorizes the labels of ids it saw once or twice, and clustering by those
+    values would group ids by their training labels (docs/RESULTS.md, "The label leak").
 
     Args:
         name: the table's name.
@@ -65,10 +71,13 @@ def build_table_hash(
         combine: ``"sum"`` or ``"concat"`` (see :class:`~torchrec_lhf.plan.TableHash`).
         method: a registered clustering (:func:`~torchrec_lhf.clustering.get_clustering`).
         projection: ``"pca"``, ``"dim:k"`` or ``"dim:k0,k1,..."``.
+        rare_count: ids with fewer accesses in ``counts_N`` are hashed, not clustered
+            (0: none; needs ``counts_N``).
         **method_options: passed to the clustering (e.g. ``max_cluster_size``).
 
     Returns:
         ``(table_hash, info)``; ``info`` holds ``seconds``, ``fallback_merges``, ``steps``,
+        ``rare_ids``,
         ``heights``, ``num_embeddings`` and the settings (JSON-serializable).
 
     Raises:
@@ -96,13 +105,28 @@ def build_table_hash(
             f"table {name!r}: {rows} rows over {num_hashes} hash(es) gives internal tables of "
             f"{heights[0]} rows, more than the table's {n} ids"
         )
+    if isinstance(rare_count, bool) or not isinstance(rare_count, int) or rare_count < 0:
+        raise ValueError(f"table {name!r}: rare_count must be an int >= 0, got {rare_count!r}")
+    if rare_count and counts_N is None:
+        raise ValueError(f"table {name!r}: rare_count={rare_count} needs access counts")
+    rare_N = None if not rare_count else counts_N < rare_count
+    kept_K = None if rare_N is None else (~rare_N).nonzero().squeeze(1)
     cluster = get_clustering(method)
     mappings, fallback_merges, steps = [], 0, 0
     for h, height in enumerate(heights):  # one clustering per hash function
-        result = cluster(values_HN[h], counts_N, height, **method_options)
-        mappings.append(result.cluster_of_id.to(device="cpu", dtype=torch.int32))
-        fallback_merges += result.fallback_merges
-        steps += result.steps
+        if kept_K is None:
+            result = cluster(values_HN[h], counts_N, height, **method_options)
+            mapping_N = result.cluster_of_id
+        else:  # cluster the frequent ids into min(height, K) rows, hash the rare ones
+            mapping_N = torch.arange(n, device=values_HN.device) % height
+            if kept_K.numel():
+                clusters = min(height, kept_K.numel())
+                result = cluster(values_HN[h, kept_K], counts_N[kept_K], clusters, **method_options)
+                mapping_N[kept_K] = result.cluster_of_id.to(mapping_N.dtype)
+        mappings.append(mapping_N.to(device="cpu", dtype=torch.int32))
+        if kept_K is None or kept_K.numel():
+            fallback_merges += result.fallback_merges
+            steps += result.steps
     table = TableHash(name, n, tuple(mappings), tuple(heights), combine)
     info = {
         "table": name,
@@ -114,6 +138,8 @@ def build_table_hash(
         "method": method,
         "projection": projection,
         "seconds": time.perf_counter() - start,
+        "rare_ids": 0 if rare_N is None else int(rare_N.sum()),
+        "rare_count": rare_count,
         "fallback_merges": fallback_merges,
         "steps": steps,
     }
@@ -142,6 +168,7 @@ def build_plan(
     combine: str = "sum",
     method: str = "agglomerative",
     projection: str = "pca",
+    rare_count: int = 0,
     method_options: Mapping[str, Any] | None = None,
 ) -> HashPlan:
     """Build the hash plan of a model's tables in this process.
@@ -161,6 +188,8 @@ def build_plan(
         combine: ``"sum"`` or ``"concat"``.
         method: a registered clustering.
         projection: ``"pca"``, ``"dim:k"`` or ``"dim:k0,k1,..."``.
+        rare_count: ids with fewer accesses are hashed, not clustered (see
+            :func:`build_table_hash`; needs ``counts``).
         method_options: passed to the clustering.
 
     Returns:
@@ -198,6 +227,8 @@ def build_plan(
     get_clustering(method)  # fail before any work on an unknown method
     if budget != "table" and fraction is None:
         raise ValueError(f"budget={budget!r} needs a fraction, not rows")
+    if rare_count and counts is None:
+        raise ValueError(f"rare_count={rare_count} needs access counts, got counts=None")
     sizes = {}
     for name, emb in teacher_embeddings.items():  # a loop per table, not per id
         if not (isinstance(emb, torch.Tensor) and emb.dim() == 2 and emb.shape[0] > 0):
@@ -237,6 +268,7 @@ def build_plan(
             combine=combine,
             method=method,
             projection=projection,
+            rare_count=rare_count,
             **dict(method_options or {}),
         )
         tables.append(table)
@@ -246,6 +278,7 @@ def build_plan(
         "fraction": fraction,
         "rows": dict(rows) if isinstance(rows, Mapping) else rows,
         "projection": projection,
+        "rare_count": rare_count,
         "num_hashes": num_hashes,
         "combine": combine,
         "min_table_rows": min_table_rows,
