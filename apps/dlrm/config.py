@@ -122,6 +122,9 @@ class TrainConfig:
     """Write the final metrics here (rank 0, atomically)."""
     checkpoint_dir: str | None = None
     """Save a checkpoint here after every epoch."""
+    export_model: str | None = None
+    """After training, write the serving model here (rank 0): the unsharded DLRM, MLET
+    collapsed, as safetensors (``apps/dlrm/export.py``)."""
     resume: bool = False
     """Resume from ``checkpoint_dir`` (fresh start, with a warning, if it holds none)."""
     log_every: int = 100
@@ -232,6 +235,11 @@ class TrainConfig:
             raise ValueError("sharding_types must name at least one type")
         for st in self.sharding_types:
             _check_choice("sharding type", st, SHARDING_TYPES)
+        if self.export_model is not None and self.compression == "mch":
+            raise ValueError(
+                f"--export_model {self.export_model!r}: a --compression mch model is not "
+                "exportable (TorchRec's managed-collision state is per rank)"
+            )
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("--resume needs --checkpoint_dir")
         if not isinstance(self.dataset_options, dict):
@@ -360,6 +368,9 @@ def add_training_flags(parser: argparse.ArgumentParser, *, embedding_dim: int = 
     g = parser.add_argument_group("outputs")
     g.add_argument("--metrics_json", help="write the final metrics (JSON) here")
     g.add_argument("--checkpoint_dir", help="checkpoint after every epoch into this directory")
+    g.add_argument(
+        "--export_model", help="write the serving model (unsharded, MLET collapsed) here"
+    )
     g.add_argument("--resume", action="store_true", help="resume from --checkpoint_dir")
     g.add_argument("--log_every", type=int, default=100, help="log the loss every N steps")
 

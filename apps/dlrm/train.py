@@ -38,6 +38,7 @@ from apps.dlrm.config import (
     add_training_flags,
     config_from_args,
 )
+from apps.dlrm.export import export_model
 from apps.dlrm.loop import build_session, fit, load_data
 from apps.dlrm.model import build_model, table_name, table_stats
 from apps.dlrm.runtime import distributed, setup_logging
@@ -147,6 +148,8 @@ def run(config: TrainConfig) -> dict[str, Any]:
             )
         session = build_session(config, env, dataset, plan)
         metrics = fit(session)
+        if config.export_model:
+            export_model(session, config.export_model, num_dense=len(dataset.dense_names))
         # NOTE: the loop's statistics know neither D nor the plan; recount on a meta copy
         # (cheap) so MLET reports its collapsed bytes against the full-width model.
         metrics.update(

@@ -252,6 +252,8 @@ class MultiLayerEmbeddingBagCollection(nn.Module):
         """
         plan = self._plan
         names = {c.name for c in self._logical_configs}
+        # where the weights are (a module materialized from meta still reports meta)
+        device = next(iter(self.inner.embedding_bags.values())).weight.device
         if plan is not None:
             bad = [
                 t.name
@@ -275,12 +277,12 @@ class MultiLayerEmbeddingBagCollection(nn.Module):
                 self._logical_configs,
                 plan,
                 is_weighted=self.is_weighted(),
-                device=self.device,
+                device=device,
                 out_of_range=self.inner.remap.out_of_range,
             )
         else:
             out = EmbeddingBagCollection(
-                self._logical_configs, is_weighted=self.is_weighted(), device=self.device
+                self._logical_configs, is_weighted=self.is_weighted(), device=device
             )
         for cfg in self._logical_configs:
             proj_kD = self.projection(cfg.name)
