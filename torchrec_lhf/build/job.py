@@ -17,8 +17,6 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,10 +25,9 @@ from tqdm import tqdm
 
 from torchrec_lhf._io import atomic_write_json, tensor_digest
 from torchrec_lhf.build.artifact import TeacherArtifact
-from torchrec_lhf.build.budget import BUDGETS, allocate_rows
+from torchrec_lhf.build.config import BuildConfig, table_rows
 from torchrec_lhf.build.plan_builder import build_table_hash
-from torchrec_lhf.clustering.registry import get_clustering
-from torchrec_lhf.plan import COMBINE_MODES, HashPlan, TableHash
+from torchrec_lhf.plan import HashPlan, TableHash
 
 logger = logging.getLogger(__name__)
 
@@ -41,129 +38,6 @@ MARKER_FILE = "build.json"
 _INFO_KEYS = ("seconds", "fallback_merges", "steps", "rows")
 TableHook = Callable[[str, dict[str, Any]], None]
 Results = dict[str, tuple[TableHash, dict[str, Any]]]
-
-
-@dataclass(kw_only=True)
-class BuildConfig:
-    """What to build and where: everything that decides the plan, plus the paths."""
-
-    fraction: float | None = None
-    """Compressed rows of a table, ``max(H, round(fraction * N))``; exactly one of
-    ``fraction`` / ``rows_per_table``."""
-
-    rows_per_table: dict[str, int] | None = None
-    """Compressed rows (total over the ``H`` internal tables) per table; tables not named
-    stay full."""
-
-    min_table_rows: int = 100_000
-    """Tables with fewer ids stay full (the paper skipped tables under 100K rows)."""
-
-    budget: str = "table"
-    """How ``fraction`` is spent (:func:`~torchrec_lhf.build.budget.allocate_rows`):
-    ``"table"`` (each table's own fraction) or ``"total"`` (of all the model's rows)."""
-
-    num_hashes: int = 1
-    """``H``, hash functions (internal tables) per compressed table."""
-
-    combine: str = "sum"
-    """How the ``H`` internal embeddings combine: ``"sum"`` or ``"concat"``."""
-
-    method: str = "agglomerative"
-    """A clustering registered in :mod:`torchrec_lhf.clustering.registry`."""
-
-    projection: str = "pca"
-    """Teacher embeddings -> 1-D values: ``"pca"``, ``"dim:k"`` or ``"dim:k0,k1,..."``."""
-
-    rare_count: int = 0
-    """Ids the teacher saw fewer times are hashed (``id mod M``), not clustered: the
-    teacher memorizes their labels (:func:`~torchrec_lhf.build.plan_builder.build_table_hash`)."""
-
-    method_options: dict[str, Any] = field(default_factory=dict)
-    """Passed to the clustering (e.g. ``max_cluster_size``); JSON-serializable."""
-
-    work_dir: Path
-    """Finished tables and the job's fingerprint; reruns resume from it. Shared by all
-    ranks, or local to each node if reruns keep the same ranks per node."""
-
-    out: Path
-    """Where rank 0 writes the plan (atomically, once every table is done)."""
-
-    restart: bool = False
-    """Discard ``work_dir``'s tables (even another build's) and start over."""
-
-    teacher: str | None = None
-    """The teacher directory, recorded in the plan's metadata (not in the fingerprint)."""
-
-    def __post_init__(self) -> None:
-        if (self.fraction is None) == (self.rows_per_table is None):
-            raise ValueError(
-                "give exactly one of fraction and rows_per_table, got "
-                f"fraction={self.fraction!r}, rows_per_table={self.rows_per_table!r}"
-            )
-        f = self.fraction
-        if f is not None and (
-            isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f <= 1
-        ):
-            raise ValueError(f"fraction must be a number in (0, 1], got {f!r}")
-        if self.rows_per_table is not None:
-            rows = self.rows_per_table
-            if not isinstance(rows, dict) or not rows:
-                raise ValueError(
-                    f"rows_per_table must be a non-empty dict table -> rows, got {rows!r}"
-                )
-            bad = {
-                k: v
-                for k, v in rows.items()
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1
-            }
-            if bad:
-                raise ValueError(f"rows_per_table values must be ints >= 1, got {bad}")
-            self.rows_per_table = dict(rows)
-        if self.budget not in BUDGETS:
-            raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
-        if self.budget != "table" and self.fraction is None:
-            raise ValueError(f"budget={self.budget!r} needs a fraction, not rows_per_table")
-        rc = self.rare_count
-        if isinstance(rc, bool) or not isinstance(rc, int) or rc < 0:
-            raise ValueError(f"rare_count must be an int >= 0, got {rc!r}")
-        for name in ("min_table_rows", "num_hashes"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if self.combine not in COMBINE_MODES:
-            raise ValueError(f"combine must be one of {COMBINE_MODES}, got {self.combine!r}")
-        get_clustering(self.method)  # ValueError naming the registered methods
-        if not isinstance(self.projection, str) or not re.fullmatch(
-            r"pca|dim:\d+(,\d+)*", self.projection
-        ):
-            raise ValueError(
-                f"projection must be 'pca', 'dim:k' or 'dim:k0,k1,...', got {self.projection!r}"
-            )
-        try:
-            json.dumps(self.method_options)
-        except TypeError as e:
-            raise ValueError(
-                f"method_options must be JSON-serializable, got {self.method_options!r}"
-            ) from e
-        self.method_options = dict(self.method_options)
-        self.work_dir, self.out = Path(self.work_dir), Path(self.out)
-        if self.work_dir.resolve() == self.out.resolve():
-            raise ValueError(f"work_dir and out must differ, both are {str(self.out)!r}")
-
-    def plan_options(self) -> dict[str, Any]:
-        """The fields that decide the plan (in the fingerprint and the plan's metadata)."""
-        return {
-            "method": self.method,
-            "fraction": self.fraction,
-            "rows": self.rows_per_table,
-            "projection": self.projection,
-            "num_hashes": self.num_hashes,
-            "combine": self.combine,
-            "min_table_rows": self.min_table_rows,
-            "budget": self.budget,
-            "rare_count": self.rare_count,
-            "method_options": self.method_options,
-        }
 
 
 def assign_tables(sizes: dict[str, int], world_size: int) -> list[list[str]]:
@@ -198,57 +72,6 @@ def assign_tables(sizes: dict[str, int], world_size: int) -> list[list[str]]:
         r = min(range(world_size), key=lambda r: (loads[r], r))
         out[r].append(name)
         loads[r] += int(sizes[name])
-    return out
-
-
-def table_rows(sizes: dict[str, int], config: BuildConfig) -> dict[str, int]:
-    """Compressed rows per table to build (the rule of ``build_plan``); others stay full.
-
-    Args:
-        sizes: table name -> ``N``, in the teacher's order.
-        config: the build config.
-
-    Returns:
-        table name -> total rows over the table's ``H`` internal tables, in ``sizes``
-        order, for tables with ``N >= min_table_rows`` (and named in ``rows_per_table``);
-        with ``budget="total"``, the tables it allocates fewer rows than ids.
-
-    Raises:
-        ValueError: ``rows_per_table`` names an unknown table, gives fewer rows than ``H``,
-            or more rows per internal table than the table has ids.
-    """
-    h = config.num_hashes
-    if config.rows_per_table is not None:
-        unknown = sorted(set(config.rows_per_table) - set(sizes))
-        if unknown:
-            raise ValueError(
-                f"rows_per_table names tables the teacher lacks: {unknown} (has {list(sizes)})"
-            )
-    if config.fraction is not None:
-        allocated = allocate_rows(
-            sizes,
-            config.fraction,
-            budget=config.budget,
-            min_table_rows=config.min_table_rows,
-            num_hashes=h,
-        )
-    else:
-        allocated = {
-            k: config.rows_per_table[k]
-            for k, n in sizes.items()
-            if k in config.rows_per_table and n >= config.min_table_rows
-        }
-    out: dict[str, int] = {}
-    for name, rows in allocated.items():
-        n = sizes[name]
-        if config.budget == "total" and rows >= n:
-            continue  # the total budget keeps this table full
-        if not h <= rows <= h * n:
-            raise ValueError(
-                f"table {name!r}: {rows} rows for {h} hash(es) of a table of {n} ids; "
-                f"expected {h} <= rows <= {h * n}"
-            )
-        out[name] = rows
     return out
 
 
