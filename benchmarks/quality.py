@@ -17,7 +17,9 @@ optimizer, epochs and seed; only the embedding tables differ. Methods:
   its tables data_parallel: FBGEMM's fused tables need widths divisible by 4),
   ``lhf-skip`` (tables under ``--skip_rows`` ids stay full); and changes of ours:
   ``lhf-mlet`` (the learned plan at ``sqrt(fraction)`` of the rows, trained as MLET at
-  ``sqrt(fraction)`` of the width, so about ``fraction`` of the bytes), and
+  ``sqrt(fraction)`` of the width, so about ``fraction`` of the bytes), ``lhf-t16`` (a
+  teacher at the model's dim, ``--embedding_dim``), ``lhf-init`` (that teacher, and the
+  compressed tables start at its cluster centroids: ``--init_from``), and
   ``lhf-rarehash`` (``apps.build_hash --rare_count``): ids the teacher saw fewer than
   ``--rare_count`` times are left out of the clustering and hashed ``id mod M`` into the
   same rows (same bytes). The teacher memorizes the labels of rare ids, so clustering them
@@ -66,6 +68,8 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-skip": {"skip": True},
     "lhf-rarehash": {"rare_hash": True},
     "lhf-mlet": {"mlet": True},
+    "lhf-t16": {"teacher_dim": "model"},
+    "lhf-init": {"teacher_dim": "model", "init": True},
 }
 """Learned-hash variants: build options that differ from the paper's ``lhf``."""
 METHODS = (*BASELINES, *LHF_VARIANTS, "mch")
@@ -139,12 +143,17 @@ def _teacher(args: argparse.Namespace, seed: int, dim: int) -> Path:
     return out
 
 
+def _teacher_dim(args: argparse.Namespace, opts: dict[str, Any]) -> int:
+    dim = opts.get("teacher_dim", args.teacher_dim)
+    return args.embedding_dim if dim == "model" else dim
+
+
 def _plan(args: argparse.Namespace, variant: str, fraction: float, seed: int) -> Path:
     """Build (once) the learned plan of ``variant`` at ``fraction``; returns its path."""
     opts = LHF_VARIANTS[variant]
     path = args.out / "plans" / f"{variant}_f{fraction:g}_s{seed}.safetensors"
     if not path.is_file():
-        src = _teacher(args, seed, opts.get("teacher_dim", args.teacher_dim))
+        src = _teacher(args, seed, _teacher_dim(args, opts))
         min_rows = max(1, args.min_table_rows, args.skip_rows if opts.get("skip") else 0)
         build_hash.main([
             "--teacher", str(src), "--fraction", str(fraction), "--min_table_rows", str(min_rows),
@@ -173,6 +182,9 @@ def run_one(args: argparse.Namespace, method: str, fraction: float, seed: int) -
         flags += ["--dense_arch_layer_sizes", f"64,{max(1, round(side * args.embedding_dim))}"]
     elif method in LHF_VARIANTS:  # the plan skips small tables itself
         flags += ["--learned_hash", str(_plan(args, method, fraction, seed))]
+        if LHF_VARIANTS[method].get("init"):
+            dim = _teacher_dim(args, LHF_VARIANTS[method])
+            flags += ["--init_from", str(_teacher(args, seed, dim))]
     elif method != "none":
         flags += ["--compression", method, "--fraction", str(fraction)]
         flags += ["--min_table_rows", str(args.min_table_rows)]
@@ -253,6 +265,8 @@ def pivot_markdown(summary: list[dict[str, Any]]) -> str:
         f: max((a for (m, g), a in cell.items() if g == f and m != "none"), default=None)
         for f in fractions
     }
+    if not fractions:  # the full model alone
+        return f"| method | AUC |\n|---|---:|\n| none (full) | {cell[('none', 1.0)]:.4f} |\n"
     lines = [
         "| method | " + " | ".join(f"{f:g}" for f in fractions) + " |",
         "|---|" + "---:|" * len(fractions),

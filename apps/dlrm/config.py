@@ -122,6 +122,9 @@ class TrainConfig:
     """Write the final metrics here (rank 0, atomically)."""
     checkpoint_dir: str | None = None
     """Save a checkpoint here after every epoch."""
+    init_from: str | None = None
+    """A teacher artifact at the model's dim: tables start at its cluster centroids
+    (``apps/dlrm/warm_start.py``)."""
     export_model: str | None = None
     """After training, write the serving model here (rank 0): the unsharded DLRM, MLET
     collapsed, as safetensors (``apps/dlrm/export.py``)."""
@@ -235,6 +238,11 @@ class TrainConfig:
             raise ValueError("sharding_types must name at least one type")
         for st in self.sharding_types:
             _check_choice("sharding type", st, SHARDING_TYPES)
+        if self.init_from is not None and (self.compression == "mch" or self.mlet_fraction):
+            raise ValueError(
+                f"--init_from {self.init_from!r} sets plain or learned-hash tables; it does not "
+                f"combine with --compression {self.compression!r} / --mlet_fraction"
+            )
         if self.export_model is not None and self.compression == "mch":
             raise ValueError(
                 f"--export_model {self.export_model!r}: a --compression mch model is not "
@@ -370,6 +378,10 @@ def add_training_flags(parser: argparse.ArgumentParser, *, embedding_dim: int = 
     g.add_argument("--checkpoint_dir", help="checkpoint after every epoch into this directory")
     g.add_argument(
         "--export_model", help="write the serving model (unsharded, MLET collapsed) here"
+    )
+    g.add_argument(
+        "--init_from",
+        help="teacher artifact at --embedding_dim: start the tables at its cluster centroids",
     )
     g.add_argument("--resume", action="store_true", help="resume from --checkpoint_dir")
     g.add_argument("--log_every", type=int, default=100, help="log the loss every N steps")

@@ -42,7 +42,9 @@ from apps.dlrm.export import export_model
 from apps.dlrm.loop import build_session, fit, load_data
 from apps.dlrm.model import build_model, table_name, table_stats
 from apps.dlrm.runtime import distributed, setup_logging
+from apps.dlrm.warm_start import warm_start
 from torchrec_lhf._io import atomic_write_json
+from torchrec_lhf.build.artifact import TeacherArtifact
 from torchrec_lhf.build.compression import make_plan
 from torchrec_lhf.data import RecDataset
 from torchrec_lhf.plan import HashPlan
@@ -147,6 +149,8 @@ def run(config: TrainConfig) -> dict[str, Any]:
                 plan.format_summary(config.embedding_dim),
             )
         session = build_session(config, env, dataset, plan)
+        if config.init_from:
+            warm_start(session, TeacherArtifact.load(config.init_from))
         metrics = fit(session)
         if config.export_model:
             export_model(session, config.export_model, num_dense=len(dataset.dense_names))

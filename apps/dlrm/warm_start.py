@@ -1,0 +1,97 @@
+"""Warm start: the compressed tables begin at the teacher's cluster centroids.
+
+Shapes: ``N`` ids of a table, ``D`` the embedding dim (teacher = student), ``M`` rows of a
+compressed table.
+
+``python -m apps.dlrm.train --learned_hash PLAN --init_from TEACHER_DIR`` sets, before the
+first step, every row of a compressed table to the access-count-weighted mean of the
+teacher embeddings of the ids mapped to it (``+1`` on every count, so ids the teacher never
+saw still count), and every uncompressed table to the teacher's own table. It needs a
+teacher trained at the student's ``--embedding_dim`` (a dim-4 teacher does not fit a
+dim-16 student) and single-hash plans (with ``H > 1`` the rows of a table are summed, so
+no row has a centroid of its own). The dense layers start fresh.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from apps.dlrm.gather import copy_into
+from apps.dlrm.loop import Session
+from apps.dlrm.model import EBC_FQN
+from torchrec_lhf.build.artifact import TeacherArtifact
+from torchrec_lhf.plan import HashPlan
+
+logger = logging.getLogger(__name__)
+
+
+def centroid_tables(
+    artifact: TeacherArtifact, plan: HashPlan | None, dim: int
+) -> dict[str, torch.Tensor]:
+    """The starting weights of every table: centroids for planned tables, else the teacher's.
+
+    Args:
+        artifact: the teacher (embeddings ``(N, D)`` and counts ``(N,)`` per table).
+        plan: the student's plan (``None``: every table full).
+        dim: the student's embedding dim.
+
+    Returns:
+        table name -> ``(M, D)`` (planned) or ``(N, D)`` float32 weights.
+
+    Raises:
+        ValueError: the teacher's dim is not ``dim``, a planned table has several hashes,
+            or the teacher and the plan disagree on a table's height.
+    """
+    out = {}
+    for name, emb_ND in artifact.embeddings.items():
+        if emb_ND.shape[1] != dim:
+            raise ValueError(
+                f"--init_from: teacher table {name!r} has dim {emb_ND.shape[1]}, the model "
+                f"{dim}; train the teacher at --embedding_dim {dim}"
+            )
+        if plan is None or name not in plan:
+            out[name] = emb_ND.float()
+            continue
+        table = plan[name]
+        if table.num_hashes != 1:
+            raise ValueError(
+                f"--init_from: table {name!r} has {table.num_hashes} hash functions; "
+                "centroids need one (each row then is one group of ids)"
+            )
+        if table.num_embeddings != emb_ND.shape[0]:
+            raise ValueError(
+                f"--init_from: table {name!r} has {emb_ND.shape[0]} ids in the teacher and "
+                f"{table.num_embeddings} in the plan"
+            )
+        rows_N = table.mappings[0].long()
+        weight_N = artifact.counts[name].double() + 1.0
+        m = table.heights[0]
+        sums_MD = torch.zeros(m, dim, dtype=torch.float64).index_add_(
+            0, rows_N, emb_ND.double() * weight_N[:, None]
+        )
+        totals_M = torch.zeros(m, dtype=torch.float64).index_add_(0, rows_N, weight_N)
+        out[name] = (sums_MD / totals_M.clamp(min=1e-12)[:, None]).float()
+    return out
+
+
+def warm_start(session: Session, artifact: TeacherArtifact) -> None:
+    """Copy :func:`centroid_tables` into the session's (sharded) tables, in place.
+
+    Every rank calls it with the same artifact; each writes its own shards.
+
+    Raises:
+        ValueError: see :func:`centroid_tables`; or the model has no table of that name.
+    """
+    config = session.config
+    if config.mlet_fraction is not None:
+        raise ValueError("--init_from does not combine with MLET (its tables are wider)")
+    tables = centroid_tables(artifact, session.plan, config.embedding_dim)
+    state = session.model.state_dict()
+    for name, weight in tables.items():
+        key = f"{EBC_FQN}.embedding_bags.{name}.weight"
+        if key not in state:
+            raise ValueError(f"--init_from: the model has no table {name!r} ({key})")
+        copy_into(key, state[key], weight)
+    logger.info("warm start: %d tables from the teacher's centroids", len(tables))
