@@ -130,7 +130,8 @@ def build_model(
 def _mch_collection(
     config: TrainConfig, tables: list[EmbeddingBagConfig], world_size: int | None
 ) -> MCHEmbeddingBagCollection:
-    """``--compression mch``: TorchRec's managed collisions, ``round(fraction * N)`` rows."""
+    """``--compression mch``: TorchRec's managed collisions, rows from ``--fraction`` and
+    ``--budget`` (:func:`~torchrec_lhf.modules.mch.mch_rows`)."""
     if world_size is None:
         world_size = dist.get_world_size() if dist.is_initialized() else 1
     assert config.fraction is not None  # TrainConfig checks it
@@ -207,8 +208,8 @@ def table_stats(
         to ``(rows, d)``, or inner tables plus projections where a ``mult``/``scaled_sum``
         plan cannot collapse), ``train_embedding_bytes`` (what trains: MLET's inner tables
         and projections), ``full_rows``, ``full_embedding_bytes`` (``sum N * D * 4``),
-        ``remap_bytes`` (learned-hash remap buffers, or every persistent buffer of the
-        ``mch`` modules: sorted raw ids, rows, counts, last access, TorchRec's segments).
+        ``remap_bytes`` (learned-hash remap buffers, or the ``mch`` modules' serving lookup:
+        sorted raw ids and their rows).
     """
     top = model.get_submodule(EBC_FQN)
     ebc = embedding_collection(model)

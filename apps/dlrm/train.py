@@ -20,7 +20,12 @@ TrainPipelineSparseDist.
 Splits (deterministic, from ``torchrec_lhf.data``): 80 / 10 / 10 train / val / test, in
 time order where the data has time (Criteo by file order, a CSV by its ``time`` column,
 MovieLens with ``--dataset_options '{"split": "time"}'``), along a seeded permutation
-otherwise (MovieLens by default, synthetic, a CSV without time). Validation after each epoch and the test at the end cover the whole split.
+otherwise (MovieLens by default, synthetic, a CSV without time). Validation after each
+epoch and the test at the end cover the whole split.
+
+After training, ``--export_model PATH`` writes the serving model (``apps/dlrm/export.py``);
+``--init_from TEACHER`` starts the tables at a teacher's cluster centroids
+(``apps/dlrm/warm_start.py``).
 """
 
 from __future__ import annotations

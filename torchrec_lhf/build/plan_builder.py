@@ -77,8 +77,7 @@ def build_table_hash(
 
     Returns:
         ``(table_hash, info)``; ``info`` holds ``seconds``, ``fallback_merges``, ``steps``,
-        ``rare_ids``,
-        ``heights``, ``num_embeddings`` and the settings (JSON-serializable).
+        ``rare_ids``, ``heights``, ``num_embeddings`` and the settings (JSON-serializable).
 
     Raises:
         ValueError: bad shapes, settings, or more rows per internal table than ids.
@@ -119,12 +118,13 @@ def build_table_hash(
             mapping_N = result.cluster_of_id
         else:  # cluster the frequent ids into min(height, K) rows, hash the rare ones
             mapping_N = torch.arange(n, device=values_HN.device) % height
+            result = None
             if kept_K.numel():
                 clusters = min(height, kept_K.numel())
                 result = cluster(values_HN[h, kept_K], counts_N[kept_K], clusters, **method_options)
                 mapping_N[kept_K] = result.cluster_of_id.to(mapping_N.dtype)
         mappings.append(mapping_N.to(device="cpu", dtype=torch.int32))
-        if kept_K is None or kept_K.numel():
+        if result is not None:
             fallback_merges += result.fallback_merges
             steps += result.steps
     table = TableHash(name, n, tuple(mappings), tuple(heights), combine)
