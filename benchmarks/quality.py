@@ -86,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default="movielens-100k", help="as in apps.dlrm.train")
     p.add_argument("--dataset_options", type=json.loads, default={}, help="JSON object")
     p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument(
+        "--report", action="store_true", help="only rewrite the reports from --out/results.json"
+    )
     p.add_argument("--embedding_dim", type=int, default=16)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch_size", type=int, default=1024)
@@ -216,14 +219,22 @@ def run_one(args: argparse.Namespace, method: str, fraction: float, seed: int) -
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std (over seeds) per method and fraction, sorted by method then size."""
+    """Mean and std (over seeds) per method and fraction, sorted by method then size.
+
+    ``delta_auc`` is the mean, over the seeds the full model (``none``) also ran, of the AUC
+    minus the full model's AUC of the same seed, and ``delta_auc_se`` its standard error:
+    paired by seed, it resolves smaller differences than the two means' stds.
+    """
     groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["method"], r["fraction"])].append(r)
+    full_by_seed = {r["seed"]: r["auc"] for r in rows if r["method"] == "none"}
     out = []
     for (method, fraction), rs in groups.items():
         auc = [r["auc"] for r in rs]
         ll = [r["logloss"] for r in rs]
+        # AUC minus the full model's of the same seed (same data order and initial MLPs)
+        deltas = [r["auc"] - full_by_seed[r["seed"]] for r in rs if r["seed"] in full_by_seed]
         out.append({
             "method": method, "fraction": fraction, "seeds": len(rs),
             "auc": statistics.fmean(auc), "auc_std": statistics.stdev(auc) if len(rs) > 1 else 0.0,
@@ -232,6 +243,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "bytes": round(statistics.fmean(r["bytes"] for r in rs)),
             "remap_bytes": round(statistics.fmean(r["remap_bytes"] for r in rs)),
             "remap_computable": rs[0]["remap_computable"],
+            "delta_auc": statistics.fmean(deltas) if deltas else None,
+            "delta_auc_se": statistics.stdev(deltas) / len(deltas) ** 0.5 if len(deltas) > 1 else None,
         })  # fmt: skip
     return sorted(out, key=lambda s: (s["method"] != "none", s["method"], -s["fraction"]))
 
@@ -239,19 +252,26 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(summary: list[dict[str, Any]]) -> str:
     """The summary as a markdown table (bytes include the remap; ``*``: computable remap)."""
     lines = [
-        "| method | fraction | seeds | test AUC | test logloss | bytes (tables + remap) |",
-        "|---|---:|---:|---|---|---:|",
+        "| method | fraction | seeds | test AUC | test logloss | bytes (tables + remap) "
+        "| AUC - full (paired) |",
+        "|---|---:|---:|---|---|---:|---|",
     ]
     for s in summary:
         star = "*" if s["remap_computable"] else ""
+        delta = ""
+        if s.get("delta_auc") is not None and s["method"] != "none":
+            se = s.get("delta_auc_se")
+            delta = f"{s['delta_auc']:+.4f}" + ("" if se is None else f" ± {se:.4f}")
         lines.append(
             f"| {s['method']} | {s['fraction']:g} | {s['seeds']} | {s['auc']:.4f} ± "
             f"{s['auc_std']:.4f} | {s['logloss']:.4f} ± {s['logloss_std']:.4f} | "
-            f"{s['bytes']:,} ({s['remap_bytes']:,}{star}) |"
+            f"{s['bytes']:,} ({s['remap_bytes']:,}{star}) | {delta} |"
         )
     lines.append(
         "\nBytes: fp32 tables as saved (MLET collapsed) + the materialized id -> row remap "
-        "(in parentheses; `*`: computable from the id, so a deployment may drop it)."
+        "(in parentheses; `*`: computable from the id, so a deployment may drop it). "
+        "AUC - full: mean over seeds of the AUC minus the full model's of the same seed, "
+        "± its standard error."
     )
     return "\n".join(lines) + "\n"
 
@@ -286,9 +306,32 @@ def pivot_markdown(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_reports(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write ``results.json``, ``results.md`` and ``results.png`` of ``rows`` under ``out``;
+    returns the summary."""
+    atomic_write_json(out / "results.json", rows)
+    summary = summarize(rows)
+    with atomic_write(out / "results.md", "w") as f:
+        f.write(markdown(summary))
+        f.write("\nTest AUC, mean over seeds (bold: the best compressed method per fraction):\n\n")
+        f.write(pivot_markdown(summary))
+    plot_auc_vs_bytes(summary, out / "results.png", f"{rows[0]['dataset']}: test AUC against size")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run (or resume) the sweep and write the three outputs; returns the results rows."""
+    """Run (or resume) the sweep and write the three outputs; returns the results rows.
+
+    With ``--report`` only the reports are rewritten from ``--out``'s ``results.json``.
+    """
     args = parse_args(argv)
+    if args.report:
+        path = args.out / "results.json"
+        if not path.is_file():
+            raise ValueError(f"--report: {path} does not exist; run the sweep first")
+        rows = json.loads(path.read_text())
+        write_reports(args.out, rows)
+        return rows
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in range(args.seeds):
@@ -297,15 +340,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 row = run_one(args, method, fraction, seed)
                 logger.info("%s f=%g seed %d: auc %.4f", method, fraction, seed, row["auc"])
                 rows.append(row)
-    atomic_write_json(args.out / "results.json", rows)
-    summary = summarize(rows)
-    with atomic_write(args.out / "results.md", "w") as f:
-        f.write(markdown(summary))
-        f.write("\nTest AUC, mean over seeds (bold: the best compressed method per fraction):\n\n")
-        f.write(pivot_markdown(summary))
-    plot_auc_vs_bytes(
-        summary, args.out / "results.png", f"{rows[0]['dataset']}: test AUC against size"
-    )
+    summary = write_reports(args.out, rows)
     print(json.dumps({"out": str(args.out), "runs": len(rows), "summary": summary}, indent=1))  # noqa: T201
     return rows
 

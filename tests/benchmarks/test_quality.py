@@ -51,6 +51,13 @@ def test_tiny_sweep_writes_the_three_outputs_and_resumes(tmp_path: Path) -> None
     run.write_text(json.dumps({**modulo, "auc": 0.123}))
     again = quality.main([*argv, "--out", str(tmp_path)])
     assert again[1]["auc"] == 0.123 and again[0] == full
+    # --report rewrites the reports from results.json alone (no run file is read)
+    (tmp_path / "results.md").unlink()
+    run.unlink()
+    assert quality.main([*argv, "--out", str(tmp_path), "--report"]) == again
+    assert "| modulo | 0.5 | 1 |" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match="does not exist; run the sweep first"):
+        quality.main([*argv, "--out", str(tmp_path / "empty"), "--report"])
 
 
 def test_tiny_sweep_with_mch(tmp_path: Path) -> None:
@@ -84,6 +91,21 @@ def test_total_budget_sweep_gives_equal_rows(tmp_path: Path) -> None:
     argv = [*TINY, "--methods", "modulo,lhf", "--fractions", "0.2", "--seeds", "1"]
     rows = quality.main([*argv, "--budget", "total", "--out", str(tmp_path)])
     assert [r["rows"] for r in rows] == [40, 40]
+
+
+def test_summary_pairs_each_seed_with_the_full_model() -> None:
+    def row(method, seed, auc):
+        return {"method": method, "fraction": 1.0 if method == "none" else 0.1, "seed": seed,
+                "auc": auc, "logloss": 0.5, "bytes": 10, "remap_bytes": 0, "remap_computable": False}  # fmt: skip
+
+    # full 0.80, 0.70, 0.75; lhf is 0.01, 0.02, 0.03 below it seed by seed
+    rows = [row("none", s, a) for s, a in enumerate([0.80, 0.70, 0.75])]
+    rows += [row("lhf", s, a) for s, a in enumerate([0.79, 0.68, 0.72])]
+    full, lhf = quality.summarize(rows)
+    assert full["delta_auc"] == pytest.approx(0.0)
+    assert lhf["delta_auc"] == pytest.approx(-0.02)
+    assert lhf["delta_auc_se"] == pytest.approx(0.01 / 3**0.5)  # std 0.01 over 3 pairs
+    assert "| -0.0200 ± 0.0058 |" in quality.markdown([full, lhf])
 
 
 def test_summary_is_mean_and_std_over_seeds() -> None:
