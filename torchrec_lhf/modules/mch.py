@@ -85,10 +85,7 @@ def mch_rows(
         raise ValueError(f"min_table_rows must be an int >= 0, got {min_table_rows!r}")
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
-    for name, n in num_embeddings.items():
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"table {name!r}: num_embeddings must be an int >= 1, got {n!r}")
-    allocated = allocate_rows(
+    allocated = allocate_rows(  # also checks the heights, naming a bad one
         dict(num_embeddings), fraction, budget=budget, min_table_rows=max(1, min_table_rows)
     )
     rows: dict[str, int] = {}
