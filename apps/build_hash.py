@@ -29,9 +29,9 @@ import torch
 import torch.distributed as dist
 
 from apps.dlrm.runtime import setup_logging
-from torchrec_lhf.build.artifact import TeacherArtifact
-from torchrec_lhf.build.budget import BUDGETS
-from torchrec_lhf.build.job import BuildConfig, run_build
+from torchrec_lhf.hash_build.artifact import TeacherArtifact
+from torchrec_lhf.compression.budget import BUDGETS
+from torchrec_lhf.hash_build.job import BuildConfig, run_build
 from torchrec_lhf.clustering.registry import list_clusterings
 from torchrec_lhf.plan import COMBINE_MODES, HashPlan
 
@@ -92,7 +92,7 @@ def make_parser() -> argparse.ArgumentParser:
         choices=BUDGETS,
         default="table",
         help="'table': --fraction of each table; 'total': --fraction of all rows, small tables "
-        "full while cheap, the rest in proportion (torchrec_lhf.build.budget)",
+        "full while cheap, the rest in proportion (torchrec_lhf.compression.budget)",
     )
     p.add_argument("--num_hashes", type=int, default=1, help="hash functions per table")
     p.add_argument("--combine", choices=COMBINE_MODES, default="sum", help="how hashes combine")

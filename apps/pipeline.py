@@ -39,7 +39,7 @@ from apps import build_hash, teacher
 from apps.dlrm import train
 from apps.dlrm.runtime import distributed, setup_logging
 from torchrec_lhf._io import atomic_write, atomic_write_json
-from torchrec_lhf.build.budget import BUDGETS
+from torchrec_lhf.compression.budget import BUDGETS
 from torchrec_lhf.data import DatasetUnavailableError, load_dataset
 from torchrec_lhf.report import plot_auc_vs_bytes
 
@@ -65,7 +65,7 @@ class PipelineConfig:
     budget: str = "total"
     """``"total"``: ``fraction`` of all rows, small tables full while cheap, the rest in
     proportion; ``"table"``: the paper's ``fraction`` of each table of at least
-    ``min_table_rows`` ids (:func:`torchrec_lhf.build.budget.allocate_rows`)."""
+    ``min_table_rows`` ids (:func:`torchrec_lhf.compression.budget.allocate_rows`)."""
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     """Which of ``lhf``, ``modulo``, ``none`` to train."""
     teacher_dim: int = 4

@@ -28,12 +28,12 @@ import torch.distributed as dist
 from torchrec.datasets.utils import Batch
 
 from apps.dlrm.config import TrainConfig, add_training_flags, config_from_args
-from apps.dlrm.gather import gather_to_rank0
+from torchrec_lhf.distributed.gather import gather_to_rank0
 from apps.dlrm.loop import Session, build_session, fit, load_data
 from apps.dlrm.model import EBC_FQN
 from apps.dlrm.runtime import DistEnv, distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.build.artifact import TeacherArtifact
+from torchrec_lhf.hash_build.artifact import TeacherArtifact
 
 logger = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from torchrec_lhf.build.artifact import TeacherArtifact
-from torchrec_lhf.build.job import BuildConfig, run_build, table_rows
+from torchrec_lhf.hash_build.artifact import TeacherArtifact
+from torchrec_lhf.hash_build.job import BuildConfig, run_build, table_rows
 from torchrec_lhf.plan import HashPlan
 
 # The 26 categorical vocabularies of Criteo Kaggle (Display Advertising Challenge), C1..C26,

@@ -51,7 +51,7 @@ from typing import Any
 from apps import build_hash, teacher
 from apps.dlrm import train
 from torchrec_lhf._io import atomic_write, atomic_write_json
-from torchrec_lhf.build.budget import BUDGETS
+from torchrec_lhf.compression.budget import BUDGETS
 from torchrec_lhf.report import plot_auc_vs_bytes
 
 logger = logging.getLogger(__name__)

@@ -75,7 +75,7 @@ def test_help_comes_from_the_docstring():
 @pytest.mark.distributed
 def test_torchx_local_cwd_build_hash_two_processes(tmp_path: Path):
     from tests.build.test_job import _teacher
-    from torchrec_lhf.build.job import BuildConfig, run_build
+    from torchrec_lhf.hash_build.job import BuildConfig, run_build
     from torchrec_lhf.plan import HashPlan
 
     art = _teacher(tmp_path / "teacher")

@@ -23,7 +23,7 @@ def __getattr__(name: str):
 
         return LearnedHashEmbeddingBagCollectionSharder
     if name == "build_plan":
-        from torchrec_lhf.build.plan_builder import build_plan
+        from torchrec_lhf.hash_build.plan_builder import build_plan
 
         return build_plan
     raise AttributeError(f"module 'torchrec_lhf' has no attribute {name!r}")

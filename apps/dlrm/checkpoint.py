@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from apps.dlrm.config import MODEL_FIELDS
-from apps.dlrm.gather import copy_into, gather_to_rank0
+from torchrec_lhf.distributed.gather import copy_into, gather_to_rank0
 from torchrec_lhf._io import load_tensors, save_tensors
 
 logger = logging.getLogger(__name__)

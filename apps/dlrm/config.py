@@ -12,12 +12,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchrec_lhf.build.budget import BUDGETS
+from torchrec_lhf.compression.budget import BUDGETS
 
 INTERACTION_TYPES = ("original", "dcn")
 DENSE_OPTIMIZERS = ("adagrad", "adam")
 COMPRESSION_METHODS = ("none", "modulo", "qr", "fbdh", "memrec", "mlet", "mch")
-"""Methods of ``--compression``: the plan methods of ``torchrec_lhf.build.compression`` that
+"""Methods of ``--compression``: the plan methods of ``torchrec_lhf.compression.methods`` that
 need no teacher, ``mlet`` (narrower tables trained through a wider layer) and ``mch``
 (TorchRec's managed collisions, ``torchrec_lhf.modules.mch``: tables of
 ``round(fraction * N)`` rows, sharded row-wise). Learned plans come through
@@ -111,7 +111,7 @@ class TrainConfig:
     """``--compression`` leaves tables with fewer rows full."""
     budget: str = "table"
     """How ``--compression`` spends ``--fraction``: ``"table"`` (of each table) or
-    ``"total"`` (of all rows; :func:`torchrec_lhf.build.budget.allocate_rows`)."""
+    ``"total"`` (of all rows; :func:`torchrec_lhf.compression.budget.allocate_rows`)."""
     out_of_range: str = "error"
     """Raw ids beyond a plan's table: ``error`` or fold them ``modulo`` the height."""
     sharding_types: list[str] = field(default_factory=lambda: list(DEFAULT_SHARDING_TYPES))
@@ -124,7 +124,7 @@ class TrainConfig:
     """Save a checkpoint here after every epoch."""
     init_from: str | None = None
     """A teacher artifact at the model's dim: tables start at its cluster centroids
-    (``apps/dlrm/warm_start.py``)."""
+    (``torchrec_lhf/warm_start.py``)."""
     export_model: str | None = None
     """After training, write the serving model here (rank 0): the unsharded DLRM, MLET
     collapsed, as safetensors (``apps/dlrm/export.py``)."""

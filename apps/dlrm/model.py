@@ -35,6 +35,7 @@ from torchrec_lhf.distributed.embedding_bag import (
     remap_bytes,
 )
 from torchrec_lhf.distributed.mch import ManagedCollisionSharder
+from torchrec_lhf.distributed.mlet import PipelinedMLET
 from torchrec_lhf.distributed.planner import make_planner
 from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection, apply_hash_plan
 from torchrec_lhf.modules.mch import MCHEmbeddingBagCollection, mch_rows, mch_state_bytes
@@ -145,44 +146,6 @@ def _mch_collection(
     return MCHEmbeddingBagCollection(
         tables, zch_sizes=zch_sizes, world_size=world_size, device=torch.device("meta")
     )
-
-
-class PipelinedMLET(nn.Module):
-    """An MLET collection split so that TrainPipelineSparseDist can pipeline it.
-
-    The pipeline FX-traces every module that holds a sharded module; MLET's projection
-    step reads the inner KeyedTensor's keys, which a trace cannot. Here the inner
-    collection (sharded) is a child of its own and the MLET module, its inner collection
-    swapped for an identity, only projects: it holds no sharded module, so the tracer
-    keeps it as a leaf. The output equals ``mlet(features)``.
-
-    Args:
-        mlet: the MLET collection (its ``inner`` is moved here).
-    """
-
-    def __init__(self, mlet: MultiLayerEmbeddingBagCollection) -> None:
-        super().__init__()
-        self.inner = mlet.inner
-        mlet.inner = _PassKeyedTensor()
-        self.mlet = mlet
-
-    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
-        """The logical table configs (dims ``d``)."""
-        return self.mlet.embedding_bag_configs()
-
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        """Args: features: raw ids. Returns: the pooled ``(B, sum d)`` embeddings."""
-        return self.mlet(self.inner(features))
-
-
-class _PassKeyedTensor(nn.Module):
-    """Stands in for MLET's inner collection: its input is already the pooled KeyedTensor."""
-
-    def forward(self, pooled: KeyedTensor) -> KeyedTensor:
-        return pooled
-
-    def is_weighted(self) -> bool:
-        return False
 
 
 def embedding_collection(model: nn.Module) -> EmbeddingBagCollection:

@@ -25,7 +25,7 @@ epoch and the test at the end cover the whole split.
 
 After training, ``--export_model PATH`` writes the serving model (``apps/dlrm/export.py``);
 ``--init_from TEACHER`` starts the tables at a teacher's cluster centroids
-(``apps/dlrm/warm_start.py``).
+(``torchrec_lhf/warm_start.py``).
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ from apps.dlrm.config import (
 )
 from apps.dlrm.export import export_model
 from apps.dlrm.loop import build_session, fit, load_data
-from apps.dlrm.model import build_model, table_name, table_stats
+from apps.dlrm.model import EBC_FQN, build_model, table_name, table_stats
 from apps.dlrm.runtime import distributed, setup_logging
-from apps.dlrm.warm_start import warm_start
+from torchrec_lhf.warm_start import warm_start
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.build.artifact import TeacherArtifact
-from torchrec_lhf.build.compression import make_plan
+from torchrec_lhf.hash_build.artifact import TeacherArtifact
+from torchrec_lhf.compression.methods import make_plan
 from torchrec_lhf.data import RecDataset
 from torchrec_lhf.plan import HashPlan
 
@@ -155,7 +155,15 @@ def run(config: TrainConfig) -> dict[str, Any]:
             )
         session = build_session(config, env, dataset, plan)
         if config.init_from:
-            warm_start(session, TeacherArtifact.load(config.init_from))
+            if config.mlet_fraction is not None:  # also refused by TrainConfig
+                raise ValueError("--init_from does not combine with MLET (its tables are wider)")
+            warm_start(
+                session.model,
+                TeacherArtifact.load(config.init_from),
+                plan=session.plan,
+                dim=config.embedding_dim,
+                collection_fqn=EBC_FQN,
+            )
         metrics = fit(session)
         if config.export_model:
             export_model(session, config.export_model, num_dense=len(dataset.dense_names))

@@ -15,7 +15,7 @@ import torch
 from apps.dlrm.config import TrainConfig
 from apps.dlrm.train import METRIC_KEYS, main, parse_args
 from tests._multiprocess import run_multiprocess
-from torchrec_lhf.build.baselines import modulo_plan
+from torchrec_lhf.compression.baselines import modulo_plan
 from torchrec_lhf.plan import HashPlan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -376,7 +376,7 @@ def _gather_and_scatter(rank: int, world_size: int) -> dict:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
-    from apps.dlrm.gather import copy_into, gather_to_rank0
+    from torchrec_lhf.distributed.gather import copy_into, gather_to_rank0
 
     full = {
         "rows": torch.arange(10.0).reshape(5, 2),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks import quality
-from torchrec_lhf.build.artifact import TeacherArtifact
+from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.plan import HashPlan
 
 # 600 samples, tables of 30, 50 and 120 ids, dim 4: a run takes a second or two.

@@ -37,7 +37,7 @@ from torchrec.modules.mc_modules import (
 )
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from torchrec_lhf.build.budget import allocate_rows
+from torchrec_lhf.compression.budget import allocate_rows
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def mch_rows(
     """The managed rows ``R`` of each compressed table: ``max(1, round(fraction * N))``.
 
     Tables with ``N < min_table_rows`` are left out (they stay full); with
-    ``budget="total"``, ``R`` comes from :func:`~torchrec_lhf.build.budget.allocate_rows`
+    ``budget="total"``, ``R`` comes from :func:`~torchrec_lhf.compression.budget.allocate_rows`
     over all tables and tables it keeps whole stay full. With ``world_size``
     above 1, ``R`` is raised (with a warning) to the least value that row-wise shards with
     at least one row on every rank (each rank's MCH module needs one); a table where that
@@ -67,7 +67,7 @@ def mch_rows(
         fraction: rows kept, in ``(0, 1]``.
         min_table_rows: smaller tables stay full.
         world_size: ranks the tables will be row-wise sharded over.
-        budget: ``"table"`` or ``"total"`` (see :mod:`torchrec_lhf.build.budget`).
+        budget: ``"table"`` or ``"total"`` (see :mod:`torchrec_lhf.compression.budget`).
 
     Returns:
         table name -> ``R`` for the compressed tables, in the order given.

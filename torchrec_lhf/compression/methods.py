@@ -16,12 +16,12 @@ the same :class:`~torchrec_lhf.LearnedHashEmbeddingBagCollection` and sharder.
 
 Built-in methods (see each function for how it splits ``R``):
     ``none``    empty plan: the uncompressed model (fraction recorded as 1.0).
-    ``modulo``  the hashing trick (:func:`~torchrec_lhf.build.baselines.modulo_plan`).
+    ``modulo``  the hashing trick (:func:`~torchrec_lhf.compression.baselines.modulo_plan`).
     ``qr``      quotient-remainder compositional embeddings (Shi et al. 2020).
     ``fbdh``    frequency-based double hashing (Zhang et al. 2020).
     ``memrec``  MEM-REC's Bloom-filter token tables scaled by a weight table (Jha et al. 2023).
     ``lhf``     learned hashing; needs ``teacher_embeddings=`` and calls
-                :func:`~torchrec_lhf.build.plan_builder.build_plan`.
+                :func:`~torchrec_lhf.hash_build.plan_builder.build_plan`.
 
 ``mlet`` (narrower tables, :mod:`torchrec_lhf.modules.mlet`) and ``mch`` (TorchRec's
 managed collisions) change the model, not the plan, so they are not registered here.
@@ -32,7 +32,7 @@ Hashed methods use a seeded balanced random hash: a random permutation of the id
 
 Example::
 
-    >>> from torchrec_lhf.build.compression import get_method
+    >>> from torchrec_lhf.compression.methods import get_method
     >>> plan = get_method("qr")({"t": 10}, fraction=0.7)
     >>> plan["t"].heights, plan["t"].combine, plan["t"].mappings[1].tolist()
     ((2, 5), 'mult', [0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
@@ -50,9 +50,9 @@ from typing import Any
 
 import torch
 
-from torchrec_lhf.build.baselines import modulo_plan
-from torchrec_lhf.build.budget import BUDGETS, allocate_rows
-from torchrec_lhf.build.plan_builder import split_rows
+from torchrec_lhf.compression.baselines import modulo_plan
+from torchrec_lhf.compression.budget import BUDGETS, allocate_rows
+from torchrec_lhf.compression.budget import split_rows
 from torchrec_lhf.plan import HashPlan, TableHash
 
 logger = logging.getLogger(__name__)
@@ -342,7 +342,7 @@ def lhf_plan(
     """Learned hashing: cluster a trained teacher's embeddings (``build_plan``).
 
     Learned plans need a teacher; without ``teacher_embeddings`` this raises and points to
-    :func:`~torchrec_lhf.build.plan_builder.build_plan` / ``python -m apps.build_hash``.
+    :func:`~torchrec_lhf.hash_build.plan_builder.build_plan` / ``python -m apps.build_hash``.
     ``R = max(H, round(fraction * N))`` split evenly over ``H`` internal tables.
     The seed is not used (the clustering is deterministic).
 
@@ -354,7 +354,7 @@ def lhf_plan(
     if teacher_embeddings is None:
         raise ValueError(
             "method 'lhf' needs teacher_embeddings= (table name -> (N, D) tensors of a trained "
-            "teacher); build learned plans with torchrec_lhf.build.build_plan or "
+            "teacher); build learned plans with torchrec_lhf.hash_build.build_plan or "
             "`python -m apps.build_hash`, then train with the saved plan"
         )
     planned = dict(_planned(num_embeddings, min_table_rows))
@@ -365,7 +365,7 @@ def lhf_plan(
             raise ValueError(
                 f"method 'lhf': table {name!r} needs teacher embeddings of shape ({n}, D), got {got}"
             )
-    from torchrec_lhf.build.plan_builder import build_plan  # the clustering code, only when used
+    from torchrec_lhf.hash_build.plan_builder import build_plan  # the clustering code, only when used
 
     plan = build_plan(
         {name: teacher_embeddings[name] for name in planned},

@@ -8,7 +8,7 @@ its bytes are counted the same way.
 
 Example::
 
-    >>> from torchrec_lhf.build.baselines import modulo_plan
+    >>> from torchrec_lhf.compression.baselines import modulo_plan
     >>> plan = modulo_plan({"user": 10, "gender": 2}, fraction=0.3, min_table_rows=5)
     >>> plan.table_names, plan["user"].heights, plan["user"].mappings[0].tolist()
     (['user'], (3,), [0, 1, 2, 0, 1, 2, 0, 1, 2, 0])

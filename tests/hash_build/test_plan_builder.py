@@ -4,18 +4,11 @@ import pytest
 import torch
 
 import torchrec_lhf
-from torchrec_lhf.build import build_plan, build_table_hash, split_rows
+from torchrec_lhf.hash_build import build_plan, build_table_hash
 from torchrec_lhf.plan import HashPlan
 
 # Two well-separated groups on coordinate 0; coordinate 1 splits the ids differently.
 EMB = torch.tensor([[0.0, 9.0], [5.0, 0.0], [0.1, 0.1], [5.2, 9.1], [0.2, 9.2], [5.1, 0.2]])
-
-
-def test_split_rows():
-    assert split_rows(10, 3) == [4, 3, 3]
-    assert split_rows(2, 2) == [1, 1]
-    with pytest.raises(ValueError, match="rows must be an int >= num_hashes=3"):
-        split_rows(2, 3)
 
 
 def test_build_table_hash_one_hash():

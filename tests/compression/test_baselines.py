@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchrec_lhf.build.baselines import compressed_rows, modulo_plan
+from torchrec_lhf.compression.baselines import compressed_rows, modulo_plan
 from torchrec_lhf.plan import HashPlan
 
 

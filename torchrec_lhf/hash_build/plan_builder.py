@@ -16,29 +16,11 @@ from typing import Any
 
 import torch
 
-from torchrec_lhf.build.budget import allocate_rows
+from torchrec_lhf.compression.budget import allocate_rows, split_rows
 from torchrec_lhf.clustering import get_clustering, project
 from torchrec_lhf.plan import COMBINE_MODES, HashPlan, TableHash
 
 logger = logging.getLogger(__name__)
-
-
-def split_rows(rows: int, num_hashes: int) -> list[int]:
-    """Split a table's total compressed rows as evenly as possible over its ``H`` internal tables.
-
-    Example::
-
-        >>> split_rows(10, 3)
-        [4, 3, 3]
-    """
-    if isinstance(num_hashes, bool) or not isinstance(num_hashes, int) or num_hashes < 1:
-        raise ValueError(f"num_hashes must be an int >= 1, got {num_hashes!r}")
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < num_hashes:
-        raise ValueError(
-            f"rows must be an int >= num_hashes={num_hashes} (one row per internal table), got {rows!r}"
-        )
-    base, extra = divmod(rows, num_hashes)
-    return [base + (1 if h < extra else 0) for h in range(num_hashes)]
 
 
 def build_table_hash(
@@ -183,7 +165,7 @@ def build_plan(
             from the dict stay full. Exactly one of ``fraction`` / ``rows``.
         min_table_rows: tables with fewer ids stay full (left out of the plan).
         budget: how ``fraction`` is spent: ``"table"`` (of each table) or ``"total"`` (of
-            all rows; see :func:`~torchrec_lhf.build.budget.allocate_rows`).
+            all rows; see :func:`~torchrec_lhf.compression.budget.allocate_rows`).
         num_hashes: ``H`` hash functions per table; the rows are split over them.
         combine: ``"sum"`` or ``"concat"``.
         method: a registered clustering.

@@ -1,6 +1,6 @@
 """The hash build's configuration: :class:`BuildConfig` and the rows it gives each table.
 
-Used by the distributed job (:mod:`torchrec_lhf.build.job`), ``apps.build_hash`` and the
+Used by the distributed job (:mod:`torchrec_lhf.hash_build.job`), ``apps.build_hash`` and the
 build benchmark.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchrec_lhf.build.budget import BUDGETS, allocate_rows
+from torchrec_lhf.compression.budget import BUDGETS, allocate_rows
 from torchrec_lhf.clustering.registry import get_clustering
 from torchrec_lhf.plan import COMBINE_MODES
 
@@ -33,7 +33,7 @@ class BuildConfig:
     """Tables with fewer ids stay full (the paper skipped tables under 100K rows)."""
 
     budget: str = "table"
-    """How ``fraction`` is spent (:func:`~torchrec_lhf.build.budget.allocate_rows`):
+    """How ``fraction`` is spent (:func:`~torchrec_lhf.compression.budget.allocate_rows`):
     ``"table"`` (each table's own fraction) or ``"total"`` (of all the model's rows)."""
 
     num_hashes: int = 1
@@ -50,7 +50,7 @@ class BuildConfig:
 
     rare_count: int = 0
     """Ids the teacher saw fewer times are hashed (``id mod M``), not clustered: the
-    teacher memorizes their labels (:func:`~torchrec_lhf.build.plan_builder.build_table_hash`)."""
+    teacher memorizes their labels (:func:`~torchrec_lhf.hash_build.plan_builder.build_table_hash`)."""
 
     method_options: dict[str, Any] = field(default_factory=dict)
     """Passed to the clustering (e.g. ``max_cluster_size``); JSON-serializable."""

@@ -24,9 +24,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from torchrec_lhf._io import atomic_write_json, tensor_digest
-from torchrec_lhf.build.artifact import TeacherArtifact
-from torchrec_lhf.build.config import BuildConfig, table_rows
-from torchrec_lhf.build.plan_builder import build_table_hash
+from torchrec_lhf.hash_build.artifact import TeacherArtifact
+from torchrec_lhf.hash_build.config import BuildConfig, table_rows
+from torchrec_lhf.hash_build.plan_builder import build_table_hash
 from torchrec_lhf.plan import HashPlan, TableHash
 
 logger = logging.getLogger(__name__)

@@ -3,8 +3,8 @@
 Shapes: ``N`` ids of a table, ``D`` the embedding dim (teacher = student), ``M`` rows of a
 compressed table.
 
-``python -m apps.dlrm.train --learned_hash PLAN --init_from TEACHER_DIR`` sets, before the
-first step, every row of a compressed table to the access-count-weighted mean of the
+:func:`warm_start` (``python -m apps.dlrm.train --learned_hash PLAN --init_from TEACHER_DIR``)
+sets, before the first step, every row of a compressed table to the access-count-weighted mean of the
 teacher embeddings of the ids mapped to it (``+1`` on every count, so ids the teacher never
 saw still count), and every uncompressed table to the teacher's own table. It needs a
 teacher trained at the student's ``--embedding_dim`` (a dim-4 teacher does not fit a
@@ -17,11 +17,10 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch import nn
 
-from apps.dlrm.gather import copy_into
-from apps.dlrm.loop import Session
-from apps.dlrm.model import EBC_FQN
-from torchrec_lhf.build.artifact import TeacherArtifact
+from torchrec_lhf.distributed.gather import copy_into
+from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.plan import HashPlan
 
 logger = logging.getLogger(__name__)
@@ -76,21 +75,33 @@ def centroid_tables(
     return out
 
 
-def warm_start(session: Session, artifact: TeacherArtifact) -> None:
-    """Copy :func:`centroid_tables` into the session's (sharded) tables, in place.
+def warm_start(
+    model: nn.Module,
+    artifact: TeacherArtifact,
+    *,
+    plan: HashPlan | None,
+    dim: int,
+    collection_fqn: str,
+) -> None:
+    """Copy :func:`centroid_tables` into a (sharded or unsharded) model's tables, in place.
 
     Every rank calls it with the same artifact; each writes its own shards.
+
+    Args:
+        model: the model, e.g. after ``DistributedModelParallel``.
+        artifact: the teacher, trained at ``dim``.
+        plan: the hash plan the model's collection was built with (``None``: full tables).
+        dim: the model's embedding dim.
+        collection_fqn: the embedding collection's name in ``model.state_dict()`` keys
+            (its tables are ``{collection_fqn}.embedding_bags.{table}.weight``).
 
     Raises:
         ValueError: see :func:`centroid_tables`; or the model has no table of that name.
     """
-    config = session.config
-    if config.mlet_fraction is not None:
-        raise ValueError("--init_from does not combine with MLET (its tables are wider)")
-    tables = centroid_tables(artifact, session.plan, config.embedding_dim)
-    state = session.model.state_dict()
+    tables = centroid_tables(artifact, plan, dim)
+    state = model.state_dict()
     for name, weight in tables.items():
-        key = f"{EBC_FQN}.embedding_bags.{name}.weight"
+        key = f"{collection_fqn}.embedding_bags.{name}.weight"
         if key not in state:
             raise ValueError(f"--init_from: the model has no table {name!r} ({key})")
         copy_into(key, state[key], weight)

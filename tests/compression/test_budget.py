@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchrec_lhf.build.budget import allocate_rows
-from torchrec_lhf.build.compression import make_plan
-from torchrec_lhf.build.job import BuildConfig, table_rows
-from torchrec_lhf.build.plan_builder import build_plan
+from torchrec_lhf.compression.budget import allocate_rows, split_rows
+from torchrec_lhf.compression.methods import make_plan
+from torchrec_lhf.hash_build.job import BuildConfig, table_rows
+from torchrec_lhf.hash_build.plan_builder import build_plan
 
 ML = {
     "user": 943,
@@ -89,3 +89,10 @@ def test_compression_methods_take_the_total_budget(method: str) -> None:
     # qr cannot hit every size exactly (it picks the nearest m + ceil(N/m)); the others do
     assert rows == {"user": 64, "item": 115, "zip": 54} or method == "qr"
     assert abs(sum(rows.values()) - 233) <= 5
+
+
+def test_split_rows():
+    assert split_rows(10, 3) == [4, 3, 3]
+    assert split_rows(2, 2) == [1, 1]
+    with pytest.raises(ValueError, match="rows must be an int >= num_hashes=3"):
+        split_rows(2, 3)

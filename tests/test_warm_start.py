@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from apps.dlrm.gather import gather_to_rank0
+from torchrec_lhf.distributed.gather import gather_to_rank0
 from apps.dlrm.loop import build_session, load_data
 from apps.dlrm.model import EBC_FQN
 from apps.dlrm.runtime import distributed
 from apps.dlrm.train import parse_args
-from apps.dlrm.warm_start import centroid_tables, warm_start
+from torchrec_lhf.warm_start import centroid_tables, warm_start
 from tests._multiprocess import run_multiprocess
-from torchrec_lhf.build.artifact import TeacherArtifact
+from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.plan import HashPlan
 
 
@@ -60,7 +60,13 @@ def _warm(rank: int, world_size: int, teacher: str, plan_path: str) -> dict | No
     with distributed() as env:
         dataset = load_data(config)
         session = build_session(config, env, dataset, HashPlan.load(plan_path))
-        warm_start(session, TeacherArtifact.load(teacher))
+        warm_start(
+            session.model,
+            TeacherArtifact.load(teacher),
+            plan=session.plan,
+            dim=config.embedding_dim,
+            collection_fqn=EBC_FQN,
+        )
         state = session.model.state_dict()
         keys = [f"{EBC_FQN}.embedding_bags.cat_{i}.weight" for i in range(2)]
         full = gather_to_rank0({k: state[k] for k in keys}, device=env.device)

@@ -9,16 +9,16 @@ import torch
 from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
 
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
-from torchrec_lhf.build import compression
-from torchrec_lhf.build.baselines import modulo_plan
-from torchrec_lhf.build.compression import (
+from torchrec_lhf.compression import methods as compression
+from torchrec_lhf.compression.baselines import modulo_plan
+from torchrec_lhf.compression.methods import (
     balanced_hash,
     get_method,
     list_methods,
     make_plan,
     register_method,
 )
-from torchrec_lhf.build.plan_builder import build_plan
+from torchrec_lhf.hash_build.plan_builder import build_plan
 
 
 def _rows(plan: HashPlan, name: str = "t") -> list[list[int]]:

@@ -11,9 +11,9 @@ import torch
 
 from apps.build_hash import main as build_hash_main
 from tests._multiprocess import run_multiprocess
-from torchrec_lhf.build.artifact import TeacherArtifact
-from torchrec_lhf.build.job import BuildConfig, assign_tables, run_build, table_rows
-from torchrec_lhf.build.plan_builder import build_plan
+from torchrec_lhf.hash_build.artifact import TeacherArtifact
+from torchrec_lhf.hash_build.job import BuildConfig, assign_tables, run_build, table_rows
+from torchrec_lhf.hash_build.plan_builder import build_plan
 from torchrec_lhf.plan import HashPlan
 
 # Five tables: three to compress at min_table_rows=300, two that stay full.

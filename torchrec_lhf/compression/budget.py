@@ -130,3 +130,21 @@ def _round_to_total(
         rows_T[pick] += 1 if missing > 0 else -1
         missing = int(total - rows_T.sum())
     return rows_T.to(torch.int64)
+
+
+def split_rows(rows: int, num_hashes: int) -> list[int]:
+    """Split a table's total compressed rows as evenly as possible over its ``H`` internal tables.
+
+    Example::
+
+        >>> split_rows(10, 3)
+        [4, 3, 3]
+    """
+    if isinstance(num_hashes, bool) or not isinstance(num_hashes, int) or num_hashes < 1:
+        raise ValueError(f"num_hashes must be an int >= 1, got {num_hashes!r}")
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < num_hashes:
+        raise ValueError(
+            f"rows must be an int >= num_hashes={num_hashes} (one row per internal table), got {rows!r}"
+        )
+    base, extra = divmod(rows, num_hashes)
+    return [base + (1 if h < extra else 0) for h in range(num_hashes)]
