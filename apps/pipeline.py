@@ -25,7 +25,7 @@ Results: a table on stdout, ``results.json`` (``[{"method", "fraction", "rows", 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 import shutil
 import time
@@ -37,10 +37,13 @@ import torch.distributed as dist
 
 from apps import build_hash, teacher
 from apps.dlrm import train
+from apps.dlrm.config import TrainConfig
 from apps.dlrm.runtime import distributed, setup_logging
 from torchrec_lhf._io import atomic_write, atomic_write_json
-from torchrec_lhf.compression.budget import BUDGETS
+from torchrec_lhf.cli import add_config_flags, config_from_args
+from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
 from torchrec_lhf.data import DatasetUnavailableError, load_dataset
+from torchrec_lhf.hash_build.config import BuildConfig
 from torchrec_lhf.report import plot_auc_vs_bytes
 
 logger = logging.getLogger(__name__)
@@ -59,34 +62,34 @@ class PipelineConfig:
     """Loader options (JSON object), e.g. ``{"label": "y", "categorical": [...]}`` for csv."""
     fraction: float = 0.1
     """Rows kept, in (0, 1]: of all the model's rows (``budget="total"``) or of each table."""
-    min_table_rows: int = 100
+    min_table_rows: int = MIN_TABLE_ROWS
     """Tables with fewer ids stay full (``"total"``: while they take at most half the rows;
     the paper used 100,000 on Criteo)."""
-    budget: str = "total"
+    budget: str = field(default="total", metadata={"choices": BUDGETS})
     """``"total"``: ``fraction`` of all rows, small tables full while cheap, the rest in
     proportion; ``"table"``: the paper's ``fraction`` of each table of at least
     ``min_table_rows`` ids (:func:`torchrec_lhf.compression.budget.allocate_rows`)."""
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    """Which of ``lhf``, ``modulo``, ``none`` to train."""
-    teacher_dim: int = 4
+    """Which compression methods to train: ``lhf``, ``modulo``, ``none``."""
+    teacher_dim: int = teacher.TEACHER_DEFAULTS["embedding_dim"]
     """Embedding dim of the teacher."""
     teacher_epochs: int = 3
     """Epochs of the teacher."""
-    embedding_dim: int = 16
+    embedding_dim: int = TrainConfig.embedding_dim
     """Embedding dim of the trained models."""
-    epochs: int = 1
+    epochs: int = TrainConfig.epochs
     """Epochs of each trained model (MovieLens-100K overfits after the first)."""
-    batch_size: int = 256
+    batch_size: int = TrainConfig.batch_size
     """Per-rank batch size."""
     learning_rate: float = 0.05
     """Learning rate of the dense and embedding optimizers (Adagrad)."""
-    num_hashes: int = 1
+    num_hashes: int = BuildConfig.num_hashes
     """Hash functions per compressed table."""
-    clustering: str = "agglomerative"
-    """Clustering method of the hash build."""
-    projection: str = "pca"
+    clustering: str = BuildConfig.clustering
+    """Clustering of the hash build."""
+    projection: str = BuildConfig.projection
     """Projection of teacher embeddings to 1-D values."""
-    rare_count: int = 0
+    rare_count: int = BuildConfig.rare_count
     """Ids the teacher saw fewer times are hashed, not clustered (0: the paper's build;
     the teacher counts every epoch, so with ``teacher_epochs=3`` a value of 4 means "seen
     once")."""
@@ -144,114 +147,110 @@ def _resolve_dataset(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
         return FALLBACK_DATASET, {}
 
 
-def _common(config: PipelineConfig, dataset: str, options: dict[str, Any]) -> list[str]:
-    return [
-        "--dataset",
-        dataset,
-        "--dataset_options",
-        json.dumps(options),
-        "--batch_size",
-        str(config.batch_size),
-        "--seed",
-        str(config.seed),
-        "--learning_rate",
-        str(config.learning_rate),
-    ]
+def _train_config(config: PipelineConfig, dataset: str, options: dict[str, Any]) -> TrainConfig:
+    """The settings every stage shares (the teacher and the compressed models)."""
+    return TrainConfig(
+        dataset=dataset,
+        dataset_options=options,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        learning_rate=config.learning_rate,
+        embedding_dim=config.embedding_dim,
+        epochs=config.epochs,
+    )
+
+
+def stage_configs(
+    config: PipelineConfig, dataset: str, options: dict[str, Any]
+) -> tuple[teacher.TeacherConfig, BuildConfig, dict[str, TrainConfig]]:
+    """The typed configs of the stages: teacher, hash build, one training per method."""
+    out = Path(config.out_dir)
+    base = _train_config(config, dataset, options)
+    teacher_config = teacher.TeacherConfig(
+        train=dataclasses.replace(
+            base,
+            embedding_dim=config.teacher_dim,
+            epochs=config.teacher_epochs,
+            dense_arch_layer_sizes=None,  # re-derived for the teacher's dim
+            sharding_types=teacher.teacher_sharding_types(config.teacher_dim)
+            or base.sharding_types,
+            metrics_json=str(out / "teacher_metrics.json"),
+        ),
+        out=str(out / "teacher"),
+    )
+    plan_path = out / "plan.safetensors"
+    build_config = BuildConfig(
+        teacher=teacher_config.out,
+        fraction=config.fraction,
+        min_table_rows=config.min_table_rows,
+        budget=config.budget,
+        num_hashes=config.num_hashes,
+        clustering=config.clustering,
+        projection=config.projection,
+        rare_count=config.rare_count,
+        out=plan_path,
+        restart=True,
+    )
+    variants: dict[str, dict[str, Any]] = {
+        "lhf": {"learned_hash": str(plan_path)},
+        "modulo": {
+            "compression": "modulo",
+            "fraction": config.fraction,
+            "min_table_rows": config.min_table_rows,
+            "budget": config.budget,
+        },
+        "none": {},
+    }
+    trains = {
+        m: dataclasses.replace(base, **variants[m], metrics_json=str(out / f"metrics_{m}.json"))
+        for m in config.methods
+    }
+    return teacher_config, build_config, trains
 
 
 def run(config: PipelineConfig) -> list[dict[str, Any]]:
-    """Run all stages; returns the results rows (on every rank)."""
+    """Run all stages in this process (on every rank); returns the results rows."""
     out = Path(config.out_dir)
     dataset, options = _resolve_dataset(config)
-    common = _common(config, dataset, options)
+    teacher_config, build_config, trains = stage_configs(config, dataset, options)
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
 
-    t0 = time.perf_counter()
-    plan_path = out / "plan.safetensors"
     if "lhf" in config.methods:
-        teacher.main(
-            [
-                *common,
-                "--embedding_dim",
-                str(config.teacher_dim),
-                "--epochs",
-                str(config.teacher_epochs),
-                "--dense_arch_layer_sizes",
-                f"64,{config.teacher_dim}",
-                "--out",
-                str(out / "teacher"),
-                "--metrics_json",
-                str(out / "teacher_metrics.json"),
-            ]
-        )
+        t0 = time.perf_counter()
+        teacher.run(teacher_config)
         timings["teacher"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        build_hash.main(
-            [
-                "--teacher",
-                str(out / "teacher"),
-                "--fraction",
-                str(config.fraction),
-                "--min_table_rows",
-                str(max(1, config.min_table_rows)),
-                "--budget",
-                config.budget,
-                "--num_hashes",
-                str(config.num_hashes),
-                "--method",
-                config.clustering,
-                "--projection",
-                config.projection,
-                "--rare_count",
-                str(config.rare_count),
-                "--out",
-                str(plan_path),
-                "--restart",
-            ]
-        )
+        build_hash.run(build_config)
         timings["build_hash"] = time.perf_counter() - t0
 
-    model = [*common, "--embedding_dim", str(config.embedding_dim), "--epochs", str(config.epochs)]
-    variants = {
-        "lhf": ["--learned_hash", str(plan_path)],
-        "modulo": [
-            "--compression",
-            "modulo",
-            "--fraction",
-            str(config.fraction),
-            "--min_table_rows",
-            str(config.min_table_rows),
-            "--budget",
-            config.budget,
-        ],
-        "none": [],
-    }
-    for method in config.methods:
+    for method, train_config in trains.items():
         t0 = time.perf_counter()
-        metrics = train.main(
-            [*model, *variants[method], "--metrics_json", str(out / f"metrics_{method}.json")]
-        )
+        metrics = train.run(train_config)
         timings[f"train_{method}"] = time.perf_counter() - t0
-        rows.append(
-            {
-                "method": method,
-                "fraction": 1.0 if method == "none" else config.fraction,
-                "rows": metrics.get("rows"),
-                "bytes": metrics["embedding_bytes"] + metrics["remap_bytes"],
-                "embedding_bytes": metrics["embedding_bytes"],
-                "remap_bytes": metrics["remap_bytes"],
-                "remap_computable": bool(metrics.get("remap_computable")),
-                "auc": metrics["auc"],
-                "logloss": metrics["logloss"],
-                "val_auc": metrics["val_auc"],
-                "dataset": dataset,
-                "seconds": round(timings[f"train_{method}"], 1),
-            }
-        )
+        rows.append(_row(config, method, dataset, metrics, timings[f"train_{method}"]))
     if not dist.is_initialized() or dist.get_rank() == 0:
         _report(config, rows, timings, out)
     return rows
+
+
+def _row(
+    config: PipelineConfig, method: str, dataset: str, metrics: dict[str, Any], seconds: float
+) -> dict[str, Any]:
+    return {
+        "method": method,
+        "fraction": 1.0 if method == "none" else config.fraction,
+        "rows": metrics.get("rows"),
+        "bytes": metrics["embedding_bytes"] + metrics["remap_bytes"],
+        "embedding_bytes": metrics["embedding_bytes"],
+        "remap_bytes": metrics["remap_bytes"],
+        "remap_computable": bool(metrics.get("remap_computable")),
+        "auc": metrics["auc"],
+        "logloss": metrics["logloss"],
+        "val_auc": metrics["val_auc"],
+        "dataset": dataset,
+        "seconds": round(seconds, 1),
+    }
 
 
 def _report(
@@ -289,30 +288,18 @@ def _report(
 
 
 def parse_args(argv: list[str] | None = None) -> PipelineConfig:
+    """Parse the flags (derived from :class:`PipelineConfig`).
+
+    Raises:
+        ValueError: a bad value, named in the message.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m apps.pipeline",
-        description="Teacher -> learned hash plan -> compressed DLRM, against the hashing trick and the full model.",
+        description="Teacher -> learned hash plan -> compressed DLRM, against the hashing "
+        "trick and the full model.",
     )
-    defaults = PipelineConfig()
-    for f in PipelineConfig.__dataclass_fields__.values():
-        default = getattr(defaults, f.name)
-        if f.name == "methods":
-            parser.add_argument(
-                "--methods",
-                type=lambda s: s.split(","),
-                default=default,
-                help=f"comma list of {METHODS}",
-            )
-        elif f.name == "dataset_options":
-            parser.add_argument(
-                "--dataset_options", type=json.loads, default=default, help="JSON object"
-            )
-        else:
-            kind = type(default) if default is not None else str
-            parser.add_argument(
-                f"--{f.name}", type=kind, default=default, help=f"default: {default}"
-            )
-    return PipelineConfig(**vars(parser.parse_args(argv)))
+    add_config_flags(parser, PipelineConfig)
+    return config_from_args(PipelineConfig, parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

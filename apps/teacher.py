@@ -27,12 +27,17 @@ import torch
 import torch.distributed as dist
 from torchrec.datasets.utils import Batch
 
-from apps.dlrm.config import TrainConfig, add_training_flags, config_from_args
-from torchrec_lhf.distributed.gather import gather_to_rank0
+from apps.dlrm.config import (
+    COMPRESSION_FIELDS,
+    TrainConfig,
+    add_train_flags,
+    train_config_from_args,
+)
 from apps.dlrm.loop import Session, build_session, fit, load_data
 from apps.dlrm.model import EBC_FQN
 from apps.dlrm.runtime import DistEnv, distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
+from torchrec_lhf.distributed.gather import gather_to_rank0
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 
 logger = logging.getLogger(__name__)
@@ -40,6 +45,16 @@ logger = logging.getLogger(__name__)
 FUSED_DIM_MULTIPLE = 4
 """TorchRec shards FBGEMM's fused tables only at widths divisible by 4; narrower teachers
 (the paper's dim 2) train ``data_parallel`` with the dense kernel and the dense optimizer."""
+
+TEACHER_DEFAULTS: dict[str, Any] = {"embedding_dim": 4}
+"""Where the teacher's flags default otherwise than :class:`TrainConfig`'s (the one source of
+the teacher's dim, also for ``apps.pipeline``)."""
+
+
+def teacher_sharding_types(embedding_dim: int) -> list[str] | None:
+    """``["data_parallel"]`` for a dim FBGEMM's fused tables reject, else ``None`` (the
+    :class:`TrainConfig` default)."""
+    return ["data_parallel"] if embedding_dim % FUSED_DIM_MULTIPLE else None
 
 
 @dataclass(kw_only=True)
@@ -198,33 +213,42 @@ def parse_args(argv: list[str] | None = None) -> TeacherConfig:
         description="Train the teacher DLRM (tiny embedding dim, full tables) and write its "
         "embeddings and id access counts for the hash build.",
     )
-    add_training_flags(parser, embedding_dim=4)
+    add_train_flags(parser, exclude=COMPRESSION_FIELDS, defaults=TEACHER_DEFAULTS)
     parser.add_argument("--out", required=True, help="directory of the teacher artifact")
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    explicit_types = any(a.split("=")[0] == "--sharding_types" for a in argv)
-    if args.embedding_dim % FUSED_DIM_MULTIPLE and not explicit_types:
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    out = args.out
+    del args.out
+    dim = getattr(args, "embedding_dim", TEACHER_DEFAULTS["embedding_dim"])
+    fixed: dict[str, Any] = {}
+    if not hasattr(args, "sharding_types") and teacher_sharding_types(dim):
         logger.info(
             "teacher dim %d is not a multiple of %d: training the tables data_parallel "
             "(dense kernel, --dense_optimizer)",
-            args.embedding_dim,
+            dim,
             FUSED_DIM_MULTIPLE,
         )
-        args.sharding_types = ["data_parallel"]
-    out = args.out
-    del args.out
-    return TeacherConfig(train=config_from_args(args), out=out)
+        fixed["sharding_types"] = teacher_sharding_types(dim)
+    train = train_config_from_args(args, defaults=TEACHER_DEFAULTS, **fixed)
+    return TeacherConfig(train=train, out=out)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Command-line entry point: ``python -m apps.teacher --help``."""
-    config = parse_args(argv)
+def run(config: TeacherConfig) -> dict[str, Any]:
+    """Train the teacher on this process's rank (any world size) and write its artifact.
+
+    Returns:
+        The metrics of :func:`train_teacher` (the same on every rank).
+    """
     with distributed(config.train.backend) as env:
         setup_logging(env.rank)
         _, metrics = train_teacher(config, env)
         if env.is_main and config.train.metrics_json:
             atomic_write_json(config.train.metrics_json, metrics)
         return metrics
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command-line entry point: ``python -m apps.teacher --help``."""
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@
 Legend (of the results): ``fraction`` of the rows kept (``mlet``: of the width), ``bytes``
 = fp32 tables as saved (MLET collapsed) + the materialized id -> row remap.
 
-Each run is the DLRM app (``apps.dlrm.train.main``) in this process with the same model,
+Each run is the DLRM app (``apps.dlrm.train.run``, given a typed config) in this process with the same model,
 optimizer, epochs and seed; only the embedding tables differ. Methods:
 
 * ``none`` (the full model, fraction 1.0), ``modulo``, ``qr``, ``fbdh``, ``memrec``, ``mlet``
   and ``mch`` (TorchRec's managed collisions; not among the defaults) (``--compression``);
-* ``lhf`` and its ablations: a teacher per seed and teacher dim (``apps.teacher.main``), a
-  plan per fraction (``apps.build_hash.main``), then training with ``--learned_hash``.
+* ``lhf`` and its ablations: a teacher per seed and teacher dim (``apps.teacher.run``), a
+  plan per fraction (``apps.build_hash.run``), then training with ``--learned_hash``.
   Variants (see :data:`LHF_VARIANTS`): ``lhf`` (the paper: frequency for filtering and
   weighting, one table, teacher dim ``--teacher_dim``, PCA), ``lhf-nofilter`` (no frequency
   filter), ``lhf-noweight`` (plain means), ``lhf-nofreq`` (neither), ``lhf-h2`` (two
@@ -40,18 +40,23 @@ Run::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import statistics
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from apps import build_hash, teacher
 from apps.dlrm import train
+from apps.dlrm.config import TrainConfig
 from torchrec_lhf._io import atomic_write, atomic_write_json
-from torchrec_lhf.compression.budget import BUDGETS
+from torchrec_lhf.cli import add_config_flags, config_from_args
+from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
+from torchrec_lhf.hash_build.config import BuildConfig
 from torchrec_lhf.report import plot_auc_vs_bytes
 
 logger = logging.getLogger(__name__)
@@ -59,9 +64,11 @@ logger = logging.getLogger(__name__)
 BASELINES = ("none", "modulo", "qr", "fbdh", "memrec", "mlet")
 LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf": {},
-    "lhf-nofilter": {"method_options": {"filters": ["distance", "size"]}},
-    "lhf-noweight": {"method_options": {"weighted_values": False}},
-    "lhf-nofreq": {"method_options": {"filters": ["distance", "size"], "weighted_values": False}},
+    "lhf-nofilter": {"clustering_options": {"filters": ["distance", "size"]}},
+    "lhf-noweight": {"clustering_options": {"weighted_values": False}},
+    "lhf-nofreq": {
+        "clustering_options": {"filters": ["distance", "size"], "weighted_values": False}
+    },
     "lhf-h2": {"num_hashes": 2},
     "lhf-dim0": {"projection": "dim:0"},
     "lhf-t2": {"teacher_dim": 2},
@@ -77,126 +84,168 @@ DEFAULT_METHODS = (*BASELINES, "mch", "lhf")
 DEFAULT_FRACTIONS = (0.5, 0.2, 0.1, 0.05, 0.01)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The sweep's flags; raises ValueError naming a bad method or fraction."""
+@dataclass(kw_only=True)
+class SweepConfig:
+    """The quality sweep: which compression methods, sizes and seeds, on what data."""
+
+    out: Path
+    """Output directory (runs, teachers, plans and the three reports)."""
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    """Compression methods to run (comma list); see the module docstring."""
+    fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
+    """Fractions of the rows kept (``mlet``: of the width), each in (0, 1]."""
+    seeds: int = 3
+    """Seeds ``0..seeds-1`` of every run."""
+    report: bool = False
+    """Only rewrite the reports from ``out/results.json``."""
+    dataset: str = TrainConfig.dataset
+    """A ``torchrec_lhf.data`` spec, as in ``apps.dlrm.train``."""
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    """Loader options (JSON object)."""
+    embedding_dim: int = TrainConfig.embedding_dim
+    """Embedding dim of the trained models."""
+    epochs: int = TrainConfig.epochs
+    """Epochs of each trained model."""
+    batch_size: int = 1024
+    """Per-rank batch size (larger than the app's: the sweep runs many models)."""
+    learning_rate: float = 0.05
+    """Learning rate of the dense and table optimizers."""
+    min_table_rows: int = MIN_TABLE_ROWS
+    """Smaller tables stay full (every row-dropping method and the learned plans)."""
+    budget: str = field(default="table", metadata={"choices": BUDGETS})
+    """``fractions`` of each table (the paper) or of all rows, small tables full while cheap
+    (every row-compressing method; mlet shrinks width and ignores it)."""
+    skip_rows: int = 1000
+    """``lhf-skip``: tables under this many ids stay full."""
+    rare_count: int = 5
+    """``lhf-rarehash``: ids the teacher saw fewer times are hashed, not clustered."""
+    teacher_dim: int = teacher.TEACHER_DEFAULTS["embedding_dim"]
+    """Teacher dim of ``lhf`` (``lhf-t2``: 2; dims not divisible by 4 train data_parallel)."""
+    teacher_epochs: int = 1
+    """Epochs of each teacher."""
+    train_options: dict[str, Any] = field(default_factory=dict)
+    """More :class:`~apps.dlrm.config.TrainConfig` fields for every run (JSON object),
+    e.g. ``{"interaction_type": "dcn"}``."""
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"methods must name some of {list(METHODS)}, got {self.methods}")
+        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+            raise ValueError(f"fractions must be in (0, 1], got {self.fractions}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        unknown = set(self.train_options) - {f.name for f in dataclasses.fields(TrainConfig)}
+        if unknown:
+            raise ValueError(f"train_options names no TrainConfig field: {sorted(unknown)}")
+        self.out = Path(self.out)
+
+
+def parse_args(argv: list[str] | None = None) -> SweepConfig:
+    """The sweep's flags (derived from :class:`SweepConfig`); raises ValueError naming a
+    bad method or fraction."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__)
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma list of {METHODS}")
-    p.add_argument("--fractions", default=",".join(map(str, DEFAULT_FRACTIONS)))
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    p.add_argument("--dataset", default="movielens-100k", help="as in apps.dlrm.train")
-    p.add_argument("--dataset_options", type=json.loads, default={}, help="JSON object")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument(
-        "--report", action="store_true", help="only rewrite the reports from --out/results.json"
-    )
-    p.add_argument("--embedding_dim", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch_size", type=int, default=1024)
-    p.add_argument("--learning_rate", type=float, default=0.05)
-    p.add_argument("--min_table_rows", type=int, default=0, help="smaller tables stay full")
-    p.add_argument(
-        "--budget",
-        choices=BUDGETS,
-        default="table",
-        help="--fractions of each table (the paper) or of all rows, small tables full while "
-        "cheap (every row-compressing method; mlet shrinks width and ignores it)",
-    )
-    p.add_argument("--skip_rows", type=int, default=1000, help="lhf-skip: smaller tables stay full")
-    p.add_argument("--rare_count", type=int, default=5, help="lhf-rarehash: rare = fewer hits")
-    p.add_argument(
-        "--teacher_dim",
-        type=int,
-        default=4,
-        help="teacher dim of lhf (lhf-t2: 2; dims not divisible by 4 train data_parallel)",
-    )
-    p.add_argument("--teacher_epochs", type=int, default=1)
-    p.add_argument(
-        "--train_flags", type=json.loads, default=[], help="JSON list of extra app flags"
-    )
-    args = p.parse_args(argv)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in args.methods if m not in METHODS]
-    if bad or not args.methods:
-        raise ValueError(f"--methods must name some of {list(METHODS)}, got {args.methods}")
-    args.fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
-    if not args.fractions or any(not 0 < f <= 1 for f in args.fractions):
-        raise ValueError(f"--fractions must be in (0, 1], got {args.fractions}")
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    return args
+    add_config_flags(p, SweepConfig)
+    return config_from_args(SweepConfig, p.parse_args(argv))
 
 
-def _common(args: argparse.Namespace, seed: int) -> list[str]:
-    return [
-        "--dataset", args.dataset, "--dataset_options", json.dumps(args.dataset_options),
-        "--batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
-        "--seed", str(seed), "--log_every", "100000", *args.train_flags,
-    ]  # fmt: skip
+def _base(sweep: SweepConfig, seed: int) -> TrainConfig:
+    """The training settings every run of ``seed`` shares (teachers included)."""
+    return TrainConfig(
+        dataset=sweep.dataset,
+        dataset_options=sweep.dataset_options,
+        batch_size=sweep.batch_size,
+        learning_rate=sweep.learning_rate,
+        seed=seed,
+        log_every=100_000,
+        embedding_dim=sweep.embedding_dim,
+        epochs=sweep.epochs,
+        **sweep.train_options,
+    )
 
 
-def _teacher(args: argparse.Namespace, seed: int, dim: int) -> Path:
+def _teacher(sweep: SweepConfig, seed: int, dim: int) -> Path:
     """Train (once) the teacher of ``seed`` at ``dim``; returns its artifact directory."""
-    out = args.out / "teachers" / f"d{dim}_s{seed}"
+    out = sweep.out / "teachers" / f"d{dim}_s{seed}"
     done = out.with_suffix(".metrics.json")
     if not done.is_file():
-        teacher.main([
-            *_common(args, seed), "--embedding_dim", str(dim), "--epochs", str(args.teacher_epochs),
-            "--dense_arch_layer_sizes", f"64,{dim}", "--out", str(out), "--metrics_json", str(done),
-        ])  # fmt: skip
+        base = _base(sweep, seed)
+        train_config = dataclasses.replace(
+            base,
+            embedding_dim=dim,
+            epochs=sweep.teacher_epochs,
+            dense_arch_layer_sizes=None,  # re-derived for the teacher's dim
+            sharding_types=teacher.teacher_sharding_types(dim) or base.sharding_types,
+            metrics_json=str(done),
+        )
+        teacher.run(teacher.TeacherConfig(train=train_config, out=str(out)))
     return out
 
 
-def _teacher_dim(args: argparse.Namespace, opts: dict[str, Any]) -> int:
-    dim = opts.get("teacher_dim", args.teacher_dim)
-    return args.embedding_dim if dim == "model" else dim
+def _teacher_dim(sweep: SweepConfig, opts: dict[str, Any]) -> int:
+    dim = opts.get("teacher_dim", sweep.teacher_dim)
+    return sweep.embedding_dim if dim == "model" else dim
 
 
-def _plan(args: argparse.Namespace, variant: str, fraction: float, seed: int) -> Path:
+def _plan(sweep: SweepConfig, variant: str, fraction: float, seed: int) -> Path:
     """Build (once) the learned plan of ``variant`` at ``fraction``; returns its path."""
     opts = LHF_VARIANTS[variant]
-    path = args.out / "plans" / f"{variant}_f{fraction:g}_s{seed}.safetensors"
+    path = sweep.out / "plans" / f"{variant}_f{fraction:g}_s{seed}.safetensors"
     if not path.is_file():
-        src = _teacher(args, seed, _teacher_dim(args, opts))
-        min_rows = max(1, args.min_table_rows, args.skip_rows if opts.get("skip") else 0)
-        build_hash.main([
-            "--teacher", str(src), "--fraction", str(fraction), "--min_table_rows", str(min_rows),
-            "--num_hashes", str(opts.get("num_hashes", 1)),
-            "--projection", opts.get("projection", "pca"),
-            "--method_options", json.dumps(opts.get("method_options", {})),
-            "--budget", args.budget,
-            "--rare_count", str(args.rare_count if opts.get("rare_hash") else 0),
-            "--out", str(path), "--restart",
-        ])  # fmt: skip
+        src = _teacher(sweep, seed, _teacher_dim(sweep, opts))
+        build_hash.run(
+            BuildConfig(
+                teacher=str(src),
+                fraction=fraction,
+                min_table_rows=max(
+                    sweep.min_table_rows, sweep.skip_rows if opts.get("skip") else 0
+                ),
+                num_hashes=opts.get("num_hashes", BuildConfig.num_hashes),
+                projection=opts.get("projection", BuildConfig.projection),
+                clustering_options=opts.get("clustering_options", {}),
+                budget=sweep.budget,
+                rare_count=sweep.rare_count if opts.get("rare_hash") else 0,
+                out=path,
+                restart=True,
+            )
+        )
     return path
 
 
-def run_one(args: argparse.Namespace, method: str, fraction: float, seed: int) -> dict[str, Any]:
-    """One training run (or its saved result); returns its results row."""
-    path = args.out / "runs" / f"{method}_f{fraction:g}_s{seed}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    flags = [*_common(args, seed), "--embedding_dim", str(args.embedding_dim)]
-    flags += ["--epochs", str(args.epochs)]
+def run_config(sweep: SweepConfig, method: str, fraction: float, seed: int) -> TrainConfig:
+    """The typed config of one training run."""
+    base = _base(sweep, seed)
     if method in LHF_VARIANTS and LHF_VARIANTS[method].get("mlet"):
         # both ways at once: sqrt(fraction) of the rows, sqrt(fraction) of the width
         side = fraction**0.5
-        flags += ["--learned_hash", str(_plan(args, method, round(side, 6), seed))]
-        flags += ["--mlet_fraction", str(side)]
-        flags += ["--dense_arch_layer_sizes", f"64,{max(1, round(side * args.embedding_dim))}"]
-    elif method in LHF_VARIANTS:  # the plan skips small tables itself
-        flags += ["--learned_hash", str(_plan(args, method, fraction, seed))]
+        return dataclasses.replace(
+            base,
+            learned_hash=str(_plan(sweep, method, round(side, 6), seed)),
+            mlet_fraction=side,
+            dense_arch_layer_sizes=None,
+        )
+    if method in LHF_VARIANTS:  # the plan skips small tables itself
+        extra: dict[str, Any] = {"learned_hash": str(_plan(sweep, method, fraction, seed))}
         if LHF_VARIANTS[method].get("init"):
-            dim = _teacher_dim(args, LHF_VARIANTS[method])
-            flags += ["--init_from", str(_teacher(args, seed, dim))]
-    elif method != "none":
-        flags += ["--compression", method, "--fraction", str(fraction)]
-        flags += ["--min_table_rows", str(args.min_table_rows)]
-        if method != "mlet":
-            flags += ["--budget", args.budget]
-    if method == "mlet":
-        flags += ["--dense_arch_layer_sizes", f"64,{max(1, round(fraction * args.embedding_dim))}"]
+            dim = _teacher_dim(sweep, LHF_VARIANTS[method])
+            extra["init_from"] = str(_teacher(sweep, seed, dim))
+        return dataclasses.replace(base, **extra)
+    if method == "none":
+        return base
+    # mlet: the dense arch is re-derived for the narrower dim; it shrinks width, not rows
+    extra = {"dense_arch_layer_sizes": None} if method == "mlet" else {"budget": sweep.budget}
+    return dataclasses.replace(
+        base, compression=method, fraction=fraction, min_table_rows=sweep.min_table_rows, **extra
+    )
+
+
+def run_one(sweep: SweepConfig, method: str, fraction: float, seed: int) -> dict[str, Any]:
+    """One training run (or its saved result); returns its results row."""
+    path = sweep.out / "runs" / f"{method}_f{fraction:g}_s{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
     start = time.perf_counter()
-    m = train.main(flags)
+    m = train.run(run_config(sweep, method, fraction, seed))
     row = {
         "method": method,
         "fraction": fraction,

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchrec_lhf.distributed.gather import gather_to_rank0
 from apps.dlrm.loop import build_session, load_data
 from apps.dlrm.model import EBC_FQN
 from apps.dlrm.runtime import distributed
 from apps.dlrm.train import parse_args
-from torchrec_lhf.warm_start import centroid_tables, warm_start
 from tests._multiprocess import run_multiprocess
+from torchrec_lhf.distributed.gather import gather_to_rank0
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.plan import HashPlan
+from torchrec_lhf.warm_start import centroid_tables, warm_start
 
 
 def _artifact(dim: int = 2) -> TeacherArtifact:

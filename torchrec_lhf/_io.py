@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,33 +23,71 @@ from safetensors.torch import load_file, save_file
 MANIFEST_KEY = "torchrec_lhf"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_temp(directory: Path, name: str) -> str:
+    """Create an empty, new file ``.{name}.<random>.tmp`` in ``directory``; return its path.
+
+    NOTE: ``os.open(..., 0o666)`` lets the kernel apply the umask, so the file gets the mode
+    ``open(path, "w")`` would give it without reading the process umask: ``os.umask`` can only
+    be read by setting it, which races with other threads creating files.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = str(directory / f".{name}.{secrets.token_hex(8)}.tmp")
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{directory}: no free temporary name for {name!r} after 100 tries")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """fsync ``directory`` so that a rename in it survives a crash; no-op where unsupported.
+
+    Opening a directory fails on Windows, and some file systems reject fsync on one: the
+    rename has happened either way, only its durability is then up to the OS.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success move it over ``path``.
 
-    If the body raises, the temporary file is removed and ``path`` is left untouched. The
-    parent directory is created if missing.
+    The temporary file is fsynced before the move and the directory after it, so a crash
+    leaves either the old or the new content at ``path``, never a partial file. The new
+    file's mode is what ``open(path, "w")`` would give (``0o666`` less the umask). Safe to
+    call from several threads at once.
+
+    Args:
+        path: the destination. Its parent directory is created if missing.
+
+    Yields:
+        The temporary path (an empty file). If the body raises, it is removed and ``path``
+        is left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temp(path.parent, path.name)
     try:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -72,6 +110,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of the bytes of the file ``path``, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:

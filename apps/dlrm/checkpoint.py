@@ -24,8 +24,8 @@ import torch.distributed as dist
 from torch import nn
 
 from apps.dlrm.config import MODEL_FIELDS
-from torchrec_lhf.distributed.gather import copy_into, gather_to_rank0
 from torchrec_lhf._io import load_tensors, save_tensors
+from torchrec_lhf.distributed.gather import copy_into, gather_to_rank0
 
 logger = logging.getLogger(__name__)
 

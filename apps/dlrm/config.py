@@ -1,7 +1,8 @@
 """The DLRM app's configuration: :class:`TrainConfig` and its torchrec_dlrm-style flags.
 
-The teacher (``apps/teacher.py``) trains the same model through the same flags, less the
-compression ones and with ``--embedding_dim`` defaulting to 4.
+The flags are derived from the dataclass (:mod:`torchrec_lhf.cli`): each default and help
+text is written once, below. The teacher (``apps/teacher.py``) trains the same model
+through the same flags, less :data:`COMPRESSION_FIELDS`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchrec_lhf.compression.budget import BUDGETS
+from torchrec_lhf.cli import add_config_flags, config_from_args
+from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
 
 INTERACTION_TYPES = ("original", "dcn")
 DENSE_OPTIMIZERS = ("adagrad", "adam")
@@ -67,7 +69,7 @@ class TrainConfig:
     """Bottom MLP; the last size must equal ``embedding_dim``. Default ``[64, D]``."""
     over_arch_layer_sizes: list[int] = field(default_factory=lambda: [64, 1])
     """Top MLP; the last size must be 1 (the click logit)."""
-    interaction_type: str = "original"
+    interaction_type: str = field(default="original", metadata={"choices": INTERACTION_TYPES})
     """``original`` (DLRM dot products) or ``dcn`` (low-rank DCN cross net)."""
     dcn_num_layers: int = 3
     """Cross layers of ``dcn``."""
@@ -81,7 +83,7 @@ class TrainConfig:
     """Learning rate of the dense optimizer."""
     embedding_learning_rate: float | None = None
     """Learning rate of the fused row-wise Adagrad of the tables (default ``learning_rate``)."""
-    dense_optimizer: str = "adagrad"
+    dense_optimizer: str = field(default="adagrad", metadata={"choices": DENSE_OPTIMIZERS})
     """``adagrad`` or ``adam`` for the MLPs."""
     seed: int = 0
     """Seeds the model's initialization and the data order."""
@@ -91,7 +93,7 @@ class TrainConfig:
     """At most this many validation batches (default: the whole split)."""
     limit_test_batches: int | None = None
     """At most this many test batches (default: the whole split)."""
-    learned_hash: str | None = None
+    learned_hash: str | None = field(default=None, metadata={"metavar": "PLAN"})
     """Path of a HashPlan: train its tables compressed by learned hashing."""
     compression: str = "none"
     """A built-in method instead: one of :data:`COMPRESSION_METHODS`."""
@@ -107,16 +109,17 @@ class TrainConfig:
     ``--fraction``."""
     mlet_inner_dim: int | None = None
     """MLET's inner (training) width ``k`` (default ``embedding_dim``, the uncompressed dim)."""
-    min_table_rows: int = 0
-    """``--compression`` leaves tables with fewer rows full."""
-    budget: str = "table"
+    min_table_rows: int = MIN_TABLE_ROWS
+    """``--compression`` leaves tables with fewer ids full (0: none; ``budget="total"``: while
+    they are cheap)."""
+    budget: str = field(default="table", metadata={"choices": BUDGETS})
     """How ``--compression`` spends ``--fraction``: ``"table"`` (of each table) or
     ``"total"`` (of all rows; :func:`torchrec_lhf.compression.budget.allocate_rows`)."""
-    out_of_range: str = "error"
+    out_of_range: str = field(default="error", metadata={"choices": OUT_OF_RANGE})
     """Raw ids beyond a plan's table: ``error`` or fold them ``modulo`` the height."""
     sharding_types: list[str] = field(default_factory=lambda: list(DEFAULT_SHARDING_TYPES))
     """Sharding types the planner may choose for the tables."""
-    backend: str | None = None
+    backend: str | None = field(default=None, metadata={"choices": BACKENDS})
     """Process group backend; default nccl with CUDA, gloo otherwise."""
     metrics_json: str | None = None
     """Write the final metrics here (rank 0, atomically)."""
@@ -294,160 +297,62 @@ def _check_sizes(name: str, sizes: Any) -> None:
 
 
 # ------------------------------------------------------------------------------ flags
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+COMPRESSION_FIELDS = (
+    "learned_hash",
+    "compression",
+    "fraction",
+    "compression_options",
+    "mlet_fraction",
+    "mlet_inner_dim",
+    "min_table_rows",
+    "budget",
+    "out_of_range",
+)
+"""The fields that choose a compression (the teacher has no flags for them)."""
+CSV_SHORTCUTS = ("label", "categorical", "dense")
+"""``--label``/``--categorical``/``--dense``: ``csv:PATH`` options with flags of their own."""
 
 
-def _str_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({e})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
-def add_training_flags(parser: argparse.ArgumentParser, *, embedding_dim: int = 16) -> None:
-    """The flags shared by the DLRM app and the teacher (model, data, optimization, runs)."""
-    g = parser.add_argument_group("data")
+def add_train_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    exclude: tuple[str, ...] = (),
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """Add a flag per :class:`TrainConfig` field (less ``exclude``), and the csv shortcuts."""
+    add_config_flags(parser, TrainConfig, exclude=exclude, defaults=defaults)
+    g = parser.add_argument_group("csv:PATH shortcuts (folded into --dataset_options)")
+    g.add_argument("--label", default=argparse.SUPPRESS, help="the label column")
     g.add_argument(
-        "--dataset",
-        default="movielens-100k",
-        help="movielens-100k | criteo-tsv:PATH | csv:PATH | synthetic (default %(default)s)",
+        "--categorical",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        default=argparse.SUPPRESS,
+        help="comma list of categorical columns",
     )
     g.add_argument(
-        "--dataset_options",
-        type=_json_object,
-        default={},
-        help="JSON object of loader options, e.g. '{\"num_samples\": 100000}'",
-    )
-    g.add_argument("--label", help="csv: the label column")
-    g.add_argument("--categorical", type=_str_list, help="csv: comma list of categorical columns")
-    g.add_argument("--dense", type=_str_list, help="csv: comma list of dense columns")
-    g = parser.add_argument_group("model")
-    g.add_argument("--embedding_dim", type=int, default=embedding_dim, help="default %(default)s")
-    g.add_argument(
-        "--num_embeddings_per_feature",
-        type=_int_list,
-        help="comma list of table heights overriding the dataset's",
-    )
-    g.add_argument(
-        "--dense_arch_layer_sizes",
-        type=_int_list,
-        help="bottom MLP, e.g. 64,16 (last = embedding_dim; default 64,<embedding_dim>)",
-    )
-    g.add_argument(
-        "--over_arch_layer_sizes", type=_int_list, default=[64, 1], help="top MLP (default 64,1)"
-    )
-    g.add_argument("--interaction_type", choices=INTERACTION_TYPES, default="original")
-    g.add_argument("--dcn_num_layers", type=int, default=3)
-    g.add_argument("--dcn_low_rank_dim", type=int, default=16)
-    g = parser.add_argument_group("optimization")
-    g.add_argument("--batch_size", type=int, default=256, help="per rank (default %(default)s)")
-    g.add_argument("--epochs", type=int, default=1)
-    g.add_argument("--learning_rate", type=float, default=0.02, help="dense optimizer")
-    g.add_argument(
-        "--embedding_learning_rate",
-        type=float,
-        help="fused row-wise Adagrad of the tables (default --learning_rate)",
-    )
-    g.add_argument("--dense_optimizer", choices=DENSE_OPTIMIZERS, default="adagrad")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--limit_train_batches", type=int)
-    g.add_argument("--limit_val_batches", type=int)
-    g.add_argument("--limit_test_batches", type=int)
-    g.add_argument(
-        "--sharding_types",
-        type=_str_list,
-        default=list(DEFAULT_SHARDING_TYPES),
-        help=f"comma list of the planner's choices among {list(SHARDING_TYPES)}",
-    )
-    g.add_argument("--backend", choices=BACKENDS, help="default nccl with CUDA, gloo otherwise")
-    g = parser.add_argument_group("outputs")
-    g.add_argument("--metrics_json", help="write the final metrics (JSON) here")
-    g.add_argument("--checkpoint_dir", help="checkpoint after every epoch into this directory")
-    g.add_argument(
-        "--export_model", help="write the serving model (unsharded, MLET collapsed) here"
-    )
-    g.add_argument(
-        "--init_from",
-        help="teacher artifact at --embedding_dim: start the tables at its cluster centroids",
-    )
-    g.add_argument("--resume", action="store_true", help="resume from --checkpoint_dir")
-    g.add_argument("--log_every", type=int, default=100, help="log the loss every N steps")
-
-
-def add_compression_flags(parser: argparse.ArgumentParser) -> None:
-    """The DLRM app's flags that choose a hash plan."""
-    g = parser.add_argument_group("compression")
-    g.add_argument(
-        "--learned_hash", metavar="PLAN", help="train with this HashPlan (learned hashing)"
-    )
-    g.add_argument(
-        "--compression",
-        default="none",
-        help=f"built-in method: one of {list(COMPRESSION_METHODS)} (default none)",
-    )
-    g.add_argument(
-        "--fraction", type=float, help="rows (mlet: width) kept by --compression, in (0, 1]"
-    )
-    g.add_argument(
-        "--compression_options",
-        type=_json_object,
-        default={},
-        help='JSON object of the plan method\'s options, e.g. \'{"combine": "concat"}\' (qr)',
-    )
-    g.add_argument(
-        "--mlet_fraction",
-        type=float,
-        help="MLET: embedding dim = round(F * embedding_dim), trained through a wider layer",
-    )
-    g.add_argument(
-        "--mlet_inner_dim", type=int, help="MLET's inner training width (default embedding_dim)"
-    )
-    g.add_argument(
-        "--min_table_rows", type=int, default=0, help="--compression keeps smaller tables full"
-    )
-    g.add_argument(
-        "--budget",
-        choices=BUDGETS,
-        default="table",
-        help="--fraction of each table, or of the total rows (small tables full while cheap)",
-    )
-    g.add_argument(
-        "--out_of_range",
-        choices=OUT_OF_RANGE,
-        default="error",
-        help="raw ids beyond a plan's table: error, or fold them modulo its height",
+        "--dense",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        default=argparse.SUPPRESS,
+        help="comma list of dense columns",
     )
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Build a :class:`TrainConfig` from parsed flags (csv shortcuts folded into the options).
+def train_config_from_args(
+    args: argparse.Namespace, *, defaults: dict[str, Any] | None = None, **fixed: Any
+) -> TrainConfig:
+    """Build a :class:`TrainConfig` from :func:`add_train_flags`' flags.
 
     Raises:
         ValueError: bad values, or ``--label`` / ``--categorical`` / ``--dense`` with a
             dataset other than ``csv:PATH``.
     """
     values = dict(vars(args))
-    options = dict(values.pop("dataset_options") or {})
-    csv_flags = {k: values.pop(k) for k in ("label", "categorical", "dense")}
-    given = {k: v for k, v in csv_flags.items() if v is not None}
+    given = {k: values.pop(k) for k in CSV_SHORTCUTS if k in values}
     if given:
-        if not str(values["dataset"]).startswith("csv:"):
+        dataset = values.get("dataset", (defaults or {}).get("dataset", TrainConfig.dataset))
+        if not str(dataset).startswith("csv:"):
             raise ValueError(
-                f"--{', --'.join(given)} only apply to --dataset csv:PATH, got {values['dataset']!r}"
+                f"--{', --'.join(given)} only apply to --dataset csv:PATH, got {dataset!r}"
             )
-        options.update(given)
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(dataset_options=options, **{k: v for k, v in values.items() if k in names})
+        values["dataset_options"] = {**values.get("dataset_options", {}), **given}
+    return config_from_args(TrainConfig, values, defaults=defaults, **fixed)

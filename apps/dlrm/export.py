@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from apps.dlrm.config import TrainConfig
-from torchrec_lhf.distributed.gather import gather_to_rank0
 from apps.dlrm.loop import Session
 from apps.dlrm.model import build_model, table_configs
-from torchrec_lhf.distributed.mlet import PipelinedMLET
 from torchrec_lhf._io import load_tensors, save_tensors
+from torchrec_lhf.distributed.gather import gather_to_rank0
+from torchrec_lhf.distributed.mlet import PipelinedMLET
 from torchrec_lhf.plan import HashPlan
 
 logger = logging.getLogger(__name__)

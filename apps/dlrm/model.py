@@ -27,7 +27,6 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from apps.dlrm.config import TrainConfig
 from torchrec_lhf.distributed.embedding_bag import (
@@ -37,9 +36,13 @@ from torchrec_lhf.distributed.embedding_bag import (
 from torchrec_lhf.distributed.mch import ManagedCollisionSharder
 from torchrec_lhf.distributed.mlet import PipelinedMLET
 from torchrec_lhf.distributed.planner import make_planner
-from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection, apply_hash_plan
+from torchrec_lhf.modules.embedding_bag import (
+    LearnedHashEmbeddingBagCollection,
+    apply_hash_plan,
+    internal_table_configs,
+)
 from torchrec_lhf.modules.mch import MCHEmbeddingBagCollection, mch_rows, mch_state_bytes
-from torchrec_lhf.modules.mlet import MultiLayerEmbeddingBagCollection, apply_mlet
+from torchrec_lhf.modules.mlet import apply_mlet
 from torchrec_lhf.plan import HashPlan
 
 logger = logging.getLogger(__name__)
@@ -176,7 +179,7 @@ def table_stats(
     """
     top = model.get_submodule(EBC_FQN)
     ebc = embedding_collection(model)
-    internal = ebc.embedding_bag_configs()
+    internal = internal_table_configs(ebc)
     logical = (
         ebc.logical_configs()
         if isinstance(ebc, (LearnedHashEmbeddingBagCollection, MCHEmbeddingBagCollection))
@@ -233,7 +236,7 @@ def shard_model(
 ) -> DistributedModelParallel:
     """Plan with the planner (collectively) and wrap ``model`` in DistributedModelParallel."""
     sharders = make_sharders(config)
-    table_names = [c.name for c in embedding_collection(model).embedding_bag_configs()]
+    table_names = [c.name for c in internal_table_configs(embedding_collection(model))]
     constraints = {
         t: ParameterConstraints(sharding_types=list(config.sharding_types)) for t in table_names
     }

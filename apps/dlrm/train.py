@@ -36,23 +36,17 @@ from typing import Any
 
 import torch
 
-from apps.dlrm.config import (
-    PLAN_METHODS,
-    TrainConfig,
-    add_compression_flags,
-    add_training_flags,
-    config_from_args,
-)
+from apps.dlrm.config import PLAN_METHODS, TrainConfig, add_train_flags, train_config_from_args
 from apps.dlrm.export import export_model
 from apps.dlrm.loop import build_session, fit, load_data
 from apps.dlrm.model import EBC_FQN, build_model, table_name, table_stats
 from apps.dlrm.runtime import distributed, setup_logging
-from torchrec_lhf.warm_start import warm_start
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.compression.methods import make_plan
 from torchrec_lhf.data import RecDataset
+from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.plan import HashPlan
+from torchrec_lhf.warm_start import warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +83,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         prog="python -m apps.dlrm.train",
         description="Train a DLRM with TorchRec, optionally with learned hashing.",
     )
-    add_training_flags(parser, embedding_dim=16)
-    add_compression_flags(parser)
-    return config_from_args(parser.parse_args(argv))
+    add_train_flags(parser)
+    return train_config_from_args(parser.parse_args(argv))
 
 
 def resolve_plan(

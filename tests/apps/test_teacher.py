@@ -14,8 +14,8 @@ from apps.dlrm.model import EBC_FQN
 from apps.dlrm.runtime import distributed
 from apps.teacher import IdCounter, parse_args, train_teacher
 from tests._multiprocess import run_multiprocess
-from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.data import load_dataset
+from torchrec_lhf.hash_build.artifact import TeacherArtifact
 
 OPTIONS = {"num_samples": 2000, "num_embeddings": [40, 60, 200]}
 # 1,600 training rows = 25 global batches of 2 x 32: every row is seen once per epoch.

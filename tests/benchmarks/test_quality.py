@@ -22,8 +22,10 @@ TINY = [
     "4",
     "--batch_size",
     "64",
-    "--train_flags",
-    json.dumps(["--dense_arch_layer_sizes", "8,4", "--over_arch_layer_sizes", "8,1"]),
+    "--min_table_rows",
+    "0",
+    "--train_options",
+    json.dumps({"dense_arch_layer_sizes": [8, 4], "over_arch_layer_sizes": [8, 1]}),
 ]
 
 
@@ -123,9 +125,9 @@ def test_summary_is_mean_and_std_over_seeds() -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--methods", "modulo,bogus"], r"--methods must name some of .*'bogus'"),
-        (["--fractions", "0.5,2"], r"--fractions must be in \(0, 1\], got \[0.5, 2.0\]"),
-        (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+        (["--methods", "modulo,bogus"], r"methods must name some of .*'bogus'"),
+        (["--fractions", "0.5,2"], r"fractions must be in \(0, 1\], got \[0.5, 2.0\]"),
+        (["--seeds", "0"], "seeds must be >= 1, got 0"),
     ],
 )
 def test_bad_flags_are_named(tmp_path: Path, flags: list[str], message: str) -> None:

@@ -1,8 +1,13 @@
-"""MovieLens-100K loader: the real data (skipped when PyPI is unreachable) and the offline error."""
+"""MovieLens-100K loader: the real data (skipped when PyPI is unreachable), and offline: the
+error without network, the wheel's pinned sha256 and the cache check on a tiny fake wheel."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import pickle
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -109,3 +114,101 @@ def test_offline_raises_dataset_unavailable(tmp_path, monkeypatch):
 def test_cache_dir_follows_xdg(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert movielens.default_cache_dir() == tmp_path / "torchrec_lhf" / "movielens-100k"
+
+
+# A tiny stand-in for the recbole wheel: 2 users, 3 items (one without a year), 10 ratings.
+_FAKE_FILES = {
+    "ml-100k.inter": "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+    + "".join(f"{1 + i % 2}\t{1 + i % 3}\t{1 + i % 5}\t{880000000 + i}\n" for i in range(10)),
+    "ml-100k.user": "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+    "1\t24\tM\ttechnician\t85711\n2\t53\tF\tother\t94043\n",
+    "ml-100k.item": "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+    "1\tToy Story\t1995\tAnimation Comedy\n2\tGoldenEye\t1995\tAction\n3\tOld\tunkonwn\tDrama\n",
+}
+
+
+class _FakePyPI:
+    """Serves a fake recbole wheel to ``movielens._download_wheel``; counts the downloads."""
+
+    def __init__(self, root: Path):
+        self.wheel = root / f"recbole-{movielens.RECBOLE_VERSION}-py3-none-any.whl"
+        with zipfile.ZipFile(self.wheel, "w") as zf:
+            for name, text in _FAKE_FILES.items():
+                zf.writestr(movielens._WHEEL_DIR + name, text)
+        self.sha256 = hashlib.sha256(self.wheel.read_bytes()).hexdigest()
+        self.dests: list[Path] = []
+        self.offline = False
+
+    def download(self, dest: Path) -> Path:
+        if self.offline:
+            raise DatasetUnavailableError("MovieLens-100K: fake PyPI is offline")
+        self.dests.append(dest)
+        out = dest / self.wheel.name
+        out.write_bytes(self.wheel.read_bytes())
+        return out
+
+
+@pytest.fixture
+def fake_pypi(tmp_path, monkeypatch):
+    """Pin the fake wheel's digests (as for the real one) and serve it instead of PyPI."""
+    pypi = _FakePyPI(tmp_path)
+    digests = {n: hashlib.sha256(t.encode()).hexdigest() for n, t in _FAKE_FILES.items()}
+    monkeypatch.setattr(movielens, "WHEEL_SHA256", pypi.sha256)
+    monkeypatch.setattr(movielens, "FILE_SHA256", digests)
+    monkeypatch.setattr(movielens, "_download_wheel", pypi.download)
+    return pypi
+
+
+def _never_unpickle(*args, **kwargs):
+    raise AssertionError("the MovieLens loader must never unpickle")
+
+
+def test_fake_wheel_loads_without_unpickling(fake_pypi, tmp_path, monkeypatch):
+    for module, name in ((pickle, "load"), (pickle, "loads"), (torch, "load")):
+        monkeypatch.setattr(module, name, _never_unpickle)
+    ds = load_movielens_100k(cache_dir=tmp_path / "cache")
+    assert len(ds) == 10 and ds.num_embeddings[:2] == [2, 3]
+    assert ds.labels.tolist() == [float(1 + i % 5 >= 4) for i in range(10)]
+    assert len(fake_pypi.dests) == 1 and not fake_pypi.dests[0].exists()  # wheel not kept
+    load_movielens_100k(cache_dir=tmp_path / "cache")
+    assert len(fake_pypi.dests) == 1  # the verified cache is reused
+
+
+def test_wheel_sha256_mismatch_names_both_digests(fake_pypi, tmp_path, monkeypatch):
+    monkeypatch.setattr(movielens, "WHEEL_SHA256", "0" * 64)
+    with pytest.raises(ValueError, match=f"sha256 {fake_pypi.sha256}, expected {'0' * 64}"):
+        load_movielens_100k(cache_dir=tmp_path / "cache")
+    assert not fake_pypi.dests[0].exists()  # the downloaded wheel is gone
+    assert not any((tmp_path / "cache").glob("ml-100k.*"))  # nothing cached
+
+
+def test_file_in_wheel_mismatch_caches_nothing(fake_pypi, tmp_path, monkeypatch):
+    monkeypatch.setitem(movielens.FILE_SHA256, "ml-100k.item", "f" * 64)
+    with pytest.raises(ValueError, match=r"ml-100k\.item .*expected f{64}"):
+        load_movielens_100k(cache_dir=tmp_path / "cache")
+    assert not any((tmp_path / "cache").glob("ml-100k.*"))
+
+
+def test_corrupt_cache_is_discarded_and_fetched_again(fake_pypi, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    load_movielens_100k(cache_dir=cache)
+    user_file = cache / "ml-100k.user"
+    user_file.write_text(_FAKE_FILES["ml-100k.user"].replace("85711", "85712"))
+    with caplog.at_level(logging.WARNING, logger=movielens.__name__):
+        ds = load_movielens_100k(cache_dir=cache)
+    assert "corrupted or altered" in caplog.text and str(user_file) in caplog.text
+    assert len(fake_pypi.dests) == 2
+    assert user_file.read_text() == _FAKE_FILES["ml-100k.user"]
+    assert len(ds) == 10
+
+
+def test_corrupt_cache_offline_raises_and_deletes_it(fake_pypi, tmp_path):
+    cache = tmp_path / "cache"
+    load_movielens_100k(cache_dir=cache)
+    with open(cache / "ml-100k.inter", "a") as f:
+        f.write("1\t1\t5\t880000099\n")  # an extra rating slipped in
+    fake_pypi.offline = True
+    with pytest.raises(DatasetUnavailableError, match="did not match the pinned sha256"):
+        load_movielens_100k(cache_dir=cache)
+    assert not (cache / "ml-100k.inter").exists()
+    assert (cache / "ml-100k.user").is_file()  # intact files stay

@@ -98,7 +98,7 @@ def _sharded_vs_unsharded(rank: int, world_size: int, sharding_type: str, combin
         "table_row_wise": lambda i: table_row_wise(host_index=0),
         "data_parallel": lambda i: data_parallel(),
     }[sharding_type]
-    names = [c.name for c in module.embedding_bag_configs()]
+    names = [c.name for c in module.internal_embedding_bag_configs()]
     module_plan = construct_module_sharding_plan(
         module,
         per_param_sharding={n: per_param(i) for i, n in enumerate(names)},

@@ -21,8 +21,8 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.sharding_plan import construct_module_sharding_plan, row_wise, table_wise
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 
-from torchrec_lhf.distributed.gather import copy_into
 from tests._multiprocess import run_multiprocess
+from torchrec_lhf.distributed.gather import copy_into
 from torchrec_lhf.distributed.mch import ManagedCollisionSharder
 from torchrec_lhf.modules.mch import MCHEmbeddingBagCollection
 

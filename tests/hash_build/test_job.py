@@ -125,7 +125,7 @@ def test_table_rows_and_config_validation(tmp_path: Path):
     with pytest.raises(ValueError, match="rows_per_table values must be ints >= 1"):
         BuildConfig(rows_per_table={"a": 0}, **base)
     with pytest.raises(ValueError, match="unknown clustering 'kmeans'"):
-        BuildConfig(fraction=0.1, method="kmeans", **base)
+        BuildConfig(fraction=0.1, clustering="kmeans", **base)
     with pytest.raises(
         ValueError, match="projection must be 'pca', 'dim:k' or 'dim:k0,k1,...', got 'pca2'"
     ):
@@ -145,7 +145,7 @@ def test_world_size_1_matches_build_plan(tmp_path: Path, teacher_dir: Path):
     direct = build_plan(art.embeddings, art.counts, fraction=0.1, min_table_rows=MIN_ROWS)
     assert plan == direct
     assert plan.metadata["source"]["teacher_sha256"] == art.manifest["sha256"]
-    assert plan.metadata["method"] == "agglomerative" and plan.metadata["fraction"] == 0.1
+    assert plan.metadata["clustering"] == "agglomerative" and plan.metadata["fraction"] == 0.1
 
 
 @pytest.mark.distributed
@@ -261,12 +261,12 @@ def test_app_main_single_process(
     rows = tmp_path / "rows.json"
     rows.write_text(json.dumps({"t_big": 100, "t_low": 30}))
     out = tmp_path / "app.plan"
-    common = f"--teacher {teacher_dir} --min_table_rows 300 --method quantile --projection dim:1"
+    common = f"--teacher {teacher_dir} --min_table_rows 300 --clustering quantile --projection dim:1"
     plan = build_hash_main([*common.split(), "--rows_per_table", str(rows), "--out", str(out)])
     assert (tmp_path / "app.plan.work" / "build.json").is_file()
     assert HashPlan.load(out) == plan
     assert [(t.name, t.num_rows) for t in plan] == [("t_big", 100), ("t_low", 30)]
-    assert plan.metadata["method"] == "quantile" and plan.metadata["projection"] == "dim:1"
+    assert plan.metadata["clustering"] == "quantile" and plan.metadata["projection"] == "dim:1"
     # the same rows given inline, written elsewhere: the same plan
     inline = build_hash_main(
         [
@@ -278,7 +278,7 @@ def test_app_main_single_process(
         ]
     )
     assert inline == plan
-    with pytest.raises(SystemExit):  # argparse: the two size flags exclude each other
+    with pytest.raises(ValueError, match="give exactly one of fraction and rows_per_table"):
         build_hash_main(
             [*common.split(), "--fraction", "0.1", "--rows_per_table", "{}", "--out", "x"]
         )

@@ -30,11 +30,11 @@ def test_build_table_hash_two_hashes_use_two_coordinates():
 
 
 def test_build_table_hash_methods_and_options():
-    q, _ = build_table_hash("t", EMB, None, rows=3, method="quantile", projection="dim:0")
+    q, _ = build_table_hash("t", EMB, None, rows=3, clustering="quantile", projection="dim:0")
     # Sorted by coordinate 0: ids 0, 2, 4, 1, 5, 3 -> pairs {0, 2}, {4, 1}, {5, 3}.
     assert q.mappings[0].tolist() == [0, 1, 0, 2, 1, 2]
     with pytest.raises(ValueError, match="unknown clustering 'kmeans'"):
-        build_table_hash("t", EMB, None, rows=3, method="kmeans")
+        build_table_hash("t", EMB, None, rows=3, clustering="kmeans")
     with pytest.raises(ValueError, match="unknown agglomerative option"):
         build_table_hash("t", EMB, None, rows=3, bogus=1)
     t, _ = build_table_hash("t", EMB, None, rows=2, projection="dim:0", max_cluster_size=2)
@@ -63,7 +63,7 @@ def test_build_plan_fraction_skips_small_tables():
     assert plan["big"].heights == (3,)
     assert plan.metadata["source"] == "build_plan"
     for key, value in dict(
-        method="agglomerative",
+        clustering="agglomerative",
         fraction=0.5,
         projection="dim:0",
         num_hashes=1,
@@ -105,8 +105,8 @@ def test_build_plan_is_deterministic_and_round_trips(tmp_path):
         (dict(fraction=1.5), r"fraction must be in \(0, 1\]"),
         (dict(fraction=0.0), r"fraction must be in \(0, 1\]"),
         (dict(rows={"zzz": 3}), r"rows names tables \['zzz'\]"),
-        (dict(fraction=0.5, min_table_rows=0), "min_table_rows"),
-        (dict(fraction=0.5, method="kmeans"), "unknown clustering"),
+        (dict(fraction=0.5, min_table_rows=-1), "min_table_rows must be an int >= 0, got -1"),
+        (dict(fraction=0.5, clustering="kmeans"), "unknown clustering"),
     ],
 )
 def test_build_plan_bad_settings(kwargs, match):

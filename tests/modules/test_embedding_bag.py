@@ -35,7 +35,10 @@ def _set(ebc: LearnedHashEmbeddingBagCollection, name: str, rows: list[list[floa
 def test_single_hash_by_hand() -> None:
     plan = HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)})
     ebc = LearnedHashEmbeddingBagCollection(tables=[_table()], plan=plan)
-    assert [(c.name, c.num_embeddings) for c in ebc.embedding_bag_configs()] == [("t0", 3)]
+    assert [(c.name, c.num_embeddings) for c in ebc.embedding_bag_configs()] == [("t0", 4)]
+    assert [(c.name, c.num_embeddings) for c in ebc.internal_embedding_bag_configs()] == [
+        ("t0", 3)
+    ]
     _set(ebc, "t0", [[1, 10], [2, 20], [3, 30]])
     out = ebc(_kjt(["f0"], [[[0, 3], [2]]]))
     assert out.keys() == ["f0"]
@@ -59,7 +62,8 @@ def test_two_hashes_concat_by_hand() -> None:
     )
     tables = [_table(dim=4, features=("f0", "f1")), _table("t1", n=3, dim=4, features=("f2",))]
     ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan)
-    assert [(c.name, c.num_embeddings, c.embedding_dim) for c in ebc.embedding_bag_configs()] == [
+    internal = ebc.internal_embedding_bag_configs()
+    assert [(c.name, c.num_embeddings, c.embedding_dim) for c in internal] == [
         ("t0__h0", 2, 2),
         ("t0__h1", 3, 2),
         ("t1", 3, 4),
@@ -170,7 +174,7 @@ def test_apply_hash_plan_on_meta_dlrm() -> None:
     assert isinstance(ebc, LearnedHashEmbeddingBagCollection)
     assert ebc.embedding_bags["t0__h0"].weight.device.type == "meta"
     assert ebc.remap.mapping.device.type == "cpu"
-    assert [c.num_embeddings for c in ebc.embedding_bag_configs()] == [7, 6, 30]
+    assert [c.num_embeddings for c in ebc.internal_embedding_bag_configs()] == [7, 6, 30]
 
     # materialised, the DLRM runs end to end with the compressed collection
     model = DLRM(
@@ -226,3 +230,57 @@ def test_mapping_width_follows_largest_compressed_table() -> None:
     state = dict(ebc16.state_dict(), **{"remap.mapping": ebc16.remap.mapping.to(torch.int32)})
     ebc16.load_state_dict(state)
     assert ebc16.remap.mapping.dtype == torch.int16
+
+
+@pytest.mark.parametrize("combine", ["sum", "concat"])
+def test_dlrm_on_two_hash_tables(combine: str) -> None:
+    """DLRM reads the logical configs; forward and backward reach both internal tables."""
+    tables = [_table(n=40, dim=4, features=("f0", "f1")), _table("t1", n=30, dim=4, features=("f2",))]
+    plan = HashPlan.from_multi_mappings(
+        {"t0": [torch.arange(40) % 7, torch.arange(40) // 7]}, combine=combine
+    )
+    ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan)
+    logical = [(c.name, c.num_embeddings, c.embedding_dim, c.feature_names) for c in tables]
+    assert [
+        (c.name, c.num_embeddings, c.embedding_dim, c.feature_names)
+        for c in ebc.embedding_bag_configs()
+    ] == logical
+    internal_dims = [2, 2] if combine == "concat" else [4, 4]
+    assert [
+        (c.name, c.num_embeddings, c.embedding_dim) for c in ebc.internal_embedding_bag_configs()
+    ] == [("t0__h0", 7, internal_dims[0]), ("t0__h1", 6, internal_dims[1]), ("t1", 30, 4)]
+    model = DLRM(
+        embedding_bag_collection=ebc,
+        dense_in_features=3,
+        dense_arch_layer_sizes=[8, 4],
+        over_arch_layer_sizes=[8, 1],
+    )
+    kjt = _kjt(["f0", "f1", "f2"], [[[39], [0, 1]], [[3], []], [[29], [5]]])
+    assert model.sparse_arch(kjt).shape == (2, 3, 4)  # (B, F, D): the logical features
+    logits = model(torch.randn(2, 3), kjt)
+    assert logits.shape == (2, 1)
+    logits.sum().backward()
+    for name in ("t0__h0", "t0__h1", "t1"):
+        grad = ebc.embedding_bags[name].weight.grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_internal_name_clash_is_a_clear_error() -> None:
+    plan = HashPlan.from_multi_mappings({"t0": [_i32(0, 1, 1, 0), _i32(0, 0, 1, 2)]})
+    with pytest.raises(
+        ValueError,
+        match=r"internal feature name 'f0__h1' clashes: hash 1 of feature 'f0' of table 't0' "
+        r"and feature 'f0__h1' of table 't1'",
+    ):
+        LearnedHashEmbeddingBagCollection(
+            tables=[_table(), _table("t1", features=("f0__h1",))], plan=plan
+        )
+    with pytest.raises(
+        ValueError, match=r"internal table name 't0__h0' clashes: hash 0 of table 't0' and table"
+    ):
+        LearnedHashEmbeddingBagCollection(
+            tables=[_table(), _table("t0__h0", features=("g",))], plan=plan
+        )
+    # a one-hash table reserves no suffixed names
+    one = HashPlan.from_mappings({"t0": _i32(0, 1, 1, 0)})
+    LearnedHashEmbeddingBagCollection(tables=[_table(), _table("t1", features=("f0__h0",))], plan=one)

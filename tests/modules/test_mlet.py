@@ -124,12 +124,12 @@ def test_with_a_hash_plan_collapses_exactly(combine: str) -> None:
     )
     mlet = MultiLayerEmbeddingBagCollection(tables=MIXED, inner_dim_fraction=1.0, plan=plan)
     assert isinstance(mlet.inner, LearnedHashEmbeddingBagCollection)
-    heights = {c.name: c.num_embeddings for c in mlet.inner.embedding_bag_configs()}
+    heights = {c.name: c.num_embeddings for c in mlet.inner.internal_embedding_bag_configs()}
     assert heights == {"a__h0": 3, "a__h1": 4, "b": 2, "c": 15}
     kjt = _kjt(KEYS, batch=6, n=10, seed=2)
     collapsed = mlet.collapse()
     assert isinstance(collapsed, LearnedHashEmbeddingBagCollection)
-    assert {c.name: c.embedding_dim for c in collapsed.embedding_bag_configs()}["a__h0"] == 4
+    assert {c.name: c.embedding_dim for c in collapsed.internal_embedding_bag_configs()}["a__h0"] == 4
     torch.testing.assert_close(collapsed(kjt).values(), mlet(kjt).values(), rtol=1e-5, atol=1e-6)
 
 

@@ -6,6 +6,7 @@ import torch
 from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
 from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.quant.embedding_modules import MODULE_ATTR_REGISTER_TBES_BOOL
 
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, apply_hash_plan
 from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection, quantize_learned_hash
@@ -65,3 +66,18 @@ def test_quantize_inside_dlrm() -> None:
     )
     dense = torch.randn(2, 2)
     torch.testing.assert_close(q(dense, kjt), model(dense, kjt), atol=0.02, rtol=0)
+
+
+def test_quantized_two_hash_keeps_both_config_views() -> None:
+    ebc, kjt = _setup("concat")
+    # a from_float option set on the float module reaches TorchRec's from_float
+    setattr(ebc, MODULE_ATTR_REGISTER_TBES_BOOL, True)
+    q = quantize_learned_hash(ebc, dtype=torch.qint8)
+    assert "tbes" in dict(q.named_modules())
+    assert [c.name for c in q.embedding_bag_configs()] == ["t0", "t1"]
+    assert [(c.name, c.embedding_dim) for c in q.internal_embedding_bag_configs()] == [
+        ("t0__h0", 4),
+        ("t0__h1", 4),
+        ("t1", 8),
+    ]
+    assert q(kjt).keys() == ["f0", "f1", "f2"]

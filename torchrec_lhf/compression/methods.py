@@ -51,8 +51,7 @@ from typing import Any
 import torch
 
 from torchrec_lhf.compression.baselines import modulo_plan
-from torchrec_lhf.compression.budget import BUDGETS, allocate_rows
-from torchrec_lhf.compression.budget import split_rows
+from torchrec_lhf.compression.budget import BUDGETS, allocate_rows, split_rows
 from torchrec_lhf.plan import HashPlan, TableHash
 
 logger = logging.getLogger(__name__)
@@ -349,7 +348,7 @@ def lhf_plan(
     Args:
         teacher_embeddings: table name -> ``(N, D_teacher)`` embeddings, for every planned table.
         num_hashes, combine, clustering, projection, clustering_options: as ``build_plan``'s
-            ``num_hashes, combine, method, projection, method_options``.
+            ``num_hashes, combine, clustering, projection, clustering_options``.
     """
     if teacher_embeddings is None:
         raise ValueError(
@@ -365,7 +364,9 @@ def lhf_plan(
             raise ValueError(
                 f"method 'lhf': table {name!r} needs teacher embeddings of shape ({n}, D), got {got}"
             )
-    from torchrec_lhf.hash_build.plan_builder import build_plan  # the clustering code, only when used
+    from torchrec_lhf.hash_build.plan_builder import (
+        build_plan,  # the clustering code, only when used
+    )
 
     plan = build_plan(
         {name: teacher_embeddings[name] for name in planned},
@@ -374,11 +375,10 @@ def lhf_plan(
         min_table_rows=max(1, min_table_rows),
         num_hashes=num_hashes,
         combine=combine,
-        method=clustering,
+        clustering=clustering,
         projection=projection,
         method_options=clustering_options,
     )
-    plan.metadata["clustering"] = plan.metadata.pop("method")
     return plan
 
 

@@ -6,10 +6,13 @@ Shape legend: ``N`` ratings (100,000), ``U`` users (943), ``I`` items (1,682),
 Source: the wheel of ``recbole==1.2.1`` ships MovieLens-100K as RecBole atomic
 files (``recbole/dataset_example/ml-100k/ml-100k.{inter,user,item}``, tab-separated,
 header ``name:type``). ``pip download --no-deps`` fetches the wheel (never installs
-it), the three files are read out of the zip and cached under
-``$XDG_CACHE_HOME/torchrec_lhf/movielens-100k/`` (default ``~/.cache/...``). The
+it), its sha256 is checked against :data:`WHEEL_SHA256`, and the three files are read
+out of the zip and cached under ``$XDG_CACHE_HOME/torchrec_lhf/movielens-100k/``
+(default ``~/.cache/...``). The
 data is under GroupLens terms (research use, cite, do not redistribute), so it is
-never written into the repository.
+never written into the repository. Each load checks the cached files against
+:data:`FILE_SHA256` and fetches them again if one was damaged; the files are text, read
+as text: nothing is ever unpickled.
 
 Features (one table each): ``user`` (user_id - 1), ``item`` (item_id - 1),
 ``age`` (7 buckets: <18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+), ``gender``,
@@ -27,6 +30,7 @@ the test ratings come after every training rating and hold more unseen users and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import subprocess
@@ -37,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from torchrec_lhf._io import atomic_write
+from torchrec_lhf._io import atomic_write, file_sha256
 from torchrec_lhf.data._util import (
     feature_major_to_sample_major,
     frequency_encode,
@@ -52,6 +56,14 @@ logger = logging.getLogger(__name__)
 RECBOLE_VERSION = "1.2.1"
 _FILES = ("ml-100k.inter", "ml-100k.user", "ml-100k.item")
 _WHEEL_DIR = "recbole/dataset_example/ml-100k/"
+WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
+"""sha256 of ``recbole-1.2.1-py3-none-any.whl`` from PyPI (``pip download`` + ``sha256sum``)."""
+FILE_SHA256 = {
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+}
+"""sha256 of each file in that wheel: the cache is checked against these on every load."""
 AGE_BUCKETS = (18, 25, 35, 45, 50, 56)
 """Lower edges of age buckets 1..6; bucket 0 is under 18 (MovieLens-1M's buckets)."""
 FEATURES = ("user", "item", "age", "gender", "occupation", "zip", "genres", "year")
@@ -65,44 +77,119 @@ def default_cache_dir() -> Path:
     return Path(base) / "torchrec_lhf" / "movielens-100k"
 
 
-def fetch_movielens_100k(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Make sure the three RecBole files are in ``cache_dir`` and return it.
+def _download_wheel(dest: Path) -> Path:
+    """``pip download`` the recbole wheel (no dependencies, never installed) into ``dest``.
+
+    Returns:
+        The path of the downloaded wheel.
 
     Raises:
-        DatasetUnavailableError: not cached and the wheel cannot be downloaded
-            (no network, PyPI unreachable) or does not hold the files.
+        DatasetUnavailableError: pip cannot be run or cannot reach the index.
+    """
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        "--disable-pip-version-check", "--timeout", "20", "--retries", "1",
+        "-d", str(dest), f"recbole=={RECBOLE_VERSION}",
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise DatasetUnavailableError(f"MovieLens-100K: could not run pip download: {e}") from e
+    wheels = sorted(dest.glob("recbole-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise DatasetUnavailableError(
+            f"MovieLens-100K: `pip download recbole=={RECBOLE_VERSION}` failed "
+            f"(is PyPI reachable?): {' | '.join(tail)}"
+        )
+    return wheels[0]
+
+
+def _extract_verified(wheel: Path) -> dict[str, bytes]:
+    """Check ``wheel`` against :data:`WHEEL_SHA256` and read the three files out of it.
+
+    Raises:
+        ValueError: the wheel or a file in it does not match its pinned sha256; the wheel
+            is deleted.
+        DatasetUnavailableError: the wheel is not a zip or lacks a file.
+    """
+    got = file_sha256(wheel)
+    if got != WHEEL_SHA256:
+        wheel.unlink(missing_ok=True)
+        raise ValueError(
+            f"MovieLens-100K: downloaded {wheel.name} has sha256 {got}, expected {WHEEL_SHA256} "
+            f"(pinned for recbole=={RECBOLE_VERSION}); the index served a different file, "
+            "which was deleted"
+        )
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            data = {name: zf.read(_WHEEL_DIR + name) for name in _FILES}
+    except (KeyError, zipfile.BadZipFile) as e:
+        raise DatasetUnavailableError(f"MovieLens-100K: unexpected recbole wheel: {e}") from e
+    for name, blob in data.items():
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != FILE_SHA256[name]:
+            raise ValueError(
+                f"MovieLens-100K: {name} in {wheel.name} has sha256 {digest}, "
+                f"expected {FILE_SHA256[name]}"
+            )
+    return data
+
+
+def _discard_bad_cache(cache: Path) -> list[str]:
+    """Delete cached files whose sha256 is not the pinned one; return their names."""
+    bad = []
+    for name in _FILES:
+        path = cache / name
+        if path.is_file() and (got := file_sha256(path)) != FILE_SHA256[name]:
+            logger.warning(
+                "MovieLens-100K cache: %s has sha256 %s, expected %s (corrupted or altered); "
+                "discarding it and downloading again",
+                path, got, FILE_SHA256[name],
+            )  # fmt: skip
+            path.unlink()
+            bad.append(name)
+    return bad
+
+
+def fetch_movielens_100k(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Make sure the three RecBole files are in ``cache_dir``, intact, and return it.
+
+    Every call checks the cached files against :data:`FILE_SHA256`; a file that does not
+    match is deleted and the wheel downloaded again. A downloaded wheel is checked against
+    :data:`WHEEL_SHA256` before anything is read out of it.
+
+    Args:
+        cache_dir: where the extracted files are cached; default :func:`default_cache_dir`.
+
+    Returns:
+        The cache directory, holding ``ml-100k.{inter,user,item}``.
+
+    Raises:
+        DatasetUnavailableError: a file is missing or was corrupt, and the wheel cannot be
+            downloaded (no network, PyPI unreachable) or does not hold the files.
+        ValueError: the downloaded wheel (or a file in it) does not match its pinned sha256.
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    bad = _discard_bad_cache(cache)
     if all((cache / name).is_file() for name in _FILES):
         return cache
     logger.info(
         "downloading MovieLens-100K (the recbole==%s wheel) into %s", RECBOLE_VERSION, cache
     )
     with tempfile.TemporaryDirectory(prefix="torchrec_lhf_ml100k_") as tmp:
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--timeout", "20", "--retries", "1",
-            "-d", tmp, f"recbole=={RECBOLE_VERSION}",
-        ]  # fmt: skip
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise DatasetUnavailableError(f"MovieLens-100K: could not run pip download: {e}") from e
-        wheels = sorted(Path(tmp).glob("recbole-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            data = _extract_verified(_download_wheel(Path(tmp)))
+        except DatasetUnavailableError as e:
+            if not bad:
+                raise
             raise DatasetUnavailableError(
-                f"MovieLens-100K: `pip download recbole=={RECBOLE_VERSION}` failed "
-                f"(is PyPI reachable?): {' | '.join(tail)}"
-            )
-        try:
-            with zipfile.ZipFile(wheels[0]) as zf:
-                for name in _FILES:
-                    data = zf.read(_WHEEL_DIR + name)
-                    with atomic_write(cache / name, "wb") as f:
-                        f.write(data)
-        except (KeyError, zipfile.BadZipFile) as e:
-            raise DatasetUnavailableError(f"MovieLens-100K: unexpected recbole wheel: {e}") from e
+                f"MovieLens-100K: cached {bad} in {cache} did not match the pinned sha256 and "
+                f"were deleted; downloading them again failed: {e}"
+            ) from e
+    for name, blob in data.items():
+        with atomic_write(cache / name, "wb") as f:
+            f.write(blob)
     return cache
 
 
@@ -141,8 +228,10 @@ def load_movielens_100k(
         A ``RecDataset`` of 100,000 ratings with the 8 features of :data:`FEATURES`.
 
     Raises:
-        ValueError: ``split`` is not one of :data:`SPLITS`.
-        DatasetUnavailableError: the data is not cached and PyPI cannot be reached.
+        ValueError: ``split`` is not one of :data:`SPLITS`, or the downloaded wheel does not
+            match :data:`WHEEL_SHA256`.
+        DatasetUnavailableError: the data is not cached (or the cache was corrupt) and PyPI
+            cannot be reached.
     """
     if split not in SPLITS:
         raise ValueError(f"MovieLens-100K: split must be one of {SPLITS}, got {split!r}")

@@ -4,6 +4,12 @@ The compressed tables shard exactly like a stock EmbeddingBagCollection's (Torch
 fused FBGEMM kernels, any of the tested sharding types); this file adds only the remap
 (inside ``input_dist``, so TrainPipelineSparseDist still overlaps it with compute) and
 the combine of internal embeddings (a callback on the output awaitable).
+
+TorchRec's ShardedEmbeddingBagCollection reads the tables it shards from the module's
+``embedding_bag_configs()``; the learned-hash module answers that with its *logical*
+configs (for DLRM), so the sharded twin hands TorchRec the module's
+:meth:`~torchrec_lhf.modules.embedding_bag.LearnedHashEmbeddingBagCollection.internal_tables`
+view instead. The planner and sharding plans name the internal tables (``t__h<i>``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from torchrec.distributed.types import (
     ShardingEnv,
     ShardingType,
 )
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_lhf.modules.embedding_bag import (
@@ -52,7 +59,9 @@ class ShardedLearnedHashEmbeddingBagCollection(ShardedEmbeddingBagCollection):
     the remap and the combine have to live in those methods.
 
     The remap (``remap.mapping``) is replicated on every rank and is part of the state dict
-    under the same key as in the unsharded module.
+    under the same key as in the unsharded module. As the unsharded module,
+    ``embedding_bag_configs()`` gives the logical tables and
+    ``internal_embedding_bag_configs()`` the sharded (compressed) ones.
     """
 
     def __init__(
@@ -67,7 +76,7 @@ class ShardedLearnedHashEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         module_fqn: str | None = None,
     ) -> None:
         super().__init__(
-            module=module,
+            module=module.internal_tables(),  # TorchRec shards the internal tables
             table_name_to_parameter_sharding=table_name_to_parameter_sharding,
             env=env,
             fused_params=fused_params,
@@ -81,15 +90,24 @@ class ShardedLearnedHashEmbeddingBagCollection(ShardedEmbeddingBagCollection):
             copy.deepcopy(module.combine).to(target) if module.combine is not None else None
         )
         self._plan_fingerprint = module.plan_fingerprint
-        self._logical_configs = module.logical_configs()
-        self._register_load_state_dict_pre_hook(_check_remap_on_load, with_module=True)
+        self._logical_configs = module.embedding_bag_configs()
+        self._internal_configs = module.internal_embedding_bag_configs()
+        self.register_load_state_dict_pre_hook(_check_remap_on_load)
 
     @property
     def plan_fingerprint(self) -> str:
         return self._plan_fingerprint
 
-    def logical_configs(self) -> list:
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """The logical table configs (as the unsharded module's)."""
         return self._logical_configs
+
+    def logical_configs(self) -> list[EmbeddingBagConfig]:
+        return self._logical_configs
+
+    def internal_embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """The compressed tables' configs (what is sharded)."""
+        return self._internal_configs
 
     def input_dist(
         self, ctx: EmbeddingBagCollectionContext, features: KeyedJaggedTensor

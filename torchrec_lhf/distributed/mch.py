@@ -33,6 +33,8 @@ from torchrec.distributed.types import (
 )
 from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingBagCollection
 
+from torchrec_lhf._torchrec_private import wrap_eviction_tables
+
 __all__ = [
     "RowWiseEmbeddingBagCollectionSharder",
     "ManagedCollisionSharder",
@@ -76,15 +78,14 @@ class ManagedCollisionSharder(ManagedCollisionEmbeddingBagCollectionSharder):
         fused_params: dict[str, Any] | None = None,
         qcomm_codecs_registry: dict[str, QuantizedCommCodecs] | None = None,
     ) -> None:
-        super().__init__(
-            ebc_sharder=RowWiseEmbeddingBagCollectionSharder(
-                fused_params=fused_params, qcomm_codecs_registry=qcomm_codecs_registry
-            ),
-            qcomm_codecs_registry=qcomm_codecs_registry,
+        # our own reference: TorchRec keeps the inner sharder in a private attribute
+        self.ebc_sharder = RowWiseEmbeddingBagCollectionSharder(
+            fused_params=fused_params, qcomm_codecs_registry=qcomm_codecs_registry
         )
+        super().__init__(ebc_sharder=self.ebc_sharder, qcomm_codecs_registry=qcomm_codecs_registry)
 
     def compute_kernels(self, sharding_type: str, compute_device_type: str) -> list[str]:
-        offered = set(self._e_sharder.compute_kernels(sharding_type, compute_device_type))
+        offered = set(self.ebc_sharder.compute_kernels(sharding_type, compute_device_type))
         return [
             k for k in super().compute_kernels(sharding_type, compute_device_type) if k in offered
         ]
@@ -98,12 +99,9 @@ class ManagedCollisionSharder(ManagedCollisionEmbeddingBagCollectionSharder):
         module_fqn: str | None = None,
     ) -> ShardedManagedCollisionEmbeddingBagCollection:
         sharded = super().shard(module, params, env, device=device, module_fqn=module_fqn)
-        if sharded._device.type == "cpu":
-            # NOTE: TorchRec looks the fused module up here at every eviction (private map).
-            sharded._table_to_tbe_and_index = {
-                table: (_CpuEvictionReset(tbe), index)
-                for table, (tbe, index) in sharded._table_to_tbe_and_index.items()
-            }
+        # NOTE: TorchRec's shard() puts the module on CUDA when device is None.
+        if device is not None and device.type == "cpu":
+            wrap_eviction_tables(sharded, _CpuEvictionReset)
         return sharded
 
 

@@ -1,7 +1,9 @@
 """Planner support: make TorchRec's planner account for the replicated remap buffers.
 
-The compressed tables are ordinary tables to the planner (it sees their compressed
-heights through ``embedding_bag_configs()``); the remap is not a shardable parameter, is
+The compressed tables are ordinary tables to the planner (it enumerates the sharder's
+``shardable_parameters``, the ``(M_h, d)`` internal table weights named ``t`` / ``t__h<i>``;
+constraints name those tables, see ``internal_embedding_bag_configs()``); the remap is not
+a shardable parameter, is
 replicated on every rank, and TorchRec's storage reservations subtract shardable modules
 wholesale, so it would be invisible. :class:`LearnedHashStorageReservation` reserves it.
 """

@@ -12,9 +12,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchrec_lhf.compression.budget import BUDGETS, allocate_rows
 from torchrec_lhf.clustering.registry import get_clustering
+from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, allocate_rows
 from torchrec_lhf.plan import COMBINE_MODES
+
+
+def parse_rows_per_table(text: str) -> dict[str, int]:
+    """``--rows_per_table``: a JSON object, or the path of a file holding one.
+
+    Raises:
+        ValueError: not a JSON object, or no such file.
+    """
+    source = "argument"
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(
+                f"rows_per_table must be a JSON object or a JSON file, got {text!r} (no such file)"
+            )
+        text, source = path.read_text(), str(path)
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"rows_per_table: {source} is not valid JSON: {e}") from e
+    if not isinstance(rows, dict):
+        raise ValueError(
+            f"rows_per_table must be a JSON object table -> rows, got {type(rows).__name__}"
+        )
+    return rows
 
 
 @dataclass(kw_only=True)
@@ -25,24 +50,26 @@ class BuildConfig:
     """Compressed rows of a table, ``max(H, round(fraction * N))``; exactly one of
     ``fraction`` / ``rows_per_table``."""
 
-    rows_per_table: dict[str, int] | None = None
-    """Compressed rows (total over the ``H`` internal tables) per table; tables not named
-    stay full."""
+    rows_per_table: dict[str, int] | None = field(
+        default=None, metadata={"parse": parse_rows_per_table, "metavar": "JSON|FILE"}
+    )
+    """Compressed rows (total over the ``H`` internal tables) per table, a JSON object or a
+    JSON file; tables not named stay full."""
 
-    min_table_rows: int = 100_000
-    """Tables with fewer ids stay full (the paper skipped tables under 100K rows)."""
+    min_table_rows: int = MIN_TABLE_ROWS
+    """Tables with fewer ids stay full (0: none; the paper skipped tables under 100K ids)."""
 
-    budget: str = "table"
+    budget: str = field(default="table", metadata={"choices": BUDGETS})
     """How ``fraction`` is spent (:func:`~torchrec_lhf.compression.budget.allocate_rows`):
     ``"table"`` (each table's own fraction) or ``"total"`` (of all the model's rows)."""
 
     num_hashes: int = 1
     """``H``, hash functions (internal tables) per compressed table."""
 
-    combine: str = "sum"
+    combine: str = field(default="sum", metadata={"choices": COMBINE_MODES})
     """How the ``H`` internal embeddings combine: ``"sum"`` or ``"concat"``."""
 
-    method: str = "agglomerative"
+    clustering: str = "agglomerative"
     """A clustering registered in :mod:`torchrec_lhf.clustering.registry`."""
 
     projection: str = "pca"
@@ -52,21 +79,23 @@ class BuildConfig:
     """Ids the teacher saw fewer times are hashed (``id mod M``), not clustered: the
     teacher memorizes their labels (:func:`~torchrec_lhf.hash_build.plan_builder.build_table_hash`)."""
 
-    method_options: dict[str, Any] = field(default_factory=dict)
+    clustering_options: dict[str, Any] = field(default_factory=dict)
     """Passed to the clustering (e.g. ``max_cluster_size``); JSON-serializable."""
-
-    work_dir: Path
-    """Finished tables and the job's fingerprint; reruns resume from it. Shared by all
-    ranks, or local to each node if reruns keep the same ranks per node."""
 
     out: Path
     """Where rank 0 writes the plan (atomically, once every table is done)."""
+
+    work_dir: Path | None = None
+    """Finished tables and the job's fingerprint; reruns resume from it (default
+    ``<out>.work``). Shared by all ranks, or local to each node if reruns keep the same
+    ranks per node."""
 
     restart: bool = False
     """Discard ``work_dir``'s tables (even another build's) and start over."""
 
     teacher: str | None = None
-    """The teacher directory, recorded in the plan's metadata (not in the fingerprint)."""
+    """The teacher artifact's directory (``apps.build_hash`` reads it; recorded in the
+    plan's metadata, not in the fingerprint)."""
 
     def __post_init__(self) -> None:
         if (self.fraction is None) == (self.rows_per_table is None):
@@ -100,13 +129,13 @@ class BuildConfig:
         rc = self.rare_count
         if isinstance(rc, bool) or not isinstance(rc, int) or rc < 0:
             raise ValueError(f"rare_count must be an int >= 0, got {rc!r}")
-        for name in ("min_table_rows", "num_hashes"):
+        for name, low in (("min_table_rows", 0), ("num_hashes", 1)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"combine must be one of {COMBINE_MODES}, got {self.combine!r}")
-        get_clustering(self.method)  # ValueError naming the registered methods
+        get_clustering(self.clustering)  # ValueError naming the registered clusterings
         if not isinstance(self.projection, str) or not re.fullmatch(
             r"pca|dim:\d+(,\d+)*", self.projection
         ):
@@ -114,20 +143,23 @@ class BuildConfig:
                 f"projection must be 'pca', 'dim:k' or 'dim:k0,k1,...', got {self.projection!r}"
             )
         try:
-            json.dumps(self.method_options)
+            json.dumps(self.clustering_options)
         except TypeError as e:
             raise ValueError(
-                f"method_options must be JSON-serializable, got {self.method_options!r}"
+                f"clustering_options must be JSON-serializable, got {self.clustering_options!r}"
             ) from e
-        self.method_options = dict(self.method_options)
-        self.work_dir, self.out = Path(self.work_dir), Path(self.out)
+        self.clustering_options = dict(self.clustering_options)
+        self.out = Path(self.out)
+        if self.work_dir is None:
+            self.work_dir = self.out.with_name(self.out.name + ".work")
+        self.work_dir = Path(self.work_dir)
         if self.work_dir.resolve() == self.out.resolve():
             raise ValueError(f"work_dir and out must differ, both are {str(self.out)!r}")
 
     def plan_options(self) -> dict[str, Any]:
         """The fields that decide the plan (in the fingerprint and the plan's metadata)."""
         return {
-            "method": self.method,
+            "clustering": self.clustering,
             "fraction": self.fraction,
             "rows": self.rows_per_table,
             "projection": self.projection,
@@ -136,7 +168,7 @@ class BuildConfig:
             "min_table_rows": self.min_table_rows,
             "budget": self.budget,
             "rare_count": self.rare_count,
-            "method_options": self.method_options,
+            "clustering_options": self.clustering_options,
         }
 
 

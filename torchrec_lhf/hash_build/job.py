@@ -276,10 +276,10 @@ def _build_or_resume(
         rows=rows,
         num_hashes=config.num_hashes,
         combine=config.combine,
-        method=config.method,
+        clustering=config.clustering,
         projection=config.projection,
         rare_count=config.rare_count,
-        **config.method_options,
+        **config.clustering_options,
     )
     info = {k: info[k] for k in _INFO_KEYS}
     HashPlan([table], metadata={"fingerprint": fingerprint, **info}).save(path)

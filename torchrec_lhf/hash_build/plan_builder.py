@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from torchrec_lhf.compression.budget import allocate_rows, split_rows
 from torchrec_lhf.clustering import get_clustering, project
+from torchrec_lhf.compression.budget import allocate_rows, split_rows
 from torchrec_lhf.plan import COMBINE_MODES, HashPlan, TableHash
 
 logger = logging.getLogger(__name__)
@@ -31,10 +31,10 @@ def build_table_hash(
     rows: int,
     num_hashes: int = 1,
     combine: str = "sum",
-    method: str = "agglomerative",
+    clustering: str = "agglomerative",
     projection: str = "pca",
     rare_count: int = 0,
-    **method_options: Any,
+    **clustering_options: Any,
 ) -> tuple[TableHash, dict[str, Any]]:
     """Learn one table's hash: project, then cluster each projection coordinate.
 
@@ -51,11 +51,11 @@ def build_table_hash(
             (see :func:`split_rows`); each internal table has at most ``N`` rows.
         num_hashes: ``H``; hash ``h`` clusters projection coordinate ``h``.
         combine: ``"sum"`` or ``"concat"`` (see :class:`~torchrec_lhf.plan.TableHash`).
-        method: a registered clustering (:func:`~torchrec_lhf.clustering.get_clustering`).
+        clustering: a registered clustering (:func:`~torchrec_lhf.clustering.get_clustering`).
         projection: ``"pca"``, ``"dim:k"`` or ``"dim:k0,k1,..."``.
         rare_count: ids with fewer accesses in ``counts_N`` are hashed, not clustered
             (0: none; needs ``counts_N``).
-        **method_options: passed to the clustering (e.g. ``max_cluster_size``).
+        **clustering_options: passed to the clustering (e.g. ``max_cluster_size``).
 
     Returns:
         ``(table_hash, info)``; ``info`` holds ``seconds``, ``fallback_merges``, ``steps``,
@@ -92,18 +92,20 @@ def build_table_hash(
         raise ValueError(f"table {name!r}: rare_count={rare_count} needs access counts")
     rare_N = None if not rare_count else counts_N < rare_count
     kept_K = None if rare_N is None else (~rare_N).nonzero().squeeze(1)
-    cluster = get_clustering(method)
+    cluster = get_clustering(clustering)
     mappings, fallback_merges, steps = [], 0, 0
     for h, height in enumerate(heights):  # one clustering per hash function
         if kept_K is None:
-            result = cluster(values_HN[h], counts_N, height, **method_options)
+            result = cluster(values_HN[h], counts_N, height, **clustering_options)
             mapping_N = result.cluster_of_id
         else:  # cluster the frequent ids into min(height, K) rows, hash the rare ones
             mapping_N = torch.arange(n, device=values_HN.device) % height
             result = None
             if kept_K.numel():
                 clusters = min(height, kept_K.numel())
-                result = cluster(values_HN[h, kept_K], counts_N[kept_K], clusters, **method_options)
+                result = cluster(
+                    values_HN[h, kept_K], counts_N[kept_K], clusters, **clustering_options
+                )
                 mapping_N[kept_K] = result.cluster_of_id.to(mapping_N.dtype)
         mappings.append(mapping_N.to(device="cpu", dtype=torch.int32))
         if result is not None:
@@ -117,7 +119,7 @@ def build_table_hash(
         "heights": heights,
         "num_hashes": num_hashes,
         "combine": combine,
-        "method": method,
+        "clustering": clustering,
         "projection": projection,
         "seconds": time.perf_counter() - start,
         "rare_ids": 0 if rare_N is None else int(rare_N.sum()),
@@ -130,7 +132,7 @@ def build_table_hash(
         name,
         n,
         heights,
-        method,
+        clustering,
         projection,
         info["seconds"],
         fallback_merges,
@@ -144,14 +146,14 @@ def build_plan(
     *,
     fraction: float | None = None,
     rows: int | Mapping[str, int] | None = None,
-    min_table_rows: int = 100_000,
+    min_table_rows: int = 0,
     budget: str = "table",
     num_hashes: int = 1,
     combine: str = "sum",
-    method: str = "agglomerative",
+    clustering: str = "agglomerative",
     projection: str = "pca",
     rare_count: int = 0,
-    method_options: Mapping[str, Any] | None = None,
+    clustering_options: Mapping[str, Any] | None = None,
 ) -> HashPlan:
     """Build the hash plan of a model's tables in this process.
 
@@ -168,14 +170,14 @@ def build_plan(
             all rows; see :func:`~torchrec_lhf.compression.budget.allocate_rows`).
         num_hashes: ``H`` hash functions per table; the rows are split over them.
         combine: ``"sum"`` or ``"concat"``.
-        method: a registered clustering.
+        clustering: a registered clustering.
         projection: ``"pca"``, ``"dim:k"`` or ``"dim:k0,k1,..."``.
         rare_count: ids with fewer accesses are hashed, not clustered (see
             :func:`build_table_hash`; needs ``counts``).
-        method_options: passed to the clustering.
+        clustering_options: passed to the clustering.
 
     Returns:
-        The :class:`~torchrec_lhf.plan.HashPlan` (metadata: method, fraction, rows, projection,
+        The :class:`~torchrec_lhf.plan.HashPlan` (metadata: clustering, fraction, rows, projection,
         num_hashes, combine, min_table_rows, source, and per-table build info).
 
     Raises:
@@ -199,14 +201,14 @@ def build_plan(
     if (
         isinstance(min_table_rows, bool)
         or not isinstance(min_table_rows, int)
-        or min_table_rows < 1
+        or min_table_rows < 0
     ):
-        raise ValueError(f"min_table_rows must be an int >= 1, got {min_table_rows!r}")
+        raise ValueError(f"min_table_rows must be an int >= 0, got {min_table_rows!r}")
     if isinstance(rows, Mapping):
         unknown = sorted(set(rows) - set(teacher_embeddings))
         if unknown:
             raise ValueError(f"rows names tables {unknown} that have no teacher embeddings")
-    get_clustering(method)  # fail before any work on an unknown method
+    get_clustering(clustering)  # fail before any work on an unknown clustering
     if budget != "table" and fraction is None:
         raise ValueError(f"budget={budget!r} needs a fraction, not rows")
     if rare_count and counts is None:
@@ -248,15 +250,15 @@ def build_plan(
             rows=table_rows,
             num_hashes=num_hashes,
             combine=combine,
-            method=method,
+            clustering=clustering,
             projection=projection,
             rare_count=rare_count,
-            **dict(method_options or {}),
+            **dict(clustering_options or {}),
         )
         tables.append(table)
         infos[name] = {k: info[k] for k in ("seconds", "fallback_merges", "steps", "heights")}
     metadata = {
-        "method": method,
+        "clustering": clustering,
         "fraction": fraction,
         "rows": dict(rows) if isinstance(rows, Mapping) else rows,
         "projection": projection,
@@ -264,7 +266,7 @@ def build_plan(
         "num_hashes": num_hashes,
         "combine": combine,
         "min_table_rows": min_table_rows,
-        "method_options": _jsonable(dict(method_options or {})),
+        "clustering_options": _jsonable(dict(clustering_options or {})),
         "source": "build_plan",
         "build_info": infos,
     }

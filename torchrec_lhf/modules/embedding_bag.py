@@ -6,6 +6,11 @@ functions becomes ``H`` internal tables ``t`` (``H = 1``) or ``t__h0 .. t__h{H-1
 features ``f`` becomes internal features ``f`` / ``f__h{h}``. Tables absent from the plan
 stay as they are. The module returns the same KeyedTensor (keys, order, dims) as a plain
 EmbeddingBagCollection over the logical tables.
+
+Two views of the tables: ``embedding_bag_configs()`` gives the logical configs (what models
+such as ``torchrec.models.dlrm.DLRM`` read), ``internal_embedding_bag_configs()`` and
+:meth:`LearnedHashEmbeddingBagCollection.internal_tables` the compressed ones (what
+TorchRec's sharder and quantization work on; our sharder and quantizer hand them over).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torchrec_lhf.modules.remap import (
     FeatureRemap,
     InternalFeature,
     KeyedTensorCombine,
+    check_internal_names,
     hashed_name,
     mapping_dtype,
 )
@@ -50,8 +56,14 @@ def internal_layout(tables: list[EmbeddingBagConfig], plan: HashPlan) -> Interna
 
     Raises:
         ValueError: a planned table's height differs from its config, a concat split is
-            impossible, or a name clash.
+            impossible, or an internal name clashes with a logical one.
     """
+    check_internal_names(
+        [
+            (c.name, list(c.feature_names) or [c.name], plan[c.name].num_hashes if c.name in plan else 1)
+            for c in tables
+        ]
+    )
     configs: list[EmbeddingBagConfig] = []
     features: list[InternalFeature] = []
     pieces: list[torch.Tensor] = []
@@ -135,9 +147,19 @@ class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
     Takes the logical table configs a user gives TorchRec's EmbeddingBagCollection and
     returns exactly the KeyedTensor that one would (same keys, order and dims), so it drops
     into ``torchrec.models.dlrm.DLRM``. Internally it holds the compressed tables
-    (``embedding_bag_configs()`` lists them, which is what TorchRec's sharders, planner and
-    quantization work on) and a :class:`FeatureRemap` (``remap.mapping`` is in the state
-    dict). ``logical_configs()`` lists the tables as given.
+    (``embedding_bags``, named ``t`` or ``t__h<i>``) and a :class:`FeatureRemap`
+    (``remap.mapping`` is in the state dict).
+
+    Design (the two config views): ``embedding_bag_configs()`` returns the *logical*
+    configs as given (names, features, dim ``D``, height ``N``), because models read it to
+    learn their features and dims (DLRM's ``SparseArch``). TorchRec's sharding and
+    quantization read the *internal* configs through another path: the planner's table
+    list comes from the sharder's ``shardable_parameters`` (the ``embedding_bags``
+    weights), and our sharder and quantizer hand ``ShardedEmbeddingBagCollection`` and
+    ``QuantEmbeddingBagCollection.from_float`` the :meth:`internal_tables` view, whose
+    ``embedding_bag_configs()`` lists the compressed tables.
+    ``internal_embedding_bag_configs()`` lists them too (sharding constraints and plans
+    name internal tables); :func:`internal_table_configs` works on any collection.
 
     NOTE: one subclass level under TorchRec's EmbeddingBagCollection, because DMP, the
     planner and ``quantize_embeddings`` match modules by exact type, and the sharded twin
@@ -149,6 +171,10 @@ class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
         is_weighted: as for EmbeddingBagCollection.
         device: device of the tables; the remap lives on CPU when this is ``meta``.
         out_of_range: ``"error"`` or ``"modulo"`` (see :class:`FeatureRemap`).
+
+    Raises:
+        ValueError: see :func:`internal_layout` (e.g. a user feature ``f__h0`` beside a
+            two-hash table of feature ``f``).
 
     Example::
 
@@ -163,6 +189,8 @@ class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
         >>> kjt = KeyedJaggedTensor(["f0"], torch.tensor([0, 2, 3]), lengths=torch.tensor([2, 1]))
         >>> ebc(kjt).to_dict()["f0"].shape
         torch.Size([2, 3])
+        >>> [c.name for c in ebc.embedding_bag_configs()], ebc.internal_embedding_bag_configs()[0].num_embeddings
+        (['t0'], 2)
     """
 
     def __init__(
@@ -178,17 +206,36 @@ class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
         layout = internal_layout(logical, plan)
         super().__init__(layout.configs, is_weighted=is_weighted, device=device)
         self._logical_configs = logical
+        self._internal_configs = layout.configs
         self._plan_fingerprint = plan.fingerprint()
         remap_device = self.device if self.device.type != "meta" else torch.device("cpu")
         self.remap = FeatureRemap(
             layout.features, layout.mapping.to(remap_device), out_of_range=out_of_range
         )
         self.combine = layout.combine.to(remap_device) if layout.combine is not None else None
-        self._register_load_state_dict_pre_hook(_check_remap_on_load, with_module=True)
+        self.register_load_state_dict_pre_hook(_check_remap_on_load)
+
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """The logical table configs, as given (heights ``N``, dims ``D``)."""
+        return self._logical_configs
 
     def logical_configs(self) -> list[EmbeddingBagConfig]:
-        """The table configs as given by the user (logical heights and dims)."""
+        """Same as :meth:`embedding_bag_configs` (kept for existing callers)."""
         return self._logical_configs
+
+    def internal_embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """The compressed tables' configs (``t`` / ``t__h<i>``, heights ``M_h``)."""
+        return self._internal_configs
+
+    def internal_tables(self) -> InternalTables:
+        """The compressed tables as a plain collection view, for TorchRec's sharder and
+        quantization (shares ``embedding_bags``; nothing is copied)."""
+        return InternalTables(
+            self._internal_configs,
+            self.embedding_bags,
+            is_weighted=self.is_weighted(),
+            device=self.device,
+        )
 
     @property
     def plan_fingerprint(self) -> str:
@@ -202,6 +249,57 @@ class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
 
     def extra_repr(self) -> str:
         return f"plan={self._plan_fingerprint[:12]}, out_of_range={self.remap.out_of_range!r}"
+
+
+class InternalTables(nn.Module):
+    """The compressed tables of a learned-hash collection, seen as a plain collection.
+
+    TorchRec's ``ShardedEmbeddingBagCollection`` and ``QuantEmbeddingBagCollection.from_float``
+    read ``embedding_bag_configs()``, ``is_weighted()``, ``device``, the parameters and the
+    state dict of the module they convert; this view answers them with the internal
+    tables. Build it with :meth:`LearnedHashEmbeddingBagCollection.internal_tables`.
+
+    Args:
+        configs: the internal table configs.
+        embedding_bags: the tables (shared, not copied), keyed by internal table name.
+        is_weighted: whether the features carry weights.
+        device: the tables' device.
+    """
+
+    def __init__(
+        self,
+        configs: list[EmbeddingBagConfig],
+        embedding_bags: nn.ModuleDict,
+        *,
+        is_weighted: bool,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.embedding_bags = embedding_bags
+        self._configs = configs
+        self._is_weighted = is_weighted
+        self._device = device
+
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        return self._configs
+
+    def is_weighted(self) -> bool:
+        return self._is_weighted
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+
+def internal_table_configs(module: nn.Module) -> list[EmbeddingBagConfig]:
+    """The configs of the tables ``module`` trains (and a sharding plan names).
+
+    Args:
+        module: any embedding-bag collection: learned-hash (sharded, quantized or not) and
+            managed-collision ones give their internal tables, others their own configs.
+    """
+    internal = getattr(module, "internal_embedding_bag_configs", None)
+    return internal() if internal is not None else module.embedding_bag_configs()
 
 
 def _check_remap_on_load(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:

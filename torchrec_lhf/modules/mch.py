@@ -37,6 +37,7 @@ from torchrec.modules.mc_modules import (
 )
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from torchrec_lhf._torchrec_private import MCH_SERVING_BUFFERS, mch_serving_buffers
 from torchrec_lhf.compression.budget import allocate_rows
 
 logger = logging.getLogger(__name__)
@@ -172,24 +173,9 @@ def managed_collision_collection(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     device = device if device is not None else torch.device("cpu")
-    configs, modules = [], {}
+    configs, modules = _managed_configs(tables, zch_sizes), {}
     for t in tables:
         r = zch_sizes[t.name]
-        if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= t.num_embeddings:
-            raise ValueError(
-                f"table {t.name!r}: zch size must be an int in [1, {t.num_embeddings}], got {r!r}"
-            )
-        configs.append(
-            EmbeddingBagConfig(
-                name=t.name,
-                embedding_dim=t.embedding_dim,
-                num_embeddings=r,
-                feature_names=list(t.feature_names),
-                pooling=t.pooling,
-                weight_init_max=t.weight_init_max,
-                weight_init_min=t.weight_init_min,
-            )
-        )
         # NOTE: the MCH buffers are never on meta: the sharder rebuilds them per rank anyway.
         modules[t.name] = MCHManagedCollisionModule(
             zch_size=r,
@@ -207,8 +193,40 @@ def managed_collision_collection(
     )
 
 
+def _managed_configs(
+    tables: Sequence[EmbeddingBagConfig], zch_sizes: Mapping[str, int]
+) -> list[EmbeddingBagConfig]:
+    """The ``(R, D)`` configs of the managed tables (new objects; ``tables`` untouched).
+
+    Raises:
+        ValueError: a size is not an int in ``[1, N]``.
+    """
+    configs = []
+    for t in tables:
+        r = zch_sizes[t.name]
+        if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= t.num_embeddings:
+            raise ValueError(
+                f"table {t.name!r}: zch size must be an int in [1, {t.num_embeddings}], got {r!r}"
+            )
+        configs.append(
+            EmbeddingBagConfig(
+                name=t.name,
+                embedding_dim=t.embedding_dim,
+                num_embeddings=r,
+                feature_names=list(t.feature_names),
+                pooling=t.pooling,
+                weight_init_max=t.weight_init_max,
+                weight_init_min=t.weight_init_min,
+            )
+        )
+    return configs
+
+
 class MCHEmbeddingBagCollection(nn.Module):
     """Managed-collision tables plus full tables, returning one KeyedTensor like an EBC.
+
+    As the learned-hash collection, ``embedding_bag_configs()`` gives the logical tables
+    (what DLRM reads) and ``internal_embedding_bag_configs()`` the tables as trained.
 
     Args:
         tables: the logical ``(N, D)`` tables; not modified.
@@ -253,11 +271,13 @@ class MCHEmbeddingBagCollection(nn.Module):
         managed = [t for t in tables if t.name in zch_sizes]
         full = [t for t in tables if t.name not in zch_sizes]
         self._logical_configs = list(tables)
+        sizes = {t.name: zch_sizes[t.name] for t in managed}
+        self._internal_configs = _managed_configs(managed, sizes) + list(full)
         # NOTE: children only where there are tables: an empty EBC cannot be built or sharded.
         self.managed = (
             managed_collision_collection(
                 managed,
-                {t.name: zch_sizes[t.name] for t in managed},
+                sizes,
                 eviction_interval=eviction_interval,
                 world_size=world_size,
                 device=device,
@@ -269,17 +289,16 @@ class MCHEmbeddingBagCollection(nn.Module):
         self.merge = _MergeKeyedTensors()
 
     def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
-        """The tables as trained: managed ones with ``R`` rows, then the full ones."""
-        configs: list[EmbeddingBagConfig] = []
-        if self.managed is not None:
-            configs += self.managed._embedding_module.embedding_bag_configs()
-        if self.full is not None:
-            configs += self.full.embedding_bag_configs()
-        return configs
+        """The logical ``(N, D)`` tables, as given."""
+        return list(self._logical_configs)
 
     def logical_configs(self) -> list[EmbeddingBagConfig]:
-        """The logical ``(N, D)`` tables."""
+        """Same as :meth:`embedding_bag_configs`."""
         return list(self._logical_configs)
+
+    def internal_embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """The tables as trained: managed ones with ``R`` rows, then the full ones."""
+        return list(self._internal_configs)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """Args: features: raw ids of every feature. Returns: the pooled ``(B, sum D)``
@@ -313,8 +332,8 @@ class _MergeKeyedTensors(nn.Module):
         )
 
 
-SERVING_BUFFERS = ("_mch_sorted_raw_ids", "_mch_remapped_ids_mapping")
-"""The MCH buffers a deployment needs to map raw ids to rows."""
+SERVING_BUFFERS = MCH_SERVING_BUFFERS
+"""The MCH buffers a deployment needs to map raw ids to rows (TorchRec private names)."""
 
 
 def mch_state_bytes(module: nn.Module) -> int:
@@ -330,9 +349,5 @@ def mch_state_bytes(module: nn.Module) -> int:
     total = 0
     for m in module.modules():
         if isinstance(m, MCHManagedCollisionModule):
-            total += sum(
-                b.numel() * b.element_size()
-                for name, b in m.named_buffers(recurse=False)
-                if name in SERVING_BUFFERS
-            )
+            total += sum(b.numel() * b.element_size() for b in mch_serving_buffers(m))
     return total

@@ -11,7 +11,15 @@ import copy
 import torch
 from torch import nn
 from torchrec.inference.modules import quantize_embeddings
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.quant.embedding_modules import (
+    MODULE_ATTR_CACHE_FEATURES_ORDER,
+    MODULE_ATTR_EMB_CONFIG_NAME_TO_NUM_ROWS_POST_PRUNING_DICT,
+    MODULE_ATTR_QUANT_STATE_DICT_SPLIT_SCALE_BIAS,
+    MODULE_ATTR_REGISTER_TBES_BOOL,
+    MODULE_ATTR_ROW_ALIGNMENT_INT,
+)
 from torchrec.quant.embedding_modules import (
     EmbeddingBagCollection as QuantEmbeddingBagCollection,
 )
@@ -19,12 +27,26 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection
 
+# The options TorchRec's from_float reads from the float module (set by users on it).
+_FROM_FLOAT_OPTIONS = (
+    "qconfig",
+    MODULE_ATTR_CACHE_FEATURES_ORDER,
+    MODULE_ATTR_EMB_CONFIG_NAME_TO_NUM_ROWS_POST_PRUNING_DICT,
+    MODULE_ATTR_QUANT_STATE_DICT_SPLIT_SCALE_BIAS,
+    MODULE_ATTR_REGISTER_TBES_BOOL,
+    MODULE_ATTR_ROW_ALIGNMENT_INT,
+)
+
 
 class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
     """TorchRec's quantized EBC over the compressed tables, with the same remap.
 
     NOTE: one subclass level under TorchRec's quantized EBC, which ``quantize_embeddings``
     instantiates through ``from_float`` by exact type.
+
+    As the float module, ``embedding_bag_configs()`` gives the logical tables (so a quantized
+    DLRM still sees its features and dims) and ``internal_embedding_bag_configs()`` the
+    quantized compressed ones.
     """
 
     @classmethod
@@ -35,16 +57,12 @@ class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
             raise ValueError(
                 f"expected a LearnedHashEmbeddingBagCollection, got {type(module).__name__}"
             )
-        # TorchRec's from_float expects only table weights in the state dict: hand it a
-        # plain collection sharing the compressed tables (no copy), without the remap.
-        tables = EmbeddingBagCollection(
-            module.embedding_bag_configs(),
-            is_weighted=module.is_weighted(),
-            device=torch.device("meta"),
-        )
-        tables.embedding_bags = module.embedding_bags
-        tables._device = module.device
-        tables.qconfig = module.qconfig
+        # TorchRec's from_float reads the tables from embedding_bag_configs() and expects only
+        # table weights in the state dict: hand it the internal tables (shared, no copy).
+        tables = module.internal_tables()
+        for option in _FROM_FLOAT_OPTIONS:
+            if hasattr(module, option):
+                setattr(tables, option, getattr(module, option))
         quantized = super().from_float(tables, use_precomputed_fake_quant)
         quantized.remap = copy.deepcopy(module.remap)
         quantized.combine = copy.deepcopy(module.combine)
@@ -56,8 +74,16 @@ class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
     def plan_fingerprint(self) -> str:
         return self._plan_fingerprint
 
-    def logical_configs(self) -> list:
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """The logical table configs (as the float module's)."""
         return self._logical_configs
+
+    def logical_configs(self) -> list[EmbeddingBagConfig]:
+        return self._logical_configs
+
+    def internal_embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """The quantized compressed tables' configs (TorchRec's, with their data types)."""
+        return super().embedding_bag_configs()
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         pooled = super().forward(self.remap(features))

@@ -36,6 +36,45 @@ def hashed_name(name: str, h: int, num_hashes: int) -> str:
     return name if num_hashes == 1 else f"{name}__h{h}"
 
 
+def check_internal_names(
+    tables: list[tuple[str, list[str], int]],
+) -> None:
+    """Reject logical tables/features whose internal names would collide.
+
+    A table ``t`` (or feature ``f``) with ``H > 1`` hash functions becomes ``t__h0 ..``;
+    a user table or feature already named ``t__h0`` would then share a name with it.
+
+    Args:
+        tables: per logical table, ``(name, feature names, H)``.
+
+    Raises:
+        ValueError: naming both clashing names and where they come from.
+    """
+    for kind in ("table", "feature"):
+        owner: dict[str, tuple[tuple[str, int | None], str]] = {}
+        for table, features, num_hashes in tables:
+            for name in [table] if kind == "table" else features:
+                for h in range(num_hashes):
+                    internal = hashed_name(name, h, num_hashes)
+                    origin = (name, h if num_hashes > 1 else None)
+                    first = owner.setdefault(internal, (origin, table))
+                    if first[0] != origin:
+                        raise ValueError(
+                            f"internal {kind} name {internal!r} clashes: "
+                            f"{_describe(kind, *first)} and {_describe(kind, origin, table)}; "
+                            f"rename the {kind} (names ending in '__h<i>' are reserved for "
+                            "the hash functions of a learned-hash table)"
+                        )
+
+
+def _describe(kind: str, origin: tuple[str, int | None], table: str) -> str:
+    name, h = origin
+    where = "" if kind == "table" else f" of table {table!r}"
+    if h is None:
+        return f"{kind} {name!r}{where}"
+    return f"hash {h} of {kind} {name!r}{where}"
+
+
 @dataclass(frozen=True)
 class InternalFeature:
     """One internal feature: which logical feature feeds it and where its mapping is.

@@ -1,0 +1,112 @@
+"""torchrec_lhf._io: atomic writes (modes, threads, directory fsync) and file digests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from torchrec_lhf import _io
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def umask_027():
+    """Run the test under umask 027, so the expected mode is 0o640 (not mkstemp's 0o600)."""
+    old = os.umask(0o027)
+    try:
+        yield 0o640
+    finally:
+        os.umask(old)
+
+
+def test_new_file_gets_open_mode(tmp_path, umask_027):
+    _io.atomic_write_json(tmp_path / "a.json", {"x": 1})
+    with open(tmp_path / "b.json", "w") as f:
+        f.write("{}")
+    assert _mode(tmp_path / "a.json") == _mode(tmp_path / "b.json") == umask_027
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
+
+
+def test_concurrent_writes_leave_valid_files_with_the_right_mode(tmp_path, umask_027):
+    num_threads, num_writes = 8, 25
+    start = threading.Barrier(num_threads)
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        try:
+            start.wait()
+            for i in range(num_writes):
+                _io.atomic_write_json(tmp_path / f"own_{t}.json", {"t": t, "i": i})
+                _io.atomic_write_json(tmp_path / "shared.json", {"t": t, "i": i, "pad": "x" * i})
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(num_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    for t in range(num_threads):
+        assert json.loads((tmp_path / f"own_{t}.json").read_text()) == {"t": t, "i": num_writes - 1}
+    shared = json.loads((tmp_path / "shared.json").read_text())  # one whole write, not a mix
+    assert shared["pad"] == "x" * shared["i"]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == sorted([f"own_{t}.json" for t in range(num_threads)] + ["shared.json"])
+    assert {_mode(p) for p in tmp_path.iterdir()} == {umask_027}
+
+
+def test_containing_directory_is_fsynced_after_the_replace(tmp_path, monkeypatch):
+    synced: list[tuple[bool, int, bool]] = []  # (is a directory, inode, destination exists)
+    real_fsync = os.fsync
+    dest = tmp_path / "sub" / "out.bin"
+
+    def recording_fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((stat.S_ISDIR(st.st_mode), st.st_ino, dest.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    with _io.atomic_write(dest) as f:
+        f.write(b"payload")
+    parent_inode = dest.parent.stat().st_ino
+    assert synced[0][0] is False  # the file's data first
+    assert (True, parent_inode, True) in synced  # then its directory, after the rename
+
+
+def test_directory_fsync_failure_is_ignored(tmp_path, monkeypatch):
+    real_fsync = os.fsync
+
+    def no_dir_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(22, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_dir_fsync)
+    _io.atomic_write_json(tmp_path / "a.json", [1])
+    assert json.loads((tmp_path / "a.json").read_text()) == [1]
+
+
+def test_failed_write_leaves_destination_and_no_temp_file(tmp_path):
+    dest = tmp_path / "a.txt"
+    dest.write_text("old")
+    with pytest.raises(RuntimeError, match="boom"), _io.atomic_write(dest, "w") as f:
+        f.write("new")
+        raise RuntimeError("boom")
+    assert dest.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_file_sha256(tmp_path):
+    blob = os.urandom(3 << 20)  # several 1 MiB chunks
+    (tmp_path / "blob").write_bytes(blob)
+    assert _io.file_sha256(tmp_path / "blob") == hashlib.sha256(blob).hexdigest()

@@ -1,0 +1,225 @@
+"""Command-line flags derived from config dataclasses: each default and help text lives once.
+
+A config is a ``@dataclass(kw_only=True)`` whose fields carry their help as attribute
+docstrings (the string literal right under the field, as in titan's configs). This module
+turns such a class into ``argparse`` flags (``--field_name``) and parsed flags back into the
+class, so that the dataclass stays the one source of every default::
+
+    @dataclass(kw_only=True)
+    class Config:
+        fraction: float = 0.1
+        \"\"\"Rows kept, in (0, 1].\"\"\"
+        combine: str = field(default="sum", metadata={"choices": ("sum", "concat")})
+        \"\"\"How the hash functions' embeddings combine.\"\"\"
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, Config)
+    config = config_from_args(Config, parser.parse_args(["--fraction", "0.2"]))
+
+Flags the user does not give are left out of the parsed namespace (``argparse.SUPPRESS``),
+so the dataclass fills them in: a default is never copied into the parser, only shown in
+``--help``. Types: ``int``, ``float``, ``str``, ``Path``, ``bool`` (``--x`` / ``--no-x``),
+``list[int | float | str]`` (comma-separated), ``dict`` (a JSON object) and ``X | None``
+of these. Field ``metadata`` may hold ``choices``, ``parse`` (a ``str -> value`` function
+that replaces the type's parser), ``metavar`` and ``cli=False`` (no flag).
+
+We wrote this (about 150 lines) rather than adopt a CLI library: the flags must keep their
+torchrec_dlrm-style names (``--batch_size``), mixed configs share one parser, and the
+project adds no dependency for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import json
+import re
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_config_flags", "config_from_args", "field_docs", "json_object"]
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass and its bases (field name -> text)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # defined without a source file (e.g. in a REPL)
+            continue
+        body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+        for stmt, nxt in zip(body, body[1:]):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
+    return docs
+
+
+def _plain(doc: str) -> str:
+    """A docstring as ``--help`` text: Sphinx roles and double backticks dropped."""
+    doc = re.sub(r":\w+:`~?([\w.]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], doc)
+    return doc.replace("``", "")
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """Parse a flag's JSON object (``argparse`` type)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _comma_list(item: Callable[[str], Any], name: str) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        try:
+            return [item(x.strip()) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {name}, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def _type_error(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse shows an ``ArgumentTypeError``'s message (a ``ValueError``'s it drops)."""
+
+    @functools.wraps(parse)
+    def wrapped(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return wrapped
+
+
+_SCALARS: dict[Any, Callable[[str], Any]] = {int: int, float: float, str: str, Path: Path}
+
+
+def _parser_for(tp: Any, name: str) -> tuple[Callable[[str], Any] | None, str]:
+    """``(parse, kind)`` for a field type; kind is ``"bool"``, ``"value"``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return _parser_for(args[0], name)
+        if set(args) == {int, float}:
+            return float, "value"
+        raise TypeError(f"field {name!r}: no flag for the union type {tp}")
+    if tp is bool:
+        return None, "bool"
+    if tp in _SCALARS:
+        return _SCALARS[tp], "value"
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (item,) = set(a for a in typing.get_args(tp) if a is not Ellipsis) or {str}
+        if item not in _SCALARS:
+            raise TypeError(f"field {name!r}: no flag for a list of {item}")
+        return _comma_list(_SCALARS[item], item.__name__), "value"
+    if origin in (dict, Mapping) or tp is dict:
+        return json_object, "value"
+    raise TypeError(f"field {name!r}: no flag for the type {tp}; give metadata={{'parse': fn}}")
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "required"
+    if isinstance(value, list | tuple):
+        value = ",".join(map(str, value)) if value else "none"
+    elif isinstance(value, dict):
+        value = json.dumps(value)
+    return f"default: {value}"
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    *,
+    exclude: Iterable[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+    required: Iterable[str] = (),
+) -> None:
+    """Add one ``--name`` flag per field of the dataclass ``cls``.
+
+    Args:
+        parser: the parser or argument group to add to.
+        cls: a dataclass whose fields carry attribute docstrings.
+        exclude: fields that get no flag (set by the caller instead).
+        defaults: defaults this entry point uses instead of the dataclass's (shown in
+            ``--help``; :func:`config_from_args` must receive the same mapping).
+        required: fields whose flag must be given although the dataclass has a default.
+
+    Raises:
+        TypeError: a field's type has no flag parser (give ``metadata={"parse": fn}``).
+    """
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    skip, defaults, required = set(exclude), dict(defaults or {}), set(required)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init or f.metadata.get("cli", True) is False:
+            continue
+        parse, kind = _parser_for(hints[f.name], f.name)
+        if "parse" in f.metadata:
+            parse = _type_error(f.metadata["parse"])
+        must = f.name in required or (
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
+        shown = f"default: {defaults[f.name]}" if f.name in defaults else _default_text(f)
+        help_text = f"{_plain(docs.get(f.name, ''))} ({shown})".replace("%", "%%")
+        kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
+        if kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(type=parse, required=must)
+            for key in ("choices", "metavar"):
+                if key in f.metadata:
+                    kwargs[key] = f.metadata[key]
+        parser.add_argument(f"--{f.name}", **kwargs)
+
+
+def config_from_args(
+    cls: type,
+    args: argparse.Namespace | Mapping[str, Any],
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    **fixed: Any,
+) -> Any:
+    """Build ``cls`` from parsed flags: given flags, else ``defaults``, else the dataclass's.
+
+    Args:
+        cls: the dataclass.
+        args: the parsed namespace (keys of other configs are ignored).
+        defaults: the entry point's defaults given to :func:`add_config_flags`.
+        **fixed: values set by the caller (override flags).
+
+    Raises:
+        ValueError: from the dataclass's validation, naming the bad value.
+    """
+    values = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {k: v for k, v in (defaults or {}).items() if k in names}
+    kwargs.update({k: v for k, v in values.items() if k in names})
+    kwargs.update(fixed)
+    return cls(**kwargs)
