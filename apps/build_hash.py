@@ -9,7 +9,7 @@ Many (tables are spread over the ranks; the plan is the same for any world size)
     torchrun --nproc_per_node 4 -m apps.build_hash --teacher runs/teacher --fraction 0.1 \
         --out runs/plan.safetensors
 
-or through torchx: ``torchx run torchx_components/lhf.py:build_hash -j 1x4 -- --teacher ...``.
+or through torchx: ``torchx run torchx_components/lhf.py:stage --stage build_hash -j 1x4 -- --teacher ...``.
 The flags are :class:`~torchrec_lhf.hash_build.config.BuildConfig`'s fields and
 :class:`LaunchConfig`'s. Finished tables go to ``--work_dir`` (default ``<out>.work``); rerunning the same command
 after a crash resumes from there. The plan appears at ``--out`` only when it is complete.

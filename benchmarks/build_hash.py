@@ -80,7 +80,7 @@ def _worker(rank: int, world_size: int, port: int, threads: int, kw: dict, queue
         config = BuildConfig(
             fraction=kw["fraction"],
             min_table_rows=kw["min_table_rows"],
-            method=kw["method"],
+            clustering=kw["clustering"],
             work_dir=kw["work_dir"],
             out=kw["out"],
         )
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max_rows", type=int, default=5_000_000, help="cap on each table's height")
     p.add_argument("--fraction", type=float, default=0.1)
     p.add_argument("--min_table_rows", type=int, default=100_000)
-    p.add_argument("--method", default="agglomerative")
+    p.add_argument("--clustering", default=BuildConfig.clustering, help="a registered clustering")
     p.add_argument("--dim", type=int, default=4, help="teacher embedding dim")
     p.add_argument("--world_sizes", default="1,2", help="comma list; the first is the baseline")
     p.add_argument("--repeats", type=int, default=3, help="rounds over the world sizes")
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 teacher=str(tmp / "teacher"),
                 fraction=args.fraction,
                 min_table_rows=args.min_table_rows,
-                method=args.method,
+                clustering=args.clustering,
                 work_dir=str(tmp / f"run{i}.work"),
                 out=str(tmp / f"run{i}.plan"),
             )
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "fraction": args.fraction,
         "min_table_rows": args.min_table_rows,
         "max_rows": args.max_rows,
-        "method": args.method,
+        "clustering": args.clustering,
         "teacher_dim": args.dim,
         "threads_per_rank": args.threads_per_rank,
         "cpu_count": os.cpu_count(),

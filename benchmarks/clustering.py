@@ -87,7 +87,7 @@ def _sync(device: str) -> None:
 def run_case(args: argparse.Namespace, kind: str) -> dict:
     """One distribution, in this process: clustering time and peak memory, sort time."""
     values_N, counts_N = make_inputs(args.num_ids, kind, args.seed, args.device)
-    cluster = get_clustering(args.method)
+    cluster = get_clustering(args.clustering)
     cluster(
         values_N[:1000], counts_N[:1000], min(args.num_clusters, 1000), **args.options
     )  # warm-up
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-ids", type=int, default=1_000_000)
     p.add_argument("--num-clusters", type=int, default=100_000)
     p.add_argument("--counts", default="uniform,zipf", help="comma-separated: uniform, zipf")
-    p.add_argument("--method", default="agglomerative", choices=list_clusterings())
+    p.add_argument("--clustering", default="agglomerative", choices=list_clusterings())
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--sort-repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--options",
         type=json.loads,
         default={},
-        help="method options as JSON, e.g. '{\"merge_fraction\": 0.1}'",
+        help="clustering options as JSON, e.g. '{\"merge_fraction\": 0.1}'",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one case
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         cases.append(json.loads(out.stdout.strip().splitlines()[-1]))
     report = {
         "benchmark": "clustering",
-        "method": args.method,
+        "clustering": args.clustering,
         "options": args.options,
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "num_ids": args.num_ids,
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(report, indent=2))
     else:
         print(
-            f"{args.method} on {report['device']}: {args.num_ids:,} ids -> {args.num_clusters:,} clusters"
+            f"{args.clustering} on {report['device']}: {args.num_ids:,} ids -> {args.num_clusters:,} clusters"
         )
         for c in cases:
             print(

@@ -96,7 +96,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         red=True,
     )
     for path in missing:
-        terminalreporter.write_line(f"  {path.relative_to(config.rootpath)}", red=True)
+        terminalreporter.write_line(f"  {path.relative_to(config.rootpath.resolve())}", red=True)
 
 
 @pytest.hookimpl(tryfirst=True)

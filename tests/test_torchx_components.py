@@ -18,6 +18,7 @@ from torchx_components import lhf
 REPO = Path(__file__).resolve().parents[1]
 COMPONENTS = {"teacher": "apps.teacher", "build_hash": "apps.build_hash", "train": "apps.dlrm.train",
               "pipeline": "apps.pipeline"}  # fmt: skip
+COMPONENT = str(REPO / "torchx_components" / "lhf.py")
 
 
 def _command(app: specs.AppDef) -> list[str]:
@@ -28,7 +29,7 @@ def _command(app: specs.AppDef) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(COMPONENTS))
 def test_component_builds_a_torchrun_appdef(name: str):
-    app = getattr(lhf, name)("--fraction", "0.1", "--out", "a b/plan", nproc_per_node=2, cpu=4)
+    app = lhf.stage("--fraction", "0.1", "--out", "a b/plan", stage=name, nproc_per_node=2, cpu=4)
     cmd = _command(app)
     assert cmd[0] == "torchrun"
     assert cmd[cmd.index("--nproc_per_node") + 1] == "2"
@@ -40,41 +41,42 @@ def test_component_builds_a_torchrun_appdef(name: str):
 
 
 def test_j_overrides_nnodes_and_nproc_per_node():
-    app = lhf.build_hash("--out", "p", nnodes=1, nproc_per_node=1, j="2x4", gpu=4)
+    app = lhf.stage("--out", "p", stage="build_hash", nnodes=1, nproc_per_node=1, j="2x4", gpu=4)
     cmd = _command(app)
     assert cmd[cmd.index("--nproc_per_node") + 1] == "4" and cmd[cmd.index("--nnodes") + 1] == "2"
     assert app.roles[0].num_replicas == 2 and app.roles[0].resource.gpu == 4
     with pytest.raises(ValueError, match="must be >= 1, got 1 and 0"):
-        lhf.train(nproc_per_node=0)
+        lhf.stage(stage="train", nproc_per_node=0)
+    with pytest.raises(ValueError, match="stage must be one of .* got 'bogus'"):
+        lhf.stage(stage="bogus")
 
 
 @pytest.mark.parametrize("name", sorted(COMPONENTS))
 def test_component_passes_the_torchx_linter_and_cli_parsing(name: str):
-    assert validate(str(REPO / "torchx_components" / "lhf.py"), name) == []
-    # What `torchx run ...:name --nproc_per_node 2 -- --teacher t` hands the function.
-    app = materialize_appdef(
-        getattr(lhf, name), ["--nproc_per_node", "2", "--env", "A=1", "--", "--teacher", "t"]
-    )
+    assert validate(COMPONENT, "stage") == []
+    # What `torchx run ...:stage --stage name --nproc_per_node 2 -- --teacher t` hands it.
+    args = ["--stage", name, "--nproc_per_node", "2", "--env", "A=1", "--", "--teacher", "t"]
+    app = materialize_appdef(lhf.stage, args)
     cmd = _command(app)
     assert cmd[cmd.index("--nproc_per_node") + 1] == "2" and cmd[-2:] == ["--teacher", "t"]
-    assert app.roles[0].env["A"] == "1"
+    assert app.roles[0].env["A"] == "1" and cmd[cmd.index("-m") + 1] == COMPONENTS[name]
 
 
 def test_help_comes_from_the_docstring():
     out = subprocess.run(
         [sys.executable, "-m", "torchx.cli.main", "run", "-s", "local_cwd",
-         "torchx_components/lhf.py:build_hash", "--help"],
+         "torchx_components/lhf.py:stage", "--help"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "Cluster a teacher's tables into learned hash functions" in out.stdout
+    assert "Run a stage of the learned-hashing pipeline" in out.stdout
     assert "--nproc_per_node" in out.stdout and "processes per node" in out.stdout
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_torchx_local_cwd_build_hash_two_processes(tmp_path: Path):
-    from tests.build.test_job import _teacher
+    from tests.hash_build.test_job import _teacher
     from torchrec_lhf.hash_build.job import BuildConfig, run_build
     from torchrec_lhf.plan import HashPlan
 
@@ -88,7 +90,7 @@ def test_torchx_local_cwd_build_hash_two_processes(tmp_path: Path):
     proc = subprocess.run(
         [sys.executable, "-m", "torchx.cli.main", "run", "-s", "local_cwd",
          "-cfg", f"log_dir={tmp_path / 'logs'}",
-         "torchx_components/lhf.py:build_hash", "--nproc_per_node", "2", "--",
+         "torchx_components/lhf.py:stage", "--stage", "build_hash", "--nproc_per_node", "2", "--",
          "--teacher", str(tmp_path / "teacher"), "--fraction", "0.1", "--min_table_rows", "300",
          "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,

@@ -19,6 +19,7 @@ OPTIONS = json.dumps({"num_samples": 800, "num_embeddings": [30, 50, 120]})
 ARGS = [
     "--dataset", "synthetic", "--dataset_options", OPTIONS, "--embedding_dim", "8",
     "--over_arch_layer_sizes", "8,1", "--batch_size", "64", "--log_every", "1000",
+    "--min_table_rows", "0",
 ]  # fmt: skip
 
 

@@ -26,6 +26,7 @@ DATA = [
     "--dataset_options",
     json.dumps({"num_samples": 2000, "num_embeddings": [40, 60, 200]}),
 ]
+NO_MINIMUM = ["--min_table_rows", "0"]  # compress these tiny tables too (the default is 100)
 SMALL = [
     *DATA,
     "--embedding_dim",
@@ -138,6 +139,7 @@ def test_every_compression_method_trains(
         [
             *SMALL,
             *dims,
+            *NO_MINIMUM,
             *flags,
             "--fraction",
             "0.5",
@@ -214,6 +216,7 @@ def _train_mch(rank: int, world_size: int, tmp: str) -> dict:
     return main(
         [
             *SMALL,
+            *NO_MINIMUM,
             *("--compression", "mch", "--fraction", "0.5", "--metrics_json", f"{tmp}/mch.json"),
             *("--limit_train_batches", "6", "--limit_val_batches", "2"),
         ]
@@ -275,6 +278,7 @@ def _resume(rank: int, world_size: int, tmp: str) -> dict:
     # row_wise: every table is split over both ranks, so loading has to scatter shards
     common = [
         *SMALL,
+        *NO_MINIMUM,
         "--compression",
         "modulo",
         "--fraction",

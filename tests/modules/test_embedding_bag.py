@@ -36,9 +36,7 @@ def test_single_hash_by_hand() -> None:
     plan = HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)})
     ebc = LearnedHashEmbeddingBagCollection(tables=[_table()], plan=plan)
     assert [(c.name, c.num_embeddings) for c in ebc.embedding_bag_configs()] == [("t0", 4)]
-    assert [(c.name, c.num_embeddings) for c in ebc.internal_embedding_bag_configs()] == [
-        ("t0", 3)
-    ]
+    assert [(c.name, c.num_embeddings) for c in ebc.internal_embedding_bag_configs()] == [("t0", 3)]
     _set(ebc, "t0", [[1, 10], [2, 20], [3, 30]])
     out = ebc(_kjt(["f0"], [[[0, 3], [2]]]))
     assert out.keys() == ["f0"]
@@ -235,7 +233,10 @@ def test_mapping_width_follows_largest_compressed_table() -> None:
 @pytest.mark.parametrize("combine", ["sum", "concat"])
 def test_dlrm_on_two_hash_tables(combine: str) -> None:
     """DLRM reads the logical configs; forward and backward reach both internal tables."""
-    tables = [_table(n=40, dim=4, features=("f0", "f1")), _table("t1", n=30, dim=4, features=("f2",))]
+    tables = [
+        _table(n=40, dim=4, features=("f0", "f1")),
+        _table("t1", n=30, dim=4, features=("f2",)),
+    ]
     plan = HashPlan.from_multi_mappings(
         {"t0": [torch.arange(40) % 7, torch.arange(40) // 7]}, combine=combine
     )
@@ -283,4 +284,6 @@ def test_internal_name_clash_is_a_clear_error() -> None:
         )
     # a one-hash table reserves no suffixed names
     one = HashPlan.from_mappings({"t0": _i32(0, 1, 1, 0)})
-    LearnedHashEmbeddingBagCollection(tables=[_table(), _table("t1", features=("f0__h0",))], plan=one)
+    LearnedHashEmbeddingBagCollection(
+        tables=[_table(), _table("t1", features=("f0__h0",))], plan=one
+    )

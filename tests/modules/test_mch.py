@@ -70,7 +70,10 @@ def test_managed_table_has_exactly_zch_rows_and_small_tables_stay_full() -> None
     ebc = MCHEmbeddingBagCollection(tables, zch_sizes={"a": 6})
     internal = ebc.internal_embedding_bag_configs()
     assert [(c.name, c.num_embeddings) for c in internal] == [("a", 6), ("b", 3)]
-    assert [(c.name, c.num_embeddings) for c in ebc.embedding_bag_configs()] == [("a", 20), ("b", 3)]
+    assert [(c.name, c.num_embeddings) for c in ebc.embedding_bag_configs()] == [
+        ("a", 20),
+        ("b", 3),
+    ]
     state = ebc.state_dict()
     assert state["managed._embedding_module.embedding_bags.a.weight"].shape == (6, 4)
     assert state["full.embedding_bags.b.weight"].shape == (3, 4)

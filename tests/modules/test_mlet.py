@@ -129,7 +129,9 @@ def test_with_a_hash_plan_collapses_exactly(combine: str) -> None:
     kjt = _kjt(KEYS, batch=6, n=10, seed=2)
     collapsed = mlet.collapse()
     assert isinstance(collapsed, LearnedHashEmbeddingBagCollection)
-    assert {c.name: c.embedding_dim for c in collapsed.internal_embedding_bag_configs()}["a__h0"] == 4
+    assert {c.name: c.embedding_dim for c in collapsed.internal_embedding_bag_configs()}[
+        "a__h0"
+    ] == 4
     torch.testing.assert_close(collapsed(kjt).values(), mlet(kjt).values(), rtol=1e-5, atol=1e-6)
 
 

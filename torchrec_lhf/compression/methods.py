@@ -372,12 +372,12 @@ def lhf_plan(
         {name: teacher_embeddings[name] for name in planned},
         None if counts is None else {name: counts[name] for name in planned if name in counts},
         fraction=fraction,
-        min_table_rows=max(1, min_table_rows),
+        min_table_rows=min_table_rows,
         num_hashes=num_hashes,
         combine=combine,
         clustering=clustering,
         projection=projection,
-        method_options=clustering_options,
+        clustering_options=clustering_options,
     )
     return plan
 

@@ -60,7 +60,11 @@ def internal_layout(tables: list[EmbeddingBagConfig], plan: HashPlan) -> Interna
     """
     check_internal_names(
         [
-            (c.name, list(c.feature_names) or [c.name], plan[c.name].num_hashes if c.name in plan else 1)
+            (
+                c.name,
+                list(c.feature_names) or [c.name],
+                plan[c.name].num_hashes if c.name in plan else 1,
+            )
             for c in tables
         ]
     )
