@@ -1,9 +1,9 @@
 """Train the teacher: the app's DLRM with a tiny embedding dim, counting id accesses.
 
-Shape legend: ``N`` table height, ``D`` teacher embedding dim (``--embedding_dim``,
+Shape legend: ``N`` logical table height, ``D`` teacher embedding dim (``--embedding_dim``,
 default 4), ``V`` ids of a batch, ``T`` ids of all tables together (``sum N``).
 
-The teacher is the DLRM app's architecture at full table height (no compression), trained
+The teacher is the DLRM app's architecture at full logical table height (no compression), trained
 through the same loop on any number of ranks. While it trains, every rank counts how often
 each id of each table is accessed in the training batches it sees (exact int64, summed
 over ranks with ``all_reduce``); at the end the full ``(N, D)`` tables are gathered to

@@ -108,13 +108,13 @@ def _time_pair(steps: dict, iters: int, warmup: int) -> dict[str, float]:
 
 def _dmp(module: torch.nn.Module, sharders: list, batch: int) -> DistributedModelParallel:
     pg = dist.GroupMember.WORLD
-    plan = EmbeddingShardingPlanner(
+    sharding_plan = EmbeddingShardingPlanner(
         topology=Topology(world_size=1, compute_device="cpu"), batch_size=batch
     ).collective_plan(module, sharders, pg)
     return DistributedModelParallel(
         module,
         env=ShardingEnv.from_process_group(pg),
-        plan=plan,
+        plan=sharding_plan,
         sharders=sharders,
         device=torch.device("cpu"),
     )

@@ -116,7 +116,7 @@ class TrainConfig:
     """How ``--compression`` spends ``--fraction``: ``"table"`` (of each table) or
     ``"total"`` (of all rows; :func:`torchrec_lhf.compression.budget.allocate_rows`)."""
     out_of_range: str = field(default="error", metadata={"choices": OUT_OF_RANGE})
-    """Raw ids beyond a plan's table: ``error`` or fold them ``modulo`` the height."""
+    """Raw ids beyond a plan's table: ``error`` or fold them ``modulo`` the logical height ``N``."""
     sharding_types: list[str] = field(default_factory=lambda: list(DEFAULT_SHARDING_TYPES))
     """Sharding types the planner may choose for the tables."""
     backend: str | None = field(default=None, metadata={"choices": BACKENDS})
@@ -137,6 +137,13 @@ class TrainConfig:
     """Log the training loss every this many steps (rank 0)."""
 
     def __post_init__(self) -> None:
+        self._check_values()
+        self._check_compression()
+        self._check_model()
+        self._check_run()
+
+    def _check_values(self) -> None:
+        """Numbers and choices, one field at a time."""
         for name in (
             "embedding_dim",
             "batch_size",
@@ -156,6 +163,9 @@ class TrainConfig:
         _check_choice("out_of_range", self.out_of_range, OUT_OF_RANGE)
         if self.backend is not None:
             _check_choice("backend", self.backend, BACKENDS)
+
+    def _check_compression(self) -> None:
+        """The compression method and its options (``mlet`` sets ``mlet_fraction``)."""
         if self.compression not in COMPRESSION_METHODS:
             raise ValueError(
                 f"--compression {self.compression!r} is not a built-in method; supported: "
@@ -203,6 +213,9 @@ class TrainConfig:
             isinstance(self.mlet_fraction, bool) or not 0 < self.mlet_fraction <= 1
         ):
             raise ValueError(f"mlet_fraction must be in (0, 1], got {self.mlet_fraction!r}")
+
+    def _check_model(self) -> None:
+        """Optimizer rates and layer sizes (derives ``dense_arch_layer_sizes``)."""
         if self.mlet_inner_dim is not None:
             _check_int("mlet_inner_dim", self.mlet_inner_dim, low=1)
         for name in ("learning_rate", "embedding_learning_rate"):
@@ -225,6 +238,9 @@ class TrainConfig:
             )
         if self.num_embeddings_per_feature is not None:
             _check_sizes("num_embeddings_per_feature", self.num_embeddings_per_feature)
+
+    def _check_run(self) -> None:
+        """Flags that must agree with each other: plan, fraction, sharding, outputs."""
         if self.learned_hash is not None and self.compression != "none":
             raise ValueError(
                 f"--learned_hash {self.learned_hash!r} and --compression {self.compression!r} "

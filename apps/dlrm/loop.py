@@ -112,7 +112,7 @@ def _fold_ids(tables: list[EmbeddingBagConfig], dataset: RecDataset) -> Callable
         return lambda batch: batch
     logger.warning(
         "--num_embeddings_per_feature %s is below the data's heights %s for some features: "
-        "their ids fold modulo the table height",
+        "their ids fold modulo the logical table height",
         heights_F.tolist(),
         dataset.num_embeddings,
     )

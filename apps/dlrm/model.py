@@ -248,12 +248,12 @@ def shard_model(
         constraints=constraints,
     )
     pg = dist.GroupMember.WORLD
-    plan = planner.collective_plan(model, sharders, pg)
+    sharding_plan = planner.collective_plan(model, sharders, pg)
     return DistributedModelParallel(
         module=model,
         env=ShardingEnv.from_process_group(pg),
         device=device,
-        plan=plan,
+        plan=sharding_plan,
         sharders=sharders,
     )
 

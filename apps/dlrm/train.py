@@ -124,12 +124,13 @@ def _remap_computable(config: TrainConfig, plan: HashPlan | None) -> bool | None
     return None if plan is None else config.learned_hash is None
 
 
-def _fold_counts(counts_N: torch.Tensor, height: int) -> torch.Tensor:
-    """Counts of a table of ``height`` rows: ids beyond it fold modulo it, as in training."""
-    if counts_N.numel() <= height:
-        return torch.nn.functional.pad(counts_N, (0, height - counts_N.numel()))
-    ids_N = torch.arange(counts_N.numel()) % height
-    return torch.zeros(height, dtype=counts_N.dtype).index_add_(0, ids_N, counts_N)
+def _fold_counts(counts_N: torch.Tensor, num_embeddings: int) -> torch.Tensor:
+    """Counts of a table of logical height ``num_embeddings``: ids beyond it fold modulo
+    it, as in training."""
+    if counts_N.numel() <= num_embeddings:
+        return torch.nn.functional.pad(counts_N, (0, num_embeddings - counts_N.numel()))
+    ids_N = torch.arange(counts_N.numel()) % num_embeddings
+    return torch.zeros(num_embeddings, dtype=counts_N.dtype).index_add_(0, ids_N, counts_N)
 
 
 def run(config: TrainConfig) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The compression-method registry and each built-in method on tiny tables, by hand."""
+"""Each built-in compression method on tiny tables, by hand."""
 
 from __future__ import annotations
 
@@ -9,15 +9,8 @@ import torch
 from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
 
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
-from torchrec_lhf.compression import methods as compression
 from torchrec_lhf.compression.baselines import modulo_plan
-from torchrec_lhf.compression.methods import (
-    balanced_hash,
-    get_method,
-    list_methods,
-    make_plan,
-    register_method,
-)
+from torchrec_lhf.compression.methods import balanced_hash, make_plan
 from torchrec_lhf.hash_build.plan_builder import build_plan
 
 
@@ -25,62 +18,7 @@ def _rows(plan: HashPlan, name: str = "t") -> list[list[int]]:
     return [m.tolist() for m in plan[name].mappings]
 
 
-# ------------------------------------------------------------------------ registry
-def test_registry_lists_the_builtin_methods() -> None:
-    assert {"none", "modulo", "qr", "fbdh", "memrec", "lhf"} <= set(list_methods())
-    assert list_methods() == sorted(list_methods())
-
-
-def test_register_rejects_duplicates_and_bad_names() -> None:
-    with pytest.raises(ValueError, match="'qr' is already registered"):
-        register_method("qr", lambda num_embeddings, *, fraction: HashPlan([]))
-    with pytest.raises(ValueError, match="non-empty string"):
-        register_method("", lambda num_embeddings, *, fraction: HashPlan([]))
-    with pytest.raises(ValueError, match="'nope'.*registered"):
-        get_method("nope")
-
-
-def test_registered_method_gets_checked_args_and_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compression, "_METHODS", dict(compression._METHODS))  # register in a copy
-    seen = {}
-
-    def halve(num_embeddings, *, fraction, seed, offset: int = 0):
-        seen.update(seed=seed, offset=offset)
-        return HashPlan.from_mappings({"t": torch.arange(4) // 2 + offset})
-
-    register_method("test_halve", halve)
-    plan = make_plan("test_halve", {"t": 4}, fraction=0.5, seed=3, offset=1)
-    assert seen == {"seed": 3, "offset": 1}
-    assert plan.metadata["method"] == "test_halve" and plan.metadata["options"] == {"offset": 1}
-    assert plan.metadata["rows_fraction"] == {"t": 0.75}  # heights default to max + 1 = 3
-    with pytest.raises(ValueError, match=r"unknown options \['offst'\]; it accepts \['offset'\]"):
-        make_plan("test_halve", {"t": 4}, fraction=0.5, offst=1)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"fraction": 0.0}, "fraction must be in \\(0, 1\\], got 0.0"),
-        ({"fraction": 1.5}, "got 1.5"),
-        ({"fraction": 0.5, "min_table_rows": -1}, "min_table_rows must be an int >= 0, got -1"),
-        ({"fraction": 0.5, "seed": -2}, "seed must be an int >= 0, got -2"),
-        (
-            {"fraction": 0.5, "counts": {"t": torch.ones(3)}},
-            "counts of table 't' must have shape \\(10,\\)",
-        ),
-        ({"fraction": 0.5, "counts": {"t": -torch.ones(10)}}, "finite and >= 0"),
-    ],
-)
-def test_bad_common_args(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        get_method("modulo")({"t": 10}, **kwargs)
-
-
-def test_bad_heights() -> None:
-    with pytest.raises(ValueError, match="table 't' num_embeddings must be an int >= 1, got 0"):
-        get_method("qr")({"t": 0}, fraction=0.5)
-
-
+# ---------------------------------------------------------------------- none, modulo
 def test_none_is_the_full_model() -> None:
     plan = make_plan("none", {"t": 10}, fraction=1.0)
     assert len(plan) == 0 and plan.metadata["fraction"] == 1.0 and plan.metadata["method"] == "none"

@@ -12,7 +12,10 @@ use: ``sum_h M_h`` stays within a row or two of ``R`` (``qr`` cannot go below ab
 ``2 * sqrt(N)``), and the plan metadata records the real per-table fraction
 (``rows_fraction``) so that a comparison at equal size is honest. Tables with
 ``N < min_table_rows`` are left out of the plan and stay full. Every plan trains through
-the same :class:`~torchrec_lhf.LearnedHashEmbeddingBagCollection` and sharder.
+the same :class:`~torchrec_lhf.LearnedHashEmbeddingBagCollection` and sharder. The
+registry itself is :mod:`~torchrec_lhf.compression.registry`; this module registers the
+built-ins and re-exports :func:`get_method`, :func:`make_plan`, :func:`list_methods` and
+:func:`register_method`, so import them from here.
 
 Built-in methods (see each function for how it splits ``R``):
     ``none``    empty plan: the uncompressed model (fraction recorded as 1.0).
@@ -40,123 +43,41 @@ Example::
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import math
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from torchrec_lhf.compression.baselines import modulo_plan
-from torchrec_lhf.compression.budget import BUDGETS, allocate_rows, split_rows
+from torchrec_lhf.compression.budget import split_rows
+from torchrec_lhf.compression.registry import (
+    MethodFn,
+    get_method,
+    is_int,
+    list_methods,
+    make_plan,
+    register_method,
+)
 from torchrec_lhf.plan import HashPlan, TableHash
 
+__all__ = [
+    "MethodFn",
+    "balanced_hash",
+    "fbdh_plan",
+    "get_method",
+    "lhf_plan",
+    "list_methods",
+    "make_plan",
+    "memrec_plan",
+    "none_plan",
+    "qr_plan",
+    "register_method",
+]
+
 logger = logging.getLogger(__name__)
-
-MethodFn = Callable[..., HashPlan]
-_COMMON = ("num_embeddings", "fraction", "counts", "min_table_rows", "seed")
-_METHODS: dict[str, MethodFn] = {}
-
-
-# ------------------------------------------------------------------------ registry
-def register_method(name: str, fn: MethodFn) -> MethodFn:
-    """Register a plan-producing method under ``name``.
-
-    The stored function checks the common arguments (heights, fraction, counts,
-    ``min_table_rows``, seed), rejects options ``fn`` does not declare, and completes the
-    plan's metadata (``method``, ``fraction``, ``seed``, ``min_table_rows``, ``options``,
-    ``rows_fraction`` per table).
-
-    Args:
-        name: a new, non-empty method name.
-        fn: ``fn(num_embeddings, *, fraction, ...)``; of ``counts``, ``min_table_rows`` and
-            ``seed`` it gets those it declares; its other keyword parameters are its options.
-
-    Returns:
-        The checked function, as :func:`get_method` returns it.
-
-    Raises:
-        ValueError: ``name`` is empty or already registered, or ``fn`` is not callable.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"method name must be a non-empty string, got {name!r}")
-    if name in _METHODS:
-        raise ValueError(f"compression method {name!r} is already registered")
-    if not callable(fn):
-        raise ValueError(f"method {name!r}: fn must be callable, got {type(fn).__name__}")
-    params = inspect.signature(fn).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    named = [k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    accepted = sorted(k for k in named if k not in _COMMON)
-
-    @functools.wraps(fn)
-    def checked(
-        num_embeddings: Mapping[str, int],
-        *,
-        fraction: float,
-        counts: Mapping[str, torch.Tensor] | None = None,
-        min_table_rows: int = 0,
-        seed: int = 0,
-        budget: str = "table",
-        **options: Any,
-    ) -> HashPlan:
-        unknown = sorted(set(options) - set(accepted))
-        if unknown and not takes_any:
-            raise ValueError(f"method {name!r}: unknown options {unknown}; it accepts {accepted}")
-        _check_common(name, num_embeddings, fraction, counts, min_table_rows, seed)
-        if budget not in BUDGETS:
-            raise ValueError(f"method {name!r}: budget must be one of {BUDGETS}, got {budget!r}")
-
-        def call(heights: Mapping[str, int], f: float, min_rows: int) -> HashPlan:
-            common = {"fraction": f, "counts": counts, "min_table_rows": min_rows, "seed": seed}
-            return fn(
-                heights, **{k: v for k, v in common.items() if takes_any or k in named}, **options
-            )
-
-        if budget == "table" or name == "none":
-            plan = call(num_embeddings, fraction, min_table_rows)
-        else:  # one call per table at the fraction the total budget gives it
-            rows = allocate_rows(
-                dict(num_embeddings), fraction, budget=budget, min_table_rows=max(1, min_table_rows)
-            )
-            parts = [call({t: n}, rows[t] / n, 0) for t, n in num_embeddings.items() if rows[t] < n]
-            plan = HashPlan([t for p in parts for t in p], metadata=_merge_metadata(parts))
-        meta = plan.metadata
-        meta["method"] = name
-        meta.setdefault("fraction", fraction)
-        meta.update(seed=seed, min_table_rows=min_table_rows, budget=budget)
-        meta["options"] = {k: v for k, v in options.items() if _is_jsonable(v)}
-        meta["rows_fraction"] = {t.name: t.num_rows / t.num_embeddings for t in plan}
-        return plan
-
-    _METHODS[name] = checked
-    return checked
-
-
-def get_method(name: str) -> MethodFn:
-    """The registered method ``name`` (see :func:`register_method`).
-
-    Raises:
-        ValueError: no method of that name.
-    """
-    if name not in _METHODS:
-        raise ValueError(f"unknown compression method {name!r}; registered: {list_methods()}")
-    return _METHODS[name]
-
-
-def list_methods() -> list[str]:
-    """Names of the registered methods, sorted."""
-    return sorted(_METHODS)
-
-
-def make_plan(
-    method: str, num_embeddings: Mapping[str, int], *, fraction: float, **kwargs: Any
-) -> HashPlan:
-    """``get_method(method)(num_embeddings, fraction=fraction, **kwargs)``."""
-    return get_method(method)(num_embeddings, fraction=fraction, **kwargs)
 
 
 # ------------------------------------------------------------------------- methods
@@ -297,7 +218,7 @@ def memrec_plan(
         num_token_hashes: ``k >= 1``.
         weight_fraction: share of ``R`` for the weight table, in ``(0, 1)``.
     """
-    if not _is_int(num_token_hashes, 1):
+    if not is_int(num_token_hashes, 1):
         raise ValueError(
             f"method 'memrec': num_token_hashes must be an int >= 1, got {num_token_hashes!r}"
         )
@@ -398,19 +319,6 @@ def balanced_hash(num_ids: int, rows: int, *, seed: int, key: str) -> torch.Tens
     return torch.randperm(num_ids, generator=g) % rows
 
 
-def _merge_metadata(plans: list[HashPlan]) -> dict[str, Any]:
-    """One metadata dict of per-table plans: per-table dicts merged, the rest from the first."""
-    meta: dict[str, Any] = {}
-    for plan in plans:
-        for key, value in plan.metadata.items():
-            if isinstance(value, dict) and isinstance(meta.get(key), dict):
-                meta[key] = {**meta[key], **value}
-            else:
-                meta.setdefault(key, value)
-    meta.pop("fraction", None)  # the per-table fractions, not the requested one
-    return meta
-
-
 def _planned(num_embeddings: Mapping[str, int], min_table_rows: int) -> list[tuple[str, int]]:
     """``(name, N)`` of the tables to compress (a loop per table, not per id)."""
     kept = [(name, int(n)) for name, n in num_embeddings.items() if n >= min_table_rows]
@@ -422,62 +330,6 @@ def _planned(num_embeddings: Mapping[str, int], min_table_rows: int) -> list[tup
             min_table_rows,
         )
     return kept
-
-
-def _check_common(
-    name: str,
-    num_embeddings: Mapping[str, int],
-    fraction: float,
-    counts: Mapping[str, torch.Tensor] | None,
-    min_table_rows: int,
-    seed: int,
-) -> None:
-    if not isinstance(num_embeddings, Mapping):
-        raise ValueError(
-            f"method {name!r}: num_embeddings must map table names to heights, got {type(num_embeddings).__name__}"
-        )
-    for table, n in num_embeddings.items():
-        if not _is_int(n, 1):
-            raise ValueError(
-                f"method {name!r}: table {table!r} num_embeddings must be an int >= 1, got {n!r}"
-            )
-    if (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, (int, float))
-        or not 0 < fraction <= 1
-    ):
-        raise ValueError(f"method {name!r}: fraction must be in (0, 1], got {fraction!r}")
-    if not _is_int(min_table_rows, 0):
-        raise ValueError(
-            f"method {name!r}: min_table_rows must be an int >= 0, got {min_table_rows!r}"
-        )
-    if not _is_int(seed, 0):
-        raise ValueError(f"method {name!r}: seed must be an int >= 0, got {seed!r}")
-    for table, c in (counts or {}).items():
-        if table not in num_embeddings:
-            continue
-        n = num_embeddings[table]
-        if not isinstance(c, torch.Tensor) or c.shape != (n,) or c.is_complex():
-            got = f"shape {tuple(c.shape)}" if isinstance(c, torch.Tensor) else type(c).__name__
-            raise ValueError(
-                f"method {name!r}: counts of table {table!r} must have shape ({n},), got {got}"
-            )
-        if c.numel() and (bool((c < 0).any()) or not bool(torch.isfinite(c.double()).all())):
-            raise ValueError(f"method {name!r}: counts of table {table!r} must be finite and >= 0")
-
-
-def _is_int(value: Any, lowest: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= lowest
-
-
-def _is_jsonable(value: Any) -> bool:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_is_jsonable(v) for v in value)
-    if isinstance(value, Mapping):
-        return all(isinstance(k, str) and _is_jsonable(v) for k, v in value.items())
-    return False
 
 
 register_method("none", none_plan)

@@ -71,6 +71,58 @@ def load_csv(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    categorical, dense, wanted = _check_columns(label, categorical, dense, time, min_count)
+    line_N, cells = _read_cells(path, wanted, delimiter)
+    num_rows, num_cat = len(line_N), len(categorical)
+    label_N = _labels(cells[:, 0], label, label_threshold, line_N, path)
+    ids_NC, num_embeddings = _categorical_ids(cells[:, 1 : 1 + num_cat], min_count)
+    dense_ND, dense_names = _dense(
+        cells[:, 1 + num_cat : 1 + num_cat + len(dense)], dense, line_N, path
+    )
+    time_N = None
+    if time is not None:
+        time_N = torch.from_numpy(_numeric(cells[:, -1], time, line_N, path, allow_empty=False))
+    order_N, split_rule = _split_order(time, time_N, num_rows, seed)
+    logger.info("csv %s: %d rows, tables %s", path, num_rows, num_embeddings)
+    return RecDataset(
+        name=path.stem,
+        feature_names=categorical,
+        num_embeddings=num_embeddings,
+        dense_names=dense_names,
+        dense=dense_ND,
+        lengths=torch.ones(num_rows, num_cat, dtype=torch.int32),
+        values=ids_NC.reshape(-1),
+        labels=torch.from_numpy(label_N).to(torch.float32),
+        splits=split_by_order(order_N),
+        info={
+            "source": str(path),
+            "format": "csv",
+            "label": label if label_threshold is None else f"{label} >= {label_threshold:g}",
+            "min_count": min_count,
+            "reserved_id": "0: empty cells and values seen fewer than min_count times",
+            "dense": dense_names if dense else "none in the file: constant 1.0 column 'bias'",
+            "split": split_rule,
+        },
+    )
+
+
+def _check_columns(
+    label: str,
+    categorical: Sequence[str],
+    dense: Sequence[str],
+    time: str | None,
+    min_count: int,
+) -> tuple[list[str], list[str], list[str]]:
+    """Check the column arguments of :func:`load_csv`.
+
+    Returns:
+        ``(categorical, dense, wanted)`` as lists; ``wanted`` is every column to read, in
+        the order label, categorical, dense, time.
+
+    Raises:
+        ValueError: ``categorical`` or ``dense`` is a string, ``categorical`` is empty,
+            ``min_count < 1``, or a column is named twice.
+    """
     if isinstance(categorical, str) or isinstance(dense, str):
         raise ValueError(
             f"categorical and dense must be lists of column names, got {categorical!r}, {dense!r}"
@@ -84,6 +136,20 @@ def load_csv(
     repeated = sorted({c for c in wanted if wanted.count(c) > 1})
     if repeated:
         raise ValueError(f"columns used twice among label/categorical/dense/time: {repeated}")
+    return categorical, dense, wanted
+
+
+def _read_cells(path: Path, wanted: list[str], delimiter: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read the ``wanted`` columns of every non-blank row, cells stripped.
+
+    Returns:
+        ``(line_N, cells)``: the file line of each row, shape ``(N,)``, and the cells as
+        strings, shape ``(N, len(wanted))`` (dtype object).
+
+    Raises:
+        ValueError: no header, a wanted column missing, a row of the wrong length, or no
+            data rows.
+    """
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = next(reader, None)
@@ -107,60 +173,68 @@ def load_csv(
         raise ValueError(f"{path}: no data rows")
     line_N = np.array([r[0] for r in rows])
     cells = np.array([r[1] for r in rows], dtype=object)  # (N, len(wanted))
-    num_cat, num_dense = len(categorical), len(dense)
+    return line_N, cells
 
-    label_N = _numeric(cells[:, 0], label, line_N, path, allow_empty=False)
-    if label_threshold is not None:
-        label_N = (label_N >= label_threshold).astype(np.float64)
+
+def _labels(
+    col: np.ndarray, name: str, threshold: float | None, line_N: np.ndarray, path: Path
+) -> np.ndarray:
+    """The label cells ``(N,)`` as float64 0 / 1 (``value >= threshold`` if one is given).
+
+    Raises:
+        ValueError: a cell is empty or not a number, or (without ``threshold``) not 0 or 1.
+    """
+    label_N = _numeric(col, name, line_N, path, allow_empty=False)
+    if threshold is not None:
+        label_N = (label_N >= threshold).astype(np.float64)
     bad = (label_N != 0) & (label_N != 1)
     if bad.any():
         i = int(bad.nonzero()[0][0])
         raise ValueError(
-            f"{path}:{line_N[i]}: column {label!r} must be 0 or 1 (or pass label_threshold), "
-            f"got {cells[i, 0]!r}"
+            f"{path}:{line_N[i]}: column {name!r} must be 0 or 1 (or pass label_threshold), "
+            f"got {col[i]!r}"
         )
-    # Categorical strings -> global codes (EMPTY for ""), then per-column frequency ids.
-    cat_strings = cells[:, 1 : 1 + num_cat].astype(str)
-    uniq, inv = np.unique(cat_strings, return_inverse=True)
+    return label_N
+
+
+def _categorical_ids(cells_NC: np.ndarray, min_count: int) -> tuple[torch.Tensor, list[int]]:
+    """Categorical strings ``(N, C)`` -> per-column frequency ids and table heights.
+
+    The strings get global codes first (``EMPTY`` for ``""``), then each column is
+    frequency-encoded with id 0 reserved (see :func:`~torchrec_lhf.data._util.frequency_encode`).
+    """
+    cat_strings = cells_NC.astype(str)
+    _, inv = np.unique(cat_strings, return_inverse=True)
     raw_NC = torch.from_numpy(inv.reshape(cat_strings.shape).astype(np.int64))
     raw_NC[torch.from_numpy(cat_strings == "")] = EMPTY
-    ids_NC, num_embeddings = frequency_encode(raw_NC, min_count=min_count)
+    return frequency_encode(raw_NC, min_count=min_count)
 
-    if num_dense:
-        cols = [_numeric(cells[:, 1 + num_cat + j], c, line_N, path) for j, c in enumerate(dense)]
-        dense_ND = torch.from_numpy(np.stack(cols, axis=1)).to(torch.float32)
-        dense_names = dense
-    else:
-        dense_ND = torch.ones(len(rows), 1)
-        dense_names = [BIAS_COLUMN]
+
+def _dense(
+    cells_ND: np.ndarray, names: list[str], line_N: np.ndarray, path: Path
+) -> tuple[torch.Tensor, list[str]]:
+    """The dense columns as float32 ``(N, D)`` and their names.
+
+    Without dense columns: one constant column :data:`BIAS_COLUMN` of 1.0, shape ``(N, 1)``.
+    """
+    if not names:
+        return torch.ones(len(line_N), 1), [BIAS_COLUMN]
+    cols = [_numeric(cells_ND[:, j], c, line_N, path) for j, c in enumerate(names)]
+    return torch.from_numpy(np.stack(cols, axis=1)).to(torch.float32), names
+
+
+def _split_order(
+    time: str | None, time_N: torch.Tensor | None, num_rows: int, seed: int
+) -> tuple[torch.Tensor, str]:
+    """The row order the 80/10/10 split cuts, shape ``(N,)``, and the rule in words.
+
+    Rows by ``time_N`` (stable) if there is a ``time`` column, else a permutation seeded
+    by ``seed``.
+    """
     if time is not None:
-        time_N = torch.from_numpy(_numeric(cells[:, -1], time, line_N, path, allow_empty=False))
         order_N = torch.sort(time_N, stable=True).indices
-        split_rule = f"sorted by {time!r} (ties by file order), contiguous 80/10/10"
-    else:
-        order_N = seeded_permutation(len(rows), seed)
-        split_rule = f"permutation seeded with {seed}, 80/10/10"
-    logger.info("csv %s: %d rows, tables %s", path, len(rows), num_embeddings)
-    return RecDataset(
-        name=path.stem,
-        feature_names=categorical,
-        num_embeddings=num_embeddings,
-        dense_names=dense_names,
-        dense=dense_ND,
-        lengths=torch.ones(len(rows), num_cat, dtype=torch.int32),
-        values=ids_NC.reshape(-1),
-        labels=torch.from_numpy(label_N).to(torch.float32),
-        splits=split_by_order(order_N),
-        info={
-            "source": str(path),
-            "format": "csv",
-            "label": label if label_threshold is None else f"{label} >= {label_threshold:g}",
-            "min_count": min_count,
-            "reserved_id": "0: empty cells and values seen fewer than min_count times",
-            "dense": dense_names if num_dense else "none in the file: constant 1.0 column 'bias'",
-            "split": split_rule,
-        },
-    )
+        return order_N, f"sorted by {time!r} (ties by file order), contiguous 80/10/10"
+    return seeded_permutation(num_rows, seed), f"permutation seeded with {seed}, 80/10/10"
 
 
 def _numeric(

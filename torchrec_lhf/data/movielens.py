@@ -38,6 +38,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -241,67 +242,15 @@ def load_movielens_100k(
         cache / "ml-100k.user", ["user_id", "age", "gender", "occupation", "zip_code"]
     )
     items = _read_atomic(cache / "ml-100k.item", ["item_id", "release_year", "class"])
-
-    user_N = torch.tensor([int(u) for u in inter["user_id"]]) - 1
-    item_N = torch.tensor([int(i) for i in inter["item_id"]]) - 1
-    rating_N = torch.tensor([float(r) for r in inter["rating"]])
-    time_N = torch.tensor([int(float(t)) for t in inter["timestamp"]])
     num_users, num_items = len(users["user_id"]), len(items["item_id"])
-    for name, ids, n in (("user_id", user_N, num_users), ("item_id", item_N, num_items)):
-        if int(ids.min()) < 0 or int(ids.max()) >= n:
-            raise ValueError(
-                f"ml-100k.inter: {name} outside 1..{n}: {int(ids.min()) + 1}..{int(ids.max()) + 1}"
-            )
-
-    # Per-user attributes, rows ordered by user_id - 1.
-    user_row = torch.tensor([int(u) for u in users["user_id"]]) - 1
-    age_U = torch.empty(num_users, dtype=torch.int64)
-    age_U[user_row] = torch.tensor([int(a) for a in users["age"]])
-    attrs_U = torch.empty(num_users, 3, dtype=torch.int64)
-    attrs_U[user_row] = torch.stack(
-        [_codes(users["gender"]), _codes(users["occupation"]), _codes(users["zip_code"])], dim=1
-    )
-    age_bucket_U = torch.bucketize(age_U, torch.tensor(AGE_BUCKETS), right=True)
-
-    # Per-item attributes, rows ordered by item_id - 1; genres as a jagged list.
-    item_row = torch.tensor([int(i) for i in items["item_id"]]) - 1
-    year_I = torch.empty(num_items, dtype=torch.int64)
-    # NOTE: two items have no usable year ("unkonwn", "V"): year 0 = "unknown" category.
-    year_I[item_row] = torch.tensor([int(y) if y.isdigit() else 0 for y in items["release_year"]])
-    known_year_I = year_I > 0
-    dense_year_I = torch.where(known_year_I, year_I, year_I[known_year_I].median()).double()
-    genre_lists = [c.split() for c in items["class"]]
-    genre_vocab = {g: i for i, g in enumerate(sorted({g for gl in genre_lists for g in gl}))}
-    glen_I = torch.zeros(num_items, dtype=torch.int64)
-    glen_I[item_row] = torch.tensor([len(gl) for gl in genre_lists])
-    gval_by_row = [
-        torch.tensor([genre_vocab[g] for g in gl], dtype=torch.int64) for gl in genre_lists
-    ]
-    order = torch.argsort(item_row)
-    genre_G = torch.cat([gval_by_row[i] for i in order.tolist()])
-    gstart_I = torch.cumsum(glen_I, 0) - glen_I
-
-    # One-hot columns: user, item, age, gender, occupation, zip, year (year by frequency).
-    onehot_N7 = torch.stack(
-        [user_N, item_N, age_bucket_U[user_N], *attrs_U[user_N].unbind(1), year_I[item_N]], dim=1
-    )
-    zip_year_ids, zip_year_sizes = frequency_encode(onehot_N7[:, [5, 6]], reserve=False)
-    onehot_N7[:, [5, 6]] = zip_year_ids
-    num_genders, num_occupations = (int(attrs_U[:, k].max()) + 1 for k in (0, 1))
-    heights = [num_users, num_items, len(AGE_BUCKETS) + 1, num_genders, num_occupations]
-    heights += [zip_year_sizes[0], len(genre_vocab), zip_year_sizes[1]]
-
-    num = user_N.numel()
-    glen_N = glen_I[item_N]
-    lengths_NF = torch.ones(num, len(FEATURES), dtype=torch.int32)
-    lengths_NF[:, 6] = glen_N.to(torch.int32)
-    genres_V = gather_segments(genre_G, gstart_I[item_N], glen_N)
-    feature_major_V = torch.cat([onehot_N7[:, :6].t().reshape(-1), genres_V, onehot_N7[:, 6]])
-    values_V = feature_major_to_sample_major(feature_major_V, lengths_NF)
-
+    user_N, item_N, rating_N, time_N = _ratings(inter, num_users, num_items)
+    u = _user_attributes(users, num_users)
+    i = _item_attributes(items, num_items)
+    heights, lengths_NF, values_V = _sparse_features(user_N, item_N, u, i)
     dense_N2 = torch.stack(
-        [age_U[user_N].double() / 100.0, (dense_year_I[item_N] - 1900.0) / 100.0], dim=1
+        [u.age_U[user_N].double() / 100.0, (i.dense_year_I[item_N] - 1900.0) / 100.0], dim=1
     ).to(torch.float32)
+    num = user_N.numel()
     if split == "time":
         order_N = torch.sort(time_N, stable=True).indices
         split_rule = "timestamp order (ties by file order), contiguous 80/10/10"
@@ -327,8 +276,118 @@ def load_movielens_100k(
             "label": f"rating >= {POSITIVE_RATING:g}",
             "split": split_rule,
             "age_buckets": list(AGE_BUCKETS),
-            "genres": sorted(genre_vocab),
+            "genres": i.genres,
             "zip": "full zip code, ids by descending frequency",
             "year": "release year, ids by descending frequency",
         },
     )
+
+
+class _Users(NamedTuple):
+    """Per-user attributes, rows ordered by ``user_id - 1``."""
+
+    age_U: torch.Tensor
+    """Age in years, int64 ``(U,)``."""
+    age_bucket_U: torch.Tensor
+    """Age bucket ``0..len(AGE_BUCKETS)``, ``(U,)``."""
+    attrs_U3: torch.Tensor
+    """Codes of gender, occupation and zip code (sorted order), int64 ``(U, 3)``."""
+
+
+class _Items(NamedTuple):
+    """Per-item attributes, rows ordered by ``item_id - 1``; genres as a jagged list."""
+
+    year_I: torch.Tensor
+    """Release year (0: unknown), int64 ``(I,)``."""
+    dense_year_I: torch.Tensor
+    """Release year with unknown years as the median, float64 ``(I,)``."""
+    genre_G: torch.Tensor
+    """Genre ids of all items, item by item, int64 ``(G,)``."""
+    gstart_I: torch.Tensor
+    """Where each item's genres start in ``genre_G``, ``(I,)``."""
+    glen_I: torch.Tensor
+    """How many genres each item has, ``(I,)``."""
+    genres: list[str]
+    """The genre names, alphabetical: genre id ``g`` is ``genres[g]``."""
+
+
+def _ratings(
+    inter: dict[str, list[str]], num_users: int, num_items: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ratings as ``(user_N, item_N, rating_N, time_N)``; user and item ids from 0.
+
+    Raises:
+        ValueError: a user or item id outside ``1..num_users`` / ``1..num_items``.
+    """
+    user_N = torch.tensor([int(u) for u in inter["user_id"]]) - 1
+    item_N = torch.tensor([int(i) for i in inter["item_id"]]) - 1
+    rating_N = torch.tensor([float(r) for r in inter["rating"]])
+    time_N = torch.tensor([int(float(t)) for t in inter["timestamp"]])
+    for name, ids, n in (("user_id", user_N, num_users), ("item_id", item_N, num_items)):
+        if int(ids.min()) < 0 or int(ids.max()) >= n:
+            raise ValueError(
+                f"ml-100k.inter: {name} outside 1..{n}: {int(ids.min()) + 1}..{int(ids.max()) + 1}"
+            )
+    return user_N, item_N, rating_N, time_N
+
+
+def _user_attributes(users: dict[str, list[str]], num_users: int) -> _Users:
+    """Age, age bucket, gender, occupation and zip of each user (see :class:`_Users`)."""
+    user_row = torch.tensor([int(u) for u in users["user_id"]]) - 1
+    age_U = torch.empty(num_users, dtype=torch.int64)
+    age_U[user_row] = torch.tensor([int(a) for a in users["age"]])
+    attrs_U = torch.empty(num_users, 3, dtype=torch.int64)
+    attrs_U[user_row] = torch.stack(
+        [_codes(users["gender"]), _codes(users["occupation"]), _codes(users["zip_code"])], dim=1
+    )
+    age_bucket_U = torch.bucketize(age_U, torch.tensor(AGE_BUCKETS), right=True)
+    return _Users(age_U, age_bucket_U, attrs_U)
+
+
+def _item_attributes(items: dict[str, list[str]], num_items: int) -> _Items:
+    """Release year and genres of each item (see :class:`_Items`)."""
+    item_row = torch.tensor([int(i) for i in items["item_id"]]) - 1
+    year_I = torch.empty(num_items, dtype=torch.int64)
+    # NOTE: two items have no usable year ("unkonwn", "V"): year 0 = "unknown" category.
+    year_I[item_row] = torch.tensor([int(y) if y.isdigit() else 0 for y in items["release_year"]])
+    known_year_I = year_I > 0
+    dense_year_I = torch.where(known_year_I, year_I, year_I[known_year_I].median()).double()
+    genre_lists = [c.split() for c in items["class"]]
+    genre_vocab = {g: i for i, g in enumerate(sorted({g for gl in genre_lists for g in gl}))}
+    glen_I = torch.zeros(num_items, dtype=torch.int64)
+    glen_I[item_row] = torch.tensor([len(gl) for gl in genre_lists])
+    gval_by_row = [
+        torch.tensor([genre_vocab[g] for g in gl], dtype=torch.int64) for gl in genre_lists
+    ]
+    order = torch.argsort(item_row)
+    genre_G = torch.cat([gval_by_row[i] for i in order.tolist()])
+    gstart_I = torch.cumsum(glen_I, 0) - glen_I
+    return _Items(year_I, dense_year_I, genre_G, gstart_I, glen_I, sorted(genre_vocab))
+
+
+def _sparse_features(
+    user_N: torch.Tensor, item_N: torch.Tensor, u: _Users, i: _Items
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """The 8 sparse features of :data:`FEATURES`, sample-major.
+
+    Returns:
+        ``(heights, lengths_NF, values_V)``: the table heights, the lengths ``(N, 8)`` (1,
+        except the multi-hot ``genres``), and the ids, shape ``(V,)``.
+    """
+    # One-hot columns: user, item, age, gender, occupation, zip, year (year by frequency).
+    onehot_N7 = torch.stack(
+        [user_N, item_N, u.age_bucket_U[user_N], *u.attrs_U3[user_N].unbind(1), i.year_I[item_N]],
+        dim=1,
+    )
+    zip_year_ids, zip_year_sizes = frequency_encode(onehot_N7[:, [5, 6]], reserve=False)
+    onehot_N7[:, [5, 6]] = zip_year_ids
+    num_genders, num_occupations = (int(u.attrs_U3[:, k].max()) + 1 for k in (0, 1))
+    heights = [len(u.age_U), len(i.year_I), len(AGE_BUCKETS) + 1, num_genders, num_occupations]
+    heights += [zip_year_sizes[0], len(i.genres), zip_year_sizes[1]]
+
+    glen_N = i.glen_I[item_N]
+    lengths_NF = torch.ones(user_N.numel(), len(FEATURES), dtype=torch.int32)
+    lengths_NF[:, 6] = glen_N.to(torch.int32)
+    genres_V = gather_segments(i.genre_G, i.gstart_I[item_N], glen_N)
+    feature_major_V = torch.cat([onehot_N7[:, :6].t().reshape(-1), genres_V, onehot_N7[:, 6]])
+    return heights, lengths_NF, feature_major_to_sample_major(feature_major_V, lengths_NF)

@@ -1,0 +1,140 @@
+"""Flags derived from config dataclasses: one source for every default and help text."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from apps import build_hash, pipeline, teacher
+from apps.dlrm import train
+from apps.dlrm.config import COMPRESSION_FIELDS, TrainConfig
+from benchmarks import quality
+from torchrec_lhf.cli import add_config_flags, config_from_args, field_docs
+from torchrec_lhf.compression.budget import MIN_TABLE_ROWS
+from torchrec_lhf.hash_build.config import BuildConfig
+
+
+@dataclass(kw_only=True)
+class _Toy:
+    name: str
+    """The toy's name."""
+    size: int = 3
+    """How big (in 100% units)."""
+    ratio: float | None = None
+    """An optional ratio."""
+    tags: list[str] = field(default_factory=lambda: ["a", "b"])
+    """Comma list of tags."""
+    options: dict = field(default_factory=dict)
+    """A JSON object."""
+    mode: str = field(default="x", metadata={"choices": ("x", "y")})
+    """One of x, y."""
+    fast: bool = False
+    """Go fast."""
+    path: Path | None = None
+    """Where."""
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            raise ValueError(f"size must be >= 0, got {self.size}")
+
+
+def _parse(argv: list[str], **kwargs) -> _Toy:
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, _Toy, **kwargs)
+    return config_from_args(_Toy, parser.parse_args(argv), defaults=kwargs.get("defaults"))
+
+
+def test_every_type_parses_and_defaults_come_from_the_dataclass() -> None:
+    toy = _parse(
+        '--name n --size 5 --ratio 0.5 --tags c,d --options {"k":1} --mode y --fast '
+        "--path p".split()
+    )
+    assert toy == _Toy(
+        name="n", size=5, ratio=0.5, tags=["c", "d"], options={"k": 1}, mode="y", fast=True,
+        path=Path("p"),
+    )  # fmt: skip
+    assert _parse(["--name", "n"]) == _Toy(name="n")  # nothing copied into the parser
+    assert _parse(["--name", "n"], defaults={"size": 7}).size == 7
+    assert _parse(["--name", "n", "--no-fast"]).fast is False
+
+
+def test_bad_values_are_named() -> None:
+    with pytest.raises(SystemExit):
+        _parse([])  # --name is required: no default
+    with pytest.raises(SystemExit):
+        _parse(["--name", "n", "--mode", "z"])
+    with pytest.raises(ValueError, match="size must be >= 0, got -1"):
+        _parse(["--name", "n", "--size", "-1"])
+
+
+def test_help_is_the_attribute_docstring() -> None:
+    assert field_docs(_Toy)["size"] == "How big (in 100% units)."
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, _Toy)
+    text = parser.format_help()
+    assert "How big (in 100% units). (default: 3)" in " ".join(text.split())
+
+
+def test_unsupported_types_are_refused() -> None:
+    @dataclass
+    class Bad:
+        x: set[int] = field(default_factory=set)
+
+    with pytest.raises(TypeError, match="field 'x': no flag"):
+        add_config_flags(argparse.ArgumentParser(), Bad)
+
+
+@pytest.mark.parametrize("cls", [TrainConfig, BuildConfig, pipeline.PipelineConfig,
+                                 quality.SweepConfig, build_hash.LaunchConfig])  # fmt: skip
+def test_every_config_field_is_documented(cls: type) -> None:
+    undocumented = [f.name for f in dataclasses.fields(cls) if not field_docs(cls).get(f.name)]
+    assert undocumented == []
+
+
+def test_min_table_rows_has_one_default_and_accepts_zero(tmp_path: Path) -> None:
+    teacher_dir = str(tmp_path / "t")
+    build, _ = build_hash.parse_args(["--teacher", teacher_dir, "--fraction", "0.1",
+                                      "--out", str(tmp_path / "p"), "--min_table_rows", "0"])  # fmt: skip
+    assert build.min_table_rows == 0 and build.work_dir == tmp_path / "p.work"
+    default, _ = build_hash.parse_args(
+        ["--teacher", teacher_dir, "--fraction", "0.1", "--out", str(tmp_path / "p")]
+    )
+    configs = [
+        default,
+        train.parse_args([]),
+        pipeline.parse_args([]),
+        quality.parse_args(["--out", str(tmp_path)]),
+    ]
+    assert [c.min_table_rows for c in configs] == [MIN_TABLE_ROWS] * 4
+    zero = train.parse_args(
+        ["--compression", "modulo", "--fraction", "0.1", "--min_table_rows", "0"]
+    )
+    assert zero.min_table_rows == 0
+
+
+def test_the_teacher_has_no_compression_flags_and_its_own_dim() -> None:
+    config = teacher.parse_args(["--out", "x"])
+    assert config.train.embedding_dim == teacher.TEACHER_DEFAULTS["embedding_dim"]
+    assert pipeline.PipelineConfig().teacher_dim == teacher.TEACHER_DEFAULTS["embedding_dim"]
+    for name in COMPRESSION_FIELDS:
+        with pytest.raises(SystemExit):
+            teacher.parse_args(["--out", "x", f"--{name}", "1"])
+    narrow = teacher.parse_args(["--out", "x", "--embedding_dim", "2"])
+    assert narrow.train.sharding_types == ["data_parallel"]  # FBGEMM's fused tables need 4k
+
+
+def test_the_pipeline_hands_its_stages_typed_configs(tmp_path: Path) -> None:
+    config = pipeline.parse_args(["--out_dir", str(tmp_path), "--min_table_rows", "0"])
+    teach, build, trains = pipeline.stage_configs(config, "synthetic", {})
+    assert isinstance(teach.train, TrainConfig) and isinstance(build, BuildConfig)
+    assert teach.train.embedding_dim == config.teacher_dim
+    assert teach.train.dense_arch_layer_sizes[-1] == config.teacher_dim
+    assert build.teacher == teach.out and build.min_table_rows == 0
+    assert sorted(trains) == sorted(config.methods)
+    assert trains["lhf"].learned_hash == str(build.out)
+    assert trains["modulo"].compression == "modulo" and trains["modulo"].min_table_rows == 0
+    assert trains["none"].compression == "none" and trains["none"].learned_hash is None
