@@ -141,7 +141,8 @@ def run_world_size(world_size: int, threads: int, kw: dict) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's flags (see the module docstring for the defaults)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--max_rows", type=int, default=5_000_000, help="cap on each table's height")
     p.add_argument("--fraction", type=float, default=0.1)
@@ -153,7 +154,63 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads_per_rank", type=int, default=1, help="torch threads per rank")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print only the JSON result")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def run_rounds(
+    args: argparse.Namespace, tmp: Path, world_sizes: list[int]
+) -> tuple[list[dict[str, Any]], set[str]]:
+    """Build with each world size, in ``args.repeats`` interleaved rounds, in ``tmp``.
+
+    Rounds go ``1, 2, 1, 2, ...`` so that load from elsewhere hits every world size alike.
+
+    Returns:
+        ``(runs, fingerprints)``: :func:`run_world_size`'s result per run, and the set of
+        the plans' fingerprints (one if all plans are identical).
+    """
+    runs, fingerprints = [], set()
+    for i, ws in enumerate(world_sizes * args.repeats):
+        kw = dict(
+            teacher=str(tmp / "teacher"),
+            fraction=args.fraction,
+            min_table_rows=args.min_table_rows,
+            clustering=args.clustering,
+            work_dir=str(tmp / f"run{i}.work"),
+            out=str(tmp / f"run{i}.plan"),
+        )
+        runs.append(run_world_size(ws, args.threads_per_rank, kw))
+        fingerprints.add(HashPlan.load(tmp / f"run{i}.plan").fingerprint())
+        if not args.json:
+            print(f"world size {ws}: {runs[-1]['seconds']:.2f} s", file=sys.stderr)
+    return runs, fingerprints
+
+
+def speedups(runs: list[dict[str, Any]], world_sizes: list[int]) -> dict[str, Any]:
+    """Median and best seconds per world size, and the speed-ups over the first world size."""
+    times = {ws: [r["seconds"] for r in runs if r["world_size"] == ws] for ws in world_sizes}
+    median = {ws: statistics.median(t) for ws, t in times.items()}
+    best = {ws: min(t) for ws, t in times.items()}
+    cpu = {
+        ws: statistics.median(max(r["per_rank_cpu_seconds"]) for r in runs if r["world_size"] == ws)
+        for ws in world_sizes
+    }
+    return {
+        "median_seconds": {str(ws): round(t, 3) for ws, t in median.items()},
+        "best_seconds": {str(ws): round(t, 3) for ws, t in best.items()},
+        # speed-up over the first world size: of the medians, and of the best runs (the
+        # least disturbed by other processes on a shared machine)
+        "speedup_median": {
+            str(ws): round(median[world_sizes[0]] / t, 3) for ws, t in median.items()
+        },
+        "speedup_best": {str(ws): round(best[world_sizes[0]] / t, 3) for ws, t in best.items()},
+        # the busiest rank's CPU seconds against the first world size's: the speed-up an
+        # otherwise idle machine with a core per rank would give (bounded by the balance)
+        "speedup_cpu_bound": {str(ws): round(cpu[world_sizes[0]] / t, 3) for ws, t in cpu.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     heights = [min(n, args.max_rows) for n in CRITEO_KAGGLE_HEIGHTS]
     sizes = {f"t_cat_{i}": n for i, n in enumerate(heights)}
     world_sizes = [int(w) for w in args.world_sizes.split(",")]
@@ -172,28 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         make_teacher(tmp / "teacher", heights, dim=args.dim, seed=args.seed)
         teacher_seconds = time.perf_counter() - t0
-        runs, fingerprints = [], set()
-        # Interleaved rounds (1, 2, 1, 2, ...) so that load from elsewhere hits both alike.
-        for i, ws in enumerate(world_sizes * args.repeats):
-            kw = dict(
-                teacher=str(tmp / "teacher"),
-                fraction=args.fraction,
-                min_table_rows=args.min_table_rows,
-                clustering=args.clustering,
-                work_dir=str(tmp / f"run{i}.work"),
-                out=str(tmp / f"run{i}.plan"),
-            )
-            runs.append(run_world_size(ws, args.threads_per_rank, kw))
-            fingerprints.add(HashPlan.load(tmp / f"run{i}.plan").fingerprint())
-            if not args.json:
-                print(f"world size {ws}: {runs[-1]['seconds']:.2f} s", file=sys.stderr)
-    times = {ws: [r["seconds"] for r in runs if r["world_size"] == ws] for ws in world_sizes}
-    median = {ws: statistics.median(t) for ws, t in times.items()}
-    best = {ws: min(t) for ws, t in times.items()}
-    cpu = {
-        ws: statistics.median(max(r["per_rank_cpu_seconds"]) for r in runs if r["world_size"] == ws)
-        for ws in world_sizes
-    }
+        runs, fingerprints = run_rounds(args, tmp, world_sizes)
     result = {
         "benchmark": "build_hash",
         "tables": len(heights),
@@ -212,17 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loadavg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "torch": torch.__version__,
         "synthetic_teacher_seconds": round(teacher_seconds, 3),
-        "median_seconds": {str(ws): round(t, 3) for ws, t in median.items()},
-        "best_seconds": {str(ws): round(t, 3) for ws, t in best.items()},
-        # speed-up over the first world size: of the medians, and of the best runs (the
-        # least disturbed by other processes on a shared machine)
-        "speedup_median": {
-            str(ws): round(median[world_sizes[0]] / t, 3) for ws, t in median.items()
-        },
-        "speedup_best": {str(ws): round(best[world_sizes[0]] / t, 3) for ws, t in best.items()},
-        # the busiest rank's CPU seconds against the first world size's: the speed-up an
-        # otherwise idle machine with a core per rank would give (bounded by the balance)
-        "speedup_cpu_bound": {str(ws): round(cpu[world_sizes[0]] / t, 3) for ws, t in cpu.items()},
+        **speedups(runs, world_sizes),
         "plans_identical": len(fingerprints) == 1,
         "runs": runs,
     }

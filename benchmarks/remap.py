@@ -22,6 +22,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -120,7 +121,16 @@ def _dmp(module: torch.nn.Module, sharders: list, batch: int) -> DistributedMode
     )
 
 
-def run(args: argparse.Namespace) -> dict:
+def _tables(
+    args: argparse.Namespace,
+) -> tuple[list[int], list[EmbeddingBagConfig], list[EmbeddingBagConfig], HashPlan]:
+    """The capped heights, the logical and compressed tables, and a random plan between them.
+
+    Returns:
+        ``(heights, logical, small, plan)``: table ``t{i}`` has ``heights[i]`` ids in
+        ``logical`` and ``max(1, round(fraction * heights[i]))`` rows in ``small``, and
+        ``plan`` maps its ids to those rows uniformly at random (seed 0).
+    """
     heights = [min(h, args.max_rows) for h in CRITEO_HEIGHTS]
     compressed = [max(1, round(h * args.fraction)) for h in heights]
     logical = [
@@ -143,32 +153,35 @@ def run(args: argparse.Namespace) -> dict:
         },
         heights={f"t{i}": m for i, m in enumerate(compressed)},
     )
-    raw = _inputs(heights, args.batch_size, args.pooling, seed=1)
-    results: dict = {}
+    return heights, logical, small, plan
 
-    def sgd_step(module, kjt):
-        opt = torch.optim.SGD(module.parameters(), lr=0.01)
 
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            module(kjt).values().sum().backward()
-            opt.step()
+def _sgd_step(module: torch.nn.Module, kjt: KeyedJaggedTensor) -> Callable[[], None]:
+    """One forward, backward and SGD step of an unsharded collection."""
+    opt = torch.optim.SGD(module.parameters(), lr=0.01)
 
-        return step
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        module(kjt).values().sum().backward()
+        opt.step()
 
-    def fused_step(module, kjt):
-        return lambda: module(kjt).wait().values().sum().backward()
+    return step
 
-    lhf = LearnedHashEmbeddingBagCollection(tables=logical, plan=plan)
-    in_range = lhf.remap(raw)  # the same rows, already mapped
-    results["unsharded"] = _time_pair(
-        {
-            "plain": sgd_step(EmbeddingBagCollection(tables=small), in_range),
-            "lhf": sgd_step(lhf, raw),
-        },
-        args.iters,
-        args.warmup,
-    )
+
+def _fused_step(module: DistributedModelParallel, kjt: KeyedJaggedTensor) -> Callable[[], None]:
+    """One forward and backward of a DMP-wrapped collection (the optimizer is fused)."""
+    return lambda: module(kjt).wait().values().sum().backward()
+
+
+def _time_fused(
+    args: argparse.Namespace,
+    logical: list[EmbeddingBagConfig],
+    small: list[EmbeddingBagConfig],
+    plan: HashPlan,
+    raw: KeyedJaggedTensor,
+    in_range: KeyedJaggedTensor,
+) -> dict[str, float]:
+    """Median step seconds of the plain and learned-hash collections under DMP (fused SGD)."""
     fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.01}
     plain_dmp = _dmp(
         EmbeddingBagCollection(tables=small, device=torch.device("meta")),
@@ -180,25 +193,58 @@ def run(args: argparse.Namespace) -> dict:
         [LearnedHashEmbeddingBagCollectionSharder(fused_params=fused)],
         args.batch_size,
     )
-    results["fused"] = _time_pair(
-        {"plain": fused_step(plain_dmp, in_range), "lhf": fused_step(lhf_dmp, raw)},
+    return _time_pair(
+        {"plain": _fused_step(plain_dmp, in_range), "lhf": _fused_step(lhf_dmp, raw)},
         args.iters,
         args.warmup,
     )
+
+
+def run(args: argparse.Namespace) -> dict:
+    heights, logical, small, plan = _tables(args)
+    raw = _inputs(heights, args.batch_size, args.pooling, seed=1)
+    results: dict = {}
+    lhf = LearnedHashEmbeddingBagCollection(tables=logical, plan=plan)
+    in_range = lhf.remap(raw)  # the same rows, already mapped
+    results["unsharded"] = _time_pair(
+        {
+            "plain": _sgd_step(EmbeddingBagCollection(tables=small), in_range),
+            "lhf": _sgd_step(lhf, raw),
+        },
+        args.iters,
+        args.warmup,
+    )
+    results["fused"] = _time_fused(args, logical, small, plan, raw, in_range)
     remap_only = _time(lambda: lhf.remap(raw), args.iters, args.warmup)
     for mode in ("unsharded", "fused"):
         r = results[mode]
         r["ratio"] = r["lhf"] / r["plain"]
+    return report(args, results, remap_only, num_tables=len(heights), num_ids=raw.values().numel())
+
+
+def report(
+    args: argparse.Namespace, results: dict, remap_only: float, *, num_tables: int, num_ids: int
+) -> dict:
+    """The benchmark's JSON result: the config, the timings, and whether the goal is met.
+
+    Args:
+        args: the flags.
+        results: ``"unsharded"`` / ``"fused"`` -> seconds per batch of ``plain`` and ``lhf``
+            and their ``ratio``.
+        remap_only: seconds per batch of the remap alone.
+        num_tables: the number of tables.
+        num_ids: ids per batch.
+    """
     return {
         "benchmark": "remap",
         "config": {
-            "num_tables": len(heights),
+            "num_tables": num_tables,
             "batch_size": args.batch_size,
             "pooling": args.pooling,
             "embedding_dim": args.dim,
             "fraction": args.fraction,
             "max_rows": args.max_rows,
-            "ids_per_batch": raw.values().numel(),
+            "ids_per_batch": num_ids,
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
             "torch": torch.__version__,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
@@ -11,8 +10,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _declared(name: str) -> str:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    specs = [d for d in project["dependencies"] if re.match(rf"{name}\b", d)]
+    # NOTE: a regex, not tomllib: the package supports Python 3.10, which lacks tomllib
+    text = (ROOT / "pyproject.toml").read_text()
+    deps = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M)
+    assert deps, "pyproject.toml declares [project] dependencies"
+    specs = [d for d in re.findall(r'"([^"]+)"', deps.group(1)) if re.match(rf"{name}\b", d)]
     assert len(specs) == 1, f"{name} must be declared once in pyproject.toml, got {specs}"
     return specs[0]
 

@@ -261,7 +261,9 @@ def test_app_main_single_process(
     rows = tmp_path / "rows.json"
     rows.write_text(json.dumps({"t_big": 100, "t_low": 30}))
     out = tmp_path / "app.plan"
-    common = f"--teacher {teacher_dir} --min_table_rows 300 --clustering quantile --projection dim:1"
+    common = (
+        f"--teacher {teacher_dir} --min_table_rows 300 --clustering quantile --projection dim:1"
+    )
     plan = build_hash_main([*common.split(), "--rows_per_table", str(rows), "--out", str(out)])
     assert (tmp_path / "app.plan.work" / "build.json").is_file()
     assert HashPlan.load(out) == plan

@@ -1,5 +1,7 @@
 """Compression methods other than learned hashing, as hash plans, and row budgets.
 
+- :mod:`~torchrec_lhf.compression.registry`: the registry (``register_method``, ``get_method``,
+  ``make_plan``); import it through ``methods``, which registers the built-ins.
 - :mod:`~torchrec_lhf.compression.methods`: every compression method that produces a hash
   plan (``none``, ``modulo``, ``qr``, ``fbdh``, ``memrec``, ``lhf``) behind one registry.
 - :mod:`~torchrec_lhf.compression.baselines`: the hashing trick (``modulo_plan``).

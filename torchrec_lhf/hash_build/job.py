@@ -115,13 +115,7 @@ def run_build(
     group = _cpu_group(world_size)
     sizes = {name: int(e.shape[0]) for name, e in artifact.embeddings.items()}
     rows = table_rows(sizes, config)
-    teacher_sha = artifact.manifest.get("sha256") or tensor_digest(
-        {
-            f"{k}/{kind}": v
-            for kind, d in (("embeddings", artifact.embeddings), ("counts", artifact.counts))
-            for k, v in d.items()
-        }
-    )
+    teacher_sha = _teacher_sha256(artifact)
     fingerprint = job_fingerprint(config, teacher_sha)
     _prepare_work_dir(config, fingerprint, rank, world_size, group)
 
@@ -144,30 +138,7 @@ def run_build(
         dist.barrier(group=group)
     if rank != 0:
         return None
-    infos = {n: results[n][1] for n in rows}
-    metadata = {
-        **config.plan_options(),
-        "source": {"teacher": config.teacher, "teacher_sha256": teacher_sha},
-        # NOTE: no seconds here, so that the metadata does not depend on the run either.
-        "build_info": {
-            n: {
-                "fallback_merges": i["fallback_merges"],
-                "steps": i["steps"],
-                "heights": list(results[n][0].heights),
-            }
-            for n, i in infos.items()
-        },
-    }
-    plan = HashPlan([results[n][0] for n in rows], metadata=metadata)
-    plan.save(config.out)
-    logger.info(
-        "hash plan written to %s (%d of %d tables compressed)\n%s",
-        config.out,
-        len(plan),
-        len(sizes),
-        format_build_summary(plan, infos),
-    )
-    return plan
+    return _save_plan(config, results, list(rows), len(sizes), teacher_sha)
 
 
 def format_build_summary(plan: HashPlan, infos: dict[str, dict[str, Any]]) -> str:
@@ -196,6 +167,58 @@ def _cpu_group(world_size: int) -> Any:
             f"world_size={world_size} needs an initialized process group of that size, got {got}"
         )
     return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+
+def _teacher_sha256(artifact: TeacherArtifact) -> str:
+    """The teacher's checksum: its manifest's ``sha256``, else a digest of its tensors."""
+    return artifact.manifest.get("sha256") or tensor_digest(
+        {
+            f"{k}/{kind}": v
+            for kind, d in (("embeddings", artifact.embeddings), ("counts", artifact.counts))
+            for k, v in d.items()
+        }
+    )
+
+
+def _save_plan(
+    config: BuildConfig, results: Results, names: list[str], num_tables: int, teacher_sha: str
+) -> HashPlan:
+    """Assemble the tables ``names`` (in that order) into the plan, save it, log a summary.
+
+    Args:
+        config: the build config (``out``, and the plan options for the metadata).
+        results: table name -> ``(table, info)`` of every compressed table.
+        names: the compressed tables, in the teacher's order.
+        num_tables: how many tables the teacher has (for the log).
+        teacher_sha: the teacher's checksum, recorded in the metadata.
+
+    Returns:
+        The plan, as written to ``config.out``.
+    """
+    infos = {n: results[n][1] for n in names}
+    metadata = {
+        **config.plan_options(),
+        "source": {"teacher": config.teacher, "teacher_sha256": teacher_sha},
+        # NOTE: no seconds here, so that the metadata does not depend on the run either.
+        "build_info": {
+            n: {
+                "fallback_merges": i["fallback_merges"],
+                "steps": i["steps"],
+                "heights": list(results[n][0].heights),
+            }
+            for n, i in infos.items()
+        },
+    }
+    plan = HashPlan([results[n][0] for n in names], metadata=metadata)
+    plan.save(config.out)
+    logger.info(
+        "hash plan written to %s (%d of %d tables compressed)\n%s",
+        config.out,
+        len(plan),
+        num_tables,
+        format_build_summary(plan, infos),
+    )
+    return plan
 
 
 def _table_file(name: str) -> str:

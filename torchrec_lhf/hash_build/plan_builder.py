@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -80,37 +80,11 @@ def build_table_hash(
     except ValueError as e:
         raise ValueError(f"table {name!r}: {e}") from e
     n = values_HN.shape[1]
-    heights = split_rows(rows, num_hashes)
-    if heights[0] > n:
-        raise ValueError(
-            f"table {name!r}: {rows} rows over {num_hashes} hash(es) gives internal tables of "
-            f"{heights[0]} rows, more than the table's {n} ids"
-        )
-    if isinstance(rare_count, bool) or not isinstance(rare_count, int) or rare_count < 0:
-        raise ValueError(f"table {name!r}: rare_count must be an int >= 0, got {rare_count!r}")
-    if rare_count and counts_N is None:
-        raise ValueError(f"table {name!r}: rare_count={rare_count} needs access counts")
-    rare_N = None if not rare_count else counts_N < rare_count
-    kept_K = None if rare_N is None else (~rare_N).nonzero().squeeze(1)
-    cluster = get_clustering(clustering)
-    mappings, fallback_merges, steps = [], 0, 0
-    for h, height in enumerate(heights):  # one clustering per hash function
-        if kept_K is None:
-            result = cluster(values_HN[h], counts_N, height, **clustering_options)
-            mapping_N = result.cluster_of_id
-        else:  # cluster the frequent ids into min(height, K) rows, hash the rare ones
-            mapping_N = torch.arange(n, device=values_HN.device) % height
-            result = None
-            if kept_K.numel():
-                clusters = min(height, kept_K.numel())
-                result = cluster(
-                    values_HN[h, kept_K], counts_N[kept_K], clusters, **clustering_options
-                )
-                mapping_N[kept_K] = result.cluster_of_id.to(mapping_N.dtype)
-        mappings.append(mapping_N.to(device="cpu", dtype=torch.int32))
-        if result is not None:
-            fallback_merges += result.fallback_merges
-            steps += result.steps
+    heights = _table_heights(name, rows, num_hashes, n)
+    rare_N = _rare_ids(name, counts_N, rare_count)
+    mappings, fallback_merges, steps = _cluster_hashes(
+        get_clustering(clustering), values_HN, counts_N, heights, rare_N, clustering_options
+    )
     table = TableHash(name, n, tuple(mappings), tuple(heights), combine)
     info = {
         "table": name,
@@ -127,17 +101,87 @@ def build_table_hash(
         "fallback_merges": fallback_merges,
         "steps": steps,
     }
+    _log_table(info)
+    return table, info
+
+
+def _table_heights(name: str, rows: int, num_hashes: int, n: int) -> list[int]:
+    """``rows`` split over ``num_hashes`` internal tables (see :func:`split_rows`).
+
+    Raises:
+        ValueError: an internal table would have more rows than the table's ``n`` ids.
+    """
+    heights = split_rows(rows, num_hashes)
+    if heights[0] > n:
+        raise ValueError(
+            f"table {name!r}: {rows} rows over {num_hashes} hash(es) gives internal tables of "
+            f"{heights[0]} rows, more than the table's {n} ids"
+        )
+    return heights
+
+
+def _rare_ids(name: str, counts_N: torch.Tensor | None, rare_count: int) -> torch.Tensor | None:
+    """Which ids to hash rather than cluster: bool ``(N,)``, or ``None`` (``rare_count=0``).
+
+    Raises:
+        ValueError: ``rare_count`` is not an int ``>= 0``, or is set without counts.
+    """
+    if isinstance(rare_count, bool) or not isinstance(rare_count, int) or rare_count < 0:
+        raise ValueError(f"table {name!r}: rare_count must be an int >= 0, got {rare_count!r}")
+    if rare_count and counts_N is None:
+        raise ValueError(f"table {name!r}: rare_count={rare_count} needs access counts")
+    return None if not rare_count else counts_N < rare_count
+
+
+def _cluster_hashes(
+    cluster: Callable[..., Any],
+    values_HN: torch.Tensor,
+    counts_N: torch.Tensor | None,
+    heights: list[int],
+    rare_N: torch.Tensor | None,
+    options: Mapping[str, Any],
+) -> tuple[list[torch.Tensor], int, int]:
+    """One clustering per hash function: hash ``h`` clusters the ids by ``values_HN[h]``.
+
+    With ``rare_N``, only the other ``K`` ids are clustered, into ``min(M_h, K)`` rows, and
+    the rare ids are hashed ``id mod M_h``.
+
+    Returns:
+        ``(mappings, fallback_merges, steps)``: int32 CPU mappings ``(N,)`` into
+        ``[0, heights[h])``, and the clusterings' fallback merges and steps, summed.
+    """
+    kept_K = None if rare_N is None else (~rare_N).nonzero().squeeze(1)
+    mappings, fallback_merges, steps = [], 0, 0
+    for h, height in enumerate(heights):
+        if kept_K is None:
+            result = cluster(values_HN[h], counts_N, height, **options)
+            mapping_N = result.cluster_of_id
+        else:  # cluster the frequent ids into min(height, K) rows, hash the rare ones
+            mapping_N = torch.arange(values_HN.shape[1], device=values_HN.device) % height
+            result = None
+            if kept_K.numel():
+                clusters = min(height, kept_K.numel())
+                result = cluster(values_HN[h, kept_K], counts_N[kept_K], clusters, **options)
+                mapping_N[kept_K] = result.cluster_of_id.to(mapping_N.dtype)
+        mappings.append(mapping_N.to(device="cpu", dtype=torch.int32))
+        if result is not None:
+            fallback_merges += result.fallback_merges
+            steps += result.steps
+    return mappings, fallback_merges, steps
+
+
+def _log_table(info: Mapping[str, Any]) -> None:
+    """Log one built table from its ``info`` (see :func:`build_table_hash`)."""
     logger.info(
         "table %s: %d ids -> %s rows (%s, %s) in %.2fs, %d fallback merges",
-        name,
-        n,
-        heights,
-        clustering,
-        projection,
+        info["table"],
+        info["num_embeddings"],
+        info["heights"],
+        info["clustering"],
+        info["projection"],
         info["seconds"],
-        fallback_merges,
+        info["fallback_merges"],
     )
-    return table, info
 
 
 def build_plan(
@@ -192,6 +236,104 @@ def build_plan(
         >>> plan.table_names, plan["t"].mappings[0].tolist()
         (['t'], [0, 1, 0, 1])
     """
+    sizes = _check_plan_args(
+        teacher_embeddings, counts, fraction, rows, min_table_rows, budget, clustering, rare_count
+    )
+    allocated = None
+    if fraction is not None:
+        allocated = allocate_rows(
+            sizes, fraction, budget=budget, min_table_rows=min_table_rows, num_hashes=num_hashes
+        )
+    hash_options = {
+        "num_hashes": num_hashes,
+        "combine": combine,
+        "clustering": clustering,
+        "projection": projection,
+        "rare_count": rare_count,
+    }
+    tables, infos = [], {}
+    for name, emb in teacher_embeddings.items():  # a loop per table
+        table_rows = _rows_of_table(name, sizes[name], allocated, rows, budget, min_table_rows)
+        if table_rows is not None:
+            table, infos[name] = _build_table(
+                name, emb, counts, table_rows, hash_options, clustering_options
+            )
+            tables.append(table)
+    metadata = _plan_metadata(
+        hash_options, fraction, rows, min_table_rows, clustering_options, build_info=infos
+    )
+    return HashPlan(tables, metadata=metadata)
+
+
+def _build_table(
+    name: str,
+    emb: torch.Tensor,
+    counts: Mapping[str, torch.Tensor] | None,
+    rows: int,
+    hash_options: Mapping[str, Any],
+    clustering_options: Mapping[str, Any] | None,
+) -> tuple[TableHash, dict[str, Any]]:
+    """One table of :func:`build_plan`: :func:`build_table_hash` and the info the plan keeps.
+
+    Raises:
+        ValueError: ``counts`` is given but lacks the table, or as :func:`build_table_hash`.
+    """
+    if counts is not None and name not in counts:
+        raise ValueError(f"table {name!r}: no access counts (counts has {sorted(counts)})")
+    table, info = build_table_hash(
+        name,
+        emb,
+        None if counts is None else counts[name],
+        rows=rows,
+        **hash_options,
+        **dict(clustering_options or {}),
+    )
+    return table, {k: info[k] for k in ("seconds", "fallback_merges", "steps", "heights")}
+
+
+def _plan_metadata(
+    hash_options: Mapping[str, Any],
+    fraction: float | None,
+    rows: int | Mapping[str, int] | None,
+    min_table_rows: int,
+    clustering_options: Mapping[str, Any] | None,
+    *,
+    build_info: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The metadata of :func:`build_plan`'s plan: its settings, source and per-table info."""
+    return {
+        "clustering": hash_options["clustering"],
+        "fraction": fraction,
+        "rows": dict(rows) if isinstance(rows, Mapping) else rows,
+        "projection": hash_options["projection"],
+        "rare_count": hash_options["rare_count"],
+        "num_hashes": hash_options["num_hashes"],
+        "combine": hash_options["combine"],
+        "min_table_rows": min_table_rows,
+        "clustering_options": _jsonable(dict(clustering_options or {})),
+        "source": "build_plan",
+        "build_info": build_info,
+    }
+
+
+def _check_plan_args(
+    teacher_embeddings: Mapping[str, torch.Tensor],
+    counts: Mapping[str, torch.Tensor] | None,
+    fraction: float | None,
+    rows: int | Mapping[str, int] | None,
+    min_table_rows: int,
+    budget: str,
+    clustering: str,
+    rare_count: int,
+) -> dict[str, int]:
+    """Check :func:`build_plan`'s arguments before any work.
+
+    Returns:
+        Table name -> ``N``, in the order of ``teacher_embeddings``.
+
+    Raises:
+        ValueError: as :func:`build_plan` (counts per table are checked later).
+    """
     if (fraction is None) == (rows is None):
         raise ValueError(
             f"give exactly one of fraction / rows, got fraction={fraction!r}, rows={rows!r}"
@@ -218,59 +360,36 @@ def build_plan(
         if not (isinstance(emb, torch.Tensor) and emb.dim() == 2 and emb.shape[0] > 0):
             raise ValueError(f"table {name!r}: teacher embeddings must be a 2-D tensor (N, D)")
         sizes[name] = int(emb.shape[0])
-    if fraction is not None:
-        allocated = allocate_rows(
-            sizes, fraction, budget=budget, min_table_rows=min_table_rows, num_hashes=num_hashes
-        )
+    return sizes
 
-    tables, infos = [], {}
-    for name, emb in teacher_embeddings.items():
-        n = sizes[name]
-        if fraction is not None:
-            if name not in allocated or (budget == "total" and allocated[name] >= n):
-                logger.info("table %s: %d ids, stays full (budget %r)", name, n, budget)
-                continue
-            table_rows = allocated[name]
-        elif n < min_table_rows:
-            logger.info("table %s: %d ids < min_table_rows=%d, stays full", name, n, min_table_rows)
-            continue
-        elif isinstance(rows, Mapping):
-            if name not in rows:
-                logger.info("table %s: not in rows, stays full", name)
-                continue
-            table_rows = rows[name]
-        else:
-            table_rows = rows
-        if counts is not None and name not in counts:
-            raise ValueError(f"table {name!r}: no access counts (counts has {sorted(counts)})")
-        table, info = build_table_hash(
-            name,
-            emb,
-            None if counts is None else counts[name],
-            rows=table_rows,
-            num_hashes=num_hashes,
-            combine=combine,
-            clustering=clustering,
-            projection=projection,
-            rare_count=rare_count,
-            **dict(clustering_options or {}),
-        )
-        tables.append(table)
-        infos[name] = {k: info[k] for k in ("seconds", "fallback_merges", "steps", "heights")}
-    metadata = {
-        "clustering": clustering,
-        "fraction": fraction,
-        "rows": dict(rows) if isinstance(rows, Mapping) else rows,
-        "projection": projection,
-        "rare_count": rare_count,
-        "num_hashes": num_hashes,
-        "combine": combine,
-        "min_table_rows": min_table_rows,
-        "clustering_options": _jsonable(dict(clustering_options or {})),
-        "source": "build_plan",
-        "build_info": infos,
-    }
-    return HashPlan(tables, metadata=metadata)
+
+def _rows_of_table(
+    name: str,
+    n: int,
+    allocated: Mapping[str, int] | None,
+    rows: int | Mapping[str, int] | None,
+    budget: str,
+    min_table_rows: int,
+) -> int | None:
+    """A table's compressed rows, or ``None`` (logged) if it stays full.
+
+    ``allocated`` is what :func:`allocate_rows` gave each table when :func:`build_plan` has
+    a ``fraction``, else ``None`` (then ``rows`` decides); the rest are ``build_plan``'s.
+    """
+    if allocated is not None:
+        if name not in allocated or (budget == "total" and allocated[name] >= n):
+            logger.info("table %s: %d ids, stays full (budget %r)", name, n, budget)
+            return None
+        return allocated[name]
+    if n < min_table_rows:
+        logger.info("table %s: %d ids < min_table_rows=%d, stays full", name, n, min_table_rows)
+        return None
+    if isinstance(rows, Mapping):
+        if name not in rows:
+            logger.info("table %s: not in rows, stays full", name)
+            return None
+        return rows[name]
+    return rows
 
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
