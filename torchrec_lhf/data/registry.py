@@ -1,6 +1,8 @@
 """``load_dataset(spec, **options)``: one string names any dataset the project can load.
 
-Specs: ``movielens-100k``; ``criteo-tsv:PATH``; ``csv:PATH`` (options ``label=``,
+Specs: ``movielens-100k``; ``criteo-tsv:PATH``; ``criteo-npy:DIR`` (TorchRec's
+preprocessed ``.npy`` files, streamed per rank: options ``num_embeddings_per_feature=``,
+``chunk_rows=``); ``csv:PATH`` (options ``label=``,
 ``categorical=[...]``, ``dense=[...]``, ``time=``, ...); ``synthetic`` (options are
 :class:`SyntheticConfig` fields). New sources join with :func:`register_dataset`.
 
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from torchrec_lhf.data.criteo import load_criteo_tsv
+from torchrec_lhf.data.criteo_npy import CriteoNpyDataset, load_criteo_npy
 from torchrec_lhf.data.csv import load_csv
 from torchrec_lhf.data.dataset import RecDataset
 from torchrec_lhf.data.movielens import load_movielens_100k
@@ -30,7 +33,7 @@ class DatasetSource:
     """A registered dataset: its loader and whether the spec carries a path."""
 
     name: str
-    loader: Callable[..., RecDataset]
+    loader: Callable[..., RecDataset | CriteoNpyDataset]
     takes_path: bool
     options: tuple[str, ...]
 
@@ -40,7 +43,7 @@ _REGISTRY: dict[str, DatasetSource] = {}
 
 def register_dataset(
     name: str,
-    loader: Callable[..., RecDataset],
+    loader: Callable[..., RecDataset | CriteoNpyDataset],
     *,
     takes_path: bool,
     options: tuple[str, ...] | None = None,
@@ -73,7 +76,7 @@ def dataset_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load_dataset(spec: str, **options) -> RecDataset:
+def load_dataset(spec: str, **options) -> RecDataset | CriteoNpyDataset:
     """Load the dataset named by ``spec`` (see the module docstring).
 
     Raises:
@@ -114,6 +117,7 @@ def _movielens(
 
 register_dataset("movielens-100k", _movielens, takes_path=False)
 register_dataset("criteo-tsv", load_criteo_tsv, takes_path=True)
+register_dataset("criteo-npy", load_criteo_npy, takes_path=True)
 register_dataset("csv", load_csv, takes_path=True)
 register_dataset(
     "synthetic",

@@ -1,0 +1,375 @@
+"""TorchRec's preprocessed Criteo format (``*_{dense,sparse,labels}.npy``): a streaming
+per-rank dataset (the bounded-memory converter from the raw TSV is
+:mod:`torchrec_lhf.data.criteo_convert`).
+
+Shape legend: ``N`` rows, ``B`` per-rank batch size, ``W`` world size, ``F`` = 26 sparse
+features, ``D`` = 13 dense features, ``T`` ids of all tables together (``sum`` heights).
+
+The format is what ``python -m torchrec.datasets.scripts.npy_preproc_criteo`` writes
+(``BinaryCriteoUtils.tsv_to_npys``): per file stem, ``{stem}_dense.npy`` float32 ``(N, 13)``
+(``log(x - min + 2)`` with ``min`` the smallest integer of the whole file, empty -> 0),
+``{stem}_sparse.npy`` int64 ``(N, 26)`` (the hex value as an integer, empty -> 0) and
+``{stem}_labels.npy`` int32 ``(N, 1)``. A directory holds either the Criteo 1TB days
+``day_0 .. day_{K-1}`` or the Kaggle ``train`` stem (``test`` has no labels and is not read).
+
+Splits (contiguous, in file order; never overlapping):
+    * days: ``day_0 .. day_{K-2}`` train; the last day's first ``ceil(n / 2)`` rows val and
+      the rest test, as TorchRec's ``InMemoryBinaryCriteoIterDataPipe`` (``K = 24``: days 0..22
+      train, day 23 val / test).
+    * Kaggle ``train``: the first 80 % of its rows train, the next 10 % val, the last 10 %
+      test. NOTE: the reference Kaggle path evaluates on part of its training rows; ours
+      does not.
+
+Ids are reduced ``% num_embeddings_per_feature`` when a batch is read, as the reference
+does with its ``hashes``; the heights default to ``criteo_npy.json`` in the directory
+(written by :mod:`torchrec_lhf.data.synthetic_criteo`), else the MLPerf heights.
+Batches follow ``RecDataset``'s grid, which is TorchRec's: rank ``r``'s ``i``-th batch is
+rows ``[(i * W + r) * B, (i * W + r + 1) * B)`` of the split. Each rank reads only those
+rows, with positioned reads (``np.fromfile(offset=...)``), not long-lived memory maps,
+whose touched pages would count in the process RSS up to the size of the files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchrec.datasets.criteo import (
+    CAT_FEATURE_COUNT,
+    DEFAULT_CAT_NAMES,
+    DEFAULT_INT_NAMES,
+    INT_FEATURE_COUNT,
+)
+from torchrec.datasets.utils import Batch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_lhf.data._util import SPLIT_FRACTIONS, SPLIT_NAMES
+from torchrec_lhf.data.dataset import _check_batching
+
+logger = logging.getLogger(__name__)
+
+MLPERF_NUM_EMBEDDINGS: tuple[int, ...] = (
+    40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956, 405282, 10,
+    2209, 11938, 155, 4, 976, 14, 40000000, 40000000, 40000000, 590152, 12973, 108, 36,
+)  # fmt: skip
+"""The MLPerf DLRM table heights of Criteo 1TB, capped at 40M (204M ids in all)."""
+
+META_FILE = "criteo_npy.json"
+"""Optional JSON in the directory: ``{"num_embeddings_per_feature": [...], ...}``."""
+
+PARTS = ("dense", "sparse", "labels")
+PART_COLUMNS = {"dense": INT_FEATURE_COUNT, "sparse": CAT_FEATURE_COUNT, "labels": 1}
+PART_DTYPES = {"dense": np.float32, "sparse": np.int64, "labels": np.int32}
+_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+_SPLIT_RULE = {
+    "train": "train_*.npy in file order, contiguous 80/10/10",
+    "days": "all days but the last train; the last day's first ceil(n/2) rows val, rest test",
+}
+_DAY = re.compile(r"day_(\d+)_dense\.npy")
+
+
+@dataclass(frozen=True)
+class _NpyFile:
+    """One 2-D ``.npy`` file, its header read once; rows are read on demand."""
+
+    path: Path
+    num_rows: int
+    num_cols: int
+    dtype: np.dtype
+    offset: int
+
+    @classmethod
+    def open(cls, path: Path, part: str) -> _NpyFile:
+        if not path.is_file():
+            raise ValueError(f"{path}: missing; expected the {part} part of a Criteo npy set")
+        with open(path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                read = _HEADER_READERS.get(version)
+                if read is None:
+                    raise ValueError(f"unsupported .npy version {version}")
+                shape, fortran, dtype = read(f)
+            except ValueError as e:
+                raise ValueError(f"{path}: not an .npy file ({e})") from None
+            offset = f.tell()
+        cols = PART_COLUMNS[part]
+        kind_ok = dtype.kind == "f" if part == "dense" else dtype.kind in "iu"
+        shape_ok = len(shape) == 2 and shape[1] == cols or (part == "labels" and len(shape) == 1)
+        if not (shape_ok and kind_ok) or fortran:
+            raise ValueError(
+                f"{path}: expected a C-order {'float' if part == 'dense' else 'integer'} "
+                f"array of shape (N, {cols}), got {dtype} {shape}"
+            )
+        size = offset + shape[0] * cols * dtype.itemsize
+        if path.stat().st_size < size:
+            raise ValueError(f"{path}: truncated: {path.stat().st_size} bytes, expected {size}")
+        return cls(path, int(shape[0]), cols, dtype, offset)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)``: shape ``(stop - start, num_cols)``, one positioned read."""
+        count = (stop - start) * self.num_cols
+        at = self.offset + start * self.num_cols * self.dtype.itemsize
+        out = np.fromfile(self.path, dtype=self.dtype, count=count, offset=at)
+        return out.reshape(stop - start, self.num_cols)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (any order): a memory map opened for this call only."""
+        mm = np.load(self.path, mmap_mode="r")
+        return np.asarray(mm[rows]).reshape(rows.size, self.num_cols)
+
+
+class _SplitRows(Mapping):
+    """``split -> torch.arange`` of its global rows, made on access (8 bytes per row)."""
+
+    def __init__(self, ranges: dict[str, tuple[int, int]]) -> None:
+        self._ranges = ranges
+
+    def __getitem__(self, split: str) -> torch.Tensor:
+        return torch.arange(*self._ranges[split])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ranges)
+
+    def __len__(self) -> int:
+        return len(self._ranges)
+
+
+class CriteoNpyDataset:
+    """A directory of Criteo ``.npy`` files, read per rank and per batch (see the module doc).
+
+    The interface of ``RecDataset`` that the training loop uses: ``batches``,
+    ``num_batches``, ``make_batch``, ``id_counts``, ``splits`` (global row indices: rows of
+    the stems concatenated in order), ``feature_names``, ``num_embeddings``, ``dense_names``.
+
+    Args:
+        directory: holds ``day_{N}_{part}.npy`` or ``train_{part}.npy``.
+        num_embeddings_per_feature: 26 heights; ids are reduced modulo them.
+        chunk_rows: rows read at once by :meth:`id_counts`.
+
+    Raises:
+        ValueError: a bad directory, missing files, wrong shapes or mismatched row counts
+            (the message names the path and what was expected), or bad heights.
+    """
+
+    def __init__(
+        self, directory: Path, num_embeddings_per_feature: list[int], *, chunk_rows: int
+    ) -> None:
+        heights = [int(h) for h in num_embeddings_per_feature]
+        if len(heights) != CAT_FEATURE_COUNT or min(heights) < 1:
+            raise ValueError(
+                f"num_embeddings_per_feature must be {CAT_FEATURE_COUNT} ints >= 1, "
+                f"got {num_embeddings_per_feature}"
+            )
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        self.name = "criteo-npy"
+        self.feature_names = list(DEFAULT_CAT_NAMES)
+        self.dense_names = list(DEFAULT_INT_NAMES)
+        self.num_embeddings = heights
+        self.chunk_rows = chunk_rows
+        self.stems, self.files = _discover(Path(directory))
+        rows = [f["dense"].num_rows for f in self.files]
+        self._starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+        self._ranges = _split_ranges(self.stems, rows)
+        self.splits = _SplitRows(self._ranges)
+        self._heights_1F = np.asarray(heights, dtype=np.int64).reshape(1, -1)
+        self.info = {
+            "source": str(directory),
+            "format": "criteo-npy",
+            "stems": self.stems,
+            "rows": rows,
+            "num_embeddings_per_feature": heights,
+            "split": _SPLIT_RULE["train" if self.stems == ["train"] else "days"],
+        }
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __repr__(self) -> str:
+        sizes = {k: hi - lo for k, (lo, hi) in self._ranges.items()}
+        return (
+            f"CriteoNpyDataset(source={self.info['source']!r}, stems={self.stems}, "
+            f"samples={len(self)}, num_embeddings={self.num_embeddings}, splits={sizes})"
+        )
+
+    def _range(self, split: str) -> tuple[int, int]:
+        if split not in self._ranges:
+            raise ValueError(f"unknown split {split!r}; expected one of {list(SPLIT_NAMES)}")
+        return self._ranges[split]
+
+    def num_batches(self, split: str, batch_size: int, world_size: int = 1) -> int:
+        """Batches per rank that :meth:`batches` yields (the incomplete tail is dropped)."""
+        _check_batching(batch_size, 0, world_size)
+        lo, hi = self._range(split)
+        return (hi - lo) // (batch_size * world_size)
+
+    def batches(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        limit: int | None = None,
+    ) -> Iterator[Batch]:
+        """Yield this rank's batches of ``split``, reading only its ``batch_size`` rows of each.
+
+        Same arguments and grid as ``RecDataset.batches``. NOTE: ``shuffle`` permutes the
+        order of the global batches (seeded by ``seed + epoch``), not the rows: a row
+        permutation would cost 8 bytes per row and random reads. The rows of a batch stay
+        contiguous; pre-shuffle the files (``BinaryCriteoUtils.shuffle``) for i.i.d. rows.
+
+        Yields:
+            ``Batch``: dense ``(B, 13)`` float32, a KJT over ``cat_0..cat_25`` (int64
+            values reduced modulo the heights, int32 lengths of ones), labels ``(B,)`` float32.
+        """
+        _check_batching(batch_size, rank, world_size)
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        lo, _ = self._range(split)
+        num = self.num_batches(split, batch_size, world_size)
+        order = torch.arange(num)
+        if shuffle:
+            order = torch.randperm(num, generator=torch.Generator().manual_seed(seed + epoch))
+        for b in order[: num if limit is None else min(num, limit)].tolist():
+            start = lo + (b * world_size + rank) * batch_size
+            yield self._to_batch(*self._read_range(start, start + batch_size))
+
+    def make_batch(self, rows_B: torch.Tensor) -> Batch:
+        """The ``Batch`` of global rows ``rows_B`` (int64, shape ``(B,)``), in that order."""
+        rows = rows_B.numpy().astype(np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise ValueError(f"rows must be in [0, {len(self)}), got [{rows.min()}, {rows.max()}]")
+        file_B = np.searchsorted(self._starts, rows, side="right") - 1
+        out = {p: np.empty((rows.size, PART_COLUMNS[p]), PART_DTYPES[p]) for p in PARTS}
+        for i in np.unique(file_B).tolist():  # NOTE: a loop per file, not per row
+            mask = file_B == i
+            for p in PARTS:
+                out[p][mask] = self.files[i][p].take(rows[mask] - self._starts[i])
+        return self._to_batch(out["dense"], out["sparse"], out["labels"])
+
+    def id_counts(self, split: str = "train") -> list[torch.Tensor]:
+        """Per feature, how often each id (after the modulo) occurs in ``split``: int64
+        ``(num_embeddings[f],)``; streamed in chunks of ``chunk_rows`` rows."""
+        lo, hi = self._range(split)
+        offsets_1F = torch.from_numpy(np.cumsum(self._heights_1F) - self._heights_1F)
+        counts_T = torch.zeros(sum(self.num_embeddings), dtype=torch.int64)
+        for start in range(lo, hi, self.chunk_rows):
+            sparse = self._read_part("sparse", start, min(hi, start + self.chunk_rows))
+            keys = torch.from_numpy(sparse.astype(np.int64) % self._heights_1F) + offsets_1F
+            keys = keys.reshape(-1)
+            counts_T.index_add_(0, keys, torch.ones_like(keys))
+        return list(torch.split(counts_T, self.num_embeddings))
+
+    def _read_part(self, part: str, start: int, stop: int) -> np.ndarray:
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        pieces = []
+        for i in range(first, len(self.files)):  # NOTE: a loop per file of the range
+            a, b = max(start, self._starts[i]), min(stop, self._starts[i + 1])
+            if a >= b:
+                break
+            pieces.append(self.files[i][part].read(a - self._starts[i], b - self._starts[i]))
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, ...]:
+        return tuple(self._read_part(p, start, stop) for p in PARTS)
+
+    def _to_batch(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray) -> Batch:
+        num_rows = dense.shape[0]
+        ids_FB = (sparse.astype(np.int64) % self._heights_1F).T.reshape(-1)
+        kjt = KeyedJaggedTensor(
+            keys=list(self.feature_names),
+            values=torch.from_numpy(np.ascontiguousarray(ids_FB)),
+            lengths=torch.ones(CAT_FEATURE_COUNT * num_rows, dtype=torch.int32),
+        )
+        return Batch(
+            dense_features=torch.from_numpy(dense.astype(np.float32, copy=False)),
+            sparse_features=kjt,
+            labels=torch.from_numpy(labels.reshape(-1).astype(np.float32)),
+        )
+
+
+def load_criteo_npy(
+    path: str | os.PathLike,
+    *,
+    num_embeddings_per_feature: list[int] | None = None,
+    chunk_rows: int = 1 << 16,
+) -> CriteoNpyDataset:
+    """Open a directory of Criteo ``.npy`` files (the ``criteo-npy:DIR`` dataset).
+
+    Args:
+        path: the directory.
+        num_embeddings_per_feature: 26 table heights; default the directory's
+            :data:`META_FILE`, else :data:`MLPERF_NUM_EMBEDDINGS`.
+        chunk_rows: rows per read of the streaming :meth:`CriteoNpyDataset.id_counts`.
+
+    Raises:
+        ValueError: see :class:`CriteoNpyDataset`.
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ValueError(f"{directory}: not a directory; expected a directory of Criteo .npy files")
+    if num_embeddings_per_feature is None:
+        meta = directory / META_FILE
+        heights = MLPERF_NUM_EMBEDDINGS
+        if meta.is_file():
+            try:
+                heights = json.loads(meta.read_text())["num_embeddings_per_feature"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(
+                    f"{meta}: expected a JSON object with num_embeddings_per_feature ({e!r})"
+                ) from None
+        num_embeddings_per_feature = list(heights)
+    ds = CriteoNpyDataset(directory, num_embeddings_per_feature, chunk_rows=chunk_rows)
+    logger.info("%r", ds)
+    return ds
+
+
+def _discover(directory: Path) -> tuple[list[str], list[dict[str, _NpyFile]]]:
+    """The stems (``train`` or ``day_0 .. day_{K-1}``) and their validated files."""
+    days = sorted(int(m.group(1)) for p in directory.iterdir() if (m := _DAY.fullmatch(p.name)))
+    kaggle = (directory / "train_dense.npy").is_file()
+    if kaggle == bool(days):
+        raise ValueError(
+            f"{directory}: expected either day_{{N}}_{{dense,sparse,labels}}.npy (Criteo 1TB) "
+            f"or train_{{dense,sparse,labels}}.npy (Kaggle), found "
+            f"{'both' if kaggle else 'neither'}"
+        )
+    if days and (days != list(range(len(days))) or len(days) < 2):
+        raise ValueError(
+            f"{directory}: expected days 0..K-1 with K >= 2 (the last is val / test), got {days}"
+        )
+    stems = [f"day_{d}" for d in days] if days else ["train"]
+    files = []
+    for stem in stems:
+        parts = {p: _NpyFile.open(directory / f"{stem}_{p}.npy", p) for p in PARTS}
+        counts = {p: f.num_rows for p, f in parts.items()}
+        if len(set(counts.values())) != 1:
+            raise ValueError(f"{directory}/{stem}_*.npy: expected equal row counts, got {counts}")
+        files.append(parts)
+    return stems, files
+
+
+def _split_ranges(stems: list[str], rows: list[int]) -> dict[str, tuple[int, int]]:
+    total = sum(rows)
+    if stems == ["train"]:
+        n_train, n_val = int(total * SPLIT_FRACTIONS[0]), int(total * SPLIT_FRACTIONS[1])
+        cuts = [0, n_train, n_train + n_val, total]
+    else:
+        last = total - rows[-1]
+        cuts = [0, last, last + math.ceil(rows[-1] / 2), total]
+    return {k: (cuts[i], cuts[i + 1]) for i, k in enumerate(SPLIT_NAMES)}
