@@ -1,195 +1,109 @@
-"""Checkpoints of a sharded DLRM: full (unsharded) tensors in one safetensors file.
+"""The DLRM app's checkpoints: a :class:`~apps.dlrm.loop.Session` through
+:mod:`torchrec_lhf.checkpoint` (DCP: every rank writes and reads its own shards).
 
-Layout: ``<checkpoint_dir>/checkpoint.safetensors`` holds ``model/<state key>`` (every
-state-dict entry gathered to its full shape, whatever the sharding), ``optim/<param
-key>/<state name>`` (the fused table optimizer's and the dense optimizer's state, also
-full) and ``extra/<name>`` (whatever the caller adds, e.g. the teacher's counts); the
-manifest in its header records epoch, step, the hash plan's fingerprint and the config.
-Rank 0 writes it atomically (never pickle); every rank reads it and copies its own shards
-in place, so a checkpoint also resumes at another world size or sharding. NOTE: with
-several hosts, ``checkpoint_dir`` must be on a shared file system.
+Besides the model and optimizer state, a checkpoint's ``meta`` holds the data position
+(``epoch``, ``batch`` of that epoch, the global batch size), the hash plan's fingerprint
+and the :data:`~apps.dlrm.config.MODEL_FIELDS` of the config, which a resumed run must
+match; ``extra`` holds the caller's tensors (the teacher's id counts). Checkpoints of the
+format before DCP (``checkpoint.safetensors``) are refused with a ValueError.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import torch
-import torch.distributed as dist
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from apps.dlrm.config import MODEL_FIELDS
-from torchrec_lhf._io import load_tensors, save_tensors
-from torchrec_lhf.distributed.gather import copy_into, gather_to_rank0
+from torchrec_lhf import checkpoint
+
+if TYPE_CHECKING:
+    from apps.dlrm.loop import Session
 
 logger = logging.getLogger(__name__)
 
-_KIND = "dlrm_checkpoint"
-CHECKPOINT_FILE = "checkpoint.safetensors"
+KEEP = 2
+"""Complete checkpoints kept in ``--checkpoint_dir`` (the newest)."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class Resumed:
-    """What a loaded checkpoint says about the run."""
-
-    epoch: int
-    """Epochs finished."""
-    step: int
-    """Training steps finished."""
-    extra: dict[str, torch.Tensor]
-    """The ``extra`` tensors saved with it."""
+def _expected(session: Session) -> dict[str, Any]:
+    config = session.config.to_dict()
+    return {
+        "plan_fingerprint": session.plan_fingerprint,
+        "model": {k: config[k] for k in MODEL_FIELDS},
+    }
 
 
-def checkpoint_path(checkpoint_dir: str | os.PathLike) -> Path:
-    return Path(checkpoint_dir) / CHECKPOINT_FILE
-
-
-def _leaves(nested: dict, prefix: str) -> Iterator[tuple[str, dict, str]]:
-    """``(key, parent dict, name)`` of every non-dict leaf of ``nested``, in sorted order."""
-    for name in sorted(nested, key=str):
-        value = nested[name]
-        key = f"{prefix}/{name}"
-        if isinstance(value, dict):
-            yield from _leaves(value, key)
-        else:
-            yield key, nested, name
-
-
-def save_checkpoint(
-    checkpoint_dir: str | os.PathLike,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    epoch: int,
-    step: int,
-    plan_fingerprint: str | None,
-    config: dict[str, Any],
-    extra: dict[str, torch.Tensor] | None = None,
-    device: torch.device | None = None,
-) -> None:
-    """Gather model and optimizer state to rank 0 and write the checkpoint there (collective).
+def save(session: Session, extra_state: Any = None) -> None:
+    """Checkpoint ``session`` at its step into ``--checkpoint_dir`` (collective).
 
     Args:
-        checkpoint_dir: the directory; the file inside is replaced atomically.
-        model: the DistributedModelParallel model.
-        optimizer: the combined (keyed) optimizer.
-        epoch: epochs finished.
-        step: training steps finished.
-        plan_fingerprint: the hash plan's fingerprint, or None without a plan.
-        config: the run's config (JSON-serializable).
-        extra: more tensors to save (taken from rank 0).
-        device: the process group's device (default CPU; CUDA with nccl).
+        session: the run.
+        extra_state: an object with ``state() -> dict[str, Tensor]`` (collective, equal on
+            every rank), or None.
     """
-    device = device or torch.device("cpu")
-    rank = dist.get_rank()
-    state = {"model": model.state_dict(), "optim": optimizer.state_dict()["state"]}
-    leaves: dict[str, torch.Tensor] = {}
-    values: dict[str, Any] = {}
-    for key, parent, name in _leaves(state, ""):
-        if isinstance(parent[name], torch.Tensor):
-            leaves[key.lstrip("/")] = parent[name]
-        else:
-            values[key.lstrip("/")] = parent[name]
-    gathered = gather_to_rank0(leaves, device=device)
-    all_values: list | None = [None] * dist.get_world_size() if rank == 0 else None
-    dist.gather_object(values, all_values, dst=0)
-    tensors: dict[str, torch.Tensor] = {}
-    if rank == 0:
-        # NOTE: 0-dim tensors (optimizer step counts) are stored as shape (1,):
-        # torchrec_lhf._io's checksum cannot view a 0-dim tensor as bytes.
-        tensors = {k: v.reshape(1) if v.dim() == 0 else v for k, v in gathered.items()}
-        values = {k: v for rank_values in all_values for k, v in rank_values.items()}
-    if rank == 0:
-        tensors.update({f"extra/{name}": t.detach().cpu() for name, t in (extra or {}).items()})
-        manifest = {
-            "kind": _KIND,
-            "epoch": epoch,
-            "step": step,
-            "plan_fingerprint": plan_fingerprint,
-            "config": config,
-            "values": values,
-            "extra": sorted(extra or {}),
-            "world_size": dist.get_world_size(),
-        }
-        path = checkpoint_path(checkpoint_dir)
-        save_tensors(path, tensors, manifest)
-        logger.info("checkpoint: epoch %d, step %d -> %s", epoch, step, path)
-    dist.barrier()
+    cfg = session.config
+    assert cfg.checkpoint_dir is not None, "save needs --checkpoint_dir"
+    meta = {
+        **_expected(session),
+        "epoch": session.epoch,
+        "batch": session.batch,
+        "global_batch_size": cfg.batch_size * session.env.world_size,
+        "config": cfg.to_dict(),
+    }
+    checkpoint.save(
+        cfg.checkpoint_dir,
+        model=session.model,
+        optimizer=session.optimizer,
+        step=session.step,
+        meta=meta,
+        extra=extra_state.state() if extra_state is not None else None,
+        keep=KEEP,
+    )
 
 
-def load_checkpoint(
-    checkpoint_dir: str | os.PathLike,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    plan_fingerprint: str | None,
-    config: dict[str, Any],
-) -> Resumed:
-    """Load a checkpoint written by :func:`save_checkpoint` into this rank's shards.
+def resume(session: Session, extra_state: Any = None) -> bool:
+    """Load the latest checkpoint of ``--checkpoint_dir`` into ``session`` (collective).
+
+    Args:
+        session: a freshly built run (any world size and sharding).
+        extra_state: an object with ``load(dict[str, Tensor])``, or None.
+
+    Returns:
+        False (with a warning) if there is no checkpoint yet, else True.
 
     Raises:
-        FileNotFoundError: no checkpoint in ``checkpoint_dir``.
-        ValueError: it was trained with another hash plan (both fingerprints named) or
-            another model configuration (the differing fields named), or it is damaged.
+        ValueError: the checkpoint has another hash plan or model configuration (both
+            values named), or is of the old format.
     """
-    path = checkpoint_path(checkpoint_dir)
-    tensors, manifest = load_tensors(path, _KIND)
-    theirs = manifest.get("plan_fingerprint")
-    if theirs != plan_fingerprint:
-        raise ValueError(
-            f"{path} was trained with hash plan {theirs or 'None (no plan)'}, but this run uses "
-            f"{plan_fingerprint or 'None (no plan)'}: resume with the same --learned_hash / "
-            "--compression, or start a new --checkpoint_dir"
+    cfg = session.config
+    loaded = checkpoint.load(
+        cfg.checkpoint_dir,
+        model=session.model,
+        optimizer=session.optimizer,
+        expect=_expected(session),
+    )
+    if loaded is None:
+        logger.warning(
+            "--resume: no checkpoint in %s yet; starting from scratch", cfg.checkpoint_dir
         )
-    old = manifest.get("config", {})
-    diffs = [
-        f"{k}: checkpoint {old.get(k)!r}, now {config.get(k)!r}"
-        for k in MODEL_FIELDS
-        if old.get(k) != config.get(k)
-    ]
-    if diffs:
-        raise ValueError(
-            f"{path} was trained with another model configuration ({'; '.join(diffs)})"
+        return False
+    meta = loaded.meta
+    session.epoch, session.step = int(meta["epoch"]), loaded.step
+    session.batch = int(meta["batch"])
+    global_batch = cfg.batch_size * session.env.world_size
+    if session.batch and meta["global_batch_size"] != global_batch:
+        # NOTE: rows [0, batch * old) of the epoch's order are trained; continue at the batch
+        # holding the first untrained row (a dataset shuffling batches, not rows, differs)
+        session.batch = session.batch * int(meta["global_batch_size"]) // global_batch
+        logger.warning(
+            "resumed mid-epoch at global batch size %d (saved at %d): continuing at batch %d",
+            global_batch,
+            meta["global_batch_size"],
+            session.batch,
         )
-
-    for _, opt in getattr(optimizer, "optimizers", [("", optimizer)]):
-        if not opt.state and getattr(opt, "params", None):
-            opt.init_state()  # NOTE: lazy state (Adam) must exist to be loaded in place
-            for p in opt.params.values():
-                p.grad = None
-    model_sd = model.state_dict()
-    optim_sd = optimizer.state_dict()
-    state = {"model": model_sd, "optim": optim_sd["state"]}
-    values = manifest.get("values", {})
-    expected = set()
-    for key, parent, name in _leaves(state, ""):
-        key = key.lstrip("/")
-        expected.add(key)
-        leaf = parent[name]
-        if isinstance(leaf, torch.Tensor):
-            if key not in tensors:
-                raise ValueError(
-                    f"{path}: no entry {key!r} (the model or optimizer differs from the checkpoint's)"
-                )
-            copy_into(key, leaf, tensors[key])
-        else:
-            if key not in values:
-                raise ValueError(
-                    f"{path}: no value {key!r} (the optimizer differs from the checkpoint's)"
-                )
-            parent[name] = values[key]
-    # NOTE: only model keys are checked both ways: a rank holds the optimizer state of its
-    # own shards only (e.g. a table-wise table's on its owner rank).
-    unexpected = sorted(k for k in tensors if k.startswith("model/") and k not in expected)
-    if unexpected:
-        raise ValueError(f"{path}: entries {unexpected[:5]} are not in this model")
-    model.load_state_dict(model_sd)
-    optimizer.load_state_dict(optim_sd)
-    extra = {name: tensors[f"extra/{name}"] for name in manifest.get("extra", [])}
-    logger.info("resumed from %s: epoch %d, step %d", path, manifest["epoch"], manifest["step"])
-    return Resumed(epoch=int(manifest["epoch"]), step=int(manifest["step"]), extra=extra)
+    if extra_state is not None:
+        extra_state.load(loaded.extra)
+    logger.info(
+        "resumed at epoch %d, batch %d, step %d", session.epoch + 1, session.batch, session.step
+    )
+    return True

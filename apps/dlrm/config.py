@@ -124,13 +124,19 @@ class TrainConfig:
     metrics_json: str | None = None
     """Write the final metrics here (rank 0, atomically)."""
     checkpoint_dir: str | None = None
-    """Save a checkpoint here after every epoch."""
+    """Save sharded checkpoints here (``torch.distributed.checkpoint``, one ``step_N``
+    directory each, the last 2 kept) after every epoch and every ``checkpoint_every`` steps."""
+    checkpoint_every: int | None = None
+    """Also checkpoint every this many training steps, within an epoch (``--resume``
+    continues at the next batch)."""
     init_from: str | None = None
     """A teacher artifact at the model's dim: tables start at its cluster centroids
     (``torchrec_lhf/warm_start.py``)."""
     export_model: str | None = None
-    """After training, write the serving model here (rank 0): the unsharded DLRM, MLET
-    collapsed, as safetensors (``apps/dlrm/export.py``)."""
+    """After training, write the serving model into this directory (rank 0): the DLRM, MLET
+    collapsed, quantized, sharded and TorchScripted through TorchRec's inference path
+    (``model_int8.pt``, ``model_fp32.pt``) and its float weights (``weights.safetensors``);
+    see ``apps/dlrm/export.py`` and ``apps/serve.py``."""
     resume: bool = False
     """Resume from ``checkpoint_dir`` (fresh start, with a warning, if it holds none)."""
     log_every: int = 100
@@ -269,6 +275,12 @@ class TrainConfig:
             )
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("--resume needs --checkpoint_dir")
+        if self.checkpoint_every is not None:
+            _check_int("checkpoint_every", self.checkpoint_every, low=1)
+            if self.checkpoint_dir is None:
+                raise ValueError(
+                    f"--checkpoint_every {self.checkpoint_every} needs --checkpoint_dir"
+                )
         if not isinstance(self.dataset_options, dict):
             raise ValueError(f"dataset_options must be a JSON object, got {self.dataset_options!r}")
 

@@ -6,7 +6,8 @@ features, ``T`` ids of all tables together (``sum N``).
 Training runs through TorchRec's TrainPipelineSparseDist (input_dist of batch ``i + 1``
 overlaps the forward / backward of batch ``i``); evaluation runs the same pipeline in
 eval mode under ``no_grad``. Data order depends only on ``--seed`` and the epoch, so a
-run resumed from the checkpoint of epoch ``k`` continues exactly like an uninterrupted one.
+run resumed from a checkpoint (``apps/dlrm/checkpoint.py``: after every epoch and every
+``--checkpoint_every`` steps) continues at the same batch exactly like an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import torch
@@ -35,11 +37,23 @@ from apps.dlrm.model import build_model, make_optimizer, shard_model, table_conf
 from apps.dlrm.runtime import DistEnv
 from torchrec_lhf.data import RecDataset, load_dataset
 from torchrec_lhf.distributed.embedding_bag import remap_bytes
+from torchrec_lhf.metrics import (
+    CTR_METRIC_KEYS,
+    compute_ctr_metrics,
+    ctr_metric_module,
+    global_qps,
+    update_ctr_metrics,
+)
 from torchrec_lhf.plan import HashPlan
 
 logger = logging.getLogger(__name__)
 
 BatchHook = Callable[[Iterable[Batch]], Iterable[Batch]]
+"""Wraps training batches: each epoch's, or with ``--checkpoint_every`` each run of them
+between two checkpoints (so that a checkpoint sees only batches already trained)."""
+
+EVAL_KEYS = ("auc", "logloss", *CTR_METRIC_KEYS)
+"""What :func:`evaluate` reports per split (besides ``num_samples``)."""
 
 
 @dataclass(kw_only=True)
@@ -60,7 +74,11 @@ class Session:
     prepare: Callable[[Batch], Batch]
     """Applied to every batch (folds ids beyond ``--num_embeddings_per_feature``)."""
     epoch: int = 0
+    """Epochs finished."""
     step: int = 0
+    """Training steps finished."""
+    batch: int = 0
+    """Batches of the current epoch trained (the data position of a mid-epoch checkpoint)."""
     train_seconds: float = 0.0
     train_samples: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -133,50 +151,80 @@ def _fold_ids(tables: list[EmbeddingBagConfig], dataset: RecDataset) -> Callable
     return fold
 
 
-def train_epoch(session: Session, *, hook: BatchHook | None = None) -> None:
-    """One pass over this epoch's training batches (``--limit_train_batches`` at most)."""
+def train_epoch(
+    session: Session, *, hook: BatchHook | None = None, extra_state: Any = None
+) -> None:
+    """This epoch's training batches (``--limit_train_batches`` at most) from batch
+    ``session.batch`` on, checkpointing every ``--checkpoint_every`` steps.
+
+    With ``--checkpoint_every`` the batches reach the pipeline in runs that end at each
+    checkpoint, so the pipeline drains (no batch fetched ahead) before a checkpoint is taken:
+    what it saves, ``hook``'s state included, covers exactly the batches trained.
+    """
     cfg, env, ds = session.config, session.env, session.dataset
-    batches: Iterable[Batch] = map(
-        session.prepare,
-        ds.batches(
-            "train",
-            cfg.batch_size,
-            rank=env.rank,
-            world_size=env.world_size,
-            shuffle=True,
-            seed=cfg.seed,
-            epoch=session.epoch,
-            limit=cfg.limit_train_batches,
-        ),
-    )
-    if hook is not None:
-        batches = hook(batches)
     total = ds.num_batches("train", cfg.batch_size, env.world_size)
     if cfg.limit_train_batches is not None:
         total = min(total, cfg.limit_train_batches)
+    # NOTE: skipping a resumed epoch's first batches still builds them (the datasets have no
+    # random access by batch yet)
+    batches = map(
+        session.prepare,
+        islice(
+            ds.batches(
+                "train",
+                cfg.batch_size,
+                rank=env.rank,
+                world_size=env.world_size,
+                shuffle=True,
+                seed=cfg.seed,
+                epoch=session.epoch,
+                limit=cfg.limit_train_batches,
+            ),
+            session.batch,
+            None,
+        ),
+    )
     session.model.train()
-    iterator = iter(batches)
-    start, steps = time.perf_counter(), 0
+    start, steps, saving = time.perf_counter(), 0, 0.0
     with tqdm(
         total=total,
+        initial=session.batch,
         desc=f"epoch {session.epoch + 1}/{cfg.epochs}",
         disable=not env.is_main,
         mininterval=5.0,
     ) as bar:
-        while True:
-            try:
-                loss, _, _ = session.pipeline.progress(iterator)
-            except StopIteration:
+        while session.batch < total:
+            run = total - session.batch
+            if cfg.checkpoint_every is not None:
+                run = min(run, cfg.checkpoint_every - session.step % cfg.checkpoint_every)
+            segment: Iterable[Batch] = islice(batches, run)
+            done = _train_steps(session, iter(hook(segment) if hook else segment), bar)
+            steps += done
+            if done < run:  # NOTE: the data ended early; nothing more to train this epoch
                 break
-            steps += 1
-            session.step += 1
-            bar.update(1)
-            if session.step % cfg.log_every == 0:
-                logger.info(
-                    "epoch %d step %d: loss %.5f", session.epoch + 1, session.step, float(loss)
-                )
-    session.train_seconds += time.perf_counter() - start
+            if cfg.checkpoint_every and session.step % cfg.checkpoint_every == 0:
+                if session.batch < total:  # NOTE: the epoch's end is checkpointed by fit
+                    tic = time.perf_counter()
+                    ckpt.save(session, extra_state)
+                    saving += time.perf_counter() - tic
+    session.train_seconds += time.perf_counter() - start - saving
     session.train_samples += steps * cfg.batch_size * env.world_size
+
+
+def _train_steps(session: Session, batches: Iterator[Batch], bar: tqdm) -> int:
+    """Train on ``batches`` until they run out; return the number of steps."""
+    done = 0
+    while True:
+        try:
+            loss, _, _ = session.pipeline.progress(batches)
+        except StopIteration:
+            return done
+        done += 1
+        session.step += 1
+        session.batch += 1
+        bar.update(1)
+        if session.step % session.config.log_every == 0:
+            logger.info("epoch %d step %d: loss %.5f", session.epoch + 1, session.step, float(loss))
 
 
 def _eval_batches(
@@ -215,15 +263,24 @@ def _chain(*parts: Iterable[Batch]) -> Iterator[Batch]:
 
 
 def evaluate(session: Session, split: str, limit: int | None = None) -> dict[str, float]:
-    """AUROC and logloss over ``split`` on all ranks together (torchmetrics syncs them).
+    """AUROC and logloss (torchmetrics), NE, calibration and AUC (``torchrec.metrics``)
+    over ``split`` on all ranks together (both libraries sync them).
 
     Returns:
-        ``{"auc", "logloss", "num_samples"}`` (identical on every rank); NaN metrics for an
-        empty split.
+        ``{"auc", "logloss", "ne", "calibration", "rec_auc", "num_samples"}`` (identical on
+        every rank); NaN metrics for an empty split.
     """
     batches, valid = _eval_batches(session, split, limit)
-    device = session.env.device
+    env, device = session.env, session.env.device
     auroc, logloss = BinaryAUROC().to(device), MeanMetric().to(device)
+    # NOTE: the window holds every evaluated row of all ranks, so TorchRec's AUC is exact
+    rec_metrics = ctr_metric_module(
+        session.config.batch_size,
+        window_size=max(1, len(valid)) * session.config.batch_size * env.world_size,
+        world_size=env.world_size,
+        rank=env.rank,
+        device=device,
+    )
     num_local = 0
     session.model.eval()
     i = 0
@@ -238,6 +295,7 @@ def evaluate(session: Session, split: str, limit: int | None = None) -> dict[str
             logits_B, labels_B = logits_B[:n].float(), labels_B[:n].float()
             auroc.update(torch.sigmoid(logits_B), labels_B.long())
             logloss.update(F.binary_cross_entropy_with_logits(logits_B, labels_B, reduction="none"))
+            update_ctr_metrics(rec_metrics, logits_B, labels_B)
             num_local += n
     session.model.train()
     assert i == len(valid), f"evaluated {i} batches, expected {len(valid)}"
@@ -246,46 +304,41 @@ def evaluate(session: Session, split: str, limit: int | None = None) -> dict[str
     num = int(num_N)
     if num == 0:
         logger.warning("split %r is empty: no metrics", split)
-        return {"auc": float("nan"), "logloss": float("nan"), "num_samples": 0}
-    return {"auc": float(auroc.compute()), "logloss": float(logloss.compute()), "num_samples": num}
+        return {**dict.fromkeys(EVAL_KEYS, float("nan")), "num_samples": 0}
+    return {
+        "auc": float(auroc.compute()),
+        "logloss": float(logloss.compute()),
+        **compute_ctr_metrics(rec_metrics),
+        "num_samples": num,
+    }
 
 
 def fit(
     session: Session, *, hook: BatchHook | None = None, extra_state: Any = None
 ) -> dict[str, Any]:
-    """Resume if asked, train the remaining epochs (validating and checkpointing after each),
-    then test.
+    """Resume if asked (mid-epoch too), train the remaining epochs (validating and
+    checkpointing after each, and every ``--checkpoint_every`` steps), then test.
 
     Args:
         session: from :func:`build_session`.
         hook: wraps each epoch's training batches (e.g. the teacher's id counter).
-        extra_state: an object with ``state() -> dict[str, Tensor]`` (collective, rank 0's
-            result is saved) and ``load(dict[str, Tensor])``, checkpointed with the model.
+        extra_state: an object with ``state() -> dict[str, Tensor]`` (collective, equal on
+            every rank) and ``load(dict[str, Tensor])``, checkpointed with the model.
 
     Returns:
-        ``val_auc``, ``val_logloss``, ``auc``, ``logloss`` (test), ``samples_per_s``, the
-        table statistics, ``epochs``, ``steps`` and ``history`` (per-epoch validation).
+        ``val_auc``, ``val_logloss``, ``val_ne``, ``val_calibration``, ``val_rec_auc``, the
+        same without ``val_`` for the test split, ``qps`` (training samples per second of all
+        ranks, also as ``samples_per_s``), the table statistics, ``epochs``, ``steps`` and
+        ``history`` (per-epoch validation).
     """
     cfg, env = session.config, session.env
     if cfg.resume:
-        path = ckpt.checkpoint_path(cfg.checkpoint_dir)
-        if path.is_file():
-            resumed = ckpt.load_checkpoint(
-                cfg.checkpoint_dir,
-                model=session.model,
-                optimizer=session.optimizer,
-                plan_fingerprint=session.plan_fingerprint,
-                config=cfg.to_dict(),
-            )
-            session.epoch, session.step = resumed.epoch, resumed.step
-            if extra_state is not None:
-                extra_state.load(resumed.extra)
-        else:
-            logger.warning("--resume: no checkpoint at %s yet; starting from scratch", path)
-    val = {"auc": float("nan"), "logloss": float("nan")}
+        ckpt.resume(session, extra_state)
+    val = dict.fromkeys(EVAL_KEYS, float("nan"))
     while session.epoch < cfg.epochs:
-        train_epoch(session, hook=hook)
+        train_epoch(session, hook=hook, extra_state=extra_state)
         session.epoch += 1
+        session.batch = 0
         val = evaluate(session, "val", cfg.limit_val_batches)
         session.history.append(
             {
@@ -295,37 +348,30 @@ def fit(
                 "val_logloss": val["logloss"],
             }
         )
-        logger.info(
-            "epoch %d: val auc %.5f logloss %.5f", session.epoch, val["auc"], val["logloss"]
-        )
+        logger.info("epoch %d: val %s", session.epoch, _format(val))
         if cfg.checkpoint_dir is not None:
-            ckpt.save_checkpoint(
-                cfg.checkpoint_dir,
-                model=session.model,
-                optimizer=session.optimizer,
-                epoch=session.epoch,
-                step=session.step,
-                plan_fingerprint=session.plan_fingerprint,
-                config=cfg.to_dict(),
-                extra=extra_state.state() if extra_state is not None else None,
-                device=env.device,
-            )
+            ckpt.save(session, extra_state)
     if not session.history:  # resumed after the last epoch: validate the restored model
         val = evaluate(session, "val", cfg.limit_val_batches)
     test = evaluate(session, "test", cfg.limit_test_batches)
-    logger.info("test auc %.5f logloss %.5f", test["auc"], test["logloss"])
+    qps = global_qps(session.train_samples, session.train_seconds, device=env.device)
+    logger.info("test %s; train %.0f samples/s", _format(test), qps)
     return {
-        "auc": test["auc"],
-        "logloss": test["logloss"],
-        "val_auc": val["auc"],
-        "val_logloss": val["logloss"],
+        **{key: test[key] for key in EVAL_KEYS},
+        **{f"val_{key}": val[key] for key in EVAL_KEYS},
         "test_samples": test["num_samples"],
-        "samples_per_s": session.train_samples / session.train_seconds
-        if session.train_seconds
-        else 0.0,
+        "qps": qps,
+        "samples_per_s": qps,
         **session.stats,
         "epochs": session.epoch,
         "steps": session.step,
         "world_size": env.world_size,
         "history": session.history,
     }
+
+
+def _format(metrics: dict[str, float]) -> str:
+    return (
+        f"auc {metrics['auc']:.5f} logloss {metrics['logloss']:.5f} ne {metrics['ne']:.5f} "
+        f"calibration {metrics['calibration']:.4f} rec_auc {metrics['rec_auc']:.5f}"
+    )

@@ -55,15 +55,27 @@ METRIC_KEYS = (
     "logloss",
     "val_auc",
     "val_logloss",
+    "ne",
+    "calibration",
+    "rec_auc",
+    "val_ne",
+    "val_calibration",
+    "val_rec_auc",
     "embedding_bytes",
     "remap_bytes",
     "full_embedding_bytes",
     "remap_computable",
+    "qps",
     "samples_per_s",
     "config",
     "plan_fingerprint",
 )
 """Keys ``--metrics_json`` always has (more: rows, full_rows, epochs, steps, history, ...).
+
+``auc`` / ``logloss`` are the test split's (torchmetrics, natural log), ``ne`` (normalized
+entropy), ``calibration`` and ``rec_auc`` its ``torchrec.metrics`` (see
+``torchrec_lhf/metrics.py``); ``val_*`` the same for the last validation. ``qps`` (also
+``samples_per_s``) is the training throughput of all ranks, timed by the slowest.
 
 ``embedding_bytes`` are the fp32 tables as saved (MLET: collapsed to the narrow dim;
 ``train_embedding_bytes`` has what trains), ``remap_bytes`` the materialized id -> row
@@ -186,15 +198,17 @@ def run(config: TrainConfig) -> dict[str, Any]:
             if config.metrics_json:
                 atomic_write_json(config.metrics_json, metrics)
             logger.info(
-                "done: test auc %.5f logloss %.5f, tables %d rows / %.2f MB (full %.2f MB) + remap %.2f MB, "
-                "%.0f samples/s",
+                "done: test auc %.5f logloss %.5f ne %.5f calibration %.4f, "
+                "tables %d rows / %.2f MB (full %.2f MB) + remap %.2f MB, %.0f samples/s",
                 metrics["auc"],
                 metrics["logloss"],
+                metrics["ne"],
+                metrics["calibration"],
                 metrics["rows"],
                 metrics["embedding_bytes"] / 2**20,
                 metrics["full_embedding_bytes"] / 2**20,
                 metrics["remap_bytes"] / 2**20,
-                metrics["samples_per_s"],
+                metrics["qps"],
             )
         return metrics
 

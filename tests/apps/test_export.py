@@ -1,4 +1,5 @@
-"""The serving export: gathered from the shards, MLET collapsed, equal to the trained model."""
+"""The serving export: gathered from the shards, MLET collapsed, equal to the trained model;
+its scripted models (TorchRec's inference path) score as the trained model does."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from apps.dlrm.export import export_model, load_serving_model
+from apps.dlrm.export import WEIGHTS_FILE, export_model, load_scripted_model, load_serving_model
 from apps.dlrm.loop import build_session, fit, load_data
 from apps.dlrm.runtime import distributed
 from apps.dlrm.train import parse_args, resolve_plan
@@ -43,6 +44,11 @@ def _train_and_export(rank: int, world_size: int, flags: list[str], path: str) -
         served = load_serving_model(path, plan)
         with torch.no_grad():
             logits = served(batch.dense_features, batch.sparse_features).squeeze(-1)
+        scripted, manifest = load_scripted_model(path, "fp32")
+        assert manifest["feature_names"] == list(batch.sparse_features.keys())
+        kjt = batch.sparse_features
+        scores = scripted(batch.dense_features, kjt.values(), kjt.lengths().long())
+        torch.testing.assert_close(scores, torch.sigmoid(trained), rtol=0, atol=1e-6)
         return (logits - trained).abs().tolist()
 
 
@@ -50,10 +56,10 @@ def test_mlet_with_a_plan_exports_collapsed_tables(tmp_path: Path) -> None:
     # 20% of the rows by the hashing trick, trained as MLET at half the width (8 -> 4)
     flags = ["--compression", "modulo", "--fraction", "0.2", "--mlet_fraction", "0.5"]
     flags += ["--dense_arch_layer_sizes", "8,4"]
-    path = tmp_path / "model.safetensors"
+    path = tmp_path / "model"
     diffs = _train_and_export(0, 1, flags, str(path))
     assert max(diffs) < 1e-5
-    tensors, manifest = load_tensors(path, "serving_model")
+    tensors, manifest = load_tensors(path / WEIGHTS_FILE, "serving_model")
     assert manifest["mlet_collapsed"] is True
     tables = {
         k: v.shape for k, v in tensors.items() if k.endswith(".weight") and "embedding_bags" in k
@@ -65,7 +71,7 @@ def test_mlet_with_a_plan_exports_collapsed_tables(tmp_path: Path) -> None:
 @pytest.mark.distributed
 def test_export_at_world_size_2_equals_the_sharded_model(tmp_path: Path) -> None:
     flags = ["--compression", "qr", "--fraction", "0.3", "--dense_arch_layer_sizes", "8,8"]
-    path = str(tmp_path / "model.safetensors")
+    path = str(tmp_path / "model")
     diffs = run_multiprocess(_train_and_export, world_size=2, flags=flags, path=path)[0]
     assert len(diffs) == 16 and max(diffs) < 1e-5
 
@@ -73,8 +79,11 @@ def test_export_at_world_size_2_equals_the_sharded_model(tmp_path: Path) -> None
 def test_export_rejects_mch_and_a_foreign_plan(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="mch model is not exportable"):
         parse_args([*ARGS, "--compression", "mch", "--fraction", "0.5", "--export_model", "x"])
-    path = tmp_path / "model.safetensors"
+    path = tmp_path / "model"
     _train_and_export(0, 1, ["--dense_arch_layer_sizes", "8,8", "--epochs", "1"], str(path))
+    assert sorted(p.name for p in path.iterdir()) == [
+        "model_fp32.pt", "model_int8.pt", WEIGHTS_FILE
+    ]  # fmt: skip
     from torchrec_lhf.plan import HashPlan
 
     other = HashPlan.from_mappings(

@@ -1,4 +1,5 @@
-"""The teacher at world size 2: exact access counts, and embeddings equal to the model's tables."""
+"""The teacher at world size 2: exact access counts (across a mid-epoch resume), and
+embeddings equal to the model's tables."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from apps.dlrm.model import EBC_FQN
 from apps.dlrm.runtime import distributed
 from apps.teacher import IdCounter, parse_args, train_teacher
 from tests._multiprocess import run_multiprocess
+from tests.test_checkpoint import Killed, killed_after_save
 from torchrec_lhf.data import load_dataset
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 
@@ -40,11 +42,13 @@ ARGS = [
 
 
 def _teacher(rank: int, world_size: int, tmp: str) -> dict:
-    common = [*ARGS, "--checkpoint_dir", f"{tmp}/ckpt", "--out", f"{tmp}/teacher"]
+    common = [*ARGS, "--checkpoint_dir", f"{tmp}/ckpt", "--out", f"{tmp}/teacher", "--epochs", "2"]
     with distributed() as env:
-        train_teacher(parse_args([*common, "--epochs", "1"]), env)
-        # resume for a second epoch: the counts of epoch 1 come back from the checkpoint
-        session, metrics = train_teacher(parse_args([*common, "--epochs", "2", "--resume"]), env)
+        # 25 steps per epoch: killed right after the checkpoint of step 30 (batch 5 of epoch 2)
+        with killed_after_save(30), pytest.raises(Killed):
+            train_teacher(parse_args([*common, "--checkpoint_every", "10"]), env)
+        # resumed mid-epoch: the counts of the 30 steps trained come back from the checkpoint
+        session, metrics = train_teacher(parse_args([*common, "--resume"]), env)
         artifact = TeacherArtifact.load(f"{tmp}/teacher")
 
         # The trained (sharded) tables, looked up through the model on this rank's own ids,

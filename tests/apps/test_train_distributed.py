@@ -1,8 +1,9 @@
-"""The DLRM app at world size 2: mch, with and without learned hashing, checkpoint / resume,
-and gathering sharded state."""
+"""The DLRM app at world size 2: mch, with and without learned hashing, checkpoint / resume
+(mid-epoch, and across world sizes 2 -> 1 -> 2), and gathering sharded state."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,9 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from apps.dlrm.train import METRIC_KEYS, main
+from apps.dlrm import checkpoint as ckpt
+from apps.dlrm.config import TrainConfig
+from apps.dlrm.loop import evaluate
+from apps.dlrm.train import METRIC_KEYS, main, parse_args
 from tests._multiprocess import run_multiprocess
 from tests.apps._train_args import NO_MINIMUM, SMALL
+from tests.test_checkpoint import Killed, killed_after_save
 from torchrec_lhf.compression.baselines import modulo_plan
 from torchrec_lhf.plan import HashPlan
 
@@ -91,50 +96,76 @@ def test_main_at_world_size_2_with_and_without_learned_hash(tmp_path: Path) -> N
     assert lhf["rows"] == 72 and lhf["full_rows"] == 300
 
 
+# row_wise: every table is split over both ranks, so loading has to scatter shards
+RESUME = [
+    *SMALL,
+    *NO_MINIMUM,
+    *("--compression", "modulo", "--fraction", "0.5", "--sharding_types", "row_wise"),
+    *("--limit_train_batches", "8", "--dense_optimizer", "adam", "--epochs", "2"),
+]
+
+
+def _run_and_crash(rank: int, world_size: int, tmp: str) -> dict:
+    uninterrupted = main(RESUME)
+    # checkpoints at steps 5 (mid epoch 1), 8 (end of epoch 1) and 10 (batch 2 of epoch 2)
+    with killed_after_save(10), pytest.raises(Killed):
+        main([*RESUME, "--checkpoint_dir", f"{tmp}/ckpt", "--checkpoint_every", "5"])
+    return uninterrupted
+
+
+def _session(config: TrainConfig):
+    from apps.dlrm.loop import build_session, load_data
+    from apps.dlrm.runtime import distributed
+    from apps.dlrm.train import resolve_plan
+
+    with distributed() as env:
+        dataset = load_data(config)
+        plan = resolve_plan(config, dataset, list(dataset.num_embeddings))
+        return build_session(config, env, dataset, plan)
+
+
+def _reload_at_world_size_1(rank: int, world_size: int, tmp: str) -> dict:
+    # the global batch of 64 rows stays the same; the sharding is now all on rank 0
+    config = parse_args([*RESUME, "--batch_size", "64", "--checkpoint_dir", f"{tmp}/ckpt"])
+    session = _session(config)
+    assert ckpt.resume(session)
+    position = (session.epoch, session.batch, session.step)
+    val = evaluate(session, "val")
+    session.config = dataclasses.replace(config, checkpoint_dir=f"{tmp}/ckpt_ws1")
+    ckpt.save(session)
+    return {"position": position, "val": val}
+
+
 def _resume(rank: int, world_size: int, tmp: str) -> dict:
-    # row_wise: every table is split over both ranks, so loading has to scatter shards
-    common = [
-        *SMALL,
-        *NO_MINIMUM,
-        "--compression",
-        "modulo",
-        "--fraction",
-        "0.5",
-        "--sharding_types",
-        "row_wise",
-        "--limit_train_batches",
-        "8",
-        "--dense_optimizer",
-        "adam",
-    ]
-    uninterrupted = main([*common, "--epochs", "2"])
-    main([*common, "--epochs", "1", "--checkpoint_dir", f"{tmp}/ckpt"])
-    resumed = main([*common, "--epochs", "2", "--checkpoint_dir", f"{tmp}/ckpt", "--resume"])
-    other_plan = [
-        *common,
-        "--fraction",
-        "0.25",
-        "--epochs",
-        "3",
-        "--checkpoint_dir",
-        f"{tmp}/ckpt",
-        "--resume",
-    ]
+    session = _session(parse_args([*RESUME, "--checkpoint_dir", f"{tmp}/ckpt"]))
+    assert ckpt.resume(session)
+    val = evaluate(session, "val")
+    resumed = main([*RESUME, "--checkpoint_dir", f"{tmp}/ckpt", "--resume"])
+    via_ws1 = main([*RESUME, "--checkpoint_dir", f"{tmp}/ckpt_ws1", "--resume"])
+    other_plan = [*RESUME, "--fraction", "0.25", "--checkpoint_dir", f"{tmp}/ckpt", "--resume"]
     with pytest.raises(ValueError) as error:
         main(other_plan)
-    return {"uninterrupted": uninterrupted, "resumed": resumed, "error": str(error.value)}
+    return {"val": val, "resumed": resumed, "via_ws1": via_ws1, "error": str(error.value)}
 
 
 @pytest.mark.distributed
 def test_resume_equals_uninterrupted_and_rejects_another_plan(tmp_path: Path) -> None:
-    result = run_multiprocess(_resume, world_size=2, tmp=str(tmp_path))[0]
-    a, b = result["uninterrupted"], result["resumed"]
-    assert (a["epochs"], a["steps"]) == (b["epochs"], b["steps"]) == (2, 16)
-    for key in ("auc", "logloss", "val_auc", "val_logloss"):
-        assert math.isclose(a[key], b[key], rel_tol=0, abs_tol=1e-6), (key, a[key], b[key])
-    assert b["history"] == [
-        {"epoch": 2, "step": 16, "val_auc": b["val_auc"], "val_logloss": b["val_logloss"]}
-    ]
+    """Killed mid-epoch 2 at world size 2, resumed at world size 2, and through a reload and
+    save at world size 1: the same model and optimizer state, so the same final metrics."""
+    tmp = str(tmp_path)
+    a = run_multiprocess(_run_and_crash, world_size=2, tmp=tmp)[0]
+    ws1 = run_multiprocess(_reload_at_world_size_1, world_size=1, tmp=tmp)[0]
+    assert ws1["position"] == (1, 2, 10)  # epoch 2 (0-based 1), 2 of its batches trained
+    result = run_multiprocess(_resume, world_size=2, tmp=tmp)[0]
+    for key in ("auc", "logloss"):  # the same state evaluates alike at world sizes 1 and 2
+        assert math.isclose(ws1["val"][key], result["val"][key], abs_tol=1e-6), key
+    for b in (result["resumed"], result["via_ws1"]):
+        assert (a["epochs"], a["steps"]) == (b["epochs"], b["steps"]) == (2, 16)
+        for key in ("auc", "logloss", "val_auc", "val_logloss"):
+            assert math.isclose(a[key], b[key], rel_tol=0, abs_tol=1e-6), (key, a[key], b[key])
+        assert b["history"] == [
+            {"epoch": 2, "step": 16, "val_auc": b["val_auc"], "val_logloss": b["val_logloss"]}
+        ]
     fingerprints = [
         modulo_plan(n, fraction=f).fingerprint()
         for n, f in [

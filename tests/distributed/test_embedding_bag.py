@@ -8,8 +8,9 @@ import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.tensor import DTensor
-from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.sharding_plan import (
     column_wise,
@@ -23,11 +24,13 @@ from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from tests._multiprocess import run_multiprocess
+from tests.modules._host_reads import host_reads
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
 from torchrec_lhf.distributed.embedding_bag import (
     TESTED_SHARDING_TYPES,
     LearnedHashEmbeddingBagCollectionSharder,
 )
+from torchrec_lhf.modules.embedding_bag import internal_table_configs
 
 LR = 0.5
 FUSED = EmbeddingComputeKernel.FUSED.value
@@ -161,3 +164,53 @@ def test_sharded_equals_unsharded(sharding_type: str) -> None:
 def test_sharder_rejects_untested_sharding_type() -> None:
     with pytest.raises(ValueError, match="table_column_wise"):
         LearnedHashEmbeddingBagCollectionSharder(sharding_types=["table_column_wise"])
+
+
+def _sharded_step_host_reads(rank: int, world_size: int, learned: bool) -> int:
+    """TorchRec's allowed host reads in one sharded step (any other read raises)."""
+    sharder_cls = (
+        LearnedHashEmbeddingBagCollectionSharder if learned else EmbeddingBagCollectionSharder
+    )
+    sharder = sharder_cls(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR})
+    plan = _plan("sum")
+    if learned:
+        module = LearnedHashEmbeddingBagCollection(
+            tables=_tables(), plan=plan, device=torch.device("meta")
+        )
+        batch = _batch(seed=0)
+    else:
+        reference = LearnedHashEmbeddingBagCollection(tables=_tables(), plan=plan)
+        module = EmbeddingBagCollection(
+            tables=reference.internal_embedding_bag_configs(), device=torch.device("meta")
+        )
+        batch = reference.remap(_batch(seed=0))
+        batch = KeyedJaggedTensor(keys=batch.keys(), values=batch.values(), lengths=batch.lengths())
+    names = [c.name for c in internal_table_configs(module)]
+    module_plan = construct_module_sharding_plan(
+        module,
+        per_param_sharding={n: table_wise(rank=0, compute_kernel=FUSED) for n in names},
+        sharder=sharder,
+        local_size=world_size,
+        world_size=world_size,
+        device_type="cpu",
+    )
+    model = DistributedModelParallel(
+        module,
+        env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
+        plan=ShardingPlan({"": module_plan}),
+        sharders=[sharder],
+        device=torch.device("cpu"),
+    )
+    model(batch).wait()  # the first step creates TorchRec's input dists
+    batch = KeyedJaggedTensor(keys=batch.keys(), values=batch.values(), lengths=batch.lengths())
+    with host_reads(allow_torchrec=True) as reads:
+        model(batch).wait().values().sum().backward()
+    return len(reads.allowed)
+
+
+@pytest.mark.distributed
+def test_sharded_step_reads_no_more_than_plain_ebc() -> None:
+    """World size 1 on gloo: the remap in input_dist and the combine add no host read."""
+    (learned,) = run_multiprocess(_sharded_step_host_reads, world_size=1, learned=True)
+    (plain,) = run_multiprocess(_sharded_step_host_reads, world_size=1, learned=False)
+    assert learned <= plain, (learned, plain)

@@ -13,7 +13,8 @@ such as ``torchrec.models.dlrm.DLRM`` read), ``internal_embedding_bag_configs()`
 TorchRec's sharder and quantization work on; our sharder and quantizer hand them over).
 """
 
-from __future__ import annotations
+# NOTE: no ``from __future__ import annotations``: torch.fx copies forward's annotations
+# into the traced code, and TorchScript needs them as types, not strings.
 
 import copy
 import dataclasses
@@ -208,6 +209,7 @@ class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
     ) -> None:
         logical = copy.deepcopy(list(tables))
         layout = internal_layout(logical, plan)
+        device = torch.device(device) if isinstance(device, str) else device
         super().__init__(layout.configs, is_weighted=is_weighted, device=device)
         self._logical_configs = logical
         self._internal_configs = layout.configs
@@ -231,7 +233,7 @@ class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
         """The compressed tables' configs (``t`` / ``t__h<i>``, heights ``M_h``)."""
         return self._internal_configs
 
-    def internal_tables(self) -> InternalTables:
+    def internal_tables(self) -> "InternalTables":
         """The compressed tables as a plain collection view, for TorchRec's sharder and
         quantization (shares ``embedding_bags``; nothing is copied)."""
         return InternalTables(

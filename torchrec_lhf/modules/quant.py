@@ -4,7 +4,8 @@
 learned-hash module needs its own entry: :func:`quantize_learned_hash` passes it.
 """
 
-from __future__ import annotations
+# NOTE: no ``from __future__ import annotations``: torch.fx copies forward's annotations
+# into the traced code, and TorchScript needs them as types, not strings.
 
 import copy
 
@@ -52,7 +53,7 @@ class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
     @classmethod
     def from_float(
         cls, module: LearnedHashEmbeddingBagCollection, use_precomputed_fake_quant: bool = False
-    ) -> QuantLearnedHashEmbeddingBagCollection:
+    ) -> "QuantLearnedHashEmbeddingBagCollection":
         if not isinstance(module, LearnedHashEmbeddingBagCollection):
             raise ValueError(
                 f"expected a LearnedHashEmbeddingBagCollection, got {type(module).__name__}"

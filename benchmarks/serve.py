@@ -1,0 +1,231 @@
+"""Serving QPS of a quantized learned-hash DLRM against a quantized plain DLRM of the same rows.
+
+Both models are TorchRec DLRMs with the same dense and over arches and the same compressed
+tables (heights ``fraction * N`` of the Criteo-like logical heights ``N``, capped by
+``--max_rows``); the learned-hash one maps raw ids through a random hash plan, the plain one
+is fed the very rows those ids map to (so both read the same rows and only the remap and
+its bookkeeping differ). Both go through the serving flow of ``--export_model``
+(:func:`torchrec_lhf.inference.script_serving_model`: int8 tables, ``shard_quant_model`` on
+one CPU rank, FX trace, TorchScript) and are timed at each batch size, interleaved, so both
+see the same machine load. QPS is samples per second of the median call.
+
+Usage::
+
+    python -m benchmarks.serve --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.models.dlrm import DLRM
+
+from benchmarks.remap import CRITEO_HEIGHTS
+from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
+from torchrec_lhf.inference import (
+    ScoringModule,
+    example_batch,
+    quantize_for_inference,
+    script_serving_model,
+    shard_for_inference,
+)
+
+NUM_DENSE = 13
+GOAL = 0.95
+"""Learned-hash QPS at least this share of the plain model's, at every batch size."""
+
+
+def _dlrm(tables: list[EmbeddingBagConfig], seed: int) -> DLRM:
+    torch.manual_seed(seed)
+    return DLRM(
+        embedding_bag_collection=EmbeddingBagCollection(tables=tables),
+        dense_in_features=NUM_DENSE,
+        dense_arch_layer_sizes=[64, tables[0].embedding_dim],
+        over_arch_layer_sizes=[64, 1],
+    )
+
+
+def _configs(heights: list[int], dim: int) -> list[EmbeddingBagConfig]:
+    return [
+        EmbeddingBagConfig(
+            name=f"t{i}", embedding_dim=dim, num_embeddings=h, feature_names=[f"f{i}"]
+        )
+        for i, h in enumerate(heights)
+    ]
+
+
+def build_models(args: argparse.Namespace) -> tuple[DLRM, DLRM, list[int]]:
+    """``(plain, lhf, logical heights)``: float DLRMs with equal compressed tables and MLPs."""
+    heights = [min(h, args.max_rows) for h in CRITEO_HEIGHTS]
+    compressed = [max(1, round(h * args.fraction)) for h in heights]
+    g = torch.Generator().manual_seed(0)
+    plan = HashPlan.from_mappings(
+        {
+            f"t{i}": torch.randint(0, m, (h,), generator=g)
+            for i, (h, m) in enumerate(zip(heights, compressed))
+        },
+        heights={f"t{i}": m for i, m in enumerate(compressed)},
+    )
+    plain = _dlrm(_configs(compressed, args.dim), seed=0)
+    # the same MLPs and tables: a copy whose collection is the learned-hash one (which
+    # allocates only the compressed tables), the plain tables copied in
+    lhf = copy.deepcopy(plain)
+    ebc = LearnedHashEmbeddingBagCollection(tables=_configs(heights, args.dim), plan=plan)
+    missing, unexpected = ebc.load_state_dict(
+        plain.sparse_arch.embedding_bag_collection.state_dict(), strict=False
+    )
+    assert not unexpected and missing == ["remap.mapping"], (missing, unexpected)
+    lhf.sparse_arch.embedding_bag_collection = ebc
+    return plain.eval(), lhf.eval(), heights
+
+
+def _requests(
+    heights: list[int], batch: int, pooling: int, seed: int
+) -> tuple[torch.Tensor, KeyedJaggedTensor]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.full((len(heights) * batch,), pooling, dtype=torch.long)
+    # Zipf-like skew: cubes of uniforms concentrate on small ids
+    values = torch.cat(
+        [
+            (torch.rand(batch * pooling, generator=g) ** 3 * h).long().clamp_max(h - 1)
+            for h in heights
+        ]
+    )
+    kjt = KeyedJaggedTensor(
+        keys=[f"f{i}" for i in range(len(heights))], values=values, lengths=lengths
+    )
+    return torch.rand(batch, NUM_DENSE, generator=g), kjt
+
+
+def _serving(model: DLRM, features: list[str], args: argparse.Namespace) -> Callable:
+    """The serving form of ``model``: scripted, or (``--eager``) the sharded quantized module."""
+    if not args.eager:
+        return script_serving_model(model, features, num_dense=NUM_DENSE, dtype=args.dtype)
+    quantized = quantize_for_inference(ScoringModule(model, features).eval(), dtype=args.dtype)
+    return shard_for_inference(quantized, example_batch(len(features), NUM_DENSE))
+
+
+def _time_pair(steps: dict[str, Callable[[], object]], iters: int, warmup: int) -> dict[str, float]:
+    """Median seconds of each step, the steps interleaved so that both see the same load."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(iters):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def run(args: argparse.Namespace) -> dict:
+    plain_f, lhf_f, heights = build_models(args)
+    features = [f"f{i}" for i in range(len(heights))]
+    remap = lhf_f.sparse_arch.embedding_bag_collection.remap
+    plain = _serving(plain_f, features, args)
+    lhf = _serving(lhf_f, features, args)
+    results: dict[str, dict] = {}
+    for batch in args.batch_sizes:
+        dense, raw = _requests(heights, batch, args.pooling, seed=batch)
+        rows = remap(raw)  # the rows the raw ids map to: what the plain model reads
+        plain_in = (dense, rows.values(), rows.lengths().long())
+        lhf_in = (dense, raw.values(), raw.lengths().long())
+        with torch.inference_mode():
+            # same rows, tables and MLPs: the scores agree (up to the fp32 summation order)
+            max_diff = (plain(*plain_in) - lhf(*lhf_in)).abs().max().item()
+            seconds = _time_pair(
+                {
+                    "plain": functools.partial(plain, *plain_in),
+                    "lhf": functools.partial(lhf, *lhf_in),
+                },
+                args.iters,
+                args.warmup,
+            )
+        qps = {name: batch / s for name, s in seconds.items()}
+        results[str(batch)] = {
+            "seconds_per_call": seconds,
+            "qps": qps,
+            "ratio": qps["lhf"] / qps["plain"],
+            "max_score_diff": max_diff,
+        }
+    return report(args, results, num_tables=len(heights))
+
+
+def report(args: argparse.Namespace, results: dict, *, num_tables: int) -> dict:
+    """The benchmark's JSON: config, per batch size QPS of both models and their ratio."""
+    return {
+        "benchmark": "serve",
+        "config": {
+            "num_tables": num_tables,
+            "batch_sizes": list(args.batch_sizes),
+            "pooling": args.pooling,
+            "embedding_dim": args.dim,
+            "fraction": args.fraction,
+            "max_rows": args.max_rows,
+            "dtype": args.dtype,
+            "model": (
+                "eager (quantize_inference_model, shard_quant_model)"
+                if args.eager
+                else "scripted (quantize_inference_model, shard_quant_model, FX, TorchScript)"
+            ),
+            "iters": args.iters,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+        },
+        "results": results,
+        "load_average": list(os.getloadavg()),
+        "goal": f"lhf qps / plain qps >= {GOAL} at every batch size",
+        "goal_met": all(r["ratio"] >= GOAL for r in results.values()),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--batch_sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64, 1024]
+    )
+    parser.add_argument("--pooling", type=int, default=1, help="ids per sample per feature")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--max_rows", type=int, default=1_000_000)
+    parser.add_argument("--dtype", default="int8", choices=("int8", "int4", "fp16", "fp32"))
+    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--eager", action="store_true", help="time the sharded quantized modules unscripted"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args(argv)
+    logging.getLogger("torchrec").setLevel(logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for batch, r in result["results"].items():
+            print(
+                f"batch {batch:>5}: plain {r['qps']['plain']:,.0f}/s  lhf {r['qps']['lhf']:,.0f}/s"
+                f"  ratio {r['ratio']:.3f}"
+            )
+    return result
+
+
+if __name__ == "__main__":
+    main()

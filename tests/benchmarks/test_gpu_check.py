@@ -1,0 +1,34 @@
+"""benchmarks/gpu_check: its CPU dry run, and a clean skip without CUDA."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.gpu_check import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cpu_dry_run_passes_every_step() -> None:
+    result = main(["--device", "cpu", "--batch_size", "64", "--clustering_ids", "2000"])
+    assert result["sync"]["ok"], result["sync"]
+    assert set(result["sync"]["cases"]) >= {"one_hot", "multi_hot", "weighted", "two_hash"}
+    assert result["clustering"]["ok"] and result["ok"]
+    assert result["remap"]["pooling_4"]["ids"] == 26 * 64 * 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without CUDA")
+def test_script_skips_cleanly_without_cuda() -> None:
+    env = {**os.environ, "PYTHON": sys.executable}
+    out = subprocess.run(
+        [str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["gpu_check"] == "skipped"

@@ -1,0 +1,116 @@
+"""Quantized learned-hash EBC through TorchRec's inference sharding (one CPU rank):
+sharded == unsharded quantized, FX-traced and scripted == eager."""
+
+# NOTE: no ``from __future__ import annotations``: FX copies _Pooled.forward's annotations
+# into its generated code, where TorchScript needs real types.
+
+import pytest
+import torch
+from torch import nn
+from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.distributed.types import ParameterSharding, ShardingEnv
+
+from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
+from torchrec_lhf.distributed.quant_embedding_bag import (
+    QuantLearnedHashEmbeddingBagCollectionSharder,
+    ShardedQuantLearnedHashEmbeddingBagCollection,
+)
+from torchrec_lhf.inference import (
+    quantize_for_inference,
+    script_for_inference,
+    shard_for_inference,
+)
+from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection
+
+
+class _Pooled(nn.Module):
+    """A collection as a model of plain tensors (TorchRec shards children, not the root)."""
+
+    def __init__(self, ebc: nn.Module, keys: list[str]) -> None:
+        super().__init__()
+        self.ebc = ebc
+        self.keys = keys
+
+    def forward(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        kjt = KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths)
+        return self.ebc(kjt).values()
+
+
+def _model(combine: str) -> _Pooled:
+    torch.manual_seed(0)
+    tables = [
+        EmbeddingBagConfig(
+            name="t0", embedding_dim=8, num_embeddings=40, feature_names=["f0", "f1"]
+        ),
+        EmbeddingBagConfig(name="t1", embedding_dim=8, num_embeddings=30, feature_names=["f2"]),
+        EmbeddingBagConfig(name="t2", embedding_dim=4, num_embeddings=12, feature_names=["f3"]),
+    ]
+    g = torch.Generator().manual_seed(0)
+    plan = HashPlan.from_multi_mappings(
+        {
+            "t0": [torch.randint(0, 10, (40,), generator=g)],
+            "t1": [
+                torch.randint(0, 8, (30,), generator=g),
+                torch.randint(0, 6, (30,), generator=g),
+            ],
+        },
+        combine=combine,
+        heights={"t0": [10], "t1": [8, 6]},
+    )
+    ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan)
+    # NOTE: the input's key order differs from the tables' (the remap reorders)
+    return _Pooled(ebc, ["f3", "f2", "f1", "f0"]).eval()
+
+
+def _inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(batch)
+    lengths = torch.randint(0, 3, (4 * batch,), generator=g)  # multi-hot, some empty
+    heights = torch.tensor([12, 30, 40, 40]).repeat_interleave(batch)
+    values = torch.cat(
+        [torch.randint(0, int(h), (int(n),), generator=g) for h, n in zip(heights, lengths)]
+    )
+    return values, lengths
+
+
+@pytest.mark.parametrize("combine", ["sum", "concat"])
+def test_sharded_quantized_equals_unsharded(combine: str) -> None:
+    model = _model(combine)
+    quantized = quantize_for_inference(model, dtype="int8")
+    assert isinstance(quantized.ebc, QuantLearnedHashEmbeddingBagCollection)
+    batch = _inputs(5)
+    expected = quantized(*batch)
+    torch.testing.assert_close(expected, model(*batch), atol=0.02, rtol=0)  # int8 rows
+    sharded = shard_for_inference(quantized, _inputs(2))
+    assert isinstance(sharded.ebc, ShardedQuantLearnedHashEmbeddingBagCollection)
+    assert [c.name for c in sharded.ebc.embedding_bag_configs()] == ["t0", "t1", "t2"]
+    internal = [c.name for c in sharded.ebc.internal_embedding_bag_configs()]
+    assert internal == ["t0", "t1__h0", "t1__h1", "t2"]
+    for b in (1, 5, 8):
+        batch = _inputs(b)
+        torch.testing.assert_close(sharded(*batch), quantized(*batch), atol=0, rtol=0)
+
+
+def test_fp32_tables_serve_the_float_model_exactly() -> None:
+    model = _model("sum")
+    sharded = shard_for_inference(quantize_for_inference(model, dtype="fp32"), _inputs(2))
+    batch = _inputs(6)
+    torch.testing.assert_close(sharded(*batch), model(*batch), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("combine", ["sum", "concat"])
+def test_traced_and_scripted_equal_eager(combine: str) -> None:
+    sharded = shard_for_inference(quantize_for_inference(_model(combine)), _inputs(2))
+    scripted = script_for_inference(sharded)
+    for b in (1, 4, 9):
+        batch = _inputs(b)
+        torch.testing.assert_close(scripted(*batch), sharded(*batch), atol=0, rtol=0)
+
+
+def test_sharder_offers_the_tested_types_and_internal_tables() -> None:
+    quantized = quantize_for_inference(_model("sum")).ebc
+    sharder = QuantLearnedHashEmbeddingBagCollectionSharder()
+    assert sharder.sharding_types("cpu") == ["table_wise"]
+    assert sorted(sharder.shardable_parameters(quantized)) == ["t0", "t1__h0", "t1__h1", "t2"]
+    row_wise = ParameterSharding(sharding_type="row_wise", compute_kernel="quant", ranks=[0])
+    with pytest.raises(ValueError, match="'t0': sharding type 'row_wise' is not supported"):
+        sharder.shard(quantized, {"t0": row_wise}, ShardingEnv.from_local(1, 0))

@@ -1,0 +1,73 @@
+"""TorchRec's inference flow (quantize, shard, trace, script, save, load) for DLRMs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+from torchrec.models.dlrm import DLRM
+
+from torchrec_lhf import HashPlan, apply_hash_plan
+from torchrec_lhf.inference import (
+    ScoringModule,
+    load_scripted,
+    quantize_for_inference,
+    save_scripted,
+    script_serving_model,
+)
+
+FEATURES = ["f0", "f1"]
+
+
+def _dlrm(plan: HashPlan | None) -> DLRM:
+    torch.manual_seed(0)
+    tables = [
+        EmbeddingBagConfig(name=f"t{i}", embedding_dim=4, num_embeddings=30, feature_names=[f])
+        for i, f in enumerate(FEATURES)
+    ]
+    dlrm = DLRM(
+        embedding_bag_collection=EmbeddingBagCollection(tables=tables),
+        dense_in_features=3,
+        dense_arch_layer_sizes=[8, 4],
+        over_arch_layer_sizes=[8, 1],
+    )
+    if plan is not None:
+        apply_hash_plan(dlrm, plan)
+    return dlrm.eval()
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([1, 2, 0, 1, 1, 1])  # 3 samples, feature-major
+    return torch.randn(3, 3), torch.tensor([0, 29, 7, 3, 11, 28]), lengths
+
+
+@pytest.mark.parametrize("learned_hash", [False, True])
+def test_scripted_serving_model_scores_as_the_float_model(
+    tmp_path: Path, learned_hash: bool
+) -> None:
+    plan = HashPlan.from_mappings({"t0": torch.arange(30) % 7}) if learned_hash else None
+    dlrm = _dlrm(plan)
+    batch = _batch()
+    expected = ScoringModule(dlrm, FEATURES)(*batch)
+    assert expected.shape == (3,)
+    for dtype, atol in (("fp32", 1e-6), ("int8", 0.01)):
+        scripted = script_serving_model(dlrm, FEATURES, num_dense=3, dtype=dtype)
+        torch.testing.assert_close(scripted(*batch), expected, atol=atol, rtol=0)
+        path = tmp_path / f"{dtype}.pt"
+        save_scripted(path, scripted, {"dtype": dtype})
+        loaded, manifest = load_scripted(path)
+        assert manifest == {"dtype": dtype}
+        torch.testing.assert_close(loaded(*batch), scripted(*batch), atol=0, rtol=0)
+
+
+def test_bad_dtype_and_foreign_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="dtype must be one of .* got 'int3'"):
+        quantize_for_inference(_dlrm(None), dtype="int3")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_scripted(tmp_path / "missing.pt")
+    plain = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 1)), str(plain))
+    with pytest.raises(ValueError, match="without a torchrec_lhf manifest"):
+        load_scripted(plain)

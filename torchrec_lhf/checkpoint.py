@@ -1,0 +1,385 @@
+"""Sharded checkpoints with ``torch.distributed.checkpoint`` (DCP): each rank writes and reads
+only its own shards, and a checkpoint loads at any world size and sharding.
+
+Layout of ``directory``::
+
+    latest              {"dir": "step_120", "step": 120, "previous": ["step_100"], ...}
+    step_100/           an older checkpoint (``keep`` of them are kept)
+    step_120/
+        .metadata       DCP's index of every tensor chunk (pickled, read safely: below)
+        __0_0.distcp    rank 0's shards, ...
+        manifest.json   step, world size and the caller's ``meta`` (rank 0)
+
+What DCP saves is one nested state dict: ``model`` (``model.state_dict()``: ShardedTensors /
+DTensors of TorchRec's sharded tables, plain tensors of the replicated dense layers and
+buffers such as the hash plan's ``remap.mapping``), ``optim`` (``optimizer.state_dict()``'s
+``state``: the fused tables' row-wise momentum as ShardedTensors, the dense optimizer's
+state as plain tensors), ``extra`` (the caller's tensors) and ``rng`` (the CPU generator).
+Plain tensors are taken to be replicated: DCP writes one rank's copy.
+
+Atomicity: every rank writes into ``step_{N}``; after a barrier rank 0 flips ``latest``
+(:func:`torchrec_lhf._io.atomic_write_json`) and only then deletes the step directories
+beyond the last ``keep``. A save killed before the flip leaves ``latest`` on the previous
+checkpoint, and the next save of step ``N`` clears the partial ``step_{N}`` first.
+NOTE: with several hosts, ``directory`` must be on a shared file system.
+
+Trust: loading never unpickles arbitrary objects. DCP's ``.metadata`` is a pickle, read
+here by a restricted unpickler that admits only DCP's own metadata classes and torch's
+sizes, dtypes, layouts and memory formats (anything else raises); checkpoints holding
+pickled non-tensor values (DCP's "bytes" entries, which DCP would ``torch.load`` with
+``weights_only=False``) are refused; the tensor data itself is read by DCP with
+``torch.load(weights_only=True)``, and ``latest`` / ``manifest.json`` are JSON.
+
+Example::
+
+    >>> import tempfile
+    >>> model = torch.nn.Linear(3, 2)  # or a DistributedModelParallel, in a process group
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> ckpt_dir = tempfile.mkdtemp()
+    >>> _ = save(ckpt_dir, model=model, optimizer=optimizer, step=100, meta={"epoch": 1})
+    >>> loaded = load(ckpt_dir, model=model, optimizer=optimizer, expect={"epoch": 1})
+    >>> loaded.step, loaded.meta["epoch"]
+    (100, 1)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
+
+from torchrec_lhf._io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+KIND = "torchrec_lhf_dcp_checkpoint"
+LATEST = "latest"
+"""The pointer file: JSON naming the newest complete step directory."""
+MANIFEST = "manifest.json"
+_STEP_DIR = re.compile(r"step_(\d+)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Loaded:
+    """What :func:`load` restored."""
+
+    path: Path
+    """The step directory read."""
+    step: int
+    """The ``step`` it was saved at."""
+    world_size: int
+    """The world size that wrote it."""
+    meta: dict[str, Any]
+    """The caller's ``meta`` (JSON)."""
+    extra: dict[str, torch.Tensor]
+    """The caller's ``extra`` tensors (CPU)."""
+
+
+# ------------------------------------------------------------------------------ save
+def save(
+    directory: str | os.PathLike,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    meta: Mapping[str, Any] | None = None,
+    extra: Mapping[str, torch.Tensor] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Save a checkpoint of ``step`` to ``directory/step_{step}`` (collective).
+
+    Args:
+        directory: the checkpoint directory (created if missing).
+        model: the (DistributedModelParallel) model.
+        optimizer: its (keyed / combined) optimizer.
+        step: the training step, naming the step directory.
+        meta: small JSON-serializable state (epoch, data position, fingerprints; rank 0's).
+        extra: more tensors, equal on every rank (one rank's copy is written).
+        keep: how many complete checkpoints to keep (the newest ``keep``), at least 1.
+
+    Returns:
+        The step directory, now named by ``latest``.
+
+    Raises:
+        ValueError: bad ``step`` / ``keep``, or a state entry that is not a tensor.
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be an int >= 0, got {step!r}")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be an int >= 1, got {keep!r}")
+    directory = Path(directory)
+    name = f"step_{step}"
+    path = directory / name
+    pointer = read_latest(directory)
+    if pointer is not None and pointer["dir"] == name:
+        logger.info("checkpoint of step %d already at %s", step, path)
+        return path
+    if _rank() == 0:
+        shutil.rmtree(path, ignore_errors=True)  # a killed save of this step, never `latest`
+        path.mkdir(parents=True)
+    _barrier()
+    optim_sd = optimizer.state_dict()
+    state = _state(model.state_dict(), optim_sd["state"], dict(extra or {}))
+    dcp.save(state, storage_writer=FileSystemWriter(path))
+    if _rank() == 0:
+        manifest = {
+            "kind": KIND,
+            "step": step,
+            "world_size": _world_size(),
+            "meta": dict(meta or {}),
+            "extra": sorted(extra or {}),
+        }
+        atomic_write_json(path / MANIFEST, manifest)
+    _barrier()  # every rank's shards are on disk
+    if _rank() == 0:
+        previous = [] if pointer is None else [pointer["dir"], *pointer.get("previous", [])]
+        kept = previous[: keep - 1]
+        atomic_write_json(
+            directory / LATEST, {"kind": KIND, "dir": name, "step": step, "previous": kept}
+        )
+        _delete_others(directory, {name, *kept})
+        logger.info("checkpoint: step %d -> %s", step, path)
+    _barrier()  # nobody reads `latest` before it is flipped
+    return path
+
+
+def _state(
+    model_sd: Mapping[str, Any], optim_state: Mapping[str, Any], extra: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """The nested dict DCP saves and loads in place; every leaf must be a tensor."""
+    state = {
+        "model": dict(model_sd),
+        "optim": dict(optim_state),
+        "extra": extra,
+        "rng": {"cpu": torch.get_rng_state()},
+    }
+    _check_leaves(state, "")
+    return state
+
+
+def _check_leaves(nested: Mapping[str, Any], prefix: str) -> None:
+    for key, value in nested.items():
+        if isinstance(value, Mapping):
+            _check_leaves(value, f"{prefix}{key}.")
+        elif not isinstance(value, torch.Tensor):
+            # NOTE: DCP would pickle it, and unpickling is what loading must never do
+            raise ValueError(
+                f"checkpoint state {prefix}{key} is a {type(value).__name__}, not a tensor; "
+                "pass small values through `meta` (JSON)"
+            )
+
+
+def _delete_others(directory: Path, kept: set[str]) -> None:
+    for child in directory.iterdir():
+        if child.is_dir() and _STEP_DIR.fullmatch(child.name) and child.name not in kept:
+            shutil.rmtree(child, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ load
+def read_latest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``latest`` pointer of ``directory``, or None if it has no checkpoint yet.
+
+    Raises:
+        ValueError: the pointer is not one of ours, or ``directory`` holds a checkpoint of
+            the format before DCP (``checkpoint.safetensors``), which cannot be resumed.
+    """
+    directory = Path(directory)
+    path = directory / LATEST
+    if not path.is_file():
+        if (directory / "checkpoint.safetensors").is_file():
+            raise ValueError(
+                f"{directory} holds a checkpoint of the old single-file format "
+                "(checkpoint.safetensors, before DCP), which cannot be resumed: "
+                "start a new checkpoint directory"
+            )
+        return None
+    pointer = json.loads(path.read_text())
+    if (
+        not isinstance(pointer, dict)
+        or pointer.get("kind") != KIND
+        or not _STEP_DIR.fullmatch(str(pointer.get("dir")))
+    ):
+        raise ValueError(f"{path} is not a checkpoint pointer of {KIND}: {pointer!r}")
+    return pointer
+
+
+def load(
+    directory: str | os.PathLike,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    expect: Mapping[str, Any] | None = None,
+) -> Loaded | None:
+    """Load the latest checkpoint of ``directory`` into this rank's shards (collective).
+
+    The checkpoint may come from another world size or sharding: DCP reads the chunks that
+    overlap this rank's shards. The CPU RNG state is restored too.
+
+    Args:
+        directory: as given to :func:`save`.
+        model: the model, sharded as this run shards it.
+        optimizer: its optimizer.
+        expect: ``meta`` entries that must equal the checkpoint's (e.g. a plan fingerprint);
+            checked before anything is loaded.
+
+    Returns:
+        What was loaded, or None if ``directory`` holds no checkpoint yet.
+
+    Raises:
+        ValueError: an ``expect`` entry differs (both values named), the model has other
+            entries than the checkpoint, or the checkpoint is damaged or unsafe.
+    """
+    pointer = read_latest(directory)
+    if pointer is None:
+        return None
+    path = Path(directory) / pointer["dir"]
+    manifest = json.loads((path / MANIFEST).read_text())
+    if manifest.get("kind") != KIND:
+        raise ValueError(f"{path / MANIFEST} is not a manifest of {KIND}")
+    _check_expected(path, manifest.get("meta", {}), expect or {})
+    reader = SafeFileSystemReader(path)
+    metadata = reader.read_metadata()
+    _init_optimizer_state(optimizer)
+    model_sd, optim_sd = model.state_dict(), optimizer.state_dict()
+    saved = set(metadata.state_dict_metadata)
+    unexpected = sorted(k for k in saved if k.startswith("model.") and k[6:] not in model_sd)
+    missing = sorted(k for k in model_sd if f"model.{k}" not in saved)
+    if unexpected or missing:
+        raise ValueError(
+            f"{path} holds another model: not in this model {unexpected[:5]}, "
+            f"not in the checkpoint {missing[:5]}"
+        )
+    extra = {
+        key[len("extra.") :]: torch.empty(md.size, dtype=md.properties.dtype)
+        for key, md in metadata.state_dict_metadata.items()
+        if key.startswith("extra.")
+    }
+    state = _state(model_sd, optim_sd["state"], extra)
+    dcp.load(state, storage_reader=reader)
+    model.load_state_dict(model_sd)
+    optimizer.load_state_dict(optim_sd)
+    torch.set_rng_state(state["rng"]["cpu"])
+    logger.info("resumed from %s (step %d)", path, manifest["step"])
+    return Loaded(
+        path=path,
+        step=int(manifest["step"]),
+        world_size=int(manifest["world_size"]),
+        meta=manifest.get("meta", {}),
+        extra=extra,
+    )
+
+
+def _check_expected(path: Path, meta: Mapping[str, Any], expect: Mapping[str, Any]) -> None:
+    for key, ours in expect.items():
+        theirs = meta.get(key)
+        if theirs == ours:
+            continue
+        if isinstance(ours, Mapping) and isinstance(theirs, Mapping):
+            diffs = [
+                f"{k}: checkpoint {theirs.get(k)!r}, now {ours.get(k)!r}"
+                for k in sorted({*ours, *theirs})
+                if theirs.get(k) != ours.get(k)
+            ]
+            raise ValueError(f"{path} was written with another {key} ({'; '.join(diffs)})")
+        raise ValueError(
+            f"{path} was written with {key} {theirs!r}, but this run has {ours!r}: "
+            "resume with the same settings, or start a new checkpoint directory"
+        )
+
+
+def _init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create lazily made optimizer state (Adam's before its first step) so that DCP can
+    load into it in place."""
+    for _, opt in getattr(optimizer, "optimizers", [("", optimizer)]):
+        if not opt.state and getattr(opt, "params", None) and hasattr(opt, "init_state"):
+            opt.init_state()
+            for p in opt.params.values():
+                p.grad = None
+
+
+# ----------------------------------------------------------------------- safe reading
+_TORCH_TYPES = (torch.dtype, torch.layout, torch.memory_format)
+_DCP_MODULES = ("torch.distributed.checkpoint.metadata",)
+_DCP_NAMES = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # a lookup of torch's layouts by name
+}
+_BUILTINS = {
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("pathlib", "PosixPath"),  # the checkpoint_id DCP records
+    ("pathlib", "WindowsPath"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Admits DCP's metadata classes and torch's dtypes / layouts / memory formats only."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in _DCP_MODULES or (module, name) in _DCP_NAMES | _BUILTINS:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), _TORCH_TYPES):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(
+            f"checkpoint metadata refers to {module}.{name}, which a DCP index never holds"
+        )
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """DCP's file reader with a restricted unpickler for ``.metadata`` (see the module
+    docstring), refusing pickled non-tensor entries."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        rank = kwargs.get("rank")
+        path = Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata")
+        try:
+            metadata = _MetadataUnpickler(io.BytesIO(path.read_bytes())).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError) as error:
+            raise ValueError(f"{path}: not a safe DCP checkpoint index ({error})") from error
+        if not isinstance(metadata, Metadata):
+            raise ValueError(f"{path}: not a DCP checkpoint index ({type(metadata).__name__})")
+        pickled = sorted(
+            k
+            for k, md in metadata.state_dict_metadata.items()
+            if isinstance(md, BytesStorageMetadata)
+        )
+        if pickled:
+            raise ValueError(f"{path}: entries {pickled[:5]} are pickled objects; refused")
+        # NOTE: what FileSystemReader.read_metadata does after unpickling
+        if getattr(metadata, "storage_meta", None) is None:
+            from torch.distributed.checkpoint.metadata import StorageMeta
+
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+# ---------------------------------------------------------------------------- helpers
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

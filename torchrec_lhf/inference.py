@@ -1,0 +1,262 @@
+"""TorchRec's inference flow for models with learned-hash (or plain) collections.
+
+The steps TorchRec's own inference examples take (``torchrec.inference.dlrm_predict``),
+with the learned-hash modules added where TorchRec matches modules by exact type:
+
+1. :func:`quantize_for_inference`: ``quantize_inference_model`` with the learned-hash
+   collection mapped to :class:`~torchrec_lhf.modules.quant.QuantLearnedHashEmbeddingBagCollection`;
+2. :func:`shard_for_inference`: ``shard_quant_model`` (one rank, table-wise) with the
+   quantized learned-hash sharder next to TorchRec's EBC one (:func:`inference_sharders`),
+   the quantized weights copied into the sharded tables (TorchRec's sharding allocates
+   them empty);
+3. :func:`script_for_inference`: ``torchrec.fx.symbolic_trace`` then ``torch.jit.script``;
+   save it with :func:`save_scripted`, load it with :func:`load_scripted`
+   (``torch.jit.load``: no pickle).
+
+The served model takes plain tensors (:class:`ScoringModule`), so a caller builds no
+TorchRec object; loading it needs only FBGEMM's operators registered (``import
+fbgemm_gpu``), as any TorchScript model with FBGEMM kernels does.
+
+Example::
+
+    >>> import torch
+    >>> from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+    >>> from torchrec.models.dlrm import DLRM
+    >>> tables = [EmbeddingBagConfig(name="t", embedding_dim=4, num_embeddings=10,
+    ...                              feature_names=["f"])]
+    >>> dlrm = DLRM(embedding_bag_collection=EmbeddingBagCollection(tables=tables),
+    ...             dense_in_features=2, dense_arch_layer_sizes=[4], over_arch_layer_sizes=[4, 1])
+    >>> model = ScoringModule(dlrm, ["f"]).eval()
+    >>> batch = (torch.zeros(3, 2), torch.tensor([1, 2, 3]), torch.ones(3, dtype=torch.long))
+    >>> model = shard_for_inference(quantize_for_inference(model), batch)
+    >>> scripted = script_for_inference(model)
+    >>> scripted(*batch).shape
+    torch.Size([3])
+"""
+
+# NOTE: no ``from __future__ import annotations``: FX copies the annotations of
+# ScoringModule.forward into its generated code, where TorchScript needs real types.
+
+import contextlib
+import copy
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torchrec.fx
+from torch import nn
+from torchrec.distributed.fused_params import FUSED_PARAM_QUANT_STATE_DICT_SPLIT_SCALE_BIAS
+from torchrec.distributed.global_settings import get_propogate_device, set_propogate_device
+from torchrec.distributed.quant_embeddingbag import QuantEmbeddingBagCollectionSharder
+from torchrec.inference.modules import (
+    DEFAULT_FUSED_PARAMS,
+    DEFAULT_QUANT_MAPPING,
+    assign_weights_to_tbe,
+    get_table_to_weights_from_tbe,
+    quantize_inference_model,
+    shard_quant_model,
+    trim_torch_package_prefix_from_typename,
+)
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_lhf._io import atomic_path
+from torchrec_lhf.distributed.quant_embedding_bag import (
+    QuantLearnedHashEmbeddingBagCollectionSharder,
+)
+from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection
+from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection
+
+MANIFEST_FILE = "manifest.json"
+"""Name of the JSON manifest stored inside a saved scripted model (``_extra_files``)."""
+
+WEIGHT_DTYPES: dict[str, torch.dtype] = {
+    "int8": torch.qint8,
+    "int4": torch.quint4x2,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+}
+"""Table weight dtypes of the quantized model, by name."""
+
+
+class ScoringModule(nn.Module):
+    """A DLRM as a serving function of plain tensors: probabilities of the positive class.
+
+    Args:
+        model: a ``torchrec.models.dlrm.DLRM`` (or any ``(dense, KJT) -> logits`` module).
+        feature_names: the sparse features, in the order of ``lengths``.
+
+    Shapes (``B`` samples, ``F = len(feature_names)``): ``dense`` ``(B, num_dense)``,
+    ``values`` ``(sum lengths,)`` raw ids, ``lengths`` ``(F * B,)`` feature-major (as a
+    KeyedJaggedTensor's); returns ``(B,)``.
+    """
+
+    def __init__(self, model: nn.Module, feature_names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.feature_names = list(feature_names)
+
+    def forward(
+        self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        sparse = KeyedJaggedTensor(keys=self.feature_names, values=values, lengths=lengths)
+        return torch.sigmoid(self.model(dense, sparse)).reshape(-1)
+
+
+def quantization_mapping() -> dict[str, type[nn.Module]]:
+    """TorchRec's default float -> quantized module mapping plus the learned-hash one."""
+    mapping = dict(DEFAULT_QUANT_MAPPING)
+    name = trim_torch_package_prefix_from_typename(
+        torch.typename(LearnedHashEmbeddingBagCollection)
+    )
+    mapping[name] = QuantLearnedHashEmbeddingBagCollection
+    return mapping
+
+
+def inference_sharders() -> list:
+    """Quantized learned-hash and plain EBC sharders with TorchRec's inference defaults,
+    except that scale and bias stay inside the int8/int4 rows (``quant_state_dict_split_
+    scale_bias`` off): fp16/fp32 tables have none to split, and table-wise sharding (the one
+    used here) does not need the split."""
+    fused_params = dict(DEFAULT_FUSED_PARAMS)
+    fused_params[FUSED_PARAM_QUANT_STATE_DICT_SPLIT_SCALE_BIAS] = False
+    return [
+        QuantLearnedHashEmbeddingBagCollectionSharder(fused_params=fused_params),
+        QuantEmbeddingBagCollectionSharder(fused_params=fused_params),
+    ]
+
+
+def quantize_for_inference(model: nn.Module, *, dtype: str = "int8") -> nn.Module:
+    """Quantize a copy of ``model``'s embedding collections (TorchRec's flow).
+
+    Args:
+        model: an unsharded float model on CPU; left unchanged.
+        dtype: table weight dtype, a key of :data:`WEIGHT_DTYPES`; the pooled embeddings
+            stay fp32.
+
+    Returns:
+        The quantized copy.
+
+    Raises:
+        ValueError: an unknown ``dtype``.
+    """
+    if dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"dtype must be one of {list(WEIGHT_DTYPES)}, got {dtype!r}")
+    return quantize_inference_model(
+        copy.deepcopy(model),
+        quantization_mapping=quantization_mapping(),
+        quantization_dtype=WEIGHT_DTYPES[dtype],
+        output_dtype=torch.float,
+    )
+
+
+@contextlib.contextmanager
+def _propagate_device() -> Iterator[None]:
+    """TorchRec's inference sharding places tables on CUDA unless the sharding device
+    propagates (as ``dlrm_predict`` sets for good); set it only for the call."""
+    before = get_propogate_device()
+    set_propogate_device(True)
+    try:
+        yield
+    finally:
+        set_propogate_device(before)
+
+
+def shard_for_inference(
+    model: nn.Module, example_inputs: tuple[Any, ...], *, device: torch.device | str = "cpu"
+) -> nn.Module:
+    """``shard_quant_model`` on one rank, table-wise, the quantized weights copied over.
+
+    Args:
+        model: from :func:`quantize_for_inference`; consumed (TorchRec shards in place).
+        example_inputs: one batch for ``model(*example_inputs)``: TorchRec creates the
+            input and output dists of the sharded collections lazily, on the first call,
+            which has to see the sharding device (and precede tracing).
+        device: where the sharded tables live (``cpu`` or ``cuda``).
+
+    Returns:
+        The sharded model, in eval mode.
+    """
+    device = torch.device(device)
+    weights = get_table_to_weights_from_tbe(model)
+    with _propagate_device():
+        sharded, _ = shard_quant_model(
+            model,
+            world_size=1,
+            compute_device=device.type,
+            sharding_device=device.type,
+            sharders=inference_sharders(),
+        )
+        assign_weights_to_tbe(sharded, weights)
+        sharded.eval()
+        with torch.no_grad():
+            sharded(*example_inputs)
+    return sharded
+
+
+def script_for_inference(model: nn.Module) -> torch.jit.ScriptModule:
+    """FX-trace ``model`` with TorchRec's tracer and script it (TorchRec's serving form).
+
+    Raises:
+        Whatever tracing or scripting raises for a module that is not traceable.
+    """
+    graph = torchrec.fx.symbolic_trace(model)
+    return torch.jit.script(graph)
+
+
+def example_batch(num_features: int, num_dense: int) -> tuple[torch.Tensor, ...]:
+    """A one-sample ``(dense, values, lengths)`` batch for :class:`ScoringModule`: zeros,
+    one id (0, valid in every table) per feature."""
+    return (
+        torch.zeros(1, num_dense),
+        torch.zeros(num_features, dtype=torch.long),
+        torch.ones(num_features, dtype=torch.long),
+    )
+
+
+def script_serving_model(
+    model: nn.Module, feature_names: list[str], *, num_dense: int, dtype: str = "int8"
+) -> torch.jit.ScriptModule:
+    """A float DLRM through the whole flow: scoring wrapper, quantize, shard, trace, script.
+
+    Args:
+        model: an unsharded float ``(dense, KJT) -> logits`` model on CPU; left unchanged.
+        feature_names: its sparse features, in the order requests give them.
+        num_dense: its dense input features.
+        dtype: table weight dtype (a key of :data:`WEIGHT_DTYPES`).
+
+    Returns:
+        The scripted :class:`ScoringModule` (tables on CPU).
+    """
+    scoring = ScoringModule(model, feature_names).eval()
+    quantized = quantize_for_inference(scoring, dtype=dtype)
+    sharded = shard_for_inference(quantized, example_batch(len(feature_names), num_dense))
+    return script_for_inference(sharded)
+
+
+def save_scripted(
+    path: str | os.PathLike, model: torch.jit.ScriptModule, manifest: dict[str, Any]
+) -> None:
+    """``torch.jit.save`` ``model`` with ``manifest`` (JSON) inside, atomically."""
+    extra = {MANIFEST_FILE: json.dumps(manifest, sort_keys=True)}
+    with atomic_path(path) as tmp:
+        torch.jit.save(model, tmp, _extra_files=extra)
+
+
+def load_scripted(
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load a model saved by :func:`save_scripted`: ``(module, manifest)``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file holds no manifest (not saved by :func:`save_scripted`).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    extra = {MANIFEST_FILE: ""}
+    model = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+    if not extra[MANIFEST_FILE]:
+        raise ValueError(f"{path}: a TorchScript file without a torchrec_lhf manifest")
+    return model.eval(), json.loads(extra[MANIFEST_FILE])

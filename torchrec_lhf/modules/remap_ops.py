@@ -1,0 +1,324 @@
+"""The tensor math of the remap and combine: pure torch, scriptable, never a host sync.
+
+:class:`~torchrec_lhf.modules.remap.FeatureRemap` hands a batch's tensors to
+:func:`remap_values` from a ``@torch.fx.wrap`` function (one opaque FX node, as TorchRec's
+``_mch_remap``), because it reads the KeyedJaggedTensor's keys on the host, which a
+symbolic trace cannot; :class:`~torchrec_lhf.modules.remap.KeyedTensorCombine` traces
+:func:`combine_values` op by op. Everything here compiles with TorchScript (TorchRec's
+inference flow: ``symbolic_trace`` then ``torch.jit.script``) and imports torch only, so
+``benchmarks/gpu_check.sh`` runs it on a CUDA machine without torchrec or fbgemm.
+
+No host-device synchronization per batch:
+
+* every output size is known on the host without reading a tensor: ``values.numel()``
+  times the number of internal features each input key feeds, or the KJT's cached
+  per-key lengths;
+* the range check of the ``error`` policy poisons the gather index instead of reading a
+  flag, so an out-of-range id fails inside the gather: a device-side assert on CUDA, a
+  ``ValueError`` naming feature, id and ``N`` in eager CPU mode (where the failed gather
+  raises at once and the details can be read for free);
+* key layouts are cached by the key order alone.
+
+The one read left is TorchRec's: a layout where input keys feed different numbers of
+internal features (a dropped key; one- and two-hash tables together), on a KJT without
+cached per-key lengths, needs them for its output size (see :func:`needs_length_per_key`).
+The caller then takes them from ``KeyedJaggedTensor.length_per_key()``: the very read
+TorchRec's ``EmbeddingBagCollection.forward`` (``to_dict``) and sharded ``input_dist``
+(``split``) make on every batch anyway. The output carries them on, so TorchRec does not
+read again and a step reads no more than with a plain EBC.
+
+Legend:
+    F   keys of the input KeyedJaggedTensor;  J internal features
+    B   batch size (stride)
+    V   ids in the input batch;  P ids in the remapped batch
+    C   columns of a KeyedTensor's values
+"""
+
+import functools
+
+import torch
+
+# NOTE: no ``from __future__ import annotations``: TorchScript reads these functions'
+# annotations as types. The functions spell out their constants: TorchScript reads no
+# module globals.
+
+IDENTITY = -1  # offset of an internal feature whose table is not compressed
+
+
+def key_layout(
+    keys: list[str], sources: list[str], device: torch.device
+) -> tuple[torch.Tensor, list[int], bool, int]:
+    """Where each internal feature's ids come from, for the input key order ``keys``.
+
+    Args:
+        keys: the input KJT's keys (``F``).
+        sources: the logical feature of each internal feature (``J``).
+        device: where the index tensor goes.
+
+    Returns:
+        ``(src_J, src, identity, multiplicity)``: the input key index of each internal
+        feature (a tensor on ``device`` and a list), whether that is ``0..F-1``, and how
+        many internal features every input key feeds when that number is the same for all
+        keys (0 when not).
+
+    Raises:
+        ValueError: a source feature is not among ``keys``.
+    """
+    index: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        index[k] = i
+    missing: list[str] = []
+    for s in sources:
+        if s not in index:
+            missing.append(s)
+    if len(missing) > 0:
+        raise ValueError(f"input features {keys} lack {missing}, which this module embeds")
+    src = [index[s] for s in sources]
+    counts = [0] * len(keys)
+    for s in src:
+        counts[s] += 1
+    multiplicity = counts[0] if len(counts) > 0 else 0
+    for c in counts:
+        if c != multiplicity:
+            multiplicity = 0
+    identity = src == list(range(len(keys)))
+    return torch.tensor(src, dtype=torch.long, device=device), src, identity, multiplicity
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_key_layout(
+    keys: tuple[str, ...], sources: tuple[str, ...], device: torch.device
+) -> tuple[torch.Tensor, list[int], bool, int]:
+    # NOTE: eager only (scripted code recomputes it, which costs a small host-to-device
+    # copy). The index tensor is copied to the device once per key order.
+    return key_layout(list(keys), list(sources), device)
+
+
+def _layout(
+    keys: list[str], sources: list[str], device: torch.device
+) -> tuple[torch.Tensor, list[int], bool, int]:
+    if torch.jit.is_scripting():
+        return key_layout(keys, sources, device)
+    return _cached_key_layout(tuple(keys), tuple(sources), device)
+
+
+def needs_length_per_key(keys: list[str], sources: list[str]) -> bool:
+    """Whether :func:`remap_values` needs the per-key lengths for input keys ``keys``."""
+    _, _, identity, multiplicity = _layout(keys, sources, torch.device("cpu"))
+    return not identity and multiplicity == 0
+
+
+def remap_values(
+    keys: list[str],
+    values_V: torch.Tensor,
+    lengths: torch.Tensor,
+    weights_V: torch.Tensor | None,
+    length_per_key: list[int] | None,
+    sources: list[str],
+    mapping: torch.Tensor,
+    offset_J: torch.Tensor,
+    height_J: torch.Tensor,
+    modulo: bool,
+    has_identity: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[int] | None]:
+    """Raw ids of the logical features -> rows of the internal tables.
+
+    Args:
+        keys: the input keys (``F``); they include every source, others are dropped.
+        values_V: raw ids, key-major, shape ``(V,)``.
+        lengths: ids per bag, shape ``(F * B,)``.
+        weights_V: per-id weights or None, shape ``(V,)``.
+        length_per_key: the input's ids per key if known on the host (required when
+            :func:`needs_length_per_key`), else None.
+        sources: the logical feature of each internal feature (``J``).
+        mapping: the flat int16/int32 mapping buffer.
+        offset_J: start of each internal feature's mapping (``IDENTITY`` if its table is
+            uncompressed), shape ``(J,)``; int32 when the mapping has under 2**31 entries.
+        height_J: int64 logical height ``N`` of each internal feature, shape ``(J,)``.
+        modulo: fold ids into ``[0, N)`` first; otherwise out-of-range ids fail.
+        has_identity: some internal feature is uncompressed (offset ``IDENTITY``).
+
+    Returns:
+        ``(rows_P, lengths_JB, weights_P, length_per_key_J)`` of the internal features,
+        the last None when the input's is.
+
+    Raises:
+        ValueError: a missing source feature, no ``length_per_key`` where it is needed, or
+            (eager, CPU, not ``modulo``) an id outside ``[0, N)``, naming feature, id, ``N``.
+    """
+    src_J, src, identity, multiplicity = _layout(keys, sources, values_V.device)
+    num_keys = len(keys)
+    stride = lengths.numel() // num_keys if num_keys > 0 else 0
+    per_key_F = lengths.view(num_keys, stride).sum(1)
+    if identity:
+        num = values_V.numel()
+        ids_P = values_V
+        per_key_J = per_key_F
+        out_lengths = lengths
+        j_P = torch.repeat_interleave(per_key_J.int(), output_size=num)
+    else:
+        if length_per_key is not None:
+            length_per_key = [length_per_key[s] for s in src]
+            num = sum(length_per_key)
+        elif multiplicity > 0:
+            num = multiplicity * values_V.numel()  # every key feeds `multiplicity` features
+        else:
+            raise ValueError(
+                f"input keys {keys} feed the internal features unevenly: pass length_per_key"
+            )
+        per_key_J = per_key_F[src_J]
+        j_P = torch.repeat_interleave(per_key_J.int(), output_size=num)
+        # position of every output id in the input values
+        shift_J = (torch.cumsum(per_key_F, 0) - per_key_F)[src_J] - (
+            torch.cumsum(per_key_J, 0) - per_key_J
+        )
+        pos_P = torch.arange(num, device=values_V.device) + shift_J.index_select(0, j_P)
+        ids_P = values_V[pos_P]
+        weights_V = None if weights_V is None else weights_V[pos_P]
+        out_lengths = lengths.view(num_keys, stride)[src_J].reshape(-1)
+    if modulo or torch.jit.is_scripting():
+        rows_P = _map_ids(ids_P, j_P, mapping, offset_J, height_J, modulo, has_identity)
+    else:
+        rows_P = _map_ids_or_raise(ids_P, j_P, mapping, offset_J, height_J, has_identity, sources)
+    return rows_P, out_lengths, weights_V, length_per_key
+
+
+def _map_ids(
+    ids_P: torch.Tensor,
+    j_P: torch.Tensor,
+    mapping: torch.Tensor,
+    offset_J: torch.Tensor,
+    height_J: torch.Tensor,
+    modulo: bool,
+    has_identity: bool,
+) -> torch.Tensor:
+    """``mapping[offset + id]`` for every id (the id itself where uncompressed)."""
+    # NOTE: every line is a pass over the P ids, and on CPU their memory traffic is the
+    # cost: hence int32 positions and offsets, and no separate check of negative ids.
+    offset_P = offset_J.index_select(0, j_P)
+    if modulo:
+        ids_P = torch.remainder(ids_P, height_J.index_select(0, j_P))
+    elif ids_P.numel() > 0:
+        # NOTE: the range check reads no flag on the host: an out-of-range id gathers one
+        # past the end, which fails inside the gather (an error on CPU, a device-side
+        # assert on CUDA). TorchScript drops an output-less torch._assert_async as dead
+        # code; this is a data dependency. A negative id anywhere lowers every height to
+        # the smallest int64, which poisons the whole (failed) batch.
+        int64_min = -9223372036854775807 - 1
+        height_J = torch.where(ids_P.min() < 0, int64_min, height_J)
+    index_P = ids_P.long() + offset_P
+    identity_P = offset_P == -1 if has_identity else None  # IDENTITY
+    if identity_P is not None:
+        index_P = torch.where(identity_P, 0, index_P)
+    if not modulo:
+        bad_P = ids_P >= height_J.index_select(0, j_P)
+        index_P = torch.where(bad_P, mapping.numel(), index_P)
+    rows_P = torch.gather(mapping, 0, index_P).to(ids_P.dtype)
+    if identity_P is not None:
+        rows_P = torch.where(identity_P, ids_P, rows_P)
+    return rows_P
+
+
+def _map_ids_or_raise(
+    ids_P: torch.Tensor,
+    j_P: torch.Tensor,
+    mapping: torch.Tensor,
+    offset_J: torch.Tensor,
+    height_J: torch.Tensor,
+    has_identity: bool,
+    sources: list[str],
+) -> torch.Tensor:
+    """:func:`_map_ids` of the ``error`` policy in eager mode, with a descriptive error.
+
+    Raises:
+        ValueError: an id outside ``[0, N)``, naming its feature, the id and ``N``. On CPU
+            the gather fails at once; on CUDA it is a device-side assert instead (run on
+            CPU, or with ``CUDA_LAUNCH_BLOCKING=1``, to find the id).
+    """
+    try:
+        return _map_ids(ids_P, j_P, mapping, offset_J, height_J, False, has_identity)
+    except RuntimeError as error:
+        failure = error
+    # NOTE: reading values on the host is fine here: the batch has failed already.
+    bad_P = (ids_P < 0) | (ids_P >= height_J[j_P.long()])
+    if not bool(bad_P.any()):
+        raise failure  # not an out-of-range id: the gather's own error
+    first = int(bad_P.nonzero()[0, 0])
+    j = int(j_P[first])
+    raise ValueError(
+        f"feature {sources[j]!r}: id {int(ids_P[first])} is out of range "
+        f"[0, {int(height_J[j])}) ({int(bad_P.sum())} such ids in the batch); "
+        "pass out_of_range='modulo' to fold ids"
+    )
+
+
+def combine_plan(
+    in_keys: list[str],
+    in_dims: list[int],
+    out_dims: list[int],
+    sources: list[tuple[list[str], str]],
+) -> tuple[list[int], list[tuple[bool, list[int], list[int]]]]:
+    """The column plan of :func:`combine_values` (host lists; built once per module).
+
+    One gather fills every output column from the first internal table (all of them, for
+    concat); pass ``h`` then adds or multiplies in internal table ``h``, for all features
+    at once: the number of ops depends on the largest ``H``, not on the features.
+
+    Args:
+        in_keys: internal embedding names, in the internal KeyedTensor's order.
+        in_dims: their dims.
+        out_dims: the logical embeddings' dims, in output order.
+        sources: for each logical embedding, ``(internal keys, combine)``; ``combine`` is
+            one of ``sum``, ``concat``, ``mult``, ``scaled_sum``.
+
+    Returns:
+        ``(first_C, passes)`` as :func:`combine_values` takes them (as lists).
+    """
+    col = dict(zip(in_keys, (sum(in_dims[:i]) for i in range(len(in_dims)))))
+    dim = dict(zip(in_keys, in_dims))
+    first: list[int] = []
+    by_pass: list[dict[str, tuple[list[int], list[int]]]] = []
+    out_col = 0
+    for (keys, mode), out_dim in zip(sources, out_dims):
+        if mode == "concat" or len(keys) == 1:
+            first.extend(c for k in keys for c in range(col[k], col[k] + dim[k]))
+        else:
+            first.extend(range(col[keys[0]], col[keys[0]] + out_dim))
+            for h, k in enumerate(keys[1:], start=1):
+                last = h == len(keys) - 1
+                op = "mul" if mode == "mult" or (mode == "scaled_sum" and last) else "add"
+                while len(by_pass) < h:
+                    by_pass.append({"add": ([], []), "mul": ([], [])})
+                dst, src = by_pass[h - 1][op]
+                dst.extend(range(out_col, out_col + out_dim))
+                src.extend(range(col[k], col[k] + dim[k]))
+        out_col += out_dim
+    assert len(first) == out_col == sum(out_dims), "combine layout mismatch"
+    passes = [(op == "mul", dst, src) for ops in by_pass for op, (dst, src) in ops.items() if dst]
+    return first, passes
+
+
+def combine_values(
+    values_BC: torch.Tensor,
+    first_C: torch.Tensor,
+    passes: list[tuple[bool, torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """Internal pooled embeddings -> logical ones (see ``KeyedTensorCombine``).
+
+    Args:
+        values_BC: the internal KeyedTensor's values, shape ``(B, C_in)``.
+        first_C: the input column of each output column's first term, shape ``(C_out,)``.
+        passes: ``(multiply, dst, src)``: output columns ``dst`` are added (multiplied)
+            by input columns ``src``, in order.
+
+    Returns:
+        The logical values, shape ``(B, C_out)``.
+    """
+    out_BC = values_BC.index_select(1, first_C)
+    for multiply, dst, src in passes:
+        if multiply:
+            term = out_BC.index_select(1, dst) * values_BC.index_select(1, src)
+            out_BC = out_BC.index_copy(1, dst, term)
+        else:
+            out_BC = out_BC.index_add(1, dst, values_BC.index_select(1, src))
+    return out_BC
