@@ -89,10 +89,12 @@ class PipelineConfig:
     """Clustering of the hash build."""
     projection: str = BuildConfig.projection
     """Projection of teacher embeddings to 1-D values."""
-    rare_count: int = BuildConfig.rare_count
+    head_min_count: int = BuildConfig.head_min_count
     """Ids the teacher saw fewer times are hashed, not clustered (0: the paper's build;
     the teacher counts every epoch, so with ``teacher_epochs=3`` a value of 4 means "seen
     once")."""
+    tail_fraction: float = BuildConfig.tail_fraction
+    """Share of each compressed table's rows reserved for the hashed tail."""
     seed: int = 0
     """Seed of every stage."""
     out_dir: str = "runs/pipeline"
@@ -120,8 +122,8 @@ class PipelineConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.rare_count < 0:
-            raise ValueError(f"rare_count must be >= 0, got {self.rare_count}")
+        if self.head_min_count < 0:
+            raise ValueError(f"head_min_count must be >= 0, got {self.head_min_count}")
         if self.min_table_rows < 0:
             raise ValueError(f"min_table_rows must be >= 0, got {self.min_table_rows}")
         if self.budget not in BUDGETS:
@@ -187,7 +189,8 @@ def stage_configs(
         num_hashes=config.num_hashes,
         clustering=config.clustering,
         projection=config.projection,
-        rare_count=config.rare_count,
+        head_min_count=config.head_min_count,
+        tail_fraction=config.tail_fraction,
         out=plan_path,
         restart=True,
     )

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from apps.dlrm.export import EXPORT_DTYPES, load_scripted_model
-from apps.dlrm.loop import _fold_ids
+from apps.dlrm.loop import fold_ids
 from apps.dlrm.model import table_configs
 from apps.dlrm.runtime import setup_logging
 from torchrec_lhf._io import atomic_write
@@ -112,7 +112,7 @@ def score(config: ServeConfig) -> torch.Tensor:
     tables = table_configs(
         manifest["feature_names"], [t["num_embeddings"] for t in manifest["tables"]], 1
     )
-    fold = _fold_ids(tables, dataset)
+    fold = fold_ids(tables, dataset)
     rows_R = _rows(dataset, config.split)
     scores: list[torch.Tensor] = []
     start = time.perf_counter()

@@ -20,14 +20,15 @@ optimizer, epochs and seed; only the embedding tables differ. Methods:
   ``sqrt(fraction)`` of the width, so about ``fraction`` of the bytes), ``lhf-t16`` (a
   teacher at the model's dim, ``--embedding_dim``), ``lhf-init`` (that teacher, and the
   compressed tables start at its cluster centroids: ``--init_from``), and
-  ``lhf-rarehash`` (``apps.build_hash --rare_count``): ids the teacher saw fewer than
-  ``--rare_count`` times are left out of the clustering and hashed ``id mod M`` into the
+  ``lhf-rarehash`` (``apps.build_hash --head_min_count``): ids the teacher saw fewer than
+  ``--head_min_count`` times are left out of the clustering and hashed into the
   same rows (same bytes). The teacher memorizes the labels of rare ids, so clustering them
   by teacher value makes compressed rows that memorize labels (see docs/RESULTS.md);
-  hashing them breaks that.
+  hashing them breaks that. ``lhf-headtail``: the build's defaults (that head, the tail
+  hashed into a region of its own).
 
-Resumable: each run writes ``runs/<method>_f<fraction>_s<seed>.json`` under ``--out`` and
-is skipped when that file exists (teachers and plans likewise). Outputs under ``--out``:
+Resumable: a run writes ``runs/<method>_f<fraction>_s<seed>.json`` under ``--out`` and is
+skipped when it exists (teachers and plans likewise). Outputs under ``--out``:
 ``results.json`` (a list of ``{"method", "fraction", "seed", "auc", "logloss", "bytes",
 ...}``), ``results.md`` (mean +- std over seeds) and ``results.png`` (AUC against bytes, a
 line per method, like Figure 3 of Ghaemmaghami et al. 2022).
@@ -73,15 +74,15 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-dim0": {"projection": "dim:0"},
     "lhf-t2": {"teacher_dim": 2},
     "lhf-skip": {"skip": True},
-    "lhf-rarehash": {"rare_hash": True},
+    "lhf-rarehash": {"rare_hash": True, "tail_fraction": 0.0},
+    "lhf-headtail": {"rare_hash": True},
     "lhf-mlet": {"mlet": True},
     "lhf-t16": {"teacher_dim": "model"},
     "lhf-init": {"teacher_dim": "model", "init": True},
 }
 """Learned-hash variants: build options that differ from the paper's ``lhf``."""
 METHODS = (*BASELINES, *LHF_VARIANTS, "mch")
-DEFAULT_METHODS = (*BASELINES, "mch", "lhf")
-DEFAULT_FRACTIONS = (0.5, 0.2, 0.1, 0.05, 0.01)
+DEFAULT_METHODS, DEFAULT_FRACTIONS = (*BASELINES, "mch", "lhf"), (0.5, 0.2, 0.1, 0.05, 0.01)
 
 
 @dataclass(kw_only=True)
@@ -117,8 +118,8 @@ class SweepConfig:
     (every row-compressing method; mlet shrinks width and ignores it)."""
     skip_rows: int = 1000
     """``lhf-skip``: tables under this many ids stay full."""
-    rare_count: int = 5
-    """``lhf-rarehash``: ids the teacher saw fewer times are hashed, not clustered."""
+    head_min_count: int = BuildConfig.head_min_count
+    """``lhf-rarehash``, ``lhf-headtail``: ids the teacher saw fewer times are hashed."""
     teacher_dim: int = teacher.TEACHER_DEFAULTS["embedding_dim"]
     """Teacher dim of ``lhf`` (``lhf-t2``: 2; dims not divisible by 4 train data_parallel)."""
     teacher_epochs: int = 1
@@ -204,7 +205,8 @@ def _plan(sweep: SweepConfig, variant: str, fraction: float, seed: int) -> Path:
                 projection=opts.get("projection", BuildConfig.projection),
                 clustering_options=opts.get("clustering_options", {}),
                 budget=sweep.budget,
-                rare_count=sweep.rare_count if opts.get("rare_hash") else 0,
+                head_min_count=sweep.head_min_count if opts.get("rare_hash") else 0,
+                tail_fraction=opts.get("tail_fraction", BuildConfig.tail_fraction),
                 out=path,
                 restart=True,
             )

@@ -11,6 +11,10 @@ Two ways:
 * ``fused``: both wrapped by DistributedModelParallel on one gloo rank, i.e. TorchRec's
   fused FBGEMM tables with the optimizer in the backward (the training path).
 
+``--encoding compact`` gives every table a compact (head/tail) hash function instead of a
+dense one: the most frequent 10% of its ids at learned (here random) rows, the others
+hashed into all its rows.
+
 Usage::
 
     python -m benchmarks.remap --json
@@ -35,8 +39,11 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.types import ShardingEnv
 
-from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
+from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
 from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
+from torchrec_lhf.plan_compact import CompactMapping, row_dtype
+
+HEAD_SHARE = 0.1  # --encoding compact: share of each table's ids in the head
 
 # Criteo Kaggle cardinalities (26 tables), capped by --max_rows.
 CRITEO_HEIGHTS = [
@@ -95,7 +102,7 @@ def _time(step, iters: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def _time_pair(steps: dict, iters: int, warmup: int) -> dict[str, float]:
+def time_pair(steps: dict[str, Callable[[], object]], iters: int, warmup: int) -> dict[str, float]:
     """Median seconds of each step, the steps interleaved so that both see the same load."""
     for _ in range(warmup):
         for step in steps.values():
@@ -148,6 +155,14 @@ def _tables(
         for i, m in enumerate(compressed)
     ]
     g = torch.Generator().manual_seed(0)
+    if args.encoding == "compact":
+        plan = HashPlan(
+            [
+                TableHash(f"t{i}", h, (_head_tail(h, m, g, seed=i),), (m,))
+                for i, (h, m) in enumerate(zip(heights, compressed))
+            ]
+        )
+        return heights, logical, small, plan
     plan = HashPlan.from_mappings(
         {
             f"t{i}": torch.randint(0, m, (h,), generator=g)
@@ -156,6 +171,14 @@ def _tables(
         heights={f"t{i}": m for i, m in enumerate(compressed)},
     )
     return heights, logical, small, plan
+
+
+def _head_tail(num_ids: int, rows: int, g: torch.Generator, *, seed: int) -> CompactMapping:
+    """The most frequent ``HEAD_SHARE`` of ``num_ids`` ids (the smallest: the density of
+    :func:`_inputs` falls with the id) at random rows, the tail hashed into all ``rows``."""
+    k = max(1, round(HEAD_SHARE * num_ids))
+    rows_K = torch.randint(0, rows, (k,), generator=g).to(row_dtype(rows))
+    return CompactMapping(torch.arange(k), rows_K, tail_seed=seed, tail_offset=0, tail_rows=rows)
 
 
 def _fresh(kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
@@ -203,7 +226,7 @@ def _time_fused(
         [LearnedHashEmbeddingBagCollectionSharder(fused_params=fused)],
         args.batch_size,
     )
-    return _time_pair(
+    return time_pair(
         {"plain": _fused_step(plain_dmp, in_range), "lhf": _fused_step(lhf_dmp, raw)},
         args.iters,
         args.warmup,
@@ -216,7 +239,7 @@ def run(args: argparse.Namespace) -> dict:
     results: dict = {}
     lhf = LearnedHashEmbeddingBagCollection(tables=logical, plan=plan)
     in_range = lhf.remap(raw)  # the same rows, already mapped
-    results["unsharded"] = _time_pair(
+    results["unsharded"] = time_pair(
         {
             "plain": _sgd_step(EmbeddingBagCollection(tables=small), in_range),
             "lhf": _sgd_step(lhf, raw),
@@ -229,6 +252,7 @@ def run(args: argparse.Namespace) -> dict:
     for mode in ("unsharded", "fused"):
         r = results[mode]
         r["ratio"] = r["lhf"] / r["plain"]
+    results["remap_bytes"] = lhf.remap.remap_bytes()
     return report(args, results, remap_only, num_tables=len(heights), num_ids=raw.values().numel())
 
 
@@ -240,7 +264,7 @@ def report(
     Args:
         args: the flags.
         results: ``"unsharded"`` / ``"fused"`` -> seconds per batch of ``plain`` and ``lhf``
-            and their ``ratio``.
+            and their ``ratio``; ``"remap_bytes"``: the learned-hash remap's state bytes.
         remap_only: seconds per batch of the remap alone.
         num_tables: the number of tables.
         num_ids: ids per batch.
@@ -254,12 +278,14 @@ def report(
             "embedding_dim": args.dim,
             "fraction": args.fraction,
             "max_rows": args.max_rows,
+            "encoding": args.encoding,
             "ids_per_batch": num_ids,
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
             "torch": torch.__version__,
         },
-        "seconds_per_batch": results,
+        "seconds_per_batch": {k: v for k, v in results.items() if k != "remap_bytes"},
+        "remap_bytes": results["remap_bytes"],
         "remap_only_seconds": remap_only,
         "remap_share_of_fused_plain": remap_only / results["fused"]["plain"],
         "load_average": list(os.getloadavg()),
@@ -277,6 +303,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--max_rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--encoding",
+        choices=("dense", "compact"),
+        default="dense",
+        help="the hash functions' encoding (compact: head = most frequent 10%% of ids)",
+    )
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")

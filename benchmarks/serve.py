@@ -23,15 +23,13 @@ import json
 import logging
 import os
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 from torchrec.models.dlrm import DLRM
 
-from benchmarks.remap import CRITEO_HEIGHTS
+from benchmarks.remap import CRITEO_HEIGHTS, time_pair
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
 from torchrec_lhf.inference import (
     ScoringModule,
@@ -116,20 +114,6 @@ def _serving(model: DLRM, features: list[str], args: argparse.Namespace) -> Call
     return shard_for_inference(quantized, example_batch(len(features), NUM_DENSE))
 
 
-def _time_pair(steps: dict[str, Callable[[], object]], iters: int, warmup: int) -> dict[str, float]:
-    """Median seconds of each step, the steps interleaved so that both see the same load."""
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(iters):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def run(args: argparse.Namespace) -> dict:
     plain_f, lhf_f, heights = build_models(args)
     features = [f"f{i}" for i in range(len(heights))]
@@ -145,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
         with torch.inference_mode():
             # same rows, tables and MLPs: the scores agree (up to the fp32 summation order)
             max_diff = (plain(*plain_in) - lhf(*lhf_in)).abs().max().item()
-            seconds = _time_pair(
+            seconds = time_pair(
                 {
                     "plain": functools.partial(plain, *plain_in),
                     "lhf": functools.partial(lhf, *lhf_in),

@@ -13,7 +13,6 @@ from unittest import mock
 
 import pytest
 import torch
-import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
 from torch.distributed.checkpoint import CheckpointException, FileSystemWriter
@@ -22,9 +21,9 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTens
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.sharding_plan import construct_module_sharding_plan, row_wise, table_wise
-from torchrec.distributed.types import ShardingEnv, ShardingPlan
+from torchrec.distributed.sharding_plan import row_wise, table_wise
 
+from tests._fixtures import shard_on_cpu
 from tests._multiprocess import run_multiprocess
 from torchrec_lhf import checkpoint
 from torchrec_lhf.distributed.gather import gather_to_rank0
@@ -67,21 +66,7 @@ def _model(world_size: int, shardings: dict[str, str]) -> DistributedModelParall
         "row_wise": row_wise(compute_kernel=FUSED),
         "table_wise": table_wise(rank=world_size - 1, compute_kernel=FUSED),
     }
-    plan = construct_module_sharding_plan(
-        ebc,
-        per_param_sharding={t: types[s] for t, s in shardings.items()},
-        sharder=sharder,
-        local_size=world_size,
-        world_size=world_size,
-        device_type="cpu",
-    )
-    return DistributedModelParallel(
-        ebc,
-        env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
-        plan=ShardingPlan({"": plan}),
-        sharders=[sharder],
-        device=torch.device("cpu"),
-    )
+    return shard_on_cpu(ebc, sharder, {t: types[s] for t, s in shardings.items()}, world_size)
 
 
 def _train_step(model: DistributedModelParallel, rank: int) -> None:

@@ -9,6 +9,7 @@ import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.models.dlrm import DLRM
 
+from tests._compact import to_compact
 from torchrec_lhf import HashPlan, apply_hash_plan
 from torchrec_lhf.inference import (
     ScoringModule,
@@ -43,11 +44,13 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.randn(3, 3), torch.tensor([0, 29, 7, 3, 11, 28]), lengths
 
 
-@pytest.mark.parametrize("learned_hash", [False, True])
+@pytest.mark.parametrize("learned_hash", [None, "dense", "compact"])
 def test_scripted_serving_model_scores_as_the_float_model(
-    tmp_path: Path, learned_hash: bool
+    tmp_path: Path, learned_hash: str | None
 ) -> None:
     plan = HashPlan.from_mappings({"t0": torch.arange(30) % 7}) if learned_hash else None
+    if learned_hash == "compact":  # the scripted model holds the head/tail lookup
+        plan = to_compact(plan, every=3)
     dlrm = _dlrm(plan)
     batch = _batch()
     expected = ScoringModule(dlrm, FEATURES)(*batch)

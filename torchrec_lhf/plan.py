@@ -8,6 +8,9 @@ A table with ``H > 1`` hash functions has ``H`` internal tables (the paper's
 table has the full dim), ``concat`` (the dim is split across them), ``mult`` (element-wise
 product, as in compositional embeddings) or ``scaled_sum`` (the sum of the first ``H - 1``
 times the last, as MEM-REC's token and weight tables).
+
+Each hash function is stored dense (an int32 row per id) or compact (a learned head and a
+hashed tail: :class:`~torchrec_lhf.plan_compact.CompactMapping`), whichever is smaller.
 """
 
 from __future__ import annotations
@@ -22,8 +25,23 @@ from typing import Any
 import torch
 
 from torchrec_lhf._io import load_tensors, save_tensors
+from torchrec_lhf.plan_compact import (
+    CompactMapping,
+    as_int32_mapping,
+    check_mapping,
+    decode,
+    dense_mapping,
+    encode,
+    encoding,
+    mapping_bytes,
+    mapping_digest,
+    mappings_equal,
+    max_dense_height,
+)
 
-FORMAT_VERSION = 1
+# 2: compact encodings (a manifest entry per hash function); version-1 files still load
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 COMBINE_MODES = ("sum", "concat", "mult", "scaled_sum")
 _KIND = "hash_plan"
 
@@ -35,7 +53,8 @@ class TableHash:
     Args:
         name: the logical table's name (as in ``EmbeddingBagConfig.name``).
         num_embeddings: logical height ``N``.
-        mappings: ``H`` int32 tensors, each shape ``(N,)`` with values in ``[0, M_h)``.
+        mappings: ``H`` hash functions, each an int32 tensor of shape ``(N,)`` with values
+            in ``[0, M_h)`` (dense) or a :class:`CompactMapping` (compact).
         heights: the internal heights ``M_h``, one per mapping.
         combine: how the ``H`` internal embeddings combine: ``"sum"``, ``"concat"``,
             ``"mult"`` or ``"scaled_sum"`` (see the module docstring).
@@ -46,7 +65,7 @@ class TableHash:
 
     name: str
     num_embeddings: int
-    mappings: tuple[torch.Tensor, ...]
+    mappings: tuple[torch.Tensor | CompactMapping, ...]
     heights: tuple[int, ...]
     combine: str = "sum"
 
@@ -74,30 +93,11 @@ class TableHash:
                 f"table {self.name!r}: scaled_sum needs at least 2 hash functions, got {len(self.mappings)}"
             )
         for h, (m, height) in enumerate(zip(self.mappings, self.heights)):
-            if not isinstance(m, torch.Tensor) or m.dtype != torch.int32 or m.dim() != 1:
-                got = (
-                    f"{m.dtype} of shape {tuple(m.shape)}"
-                    if isinstance(m, torch.Tensor)
-                    else type(m)
-                )
-                raise ValueError(
-                    f"table {self.name!r} hash {h}: mapping must be a 1-D int32 tensor, got {got}"
-                )
-            if m.numel() != self.num_embeddings:
-                raise ValueError(
-                    f"table {self.name!r} hash {h}: mapping has {m.numel()} entries, "
-                    f"expected num_embeddings={self.num_embeddings}"
-                )
             if not 1 <= int(height) < 2**31:
                 raise ValueError(
                     f"table {self.name!r} hash {h}: height must be in [1, 2**31), got {height}"
                 )
-            lo, hi = int(m.min()), int(m.max())
-            if lo < 0 or hi >= height:
-                raise ValueError(
-                    f"table {self.name!r} hash {h}: mapping values must be in [0, {height}), "
-                    f"found range [{lo}, {hi}]"
-                )
+            check_mapping(self.name, h, m, self.num_embeddings, int(height))
 
     @property
     def num_hashes(self) -> int:
@@ -109,11 +109,21 @@ class TableHash:
         """Total rows over the internal tables, ``sum(M_h)``."""
         return sum(self.heights)
 
+    @property
+    def encodings(self) -> tuple[str, ...]:
+        """``"dense"`` or ``"compact"``, per hash function."""
+        return tuple(encoding(m) for m in self.mappings)
+
+    def dense_mapping(self, h: int) -> torch.Tensor:
+        """Hash function ``h`` as int32 rows of shape ``(N,)`` (materializes a compact one)."""
+        return dense_mapping(self.mappings[h], self.num_embeddings)
+
     def remap_bytes(self, max_height: int | None = None) -> int:
-        """Bytes of the lookup table in a module: 2 per entry (int16) when the largest
-        compressed height (``max_height``, default this table's) fits in 2**15, else 4."""
-        width = 2 if (max_height or max(self.heights)) <= 2**15 else 4
-        return width * self.num_embeddings * self.num_hashes
+        """Stored bytes of the hash functions: a dense one takes 2 per id (int16) when the
+        largest dense height (``max_height``, default this table's) fits in 2**15, else 4;
+        a compact one its :meth:`CompactMapping.nbytes`."""
+        width = 2 if (max_height or max_dense_height([self])) <= 2**15 else 4
+        return sum(mapping_bytes(m, self.num_embeddings, width) for m in self.mappings)
 
     def internal_dims(self, embedding_dim: int) -> list[int]:
         """Dims of the internal tables for a logical dim (split evenly for ``concat``)."""
@@ -133,7 +143,10 @@ class TableHash:
             and self.num_embeddings == other.num_embeddings
             and tuple(self.heights) == tuple(other.heights)
             and self.combine == other.combine
-            and all(torch.equal(a, b) for a, b in zip(self.mappings, other.mappings))
+            and all(
+                mappings_equal(a, b, self.num_embeddings)
+                for a, b in zip(self.mappings, other.mappings)
+            )
         )
 
 
@@ -214,7 +227,7 @@ class HashPlan:
         heights = heights or {}
         tables = []
         for name, ms in mappings.items():
-            ms = [_as_int32(m, name) for m in ms]
+            ms = [as_int32_mapping(m, name) for m in ms]
             if not ms:
                 raise ValueError(f"table {name!r}: needs at least one mapping, got none")
             hs = list(heights.get(name) or [int(m.max()) + 1 if m.numel() else 1 for m in ms])
@@ -261,17 +274,18 @@ class HashPlan:
         for t in sorted(self.tables, key=lambda t: t.name):
             h.update(f"{t.name}|{t.num_embeddings}|{t.heights}|{t.combine}|".encode())
             for m in t.mappings:
-                h.update(m.contiguous().numpy().tobytes())
+                h.update(mapping_digest(m, t.num_embeddings))
         return h.hexdigest()
 
     # --------------------------------------------------------------- reporting
     def remap_bytes(self) -> int:
-        """Bytes of all lookup tables in one module (width set by the largest height)."""
-        max_height = max((h for t in self.tables for h in t.heights), default=1)
+        """Bytes of all hash functions in one module (dense width set by the largest dense
+        height, as the module's one mapping buffer)."""
+        max_height = max_dense_height(self.tables)
         return sum(t.remap_bytes(max_height) for t in self.tables)
 
     def summary(self, embedding_dim: int | Mapping[str, int] | None = None) -> list[dict[str, Any]]:
-        """Per table: ``N -> M``, hash count, combine, and bytes (fp32 tables, int16/int32 remap).
+        """Per table: ``N -> M``, hash count, combine, encoding and bytes (fp32 tables, remap).
 
         Args:
             embedding_dim: the logical dim (one for all tables, or per table name) to
@@ -279,10 +293,11 @@ class HashPlan:
 
         Returns:
             One dict per table with keys ``table, num_embeddings, rows, num_hashes,
-            combine, ratio, table_bytes, full_table_bytes, remap_bytes``.
+            combine, encoding, ratio, table_bytes, full_table_bytes, remap_bytes``;
+            ``encoding`` is ``dense``, ``compact`` or ``mixed`` (both, over its hashes).
         """
         rows = []
-        max_height = max((h for t in self.tables for h in t.heights), default=1)
+        max_height = max_dense_height(self.tables)
         for t in self.tables:
             dim = embedding_dim.get(t.name) if isinstance(embedding_dim, Mapping) else embedding_dim
             dims = t.internal_dims(dim) if dim else None
@@ -293,6 +308,7 @@ class HashPlan:
                     "rows": t.num_rows,
                     "num_hashes": t.num_hashes,
                     "combine": t.combine,
+                    "encoding": t.encodings[0] if len(set(t.encodings)) == 1 else "mixed",
                     "ratio": t.num_rows / t.num_embeddings,
                     "table_bytes": 4 * sum(m * d for m, d in zip(t.heights, dims))
                     if dims
@@ -305,18 +321,28 @@ class HashPlan:
 
     def format_summary(self, embedding_dim: int | Mapping[str, int] | None = None) -> str:
         """:meth:`summary` as an aligned text table."""
-        lines = [f"{'table':<20} {'N':>12} {'rows':>12} {'H':>2} {'combine':>7} {'remap MB':>9}"]
+        lines = [
+            f"{'table':<20} {'N':>12} {'rows':>12} {'H':>2} {'combine':>10} {'encoding':>8} "
+            f"{'remap MB':>9}"
+        ]
         for r in self.summary(embedding_dim):
             lines.append(
                 f"{r['table']:<20} {r['num_embeddings']:>12,} {r['rows']:>12,} {r['num_hashes']:>2} "
-                f"{r['combine']:>7} {r['remap_bytes'] / 2**20:>9.2f}"
+                f"{r['combine']:>10} {r['encoding']:>8} {r['remap_bytes'] / 2**20:>9.2f}"
             )
         return "\n".join(lines)
 
     # --------------------------------------------------------------------- I/O
     def save(self, path: str | os.PathLike) -> None:
         """Write the plan to one safetensors file (JSON manifest in its header), atomically."""
-        tensors = {f"{t.name}/{h}": m for t in self.tables for h, m in enumerate(t.mappings)}
+        tensors: dict[str, torch.Tensor] = {}
+        encodings: dict[str, list[dict[str, Any]]] = {}
+        for t in self.tables:
+            encodings[t.name] = []
+            for h, m in enumerate(t.mappings):
+                parts, spec = encode(t.name, h, m)
+                tensors.update(parts)
+                encodings[t.name].append(spec)
         manifest = {
             "kind": _KIND,
             "format_version": FORMAT_VERSION,
@@ -326,6 +352,7 @@ class HashPlan:
                     "num_embeddings": t.num_embeddings,
                     "heights": list(t.heights),
                     "combine": t.combine,
+                    "encodings": encodings[t.name],
                 }
                 for t in self.tables
             ],
@@ -339,19 +366,22 @@ class HashPlan:
 
         Raises:
             FileNotFoundError: no file at ``path``.
-            ValueError: the file is truncated, altered, of another kind or of a newer format.
+            ValueError: the file is truncated, altered, of another kind or of a newer format,
+                or holds an invalid plan (naming the table, hash and first bad entry).
         """
         tensors, manifest = load_tensors(path, _KIND)
         version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(
-                f"{path}: hash plan format version {version}, this build reads {FORMAT_VERSION}"
+                f"{path}: hash plan format version {version}, this build reads "
+                f"{list(READABLE_VERSIONS)}"
             )
         tables = []
         try:
             for spec in manifest["tables"]:
                 name = spec["name"]
-                ms = tuple(tensors[f"{name}/{h}"] for h in range(len(spec["heights"])))
+                specs = spec.get("encodings") or [None] * len(spec["heights"])
+                ms = tuple(decode(name, h, tensors, s) for h, s in enumerate(specs))
                 tables.append(
                     TableHash(
                         name,
@@ -368,15 +398,3 @@ class HashPlan:
         except ValueError as e:
             raise ValueError(f"{path}: invalid hash plan: {e}") from e
         return cls(tables, metadata=manifest.get("metadata", {}))
-
-
-def _as_int32(m: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(m, torch.Tensor):
-        m = torch.as_tensor(m)
-    if m.is_floating_point() or m.dtype == torch.bool:
-        raise ValueError(f"table {name!r}: mapping must be an integer tensor, got {m.dtype}")
-    if m.numel() and (int(m.min()) < 0 or int(m.max()) >= 2**31):
-        raise ValueError(
-            f"table {name!r}: mapping values must be in [0, 2**31), found [{int(m.min())}, {int(m.max())}]"
-        )
-    return m.detach().to("cpu", torch.int32).contiguous()

@@ -64,7 +64,7 @@ def centroid_tables(
                 f"--init_from: table {name!r} has {emb_ND.shape[0]} ids in the teacher and "
                 f"{table.num_embeddings} in the plan"
             )
-        rows_N = table.mappings[0].long()
+        rows_N = table.dense_mapping(0).long()
         weight_N = artifact.counts[name].double() + 1.0
         m = table.heights[0]
         sums_MD = torch.zeros(m, dim, dtype=torch.float64).index_add_(

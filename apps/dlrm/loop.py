@@ -119,11 +119,11 @@ def build_session(
         optimizer=optimizer,
         pipeline=pipeline,
         stats=stats,
-        prepare=_fold_ids(tables, dataset),
+        prepare=fold_ids(tables, dataset),
     )
 
 
-def _fold_ids(tables: list[EmbeddingBagConfig], dataset: RecDataset) -> Callable[[Batch], Batch]:
+def fold_ids(tables: list[EmbeddingBagConfig], dataset: RecDataset) -> Callable[[Batch], Batch]:
     """Batch transform folding ids modulo the table heights where they are below the data's."""
     heights_F = torch.tensor([c.num_embeddings for c in tables], dtype=torch.int64)
     if all(c.num_embeddings >= n for c, n in zip(tables, dataset.num_embeddings)):

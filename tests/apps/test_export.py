@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from apps.dlrm.export import WEIGHTS_FILE, export_model, load_scripted_model, load_serving_model
-from apps.dlrm.loop import build_session, fit, load_data
-from apps.dlrm.runtime import distributed
-from apps.dlrm.train import parse_args, resolve_plan
+from apps.dlrm.export import WEIGHTS_FILE, load_scripted_model, load_serving_model
+from apps.dlrm.train import parse_args
 from tests._multiprocess import run_multiprocess
+from tests.apps._export import trained_and_exported
 from torchrec_lhf._io import load_tensors
 
 OPTIONS = json.dumps({"num_samples": 800, "num_embeddings": [30, 50, 120]})
@@ -26,22 +25,14 @@ ARGS = [
 
 def _train_and_export(rank: int, world_size: int, flags: list[str], path: str) -> list[float]:
     """Train, export, and return ``|served - trained|`` logits on this rank's batch."""
-    config = parse_args([*ARGS, *flags])
-    with distributed() as env:
-        dataset = load_data(config)
-        plan = resolve_plan(config, dataset, dataset.num_embeddings)
-        session = build_session(config, env, dataset, plan)
-        fit(session)
-        export_model(session, path, num_dense=len(dataset.dense_names))
-        session.pipeline.detach()
-        session.model.eval()
+    with trained_and_exported([*ARGS, *flags], path) as session:
         rows = torch.arange(16) + 16 * rank
-        batch = dataset.make_batch(rows)
+        batch = session.dataset.make_batch(rows)
         with torch.no_grad():
             trained = session.model(batch)[1][1]
         if rank != 0:
             return []
-        served = load_serving_model(path, plan)
+        served = load_serving_model(path, session.plan)
         with torch.no_grad():
             logits = served(batch.dense_features, batch.sparse_features).squeeze(-1)
         scripted, manifest = load_scripted_model(path, "fp32")

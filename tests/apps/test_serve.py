@@ -10,10 +10,7 @@ import pytest
 import torch
 
 from apps import serve
-from apps.dlrm.export import export_model
-from apps.dlrm.loop import build_session, fit, load_data
-from apps.dlrm.runtime import distributed
-from apps.dlrm.train import parse_args, resolve_plan
+from tests.apps._export import trained_and_exported
 
 OPTIONS = {"num_samples": 800, "num_embeddings": [30, 50, 120]}
 ARGS = [
@@ -29,18 +26,10 @@ COMPRESSIONS = {
 
 def _train_and_export(flags: list[str], path: Path) -> dict[int, float]:
     """Train, export to ``path``; the trained model's probabilities of the test rows."""
-    config = parse_args([*ARGS, *flags])
-    with distributed() as env:
-        dataset = load_data(config)
-        plan = resolve_plan(config, dataset, dataset.num_embeddings)
-        session = build_session(config, env, dataset, plan)
-        fit(session)
-        export_model(session, path, num_dense=len(dataset.dense_names))
-        session.pipeline.detach()
-        session.model.eval()
-        rows = dataset.splits["test"]
+    with trained_and_exported([*ARGS, *flags], path) as session:
+        rows = session.dataset.splits["test"]
         with torch.no_grad():
-            logits = session.model(dataset.make_batch(rows))[1][1]
+            logits = session.model(session.dataset.make_batch(rows))[1][1]
     return dict(zip(rows.tolist(), torch.sigmoid(logits).tolist()))
 
 

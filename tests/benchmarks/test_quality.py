@@ -10,6 +10,8 @@ import torch
 
 from benchmarks import quality
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
+from torchrec_lhf.hash_build.head_tail import tail_seed
+from torchrec_lhf.hashing import tail_hash
 from torchrec_lhf.plan import HashPlan
 
 # 600 samples, tables of 30, 50 and 120 ids, dim 4: a run takes a second or two.
@@ -136,12 +138,12 @@ def test_bad_flags_are_named(tmp_path: Path, flags: list[str], message: str) -> 
 
 
 def test_rarehash_plan_hashes_the_ids_the_teacher_saw_rarely(tmp_path: Path) -> None:
-    args = quality.parse_args([*TINY, "--rare_count", "3", "--out", str(tmp_path)])
+    args = quality.parse_args([*TINY, "--head_min_count", "3", "--out", str(tmp_path)])
     plan = HashPlan.load(quality._plan(args, "lhf-rarehash", 0.5, 0))
     counts = TeacherArtifact.load(tmp_path / "teachers" / "d4_s0").counts
-    assert plan.metadata["rare_count"] == 3
+    assert plan.metadata["head_min_count"] == 3
     for t in plan:
         rare_N = counts[t.name] < 3
         assert 0 < int(rare_N.sum()) < t.num_embeddings  # both kinds of ids occur
-        ids_N = torch.arange(t.num_embeddings)
-        assert torch.equal(t.mappings[0][rare_N].long(), ids_N[rare_N] % t.heights[0])
+        tail_N = tail_hash(torch.arange(t.num_embeddings), tail_seed(t.name, 0), t.heights[0])
+        assert torch.equal(t.dense_mapping(0)[rare_N].long(), tail_N[rare_N])

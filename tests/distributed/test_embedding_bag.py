@@ -4,28 +4,26 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.tensor import DTensor
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.sharding_plan import (
     column_wise,
-    construct_module_sharding_plan,
     data_parallel,
     row_wise,
     table_row_wise,
     table_wise,
 )
-from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
+from tests._compact import to_compact
+from tests._fixtures import shard_on_cpu, three_tables, two_hash_plan
 from tests._multiprocess import run_multiprocess
 from tests.modules._host_reads import host_reads
-from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
+from torchrec_lhf import LearnedHashEmbeddingBagCollection
 from torchrec_lhf.distributed.embedding_bag import (
     TESTED_SHARDING_TYPES,
     LearnedHashEmbeddingBagCollectionSharder,
@@ -35,31 +33,6 @@ from torchrec_lhf.modules.embedding_bag import internal_table_configs
 LR = 0.5
 FUSED = EmbeddingComputeKernel.FUSED.value
 BATCH = 3  # per rank
-
-
-def _tables() -> list[EmbeddingBagConfig]:
-    return [
-        EmbeddingBagConfig(
-            name="t0", embedding_dim=8, num_embeddings=40, feature_names=["f0", "f1"]
-        ),
-        EmbeddingBagConfig(name="t1", embedding_dim=8, num_embeddings=30, feature_names=["f2"]),
-        EmbeddingBagConfig(name="t2", embedding_dim=8, num_embeddings=12, feature_names=["f3"]),
-    ]
-
-
-def _plan(combine: str) -> HashPlan:
-    g = torch.Generator().manual_seed(0)
-    return HashPlan.from_multi_mappings(
-        {
-            "t0": [torch.randint(0, 10, (40,), generator=g)],
-            "t1": [
-                torch.randint(0, 8, (30,), generator=g),
-                torch.randint(0, 6, (30,), generator=g),
-            ],
-        },
-        combine=combine,
-        heights={"t0": [10], "t1": [8, 6]},
-    )
 
 
 def _batch(seed: int) -> KeyedJaggedTensor:
@@ -82,17 +55,21 @@ def _full(t: torch.Tensor | ShardedTensor | DTensor, rank: int) -> torch.Tensor 
     return t.detach().clone()
 
 
-def _sharded_vs_unsharded(rank: int, world_size: int, sharding_type: str, combine: str) -> None:
+def _sharded_vs_unsharded(
+    rank: int, world_size: int, sharding_type: str, combine: str, encoding: str
+) -> None:
     torch.manual_seed(1)
-    plan = _plan(combine)
-    reference = LearnedHashEmbeddingBagCollection(tables=_tables(), plan=plan)
+    plan = two_hash_plan(combine)
+    if encoding == "compact":  # every hash function compact (head/tail)
+        plan = to_compact(plan)
+    reference = LearnedHashEmbeddingBagCollection(tables=three_tables(), plan=plan)
     state = {k: v.clone() for k, v in reference.state_dict().items()}
 
     sharder = LearnedHashEmbeddingBagCollectionSharder(
         fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR}
     )
     module = LearnedHashEmbeddingBagCollection(
-        tables=_tables(), plan=plan, device=torch.device("meta")
+        tables=three_tables(), plan=plan, device=torch.device("meta")
     )
     per_param = {
         "table_wise": lambda i: table_wise(rank=i % world_size, compute_kernel=FUSED),
@@ -102,20 +79,8 @@ def _sharded_vs_unsharded(rank: int, world_size: int, sharding_type: str, combin
         "data_parallel": lambda i: data_parallel(),
     }[sharding_type]
     names = [c.name for c in module.internal_embedding_bag_configs()]
-    module_plan = construct_module_sharding_plan(
-        module,
-        per_param_sharding={n: per_param(i) for i, n in enumerate(names)},
-        sharder=sharder,
-        local_size=world_size,
-        world_size=world_size,
-        device_type="cpu",
-    )
-    model = DistributedModelParallel(
-        module,
-        env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
-        plan=ShardingPlan({"": module_plan}),
-        sharders=[sharder],
-        device=torch.device("cpu"),
+    model = shard_on_cpu(
+        module, sharder, {n: per_param(i) for i, n in enumerate(names)}, world_size
     )
     model.load_state_dict(state)
 
@@ -153,11 +118,16 @@ def _concat(batches: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:
 
 
 @pytest.mark.distributed
+@pytest.mark.parametrize("encoding", ["dense", "compact"])
 @pytest.mark.parametrize("sharding_type", TESTED_SHARDING_TYPES)
-def test_sharded_equals_unsharded(sharding_type: str) -> None:
+def test_sharded_equals_unsharded(sharding_type: str, encoding: str) -> None:
     combine = "concat" if sharding_type in ("column_wise", "data_parallel") else "sum"
     run_multiprocess(
-        _sharded_vs_unsharded, world_size=2, sharding_type=sharding_type, combine=combine
+        _sharded_vs_unsharded,
+        world_size=2,
+        sharding_type=sharding_type,
+        combine=combine,
+        encoding=encoding,
     )
 
 
@@ -172,35 +142,22 @@ def _sharded_step_host_reads(rank: int, world_size: int, learned: bool) -> int:
         LearnedHashEmbeddingBagCollectionSharder if learned else EmbeddingBagCollectionSharder
     )
     sharder = sharder_cls(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR})
-    plan = _plan("sum")
+    plan = two_hash_plan("sum")
     if learned:
         module = LearnedHashEmbeddingBagCollection(
-            tables=_tables(), plan=plan, device=torch.device("meta")
+            tables=three_tables(), plan=plan, device=torch.device("meta")
         )
         batch = _batch(seed=0)
     else:
-        reference = LearnedHashEmbeddingBagCollection(tables=_tables(), plan=plan)
+        reference = LearnedHashEmbeddingBagCollection(tables=three_tables(), plan=plan)
         module = EmbeddingBagCollection(
             tables=reference.internal_embedding_bag_configs(), device=torch.device("meta")
         )
         batch = reference.remap(_batch(seed=0))
         batch = KeyedJaggedTensor(keys=batch.keys(), values=batch.values(), lengths=batch.lengths())
     names = [c.name for c in internal_table_configs(module)]
-    module_plan = construct_module_sharding_plan(
-        module,
-        per_param_sharding={n: table_wise(rank=0, compute_kernel=FUSED) for n in names},
-        sharder=sharder,
-        local_size=world_size,
-        world_size=world_size,
-        device_type="cpu",
-    )
-    model = DistributedModelParallel(
-        module,
-        env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
-        plan=ShardingPlan({"": module_plan}),
-        sharders=[sharder],
-        device=torch.device("cpu"),
-    )
+    per_param = {n: table_wise(rank=0, compute_kernel=FUSED) for n in names}
+    model = shard_on_cpu(module, sharder, per_param, world_size)
     model(batch).wait()  # the first step creates TorchRec's input dists
     batch = KeyedJaggedTensor(keys=batch.keys(), values=batch.values(), lengths=batch.lengths())
     with host_reads(allow_torchrec=True) as reads:

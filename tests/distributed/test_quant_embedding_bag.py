@@ -7,10 +7,11 @@ sharded == unsharded quantized, FX-traced and scripted == eager."""
 import pytest
 import torch
 from torch import nn
-from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec import KeyedJaggedTensor
 from torchrec.distributed.types import ParameterSharding, ShardingEnv
 
-from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
+from tests._fixtures import three_tables, two_hash_plan
+from torchrec_lhf import LearnedHashEmbeddingBagCollection
 from torchrec_lhf.distributed.quant_embedding_bag import (
     QuantLearnedHashEmbeddingBagCollectionSharder,
     ShardedQuantLearnedHashEmbeddingBagCollection,
@@ -38,25 +39,8 @@ class _Pooled(nn.Module):
 
 def _model(combine: str) -> _Pooled:
     torch.manual_seed(0)
-    tables = [
-        EmbeddingBagConfig(
-            name="t0", embedding_dim=8, num_embeddings=40, feature_names=["f0", "f1"]
-        ),
-        EmbeddingBagConfig(name="t1", embedding_dim=8, num_embeddings=30, feature_names=["f2"]),
-        EmbeddingBagConfig(name="t2", embedding_dim=4, num_embeddings=12, feature_names=["f3"]),
-    ]
-    g = torch.Generator().manual_seed(0)
-    plan = HashPlan.from_multi_mappings(
-        {
-            "t0": [torch.randint(0, 10, (40,), generator=g)],
-            "t1": [
-                torch.randint(0, 8, (30,), generator=g),
-                torch.randint(0, 6, (30,), generator=g),
-            ],
-        },
-        combine=combine,
-        heights={"t0": [10], "t1": [8, 6]},
-    )
+    tables = three_tables(dims=(8, 8, 4))
+    plan = two_hash_plan(combine)
     ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan)
     # NOTE: the input's key order differs from the tables' (the remap reorders)
     return _Pooled(ebc, ["f3", "f2", "f1", "f0"]).eval()

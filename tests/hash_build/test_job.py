@@ -15,6 +15,7 @@ from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.job import BuildConfig, assign_tables, run_build, table_rows
 from torchrec_lhf.hash_build.plan_builder import build_plan
 from torchrec_lhf.plan import HashPlan
+from torchrec_lhf.plan_compact import CompactMapping
 
 # Five tables: three to compress at min_table_rows=300, two that stay full.
 HEIGHTS = {"t_big": 2400, "t_mid": 1200, "t_low": 900, "t_small": 250, "t_tiny": 40}
@@ -142,7 +143,13 @@ def test_world_size_1_matches_build_plan(tmp_path: Path, teacher_dir: Path):
     assert plan.table_names == ["t_big", "t_mid", "t_low"]  # teacher order; small tables stay full
     assert [t.num_rows for t in plan] == [240, 120, 90]
     art = TeacherArtifact.load(teacher_dir)
-    direct = build_plan(art.embeddings, art.counts, fraction=0.1, min_table_rows=MIN_ROWS)
+    direct = build_plan(
+        art.embeddings,
+        art.counts,
+        fraction=0.1,
+        min_table_rows=MIN_ROWS,
+        head_tail=_config(tmp_path, teacher_dir, "x").head_tail(),  # the build's defaults
+    )
     assert plan == direct
     assert plan.metadata["source"]["teacher_sha256"] == art.manifest["sha256"]
     assert plan.metadata["clustering"] == "agglomerative" and plan.metadata["fraction"] == 0.1
@@ -158,6 +165,26 @@ def test_world_size_2_gives_the_same_plan(tmp_path: Path, teacher_dir: Path, num
     assert one.table_names == two.table_names
     assert _comparable(one.metadata) == _comparable(two.metadata)
     assert all(t.num_hashes == num_hashes and t.combine == kw["combine"] for t in two)
+
+
+@pytest.mark.distributed
+def test_world_size_2_sends_compact_mappings(tmp_path: Path, teacher_dir: Path):
+    """A head/tail plan: the head (ids seen at least 5 times) compact, the tail hashed."""
+    kw = dict(num_hashes=2, combine="sum", head_min_count=5, tail_fraction=0.5)
+    one = _build(tmp_path, teacher_dir, "ws1", 1, **kw)
+    two = _build(tmp_path, teacher_dir, "ws2", 2, **kw)
+    assert one == two and one.fingerprint() == two.fingerprint()
+    assert HashPlan.load(tmp_path / "ws2.plan") == one
+    counts = TeacherArtifact.load(teacher_dir).counts
+    compact = 0
+    for t in two:
+        head_K = (counts[t.name] >= 5).nonzero().squeeze(1)
+        for m in t.mappings:  # "auto": compact (6 bytes a head id) where below 2 bytes an id
+            assert isinstance(m, CompactMapping) == (6 * head_K.numel() < 2 * t.num_embeddings)
+            if isinstance(m, CompactMapping):
+                compact += 1
+                assert torch.equal(m.head_ids, head_K)
+    assert compact
 
 
 @pytest.mark.distributed

@@ -5,6 +5,8 @@ import torch
 
 import torchrec_lhf
 from torchrec_lhf.hash_build import build_plan, build_table_hash
+from torchrec_lhf.hash_build.head_tail import HeadTail, tail_seed
+from torchrec_lhf.hashing import tail_hash
 from torchrec_lhf.plan import HashPlan
 
 # Two well-separated groups on coordinate 0; coordinate 1 splits the ids differently.
@@ -119,42 +121,44 @@ def test_build_plan_missing_counts():
         build_plan({"t": EMB}, {"other": torch.ones(6)}, fraction=0.5, min_table_rows=1)
 
 
-def test_rare_ids_are_hashed_not_clustered():
+def test_tail_ids_are_hashed_not_clustered():
     # Values on coordinate 0: ids 0, 2, 4 near 0, ids 1, 3, 5 near 5. Ids 2 and 5 were seen
-    # once (rare at rare_count=2): they leave the clustering and go to row id mod 2, i.e.
-    # 2 -> 0 and 5 -> 1, whatever their values; the others cluster as before.
+    # once (tail at head_min_count=2): they leave the clustering and go to their tail hash
+    # over both rows; the four head ids fit two rows only by clustering, as before.
     counts = torch.tensor([3.0, 4.0, 1.0, 2.0, 5.0, 1.0])
-    table, info = build_table_hash("t", EMB, counts, rows=2, projection="dim:0", rare_count=2)
-    assert table.mappings[0].tolist() == [0, 1, 0, 1, 0, 1]
-    assert info["rare_ids"] == 2 and info["rare_count"] == 2
-    # Where value and hash disagree the hash wins for rare ids: with ids 3 and 4 swapping
-    # values (3 now near 0, 4 near 5) clustering puts 3 in row 0 and 4 in row 1, hashing
-    # puts 3 in row 1 and 4 in row 0.
-    swapped = EMB[[0, 1, 2, 4, 3, 5]]
-    clustered, _ = build_table_hash("t", swapped, counts, rows=2, projection="dim:0")
-    assert clustered.mappings[0].tolist() == [0, 1, 0, 0, 1, 1]
-    rare = torch.tensor([3.0, 4.0, 1.0, 1.0, 1.0, 1.0])  # 3, 4, 5 rare (and 2)
-    hashed, info = build_table_hash("t", swapped, rare, rows=2, projection="dim:0", rare_count=2)
-    assert hashed.mappings[0].tolist() == [0, 1, 0, 1, 0, 1]  # 2..5 -> id mod 2
-    assert info["rare_ids"] == 4
-    # every id rare: a pure hash; fewer frequent ids than rows: each keeps a row
-    all_rare, _ = build_table_hash(
-        "t", EMB, torch.ones(6), rows=3, projection="dim:0", rare_count=2
+    spec = HeadTail(min_count=2)
+    table, info = build_table_hash("t", EMB, counts, rows=2, projection="dim:0", head_tail=spec)
+    tail = tail_hash(torch.arange(6), tail_seed("t", 0), 2)
+    expected = [0, 1, int(tail[2]), 1, 0, int(tail[5])]
+    assert table.mappings[0].tolist() == expected
+    assert info["head_ids"] == 4 and info["head_tail"]["head_min_count"] == 2
+    assert info["layouts"] == [{"head_rows": 2, "tail_offset": 0, "tail_rows": 2}]
+    # fewer head ids than rows: each keeps a row of its own (in id order), no clustering
+    one, _ = build_table_hash(
+        "t", EMB, torch.tensor([9.0, 1, 1, 1, 1, 1]), rows=3, projection="dim:0", head_tail=spec
     )
-    assert all_rare.mappings[0].tolist() == [0, 1, 2, 0, 1, 2]
-    one, _ = build_table_hash("t", EMB, torch.tensor([9.0, 1, 1, 1, 1, 1]), rows=3, rare_count=2)
-    assert one.mappings[0].tolist() == [0, 1, 2, 0, 1, 2]
+    tail3 = tail_hash(torch.arange(6), tail_seed("t", 0), 3)
+    assert one.dense_mapping(0).tolist() == [0, *tail3[1:].tolist()]
 
 
-def test_rare_count_needs_counts_and_a_valid_value():
-    with pytest.raises(ValueError, match="rare_count=2 needs access counts"):
-        build_table_hash("t", EMB, None, rows=2, rare_count=2)
-    with pytest.raises(ValueError, match="rare_count must be an int >= 0, got -1"):
-        build_table_hash("t", EMB, torch.ones(6), rows=2, rare_count=-1)
-    with pytest.raises(ValueError, match="needs access counts, got counts=None"):
-        build_plan({"t": EMB}, None, fraction=0.5, min_table_rows=1, rare_count=2)
+def test_head_needs_counts_and_valid_settings():
+    with pytest.raises(ValueError, match="needs counts, got None"):
+        build_table_hash("t", EMB, None, rows=2, head_tail=HeadTail(min_count=2))
+    with pytest.raises(ValueError, match="head min_count must be an int >= 0, got -1"):
+        HeadTail(min_count=-1)
+    with pytest.raises(ValueError, match="needs counts, got counts=None"):
+        build_plan(
+            {"t": EMB}, None, fraction=0.5, min_table_rows=1, head_tail=HeadTail(min_count=2)
+        )
     plan = build_plan(
-        {"t": EMB}, {"t": torch.ones(6)}, fraction=0.5, min_table_rows=1, rare_count=2
+        {"t": EMB},
+        {"t": torch.ones(6)},
+        fraction=0.5,
+        min_table_rows=1,
+        head_tail=HeadTail(min_count=2),
     )
-    assert plan["t"].mappings[0].tolist() == [0, 1, 2, 0, 1, 2]
-    assert plan.metadata["rare_count"] == 2
+    # every id in the tail: nothing to store, the compact encoding is empty
+    assert plan["t"].mappings[0].num_head == 0
+    expected = tail_hash(torch.arange(6), tail_seed("t", 0), 3).tolist()
+    assert plan["t"].dense_mapping(0).tolist() == expected
+    assert plan.metadata["head_tail"]["head_min_count"] == 2

@@ -10,9 +10,10 @@ import io
 
 import pytest
 import torch
-from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec import KeyedJaggedTensor
 from torchrec.fx import symbolic_trace as torchrec_trace
 
+from tests._fixtures import three_tables
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
 from torchrec_lhf.modules.quant import quantize_learned_hash
 
@@ -23,13 +24,7 @@ def _setup(
     num_hashes: int, combine: str, weighted: bool, out_of_range: str = "error"
 ) -> tuple[LearnedHashEmbeddingBagCollection, KeyedJaggedTensor]:
     torch.manual_seed(0)
-    tables = [
-        EmbeddingBagConfig(
-            name="t0", embedding_dim=8, num_embeddings=50, feature_names=["f0", "f1"]
-        ),
-        EmbeddingBagConfig(name="t1", embedding_dim=8, num_embeddings=20, feature_names=["f2"]),
-        EmbeddingBagConfig(name="t2", embedding_dim=8, num_embeddings=9, feature_names=["f3"]),
-    ]
+    tables = three_tables(heights=(50, 20, 9))
     ids = torch.arange(50)
     mappings = [ids % 9, (ids * 7) % 5][:num_hashes]
     plan = HashPlan.from_multi_mappings(

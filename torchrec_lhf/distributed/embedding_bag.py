@@ -14,7 +14,6 @@ view instead. The planner and sharding plans name the internal tables (``t__h<i>
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -36,6 +35,7 @@ from torchrec.distributed.types import (
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from torchrec_lhf.modules import logical_view
 from torchrec_lhf.modules.embedding_bag import (
     LearnedHashEmbeddingBagCollection,
     _check_remap_on_load,
@@ -84,26 +84,14 @@ class ShardedLearnedHashEmbeddingBagCollection(ShardedEmbeddingBagCollection):
             qcomm_codecs_registry=qcomm_codecs_registry,
             module_fqn=module_fqn,
         )
-        target = device if device is not None and device.type != "meta" else torch.device("cpu")
-        self.remap = copy.deepcopy(module.remap).to(target)
-        self.combine = (
-            copy.deepcopy(module.combine).to(target) if module.combine is not None else None
-        )
-        self._plan_fingerprint = module.plan_fingerprint
-        self._logical_configs = module.embedding_bag_configs()
+        logical_view.copy_learned_hash_parts(module, self, device=logical_view.remap_device(device))
         self._internal_configs = module.internal_embedding_bag_configs()
         self.register_load_state_dict_pre_hook(_check_remap_on_load)
 
-    @property
-    def plan_fingerprint(self) -> str:
-        return self._plan_fingerprint
-
-    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
-        """The logical table configs (as the unsharded module's)."""
-        return self._logical_configs
-
-    def logical_configs(self) -> list[EmbeddingBagConfig]:
-        return self._logical_configs
+    # the logical tables (as the unsharded module's), bound from logical_view
+    embedding_bag_configs = logical_view.logical_configs
+    logical_configs = logical_view.logical_configs
+    plan_fingerprint = property(logical_view.plan_fingerprint)
 
     def internal_embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
         """The compressed tables' configs (what is sharded)."""

@@ -15,7 +15,6 @@ shards from ``embedding_bag_configs()``, which the learned-hash modules answer w
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -37,6 +36,7 @@ from torchrec.modules.embedding_configs import (
 from torchrec.quant.embedding_modules import MODULE_ATTR_QUANT_STATE_DICT_SPLIT_SCALE_BIAS
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from torchrec_lhf.modules import logical_view
 from torchrec_lhf.modules.embedding_bag import InternalTables
 from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection
 
@@ -86,24 +86,12 @@ class ShardedQuantLearnedHashEmbeddingBagCollection(ShardedQuantEmbeddingBagColl
             fused_params,
             device=device,
         )
-        target = device if device is not None and device.type != "meta" else torch.device("cpu")
-        self.remap: nn.Module = copy.deepcopy(module.remap).to(target)
-        self.combine: nn.Module | None = (
-            None if module.combine is None else copy.deepcopy(module.combine).to(target)
-        )
-        self._logical_configs = module.logical_configs()
-        self._plan_fingerprint = module.plan_fingerprint
+        logical_view.copy_learned_hash_parts(module, self, device=logical_view.remap_device(device))
 
-    @property
-    def plan_fingerprint(self) -> str:
-        return self._plan_fingerprint
-
-    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
-        """The logical table configs (as the unsharded module's)."""
-        return self._logical_configs
-
-    def logical_configs(self) -> list[EmbeddingBagConfig]:
-        return self._logical_configs
+    # the logical tables (as the unsharded module's), bound from logical_view
+    embedding_bag_configs = logical_view.logical_configs
+    logical_configs = logical_view.logical_configs
+    plan_fingerprint = property(logical_view.plan_fingerprint)
 
     def internal_embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
         """The quantized compressed tables' configs (what is sharded)."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from torchrec_lhf.clustering.registry import get_clustering
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, allocate_rows
+from torchrec_lhf.hash_build.head_tail import ENCODINGS, HeadTail
 from torchrec_lhf.plan import COMBINE_MODES
 
 
@@ -75,9 +76,22 @@ class BuildConfig:
     projection: str = "pca"
     """Teacher embeddings -> 1-D values: ``"pca"``, ``"dim:k"`` or ``"dim:k0,k1,..."``."""
 
-    rare_count: int = 0
-    """Ids the teacher saw fewer times are hashed (``id mod M``), not clustered: the
-    teacher memorizes their labels (:func:`~torchrec_lhf.hash_build.plan_builder.build_table_hash`)."""
+    head_min_count: int = 10
+    """The head (the ids clustered) is the ids the teacher saw at least this often; the
+    others are hashed (0: every id is clustered, the paper's build). The teacher memorizes
+    the labels of rare ids (:mod:`~torchrec_lhf.hash_build.head_tail`; docs/RESULTS.md,
+    "The rare-id regime")."""
+
+    head_mass: float | None = None
+    """Or the head is the most frequent ids covering this share of the training accesses."""
+
+    tail_fraction: float = 0.7
+    """Share of each internal table's rows reserved for the hashed tail, so that the head's
+    rows stay its own (0: the tail is hashed into all rows)."""
+
+    encoding: str = field(default="auto", metadata={"choices": ENCODINGS})
+    """How the plan stores a hash: ``dense`` (a row per id), ``compact`` (head ids and rows,
+    the tail computed) or ``auto`` (the smaller)."""
 
     clustering_options: dict[str, Any] = field(default_factory=dict)
     """Passed to the clustering (e.g. ``max_cluster_size``); JSON-serializable."""
@@ -126,9 +140,7 @@ class BuildConfig:
             raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
         if self.budget != "table" and self.fraction is None:
             raise ValueError(f"budget={self.budget!r} needs a fraction, not rows_per_table")
-        rc = self.rare_count
-        if isinstance(rc, bool) or not isinstance(rc, int) or rc < 0:
-            raise ValueError(f"rare_count must be an int >= 0, got {rc!r}")
+        self.head_tail()  # ValueError naming a bad head/tail setting
         for name, low in (("min_table_rows", 0), ("num_hashes", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -156,6 +168,15 @@ class BuildConfig:
         if self.work_dir.resolve() == self.out.resolve():
             raise ValueError(f"work_dir and out must differ, both are {str(self.out)!r}")
 
+    def head_tail(self) -> HeadTail:
+        """The head/tail settings of the build."""
+        return HeadTail(
+            min_count=self.head_min_count,
+            mass=self.head_mass,
+            tail_fraction=self.tail_fraction,
+            encoding=self.encoding,
+        )
+
     def plan_options(self) -> dict[str, Any]:
         """The fields that decide the plan (in the fingerprint and the plan's metadata)."""
         return {
@@ -167,7 +188,7 @@ class BuildConfig:
             "combine": self.combine,
             "min_table_rows": self.min_table_rows,
             "budget": self.budget,
-            "rare_count": self.rare_count,
+            **self.head_tail().to_dict(),
             "clustering_options": self.clustering_options,
         }
 

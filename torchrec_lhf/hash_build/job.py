@@ -28,6 +28,7 @@ from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.config import BuildConfig, table_rows
 from torchrec_lhf.hash_build.plan_builder import build_table_hash
 from torchrec_lhf.plan import HashPlan, TableHash
+from torchrec_lhf.plan_compact import CompactMapping, row_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ def _build_or_resume(
         combine=config.combine,
         clustering=config.clustering,
         projection=config.projection,
-        rare_count=config.rare_count,
+        head_tail=config.head_tail(),
         **config.clustering_options,
     )
     info = {k: info[k] for k in _INFO_KEYS}
@@ -322,8 +323,8 @@ def _gather_to_rank0(
 
     Each sender's sequence is a subsequence of rank 0's receive order, so the blocking
     send/recv pairs cannot deadlock. Per table: an int64 header ``(H + 5,)``
-    ``[M_0..M_{H-1}, fallback_merges, steps, rows, microseconds, resumed]``, then ``H``
-    int32 mappings of shape ``(N,)``.
+    ``[M_0..M_{H-1}, fallback_merges, steps, rows, microseconds, resumed]``, then per
+    hash function its encoding (:func:`_send_mapping`).
     """
     owner = {n: r for r, tables in enumerate(assignment) for n in tables}
     h = config.num_hashes
@@ -343,14 +344,46 @@ def _gather_to_rank0(
             ]
             dist.send(torch.tensor(header, dtype=torch.int64), dst=0, group=group)
             for m in table.mappings:
-                dist.send(m.contiguous(), dst=0, group=group)
+                _send_mapping(m, group)
             continue
         header_H5 = torch.empty(h + 5, dtype=torch.int64)
         dist.recv(header_H5, src=src, group=group)
-        mappings = [torch.empty(sizes[name], dtype=torch.int32) for _ in range(h)]
-        for m in mappings:
-            dist.recv(m, src=src, group=group)
         hdr = header_H5.tolist()
+        mappings = [_recv_mapping(sizes[name], hdr[i], src, group) for i in range(h)]
         table = TableHash(name, sizes[name], tuple(mappings), tuple(hdr[:h]), config.combine)
         info = dict(zip(_INFO_KEYS, (hdr[h + 3] / 1e6, hdr[h], hdr[h + 1], hdr[h + 2])))
         results[name] = (table, {**info, "resumed": bool(hdr[h + 4])})
+
+
+def _send_mapping(m: torch.Tensor | CompactMapping, group: Any) -> None:
+    """One hash function to rank 0: an int64 header ``[compact, K, seed, offset, rows]``,
+    then the dense int32 ``(N,)`` mapping, or the head's int64 ids and int32 rows ``(K,)``."""
+    if isinstance(m, CompactMapping):
+        header = [1, m.num_head, m.tail_seed, m.tail_offset, m.tail_rows]
+        dist.send(torch.tensor(header, dtype=torch.int64), dst=0, group=group)
+        if m.num_head:
+            dist.send(m.head_ids.contiguous(), dst=0, group=group)
+            dist.send(m.head_rows.to(torch.int32).contiguous(), dst=0, group=group)
+        return
+    dist.send(torch.tensor([0, 0, 0, 0, 0], dtype=torch.int64), dst=0, group=group)
+    dist.send(m.contiguous(), dst=0, group=group)
+
+
+def _recv_mapping(
+    num_embeddings: int, height: int, src: int, group: Any
+) -> torch.Tensor | CompactMapping:
+    """Receive what :func:`_send_mapping` sent (``height``: the internal table's rows)."""
+    header_5 = torch.empty(5, dtype=torch.int64)
+    dist.recv(header_5, src=src, group=group)
+    compact, k, seed, offset, rows = header_5.tolist()
+    if not compact:
+        mapping_N = torch.empty(num_embeddings, dtype=torch.int32)
+        dist.recv(mapping_N, src=src, group=group)
+        return mapping_N
+    ids_K, rows_K = torch.empty(k, dtype=torch.int64), torch.empty(k, dtype=torch.int32)
+    if k:
+        dist.recv(ids_K, src=src, group=group)
+        dist.recv(rows_K, src=src, group=group)
+    return CompactMapping(
+        ids_K, rows_K.to(row_dtype(height)), tail_seed=seed, tail_offset=offset, tail_rows=rows
+    )

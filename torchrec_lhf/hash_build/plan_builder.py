@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from torchrec_lhf.clustering import get_clustering, project
 from torchrec_lhf.compression.budget import allocate_rows, split_rows
+from torchrec_lhf.hash_build.head_tail import HeadTail, cluster_hashes
 from torchrec_lhf.plan import COMBINE_MODES, HashPlan, TableHash
 
 logger = logging.getLogger(__name__)
@@ -33,13 +34,13 @@ def build_table_hash(
     combine: str = "sum",
     clustering: str = "agglomerative",
     projection: str = "pca",
-    rare_count: int = 0,
+    head_tail: HeadTail | None = None,
     **clustering_options: Any,
 ) -> tuple[TableHash, dict[str, Any]]:
     """Learn one table's hash: project, then cluster each projection coordinate.
 
-    With ``rare_count``, ids the teacher saw fewer than ``rare_count`` times are left out of
-    the clustering and hashed (``id mod M_h``) into the same rows: a teacher trained on the
+    With ``head_tail`` choosing a head (:mod:`~torchrec_lhf.hash_build.head_tail`), only the
+    head is clustered and the other ids are hashed by a seeded hash: a teacher trained on the
     student's data memorizes the labels of ids it saw once or twice, and clustering by those
     values would group ids by their training labels (docs/RESULTS.md, "The label leak").
 
@@ -53,24 +54,23 @@ def build_table_hash(
         combine: ``"sum"`` or ``"concat"`` (see :class:`~torchrec_lhf.plan.TableHash`).
         clustering: a registered clustering (:func:`~torchrec_lhf.clustering.get_clustering`).
         projection: ``"pca"``, ``"dim:k"`` or ``"dim:k0,k1,..."``.
-        rare_count: ids with fewer accesses in ``counts_N`` are hashed, not clustered
-            (0: none; needs ``counts_N``).
+        head_tail: which ids are clustered (the head) and where the others go (default
+            :class:`HeadTail()`: every id is clustered, the paper's build).
         **clustering_options: passed to the clustering (e.g. ``max_cluster_size``).
 
     Returns:
         ``(table_hash, info)``; ``info`` holds ``seconds``, ``fallback_merges``, ``steps``,
-        ``rare_ids``, ``heights``, ``num_embeddings`` and the settings (JSON-serializable).
+        ``head_ids``, ``heights``, ``layouts`` (per hash: head rows and tail region),
+        ``num_embeddings`` and the settings (JSON-serializable).
 
     Raises:
         ValueError: bad shapes, settings, or more rows per internal table than ids.
 
     Example::
 
-        >>> import torch
         >>> emb = torch.tensor([[0.0], [5.0], [0.1], [5.2]])
-        >>> table, info = build_table_hash("t", emb, None, rows=2, projection="dim:0")
-        >>> table.mappings[0].tolist(), table.heights
-        ([0, 1, 0, 1], (2,))
+        >>> build_table_hash("t", emb, None, rows=2, projection="dim:0")[0].mappings[0].tolist()
+        [0, 1, 0, 1]
     """
     if combine not in COMBINE_MODES:
         raise ValueError(f"table {name!r}: combine must be one of {COMBINE_MODES}, got {combine!r}")
@@ -81,26 +81,19 @@ def build_table_hash(
         raise ValueError(f"table {name!r}: {e}") from e
     n = values_HN.shape[1]
     heights = _table_heights(name, rows, num_hashes, n)
-    rare_N = _rare_ids(name, counts_N, rare_count)
-    mappings, fallback_merges, steps = _cluster_hashes(
-        get_clustering(clustering), values_HN, counts_N, heights, rare_N, clustering_options
+    spec = head_tail or HeadTail()
+    head_N = spec.head(counts_N, name)
+    cluster = get_clustering(clustering)
+    mappings, layouts, fallback_merges, steps = cluster_hashes(
+        cluster, values_HN, counts_N, heights, head_N, spec, name, clustering_options
     )
     table = TableHash(name, n, tuple(mappings), tuple(heights), combine)
-    info = {
-        "table": name,
-        "num_embeddings": n,
-        "rows": rows,
-        "heights": heights,
-        "num_hashes": num_hashes,
-        "combine": combine,
-        "clustering": clustering,
-        "projection": projection,
-        "seconds": time.perf_counter() - start,
-        "rare_ids": 0 if rare_N is None else int(rare_N.sum()),
-        "rare_count": rare_count,
-        "fallback_merges": fallback_merges,
-        "steps": steps,
-    }
+    info = dict(
+        table=name, num_embeddings=n, rows=rows, heights=heights, num_hashes=num_hashes,
+        combine=combine, clustering=clustering, projection=projection,
+        seconds=time.perf_counter() - start, head_ids=n if head_N is None else int(head_N.sum()),
+        head_tail=spec.to_dict(), layouts=layouts, fallback_merges=fallback_merges, steps=steps,
+    )  # fmt: skip
     _log_table(info)
     return table, info
 
@@ -118,56 +111,6 @@ def _table_heights(name: str, rows: int, num_hashes: int, n: int) -> list[int]:
             f"{heights[0]} rows, more than the table's {n} ids"
         )
     return heights
-
-
-def _rare_ids(name: str, counts_N: torch.Tensor | None, rare_count: int) -> torch.Tensor | None:
-    """Which ids to hash rather than cluster: bool ``(N,)``, or ``None`` (``rare_count=0``).
-
-    Raises:
-        ValueError: ``rare_count`` is not an int ``>= 0``, or is set without counts.
-    """
-    if isinstance(rare_count, bool) or not isinstance(rare_count, int) or rare_count < 0:
-        raise ValueError(f"table {name!r}: rare_count must be an int >= 0, got {rare_count!r}")
-    if rare_count and counts_N is None:
-        raise ValueError(f"table {name!r}: rare_count={rare_count} needs access counts")
-    return None if not rare_count else counts_N < rare_count
-
-
-def _cluster_hashes(
-    cluster: Callable[..., Any],
-    values_HN: torch.Tensor,
-    counts_N: torch.Tensor | None,
-    heights: list[int],
-    rare_N: torch.Tensor | None,
-    options: Mapping[str, Any],
-) -> tuple[list[torch.Tensor], int, int]:
-    """One clustering per hash function: hash ``h`` clusters the ids by ``values_HN[h]``.
-
-    With ``rare_N``, only the other ``K`` ids are clustered, into ``min(M_h, K)`` rows, and
-    the rare ids are hashed ``id mod M_h``.
-
-    Returns:
-        ``(mappings, fallback_merges, steps)``: int32 CPU mappings ``(N,)`` into
-        ``[0, heights[h])``, and the clusterings' fallback merges and steps, summed.
-    """
-    kept_K = None if rare_N is None else (~rare_N).nonzero().squeeze(1)
-    mappings, fallback_merges, steps = [], 0, 0
-    for h, height in enumerate(heights):
-        if kept_K is None:
-            result = cluster(values_HN[h], counts_N, height, **options)
-            mapping_N = result.cluster_of_id
-        else:  # cluster the frequent ids into min(height, K) rows, hash the rare ones
-            mapping_N = torch.arange(values_HN.shape[1], device=values_HN.device) % height
-            result = None
-            if kept_K.numel():
-                clusters = min(height, kept_K.numel())
-                result = cluster(values_HN[h, kept_K], counts_N[kept_K], clusters, **options)
-                mapping_N[kept_K] = result.cluster_of_id.to(mapping_N.dtype)
-        mappings.append(mapping_N.to(device="cpu", dtype=torch.int32))
-        if result is not None:
-            fallback_merges += result.fallback_merges
-            steps += result.steps
-    return mappings, fallback_merges, steps
 
 
 def _log_table(info: Mapping[str, Any]) -> None:
@@ -196,7 +139,7 @@ def build_plan(
     combine: str = "sum",
     clustering: str = "agglomerative",
     projection: str = "pca",
-    rare_count: int = 0,
+    head_tail: HeadTail | None = None,
     clustering_options: Mapping[str, Any] | None = None,
 ) -> HashPlan:
     """Build the hash plan of a model's tables in this process.
@@ -216,8 +159,8 @@ def build_plan(
         combine: ``"sum"`` or ``"concat"``.
         clustering: a registered clustering.
         projection: ``"pca"``, ``"dim:k"`` or ``"dim:k0,k1,..."``.
-        rare_count: ids with fewer accesses are hashed, not clustered (see
-            :func:`build_table_hash`; needs ``counts``).
+        head_tail: which ids are clustered and where the others go (see
+            :func:`build_table_hash`; a head by counts needs ``counts``).
         clustering_options: passed to the clustering.
 
     Returns:
@@ -237,7 +180,7 @@ def build_plan(
         (['t'], [0, 1, 0, 1])
     """
     sizes = _check_plan_args(
-        teacher_embeddings, counts, fraction, rows, min_table_rows, budget, clustering, rare_count
+        teacher_embeddings, counts, fraction, rows, min_table_rows, budget, clustering, head_tail
     )
     allocated = None
     if fraction is not None:
@@ -249,7 +192,7 @@ def build_plan(
         "combine": combine,
         "clustering": clustering,
         "projection": projection,
-        "rare_count": rare_count,
+        "head_tail": head_tail,
     }
     tables, infos = [], {}
     for name, emb in teacher_embeddings.items():  # a loop per table
@@ -288,7 +231,8 @@ def _build_table(
         **hash_options,
         **dict(clustering_options or {}),
     )
-    return table, {k: info[k] for k in ("seconds", "fallback_merges", "steps", "heights")}
+    keep = ("seconds", "fallback_merges", "steps", "heights", "head_ids", "layouts")
+    return table, {k: info[k] for k in keep}
 
 
 def _plan_metadata(
@@ -306,7 +250,7 @@ def _plan_metadata(
         "fraction": fraction,
         "rows": dict(rows) if isinstance(rows, Mapping) else rows,
         "projection": hash_options["projection"],
-        "rare_count": hash_options["rare_count"],
+        "head_tail": (hash_options["head_tail"] or HeadTail()).to_dict(),
         "num_hashes": hash_options["num_hashes"],
         "combine": hash_options["combine"],
         "min_table_rows": min_table_rows,
@@ -324,7 +268,7 @@ def _check_plan_args(
     min_table_rows: int,
     budget: str,
     clustering: str,
-    rare_count: int,
+    head_tail: HeadTail | None,
 ) -> dict[str, int]:
     """Check :func:`build_plan`'s arguments before any work.
 
@@ -353,8 +297,8 @@ def _check_plan_args(
     get_clustering(clustering)  # fail before any work on an unknown clustering
     if budget != "table" and fraction is None:
         raise ValueError(f"budget={budget!r} needs a fraction, not rows")
-    if rare_count and counts is None:
-        raise ValueError(f"rare_count={rare_count} needs access counts, got counts=None")
+    if head_tail is not None and head_tail.splits and counts is None:
+        raise ValueError(f"a head by access counts ({head_tail}) needs counts, got counts=None")
     sizes = {}
     for name, emb in teacher_embeddings.items():  # a loop per table, not per id
         if not (isinstance(emb, torch.Tensor) and emb.dim() == 2 and emb.shape[0] > 0):

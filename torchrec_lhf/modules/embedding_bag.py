@@ -28,14 +28,16 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from torchrec_lhf.modules import logical_view
 from torchrec_lhf.modules.remap import (
     IDENTITY,
     FeatureRemap,
     InternalFeature,
     KeyedTensorCombine,
+    MappingPacker,
     check_internal_names,
+    check_remap_state,
     hashed_name,
-    mapping_dtype,
 )
 from torchrec_lhf.plan import HashPlan
 
@@ -50,6 +52,7 @@ class InternalLayout:
     features: list[InternalFeature]
     mapping: torch.Tensor
     combine: KeyedTensorCombine | None
+    compact: tuple[torch.Tensor, torch.Tensor] | None = None  # see FeatureRemap
 
 
 def internal_layout(tables: list[EmbeddingBagConfig], plan: HashPlan) -> InternalLayout:
@@ -71,8 +74,7 @@ def internal_layout(tables: list[EmbeddingBagConfig], plan: HashPlan) -> Interna
     )
     configs: list[EmbeddingBagConfig] = []
     features: list[InternalFeature] = []
-    pieces: list[torch.Tensor] = []
-    offset = 0
+    packer = MappingPacker()
     in_keys, in_dims, out_keys, out_dims, sources = [], [], [], [], []
     for cfg in tables:
         names = list(cfg.feature_names) or [cfg.name]
@@ -86,6 +88,9 @@ def internal_layout(tables: list[EmbeddingBagConfig], plan: HashPlan) -> Interna
         dims = th.internal_dims(cfg.embedding_dim) if th is not None else [cfg.embedding_dim]
         for h in range(num_hashes):
             rows = th.heights[h] if th is not None else cfg.num_embeddings
+            offset, tail = IDENTITY, None
+            if th is not None:
+                offset, tail = packer.add(th.mappings[h], th.num_embeddings, rows)
             configs.append(
                 _internal_config(
                     cfg, hashed_name(cfg.name, h, num_hashes), rows, dims[h], names, h, num_hashes
@@ -93,16 +98,9 @@ def internal_layout(tables: list[EmbeddingBagConfig], plan: HashPlan) -> Interna
             )
             for f in names:
                 fname = hashed_name(f, h, num_hashes)
-                features.append(
-                    InternalFeature(
-                        fname, f, offset if th is not None else IDENTITY, cfg.num_embeddings
-                    )
-                )
+                features.append(InternalFeature(fname, f, offset, cfg.num_embeddings, tail))
                 in_keys.append(fname)
                 in_dims.append(dims[h])
-            if th is not None:
-                pieces.append(th.mappings[h])
-                offset += th.num_embeddings
         for f in names:
             out_keys.append(f)
             out_dims.append(cfg.embedding_dim)
@@ -112,15 +110,11 @@ def internal_layout(tables: list[EmbeddingBagConfig], plan: HashPlan) -> Interna
                     th.combine if th else "sum",
                 )
             )
-    max_height = max(
-        (h for cfg in tables if cfg.name in plan for h in plan[cfg.name].heights), default=1
-    )
-    mapping = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.int32)
-    mapping = mapping.to(mapping_dtype(max_height))
+    mapping, compact = packer.buffers()
     combine = None
     if in_keys != out_keys:
         combine = KeyedTensorCombine(in_keys, in_dims, out_keys, out_dims, sources)
-    return InternalLayout(configs, features, mapping, combine)
+    return InternalLayout(configs, features, mapping, combine, compact)
 
 
 def _internal_config(
@@ -214,20 +208,18 @@ class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
         self._logical_configs = logical
         self._internal_configs = layout.configs
         self._plan_fingerprint = plan.fingerprint()
-        remap_device = self.device if self.device.type != "meta" else torch.device("cpu")
+        remap_device = logical_view.remap_device(self.device)
         self.remap = FeatureRemap(
-            layout.features, layout.mapping.to(remap_device), out_of_range=out_of_range
-        )
+            layout.features, layout.mapping, compact=layout.compact, out_of_range=out_of_range
+        ).to(remap_device)
         self.combine = layout.combine.to(remap_device) if layout.combine is not None else None
         self.register_load_state_dict_pre_hook(_check_remap_on_load)
 
-    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
-        """The logical table configs, as given (heights ``N``, dims ``D``)."""
-        return self._logical_configs
-
-    def logical_configs(self) -> list[EmbeddingBagConfig]:
-        """Same as :meth:`embedding_bag_configs` (kept for existing callers)."""
-        return self._logical_configs
+    # NOTE: bound from torchrec_lhf.modules.logical_view, shared with the quantized and
+    # sharded twins; logical_configs is embedding_bag_configs, kept for existing callers.
+    embedding_bag_configs = logical_view.logical_configs
+    logical_configs = logical_view.logical_configs
+    plan_fingerprint = property(logical_view.plan_fingerprint)
 
     def internal_embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
         """The compressed tables' configs (``t`` / ``t__h<i>``, heights ``M_h``)."""
@@ -242,11 +234,6 @@ class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
             is_weighted=self.is_weighted(),
             device=self.device,
         )
-
-    @property
-    def plan_fingerprint(self) -> str:
-        """:meth:`HashPlan.fingerprint` of the plan this module was built with."""
-        return self._plan_fingerprint
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """Args: features: raw ids of the logical features. Returns: pooled ``(B, sum D)``."""
@@ -309,17 +296,7 @@ def internal_table_configs(module: nn.Module) -> list[EmbeddingBagConfig]:
 
 
 def _check_remap_on_load(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
-    key = f"{prefix}remap.mapping"
-    if key not in state_dict:
-        return  # strict loading reports the missing key itself
-    incoming, mine = state_dict[key], module.remap.mapping
-    if incoming.shape != mine.shape or not torch.equal(incoming.cpu().long(), mine.cpu().long()):
-        raise ValueError(
-            f"{key}: the checkpoint's hash mapping differs from this module's plan "
-            f"(checkpoint {tuple(incoming.shape)}, module {tuple(mine.shape)}); it was trained with "
-            "another hash plan"
-        )
-    state_dict[key] = incoming.to(mine.dtype)  # a checkpoint may hold another int width
+    check_remap_state(module.remap, state_dict, f"{prefix}remap.")
 
 
 def apply_hash_plan(

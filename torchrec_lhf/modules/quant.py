@@ -7,8 +7,6 @@ learned-hash module needs its own entry: :func:`quantize_learned_hash` passes it
 # NOTE: no ``from __future__ import annotations``: torch.fx copies forward's annotations
 # into the traced code, and TorchScript needs them as types, not strings.
 
-import copy
-
 import torch
 from torch import nn
 from torchrec.inference.modules import quantize_embeddings
@@ -26,6 +24,7 @@ from torchrec.quant.embedding_modules import (
 )
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from torchrec_lhf.modules import logical_view
 from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection
 
 # The options TorchRec's from_float reads from the float module (set by users on it).
@@ -65,22 +64,13 @@ class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
             if hasattr(module, option):
                 setattr(tables, option, getattr(module, option))
         quantized = super().from_float(tables, use_precomputed_fake_quant)
-        quantized.remap = copy.deepcopy(module.remap)
-        quantized.combine = copy.deepcopy(module.combine)
-        quantized._logical_configs = module.logical_configs()
-        quantized._plan_fingerprint = module.plan_fingerprint
+        logical_view.copy_learned_hash_parts(module, quantized)
         return quantized
 
-    @property
-    def plan_fingerprint(self) -> str:
-        return self._plan_fingerprint
-
-    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
-        """The logical table configs (as the float module's)."""
-        return self._logical_configs
-
-    def logical_configs(self) -> list[EmbeddingBagConfig]:
-        return self._logical_configs
+    # the logical tables (as the float module's), bound from logical_view
+    embedding_bag_configs = logical_view.logical_configs
+    logical_configs = logical_view.logical_configs
+    plan_fingerprint = property(logical_view.plan_fingerprint)
 
     def internal_embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
         """The quantized compressed tables' configs (TorchRec's, with their data types)."""

@@ -7,10 +7,14 @@ Legend:
     V   ids in the input batch;  P ids in the remapped batch (V * H for uniform H)
     C   columns of a KeyedTensor (sum of embedding dims)
 
-All mappings of a module live in one flat buffer; each internal feature owns an offset
-into it. As in the paper, the bit width of its values is set by the largest compressed
-table: int16 when every internal height fits in 2**15 rows, int32 otherwise. The remap of a batch is a handful of vectorized ops and one gather,
-whatever the number of features.
+All dense mappings of a module live in one flat buffer; each internal feature owns an
+offset into it. As in the paper, the bit width of its values is set by the largest
+compressed table: int16 when every internal height fits in 2**15 rows, int32 otherwise.
+The heads of all compact (head/tail) mappings live in one sorted key buffer (``key offset
++ id``: int32 when the compact tables have at most 2**31 ids in all) and one row buffer,
+beside each internal feature's tail hash (``tail_seed_J``, ``tail_offset_J``,
+``tail_rows_J``). The remap of a batch is a handful of vectorized ops, one gather and (with
+compact mappings) one binary search, whatever the number of features.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torchrec_lhf.modules.remap_ops import (
     needs_length_per_key,
     remap_values,
 )
+from torchrec_lhf.plan_compact import CompactMapping
 
 OUT_OF_RANGE_POLICIES = ("error", "modulo")
 MAPPING_DTYPES = (torch.int16, torch.int32)
@@ -92,6 +97,7 @@ def remap_features(
     height_J: torch.Tensor,
     modulo: bool,
     has_identity: bool,
+    compact: list[torch.Tensor],
 ) -> KeyedJaggedTensor:
     """:func:`~torchrec_lhf.modules.remap_ops.remap_values` of a KeyedJaggedTensor.
 
@@ -122,6 +128,7 @@ def remap_features(
         height_J,
         modulo,
         has_identity,
+        compact,
     )
     return KeyedJaggedTensor(
         keys=feature_names,
@@ -140,14 +147,56 @@ class InternalFeature:
     Args:
         name: the internal feature name (``f`` or ``f__h{h}``).
         source: the logical feature name.
-        offset: start of its mapping in the flat buffer, or ``IDENTITY`` (-1).
+        offset: start of its mapping in the flat buffer, or ``IDENTITY`` (-1); for a
+            compact mapping, its key offset (its head's keys are ``offset + id``).
         num_embeddings: the logical height ``N`` (valid raw ids are ``[0, N)``).
+        tail: ``(seed, offset, rows)`` of the tail hash of a compact mapping, else None.
     """
 
     name: str
     source: str
     offset: int
     num_embeddings: int
+    tail: tuple[int, int, int] | None = None
+
+
+class MappingPacker:
+    """Packs a module's hash functions into :class:`FeatureRemap`'s buffers.
+
+    Call :meth:`add` per hash function, in order, then :meth:`buffers`.
+    """
+
+    def __init__(self) -> None:
+        self._dense: list[torch.Tensor] = []
+        self._heads: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._dense_ids = self._compact_ids = 0
+        self._dense_height = self._compact_height = 1
+
+    def add(
+        self, mapping: torch.Tensor | CompactMapping, num_embeddings: int, height: int
+    ) -> tuple[int, tuple[int, int, int] | None]:
+        """Returns ``(offset, tail)`` for the :class:`InternalFeature` s it feeds."""
+        if isinstance(mapping, CompactMapping):
+            offset, self._compact_ids = self._compact_ids, self._compact_ids + num_embeddings
+            self._heads.append((offset + mapping.head_ids, mapping.head_rows))
+            self._compact_height = max(self._compact_height, height)
+            return offset, (mapping.tail_seed, mapping.tail_offset, mapping.tail_rows)
+        offset, self._dense_ids = self._dense_ids, self._dense_ids + num_embeddings
+        self._dense.append(mapping)
+        self._dense_height = max(self._dense_height, height)
+        return offset, None
+
+    def buffers(self) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """``(mapping, compact)``: the flat dense mapping and, if any compact mapping was
+        added, its ``(head_keys, head_rows)`` (as :class:`FeatureRemap` takes them)."""
+        dense = torch.cat(self._dense) if self._dense else torch.zeros(0, dtype=torch.int32)
+        dense = dense.to(mapping_dtype(self._dense_height))
+        if self._compact_ids == 0:
+            return dense, None
+        key_dtype = torch.int32 if self._compact_ids <= 2**31 else torch.long
+        keys = torch.cat([k for k, _ in self._heads]).to(key_dtype)
+        rows = torch.cat([r.int() for _, r in self._heads])
+        return dense, (keys, rows.to(mapping_dtype(self._compact_height)))
 
 
 class FeatureRemap(nn.Module):
@@ -155,7 +204,10 @@ class FeatureRemap(nn.Module):
 
     Args:
         features: the internal features, in the order the internal tables expect them.
-        mapping: flat int16 or int32 buffer, shape ``(sum_t N_t * H_t,)``.
+        mapping: flat int16 or int32 buffer of the dense hash functions, shape
+            ``(sum N_t * H_t,)`` over them.
+        compact: ``(head_keys_K, head_rows_K)`` of the compact hash functions (see
+            :class:`MappingPacker`), or None when there are none.
         out_of_range: ``"error"`` (ValueError naming feature, id and N on CPU; a
             device-side assert on CUDA, where reading the ids would stall the GPU) or
             ``"modulo"`` (fold raw ids into ``[0, N)`` first, negatives included).
@@ -177,6 +229,7 @@ class FeatureRemap(nn.Module):
         features: list[InternalFeature],
         mapping: torch.Tensor,
         *,
+        compact: tuple[torch.Tensor, torch.Tensor] | None = None,
         out_of_range: str = "error",
     ) -> None:
         super().__init__()
@@ -193,19 +246,30 @@ class FeatureRemap(nn.Module):
         self.feature_names = [f.name for f in self.features]
         self.sources = [f.source for f in self.features]
         self.has_identity = any(f.offset == IDENTITY for f in self.features)
+        self.has_compact = compact is not None
         self.register_buffer("mapping", mapping, persistent=True)
         # int32 offsets halve the remap's memory traffic on CPU (see remap_ops._map_ids)
-        offset_dtype = torch.int32 if mapping.numel() < 2**31 else torch.long
-        for name, column, dtype in (
-            ("offset_J", [f.offset for f in self.features], offset_dtype),
-            ("height_J", [f.num_embeddings for f in self.features], torch.long),
+        ends = [f.offset + f.num_embeddings for f in self.features]
+        offset_dtype = torch.int32 if max([mapping.numel(), *ends]) < 2**31 else torch.long
+        tails = [f.tail or (0, 0, 1) for f in self.features]  # a harmless hash when dense
+        head_keys, head_rows = compact or (torch.zeros(0, dtype=torch.int32),) * 2
+        for name, column, persistent in (
+            ("offset_J", torch.tensor([f.offset for f in features], dtype=offset_dtype), False),
+            ("height_J", torch.tensor([f.num_embeddings for f in features]), False),
+            ("compact_J", torch.tensor([f.tail is not None for f in features]), False),
+            # the compact mappings are state (persistent) only where there are any, so
+            # that a dense module's state dict stays as it was
+            ("head_keys", head_keys, self.has_compact),
+            ("head_rows", head_rows, self.has_compact),
+            ("tail_seed_J", torch.tensor([t[0] for t in tails]), self.has_compact),
+            ("tail_offset_J", torch.tensor([t[1] for t in tails]), self.has_compact),
+            ("tail_rows_J", torch.tensor([t[2] for t in tails]), self.has_compact),
         ):
-            self.register_buffer(
-                name, torch.tensor(column, dtype=dtype, device=mapping.device), persistent=False
-            )
+            self.register_buffer(name, column.to(mapping.device), persistent=persistent)
 
     def remap_bytes(self) -> int:
-        return self.mapping.numel() * self.mapping.element_size()
+        """Bytes of the remap's state (the buffers in its state dict)."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """Remap ``features`` (raw ids) to the internal features (internal rows).
@@ -229,7 +293,43 @@ class FeatureRemap(nn.Module):
             self.height_J,
             self.out_of_range == "modulo",
             self.has_identity,
+            [
+                self.head_keys,
+                self.head_rows,
+                self.tail_seed_J,
+                self.tail_offset_J,
+                self.tail_rows_J,
+                self.compact_J,
+            ]
+            if self.has_compact
+            else [],
         )
+
+
+def check_remap_state(remap: FeatureRemap, state_dict: dict, prefix: str) -> None:
+    """Reject a checkpoint whose remap state (the hash plan) differs from ``remap``'s.
+
+    Call it from a load-state-dict pre-hook; ``prefix`` is the remap's (``...remap.``).
+    Matching entries are cast to ``remap``'s dtypes (a checkpoint may hold another width).
+
+    Raises:
+        ValueError: naming the first differing key; the checkpoint was trained with
+            another hash plan.
+    """
+    for name, mine in remap.state_dict().items():
+        key = f"{prefix}{name}"
+        if key not in state_dict:
+            continue  # strict loading reports the missing key itself
+        incoming = state_dict[key]
+        if incoming.shape != mine.shape or not torch.equal(
+            incoming.cpu().long(), mine.cpu().long()
+        ):
+            raise ValueError(
+                f"{key}: the checkpoint's hash mapping differs from this module's plan "
+                f"(checkpoint {tuple(incoming.shape)}, module {tuple(mine.shape)}); it was "
+                "trained with another hash plan"
+            )
+        state_dict[key] = incoming.to(mine.dtype)
 
 
 class KeyedTensorCombine(nn.Module):

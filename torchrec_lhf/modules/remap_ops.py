@@ -27,16 +27,26 @@ TorchRec's ``EmbeddingBagCollection.forward`` (``to_dict``) and sharded ``input_
 (``split``) make on every batch anyway. The output carries them on, so TorchRec does not
 read again and a step reads no more than with a plain EBC.
 
+Compact (head/tail) hash functions are looked up in the same pass: one binary search of
+the batch's keys (``key offset + id``) in one sorted key buffer of every compact internal
+feature's head, and one seeded tail hash with the seed, offset and rows of each id's
+feature (see :class:`~torchrec_lhf.plan_compact.CompactMapping`). The search and the hash
+run over every id of the batch (no selection of ids, whose count the host would read); a
+module with dense and compact features computes both lookups and picks per id.
+
 Legend:
     F   keys of the input KeyedJaggedTensor;  J internal features
     B   batch size (stride)
     V   ids in the input batch;  P ids in the remapped batch
     C   columns of a KeyedTensor's values
+    K   head ids of all compact internal features
 """
 
 import functools
 
 import torch
+
+from torchrec_lhf.hashing import seed_keys, tail_hash_keyed
 
 # NOTE: no ``from __future__ import annotations``: TorchScript reads these functions'
 # annotations as types. The functions spell out their constants: TorchScript reads no
@@ -120,6 +130,7 @@ def remap_values(
     height_J: torch.Tensor,
     modulo: bool,
     has_identity: bool,
+    compact: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[int] | None]:
     """Raw ids of the logical features -> rows of the internal tables.
 
@@ -131,12 +142,17 @@ def remap_values(
         length_per_key: the input's ids per key if known on the host (required when
             :func:`needs_length_per_key`), else None.
         sources: the logical feature of each internal feature (``J``).
-        mapping: the flat int16/int32 mapping buffer.
+        mapping: the flat int16/int32 mapping buffer of the dense hash functions.
         offset_J: start of each internal feature's mapping (``IDENTITY`` if its table is
-            uncompressed), shape ``(J,)``; int32 when the mapping has under 2**31 entries.
+            uncompressed; its key offset if compact), shape ``(J,)``; int32 when both
+            fit in 2**31.
         height_J: int64 logical height ``N`` of each internal feature, shape ``(J,)``.
         modulo: fold ids into ``[0, N)`` first; otherwise out-of-range ids fail.
         has_identity: some internal feature is uncompressed (offset ``IDENTITY``).
+        compact: empty or None without compact hash functions, else ``[head_keys_K,
+            head_rows_K, tail_seed_J, tail_offset_J, tail_rows_J, compact_J]``: the sorted
+            keys (int32 or int64) and int16/int32 rows of all heads, the int64 tail hash of
+            each internal feature, and which internal features are compact (bool).
 
     Returns:
         ``(rows_P, lengths_JB, weights_P, length_per_key_J)`` of the internal features,
@@ -146,6 +162,8 @@ def remap_values(
         ValueError: a missing source feature, no ``length_per_key`` where it is needed, or
             (eager, CPU, not ``modulo``) an id outside ``[0, N)``, naming feature, id, ``N``.
     """
+    # NOTE: one function, not a chain of helpers: TorchScript compiles it as the serving
+    # model's remap, and the steps share many tensors; it is mostly the docstring above.
     src_J, src, identity, multiplicity = _layout(keys, sources, values_V.device)
     num_keys = len(keys)
     stride = lengths.numel() // num_keys if num_keys > 0 else 0
@@ -176,10 +194,13 @@ def remap_values(
         ids_P = values_V[pos_P]
         weights_V = None if weights_V is None else weights_V[pos_P]
         out_lengths = lengths.view(num_keys, stride)[src_J].reshape(-1)
+    tables = [] if compact is None else compact
     if modulo or torch.jit.is_scripting():
-        rows_P = _map_ids(ids_P, j_P, mapping, offset_J, height_J, modulo, has_identity)
+        rows_P = _map_ids(ids_P, j_P, mapping, offset_J, height_J, modulo, has_identity, tables)
     else:
-        rows_P = _map_ids_or_raise(ids_P, j_P, mapping, offset_J, height_J, has_identity, sources)
+        rows_P = _map_ids_or_raise(
+            ids_P, j_P, mapping, offset_J, height_J, has_identity, sources, tables
+        )
     return rows_P, out_lengths, weights_V, length_per_key
 
 
@@ -191,8 +212,10 @@ def _map_ids(
     height_J: torch.Tensor,
     modulo: bool,
     has_identity: bool,
+    compact: list[torch.Tensor],
 ) -> torch.Tensor:
-    """``mapping[offset + id]`` for every id (the id itself where uncompressed)."""
+    """``mapping[offset + id]`` for every id (the id itself where uncompressed, the head
+    or tail row where compact)."""
     # NOTE: every line is a pass over the P ids, and on CPU their memory traffic is the
     # cost: hence int32 positions and offsets, and no separate check of negative ids.
     offset_P = offset_J.index_select(0, j_P)
@@ -206,17 +229,55 @@ def _map_ids(
         # the smallest int64, which poisons the whole (failed) batch.
         int64_min = -9223372036854775807 - 1
         height_J = torch.where(ids_P.min() < 0, int64_min, height_J)
-    index_P = ids_P.long() + offset_P
+    key_P = ids_P.long() + offset_P
     identity_P = offset_P == -1 if has_identity else None  # IDENTITY
-    if identity_P is not None:
-        index_P = torch.where(identity_P, 0, index_P)
-    if not modulo:
-        bad_P = ids_P >= height_J.index_select(0, j_P)
-        index_P = torch.where(bad_P, mapping.numel(), index_P)
-    rows_P = torch.gather(mapping, 0, index_P).to(ids_P.dtype)
+    bad_P = None if modulo else ids_P >= height_J.index_select(0, j_P)
+    rows_P = ids_P
+    if len(compact) == 0 or mapping.numel() > 0:  # dense features
+        index_P = key_P
+        if len(compact) > 0:  # mixed: the compact features' keys are no mapping index
+            index_P = torch.where(compact[5].index_select(0, j_P), 0, index_P)
+        if identity_P is not None:
+            index_P = torch.where(identity_P, 0, index_P)
+        if bad_P is not None:
+            index_P = torch.where(bad_P, mapping.numel(), index_P)
+        rows_P = torch.gather(mapping, 0, index_P).to(ids_P.dtype)
+    if len(compact) > 0:
+        compact_rows_P = _compact_rows(ids_P, key_P, j_P, bad_P, compact).to(ids_P.dtype)
+        if mapping.numel() > 0:
+            compact_rows_P = torch.where(compact[5].index_select(0, j_P), compact_rows_P, rows_P)
+        rows_P = compact_rows_P
     if identity_P is not None:
         rows_P = torch.where(identity_P, ids_P, rows_P)
     return rows_P
+
+
+def _compact_rows(
+    ids_P: torch.Tensor,
+    key_P: torch.Tensor,
+    j_P: torch.Tensor,
+    bad_P: torch.Tensor | None,
+    compact: list[torch.Tensor],
+) -> torch.Tensor:
+    """Head row (binary search of ``key``) or tail hash row of every id, as int64."""
+    head_keys_K, head_rows_K, seed_J, tail_offset_J, tail_rows_J = compact[:5]
+    j_tail_P = j_P
+    if bad_P is not None:
+        # NOTE: as the dense gather, an out-of-range id looks up one past the last feature
+        # (an error on CPU, a device-side assert on CUDA) instead of reading a flag
+        j_tail_P = torch.where(bad_P, tail_rows_J.numel(), j_P)
+    rows_P = tail_hash_keyed(
+        ids_P,
+        seed_keys(seed_J).index_select(0, j_P),  # J seeds mixed once, not P
+        tail_rows_J.index_select(0, j_tail_P),
+    ).add_(tail_offset_J.index_select(0, j_P))
+    num_head = head_keys_K.numel()
+    if num_head == 0:
+        return rows_P
+    key_P = key_P.to(head_keys_K.dtype)
+    pos_P = torch.searchsorted(head_keys_K, key_P, out_int32=True).clamp_(max=num_head - 1)
+    hit_P = head_keys_K.index_select(0, pos_P) == key_P
+    return torch.where(hit_P, head_rows_K.index_select(0, pos_P), rows_P)
 
 
 def _map_ids_or_raise(
@@ -227,6 +288,7 @@ def _map_ids_or_raise(
     height_J: torch.Tensor,
     has_identity: bool,
     sources: list[str],
+    compact: list[torch.Tensor],
 ) -> torch.Tensor:
     """:func:`_map_ids` of the ``error`` policy in eager mode, with a descriptive error.
 
@@ -236,8 +298,8 @@ def _map_ids_or_raise(
             CPU, or with ``CUDA_LAUNCH_BLOCKING=1``, to find the id).
     """
     try:
-        return _map_ids(ids_P, j_P, mapping, offset_J, height_J, False, has_identity)
-    except RuntimeError as error:
+        return _map_ids(ids_P, j_P, mapping, offset_J, height_J, False, has_identity, compact)
+    except (RuntimeError, IndexError) as error:  # gather, index_select
         failure = error
     # NOTE: reading values on the host is fine here: the batch has failed already.
     bad_P = (ids_P < 0) | (ids_P >= height_J[j_P.long()])

@@ -1,0 +1,69 @@
+"""Tiny fixtures shared by the module, sharding, inference and checkpoint tests."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torchrec import EmbeddingBagConfig
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.sharding_plan import (
+    ParameterShardingGenerator,
+    construct_module_sharding_plan,
+)
+from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
+
+from torchrec_lhf import HashPlan
+
+
+def three_tables(
+    heights: tuple[int, int, int] = (40, 30, 12), dims: tuple[int, int, int] = (8, 8, 8)
+) -> list[EmbeddingBagConfig]:
+    """Tables ``t0`` (features ``f0``, ``f1``), ``t1`` (``f2``) and ``t2`` (``f3``)."""
+    features = [["f0", "f1"], ["f2"], ["f3"]]
+    return [
+        EmbeddingBagConfig(name=f"t{i}", embedding_dim=d, num_embeddings=n, feature_names=f)
+        for i, (n, d, f) in enumerate(zip(heights, dims, features))
+    ]
+
+
+def two_hash_plan(combine: str) -> HashPlan:
+    """A random plan for :func:`three_tables` (default heights): ``t0`` to 10 rows, ``t1``
+    by two hash functions to 8 and 6 rows (combined by ``combine``), ``t2`` uncompressed."""
+    g = torch.Generator().manual_seed(0)
+    return HashPlan.from_multi_mappings(
+        {
+            "t0": [torch.randint(0, 10, (40,), generator=g)],
+            "t1": [
+                torch.randint(0, 8, (30,), generator=g),
+                torch.randint(0, 6, (30,), generator=g),
+            ],
+        },
+        combine=combine,
+        heights={"t0": [10], "t1": [8, 6]},
+    )
+
+
+def shard_on_cpu(
+    module: torch.nn.Module,
+    sharder: ModuleSharder,
+    per_param_sharding: dict[str, ParameterShardingGenerator],
+    world_size: int,
+) -> DistributedModelParallel:
+    """``module`` wrapped by DMP on CPU over the default process group, its tables placed
+    as ``per_param_sharding`` says (table name, internal for learned-hash tables ->
+    placement such as ``table_wise(rank=0)``)."""
+    module_plan = construct_module_sharding_plan(
+        module,
+        per_param_sharding=per_param_sharding,
+        sharder=sharder,
+        local_size=world_size,
+        world_size=world_size,
+        device_type="cpu",
+    )
+    return DistributedModelParallel(
+        module,
+        env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
+        plan=ShardingPlan({"": module_plan}),
+        sharders=[sharder],
+        device=torch.device("cpu"),
+    )

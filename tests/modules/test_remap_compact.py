@@ -1,0 +1,175 @@
+"""The remap with compact (head/tail) hash functions: equal to the dense remap of the same
+mapping, mixed modules, range policies at extreme ids, trace + script, no host reads,
+state dicts, bytes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.fx import symbolic_trace as torchrec_trace
+
+from tests._compact import compact_of, to_compact
+from tests._fixtures import three_tables, two_hash_plan
+from tests.modules._host_reads import host_reads
+from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
+from torchrec_lhf.distributed.embedding_bag import remap_bytes
+from torchrec_lhf.modules.quant import quantize_learned_hash
+from torchrec_lhf.plan_compact import CompactMapping
+
+# which hash functions are compact: all, none, or some (a mixed module)
+ENCODINGS = {
+    "compact": None,
+    "mixed": [("t0", 0), ("t1", 1)],
+}
+
+
+def _dense_twin(plan: HashPlan) -> HashPlan:
+    """The same mappings, every hash function dense."""
+    return HashPlan(
+        [
+            TableHash(
+                t.name,
+                t.num_embeddings,
+                tuple(t.dense_mapping(h) for h in range(t.num_hashes)),
+                t.heights,
+                t.combine,
+            )
+            for t in plan
+        ]
+    )
+
+
+def _batch(seed: int = 0, *, weighted: bool = False) -> KeyedJaggedTensor:
+    g = torch.Generator().manual_seed(seed)
+    keys, heights = ["f3", "f0", "f2", "f1"], [12, 40, 30, 40]  # not the tables' order
+    lengths = torch.randint(0, 4, (len(keys), 3), generator=g)
+    values = torch.cat(
+        [torch.randint(0, h, (int(lengths[i].sum()),), generator=g) for i, h in enumerate(heights)]
+    )
+    weights = torch.rand(values.shape, generator=g) if weighted else None
+    return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths.flatten(), weights=weights)
+
+
+def _pair(
+    encoding: str, combine: str = "sum", weighted: bool = False, out_of_range: str = "error"
+) -> tuple[LearnedHashEmbeddingBagCollection, LearnedHashEmbeddingBagCollection]:
+    """A module with a compact (or mixed) plan and one with its dense twin, same weights."""
+    plan = to_compact(two_hash_plan(combine), ENCODINGS[encoding])
+    torch.manual_seed(0)
+    kwargs = {"tables": three_tables(), "is_weighted": weighted, "out_of_range": out_of_range}
+    compact = LearnedHashEmbeddingBagCollection(plan=plan, **kwargs)
+    dense = LearnedHashEmbeddingBagCollection(plan=_dense_twin(plan), **kwargs)
+    weights = {k: v for k, v in compact.state_dict().items() if not k.startswith("remap.")}
+    dense.load_state_dict(weights, strict=False)
+    return compact, dense
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize(("combine", "weighted"), [("sum", False), ("concat", True)])
+def test_compact_module_equals_dense_module_of_the_same_mapping(
+    encoding: str, combine: str, weighted: bool
+) -> None:
+    compact, dense = _pair(encoding, combine, weighted)
+    assert compact.remap.has_compact and not dense.remap.has_compact
+    for seed in range(3):
+        kjt = _batch(seed, weighted=weighted)
+        assert torch.equal(compact.remap(kjt).values(), dense.remap(kjt).values())
+        torch.testing.assert_close(compact(kjt).values(), dense(kjt).values(), rtol=0, atol=0)
+
+
+def test_all_compact_module_holds_no_dense_mapping() -> None:
+    compact, dense = _pair("compact")
+    assert compact.remap.mapping.numel() == 0
+    keys = compact.remap.head_keys
+    assert keys.dtype == torch.int32 and bool((keys[1:] > keys[:-1]).all())
+    assert compact.remap.head_rows.dtype == torch.int16
+    # heads: t0 20 ids, t1 15 ids per hash (every other id); tail parameters per feature
+    assert compact.remap.remap_bytes() == (20 + 30) * (4 + 2) + 3 * 5 * 8
+    assert remap_bytes(compact) == compact.remap.remap_bytes()
+    assert remap_bytes(dense) == 2 * (40 + 30 + 30)
+
+
+def test_huge_and_negative_raw_ids_fold_under_modulo() -> None:
+    n = 2**31 - 1  # a logical table of 2**31 - 1 ids stores only its head
+    head = torch.tensor([0, 5, 2**31 - 2])
+    m = CompactMapping(
+        head, torch.tensor([1, 2, 3], dtype=torch.int16), tail_seed=7, tail_offset=4, tail_rows=9
+    )
+    plan = HashPlan([TableHash("big", n, (m,), (13,))])
+    tables = [
+        EmbeddingBagConfig(name="big", embedding_dim=2, num_embeddings=n, feature_names=["f"])
+    ]
+    ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan, out_of_range="modulo")
+    assert ebc.remap.head_keys.dtype == torch.int32
+    raw = torch.tensor([2**63 - 1, -1, -(2**63), 2**31 + 4, 5, 2**31 - 2, 0, 3])
+    kjt = KeyedJaggedTensor(["f"], raw, lengths=torch.ones(8, dtype=torch.long))
+    rows = ebc.remap(kjt).values()
+    assert rows.tolist() == m.rows(torch.remainder(raw, n)).tolist()
+    # -1 folds to n - 1 = 2**31 - 2 (head row 3), 2**31 + 4 to 5 (head row 2)
+    assert rows[[1, 3, 4, 5, 6]].tolist() == [3, 2, 2, 3, 1]
+    assert all(4 <= r < 13 for r in rows[[0, 2, 7]].tolist())  # tail ids
+    match = r"feature 'f': id 9223372036854775807 is out of range \[0, 2147483647\)"
+    with pytest.raises(ValueError, match=match):
+        LearnedHashEmbeddingBagCollection(tables=tables, plan=plan).remap(kjt)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_out_of_range_id_is_named(encoding: str) -> None:
+    compact, _ = _pair(encoding)
+    kjt = _batch(1)
+    values = kjt.values().clone()
+    values[-1] = 40  # an id of f1 (table t0, 40 ids)
+    bad = KeyedJaggedTensor(keys=kjt.keys(), values=values, lengths=kjt.lengths())
+    with pytest.raises(ValueError, match=r"feature 'f1': id 40 is out of range \[0, 40\)"):
+        compact.remap(bad)
+    with pytest.raises(RuntimeError):  # scripted: the poisoned lookup's own error
+        torch.jit.script(torchrec_trace(compact))(bad)
+
+
+@pytest.mark.parametrize("tracer", [torchrec_trace, torch.fx.symbolic_trace])
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_traces_and_scripts_float_and_quantized(tracer, encoding: str) -> None:  # noqa: ANN001
+    compact, _ = _pair(encoding, "concat", weighted=True)
+    kjt = _batch(2, weighted=True)
+    expected = compact(kjt).values()
+    gm = tracer(compact)
+    torch.testing.assert_close(torch.jit.script(gm)(kjt).values(), expected, rtol=0, atol=0)
+    q = quantize_learned_hash(compact.eval(), dtype=torch.qint8)
+    scripted = torch.jit.script(tracer(q))
+    torch.testing.assert_close(scripted(kjt).values(), q(kjt).values(), rtol=0, atol=0)
+    assert any(name.endswith("remap.head_keys") for name, _ in scripted.named_buffers())
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_remap_reads_nothing_on_the_host(encoding: str) -> None:
+    compact, _ = _pair(encoding, "concat")
+    kjt = _batch(0)
+    kjt.length_per_key()  # as TorchRec's own reads leave it
+    with host_reads():
+        compact.remap(kjt)
+
+
+def test_state_dict_round_trip_and_another_plan_rejected() -> None:
+    compact, dense = _pair("mixed")
+    state = compact.state_dict()
+    assert {"remap.mapping", "remap.head_keys", "remap.head_rows", "remap.tail_seed_J"} <= set(
+        state
+    )
+    twin, _ = _pair("mixed")
+    twin.load_state_dict(state)  # same plan: loads
+    kjt = _batch(0)
+    assert torch.equal(twin(kjt).values(), compact(kjt).values())
+    other = to_compact(two_hash_plan("sum"), ENCODINGS["mixed"], every=3)
+    foreign = LearnedHashEmbeddingBagCollection(tables=three_tables(), plan=other)
+    with pytest.raises(ValueError, match=r"remap.head_keys: .* another hash plan"):
+        foreign.load_state_dict(state)
+    with pytest.raises(ValueError, match="another hash plan"):
+        compact.load_state_dict(dense.state_dict())  # the dense twin stores other buffers
+    # a dense module's state dict is as before (no compact keys)
+    assert not any("head" in k or "tail" in k for k in dense.state_dict())
+
+
+def test_compact_of_fixture_is_what_it_says() -> None:
+    m = compact_of(torch.tensor([3, 1, 4, 1, 5]), 6, every=2, seed=2)
+    assert m.head_ids.tolist() == [0, 2, 4] and m.head_rows.tolist() == [3, 4, 5]

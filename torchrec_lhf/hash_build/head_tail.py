@@ -1,0 +1,224 @@
+"""The head and the tail of a table: which ids earn a learned row, and where the others go.
+
+Shapes: ``N`` ids of a table, ``K`` head ids, ``M`` rows of one internal table.
+
+In huge tables most ids are rare, and a teacher trained on the student's data memorizes
+what it saw of them: clustering them by those values groups ids by their training labels.
+So only the **head** (ids the teacher saw at least ``min_count`` times, or the most frequent
+ids covering ``mass`` of the accesses, counted on the training split) is clustered; the
+**tail** is hashed by a seeded hash (:func:`torchrec_lhf.hashing.tail_hash`), into a tail
+region of ``round(tail_fraction * M)`` rows of its own, or into all ``M`` rows
+(``tail_fraction=0``). A head of no more ids than its rows gets a row per id (there is
+nothing to cluster). Only the head needs storing: see the compact encoding of
+:class:`~torchrec_lhf.plan.CompactMapping`.
+
+``HeadTail()`` (no threshold) is the paper's build: every id is clustered.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from torchrec_lhf.hashing import tail_hash
+from torchrec_lhf.plan_compact import CompactMapping, choose_encoding, row_dtype
+
+ENCODINGS = ("auto", "dense", "compact")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadTail:
+    """How a table's ids split into a clustered head and a hashed tail.
+
+    Args:
+        min_count: ids seen at least this often are the head (0: no count threshold).
+        mass: or the most frequent ids that cover this share of the accesses, in ``(0, 1]``.
+        tail_fraction: share of each internal table's rows reserved for the tail, in
+            ``[0, 1)``; 0 hashes the tail into all rows, over the head's.
+        encoding: ``"dense"`` (a row per id), ``"compact"`` (head ids and rows, tail
+            computed) or ``"auto"`` (the smaller of the two).
+    """
+
+    min_count: int = 0
+    mass: float | None = None
+    tail_fraction: float = 0.0
+    encoding: str = "auto"
+
+    def __post_init__(self) -> None:
+        mc = self.min_count
+        if isinstance(mc, bool) or not isinstance(mc, int) or mc < 0:
+            raise ValueError(f"head min_count must be an int >= 0, got {mc!r}")
+        m = self.mass
+        if m is not None and (
+            isinstance(m, bool) or not isinstance(m, int | float) or not 0 < m <= 1
+        ):
+            raise ValueError(f"head mass must be a number in (0, 1], got {m!r}")
+        if mc and m is not None:
+            raise ValueError(f"give one of head min_count ({mc}) and head mass ({m}), not both")
+        tf = self.tail_fraction
+        if isinstance(tf, bool) or not isinstance(tf, int | float) or not 0 <= tf < 1:
+            raise ValueError(f"tail_fraction must be a number in [0, 1), got {tf!r}")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+
+    @property
+    def splits(self) -> bool:
+        """Whether a head is chosen at all (else every id is clustered: the paper)."""
+        return bool(self.min_count) or self.mass is not None
+
+    def head(self, counts_N: torch.Tensor | None, table: str) -> torch.Tensor | None:
+        """The head as bool ``(N,)``, or ``None`` when every id is head.
+
+        Raises:
+            ValueError: a threshold is set but there are no counts.
+        """
+        if not self.splits:
+            return None
+        if counts_N is None:
+            raise ValueError(f"table {table!r}: a head by access counts needs counts, got None")
+        if self.min_count:
+            return counts_N >= self.min_count
+        order_N = torch.argsort(-counts_N.to(torch.float64), stable=True)
+        cum_N = torch.cumsum(counts_N[order_N].to(torch.float64), 0)
+        total = float(cum_N[-1]) if cum_N.numel() else 0.0
+        # the fewest ids whose accesses reach the mass; ids never seen are never head
+        k = int(torch.searchsorted(cum_N, self.mass * total * (1 - 1e-12)).item()) + 1
+        head_N = torch.zeros_like(counts_N, dtype=torch.bool)
+        head_N[order_N[: min(k, counts_N.numel())]] = True
+        return head_N & (counts_N > 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "head_min_count": self.min_count,
+            "head_mass": self.mass,
+            "tail_fraction": self.tail_fraction,
+            "encoding": self.encoding,
+        }
+
+
+def encode_head_tail(
+    mapping_N: torch.Tensor,
+    head_N: torch.Tensor,
+    layout: dict[str, int],
+    height: int,
+    spec: HeadTail,
+    seed: int,
+) -> torch.Tensor | CompactMapping:
+    """The mapping as ``spec.encoding`` says: compact, or the smaller of dense and compact."""
+    head_K = head_N.nonzero().squeeze(1).cpu()
+    tail = (seed, layout["tail_offset"], layout["tail_rows"])
+    if spec.encoding == "compact":
+        rows_K = mapping_N[head_K].to(row_dtype(height))
+        return CompactMapping(
+            head_K, rows_K, tail_seed=tail[0], tail_offset=tail[1], tail_rows=tail[2]
+        )
+    return choose_encoding(mapping_N, head_K, *tail, height)
+
+
+def tail_seed(table: str, h: int) -> int:
+    """The tail hash's seed of hash function ``h`` of a table (stable across runs)."""
+    return zlib.crc32(f"{table}/tail/{h}".encode())
+
+
+def head_tail_mapping(
+    cluster: Callable[..., Any],
+    values_N: torch.Tensor,
+    counts_N: torch.Tensor | None,
+    head_N: torch.Tensor,
+    height: int,
+    *,
+    spec: HeadTail,
+    seed: int,
+    options: dict[str, Any],
+) -> tuple[torch.Tensor, dict[str, int], Any]:
+    """One internal table's mapping: the head clustered (or a row each), the tail hashed.
+
+    Args:
+        cluster: a registered clustering.
+        values_N: the 1-D values of the table's ids, shape ``(N,)``.
+        counts_N: access counts ``(N,)``, or ``None``.
+        head_N: bool ``(N,)``, the head.
+        height: ``M``, the internal table's rows.
+        spec: the head/tail settings.
+        seed: the tail hash's seed.
+        options: passed to the clustering.
+
+    Returns:
+        ``(mapping_N, layout, result)``: int64 rows ``(N,)``; ``layout`` with
+        ``head_rows``, ``tail_offset``, ``tail_rows``; the clustering's result or ``None``.
+    """
+    n = values_N.shape[0]
+    head_K = head_N.nonzero().squeeze(1)
+    num_tail = n - head_K.numel()
+    tail_rows = round(spec.tail_fraction * height) if num_tail else 0
+    if num_tail and spec.tail_fraction:
+        tail_rows = min(max(tail_rows, 1), height - 1) if height > 1 else 1
+    head_rows = height - tail_rows if tail_rows < height else height
+    tail_offset, tail_span = (
+        (head_rows, tail_rows) if tail_rows and tail_rows < height else (0, height)
+    )
+    mapping_N = tail_offset + tail_hash(torch.arange(n, device=values_N.device), seed, tail_span)
+    result = None
+    if head_K.numel() <= head_rows:  # a row per head id, in id order
+        mapping_N[head_K] = torch.arange(head_K.numel(), device=values_N.device)
+    else:
+        counts_K = None if counts_N is None else counts_N[head_K]
+        result = cluster(values_N[head_K], counts_K, head_rows, **options)
+        mapping_N[head_K] = result.cluster_of_id.to(mapping_N.dtype)
+    layout = {"head_rows": head_rows, "tail_offset": tail_offset, "tail_rows": tail_span}
+    return mapping_N, layout, result
+
+
+def cluster_hashes(
+    cluster: Callable[..., Any],
+    values_HN: torch.Tensor,
+    counts_N: torch.Tensor | None,
+    heights: list[int],
+    head_N: torch.Tensor | None,
+    spec: HeadTail,
+    name: str,
+    options: Mapping[str, Any],
+) -> tuple[list[torch.Tensor], list[dict[str, int]], int, int]:
+    """One clustering per hash function: hash ``h`` clusters the ids by ``values_HN[h]``.
+
+    With a head (``head_N``), only the head is clustered and the tail hashed
+    (:func:`~torchrec_lhf.hash_build.head_tail.head_tail_mapping`).
+
+    Returns:
+        ``(mappings, layouts, fallback_merges, steps)``: per hash the mapping (int32 CPU
+        ``(N,)`` into ``[0, heights[h])``, or a :class:`CompactMapping` as ``spec.encoding``
+        says), the head rows and tail region, and the clusterings' fallback merges and
+        steps, summed.
+    """
+    mappings, layouts, fallback_merges, steps = [], [], 0, 0
+    for h, height in enumerate(heights):
+        if head_N is None:
+            result = cluster(values_HN[h], counts_N, height, **options)
+            mapping_N = result.cluster_of_id
+            layout = {"head_rows": height, "tail_offset": 0, "tail_rows": 0}
+        else:
+            mapping_N, layout, result = head_tail_mapping(
+                cluster,
+                values_HN[h],
+                counts_N,
+                head_N,
+                height,
+                spec=spec,
+                seed=tail_seed(name, h),
+                options=dict(options),
+            )
+        mapping_N = mapping_N.to(device="cpu", dtype=torch.int32)
+        if head_N is not None and spec.encoding != "dense":
+            mapping_N = encode_head_tail(
+                mapping_N, head_N, layout, height, spec, tail_seed(name, h)
+            )
+        mappings.append(mapping_N)
+        layouts.append(layout)
+        if result is not None:
+            fallback_merges += result.fallback_merges
+            steps += result.steps
+    return mappings, layouts, fallback_merges, steps

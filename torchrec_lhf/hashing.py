@@ -1,0 +1,111 @@
+"""A seeded hash of raw ids that needs no stored table: the tail of a head/tail hash plan.
+
+Shape legend: ``V`` ids.
+
+:func:`tail_hash` maps int64 raw ids (any value, negatives and ids near ``2**63``
+included) to rows ``[0, rows)`` with the SplitMix64 finalizer (Steele et al., "Fast
+splittable pseudorandom number generators", 2014) keyed by a seed: every output bit
+depends on every input bit, so consecutive ids spread over the rows, and two seeds give
+independent hashes. It is plain int64 torch arithmetic (multiplication wraps modulo
+``2**64``), the same on CPU and CUDA, traceable by ``torch.fx`` and compiled by TorchScript.
+
+Example::
+
+    >>> import torch
+    >>> rows = tail_hash(torch.arange(6), seed=7, rows=4)
+    >>> rows.tolist() == tail_hash(torch.arange(6), seed=7, rows=4).tolist()
+    True
+    >>> bool(((rows >= 0) & (rows < 4)).all())
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+
+# NOTE: SplitMix64's constants are written inline as signed int64 literals (the same bits
+# as the usual unsigned 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB):
+# TorchScript cannot read module-level ints.
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical (unsigned) right shift of int64 values: ``>>`` on int64 is arithmetic."""
+    return (x >> bits).bitwise_and_((1 << (64 - bits)) - 1)
+
+
+def mix64(ids_V: torch.Tensor, seed: int) -> torch.Tensor:
+    """SplitMix64 of ``ids + (seed + 1) * golden``: int64 ``(V,)`` with uniform bits.
+
+    Args:
+        ids_V: integer ids, shape ``(V,)`` (converted to int64).
+        seed: any int in ``[0, 2**62)``.
+
+    Returns:
+        int64 tensor of shape ``(V,)`` (negative values are the high-bit-set half).
+    """
+    x = ids_V.to(torch.int64)
+    # NOTE: the product is taken in int64 tensors, which wrap modulo 2**64 (Python ints do not)
+    return _finalize_(x + torch.full_like(x, seed + 1) * -7046029254386353131)
+
+
+def _finalize_(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finalizer of int64 values (wrapping multiplications), in place on ``x``.
+
+    NOTE: in place because each op is a pass over the batch's ids, and on CPU a fresh
+    tensor of a large batch costs page faults on top of the pass.
+    """
+    x.bitwise_xor_(_shift_right(x, 30)).mul_(-4658895280553007687)
+    x.bitwise_xor_(_shift_right(x, 27)).mul_(-7723592293110705685)
+    return x.bitwise_xor_(_shift_right(x, 31))
+
+
+def _top62(x: torch.Tensor) -> torch.Tensor:
+    # NOTE: the top 62 bits, taken as a non-negative int64, need no sign fix-up before
+    # ``%``, and the modulo bias is below 2**-31 for any rows < 2**31.
+    return (x >> 2).bitwise_and_((1 << 62) - 1)
+
+
+def tail_hash(ids_V: torch.Tensor, seed: int, rows: int) -> torch.Tensor:
+    """Rows ``[0, rows)`` of raw ids by a seeded SplitMix64 hash.
+
+    Args:
+        ids_V: integer ids, shape ``(V,)``.
+        seed: the hash's seed (stored in the plan), in ``[0, 2**62)``.
+        rows: how many rows, ``>= 1``.
+
+    Returns:
+        int64 rows of shape ``(V,)``.
+    """
+    return _top62(mix64(ids_V, seed)).remainder_(rows)
+
+
+def seed_keys(seeds: torch.Tensor) -> torch.Tensor:
+    """What each seed adds to an id before the finalizer, ``(seed + 1) * golden`` (int64,
+    wrapping): computed once per seed for :func:`tail_hash_keyed`."""
+    return (seeds.to(torch.int64) + 1) * -7046029254386353131
+
+
+def tail_hash_keyed(
+    ids_V: torch.Tensor, keys_V: torch.Tensor, rows_V: torch.Tensor
+) -> torch.Tensor:
+    """:func:`tail_hash_seeded` with the seeds given as their :func:`seed_keys`."""
+    return _top62(_finalize_(ids_V.to(torch.int64) + keys_V)).remainder_(rows_V)
+
+
+def tail_hash_seeded(
+    ids_V: torch.Tensor, seeds_V: torch.Tensor, rows_V: torch.Tensor
+) -> torch.Tensor:
+    """:func:`tail_hash` with a seed and a row count per id (one call for many tables).
+
+    ``tail_hash_seeded(ids, full(s), full(r)) == tail_hash(ids, s, r)``: the remap hashes
+    the tails of every compact internal feature of a batch at once.
+
+    Args:
+        ids_V: integer ids, shape ``(V,)``.
+        seeds_V: int64 seeds in ``[0, 2**62)``, shape ``(V,)``.
+        rows_V: int64 row counts ``>= 1``, shape ``(V,)``.
+
+    Returns:
+        int64 rows of shape ``(V,)``, each in ``[0, rows_V[i])``.
+    """
+    return tail_hash_keyed(ids_V, seed_keys(seeds_V), rows_V)

@@ -1,0 +1,57 @@
+"""The logical view shared by the learned-hash collections and their twins.
+
+:class:`~torchrec_lhf.modules.embedding_bag.LearnedHashEmbeddingBagCollection`, its
+quantized twin (:mod:`torchrec_lhf.modules.quant`) and the sharded ones
+(:mod:`torchrec_lhf.distributed.embedding_bag`,
+:mod:`torchrec_lhf.distributed.quant_embedding_bag`) answer ``embedding_bag_configs()``
+with the logical tables and carry the same remap, combine and plan fingerprint. The twins
+take those parts with :func:`copy_learned_hash_parts`, and every class binds
+:func:`logical_configs` and :func:`plan_fingerprint` as its methods.
+
+NOTE: bound, not inherited: each class already sits one level under its own TorchRec base
+(matched by exact type), and a mixin would add a second level. The functions' first
+argument is named ``self`` so that TorchScript compiles them as the methods they are.
+"""
+
+# NOTE: no ``from __future__ import annotations``: TorchScript reads the methods'
+# annotations as types, not strings.
+
+import copy
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+
+
+def logical_configs(self) -> list[EmbeddingBagConfig]:
+    """The logical table configs, as given (heights ``N``, dims ``D``)."""
+    return self._logical_configs
+
+
+def plan_fingerprint(self) -> str:
+    """:meth:`HashPlan.fingerprint` of the plan this module was built with."""
+    return self._plan_fingerprint
+
+
+def remap_device(device: torch.device | None) -> torch.device:
+    """Where the remap of tables on ``device`` lives: CPU when that is ``meta`` or None."""
+    return device if device is not None and device.type != "meta" else torch.device("cpu")
+
+
+def copy_learned_hash_parts(
+    source: nn.Module, target: nn.Module, *, device: torch.device | None = None
+) -> None:
+    """Give ``target`` (a quantized or sharded twin) the learned-hash parts of ``source``.
+
+    Args:
+        source: a learned-hash collection (float or quantized).
+        target: its twin; gets copies of ``source``'s ``remap`` and ``combine`` and its
+            logical configs and plan fingerprint (as :func:`logical_configs` and
+            :func:`plan_fingerprint` read them).
+        device: where the copied remap and combine go; None keeps them where they are.
+    """
+    remap, combine = copy.deepcopy(source.remap), copy.deepcopy(source.combine)
+    target.remap = remap if device is None else remap.to(device)
+    target.combine = combine if device is None or combine is None else combine.to(device)
+    target._logical_configs = source.logical_configs()
+    target._plan_fingerprint = source.plan_fingerprint
