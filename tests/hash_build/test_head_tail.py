@@ -1,0 +1,85 @@
+"""Head/tail splits by hand: which ids are the head, and the rows each part gets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torchrec_lhf.clustering import get_clustering
+from torchrec_lhf.hash_build.head_tail import HeadTail, head_tail_mapping, tail_seed
+from torchrec_lhf.hashing import tail_hash
+from torchrec_lhf.plan_compact import CompactMapping
+
+COUNTS = torch.tensor([50.0, 0, 30, 1, 15, 4])  # accesses 100: ids 0, 2, 4 carry 95%
+
+
+def test_head_by_count_and_by_mass() -> None:
+    assert HeadTail().head(COUNTS, "t") is None  # the paper: every id is head
+    assert HeadTail(min_count=10).head(COUNTS, "t").tolist() == [1, 0, 1, 0, 1, 0]
+    # the fewest most frequent ids reaching the mass: 50 (0.5), +30 (0.8), +15 (0.95)
+    assert HeadTail(mass=0.8).head(COUNTS, "t").tolist() == [1, 0, 1, 0, 0, 0]
+    assert HeadTail(mass=0.81).head(COUNTS, "t").tolist() == [1, 0, 1, 0, 1, 0]
+    assert HeadTail(mass=1.0).head(COUNTS, "t").tolist() == [1, 0, 1, 1, 1, 1]  # never id 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"min_count": -1}, "min_count must be an int >= 0, got -1"),
+        ({"mass": 0}, r"mass must be a number in \(0, 1\], got 0"),
+        ({"min_count": 2, "mass": 0.5}, "give one of head min_count"),
+        ({"tail_fraction": 1.0}, r"tail_fraction must be a number in \[0, 1\), got 1.0"),
+        ({"encoding": "zip"}, "encoding must be one of"),
+    ],
+)
+def test_bad_settings_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HeadTail(**kwargs)
+
+
+def _mapping(head: list[int], height: int, tail_fraction: float, n: int = 40):
+    head_N = torch.zeros(n, dtype=torch.bool)
+    head_N[head] = True
+    spec = HeadTail(min_count=1, tail_fraction=tail_fraction)
+    values_N = torch.arange(n, dtype=torch.float32)
+    return head_N, *head_tail_mapping(
+        get_clustering("agglomerative"), values_N, None, head_N, height,
+        spec=spec, seed=tail_seed("t", 0), options={},
+    )  # fmt: skip
+
+
+def test_a_small_head_keeps_a_row_each_and_leaves_the_rest_to_the_tail() -> None:
+    head_N, mapping_N, layout, result = _mapping([3, 7], height=10, tail_fraction=0.5)
+    assert result is None  # nothing to cluster
+    assert layout == {"head_rows": 2, "tail_offset": 2, "tail_rows": 8}
+    assert mapping_N[[3, 7]].tolist() == [0, 1]
+    tail = (~head_N).nonzero().squeeze(1)
+    assert torch.equal(mapping_N[tail], 2 + tail_hash(tail, tail_seed("t", 0), 8))
+
+
+def test_a_large_head_is_clustered_into_its_region() -> None:
+    head_N, mapping_N, layout, result = _mapping(list(range(20)), height=10, tail_fraction=0.7)
+    assert layout == {"head_rows": 3, "tail_offset": 3, "tail_rows": 7}
+    assert result is not None and sorted(set(mapping_N[:20].tolist())) == [0, 1, 2]
+    assert bool((mapping_N[20:] >= 3).all())
+    # tail_fraction 0: the tail is hashed over all rows, the head's included
+    _, shared_N, shared, _ = _mapping(list(range(20)), height=10, tail_fraction=0.0)
+    assert shared == {"head_rows": 10, "tail_offset": 0, "tail_rows": 10}
+    assert torch.equal(shared_N[20:], tail_hash(torch.arange(20, 40), tail_seed("t", 0), 10))
+
+
+def test_the_build_stores_the_smaller_encoding() -> None:
+    from torchrec_lhf.hash_build import build_table_hash
+
+    emb = torch.randn(1000, 2)
+    counts = torch.zeros(1000)
+    counts[:50] = 20  # 50 head ids: 6 bytes each beat 2 bytes for each of 1,000 ids
+    spec = HeadTail(min_count=10, tail_fraction=0.5)
+    table, _ = build_table_hash("t", emb, counts, rows=100, projection="dim:0", head_tail=spec)
+    (m,) = table.mappings
+    assert isinstance(m, CompactMapping) and m.head_ids.tolist() == list(range(50))
+    dense, _ = build_table_hash(
+        "t", emb, counts, rows=100, projection="dim:0",
+        head_tail=HeadTail(min_count=10, tail_fraction=0.5, encoding="dense"),
+    )  # fmt: skip
+    assert torch.equal(dense.mappings[0], table.dense_mapping(0))
