@@ -48,13 +48,15 @@ def _mapping(head: list[int], height: int, tail_fraction: float, n: int = 40):
     )  # fmt: skip
 
 
-def test_a_small_head_keeps_a_row_each_and_leaves_the_rest_to_the_tail() -> None:
+def test_a_small_head_keeps_a_row_each_in_its_region() -> None:
+    # NOTE: the head's unused rows stay unused: handing them to the tail measured worse at
+    # 10% of the rows (docs/RESULTS.md, "The rare-id regime")
     head_N, mapping_N, layout, result = _mapping([3, 7], height=10, tail_fraction=0.5)
     assert result is None  # nothing to cluster
-    assert layout == {"head_rows": 2, "tail_offset": 2, "tail_rows": 8}
+    assert layout == {"head_rows": 5, "tail_offset": 5, "tail_rows": 5}
     assert mapping_N[[3, 7]].tolist() == [0, 1]
     tail = (~head_N).nonzero().squeeze(1)
-    assert torch.equal(mapping_N[tail], 2 + tail_hash(tail, tail_seed("t", 0), 8))
+    assert torch.equal(mapping_N[tail], 5 + tail_hash(tail, tail_seed("t", 0), 5))
 
 
 def test_a_large_head_is_clustered_into_its_region() -> None:

@@ -9,7 +9,7 @@ ids covering ``mass`` of the accesses, counted on the training split) is cluster
 **tail** is hashed by a seeded hash (:func:`torchrec_lhf.hashing.tail_hash`), into a tail
 region of ``round(tail_fraction * M)`` rows of its own, or into all ``M`` rows
 (``tail_fraction=0``). A head of no more ids than its rows gets a row per id (there is
-nothing to cluster), and with a tail region the rows it does not need go to the tail. Only the head needs storing: see the compact encoding of
+nothing to cluster). Only the head needs storing: see the compact encoding of
 :class:`~torchrec_lhf.plan.CompactMapping`.
 
 ``HeadTail()`` (no threshold) is the paper's build: every id is clustered.
@@ -158,9 +158,6 @@ def head_tail_mapping(
     if num_tail and spec.tail_fraction:
         tail_rows = min(max(tail_rows, 1), height - 1) if height > 1 else 1
     head_rows = height - tail_rows if tail_rows < height else height
-    if tail_rows and head_K.numel() < head_rows:  # the head needs fewer: the tail takes the rest
-        head_rows = max(head_K.numel(), 1)
-        tail_rows = height - head_rows
     tail_offset, tail_span = (
         (head_rows, tail_rows) if tail_rows and tail_rows < height else (0, height)
     )
