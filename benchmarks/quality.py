@@ -33,9 +33,7 @@ skipped when it exists (teachers and plans likewise). Outputs under ``--out``:
 ...}``), ``results.md`` (mean +- std over seeds) and ``results.png`` (AUC against bytes, a
 line per method, like Figure 3 of Ghaemmaghami et al. 2022).
 
-Run::
-
-    python -m benchmarks.quality --dataset movielens-100k --out docs/results/movielens
+Run: ``python -m benchmarks.quality --dataset movielens-100k --out docs/results/movielens``.
 """
 
 from __future__ import annotations
