@@ -233,10 +233,12 @@ def _map_ids(
     identity_P = offset_P == -1 if has_identity else None  # IDENTITY
     bad_P = None if modulo else ids_P >= height_J.index_select(0, j_P)
     rows_P = ids_P
+    mixed = len(compact) > 0 and mapping.numel() > 0
+    compact_P = compact[5].index_select(0, j_P) if mixed else None  # per id: compact?
     if len(compact) == 0 or mapping.numel() > 0:  # dense features
         index_P = key_P
-        if len(compact) > 0:  # mixed: the compact features' keys are no mapping index
-            index_P = torch.where(compact[5].index_select(0, j_P), 0, index_P)
+        if compact_P is not None:  # mixed: the compact features' keys are no mapping index
+            index_P = torch.where(compact_P, 0, index_P)
         if identity_P is not None:
             index_P = torch.where(identity_P, 0, index_P)
         if bad_P is not None:
@@ -244,8 +246,8 @@ def _map_ids(
         rows_P = torch.gather(mapping, 0, index_P).to(ids_P.dtype)
     if len(compact) > 0:
         compact_rows_P = _compact_rows(ids_P, key_P, j_P, bad_P, compact).to(ids_P.dtype)
-        if mapping.numel() > 0:
-            compact_rows_P = torch.where(compact[5].index_select(0, j_P), compact_rows_P, rows_P)
+        if compact_P is not None:
+            compact_rows_P = torch.where(compact_P, compact_rows_P, rows_P)
         rows_P = compact_rows_P
     if identity_P is not None:
         rows_P = torch.where(identity_P, ids_P, rows_P)
