@@ -85,11 +85,21 @@ def seed_keys(seeds: torch.Tensor) -> torch.Tensor:
     return (seeds.to(torch.int64) + 1) * -7046029254386353131
 
 
+def mix_keyed(ids_V: torch.Tensor, keys_V: torch.Tensor) -> torch.Tensor:
+    """:func:`mix64` with the seeds given as their :func:`seed_keys`: int64 ``(V,)``."""
+    return _finalize_(ids_V.to(torch.int64) + keys_V)
+
+
+def rows_of_mix(x_V: torch.Tensor, rows_V: torch.Tensor) -> torch.Tensor:
+    """The tail rows ``[0, rows)`` of mixed hashes ``x_V`` (``x_V`` is left as it is)."""
+    return _top62(x_V).remainder_(rows_V)
+
+
 def tail_hash_keyed(
     ids_V: torch.Tensor, keys_V: torch.Tensor, rows_V: torch.Tensor
 ) -> torch.Tensor:
     """:func:`tail_hash_seeded` with the seeds given as their :func:`seed_keys`."""
-    return _top62(_finalize_(ids_V.to(torch.int64) + keys_V)).remainder_(rows_V)
+    return rows_of_mix(mix_keyed(ids_V, keys_V), rows_V)
 
 
 def tail_hash_seeded(

@@ -4,6 +4,8 @@ state dicts, bytes."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
@@ -14,6 +16,7 @@ from tests._fixtures import three_tables, two_hash_plan
 from tests.modules._host_reads import host_reads
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
 from torchrec_lhf.distributed.embedding_bag import remap_bytes
+from torchrec_lhf.modules import head_table
 from torchrec_lhf.modules.quant import quantize_learned_hash
 from torchrec_lhf.plan_compact import CompactMapping
 
@@ -85,7 +88,10 @@ def test_all_compact_module_holds_no_dense_mapping() -> None:
     assert keys.dtype == torch.int32 and bool((keys[1:] > keys[:-1]).all())
     assert compact.remap.head_rows.dtype == torch.int16
     # heads: t0 20 ids, t1 15 ids per hash (every other id); tail parameters per feature
-    assert compact.remap.remap_bytes() == (20 + 30) * (4 + 2) + 3 * 5 * 8
+    # the state (sorted heads, tail parameters) and the cuckoo table built from it
+    state, slots = (20 + 30) * (4 + 2) + 3 * 5 * 8, int(50 / head_table.LOAD) + 1
+    assert compact.remap.slot_keys.numel() == slots
+    assert compact.remap.remap_bytes() == state + slots * (4 + 2)
     assert remap_bytes(compact) == compact.remap.remap_bytes()
     assert remap_bytes(dense) == 2 * (40 + 30 + 30)
 
@@ -138,7 +144,12 @@ def test_traces_and_scripts_float_and_quantized(tracer, encoding: str) -> None: 
     q = quantize_learned_hash(compact.eval(), dtype=torch.qint8)
     scripted = torch.jit.script(tracer(q))
     torch.testing.assert_close(scripted(kjt).values(), q(kjt).values(), rtol=0, atol=0)
-    assert any(name.endswith("remap.head_keys") for name, _ in scripted.named_buffers())
+    assert any(name.endswith("remap.slot_keys") for name, _ in scripted.named_buffers())
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)  # the cuckoo table travels with the served model
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    torch.testing.assert_close(loaded(kjt).values(), q(kjt).values(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)

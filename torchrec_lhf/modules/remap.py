@@ -11,10 +11,11 @@ All dense mappings of a module live in one flat buffer; each internal feature ow
 offset into it. As in the paper, the bit width of its values is set by the largest
 compressed table: int16 when every internal height fits in 2**15 rows, int32 otherwise.
 The heads of all compact (head/tail) mappings live in one sorted key buffer (``key offset
-+ id``: int32 when the compact tables have at most 2**31 ids in all) and one row buffer,
++ id``: int32 when the compact tables have at most 2**31 ids in all) and one row buffer
+(the state), looked up through a static cuckoo table built from them,
 beside each internal feature's tail hash (``tail_seed_J``, ``tail_offset_J``,
 ``tail_rows_J``). The remap of a batch is a handful of vectorized ops, one gather and (with
-compact mappings) one binary search, whatever the number of features.
+compact mappings) three probes of one hash table, whatever the number of features.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from torchrec_lhf.hashing import mix_keyed, seed_keys
+from torchrec_lhf.modules import head_table
 from torchrec_lhf.modules.remap_ops import (
     IDENTITY,
     combine_plan,
@@ -266,10 +269,30 @@ class FeatureRemap(nn.Module):
             ("tail_rows_J", torch.tensor([t[2] for t in tails]), self.has_compact),
         ):
             self.register_buffer(name, column.to(mapping.device), persistent=persistent)
+        slot_keys, slot_rows = self._head_table()
+        self.register_buffer("slot_keys", slot_keys.to(mapping.device), persistent=False)
+        self.register_buffer("slot_rows", slot_rows.to(mapping.device), persistent=False)
+
+    def _head_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cuckoo table of the heads (:mod:`~torchrec_lhf.modules.head_table`), built
+        from the sorted ``head_keys`` / ``head_rows`` (the state) once, on the host."""
+        keys_K, rows_K = self.head_keys.cpu(), self.head_rows.cpu()
+        if keys_K.numel() == 0:
+            return keys_K, rows_K
+        # each key's feature (the compact feature with the largest key offset <= key) and
+        # its tail seed: the probes come from the same mix as the tail hash
+        compact = {f.offset: f.tail[0] for f in self.features if f.tail is not None}
+        offsets_T = torch.tensor(sorted(compact), dtype=torch.int64)
+        seeds_T = torch.tensor([compact[o] for o in sorted(compact)], dtype=torch.int64)
+        t_K = torch.searchsorted(offsets_T, keys_K.long(), right=True) - 1
+        x_K = mix_keyed(keys_K.long() - offsets_T[t_K], seed_keys(seeds_T)[t_K])
+        return head_table.build(keys_K, rows_K, x_K)
 
     def remap_bytes(self) -> int:
-        """Bytes of the remap's state (the buffers in its state dict)."""
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        """Bytes the remap holds in memory: its state (the buffers in its state dict) and
+        the cuckoo table of the compact heads built from it."""
+        table = self.slot_keys.nbytes + self.slot_rows.nbytes if self.has_compact else 0
+        return table + sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """Remap ``features`` (raw ids) to the internal features (internal rows).
@@ -294,8 +317,8 @@ class FeatureRemap(nn.Module):
             self.out_of_range == "modulo",
             self.has_identity,
             [
-                self.head_keys,
-                self.head_rows,
+                self.slot_keys,
+                self.slot_rows,
                 self.tail_seed_J,
                 self.tail_offset_J,
                 self.tail_rows_J,

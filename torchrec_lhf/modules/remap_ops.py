@@ -27,26 +27,30 @@ TorchRec's ``EmbeddingBagCollection.forward`` (``to_dict``) and sharded ``input_
 (``split``) make on every batch anyway. The output carries them on, so TorchRec does not
 read again and a step reads no more than with a plain EBC.
 
-Compact (head/tail) hash functions are looked up in the same pass: one binary search of
-the batch's keys (``key offset + id``) in one sorted key buffer of every compact internal
-feature's head, and one seeded tail hash with the seed, offset and rows of each id's
-feature (see :class:`~torchrec_lhf.plan_compact.CompactMapping`). The search and the hash
-run over every id of the batch (no selection of ids, whose count the host would read); a
-module with dense and compact features computes both lookups and picks per id.
+Compact (head/tail) hash functions are looked up in the same pass: one SplitMix64 mix of
+every id with its feature's tail seed gives both its tail row (the seeded tail hash, with
+the offset and rows of the id's feature; see
+:class:`~torchrec_lhf.plan_compact.CompactMapping`) and its probes into one static cuckoo
+table of every compact internal feature's head (keys ``key offset + id``;
+:mod:`~torchrec_lhf.modules.head_table`: three independent probes where a binary search
+made ``log2 K`` dependent ones). The probes run over every id of the batch (no selection
+of ids, whose count the host would read); a module with dense and compact features
+computes both lookups and picks per id.
 
 Legend:
     F   keys of the input KeyedJaggedTensor;  J internal features
     B   batch size (stride)
     V   ids in the input batch;  P ids in the remapped batch
     C   columns of a KeyedTensor's values
-    K   head ids of all compact internal features
+    K   head ids of all compact internal features;  S slots of their cuckoo table
 """
 
 import functools
 
 import torch
 
-from torchrec_lhf.hashing import seed_keys, tail_hash_keyed
+from torchrec_lhf.hashing import mix_keyed, rows_of_mix, seed_keys
+from torchrec_lhf.modules import head_table
 
 # NOTE: no ``from __future__ import annotations``: TorchScript reads these functions'
 # annotations as types. The functions spell out their constants: TorchScript reads no
@@ -149,10 +153,11 @@ def remap_values(
         height_J: int64 logical height ``N`` of each internal feature, shape ``(J,)``.
         modulo: fold ids into ``[0, N)`` first; otherwise out-of-range ids fail.
         has_identity: some internal feature is uncompressed (offset ``IDENTITY``).
-        compact: empty or None without compact hash functions, else ``[head_keys_K,
-            head_rows_K, tail_seed_J, tail_offset_J, tail_rows_J, compact_J]``: the sorted
-            keys (int32 or int64) and int16/int32 rows of all heads, the int64 tail hash of
-            each internal feature, and which internal features are compact (bool).
+        compact: empty or None without compact hash functions, else ``[slot_keys_S,
+            slot_rows_S, tail_seed_J, tail_offset_J, tail_rows_J, compact_J]``: the cuckoo
+            table of all heads (keys int32 or int64, ``-1`` empty; rows int16/int32; see
+            :func:`~torchrec_lhf.modules.head_table.build`), the int64 tail hash of each
+            internal feature, and which internal features are compact (bool).
 
     Returns:
         ``(rows_P, lengths_JB, weights_P, length_per_key_J)`` of the internal features,
@@ -261,25 +266,21 @@ def _compact_rows(
     bad_P: torch.Tensor | None,
     compact: list[torch.Tensor],
 ) -> torch.Tensor:
-    """Head row (binary search of ``key``) or tail hash row of every id, as int64."""
-    head_keys_K, head_rows_K, seed_J, tail_offset_J, tail_rows_J = compact[:5]
+    """Head row (a probe of the cuckoo table of ``key``) or tail hash row of every id, as
+    int64."""
+    slot_keys_S, slot_rows_S, seed_J, tail_offset_J, tail_rows_J = compact[:5]
     j_tail_P = j_P
     if bad_P is not None:
         # NOTE: as the dense gather, an out-of-range id looks up one past the last feature
         # (an error on CPU, a device-side assert on CUDA) instead of reading a flag
         j_tail_P = torch.where(bad_P, tail_rows_J.numel(), j_P)
-    rows_P = tail_hash_keyed(
-        ids_P,
-        seed_keys(seed_J).index_select(0, j_P),  # J seeds mixed once, not P
-        tail_rows_J.index_select(0, j_tail_P),
-    ).add_(tail_offset_J.index_select(0, j_P))
-    num_head = head_keys_K.numel()
-    if num_head == 0:
+    x_P = mix_keyed(ids_P, seed_keys(seed_J).index_select(0, j_P))  # J seeds mixed once, not P
+    rows_P = rows_of_mix(x_P, tail_rows_J.index_select(0, j_tail_P))
+    rows_P = rows_P.add_(tail_offset_J.index_select(0, j_P))
+    if slot_keys_S.numel() == 0:
         return rows_P
-    key_P = key_P.to(head_keys_K.dtype)
-    pos_P = torch.searchsorted(head_keys_K, key_P, out_int32=True).clamp_(max=num_head - 1)
-    hit_P = head_keys_K.index_select(0, pos_P) == key_P
-    return torch.where(hit_P, head_rows_K.index_select(0, pos_P), rows_P)
+    # the head: a static cuckoo table probed at slots taken from the same mixed hash
+    return head_table.lookup(key_P.to(slot_keys_S.dtype), x_P, slot_keys_S, slot_rows_S, rows_P)
 
 
 def _map_ids_or_raise(
