@@ -4,14 +4,19 @@ sharded == unsharded quantized, FX-traced and scripted == eager."""
 # NOTE: no ``from __future__ import annotations``: FX copies _Pooled.forward's annotations
 # into its generated code, where TorchScript needs real types.
 
+import dataclasses
+
 import pytest
 import torch
+from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (
+    IntNBitTableBatchedEmbeddingBagsCodegen,
+)
 from torch import nn
 from torchrec import KeyedJaggedTensor
 from torchrec.distributed.types import ParameterSharding, ShardingEnv
 
 from tests._fixtures import three_tables, two_hash_plan
-from torchrec_lhf import LearnedHashEmbeddingBagCollection
+from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
 from torchrec_lhf.distributed.quant_embedding_bag import (
     QuantLearnedHashEmbeddingBagCollectionSharder,
     ShardedQuantLearnedHashEmbeddingBagCollection,
@@ -98,3 +103,60 @@ def test_sharder_offers_the_tested_types_and_internal_tables() -> None:
     row_wise = ParameterSharding(sharding_type="row_wise", compute_kernel="quant", ranks=[0])
     with pytest.raises(ValueError, match="'t0': sharding type 'row_wise' is not supported"):
         sharder.shard(quantized, {"t0": row_wise}, ShardingEnv.from_local(1, 0))
+
+
+def _one_hash_model(*, shared: bool) -> _Pooled:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    plan = HashPlan.from_mappings(
+        {
+            "t0": torch.randint(0, 10, (40,), generator=g),
+            "t1": torch.randint(0, 8, (30,), generator=g),
+        },
+        heights={"t0": 10, "t1": 8},
+    )
+    tables = three_tables(dims=(8, 8, 4))
+    if not shared:
+        tables[0] = dataclasses.replace(tables[0], feature_names=["f0"])
+    ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan)
+    keys = ["f3", "f2", "f1", "f0"] if shared else ["f3", "f2", "f0"]
+    return _Pooled(ebc, keys).eval()
+
+
+def _one_feature_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    values, lengths = _inputs(batch)
+    keep = torch.ones(values.numel(), dtype=torch.bool)
+    start = int(lengths[: 2 * batch].sum())  # drop key f1 (the third of f3, f2, f1, f0)
+    keep[start : start + int(lengths[2 * batch : 3 * batch].sum())] = False
+    return values[keep], torch.cat([lengths[: 2 * batch], lengths[3 * batch :]])
+
+
+def test_one_dense_hash_per_table_remaps_inside_fbgemm() -> None:
+    model = _one_hash_model(shared=False)
+    quantized = quantize_for_inference(model, dtype="int8")  # remaps with its own buffers
+    sharded = shard_for_inference(
+        quantize_for_inference(model, dtype="int8"), _one_feature_inputs(2)
+    )
+    assert sharded.ebc.remap_in_kernel
+    tbes = [m for m in sharded.modules() if isinstance(m, IntNBitTableBatchedEmbeddingBagsCodegen)]
+    remapped = {spec[0] for tbe in tbes for spec in tbe.embedding_specs}
+    assert remapped == {"t0", "t1", "t2"}
+    # t0's 40 and t1's 30 ids have rows; t2 (uncompressed) none
+    assert sum(tbe.index_remappings_array.numel() for tbe in tbes) == 40 + 30
+    scripted = script_for_inference(sharded)
+    for b in (1, 5, 8):
+        batch = _one_feature_inputs(b)
+        expected = quantized(*batch)
+        torch.testing.assert_close(sharded(*batch), expected, atol=0, rtol=0)
+        torch.testing.assert_close(scripted(*batch), expected, atol=0, rtol=0)
+
+
+def test_two_hashes_or_shared_tables_keep_the_remap_outside_the_kernel() -> None:
+    sharded = shard_for_inference(quantize_for_inference(_model("sum")), _inputs(2))
+    assert not sharded.ebc.remap_in_kernel
+    model = _one_hash_model(shared=True)  # t0 read by f0 and f1
+    quantized = quantize_for_inference(model)
+    sharded = shard_for_inference(quantize_for_inference(model), _inputs(2))
+    assert not sharded.ebc.remap_in_kernel
+    batch = _inputs(5)
+    torch.testing.assert_close(sharded(*batch), quantized(*batch), atol=0, rtol=0)

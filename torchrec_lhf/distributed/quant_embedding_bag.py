@@ -18,6 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (
+    IntNBitTableBatchedEmbeddingBagsCodegen,
+)
 from torch import nn
 from torchrec.distributed.fused_params import (
     FUSED_PARAM_QUANT_STATE_DICT_SPLIT_SCALE_BIAS,
@@ -39,6 +42,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 from torchrec_lhf.modules import logical_view
 from torchrec_lhf.modules.embedding_bag import InternalTables
 from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection
+from torchrec_lhf.modules.remap_ops import IDENTITY
 
 # Inference sharding types covered by tests/distributed/test_quant_embedding_bag.py (one
 # CPU rank). NOTE: TorchRec's inference row- and column-wise shardings place shards on
@@ -87,6 +91,7 @@ class ShardedQuantLearnedHashEmbeddingBagCollection(ShardedQuantEmbeddingBagColl
             device=device,
         )
         logical_view.copy_learned_hash_parts(module, self, device=logical_view.remap_device(device))
+        self.remap_in_kernel = _remap_in_kernel(self)
 
     # the logical tables (as the unsharded module's), bound from logical_view
     embedding_bag_configs = logical_view.logical_configs
@@ -98,7 +103,10 @@ class ShardedQuantLearnedHashEmbeddingBagCollection(ShardedQuantEmbeddingBagColl
         return super().embedding_bag_configs()
 
     def input_dist(self, ctx: NullShardedModuleContext, features: KeyedJaggedTensor) -> Any:
-        """Remap raw ids to internal rows, then TorchRec's input_dist."""
+        """Remap raw ids to internal rows, then TorchRec's input_dist (raw ids go straight
+        to FBGEMM where it remaps them itself: see :func:`_remap_in_kernel`)."""
+        if self.remap_in_kernel:
+            return super().input_dist(ctx, features)
         return super().input_dist(ctx, self.remap(features))
 
     def output_dist(
@@ -106,6 +114,52 @@ class ShardedQuantLearnedHashEmbeddingBagCollection(ShardedQuantEmbeddingBagColl
     ) -> KeyedTensor:
         pooled = super().output_dist(ctx, output)
         return pooled if self.combine is None else self.combine(pooled)
+
+
+def _remap_in_kernel(sharded: ShardedQuantLearnedHashEmbeddingBagCollection) -> bool:
+    """Hand the dense remap to FBGEMM's inference kernels where it is one: returns whether.
+
+    FBGEMM's int-n-bit TBE remaps raw ids itself (``pruned_array_lookup``: one fused op over
+    every table, the path TorchRec's pruned tables take), so where every compressed table
+    has one dense hash function (no compact head/tail, no combine) and raw ids must be in
+    range (``out_of_range="error"``), the served model is the plain quantized collection
+    plus that op: no remap ops of ours per batch (tables read by one feature each, as in
+    DLRM; FBGEMM cannot remap shared tables). Each TBE gets, per table, the int32 rows
+    of its ids (None: uncompressed). Out-of-range raw ids then follow FBGEMM's bounds-check
+    mode (the ``bounds_check_mode`` fused parameter; TorchRec's default warns and reads
+    row 0) instead of raising.
+    """
+    remap = sharded.remap
+    if remap.has_compact or sharded.combine is not None or remap.out_of_range != "error":
+        return False
+    features = {f.name: f for f in remap.features}
+    if len({f.source for f in remap.features}) != len(features):
+        return False  # a logical feature feeds several internal ones: the remap splits it
+    table_feature = {
+        c.name: features[c.feature_names[0]]
+        for c in sharded.internal_embedding_bag_configs()
+        if c.feature_names and c.feature_names[0] in features
+    }
+    tbes = [m for m in sharded.modules() if isinstance(m, IntNBitTableBatchedEmbeddingBagsCodegen)]
+    specs = [spec[0] for tbe in tbes for spec in tbe.embedding_specs]
+    if not tbes or set(specs) != set(table_feature) or len(specs) != len(table_feature):
+        return False  # not every table in one of the TBEs found (another layout)
+    if any(tbe.feature_table_map != list(range(len(tbe.embedding_specs))) for tbe in tbes):
+        # NOTE: FBGEMM's pruned_array_lookup segments the ids by feature but its remapping
+        # arrays are per table: tables shared by several features would be misread
+        return False
+    for tbe in tbes:
+        remappings = []
+        for spec in tbe.embedding_specs:
+            f = table_feature[spec[0]]
+            if f.offset == IDENTITY:
+                remappings.append(None)
+            else:
+                mapping = remap.mapping[f.offset : f.offset + f.num_embeddings]
+                remappings.append(mapping.to(torch.int32))
+        if any(m is not None for m in remappings):
+            tbe.set_index_remappings_array(remappings)
+    return True
 
 
 class QuantLearnedHashEmbeddingBagCollectionSharder(QuantEmbeddingBagCollectionSharder):
