@@ -26,11 +26,11 @@ def test_storage_reservation_subtracts_compact_remap() -> None:
     topology = Topology(world_size=2, compute_device="cpu")
     reservation = LearnedHashStorageReservation(FixedPercentageStorageReservation(0.0))
     reserved = reservation.reserve(topology, 8, model, [LearnedHashEmbeddingBagCollectionSharder()])
-    # 100 head ids (int32 keys, int16 rows) and one feature's tail (seed, offset, rows),
-    # and the cuckoo table built from the heads (int32 keys, int16 rows per slot)
-    expected = 100 * (4 + 2) + 3 * 8 + (int(100 / head_table.LOAD) + 1) * (4 + 2)
+    # one feature's tail (seed, offset, rows) and the cuckoo table of its 100 head ids
+    # (int32 keys, int16 rows a slot): what the module holds
+    expected = 3 * 8 + (int(100 / head_table.LOAD) + 1) * (4 + 2)
     assert reservation.reserved_remap_bytes == expected == model["ebc"].remap.remap_bytes()
     assert [d.storage.ddr for d in reserved.devices] == [
         d.storage.ddr - expected for d in topology.devices
     ]
-    assert plan.remap_bytes() == 100 * (4 + 2)  # the plan (the file) stores the heads only
+    assert plan.remap_bytes() == 100 * (4 + 2)  # the plan stores the heads sorted

@@ -4,6 +4,7 @@ state dicts, bytes."""
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -88,10 +89,13 @@ def test_all_compact_module_holds_no_dense_mapping() -> None:
     assert keys.dtype == torch.int32 and bool((keys[1:] > keys[:-1]).all())
     assert compact.remap.head_rows.dtype == torch.int16
     # heads: t0 20 ids, t1 15 ids per hash (every other id); tail parameters per feature
-    # the state (sorted heads, tail parameters) and the cuckoo table built from it
-    state, slots = (20 + 30) * (4 + 2) + 3 * 5 * 8, int(50 / head_table.LOAD) + 1
+    # held in memory: the tail parameters and the heads' cuckoo table (int32 keys, int16
+    # rows a slot); the state dict shows the heads sorted (the plan's form)
+    slots = int(50 / head_table.LOAD) + 1
     assert compact.remap.slot_keys.numel() == slots
-    assert compact.remap.remap_bytes() == state + slots * (4 + 2)
+    assert compact.remap.remap_bytes() == 3 * 5 * 8 + slots * (4 + 2)
+    state = compact.remap.state_dict()
+    assert torch.equal(state["head_keys"], keys) and state["head_rows"].numel() == 50
     assert remap_bytes(compact) == compact.remap.remap_bytes()
     assert remap_bytes(dense) == 2 * (40 + 30 + 30)
 
@@ -184,3 +188,21 @@ def test_state_dict_round_trip_and_another_plan_rejected() -> None:
 def test_compact_of_fixture_is_what_it_says() -> None:
     m = compact_of(torch.tensor([3, 1, 4, 1, 5]), 6, every=2, seed=2)
     assert m.head_ids.tolist() == [0, 2, 4] and m.head_rows.tolist() == [3, 4, 5]
+
+
+def test_remap_state_round_trip_rebuilds_the_head_table() -> None:
+    compact, _ = _pair("compact")
+    remap = compact.remap
+    original = remap.state_dict()
+    kjt = _batch(0)
+    expected = remap(kjt).values()
+    changed = dict(original)
+    changed["head_rows"] = torch.zeros_like(original["head_rows"])  # every head id at row 0
+    other = copy.deepcopy(remap)
+    other.load_state_dict(changed)
+    assert torch.equal(other.head_rows, changed["head_rows"])
+    assert not torch.equal(other(kjt).values(), expected)
+    other.load_state_dict(original)
+    assert torch.equal(other(kjt).values(), expected)
+    with pytest.raises(RuntimeError, match="Missing key.*head_keys"):
+        other.load_state_dict({k: v for k, v in original.items() if k != "head_keys"})

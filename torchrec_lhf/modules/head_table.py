@@ -3,9 +3,10 @@
 Shapes: ``K`` head entries, ``S`` slots (``S >= K``), ``P`` ids looked up.
 
 The heads of the compact (head/tail) hash functions are stored sorted (``head_keys``,
-``head_rows``: the plan's form, and the module's state). Looking ids up in them by binary
-search (``torch.searchsorted``) costs ``log2 K`` dependent, cache-missing reads per id: on
-CPU it was two thirds of a compact remap (6.6 of 10.6 ms for 213K ids, 26 tables). This
+``head_rows``: the plan's form, and what the module's state dict shows). Looking ids up in
+them by binary search (``torch.searchsorted``) costs ``log2 K`` dependent, cache-missing
+reads per id: on CPU it was two thirds of a compact remap (6.6 of 10.6 ms for 213K ids, 26
+tables). The module holds the heads only as this table (``1 / LOAD`` of their size). This
 table replaces the search by ``NUM_CHOICES`` independent probes: entry ``k`` sits in one of
 the slots :func:`slots_of` gives for its mixed hash ``x_k``, and a lookup reads the
 ``NUM_CHOICES`` candidate slots and keeps the one whose key matches.

@@ -21,6 +21,7 @@ compact mappings) three probes of one hash table, whatever the number of feature
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -255,28 +256,49 @@ class FeatureRemap(nn.Module):
         ends = [f.offset + f.num_embeddings for f in self.features]
         offset_dtype = torch.int32 if max([mapping.numel(), *ends]) < 2**31 else torch.long
         tails = [f.tail or (0, 0, 1) for f in self.features]  # a harmless hash when dense
-        head_keys, head_rows = compact or (torch.zeros(0, dtype=torch.int32),) * 2
         for name, column, persistent in (
             ("offset_J", torch.tensor([f.offset for f in features], dtype=offset_dtype), False),
             ("height_J", torch.tensor([f.num_embeddings for f in features]), False),
             ("compact_J", torch.tensor([f.tail is not None for f in features]), False),
             # the compact mappings are state (persistent) only where there are any, so
             # that a dense module's state dict stays as it was
-            ("head_keys", head_keys, self.has_compact),
-            ("head_rows", head_rows, self.has_compact),
             ("tail_seed_J", torch.tensor([t[0] for t in tails]), self.has_compact),
             ("tail_offset_J", torch.tensor([t[1] for t in tails]), self.has_compact),
             ("tail_rows_J", torch.tensor([t[2] for t in tails]), self.has_compact),
         ):
             self.register_buffer(name, column.to(mapping.device), persistent=persistent)
-        slot_keys, slot_rows = self._head_table()
+        # NOTE: the heads are held only as their cuckoo table (the lookup's form, 1/LOAD of
+        # their size); the state dict shows them sorted (``head_keys``, ``head_rows``: the
+        # plan's form), through the two hooks below.
+        head_keys, head_rows = compact or (torch.zeros(0, dtype=torch.int32),) * 2
+        slot_keys, slot_rows = self._head_table(head_keys, head_rows)
         self.register_buffer("slot_keys", slot_keys.to(mapping.device), persistent=False)
         self.register_buffer("slot_rows", slot_rows.to(mapping.device), persistent=False)
+        if self.has_compact:
+            self.register_state_dict_post_hook(_heads_to_state)
+            self.register_load_state_dict_pre_hook(_heads_from_state)
 
-    def _head_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def head_keys(self) -> torch.Tensor:
+        """The compact heads' keys (``key offset + id``), sorted, shape ``(K,)``."""
+        return self._sorted_heads()[0]
+
+    @property
+    def head_rows(self) -> torch.Tensor:
+        """The rows of :attr:`head_keys`, shape ``(K,)``."""
+        return self._sorted_heads()[1]
+
+    def _sorted_heads(self) -> tuple[torch.Tensor, torch.Tensor]:
+        used_S = self.slot_keys >= 0
+        keys_K, order_K = torch.sort(self.slot_keys[used_S])
+        return keys_K, self.slot_rows[used_S][order_K]
+
+    def _head_table(
+        self, keys_K: torch.Tensor, rows_K: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The cuckoo table of the heads (:mod:`~torchrec_lhf.modules.head_table`), built
-        from the sorted ``head_keys`` / ``head_rows`` (the state) once, on the host."""
-        keys_K, rows_K = self.head_keys.cpu(), self.head_rows.cpu()
+        from sorted head keys and rows, on the host."""
+        keys_K, rows_K = keys_K.cpu(), rows_K.cpu()
         if keys_K.numel() == 0:
             return keys_K, rows_K
         # each key's feature (the compact feature with the largest key offset <= key) and
@@ -289,10 +311,13 @@ class FeatureRemap(nn.Module):
         return head_table.build(keys_K, rows_K, x_K)
 
     def remap_bytes(self) -> int:
-        """Bytes the remap holds in memory: its state (the buffers in its state dict) and
-        the cuckoo table of the compact heads built from it."""
+        """Bytes the remap holds in memory: its persistent buffers (the dense mapping, the
+        tail hashes) and the cuckoo table of the compact heads."""
         table = self.slot_keys.nbytes + self.slot_rows.nbytes if self.has_compact else 0
-        return table + sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        held = [
+            t for name, t in self.named_buffers() if name not in self._non_persistent_buffers_set
+        ]
+        return table + sum(t.numel() * t.element_size() for t in held)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """Remap ``features`` (raw ids) to the internal features (internal rows).
@@ -327,6 +352,37 @@ class FeatureRemap(nn.Module):
             if self.has_compact
             else [],
         )
+
+
+def _heads_to_state(module: FeatureRemap, state_dict: dict, prefix: str, metadata: Any) -> None:
+    """State-dict hook: the heads, sorted, as ``head_keys`` / ``head_rows``."""
+    state_dict[f"{prefix}head_keys"], state_dict[f"{prefix}head_rows"] = module._sorted_heads()
+
+
+def _heads_from_state(
+    module: FeatureRemap,
+    state_dict: dict,
+    prefix: str,
+    metadata: Any,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """Load-state-dict pre-hook: rebuild the cuckoo table from the incoming sorted heads
+    (and take them out of ``state_dict``: they are no buffer)."""
+    names = (f"{prefix}head_keys", f"{prefix}head_rows")
+    if not all(n in state_dict for n in names):
+        missing_keys.extend(n for n in names if n not in state_dict)
+        return
+    keys_K, rows_K = (state_dict.pop(n) for n in names)
+    mine_K, my_rows_K = module._sorted_heads()
+    if keys_K.shape == mine_K.shape and torch.equal(keys_K.cpu().long(), mine_K.cpu().long()):
+        if torch.equal(rows_K.cpu().long(), my_rows_K.cpu().long()):
+            return  # the same heads: nothing to rebuild
+    slot_keys, slot_rows = module._head_table(keys_K.to(mine_K.dtype), rows_K.to(my_rows_K.dtype))
+    module.slot_keys = slot_keys.to(module.slot_keys.device)
+    module.slot_rows = slot_rows.to(module.slot_rows.device)
 
 
 def check_remap_state(remap: FeatureRemap, state_dict: dict, prefix: str) -> None:
