@@ -86,6 +86,8 @@ class ShardedLearnedHashEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         )
         logical_view.copy_learned_hash_parts(module, self, device=logical_view.remap_device(device))
         self._internal_configs = module.internal_embedding_bag_configs()
+        if self.combine is not None:  # the sharded output's key order, not the module's
+            self.combine = self.combine.for_input_order(self._embedding_names, self._embedding_dims)
         self.register_load_state_dict_pre_hook(_check_remap_on_load)
 
     # the logical tables (as the unsharded module's), bound from logical_view

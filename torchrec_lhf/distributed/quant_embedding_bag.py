@@ -113,7 +113,13 @@ class ShardedQuantLearnedHashEmbeddingBagCollection(ShardedQuantEmbeddingBagColl
         self, ctx: NullShardedModuleContext, output: list[list[torch.Tensor]]
     ) -> KeyedTensor:
         pooled = super().output_dist(ctx, output)
-        return pooled if self.combine is None else self.combine(pooled)
+        if self.combine is None:
+            return pooled
+        if self.combine.in_keys != self._embedding_names:
+            # NOTE: TorchRec lists the output's keys (grouped by sharding type and rank) on
+            # the first call, which precedes tracing; the combine follows their order
+            self.combine = self.combine.for_input_order(self._embedding_names, self._embedding_dims)
+        return self.combine(pooled)
 
 
 def _remap_in_kernel(sharded: ShardedQuantLearnedHashEmbeddingBagCollection) -> bool:

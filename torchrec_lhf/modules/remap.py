@@ -433,6 +433,7 @@ class KeyedTensorCombine(nn.Module):
     ) -> None:
         super().__init__()
         self.out_keys, self.out_dims = list(out_keys), list(out_dims)
+        self.in_keys, self._sources = list(in_keys), [(list(k), c) for k, c in sources]
         first, passes = combine_plan(in_keys, in_dims, out_dims, sources)
         self.register_buffer("first_C", torch.tensor(first, dtype=torch.long), persistent=False)
         # (multiply, dst buffer, src buffer) of each pass, in order
@@ -443,8 +444,17 @@ class KeyedTensorCombine(nn.Module):
                 self.register_buffer(name, torch.tensor(cols, dtype=torch.long), persistent=False)
             self._passes.append((multiply, *names))
 
+    def for_input_order(self, in_keys: list[str], in_dims: list[int]) -> KeyedTensorCombine:
+        """The same combine for internal embeddings that arrive in another key order (a
+        sharded collection returns them grouped by sharding type and rank)."""
+        if sorted(in_keys) != sorted(self.in_keys):
+            raise ValueError(f"input keys {in_keys} are not a reordering of {self.in_keys}")
+        combine = KeyedTensorCombine(in_keys, in_dims, self.out_keys, self.out_dims, self._sources)
+        return combine.to(self.first_C.device)
+
     def forward(self, kt: KeyedTensor) -> KeyedTensor:
-        """Args: kt: internal KeyedTensor, values ``(B, C_in)``. Returns: values ``(B, C_out)``."""
+        """Args: kt: internal KeyedTensor, values ``(B, C_in)``, keys in :attr:`in_keys`'
+        order. Returns: values ``(B, C_out)``."""
         passes = [(mul, getattr(self, dst), getattr(self, src)) for mul, dst, src in self._passes]
         out = combine_values(kt.values(), self.first_C, passes)
         return KeyedTensor(keys=self.out_keys, length_per_key=self.out_dims, values=out)
