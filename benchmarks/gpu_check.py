@@ -10,9 +10,11 @@ Steps:
 
 * ``sync``: the remap (one-hot, multi-hot, weighted, two hashes, an uneven layout with
   per-key lengths given) and the combine (sum, concat; forward and backward) under
-  ``torch.cuda.set_sync_debug_mode("error")``, which raises on any host-device sync;
+  ``torch.cuda.set_sync_debug_mode("error")``, which raises on any host-device sync (and a
+  compact head/tail layout, multi-hot);
 * ``remap``: seconds per batch of the remap of a Criteo-sized batch (26 features, ids
-  capped at 1M per table), one-hot and ``--pooling 4``, against the gather of the same
+  capped at 1M per table), dense and compact (head/tail: the cuckoo table of the heads and
+  the tail hash), one-hot and ``--pooling 4``, against the gather of the same
   rows by a plain lookup (``torch.nn.functional.embedding_bag`` of the internal rows);
 * ``combine``: seconds per batch of the two-hash combine (sum and concat);
 * ``clustering``: ``python -m benchmarks.clustering --device cuda --json``, small sizes.
@@ -34,6 +36,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from torchrec_lhf.hashing import mix_keyed, seed_keys
+from torchrec_lhf.modules import head_table
 from torchrec_lhf.modules.remap_ops import combine_plan, combine_values, remap_values
 
 CRITEO_HEIGHTS = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]  # fmt: skip
@@ -42,7 +46,9 @@ CRITEO_HEIGHTS = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5
 class Tables:
     """A learned-hash layout as remap_values takes it: H hash functions per table."""
 
-    def __init__(self, heights: list[int], num_hashes: int, device: str, seed: int = 0) -> None:
+    def __init__(
+        self, heights: list[int], num_hashes: int, device: str, seed: int = 0, compact: bool = False
+    ) -> None:
         g = torch.Generator().manual_seed(seed)
         self.heights = heights
         self.keys = [f"f{i}" for i in range(len(heights))]
@@ -61,6 +67,36 @@ class Tables:
         self.height_J = torch.tensor(
             [heights[self.keys.index(s)] for s in self.sources], device=device
         )
+        self.compact: list[torch.Tensor] = []
+        if compact:
+            self._make_compact(pieces, rows, device)
+
+    def _make_compact(self, pieces: list[torch.Tensor], rows: list[int], device: str) -> None:
+        """Head/tail instead of dense: each internal feature's smallest 10% of ids (the
+        frequent ones of :func:`make_batch`) in the cuckoo table, the others hashed."""
+        seeds_J = torch.arange(len(pieces), dtype=torch.int64) + 11
+        keys, head_rows, xs = [], [], []
+        for j, (piece, offset) in enumerate(zip(pieces, self.offset_J.tolist())):
+            ids_K = torch.arange(max(1, piece.numel() // 10))
+            keys.append(offset + ids_K)
+            head_rows.append(piece[ids_K])
+            xs.append(mix_keyed(ids_K, seed_keys(seeds_J[j : j + 1]).expand(ids_K.numel())))
+        slot_keys, slot_rows = head_table.build(
+            torch.cat(keys).to(torch.int32), torch.cat(head_rows).to(torch.int32), torch.cat(xs)
+        )
+        num_j = len(pieces)
+        self.compact = [
+            t.to(device)
+            for t in (
+                slot_keys,
+                slot_rows,
+                seeds_J,
+                torch.zeros(num_j, dtype=torch.int64),
+                torch.tensor(rows, dtype=torch.int64),
+                torch.ones(num_j, dtype=torch.bool),
+            )
+        ]
+        self.mapping = self.mapping[:0]  # no dense mapping left
 
     def reverse(self) -> None:
         """Reverse the internal features: a layout that is not the identity."""
@@ -85,6 +121,7 @@ class Tables:
             self.height_J,
             False,
             False,
+            self.compact,
         )
 
 
@@ -141,14 +178,15 @@ def check_sync(device: str) -> dict:
         ("weighted", 1, 0, True, True),
         ("two_hash", 2, 0, True, False),
         ("uneven_with_length_per_key", 1, 0, False, "drop"),
+        ("compact_multi_hot", 1, 0, False, "compact"),
     ]:
-        tables = Tables(heights, num_hashes, device)
+        tables = Tables(heights, num_hashes, device, compact=reorder == "compact")
         batch = make_batch(heights, 64, pooling, weighted=weighted, device=device)
         if reorder == "drop":
             tables.drop_first()
             per_key = batch["lengths"].view(len(heights), -1).sum(1)
             batch["length_per_key"] = per_key.tolist()  # as a KJT that carries them
-        elif reorder:
+        elif reorder is True:
             tables.reverse()
         tables.remap(batch)  # warm-up: caches the key layout (one host-to-device copy)
         in_dims = [8] * 2 * len(heights)
@@ -191,9 +229,9 @@ def _sync_errors(device: str) -> Iterator[None]:
 def bench_remap(device: str, batch_size: int) -> dict:
     """Remap seconds per batch against a plain pooled lookup of the same rows."""
     heights = [min(h, 1_000_000) for h in CRITEO_HEIGHTS]
-    tables = Tables(heights, 1, device)
     results = {}
-    for pooling in (1, 4):
+    for encoding, pooling in (("dense", 1), ("dense", 4), ("compact", 1), ("compact", 4)):
+        tables = Tables(heights, 1, device, compact=encoding == "compact")
         batch = make_batch(heights, batch_size, pooling, weighted=False, device=device)
         rows, lengths, _, _ = tables.remap(batch)
         offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
@@ -206,8 +244,8 @@ def bench_remap(device: str, batch_size: int) -> dict:
             ),
             device,
         )
-        remap = _timed(lambda b=batch: tables.remap(b), device)
-        results[f"pooling_{pooling}"] = {
+        remap = _timed(lambda b=batch, t=tables: t.remap(b), device)
+        results[f"{encoding}_pooling_{pooling}"] = {
             "remap_seconds": remap,
             "lookup_seconds": lookup,
             "remap_over_lookup": remap / lookup,
