@@ -21,7 +21,9 @@ def test_cpu_dry_run_passes_every_step() -> None:
     assert result["sync"]["ok"], result["sync"]
     assert set(result["sync"]["cases"]) >= {"one_hot", "multi_hot", "weighted", "two_hash"}
     assert result["clustering"]["ok"] and result["ok"]
-    assert result["remap"]["pooling_4"]["ids"] == 26 * 64 * 4
+    assert result["remap"]["dense_pooling_4"]["ids"] == 26 * 64 * 4
+    assert result["remap"]["compact_pooling_4"]["ids"] == 26 * 64 * 4
+    assert result["sync"]["cases"]["compact_multi_hot"] == "ok"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without CUDA")
