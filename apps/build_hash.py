@@ -116,7 +116,7 @@ def run(config: BuildConfig, launch: LaunchConfig | None = None) -> HashPlan | N
                 "teacher %s: %d tables, %d ids; %d rank(s) on %s",
                 config.teacher,
                 len(artifact.table_names),
-                sum(int(e.shape[0]) for e in artifact.embeddings.values()),
+                sum(artifact.sizes().values()),
                 world_size,
                 device,
             )

@@ -6,9 +6,12 @@ default 4), ``V`` ids of a batch, ``T`` ids of all tables together (``sum N``).
 The teacher is the DLRM app's architecture at full logical table height (no compression), trained
 through the same loop on any number of ranks. While it trains, every rank counts how often
 each id of each table is accessed in the training batches it sees (exact int64, summed
-over ranks with ``all_reduce``); at the end the full ``(N, D)`` tables are gathered to
-rank 0 whatever the sharding and written with the counts as a :class:`TeacherArtifact`
-(safetensors + JSON manifest, atomically) to ``--out``::
+over ranks with ``all_reduce``); at the end the tables are streamed to rank 0 one at a
+time whatever the sharding (none is copied where rank 0 holds all of it) and written with
+the counts as a :class:`~torchrec_lhf.hash_build.artifact.TeacherArtifact` (safetensors +
+JSON manifest, atomically, one table in memory: :func:`~torchrec_lhf.hash_build.artifact.
+write_teacher`) to ``--out``; at the MLPerf heights (204M ids) the fused tables, their
+optimizer state and the counts are all the teacher holds::
 
     python -m apps.teacher --dataset movielens-100k --epochs 2 --out runs/teacher
     torchrun --nproc_per_node 2 -m apps.teacher --dataset synthetic --out runs/teacher
@@ -25,6 +28,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.tensor import DTensor
 from torchrec.datasets.utils import Batch
 
 from apps.dlrm.config import (
@@ -38,9 +43,11 @@ from apps.dlrm.model import EBC_FQN
 from apps.dlrm.runtime import DistEnv, distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
 from torchrec_lhf.distributed.gather import gather_to_rank0
-from torchrec_lhf.hash_build.artifact import TeacherArtifact
+from torchrec_lhf.hash_build.artifact import stream_order, write_teacher
 
 logger = logging.getLogger(__name__)
+
+TableItem = tuple[str, torch.Tensor, torch.Tensor]
 
 FUSED_DIM_MULTIPLE = 4
 """TorchRec shards FBGEMM's fused tables only at widths divisible by 4; narrower teachers
@@ -136,8 +143,26 @@ class IdCounter:
         self.samples.copy_(state["samples"] if keep else torch.zeros_like(state["samples"]))
 
 
-def gather_tables(session: Session) -> dict[str, torch.Tensor] | None:
-    """The full ``(N, D)`` float32 tables on rank 0 (``None`` elsewhere); collective."""
+def _table_on_rank0(t: torch.Tensor, key: str, env: DistEnv) -> torch.Tensor | None:
+    """The full table ``t`` (a state-dict leaf) on rank 0, ``None`` elsewhere; collective
+    unless rank 0 already holds all of it, which it then returns without a copy."""
+    if isinstance(t, ShardedTensor):
+        shards = t.metadata().shards_metadata
+        if len(shards) == 1 and shards[0].placement.rank() == 0:
+            return t.local_shards()[0].tensor if env.is_main else None
+    elif not isinstance(t, DTensor):  # replicated (data_parallel): every rank has it
+        return t if env.is_main else None
+    full = gather_to_rank0({key: t}, device=env.device)
+    return None if full is None else full[key]
+
+
+def stream_tables(session: Session, counter: IdCounter) -> Iterator[TableItem | None]:
+    """Per table in :func:`stream_order`: ``(name, embeddings_ND, counts_N)`` on rank 0 (the
+    counts summed over ranks), ``None`` elsewhere. Collective: every rank iterates it all.
+
+    One table is gathered at a time (at ``world_size`` 1 none: the fused table is handed
+    out as it is), and ``counter``'s counts are summed over ranks in place, table by table.
+    """
     state = session.model.state_dict()
     keys = {cfg.name: f"{EBC_FQN}.embedding_bags.{cfg.name}.weight" for cfg in session.tables}
     missing = sorted(k for k in keys.values() if k not in state)
@@ -145,10 +170,12 @@ def gather_tables(session: Session) -> dict[str, torch.Tensor] | None:
         raise ValueError(
             f"the model has no tables {missing}; it has {[k for k in state if 'embedding_bags' in k]}"
         )
-    full = gather_to_rank0({key: state[key] for key in keys.values()}, device=session.env.device)
-    if full is None:
-        return None
-    return {name: full[key].float() for name, key in keys.items()}
+    counts = dict(zip(keys, torch.split(counter.counts_T, counter.num_embeddings)))
+    for name in stream_order(list(keys)):
+        dist.all_reduce(counts[name])  # NOTE: in place: the counter is done
+        table_ND = _table_on_rank0(state[keys[name]], keys[name], session.env)
+        yield None if table_ND is None else (name, table_ND, counts[name].cpu())
+        del table_ND
 
 
 def train_teacher(config: TeacherConfig, env: DistEnv) -> tuple[Session, dict[str, Any]]:
@@ -164,16 +191,11 @@ def train_teacher(config: TeacherConfig, env: DistEnv) -> tuple[Session, dict[st
     session = build_session(cfg, env, dataset, plan=None)
     counter = IdCounter([c.num_embeddings for c in session.tables], env.device)
     metrics = fit(session, hook=counter, extra_state=counter)
-    counted = counter.state()
-    embeddings = gather_tables(session)
-    samples_seen = int(counted["samples"])
+    dist.all_reduce(counter.samples)
+    samples_seen = int(counter.samples)
+    shapes = {c.name: (c.num_embeddings, c.embedding_dim) for c in session.tables}
+    tables = stream_tables(session, counter)
     if env.is_main:
-        counts = dict(
-            zip(
-                [c.name for c in session.tables],
-                torch.split(counted["counts"], counter.num_embeddings),
-            )
-        )
         manifest = {
             "dataset": cfg.dataset,
             "dataset_name": dataset.name,
@@ -184,14 +206,17 @@ def train_teacher(config: TeacherConfig, env: DistEnv) -> tuple[Session, dict[st
             "config": cfg.to_dict(),
             "metrics": {k: metrics[k] for k in ("auc", "logloss", "val_auc", "val_logloss")},
         }
-        TeacherArtifact(embeddings=embeddings, counts=counts, manifest=manifest).save(config.out)
+        write_teacher(config.out, shapes, tables, manifest)
         logger.info(
             "teacher artifact -> %s: %d tables, %d samples seen, test auc %.5f",
             config.out,
-            len(counts),
+            len(shapes),
             samples_seen,
             metrics["auc"],
         )
+    else:
+        for _ in tables:  # NOTE: the other ranks' part of the per-table collectives
+            pass
     dist.barrier()
     metrics.update(
         out=config.out,

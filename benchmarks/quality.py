@@ -1,13 +1,21 @@
-"""Quality sweep: every compression method at every size, AUC / logloss against model bytes.
+"""Quality sweep: every compression method at every size, AUC / logloss / NE against bytes.
 
-Legend (of the results): ``fraction`` of the rows kept (``mlet``: of the width), ``bytes``
-= fp32 tables as saved (MLET collapsed) + the materialized id -> row remap.
+Two views of size. ``--bytes 0.1,0.01`` (the headline): each size is a fraction of the full
+model's fp32 table bytes and every method is fitted to it (``budget="bytes"``,
+:mod:`torchrec_lhf.compression.budget`: tables, stored index and extra parameters counted).
+``--fractions`` (the secondary view): a fraction of the rows (``mlet``: of the width).
+Each run records what its model stores: ``table_bytes``, ``index_bytes`` (a learned remap,
+mch's ids; nothing for a hash computed from the id), ``extra_bytes``, ``total_bytes``
+(= ``bytes``), and ``remap_bytes`` (the materialized remap buffers).
 
 Each run is the DLRM app (``apps.dlrm.train.run``, given a typed config) in this process with the same model,
 optimizer, epochs and seed; only the embedding tables differ. Methods:
 
 * ``none`` (the full model, fraction 1.0), ``modulo``, ``qr``, ``fbdh``, ``memrec``, ``mlet``
   and ``mch`` (TorchRec's managed collisions; not among the defaults) (``--compression``);
+* ``cce`` (``--compression cce``: clustered compositional embeddings, re-clustered during
+  training, the app's ``--cce_columns``), ``cce-c1`` and ``cce-c2`` (1 and 2 columns; see
+  :data:`CCE_VARIANTS`); its stored clustered indices count in its bytes;
 * ``lhf`` and its ablations: a teacher per seed and teacher dim (``apps.teacher.run``), a
   plan per fraction (``apps.build_hash.run``), then training with ``--learned_hash``.
   Variants (see :data:`LHF_VARIANTS`): ``lhf`` (the paper: frequency for filtering and
@@ -27,13 +35,15 @@ optimizer, epochs and seed; only the embedding tables differ. Methods:
   hashing them breaks that. ``lhf-headtail``: the build's defaults (that head, the tail
   hashed into a region of its own).
 
-Resumable: a run writes ``runs/<method>_f<fraction>_s<seed>.json`` under ``--out`` and is
-skipped when it exists (teachers and plans likewise). Outputs under ``--out``:
-``results.json`` (a list of ``{"method", "fraction", "seed", "auc", "logloss", "bytes",
-...}``), ``results.md`` (mean +- std over seeds) and ``results.png`` (AUC against bytes, a
-line per method, like Figure 3 of Ghaemmaghami et al. 2022).
+Resumable: a run writes ``runs/<method>_f<fraction>_s<seed>.json`` (``_b<bytes>_``
+under ``--bytes``) under ``--out`` and is skipped when it exists (teachers and plans
+likewise); a method that cannot fit a byte budget is recorded as ``infeasible``. Outputs
+under ``--out`` (:mod:`benchmarks.quality_report`): ``results.json`` (a list of
+``{"method", "fraction", "budget", "seed", "auc", "logloss", "ne", "bytes", ...}``),
+``results.md`` (paired statistics, collapsed runs apart) and ``results.png`` (AUC against
+stored bytes, a line per method, like Figure 3 of Ghaemmaghami et al. 2022).
 
-Run: ``python -m benchmarks.quality --dataset movielens-100k --out docs/results/movielens``.
+Run: ``python -m benchmarks.quality --dataset movielens-100k --bytes 0.1,0.01 --out DIR``.
 """
 
 from __future__ import annotations
@@ -42,9 +52,7 @@ import argparse
 import dataclasses
 import json
 import logging
-import statistics
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,11 +60,11 @@ from typing import Any
 from apps import build_hash, teacher
 from apps.dlrm import train
 from apps.dlrm.config import TrainConfig
-from torchrec_lhf._io import atomic_write, atomic_write_json
+from benchmarks.quality_report import write_reports
+from torchrec_lhf._io import atomic_write_json
 from torchrec_lhf.cli import add_config_flags, config_from_args
-from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
+from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSmall
 from torchrec_lhf.hash_build.config import BuildConfig
-from torchrec_lhf.report import plot_auc_vs_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +87,17 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-init": {"teacher_dim": "model", "init": True},
 }
 """Learned-hash variants: build options that differ from the paper's ``lhf``."""
-METHODS = (*BASELINES, *LHF_VARIANTS, "mch")
-DEFAULT_METHODS, DEFAULT_FRACTIONS = (*BASELINES, "mch", "lhf"), (0.5, 0.2, 0.1, 0.05, 0.01)
+CCE_VARIANTS: dict[str, dict[str, Any]] = {
+    "cce": {},
+    "cce-c1": {"cce_columns": 1},
+    "cce-c2": {"cce_columns": 2},
+}
+"""``--compression cce`` runs: the :class:`~apps.dlrm.config.TrainConfig` fields that differ."""
+METHODS = (*BASELINES, *CCE_VARIANTS, *LHF_VARIANTS, "mch")
+DEFAULT_METHODS = (*BASELINES, "mch", "cce", "lhf")
+DEFAULT_FRACTIONS = (0.5, 0.2, 0.1, 0.05, 0.01)
+NOT_BYTE_FITTED = ("lhf-mlet",)
+"""Variants ``--bytes`` does not fit (two sizes at once)."""
 
 
 @dataclass(kw_only=True)
@@ -92,9 +109,14 @@ class SweepConfig:
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     """Compression methods to run (comma list); see the module docstring."""
     fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
-    """Fractions of the rows kept (``mlet``: of the width), each in (0, 1]."""
-    seeds: int = 3
-    """Seeds ``0..seeds-1`` of every run."""
+    """Fractions of the rows kept (``mlet``: of the width), each in (0, 1]: the equal-rows
+    view, used when ``bytes`` is not given."""
+    bytes: list[float] | None = None
+    """Fractions of the full model's fp32 table bytes, each in (0, 1]: every method fitted
+    to each (``budget="bytes"``: tables, stored index and extras counted), instead of
+    ``fractions``."""
+    seeds: int = 5
+    """Seeds ``0..seeds-1`` of every run (5 for a headline: paired standard errors)."""
     report: bool = False
     """Only rewrite the reports from ``out/results.json``."""
     dataset: str = TrainConfig.dataset
@@ -113,7 +135,8 @@ class SweepConfig:
     """Smaller tables stay full (every row-dropping method and the learned plans)."""
     budget: str = field(default="table", metadata={"choices": BUDGETS})
     """``fractions`` of each table (the paper) or of all rows, small tables full while cheap
-    (every row-compressing method; mlet shrinks width and ignores it)."""
+    (every row-compressing method; mlet shrinks width and ignores it); ``"bytes"`` comes
+    with ``bytes`` (and is set by it)."""
     skip_rows: int = 1000
     """``lhf-skip``: tables under this many ids stay full."""
     head_min_count: int = BuildConfig.head_min_count
@@ -132,6 +155,17 @@ class SweepConfig:
             raise ValueError(f"methods must name some of {list(METHODS)}, got {self.methods}")
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
             raise ValueError(f"fractions must be in (0, 1], got {self.fractions}")
+        if self.bytes is not None:
+            if not self.bytes or any(not 0 < b <= 1 for b in self.bytes):
+                raise ValueError(f"bytes must be fractions in (0, 1], got {self.bytes}")
+            if self.budget not in ("table", "bytes"):
+                raise ValueError(f"--bytes fits every method to bytes; --budget {self.budget!r}")
+            self.budget = "bytes"
+            unfit = [m for m in self.methods if m in NOT_BYTE_FITTED]
+            if unfit:
+                raise ValueError(f"--bytes cannot fit {unfit}: give them --fractions")
+        elif self.budget == "bytes":
+            raise ValueError("--budget bytes: give the sizes with --bytes, not --fractions")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         unknown = set(self.train_options) - {f.name for f in dataclasses.fields(TrainConfig)}
@@ -189,7 +223,7 @@ def _teacher_dim(sweep: SweepConfig, opts: dict[str, Any]) -> int:
 def _plan(sweep: SweepConfig, variant: str, fraction: float, seed: int) -> Path:
     """Build (once) the learned plan of ``variant`` at ``fraction``; returns its path."""
     opts = LHF_VARIANTS[variant]
-    path = sweep.out / "plans" / f"{variant}_f{fraction:g}_s{seed}.safetensors"
+    path = sweep.out / "plans" / f"{variant}_{_size_key(sweep)}{fraction:g}_s{seed}.safetensors"
     if not path.is_file():
         src = _teacher(sweep, seed, _teacher_dim(sweep, opts))
         build_hash.run(
@@ -203,6 +237,7 @@ def _plan(sweep: SweepConfig, variant: str, fraction: float, seed: int) -> Path:
                 projection=opts.get("projection", BuildConfig.projection),
                 clustering_options=opts.get("clustering_options", {}),
                 budget=sweep.budget,
+                embedding_dim=sweep.embedding_dim,
                 head_min_count=sweep.head_min_count if opts.get("rare_hash") else 0,
                 tail_fraction=opts.get("tail_fraction", BuildConfig.tail_fraction),
                 out=path,
@@ -233,139 +268,69 @@ def run_config(sweep: SweepConfig, method: str, fraction: float, seed: int) -> T
     if method == "none":
         return base
     # mlet: the dense arch is re-derived for the narrower dim; it shrinks width, not rows
-    extra = {"dense_arch_layer_sizes": None} if method == "mlet" else {"budget": sweep.budget}
+    # (a byte budget fits its width)
+    extra: dict[str, Any] = {"budget": sweep.budget}
+    if method == "mlet":
+        extra = {"dense_arch_layer_sizes": None, "budget": "bytes" if sweep.bytes else "table"}
+    if method in CCE_VARIANTS:
+        extra.update(CCE_VARIANTS[method])
     return dataclasses.replace(
-        base, compression=method, fraction=fraction, min_table_rows=sweep.min_table_rows, **extra
+        base,
+        compression="cce" if method in CCE_VARIANTS else method,
+        fraction=fraction,
+        min_table_rows=sweep.min_table_rows,
+        **extra,
     )
+
+
+def _size_key(sweep: SweepConfig) -> str:
+    """``b`` (of the bytes) or ``f`` (of the rows): the size's letter in file names."""
+    return "b" if sweep.bytes else "f"
 
 
 def run_one(sweep: SweepConfig, method: str, fraction: float, seed: int) -> dict[str, Any]:
-    """One training run (or its saved result); returns its results row."""
-    path = sweep.out / "runs" / f"{method}_f{fraction:g}_s{seed}.json"
+    """One training run (or its saved result); returns its results row.
+
+    Under ``--bytes`` a method that cannot fit the budget (:class:`BudgetTooSmall`, the
+    same for every seed) gets a row with ``infeasible`` (the reason) and no metrics.
+    """
+    key = "f" if method == "none" else _size_key(sweep)
+    path = sweep.out / "runs" / f"{method}_{key}{fraction:g}_s{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
     start = time.perf_counter()
-    m = train.run(run_config(sweep, method, fraction, seed))
-    row = {
+    row: dict[str, Any] = {
         "method": method,
         "fraction": fraction,
+        "budget": "full" if method == "none" else sweep.budget,
         "seed": seed,
-        "auc": m["auc"],
-        "logloss": m["logloss"],
-        "bytes": m["embedding_bytes"] + m["remap_bytes"],
-        "embedding_bytes": m["embedding_bytes"],
-        "remap_bytes": m["remap_bytes"],
-        "remap_computable": m["remap_computable"],
-        "full_embedding_bytes": m["full_embedding_bytes"],
-        "rows": m["rows"],
-        "full_rows": m["full_rows"],
-        "val_auc": m["val_auc"],
-        "dataset": m["dataset"],
-        "seconds": round(time.perf_counter() - start, 1),
     }
+    try:
+        m = train.run(run_config(sweep, method, fraction, seed))
+    except BudgetTooSmall as e:
+        if not sweep.bytes:
+            raise
+        logger.warning("%s does not fit %g of the bytes: %s", method, fraction, e)
+        row.update(infeasible=str(e), dataset=sweep.dataset)
+        atomic_write_json(path, row)
+        return row
+    row.update(
+        {k: m[k] for k in ("auc", "logloss", "ne", "val_auc", "val_logloss", "val_ne")},
+        bytes=m["total_bytes"],
+        **{k: m[k] for k in ("table_bytes", "index_bytes", "extra_bytes", "total_bytes")},
+        embedding_bytes=m["embedding_bytes"],
+        remap_bytes=m["remap_bytes"],
+        remap_computable=m["remap_computable"],
+        full_embedding_bytes=m["full_embedding_bytes"],
+        bytes_fraction=m["total_bytes"] / m["full_embedding_bytes"],
+        rows=m["rows"],
+        full_rows=m["full_rows"],
+        row_fraction=m["rows"] / m["full_rows"],
+        dataset=m["dataset"],
+        seconds=round(time.perf_counter() - start, 1),
+    )
     atomic_write_json(path, row)
     return row
-
-
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std (over seeds) per method and fraction, sorted by method then size.
-
-    ``delta_auc`` is the mean, over the seeds the full model (``none``) also ran, of the AUC
-    minus the full model's AUC of the same seed, and ``delta_auc_se`` its standard error:
-    paired by seed, it resolves smaller differences than the two means' stds.
-    """
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        groups[(r["method"], r["fraction"])].append(r)
-    full_by_seed = {r["seed"]: r["auc"] for r in rows if r["method"] == "none"}
-    out = []
-    for (method, fraction), rs in groups.items():
-        auc = [r["auc"] for r in rs]
-        ll = [r["logloss"] for r in rs]
-        # AUC minus the full model's of the same seed (same data order and initial MLPs)
-        deltas = [r["auc"] - full_by_seed[r["seed"]] for r in rs if r["seed"] in full_by_seed]
-        out.append({
-            "method": method, "fraction": fraction, "seeds": len(rs),
-            "auc": statistics.fmean(auc), "auc_std": statistics.stdev(auc) if len(rs) > 1 else 0.0,
-            "logloss": statistics.fmean(ll),
-            "logloss_std": statistics.stdev(ll) if len(rs) > 1 else 0.0,
-            "bytes": round(statistics.fmean(r["bytes"] for r in rs)),
-            "remap_bytes": round(statistics.fmean(r["remap_bytes"] for r in rs)),
-            "remap_computable": rs[0]["remap_computable"],
-            "delta_auc": statistics.fmean(deltas) if deltas else None,
-            "delta_auc_se": statistics.stdev(deltas) / len(deltas) ** 0.5 if len(deltas) > 1 else None,
-        })  # fmt: skip
-    return sorted(out, key=lambda s: (s["method"] != "none", s["method"], -s["fraction"]))
-
-
-def markdown(summary: list[dict[str, Any]]) -> str:
-    """The summary as a markdown table (bytes include the remap; ``*``: computable remap)."""
-    lines = [
-        "| method | fraction | seeds | test AUC | test logloss | bytes (tables + remap) "
-        "| AUC - full (paired) |",
-        "|---|---:|---:|---|---|---:|---|",
-    ]
-    for s in summary:
-        star = "*" if s["remap_computable"] else ""
-        delta = ""
-        if s.get("delta_auc") is not None and s["method"] != "none":
-            se = s.get("delta_auc_se")
-            delta = f"{s['delta_auc']:+.4f}" + ("" if se is None else f" ± {se:.4f}")
-        lines.append(
-            f"| {s['method']} | {s['fraction']:g} | {s['seeds']} | {s['auc']:.4f} ± "
-            f"{s['auc_std']:.4f} | {s['logloss']:.4f} ± {s['logloss_std']:.4f} | "
-            f"{s['bytes']:,} ({s['remap_bytes']:,}{star}) | {delta} |"
-        )
-    lines.append(
-        "\nBytes: fp32 tables as saved (MLET collapsed) + the materialized id -> row remap "
-        "(in parentheses; `*`: computable from the id, so a deployment may drop it). "
-        "AUC - full: mean over seeds of the AUC minus the full model's of the same seed, "
-        "± its standard error."
-    )
-    return "\n".join(lines) + "\n"
-
-
-def pivot_markdown(summary: list[dict[str, Any]]) -> str:
-    """Test AUC (mean over seeds) as a method x fraction table; bold: the best compressed
-    method of each fraction (``none`` is the full model at every size)."""
-    fractions = sorted({s["fraction"] for s in summary if s["method"] != "none"}, reverse=True)
-    cell = {(s["method"], s["fraction"]): s["auc"] for s in summary}
-    best = {
-        f: max((a for (m, g), a in cell.items() if g == f and m != "none"), default=None)
-        for f in fractions
-    }
-    if not fractions:  # the full model alone
-        return f"| method | AUC |\n|---|---:|\n| none (full) | {cell[('none', 1.0)]:.4f} |\n"
-    lines = [
-        "| method | " + " | ".join(f"{f:g}" for f in fractions) + " |",
-        "|---|" + "---:|" * len(fractions),
-    ]
-    for method in dict.fromkeys(s["method"] for s in summary):
-        if method == "none":
-            lines.append(
-                f"| none (full) | {cell[('none', 1.0)]:.4f} (all sizes) |"
-                + " |" * (len(fractions) - 1)
-            )
-            continue
-        row = []
-        for f in fractions:
-            a = cell.get((method, f))
-            row.append("" if a is None else f"**{a:.4f}**" if a == best[f] else f"{a:.4f}")
-        lines.append(f"| {method} | " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_reports(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Write ``results.json``, ``results.md`` and ``results.png`` of ``rows`` under ``out``;
-    returns the summary."""
-    atomic_write_json(out / "results.json", rows)
-    summary = summarize(rows)
-    with atomic_write(out / "results.md", "w") as f:
-        f.write(markdown(summary))
-        f.write("\nTest AUC, mean over seeds (bold: the best compressed method per fraction):\n\n")
-        f.write(pivot_markdown(summary))
-    plot_auc_vs_bytes(summary, out / "results.png", f"{rows[0]['dataset']}: test AUC against size")
-    return summary
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -383,11 +348,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return rows
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
+    sizes = args.bytes or args.fractions
     for seed in range(args.seeds):
         for method in args.methods:
-            for fraction in [1.0] if method == "none" else args.fractions:
+            for fraction in [1.0] if method == "none" else sizes:
                 row = run_one(args, method, fraction, seed)
-                logger.info("%s f=%g seed %d: auc %.4f", method, fraction, seed, row["auc"])
+                logger.info(
+                    "%s %s%g seed %d: %s", method, _size_key(args), fraction, seed,
+                    row.get("infeasible") or f"auc {row['auc']:.4f}",
+                )  # fmt: skip
                 rows.append(row)
     summary = write_reports(args.out, rows)
     print(json.dumps({"out": str(args.out), "runs": len(rows), "summary": summary}, indent=1))  # noqa: T201

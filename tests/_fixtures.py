@@ -14,6 +14,18 @@ from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
 
 from torchrec_lhf import HashPlan
 
+MOVIELENS_HEIGHTS = {
+    "user": 943,
+    "item": 1682,
+    "age": 7,
+    "gender": 2,
+    "occupation": 21,
+    "zip": 795,
+    "genres": 19,
+    "year": 72,
+}
+"""MovieLens-100K's tables and their heights (``torchrec_lhf.data.movielens``)."""
+
 
 def three_tables(
     heights: tuple[int, int, int] = (40, 30, 12), dims: tuple[int, int, int] = (8, 8, 8)

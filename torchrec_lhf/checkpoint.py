@@ -161,11 +161,15 @@ def save(
 def _state(
     model_sd: Mapping[str, Any], optim_state: Mapping[str, Any], extra: dict[str, torch.Tensor]
 ) -> dict[str, Any]:
-    """The nested dict DCP saves and loads in place; every leaf must be a tensor."""
+    """The nested dict DCP saves and loads in place; every leaf must be a tensor.
+
+    NOTE: no ``extra`` entry without extra tensors: DCP flattens an empty dict to a
+    non-tensor leaf, which a load at world size 2 then failed to find ("Missing key in
+    checkpoint state_dict: extra")."""
     state = {
         "model": dict(model_sd),
         "optim": dict(optim_state),
-        "extra": extra,
+        **({"extra": extra} if extra else {}),
         "rng": {"cpu": torch.get_rng_state()},
     }
     _check_leaves(state, "")

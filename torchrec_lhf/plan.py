@@ -6,8 +6,10 @@ table, ``M_h`` height of internal table ``h``.
 A table with ``H > 1`` hash functions has ``H`` internal tables (the paper's
 "multiple internal tables"); their embeddings combine by ``sum`` (each internal
 table has the full dim), ``concat`` (the dim is split across them), ``mult`` (element-wise
-product, as in compositional embeddings) or ``scaled_sum`` (the sum of the first ``H - 1``
-times the last, as MEM-REC's token and weight tables).
+product, as in compositional embeddings), ``scaled_sum`` (the sum of the first ``H - 1``
+times the last, as MEM-REC's token and weight tables) or ``sum_concat`` (``num_columns``
+columns of ``H / num_columns`` consecutive internal tables: each column's sum, the columns
+concatenated; the dim is split evenly over the columns, as CCE's chunks).
 
 Each hash function is stored dense (an int32 row per id) or compact (a learned head and a
 hashed tail: :class:`~torchrec_lhf.plan_compact.CompactMapping`), whichever is smaller.
@@ -42,7 +44,7 @@ from torchrec_lhf.plan_compact import (
 # 2: compact encodings (a manifest entry per hash function); version-1 files still load
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-COMBINE_MODES = ("sum", "concat", "mult", "scaled_sum")
+COMBINE_MODES = ("sum", "concat", "mult", "scaled_sum", "sum_concat")
 _KIND = "hash_plan"
 
 
@@ -57,7 +59,8 @@ class TableHash:
             in ``[0, M_h)`` (dense) or a :class:`CompactMapping` (compact).
         heights: the internal heights ``M_h``, one per mapping.
         combine: how the ``H`` internal embeddings combine: ``"sum"``, ``"concat"``,
-            ``"mult"`` or ``"scaled_sum"`` (see the module docstring).
+            ``"mult"``, ``"scaled_sum"`` or ``"sum_concat"`` (see the module docstring).
+        num_columns: ``sum_concat``'s columns (a divisor of ``H``); 1 for the other modes.
 
     Raises:
         ValueError: sizes, dtypes or values are inconsistent.
@@ -68,6 +71,7 @@ class TableHash:
     mappings: tuple[torch.Tensor | CompactMapping, ...]
     heights: tuple[int, ...]
     combine: str = "sum"
+    num_columns: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "." in self.name:
@@ -91,6 +95,16 @@ class TableHash:
         if self.combine == "scaled_sum" and len(self.mappings) < 2:
             raise ValueError(
                 f"table {self.name!r}: scaled_sum needs at least 2 hash functions, got {len(self.mappings)}"
+            )
+        columns = self.num_columns
+        if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+            raise ValueError(
+                f"table {self.name!r}: num_columns must be an int >= 1, got {columns!r}"
+            )
+        if columns != 1 and (self.combine != "sum_concat" or self.num_hashes % columns):
+            raise ValueError(
+                f"table {self.name!r}: num_columns={columns} needs combine 'sum_concat' and a "
+                f"number of hash functions it divides, got {self.combine!r} with {self.num_hashes}"
             )
         for h, (m, height) in enumerate(zip(self.mappings, self.heights)):
             if not 1 <= int(height) < 2**31:
@@ -126,16 +140,17 @@ class TableHash:
         return sum(mapping_bytes(m, self.num_embeddings, width) for m in self.mappings)
 
     def internal_dims(self, embedding_dim: int) -> list[int]:
-        """Dims of the internal tables for a logical dim (split evenly for ``concat``)."""
-        if self.combine != "concat":
-            return [embedding_dim] * self.num_hashes
-        if embedding_dim < self.num_hashes:
+        """Dims of the internal tables for a logical dim (split evenly for ``concat``; over
+        the columns for ``sum_concat``, each column's tables of its column's dim)."""
+        parts = {"concat": self.num_hashes, "sum_concat": self.num_columns}.get(self.combine, 1)
+        if embedding_dim < parts:
             raise ValueError(
-                f"table {self.name!r}: concat of {self.num_hashes} internal tables needs "
-                f"embedding_dim >= {self.num_hashes}, got {embedding_dim}"
+                f"table {self.name!r}: {self.combine} of {parts} parts needs "
+                f"embedding_dim >= {parts}, got {embedding_dim}"
             )
-        base, extra = divmod(embedding_dim, self.num_hashes)
-        return [base + (1 if h < extra else 0) for h in range(self.num_hashes)]
+        base, extra = divmod(embedding_dim, parts)
+        per_part = self.num_hashes // parts  # consecutive internal tables of one part
+        return [base + (1 if h // per_part < extra else 0) for h in range(self.num_hashes)]
 
     def equals(self, other: TableHash) -> bool:
         return (
@@ -143,6 +158,7 @@ class TableHash:
             and self.num_embeddings == other.num_embeddings
             and tuple(self.heights) == tuple(other.heights)
             and self.combine == other.combine
+            and self.num_columns == other.num_columns
             and all(
                 mappings_equal(a, b, self.num_embeddings)
                 for a, b in zip(self.mappings, other.mappings)
@@ -273,6 +289,8 @@ class HashPlan:
         h = hashlib.sha256()
         for t in sorted(self.tables, key=lambda t: t.name):
             h.update(f"{t.name}|{t.num_embeddings}|{t.heights}|{t.combine}|".encode())
+            if t.num_columns != 1:  # NOTE: only then, so that other plans keep their fingerprints
+                h.update(f"columns={t.num_columns}|".encode())
             for m in t.mappings:
                 h.update(mapping_digest(m, t.num_embeddings))
         return h.hexdigest()
@@ -353,6 +371,7 @@ class HashPlan:
                     "heights": list(t.heights),
                     "combine": t.combine,
                     "encodings": encodings[t.name],
+                    **({"num_columns": t.num_columns} if t.num_columns != 1 else {}),
                 }
                 for t in self.tables
             ],
@@ -389,6 +408,7 @@ class HashPlan:
                         ms,
                         tuple(spec["heights"]),
                         spec["combine"],
+                        spec.get("num_columns", 1),
                     )
                 )
         except (KeyError, TypeError) as e:

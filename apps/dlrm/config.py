@@ -13,21 +13,33 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from apps.dlrm.config_checks import (  # the method lists are re-exported (one source)
+    COMPRESSION_METHODS,
+    PLAN_METHODS,
+    UNSUPPORTED_METHODS,
+    check_cce,
+    check_choice,
+    check_compression,
+    check_int,
+    check_sizes,
+)
 from torchrec_lhf.cli import add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
+from torchrec_lhf.compression.cce import DEFAULT_COLUMNS, CCEConfig
+
+__all__ = [
+    "COMPRESSION_FIELDS",
+    "COMPRESSION_METHODS",
+    "MODEL_FIELDS",
+    "PLAN_METHODS",
+    "UNSUPPORTED_METHODS",
+    "TrainConfig",
+    "add_train_flags",
+    "train_config_from_args",
+]
 
 INTERACTION_TYPES = ("original", "dcn")
 DENSE_OPTIMIZERS = ("adagrad", "adam")
-COMPRESSION_METHODS = ("none", "modulo", "qr", "fbdh", "memrec", "mlet", "mch")
-"""Methods of ``--compression``: the plan methods of ``torchrec_lhf.compression.methods`` that
-need no teacher, ``mlet`` (narrower tables trained through a wider layer) and ``mch``
-(TorchRec's managed collisions, ``torchrec_lhf.modules.mch``: tables of
-``round(fraction * N)`` rows, sharded row-wise). Learned plans come through
-``--learned_hash``."""
-PLAN_METHODS = ("modulo", "qr", "fbdh", "memrec")
-"""``--compression`` methods that produce a HashPlan (hash computable from the id)."""
-UNSUPPORTED_METHODS: dict[str, str] = {}
-"""Methods that ``--compression`` names but rejects, with the reason (none at present)."""
 OUT_OF_RANGE = ("error", "modulo")
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel")
 DEFAULT_SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_row_wise")
@@ -109,12 +121,27 @@ class TrainConfig:
     ``--fraction``."""
     mlet_inner_dim: int | None = None
     """MLET's inner (training) width ``k`` (default ``embedding_dim``, the uncompressed dim)."""
+    cce_columns: int = DEFAULT_COLUMNS
+    """``--compression cce``: columns per table, each a clustered and a hashed internal table
+    of ``embedding_dim / cce_columns`` (fewer when the dim does not split into widths of 4:
+    ``torchrec_lhf.compression.cce.fit_columns``)."""
+    cce_phases: int = CCEConfig.phases
+    """``--compression cce``: re-clusterings, at the end of each of the first ``cce_phases`` of
+    ``cce_phases + 1`` equal slices of the training steps (``torchrec_lhf.compression.cce``)."""
+    cce_kmeans_iters: int = CCEConfig.kmeans_iters
+    """``--compression cce``: Lloyd iterations of each re-clustering's k-means."""
+    cce_sample_factor: int = CCEConfig.sample_factor
+    """``--compression cce``: k-means on ``cce_sample_factor`` sampled ids per centroid."""
+    cce_reset_optimizer: bool = CCEConfig.reset_optimizer
+    """``--compression cce``: zero the re-initialised tables' optimizer state at each phase."""
     min_table_rows: int = MIN_TABLE_ROWS
     """``--compression`` leaves tables with fewer ids full (0: none; ``budget="total"``: while
     they are cheap)."""
     budget: str = field(default="table", metadata={"choices": BUDGETS})
-    """How ``--compression`` spends ``--fraction``: ``"table"`` (of each table) or
-    ``"total"`` (of all rows; :func:`torchrec_lhf.compression.budget.allocate_rows`)."""
+    """How ``--compression`` spends ``--fraction``: ``"table"`` (of each table), ``"total"``
+    (of all rows; :func:`torchrec_lhf.compression.budget.allocate_rows`) or ``"bytes"`` (of
+    the full fp32 table bytes, what the model stores counted: its stored index, ``mch``'s
+    ids, ``mlet``'s narrower width; :mod:`torchrec_lhf.compression.budget`)."""
     out_of_range: str = field(default="error", metadata={"choices": OUT_OF_RANGE})
     """Raw ids beyond a plan's table: ``error`` or fold them ``modulo`` the logical height ``N``."""
     sharding_types: list[str] = field(default_factory=lambda: list(DEFAULT_SHARDING_TYPES))
@@ -144,7 +171,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_values()
-        self._check_compression()
+        check_compression(self)
+        check_cce(self)
         self._check_model()
         self._check_run()
 
@@ -157,81 +185,40 @@ class TrainConfig:
             "dcn_num_layers",
             "dcn_low_rank_dim",
         ):
-            _check_int(name, getattr(self, name), low=1)
-        _check_int("epochs", self.epochs, low=0)
-        _check_int("seed", self.seed, low=0)
-        _check_int("min_table_rows", self.min_table_rows, low=0)
+            check_int(name, getattr(self, name), low=1)
+        check_int("epochs", self.epochs, low=0)
+        check_int("seed", self.seed, low=0)
+        check_int("min_table_rows", self.min_table_rows, low=0)
         for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), low=1)
-        _check_choice("interaction_type", self.interaction_type, INTERACTION_TYPES)
-        _check_choice("dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS)
-        _check_choice("out_of_range", self.out_of_range, OUT_OF_RANGE)
+                check_int(name, getattr(self, name), low=1)
+        check_choice("interaction_type", self.interaction_type, INTERACTION_TYPES)
+        check_choice("dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS)
+        check_choice("out_of_range", self.out_of_range, OUT_OF_RANGE)
         if self.backend is not None:
-            _check_choice("backend", self.backend, BACKENDS)
+            check_choice("backend", self.backend, BACKENDS)
 
-    def _check_compression(self) -> None:
-        """The compression method and its options (``mlet`` sets ``mlet_fraction``)."""
-        if self.compression not in COMPRESSION_METHODS:
-            raise ValueError(
-                f"--compression {self.compression!r} is not a built-in method; supported: "
-                f"{list(COMPRESSION_METHODS)} (learned plans: --learned_hash PLAN)"
-            )
-        if self.compression in UNSUPPORTED_METHODS:
-            raise ValueError(
-                f"--compression {self.compression!r} is not supported: "
-                f"{UNSUPPORTED_METHODS[self.compression]}"
-            )
-        if not isinstance(self.compression_options, dict):
-            raise ValueError(
-                f"compression_options must be a JSON object, got {self.compression_options!r}"
-            )
-        _check_choice("budget", self.budget, BUDGETS)
-        if self.budget != "table" and self.compression not in (*PLAN_METHODS, "mch"):
-            raise ValueError(
-                f"--budget {self.budget!r} needs a method that drops rows "
-                f"{[*PLAN_METHODS, 'mch']}, got --compression {self.compression!r} (a learned "
-                "plan brings its own rows; mlet narrows the width)"
-            )
-        if self.compression_options and self.compression not in PLAN_METHODS:
-            raise ValueError(
-                f"--compression_options {self.compression_options!r} need a plan method "
-                f"{list(PLAN_METHODS)}, got --compression {self.compression!r}"
-            )
-        if self.compression == "mch":
-            if self.mlet_fraction is not None:
-                raise ValueError(
-                    f"--compression mch does not combine with --mlet_fraction {self.mlet_fraction}"
-                )
-            if "row_wise" not in self.sharding_types:
-                raise ValueError(
-                    "--compression mch shards its tables row_wise only (TorchRec's managed "
-                    f"collisions); --sharding_types {self.sharding_types} must include row_wise"
-                )
-        if self.compression == "mlet":
-            if self.mlet_fraction is not None and self.mlet_fraction != self.fraction:
-                raise ValueError(
-                    f"--compression mlet takes its width from --fraction {self.fraction}; "
-                    f"--mlet_fraction {self.mlet_fraction} disagrees"
-                )
-            self.mlet_fraction = self.fraction
-        if self.mlet_fraction is not None and (
-            isinstance(self.mlet_fraction, bool) or not 0 < self.mlet_fraction <= 1
-        ):
-            raise ValueError(f"mlet_fraction must be in (0, 1], got {self.mlet_fraction!r}")
+    def cce_config(self) -> CCEConfig:
+        """The ``--cce_*`` flags as :class:`~torchrec_lhf.compression.cce.CCEConfig`."""
+        return CCEConfig(
+            phases=self.cce_phases,
+            kmeans_iters=self.cce_kmeans_iters,
+            sample_factor=self.cce_sample_factor,
+            reset_optimizer=self.cce_reset_optimizer,
+        )
 
     def _check_model(self) -> None:
         """Optimizer rates and layer sizes (derives ``dense_arch_layer_sizes``)."""
         if self.mlet_inner_dim is not None:
-            _check_int("mlet_inner_dim", self.mlet_inner_dim, low=1)
+            check_int("mlet_inner_dim", self.mlet_inner_dim, low=1)
         for name in ("learning_rate", "embedding_learning_rate"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
         if self.dense_arch_layer_sizes is None:
             self.dense_arch_layer_sizes = [64, self.model_dim]
-        _check_sizes("dense_arch_layer_sizes", self.dense_arch_layer_sizes)
-        _check_sizes("over_arch_layer_sizes", self.over_arch_layer_sizes)
+        check_sizes("dense_arch_layer_sizes", self.dense_arch_layer_sizes)
+        check_sizes("over_arch_layer_sizes", self.over_arch_layer_sizes)
         if self.dense_arch_layer_sizes[-1] != self.model_dim:
             raise ValueError(
                 f"the last dense_arch_layer_sizes value must equal the model's embedding dim "
@@ -243,7 +230,7 @@ class TrainConfig:
                 f"the last over_arch_layer_sizes value must be 1, got {self.over_arch_layer_sizes}"
             )
         if self.num_embeddings_per_feature is not None:
-            _check_sizes("num_embeddings_per_feature", self.num_embeddings_per_feature)
+            check_sizes("num_embeddings_per_feature", self.num_embeddings_per_feature)
 
     def _check_run(self) -> None:
         """Flags that must agree with each other: plan, fraction, sharding, outputs."""
@@ -262,7 +249,7 @@ class TrainConfig:
         if not self.sharding_types:
             raise ValueError("sharding_types must name at least one type")
         for st in self.sharding_types:
-            _check_choice("sharding type", st, SHARDING_TYPES)
+            check_choice("sharding type", st, SHARDING_TYPES)
         if self.init_from is not None and (self.compression == "mch" or self.mlet_fraction):
             raise ValueError(
                 f"--init_from {self.init_from!r} sets plain or learned-hash tables; it does not "
@@ -276,7 +263,7 @@ class TrainConfig:
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("--resume needs --checkpoint_dir")
         if self.checkpoint_every is not None:
-            _check_int("checkpoint_every", self.checkpoint_every, low=1)
+            check_int("checkpoint_every", self.checkpoint_every, low=1)
             if self.checkpoint_dir is None:
                 raise ValueError(
                     f"--checkpoint_every {self.checkpoint_every} needs --checkpoint_dir"
@@ -305,25 +292,6 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def _check_int(name: str, value: Any, *, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-def _check_sizes(name: str, sizes: Any) -> None:
-    if (
-        not isinstance(sizes, list)
-        or not sizes
-        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes)
-    ):
-        raise ValueError(f"{name} must be a non-empty list of ints >= 1, got {sizes!r}")
-
-
 # ------------------------------------------------------------------------------ flags
 COMPRESSION_FIELDS = (
     "learned_hash",
@@ -332,6 +300,11 @@ COMPRESSION_FIELDS = (
     "compression_options",
     "mlet_fraction",
     "mlet_inner_dim",
+    "cce_columns",
+    "cce_phases",
+    "cce_kmeans_iters",
+    "cce_sample_factor",
+    "cce_reset_optimizer",
     "min_table_rows",
     "budget",
     "out_of_range",

@@ -35,7 +35,9 @@ from apps.dlrm import checkpoint as ckpt
 from apps.dlrm.config import TrainConfig
 from apps.dlrm.model import build_model, make_optimizer, shard_model, table_configs, table_stats
 from apps.dlrm.runtime import DistEnv
+from torchrec_lhf.compression.cce import phase_steps
 from torchrec_lhf.data import RecDataset, load_dataset
+from torchrec_lhf.distributed.cce import recluster_model
 from torchrec_lhf.distributed.embedding_bag import remap_bytes
 from torchrec_lhf.metrics import (
     CTR_METRIC_KEYS,
@@ -81,6 +83,8 @@ class Session:
     """Batches of the current epoch trained (the data position of a mid-epoch checkpoint)."""
     train_seconds: float = 0.0
     train_samples: int = 0
+    phase_steps: list[int] = field(default_factory=list)
+    """Training steps after which ``--compression cce`` re-clusters (:func:`_cce_phase`)."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -120,7 +124,33 @@ def build_session(
         pipeline=pipeline,
         stats=stats,
         prepare=fold_ids(tables, dataset),
+        phase_steps=_cce_phase_steps(config, env, dataset),
     )
+
+
+def _cce_phase_steps(config: TrainConfig, env: DistEnv, dataset: RecDataset) -> list[int]:
+    """``--compression cce``'s phase steps over all epochs' training steps (else none)."""
+    if config.compression != "cce":
+        return []
+    per_epoch = dataset.num_batches("train", config.batch_size, env.world_size)
+    if config.limit_train_batches is not None:
+        per_epoch = min(per_epoch, config.limit_train_batches)
+    return phase_steps(config.epochs * per_epoch, config.cce_phases)
+
+
+def _cce_phase(session: Session) -> None:
+    """Re-cluster the cce tables (every rank, after the pipeline has drained); the session's
+    plan becomes the one the model now holds."""
+    phase = session.phase_steps.index(session.step) + 1
+    tic = time.perf_counter()
+    session.plan = recluster_model(
+        session.model,
+        session.plan,
+        phase=phase,
+        config=session.config.cce_config(),
+        device=session.env.device,
+    )
+    logger.info("cce phase %d at step %d: %.2fs", phase, session.step, time.perf_counter() - tic)
 
 
 def fold_ids(tables: list[EmbeddingBagConfig], dataset: RecDataset) -> Callable[[Batch], Batch]:
@@ -151,6 +181,17 @@ def fold_ids(tables: list[EmbeddingBagConfig], dataset: RecDataset) -> Callable[
     return fold
 
 
+def _batches_from(
+    ds: RecDataset, start: int, split: str, batch_size: int, **kw: Any
+) -> Iterator[Batch]:
+    """This rank's batches of ``split`` from its ``start``-th on: through the dataset's
+    ``loader`` (``torch.utils.data`` workers, the skipped batches never read) where it has
+    one, else the skipped batches are built and dropped."""
+    if hasattr(ds, "loader"):
+        return iter(ds.loader(split, batch_size, start=start, **kw))
+    return islice(ds.batches(split, batch_size, **kw), start, None)
+
+
 def train_epoch(
     session: Session, *, hook: BatchHook | None = None, extra_state: Any = None
 ) -> None:
@@ -165,23 +206,19 @@ def train_epoch(
     total = ds.num_batches("train", cfg.batch_size, env.world_size)
     if cfg.limit_train_batches is not None:
         total = min(total, cfg.limit_train_batches)
-    # NOTE: skipping a resumed epoch's first batches still builds them (the datasets have no
-    # random access by batch yet)
     batches = map(
         session.prepare,
-        islice(
-            ds.batches(
-                "train",
-                cfg.batch_size,
-                rank=env.rank,
-                world_size=env.world_size,
-                shuffle=True,
-                seed=cfg.seed,
-                epoch=session.epoch,
-                limit=cfg.limit_train_batches,
-            ),
+        _batches_from(
+            ds,
             session.batch,
-            None,
+            "train",
+            cfg.batch_size,
+            rank=env.rank,
+            world_size=env.world_size,
+            shuffle=True,
+            seed=cfg.seed,
+            epoch=session.epoch,
+            limit=cfg.limit_train_batches,
         ),
     )
     session.model.train()
@@ -197,9 +234,14 @@ def train_epoch(
             run = total - session.batch
             if cfg.checkpoint_every is not None:
                 run = min(run, cfg.checkpoint_every - session.step % cfg.checkpoint_every)
+            # NOTE: a run also ends at each cce phase, so the pipeline drains (no batch
+            # remapped ahead with the old hash) before the remap changes
+            run = min([run, *(s - session.step for s in session.phase_steps if s > session.step)])
             segment: Iterable[Batch] = islice(batches, run)
             done = _train_steps(session, iter(hook(segment) if hook else segment), bar)
             steps += done
+            if session.step in session.phase_steps:
+                _cce_phase(session)
             if done < run:  # NOTE: the data ended early; nothing more to train this epoch
                 break
             if cfg.checkpoint_every and session.step % cfg.checkpoint_every == 0:
@@ -253,7 +295,7 @@ def _eval_batches(
             ds.make_batch(padded_R[env.rank * cfg.batch_size : (env.rank + 1) * cfg.batch_size])
         ]
         valid.append(max(0, min(cfg.batch_size, rows_R.numel() - env.rank * cfg.batch_size)))
-    full = ds.batches(split, cfg.batch_size, rank=env.rank, world_size=env.world_size)
+    full = _batches_from(ds, 0, split, cfg.batch_size, rank=env.rank, world_size=env.world_size)
     return iter(map(session.prepare, _chain(full, tail))), valid
 
 
@@ -272,6 +314,15 @@ def evaluate(session: Session, split: str, limit: int | None = None) -> dict[str
     """
     batches, valid = _eval_batches(session, split, limit)
     env, device = session.env, session.env.device
+    batches = iter(
+        tqdm(
+            batches,
+            total=len(valid),
+            desc=f"eval {split}",
+            disable=not env.is_main,
+            mininterval=5.0,
+        )
+    )
     auroc, logloss = BinaryAUROC().to(device), MeanMetric().to(device)
     # NOTE: the window holds every evaluated row of all ranks, so TorchRec's AUC is exact
     rec_metrics = ctr_metric_module(

@@ -29,6 +29,8 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimiz
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from apps.dlrm.config import TrainConfig
+from torchrec_lhf.compression.budget import ModelBytes, byte_budget, fit_to_bytes, lowest_fraction
+from torchrec_lhf.compression.registry import index_bytes
 from torchrec_lhf.distributed.embedding_bag import (
     LearnedHashEmbeddingBagCollectionSharder,
     remap_bytes,
@@ -41,7 +43,12 @@ from torchrec_lhf.modules.embedding_bag import (
     apply_hash_plan,
     internal_table_configs,
 )
-from torchrec_lhf.modules.mch import MCHEmbeddingBagCollection, mch_rows, mch_state_bytes
+from torchrec_lhf.modules.mch import (
+    SERVING_BUFFERS,
+    MCHEmbeddingBagCollection,
+    mch_rows,
+    mch_state_bytes,
+)
 from torchrec_lhf.modules.mlet import apply_mlet
 from torchrec_lhf.plan import HashPlan
 
@@ -139,16 +146,61 @@ def _mch_collection(
     if world_size is None:
         world_size = dist.get_world_size() if dist.is_initialized() else 1
     assert config.fraction is not None  # TrainConfig checks it
-    zch_sizes = mch_rows(
-        {t.name: t.num_embeddings for t in tables},
-        fraction=config.fraction,
-        min_table_rows=config.min_table_rows,
-        world_size=world_size,
-        budget=config.budget,
-    )
+    sizes = {t.name: t.num_embeddings for t in tables}
+    if config.budget == "bytes":
+        zch_sizes = mch_rows_for_bytes(
+            sizes,
+            config.fraction,
+            embedding_dim=config.embedding_dim,
+            min_table_rows=config.min_table_rows,
+            world_size=world_size,
+        )
+    else:
+        zch_sizes = mch_rows(
+            sizes,
+            fraction=config.fraction,
+            min_table_rows=config.min_table_rows,
+            world_size=world_size,
+            budget=config.budget,
+        )
     return MCHEmbeddingBagCollection(
         tables, zch_sizes=zch_sizes, world_size=world_size, device=torch.device("meta")
     )
+
+
+MCH_INDEX_BYTES_PER_ROW = 8 * len(SERVING_BUFFERS)
+"""``mch``'s stored index: an int64 per row in each serving buffer (sorted raw ids, rows),
+as :func:`~torchrec_lhf.modules.mch.mch_state_bytes` counts them."""
+
+
+def mch_rows_for_bytes(
+    sizes: dict[str, int],
+    fraction: float,
+    *,
+    embedding_dim: int,
+    min_table_rows: int,
+    world_size: int,
+) -> dict[str, int]:
+    """``mch``'s managed rows at ``fraction`` of the full fp32 table bytes: the largest
+    per-table row fraction whose rows (``4 D`` bytes each, plus
+    :data:`MCH_INDEX_BYTES_PER_ROW`) and full tables fit (``budget="bytes"``).
+
+    Raises:
+        ValueError: the budget is below the bytes at one row per table (naming the table).
+    """
+
+    def bytes_at(f: float) -> ModelBytes:
+        rows = mch_rows(sizes, fraction=f, min_table_rows=min_table_rows, world_size=world_size)
+        tables = {t: 4 * embedding_dim * rows.get(t, n) for t, n in sizes.items()}
+        return ModelBytes(tables, {t: MCH_INDEX_BYTES_PER_ROW * r for t, r in rows.items()}, {})
+
+    f, _ = fit_to_bytes(
+        bytes_at,
+        byte_budget(sizes, fraction, embedding_dim),
+        lowest=lowest_fraction(sizes),
+        what=f"--compression mch at {fraction} of the full table bytes",
+    )
+    return mch_rows(sizes, fraction=f, min_table_rows=min_table_rows, world_size=world_size)
 
 
 def embedding_collection(model: nn.Module) -> EmbeddingBagCollection:
@@ -175,7 +227,12 @@ def table_stats(
         plan cannot collapse), ``train_embedding_bytes`` (what trains: MLET's inner tables
         and projections), ``full_rows``, ``full_embedding_bytes`` (``sum N * D * 4``),
         ``remap_bytes`` (learned-hash remap buffers, or the ``mch`` modules' serving lookup:
-        sorted raw ids and their rows).
+        sorted raw ids and their rows); and what a deployment stores, as a byte budget
+        counts it (:mod:`torchrec_lhf.compression.budget`): ``table_bytes`` (the tables as
+        saved, projections apart), ``index_bytes`` (the stored index: a plan's
+        :func:`~torchrec_lhf.compression.registry.index_bytes`, nothing for a hash computed
+        from the id; ``mch``'s serving lookup), ``extra_bytes`` (MLET projections that
+        cannot collapse) and ``total_bytes``.
     """
     top = model.get_submodule(EBC_FQN)
     ebc = embedding_collection(model)
@@ -200,6 +257,10 @@ def table_stats(
             )
         else:
             saved_bytes = train_bytes
+    table_bytes = sum(4 * c.num_embeddings * c.embedding_dim for c in internal)
+    if isinstance(top, PipelinedMLET) and collapsible:
+        table_bytes = saved_bytes
+    index = sum(index_bytes(plan).values()) if plan is not None else mch_state_bytes(model)
     return {
         "rows": sum(c.num_embeddings for c in internal),
         "embedding_bytes": saved_bytes,
@@ -209,6 +270,10 @@ def table_stats(
             4 * c.num_embeddings * (full_dim or c.embedding_dim) for c in logical
         ),
         "remap_bytes": remap_bytes(model) + mch_state_bytes(model),
+        "table_bytes": table_bytes,
+        "index_bytes": index,
+        "extra_bytes": saved_bytes - table_bytes,
+        "total_bytes": saved_bytes + index,
     }
 
 

@@ -42,6 +42,7 @@ from apps.dlrm.loop import build_session, fit, load_data
 from apps.dlrm.model import EBC_FQN, build_model, table_name, table_stats
 from apps.dlrm.runtime import distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
+from torchrec_lhf.compression.cce import fit_columns
 from torchrec_lhf.compression.methods import make_plan
 from torchrec_lhf.data import RecDataset
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
@@ -69,6 +70,7 @@ METRIC_KEYS = (
     "samples_per_s",
     "config",
     "plan_fingerprint",
+    "start_plan_fingerprint",
 )
 """Keys ``--metrics_json`` always has (more: rows, full_rows, epochs, steps, history, ...).
 
@@ -82,7 +84,9 @@ entropy), ``calibration`` and ``rec_auc`` its ``torchrec.metrics`` (see
 lookup tables (``mch``: its modules' persistent buffers, see ``torchrec_lhf.modules.mch``).
 ``remap_computable`` is True when those can be computed from the id at serving time
 instead (modulo, qr, fbdh, memrec: seeded hashes; for fbdh the frequent ids' rows still
-need a small id -> row map), False for a learned plan and ``mch``, None without either."""
+need a small id -> row map), False for a learned plan, ``cce`` and ``mch``, None without
+either. ``plan_fingerprint`` is the fingerprint of the plan the model holds at the end
+(``cce``: after its last phase; ``start_plan_fingerprint`` the starting plan's)."""
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -118,20 +122,24 @@ def resolve_plan(
             name: _fold_counts(c_N, n)
             for name, c_N, n in zip(names, dataset.id_counts("train"), tables_heights)
         }
+    if config.compression == "cce":
+        options["columns"] = fit_columns(config.embedding_dim, config.cce_columns)
     return make_plan(
         config.compression,
         heights,
         fraction=config.fraction,
         min_table_rows=config.min_table_rows,
         budget=config.budget,
+        embedding_dim=config.embedding_dim,
         seed=config.seed,
         **options,
     )
 
 
 def _remap_computable(config: TrainConfig, plan: HashPlan | None) -> bool | None:
-    """True for hashes computable from the id, False for learned plans and ``mch``."""
-    if config.compression == "mch":
+    """True for hashes computable from the id, False for learned plans, ``cce`` (its
+    clustered index is stored) and ``mch``."""
+    if config.compression in ("mch", "cce"):
         return False
     return None if plan is None else config.learned_hash is None
 
@@ -191,6 +199,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
         metrics.update(
             config=config.to_dict(),
             plan_fingerprint=session.plan_fingerprint,
+            start_plan_fingerprint=None if plan is None else plan.fingerprint(),
             dataset=dataset.name,
             remap_computable=_remap_computable(config, plan),
         )

@@ -55,3 +55,21 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
 def test_config_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         pipeline.PipelineConfig(**kwargs)
+
+
+def test_pipeline_at_equal_bytes(tmp_path) -> None:
+    rows = pipeline.main([
+        "--dataset", "synthetic", "--dataset_options", TINY, "--out_dir", str(tmp_path / "run"),
+        "--fraction", "0.2", "--min_table_rows", "0", "--teacher_epochs", "1",
+        "--budget", "bytes", "--embedding_dim", "8", "--head_min_count", "0",
+    ])  # fmt: skip
+    by_method = {r["method"]: r for r in rows}
+    full = by_method["none"]["total_bytes"]
+    assert full == 750 * 8 * 4
+    # 20% of the full tables' bytes = 4,800: modulo stores only rows (150 of 32 bytes);
+    # lhf's dense int16 remap (1,500) leaves 3,300 bytes: 103 rows
+    assert by_method["modulo"]["total_bytes"] == 4800 and by_method["modulo"]["rows"] == 150
+    assert by_method["lhf"]["index_bytes"] == 1500
+    assert 4800 - 3 * 32 < by_method["lhf"]["total_bytes"] <= 4800
+    assert by_method["lhf"]["rows"] < by_method["modulo"]["rows"]
+    assert all(r["budget"] == "bytes" and r["ne"] > 0 for r in rows)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import quality
+from benchmarks import quality, quality_report
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.head_tail import tail_seed
 from torchrec_lhf.hashing import tail_hash
@@ -48,18 +48,20 @@ def test_tiny_sweep_writes_the_three_outputs_and_resumes(tmp_path: Path) -> None
     assert modulo["remap_computable"] is True and lhf["remap_computable"] is False
     assert all(0 <= r["auc"] <= 1 for r in rows)
     table = (tmp_path / "results.md").read_text()
-    assert "| modulo | 0.5 | 1 |" in table and "| none | 1 | 1 |" in table
+    # (the full model of this tiny data may collapse to AUC 0.5: then listed apart)
+    assert "| modulo | 0.5 | 1 |" in table and "| none | 1 |" in table
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
     # resuming: a second call reads every run back (a changed file proves it is not rerun)
     run = tmp_path / "runs" / "modulo_f0.5_s0.json"
-    run.write_text(json.dumps({**modulo, "auc": 0.123}))
+    run.write_text(json.dumps({**modulo, "auc": 0.723}))
     again = quality.main([*argv, "--out", str(tmp_path)])
-    assert again[1]["auc"] == 0.123 and again[0] == full
+    assert again[1]["auc"] == 0.723 and again[0] == full
     # --report rewrites the reports from results.json alone (no run file is read)
     (tmp_path / "results.md").unlink()
     run.unlink()
     assert quality.main([*argv, "--out", str(tmp_path), "--report"]) == again
     assert "| modulo | 0.5 | 1 |" in (tmp_path / "results.md").read_text()
+    assert full["ne"] > 0 and full["budget"] == "full" and modulo["budget"] == "table"
     with pytest.raises(ValueError, match="does not exist; run the sweep first"):
         quality.main([*argv, "--out", str(tmp_path / "empty"), "--report"])
 
@@ -83,7 +85,8 @@ def test_pivot_bolds_the_best_compressed_method_per_fraction() -> None:
         {"method": "modulo", "fraction": 0.5, "auc": 0.78},
         {"method": "modulo", "fraction": 0.1, "auc": 0.76},
     ]
-    lines = quality.pivot_markdown(summary).splitlines()
+    summary = [{**s, "seeds": 1} for s in summary]
+    lines = quality_report.pivot_markdown(summary).splitlines()
     assert lines[0] == "| method | 0.5 | 0.1 |"
     assert lines[2] == "| none (full) | 0.8000 (all sizes) | |"
     assert lines[3] == "| lhf | **0.7900** | 0.7500 |"
@@ -97,31 +100,119 @@ def test_total_budget_sweep_gives_equal_rows(tmp_path: Path) -> None:
     assert [r["rows"] for r in rows] == [40, 40]
 
 
-def test_summary_pairs_each_seed_with_the_full_model() -> None:
-    def row(method, seed, auc):
-        return {"method": method, "fraction": 1.0 if method == "none" else 0.1, "seed": seed,
-                "auc": auc, "logloss": 0.5, "bytes": 10, "remap_bytes": 0, "remap_computable": False}  # fmt: skip
+def _row(method: str, seed: int, auc: float, **kw) -> dict:
+    fraction = 1.0 if method == "none" else 0.1
+    return {"method": method, "fraction": fraction, "seed": seed, "auc": auc, "logloss": 0.5,
+            "bytes": 10, "remap_bytes": 0, "remap_computable": False, **kw}  # fmt: skip
 
+
+def test_summary_pairs_each_seed_with_the_full_model() -> None:
     # full 0.80, 0.70, 0.75; lhf is 0.01, 0.02, 0.03 below it seed by seed
-    rows = [row("none", s, a) for s, a in enumerate([0.80, 0.70, 0.75])]
-    rows += [row("lhf", s, a) for s, a in enumerate([0.79, 0.68, 0.72])]
-    full, lhf = quality.summarize(rows)
+    rows = [_row("none", s, a) for s, a in enumerate([0.80, 0.70, 0.75])]
+    rows += [_row("lhf", s, a) for s, a in enumerate([0.79, 0.68, 0.72])]
+    (full, lhf), collapsed, infeasible = quality_report.summarize(rows)
+    assert collapsed == infeasible == []
     assert full["delta_auc"] == pytest.approx(0.0)
     assert lhf["delta_auc"] == pytest.approx(-0.02)
     assert lhf["delta_auc_se"] == pytest.approx(0.01 / 3**0.5)  # std 0.01 over 3 pairs
-    assert "| -0.0200 ± 0.0058 |" in quality.markdown([full, lhf])
+    assert "| -0.0200 ± 0.0058 |" in quality_report.markdown([full, lhf])
 
 
 def test_summary_is_mean_and_std_over_seeds() -> None:
-    rows = [
-        {"method": "qr", "fraction": 0.1, "seed": s, "auc": a, "logloss": 0.5, "bytes": 10,
-         "remap_bytes": 2, "remap_computable": True}
-        for s, a in enumerate([0.70, 0.72, 0.74])
-    ]  # fmt: skip
-    (s,) = quality.summarize(rows)
+    rows = [_row("qr", s, a, remap_bytes=2, remap_computable=True)
+            for s, a in enumerate([0.70, 0.72, 0.74])]  # fmt: skip
+    (s,), _, _ = quality_report.summarize(rows)
     assert s["seeds"] == 3 and s["auc"] == pytest.approx(0.72)
     assert s["auc_std"] == pytest.approx(0.02)
-    assert "| qr | 0.1 | 3 | 0.7200 ± 0.0200 |" in quality.markdown([s])
+    assert "| qr | 0.1 | 3 | 0.7200 ± 0.0200 |" in quality_report.markdown([s])
+
+
+def test_report_of_a_hand_made_results_json(tmp_path: Path) -> None:
+    # logloss and NE pair by seed like AUC: lhf's deltas are +0.01, +0.03, +0.02 (logloss)
+    # and +0.02, +0.02, +0.05 (NE); seed 3 collapsed (AUC 0.52) and is not averaged; the
+    # full model of seed 3 has no partner left.
+    full = [(0.80, 0.50, 0.80), (0.70, 0.60, 0.90), (0.75, 0.55, 0.85), (0.78, 0.52, 0.82)]
+    lhf = [(0.79, 0.51, 0.82), (0.68, 0.63, 0.92), (0.72, 0.57, 0.90), (0.52, 0.69, 0.99)]
+    rows = [
+        _row("none", s, a, logloss=ll, ne=ne, budget="full") for s, (a, ll, ne) in enumerate(full)
+    ]
+    rows += [
+        _row(
+            "lhf",
+            s,
+            a,
+            logloss=ll,
+            ne=ne,
+            budget="bytes",
+            total_bytes=100 + s,
+            index_bytes=40,
+            row_fraction=0.06,
+        )
+        for s, (a, ll, ne) in enumerate(lhf)
+    ]
+    rows += [{"method": "mlet", "fraction": 0.1, "seed": s, "budget": "bytes",
+              "infeasible": "dim 1 of 16 stores 0.0625"} for s in range(4)]  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    argv = ["--bytes", "0.1", "--methods", "none,lhf,mlet", "--report", "--out", str(tmp_path)]
+    assert quality.main(argv) == rows
+    (f, s), collapsed, infeasible = quality_report.summarize(rows)
+    assert (s["seeds"], s["collapsed"], f["seeds"]) == (3, 1, 4)
+    assert s["auc"] == pytest.approx((0.79 + 0.68 + 0.72) / 3)  # the collapsed run left out
+    assert s["delta_logloss"] == pytest.approx(0.02)
+    assert s["delta_logloss_se"] == pytest.approx(0.01 / 3**0.5)
+    assert s["delta_ne"] == pytest.approx(0.03)
+    assert s["delta_ne_se"] == pytest.approx(0.01)  # std 0.01732 over 3 pairs
+    assert s["bytes"] == 101 and s["row_fraction"] == pytest.approx(0.06)
+    assert [r["seed"] for r in collapsed] == [3] and len(infeasible) == 4
+    md = (tmp_path / "results.md").read_text()
+    assert md.startswith("At equal bytes")
+    assert "| method | bytes budget | seeds |" in md
+    assert (
+        "| lhf | 0.1 | 3 | 0.7300 ± 0.0557 | -0.0200 ± 0.0058 | 0.5700 ± 0.0600 | "
+        "+0.0200 ± 0.0058 | 0.8800 ± 0.0529 | +0.0300 ± 0.0100 | 101 (40) | 0.060 | 1 |" in md
+    )
+    assert "Collapsed runs (test AUC < 0.55), not averaged: 1" in md
+    assert "- lhf at 0.1, seed 3: AUC 0.5200" in md
+    assert "Budgets a method cannot fit (every seed): 1" in md and "- mlet at 0.1: dim 1" in md
+
+
+def test_a_size_whose_every_run_collapsed_still_has_a_row() -> None:
+    rows = [_row("none", 0, 0.8), _row("modulo", 0, 0.51), _row("modulo", 1, 0.53)]
+    summary, collapsed, _ = quality_report.summarize(rows)
+    assert [(s["method"], s["seeds"], s["collapsed"]) for s in summary] == [
+        ("none", 1, 0), ("modulo", 0, 2)
+    ]  # fmt: skip
+    assert len(collapsed) == 2
+    assert "| modulo | 0.1 | 0 | | | | | | | | | 2 |" in quality_report.markdown(summary)
+
+
+def test_tiny_byte_sweep_fits_every_method(tmp_path: Path) -> None:
+    methods = "none,modulo,qr,mlet,mch,lhf,lhf-headtail"
+    argv = [*TINY, "--methods", methods, "--bytes", "0.5,0.2", "--seeds", "1"]
+    rows = quality.main([*argv, "--head_min_count", "3", "--out", str(tmp_path)])
+    full = 200 * 4 * 4  # 200 ids at dim 4
+    by = {(r["method"], r["fraction"]): r for r in rows}
+    assert by[("none", 1.0)]["total_bytes"] == full
+    for (method, fraction), r in by.items():
+        if method in ("none", "mlet") or r.get("infeasible"):
+            continue
+        assert r["budget"] == "bytes"
+        # within the budget, and within a few rows of 16 bytes (qr: its steps)
+        assert fraction * full - (12 if method == "qr" else 3) * 16 < r["total_bytes"]
+        assert r["total_bytes"] <= fraction * full
+        assert r["bytes"] == r["total_bytes"] == r["table_bytes"] + r["index_bytes"]
+        assert r["bytes_fraction"] == pytest.approx(r["total_bytes"] / full)
+    assert by[("lhf", 0.5)]["index_bytes"] == 200 * 2  # dense int16 remap, counted
+    assert by[("modulo", 0.5)]["index_bytes"] == 0  # computed from the id
+    assert by[("mlet", 0.5)]["total_bytes"] == full // 2  # width 2 of 4
+    # qr cannot go below 2 sqrt(N) rows a table; mlet below width 1 (a quarter)
+    assert "below the" in by[("qr", 0.2)]["infeasible"]
+    assert "dim 1 of 4" in by[("mlet", 0.2)]["infeasible"]
+    assert (tmp_path / "runs" / "modulo_b0.5_s0.json").is_file()
+    md = (tmp_path / "results.md").read_text()
+    assert "Budgets a method cannot fit (every seed): 2" in md
+    with pytest.raises(ValueError, match=r"--bytes cannot fit \['lhf-mlet'\]"):
+        quality.parse_args(["--bytes", "0.1", "--methods", "lhf-mlet", "--out", str(tmp_path)])
 
 
 @pytest.mark.parametrize(
@@ -130,6 +221,9 @@ def test_summary_is_mean_and_std_over_seeds() -> None:
         (["--methods", "modulo,bogus"], r"methods must name some of .*'bogus'"),
         (["--fractions", "0.5,2"], r"fractions must be in \(0, 1\], got \[0.5, 2.0\]"),
         (["--seeds", "0"], "seeds must be >= 1, got 0"),
+        (["--bytes", "0.1,0"], r"bytes must be fractions in \(0, 1\], got \[0.1, 0.0\]"),
+        (["--budget", "bytes"], "give the sizes with --bytes"),
+        (["--bytes", "0.1", "--budget", "total"], "--bytes fits every method to bytes"),
     ],
 )
 def test_bad_flags_are_named(tmp_path: Path, flags: list[str], message: str) -> None:

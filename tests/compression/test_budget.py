@@ -5,21 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchrec_lhf.compression.budget import allocate_rows, split_rows
+from tests._fixtures import MOVIELENS_HEIGHTS
+from torchrec_lhf.compression.budget import (
+    BudgetTooSmall,
+    ModelBytes,
+    allocate_rows,
+    byte_budget,
+    fit_to_bytes,
+    rows_for_bytes,
+    split_rows,
+    table_bytes,
+)
 from torchrec_lhf.compression.methods import make_plan
+from torchrec_lhf.compression.registry import plan_bytes
 from torchrec_lhf.hash_build.job import BuildConfig, table_rows
 from torchrec_lhf.hash_build.plan_builder import build_plan
 
-ML = {
-    "user": 943,
-    "item": 1682,
-    "age": 7,
-    "gender": 2,
-    "occupation": 21,
-    "zip": 795,
-    "genres": 19,
-    "year": 72,
-}
+ML = MOVIELENS_HEIGHTS
 
 
 def test_table_budget_is_the_papers_rule() -> None:
@@ -96,3 +98,84 @@ def test_split_rows():
     assert split_rows(2, 2) == [1, 1]
     with pytest.raises(ValueError, match="rows must be an int >= num_hashes=3"):
         split_rows(2, 3)
+
+
+# ------------------------------------------------------------------------- bytes
+def test_byte_budget_by_hand_a_growing_remap_takes_rows_away() -> None:
+    # 1,010 ids at dim 4 (16 bytes a row): 16,160 bytes; 20% = 3,232. "b" (10 ids) stays
+    # full (160 bytes); "a" gets the rest: 3,072 bytes = 192 rows without an index.
+    sizes = {"a": 1000, "b": 10}
+    rows, at = rows_for_bytes(sizes, 0.2, embedding_dim=4, min_table_rows=100)
+    assert rows == {"a": 192} and at.to_dict() == {
+        "tables": 3232, "index": 0, "extras": 0, "total": 3232
+    }  # fmt: skip
+    # an index of 1 byte per id (1,000) takes 1,000 / 16 = 62.5 -> 63 rows away; of 2 bytes, 125
+    for per_id, expected in ((1, 129), (2, 67)):
+        rows, at = rows_for_bytes(
+            sizes,
+            0.2,
+            embedding_dim=4,
+            min_table_rows=100,
+            index_bytes=lambda h, per_id=per_id: {t: per_id * 1000 for t in h},
+        )
+        assert rows == {"a": expected} and at.index == {"a": per_id * 1000}
+        assert at.total <= 3232 < at.total + 16  # one more row would not fit
+
+
+def test_byte_budget_counts_the_full_tables_and_concat_widths() -> None:
+    # concat of 2 internal tables: D = 4 split 2 + 2; 11 rows -> heights 6 + 5 -> 88 bytes
+    assert table_bytes(11, 2, "concat", 4) == 4 * (6 * 2 + 5 * 2)
+    assert table_bytes(11, 2, "sum", 4) == 4 * 11 * 4
+    rows, at = rows_for_bytes({"a": 100, "b": 100}, 0.5, embedding_dim=4, num_hashes=2)
+    assert rows == {"a": 50, "b": 50} and at.total == 1600
+
+
+def test_byte_budget_too_small_names_the_table_and_the_bytes() -> None:
+    # every table at its fewest rows (1) still stores a's 2 bytes per id: 2,016 bytes
+    with pytest.raises(BudgetTooSmall, match=r"table 'a' alone stores 2,016 bytes .*2,000 index"):
+        rows_for_bytes(
+            {"a": 1000, "b": 10},
+            0.1,
+            embedding_dim=4,
+            index_bytes=lambda h: {t: 2000 for t in h if t == "a"},
+        )
+    with pytest.raises(ValueError, match="budget 'bytes' needs the model's bytes"):
+        allocate_rows({"a": 10}, 0.5, budget="bytes")
+    assert issubclass(BudgetTooSmall, ValueError)
+
+
+def test_fit_to_bytes_keeps_a_fitting_fraction_when_bytes_are_not_monotone() -> None:
+    # a cost that dips at f = 0.6 (like qr's m + ceil(N/m)): the fit never exceeds the budget
+    def bytes_at(f: float) -> ModelBytes:
+        return ModelBytes({"t": 500 if 0.55 < f < 0.65 else round(1000 * f)}, {}, {})
+
+    f, at = fit_to_bytes(bytes_at, 700, lowest=0.001, what="t")
+    assert at.total <= 700 and at.total == bytes_at(f).total and f >= 0.69
+    assert fit_to_bytes(bytes_at, 5000, lowest=0.001, what="t")[0] == 1.0
+
+
+@pytest.mark.parametrize("method", ["modulo", "qr", "fbdh", "memrec"])
+@pytest.mark.parametrize("fraction", [0.2, 0.1, 0.05])
+def test_every_plan_method_fits_the_bytes_and_is_not_far_under(
+    method: str, fraction: float
+) -> None:
+    counts = {k: torch.arange(n, 0, -1).double() for k, n in ML.items()}
+    if method == "qr" and fraction == 0.05:  # qr's least size, 2 sqrt(N) rows a table
+        with pytest.raises(BudgetTooSmall, match="table 'item' alone stores 5,312 bytes"):
+            make_plan(method, ML, fraction=fraction, budget="bytes", embedding_dim=16)
+        return
+    plan = make_plan(
+        method, ML, fraction=fraction, budget="bytes", embedding_dim=16,
+        min_table_rows=0, counts=counts if method == "fbdh" else None,
+    )  # fmt: skip
+    budget = byte_budget(ML, fraction, 16)
+    at = plan_bytes(plan, ML, 16)
+    assert at.total <= budget and plan.metadata["bytes"] == at.to_dict()
+    # within a few rows of the budget (qr moves in steps of m + ceil(N/m))
+    assert at.total >= budget - (8 if method == "qr" else 3) * len(ML) * 64
+    assert plan.metadata["fraction"] == fraction and plan.metadata["budget"] == "bytes"
+    if method != "fbdh":  # computed from the id: nothing stored
+        assert at.index == {t: 0 for t in ML}
+    else:  # the frequent ids (a sorted id, int32, and an int16 row each); none in tiny tables
+        assert all(b % 6 == 0 for b in at.index.values())
+        assert all(at.index[t] > 0 for t in ("user", "item", "zip"))

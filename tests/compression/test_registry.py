@@ -68,3 +68,24 @@ def test_bad_common_args(kwargs: dict, match: str) -> None:
 def test_bad_heights() -> None:
     with pytest.raises(ValueError, match="table 't' num_embeddings must be an int >= 1, got 0"):
         get_method("qr")({"t": 0}, fraction=0.5)
+
+
+def test_a_new_methods_stored_index_counts_without_special_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))  # register in a copy
+    monkeypatch.setattr(registry, "_STORED_INDEX", dict(registry._STORED_INDEX))
+
+    def stored(num_embeddings, *, fraction):  # a per-id index, as cce's, in its plan
+        return make_plan("modulo", num_embeddings, fraction=fraction)
+
+    register_method("stored", stored)  # default: what the plan stores (int16 per id)
+    register_method("free", stored, stored_index=registry.computed_from_the_id)
+    sizes = {"a": 1000}  # 16,000 bytes at dim 4; 20% = 3,200
+    s = make_plan("stored", sizes, fraction=0.2, budget="bytes", embedding_dim=4)
+    f = make_plan("free", sizes, fraction=0.2, budget="bytes", embedding_dim=4)
+    # the stored index (2,000 bytes) leaves 1,200 bytes: 75 rows; without it, 200 rows
+    assert (s["a"].num_rows, f["a"].num_rows) == (75, 200)
+    assert s.metadata["bytes"] == {"tables": 1200, "index": 2000, "extras": 0, "total": 3200}
+    assert registry.index_bytes(f) == {"a": 0} and registry.index_bytes(s) == {"a": 2000}
+    assert s.metadata["row_fraction"] == pytest.approx(0.075, abs=0.0005)

@@ -25,6 +25,8 @@ Built-in methods (see each function for how it splits ``R``):
     ``memrec``  MEM-REC's Bloom-filter token tables scaled by a weight table (Jha et al. 2023).
     ``lhf``     learned hashing; needs ``teacher_embeddings=`` and calls
                 :func:`~torchrec_lhf.hash_build.plan_builder.build_plan`.
+    ``cce``     clustered compositional embeddings (Tsang and Ahle 2023), re-clustered
+                during training (:mod:`~torchrec_lhf.compression.cce`).
 
 ``mlet`` (narrower tables, :mod:`torchrec_lhf.modules.mlet`) and ``mch`` (TorchRec's
 managed collisions) change the model, not the plan, so they are not registered here.
@@ -53,8 +55,10 @@ import torch
 
 from torchrec_lhf.compression.baselines import modulo_plan
 from torchrec_lhf.compression.budget import split_rows
+from torchrec_lhf.compression.cce import cce_plan
 from torchrec_lhf.compression.registry import (
     MethodFn,
+    computed_from_the_id,
     get_method,
     is_int,
     list_methods,
@@ -62,6 +66,7 @@ from torchrec_lhf.compression.registry import (
     register_method,
 )
 from torchrec_lhf.plan import HashPlan, TableHash
+from torchrec_lhf.plan_compact import row_dtype
 
 __all__ = [
     "MethodFn",
@@ -258,6 +263,8 @@ def lhf_plan(
     clustering: str = "agglomerative",
     projection: str = "pca",
     clustering_options: Mapping[str, Any] | None = None,
+    budget: str = "table",
+    embedding_dim: int | None = None,
 ) -> HashPlan:
     """Learned hashing: cluster a trained teacher's embeddings (``build_plan``).
 
@@ -268,8 +275,9 @@ def lhf_plan(
 
     Args:
         teacher_embeddings: table name -> ``(N, D_teacher)`` embeddings, for every planned table.
-        num_hashes, combine, clustering, projection, clustering_options: as ``build_plan``'s
-            ``num_hashes, combine, clustering, projection, clustering_options``.
+        num_hashes, combine, clustering, projection, clustering_options, budget,
+            embedding_dim: as ``build_plan``'s (``budget="bytes"`` is fitted before any
+            clustering).
     """
     if teacher_embeddings is None:
         raise ValueError(
@@ -299,6 +307,8 @@ def lhf_plan(
         clustering=clustering,
         projection=projection,
         clustering_options=clustering_options,
+        budget=budget,
+        embedding_dim=embedding_dim,
     )
     return plan
 
@@ -332,9 +342,23 @@ def _planned(num_embeddings: Mapping[str, int], min_table_rows: int) -> list[tup
     return kept
 
 
+def _fbdh_index(table: TableHash) -> int:
+    """fbdh's stored index: its ``K`` frequent ids and their rows (sorted ids, int32, and
+    rows at their width); the other ids are hashed. The frequent ids are those on table 1's
+    bias row (its last) whose table-0 rows all precede the hashed ids' (``K = 0``: none)."""
+    last_N = table.dense_mapping(1) == table.heights[1] - 1
+    rows0_N = table.dense_mapping(0)
+    if not bool(last_N.any()) or bool(last_N.all()):
+        return 0
+    if int(rows0_N[last_N].max()) >= int(rows0_N[~last_N].min()):
+        return 0  # no bias row: retain=0
+    return int(last_N.sum()) * (4 + row_dtype(table.heights[0]).itemsize)
+
+
 register_method("none", none_plan)
-register_method("modulo", _modulo)
-register_method("qr", qr_plan)
-register_method("fbdh", fbdh_plan)
-register_method("memrec", memrec_plan)
+register_method("modulo", _modulo, stored_index=computed_from_the_id)
+register_method("qr", qr_plan, stored_index=computed_from_the_id)
+register_method("fbdh", fbdh_plan, stored_index=_fbdh_index)
+register_method("memrec", memrec_plan, stored_index=computed_from_the_id)
 register_method("lhf", lhf_plan)
+register_method("cce", cce_plan)

@@ -35,22 +35,23 @@ import json
 import logging
 import math
 import os
-import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec.datasets.criteo import (
     CAT_FEATURE_COUNT,
     DEFAULT_CAT_NAMES,
     DEFAULT_INT_NAMES,
-    INT_FEATURE_COUNT,
 )
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from torchrec_lhf.data._npy_files import PART_COLUMNS, PART_DTYPES, PARTS
+from torchrec_lhf.data._npy_files import NpyFile as _NpyFile  # noqa: F401 (the old name)
+from torchrec_lhf.data._npy_files import discover as _discover
 from torchrec_lhf.data._util import SPLIT_FRACTIONS, SPLIT_NAMES
 from torchrec_lhf.data.dataset import _check_batching
 
@@ -65,68 +66,10 @@ MLPERF_NUM_EMBEDDINGS: tuple[int, ...] = (
 META_FILE = "criteo_npy.json"
 """Optional JSON in the directory: ``{"num_embeddings_per_feature": [...], ...}``."""
 
-PARTS = ("dense", "sparse", "labels")
-PART_COLUMNS = {"dense": INT_FEATURE_COUNT, "sparse": CAT_FEATURE_COUNT, "labels": 1}
-PART_DTYPES = {"dense": np.float32, "sparse": np.int64, "labels": np.int32}
-_HEADER_READERS = {
-    (1, 0): np.lib.format.read_array_header_1_0,
-    (2, 0): np.lib.format.read_array_header_2_0,
-}
 _SPLIT_RULE = {
     "train": "train_*.npy in file order, contiguous 80/10/10",
     "days": "all days but the last train; the last day's first ceil(n/2) rows val, rest test",
 }
-_DAY = re.compile(r"day_(\d+)_dense\.npy")
-
-
-@dataclass(frozen=True)
-class _NpyFile:
-    """One 2-D ``.npy`` file, its header read once; rows are read on demand."""
-
-    path: Path
-    num_rows: int
-    num_cols: int
-    dtype: np.dtype
-    offset: int
-
-    @classmethod
-    def open(cls, path: Path, part: str) -> _NpyFile:
-        if not path.is_file():
-            raise ValueError(f"{path}: missing; expected the {part} part of a Criteo npy set")
-        with open(path, "rb") as f:
-            try:
-                version = np.lib.format.read_magic(f)
-                read = _HEADER_READERS.get(version)
-                if read is None:
-                    raise ValueError(f"unsupported .npy version {version}")
-                shape, fortran, dtype = read(f)
-            except ValueError as e:
-                raise ValueError(f"{path}: not an .npy file ({e})") from None
-            offset = f.tell()
-        cols = PART_COLUMNS[part]
-        kind_ok = dtype.kind == "f" if part == "dense" else dtype.kind in "iu"
-        shape_ok = len(shape) == 2 and shape[1] == cols or (part == "labels" and len(shape) == 1)
-        if not (shape_ok and kind_ok) or fortran:
-            raise ValueError(
-                f"{path}: expected a C-order {'float' if part == 'dense' else 'integer'} "
-                f"array of shape (N, {cols}), got {dtype} {shape}"
-            )
-        size = offset + shape[0] * cols * dtype.itemsize
-        if path.stat().st_size < size:
-            raise ValueError(f"{path}: truncated: {path.stat().st_size} bytes, expected {size}")
-        return cls(path, int(shape[0]), cols, dtype, offset)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``[start, stop)``: shape ``(stop - start, num_cols)``, one positioned read."""
-        count = (stop - start) * self.num_cols
-        at = self.offset + start * self.num_cols * self.dtype.itemsize
-        out = np.fromfile(self.path, dtype=self.dtype, count=count, offset=at)
-        return out.reshape(stop - start, self.num_cols)
-
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (any order): a memory map opened for this call only."""
-        mm = np.load(self.path, mmap_mode="r")
-        return np.asarray(mm[rows]).reshape(rows.size, self.num_cols)
 
 
 class _SplitRows(Mapping):
@@ -145,6 +88,23 @@ class _SplitRows(Mapping):
         return len(self._ranges)
 
 
+class _BatchStream(IterableDataset):
+    """This rank's batches, given by their first global rows ``starts_S``; in a
+    ``DataLoader`` worker ``w`` of ``K`` yields those of positions ``w, w + K, ...``."""
+
+    def __init__(self, dataset: CriteoNpyDataset, starts_S: torch.Tensor, batch_size: int) -> None:
+        self.dataset, self.starts_S, self.batch_size = dataset, starts_S, batch_size
+
+    def __len__(self) -> int:
+        return int(self.starts_S.numel())
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        mine = self.starts_S if info is None else self.starts_S[info.id :: info.num_workers]
+        for start in mine.tolist():
+            yield self.dataset.read_batch(start, self.batch_size)
+
+
 class CriteoNpyDataset:
     """A directory of Criteo ``.npy`` files, read per rank and per batch (see the module doc).
 
@@ -156,6 +116,8 @@ class CriteoNpyDataset:
         directory: holds ``day_{N}_{part}.npy`` or ``train_{part}.npy``.
         num_embeddings_per_feature: 26 heights; ids are reduced modulo them.
         chunk_rows: rows read at once by :meth:`id_counts`.
+        num_workers: ``torch.utils.data`` worker processes of :meth:`loader` (0: none).
+        prefetch_factor: batches each worker reads ahead.
 
     Raises:
         ValueError: a bad directory, missing files, wrong shapes or mismatched row counts
@@ -163,7 +125,13 @@ class CriteoNpyDataset:
     """
 
     def __init__(
-        self, directory: Path, num_embeddings_per_feature: list[int], *, chunk_rows: int
+        self,
+        directory: Path,
+        num_embeddings_per_feature: list[int],
+        *,
+        chunk_rows: int,
+        num_workers: int = 0,
+        prefetch_factor: int = 4,
     ) -> None:
         heights = [int(h) for h in num_embeddings_per_feature]
         if len(heights) != CAT_FEATURE_COUNT or min(heights) < 1:
@@ -173,6 +141,12 @@ class CriteoNpyDataset:
             )
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        if num_workers < 0 or prefetch_factor < 1:
+            raise ValueError(
+                f"num_workers must be >= 0 and prefetch_factor >= 1, got {num_workers}, "
+                f"{prefetch_factor}"
+            )
+        self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         self.name = "criteo-npy"
         self.feature_names = list(DEFAULT_CAT_NAMES)
         self.dense_names = list(DEFAULT_INT_NAMES)
@@ -225,8 +199,12 @@ class CriteoNpyDataset:
         seed: int = 0,
         epoch: int = 0,
         limit: int | None = None,
+        start: int = 0,
     ) -> Iterator[Batch]:
         """Yield this rank's batches of ``split``, reading only its ``batch_size`` rows of each.
+
+        ``start`` skips that many of this rank's batches without reading them (a resumed
+        run's data position).
 
         Same arguments and grid as ``RecDataset.batches``. NOTE: ``shuffle`` permutes the
         order of the global batches (seeded by ``seed + epoch``), not the rows: a row
@@ -237,17 +215,69 @@ class CriteoNpyDataset:
             ``Batch``: dense ``(B, 13)`` float32, a KJT over ``cat_0..cat_25`` (int64
             values reduced modulo the heights, int32 lengths of ones), labels ``(B,)`` float32.
         """
+        return iter(
+            self._stream(split, batch_size, rank, world_size, shuffle, seed, epoch, limit, start)
+        )
+
+    def loader(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        limit: int | None = None,
+        start: int = 0,
+    ) -> Iterable[Batch]:
+        """The batches of :meth:`batches`, in the same order, read by ``num_workers``
+        ``torch.utils.data`` worker processes (a ``DataLoader`` over an ``IterableDataset``;
+        worker ``w`` reads batches ``w, w + num_workers, ...`` of this rank's sequence, which
+        the loader returns in order), or in this process without workers."""
+        stream = self._stream(
+            split, batch_size, rank, world_size, shuffle, seed, epoch, limit, start
+        )
+        if self.num_workers == 0:
+            return stream
+        return DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            prefetch_factor=self.prefetch_factor,
+            persistent_workers=False,
+        )
+
+    def _stream(
+        self,
+        split: str,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        shuffle: bool,
+        seed: int,
+        epoch: int,
+        limit: int | None,
+        start: int,
+    ) -> _BatchStream:
         _check_batching(batch_size, rank, world_size)
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
         lo, _ = self._range(split)
         num = self.num_batches(split, batch_size, world_size)
         order = torch.arange(num)
         if shuffle:
             order = torch.randperm(num, generator=torch.Generator().manual_seed(seed + epoch))
-        for b in order[: num if limit is None else min(num, limit)].tolist():
-            start = lo + (b * world_size + rank) * batch_size
-            yield self._to_batch(*self._read_range(start, start + batch_size))
+        starts = lo + (order * world_size + rank) * batch_size
+        stop = num if limit is None else min(num, limit)
+        return _BatchStream(self, starts[start:stop], batch_size)
+
+    def read_batch(self, start: int, batch_size: int) -> Batch:
+        """The ``Batch`` of global rows ``[start, start + batch_size)``."""
+        return self._to_batch(*self._read_range(start, start + batch_size))
 
     def make_batch(self, rows_B: torch.Tensor) -> Batch:
         """The ``Batch`` of global rows ``rows_B`` (int64, shape ``(B,)``), in that order."""
@@ -308,6 +338,8 @@ def load_criteo_npy(
     *,
     num_embeddings_per_feature: list[int] | None = None,
     chunk_rows: int = 1 << 16,
+    num_workers: int = 0,
+    prefetch_factor: int = 4,
 ) -> CriteoNpyDataset:
     """Open a directory of Criteo ``.npy`` files (the ``criteo-npy:DIR`` dataset).
 
@@ -316,6 +348,9 @@ def load_criteo_npy(
         num_embeddings_per_feature: 26 table heights; default the directory's
             :data:`META_FILE`, else :data:`MLPERF_NUM_EMBEDDINGS`.
         chunk_rows: rows per read of the streaming :meth:`CriteoNpyDataset.id_counts`.
+        num_workers: DataLoader workers of :meth:`CriteoNpyDataset.loader` (the training
+            loop's batches), e.g. ``--dataset_options '{"num_workers": 2}'``.
+        prefetch_factor: batches each worker reads ahead.
 
     Raises:
         ValueError: see :class:`CriteoNpyDataset`.
@@ -334,34 +369,15 @@ def load_criteo_npy(
                     f"{meta}: expected a JSON object with num_embeddings_per_feature ({e!r})"
                 ) from None
         num_embeddings_per_feature = list(heights)
-    ds = CriteoNpyDataset(directory, num_embeddings_per_feature, chunk_rows=chunk_rows)
+    ds = CriteoNpyDataset(
+        directory,
+        num_embeddings_per_feature,
+        chunk_rows=chunk_rows,
+        num_workers=num_workers,
+        prefetch_factor=prefetch_factor,
+    )
     logger.info("%r", ds)
     return ds
-
-
-def _discover(directory: Path) -> tuple[list[str], list[dict[str, _NpyFile]]]:
-    """The stems (``train`` or ``day_0 .. day_{K-1}``) and their validated files."""
-    days = sorted(int(m.group(1)) for p in directory.iterdir() if (m := _DAY.fullmatch(p.name)))
-    kaggle = (directory / "train_dense.npy").is_file()
-    if kaggle == bool(days):
-        raise ValueError(
-            f"{directory}: expected either day_{{N}}_{{dense,sparse,labels}}.npy (Criteo 1TB) "
-            f"or train_{{dense,sparse,labels}}.npy (Kaggle), found "
-            f"{'both' if kaggle else 'neither'}"
-        )
-    if days and (days != list(range(len(days))) or len(days) < 2):
-        raise ValueError(
-            f"{directory}: expected days 0..K-1 with K >= 2 (the last is val / test), got {days}"
-        )
-    stems = [f"day_{d}" for d in days] if days else ["train"]
-    files = []
-    for stem in stems:
-        parts = {p: _NpyFile.open(directory / f"{stem}_{p}.npy", p) for p in PARTS}
-        counts = {p: f.num_rows for p, f in parts.items()}
-        if len(set(counts.values())) != 1:
-            raise ValueError(f"{directory}/{stem}_*.npy: expected equal row counts, got {counts}")
-        files.append(parts)
-    return stems, files
 
 
 def _split_ranges(stems: list[str], rows: list[int]) -> dict[str, tuple[int, int]]:

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from torchrec_lhf.clustering.registry import get_clustering
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, allocate_rows
+from torchrec_lhf.hash_build.byte_budget import learned_rows_for_bytes
 from torchrec_lhf.hash_build.head_tail import ENCODINGS, HeadTail
 from torchrec_lhf.plan import COMBINE_MODES
 
@@ -61,8 +65,13 @@ class BuildConfig:
     """Tables with fewer ids stay full (0: none; the paper skipped tables under 100K ids)."""
 
     budget: str = field(default="table", metadata={"choices": BUDGETS})
-    """How ``fraction`` is spent (:func:`~torchrec_lhf.compression.budget.allocate_rows`):
-    ``"table"`` (each table's own fraction) or ``"total"`` (of all the model's rows)."""
+    """How ``fraction`` is spent (:mod:`~torchrec_lhf.compression.budget`): ``"table"``
+    (each table's own fraction), ``"total"`` (of all the model's rows) or ``"bytes"`` (of
+    the full fp32 table bytes at ``embedding_dim``, the remap counted)."""
+
+    embedding_dim: int | None = None
+    """The student's embedding dim ``D`` (``budget="bytes"``: a compressed row costs
+    ``4 D`` bytes)."""
 
     num_hashes: int = 1
     """``H``, hash functions (internal tables) per compressed table."""
@@ -140,6 +149,11 @@ class BuildConfig:
             raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
         if self.budget != "table" and self.fraction is None:
             raise ValueError(f"budget={self.budget!r} needs a fraction, not rows_per_table")
+        d = self.embedding_dim
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+            raise ValueError(f"embedding_dim must be an int >= 1, got {d!r}")
+        if self.budget == "bytes" and d is None:
+            raise ValueError("budget='bytes' needs embedding_dim (the student's dim)")
         self.head_tail()  # ValueError naming a bad head/tail setting
         for name, low in (("min_table_rows", 0), ("num_hashes", 1)):
             v = getattr(self, name)
@@ -188,17 +202,23 @@ class BuildConfig:
             "combine": self.combine,
             "min_table_rows": self.min_table_rows,
             "budget": self.budget,
+            # NOTE: only under a byte budget, so that other builds keep their fingerprints
+            **({"embedding_dim": self.embedding_dim} if self.budget == "bytes" else {}),
             **self.head_tail().to_dict(),
             "clustering_options": self.clustering_options,
         }
 
 
-def table_rows(sizes: dict[str, int], config: BuildConfig) -> dict[str, int]:
+def table_rows(
+    sizes: dict[str, int], config: BuildConfig, counts: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, int]:
     """Compressed rows per table to build (the rule of ``build_plan``); others stay full.
 
     Args:
         sizes: table name -> ``N``, in the teacher's order.
         config: the build config.
+        counts: table name -> access counts ``(N,)`` (``budget="bytes"`` with a head:
+            the head sets the remap's bytes).
 
     Returns:
         table name -> total rows over the table's ``H`` internal tables, in ``sizes``
@@ -216,7 +236,19 @@ def table_rows(sizes: dict[str, int], config: BuildConfig) -> dict[str, int]:
             raise ValueError(
                 f"rows_per_table names tables the teacher lacks: {unknown} (has {list(sizes)})"
             )
-    if config.fraction is not None:
+    if config.budget == "bytes":
+        assert config.fraction is not None and config.embedding_dim is not None  # checked
+        allocated, _ = learned_rows_for_bytes(
+            sizes,
+            counts,
+            fraction=config.fraction,
+            embedding_dim=config.embedding_dim,
+            min_table_rows=config.min_table_rows,
+            num_hashes=h,
+            combine=config.combine,
+            head_tail=config.head_tail(),
+        )
+    elif config.fraction is not None:
         allocated = allocate_rows(
             sizes,
             config.fraction,
@@ -233,8 +265,8 @@ def table_rows(sizes: dict[str, int], config: BuildConfig) -> dict[str, int]:
     out: dict[str, int] = {}
     for name, rows in allocated.items():
         n = sizes[name]
-        if config.budget == "total" and rows >= n:
-            continue  # the total budget keeps this table full
+        if config.budget != "table" and rows >= n:
+            continue  # the total or bytes budget keeps this table full
         if not h <= rows <= h * n:
             raise ValueError(
                 f"table {name!r}: {rows} rows for {h} hash(es) of a table of {n} ids; "

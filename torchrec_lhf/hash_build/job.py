@@ -5,7 +5,9 @@ atomically into a work directory (so a rerun after a crash skips it), sends its 
 rank 0 over a CPU (gloo) group, and rank 0 assembles them, in the teacher's table order,
 into one :class:`~torchrec_lhf.plan.HashPlan` written atomically to ``out``. A table's
 result depends only on its inputs and the config, never on which rank computed it, so the
-plan is the same for every world size.
+plan is the same for every world size. Each rank reads its tables from the (lazy) teacher
+artifact one at a time and frees each before the next, so a rank holds one table's
+embeddings and counts and its clustering's scratch, never the whole teacher.
 
 Shapes: ``N`` ids of a table, ``H`` hash functions per table, ``M_h`` internal heights.
 """
@@ -114,8 +116,8 @@ def run_build(
             (another config or teacher: pass ``restart=True`` or another ``work_dir``).
     """
     group = _cpu_group(world_size)
-    sizes = {name: int(e.shape[0]) for name, e in artifact.embeddings.items()}
-    rows = table_rows(sizes, config)
+    sizes = artifact.sizes()
+    rows = table_rows(sizes, config, artifact.counts)
     teacher_sha = _teacher_sha256(artifact)
     fingerprint = job_fingerprint(config, teacher_sha)
     _prepare_work_dir(config, fingerprint, rank, world_size, group)
@@ -278,7 +280,7 @@ def _build_or_resume(
     device: Any,
 ) -> tuple[TableHash, dict[str, Any]]:
     path = config.work_dir / _table_file(name)
-    n = int(artifact.embeddings[name].shape[0])
+    n = artifact.sizes()[name]
     if path.is_file():
         try:
             part = HashPlan.load(path)
@@ -293,6 +295,7 @@ def _build_or_resume(
         except (ValueError, KeyError) as e:
             logger.warning("recomputing table %r: %s is not usable: %s", name, path, e)
     device = torch.device(device or "cpu")
+    # NOTE: one table read from the (lazy) artifact at a time; freed when this returns
     table, info = build_table_hash(
         name,
         artifact.embeddings[name].to(device),

@@ -18,6 +18,7 @@ import torch
 
 from torchrec_lhf.clustering import get_clustering, project
 from torchrec_lhf.compression.budget import allocate_rows, split_rows
+from torchrec_lhf.hash_build.byte_budget import learned_rows_for_bytes
 from torchrec_lhf.hash_build.head_tail import HeadTail, cluster_hashes
 from torchrec_lhf.plan import COMBINE_MODES, HashPlan, TableHash
 
@@ -141,6 +142,7 @@ def build_plan(
     projection: str = "pca",
     head_tail: HeadTail | None = None,
     clustering_options: Mapping[str, Any] | None = None,
+    embedding_dim: int | None = None,
 ) -> HashPlan:
     """Build the hash plan of a model's tables in this process.
 
@@ -153,8 +155,10 @@ def build_plan(
         rows: compressed rows, one int for all tables or a dict per table; tables missing
             from the dict stay full. Exactly one of ``fraction`` / ``rows``.
         min_table_rows: tables with fewer ids stay full (left out of the plan).
-        budget: how ``fraction`` is spent: ``"table"`` (of each table) or ``"total"`` (of
-            all rows; see :func:`~torchrec_lhf.compression.budget.allocate_rows`).
+        budget: how ``fraction`` is spent: ``"table"`` (of each table), ``"total"`` (of
+            all rows; see :func:`~torchrec_lhf.compression.budget.allocate_rows`) or
+            ``"bytes"`` (of the full fp32 table bytes at ``embedding_dim``, the remap
+            counted: :func:`learned_rows_for_bytes`, before any clustering).
         num_hashes: ``H`` hash functions per table; the rows are split over them.
         combine: ``"sum"`` or ``"concat"``.
         clustering: a registered clustering.
@@ -162,6 +166,7 @@ def build_plan(
         head_tail: which ids are clustered and where the others go (see
             :func:`build_table_hash`; a head by counts needs ``counts``).
         clustering_options: passed to the clustering.
+        embedding_dim: the student's dim ``D``, for ``budget="bytes"``.
 
     Returns:
         The :class:`~torchrec_lhf.plan.HashPlan` (metadata: clustering, fraction, rows, projection,
@@ -183,7 +188,23 @@ def build_plan(
         teacher_embeddings, counts, fraction, rows, min_table_rows, budget, clustering, head_tail
     )
     allocated = None
-    if fraction is not None:
+    if budget == "bytes":
+        if fraction is None or embedding_dim is None:
+            raise ValueError(
+                f"budget 'bytes' needs a fraction and embedding_dim, got fraction={fraction!r}, "
+                f"embedding_dim={embedding_dim!r}"
+            )
+        allocated, _ = learned_rows_for_bytes(
+            sizes,
+            counts,
+            fraction=fraction,
+            embedding_dim=embedding_dim,
+            min_table_rows=min_table_rows,
+            num_hashes=num_hashes,
+            combine=combine,
+            head_tail=head_tail,
+        )
+    elif fraction is not None:
         allocated = allocate_rows(
             sizes, fraction, budget=budget, min_table_rows=min_table_rows, num_hashes=num_hashes
         )
@@ -297,6 +318,8 @@ def _check_plan_args(
     get_clustering(clustering)  # fail before any work on an unknown clustering
     if budget != "table" and fraction is None:
         raise ValueError(f"budget={budget!r} needs a fraction, not rows")
+    if budget not in ("table", "total", "bytes"):
+        raise ValueError(f"budget must be 'table', 'total' or 'bytes', got {budget!r}")
     if head_tail is not None and head_tail.splits and counts is None:
         raise ValueError(f"a head by access counts ({head_tail}) needs counts, got counts=None")
     sizes = {}
@@ -321,7 +344,7 @@ def _rows_of_table(
     a ``fraction``, else ``None`` (then ``rows`` decides); the rest are ``build_plan``'s.
     """
     if allocated is not None:
-        if name not in allocated or (budget == "total" and allocated[name] >= n):
+        if name not in allocated or (budget != "table" and allocated[name] >= n):
             logger.info("table %s: %d ids, stays full (budget %r)", name, n, budget)
             return None
         return allocated[name]

@@ -326,18 +326,23 @@ def combine_plan(
     """The column plan of :func:`combine_values` (host lists; built once per module).
 
     One gather fills every output column from the first internal table (all of them, for
-    concat); pass ``h`` then adds or multiplies in internal table ``h``, for all features
-    at once: the number of ops depends on the largest ``H``, not on the features.
+    concat; each column's first, for sum_concat); pass ``h`` then adds or multiplies in
+    internal table ``h`` (of each column), for all features at once: the number of ops
+    depends on the largest ``H``, not on the features.
 
     Args:
         in_keys: internal embedding names, in the internal KeyedTensor's order.
         in_dims: their dims.
         out_dims: the logical embeddings' dims, in output order.
         sources: for each logical embedding, ``(internal keys, combine)``; ``combine`` is
-            one of ``sum``, ``concat``, ``mult``, ``scaled_sum``.
+            one of ``sum``, ``concat``, ``mult``, ``scaled_sum``, ``sum_concat`` (columns of
+            ``k`` consecutive keys of one dim, ``k`` = their dims' total over the output dim).
 
     Returns:
         ``(first_C, passes)`` as :func:`combine_values` takes them (as lists).
+
+    Raises:
+        ValueError: keys that do not form columns of one dim adding up to the output dim.
     """
     col = dict(zip(in_keys, (sum(in_dims[:i]) for i in range(len(in_dims)))))
     dim = dict(zip(in_keys, in_dims))
@@ -347,17 +352,27 @@ def combine_plan(
     for (keys, mode), out_dim in zip(sources, out_dims):
         if mode == "concat" or len(keys) == 1:
             first.extend(c for k in keys for c in range(col[k], col[k] + dim[k]))
-        else:
-            first.extend(range(col[keys[0]], col[keys[0]] + out_dim))
-            for h, k in enumerate(keys[1:], start=1):
-                last = h == len(keys) - 1
+            out_col += out_dim
+            continue
+        per_column = sum(dim[k] for k in keys) // out_dim if mode == "sum_concat" else len(keys)
+        columns = [keys[i : i + per_column] for i in range(0, len(keys), per_column or 1)]
+        widths = [dim[c[0]] if mode == "sum_concat" else out_dim for c in columns]
+        if sum(widths) != out_dim or any(dim[k] != w for c, w in zip(columns, widths) for k in c):
+            raise ValueError(
+                f"{mode} of {keys} (dims {[dim[k] for k in keys]}) does not form columns of "
+                f"one dim each that add up to {out_dim}"
+            )
+        for column, width in zip(columns, widths):
+            first.extend(range(col[column[0]], col[column[0]] + width))
+            for h, k in enumerate(column[1:], start=1):
+                last = h == len(column) - 1
                 op = "mul" if mode == "mult" or (mode == "scaled_sum" and last) else "add"
                 while len(by_pass) < h:
                     by_pass.append({"add": ([], []), "mul": ([], [])})
                 dst, src = by_pass[h - 1][op]
-                dst.extend(range(out_col, out_col + out_dim))
-                src.extend(range(col[k], col[k] + dim[k]))
-        out_col += out_dim
+                dst.extend(range(out_col, out_col + width))
+                src.extend(range(col[k], col[k] + width))
+            out_col += width
     assert len(first) == out_col == sum(out_dims), "combine layout mismatch"
     passes = [(op == "mul", dst, src) for ops in by_pass for op, (dst, src) in ops.items() if dst]
     return first, passes

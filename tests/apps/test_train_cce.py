@@ -1,0 +1,69 @@
+"""``--compression cce`` in the DLRM app: flags, end to end with its phases, at world size 2."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+
+import pytest
+
+from apps.dlrm.train import main, parse_args
+from tests._multiprocess import run_multiprocess
+from tests.apps._train_args import NO_MINIMUM, SMALL
+
+CCE = [*SMALL, *NO_MINIMUM, "--compression", "cce", "--fraction", "0.5"]
+SHORT = ["--limit_train_batches", "6", "--limit_val_batches", "1", "--limit_test_batches", "2"]
+
+
+def test_cce_flags_parse_and_are_checked() -> None:
+    config = parse_args([*CCE, "--cce_phases", "2", "--no-cce_reset_optimizer"])
+    assert config.cce_config().phases == 2 and not config.cce_config().reset_optimizer
+    assert parse_args(CCE).cce_config().phases == 3  # the library's default
+    with pytest.raises(ValueError, match="phases"):
+        parse_args([*CCE, "--cce_phases", "-1"])
+    with pytest.raises(ValueError, match="--resume"):
+        parse_args([*CCE, "--resume", "--checkpoint_dir", "/tmp/x"])
+    with pytest.raises(ValueError, match="--mlet_fraction"):
+        parse_args([*CCE, "--mlet_fraction", "0.5"])
+    assert parse_args(CCE).cce_columns == 4  # the reference's n_chunks
+    with pytest.raises(ValueError, match="cce_columns must be an int >= 1, got 0"):
+        parse_args([*CCE, "--cce_columns", "0"])
+    with pytest.raises(ValueError, match="--cce_columns"):
+        parse_args([*CCE, "--compression_options", '{"columns": 2}'])
+
+
+def test_cce_trains_end_to_end_with_its_phases(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="apps.dlrm.loop"):
+        metrics = main([*CCE, *SHORT, "--cce_phases", "2", "--epochs", "2"])
+    # 2 epochs of 6 steps: phases at the ends of the first two thirds, steps 4 and 8
+    phases = [
+        (int(m[1]), int(m[2]))
+        for r in caplog.records
+        if (m := re.match(r"cce phase (\d+) at step (\d+)", r.getMessage()))
+    ]
+    assert phases == [(1, 4), (2, 8)]
+    assert metrics["steps"] == 12 and 0.0 <= metrics["auc"] <= 1.0
+    assert math.isfinite(metrics["logloss"])
+    # dim 8: 2 columns of width 4 (not 4 of width 2), each two internal tables at half the
+    # rows; the two clustered indices stored, so the remap is not computable from the id
+    assert 2 * 0.4 * 300 <= metrics["rows"] <= 2 * (0.6 * 300 + 3)
+    assert metrics["embedding_bytes"] == metrics["rows"] * 4 * 4
+    assert metrics["remap_bytes"] >= 2 * 2 * 300
+    assert metrics["remap_computable"] is False
+    # the plan reported is the one the model holds after its phases
+    assert metrics["plan_fingerprint"] != metrics["start_plan_fingerprint"]
+    one = main([*CCE, *SHORT, "--cce_phases", "0", "--cce_columns", "1"])
+    assert one["plan_fingerprint"] == one["start_plan_fingerprint"]
+    assert one["embedding_bytes"] == one["rows"] * 8 * 4 == metrics["embedding_bytes"]
+
+
+def _train_cce(rank: int, world_size: int) -> dict:
+    return main([*CCE, *SHORT, "--cce_phases", "1"])
+
+
+@pytest.mark.distributed
+def test_cce_trains_at_world_size_2() -> None:
+    first, second = run_multiprocess(_train_cce, world_size=2)
+    assert first["auc"] == second["auc"] and math.isfinite(first["logloss"])
+    assert first["steps"] == 6 and first["world_size"] == 2

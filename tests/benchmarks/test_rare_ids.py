@@ -1,0 +1,92 @@
+"""The rare-ids benchmark at a tiny scale: equal total bytes, and the JSON has its fields."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import rare_ids
+from torchrec_lhf.data.criteo_npy import MLPERF_NUM_EMBEDDINGS
+
+
+def test_config_rejects_unknown_budgets_and_methods() -> None:
+    with pytest.raises(ValueError, match="'total'"):
+        rare_ids.RareIdsConfig(budget="total")
+    with pytest.raises(ValueError, match="lhf-x"):
+        rare_ids.RareIdsConfig(methods=["none", "lhf-x"])
+    with pytest.raises(ValueError, match="fraction"):
+        rare_ids.RareIdsConfig(fraction=0.0)
+    with pytest.raises(ValueError, match="-1"):
+        rare_ids.RareIdsConfig(seed=-1)
+
+
+def test_gap_closed_is_the_share_of_the_hashing_tricks_gap() -> None:
+    results = {
+        "none": {"auc": 0.80},
+        "modulo": {"auc": 0.70},
+        "lhf": {"auc": 0.78},
+        "lhf-paper": {"infeasible": "too small"},
+    }
+    rare_ids._gap_closed(results)
+    assert results["lhf"]["gap_closed"] == pytest.approx(0.8)
+    assert results["none"]["gap_closed"] == pytest.approx(1.0)
+    assert results["modulo"]["gap_closed"] == 0.0
+    assert "gap_closed" not in results["lhf-paper"]
+    no_gap = {"none": {"auc": 0.7}, "modulo": {"auc": 0.71}}
+    rare_ids._gap_closed(no_gap)
+    assert no_gap["none"]["gap_closed"] is None
+
+
+def test_tiny_run_at_equal_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 1e-4 of the MLPerf heights: 20,462 ids. At 3% of their fp32 bytes (39,287 bytes) the
+    # paper's dense int16 remap alone (2 bytes an id of the compressed tables) does not fit,
+    # while the hashing trick and the compact head/tail plan do.
+    argv = [
+        "--scale", "0.0001",
+        "--num_samples", "20000",
+        "--min_table_rows", "100",
+        "--batch_size", "512",
+        "--fraction", "0.03",
+        "--budget", "bytes",
+        "--out_dir", str(tmp_path),
+        "--json",
+    ]  # fmt: skip
+    report = rare_ids.main(argv)
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(report))
+    heights = [max(3, round(n * 1e-4)) for n in MLPERF_NUM_EMBEDDINGS]
+    full = sum(heights) * 16 * 4
+    budget = math.floor(0.03 * full)
+    assert report["budget_bytes"] == budget
+    res = report["results"]
+    assert list(res) == ["none", "modulo", "lhf-paper", "lhf"]
+    assert "byte budget of 39,287 bytes" in res["lhf-paper"]["infeasible"]
+    assert set(res["lhf-paper"]) == {"infeasible"}
+    assert res["none"]["stored_bytes"] == res["none"]["table_bytes"] == full
+    assert res["none"]["gap_closed"] == 1.0 and res["modulo"]["gap_closed"] == 0.0
+    gap = res["none"]["auc"] - res["modulo"]["auc"]
+    row = 16 * 4
+    num_compressed = sum(n >= 100 for n in heights)
+    for method in ("modulo", "lhf"):
+        r = res[method]
+        # fitted to the budget: no more than it, and within a row per compressed table of it
+        assert budget - num_compressed * row < r["stored_bytes"] <= budget
+        assert r["stored_bytes"] == r["table_bytes"] + r["index_bytes"]
+        assert r["bytes_fraction"] == pytest.approx(r["stored_bytes"] / full)
+        assert r["compression"] == pytest.approx(full / r["stored_bytes"])
+        assert r["compression_in_memory"] == pytest.approx(
+            full / (r["table_bytes"] + r["remap_bytes"])
+        )
+        assert 0.5 < r["auc"] < 1 and r["logloss"] > 0 and r["ne"] > 0
+        if gap > 0:
+            want = (r["auc"] - res["modulo"]["auc"]) / gap
+            assert r["gap_closed"] == pytest.approx(want)
+    assert res["modulo"]["index_bytes"] == 0 and res["modulo"]["remap_computable"]
+    # the learned hash pays for its stored remap in rows; the compact head is held in
+    # memory as its cuckoo table, larger than the sorted heads it stores
+    lhf = res["lhf"]
+    assert lhf["index_bytes"] > 0 and not lhf["remap_computable"]
+    assert lhf["rows"] < res["modulo"]["rows"]
+    assert lhf["remap_bytes"] > lhf["index_bytes"]

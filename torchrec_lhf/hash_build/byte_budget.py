@@ -1,0 +1,116 @@
+"""A learned plan under a byte budget: its remap's bytes before any clustering.
+
+Shapes: ``N`` ids of a table, ``K`` head ids, ``M_h`` rows of internal table ``h``.
+
+A learned plan's remap bytes depend on its head (which ids are stored) and its encoding
+(dense: a row per id; compact: head ids and rows), not on the clustering, so
+``budget="bytes"`` (:mod:`torchrec_lhf.compression.budget`) is fitted once, before the
+build clusters anything: a smaller remap buys rows.
+
+Example::
+
+    >>> import torch
+    >>> from torchrec_lhf.hash_build.head_tail import HeadTail
+    >>> counts = {"t": torch.tensor([50, 0, 30, 1] * 250)}  # 1,000 ids, a head of 500
+    >>> rows, at = learned_rows_for_bytes({"t": 1000}, counts, fraction=0.5,
+    ...     embedding_dim=4, head_tail=HeadTail(min_count=10, encoding="compact"))
+    >>> at.index["t"], rows["t"]  # 500 ids x (4 + 2) bytes; (8,000 - 3,000) / 16
+    (3000, 312)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from torchrec_lhf.compression.budget import ModelBytes, rows_for_bytes
+from torchrec_lhf.hash_build.head_tail import HeadTail
+from torchrec_lhf.plan_compact import row_dtype
+
+
+def learned_index_bytes(
+    sizes: Mapping[str, int],
+    heads: Mapping[str, tuple[int, int] | None],
+    heights: Mapping[str, list[int]],
+    encoding: str,
+) -> dict[str, int]:
+    """The remap bytes a learned plan will store, from its heads and heights alone.
+
+    The encoding of each hash follows :func:`~torchrec_lhf.hash_build.head_tail.cluster_hashes`
+    (no head: dense; ``encoding`` ``"dense"``/``"compact"``; ``"auto"``: compact when
+    smaller than dense at the hash's row width), and the bytes
+    :meth:`~torchrec_lhf.plan.HashPlan.remap_bytes` (dense width set by the module's
+    largest dense height), so that a byte budget is fitted before any clustering.
+
+    Args:
+        sizes: table name -> ``N``.
+        heads: compressed table name -> ``(K, largest head id)``, or ``None``: every id
+            clustered.
+        heights: compressed table name -> its ``H`` internal heights.
+        encoding: ``"auto"``, ``"dense"`` or ``"compact"``.
+
+    Returns:
+        Compressed table name -> remap bytes.
+    """
+    compact: dict[str, list[int | None]] = {}  # per hash: compact bytes, or None (dense)
+    for name, hs in heights.items():
+        head = heads.get(name)
+        compact[name] = []
+        for m in hs:
+            if head is None or encoding == "dense":
+                compact[name].append(None)
+                continue
+            k, top = head
+            nbytes = k * ((4 if top < 2**31 else 8) + row_dtype(m).itemsize)
+            dense = sizes[name] * row_dtype(m).itemsize
+            compact[name].append(nbytes if encoding == "compact" or nbytes < dense else None)
+    dense_heights = [m for t, hs in heights.items() for m, c in zip(hs, compact[t]) if c is None]
+    width = 2 if max(dense_heights, default=1) <= 2**15 else 4
+    return {t: sum(sizes[t] * width if c is None else c for c in compact[t]) for t in heights}
+
+
+def learned_rows_for_bytes(
+    sizes: Mapping[str, int],
+    counts: Mapping[str, torch.Tensor] | None,
+    *,
+    fraction: float,
+    embedding_dim: int,
+    min_table_rows: int = 0,
+    num_hashes: int = 1,
+    combine: str = "sum",
+    head_tail: HeadTail | None = None,
+) -> tuple[dict[str, int], ModelBytes]:
+    """Rows per table of a learned plan at ``fraction`` of the full fp32 table bytes.
+
+    The remap's bytes depend on the head and the encoding, not on the clustering
+    (:func:`learned_index_bytes`), so the fit (:func:`~torchrec_lhf.compression.budget.
+    rows_for_bytes`) runs before any clustering.
+
+    Returns:
+        ``(rows, bytes)``: compressed table -> total rows, and the model's bytes.
+
+    Raises:
+        ValueError: a head by counts without counts, or a budget below the bytes at the
+            fewest rows (naming the table).
+    """
+    spec = head_tail or HeadTail()
+    heads: dict[str, tuple[int, int] | None] = {}
+    for name, n in sizes.items():
+        if n < min_table_rows:
+            continue
+        head_N = spec.head(None if counts is None else counts.get(name), name)
+        if head_N is None:
+            heads[name] = None
+        else:
+            ids_K = head_N.nonzero().squeeze(1)
+            heads[name] = (ids_K.numel(), int(ids_K.max()) if ids_K.numel() else 0)
+    return rows_for_bytes(
+        sizes,
+        fraction,
+        embedding_dim=embedding_dim,
+        min_table_rows=min_table_rows,
+        num_hashes=num_hashes,
+        combine=combine,
+        index_bytes=lambda hs: learned_index_bytes(sizes, heads, hs, spec.encoding),
+    )
