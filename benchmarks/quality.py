@@ -82,6 +82,7 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-skip": {"skip": True},
     "lhf-rarehash": {"rare_hash": True, "tail_fraction": 0.0},
     "lhf-headtail": {"rare_hash": True},
+    "lhf-headtail-mass": {"rare_hash": True, "tail_region": "mass"},
     "lhf-mlet": {"mlet": True},
     "lhf-t16": {"teacher_dim": "model"},
     "lhf-init": {"teacher_dim": "model", "init": True},
@@ -240,6 +241,7 @@ def _plan(sweep: SweepConfig, variant: str, fraction: float, seed: int) -> Path:
                 embedding_dim=sweep.embedding_dim,
                 head_min_count=sweep.head_min_count if opts.get("rare_hash") else 0,
                 tail_fraction=opts.get("tail_fraction", BuildConfig.tail_fraction),
+                tail_region=opts.get("tail_region", BuildConfig.tail_region),
                 out=path,
                 restart=True,
             )

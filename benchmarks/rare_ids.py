@@ -48,7 +48,7 @@ from torchrec_lhf.hash_build.config import BuildConfig
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("none", "modulo", "lhf-paper", "lhf")
+METHODS = ("none", "modulo", "lhf-paper", "lhf", "lhf-mass")
 """The methods this benchmark trains (see the module docstring)."""
 
 
@@ -148,7 +148,7 @@ def _train_config(
     if method.startswith("lhf"):
         paper = {"head_min_count": 0, "tail_fraction": 0.0, "encoding": "dense"}
         plan = out / f"plan_{method}.safetensors"
-        extra = paper if method == "lhf-paper" else {}
+        extra = {"lhf-paper": paper, "lhf-mass": {"tail_region": "mass"}}.get(method, {})
         build_hash.run(dataclasses.replace(build, out=plan, work_dir=None, **extra))
         pipeline.release_memory()
         cfg = dataclasses.replace(trains["lhf"], learned_hash=str(plan))

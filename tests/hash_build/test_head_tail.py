@@ -30,6 +30,7 @@ def test_head_by_count_and_by_mass() -> None:
         ({"min_count": 2, "mass": 0.5}, "give one of head min_count"),
         ({"tail_fraction": 1.0}, r"tail_fraction must be a number in \[0, 1\), got 1.0"),
         ({"encoding": "zip"}, "encoding must be one of"),
+        ({"tail_region": "half"}, "tail_region must be one of"),
     ],
 )
 def test_bad_settings_are_named(kwargs: dict, message: str) -> None:
@@ -85,3 +86,20 @@ def test_the_build_stores_the_smaller_encoding() -> None:
         head_tail=HeadTail(min_count=10, tail_fraction=0.5, encoding="dense"),
     )  # fmt: skip
     assert torch.equal(dense.mappings[0], table.dense_mapping(0))
+
+
+def test_a_mass_tail_region_gets_the_tail_share_of_the_accesses() -> None:
+    # ids 0-9 the head (10 accesses each: 100), ids 10-39 the tail (1 each: 30 of 130)
+    n, height = 40, 13
+    counts_N = torch.cat([torch.full((10,), 10.0), torch.ones(30)])
+    head_N = counts_N >= 10
+    spec = HeadTail(min_count=10, tail_fraction=0.5, tail_region="mass")  # fraction unused
+    mapping_N, layout, _ = head_tail_mapping(
+        get_clustering("agglomerative"), torch.arange(n, dtype=torch.float32), counts_N,
+        head_N, height, spec=spec, seed=tail_seed("t", 0), options={},
+    )  # fmt: skip
+    assert layout == {"head_rows": 10, "tail_offset": 10, "tail_rows": 3}  # 30/130 of 13
+    assert mapping_N[:10].tolist() == list(range(10))  # a row each
+    assert bool((mapping_N[10:] >= 10).all())
+    assert spec.to_dict()["tail_region"] == "mass"
+    assert "tail_region" not in HeadTail(min_count=10).to_dict()  # old fingerprints kept

@@ -18,7 +18,7 @@ import torch
 from torchrec_lhf.clustering.registry import get_clustering
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, allocate_rows
 from torchrec_lhf.hash_build.byte_budget import learned_rows_for_bytes
-from torchrec_lhf.hash_build.head_tail import ENCODINGS, HeadTail
+from torchrec_lhf.hash_build.head_tail import ENCODINGS, TAIL_REGIONS, HeadTail
 from torchrec_lhf.plan import COMBINE_MODES
 
 
@@ -97,6 +97,9 @@ class BuildConfig:
     tail_fraction: float = 0.7
     """Share of each internal table's rows reserved for the hashed tail, so that the head's
     rows stay its own (0: the tail is hashed into all rows)."""
+    tail_region: str = field(default="fixed", metadata={"choices": TAIL_REGIONS})
+    """``fixed``: the tail gets ``tail_fraction`` of the rows; ``mass``: its share of the
+    table's training accesses (``tail_fraction`` unused)."""
 
     encoding: str = field(default="auto", metadata={"choices": ENCODINGS})
     """How the plan stores a hash: ``dense`` (a row per id), ``compact`` (head ids and rows,
@@ -189,6 +192,7 @@ class BuildConfig:
             mass=self.head_mass,
             tail_fraction=self.tail_fraction,
             encoding=self.encoding,
+            tail_region=self.tail_region,
         )
 
     def plan_options(self) -> dict[str, Any]:

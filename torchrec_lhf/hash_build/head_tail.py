@@ -28,6 +28,7 @@ from torchrec_lhf.hashing import tail_hash
 from torchrec_lhf.plan_compact import CompactMapping, choose_encoding, row_dtype
 
 ENCODINGS = ("auto", "dense", "compact")
+TAIL_REGIONS = ("fixed", "mass")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,12 +42,16 @@ class HeadTail:
             ``[0, 1)``; 0 hashes the tail into all rows, over the head's.
         encoding: ``"dense"`` (a row per id), ``"compact"`` (head ids and rows, tail
             computed) or ``"auto"`` (the smaller of the two).
+        tail_region: ``"fixed"`` (the tail gets ``round(tail_fraction * M)`` rows) or
+            ``"mass"`` (its share of the table's training accesses, so a table whose tail is
+            rarely read keeps nearly all rows for the head; ``tail_fraction`` is then unused).
     """
 
     min_count: int = 0
     mass: float | None = None
     tail_fraction: float = 0.0
     encoding: str = "auto"
+    tail_region: str = "fixed"
 
     def __post_init__(self) -> None:
         mc = self.min_count
@@ -64,6 +69,8 @@ class HeadTail:
             raise ValueError(f"tail_fraction must be a number in [0, 1), got {tf!r}")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        if self.tail_region not in TAIL_REGIONS:
+            raise ValueError(f"tail_region must be one of {TAIL_REGIONS}, got {self.tail_region!r}")
 
     @property
     def splits(self) -> bool:
@@ -97,6 +104,8 @@ class HeadTail:
             "head_mass": self.mass,
             "tail_fraction": self.tail_fraction,
             "encoding": self.encoding,
+            # NOTE: named only when not the default, so earlier plans keep their fingerprints
+            **({"tail_region": self.tail_region} if self.tail_region != "fixed" else {}),
         }
 
 
@@ -154,8 +163,12 @@ def head_tail_mapping(
     n = values_N.shape[0]
     head_K = head_N.nonzero().squeeze(1)
     num_tail = n - head_K.numel()
-    tail_rows = round(spec.tail_fraction * height) if num_tail else 0
-    if num_tail and spec.tail_fraction:
+    share = spec.tail_fraction
+    if spec.tail_region == "mass" and counts_N is not None:
+        total = float(counts_N.sum())
+        share = float(counts_N[~head_N].sum()) / total if total > 0 else 0.0
+    tail_rows = round(share * height) if num_tail else 0
+    if num_tail and share:
         tail_rows = min(max(tail_rows, 1), height - 1) if height > 1 else 1
     head_rows = height - tail_rows if tail_rows < height else height
     tail_offset, tail_span = (
