@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
+from apps.dlrm.batches import fold_ids
 from apps.dlrm.export import EXPORT_DTYPES, load_scripted_model
-from apps.dlrm.loop import fold_ids
 from apps.dlrm.model import table_configs
 from apps.dlrm.runtime import setup_logging
 from torchrec_lhf._io import atomic_write

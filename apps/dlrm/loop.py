@@ -28,10 +28,10 @@ from torchrec.datasets.utils import Batch
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from tqdm import tqdm
 
 from apps.dlrm import checkpoint as ckpt
+from apps.dlrm.batches import batches_from, fold_ids
 from apps.dlrm.config import TrainConfig
 from apps.dlrm.model import build_model, make_optimizer, shard_model, table_configs, table_stats
 from apps.dlrm.runtime import DistEnv
@@ -153,45 +153,6 @@ def _cce_phase(session: Session) -> None:
     logger.info("cce phase %d at step %d: %.2fs", phase, session.step, time.perf_counter() - tic)
 
 
-def fold_ids(tables: list[EmbeddingBagConfig], dataset: RecDataset) -> Callable[[Batch], Batch]:
-    """Batch transform folding ids modulo the table heights where they are below the data's."""
-    heights_F = torch.tensor([c.num_embeddings for c in tables], dtype=torch.int64)
-    if all(c.num_embeddings >= n for c, n in zip(tables, dataset.num_embeddings)):
-        return lambda batch: batch
-    logger.warning(
-        "--num_embeddings_per_feature %s is below the data's heights %s for some features: "
-        "their ids fold modulo the logical table height",
-        heights_F.tolist(),
-        dataset.num_embeddings,
-    )
-
-    def fold(batch: Batch) -> Batch:
-        kjt = batch.sparse_features
-        feature_V = torch.repeat_interleave(
-            torch.arange(len(tables)),
-            torch.tensor(kjt.length_per_key()),
-            output_size=kjt.values().numel(),
-        )
-        values_V = kjt.values() % heights_F[feature_V]
-        folded = KeyedJaggedTensor(keys=kjt.keys(), values=values_V, lengths=kjt.lengths())
-        return Batch(
-            dense_features=batch.dense_features, sparse_features=folded, labels=batch.labels
-        )
-
-    return fold
-
-
-def _batches_from(
-    ds: RecDataset, start: int, split: str, batch_size: int, **kw: Any
-) -> Iterator[Batch]:
-    """This rank's batches of ``split`` from its ``start``-th on: through the dataset's
-    ``loader`` (``torch.utils.data`` workers, the skipped batches never read) where it has
-    one, else the skipped batches are built and dropped."""
-    if hasattr(ds, "loader"):
-        return iter(ds.loader(split, batch_size, start=start, **kw))
-    return islice(ds.batches(split, batch_size, **kw), start, None)
-
-
 def train_epoch(
     session: Session, *, hook: BatchHook | None = None, extra_state: Any = None
 ) -> None:
@@ -208,7 +169,7 @@ def train_epoch(
         total = min(total, cfg.limit_train_batches)
     batches = map(
         session.prepare,
-        _batches_from(
+        batches_from(
             ds,
             session.batch,
             "train",
@@ -295,7 +256,7 @@ def _eval_batches(
             ds.make_batch(padded_R[env.rank * cfg.batch_size : (env.rank + 1) * cfg.batch_size])
         ]
         valid.append(max(0, min(cfg.batch_size, rows_R.numel() - env.rank * cfg.batch_size)))
-    full = _batches_from(ds, 0, split, cfg.batch_size, rank=env.rank, world_size=env.world_size)
+    full = batches_from(ds, 0, split, cfg.batch_size, rank=env.rank, world_size=env.world_size)
     return iter(map(session.prepare, _chain(full, tail))), valid
 
 
