@@ -107,7 +107,7 @@ def build_session(
     unsharded = build_model(
         config, tables, num_dense=len(dataset.dense_names), plan=plan, dense_device=env.device
     )
-    stats = dict(table_stats(unsharded), remap_bytes=remap_bytes(unsharded))
+    stats = dict(table_stats(unsharded, plan=plan), remap_bytes=remap_bytes(unsharded))
     model = shard_model(unsharded, config, device=env.device, world_size=env.world_size)
     if env.is_main:
         logger.info("sharding plan:\n%s", model.plan)

@@ -56,6 +56,7 @@ def test_tiny_benchmark_runs_every_stage_and_reports(tmp_path: Path) -> None:
         assert r["ids"] == 20430 if r["scale"] == 1e-4 else r["ids"] > 20430
         assert 0 < r["compressed_rows"] < r["ids"] / 5  # 10% of the big tables, small ones full
         assert r["embedding_bytes"] == r["compressed_rows"] * 16 * 4 and r["remap_bytes"] > 0
+        assert r["stages"]["train"]["index_bytes"] > 0  # the learned plan stores its head
         assert r["train_vs_baseline"] == pytest.approx(
             r["train_samples_per_s"] / r["baseline_samples_per_s"]
         )
