@@ -181,6 +181,22 @@ def test_meta_is_checked_before_loading_and_old_format_is_refused(tmp_path: Path
         checkpoint.load(old, model=model, optimizer=opt)
 
 
+def test_another_runs_checkpoint_of_the_same_step_is_replaced(tmp_path: Path) -> None:
+    model, opt = _linear()
+    checkpoint.save(tmp_path, model=model, optimizer=opt, step=7, meta={"plan": "old"})
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    # the same meta: the same run saving the step again (kept as it is)
+    checkpoint.save(tmp_path, model=model, optimizer=opt, step=7, meta={"plan": "old"})
+    probe, probe_opt = _linear()
+    checkpoint.load(tmp_path, model=probe, optimizer=probe_opt, expect={"plan": "old"})
+    assert not torch.equal(probe.weight, model.weight)
+    # another run (another plan) at the same step: replaced, not silently kept
+    checkpoint.save(tmp_path, model=model, optimizer=opt, step=7, meta={"plan": "new"})
+    loaded = checkpoint.load(tmp_path, model=probe, optimizer=probe_opt, expect={"plan": "new"})
+    assert loaded is not None and loaded.step == 7 and torch.equal(probe.weight, model.weight)
+
+
 class _Exploit:
     def __reduce__(self):
         return (os.system, ("touch pwned",))

@@ -126,7 +126,8 @@ def save(
     name = f"step_{step}"
     path = directory / name
     pointer = read_latest(directory)
-    if pointer is not None and pointer["dir"] == name:
+    if pointer is not None and pointer["dir"] == name and _same_meta(path, meta):
+        # the same run saving the same step twice (a periodic save, then the epoch's)
         logger.info("checkpoint of step %d already at %s", step, path)
         return path
     if _rank() == 0:
@@ -156,6 +157,16 @@ def save(
         logger.info("checkpoint: step %d -> %s", step, path)
     _barrier()  # nobody reads `latest` before it is flipped
     return path
+
+
+def _same_meta(path: Path, meta: Mapping[str, Any] | None) -> bool:
+    """Whether the checkpoint at ``path`` was written with ``meta`` (else another run's
+    checkpoint of the same step, e.g. of another plan, which must be replaced)."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("meta") == json.loads(json.dumps(dict(meta or {})))
 
 
 def _state(
