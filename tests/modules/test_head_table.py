@@ -60,9 +60,11 @@ def test_empty_head() -> None:
     assert _lookup([0, 5], table) == [-7, -7]
 
 
-@pytest.mark.parametrize("keys", [[3, 3, 4], [-1, 2]])
-def test_bad_keys_raise(keys: list[int]) -> None:
-    with pytest.raises(ValueError, match="distinct and >= 0"):
+@pytest.mark.parametrize(
+    ("keys", "message"), [([4, 3, 3], "got key 3 more than once"), ([-1, 2], "got key -1")]
+)
+def test_bad_keys_raise_naming_the_key(keys: list[int], message: str) -> None:
+    with pytest.raises(ValueError, match=f"distinct and >= 0, {message}"):
         _table(keys, [0] * len(keys))
 
 
