@@ -160,10 +160,11 @@ class TrainConfig:
     """A teacher artifact at the model's dim: tables start at its cluster centroids
     (``torchrec_lhf/warm_start.py``)."""
     export_model: str | None = None
-    """After training, write the serving model into this directory (rank 0): the DLRM, MLET
-    collapsed, quantized, sharded and TorchScripted through TorchRec's inference path
-    (``model_int8.pt``, ``model_fp32.pt``) and its float weights (``weights.safetensors``);
-    see ``apps/dlrm/export.py`` and ``apps/serve.py``."""
+    """After training, write the serving model into this directory (replaced whole): the
+    trained weights, each rank its own shards (``weights/``, DCP, with ``manifest.json``),
+    and, from rank 0, the DLRM, MLET collapsed, quantized, sharded and TorchScripted through
+    TorchRec's inference path (``model_int8.pt``, ``model_fp32.pt``); see
+    ``apps/dlrm/export.py`` and ``apps/serve.py``."""
     resume: bool = False
     """Resume from ``checkpoint_dir`` (fresh start, with a warning, if it holds none)."""
     log_every: int = 100
