@@ -20,6 +20,7 @@ optimizer state and the counts are all the teacher holds::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Iterable, Iterator
@@ -42,6 +43,8 @@ from apps.dlrm.loop import Session, build_session, fit, load_data
 from apps.dlrm.model import EBC_FQN
 from apps.dlrm.runtime import DistEnv, distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
+from torchrec_lhf.cli import add_config_flags, config_from_args
+from torchrec_lhf.data import RecDataset
 from torchrec_lhf.distributed.gather import gather_to_rank0
 from torchrec_lhf.hash_build.artifact import stream_order, write_teacher
 
@@ -72,10 +75,19 @@ class TeacherConfig:
     """Model, data and optimization (``--embedding_dim`` defaults to 4 here)."""
     out: str
     """Directory of the teacher artifact."""
+    train_window: float = 1.0
+    """A held-out teacher: it trains on the first ``train_window`` of the training split in
+    the split's row order (file order, i.e. an earlier time window, where the data has time;
+    the loader's seeded permutation otherwise), the same rows every epoch, while the access
+    counts stay those of the whole training split, exactly as a full teacher counts them.
+    Its values then carry no memory of the other rows' labels (1: every row, the paper's)."""
 
     def __post_init__(self) -> None:
         if not self.out:
             raise ValueError(f"out must name a directory, got {self.out!r}")
+        w = self.train_window
+        if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w <= 1:
+            raise ValueError(f"train_window must be a number in (0, 1], got {w!r}")
         dim, types = self.train.embedding_dim, self.train.sharding_types
         if dim % FUSED_DIM_MULTIPLE and set(types) != {"data_parallel"}:
             raise ValueError(
@@ -88,6 +100,12 @@ class TeacherConfig:
                 f"the teacher trains full tables; got learned_hash={self.train.learned_hash!r}, "
                 f"compression={self.train.compression!r}"
             )
+
+
+TEACHER_OWN_FIELDS = tuple(
+    f.name for f in dataclasses.fields(TeacherConfig) if f.name not in ("train", "out")
+)
+"""The teacher's flags that are not :class:`TrainConfig`'s (``--train_window``)."""
 
 
 class IdCounter:
@@ -178,6 +196,39 @@ def stream_tables(session: Session, counter: IdCounter) -> Iterator[TableItem | 
         del table_ND
 
 
+def window_dataset(dataset: RecDataset, train_window: float) -> RecDataset:
+    """``dataset`` with its training split cut to its first ``round(train_window * R)``
+    rows (at least one), in the split's order; validation and test unchanged.
+
+    Raises:
+        ValueError: ``dataset`` is not an in-memory :class:`RecDataset` (a streamed one has
+            no row list to cut).
+    """
+    if train_window == 1:
+        return dataset
+    if not isinstance(dataset, RecDataset):
+        raise ValueError(
+            f"train_window={train_window} needs an in-memory dataset, got {type(dataset).__name__}"
+        )
+    rows_R = dataset.splits["train"]
+    keep = max(1, round(train_window * rows_R.numel()))
+    return dataclasses.replace(dataset, splits={**dataset.splits, "train": rows_R[:keep]})
+
+
+def count_training_rows(session: Session, dataset: RecDataset, counter: IdCounter) -> None:
+    """Count the accesses of every epoch's training batches of ``dataset``, exactly those a
+    teacher trained on all of it counts (same shuffle, limit and id folding), without
+    training (a held-out teacher's counts)."""
+    cfg, env = session.config, session.env
+    for epoch in range(cfg.epochs):
+        batches = dataset.batches(
+            "train", cfg.batch_size, rank=env.rank, world_size=env.world_size, shuffle=True,
+            seed=cfg.seed, epoch=epoch, limit=cfg.limit_train_batches,
+        )  # fmt: skip
+        for _ in counter(map(session.prepare, batches)):
+            pass
+
+
 def train_teacher(config: TeacherConfig, env: DistEnv) -> tuple[Session, dict[str, Any]]:
     """Train the teacher and write its artifact (rank 0) to ``config.out``.
 
@@ -188,9 +239,19 @@ def train_teacher(config: TeacherConfig, env: DistEnv) -> tuple[Session, dict[st
     cfg = config.train
     dataset = load_data(cfg)
     logger.info("teacher dataset: %s", dataset)
-    session = build_session(cfg, env, dataset, plan=None)
+    held_out = config.train_window < 1
+    seen = window_dataset(dataset, config.train_window)
+    if held_out:
+        logger.info(
+            "held-out teacher: trains on %d of the %d training rows; counts over all of them",
+            seen.splits["train"].numel(),
+            dataset.splits["train"].numel(),
+        )
+    session = build_session(cfg, env, seen, plan=None)
     counter = IdCounter([c.num_embeddings for c in session.tables], env.device)
-    metrics = fit(session, hook=counter, extra_state=counter)
+    metrics = fit(session, hook=None if held_out else counter, extra_state=counter)
+    if held_out:  # NOTE: after a resume too: the checkpointed counts are then zeros
+        count_training_rows(session, dataset, counter)
     dist.all_reduce(counter.samples)
     samples_seen = int(counter.samples)
     shapes = {c.name: (c.num_embeddings, c.embedding_dim) for c in session.tables}
@@ -201,6 +262,7 @@ def train_teacher(config: TeacherConfig, env: DistEnv) -> tuple[Session, dict[st
             "dataset_name": dataset.name,
             "feature_names": list(dataset.feature_names),
             "samples_seen": samples_seen,
+            "train_window": config.train_window,
             "epochs": metrics["epochs"],
             "world_size": env.world_size,
             "config": cfg.to_dict(),
@@ -240,9 +302,13 @@ def parse_args(argv: list[str] | None = None) -> TeacherConfig:
     )
     add_train_flags(parser, exclude=COMPRESSION_FIELDS, defaults=TEACHER_DEFAULTS)
     parser.add_argument("--out", required=True, help="directory of the teacher artifact")
+    add_config_flags(parser, TeacherConfig, exclude=("train", "out"))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     out = args.out
     del args.out
+    own = {k: getattr(args, k) for k in TEACHER_OWN_FIELDS if hasattr(args, k)}
+    for k in own:
+        delattr(args, k)
     dim = getattr(args, "embedding_dim", TEACHER_DEFAULTS["embedding_dim"])
     fixed: dict[str, Any] = {}
     if not hasattr(args, "sharding_types") and teacher_sharding_types(dim):
@@ -254,7 +320,7 @@ def parse_args(argv: list[str] | None = None) -> TeacherConfig:
         )
         fixed["sharding_types"] = teacher_sharding_types(dim)
     train = train_config_from_args(args, defaults=TEACHER_DEFAULTS, **fixed)
-    return TeacherConfig(train=train, out=out)
+    return config_from_args(TeacherConfig, own, train=train, out=out)
 
 
 def run(config: TeacherConfig) -> dict[str, Any]:

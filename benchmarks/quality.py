@@ -33,7 +33,16 @@ optimizer, epochs and seed; only the embedding tables differ. Methods:
   same rows (same bytes). The teacher memorizes the labels of rare ids, so clustering them
   by teacher value makes compressed rows that memorize labels (see docs/RESULTS.md);
   hashing them breaks that. ``lhf-headtail``: the build's defaults (that head, the tail
-  hashed into a region of its own).
+  hashed into a region of its own). Leak-free values for that head: ``lhf-shrink<k>``
+  (``--value_shrinkage k``: each id's teacher embedding pulled toward the tail's mean by
+  ``n / (n + k)``), ``lhf-window`` (a held-out teacher trained on the first half of the
+  training rows, ``apps.teacher --train_window 0.5``, counts over all of them) and
+  ``lhf-window-shrink10`` (both); ``lhf-paper-shrink<k>``: the paper's build (every id
+  clustered) with that shrinkage. Compositional hashes (two internal tables, summed, with
+  that head): ``lhf-h2-headtail`` (independent: hash ``h`` clusters projection ``h``),
+  ``lhf-compose`` (``--compose residual``: hash 1 splits the ids hash 0 put together, by
+  their residuals; :mod:`torchrec_lhf.hash_build.compose`) and ``lhf-compose-paper`` (that,
+  every id clustered).
 
 Resumable: a run writes ``runs/<method>_f<fraction>_s<seed>.json`` (``_b<bytes>_``
 under ``--bytes``) under ``--out`` and is skipped when it exists (teachers and plans
@@ -83,6 +92,17 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-rarehash": {"rare_hash": True, "tail_fraction": 0.0},
     "lhf-headtail": {"rare_hash": True},
     "lhf-headtail-mass": {"rare_hash": True, "tail_region": "mass"},
+    "lhf-shrink1": {"rare_hash": True, "value_shrinkage": 1},
+    "lhf-shrink3": {"rare_hash": True, "value_shrinkage": 3},
+    "lhf-shrink10": {"rare_hash": True, "value_shrinkage": 10},
+    "lhf-shrink30": {"rare_hash": True, "value_shrinkage": 30},
+    "lhf-window": {"rare_hash": True, "train_window": 0.5},
+    "lhf-window-shrink10": {"rare_hash": True, "train_window": 0.5, "value_shrinkage": 10},
+    "lhf-paper-shrink10": {"value_shrinkage": 10},
+    "lhf-paper-shrink30": {"value_shrinkage": 30},
+    "lhf-h2-headtail": {"rare_hash": True, "num_hashes": 2},
+    "lhf-compose": {"rare_hash": True, "num_hashes": 2, "compose": "residual"},
+    "lhf-compose-paper": {"num_hashes": 2, "compose": "residual"},
     "lhf-mlet": {"mlet": True},
     "lhf-t16": {"teacher_dim": "model"},
     "lhf-init": {"teacher_dim": "model", "init": True},
@@ -198,9 +218,10 @@ def _base(sweep: SweepConfig, seed: int) -> TrainConfig:
     )
 
 
-def _teacher(sweep: SweepConfig, seed: int, dim: int) -> Path:
-    """Train (once) the teacher of ``seed`` at ``dim``; returns its artifact directory."""
-    out = sweep.out / "teachers" / f"d{dim}_s{seed}"
+def _teacher(sweep: SweepConfig, seed: int, dim: int, window: float = 1.0) -> Path:
+    """Train (once) the teacher of ``seed`` at ``dim`` on the first ``window`` of the
+    training rows (``apps.teacher --train_window``); returns its artifact directory."""
+    out = sweep.out / "teachers" / (f"d{dim}_s{seed}" + (f"_w{window:g}" if window < 1 else ""))
     done = out.with_suffix(".metrics.json")
     if not done.is_file():
         base = _base(sweep, seed)
@@ -212,7 +233,7 @@ def _teacher(sweep: SweepConfig, seed: int, dim: int) -> Path:
             sharding_types=teacher.teacher_sharding_types(dim) or base.sharding_types,
             metrics_json=str(done),
         )
-        teacher.run(teacher.TeacherConfig(train=train_config, out=str(out)))
+        teacher.run(teacher.TeacherConfig(train=train_config, out=str(out), train_window=window))
     return out
 
 
@@ -226,7 +247,7 @@ def _plan(sweep: SweepConfig, variant: str, fraction: float, seed: int) -> Path:
     opts = LHF_VARIANTS[variant]
     path = sweep.out / "plans" / f"{variant}_{_size_key(sweep)}{fraction:g}_s{seed}.safetensors"
     if not path.is_file():
-        src = _teacher(sweep, seed, _teacher_dim(sweep, opts))
+        src = _teacher(sweep, seed, _teacher_dim(sweep, opts), opts.get("train_window", 1.0))
         build_hash.run(
             BuildConfig(
                 teacher=str(src),
@@ -242,6 +263,8 @@ def _plan(sweep: SweepConfig, variant: str, fraction: float, seed: int) -> Path:
                 head_min_count=sweep.head_min_count if opts.get("rare_hash") else 0,
                 tail_fraction=opts.get("tail_fraction", BuildConfig.tail_fraction),
                 tail_region=opts.get("tail_region", BuildConfig.tail_region),
+                value_shrinkage=opts.get("value_shrinkage", BuildConfig.value_shrinkage),
+                compose=opts.get("compose", BuildConfig.compose),
                 out=path,
                 restart=True,
             )

@@ -13,7 +13,14 @@ and "gap closed" is read at equal total bytes:
 * ``none``: the full model; ``modulo``: the hashing trick;
 * ``lhf-paper``: every id clustered, dense remap (Ghaemmaghami et al.);
 * ``lhf``: the build's defaults (head/tail: the ids seen at least ``head_min_count``
-  times clustered, the tail hashed into a region of its own; compact remap).
+  times clustered, the tail hashed into a region of its own; compact remap);
+* leak-free values for that head: ``lhf-shrink3`` / ``lhf-shrink10`` (``--value_shrinkage``
+  3 / 10: each id's teacher embedding pulled toward the tail's mean by ``n / (n + k)``) and
+  ``lhf-window`` (a second, held-out teacher trained on the first half of the training
+  rows, ``apps.teacher --train_window 0.5``; counts over all of them);
+* two hashes per table with that head, summed: ``lhf-h2`` (independent: hash ``h``
+  clusters projection ``h``) and ``lhf-compose`` (``--compose residual``: hash 1 splits the
+  ids hash 0 put together; :mod:`torchrec_lhf.hash_build.compose`).
 
 Prints JSON: per method test AUC, logloss, NE, ``table_bytes`` (fp32 tables),
 ``index_bytes`` (the remap as the plan stores it; nothing for a hash computed from the id),
@@ -48,7 +55,18 @@ from torchrec_lhf.hash_build.config import BuildConfig
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("none", "modulo", "lhf-paper", "lhf", "lhf-mass")
+METHODS = (
+    "none",
+    "modulo",
+    "lhf-paper",
+    "lhf",
+    "lhf-mass",
+    "lhf-shrink3",
+    "lhf-shrink10",
+    "lhf-window",
+    "lhf-h2",
+    "lhf-compose",
+)
 """The methods this benchmark trains (see the module docstring)."""
 
 
@@ -121,8 +139,19 @@ def run(config: RareIdsConfig) -> dict:
     )  # fmt: skip
     teach, build, trains = pipeline.stage_configs(pipe, "synthetic", options)
     out = Path(config.out_dir)
-    if any(m.startswith("lhf") for m in config.methods):
+    if any(m.startswith("lhf") and m != "lhf-window" for m in config.methods):
         teacher.run(teach)
+        pipeline.release_memory()
+    if "lhf-window" in config.methods:
+        metrics = str(out / "teacher_w0.5_metrics.json")
+        teacher.run(
+            dataclasses.replace(
+                teach,
+                train=dataclasses.replace(teach.train, metrics_json=metrics),
+                out=str(out / "teacher_w0.5"),
+                train_window=0.5,
+            )
+        )
         pipeline.release_memory()
     results: dict[str, dict] = {}
     for method in config.methods:
@@ -148,7 +177,15 @@ def _train_config(
     if method.startswith("lhf"):
         paper = {"head_min_count": 0, "tail_fraction": 0.0, "encoding": "dense"}
         plan = out / f"plan_{method}.safetensors"
-        extra = {"lhf-paper": paper, "lhf-mass": {"tail_region": "mass"}}.get(method, {})
+        extra = {
+            "lhf-paper": paper,
+            "lhf-mass": {"tail_region": "mass"},
+            "lhf-shrink3": {"value_shrinkage": 3},
+            "lhf-shrink10": {"value_shrinkage": 10},
+            "lhf-window": {"teacher": str(out / "teacher_w0.5")},
+            "lhf-h2": {"num_hashes": 2},
+            "lhf-compose": {"num_hashes": 2, "compose": "residual"},
+        }.get(method, {})
         build_hash.run(dataclasses.replace(build, out=plan, work_dir=None, **extra))
         pipeline.release_memory()
         cfg = dataclasses.replace(trains["lhf"], learned_hash=str(plan))

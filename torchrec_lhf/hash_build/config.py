@@ -18,7 +18,9 @@ import torch
 from torchrec_lhf.clustering.registry import get_clustering
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, allocate_rows
 from torchrec_lhf.hash_build.byte_budget import learned_rows_for_bytes
+from torchrec_lhf.hash_build.compose import COMPOSE_MODES
 from torchrec_lhf.hash_build.head_tail import ENCODINGS, TAIL_REGIONS, HeadTail
+from torchrec_lhf.hash_build.shrinkage import check_shrinkage
 from torchrec_lhf.plan import COMBINE_MODES
 
 
@@ -105,6 +107,19 @@ class BuildConfig:
     """How the plan stores a hash: ``dense`` (a row per id), ``compact`` (head ids and rows,
     the tail computed) or ``auto`` (the smaller)."""
 
+    value_shrinkage: float = 0.0
+    """``k`` of the count-aware shrinkage: each id's teacher embedding is pulled toward the
+    count-weighted mean of the tail's by ``n / (n + k)`` (``n`` its training access count)
+    before the projection, so that the low-count ids' memorized labels weigh less in the
+    clustering's order (:mod:`~torchrec_lhf.hash_build.shrinkage`; 0: the raw values, the
+    paper's)."""
+
+    compose: str = field(default="independent", metadata={"choices": COMPOSE_MODES})
+    """How the ``num_hashes`` hashes of a table relate: ``independent`` (hash ``h`` clusters
+    the ``h``-th projection, the paper's) or ``residual`` (hash ``h >= 1`` splits the ids that
+    hashes ``0..h-1`` put together, by what those rows leave unexplained:
+    :mod:`~torchrec_lhf.hash_build.compose`)."""
+
     clustering_options: dict[str, Any] = field(default_factory=dict)
     """Passed to the clustering (e.g. ``max_cluster_size``); JSON-serializable."""
 
@@ -165,6 +180,9 @@ class BuildConfig:
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"combine must be one of {COMBINE_MODES}, got {self.combine!r}")
         get_clustering(self.clustering)  # ValueError naming the registered clusterings
+        if self.compose not in COMPOSE_MODES:
+            raise ValueError(f"compose must be one of {COMPOSE_MODES}, got {self.compose!r}")
+        self.value_shrinkage = check_shrinkage(self.value_shrinkage)
         if not isinstance(self.projection, str) or not re.fullmatch(
             r"pca|dim:\d+(,\d+)*", self.projection
         ):
@@ -209,6 +227,9 @@ class BuildConfig:
             # NOTE: only under a byte budget, so that other builds keep their fingerprints
             **({"embedding_dim": self.embedding_dim} if self.budget == "bytes" else {}),
             **self.head_tail().to_dict(),
+            # NOTE: only when on, so that other builds keep their fingerprints
+            **({"value_shrinkage": self.value_shrinkage} if self.value_shrinkage else {}),
+            **({"compose": self.compose} if self.compose != "independent" else {}),
             "clustering_options": self.clustering_options,
         }
 

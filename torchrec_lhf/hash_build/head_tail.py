@@ -195,11 +195,14 @@ def cluster_hashes(
     spec: HeadTail,
     name: str,
     options: Mapping[str, Any],
+    compose: Callable[[list[torch.Tensor]], tuple[torch.Tensor, Callable[..., Any]]] | None = None,
 ) -> tuple[list[torch.Tensor], list[dict[str, int]], int, int]:
     """One clustering per hash function: hash ``h`` clusters the ids by ``values_HN[h]``.
 
     With a head (``head_N``), only the head is clustered and the tail hashed
-    (:func:`~torchrec_lhf.hash_build.head_tail.head_tail_mapping`).
+    (:func:`~torchrec_lhf.hash_build.head_tail.head_tail_mapping`). With ``compose`` (see
+    :func:`~torchrec_lhf.hash_build.compose.residual_stage`), hash ``h >= 1`` takes its
+    values and its clustering from ``compose(rows of hashes 0..h-1)`` instead.
 
     Returns:
         ``(mappings, layouts, fallback_merges, steps)``: per hash the mapping (int32 CPU
@@ -207,16 +210,20 @@ def cluster_hashes(
         says), the head rows and tail region, and the clusterings' fallback merges and
         steps, summed.
     """
-    mappings, layouts, fallback_merges, steps = [], [], 0, 0
+    mappings, layouts, fallback_merges, steps, rows = [], [], 0, 0, []
     for h, height in enumerate(heights):
+        if compose is not None and h:
+            values_N, cluster_h = compose(rows)  # NOTE: values_HN has hash 0's row only
+        else:
+            values_N, cluster_h = values_HN[h], cluster
         if head_N is None:
-            result = cluster(values_HN[h], counts_N, height, **options)
+            result = cluster_h(values_N, counts_N, height, **options)
             mapping_N = result.cluster_of_id
             layout = {"head_rows": height, "tail_offset": 0, "tail_rows": 0}
         else:
             mapping_N, layout, result = head_tail_mapping(
-                cluster,
-                values_HN[h],
+                cluster_h,
+                values_N,
                 counts_N,
                 head_N,
                 height,
@@ -225,6 +232,7 @@ def cluster_hashes(
                 options=dict(options),
             )
         mapping_N = mapping_N.to(device="cpu", dtype=torch.int32)
+        rows.append(mapping_N)
         if head_N is not None and spec.encoding != "dense":
             mapping_N = encode_head_tail(
                 mapping_N, head_N, layout, height, spec, tail_seed(name, h)

@@ -306,6 +306,8 @@ def _build_or_resume(
         clustering=config.clustering,
         projection=config.projection,
         head_tail=config.head_tail(),
+        value_shrinkage=config.value_shrinkage,
+        compose=config.compose,
         **config.clustering_options,
     )
     info = {k: info[k] for k in _INFO_KEYS}

@@ -19,7 +19,9 @@ import torch
 from torchrec_lhf.clustering import get_clustering, project
 from torchrec_lhf.compression.budget import allocate_rows, split_rows
 from torchrec_lhf.hash_build.byte_budget import learned_rows_for_bytes
+from torchrec_lhf.hash_build.compose import COMPOSE_MODES, residual_stage
 from torchrec_lhf.hash_build.head_tail import HeadTail, cluster_hashes
+from torchrec_lhf.hash_build.shrinkage import check_shrinkage, shrink_embeddings
 from torchrec_lhf.plan import COMBINE_MODES, HashPlan, TableHash
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ def build_table_hash(
     clustering: str = "agglomerative",
     projection: str = "pca",
     head_tail: HeadTail | None = None,
+    value_shrinkage: float = 0.0,
+    compose: str = "independent",
     **clustering_options: Any,
 ) -> tuple[TableHash, dict[str, Any]]:
     """Learn one table's hash: project, then cluster each projection coordinate.
@@ -57,6 +61,12 @@ def build_table_hash(
         projection: ``"pca"``, ``"dim:k"`` or ``"dim:k0,k1,..."``.
         head_tail: which ids are clustered (the head) and where the others go (default
             :class:`HeadTail()`: every id is clustered, the paper's build).
+        value_shrinkage: ``k``: each id's embedding is pulled toward the tail's mean by
+            ``n / (n + k)`` before the projection
+            (:func:`~torchrec_lhf.hash_build.shrinkage.shrink_embeddings`; 0: raw values).
+        compose: ``"independent"`` (hash ``h`` clusters projection coordinate ``h``) or
+            ``"residual"`` (hash 0 clusters the first, hash ``h >= 1`` splits the cells of
+            hashes ``0..h-1``: :mod:`~torchrec_lhf.hash_build.compose`).
         **clustering_options: passed to the clustering (e.g. ``max_cluster_size``).
 
     Returns:
@@ -75,25 +85,33 @@ def build_table_hash(
     """
     if combine not in COMBINE_MODES:
         raise ValueError(f"table {name!r}: combine must be one of {COMBINE_MODES}, got {combine!r}")
+    if compose not in COMPOSE_MODES:
+        raise ValueError(f"table {name!r}: compose must be one of {COMPOSE_MODES}, got {compose!r}")
     start = time.perf_counter()
+    spec = head_tail or HeadTail()
+    head_N = spec.head(counts_N, name)
+    if value_shrinkage:
+        embeddings_ND = shrink_embeddings(
+            embeddings_ND, counts_N, value_shrinkage, head_N, table=name
+        )
+    composed = compose == "residual" and num_hashes > 1
     try:  # project() validates the embeddings; name the table in its message
-        values_HN = project(embeddings_ND, projection, num_hashes)
+        values_HN = project(embeddings_ND, projection, 1 if composed else num_hashes)
     except ValueError as e:
         raise ValueError(f"table {name!r}: {e}") from e
     n = values_HN.shape[1]
     heights = _table_heights(name, rows, num_hashes, n)
-    spec = head_tail or HeadTail()
-    head_N = spec.head(counts_N, name)
     cluster = get_clustering(clustering)
     mappings, layouts, fallback_merges, steps = cluster_hashes(
-        cluster, values_HN, counts_N, heights, head_N, spec, name, clustering_options
-    )
+        cluster, values_HN, counts_N, heights, head_N, spec, name, clustering_options,
+        compose=residual_stage(embeddings_ND, counts_N, head_N) if composed else None,
+    )  # fmt: skip
     table = TableHash(name, n, tuple(mappings), tuple(heights), combine)
     info = dict(
         table=name, num_embeddings=n, rows=rows, heights=heights, num_hashes=num_hashes,
         combine=combine, clustering=clustering, projection=projection,
         seconds=time.perf_counter() - start, head_ids=n if head_N is None else int(head_N.sum()),
-        head_tail=spec.to_dict(), layouts=layouts, fallback_merges=fallback_merges, steps=steps,
+        head_tail=spec.to_dict(), value_shrinkage=value_shrinkage, compose=compose, layouts=layouts, fallback_merges=fallback_merges, steps=steps,
     )  # fmt: skip
     _log_table(info)
     return table, info
@@ -143,6 +161,8 @@ def build_plan(
     head_tail: HeadTail | None = None,
     clustering_options: Mapping[str, Any] | None = None,
     embedding_dim: int | None = None,
+    value_shrinkage: float = 0.0,
+    compose: str = "independent",
 ) -> HashPlan:
     """Build the hash plan of a model's tables in this process.
 
@@ -167,6 +187,9 @@ def build_plan(
             :func:`build_table_hash`; a head by counts needs ``counts``).
         clustering_options: passed to the clustering.
         embedding_dim: the student's dim ``D``, for ``budget="bytes"``.
+        value_shrinkage: ``k`` of the count-aware shrinkage (see :func:`build_table_hash`;
+            needs ``counts``).
+        compose: how a table's hashes relate (see :func:`build_table_hash`).
 
     Returns:
         The :class:`~torchrec_lhf.plan.HashPlan` (metadata: clustering, fraction, rows, projection,
@@ -187,6 +210,8 @@ def build_plan(
     sizes = _check_plan_args(
         teacher_embeddings, counts, fraction, rows, min_table_rows, budget, clustering, head_tail
     )
+    if check_shrinkage(value_shrinkage) and counts is None:
+        raise ValueError(f"value_shrinkage={value_shrinkage!r} needs counts, got counts=None")
     allocated = None
     if budget == "bytes":
         if fraction is None or embedding_dim is None:
@@ -214,6 +239,8 @@ def build_plan(
         "clustering": clustering,
         "projection": projection,
         "head_tail": head_tail,
+        "value_shrinkage": value_shrinkage,
+        "compose": compose,
     }
     tables, infos = [], {}
     for name, emb in teacher_embeddings.items():  # a loop per table
@@ -272,6 +299,9 @@ def _plan_metadata(
         "rows": dict(rows) if isinstance(rows, Mapping) else rows,
         "projection": hash_options["projection"],
         "head_tail": (hash_options["head_tail"] or HeadTail()).to_dict(),
+        # NOTE: named only when on, so that plans without it keep their metadata
+        **({"value_shrinkage": k} if (k := hash_options["value_shrinkage"]) else {}),
+        **({"compose": c} if (c := hash_options["compose"]) != "independent" else {}),
         "num_hashes": hash_options["num_hashes"],
         "combine": hash_options["combine"],
         "min_table_rows": min_table_rows,

@@ -1,0 +1,100 @@
+"""Paired differences from a baseline method: a markdown table from finished runs.
+
+Reads the quality sweep's ``results.json`` (a list of runs, :mod:`benchmarks.quality`) or
+reports of :mod:`benchmarks.rare_ids` (one JSON per seed), pairs every method's runs with
+the baseline's runs of the same seed and size, and prints per method and size the seeds
+paired, the mean test AUC and the mean differences of AUC and logloss from the baseline
+± their standard errors. Runs with test AUC below
+:data:`~benchmarks.quality_report.COLLAPSED_AUC` are left out and counted::
+
+    python -m benchmarks.paired --baseline lhf-headtail docs/results/leakfree-movielens/results.json
+    python -m benchmarks.paired --baseline lhf docs/results/rare-ids-bytes/leakfree_s*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks.quality_report import COLLAPSED_AUC
+
+
+def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
+    """Runs ``{"method", "fraction", "seed", "auc", "logloss"}`` from sweep results or
+    rare-ids reports; infeasible methods (no ``auc``) are dropped.
+
+    Raises:
+        ValueError: a file that is neither.
+    """
+    runs: list[dict[str, Any]] = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        if isinstance(data, list):
+            runs += [r for r in data if "auc" in r]
+        elif isinstance(data, dict) and data.get("benchmark") == "rare_ids":
+            cfg = data["config"]
+            runs += [
+                {"method": m, "fraction": cfg["fraction"], "seed": cfg["seed"], **r}
+                for m, r in data["results"].items()
+                if "auc" in r
+            ]
+        else:
+            raise ValueError(f"{path}: neither a sweep's results.json nor a rare_ids report")
+    return runs
+
+
+def paired_table(runs: list[dict[str, Any]], baseline: str) -> str:
+    """The markdown table (module docstring); sizes largest first, methods by name.
+
+    Raises:
+        ValueError: no run of ``baseline``.
+    """
+    by: dict[tuple[str, float], dict[int, dict[str, Any]]] = defaultdict(dict)
+    for r in runs:
+        by[(r["method"], r["fraction"])][r["seed"]] = r
+    if not any(m == baseline for m, _ in by):
+        raise ValueError(
+            f"no runs of the baseline {baseline!r}; methods: {sorted({m for m, _ in by})}"
+        )
+    lines = [
+        f"| method | size | seeds | test AUC | AUC - `{baseline}` | logloss - `{baseline}` | collapsed |",
+        "|---|---:|---:|---:|---|---|---:|",
+    ]
+    for (method, size), seeds in sorted(by.items(), key=lambda x: (-x[0][1], x[0][0])):
+        ok = {s: r for s, r in seeds.items() if r["auc"] >= COLLAPSED_AUC}
+        ref = {s: r for s, r in by.get((baseline, size), {}).items() if r["auc"] >= COLLAPSED_AUC}
+        pairs = sorted(s for s in ok if s in ref)
+        mean = statistics.fmean(r["auc"] for r in ok.values()) if ok else float("nan")
+        cells = [_diff([ok[s][k] - ref[s][k] for s in pairs]) for k in ("auc", "logloss")]
+        if method == baseline:
+            cells = ["-", "-"]
+        lines.append(
+            f"| `{method}` | {size:g} | {len(pairs)} | {mean:.4f} | {cells[0]} | {cells[1]} "
+            f"| {len(seeds) - len(ok)} |"
+        )
+    return "\n".join(lines)
+
+
+def _diff(deltas: list[float]) -> str:
+    if len(deltas) < 2:
+        return "-" if not deltas else f"{deltas[0]:+.4f}"
+    se = statistics.stdev(deltas) / len(deltas) ** 0.5
+    return f"{statistics.fmean(deltas):+.4f} ± {se:.4f}"
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.paired", description=__doc__)
+    p.add_argument("--baseline", required=True, help="the method every other is paired with")
+    p.add_argument("paths", nargs="+", type=Path, help="results.json or rare_ids reports")
+    args = p.parse_args(argv)
+    table = paired_table(load_runs(args.paths), args.baseline)
+    print(table)  # noqa: T201
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Paired differences from a baseline, by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.paired import load_runs, main, paired_table
+
+
+def _run(method: str, seed: int, auc: float, logloss: float = 0.5) -> dict:
+    return {"method": method, "fraction": 0.1, "seed": seed, "auc": auc, "logloss": logloss}
+
+
+def test_paired_by_seed_by_hand(tmp_path: Path) -> None:
+    runs = [_run("base", 0, 0.70), _run("base", 1, 0.80), _run("base", 2, 0.75)]
+    # deltas +0.02, +0.04 (seed 2 collapsed: left out, counted): mean 0.03, se 0.01
+    runs += [_run("x", 0, 0.72, 0.4), _run("x", 1, 0.84, 0.5), _run("x", 2, 0.50)]
+    (tmp_path / "results.json").write_text(json.dumps(runs))
+    table = main(["--baseline", "base", str(tmp_path / "results.json")])
+    lines = table.splitlines()
+    assert lines[2] == "| `base` | 0.1 | 3 | 0.7500 | - | - | 0 |"
+    assert lines[3] == "| `x` | 0.1 | 2 | 0.7800 | +0.0300 ± 0.0100 | -0.0500 ± 0.0500 | 1 |"
+
+
+def test_rare_ids_reports_and_bad_input(tmp_path: Path) -> None:
+    for seed, auc in ((0, 0.88), (1, 0.87)):
+        report = {
+            "benchmark": "rare_ids",
+            "config": {"fraction": 0.01, "seed": seed},
+            "results": {"lhf": {"auc": auc, "logloss": 0.4}, "lhf-paper": {"infeasible": "x"}},
+        }
+        (tmp_path / f"s{seed}.json").write_text(json.dumps(report))
+    runs = load_runs(sorted(tmp_path.glob("s*.json")))
+    assert [(r["method"], r["seed"], r["auc"]) for r in runs] == [
+        ("lhf", 0, 0.88),
+        ("lhf", 1, 0.87),
+    ]
+    with pytest.raises(ValueError, match="no runs of the baseline 'none'"):
+        paired_table(runs, "none")
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(ValueError, match="neither a sweep's results.json nor a rare_ids report"):
+        load_runs([tmp_path / "other.json"])
