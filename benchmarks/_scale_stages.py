@@ -7,9 +7,10 @@ process's rank (``RANK`` / ``WORLD_SIZE`` / ``MASTER_*`` from the parent, gloo) 
 
 Stages: ``generate`` (the synthetic Criteo npy files, one process), ``teacher`` (full height,
 counts), ``build`` (the hash plan), ``train`` (the learned-hash DLRM, one epoch through
-TrainPipelineSparseDist, then its DCP checkpoint), ``baseline`` (a plain EBC of the same
-compressed rows fed pre-hashed ids: ids folded modulo the plan's rows before the batch
-reaches the model), ``eval`` (the checkpoint on val and test), ``checkpoint`` (load the
+TrainPipelineSparseDist, then its DCP checkpoint), ``paired`` (the learned-hash DLRM again
+beside a plain EBC of the same compressed rows fed pre-hashed ids, ids folded modulo the
+plan's rows before the batch reaches the model, trained in alternating blocks of steps in
+one process: their samples/s ratio), ``eval`` (the checkpoint on val and test), ``checkpoint`` (load the
 checkpoint, save it again elsewhere) and ``export`` (the serving model from the checkpoint).
 """
 
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-_STAGES = ("generate", "teacher", "build", "train", "baseline", "eval", "checkpoint", "export")
+_STAGES = ("generate", "teacher", "build", "train", "paired", "eval", "checkpoint", "export")
 
 
 def peak_rss_bytes() -> int:
@@ -136,9 +137,9 @@ def _train(spec: dict[str, Any]) -> dict[str, Any]:
         return out
 
 
-def _baseline(spec: dict[str, Any]) -> dict[str, Any]:
+def _baseline_config(spec: dict[str, Any]):
+    """A plain EBC of the plan's rows per table, fed ids folded modulo those rows."""
     from apps.dlrm.model import table_name
-    from apps.dlrm.runtime import distributed
     from torchrec_lhf.data.criteo_npy import load_criteo_npy
     from torchrec_lhf.plan import HashPlan
 
@@ -146,11 +147,82 @@ def _baseline(spec: dict[str, Any]) -> dict[str, Any]:
     data = load_criteo_npy(spec["data_dir"])
     names = [table_name(f) for f in data.feature_names]
     rows = [plan[n].num_rows if n in plan else h for n, h in zip(names, data.num_embeddings)]
-    config = _train_config(
+    return _train_config(
         spec, learned_hash=None, checkpoint_dir=None, num_embeddings_per_feature=rows
     )
+
+
+def _train_batches(session):
+    from apps.dlrm.batches import batches_from
+
+    cfg, env = session.config, session.env
+    return map(
+        session.prepare,
+        batches_from(
+            session.dataset, 0, "train", cfg.batch_size, rank=env.rank,
+            world_size=env.world_size, shuffle=True, seed=cfg.seed, epoch=0, limit=None,
+        ),
+    )  # fmt: skip
+
+
+def _timed_block(session, batches, steps: int) -> tuple[float, int]:
+    """``steps`` training steps of ``session`` (fewer where its data ends): (seconds, steps),
+    the ranks in step at both ends."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    tic, done = time.perf_counter(), 0
+    session.model.train()
+    for _ in range(steps):
+        try:
+            session.pipeline.progress(batches)
+        except StopIteration:
+            break
+        done += 1
+    dist.barrier()
+    return time.perf_counter() - tic, done
+
+
+def _paired(spec: dict[str, Any]) -> dict[str, Any]:
+    """The learned-hash DLRM and the plain EBC of the same rows (:func:`_baseline_config`),
+    both built in this process and trained for one epoch in alternating blocks of
+    ``paired_block`` steps, in ABBA order (block pair ``i`` runs the learned hash first when
+    ``i`` is even), so that the machine's drift falls on both alike. A pair's ratio is the
+    learned hash's samples/s over the baseline's in that pair; the first pair (pipelines
+    filling, caches cold) is left out of the median and of the totals."""
+    import statistics
+
+    from apps.dlrm.runtime import distributed
+
+    block = int(spec.get("paired_block", 50))
     with distributed("gloo") as env:
-        return _fit_one_epoch(_session(config, env))
+        lhf = _session(_train_config(spec, checkpoint_dir=None), env)
+        base = _session(_baseline_config(spec), env)
+        feeds = {"lhf": (lhf, _train_batches(lhf)), "base": (base, _train_batches(base))}
+        pairs: list[dict[str, float]] = []
+        while True:
+            order = ("lhf", "base") if len(pairs) % 2 == 0 else ("base", "lhf")
+            timed = {name: _timed_block(*feeds[name], block) for name in order}
+            if min(n for _, n in timed.values()) < block:  # NOTE: an epoch ended: a short pair
+                break
+            pairs.append({name: sec for name, (sec, _) in timed.items()})
+    kept = pairs[1:]
+    if not kept:
+        raise RuntimeError(f"fewer than 2 full pairs of {block} steps: too little data")
+    ratios = [p["base"] / p["lhf"] for p in kept]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    samples = block * spec["batch_size"] * env.world_size * len(kept)
+    return {
+        "paired_block": block,
+        "pairs": len(kept),
+        "ratio_median": statistics.median(ratios),
+        "ratio_q1": q[0],
+        "ratio_q3": q[2],
+        "ratio_total": sum(p["base"] for p in kept) / sum(p["lhf"] for p in kept),
+        "lhf_samples_per_s": samples / sum(p["lhf"] for p in kept),
+        "baseline_samples_per_s": samples / sum(p["base"] for p in kept),
+        "block_seconds": kept,
+    }
 
 
 def _restored(spec: dict[str, Any], env, timings: dict[str, float]):

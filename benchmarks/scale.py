@@ -11,15 +11,21 @@ reported with the first world size), ``teacher`` (``--teacher_dim``, full height
 ``build`` (the plan: ``--fraction`` of all rows, ``--budget total``; tables under
 ``--min_table_rows`` times the scale full while cheap),
 ``train`` (the learned-hash DLRM, one epoch, TrainPipelineSparseDist, then a DCP checkpoint),
-``baseline`` (a plain EBC of the same compressed rows fed pre-hashed ids), ``eval`` (val and
-test from the checkpoint), ``checkpoint`` (load it, save it again) and ``export``.
+``paired`` (the learned-hash DLRM and a plain EBC of the same compressed rows fed pre-hashed
+ids, built in one process and trained one epoch each in alternating blocks of
+``--paired_block`` steps, ABBA), ``eval`` (val and test from the checkpoint), ``checkpoint``
+(load it, save it again) and ``export``.
 
 The JSON (``--json`` prints it; ``--out_json`` writes it): ``{"config", "rows_rule", "runs":
 [{"scale", "world_size", "ids", "rows", "stages": {stage: {"seconds", "peak_rss_bytes", ...}},
 "train_vs_baseline"}], "exponents": {stage: {"time", "memory"}}, "exponents_by_world_size"}``;
 an exponent is the slope of a least-squares line through ``(log scale, log value)`` over the
-runs of one world size (``exponents``: world size 1). ``train_vs_baseline`` is the learned-hash
-model's training samples/s over the baseline's, in the same run.
+runs of one world size (``exponents``: world size 1). ``train_vs_baseline`` is the median
+over the ``paired`` stage's block pairs (the first left out) of the learned-hash model's
+samples/s over the baseline's in the same pair, with its quartiles
+(``train_vs_baseline_quartiles``) and the ratio of the summed times
+(``train_vs_baseline_total``): alternating blocks cancel the machine's drift, which two
+stages timed one after the other do not.
 
 Run: ``OMP_NUM_THREADS=1 python -m benchmarks.scale --json`` (defaults: scales 1/64, 1/16, 1/4,
 1; world sizes 1, 2; world size 2 up to ``--max_scale_by_world_size '{"2": 0.25}'``).
@@ -44,7 +50,7 @@ from tqdm import tqdm
 from torchrec_lhf._io import atomic_write_json
 from torchrec_lhf.cli import add_config_flags, config_from_args
 
-STAGES = ("generate", "teacher", "build", "train", "baseline", "eval", "checkpoint", "export")
+STAGES = ("generate", "teacher", "build", "train", "paired", "eval", "checkpoint", "export")
 ROWS_RULE = (
     "training rows = round(scale * rows_at_scale_1) in train_days equal day files, plus one "
     "day of that size for val (first half) and test (second half)"
@@ -85,6 +91,8 @@ class ScaleConfig:
     """Sharding types the planner may use. NOTE: not row-wise by default: at the small
     scales tables of 1 row would leave a rank an empty shard, which FBGEMM's CPU row-wise
     Adagrad rejects."""
+    paired_block: int = 50
+    """Steps per block of the ``paired`` stage (each model runs one block in turn)."""
     limit_eval_batches: int | None = None
     """Batches of val and of test evaluated (None: all)."""
     threads: int = 1
@@ -101,7 +109,10 @@ class ScaleConfig:
             raise ValueError(f"scales must be a non-empty list of values > 0, got {self.scales}")
         if not self.world_sizes or min(self.world_sizes) < 1:
             raise ValueError(f"world_sizes must be ints >= 1, got {self.world_sizes}")
-        for name in ("rows_at_scale_1", "train_days", "batch_size", "teacher_dim", "threads"):
+        for name in (
+            "rows_at_scale_1", "train_days", "batch_size", "teacher_dim", "threads",
+            "paired_block",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.fraction <= 1:
@@ -191,6 +202,7 @@ def _spec(config: ScaleConfig, scale: float, world_size: int) -> dict[str, Any]:
         "embedding_dim": config.embedding_dim,
         "learning_rate": config.learning_rate,
         "limit_eval_batches": config.limit_eval_batches,
+        "paired_block": config.paired_block,
         "sharding_types": config.sharding_types,
         "seed": 0,
     }
@@ -209,7 +221,7 @@ def _run_one(config: ScaleConfig, scale: float, world_size: int, bar: tqdm) -> d
             stage, spec, 1 if stage == "generate" else world_size, config.threads
         )
         bar.update(1)
-    train, base = stages["train"], stages["baseline"]
+    train, paired = stages["train"], stages["paired"]
     from torchrec_lhf.data.synthetic_criteo import SyntheticCriteoConfig
 
     ids = sum(SyntheticCriteoConfig(scale=scale).num_embeddings)
@@ -225,8 +237,11 @@ def _run_one(config: ScaleConfig, scale: float, world_size: int, bar: tqdm) -> d
         "full_embedding_bytes": train["full_embedding_bytes"],
         "stages": stages,
         "train_samples_per_s": train["samples_per_s"],
-        "baseline_samples_per_s": base["samples_per_s"],
-        "train_vs_baseline": train["samples_per_s"] / base["samples_per_s"],
+        "paired_samples_per_s": paired["lhf_samples_per_s"],
+        "baseline_samples_per_s": paired["baseline_samples_per_s"],
+        "train_vs_baseline": paired["ratio_median"],
+        "train_vs_baseline_quartiles": [paired["ratio_q1"], paired["ratio_q3"]],
+        "train_vs_baseline_total": paired["ratio_total"],
     }
 
 
@@ -257,9 +272,14 @@ def exponents(runs: list[dict[str, Any]], world_size: int) -> dict[str, dict[str
 
 def format_table(result: dict[str, Any]) -> str:
     """A Markdown table of the runs: per stage seconds / peak RSS (GB), then the exponents."""
-    head = "| scale | ranks | ids | train rows | " + " | ".join(STAGES) + " | LHF / EBC samples/s |"
+    head = (
+        "| scale | ranks | ids | train rows | "
+        + " | ".join(STAGES)
+        + " | LHF / EBC samples/s, median (quartiles) |"
+    )
     lines = [head, "|" + "---:|" * (len(STAGES) + 5)]
     for r in result["runs"]:
+        q = r["train_vs_baseline_quartiles"]
         cells = [
             f"{r['stages'][s]['seconds']:.0f} s / {r['stages'][s]['peak_rss_bytes'] / 1e9:.2f}"
             if s in r["stages"]
@@ -270,7 +290,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"| {r['scale']:g} | {r['world_size']} | {r['ids'] / 1e6:.1f}M | "
             f"{r['train_rows'] / 1e6:.2f}M | "
             + " | ".join(cells)
-            + f" | {r['train_vs_baseline']:.2f} |"
+            + f" | {r['train_vs_baseline']:.3f} ({q[0]:.3f}-{q[1]:.3f}) |"
         )
     for w, exps in result.get("exponents_by_world_size", {}).items():
         cells = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ def test_tiny_benchmark_runs_every_stage_and_reports(tmp_path: Path) -> None:
         "--max_scale_by_world_size", '{"2": 0.0001}',
         "--rows_at_scale_1", "40000000",
         "--batch_size", "128",
+        "--paired_block", "4",
         "--work_dir", str(tmp_path / "work"),
         "--out_json", str(out),
     ]  # fmt: skip
@@ -57,8 +59,16 @@ def test_tiny_benchmark_runs_every_stage_and_reports(tmp_path: Path) -> None:
         assert 0 < r["compressed_rows"] < r["ids"] / 5  # 10% of the big tables, small ones full
         assert r["embedding_bytes"] == r["compressed_rows"] * 16 * 4 and r["remap_bytes"] > 0
         assert r["stages"]["train"]["index_bytes"] > 0  # the learned plan stores its head
-        assert r["train_vs_baseline"] == pytest.approx(
-            r["train_samples_per_s"] / r["baseline_samples_per_s"]
+        paired = r["stages"]["paired"]
+        # full blocks of 4 steps in an epoch of 128-row batches per rank, the first pair out
+        steps = r["train_rows"] // (128 * r["world_size"])
+        assert paired["pairs"] == steps // 4 - 1
+        ratios = [p["base"] / p["lhf"] for p in paired["block_seconds"]]
+        assert r["train_vs_baseline"] == pytest.approx(statistics.median(ratios))
+        q1, q3 = r["train_vs_baseline_quartiles"]
+        assert q1 <= r["train_vs_baseline"] <= q3
+        assert r["train_vs_baseline_total"] == pytest.approx(
+            r["paired_samples_per_s"] / r["baseline_samples_per_s"]
         )
         assert 0.5 < r["stages"]["eval"]["auc"] < 1
         assert r["stages"]["checkpoint"]["checkpoint_load_seconds"] > 0
