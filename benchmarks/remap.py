@@ -15,9 +15,12 @@ Two ways:
 dense one: the most frequent 10% of its ids at learned (here random) rows, the others
 hashed into all its rows.
 
+``--clock cpu`` times with the process's CPU time instead of wall time: on a shared machine
+other processes then slow neither side's figure (their cache and memory traffic still do).
+
 Usage::
 
-    python -m benchmarks.remap --json
+    OMP_NUM_THREADS=1 python -m benchmarks.remap --json [--encoding compact] [--pooling 4]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.types import ShardingEnv
+from torchrec.test_utils import get_free_port
 
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
 from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
@@ -91,18 +95,32 @@ def _inputs(heights: list[int], batch: int, pooling: int, seed: int) -> KeyedJag
     )
 
 
-def _time(step, iters: int, warmup: int) -> float:
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+"""``--clock``: wall time, or the process's CPU time (all its threads; not the time other
+processes hold the cores, so steadier on a shared machine; the same for a single-threaded
+step on an idle one)."""
+
+
+def _time(
+    step, iters: int, warmup: int, *, clock: Callable[[], float] = time.perf_counter
+) -> float:
     for _ in range(warmup):
         step()
     times = []
     for _ in range(iters):
-        t0 = time.perf_counter()
+        t0 = clock()
         step()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
-def time_pair(steps: dict[str, Callable[[], object]], iters: int, warmup: int) -> dict[str, float]:
+def time_pair(
+    steps: dict[str, Callable[[], object]],
+    iters: int,
+    warmup: int,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
     """Median seconds of each step, the steps interleaved so that both see the same load."""
     for _ in range(warmup):
         for step in steps.values():
@@ -110,9 +128,9 @@ def time_pair(steps: dict[str, Callable[[], object]], iters: int, warmup: int) -
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(iters):
         for name, step in steps.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             step()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -230,6 +248,7 @@ def _time_fused(
         {"plain": _fused_step(plain_dmp, in_range), "lhf": _fused_step(lhf_dmp, raw)},
         args.iters,
         args.warmup,
+        clock=CLOCKS[args.clock],
     )
 
 
@@ -246,9 +265,12 @@ def run(args: argparse.Namespace) -> dict:
         },
         args.iters,
         args.warmup,
+        clock=CLOCKS[args.clock],
     )
     results["fused"] = _time_fused(args, logical, small, plan, raw, in_range)
-    remap_only = _time(lambda: lhf.remap(_fresh(raw)), args.iters, args.warmup)
+    remap_only = _time(
+        lambda: lhf.remap(_fresh(raw)), args.iters, args.warmup, clock=CLOCKS[args.clock]
+    )
     for mode in ("unsharded", "fused"):
         r = results[mode]
         r["ratio"] = r["lhf"] / r["plain"]
@@ -281,6 +303,7 @@ def report(
             "encoding": args.encoding,
             "ids_per_batch": num_ids,
             "threads": torch.get_num_threads(),
+            "clock": args.clock,
             "machine": platform.machine(),
             "torch": torch.__version__,
         },
@@ -312,13 +335,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--clock", choices=tuple(CLOCKS), default="wall", help="wall or process CPU time"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29533")
+        # a free port, not a fixed one: back-to-back or concurrent runs collided on 29533
+        os.environ.setdefault("MASTER_PORT", str(get_free_port()))
         dist.init_process_group("gloo", rank=0, world_size=1)
     result = run(args)
     if args.json:

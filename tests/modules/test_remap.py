@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
-from torchrec_lhf.modules.remap import KeyedTensorCombine
+from torchrec_lhf.modules.combine import KeyedTensorCombine
 
 
 def _combine() -> KeyedTensorCombine:

@@ -10,7 +10,7 @@ from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from tests._fixtures import three_tables
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
-from torchrec_lhf.modules.remap import KeyedTensorCombine
+from torchrec_lhf.modules.combine import KeyedTensorCombine
 
 
 def _mappings(n: int, heights: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, ...]:

@@ -29,11 +29,11 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_lhf.modules import logical_view
+from torchrec_lhf.modules.combine import KeyedTensorCombine
 from torchrec_lhf.modules.remap import (
     IDENTITY,
     FeatureRemap,
     InternalFeature,
-    KeyedTensorCombine,
     MappingPacker,
     check_internal_names,
     check_remap_state,

@@ -1,4 +1,4 @@
-"""A static cuckoo hash table of the compact heads: two gathers a probe instead of a search.
+"""A static cuckoo hash table of the compact heads: three independent probes, not a search.
 
 Shapes: ``K`` head entries, ``S`` slots (``S >= K``), ``P`` ids looked up.
 
@@ -7,9 +7,11 @@ The heads of the compact (head/tail) hash functions are stored sorted (``head_ke
 them by binary search (``torch.searchsorted``) costs ``log2 K`` dependent, cache-missing
 reads per id: on CPU it was most of a compact remap's time (the remap benchmark's 213K ids:
 8.0 ms against 4.0 ms for this table, medians of 3 runs). The module holds the heads only
-as this table (``1 / LOAD`` of their size). This table replaces the search by ``NUM_CHOICES`` independent probes: entry ``k`` sits in one of
-the slots :func:`slots_of` gives for its mixed hash ``x_k``, and a lookup reads the
-``NUM_CHOICES`` candidate slots and keeps the one whose key matches.
+as this table (``1 / LOAD`` of their size). This table replaces the search by
+``NUM_CHOICES`` independent probes: entry ``k`` sits in one of the slots :func:`slots_of`
+gives for its mixed hash ``x_k``, and a lookup reads the ``NUM_CHOICES`` candidate slots
+and keeps the one whose key matches (with bit masks, not ``torch.where``: hits and misses
+alternate from id to id, and ``torch.where``'s CPU kernel then mispredicts its branch).
 
 ``x`` is the SplitMix64 mix that the tail hash computes anyway (see
 :mod:`torchrec_lhf.hashing`), so the probe costs no extra hashing of the ids; each choice
@@ -22,6 +24,12 @@ current choice, one writer per slot wins (by a per-round hash priority, so the t
 deterministic), evicted and losing entries move to their next choice, until all are placed
 (then the capacity grows by 10% and it starts over, which the load below almost never
 needs). It runs once, when the module is built or loaded, vectorized over the entries.
+
+Packed form (:func:`pack`): where keys and rows are both int32 (and the keys below
+``PACKED_EMPTY``), a slot is one int64 ``key << 32 | row``, in the same bytes as the two
+int32 arrays. A probe then reads key and row at once: three random reads an id instead of
+four, and ``entry ^ (key << 32)`` is the row exactly where the key matches (``>= 2**32``
+elsewhere), so the smallest of the three is the answer. :func:`lookup` takes either form.
 """
 
 import torch
@@ -33,6 +41,8 @@ LOAD = 0.8
 _MAX_ROUNDS = 500
 _MAX_GROWTHS = 20
 _EMPTY = -1
+PACKED_EMPTY = 2**31 - 1
+"""The key of an empty slot in the packed form (real keys are below it)."""
 
 
 def slots_of(x_P: torch.Tensor, num_slots: int) -> list[torch.Tensor]:
@@ -45,16 +55,21 @@ def slots_of(x_P: torch.Tensor, num_slots: int) -> list[torch.Tensor]:
     Returns:
         ``NUM_CHOICES`` int64 tensors of shape ``(P,)`` in ``[0, S)``.
     """
+    return list(_slots(x_P, num_slots).unbind(0))
+
+
+def _slots(x_P: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """:func:`slots_of` as one int64 tensor of shape ``(NUM_CHOICES, P)``."""
     # NOTE: the mix's bits are uniform and independent, so each choice reads its own
     # 32-bit window of x (bits 0-31, 32-63, 16-47) and scales it into [0, S) by a multiply
     # and a shift ((u * S) >> 32 with u < 2**32 and S <= 2**31 fits int64): no division,
-    # no extra hashing. A slot is set mostly by its window's top bits, which differ.
-    out: list[torch.Tensor] = []
-    for shift in [0, 32, 16]:
-        u = x_P.bitwise_right_shift(shift) if shift > 0 else x_P.clone()
-        u = u.bitwise_and_(4294967295).mul_(num_slots)
-        out.append(u.bitwise_right_shift_(32))
-    return out
+    # no extra hashing. A slot is set mostly by its window's top bits, which differ. The
+    # windows go into one tensor, so that the mask, multiply and shift are one op each.
+    u_CP = torch.empty((3, x_P.numel()), dtype=torch.long, device=x_P.device)
+    u_CP[0].copy_(x_P)
+    torch.bitwise_right_shift(x_P, 32, out=u_CP[1])
+    torch.bitwise_right_shift(x_P, 16, out=u_CP[2])
+    return u_CP.bitwise_and_(4294967295).mul_(num_slots).bitwise_right_shift_(32)
 
 
 def lookup(
@@ -69,21 +84,59 @@ def lookup(
     Args:
         key_P: the ids' keys (``key offset + id``), shape ``(P,)``, of ``slot_keys_S``'s dtype.
         x_P: their mixed hashes, int64 ``(P,)``.
-        slot_keys_S: the table's keys (``-1``: empty), int32 or int64 ``(S,)``.
-        slot_rows_S: the table's rows, ``(S,)``.
+        slot_keys_S: the table's keys (``-1``: empty), int32 or int64 ``(S,)``; or its
+            packed int64 entries (:func:`pack`), with an empty ``slot_rows_S``.
+        slot_rows_S: the table's rows, ``(S,)``, or empty (packed).
         default_P: int64 rows of the ids not in the table (their tail rows), ``(P,)``.
 
     Returns:
         int64 rows ``(P,)``.
     """
-    slots = slots_of(x_P, slot_keys_S.numel())
-    slot_P = slots[0]
-    hit_P = slot_keys_S.index_select(0, slot_P) == key_P
-    for other_P in slots[1:]:
-        other_hit_P = slot_keys_S.index_select(0, other_P) == key_P
-        slot_P = torch.where(other_hit_P, other_P, slot_P)
-        hit_P = hit_P.logical_or_(other_hit_P)
-    return torch.where(hit_P, slot_rows_S.index_select(0, slot_P).to(default_P.dtype), default_P)
+    if slot_rows_S.numel() == 0 and slot_keys_S.numel() > 0:
+        return _lookup_packed(key_P, x_P, slot_keys_S, default_P)
+    slot_CP = _slots(x_P, slot_keys_S.numel())
+    hit_CP = slot_keys_S.index_select(0, slot_CP.view(-1)).view(slot_CP.shape) == key_P
+    # a key sits in one slot (which two choices may share): the largest slot hit is it
+    # (0 when none hits; its row is then read and discarded)
+    slot_P = slot_CP.mul_(hit_CP).amax(0)
+    row_P = slot_rows_S.index_select(0, slot_P).to(default_P.dtype)
+    # NOTE: a bit-mask select, not torch.where: hits and misses alternate from id to id,
+    # and torch.where's CPU kernel then mispredicts its branch (see remap_lookup)
+    hit_P = hit_CP[0].logical_or(hit_CP[1]).logical_or_(hit_CP[2])  # (any(0) is slow on CPU)
+    mask_P = hit_P.to(default_P.dtype).neg_()  # all ones where hit
+    return row_P.bitwise_xor_(default_P).bitwise_and_(mask_P).bitwise_xor_(default_P)
+
+
+def _lookup_packed(
+    key_P: torch.Tensor, x_P: torch.Tensor, entries_S: torch.Tensor, default_P: torch.Tensor
+) -> torch.Tensor:
+    """:func:`lookup` in a packed table (``entries_S``: int64 ``key << 32 | row``)."""
+    slot_CP = _slots(x_P, entries_S.numel())
+    d_CP = entries_S.index_select(0, slot_CP.view(-1)).view(slot_CP.shape)
+    d_CP = d_CP.bitwise_xor_(key_P.long().bitwise_left_shift(32))  # the row where the key matches
+    # the row if any choice matches, else >= 2**32 (NOTE: not amin(0), 100x slower on CPU)
+    m_P = torch.minimum(d_CP[0], d_CP[1])
+    m_P = torch.minimum(m_P, d_CP[2], out=m_P)
+    mask_P = m_P.bitwise_right_shift(32).sub_(1).bitwise_right_shift_(63)  # all ones where hit
+    return m_P.bitwise_xor_(default_P).bitwise_and_(mask_P).bitwise_xor_(default_P)
+
+
+def pack(slot_keys_S: torch.Tensor, slot_rows_S: torch.Tensor) -> torch.Tensor | None:
+    """The packed form of a table (int64 ``key << 32 | row``; empty slots key
+    ``PACKED_EMPTY``), or None where it does not apply (not both int32, or a key
+    ``>= PACKED_EMPTY``). Runs on the host, once per table."""
+    if slot_keys_S.dtype != torch.int32 or slot_rows_S.dtype != torch.int32:
+        return None
+    if slot_keys_S.numel() == 0 or int(slot_keys_S.max()) >= PACKED_EMPTY:
+        return None
+    keys_S = torch.where(slot_keys_S < 0, PACKED_EMPTY, slot_keys_S).long()
+    return keys_S.bitwise_left_shift_(32).bitwise_or_(slot_rows_S.long())
+
+
+def unpack(entries_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(slot_keys_S, slot_rows_S)`` (int32; empty key ``-1``) of a packed table."""
+    keys_S = entries_S.bitwise_right_shift(32).int()
+    return torch.where(keys_S == PACKED_EMPTY, _EMPTY, keys_S), entries_S.int()
 
 
 def build(

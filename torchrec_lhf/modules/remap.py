@@ -25,17 +25,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_lhf.hashing import mix_keyed, seed_keys
 from torchrec_lhf.modules import head_table
-from torchrec_lhf.modules.remap_ops import (
-    IDENTITY,
-    combine_plan,
-    combine_values,
-    needs_length_per_key,
-    remap_values,
-)
+from torchrec_lhf.modules.remap_lookup import array_offsets
+from torchrec_lhf.modules.remap_ops import IDENTITY, needs_length_per_key, remap_values
 from torchrec_lhf.plan_compact import CompactMapping
 
 OUT_OF_RANGE_POLICIES = ("error", "modulo")
@@ -102,6 +97,7 @@ def remap_features(
     modulo: bool,
     has_identity: bool,
     compact: list[torch.Tensor],
+    array_offsets: torch.Tensor | None = None,
 ) -> KeyedJaggedTensor:
     """:func:`~torchrec_lhf.modules.remap_ops.remap_values` of a KeyedJaggedTensor.
 
@@ -133,6 +129,7 @@ def remap_features(
         modulo,
         has_identity,
         compact,
+        array_offsets,
     )
     return KeyedJaggedTensor(
         keys=feature_names,
@@ -274,6 +271,15 @@ class FeatureRemap(nn.Module):
         slot_keys, slot_rows = self._head_table(head_keys, head_rows)
         self.register_buffer("slot_keys", slot_keys.to(mapping.device), persistent=False)
         self.register_buffer("slot_rows", slot_rows.to(mapping.device), persistent=False)
+        # the dense lookup in one FBGEMM op where it applies (remap_lookup.array_offsets)
+        regions = (
+            None if self.has_compact else array_offsets([f.offset for f in self.features], mapping)
+        )
+        self.has_array_offsets = regions is not None
+        empty = torch.zeros(0, dtype=torch.long, device=mapping.device)
+        self.register_buffer(
+            "array_offsets", empty if regions is None else regions, persistent=False
+        )
         if self.has_compact:
             self.register_state_dict_post_hook(_heads_to_state)
             self.register_load_state_dict_pre_hook(_heads_from_state)
@@ -289,15 +295,19 @@ class FeatureRemap(nn.Module):
         return self._sorted_heads()[1]
 
     def _sorted_heads(self) -> tuple[torch.Tensor, torch.Tensor]:
-        used_S = self.slot_keys >= 0
-        keys_K, order_K = torch.sort(self.slot_keys[used_S])
-        return keys_K, self.slot_rows[used_S][order_K]
+        slot_keys, slot_rows = self.slot_keys, self.slot_rows
+        if slot_rows.numel() == 0 and slot_keys.numel() > 0:  # the packed form
+            slot_keys, slot_rows = head_table.unpack(slot_keys)
+        used_S = slot_keys >= 0
+        keys_K, order_K = torch.sort(slot_keys[used_S])
+        return keys_K, slot_rows[used_S][order_K]
 
     def _head_table(
         self, keys_K: torch.Tensor, rows_K: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The cuckoo table of the heads (:mod:`~torchrec_lhf.modules.head_table`), built
-        from sorted head keys and rows, on the host."""
+        from sorted head keys and rows, on the host: ``(slot_keys, slot_rows)``, or the
+        packed entries and an empty ``slot_rows``."""
         keys_K, rows_K = keys_K.cpu(), rows_K.cpu()
         if keys_K.numel() == 0:
             return keys_K, rows_K
@@ -308,7 +318,11 @@ class FeatureRemap(nn.Module):
         seeds_T = torch.tensor([compact[o] for o in sorted(compact)], dtype=torch.int64)
         t_K = torch.searchsorted(offsets_T, keys_K.long(), right=True) - 1
         x_K = mix_keyed(keys_K.long() - offsets_T[t_K], seed_keys(seeds_T)[t_K])
-        return head_table.build(keys_K, rows_K, x_K)
+        slot_keys, slot_rows = head_table.build(keys_K, rows_K, x_K)
+        # NOTE: int32 keys and rows are held packed (same bytes, one read a probe); the
+        # slot_rows buffer is then empty
+        packed = head_table.pack(slot_keys, slot_rows)
+        return (slot_keys, slot_rows) if packed is None else (packed, slot_rows[:0])
 
     def remap_bytes(self) -> int:
         """Bytes the remap holds in memory: its persistent buffers (the dense mapping, the
@@ -351,6 +365,7 @@ class FeatureRemap(nn.Module):
             ]
             if self.has_compact
             else [],
+            self.array_offsets if self.has_array_offsets else None,
         )
 
 
@@ -409,52 +424,3 @@ def check_remap_state(remap: FeatureRemap, state_dict: dict, prefix: str) -> Non
                 "trained with another hash plan"
             )
         state_dict[key] = incoming.to(mine.dtype)
-
-
-class KeyedTensorCombine(nn.Module):
-    """Combines internal pooled embeddings into the logical ones.
-
-    Args:
-        in_keys: internal embedding names, in the internal KeyedTensor's order.
-        in_dims: their dims.
-        out_keys: logical embedding names, in the order the plain EBC returns them.
-        out_dims: their dims.
-        sources: for each logical key, ``(internal keys, combine)``; ``combine`` is one of
-            ``sum``, ``concat``, ``mult``, ``scaled_sum`` (see :mod:`torchrec_lhf.plan`).
-    """
-
-    def __init__(
-        self,
-        in_keys: list[str],
-        in_dims: list[int],
-        out_keys: list[str],
-        out_dims: list[int],
-        sources: list[tuple[list[str], str]],
-    ) -> None:
-        super().__init__()
-        self.out_keys, self.out_dims = list(out_keys), list(out_dims)
-        self.in_keys, self._sources = list(in_keys), [(list(k), c) for k, c in sources]
-        first, passes = combine_plan(in_keys, in_dims, out_dims, sources)
-        self.register_buffer("first_C", torch.tensor(first, dtype=torch.long), persistent=False)
-        # (multiply, dst buffer, src buffer) of each pass, in order
-        self._passes: list[tuple[bool, str, str]] = []
-        for i, (multiply, dst, src) in enumerate(passes):
-            names = (f"pass{i}_dst", f"pass{i}_src")
-            for name, cols in zip(names, (dst, src)):
-                self.register_buffer(name, torch.tensor(cols, dtype=torch.long), persistent=False)
-            self._passes.append((multiply, *names))
-
-    def for_input_order(self, in_keys: list[str], in_dims: list[int]) -> KeyedTensorCombine:
-        """The same combine for internal embeddings that arrive in another key order (a
-        sharded collection returns them grouped by sharding type and rank)."""
-        if sorted(in_keys) != sorted(self.in_keys):
-            raise ValueError(f"input keys {in_keys} are not a reordering of {self.in_keys}")
-        combine = KeyedTensorCombine(in_keys, in_dims, self.out_keys, self.out_dims, self._sources)
-        return combine.to(self.first_C.device)
-
-    def forward(self, kt: KeyedTensor) -> KeyedTensor:
-        """Args: kt: internal KeyedTensor, values ``(B, C_in)``, keys in :attr:`in_keys`'
-        order. Returns: values ``(B, C_out)``."""
-        passes = [(mul, getattr(self, dst), getattr(self, src)) for mul, dst, src in self._passes]
-        out = combine_values(kt.values(), self.first_C, passes)
-        return KeyedTensor(keys=self.out_keys, length_per_key=self.out_dims, values=out)

@@ -3,19 +3,22 @@
 :class:`~torchrec_lhf.modules.remap.FeatureRemap` hands a batch's tensors to
 :func:`remap_values` from a ``@torch.fx.wrap`` function (one opaque FX node, as TorchRec's
 ``_mch_remap``), because it reads the KeyedJaggedTensor's keys on the host, which a
-symbolic trace cannot; :class:`~torchrec_lhf.modules.remap.KeyedTensorCombine` traces
+symbolic trace cannot; :class:`~torchrec_lhf.modules.combine.KeyedTensorCombine` traces
 :func:`combine_values` op by op. Everything here compiles with TorchScript (TorchRec's
 inference flow: ``symbolic_trace`` then ``torch.jit.script``) and imports torch only, so
-``benchmarks/gpu_check.sh`` runs it on a CUDA machine without torchrec or fbgemm.
+``benchmarks/gpu_check.sh`` runs it on a CUDA machine without torchrec or fbgemm. (The
+per-id lookup is :mod:`~torchrec_lhf.modules.remap_lookup`; its one FBGEMM op, taken only
+in eager CPU mode when the caller passes ``array_offsets``, is not compiled.)
 
 No host-device synchronization per batch:
 
 * every output size is known on the host without reading a tensor: ``values.numel()``
   times the number of internal features each input key feeds, or the KJT's cached
   per-key lengths;
-* the range check of the ``error`` policy poisons the gather index instead of reading a
-  flag, so an out-of-range id fails inside the gather: a device-side assert on CUDA, a
-  ``ValueError`` naming feature, id and ``N`` in eager CPU mode (where the failed gather
+* the range check of the ``error`` policy reads no flag: an out-of-range id makes a
+  one-element gather fail, whose output every lookup depends on
+  (:func:`~torchrec_lhf.modules.remap_lookup.range_guard`): a device-side assert on CUDA,
+  a ``ValueError`` naming feature, id and ``N`` in eager CPU mode (where the failed gather
   raises at once and the details can be read for free);
 * key layouts are cached by the key order alone.
 
@@ -49,8 +52,7 @@ import functools
 
 import torch
 
-from torchrec_lhf.hashing import mix_keyed, rows_of_mix, seed_keys
-from torchrec_lhf.modules import head_table
+from torchrec_lhf.modules.remap_lookup import map_ids, map_ids_or_raise
 
 # NOTE: no ``from __future__ import annotations``: TorchScript reads these functions'
 # annotations as types. The functions spell out their constants: TorchScript reads no
@@ -135,6 +137,7 @@ def remap_values(
     modulo: bool,
     has_identity: bool,
     compact: list[torch.Tensor] | None = None,
+    array_offsets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[int] | None]:
     """Raw ids of the logical features -> rows of the internal tables.
 
@@ -158,6 +161,10 @@ def remap_values(
             table of all heads (keys int32 or int64, ``-1`` empty; rows int16/int32; see
             :func:`~torchrec_lhf.modules.head_table.build`), the int64 tail hash of each
             internal feature, and which internal features are compact (bool).
+        array_offsets: optional, for a CPU batch in eager mode: the mapping's regions as
+            FBGEMM's ``pruned_array_lookup`` takes them, shape ``(J + 1,)`` (see
+            :func:`~torchrec_lhf.modules.remap_lookup.array_offsets`); the dense lookup is
+            then that one op.
 
     Returns:
         ``(rows_P, lengths_JB, weights_P, length_per_key_J)`` of the internal features,
@@ -172,13 +179,14 @@ def remap_values(
     src_J, src, identity, multiplicity = _layout(keys, sources, values_V.device)
     num_keys = len(keys)
     stride = lengths.numel() // num_keys if num_keys > 0 else 0
-    per_key_F = lengths.view(num_keys, stride).sum(1)
+    # NOTE: in the lengths' dtype: an int32 sum is 4x faster on CPU than one into int64
+    per_key_F = lengths.view(num_keys, stride).sum(1, dtype=lengths.dtype)
     if identity:
         num = values_V.numel()
         ids_P = values_V
         per_key_J = per_key_F
         out_lengths = lengths
-        j_P = torch.repeat_interleave(per_key_J.int(), output_size=num)
+        j_P: torch.Tensor | None = None  # made where needed (FBGEMM's lookup needs none)
     else:
         if length_per_key is not None:
             length_per_key = [length_per_key[s] for s in src]
@@ -200,121 +208,14 @@ def remap_values(
         weights_V = None if weights_V is None else weights_V[pos_P]
         out_lengths = lengths.view(num_keys, stride)[src_J].reshape(-1)
     tables = [] if compact is None else compact
+    segments = (j_P, per_key_J, array_offsets)
     if modulo or torch.jit.is_scripting():
-        rows_P = _map_ids(ids_P, j_P, mapping, offset_J, height_J, modulo, has_identity, tables)
+        rows_P = map_ids(ids_P, segments, mapping, offset_J, height_J, modulo, has_identity, tables)
     else:
-        rows_P = _map_ids_or_raise(
-            ids_P, j_P, mapping, offset_J, height_J, has_identity, sources, tables
+        rows_P = map_ids_or_raise(
+            ids_P, segments, mapping, offset_J, height_J, has_identity, sources, tables
         )
     return rows_P, out_lengths, weights_V, length_per_key
-
-
-def _map_ids(
-    ids_P: torch.Tensor,
-    j_P: torch.Tensor,
-    mapping: torch.Tensor,
-    offset_J: torch.Tensor,
-    height_J: torch.Tensor,
-    modulo: bool,
-    has_identity: bool,
-    compact: list[torch.Tensor],
-) -> torch.Tensor:
-    """``mapping[offset + id]`` for every id (the id itself where uncompressed, the head
-    or tail row where compact)."""
-    # NOTE: every line is a pass over the P ids, and on CPU their memory traffic is the
-    # cost: hence int32 positions and offsets, and no separate check of negative ids.
-    offset_P = offset_J.index_select(0, j_P)
-    if modulo:
-        ids_P = torch.remainder(ids_P, height_J.index_select(0, j_P))
-    elif ids_P.numel() > 0:
-        # NOTE: the range check reads no flag on the host: an out-of-range id gathers one
-        # past the end, which fails inside the gather (an error on CPU, a device-side
-        # assert on CUDA). TorchScript drops an output-less torch._assert_async as dead
-        # code; this is a data dependency. A negative id anywhere lowers every height to
-        # the smallest int64, which poisons the whole (failed) batch.
-        int64_min = -9223372036854775807 - 1
-        height_J = torch.where(ids_P.min() < 0, int64_min, height_J)
-    key_P = ids_P.long() + offset_P
-    identity_P = offset_P == -1 if has_identity else None  # IDENTITY
-    bad_P = None if modulo else ids_P >= height_J.index_select(0, j_P)
-    rows_P = ids_P
-    mixed = len(compact) > 0 and mapping.numel() > 0
-    compact_P = compact[5].index_select(0, j_P) if mixed else None  # per id: compact?
-    if len(compact) == 0 or mapping.numel() > 0:  # dense features
-        index_P = key_P
-        if compact_P is not None:  # mixed: the compact features' keys are no mapping index
-            index_P = torch.where(compact_P, 0, index_P)
-        if identity_P is not None:
-            index_P = torch.where(identity_P, 0, index_P)
-        if bad_P is not None:
-            index_P = torch.where(bad_P, mapping.numel(), index_P)
-        rows_P = torch.gather(mapping, 0, index_P).to(ids_P.dtype)
-    if len(compact) > 0:
-        compact_rows_P = _compact_rows(ids_P, key_P, j_P, bad_P, compact).to(ids_P.dtype)
-        if compact_P is not None:
-            compact_rows_P = torch.where(compact_P, compact_rows_P, rows_P)
-        rows_P = compact_rows_P
-    if identity_P is not None:
-        rows_P = torch.where(identity_P, ids_P, rows_P)
-    return rows_P
-
-
-def _compact_rows(
-    ids_P: torch.Tensor,
-    key_P: torch.Tensor,
-    j_P: torch.Tensor,
-    bad_P: torch.Tensor | None,
-    compact: list[torch.Tensor],
-) -> torch.Tensor:
-    """Head row (a probe of the cuckoo table of ``key``) or tail hash row of every id, as
-    int64."""
-    slot_keys_S, slot_rows_S, seed_J, tail_offset_J, tail_rows_J = compact[:5]
-    j_tail_P = j_P
-    if bad_P is not None:
-        # NOTE: as the dense gather, an out-of-range id looks up one past the last feature
-        # (an error on CPU, a device-side assert on CUDA) instead of reading a flag
-        j_tail_P = torch.where(bad_P, tail_rows_J.numel(), j_P)
-    x_P = mix_keyed(ids_P, seed_keys(seed_J).index_select(0, j_P))  # J seeds mixed once, not P
-    rows_P = rows_of_mix(x_P, tail_rows_J.index_select(0, j_tail_P))
-    rows_P = rows_P.add_(tail_offset_J.index_select(0, j_P))
-    if slot_keys_S.numel() == 0:
-        return rows_P
-    # the head: a static cuckoo table probed at slots taken from the same mixed hash
-    return head_table.lookup(key_P.to(slot_keys_S.dtype), x_P, slot_keys_S, slot_rows_S, rows_P)
-
-
-def _map_ids_or_raise(
-    ids_P: torch.Tensor,
-    j_P: torch.Tensor,
-    mapping: torch.Tensor,
-    offset_J: torch.Tensor,
-    height_J: torch.Tensor,
-    has_identity: bool,
-    sources: list[str],
-    compact: list[torch.Tensor],
-) -> torch.Tensor:
-    """:func:`_map_ids` of the ``error`` policy in eager mode, with a descriptive error.
-
-    Raises:
-        ValueError: an id outside ``[0, N)``, naming its feature, the id and ``N``. On CPU
-            the gather fails at once; on CUDA it is a device-side assert instead (run on
-            CPU, or with ``CUDA_LAUNCH_BLOCKING=1``, to find the id).
-    """
-    try:
-        return _map_ids(ids_P, j_P, mapping, offset_J, height_J, False, has_identity, compact)
-    except (RuntimeError, IndexError) as error:  # gather, index_select
-        failure = error
-    # NOTE: reading values on the host is fine here: the batch has failed already.
-    bad_P = (ids_P < 0) | (ids_P >= height_J[j_P.long()])
-    if not bool(bad_P.any()):
-        raise failure  # not an out-of-range id: the gather's own error
-    first = int(bad_P.nonzero()[0, 0])
-    j = int(j_P[first])
-    raise ValueError(
-        f"feature {sources[j]!r}: id {int(ids_P[first])} is out of range "
-        f"[0, {int(height_J[j])}) ({int(bad_P.sum())} such ids in the batch); "
-        "pass out_of_range='modulo' to fold ids"
-    )
 
 
 def combine_plan(

@@ -1,0 +1,34 @@
+"""benchmarks.remap: the clocks it times with, and a tiny run of both encodings."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from torchrec.test_utils import get_free_port
+
+from benchmarks import remap as bench
+
+
+def test_time_pair_reads_the_given_clock_around_each_step() -> None:
+    ticks = itertools.count()  # each clock read is one tick later
+    calls: list[str] = []
+    steps = {"plain": lambda: calls.append("plain"), "lhf": lambda: calls.append("lhf")}
+    times = bench.time_pair(steps, iters=3, warmup=1, clock=lambda: float(next(ticks)))
+    assert times == {"plain": 1.0, "lhf": 1.0}  # start and end: consecutive reads
+    assert calls == ["plain", "lhf"] * 4  # warmup and iterations, interleaved
+    assert bench.CLOCKS["cpu"] is not bench.CLOCKS["wall"]
+
+
+@pytest.mark.parametrize("encoding", ["dense", "compact"])
+def test_tiny_run_reports_both_collections(encoding: str, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(get_free_port()))
+    argv = ["--batch_size", "8", "--max_rows", "2000", "--iters", "2", "--warmup", "1"]
+    result = bench.main([*argv, "--encoding", encoding, "--clock", "cpu", "--json"])
+    assert result["config"]["clock"] == "cpu" and result["config"]["encoding"] == encoding
+    assert result["config"]["ids_per_batch"] == 26 * 8
+    for mode in ("unsharded", "fused"):
+        r = result["seconds_per_batch"][mode]
+        assert r["plain"] > 0 and r["lhf"] > 0 and r["ratio"] == r["lhf"] / r["plain"]
+    assert result["remap_only_seconds"] > 0 and result["remap_bytes"] > 0

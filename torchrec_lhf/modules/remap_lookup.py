@@ -1,0 +1,238 @@
+"""The remap's per-id lookup: raw id -> internal row, for ids already laid out per feature.
+
+:func:`~torchrec_lhf.modules.remap_ops.remap_values` lays a batch's ids out per internal
+feature and hands them here; :func:`map_ids` looks each one up in its feature's dense
+mapping, compact (head/tail) mapping, or nowhere (an uncompressed table). Pure torch,
+scriptable, no host read (see :mod:`~torchrec_lhf.modules.remap_ops`).
+
+Why it is written the way it is (CPU, where the remap costs most; measured in
+``benchmarks.remap``): every op is a pass over the batch's ``P`` ids, so the code keeps
+the passes few and
+
+* range-checks the ids with one reduction instead of a per-id flag: ``((N - 1 - id) | id)``
+  is negative exactly when ``id`` is outside ``[0, N)``; its minimum (one value) picks an
+  index that fails inside a gather of one element, whose (zero) output every lookup then
+  depends on (a data dependency, which TorchScript keeps);
+* never selects per id with ``torch.where`` on a condition that varies from id to id (a
+  head hit or miss): on CPU that kernel branches, and the mispredictions made it 7x the cost
+  of a predictable ``where``; the head lookup selects with bit masks instead;
+  ``torch.where`` stays only on conditions constant over a feature's ids.
+
+Legend:
+    J   internal features;  P ids of the batch, laid out per internal feature
+    S   slots of the compact heads' cuckoo table
+"""
+
+import torch
+
+from torchrec_lhf.hashing import mix_keyed, rows_of_mix, seed_keys
+from torchrec_lhf.modules import head_table
+
+# NOTE: no ``from __future__ import annotations``: TorchScript reads the annotations.
+
+
+def range_guard(ids_P: torch.Tensor, j_P: torch.Tensor, height_J: torch.Tensor) -> torch.Tensor:
+    """A zero of shape ``(1,)`` whose computation fails if an id is outside ``[0, N)``.
+
+    Add it to a per-feature tensor that the lookup reads: an out-of-range id then fails
+    the batch (a gather's "out of bounds" error on CPU, a device-side assert on CUDA)
+    before any lookup reads out of bounds, and nothing is read on the host.
+
+    Args:
+        ids_P: int64 raw ids, shape ``(P,)``.
+        j_P: the internal feature of each id, shape ``(P,)``.
+        height_J: int64 logical height ``N`` of each internal feature, shape ``(J,)``.
+
+    Returns:
+        int64 zeros of shape ``(1,)``.
+    """
+    zero = torch.zeros(1, dtype=torch.long, device=ids_P.device)
+    if ids_P.numel() == 0:
+        return zero
+    # negative exactly where id < 0 (the sign bit) or id > N - 1 (N - 1 - id < 0, no overflow
+    # for ids >= 0)
+    low = (height_J - 1).index_select(0, j_P).sub_(ids_P).bitwise_or_(ids_P).min()
+    return torch.gather(zero, 0, (low < 0).long().view(1))  # index 1 is out of bounds
+
+
+def map_ids(
+    ids_P: torch.Tensor,
+    segments: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None],
+    mapping: torch.Tensor,
+    offset_J: torch.Tensor,
+    height_J: torch.Tensor,
+    modulo: bool,
+    has_identity: bool,
+    compact: list[torch.Tensor],
+) -> torch.Tensor:
+    """``mapping[offset + id]`` for every id (the id itself where uncompressed, the head
+    or tail row where compact), in the ids' dtype.
+
+    Args as for :func:`~torchrec_lhf.modules.remap_ops.remap_values`; ``ids_P`` of shape
+    ``(P,)``, laid out per internal feature; ``segments``: ``(j_P, per_key_J,
+    array_offsets)``, the internal feature of each id (None: made here from
+    ``per_key_J``), the ids of each internal feature and the optional regions for FBGEMM's
+    ``pruned_array_lookup``.
+    """
+    j_opt, per_key_J, regions_J = segments
+    if regions_J is not None and not torch.jit.is_scripting() and ids_P.device.type == "cpu":
+        return _pruned_array_lookup(ids_P, per_key_J, mapping, regions_J, height_J, modulo)
+    if j_opt is None:
+        j_P = torch.repeat_interleave(per_key_J.int(), output_size=ids_P.numel())
+    else:
+        j_P = j_opt
+    if modulo:
+        ids_P = torch.remainder(ids_P, height_J.index_select(0, j_P))
+    else:
+        guard = range_guard(ids_P, j_P, height_J)
+        offset_J = offset_J + guard.to(offset_J.dtype)
+        if len(compact) > 0:
+            compact = compact[:3] + [compact[3] + guard] + compact[4:]
+    offset_P = offset_J.index_select(0, j_P)
+    key_P = ids_P.long() + offset_P
+    # NOTE: the conditions of these where's are constant over each feature's ids (cheap)
+    identity_P = offset_P == -1 if has_identity else None  # IDENTITY
+    mixed = len(compact) > 0 and mapping.numel() > 0
+    compact_P = compact[5].index_select(0, j_P) if mixed else None  # per id: compact?
+    rows_P = ids_P
+    if len(compact) == 0 or mapping.numel() > 0:  # dense features
+        index_P = key_P
+        if compact_P is not None:  # mixed: the compact features' keys are no mapping index
+            index_P = torch.where(compact_P, 0, index_P)
+        if identity_P is not None:
+            index_P = torch.where(identity_P, 0, index_P)
+        rows_P = torch.gather(mapping, 0, index_P).to(ids_P.dtype)
+    if len(compact) > 0:
+        compact_rows_P = _compact_rows(ids_P, key_P, j_P, compact).to(ids_P.dtype)
+        if compact_P is not None:
+            compact_rows_P = torch.where(compact_P, compact_rows_P, rows_P)
+        rows_P = compact_rows_P
+    if identity_P is not None:
+        rows_P = torch.where(identity_P, ids_P, rows_P)
+    return rows_P
+
+
+def _compact_rows(
+    ids_P: torch.Tensor, key_P: torch.Tensor, j_P: torch.Tensor, compact: list[torch.Tensor]
+) -> torch.Tensor:
+    """Head row (a probe of the cuckoo table of ``key``) or tail hash row of every id, as
+    int64."""
+    slot_keys_S, slot_rows_S, seed_J, tail_offset_J, tail_rows_J = compact[:5]
+    x_P = mix_keyed(ids_P, seed_keys(seed_J).index_select(0, j_P))  # J seeds mixed once, not P
+    rows_P = rows_of_mix(x_P, tail_rows_J.index_select(0, j_P))
+    rows_P = rows_P.add_(tail_offset_J.index_select(0, j_P))
+    if slot_keys_S.numel() == 0:
+        return rows_P
+    # the head: a static cuckoo table probed at slots taken from the same mixed hash
+    return head_table.lookup(key_P.to(slot_keys_S.dtype), x_P, slot_keys_S, slot_rows_S, rows_P)
+
+
+def array_offsets(offset_J: list[int], mapping: torch.Tensor) -> torch.Tensor | None:
+    """The dense mapping's regions as FBGEMM's ``pruned_array_lookup`` takes them.
+
+    That op maps id ``i`` of feature ``j`` to ``mapping[regions[j] + i]`` where
+    ``regions[j + 1] > regions[j]``, and passes it through where they are equal. So it
+    applies when the compressed features' offsets increase with ``j`` (no two features
+    share a table), the mapping is int32 and fbgemm_gpu is loaded.
+
+    Args:
+        offset_J: each internal feature's offset into the mapping, ``-1`` (``IDENTITY``)
+            for an uncompressed table; all features dense.
+        mapping: the flat mapping.
+
+    Returns:
+        int64 ``(J + 1,)`` on ``mapping``'s device, or None where the op does not apply.
+    """
+    if mapping.dtype != torch.int32 or not _has_array_lookup():
+        return None
+    regions = [mapping.numel()] * (len(offset_J) + 1)
+    for j in range(len(offset_J) - 1, -1, -1):
+        if offset_J[j] == -1:  # IDENTITY: an empty region, the id passes through
+            regions[j] = regions[j + 1]
+        elif offset_J[j] < regions[j + 1]:
+            regions[j] = offset_J[j]
+        else:  # a feature sharing its table's region with the next one
+            return None
+    return torch.tensor(regions, dtype=torch.long, device=mapping.device)
+
+
+def _has_array_lookup() -> bool:
+    """Whether FBGEMM's ``pruned_array_lookup`` is registered (fbgemm_gpu is imported)."""
+    try:
+        torch.ops.fbgemm.pruned_array_lookup  # noqa: B018
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+@torch.jit.unused
+def _pruned_array_lookup(
+    ids_P: torch.Tensor,
+    per_key_J: torch.Tensor,
+    mapping: torch.Tensor,
+    regions_J: torch.Tensor,
+    height_J: torch.Tensor,
+    modulo: bool,
+) -> torch.Tensor:
+    """:func:`map_ids` of a dense module in FBGEMM's ops: ``mapping[regions_J[j] + id]``
+    (the id where a region is empty), after FBGEMM's bounds check (``error``) or a fold
+    (``modulo``).
+
+    NOTE: eager CPU only (not compiled by TorchScript). The ops take per-bag offsets
+    ``(J * B + 1,)`` but read only each feature's ids, so one "bag" per feature does. The
+    bounds check (FATAL: a RuntimeError at the first id outside ``[0, N)``) reads the ids
+    in place, with no per-id temporary: on a cold cache, after a training step's embedding
+    traffic, that is half the cost of :func:`range_guard`'s; it lets id ``-1`` (FBGEMM's
+    "pruned row") through, which the minimum catches.
+    """
+    offsets_J = torch.zeros(per_key_J.numel() + 1, dtype=ids_P.dtype, device=ids_P.device)
+    torch.cumsum(per_key_J, 0, out=offsets_J[1:])
+    if modulo:
+        ids_P = torch.remainder(
+            ids_P, torch.repeat_interleave(height_J, per_key_J, output_size=ids_P.numel())
+        )
+        offsets_J = offsets_J.to(ids_P.dtype)
+    elif ids_P.numel() > 0:
+        # a negative id fails the one-element gather (no host read; as in range_guard)
+        zero = torch.zeros(1, dtype=regions_J.dtype, device=ids_P.device)
+        regions_J = regions_J + torch.gather(zero, 0, (ids_P.min() < 0).long().view(1))
+        warning = torch.zeros(1, dtype=torch.long)
+        torch.ops.fbgemm.bounds_check_indices(height_J, ids_P, offsets_J, 0, warning)  # FATAL
+    return torch.ops.fbgemm.pruned_array_lookup(ids_P, offsets_J, mapping, regions_J)
+
+
+def map_ids_or_raise(
+    ids_P: torch.Tensor,
+    segments: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None],
+    mapping: torch.Tensor,
+    offset_J: torch.Tensor,
+    height_J: torch.Tensor,
+    has_identity: bool,
+    sources: list[str],
+    compact: list[torch.Tensor],
+) -> torch.Tensor:
+    """:func:`map_ids` of the ``error`` policy in eager mode, with a descriptive error.
+
+    Raises:
+        ValueError: an id outside ``[0, N)``, naming its feature, the id and ``N``. On CPU
+            the range guard fails at once; on CUDA it is a device-side assert instead (run
+            on CPU, or with ``CUDA_LAUNCH_BLOCKING=1``, to find the id).
+    """
+    try:
+        return map_ids(ids_P, segments, mapping, offset_J, height_J, False, has_identity, compact)
+    except (RuntimeError, IndexError) as error:  # the guard's gather, a lookup's
+        failure = error
+    j_P = segments[0]
+    if j_P is None:
+        j_P = torch.repeat_interleave(segments[1].int(), output_size=ids_P.numel())
+    # NOTE: reading values on the host is fine here: the batch has failed already.
+    bad_P = (ids_P < 0) | (ids_P >= height_J[j_P.long()])
+    if not bool(bad_P.any()):
+        raise failure  # not an out-of-range id: the lookup's own error
+    first = int(bad_P.nonzero()[0, 0])
+    j = int(j_P[first])
+    raise ValueError(
+        f"feature {sources[j]!r}: id {int(ids_P[first])} is out of range "
+        f"[0, {int(height_J[j])}) ({int(bad_P.sum())} such ids in the batch); "
+        "pass out_of_range='modulo' to fold ids"
+    )
