@@ -86,10 +86,19 @@ class Session:
     phase_steps: list[int] = field(default_factory=list)
     """Training steps after which ``--compression cce`` re-clusters (:func:`_cce_phase`)."""
     history: list[dict[str, Any]] = field(default_factory=list)
+    _fingerprint: tuple[HashPlan, str] | None = field(default=None, repr=False)
+    """The last plan fingerprinted and its fingerprint (a digest of every mapping: seconds
+    at the MLPerf heights, read at every checkpoint)."""
 
     @property
     def plan_fingerprint(self) -> str | None:
-        return self.plan.fingerprint() if self.plan is not None else None
+        """The fingerprint of :attr:`plan`, computed once per plan object (a cce phase
+        replaces the plan with a new one; plans are not changed in place)."""
+        if self.plan is None:
+            return None
+        if self._fingerprint is None or self._fingerprint[0] is not self.plan:
+            self._fingerprint = (self.plan, self.plan.fingerprint())
+        return self._fingerprint[1]
 
 
 def load_data(config: TrainConfig) -> RecDataset:
