@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from tests.hash_build.test_job import MIN_ROWS, _build, _config, _teacher
+from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.compose import cell_ids, residual_values, split_cells
 from torchrec_lhf.hash_build.config import BuildConfig
 from torchrec_lhf.hash_build.head_tail import HeadTail
@@ -100,3 +104,27 @@ def test_the_setting_is_validated_and_recorded() -> None:
     kw = dict(teacher_embeddings={"t": emb}, counts=None, rows={"t": 4}, num_hashes=2)
     plain, composed = build_plan(**kw), build_plan(**kw, compose="residual")
     assert composed.metadata["compose"] == "residual" and "compose" not in plain.metadata
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("teacher")
+    _teacher(d)
+    return d
+
+
+@pytest.mark.parametrize("world_size", [1, pytest.param(2, marks=pytest.mark.distributed)])
+def test_build_job_composes_like_build_plan(tmp_path: Path, teacher_dir: Path, world_size: int):
+    plan = _build(tmp_path, teacher_dir, "c", world_size, num_hashes=2, compose="residual")
+    art = TeacherArtifact.load(teacher_dir)
+    spec: HeadTail = _config(tmp_path, teacher_dir, "x").head_tail()  # the build's defaults
+    kw = dict(fraction=0.1, min_table_rows=MIN_ROWS, head_tail=spec, num_hashes=2)
+    direct = build_plan(art.embeddings, art.counts, compose="residual", **kw)
+    independent = build_plan(art.embeddings, art.counts, **kw)
+    assert plan == direct and plan.metadata["compose"] == "residual"
+    assert plan != independent  # hash 1 is built otherwise
+    for table in plan:  # hash 0 is the same clustering either way
+        assert torch.equal(
+            _dense(table.mappings[0], table.num_embeddings),
+            _dense(independent[table.name].mappings[0], table.num_embeddings),
+        )
