@@ -42,7 +42,9 @@ optimizer, epochs and seed; only the embedding tables differ. Methods:
   that head): ``lhf-h2-headtail`` (independent: hash ``h`` clusters projection ``h``),
   ``lhf-compose`` (``--compose residual``: hash 1 splits the ids hash 0 put together, by
   their residuals; :mod:`torchrec_lhf.hash_build.compose`) and ``lhf-compose-paper`` (that,
-  every id clustered).
+  every id clustered). The head/tail defaults moved: ``lhf-headtail-tail0.5`` /
+  ``-tail0.85`` (``--tail_fraction``), ``lhf-headtail-head2x`` / ``-head0.5x`` (twice / half
+  ``--head_min_count``).
 
 Resumable: a run writes ``runs/<method>_f<fraction>_s<seed>.json`` (``_b<bytes>_``
 under ``--bytes``) under ``--out`` and is skipped when it exists (teachers and plans
@@ -100,6 +102,10 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-window-shrink10": {"rare_hash": True, "train_window": 0.5, "value_shrinkage": 10},
     "lhf-paper-shrink10": {"value_shrinkage": 10},
     "lhf-paper-shrink30": {"value_shrinkage": 30},
+    "lhf-headtail-tail0.5": {"rare_hash": True, "tail_fraction": 0.5},
+    "lhf-headtail-tail0.85": {"rare_hash": True, "tail_fraction": 0.85},
+    "lhf-headtail-head2x": {"rare_hash": True, "head_min_count_scale": 2.0},
+    "lhf-headtail-head0.5x": {"rare_hash": True, "head_min_count_scale": 0.5},
     "lhf-h2-headtail": {"rare_hash": True, "num_hashes": 2},
     "lhf-compose": {"rare_hash": True, "num_hashes": 2, "compose": "residual"},
     "lhf-compose-paper": {"num_hashes": 2, "compose": "residual"},
@@ -260,7 +266,11 @@ def _plan(sweep: SweepConfig, variant: str, fraction: float, seed: int) -> Path:
                 clustering_options=opts.get("clustering_options", {}),
                 budget=sweep.budget,
                 embedding_dim=sweep.embedding_dim,
-                head_min_count=sweep.head_min_count if opts.get("rare_hash") else 0,
+                head_min_count=max(
+                    1, round(sweep.head_min_count * opts.get("head_min_count_scale", 1.0))
+                )
+                if opts.get("rare_hash")
+                else 0,
                 tail_fraction=opts.get("tail_fraction", BuildConfig.tail_fraction),
                 tail_region=opts.get("tail_region", BuildConfig.tail_region),
                 value_shrinkage=opts.get("value_shrinkage", BuildConfig.value_shrinkage),

@@ -20,7 +20,9 @@ and "gap closed" is read at equal total bytes:
   rows, ``apps.teacher --train_window 0.5``; counts over all of them);
 * two hashes per table with that head, summed: ``lhf-h2`` (independent: hash ``h``
   clusters projection ``h``) and ``lhf-compose`` (``--compose residual``: hash 1 splits the
-  ids hash 0 put together; :mod:`torchrec_lhf.hash_build.compose`).
+  ids hash 0 put together; :mod:`torchrec_lhf.hash_build.compose`);
+* the default's two settings moved: ``lhf-tail0.5`` / ``lhf-tail0.85`` (``--tail_fraction``)
+  and ``lhf-head5`` / ``lhf-head20`` (``--head_min_count``).
 
 Prints JSON: per method test AUC, logloss, NE, ``table_bytes`` (fp32 tables),
 ``index_bytes`` (the remap as the plan stores it; nothing for a hash computed from the id),
@@ -66,6 +68,10 @@ METHODS = (
     "lhf-window",
     "lhf-h2",
     "lhf-compose",
+    "lhf-tail0.5",
+    "lhf-tail0.85",
+    "lhf-head5",
+    "lhf-head20",
 )
 """The methods this benchmark trains (see the module docstring)."""
 
@@ -185,6 +191,10 @@ def _train_config(
             "lhf-window": {"teacher": str(out / "teacher_w0.5")},
             "lhf-h2": {"num_hashes": 2},
             "lhf-compose": {"num_hashes": 2, "compose": "residual"},
+            "lhf-tail0.5": {"tail_fraction": 0.5},
+            "lhf-tail0.85": {"tail_fraction": 0.85},
+            "lhf-head5": {"head_min_count": 5},
+            "lhf-head20": {"head_min_count": 20},
         }.get(method, {})
         build_hash.run(dataclasses.replace(build, out=plan, work_dir=None, **extra))
         pipeline.release_memory()

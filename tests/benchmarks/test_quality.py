@@ -241,3 +241,10 @@ def test_rarehash_plan_hashes_the_ids_the_teacher_saw_rarely(tmp_path: Path) -> 
         assert 0 < int(rare_N.sum()) < t.num_embeddings  # both kinds of ids occur
         tail_N = tail_hash(torch.arange(t.num_embeddings), tail_seed(t.name, 0), t.heights[0])
         assert torch.equal(t.dense_mapping(0)[rare_N].long(), tail_N[rare_N])
+
+
+def test_head_count_variants_scale_the_sweeps_head(tmp_path: Path) -> None:
+    args = quality.parse_args([*TINY, "--head_min_count", "3", "--out", str(tmp_path)])
+    twice = HashPlan.load(quality._plan(args, "lhf-headtail-head2x", 0.5, 0))
+    half = HashPlan.load(quality._plan(args, "lhf-headtail-head0.5x", 0.5, 0))
+    assert twice.metadata["head_min_count"] == 6 and half.metadata["head_min_count"] == 2
