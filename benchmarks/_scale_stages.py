@@ -152,19 +152,6 @@ def _baseline_config(spec: dict[str, Any]):
     )
 
 
-def _train_batches(session):
-    from apps.dlrm.batches import batches_from
-
-    cfg, env = session.config, session.env
-    return map(
-        session.prepare,
-        batches_from(
-            session.dataset, 0, "train", cfg.batch_size, rank=env.rank,
-            world_size=env.world_size, shuffle=True, seed=cfg.seed, epoch=0, limit=None,
-        ),
-    )  # fmt: skip
-
-
 def _timed_block(session, batches, steps: int) -> tuple[float, int]:
     """``steps`` training steps of ``session`` (fewer where its data ends): (seconds, steps),
     the ranks in step at both ends."""
@@ -192,13 +179,14 @@ def _paired(spec: dict[str, Any]) -> dict[str, Any]:
     filling, caches cold) is left out of the median and of the totals."""
     import statistics
 
+    from apps.dlrm.loop import train_batches
     from apps.dlrm.runtime import distributed
 
     block = int(spec.get("paired_block", 50))
     with distributed("gloo") as env:
         lhf = _session(_train_config(spec, checkpoint_dir=None), env)
         base = _session(_baseline_config(spec), env)
-        feeds = {"lhf": (lhf, _train_batches(lhf)), "base": (base, _train_batches(base))}
+        feeds = {"lhf": (lhf, train_batches(lhf)), "base": (base, train_batches(base))}
         pairs: list[dict[str, float]] = []
         while True:
             order = ("lhf", "base") if len(pairs) % 2 == 0 else ("base", "lhf")

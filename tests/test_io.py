@@ -1,4 +1,4 @@
-"""torchrec_lhf._io: atomic writes (modes, threads, directory fsync) and file digests."""
+"""torchrec_lhf._io: atomic writes (modes, threads, directory fsync), file and tensor digests."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from torchrec_lhf import _io
 
@@ -110,3 +111,16 @@ def test_file_sha256(tmp_path):
     blob = os.urandom(3 << 20)  # several 1 MiB chunks
     (tmp_path / "blob").write_bytes(blob)
     assert _io.file_sha256(tmp_path / "blob") == hashlib.sha256(blob).hexdigest()
+
+
+def test_tensor_digest_hashes_the_values_not_the_layout():
+    t = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    state = {"b": t, "a": t.t(), "empty": torch.zeros(0, 3), "i": torch.arange(5)}
+    copies = {k: v.contiguous().clone() for k, v in state.items()}
+    assert _io.tensor_digest(state) == _io.tensor_digest(copies)  # a transposed view as its copy
+    assert _io.tensor_digest(dict(state, i=torch.tensor([0, 1, 2, 3, 5]))) != _io.tensor_digest(
+        state
+    )
+    assert _io.tensor_digest(dict(state, i=state["i"].int())) != _io.tensor_digest(
+        state
+    )  # the dtype

@@ -17,14 +17,12 @@ from torchrec.distributed.sharding_plan import row_wise, table_wise
 
 from tests._fixtures import shard_on_cpu
 from tests._multiprocess import run_multiprocess
-from torchrec_lhf._io import tensor_digest
 from torchrec_lhf.distributed.gather import gather_to_rank0
 from torchrec_lhf.sharded_io import (
     load_state_dict_in_place,
     replace_dir,
     save_state_dict,
     staging_dir,
-    state_dict_digest,
 )
 
 TABLES = [
@@ -82,14 +80,6 @@ def test_other_keys_shapes_or_dtypes_are_refused(tmp_path: Path) -> None:
         load_state_dict_in_place(nn.Linear(3, 2).state_dict(), tmp_path)
     with pytest.raises(ValueError, match="'step' is a int, not a tensor"):
         save_state_dict({"step": 3}, tmp_path / "x")  # type: ignore[dict-item]
-
-
-def test_digest_equals_tensor_digest_and_sees_every_byte() -> None:
-    t = torch.arange(24, dtype=torch.float32).reshape(4, 6)
-    state = {"b": t, "a": t.t(), "empty": torch.zeros(0, 3), "i": torch.arange(5)}
-    assert state_dict_digest(state) == tensor_digest(state)
-    changed = dict(state, i=torch.tensor([0, 1, 2, 3, 5]))
-    assert state_dict_digest(changed) != state_dict_digest(state)
 
 
 def test_replace_dir_moves_the_staged_directory_over_the_old(tmp_path: Path) -> None:

@@ -30,7 +30,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -44,7 +43,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import CheckpointException, FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
-from torchrec_lhf._io import _fsync_dir
+from torchrec_lhf._io import fsync_dir
 from torchrec_lhf.checkpoint import SafeFileSystemReader
 
 logger = logging.getLogger(__name__)
@@ -55,7 +54,6 @@ __all__ = [
     "replace_dir",
     "save_state_dict",
     "staging_dir",
-    "state_dict_digest",
 ]
 
 
@@ -136,22 +134,6 @@ def _check_fits(metadata: Metadata, state_dict: Mapping[str, torch.Tensor], path
             )
 
 
-def state_dict_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and bytes of ``state_dict`` in sorted key order.
-
-    Equals :func:`torchrec_lhf._io.tensor_digest` of the same (CPU) tensors, without a copy
-    of each contiguous tensor: hashlib reads its bytes in place.
-    """
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach()
-        t = t if t.is_contiguous() and t.device.type == "cpu" else t.contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------- directories
 def staging_dir(path: str | os.PathLike) -> Path:
     """Where a new version of the directory ``path`` is written before :func:`replace_dir`:
@@ -181,5 +163,5 @@ def replace_dir(staged: str | os.PathLike, path: str | os.PathLike) -> None:
     if path.exists():
         os.rename(path, old)
     os.rename(staged, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     shutil.rmtree(old, ignore_errors=True)

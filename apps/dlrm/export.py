@@ -46,7 +46,7 @@ from torch import nn
 from apps.dlrm.config import TrainConfig
 from apps.dlrm.loop import Session
 from apps.dlrm.model import build_model, table_configs
-from torchrec_lhf._io import atomic_write_json, load_tensors
+from torchrec_lhf._io import atomic_write_json, load_tensors, tensor_digest
 from torchrec_lhf.distributed.mlet import PipelinedMLET
 from torchrec_lhf.inference import load_scripted, save_scripted, script_serving_model
 from torchrec_lhf.plan import HashPlan
@@ -55,7 +55,6 @@ from torchrec_lhf.sharded_io import (
     replace_dir,
     save_state_dict,
     staging_dir,
-    state_dict_digest,
 )
 
 logger = logging.getLogger(__name__)
@@ -232,7 +231,7 @@ def _load_weights(model: nn.Module, weights: Path) -> str:
     state = model.state_dict()
     load_state_dict_in_place(state, weights)
     model.load_state_dict(state, strict=True)
-    return state_dict_digest(state)
+    return tensor_digest(state)
 
 
 def load_scripted_model(

@@ -86,7 +86,7 @@ class Session:
     phase_steps: list[int] = field(default_factory=list)
     """Training steps after which ``--compression cce`` re-clusters (:func:`_cce_phase`)."""
     history: list[dict[str, Any]] = field(default_factory=list)
-    _fingerprint: tuple[HashPlan, str] | None = field(default=None, repr=False)
+    _fingerprint: tuple[HashPlan, str] | None = field(default=None, init=False, repr=False)
     """The last plan fingerprinted and its fingerprint (a digest of every mapping: seconds
     at the MLPerf heights, read at every checkpoint)."""
 
@@ -162,6 +162,20 @@ def _cce_phase(session: Session) -> None:
     logger.info("cce phase %d at step %d: %.2fs", phase, session.step, time.perf_counter() - tic)
 
 
+def train_batches(session: Session) -> Iterator[Batch]:
+    """This rank's training batches of the current epoch from batch ``session.batch`` on
+    (``--limit_train_batches`` at most), prepared (ids folded) for the model."""
+    cfg, env = session.config, session.env
+    return map(
+        session.prepare,
+        batches_from(
+            session.dataset, session.batch, "train", cfg.batch_size, rank=env.rank,
+            world_size=env.world_size, shuffle=True, seed=cfg.seed, epoch=session.epoch,
+            limit=cfg.limit_train_batches,
+        ),
+    )  # fmt: skip
+
+
 def train_epoch(
     session: Session, *, hook: BatchHook | None = None, extra_state: Any = None
 ) -> None:
@@ -176,21 +190,7 @@ def train_epoch(
     total = ds.num_batches("train", cfg.batch_size, env.world_size)
     if cfg.limit_train_batches is not None:
         total = min(total, cfg.limit_train_batches)
-    batches = map(
-        session.prepare,
-        batches_from(
-            ds,
-            session.batch,
-            "train",
-            cfg.batch_size,
-            rank=env.rank,
-            world_size=env.world_size,
-            shuffle=True,
-            seed=cfg.seed,
-            epoch=session.epoch,
-            limit=cfg.limit_train_batches,
-        ),
-    )
+    batches = train_batches(session)
     session.model.train()
     start, steps, saving = time.perf_counter(), 0, 0.0
     with tqdm(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.hash_build.test_job import MIN_ROWS, _build, _config, _teacher
+from tests.hash_build.test_job import MIN_ROWS, _build, _config
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.compose import cell_ids, residual_values, split_cells
 from torchrec_lhf.hash_build.config import BuildConfig
@@ -104,13 +104,6 @@ def test_the_setting_is_validated_and_recorded() -> None:
     kw = dict(teacher_embeddings={"t": emb}, counts=None, rows={"t": 4}, num_hashes=2)
     plain, composed = build_plan(**kw), build_plan(**kw, compose="residual")
     assert composed.metadata["compose"] == "residual" and "compose" not in plain.metadata
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("teacher")
-    _teacher(d)
-    return d
 
 
 @pytest.mark.parametrize("world_size", [1, pytest.param(2, marks=pytest.mark.distributed)])

@@ -36,13 +36,6 @@ def _teacher(directory: Path, dim: int = 4) -> TeacherArtifact:
     return TeacherArtifact.load(directory)
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("teacher")
-    _teacher(d)
-    return d
-
-
 def _config(tmp: Path, teacher_dir: Path, tag: str, **kw) -> BuildConfig:
     kw.setdefault("fraction", 0.1)
     return BuildConfig(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.hash_build.test_job import MIN_ROWS, _build, _config, _teacher
+from tests.hash_build.test_job import MIN_ROWS, _build, _config
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.config import BuildConfig
 from torchrec_lhf.hash_build.head_tail import HeadTail
@@ -86,13 +86,6 @@ def test_fingerprint_names_shrinkage_only_when_on(tmp_path: Path) -> None:
     on = BuildConfig(fraction=0.1, out=tmp_path / "p", value_shrinkage=10).plan_options()
     assert "value_shrinkage" not in off and on["value_shrinkage"] == 10.0
     assert {k: v for k, v in on.items() if k != "value_shrinkage"} == off
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("teacher")
-    _teacher(d)
-    return d
 
 
 @pytest.mark.parametrize("world_size", [1, pytest.param(2, marks=pytest.mark.distributed)])

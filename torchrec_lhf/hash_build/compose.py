@@ -74,9 +74,9 @@ def residual_values(
         weights_N = weights_N + counts_N.to(torch.float64)
     num_cells = int(cells_N.max()) + 1 if cells_N.numel() else 0
     emb_ND = embeddings_ND.to(torch.float64)
-    sums_CD = torch.zeros(num_cells, emb_ND.shape[1], dtype=torch.float64)
+    sums_CD = emb_ND.new_zeros(num_cells, emb_ND.shape[1])
     sums_CD.index_add_(0, cells_N, emb_ND * weights_N[:, None])
-    mass_C = torch.zeros(num_cells, dtype=torch.float64).index_add_(0, cells_N, weights_N)
+    mass_C = emb_ND.new_zeros(num_cells).index_add_(0, cells_N, weights_N)
     residual_ND = emb_ND - (sums_CD / mass_C[:, None])[cells_N]
     return project(residual_ND.to(torch.float32), "pca", 1)[0]
 
@@ -101,9 +101,9 @@ def split_cells(values_K: torch.Tensor, cells_K: torch.Tensor, rows: int) -> tor
     sorted_cells_K = cells_K[order_K]
     sizes_C = torch.bincount(cells_K)
     starts_C = torch.cumsum(sizes_C, 0) - sizes_C
-    rank_K = torch.arange(k) - starts_C[sorted_cells_K]
+    rank_K = torch.arange(k, device=cells_K.device) - starts_C[sorted_cells_K]
     rows_K = ((2 * rank_K + 1) * rows) // (2 * sizes_C[sorted_cells_K])
-    out_K = torch.empty(k, dtype=torch.int64)
+    out_K = torch.empty(k, dtype=torch.int64, device=cells_K.device)
     out_K[order_K] = rows_K
     return out_K
 
@@ -123,14 +123,14 @@ def residual_stage(
     head_K = None if head_N is None else head_N.nonzero().squeeze(1)
 
     def stage(previous: list[torch.Tensor]) -> tuple[torch.Tensor, Callable[..., SplitResult]]:
-        cells_N = cell_ids(previous)
+        cells_N = cell_ids(previous).to(embeddings_ND.device)  # the rows come back on CPU
         n = cells_N.shape[0]
         if head_K is None:
             values_N, cells_K = residual_values(embeddings_ND, counts_N, cells_N), cells_N
         else:
             cells_K = torch.unique(cells_N[head_K], return_inverse=True)[1]
             counts_K = None if counts_N is None else counts_N[head_K]
-            values_N = torch.zeros(n, dtype=torch.float32)
+            values_N = torch.zeros(n, dtype=torch.float32, device=cells_N.device)
             if head_K.numel():
                 values_N[head_K] = residual_values(embeddings_ND[head_K], counts_K, cells_K)
 
