@@ -8,43 +8,9 @@ Each run records what its model stores: ``table_bytes``, ``index_bytes`` (a lear
 mch's ids; nothing for a hash computed from the id), ``extra_bytes``, ``total_bytes``
 (= ``bytes``), and ``remap_bytes`` (the materialized remap buffers).
 
-Each run is the DLRM app (``apps.dlrm.train.run``, given a typed config) in this process with the same model,
-optimizer, epochs and seed; only the embedding tables differ. Methods:
-
-* ``none`` (the full model, fraction 1.0), ``modulo``, ``qr``, ``fbdh``, ``memrec``, ``mlet``
-  and ``mch`` (TorchRec's managed collisions; not among the defaults) (``--compression``);
-* ``cce`` (``--compression cce``: clustered compositional embeddings, re-clustered during
-  training, the app's ``--cce_columns``), ``cce-c1`` and ``cce-c2`` (1 and 2 columns; see
-  :data:`CCE_VARIANTS`); its stored clustered indices count in its bytes;
-* ``lhf`` and its ablations: a teacher per seed and teacher dim (``apps.teacher.run``), a
-  plan per fraction (``apps.build_hash.run``), then training with ``--learned_hash``.
-  Variants (see :data:`LHF_VARIANTS`): ``lhf`` (the paper: frequency for filtering and
-  weighting, one table, teacher dim ``--teacher_dim``, PCA), ``lhf-nofilter`` (no frequency
-  filter), ``lhf-noweight`` (plain means), ``lhf-nofreq`` (neither), ``lhf-h2`` (two
-  internal tables, summed), ``lhf-dim0`` (projection ``dim:0``), ``lhf-t2`` (teacher dim 2,
-  its tables data_parallel: FBGEMM's fused tables need widths divisible by 4),
-  ``lhf-skip`` (tables under ``--skip_rows`` ids stay full); and changes of ours:
-  ``lhf-mlet`` (the learned plan at ``sqrt(fraction)`` of the rows, trained as MLET at
-  ``sqrt(fraction)`` of the width, so about ``fraction`` of the bytes), ``lhf-t16`` (a
-  teacher at the model's dim, ``--embedding_dim``), ``lhf-init`` (that teacher, and the
-  compressed tables start at its cluster centroids: ``--init_from``), and
-  ``lhf-rarehash`` (``apps.build_hash --head_min_count``): ids the teacher saw fewer than
-  ``--head_min_count`` times are left out of the clustering and hashed into the
-  same rows (same bytes). The teacher memorizes the labels of rare ids, so clustering them
-  by teacher value makes compressed rows that memorize labels (see docs/RESULTS.md);
-  hashing them breaks that. ``lhf-headtail``: the build's defaults (that head, the tail
-  hashed into a region of its own). Leak-free values for that head: ``lhf-shrink<k>``
-  (``--value_shrinkage k``: each id's teacher embedding pulled toward the tail's mean by
-  ``n / (n + k)``), ``lhf-window`` (a held-out teacher trained on the first half of the
-  training rows, ``apps.teacher --train_window 0.5``, counts over all of them) and
-  ``lhf-window-shrink10`` (both); ``lhf-paper-shrink<k>``: the paper's build (every id
-  clustered) with that shrinkage. Compositional hashes (two internal tables, summed, with
-  that head): ``lhf-h2-headtail`` (independent: hash ``h`` clusters projection ``h``),
-  ``lhf-compose`` (``--compose residual``: hash 1 splits the ids hash 0 put together, by
-  their residuals; :mod:`torchrec_lhf.hash_build.compose`) and ``lhf-compose-paper`` (that,
-  every id clustered). The head/tail defaults moved: ``lhf-headtail-tail0.5`` /
-  ``-tail0.85`` (``--tail_fraction``), ``lhf-headtail-head2x`` / ``-head0.5x`` (twice / half
-  ``--head_min_count``).
+Each run is the DLRM app (``apps.dlrm.train.run``, given a typed config) in this process with the
+same model, optimizer, epochs and seed; only the embedding tables differ. The methods and the
+learned hash's variants: :mod:`benchmarks.quality_methods`.
 
 Resumable: a run writes ``runs/<method>_f<fraction>_s<seed>.json`` (``_b<bytes>_``
 under ``--bytes``) under ``--out`` and is skipped when it exists (teachers and plans
@@ -71,6 +37,14 @@ from typing import Any
 from apps import build_hash, teacher
 from apps.dlrm import train
 from apps.dlrm.config import TrainConfig
+from benchmarks.quality_methods import (
+    CCE_VARIANTS,
+    DEFAULT_FRACTIONS,
+    DEFAULT_METHODS,
+    LHF_VARIANTS,
+    METHODS,
+    NOT_BYTE_FITTED,
+)
 from benchmarks.quality_report import write_reports
 from torchrec_lhf._io import atomic_write_json
 from torchrec_lhf.cli import add_config_flags, config_from_args
@@ -78,53 +52,6 @@ from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSm
 from torchrec_lhf.hash_build.config import BuildConfig
 
 logger = logging.getLogger(__name__)
-
-BASELINES = ("none", "modulo", "qr", "fbdh", "memrec", "mlet")
-LHF_VARIANTS: dict[str, dict[str, Any]] = {
-    "lhf": {},
-    "lhf-nofilter": {"clustering_options": {"filters": ["distance", "size"]}},
-    "lhf-noweight": {"clustering_options": {"weighted_values": False}},
-    "lhf-nofreq": {
-        "clustering_options": {"filters": ["distance", "size"], "weighted_values": False}
-    },
-    "lhf-h2": {"num_hashes": 2},
-    "lhf-dim0": {"projection": "dim:0"},
-    "lhf-t2": {"teacher_dim": 2},
-    "lhf-skip": {"skip": True},
-    "lhf-rarehash": {"rare_hash": True, "tail_fraction": 0.0},
-    "lhf-headtail": {"rare_hash": True},
-    "lhf-headtail-mass": {"rare_hash": True, "tail_region": "mass"},
-    "lhf-shrink1": {"rare_hash": True, "value_shrinkage": 1},
-    "lhf-shrink3": {"rare_hash": True, "value_shrinkage": 3},
-    "lhf-shrink10": {"rare_hash": True, "value_shrinkage": 10},
-    "lhf-shrink30": {"rare_hash": True, "value_shrinkage": 30},
-    "lhf-window": {"rare_hash": True, "train_window": 0.5},
-    "lhf-window-shrink10": {"rare_hash": True, "train_window": 0.5, "value_shrinkage": 10},
-    "lhf-paper-shrink10": {"value_shrinkage": 10},
-    "lhf-paper-shrink30": {"value_shrinkage": 30},
-    "lhf-headtail-tail0.5": {"rare_hash": True, "tail_fraction": 0.5},
-    "lhf-headtail-tail0.85": {"rare_hash": True, "tail_fraction": 0.85},
-    "lhf-headtail-head2x": {"rare_hash": True, "head_min_count_scale": 2.0},
-    "lhf-headtail-head0.5x": {"rare_hash": True, "head_min_count_scale": 0.5},
-    "lhf-h2-headtail": {"rare_hash": True, "num_hashes": 2},
-    "lhf-compose": {"rare_hash": True, "num_hashes": 2, "compose": "residual"},
-    "lhf-compose-paper": {"num_hashes": 2, "compose": "residual"},
-    "lhf-mlet": {"mlet": True},
-    "lhf-t16": {"teacher_dim": "model"},
-    "lhf-init": {"teacher_dim": "model", "init": True},
-}
-"""Learned-hash variants: build options that differ from the paper's ``lhf``."""
-CCE_VARIANTS: dict[str, dict[str, Any]] = {
-    "cce": {},
-    "cce-c1": {"cce_columns": 1},
-    "cce-c2": {"cce_columns": 2},
-}
-"""``--compression cce`` runs: the :class:`~apps.dlrm.config.TrainConfig` fields that differ."""
-METHODS = (*BASELINES, *CCE_VARIANTS, *LHF_VARIANTS, "mch")
-DEFAULT_METHODS = (*BASELINES, "mch", "cce", "lhf")
-DEFAULT_FRACTIONS = (0.5, 0.2, 0.1, 0.05, 0.01)
-NOT_BYTE_FITTED = ("lhf-mlet",)
-"""Variants ``--bytes`` does not fit (two sizes at once)."""
 
 
 @dataclass(kw_only=True)

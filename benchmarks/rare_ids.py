@@ -22,7 +22,9 @@ and "gap closed" is read at equal total bytes:
   clusters projection ``h``) and ``lhf-compose`` (``--compose residual``: hash 1 splits the
   ids hash 0 put together; :mod:`torchrec_lhf.hash_build.compose`);
 * the default's two settings moved: ``lhf-tail0.5`` / ``lhf-tail0.85`` (``--tail_fraction``)
-  and ``lhf-head5`` / ``lhf-head20`` (``--head_min_count``).
+  and ``lhf-head5`` / ``lhf-head20`` (``--head_min_count``); the tail region moved:
+  ``lhf-mass`` / ``lhf-fit`` (``--tail_region``: sized by the tail's traffic, or given the
+  rows a small head leaves unused).
 
 Prints JSON: per method test AUC, logloss, NE, ``table_bytes`` (fp32 tables),
 ``index_bytes`` (the remap as the plan stores it; nothing for a hash computed from the id),
@@ -63,6 +65,7 @@ METHODS = (
     "lhf-paper",
     "lhf",
     "lhf-mass",
+    "lhf-fit",
     "lhf-shrink3",
     "lhf-shrink10",
     "lhf-window",
@@ -186,6 +189,7 @@ def _train_config(
         extra = {
             "lhf-paper": paper,
             "lhf-mass": {"tail_region": "mass"},
+            "lhf-fit": {"tail_region": "fit"},
             "lhf-shrink3": {"value_shrinkage": 3},
             "lhf-shrink10": {"value_shrinkage": 10},
             "lhf-window": {"teacher": str(out / "teacher_w0.5")},

@@ -44,6 +44,7 @@ from torchrec.distributed.types import ShardingEnv
 from torchrec.test_utils import get_free_port
 
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
+from torchrec_lhf.compression.budget import MIN_TABLE_ROWS
 from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
 from torchrec_lhf.plan_compact import CompactMapping, row_dtype
 
@@ -156,10 +157,13 @@ def _tables(
     Returns:
         ``(heights, logical, small, plan)``: table ``t{i}`` has ``heights[i]`` ids in
         ``logical`` and ``max(1, round(fraction * heights[i]))`` rows in ``small``, and
-        ``plan`` maps its ids to those rows uniformly at random (seed 0).
+        ``plan`` maps its ids to those rows uniformly at random (seed 0); a table of fewer
+        than ``min_table_rows`` ids stays full in both (not in the plan: the remap passes
+        its ids through).
     """
     heights = [min(h, args.max_rows) for h in CRITEO_HEIGHTS]
-    compressed = [max(1, round(h * args.fraction)) for h in heights]
+    full = [h < args.min_table_rows for h in heights]  # uncompressed in both models
+    compressed = [h if f else max(1, round(h * args.fraction)) for h, f in zip(heights, full)]
     logical = [
         EmbeddingBagConfig(
             name=f"t{i}", embedding_dim=args.dim, num_embeddings=h, feature_names=[f"f{i}"]
@@ -178,6 +182,7 @@ def _tables(
             [
                 TableHash(f"t{i}", h, (_head_tail(h, m, g, seed=i),), (m,))
                 for i, (h, m) in enumerate(zip(heights, compressed))
+                if not full[i]
             ]
         )
         return heights, logical, small, plan
@@ -185,8 +190,9 @@ def _tables(
         {
             f"t{i}": torch.randint(0, m, (h,), generator=g)
             for i, (h, m) in enumerate(zip(heights, compressed))
+            if not full[i]
         },
-        heights={f"t{i}": m for i, m in enumerate(compressed)},
+        heights={f"t{i}": m for i, m in enumerate(compressed) if not full[i]},
     )
     return heights, logical, small, plan
 
@@ -301,6 +307,8 @@ def report(
             "fraction": args.fraction,
             "max_rows": args.max_rows,
             "encoding": args.encoding,
+            "min_table_rows": args.min_table_rows,
+            "full_tables": sum(min(h, args.max_rows) < args.min_table_rows for h in CRITEO_HEIGHTS),
             "ids_per_batch": num_ids,
             "threads": torch.get_num_threads(),
             "clock": args.clock,
@@ -331,6 +339,13 @@ def main(argv: list[str] | None = None) -> dict:
         choices=("dense", "compact"),
         default="dense",
         help="the hash functions' encoding (compact: head = most frequent 10%% of ids)",
+    )
+    parser.add_argument(
+        "--min_table_rows",
+        type=int,
+        default=0,
+        help="tables of fewer ids stay full in both models (0: every table compressed; the "
+        f"pipeline's rule is --min_table_rows {MIN_TABLE_ROWS})",
     )
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)

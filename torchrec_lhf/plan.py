@@ -26,14 +26,11 @@ from typing import Any
 
 import torch
 
-from torchrec_lhf._io import load_tensors, save_tensors
 from torchrec_lhf.plan_compact import (
     CompactMapping,
     as_int32_mapping,
     check_mapping,
-    decode,
     dense_mapping,
-    encode,
     encoding,
     mapping_bytes,
     mapping_digest,
@@ -352,69 +349,21 @@ class HashPlan:
 
     # --------------------------------------------------------------------- I/O
     def save(self, path: str | os.PathLike) -> None:
-        """Write the plan to one safetensors file (JSON manifest in its header), atomically."""
-        tensors: dict[str, torch.Tensor] = {}
-        encodings: dict[str, list[dict[str, Any]]] = {}
-        for t in self.tables:
-            encodings[t.name] = []
-            for h, m in enumerate(t.mappings):
-                parts, spec = encode(t.name, h, m)
-                tensors.update(parts)
-                encodings[t.name].append(spec)
-        manifest = {
-            "kind": _KIND,
-            "format_version": FORMAT_VERSION,
-            "tables": [
-                {
-                    "name": t.name,
-                    "num_embeddings": t.num_embeddings,
-                    "heights": list(t.heights),
-                    "combine": t.combine,
-                    "encodings": encodings[t.name],
-                    **({"num_columns": t.num_columns} if t.num_columns != 1 else {}),
-                }
-                for t in self.tables
-            ],
-            "metadata": self.metadata,
-        }
-        save_tensors(path, tensors, manifest)
+        """Write the plan to one safetensors file (JSON manifest in its header), atomically
+        (see :mod:`~torchrec_lhf.plan_io`)."""
+        from torchrec_lhf.plan_io import save_plan
+
+        save_plan(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HashPlan:
-        """Load a plan written by :meth:`save`.
+        """Load a plan written by :meth:`save` (see :func:`~torchrec_lhf.plan_io.load_plan`).
 
         Raises:
             FileNotFoundError: no file at ``path``.
             ValueError: the file is truncated, altered, of another kind or of a newer format,
                 or holds an invalid plan (naming the table, hash and first bad entry).
         """
-        tensors, manifest = load_tensors(path, _KIND)
-        version = manifest.get("format_version")
-        if version not in READABLE_VERSIONS:
-            raise ValueError(
-                f"{path}: hash plan format version {version}, this build reads "
-                f"{list(READABLE_VERSIONS)}"
-            )
-        tables = []
-        try:
-            for spec in manifest["tables"]:
-                name = spec["name"]
-                specs = spec.get("encodings") or [None] * len(spec["heights"])
-                ms = tuple(decode(name, h, tensors, s) for h, s in enumerate(specs))
-                tables.append(
-                    TableHash(
-                        name,
-                        int(spec["num_embeddings"]),
-                        ms,
-                        tuple(spec["heights"]),
-                        spec["combine"],
-                        spec.get("num_columns", 1),
-                    )
-                )
-        except (KeyError, TypeError) as e:
-            raise ValueError(
-                f"{path}: manifest and tensors disagree ({e!r} missing or malformed)"
-            ) from e
-        except ValueError as e:
-            raise ValueError(f"{path}: invalid hash plan: {e}") from e
-        return cls(tables, metadata=manifest.get("metadata", {}))
+        from torchrec_lhf.plan_io import load_plan
+
+        return load_plan(path, cls)

@@ -103,3 +103,33 @@ def test_a_mass_tail_region_gets_the_tail_share_of_the_accesses() -> None:
     assert bool((mapping_N[10:] >= 10).all())
     assert spec.to_dict()["tail_region"] == "mass"
     assert "tail_region" not in HeadTail(min_count=10).to_dict()  # old fingerprints kept
+
+
+def test_a_fit_tail_region_takes_the_rows_a_small_head_leaves() -> None:
+    # 4 head ids (10 accesses each), 36 tail ids; 20 rows, tail_fraction 0.5: "fixed" gives
+    # the head 10 rows of which it uses 4; "fit" gives it 4 and the tail the other 16
+    n, height = 40, 20
+    counts_N = torch.cat([torch.full((4,), 10.0), torch.ones(36)])
+    head_N = counts_N >= 10
+
+    def layout_of(region: str, head: torch.Tensor = head_N) -> tuple[torch.Tensor, dict]:
+        spec = HeadTail(min_count=10, tail_fraction=0.5, tail_region=region)
+        mapping_N, layout, _ = head_tail_mapping(
+            get_clustering("agglomerative"), torch.arange(n, dtype=torch.float32), counts_N,
+            head, height, spec=spec, seed=tail_seed("t", 0), options={},
+        )  # fmt: skip
+        return mapping_N, layout
+
+    _, fixed = layout_of("fixed")
+    assert fixed == {"head_rows": 10, "tail_offset": 10, "tail_rows": 10}
+    mapping_N, fit = layout_of("fit")
+    assert fit == {"head_rows": 4, "tail_offset": 4, "tail_rows": 16}
+    assert mapping_N[:4].tolist() == [0, 1, 2, 3]  # a row each, no tail id on them
+    tail = torch.arange(4, n)
+    assert torch.equal(mapping_N[4:], 4 + tail_hash(tail, tail_seed("t", 0), 16))
+    # no head: the tail takes every row
+    _, empty = layout_of("fit", torch.zeros(n, dtype=torch.bool))
+    assert empty == {"head_rows": 0, "tail_offset": 0, "tail_rows": 20}
+    # a head larger than its region is clustered into it, as with "fixed"
+    _, large = layout_of("fit", torch.arange(n) < 15)
+    assert large == {"head_rows": 10, "tail_offset": 10, "tail_rows": 10}

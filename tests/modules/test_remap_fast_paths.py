@@ -9,14 +9,15 @@ import copy
 
 import pytest
 import torch
-from torchrec import KeyedJaggedTensor
+from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
 from torchrec.fx import symbolic_trace as torchrec_trace
 
 from tests._int32_plans import TABLES, batch, compact, dense, mappings
 from tests.modules._host_reads import host_reads
-from torchrec_lhf import LearnedHashEmbeddingBagCollection
+from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
 from torchrec_lhf.modules import head_table
-from torchrec_lhf.modules.remap_lookup import array_offsets, range_guard
+from torchrec_lhf.modules.remap_lookup import array_offsets, compact_runs, range_guard
+from torchrec_lhf.plan_compact import CompactMapping
 
 
 def _by_hand(ebc: LearnedHashEmbeddingBagCollection, kjt: KeyedJaggedTensor) -> dict:
@@ -182,3 +183,81 @@ def test_int32_ids_give_int32_rows_equal_to_int64_ones(make) -> None:  # noqa: A
     rows, rows32 = ebc.remap(kjt).values(), ebc.remap(narrow).values()
     assert rows.dtype == torch.long and rows32.dtype == torch.int32
     assert torch.equal(rows32.long(), rows)
+
+
+def test_compact_runs_by_hand() -> None:
+    assert compact_runs([True, False, True, True, False]) == [(0, 1), (2, 4)]
+    assert compact_runs([False, True]) == [(1, 2)]
+    assert compact_runs([True, True]) is None  # every id is compact: no split
+    assert compact_runs([False, False]) is None
+
+
+def _interleaved(out_of_range: str) -> LearnedHashEmbeddingBagCollection:
+    """Compact tables between uncompressed ones: compact runs [(1, 2), (3, 5)]."""
+    spec = {"p": (12, None), "a": (900, 60), "q": (7, None), "b": (500, 40), "c": (64, 9)}
+    hashes = []
+    for i, (t, (n, m)) in enumerate(spec.items()):
+        if m is not None:
+            head = torch.arange(1, n, 4)
+            rows = (head * 7 % m).to(torch.int16)
+            mapping = CompactMapping(
+                head, rows, tail_seed=i, tail_offset=m // 3, tail_rows=m - m // 3
+            )
+            hashes.append(TableHash(t, n, (mapping,), (m,)))
+    tables = [
+        EmbeddingBagConfig(name=t, embedding_dim=4, num_embeddings=n, feature_names=[t])
+        for t, (n, _) in spec.items()
+    ]
+    return LearnedHashEmbeddingBagCollection(
+        tables=tables, plan=HashPlan(hashes), out_of_range=out_of_range
+    )
+
+
+@pytest.mark.parametrize("out_of_range", ["error", "modulo"])
+@pytest.mark.parametrize("keys", [["p", "a", "q", "b", "c"], ["c", "q", "a", "p", "b"]])
+def test_compact_lookup_of_the_compact_runs_alone_equals_the_lookup_of_every_id(
+    out_of_range: str, keys: list[str]
+) -> None:
+    ebc = _interleaved(out_of_range)
+    assert ebc.remap.compact_runs == [(1, 2), (3, 5)]
+    every_id = copy.deepcopy(ebc)
+    every_id.remap.compact_runs = None  # the compact lookup over every id, then selected
+    heights = {"p": 12, "a": 900, "q": 7, "b": 500, "c": 64}
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(0, 3, (len(keys), 5), generator=g)
+        lengths[seed % len(keys)] = 0  # a feature without ids
+        values = torch.cat(
+            [
+                torch.randint(0, heights[k], (int(lengths[i].sum()),), generator=g)
+                for i, k in enumerate(keys)
+            ]
+        )
+        if out_of_range == "modulo":
+            values = values + 1000 * torch.randint(-3, 3, values.shape, generator=g)
+        kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=lengths.flatten())
+        split, whole = ebc.remap(kjt), every_id.remap(kjt)
+        assert torch.equal(split.values(), whole.values())
+        assert split.length_per_key() == whole.length_per_key()
+        got = split.to_dict()
+        for k, jt in kjt.to_dict().items():  # the uncompressed features' ids pass through
+            if k in ("p", "q"):  # (folded under modulo)
+                assert torch.equal(got[k].values(), torch.remainder(jt.values(), heights[k]))
+        torch.testing.assert_close(ebc(kjt).values(), every_id(kjt).values(), rtol=0, atol=0)
+    scripted = torch.jit.script(torchrec_trace(ebc))
+    torch.testing.assert_close(scripted(kjt).values(), ebc(kjt).values(), rtol=0, atol=0)
+    kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=lengths.flatten())
+    kjt.length_per_key()  # as TorchRec's own reads leave it
+    with host_reads():
+        ebc.remap(kjt)
+
+
+def test_compact_runs_out_of_range_id_is_named() -> None:
+    ebc = _interleaved("error")
+    kjt = KeyedJaggedTensor(
+        keys=["p", "a", "q", "b", "c"],
+        values=torch.tensor([3, 5, 7, 2, 1]),  # q has 7 ids: 7 is out of range
+        lengths=torch.ones(5, dtype=torch.int32),
+    )
+    with pytest.raises(ValueError, match=r"feature 'q': id 7 is out of range \[0, 7\)"):
+        ebc.remap(kjt)

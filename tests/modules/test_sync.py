@@ -65,12 +65,17 @@ CASES = {
 UNEVEN = ({"t0": 2, "t1": 1}, "sum", ["f0", "f1", "f2"], 3, False)
 
 
-def _setup(case: tuple) -> tuple[LearnedHashEmbeddingBagCollection, KeyedJaggedTensor]:
+def _setup(
+    case: tuple, *, device_path: bool = True
+) -> tuple[LearnedHashEmbeddingBagCollection, KeyedJaggedTensor]:
+    """The module and a batch; ``device_path``: the remap behaves as on CUDA (it takes
+    no per-key lengths on the host to save work, as it does for ids on the CPU)."""
     num_hashes, combine, keys, max_len, weighted = case
     torch.manual_seed(0)
     lhf = LearnedHashEmbeddingBagCollection(
         tables=_tables(), plan=_plan(num_hashes, combine), is_weighted=weighted
     )
+    lhf.remap.read_lengths_on_cpu = not device_path
     return lhf, _batch(keys, max_len=max_len, weighted=weighted)
 
 
@@ -103,9 +108,10 @@ def test_remap_and_combine_read_nothing(name: str) -> None:
             lhf.combine(pooled)
 
 
+@pytest.mark.parametrize("device_path", [True, False])
 @pytest.mark.parametrize("name", [*CASES, "uneven"])
-def test_training_step_reads_no_more_than_plain_ebc(name: str) -> None:
-    lhf, kjt = _setup(CASES.get(name, UNEVEN))
+def test_training_step_reads_no_more_than_plain_ebc(name: str, device_path: bool) -> None:
+    lhf, kjt = _setup(CASES.get(name, UNEVEN), device_path=device_path)
     internal = lhf.remap(kjt)
     plain = EmbeddingBagCollection(
         tables=lhf.internal_embedding_bag_configs(), is_weighted=lhf.is_weighted()
@@ -113,6 +119,16 @@ def test_training_step_reads_no_more_than_plain_ebc(name: str) -> None:
     lhf_reads = _train_step(lhf, _fresh(kjt))
     plain_reads = _train_step(plain, _fresh(internal))
     assert lhf_reads <= plain_reads, (lhf_reads, plain_reads)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_on_cpu_the_remap_takes_torchrec_lengths_once_and_passes_them_on(name: str) -> None:
+    lhf, kjt = _setup(CASES[name], device_path=False)
+    with host_reads(allow_torchrec=True) as reads:
+        internal = lhf.remap(kjt)
+    assert len(reads.allowed) == 1 and internal.length_per_key_or_none() is not None
+    with host_reads():  # TorchRec's to_dict then reads nothing more
+        internal.to_dict()
 
 
 def test_uneven_layout_reads_torchrec_lengths_once_and_passes_them_on() -> None:

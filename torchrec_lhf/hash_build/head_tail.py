@@ -28,7 +28,7 @@ from torchrec_lhf.hashing import tail_hash
 from torchrec_lhf.plan_compact import CompactMapping, choose_encoding, row_dtype
 
 ENCODINGS = ("auto", "dense", "compact")
-TAIL_REGIONS = ("fixed", "mass")
+TAIL_REGIONS = ("fixed", "mass", "fit")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,9 +42,11 @@ class HeadTail:
             ``[0, 1)``; 0 hashes the tail into all rows, over the head's.
         encoding: ``"dense"`` (a row per id), ``"compact"`` (head ids and rows, tail
             computed) or ``"auto"`` (the smaller of the two).
-        tail_region: ``"fixed"`` (the tail gets ``round(tail_fraction * M)`` rows) or
+        tail_region: ``"fixed"`` (the tail gets ``round(tail_fraction * M)`` rows),
             ``"mass"`` (its share of the table's training accesses, so a table whose tail is
-            rarely read keeps nearly all rows for the head; ``tail_fraction`` is then unused).
+            rarely read keeps nearly all rows for the head; ``tail_fraction`` is then unused)
+            or ``"fit"`` (as ``fixed``, but a head of fewer ids than its region's rows keeps
+            a row per id and the tail gets every other row: no row left unused).
     """
 
     min_count: int = 0
@@ -171,6 +173,10 @@ def head_tail_mapping(
     if num_tail and share:
         tail_rows = min(max(tail_rows, 1), height - 1) if height > 1 else 1
     head_rows = height - tail_rows if tail_rows < height else height
+    if spec.tail_region == "fit" and num_tail and head_K.numel() < head_rows and share:
+        # a row per head id; the head's other rows would stay unused: the tail takes them
+        head_rows = head_K.numel()
+        tail_rows = height - head_rows
     tail_offset, tail_span = (
         (head_rows, tail_rows) if tail_rows and tail_rows < height else (0, height)
     )

@@ -36,9 +36,9 @@ from torchrec_lhf.modules.remap import (
     InternalFeature,
     MappingPacker,
     check_internal_names,
-    check_remap_state,
     hashed_name,
 )
+from torchrec_lhf.modules.remap_state import check_remap_state
 from torchrec_lhf.plan import HashPlan
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,6 @@ compact mappings) three probes of one hash table, whatever the number of feature
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -29,8 +28,9 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_lhf.hashing import mix_keyed, seed_keys
 from torchrec_lhf.modules import head_table
-from torchrec_lhf.modules.remap_lookup import array_offsets
+from torchrec_lhf.modules.remap_lookup import array_offsets, compact_runs
 from torchrec_lhf.modules.remap_ops import IDENTITY, needs_length_per_key, remap_values
+from torchrec_lhf.modules.remap_state import heads_from_state, heads_to_state
 from torchrec_lhf.plan_compact import CompactMapping
 
 OUT_OF_RANGE_POLICIES = ("error", "modulo")
@@ -98,11 +98,16 @@ def remap_features(
     has_identity: bool,
     compact: list[torch.Tensor],
     array_offsets: torch.Tensor | None = None,
+    runs: list[tuple[int, int]] | None = None,
+    read_lengths_on_cpu: bool = True,
 ) -> KeyedJaggedTensor:
     """:func:`~torchrec_lhf.modules.remap_ops.remap_values` of a KeyedJaggedTensor.
 
     One opaque node in a symbolic trace (it reads the keys on the host); TorchScript
-    compiles it. Arguments as for ``remap_values``, plus the internal ``feature_names``.
+    compiles it. Arguments as for ``remap_values``, plus the internal ``feature_names`` and
+    ``read_lengths_on_cpu``: for ids on the CPU, take the per-key lengths (TorchRec's own
+    read, carried on to the output) where they save work (the compact runs, the uniform
+    range check); elsewhere only where the output size needs them (no sync).
 
     Raises:
         ValueError: variable batch size per feature (VBE), or see ``remap_values``.
@@ -111,10 +116,15 @@ def remap_features(
         raise ValueError("variable batch size per feature (VBE) is not supported by the remap")
     keys = features.keys()
     length_per_key = features.length_per_key_or_none()
-    if length_per_key is None and needs_length_per_key(keys, sources):
+    on_cpu = read_lengths_on_cpu and features.values().device.type == "cpu"
+    if length_per_key is None and (
+        needs_length_per_key(keys, sources) or (on_cpu and (runs is not None or not modulo))
+    ):
         # TorchRec's own host read of the per-key lengths, which its EBC forward and
         # input_dist make on every batch anyway: the output carries it on, so they do not
-        # read again (see remap_ops).
+        # read again (see remap_ops). On CPU (no sync to fear) it also saves work: the
+        # compact lookup of the other features' ids (compact runs) and most of the range
+        # check where every feature has as many ids (remap_lookup.uniform_range_guard).
         length_per_key = features.length_per_key()
     rows_P, lengths, weights_P, length_per_key = remap_values(
         keys,
@@ -130,6 +140,7 @@ def remap_features(
         has_identity,
         compact,
         array_offsets,
+        runs,
     )
     return KeyedJaggedTensor(
         keys=feature_names,
@@ -248,6 +259,11 @@ class FeatureRemap(nn.Module):
         self.sources = [f.source for f in self.features]
         self.has_identity = any(f.offset == IDENTITY for f in self.features)
         self.has_compact = compact is not None
+        # the compact lookup reads only these features' ids (remap_lookup.compact_runs)
+        self.compact_runs = compact_runs([f.tail is not None for f in self.features])
+        # on CPU (where a host read is no sync) take TorchRec's per-key lengths in the remap
+        # when they save work; tests turn it off to check the device path on CPU
+        self.read_lengths_on_cpu = True
         self.register_buffer("mapping", mapping, persistent=True)
         # int32 offsets halve the remap's memory traffic on CPU (see remap_ops._map_ids)
         ends = [f.offset + f.num_embeddings for f in self.features]
@@ -281,8 +297,8 @@ class FeatureRemap(nn.Module):
             "array_offsets", empty if regions is None else regions, persistent=False
         )
         if self.has_compact:
-            self.register_state_dict_post_hook(_heads_to_state)
-            self.register_load_state_dict_pre_hook(_heads_from_state)
+            self.register_state_dict_post_hook(heads_to_state)
+            self.register_load_state_dict_pre_hook(heads_from_state)
 
     @property
     def head_keys(self) -> torch.Tensor:
@@ -366,61 +382,6 @@ class FeatureRemap(nn.Module):
             if self.has_compact
             else [],
             self.array_offsets if self.has_array_offsets else None,
+            self.compact_runs,
+            self.read_lengths_on_cpu,
         )
-
-
-def _heads_to_state(module: FeatureRemap, state_dict: dict, prefix: str, metadata: Any) -> None:
-    """State-dict hook: the heads, sorted, as ``head_keys`` / ``head_rows``."""
-    state_dict[f"{prefix}head_keys"], state_dict[f"{prefix}head_rows"] = module._sorted_heads()
-
-
-def _heads_from_state(
-    module: FeatureRemap,
-    state_dict: dict,
-    prefix: str,
-    metadata: Any,
-    strict: bool,
-    missing_keys: list[str],
-    unexpected_keys: list[str],
-    error_msgs: list[str],
-) -> None:
-    """Load-state-dict pre-hook: rebuild the cuckoo table from the incoming sorted heads
-    (and take them out of ``state_dict``: they are no buffer)."""
-    names = (f"{prefix}head_keys", f"{prefix}head_rows")
-    if not all(n in state_dict for n in names):
-        missing_keys.extend(n for n in names if n not in state_dict)
-        return
-    keys_K, rows_K = (state_dict.pop(n) for n in names)
-    mine_K, my_rows_K = module._sorted_heads()
-    if keys_K.shape == mine_K.shape and torch.equal(keys_K.cpu().long(), mine_K.cpu().long()):
-        if torch.equal(rows_K.cpu().long(), my_rows_K.cpu().long()):
-            return  # the same heads: nothing to rebuild
-    slot_keys, slot_rows = module._head_table(keys_K.to(mine_K.dtype), rows_K.to(my_rows_K.dtype))
-    module.slot_keys = slot_keys.to(module.slot_keys.device)
-    module.slot_rows = slot_rows.to(module.slot_rows.device)
-
-
-def check_remap_state(remap: FeatureRemap, state_dict: dict, prefix: str) -> None:
-    """Reject a checkpoint whose remap state (the hash plan) differs from ``remap``'s.
-
-    Call it from a load-state-dict pre-hook; ``prefix`` is the remap's (``...remap.``).
-    Matching entries are cast to ``remap``'s dtypes (a checkpoint may hold another width).
-
-    Raises:
-        ValueError: naming the first differing key; the checkpoint was trained with
-            another hash plan.
-    """
-    for name, mine in remap.state_dict().items():
-        key = f"{prefix}{name}"
-        if key not in state_dict:
-            continue  # strict loading reports the missing key itself
-        incoming = state_dict[key]
-        if incoming.shape != mine.shape or not torch.equal(
-            incoming.cpu().long(), mine.cpu().long()
-        ):
-            raise ValueError(
-                f"{key}: the checkpoint's hash mapping differs from this module's plan "
-                f"(checkpoint {tuple(incoming.shape)}, module {tuple(mine.shape)}); it was "
-                "trained with another hash plan"
-            )
-        state_dict[key] = incoming.to(mine.dtype)

@@ -36,9 +36,15 @@ the offset and rows of the id's feature; see
 :class:`~torchrec_lhf.plan_compact.CompactMapping`) and its probes into one static cuckoo
 table of every compact internal feature's head (keys ``key offset + id``;
 :mod:`~torchrec_lhf.modules.head_table`: three independent probes where a binary search
-made ``log2 K`` dependent ones). The probes run over every id of the batch (no selection
-of ids, whose count the host would read); a module with dense and compact features
-computes both lookups and picks per id.
+made ``log2 K`` dependent ones). Where some internal features are compact and others not
+(an uncompressed table, a dense hash function), the compact lookup reads only the compact
+features' ids: the runs of consecutive compact features
+(:func:`~torchrec_lhf.modules.remap_lookup.compact_runs`) are contiguous slices of the
+laid-out ids, whose bounds come from the per-key lengths on the host (TorchRec's own read,
+above; carried on to the output), and their rows are spliced in. At the MLPerf heights,
+where 8 of 26 tables are compressed, that is a third of the ids (the remap's time halved:
+2.2 to 1.1 ms a batch of 4096). Called without the lengths, :func:`remap_values` runs the
+compact lookup over every id and picks per feature.
 
 Legend:
     F   keys of the input KeyedJaggedTensor;  J internal features
@@ -138,6 +144,7 @@ def remap_values(
     has_identity: bool,
     compact: list[torch.Tensor] | None = None,
     array_offsets: torch.Tensor | None = None,
+    runs: list[tuple[int, int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[int] | None]:
     """Raw ids of the logical features -> rows of the internal tables.
 
@@ -165,6 +172,9 @@ def remap_values(
             FBGEMM's ``pruned_array_lookup`` takes them, shape ``(J + 1,)`` (see
             :func:`~torchrec_lhf.modules.remap_lookup.array_offsets`); the dense lookup is
             then that one op.
+        runs: optional runs of consecutive compact internal features
+            (:func:`~torchrec_lhf.modules.remap_lookup.compact_runs`); with
+            ``length_per_key``, the compact lookup reads only their ids.
 
     Returns:
         ``(rows_P, lengths_JB, weights_P, length_per_key_J)`` of the internal features,
@@ -210,10 +220,30 @@ def remap_values(
     tables = [] if compact is None else compact
     segments = (j_P, per_key_J, array_offsets)
     if modulo or torch.jit.is_scripting():
-        rows_P = map_ids(ids_P, segments, mapping, offset_J, height_J, modulo, has_identity, tables)
+        rows_P = map_ids(
+            ids_P,
+            segments,
+            mapping,
+            offset_J,
+            height_J,
+            modulo,
+            has_identity,
+            tables,
+            runs,
+            length_per_key,
+        )
     else:
         rows_P = map_ids_or_raise(
-            ids_P, segments, mapping, offset_J, height_J, has_identity, sources, tables
+            ids_P,
+            segments,
+            mapping,
+            offset_J,
+            height_J,
+            has_identity,
+            sources,
+            tables,
+            runs,
+            length_per_key,
         )
     return rows_P, out_lengths, weights_V, length_per_key
 
