@@ -325,7 +325,8 @@ def report(
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's flags."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -354,7 +355,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--clock", choices=tuple(CLOCKS), default="wall", help="wall or process CPU time"
     )
     parser.add_argument("--json", action="store_true", help="print JSON only")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if not dist.is_initialized():

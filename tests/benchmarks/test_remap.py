@@ -32,3 +32,16 @@ def test_tiny_run_reports_both_collections(encoding: str, monkeypatch) -> None: 
         r = result["seconds_per_batch"][mode]
         assert r["plain"] > 0 and r["lhf"] > 0 and r["ratio"] == r["lhf"] / r["plain"]
     assert result["remap_only_seconds"] > 0 and result["remap_bytes"] > 0
+
+
+@pytest.mark.parametrize("encoding", ["dense", "compact"])
+def test_tables_under_min_table_rows_stay_full_in_both_models(encoding: str) -> None:
+    args = bench.parse_args(["--encoding", encoding, "--min_table_rows", "100"])
+    heights, logical, small, plan = bench._tables(args)
+    full = {i for i, h in enumerate(heights) if h < 100}
+    assert len(full) == 7  # the Criteo tables of 3 to 27 ids
+    for i, (big, kept) in enumerate(zip(logical, small)):
+        assert (kept.num_embeddings == big.num_embeddings) == (i in full), i
+        assert (f"t{i}" in plan) == (i not in full), i
+    every = bench._tables(bench.parse_args(["--encoding", encoding]))[3]
+    assert len(every) == len(heights)  # the default compresses every table

@@ -101,7 +101,8 @@ class BuildConfig:
     rows stay its own (0: the tail is hashed into all rows)."""
     tail_region: str = field(default="fixed", metadata={"choices": TAIL_REGIONS})
     """``fixed``: the tail gets ``tail_fraction`` of the rows; ``mass``: its share of the
-    table's training accesses (``tail_fraction`` unused)."""
+    table's training accesses (``tail_fraction`` unused); ``fit``: as ``fixed``, but a head
+    of fewer ids than its region's rows keeps a row per id and the tail gets the rest."""
 
     encoding: str = field(default="auto", metadata={"choices": ENCODINGS})
     """How the plan stores a hash: ``dense`` (a row per id), ``compact`` (head ids and rows,
