@@ -24,7 +24,9 @@ and "gap closed" is read at equal total bytes:
 * the default's two settings moved: ``lhf-tail0.5`` / ``lhf-tail0.85`` (``--tail_fraction``)
   and ``lhf-head5`` / ``lhf-head20`` (``--head_min_count``); the tail region moved:
   ``lhf-mass`` / ``lhf-fit`` (``--tail_region``: sized by the tail's traffic, or given the
-  rows a small head leaves unused).
+  rows a small head leaves unused);
+* the other methods, at the same size and budget: ``qr``, ``fbdh``, ``memrec``, ``mlet``,
+  ``cce`` and ``mch`` (:data:`PEERS`).
 
 Prints JSON: per method test AUC, logloss, NE, ``table_bytes`` (fp32 tables),
 ``index_bytes`` (the remap as the plan stores it; nothing for a hash computed from the id),
@@ -59,6 +61,9 @@ from torchrec_lhf.hash_build.config import BuildConfig
 
 logger = logging.getLogger(__name__)
 
+PEERS = ("qr", "fbdh", "memrec", "mlet", "cce", "mch")
+"""The other compression methods (``--compression``), fitted to the same budget as the
+hashing trick (the app's own fitting: ``mlet`` by its width, ``cce`` with its defaults)."""
 METHODS = (
     "none",
     "modulo",
@@ -75,6 +80,7 @@ METHODS = (
     "lhf-tail0.85",
     "lhf-head5",
     "lhf-head20",
+    *PEERS,
 )
 """The methods this benchmark trains (see the module docstring)."""
 
@@ -203,6 +209,10 @@ def _train_config(
         build_hash.run(dataclasses.replace(build, out=plan, work_dir=None, **extra))
         pipeline.release_memory()
         cfg = dataclasses.replace(trains["lhf"], learned_hash=str(plan))
+    elif method in PEERS:  # the hashing trick's size and budget, another method
+        # mlet shrinks the width: the dense arch is re-derived for its dim
+        extra = {"dense_arch_layer_sizes": None} if method == "mlet" else {}
+        cfg = dataclasses.replace(trains["modulo"], compression=method, **extra)
     else:
         cfg = trains[method]
     return dataclasses.replace(cfg, metrics_json=str(out / f"metrics_{method}.json"))

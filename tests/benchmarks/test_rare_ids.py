@@ -90,3 +90,25 @@ def test_tiny_run_at_equal_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert lhf["index_bytes"] > 0 and not lhf["remap_computable"]
     assert lhf["rows"] < res["modulo"]["rows"]
     assert lhf["remap_bytes"] > lhf["index_bytes"]
+
+
+def test_tiny_run_of_the_other_methods_at_equal_bytes(tmp_path: Path) -> None:
+    argv = [
+        "--scale", "0.0001",
+        "--num_samples", "20000",
+        "--min_table_rows", "100",
+        "--batch_size", "512",
+        "--fraction", "0.3",  # cce's index (an int16 per id) fits from about 0.15
+        "--budget", "bytes",
+        "--methods", "modulo,mlet,cce,qr",
+        "--out_dir", str(tmp_path),
+    ]  # fmt: skip
+    report = rare_ids.main(argv)
+    res = report["results"]
+    assert list(res) == ["modulo", "mlet", "cce", "qr"]
+    for method, r in res.items():  # each fitted to the budget: what it stores, no more
+        assert r["stored_bytes"] <= report["budget_bytes"], method
+        assert r["stored_bytes"] == r["table_bytes"] + r["index_bytes"], method
+        assert 0.5 < r["auc"] < 1, method
+    assert res["cce"]["index_bytes"] > 0  # its clustered index is stored and counted
+    assert res["mlet"]["rows"] > res["modulo"]["rows"]  # full height, a narrower width
