@@ -26,7 +26,7 @@ Legend:
 import torch
 
 from torchrec_lhf.hashing import mix_keyed, rows_of_mix, seed_keys
-from torchrec_lhf.modules import head_table
+from torchrec_lhf.modules import compact_kernel, head_table
 
 # NOTE: no ``from __future__ import annotations``: TorchScript reads the annotations.
 
@@ -147,7 +147,7 @@ def map_ids(
             index_P = torch.where(identity_P, 0, index_P)
         rows_P = torch.gather(mapping, 0, index_P).to(ids_P.dtype)
     if len(compact) > 0:
-        compact_rows_P = _compact_rows(ids_P, key_P, j_P, compact).to(ids_P.dtype)
+        compact_rows_P = _compact_rows(ids_P, key_P, j_P, offset_J, compact).to(ids_P.dtype)
         if compact_P is not None:
             compact_rows_P = torch.where(compact_P, compact_rows_P, rows_P)
         rows_P = compact_rows_P
@@ -192,8 +192,7 @@ def _map_split(
     bounds = [(start_J[a], start_J[b]) for a, b in runs]
     ids_C = torch.cat([ids_P[s:e] for s, e in bounds])
     j_C = torch.cat([j_P[s:e] for s, e in bounds])
-    key_C = ids_C.long() + offset_J.index_select(0, j_C)
-    rows_C = _compact_rows(ids_C, key_C, j_C, compact).to(ids_P.dtype)
+    rows_C = _compact_rows(ids_C, None, j_C, offset_J, compact).to(ids_P.dtype)
     base_P = ids_P  # the uncompressed features' rows
     if mapping.numel() > 0:  # dense features too: their rows, the others' read at index 0
         offset_P = offset_J.index_select(0, j_P)
@@ -216,10 +215,21 @@ def _map_split(
 
 
 def _compact_rows(
-    ids_P: torch.Tensor, key_P: torch.Tensor, j_P: torch.Tensor, compact: list[torch.Tensor]
+    ids_P: torch.Tensor,
+    key_P: torch.Tensor | None,
+    j_P: torch.Tensor,
+    offset_J: torch.Tensor,
+    compact: list[torch.Tensor],
 ) -> torch.Tensor:
-    """Head row (a probe of the cuckoo table of ``key``) or tail hash row of every id, as
-    int64."""
+    """Head row (a probe of the cuckoo table of ``key = offset + id``) or tail hash row of
+    every id, as int64; ``key_P`` made here when None. In eager CPU mode, one fused kernel
+    where it is built (:mod:`~torchrec_lhf.modules.compact_kernel`)."""
+    if not torch.jit.is_scripting() and ids_P.device.type == "cpu":
+        fused = compact_kernel.compact_lookup(ids_P, j_P, offset_J, compact)
+        if fused is not None:
+            return fused
+    if key_P is None:
+        key_P = ids_P.long() + offset_J.index_select(0, j_P)
     slot_keys_S, slot_rows_S, seed_J, tail_offset_J, tail_rows_J = compact[:5]
     x_P = mix_keyed(ids_P, seed_keys(seed_J).index_select(0, j_P))  # J seeds mixed once, not P
     rows_P = rows_of_mix(x_P, tail_rows_J.index_select(0, j_P))
