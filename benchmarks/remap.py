@@ -122,7 +122,10 @@ def time_pair(
     *,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
-    """Median seconds of each step, the steps interleaved so that both see the same load."""
+    """Median seconds of each step, the steps interleaved so that both see the same load;
+    with steps ``plain`` and ``lhf``, also ``ratio_paired``: the median over iterations of
+    ``lhf``'s time over ``plain``'s in the same iteration (a paired estimate, which load
+    that changes between iterations moves less than the ratio of the medians)."""
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -132,7 +135,11 @@ def time_pair(
             t0 = clock()
             step()
             times[name].append(clock() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    out = {name: statistics.median(ts) for name, ts in times.items()}
+    if "plain" in times and "lhf" in times:
+        pairs = zip(times["lhf"], times["plain"])
+        out["ratio_paired"] = statistics.median(a / b for a, b in pairs if b > 0)
+    return out
 
 
 def _dmp(module: torch.nn.Module, sharders: list, batch: int) -> DistributedModelParallel:

@@ -10,12 +10,28 @@ from torchrec.test_utils import get_free_port
 from benchmarks import remap as bench
 
 
+def test_paired_ratio_is_the_median_of_the_per_iteration_ratios() -> None:
+    durations = iter([1.0, 2.0, 10.0, 10.0, 1.0, 3.0])  # plain, lhf of each iteration
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def step() -> None:
+        now[0] += next(durations)
+
+    times = bench.time_pair({"plain": step, "lhf": step}, iters=3, warmup=0, clock=clock)
+    assert times["ratio_paired"] == 2.0  # the median of 2, 1 and 3
+    assert times["lhf"] / times["plain"] == 3.0  # the ratio of the medians: 3 over 1
+
+
 def test_time_pair_reads_the_given_clock_around_each_step() -> None:
     ticks = itertools.count()  # each clock read is one tick later
     calls: list[str] = []
     steps = {"plain": lambda: calls.append("plain"), "lhf": lambda: calls.append("lhf")}
     times = bench.time_pair(steps, iters=3, warmup=1, clock=lambda: float(next(ticks)))
-    assert times == {"plain": 1.0, "lhf": 1.0}  # start and end: consecutive reads
+    # start and end: consecutive reads; the paired ratio of equal times is 1
+    assert times == {"plain": 1.0, "lhf": 1.0, "ratio_paired": 1.0}
     assert calls == ["plain", "lhf"] * 4  # warmup and iterations, interleaved
     assert bench.CLOCKS["cpu"] is not bench.CLOCKS["wall"]
 
@@ -31,6 +47,7 @@ def test_tiny_run_reports_both_collections(encoding: str, monkeypatch) -> None: 
     for mode in ("unsharded", "fused"):
         r = result["seconds_per_batch"][mode]
         assert r["plain"] > 0 and r["lhf"] > 0 and r["ratio"] == r["lhf"] / r["plain"]
+        assert r["ratio_paired"] > 0
     assert result["remap_only_seconds"] > 0 and result["remap_bytes"] > 0
 
 
