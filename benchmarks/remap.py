@@ -362,7 +362,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--clock", choices=tuple(CLOCKS), default="wall", help="wall or process CPU time"
     )
     parser.add_argument("--json", action="store_true", help="print JSON only")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.min_table_rows < 0:
+        parser.error(f"--min_table_rows must be >= 0, got {args.min_table_rows}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:

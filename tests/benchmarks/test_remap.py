@@ -62,3 +62,9 @@ def test_tables_under_min_table_rows_stay_full_in_both_models(encoding: str) -> 
         assert (f"t{i}" in plan) == (i not in full), i
     every = bench._tables(bench.parse_args(["--encoding", encoding]))[3]
     assert len(every) == len(heights)  # the default compresses every table
+
+
+def test_a_negative_min_table_rows_is_refused(capsys) -> None:  # noqa: ANN001
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--min_table_rows", "-5"])
+    assert "--min_table_rows must be >= 0, got -5" in capsys.readouterr().err

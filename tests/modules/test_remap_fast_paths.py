@@ -192,14 +192,17 @@ def test_compact_runs_by_hand() -> None:
     assert compact_runs([False, False]) is None
 
 
-def _interleaved(out_of_range: str) -> LearnedHashEmbeddingBagCollection:
-    """Compact tables between uncompressed ones: compact runs [(1, 2), (3, 5)]."""
-    spec = {"p": (12, None), "a": (900, 60), "q": (7, None), "b": (500, 40), "c": (64, 9)}
+def _interleaved(out_of_range: str, wide: bool = False) -> LearnedHashEmbeddingBagCollection:
+    """Compact tables between uncompressed ones: compact runs [(1, 2), (3, 5)]. ``wide``:
+    table ``a`` has 40,000 rows, so rows are int32 and the head table packed (the fused
+    kernel's case, where it is built)."""
+    a = (50_000, 40_000) if wide else (900, 60)
+    spec = {"p": (12, None), "a": a, "q": (7, None), "b": (500, 40), "c": (64, 9)}
     hashes = []
     for i, (t, (n, m)) in enumerate(spec.items()):
         if m is not None:
             head = torch.arange(1, n, 4)
-            rows = (head * 7 % m).to(torch.int16)
+            rows = (head * 7 % m).to(torch.int32 if wide else torch.int16)
             mapping = CompactMapping(
                 head, rows, tail_seed=i, tail_offset=m // 3, tail_rows=m - m // 3
             )
@@ -213,16 +216,18 @@ def _interleaved(out_of_range: str) -> LearnedHashEmbeddingBagCollection:
     )
 
 
+@pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("out_of_range", ["error", "modulo"])
 @pytest.mark.parametrize("keys", [["p", "a", "q", "b", "c"], ["c", "q", "a", "p", "b"]])
 def test_compact_lookup_of_the_compact_runs_alone_equals_the_lookup_of_every_id(
-    out_of_range: str, keys: list[str]
+    out_of_range: str, keys: list[str], wide: bool
 ) -> None:
-    ebc = _interleaved(out_of_range)
+    ebc = _interleaved(out_of_range, wide)
     assert ebc.remap.compact_runs == [(1, 2), (3, 5)]
+    assert (ebc.remap.slot_rows.numel() == 0) == wide  # packed where wide
     every_id = copy.deepcopy(ebc)
     every_id.remap.compact_runs = None  # the compact lookup over every id, then selected
-    heights = {"p": 12, "a": 900, "q": 7, "b": 500, "c": 64}
+    heights = {"p": 12, "a": 50_000 if wide else 900, "q": 7, "b": 500, "c": 64}
     for seed in range(4):
         g = torch.Generator().manual_seed(seed)
         lengths = torch.randint(0, 3, (len(keys), 5), generator=g)

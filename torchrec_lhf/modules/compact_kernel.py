@@ -26,6 +26,8 @@ import os
 
 import torch
 
+from torchrec_lhf.hashing import seed_keys
+
 logger = logging.getLogger(__name__)
 
 ENV_FLAG = "TORCHREC_LHF_FUSED_REMAP"
@@ -167,8 +169,6 @@ def compact_lookup(
     module = _module()
     if module is None:
         return None
-    from torchrec_lhf.hashing import seed_keys
-
     return module.compact_lookup(
         ids_C.contiguous(),
         j_C.contiguous(),

@@ -130,29 +130,36 @@ def map_ids(
         offset_J = offset_J + guard.to(offset_J.dtype)
         if len(compact) > 0:
             compact = compact[:3] + [compact[3] + guard] + compact[4:]
-    if len(compact) > 0 and runs is not None and length_J is not None:
-        return _map_split(ids_P, j_P, mapping, offset_J, has_identity, compact, runs, length_J)
-    offset_P = offset_J.index_select(0, j_P)
-    key_P = ids_P.long() + offset_P
-    # NOTE: the conditions of these where's are constant over each feature's ids (cheap)
-    identity_P = offset_P == -1 if has_identity else None  # IDENTITY
-    mixed = len(compact) > 0 and mapping.numel() > 0
-    compact_P = compact[5].index_select(0, j_P) if mixed else None  # per id: compact?
+    # with the runs and their lengths, the compact lookup reads only the compact runs' ids,
+    # spliced in last; the other features' rows are made as always
+    split = len(compact) > 0 and runs is not None and length_J is not None
+    dense = len(compact) == 0 or mapping.numel() > 0  # some feature has a dense mapping
     rows_P = ids_P
-    if len(compact) == 0 or mapping.numel() > 0:  # dense features
-        index_P = key_P
-        if compact_P is not None:  # mixed: the compact features' keys are no mapping index
-            index_P = torch.where(compact_P, 0, index_P)
+    if dense or not split:
+        offset_P = offset_J.index_select(0, j_P)
+        key_P = ids_P.long() + offset_P
+        # NOTE: the conditions of these where's are constant over each feature's ids (cheap)
+        identity_P = offset_P == -1 if has_identity else None  # IDENTITY
+        mixed = len(compact) > 0 and dense
+        compact_P = compact[5].index_select(0, j_P) if mixed else None  # per id: compact?
+        if dense:
+            index_P = key_P
+            if compact_P is not None:  # mixed: compact features' keys are no mapping index
+                index_P = torch.where(compact_P, 0, index_P)
+            if identity_P is not None:
+                index_P = torch.where(identity_P, 0, index_P)
+            rows_P = torch.gather(mapping, 0, index_P).to(ids_P.dtype)
+        if len(compact) > 0 and not split:
+            compact_rows_P = _compact_rows(ids_P, key_P, j_P, offset_J, compact)
+            compact_rows_P = compact_rows_P.to(ids_P.dtype)
+            if compact_P is not None:
+                compact_rows_P = torch.where(compact_P, compact_rows_P, rows_P)
+            rows_P = compact_rows_P
         if identity_P is not None:
-            index_P = torch.where(identity_P, 0, index_P)
-        rows_P = torch.gather(mapping, 0, index_P).to(ids_P.dtype)
-    if len(compact) > 0:
-        compact_rows_P = _compact_rows(ids_P, key_P, j_P, offset_J, compact).to(ids_P.dtype)
-        if compact_P is not None:
-            compact_rows_P = torch.where(compact_P, compact_rows_P, rows_P)
-        rows_P = compact_rows_P
-    if identity_P is not None:
-        rows_P = torch.where(identity_P, ids_P, rows_P)
+            rows_P = torch.where(identity_P, ids_P, rows_P)
+    if split:
+        assert runs is not None and length_J is not None  # (for TorchScript's types)
+        rows_P = _splice_compact(rows_P, ids_P, j_P, offset_J, compact, runs, length_J)
     return rows_P
 
 
@@ -170,21 +177,19 @@ def compact_runs(compact_J: list[bool]) -> list[tuple[int, int]] | None:
     return None if not runs or all(compact_J) else runs
 
 
-def _map_split(
+def _splice_compact(
+    rows_P: torch.Tensor,
     ids_P: torch.Tensor,
     j_P: torch.Tensor,
-    mapping: torch.Tensor,
     offset_J: torch.Tensor,
-    has_identity: bool,
     compact: list[torch.Tensor],
     runs: list[tuple[int, int]],
     length_J: list[int],
 ) -> torch.Tensor:
-    """:func:`map_ids` (its guard applied) where some features are compact and some not:
-    the compact lookup over the compact runs' ids only, spliced into the others' rows.
+    """``rows_P`` with the compact runs' rows looked up and put in place.
 
     The runs' ids are contiguous slices of ``ids_P`` whose bounds the host knows from
-    ``length_J`` (no read of a tensor): ``C`` ids in all.
+    ``length_J`` (no read of a tensor): ``C`` ids in all, looked up at once.
     """
     start_J = [0]
     for n in length_J:
@@ -193,24 +198,15 @@ def _map_split(
     ids_C = torch.cat([ids_P[s:e] for s, e in bounds])
     j_C = torch.cat([j_P[s:e] for s, e in bounds])
     rows_C = _compact_rows(ids_C, None, j_C, offset_J, compact).to(ids_P.dtype)
-    base_P = ids_P  # the uncompressed features' rows
-    if mapping.numel() > 0:  # dense features too: their rows, the others' read at index 0
-        offset_P = offset_J.index_select(0, j_P)
-        index_P = torch.where(compact[5].index_select(0, j_P), 0, ids_P.long() + offset_P)
-        if has_identity:
-            index_P = torch.where(offset_P == -1, 0, index_P)
-        base_P = torch.gather(mapping, 0, index_P).to(ids_P.dtype)
-        if has_identity:
-            base_P = torch.where(offset_P == -1, ids_P, base_P)
     pieces: list[torch.Tensor] = []
     done = 0
     c = 0
     for s, e in bounds:
-        pieces.append(base_P[done:s])
+        pieces.append(rows_P[done:s])
         pieces.append(rows_C[c : c + e - s])
         c += e - s
         done = e
-    pieces.append(base_P[done:])
+    pieces.append(rows_P[done:])
     return torch.cat(pieces)
 
 
