@@ -16,8 +16,11 @@ from torchrec_lhf.modules import compact_kernel, head_table, remap_lookup
 CAN_BUILD = shutil.which("c++") is not None and importlib.util.find_spec("ninja") is not None
 
 
-def _packed_table(seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Three compact features (heights 5,000 / 70,000 / 40) and their packed head table."""
+def _packed_table(
+    seed: int = 0, packed: bool = True
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Three compact features (heights 5,000 / 70,000 / 40) and their head table: packed,
+    or int32 keys beside int16 rows."""
     g = torch.Generator().manual_seed(seed)
     heights = torch.tensor([5_000, 70_000, 40])
     offsets = torch.cumsum(heights, 0) - heights
@@ -31,13 +34,14 @@ def _packed_table(seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor, torc
     keys_K, rows_K = torch.cat(keys), torch.cat(head_rows)
     t_K = torch.searchsorted(offsets, keys_K, right=True) - 1
     x_K = mix_keyed(keys_K - offsets[t_K], seed_keys(seeds)[t_K])
-    slot_keys, slot_rows = head_table.build(keys_K.int(), rows_K.int(), x_K)
-    packed = head_table.pack(slot_keys, slot_rows)
-    assert packed is not None
+    rows_dtype = torch.int32 if packed else torch.int16
+    slot_keys, slot_rows = head_table.build(keys_K.int(), rows_K.to(rows_dtype), x_K)
+    if packed:
+        slot_keys, slot_rows = head_table.pack(slot_keys, slot_rows), slot_rows[:0]
     tail_offset = rows // 2
     compact = [
-        packed,
-        slot_rows[:0],
+        slot_keys,
+        slot_rows,
         seeds,
         tail_offset,
         rows - tail_offset,
@@ -108,11 +112,11 @@ def test_remap_uses_it_in_eager_cpu_mode_and_scripting_does_not() -> None:
     assert torch.equal(scripted(ids, None, j, offsets, compact), eager)
 
 
-def test_unpacked_tables_and_the_off_switch_take_the_torch_ops(monkeypatch) -> None:  # noqa: ANN001
+def test_int64_rows_and_the_off_switch_take_the_torch_ops(monkeypatch) -> None:  # noqa: ANN001
     compact, offsets, heights = _packed_table()
     ids, j = _ids(heights, 100, seed=0)
     keys, rows = head_table.unpack(compact[0])
-    unpacked = [keys, rows.short(), *compact[2:]]  # int16 rows: not packed
+    unpacked = [keys, rows.long(), *compact[2:]]  # int64 rows: no kernel
     assert compact_kernel.compact_lookup(ids, j, offsets, unpacked) is None
     monkeypatch.setenv(compact_kernel.ENV_FLAG, "0")
     compact_kernel._module.cache_clear()

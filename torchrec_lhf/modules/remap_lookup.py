@@ -18,6 +18,12 @@ the passes few and
   of a predictable ``where``; the head lookup selects with bit masks instead;
   ``torch.where`` stays only on conditions constant over a feature's ids.
 
+In eager CPU mode, where the host knows each internal feature's ids (TorchRec's per-key
+lengths), :func:`map_ids` is one pass of a C++ kernel instead
+(:func:`~torchrec_lhf.modules.compact_kernel.fused_remap`: range check, then every
+feature's lookup), except for dense-only modules that FBGEMM's ``pruned_array_lookup``
+takes. The torch ops below stay what TorchScript, CUDA and machines without a compiler run.
+
 Legend:
     J   internal features;  P ids of the batch, laid out per internal feature
     S   slots of the compact heads' cuckoo table
@@ -113,7 +119,21 @@ def map_ids(
     (contiguous slices of ``ids_P``), not every id.
     """
     j_opt, per_key_J, regions_J = segments
-    if regions_J is not None and not torch.jit.is_scripting() and ids_P.device.type == "cpu":
+    on_cpu = ids_P.device.type == "cpu"
+    if (
+        not torch.jit.is_scripting()
+        and on_cpu
+        and length_J is not None
+        and (len(compact) > 0 or regions_J is None)
+    ):
+        # eager CPU with the per-feature lengths: range check and lookup in one kernel pass
+        # (dense modules that FBGEMM's pruned_array_lookup takes keep it: benchmarks.remap's figure)
+        fused = compact_kernel.fused_remap(
+            ids_P, length_J, mapping, offset_J, height_J, modulo, compact
+        )
+        if fused is not None:
+            return fused
+    if regions_J is not None and not torch.jit.is_scripting() and on_cpu:
         return _pruned_array_lookup(
             ids_P, per_key_J, mapping, regions_J, height_J, modulo, length_J
         )

@@ -189,8 +189,12 @@ def remap_values(
     src_J, src, identity, multiplicity = _layout(keys, sources, values_V.device)
     num_keys = len(keys)
     stride = lengths.numel() // num_keys if num_keys > 0 else 0
-    # NOTE: in the lengths' dtype: an int32 sum is 4x faster on CPU than one into int64
-    per_key_F = lengths.view(num_keys, stride).sum(1, dtype=lengths.dtype)
+    if length_per_key is not None and values_V.device.type == "cpu":
+        # known on the host (TorchRec's read): no pass over the lengths (a copy on CUDA)
+        per_key_F = torch.tensor(length_per_key, dtype=lengths.dtype)
+    else:
+        # NOTE: in the lengths' dtype: an int32 sum is 4x faster on CPU than one into int64
+        per_key_F = lengths.view(num_keys, stride).sum(1, dtype=lengths.dtype)
     if identity:
         num = values_V.numel()
         ids_P = values_V

@@ -1,0 +1,174 @@
+"""The fused CPU remap (torchrec_lhf.modules.compact_kernel.fused_remap): range check or fold
+and every feature's lookup (identity, dense, compact) in one pass, equal to the torch ops on
+every id, used by the remap in eager CPU mode where the per-feature lengths are known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.modules.test_compact_kernel import CAN_BUILD, _packed_table
+from torchrec_lhf.hashing import mix_keyed, rows_of_mix, seed_keys
+from torchrec_lhf.modules import compact_kernel, remap_lookup
+from torchrec_lhf.modules.remap_ops import IDENTITY
+
+pytestmark = pytest.mark.skipif(not CAN_BUILD, reason="needs a C++ compiler and ninja")
+
+
+def _layout(packed: bool) -> tuple[dict, list[int]]:
+    """Five internal features: uncompressed (50 ids), dense (300 ids into an int16 mapping
+    region), and the three compact features of ``_packed_table`` (packed or not)."""
+    compact3, key_offsets, heights3 = _packed_table(2, packed)
+    g = torch.Generator().manual_seed(5)
+    mapping = torch.randint(0, 40, (300,), generator=g, dtype=torch.int16)
+    heights = [50, 300, *heights3.tolist()]
+    pad = torch.zeros(2, dtype=torch.long)
+    compact = compact3[:2] + [
+        torch.cat([pad, compact3[2]]),
+        torch.cat([pad, compact3[3]]),
+        torch.cat([pad + 1, compact3[4]]),
+        torch.tensor([False, False, True, True, True]),
+    ]
+    offset_J = torch.cat([torch.tensor([IDENTITY, 0]), key_offsets]).int()
+    args = {
+        "mapping": mapping,
+        "offset_J": offset_J,
+        "height_J": torch.tensor(heights),
+        "compact": compact,
+    }
+    return args, heights
+
+
+def _ids(heights: list[int], length_J: list[int], seed: int, *, wild: bool) -> torch.Tensor:
+    """``length_J[j]`` ids of each feature: in range (with both edges), or with ``wild``
+    also negative and too large ones (for the modulo policy)."""
+    g = torch.Generator().manual_seed(seed)
+    pieces = []
+    for n, h in zip(length_J, heights):
+        ids = (torch.rand(n, generator=g) * h).long()
+        ids[:1], ids[1:2] = 0, h - 1
+        if wild:
+            ids[2::3] = torch.randint(-(2**40), 2**40, ids[2::3].shape, generator=g)
+        pieces.append(ids)
+    return torch.cat(pieces)
+
+
+def _torch_ops(ids: torch.Tensor, length_J: list[int], args: dict, modulo: bool) -> torch.Tensor:
+    """The scriptable torch ops of remap_lookup.map_ids (no kernel of any kind)."""
+    saved = remap_lookup.compact_kernel.compact_lookup
+    remap_lookup.compact_kernel.compact_lookup = lambda *a: None
+    try:
+        segments = (None, torch.tensor(length_J), None)
+        return remap_lookup.map_ids(
+            ids,
+            segments,
+            args["mapping"],
+            args["offset_J"],
+            args["height_J"],
+            modulo,
+            True,
+            args["compact"],
+        )
+    finally:
+        remap_lookup.compact_kernel.compact_lookup = saved
+
+
+LENGTHS = {
+    "blocks": [31, 33, 0, 20_000, 1],  # below, across and at block edges; an empty feature
+    "one_each": [1, 1, 1, 1, 1],
+    "empty": [0, 0, 0, 0, 0],
+}
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "unpacked"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("modulo", [False, True], ids=["error", "modulo"])
+@pytest.mark.parametrize("lengths", LENGTHS)
+def test_fused_remap_equals_the_torch_ops(
+    packed: bool, dtype: torch.dtype, modulo: bool, lengths: str
+) -> None:
+    args, heights = _layout(packed)
+    length_J = LENGTHS[lengths]
+    ids = _ids(heights, length_J, seed=len(lengths), wild=modulo)
+    if dtype == torch.int32:
+        ids = ids.clamp(-(2**31), 2**31 - 1).to(dtype)
+    fused = compact_kernel.fused_remap(ids, length_J, modulo=modulo, **args)
+    assert fused is not None and fused.dtype == dtype
+    assert torch.equal(fused, _torch_ops(ids, length_J, args, modulo))
+    if lengths == "blocks":  # every kind of lookup happened: heads and tails both occur
+        rows = fused[length_J[0] + length_J[1] :].long()
+        tail_offset = torch.repeat_interleave(args["compact"][3][2:], torch.tensor(length_J[2:]))
+        in_tail = rows >= tail_offset
+        assert bool(in_tail.any()) and bool((~in_tail).any())
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 40_000, 2**31 - 1, 2**31 + 11, 2**40 + 3])
+def test_tail_remainder_is_exact_for_any_divisor(rows: int) -> None:
+    """The kernel's remainder by multiplication equals ``%`` on 62-bit values."""
+    g = torch.Generator().manual_seed(rows % 1000)
+    ids = torch.randint(0, 2**62, (50_000,), generator=g)
+    seed = torch.tensor([12345])
+    compact = [
+        torch.zeros(0, dtype=torch.long),  # no heads: every id is tail
+        torch.zeros(0, dtype=torch.int32),
+        seed,
+        torch.tensor([3]),
+        torch.tensor([rows]),
+        torch.tensor([True]),
+    ]
+    fused = compact_kernel.fused_remap(
+        ids,
+        [ids.numel()],
+        torch.zeros(0, dtype=torch.int16),
+        torch.tensor([0]),
+        torch.tensor([2**62]),
+        False,
+        compact,
+    )
+    expected = rows_of_mix(mix_keyed(ids, seed_keys(seed).expand(ids.numel())), torch.tensor(rows))
+    assert fused is not None and torch.equal(fused, expected + 3)
+
+
+def test_out_of_range_id_fails_naming_feature_and_id() -> None:
+    args, heights = _layout(True)
+    length_J = [3, 3, 3, 3, 3]
+    ids = _ids(heights, length_J, seed=0, wild=False)
+    ids[7] = 300  # feature 2 (index 6..8): height 5,000, so in range; feature 1: 300 is not
+    ids[4] = 300
+    with pytest.raises(
+        RuntimeError, match=r"internal feature 1: id 300 is out of range \[0, 300\)"
+    ):
+        compact_kernel.fused_remap(ids, length_J, modulo=False, **args)
+    ids[4] = -1
+    with pytest.raises(RuntimeError, match="internal feature 1: id -1"):
+        compact_kernel.fused_remap(ids, length_J, modulo=False, **args)
+
+
+def test_bad_lengths_and_mappings_are_refused() -> None:
+    args, heights = _layout(True)
+    ids = _ids(heights, [2] * 5, seed=0, wild=False)
+    with pytest.raises(RuntimeError, match="the lengths sum to 9, the ids are 10"):
+        compact_kernel.fused_remap(ids, [2, 2, 2, 2, 1], modulo=False, **args)
+    short = dict(args, mapping=args["mapping"][:100])
+    with pytest.raises(RuntimeError, match="internal feature 1: its mapping"):
+        compact_kernel.fused_remap(ids, [2] * 5, modulo=False, **short)
+
+
+def test_map_ids_uses_it_with_lengths_and_not_without(monkeypatch) -> None:  # noqa: ANN001
+    args, heights = _layout(True)
+    length_J = [10, 10, 10, 10, 10]
+    ids = _ids(heights, length_J, seed=1, wild=False)
+    calls = []
+    saved = compact_kernel.fused_remap
+
+    def counting(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return saved(*a, **k)
+
+    monkeypatch.setattr(remap_lookup.compact_kernel, "fused_remap", counting)
+    segments = (None, torch.tensor(length_J), None)
+    common = (args["mapping"], args["offset_J"], args["height_J"], False, True, args["compact"])
+    with_lengths = remap_lookup.map_ids(ids, segments, *common, None, length_J)
+    assert calls == [1]
+    without = remap_lookup.map_ids(ids, segments, *common)
+    assert calls == [1] and torch.equal(with_lengths, without)

@@ -1,0 +1,357 @@
+// The remap's CPU kernels (torchrec_lhf/modules/compact_kernel.py builds and calls them).
+//
+// fused_remap: the whole lookup of a batch laid out per internal feature, whose ids per
+//   feature the host knows: per feature a range check (or a fold, for the modulo policy)
+//   and its identity, dense or compact lookup, in one pass over the ids. Per-feature
+//   constants (the tail hash's seed and divisor, the offsets) are taken once per feature,
+//   and the tail's remainder uses a precomputed reciprocal instead of a 64-bit division.
+// compact_lookup: the compact (head/tail) lookup of ids whose internal feature is given per
+//   id: SplitMix64, the tail row, the three probes of the head table.
+//
+// NOTE: the arithmetic is the torch ops' exactly (torchrec_lhf.hashing, head_table): int64
+// values that wrap modulo 2**64 (done in uint64), logical right shifts where the torch ops
+// mask them.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+// ids are taken in blocks: the first pass hashes a block and prefetches what it will read
+// (probe slots, mapping entries; a training step has evicted them from the caches), the
+// second reads them: the reads of a block overlap instead of stalling in turn.
+constexpr int64_t kBlock = 32;
+constexpr int64_t kGrain = 16384;
+
+inline uint64_t finalize(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ULL;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBULL;
+  x ^= x >> 31;
+  return x;
+}
+
+// v % d for v < 2**62 and d >= 1, by a multiply: with l = ceil(log2 d), k = 62 + l and
+// m = ceil(2**k / d), floor(v / d) = floor(m v / 2**k) for every v < 2**62, because
+// m d - 2**k < d <= 2**l = 2**(k - 62) (Granlund and Montgomery, 1994); m < 2**63.
+struct Divisor {
+  uint64_t d = 1;
+  uint64_t m = 1;
+  int k = 62;
+  void set(uint64_t divisor) {
+    d = divisor;
+    int l = 0;
+    while (l < 64 && (uint64_t{1} << l) < d) ++l;
+    k = 62 + l;
+    const unsigned __int128 two_k = static_cast<unsigned __int128>(1) << k;
+    m = static_cast<uint64_t>((two_k + d - 1) / d);
+  }
+  inline uint64_t mod(uint64_t v) const {
+    const uint64_t q = static_cast<uint64_t>((static_cast<unsigned __int128>(m) * v) >> k);
+    return v - q * d;
+  }
+};
+
+// The compact heads' cuckoo table (torchrec_lhf/modules/head_table.py): packed int64
+// entries (key << 32 | row), or int32/int64 keys (-1: empty) beside int16/int32 rows; an
+// entry sits in one of the three slots its mixed hash gives. `slots` == 0: no heads.
+struct Heads {
+  const int64_t* packed = nullptr;
+  const int32_t* keys32 = nullptr;
+  const int64_t* keys64 = nullptr;
+  const int16_t* rows16 = nullptr;
+  const int32_t* rows32 = nullptr;
+  uint64_t slots = 0;
+
+  // the three slots of a mixed hash: bits 0-31, 32-63 and 16-47 scaled into [0, S)
+  inline void slots_of(uint64_t x, uint64_t* slot) const {
+    slot[0] = ((x & 0xFFFFFFFFULL) * slots) >> 32;
+    slot[1] = (((x >> 32) & 0xFFFFFFFFULL) * slots) >> 32;
+    slot[2] = (((x >> 16) & 0xFFFFFFFFULL) * slots) >> 32;
+  }
+  // NOTE: the packed form is the common one; the callers branch on it once per block, so
+  // that its loop has no other form's tests (they cost a fifth of the lookup)
+  template <bool kPacked>
+  inline void prefetch(const uint64_t* slot) const {
+    for (int c = 0; c < 3; ++c) {
+      __builtin_prefetch(kPacked  ? static_cast<const void*>(packed + slot[c])
+                         : keys32 ? static_cast<const void*>(keys32 + slot[c])
+                                  : static_cast<const void*>(keys64 + slot[c]));
+    }
+  }
+  // the row of `key` (probed at `slot`), else `tail`
+  template <bool kPacked>
+  inline int64_t find(const uint64_t* slot, int64_t key, int64_t tail) const {
+    if (kPacked) {
+      const uint64_t k = static_cast<uint64_t>(key) << 32;
+      const int64_t d0 = static_cast<int64_t>(static_cast<uint64_t>(packed[slot[0]]) ^ k);
+      const int64_t d1 = static_cast<int64_t>(static_cast<uint64_t>(packed[slot[1]]) ^ k);
+      const int64_t d2 = static_cast<int64_t>(static_cast<uint64_t>(packed[slot[2]]) ^ k);
+      int64_t m = d0 < d1 ? d0 : d1;  // the row where a key matches (below 2**32)
+      m = m < d2 ? m : d2;
+      const int64_t mask = ((m >> 32) - 1) >> 63;  // all ones where a key matched
+      return ((m ^ tail) & mask) ^ tail;
+    }
+    // a key sits in one slot (two choices may share it): the largest slot that holds it
+    uint64_t at = 0;
+    int64_t hit = 0;
+    for (int c = 0; c < 3; ++c) {
+      const int64_t k = keys32 ? keys32[slot[c]] : keys64[slot[c]];
+      const int64_t here = k == key;
+      at = here && slot[c] > at ? slot[c] : at;
+      hit |= here;
+    }
+    const int64_t row = rows16 ? rows16[at] : rows32[at];
+    const int64_t mask = -hit;  // NOTE: a mask, not a branch: hits and misses alternate
+    return (row & mask) | (tail & ~mask);
+  }
+};
+
+Heads make_heads(const torch::Tensor& slot_keys, const torch::Tensor& slot_rows) {
+  Heads heads;
+  if (slot_keys.numel() == 0) return heads;
+  TORCH_CHECK(slot_keys.is_contiguous() && slot_rows.is_contiguous());
+  heads.slots = static_cast<uint64_t>(slot_keys.numel());
+  if (slot_rows.numel() == 0) {  // packed
+    TORCH_CHECK(slot_keys.scalar_type() == torch::kInt64, "packed heads must be int64");
+    heads.packed = slot_keys.data_ptr<int64_t>();
+    return heads;
+  }
+  TORCH_CHECK(slot_rows.numel() == slot_keys.numel(), "head keys and rows differ in size");
+  if (slot_keys.scalar_type() == torch::kInt32) {
+    heads.keys32 = slot_keys.data_ptr<int32_t>();
+  } else {
+    TORCH_CHECK(slot_keys.scalar_type() == torch::kInt64, "head keys must be int32 or int64");
+    heads.keys64 = slot_keys.data_ptr<int64_t>();
+  }
+  if (slot_rows.scalar_type() == torch::kInt16) {
+    heads.rows16 = slot_rows.data_ptr<int16_t>();
+  } else {
+    TORCH_CHECK(slot_rows.scalar_type() == torch::kInt32, "head rows must be int16 or int32");
+    heads.rows32 = slot_rows.data_ptr<int32_t>();
+  }
+  return heads;
+}
+
+enum Kind : int { kIdentity = 0, kDense = 1, kCompact = 2 };
+
+struct Feature {
+  int kind = kIdentity;
+  int64_t begin = 0, end = 0;
+  uint64_t height = 0;
+  int64_t offset = 0;  // dense: the mapping's start; compact: the key offset
+  uint64_t seed_key = 0;
+  int64_t tail_offset = 0;
+  Divisor tail;
+};
+
+template <typename J>
+void lookup_loop(const int64_t* ids, const J* feature, const int64_t* seed_key,
+                 const int64_t* tail_rows, const int64_t* tail_offset,
+                 const int64_t* key_offset, const Heads& heads, int64_t* out, int64_t n) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    uint64_t xs[kBlock];
+    uint64_t slots[3 * kBlock];
+    for (int64_t start = begin; start < end; start += kBlock) {
+      const int64_t count = end - start < kBlock ? end - start : kBlock;
+      for (int64_t b = 0; b < count; ++b) {
+        const int64_t i = start + b;
+        xs[b] = finalize(static_cast<uint64_t>(ids[i]) +
+                         static_cast<uint64_t>(seed_key[static_cast<int64_t>(feature[i])]));
+        if (heads.slots > 0) {
+          heads.slots_of(xs[b], slots + 3 * b);
+          if (heads.packed) {
+            heads.prefetch<true>(slots + 3 * b);
+          } else {
+            heads.prefetch<false>(slots + 3 * b);
+          }
+        }
+      }
+      for (int64_t b = 0; b < count; ++b) {
+        const int64_t i = start + b;
+        const int64_t j = static_cast<int64_t>(feature[i]);
+        const int64_t tail = static_cast<int64_t>(xs[b] >> 2) % tail_rows[j] + tail_offset[j];
+        const int64_t key = ids[i] + key_offset[j];
+        out[i] = heads.slots == 0 ? tail
+                 : heads.packed   ? heads.find<true>(slots + 3 * b, key, tail)
+                                  : heads.find<false>(slots + 3 * b, key, tail);
+      }
+    }
+  });
+}
+
+// A block of one compact feature's (in-range) ids -> rows: hash and prefetch, then probe.
+template <bool kPacked, typename I>
+inline void compact_block(const Heads& heads, const Feature& f, int64_t count,
+                          const int64_t* id_b, uint64_t* xs, uint64_t* slots, I* out) {
+  for (int64_t b = 0; b < count; ++b) {
+    xs[b] = finalize(static_cast<uint64_t>(id_b[b]) + f.seed_key);
+    heads.slots_of(xs[b], slots + 3 * b);
+    heads.prefetch<kPacked>(slots + 3 * b);
+  }
+  for (int64_t b = 0; b < count; ++b) {
+    const int64_t tail = static_cast<int64_t>(f.tail.mod(xs[b] >> 2)) + f.tail_offset;
+    out[b] = static_cast<I>(heads.find<kPacked>(slots + 3 * b, id_b[b] + f.offset, tail));
+  }
+}
+
+// One feature's ids [f.begin, f.end) -> rows; returns whether an id was out of range
+// (then the output is not to be used). `modulo` folds ids into [0, N) first.
+template <typename I, typename M>
+bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads, const M* mapping,
+                   bool modulo) {
+  std::atomic<bool> any_bad{false};
+  at::parallel_for(f.begin, f.end, kGrain, [&](int64_t begin, int64_t end) {
+    uint64_t bad = 0;
+    int64_t id_b[kBlock];
+    uint64_t xs[kBlock];
+    uint64_t slots[3 * kBlock];
+    const int64_t h = static_cast<int64_t>(f.height);
+    for (int64_t start = begin; start < end; start += kBlock) {
+      const int64_t count = end - start < kBlock ? end - start : kBlock;
+      for (int64_t b = 0; b < count; ++b) {
+        int64_t id = static_cast<int64_t>(ids[start + b]);
+        if (modulo) {
+          id %= h;
+          id += id < 0 ? h : 0;
+        }
+        const uint64_t outside = static_cast<uint64_t>(id) >= f.height;
+        bad |= outside;
+        id_b[b] = outside ? 0 : id;  // nothing is read out of bounds
+      }
+      if (f.kind == kIdentity) {
+        for (int64_t b = 0; b < count; ++b) out[start + b] = static_cast<I>(id_b[b]);
+      } else if (f.kind == kDense) {
+        const M* base = mapping + f.offset;
+        for (int64_t b = 0; b < count; ++b) __builtin_prefetch(base + id_b[b]);
+        for (int64_t b = 0; b < count; ++b) out[start + b] = static_cast<I>(base[id_b[b]]);
+      } else if (heads.slots == 0) {
+        for (int64_t b = 0; b < count; ++b) {
+          const uint64_t x = finalize(static_cast<uint64_t>(id_b[b]) + f.seed_key);
+          out[start + b] = static_cast<I>(static_cast<int64_t>(f.tail.mod(x >> 2)) + f.tail_offset);
+        }
+      } else if (heads.packed) {
+        compact_block<true>(heads, f, count, id_b, xs, slots, out + start);
+      } else {
+        compact_block<false>(heads, f, count, id_b, xs, slots, out + start);
+      }
+    }
+    if (bad) any_bad.store(true, std::memory_order_relaxed);
+  });
+  return any_bad.load();
+}
+
+template <typename I, typename M>
+void remap_all(const torch::Tensor& ids, torch::Tensor& out, const std::vector<Feature>& feats,
+               const Heads& heads, const M* mapping, bool modulo) {
+  const I* in = ids.data_ptr<I>();
+  I* rows = out.data_ptr<I>();
+  for (size_t j = 0; j < feats.size(); ++j) {
+    const Feature& f = feats[j];
+    if (!remap_feature<I, M>(in, rows, f, heads, mapping, modulo)) continue;
+    for (int64_t i = f.begin; i < f.end; ++i) {
+      const int64_t id = static_cast<int64_t>(in[i]);
+      TORCH_CHECK(id >= 0 && static_cast<uint64_t>(id) < f.height, "internal feature ", j,
+                  ": id ", id, " is out of range [0, ", f.height, ")");
+    }
+  }
+}
+
+}  // namespace
+
+torch::Tensor compact_lookup(torch::Tensor ids, torch::Tensor feature, torch::Tensor seed_key,
+                             torch::Tensor tail_rows, torch::Tensor tail_offset,
+                             torch::Tensor key_offset, torch::Tensor slot_keys,
+                             torch::Tensor slot_rows) {
+  TORCH_CHECK(ids.device().is_cpu() && ids.scalar_type() == torch::kInt64 && ids.is_contiguous());
+  TORCH_CHECK(feature.numel() == ids.numel() && feature.is_contiguous());
+  for (const auto& t : {seed_key, tail_rows, tail_offset, key_offset}) {
+    TORCH_CHECK(t.scalar_type() == torch::kInt64 && t.is_contiguous());
+  }
+  const Heads heads = make_heads(slot_keys, slot_rows);
+  auto out = torch::empty_like(ids);
+  const int64_t n = ids.numel();
+  const auto* args = ids.data_ptr<int64_t>();
+  if (feature.scalar_type() == torch::kInt32) {
+    lookup_loop<int32_t>(args, feature.data_ptr<int32_t>(), seed_key.data_ptr<int64_t>(),
+                         tail_rows.data_ptr<int64_t>(), tail_offset.data_ptr<int64_t>(),
+                         key_offset.data_ptr<int64_t>(), heads, out.data_ptr<int64_t>(), n);
+  } else {
+    TORCH_CHECK(feature.scalar_type() == torch::kInt64);
+    lookup_loop<int64_t>(args, feature.data_ptr<int64_t>(), seed_key.data_ptr<int64_t>(),
+                         tail_rows.data_ptr<int64_t>(), tail_offset.data_ptr<int64_t>(),
+                         key_offset.data_ptr<int64_t>(), heads, out.data_ptr<int64_t>(), n);
+  }
+  return out;
+}
+
+// ids (int32 or int64, laid out per internal feature, `lengths[j]` ids of feature j) ->
+// rows in the ids' dtype. Per feature j: identity where offset[j] == -1 and it is not
+// compact, `mapping[offset[j] + id]` where dense, the head table's row or the tail hash's
+// where compact. Every id is range-checked against height[j] (a RuntimeError naming the
+// feature and the id), or folded into [0, height[j]) with `modulo`.
+torch::Tensor fused_remap(torch::Tensor ids, std::vector<int64_t> lengths, torch::Tensor offset,
+                          torch::Tensor height, torch::Tensor mapping, torch::Tensor slot_keys,
+                          torch::Tensor slot_rows, torch::Tensor seed_key,
+                          torch::Tensor tail_offset, torch::Tensor tail_rows,
+                          torch::Tensor is_compact, bool modulo) {
+  TORCH_CHECK(ids.device().is_cpu() && ids.is_contiguous());
+  TORCH_CHECK(ids.scalar_type() == torch::kInt64 || ids.scalar_type() == torch::kInt32);
+  const int64_t num = static_cast<int64_t>(lengths.size());
+  auto off = offset.to(torch::kInt64).contiguous();
+  auto hgt = height.to(torch::kInt64).contiguous();
+  TORCH_CHECK(off.numel() == num && hgt.numel() == num, "per-feature tensors must have ", num,
+              " entries");
+  const bool any_compact = is_compact.numel() > 0;
+  torch::Tensor comp, seeds, t_off, t_rows;
+  if (any_compact) {
+    comp = is_compact.to(torch::kBool).contiguous();
+    seeds = seed_key.to(torch::kInt64).contiguous();
+    t_off = tail_offset.to(torch::kInt64).contiguous();
+    t_rows = tail_rows.to(torch::kInt64).contiguous();
+    TORCH_CHECK(comp.numel() == num && seeds.numel() == num && t_off.numel() == num &&
+                t_rows.numel() == num);
+  }
+  const Heads heads = any_compact ? make_heads(slot_keys, slot_rows) : Heads{};
+  std::vector<Feature> feats(num);
+  int64_t at = 0;
+  for (int64_t j = 0; j < num; ++j) {
+    Feature& f = feats[j];
+    f.begin = at;
+    at += lengths[j];
+    f.end = at;
+    f.height = static_cast<uint64_t>(hgt.data_ptr<int64_t>()[j]);
+    f.offset = off.data_ptr<int64_t>()[j];
+    if (any_compact && comp.data_ptr<bool>()[j]) {
+      f.kind = kCompact;
+      f.seed_key = static_cast<uint64_t>(seeds.data_ptr<int64_t>()[j]);
+      f.tail_offset = t_off.data_ptr<int64_t>()[j];
+      const int64_t rows = t_rows.data_ptr<int64_t>()[j];
+      TORCH_CHECK(rows >= 1, "internal feature ", j, ": tail rows must be >= 1, got ", rows);
+      f.tail.set(static_cast<uint64_t>(rows));
+    } else {
+      f.kind = f.offset == -1 ? kIdentity : kDense;
+      TORCH_CHECK(f.kind == kIdentity || (f.offset >= 0 && f.offset + static_cast<int64_t>(
+                  f.height) <= mapping.numel()), "internal feature ", j, ": its mapping [",
+                  f.offset, ", ", f.offset + static_cast<int64_t>(f.height),
+                  ") is outside the mapping's ", mapping.numel(), " entries");
+    }
+  }
+  TORCH_CHECK(at == ids.numel(), "the lengths sum to ", at, ", the ids are ", ids.numel());
+  auto out = torch::empty_like(ids);
+  const bool int64_ids = ids.scalar_type() == torch::kInt64;
+  const auto map_t = mapping.contiguous();
+  AT_DISPATCH_INTEGRAL_TYPES(map_t.scalar_type(), "fused_remap", [&] {
+    const scalar_t* map = map_t.numel() > 0 ? map_t.data_ptr<scalar_t>() : nullptr;
+    if (int64_ids) {
+      remap_all<int64_t, scalar_t>(ids, out, feats, heads, map, modulo);
+    } else {
+      remap_all<int32_t, scalar_t>(ids, out, feats, heads, map, modulo);
+    }
+  });
+  return out;
+}
