@@ -23,8 +23,11 @@ and "gap closed" is read at equal total bytes:
   ids hash 0 put together; :mod:`torchrec_lhf.hash_build.compose`);
 * the default's two settings moved: ``lhf-tail0.5`` / ``lhf-tail0.85`` (``--tail_fraction``)
   and ``lhf-head5`` / ``lhf-head20`` (``--head_min_count``); the tail region moved:
-  ``lhf-mass`` / ``lhf-fit`` (``--tail_region``: sized by the tail's traffic, or given the
-  rows a small head leaves unused);
+  ``lhf-mass`` / ``lhf-fit`` / ``lhf-fill`` (``--tail_region``: sized by the tail's
+  traffic, given the rows a small head leaves unused, or those rows given to the next most
+  frequent ids, a row each);
+* ``lhf-mlet``: the plan at ``1 / MLET_WIDTH`` times the rows, trained as MLET at
+  ``MLET_WIDTH`` of the width (about the same bytes);
 * the other methods, at the same size and budget: ``qr``, ``fbdh``, ``memrec``, ``mlet``,
   ``cce`` and ``mch`` (:data:`PEERS`).
 
@@ -64,6 +67,8 @@ logger = logging.getLogger(__name__)
 PEERS = ("qr", "fbdh", "memrec", "mlet", "cce", "mch")
 """The other compression methods (``--compression``), fitted to the same budget as the
 hashing trick (the app's own fitting: ``mlet`` by its width, ``cce`` with its defaults)."""
+MLET_WIDTH = 0.25
+"""``lhf-mlet``: the share of the width its tables keep (dim 4 of 16), trained as MLET."""
 METHODS = (
     "none",
     "modulo",
@@ -71,6 +76,8 @@ METHODS = (
     "lhf",
     "lhf-mass",
     "lhf-fit",
+    "lhf-fill",
+    "lhf-mlet",
     "lhf-shrink3",
     "lhf-shrink10",
     "lhf-window",
@@ -196,6 +203,7 @@ def _train_config(
             "lhf-paper": paper,
             "lhf-mass": {"tail_region": "mass"},
             "lhf-fit": {"tail_region": "fit"},
+            "lhf-fill": {"tail_region": "fill"},
             "lhf-shrink3": {"value_shrinkage": 3},
             "lhf-shrink10": {"value_shrinkage": 10},
             "lhf-window": {"teacher": str(out / "teacher_w0.5")},
@@ -206,9 +214,13 @@ def _train_config(
             "lhf-head5": {"head_min_count": 5},
             "lhf-head20": {"head_min_count": 20},
         }.get(method, {})
+        if method == "lhf-mlet":  # MLET_WIDTH of the width, so 1 / MLET_WIDTH of the rows
+            extra = {"fraction": build.fraction / MLET_WIDTH}
         build_hash.run(dataclasses.replace(build, out=plan, work_dir=None, **extra))
         pipeline.release_memory()
         cfg = dataclasses.replace(trains["lhf"], learned_hash=str(plan))
+        if method == "lhf-mlet":
+            cfg = dataclasses.replace(cfg, mlet_fraction=MLET_WIDTH, dense_arch_layer_sizes=None)
     elif method in PEERS:  # the hashing trick's size and budget, another method
         # mlet shrinks the width: the dense arch is re-derived for its dim
         extra = {"dense_arch_layer_sizes": None} if method == "mlet" else {}

@@ -35,6 +35,13 @@ def test_learned_index_bytes_by_hand() -> None:
     for encoding in ("compact", "auto"):
         got = learned_index_bytes(sizes, heads, {"a": [10, 10], "b": [20]}, encoding)
         assert got == {"a": 1200, "b": 80_000}
+    # "fill": a head of 100 ids grows to its region's rows (half of 300), up to the 700 ids
+    # seen; the largest id seen sets the key width
+    fill = (0.5, {"a": (700, 999)})
+    got = learned_index_bytes(sizes, heads, {"a": [300], "b": [20]}, "compact", fill)
+    assert got["a"] == 150 * 6
+    got = learned_index_bytes(sizes, heads, {"a": [5000], "b": [20]}, "compact", fill)
+    assert got["a"] == 700 * 6  # no more than the ids seen
     # a head of 400 ids: compact 2,400 > dense 2,000, so auto stays dense; compact does not
     big = {"a": (400, 999), "b": None}
     assert learned_index_bytes(sizes, big, {"a": [10], "b": [20]}, "auto")["a"] == 2000
@@ -51,7 +58,12 @@ def _teacher_tables() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
 @pytest.mark.parametrize(
     "head_tail",
-    [None, HeadTail(min_count=10, tail_fraction=0.7), HeadTail(min_count=25, encoding="compact")],
+    [
+        None,
+        HeadTail(min_count=10, tail_fraction=0.7),
+        HeadTail(min_count=25, encoding="compact"),
+        HeadTail(min_count=28, tail_fraction=0.5, encoding="compact", tail_region="fill"),
+    ],
 )
 @pytest.mark.parametrize("fraction", [0.2, 0.1])
 def test_build_plan_fits_the_bytes_it_predicted(

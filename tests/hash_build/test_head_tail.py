@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from torchrec_lhf.clustering import get_clustering
-from torchrec_lhf.hash_build.head_tail import HeadTail, head_tail_mapping, tail_seed
+from torchrec_lhf.hash_build.head_tail import (
+    HeadTail,
+    cluster_hashes,
+    fill_head,
+    head_tail_mapping,
+    tail_seed,
+)
 from torchrec_lhf.hashing import tail_hash
 from torchrec_lhf.plan_compact import CompactMapping
 
@@ -133,3 +139,29 @@ def test_a_fit_tail_region_takes_the_rows_a_small_head_leaves() -> None:
     # a head larger than its region is clustered into it, as with "fixed"
     _, large = layout_of("fit", torch.arange(n) < 15)
     assert large == {"head_rows": 10, "tail_offset": 10, "tail_rows": 10}
+
+
+def test_a_fill_tail_region_gives_the_next_most_frequent_ids_the_rows_a_small_head_leaves() -> None:
+    # 2 ids seen 10 times (the head), then ids seen 6, 5, 4, 3, 2, 1 times, 4 ids never seen;
+    # 10 rows, tail_fraction 0.5: the head region has 5 rows, so 3 more ids join the head
+    counts_N = torch.tensor([10.0, 10, 6, 5, 4, 3, 2, 1, 0, 0, 0, 0])
+    n, height = counts_N.numel(), 10
+    head_N = counts_N >= 10
+    filled = fill_head(head_N, counts_N, height, 0.5)
+    assert filled.nonzero().squeeze(1).tolist() == [0, 1, 2, 3, 4]
+    # a region larger than the ids seen: every seen id, never an unseen one
+    assert fill_head(head_N, counts_N, 100, 0.1).nonzero().squeeze(1).tolist() == list(range(8))
+    # ties by id; a head as large as its region is left alone
+    ties = torch.tensor([9.0, 1, 1, 1])
+    assert fill_head(ties >= 9, ties, 6, 0.5).tolist() == [True, True, True, False]
+    assert torch.equal(fill_head(counts_N > 0, counts_N, height, 0.5), counts_N > 0)
+    # through the build: the extended head gets a row each, the rest hashed into the tail
+    spec = HeadTail(min_count=10, tail_fraction=0.5, tail_region="fill", encoding="compact")
+    (mapping,), (layout,), _, _ = cluster_hashes(
+        get_clustering("agglomerative"), torch.arange(n, dtype=torch.float32)[None],
+        counts_N, [height], head_N, spec, "t", {},
+    )  # fmt: skip
+    assert isinstance(mapping, CompactMapping)
+    assert mapping.head_ids.tolist() == [0, 1, 2, 3, 4]
+    assert sorted(mapping.head_rows.tolist()) == [0, 1, 2, 3, 4]
+    assert layout == {"head_rows": 5, "tail_offset": 5, "tail_rows": 5}

@@ -10,7 +10,7 @@ build clusters anything: a smaller remap buys rows.
 Example::
 
     >>> import torch
-    >>> from torchrec_lhf.hash_build.head_tail import HeadTail
+    >>> from torchrec_lhf.hash_build.head_tail import HeadTail, head_region
     >>> counts = {"t": torch.tensor([50, 0, 30, 1] * 250)}  # 1,000 ids, a head of 500
     >>> rows, at = learned_rows_for_bytes({"t": 1000}, counts, fraction=0.5,
     ...     embedding_dim=4, head_tail=HeadTail(min_count=10, encoding="compact"))
@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import torch
 
 from torchrec_lhf.compression.budget import ModelBytes, rows_for_bytes
-from torchrec_lhf.hash_build.head_tail import HeadTail
+from torchrec_lhf.hash_build.head_tail import HeadTail, head_region
 from torchrec_lhf.plan_compact import row_dtype
 
 
@@ -34,6 +34,7 @@ def learned_index_bytes(
     heads: Mapping[str, tuple[int, int] | None],
     heights: Mapping[str, list[int]],
     encoding: str,
+    fill: tuple[float, Mapping[str, tuple[int, int]]] | None = None,
 ) -> dict[str, int]:
     """The remap bytes a learned plan will store, from its heads and heights alone.
 
@@ -49,6 +50,10 @@ def learned_index_bytes(
             clustered.
         heights: compressed table name -> its ``H`` internal heights.
         encoding: ``"auto"``, ``"dense"`` or ``"compact"``.
+        fill: for ``tail_region="fill"``, ``(tail_fraction, seen)``: table -> ``(ids seen
+            in training, largest of them)``; a head smaller than its region at a height
+            then grows to the region's rows, up to the ids seen
+            (:func:`~torchrec_lhf.hash_build.head_tail.fill_head`).
 
     Returns:
         Compressed table name -> remap bytes.
@@ -62,6 +67,10 @@ def learned_index_bytes(
                 compact[name].append(None)
                 continue
             k, top = head
+            if fill is not None and name in fill[1]:
+                seen, top_seen = fill[1][name]
+                grown = max(k, min(seen, head_region(m, fill[0])))
+                k, top = grown, (top_seen if grown > k else top)
             nbytes = k * ((4 if top < 2**31 else 8) + row_dtype(m).itemsize)
             dense = sizes[name] * row_dtype(m).itemsize
             compact[name].append(nbytes if encoding == "compact" or nbytes < dense else None)
@@ -96,15 +105,19 @@ def learned_rows_for_bytes(
     """
     spec = head_tail or HeadTail()
     heads: dict[str, tuple[int, int] | None] = {}
+    seen: dict[str, tuple[int, int]] = {}
     for name, n in sizes.items():
         if n < min_table_rows:
             continue
-        head_N = spec.head(None if counts is None else counts.get(name), name)
+        counts_N = None if counts is None else counts.get(name)
+        head_N = spec.head(counts_N, name)
         if head_N is None:
             heads[name] = None
         else:
-            ids_K = head_N.nonzero().squeeze(1)
-            heads[name] = (ids_K.numel(), int(ids_K.max()) if ids_K.numel() else 0)
+            heads[name] = _size_and_top(head_N)
+            if spec.tail_region == "fill" and counts_N is not None:
+                seen[name] = _size_and_top(counts_N > 0)
+    fill = (spec.tail_fraction, seen) if spec.tail_region == "fill" else None
     return rows_for_bytes(
         sizes,
         fraction,
@@ -112,5 +125,11 @@ def learned_rows_for_bytes(
         min_table_rows=min_table_rows,
         num_hashes=num_hashes,
         combine=combine,
-        index_bytes=lambda hs: learned_index_bytes(sizes, heads, hs, spec.encoding),
+        index_bytes=lambda hs: learned_index_bytes(sizes, heads, hs, spec.encoding, fill),
     )
+
+
+def _size_and_top(ids_N: torch.Tensor) -> tuple[int, int]:
+    """How many ids a bool ``(N,)`` selects, and the largest (0 for none)."""
+    ids_K = ids_N.nonzero().squeeze(1)
+    return ids_K.numel(), int(ids_K.max()) if ids_K.numel() else 0

@@ -102,7 +102,9 @@ class BuildConfig:
     tail_region: str = field(default="fixed", metadata={"choices": TAIL_REGIONS})
     """``fixed``: the tail gets ``tail_fraction`` of the rows; ``mass``: its share of the
     table's training accesses (``tail_fraction`` unused); ``fit``: as ``fixed``, but a head
-    of fewer ids than its region's rows keeps a row per id and the tail gets the rest."""
+    of fewer ids than its region's rows keeps a row per id and the tail gets the rest;
+    ``fill``: as ``fixed``, but such a head is extended by the next most frequent ids seen in
+    training, a row each, until it fills its region."""
 
     encoding: str = field(default="auto", metadata={"choices": ENCODINGS})
     """How the plan stores a hash: ``dense`` (a row per id), ``compact`` (head ids and rows,

@@ -28,7 +28,7 @@ from torchrec_lhf.hashing import tail_hash
 from torchrec_lhf.plan_compact import CompactMapping, choose_encoding, row_dtype
 
 ENCODINGS = ("auto", "dense", "compact")
-TAIL_REGIONS = ("fixed", "mass", "fit")
+TAIL_REGIONS = ("fixed", "mass", "fit", "fill")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,7 +46,10 @@ class HeadTail:
             ``"mass"`` (its share of the table's training accesses, so a table whose tail is
             rarely read keeps nearly all rows for the head; ``tail_fraction`` is then unused)
             or ``"fit"`` (as ``fixed``, but a head of fewer ids than its region's rows keeps
-            a row per id and the tail gets every other row: no row left unused).
+            a row per id and the tail gets every other row: no row left unused), or
+            ``"fill"`` (as ``fixed``, but a head of fewer ids than its region's rows is
+            extended by the next most frequent ids seen in training, a row each, until it
+            fills the region).
     """
 
     min_count: int = 0
@@ -192,6 +195,30 @@ def head_tail_mapping(
     return mapping_N, layout, result
 
 
+def head_region(height: int, tail_fraction: float) -> int:
+    """The rows of a ``fixed`` head region: ``height`` less ``round(tail_fraction * height)``
+    (at least one tail row, and one head row, where there is a tail share)."""
+    tail_rows = round(tail_fraction * height)
+    if tail_fraction:
+        tail_rows = min(max(tail_rows, 1), height - 1) if height > 1 else 1
+    return height - tail_rows
+
+
+def fill_head(
+    head_N: torch.Tensor, counts_N: torch.Tensor, height: int, tail_fraction: float
+) -> torch.Tensor:
+    """``head_N`` extended by the most frequent other ids seen in training (ties by id)
+    until it has as many ids as the head region's rows (``tail_region="fill"``)."""
+    room = head_region(height, tail_fraction) - int(head_N.sum())
+    if room <= 0:
+        return head_N
+    score_N = torch.where(head_N | (counts_N <= 0), -1, counts_N.to(torch.int64))
+    order_N = torch.argsort(-score_N, stable=True)[:room]
+    extra_N = torch.zeros_like(head_N)
+    extra_N[order_N] = score_N[order_N] > 0
+    return head_N | extra_N
+
+
 def cluster_hashes(
     cluster: Callable[..., Any],
     values_HN: torch.Tensor,
@@ -222,6 +249,8 @@ def cluster_hashes(
             values_N, cluster_h = compose(rows)  # NOTE: values_HN has hash 0's row only
         else:
             values_N, cluster_h = values_HN[h], cluster
+        if head_N is not None and spec.tail_region == "fill" and counts_N is not None:
+            head_N = fill_head(head_N, counts_N, height, spec.tail_fraction)
         if head_N is None:
             result = cluster_h(values_N, counts_N, height, **options)
             mapping_N = result.cluster_of_id
