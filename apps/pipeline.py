@@ -47,6 +47,7 @@ from torchrec_lhf.cli import add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
 from torchrec_lhf.data import DatasetUnavailableError, load_dataset
 from torchrec_lhf.hash_build.config import BuildConfig
+from torchrec_lhf.hash_build.head_tail import TAIL_REGIONS
 from torchrec_lhf.report import plot_auc_vs_bytes
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,9 @@ class PipelineConfig:
     once")."""
     tail_fraction: float = BuildConfig.tail_fraction
     """Share of each compressed table's rows reserved for the hashed tail."""
+    tail_region: str = field(default=BuildConfig.tail_region, metadata={"choices": TAIL_REGIONS})
+    """How the tail region is sized (``apps.build_hash --tail_region``; ``fixed`` with
+    ``tail_fraction`` 0.7 is the default before 2026-11-30)."""
     seed: int = 0
     """Seed of every stage."""
     out_dir: str = "runs/pipeline"
@@ -133,6 +137,8 @@ class PipelineConfig:
             raise ValueError(f"min_table_rows must be >= 0, got {self.min_table_rows}")
         if self.budget not in BUDGETS:
             raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
+        if self.tail_region not in TAIL_REGIONS:
+            raise ValueError(f"tail_region must be one of {TAIL_REGIONS}, got {self.tail_region!r}")
 
 
 def _resolve_dataset(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
@@ -197,6 +203,7 @@ def stage_configs(
         projection=config.projection,
         head_min_count=config.head_min_count,
         tail_fraction=config.tail_fraction,
+        tail_region=config.tail_region,
         out=plan_path,
         restart=True,
     )

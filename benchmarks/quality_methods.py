@@ -23,10 +23,13 @@ Methods:
   ``--head_min_count`` times are left out of the clustering and hashed into the
   same rows (same bytes). The teacher memorizes the labels of rare ids, so clustering them
   by teacher value makes compressed rows that memorize labels (see docs/RESULTS.md);
-  hashing them breaks that. ``lhf-headtail``: the build's defaults (that head, the tail
-  hashed into a region of its own); ``lhf-headtail-mass`` / ``-fit`` (``--tail_region
-  mass`` / ``fit``: the tail region sized by its traffic, or given the rows a small head
-  leaves). Leak-free values for that head: ``lhf-shrink<k>``
+  hashing them breaks that. ``lhf-headtail``: the build's defaults (that head, extended by
+  the next most frequent ids, a row each, where rows are left; the tail hashed into a
+  region of its own of 5% of the rows); ``lhf-headtail-fill5``: the same, named;
+  ``lhf-headtail-fixed``: the defaults before 2026-11-30 (:data:`FIXED`: a 70% tail region,
+  no extension), which the variants below keep; ``lhf-headtail-mass`` / ``-fit``
+  (``--tail_region mass`` / ``fit``: the tail region sized by its traffic, or given the rows
+  a small head leaves). Leak-free values for that head: ``lhf-shrink<k>``
   (``--value_shrinkage k``: each id's teacher embedding pulled toward the tail's mean by
   ``n / (n + k)``), ``lhf-window`` (a held-out teacher trained on the first half of the
   training rows, ``apps.teacher --train_window 0.5``, counts over all of them) and
@@ -45,6 +48,11 @@ from __future__ import annotations
 from typing import Any
 
 BASELINES = ("none", "modulo", "qr", "fbdh", "memrec", "mlet")
+FIXED: dict[str, Any] = {"tail_region": "fixed", "tail_fraction": 0.7}
+"""The build's head/tail default before 2026-11-30 (a fixed tail region of 70% of the
+rows, no extension of a small head): the variants measured against it keep it, so that
+their commands in docs/RESULTS.md reproduce (``lhf-headtail-fixed`` is that default)."""
+
 LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf": {},
     "lhf-nofilter": {"clustering_options": {"filters": ["distance", "size"]}},
@@ -56,24 +64,31 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-dim0": {"projection": "dim:0"},
     "lhf-t2": {"teacher_dim": 2},
     "lhf-skip": {"skip": True},
-    "lhf-rarehash": {"rare_hash": True, "tail_fraction": 0.0},
+    "lhf-rarehash": {"rare_hash": True, "tail_fraction": 0.0, "tail_region": "fixed"},
     "lhf-headtail": {"rare_hash": True},
+    "lhf-headtail-fixed": {"rare_hash": True, **FIXED},
     "lhf-headtail-mass": {"rare_hash": True, "tail_region": "mass"},
-    "lhf-headtail-fit": {"rare_hash": True, "tail_region": "fit"},
-    "lhf-shrink1": {"rare_hash": True, "value_shrinkage": 1},
-    "lhf-shrink3": {"rare_hash": True, "value_shrinkage": 3},
-    "lhf-shrink10": {"rare_hash": True, "value_shrinkage": 10},
-    "lhf-shrink30": {"rare_hash": True, "value_shrinkage": 30},
-    "lhf-window": {"rare_hash": True, "train_window": 0.5},
-    "lhf-window-shrink10": {"rare_hash": True, "train_window": 0.5, "value_shrinkage": 10},
+    "lhf-headtail-fit": {"rare_hash": True, **FIXED, "tail_region": "fit"},
+    "lhf-headtail-fill5": {"rare_hash": True, "tail_region": "fill", "tail_fraction": 0.05},
+    "lhf-shrink1": {"rare_hash": True, **FIXED, "value_shrinkage": 1},
+    "lhf-shrink3": {"rare_hash": True, **FIXED, "value_shrinkage": 3},
+    "lhf-shrink10": {"rare_hash": True, **FIXED, "value_shrinkage": 10},
+    "lhf-shrink30": {"rare_hash": True, **FIXED, "value_shrinkage": 30},
+    "lhf-window": {"rare_hash": True, **FIXED, "train_window": 0.5},
+    "lhf-window-shrink10": {
+        "rare_hash": True,
+        **FIXED,
+        "train_window": 0.5,
+        "value_shrinkage": 10,
+    },
     "lhf-paper-shrink10": {"value_shrinkage": 10},
     "lhf-paper-shrink30": {"value_shrinkage": 30},
-    "lhf-headtail-tail0.5": {"rare_hash": True, "tail_fraction": 0.5},
-    "lhf-headtail-tail0.85": {"rare_hash": True, "tail_fraction": 0.85},
-    "lhf-headtail-head2x": {"rare_hash": True, "head_min_count_scale": 2.0},
-    "lhf-headtail-head0.5x": {"rare_hash": True, "head_min_count_scale": 0.5},
-    "lhf-h2-headtail": {"rare_hash": True, "num_hashes": 2},
-    "lhf-compose": {"rare_hash": True, "num_hashes": 2, "compose": "residual"},
+    "lhf-headtail-tail0.5": {"rare_hash": True, **FIXED, "tail_fraction": 0.5},
+    "lhf-headtail-tail0.85": {"rare_hash": True, **FIXED, "tail_fraction": 0.85},
+    "lhf-headtail-head2x": {"rare_hash": True, **FIXED, "head_min_count_scale": 2.0},
+    "lhf-headtail-head0.5x": {"rare_hash": True, **FIXED, "head_min_count_scale": 0.5},
+    "lhf-h2-headtail": {"rare_hash": True, **FIXED, "num_hashes": 2},
+    "lhf-compose": {"rare_hash": True, **FIXED, "num_hashes": 2, "compose": "residual"},
     "lhf-compose-paper": {"num_hashes": 2, "compose": "residual"},
     "lhf-mlet": {"mlet": True},
     "lhf-t16": {"teacher_dim": "model"},

@@ -13,7 +13,11 @@ and "gap closed" is read at equal total bytes:
 * ``none``: the full model; ``modulo``: the hashing trick;
 * ``lhf-paper``: every id clustered, dense remap (Ghaemmaghami et al.);
 * ``lhf``: the build's defaults (head/tail: the ids seen at least ``head_min_count``
-  times clustered, the tail hashed into a region of its own; compact remap);
+  times clustered, extended by the next most frequent ids, a row each, where rows are left
+  (``--tail_region fill``), the tail hashed into a region of its own of 5% of the rows;
+  compact remap);
+* ``lhf-fixed``: the default before 2026-11-30 (``benchmarks.quality_methods.FIXED``: a tail
+  region of 70%, no extension); the variants below are measured against it and keep it:
 * leak-free values for that head: ``lhf-shrink3`` / ``lhf-shrink10`` (``--value_shrinkage``
   3 / 10: each id's teacher embedding pulled toward the tail's mean by ``n / (n + k)``) and
   ``lhf-window`` (a second, held-out teacher trained on the first half of the training
@@ -25,7 +29,8 @@ and "gap closed" is read at equal total bytes:
   and ``lhf-head5`` / ``lhf-head20`` (``--head_min_count``); the tail region moved:
   ``lhf-mass`` / ``lhf-fit`` / ``lhf-fill`` (``--tail_region``: sized by the tail's
   traffic, given the rows a small head leaves unused, or those rows given to the next most
-  frequent ids, a row each);
+  frequent ids, a row each); ``lhf-fill-t0.05``: ``fill`` with a 5% tail region (what
+  became the default);
 * ``lhf-mlet``: the plan at ``1 / MLET_WIDTH`` times the rows, trained as MLET at
   ``MLET_WIDTH`` of the width (about the same bytes);
 * the other methods, at the same size and budget: ``qr``, ``fbdh``, ``memrec``, ``mlet``,
@@ -57,6 +62,7 @@ from pathlib import Path
 from apps import build_hash, pipeline, teacher
 from apps.dlrm import train
 from apps.dlrm.config import TrainConfig
+from benchmarks.quality_methods import FIXED
 from torchrec_lhf.cli import add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BudgetTooSmall, byte_budget
 from torchrec_lhf.data.criteo_npy import MLPERF_NUM_EMBEDDINGS
@@ -74,9 +80,11 @@ METHODS = (
     "modulo",
     "lhf-paper",
     "lhf",
+    "lhf-fixed",
     "lhf-mass",
     "lhf-fit",
     "lhf-fill",
+    "lhf-fill-t0.05",
     "lhf-mlet",
     "lhf-shrink3",
     "lhf-shrink10",
@@ -201,21 +209,24 @@ def _train_config(
         plan = out / f"plan_{method}.safetensors"
         extra = {
             "lhf-paper": paper,
+            "lhf-fixed": FIXED,
             "lhf-mass": {"tail_region": "mass"},
-            "lhf-fit": {"tail_region": "fit"},
-            "lhf-fill": {"tail_region": "fill"},
-            "lhf-shrink3": {"value_shrinkage": 3},
-            "lhf-shrink10": {"value_shrinkage": 10},
-            "lhf-window": {"teacher": str(out / "teacher_w0.5")},
-            "lhf-h2": {"num_hashes": 2},
-            "lhf-compose": {"num_hashes": 2, "compose": "residual"},
-            "lhf-tail0.5": {"tail_fraction": 0.5},
-            "lhf-tail0.85": {"tail_fraction": 0.85},
-            "lhf-head5": {"head_min_count": 5},
-            "lhf-head20": {"head_min_count": 20},
+            "lhf-fit": {**FIXED, "tail_region": "fit"},
+            "lhf-fill": {**FIXED, "tail_region": "fill"},
+            "lhf-fill-t0.05": {"tail_region": "fill", "tail_fraction": 0.05},
+            "lhf-shrink3": {**FIXED, "value_shrinkage": 3},
+            "lhf-shrink10": {**FIXED, "value_shrinkage": 10},
+            "lhf-window": {**FIXED, "teacher": str(out / "teacher_w0.5")},
+            "lhf-h2": {**FIXED, "num_hashes": 2},
+            "lhf-compose": {**FIXED, "num_hashes": 2, "compose": "residual"},
+            "lhf-tail0.5": {**FIXED, "tail_fraction": 0.5},
+            "lhf-tail0.85": {**FIXED, "tail_fraction": 0.85},
+            "lhf-head5": {**FIXED, "head_min_count": 5},
+            "lhf-head20": {**FIXED, "head_min_count": 20},
+            "lhf-mlet": FIXED,
         }.get(method, {})
         if method == "lhf-mlet":  # MLET_WIDTH of the width, so 1 / MLET_WIDTH of the rows
-            extra = {"fraction": build.fraction / MLET_WIDTH}
+            extra = {**extra, "fraction": build.fraction / MLET_WIDTH}
         build_hash.run(dataclasses.replace(build, out=plan, work_dir=None, **extra))
         pipeline.release_memory()
         cfg = dataclasses.replace(trains["lhf"], learned_hash=str(plan))

@@ -50,6 +50,7 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
         ({"methods": ["lhf", "bogus"]}, "methods"),
         ({"epochs": 0}, "epochs"),
         ({"budget": "weekly"}, "'weekly'"),
+        ({"tail_region": "wide"}, "tail_region must be one of .*'wide'"),
     ],
 )
 def test_config_validation(kwargs: dict, match: str) -> None:
@@ -73,3 +74,11 @@ def test_pipeline_at_equal_bytes(tmp_path) -> None:
     assert 4800 - 3 * 32 < by_method["lhf"]["total_bytes"] <= 4800
     assert by_method["lhf"]["rows"] < by_method["modulo"]["rows"]
     assert all(r["budget"] == "bytes" and r["ne"] > 0 for r in rows)
+
+
+def test_the_build_takes_the_pipelines_head_tail_settings(tmp_path) -> None:
+    default = pipeline.stage_configs(pipeline.PipelineConfig(out_dir=str(tmp_path)), "x", {})[1]
+    assert (default.tail_region, default.tail_fraction) == ("fill", 0.05)  # BuildConfig's
+    fixed = pipeline.PipelineConfig(out_dir=str(tmp_path), tail_region="fixed", tail_fraction=0.7)
+    build = pipeline.stage_configs(fixed, "x", {})[1]
+    assert (build.tail_region, build.tail_fraction) == ("fixed", 0.7)

@@ -96,10 +96,12 @@ class BuildConfig:
     head_mass: float | None = None
     """Or the head is the most frequent ids covering this share of the training accesses."""
 
-    tail_fraction: float = 0.7
+    tail_fraction: float = 0.05
     """Share of each internal table's rows reserved for the hashed tail, so that the head's
-    rows stay its own (0: the tail is hashed into all rows)."""
-    tail_region: str = field(default="fixed", metadata={"choices": TAIL_REGIONS})
+    rows stay its own (0: the tail is hashed into all rows). With the default ``fill``
+    region the head takes the other rows, a row per frequent id where they suffice
+    (docs/RESULTS.md, "Rows of their own for the most frequent ids")."""
+    tail_region: str = field(default="fill", metadata={"choices": TAIL_REGIONS})
     """``fixed``: the tail gets ``tail_fraction`` of the rows; ``mass``: its share of the
     table's training accesses (``tail_fraction`` unused); ``fit``: as ``fixed``, but a head
     of fewer ids than its region's rows keeps a row per id and the tail gets the rest;

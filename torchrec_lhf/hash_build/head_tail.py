@@ -9,7 +9,10 @@ ids covering ``mass`` of the accesses, counted on the training split) is cluster
 **tail** is hashed by a seeded hash (:func:`torchrec_lhf.hashing.tail_hash`), into a tail
 region of ``round(tail_fraction * M)`` rows of its own, or into all ``M`` rows
 (``tail_fraction=0``). A head of no more ids than its rows gets a row per id (there is
-nothing to cluster). Only the head needs storing: see the compact encoding of
+nothing to cluster); with ``tail_region="fill"`` (the build's default) such a head is first
+extended by the next most frequent ids seen in training until its rows are used
+(:func:`fill_head`): rows go to the ids that earn them, and the ids added are never
+clustered. Only the head needs storing: see the compact encoding of
 :class:`~torchrec_lhf.plan.CompactMapping`.
 
 ``HeadTail()`` (no threshold) is the paper's build: every id is clustered.
