@@ -30,7 +30,8 @@ and "gap closed" is read at equal total bytes:
   ``lhf-mass`` / ``lhf-fit`` / ``lhf-fill`` (``--tail_region``: sized by the tail's
   traffic, given the rows a small head leaves unused, or those rows given to the next most
   frequent ids, a row each); ``lhf-fill-t0.05``: ``fill`` with a 5% tail region (what
-  became the default);
+  became the default), ``lhf-fill-t0.02`` / ``-t0.15`` / ``-t0``: with 2% / 15% / no tail region (the tail
+  hashed into all rows);
 * ``lhf-mlet``: the plan at ``1 / MLET_WIDTH`` times the rows, trained as MLET at
   ``MLET_WIDTH`` of the width (about the same bytes);
 * the other methods, at the same size and budget: ``qr``, ``fbdh``, ``memrec``, ``mlet``,
@@ -85,6 +86,9 @@ METHODS = (
     "lhf-fit",
     "lhf-fill",
     "lhf-fill-t0.05",
+    "lhf-fill-t0.02",
+    "lhf-fill-t0.15",
+    "lhf-fill-t0",
     "lhf-mlet",
     "lhf-shrink3",
     "lhf-shrink10",
@@ -214,6 +218,9 @@ def _train_config(
             "lhf-fit": {**FIXED, "tail_region": "fit"},
             "lhf-fill": {**FIXED, "tail_region": "fill"},
             "lhf-fill-t0.05": {"tail_region": "fill", "tail_fraction": 0.05},
+            "lhf-fill-t0.02": {"tail_region": "fill", "tail_fraction": 0.02},
+            "lhf-fill-t0.15": {"tail_region": "fill", "tail_fraction": 0.15},
+            "lhf-fill-t0": {"tail_region": "fill", "tail_fraction": 0.0},
             "lhf-shrink3": {**FIXED, "value_shrinkage": 3},
             "lhf-shrink10": {**FIXED, "value_shrinkage": 10},
             "lhf-window": {**FIXED, "teacher": str(out / "teacher_w0.5")},
