@@ -10,7 +10,7 @@ build clusters anything: a smaller remap buys rows.
 Example::
 
     >>> import torch
-    >>> from torchrec_lhf.hash_build.head_tail import HeadTail, head_region
+    >>> from torchrec_lhf.hash_build.head_tail import HeadTail
     >>> counts = {"t": torch.tensor([50, 0, 30, 1] * 250)}  # 1,000 ids, a head of 500
     >>> rows, at = learned_rows_for_bytes({"t": 1000}, counts, fraction=0.5,
     ...     embedding_dim=4, head_tail=HeadTail(min_count=10, encoding="compact"))

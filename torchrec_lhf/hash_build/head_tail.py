@@ -175,10 +175,8 @@ def head_tail_mapping(
     if spec.tail_region == "mass" and counts_N is not None:
         total = float(counts_N.sum())
         share = float(counts_N[~head_N].sum()) / total if total > 0 else 0.0
-    tail_rows = round(share * height) if num_tail else 0
-    if num_tail and share:
-        tail_rows = min(max(tail_rows, 1), height - 1) if height > 1 else 1
-    head_rows = height - tail_rows if tail_rows < height else height
+    head_rows = head_region(height, share) if num_tail else height
+    tail_rows = height - head_rows
     if spec.tail_region == "fit" and num_tail and head_K.numel() < head_rows and share:
         # a row per head id; the head's other rows would stay unused: the tail takes them
         head_rows = head_K.numel()
@@ -200,10 +198,11 @@ def head_tail_mapping(
 
 def head_region(height: int, tail_fraction: float) -> int:
     """The rows of a ``fixed`` head region: ``height`` less ``round(tail_fraction * height)``
-    (at least one tail row, and one head row, where there is a tail share)."""
+    (at least one tail row and one head row where there is a tail share; a table of one row
+    is all head)."""
     tail_rows = round(tail_fraction * height)
     if tail_fraction:
-        tail_rows = min(max(tail_rows, 1), height - 1) if height > 1 else 1
+        tail_rows = min(max(tail_rows, 1), height - 1)
     return height - tail_rows
 
 

@@ -106,8 +106,8 @@ def remap_features(
     One opaque node in a symbolic trace (it reads the keys on the host); TorchScript
     compiles it. Arguments as for ``remap_values``, plus the internal ``feature_names`` and
     ``read_lengths_on_cpu``: for ids on the CPU, take the per-key lengths (TorchRec's own
-    read, carried on to the output) where they save work (the compact runs, the uniform
-    range check); elsewhere only where the output size needs them (no sync).
+    read, carried on to the output) where they save work (the one-pass CPU kernel, the
+    uniform range check); elsewhere only where the output size needs them (no sync).
 
     Raises:
         ValueError: variable batch size per feature (VBE), or see ``remap_values``.
@@ -118,13 +118,14 @@ def remap_features(
     length_per_key = features.length_per_key_or_none()
     on_cpu = read_lengths_on_cpu and features.values().device.type == "cpu"
     if length_per_key is None and (
-        needs_length_per_key(keys, sources) or (on_cpu and (runs is not None or not modulo))
+        needs_length_per_key(keys, sources) or (on_cpu and (len(compact) > 0 or not modulo))
     ):
         # TorchRec's own host read of the per-key lengths, which its EBC forward and
         # input_dist make on every batch anyway: the output carries it on, so they do not
         # read again (see remap_ops). On CPU (no sync to fear) it also saves work: the
-        # compact lookup of the other features' ids (compact runs) and most of the range
-        # check where every feature has as many ids (remap_lookup.uniform_range_guard).
+        # whole lookup in one kernel pass (compact_kernel.fused_remap), and for dense
+        # modules most of the range check where every feature has as many ids
+        # (remap_lookup.uniform_range_guard).
         length_per_key = features.length_per_key()
     rows_P, lengths, weights_P, length_per_key = remap_values(
         keys,
