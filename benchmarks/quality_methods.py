@@ -25,7 +25,9 @@ Methods:
   by teacher value makes compressed rows that memorize labels (see docs/RESULTS.md);
   hashing them breaks that. ``lhf-headtail``: the build's defaults (that head, extended by
   the next most frequent ids, a row each, where rows are left; the tail hashed into a
-  region of its own of 5% of the rows); ``lhf-headtail-fill5``: the same, named (``-fill2``: a 2% tail region);
+  region of its own of 5% of the rows); ``lhf-headtail-fill5``: the same, named
+  (``-fill2``: a 2% tail region; ``-fill1row``: one tail row per table, as ``mch``'s miss
+  row);
   ``lhf-headtail-fixed``: the defaults before 2026-11-30 (:data:`FIXED`: a 70% tail region,
   no extension), which the variants below keep; ``lhf-headtail-mass`` / ``-fit``
   (``--tail_region mass`` / ``fit``: the tail region sized by its traffic, or given the rows
@@ -71,6 +73,8 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-headtail-fit": {"rare_hash": True, **FIXED, "tail_region": "fit"},
     "lhf-headtail-fill5": {"rare_hash": True, "tail_region": "fill", "tail_fraction": 0.05},
     "lhf-headtail-fill2": {"rare_hash": True, "tail_region": "fill", "tail_fraction": 0.02},
+    # one tail row per table (mch's single miss row): the least share that keeps a tail
+    "lhf-headtail-fill1row": {"rare_hash": True, "tail_region": "fill", "tail_fraction": 1e-9},
     "lhf-shrink1": {"rare_hash": True, **FIXED, "value_shrinkage": 1},
     "lhf-shrink3": {"rare_hash": True, **FIXED, "value_shrinkage": 3},
     "lhf-shrink10": {"rare_hash": True, **FIXED, "value_shrinkage": 10},

@@ -31,7 +31,8 @@ and "gap closed" is read at equal total bytes:
   traffic, given the rows a small head leaves unused, or those rows given to the next most
   frequent ids, a row each); ``lhf-fill-t0.05``: ``fill`` with a 5% tail region (what
   became the default), ``lhf-fill-t0.02`` / ``-t0.15`` / ``-t0``: with 2% / 15% / no tail region (the tail
-  hashed into all rows);
+  hashed into all rows); ``lhf-fill-1row``: with a tail of one row per table (as ``mch``'s
+  single miss row);
 * ``lhf-mlet``: the plan at ``1 / MLET_WIDTH`` times the rows, trained as MLET at
   ``MLET_WIDTH`` of the width (about the same bytes);
 * the other methods, at the same size and budget: ``qr``, ``fbdh``, ``memrec``, ``mlet``,
@@ -89,6 +90,7 @@ METHODS = (
     "lhf-fill-t0.02",
     "lhf-fill-t0.15",
     "lhf-fill-t0",
+    "lhf-fill-1row",
     "lhf-mlet",
     "lhf-shrink3",
     "lhf-shrink10",
@@ -221,6 +223,7 @@ def _train_config(
             "lhf-fill-t0.02": {"tail_region": "fill", "tail_fraction": 0.02},
             "lhf-fill-t0.15": {"tail_region": "fill", "tail_fraction": 0.15},
             "lhf-fill-t0": {"tail_region": "fill", "tail_fraction": 0.0},
+            "lhf-fill-1row": {"tail_region": "fill", "tail_fraction": 1e-9},  # a miss row
             "lhf-shrink3": {**FIXED, "value_shrinkage": 3},
             "lhf-shrink10": {**FIXED, "value_shrinkage": 10},
             "lhf-window": {**FIXED, "teacher": str(out / "teacher_w0.5")},

@@ -74,3 +74,40 @@ def test_bad_dtype_and_foreign_files_are_named(tmp_path: Path) -> None:
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 1)), str(plain))
     with pytest.raises(ValueError, match="without a torchrec_lhf manifest"):
         load_scripted(plain)
+
+
+LOAD_AND_SCORE = """
+import sys, torch
+from torchrec_lhf.inference import load_scripted  # (defines the remap's operator)
+model, _ = load_scripted(sys.argv[1])
+batch = torch.load(sys.argv[2], weights_only=True)
+torch.save(model(*batch), sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize("kernel", ["built", "off"])
+def test_a_compact_model_runs_the_remap_operator_and_loads_in_a_new_process(
+    tmp_path: Path, kernel: str
+) -> None:
+    """The scripted remap is the one operator ``torchrec_lhf::fused_remap``; a new process
+    that imports the project loads and scores it, with the C++ kernel or (turned off, or
+    where it cannot be built) the operator's torch ops."""
+    import os
+    import subprocess
+    import sys
+
+    plan = to_compact(HashPlan.from_mappings({"t0": torch.arange(30) % 7}), every=3)
+    scripted = script_serving_model(_dlrm(plan), FEATURES, num_dense=3, dtype="fp32")
+    batch = _batch()
+    with torch.profiler.profile() as prof:
+        expected = scripted(*batch)
+    ops = {event.key for event in prof.key_averages()}
+    assert "torchrec_lhf::fused_remap" in ops and "aten::gather" not in ops
+    path = tmp_path / "model.pt"
+    save_scripted(path, scripted, {})
+    torch.save(batch, tmp_path / "batch.pt")
+    env = dict(os.environ, TORCHREC_LHF_FUSED_REMAP="1" if kernel == "built" else "0")
+    argv = [str(path), str(tmp_path / "batch.pt"), str(tmp_path / "scores.pt")]
+    subprocess.run([sys.executable, "-c", LOAD_AND_SCORE, *argv], check=True, env=env)
+    scores = torch.load(tmp_path / "scores.pt", weights_only=True)
+    torch.testing.assert_close(scores, expected, atol=1e-6, rtol=0)

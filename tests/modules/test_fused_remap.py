@@ -172,3 +172,37 @@ def test_map_ids_uses_it_with_lengths_and_not_without(monkeypatch) -> None:  # n
     assert calls == [1]
     without = remap_lookup.map_ids(ids, segments, *common)
     assert calls == [1] and torch.equal(with_lengths, without)
+
+
+def _operator_args(modulo: bool) -> tuple:
+    args, heights = _layout(True)
+    length_J = LENGTHS["blocks"]
+    ids = _ids(heights, length_J, seed=3, wild=modulo)
+    c = args["compact"]
+    return (ids, length_J, args["offset_J"], args["height_J"], args["mapping"], *c[:6], modulo)
+
+
+@pytest.mark.parametrize("modulo", [False, True], ids=["error", "modulo"])
+def test_the_operator_and_its_torch_ops_fallback_agree(monkeypatch, modulo: bool) -> None:  # noqa: ANN001
+    """``torchrec_lhf::fused_remap`` (what scripted remaps call; the C++ kernel here) and
+    its fallback where the kernel is not built (the torch ops) agree, with and without
+    compact features."""
+    op_args = _operator_args(modulo)
+    ids, length_J, offset_J, height_J = op_args[:4]
+    direct = torch.ops.torchrec_lhf.fused_remap(*op_args)
+    monkeypatch.setattr(compact_kernel, "_module", lambda: None)
+    assert torch.equal(compact_kernel._fallback(*op_args), direct)
+    dense_only = (*op_args[:5], *[torch.zeros(0, dtype=torch.long)] * 6, modulo)
+    dense_ids = ids[: length_J[0] + length_J[1]]  # the identity and the dense feature only
+    dense_args = (dense_ids, [*length_J[:2]], offset_J[:2], height_J[:2], *dense_only[4:])
+    expected = direct[: dense_ids.numel()]
+    assert torch.equal(compact_kernel._fallback(*dense_args), expected)
+    monkeypatch.undo()
+    assert torch.equal(torch.ops.torchrec_lhf.fused_remap(*dense_args), expected)
+
+
+def test_the_operator_passes_torch_library_opcheck() -> None:
+    """Schema, fake (meta) function and dispatch of the operator are consistent
+    (``torch.export``/``torch.compile`` trace it through its fake function)."""
+    for modulo in (False, True):
+        torch.library.opcheck(torch.ops.torchrec_lhf.fused_remap, _operator_args(modulo))

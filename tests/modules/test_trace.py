@@ -93,7 +93,9 @@ def test_traced_and_scripted_range_checks() -> None:
     gm = torchrec_trace(ebc)
     with pytest.raises(ValueError, match=r"feature 'f3': id 50 is out of range \[0, 9\)"):
         gm(bad)
-    with pytest.raises(RuntimeError, match="out of bounds"):  # the gather's own error
+    # scripted on CPU: the kernel's operator names the internal feature (f3's is the last
+    # of the seven), or where it cannot be built, the range guard's gather fails
+    with pytest.raises(RuntimeError, match=r"feature 6: id 50 is out of range \[0, 9\)|bounds"):
         torch.jit.script(gm)(bad)
     folding, _ = _setup(2, "sum", False, out_of_range="modulo")
     folding.load_state_dict(ebc.state_dict())

@@ -10,17 +10,20 @@ arithmetic per id in one loop (``csrc/remap_kernel.cpp``):
   with the range check (or the ``modulo`` fold), where the host knows each feature's ids
   (TorchRec's per-key lengths, which the remap reads on CPU anyway). Per-feature constants
   are taken once per feature; the tail's remainder multiplies by a precomputed reciprocal
-  instead of dividing. Dense-only modules keep FBGEMM's ``pruned_array_lookup``.
+  instead of dividing. Eager dense-only modules keep FBGEMM's ``pruned_array_lookup``.
+  It is the operator ``torchrec_lhf::fused_remap``, which scripted models call too (the
+  serving model's remap: one op where the interpreter ran about 25 and their statements):
+  loading such a model needs this module imported (``import torchrec_lhf``) to define it.
 * :func:`compact_lookup`: the compact lookup of ids whose feature is given per id (where the
-  lengths are not read).
+  lengths are not read; eager only).
 
 Both are built once per machine from the C++ source with the compiler torch's
 ``cpp_extension`` uses (``load_inline``, cached under ``TORCH_EXTENSIONS_DIR``, named after
-the CPU: the code is compiled for it), on first use, and run in eager CPU mode only. Where
-they cannot be built (no compiler, no ninja) or do not apply (CUDA, TorchScript), the torch
-ops run: nothing else changes. Every result equals the torch ops'
-(``tests/modules/test_compact_kernel.py``, ``tests/modules/test_fused_remap.py``). Set
-``TORCHREC_LHF_FUSED_REMAP=0`` to turn them off.
+the CPU: the code is compiled for it), on first use (the operator's first call builds it).
+Where they cannot be built (no compiler, no ninja) or do not apply (CUDA), the torch ops
+run (the operator's :func:`_fallback`): nothing else changes. Every result equals the torch
+ops' (``tests/modules/test_compact_kernel.py``, ``tests/modules/test_fused_remap.py``). Set
+``TORCHREC_LHF_FUSED_REMAP=0`` to turn them off (in a process that has not loaded them).
 
 Legend:
     C   ids looked up;  J internal features;  P ids of a batch;  S slots of the head table
@@ -46,6 +49,9 @@ ENV_FLAG = "TORCHREC_LHF_FUSED_REMAP"
 SOURCE = Path(__file__).with_name("csrc") / "remap_kernel.cpp"
 """The kernels' C++ source (package data)."""
 
+FUNCTIONS = ("compact_lookup", "fused_remap_eager")
+"""The kernel's functions bound for Python (``fused_remap`` is its operator)."""
+
 
 @functools.lru_cache(maxsize=1)
 def _module():  # noqa: ANN202
@@ -57,11 +63,16 @@ def _module():  # noqa: ANN202
 
         # NOTE: built for this machine's CPU (-march=native: the hash's 64-bit multiplies
         # vectorize), so the build's name carries the CPU's identity: an extension cache
-        # shared with another kind of machine builds its own instead of loading this one
+        # shared with another kind of machine builds its own instead of loading this one.
+        # It carries the source's digest too: two versions of the project sharing a cache
+        # (two checkouts, a benchmark's snapshot) each build their own, instead of
+        # rebuilding over each other's (torch keys its cache by name)
+        source = SOURCE.read_text()
+        digest = hashlib.sha256((source + repr(FUNCTIONS)).encode()).hexdigest()[:10]
         return load_inline(
-            name=f"torchrec_lhf_remap_kernel_v3_{_cpu_tag()}",
-            cpp_sources=SOURCE.read_text(),
-            functions=["compact_lookup", "fused_remap"],
+            name=f"torchrec_lhf_remap_kernel_{digest}_{_cpu_tag()}",
+            cpp_sources=source,
+            functions=list(FUNCTIONS),
             extra_cflags=["-O3", "-march=native"],
             verbose=False,
         )
@@ -133,34 +144,142 @@ def fused_remap(
     height_J: torch.Tensor,
     modulo: bool,
     compact: list[torch.Tensor],
+    quiet: bool = False,
 ) -> torch.Tensor | None:
     """Every id's row in one pass (range check or fold, then its feature's identity, dense
     or compact lookup), in the ids' dtype; None where the kernel does not apply (not built,
-    not CPU, ids neither int32 nor int64, head rows neither int16 nor int32).
+    not CPU, ids neither int32 nor int64, head rows neither int16 nor int32). Eager mode
+    (the kernel through pybind, cheaper to call than the operator from Python); scripted
+    code calls :func:`fused_rows`.
 
     Args:
         ids_P: raw ids laid out per internal feature, shape ``(P,)``.
         length_J: the ids of each internal feature (host ints, summing to ``P``).
         mapping, offset_J, height_J, modulo, compact: as for
             :func:`~torchrec_lhf.modules.remap_ops.remap_values`.
+        quiet: an id out of range gives None instead of the error below.
 
     Raises:
         RuntimeError: an id outside ``[0, N)`` (not ``modulo``), naming the internal
             feature's index and the id.
     """
-    if ids_P.device.type != "cpu" or ids_P.dtype not in (torch.int32, torch.int64):
+    module = _module()
+    if module is None or ids_P.device.type != "cpu":
+        return None
+    if ids_P.dtype not in (torch.int32, torch.int64):
         return None
     empty = mapping.new_zeros(0, dtype=torch.long)
     tables: list[torch.Tensor] = [empty] * 6
     if len(compact) > 0:
-        slot_keys_S, slot_rows_S, seed_J, tail_offset_J, tail_rows_J, compact_J = compact[:6]
-        if slot_rows_S.numel() > 0 and slot_rows_S.dtype not in (torch.int16, torch.int32):
+        if compact[1].numel() > 0 and compact[1].dtype not in (torch.int16, torch.int32):
             return None
-        tables = [slot_keys_S, slot_rows_S, seed_keys(seed_J), tail_offset_J, tail_rows_J]
-        tables.append(compact_J)
-    module = _module()
-    if module is None:
+        tables = compact[:6]
+    try:
+        return module.fused_remap_eager(
+            ids_P.contiguous(), length_J, offset_J, height_J, mapping, *tables, modulo
+        )
+    except RuntimeError:
+        if quiet and not modulo:
+            return None
+        raise
+
+
+def fused_rows(
+    ids_P: torch.Tensor,
+    length_J: list[int],
+    mapping: torch.Tensor,
+    offset_J: torch.Tensor,
+    height_J: torch.Tensor,
+    modulo: bool,
+    compact: list[torch.Tensor],
+    array_offsets: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """The rows of ids laid out as the internal features by the CPU kernel, or None where
+    it does not apply: not CPU, ids neither int32 nor int64, head rows neither int16 nor
+    int32; eager dense modules keep FBGEMM's ``pruned_array_lookup`` (``benchmarks.remap``'s
+    figure); an eager batch with an id out of range (not ``modulo``) gets None, so that the
+    caller's general path names it. Scripted, the operator ``torchrec_lhf::fused_remap``
+    (one op where the interpreter ran about 25 and their statements).
+
+    Args as for :func:`fused_remap`, plus ``array_offsets`` (see
+    :func:`~torchrec_lhf.modules.remap_ops.remap_values`).
+    """
+    if not torch.jit.is_scripting():
+        if len(compact) == 0 and array_offsets is not None:
+            return None
+        return fused_remap(
+            ids_P, length_J, mapping, offset_J, height_J, modulo, compact, quiet=True
+        )
+    # scripted: the operator (TorchScript calls operators, not pybind functions)
+    if ids_P.device.type != "cpu" or (ids_P.dtype != torch.int64 and ids_P.dtype != torch.int32):
         return None
-    return module.fused_remap(
-        ids_P.contiguous(), length_J, offset_J, height_J, mapping, *tables, modulo
+    if len(compact) == 0:
+        empty = mapping.new_zeros(0, dtype=torch.long)
+        return torch.ops.torchrec_lhf.fused_remap(
+            ids_P, length_J, offset_J, height_J, mapping, empty, empty, empty, empty, empty,
+            empty, modulo,
+        )  # fmt: skip
+    slot_rows_S = compact[1]
+    if slot_rows_S.numel() > 0 and slot_rows_S.dtype != torch.int16:
+        if slot_rows_S.dtype != torch.int32:
+            return None
+    return torch.ops.torchrec_lhf.fused_remap(
+        ids_P, length_J, offset_J, height_J, mapping, compact[0], slot_rows_S, compact[2],
+        compact[3], compact[4], compact[5], modulo,
+    )  # fmt: skip
+
+
+SCHEMA = (
+    "fused_remap(Tensor ids, int[] lengths, Tensor offset, Tensor height, Tensor mapping, "
+    "Tensor slot_keys, Tensor slot_rows, Tensor seeds, Tensor tail_offset, "
+    "Tensor tail_rows, Tensor is_compact, bool modulo) -> Tensor"
+)
+"""The operator's schema. ``seeds``: the tail hashes' seeds; the empty tensors of a module
+without compact features stand for its absent tables (``is_compact`` empty)."""
+
+
+def _fallback(
+    ids: torch.Tensor,
+    lengths: list[int],
+    offset: torch.Tensor,
+    height: torch.Tensor,
+    mapping: torch.Tensor,
+    slot_keys: torch.Tensor,
+    slot_rows: torch.Tensor,
+    seeds: torch.Tensor,
+    tail_offset: torch.Tensor,
+    tail_rows: torch.Tensor,
+    is_compact: torch.Tensor,
+    modulo: bool,
+) -> torch.Tensor:
+    """The operator where the C++ kernel is not registered for the ids' device: on CPU it
+    builds (or loads) the kernel, which registers itself, and calls it; where that is not
+    possible (no compiler; another device), the torch ops of ``map_ids``."""
+    args = (ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds)
+    args += (tail_offset, tail_rows, is_compact, modulo)
+    if ids.device.type == "cpu" and _module() is not None:
+        return torch.ops.torchrec_lhf.fused_remap(*args)  # now the C++ kernel's
+    from torchrec_lhf.modules.remap_lookup import map_ids  # (it imports this module)
+
+    compact = [] if is_compact.numel() == 0 else [slot_keys, slot_rows, seeds, tail_offset]
+    compact += [tail_rows, is_compact] if compact else []
+    segments = (None, torch.tensor(lengths, device=ids.device), None)
+    return map_ids(ids, segments, mapping, offset, height, modulo, True, compact)
+
+
+def _register_operator() -> torch.library.Library | None:
+    """Define ``torchrec_lhf::fused_remap`` with :func:`_fallback` for every backend (the
+    C++ kernel, once loaded, takes the CPU: a backend's own kernel comes first) and its
+    shape function (``torch.export``, ``torch.compile``)."""
+    if hasattr(torch.ops.torchrec_lhf, "fused_remap"):  # (a reload of this module)
+        return None
+    library = torch.library.Library("torchrec_lhf", "FRAGMENT")
+    library.define(SCHEMA)
+    library.impl("fused_remap", _fallback, "CompositeExplicitAutograd")
+    torch.library.register_fake("torchrec_lhf::fused_remap", lib=library)(
+        lambda ids, *rest: torch.empty_like(ids)
     )
+    return library
+
+
+_LIBRARY = _register_operator()  # held: the registrations live as long as this object

@@ -27,7 +27,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_lhf.hashing import mix_keyed, seed_keys
-from torchrec_lhf.modules import head_table
+from torchrec_lhf.modules import compact_kernel, head_table
 from torchrec_lhf.modules.remap_lookup import array_offsets, compact_runs
 from torchrec_lhf.modules.remap_ops import IDENTITY, needs_length_per_key, remap_values
 from torchrec_lhf.modules.remap_state import heads_from_state, heads_to_state
@@ -101,13 +101,11 @@ def remap_features(
     runs: list[tuple[int, int]] | None = None,
     read_lengths_on_cpu: bool = True,
 ) -> KeyedJaggedTensor:
-    """:func:`~torchrec_lhf.modules.remap_ops.remap_values` of a KeyedJaggedTensor.
-
-    One opaque node in a symbolic trace (it reads the keys on the host); TorchScript
-    compiles it. Arguments as for ``remap_values``, plus the internal ``feature_names`` and
+    """:func:`~torchrec_lhf.modules.remap_ops.remap_values` of a KeyedJaggedTensor. One
+    opaque node in a symbolic trace (it reads the keys on the host); TorchScript compiles
+    it. Args as for ``remap_values``, plus the internal ``feature_names`` and
     ``read_lengths_on_cpu``: for ids on the CPU, take the per-key lengths (TorchRec's own
-    read, carried on to the output) where they save work (the one-pass CPU kernel, the
-    uniform range check); elsewhere only where the output size needs them (no sync).
+    read, carried on) where they save work; elsewhere only where the output needs them.
 
     Raises:
         ValueError: variable batch size per feature (VBE), or see ``remap_values``.
@@ -115,17 +113,32 @@ def remap_features(
     if features.variable_stride_per_key():
         raise ValueError("variable batch size per feature (VBE) is not supported by the remap")
     keys = features.keys()
-    length_per_key = features.length_per_key_or_none()
     on_cpu = read_lengths_on_cpu and features.values().device.type == "cpu"
+    if on_cpu and keys == sources:
+        # DLRM's layout on CPU: the per-key lengths and the kernel's pass, nothing else
+        # (scripted, the general path's statements are most of a small batch's remap)
+        length_per_key = features.length_per_key()
+        rows_P = compact_kernel.fused_rows(
+            features.values(), length_per_key, mapping, offset_J, height_J, modulo, compact,
+            array_offsets,
+        )  # fmt: skip
+        if rows_P is not None:
+            return KeyedJaggedTensor(
+                keys=feature_names,
+                values=rows_P,
+                lengths=features.lengths(),
+                weights=features.weights_or_none(),
+                stride=features.stride(),
+                length_per_key=length_per_key,
+            )
+    length_per_key = features.length_per_key_or_none()
     if length_per_key is None and (
         needs_length_per_key(keys, sources) or (on_cpu and (len(compact) > 0 or not modulo))
     ):
-        # TorchRec's own host read of the per-key lengths, which its EBC forward and
-        # input_dist make on every batch anyway: the output carries it on, so they do not
-        # read again (see remap_ops). On CPU (no sync to fear) it also saves work: the
-        # whole lookup in one kernel pass (compact_kernel.fused_remap), and for dense
-        # modules most of the range check where every feature has as many ids
-        # (remap_lookup.uniform_range_guard).
+        # TorchRec's own host read of the per-key lengths (its EBC forward and input_dist
+        # make it anyway; the output carries it on). On CPU it also saves work: the one
+        # kernel pass (compact_kernel), or most of the range check where every feature
+        # has as many ids (remap_lookup.uniform_range_guard).
         length_per_key = features.length_per_key()
     rows_P, lengths, weights_P, length_per_key = remap_values(
         keys,

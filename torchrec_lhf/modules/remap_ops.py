@@ -186,7 +186,13 @@ def remap_values(
     """
     # NOTE: one function, not a chain of helpers: TorchScript compiles it as the serving
     # model's remap, and the steps share many tensors; it is mostly the docstring above.
-    src_J, src, identity, multiplicity = _layout(keys, sources, values_V.device)
+    if keys == sources:  # one internal feature per input key, in order (DLRM's layout)
+        # NOTE: no layout to make: scripted code (which cannot cache it) saves a loop over
+        # the keys, most of a small batch's remap
+        src: list[int] = []  # (used where not the identity)
+        src_J, identity, multiplicity = values_V.new_zeros(0), True, 1
+    else:
+        src_J, src, identity, multiplicity = _layout(keys, sources, values_V.device)
     num_keys = len(keys)
     stride = lengths.numel() // num_keys if num_keys > 0 else 0
     if length_per_key is not None and values_V.device.type == "cpu":
