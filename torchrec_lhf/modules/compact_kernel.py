@@ -163,10 +163,10 @@ def fused_remap(
         RuntimeError: an id outside ``[0, N)`` (not ``modulo``), naming the internal
             feature's index and the id.
     """
+    if ids_P.device.type != "cpu" or ids_P.dtype not in (torch.int32, torch.int64):
+        return None  # (before the build: a CUDA batch does not build the CPU kernel)
     module = _module()
-    if module is None or ids_P.device.type != "cpu":
-        return None
-    if ids_P.dtype not in (torch.int32, torch.int64):
+    if module is None:
         return None
     empty = mapping.new_zeros(0, dtype=torch.long)
     tables: list[torch.Tensor] = [empty] * 6

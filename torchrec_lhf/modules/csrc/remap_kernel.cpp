@@ -27,6 +27,7 @@ namespace {
 // second reads them: the reads of a block overlap instead of stalling in turn.
 constexpr int64_t kBlock = 32;
 constexpr int64_t kGrain = 16384;
+constexpr int64_t kReciprocalIds = 64;  // a feature's ids from which the tail divides by a multiply
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;  // hashing.seed_keys' multiplier
 
 inline uint64_t finalize(uint64_t x) {
@@ -45,8 +46,14 @@ struct Divisor {
   uint64_t d = 1;
   uint64_t m = 1;
   int k = 62;
-  void set(uint64_t divisor) {
+  // `reciprocal`: whether to take the multiplier (a 128-bit division: worth it for many ids,
+  // not for a few, which divide; m == 0 marks that)
+  void set(uint64_t divisor, bool reciprocal = true) {
     d = divisor;
+    if (!reciprocal) {
+      m = 0;
+      return;
+    }
     int l = 0;
     while (l < 64 && (uint64_t{1} << l) < d) ++l;
     k = 62 + l;
@@ -54,6 +61,7 @@ struct Divisor {
     m = static_cast<uint64_t>((two_k + d - 1) / d);
   }
   inline uint64_t mod(uint64_t v) const {
+    if (m == 0) return v % d;
     const uint64_t q = static_cast<uint64_t>((static_cast<unsigned __int128>(m) * v) >> k);
     return v - q * d;
   }
@@ -341,7 +349,7 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
       f.tail_offset = t_off.data_ptr<int64_t>()[j];
       const int64_t rows = t_rows.data_ptr<int64_t>()[j];
       TORCH_CHECK(rows >= 1, "internal feature ", j, ": tail rows must be >= 1, got ", rows);
-      f.tail.set(static_cast<uint64_t>(rows));
+      f.tail.set(static_cast<uint64_t>(rows), lengths[j] >= kReciprocalIds);
     } else {
       f.kind = f.offset == -1 ? kIdentity : kDense;
       TORCH_CHECK(f.kind == kIdentity || (f.offset >= 0 && f.offset + static_cast<int64_t>(
