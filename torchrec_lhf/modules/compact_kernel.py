@@ -276,9 +276,11 @@ def _register_operator() -> torch.library.Library | None:
     library = torch.library.Library("torchrec_lhf", "FRAGMENT")
     library.define(SCHEMA)
     library.impl("fused_remap", _fallback, "CompositeExplicitAutograd")
-    torch.library.register_fake("torchrec_lhf::fused_remap", lib=library)(
-        lambda ids, *rest: torch.empty_like(ids)
-    )
+    register_fake = getattr(torch.library, "register_fake", None)  # (torch >= 2.4)
+    if register_fake is not None:
+        register_fake("torchrec_lhf::fused_remap", lib=library)(
+            lambda ids, *rest: torch.empty_like(ids)
+        )
     return library
 
 
