@@ -54,23 +54,18 @@ def _ids(heights: list[int], length_J: list[int], seed: int, *, wild: bool) -> t
 
 
 def _torch_ops(ids: torch.Tensor, length_J: list[int], args: dict, modulo: bool) -> torch.Tensor:
-    """The scriptable torch ops of remap_lookup.map_ids (no kernel of any kind)."""
-    saved = remap_lookup.compact_kernel.compact_lookup
-    remap_lookup.compact_kernel.compact_lookup = lambda *a: None
-    try:
-        segments = (None, torch.tensor(length_J), None)
-        return remap_lookup.map_ids(
-            ids,
-            segments,
-            args["mapping"],
-            args["offset_J"],
-            args["height_J"],
-            modulo,
-            True,
-            args["compact"],
-        )
-    finally:
-        remap_lookup.compact_kernel.compact_lookup = saved
+    """The scriptable torch ops of remap_lookup.map_ids (the lengths not given: no kernel)."""
+    segments = (None, torch.tensor(length_J), None)
+    return remap_lookup.map_ids(
+        ids,
+        segments,
+        args["mapping"],
+        args["offset_J"],
+        args["height_J"],
+        modulo,
+        True,
+        args["compact"],
+    )
 
 
 LENGTHS = {

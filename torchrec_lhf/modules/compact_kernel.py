@@ -1,32 +1,31 @@
-"""The remap's CPU kernels: the whole lookup of a batch in one pass over its ids.
+"""The remap's CPU kernel: the whole lookup of a batch in one pass over its ids.
 
 The torch ops of :func:`~torchrec_lhf.modules.remap_lookup.map_ids` make a pass over the
 batch's ids per step: the range check, the SplitMix64 finalizer, the tail's remainder, three
 probe windows, the head table's reads, the selects (about 25 for a compact remap). On CPU
-most of their time is memory traffic between the passes. Two kernels do the same integer
-arithmetic per id in one loop (``csrc/remap_kernel.cpp``):
+most of their time is memory traffic between the passes. :func:`fused_remap`
+(``csrc/remap_kernel.cpp``) does the same integer arithmetic per id in one loop, feature by
+feature: the range check (or the ``modulo`` fold), then the identity, dense or compact
+lookup, where the host knows each feature's ids (TorchRec's per-key lengths, which the
+remap reads on CPU anyway). Per-feature constants are taken once per feature; the tail's
+remainder multiplies by a precomputed reciprocal instead of dividing. Eager dense-only
+modules keep FBGEMM's ``pruned_array_lookup``.
 
-* :func:`fused_remap`: every internal feature's ids (identity, dense or compact lookup),
-  with the range check (or the ``modulo`` fold), where the host knows each feature's ids
-  (TorchRec's per-key lengths, which the remap reads on CPU anyway). Per-feature constants
-  are taken once per feature; the tail's remainder multiplies by a precomputed reciprocal
-  instead of dividing. Eager dense-only modules keep FBGEMM's ``pruned_array_lookup``.
-  It is the operator ``torchrec_lhf::fused_remap``, which scripted models call too (the
-  serving model's remap: one op where the interpreter ran about 25 and their statements):
-  loading such a model needs this module imported (``import torchrec_lhf``) to define it.
-* :func:`compact_lookup`: the compact lookup of ids whose feature is given per id (where the
-  lengths are not read; eager only).
+It is also the operator ``torchrec_lhf::fused_remap``, which scripted models call (the
+serving model's remap: one op where the interpreter ran about 25 and their statements):
+loading such a model needs this module imported (``import torchrec_lhf``) to define it.
 
-Both are built once per machine from the C++ source with the compiler torch's
+It is built once per machine from the C++ source with the compiler torch's
 ``cpp_extension`` uses (``load_inline``, cached under ``TORCH_EXTENSIONS_DIR``, named after
-the CPU: the code is compiled for it), on first use (the operator's first call builds it).
-Where they cannot be built (no compiler, no ninja) or do not apply (CUDA), the torch ops
-run (the operator's :func:`_fallback`): nothing else changes. Every result equals the torch
-ops' (``tests/modules/test_compact_kernel.py``, ``tests/modules/test_fused_remap.py``). Set
-``TORCHREC_LHF_FUSED_REMAP=0`` to turn them off (in a process that has not loaded them).
+the source and the CPU: the code is compiled for it), on first use (the operator's first
+call builds it). Where it cannot be built (no compiler, no ninja) or does not apply (CUDA,
+per-id lengths unknown on the host), the torch ops run (for the operator, its
+:func:`_fallback`): nothing else changes. Every result equals the torch ops'
+(``tests/modules/test_fused_remap.py``). Set ``TORCHREC_LHF_FUSED_REMAP=0`` to turn it off
+(in a process that has not loaded it).
 
 Legend:
-    C   ids looked up;  J internal features;  P ids of a batch;  S slots of the head table
+    J internal features;  P ids of a batch
 """
 
 from __future__ import annotations
@@ -40,8 +39,6 @@ from pathlib import Path
 
 import torch
 
-from torchrec_lhf.hashing import seed_keys
-
 logger = logging.getLogger(__name__)
 
 ENV_FLAG = "TORCHREC_LHF_FUSED_REMAP"
@@ -49,7 +46,7 @@ ENV_FLAG = "TORCHREC_LHF_FUSED_REMAP"
 SOURCE = Path(__file__).with_name("csrc") / "remap_kernel.cpp"
 """The kernels' C++ source (package data)."""
 
-FUNCTIONS = ("compact_lookup", "fused_remap_eager")
+FUNCTIONS = ("fused_remap_eager",)
 """The kernel's functions bound for Python (``fused_remap`` is its operator)."""
 
 
@@ -96,43 +93,6 @@ def _cpu_tag() -> str:
 def available() -> bool:
     """Whether the fused kernel is built (building it on first call)."""
     return _module() is not None
-
-
-@torch.jit.unused
-def compact_lookup(
-    ids_C: torch.Tensor,
-    j_C: torch.Tensor,
-    key_offset_J: torch.Tensor,
-    compact: list[torch.Tensor],
-) -> torch.Tensor | None:
-    """Head row or tail row of every id, as int64 ``(C,)``, or None where the kernel does
-    not apply (not built, not CPU, ids not int64, head rows neither int16 nor int32).
-
-    Args:
-        ids_C: int64 raw ids (in range), shape ``(C,)``.
-        j_C: the internal feature of each id, int32 or int64 ``(C,)``.
-        key_offset_J: each internal feature's key offset (guarded), shape ``(J,)``.
-        compact: the remap's compact buffers (see
-            :func:`~torchrec_lhf.modules.remap_ops.remap_values`).
-    """
-    slot_keys_S, slot_rows_S, seed_J, tail_offset_J, tail_rows_J = compact[:5]
-    if ids_C.device.type != "cpu" or ids_C.dtype != torch.int64:
-        return None
-    if slot_rows_S.numel() > 0 and slot_rows_S.dtype not in (torch.int16, torch.int32):
-        return None
-    module = _module()
-    if module is None:
-        return None
-    return module.compact_lookup(
-        ids_C.contiguous(),
-        j_C.contiguous(),
-        seed_keys(seed_J),
-        tail_rows_J.long().contiguous(),
-        tail_offset_J.long().contiguous(),
-        key_offset_J.long().contiguous(),
-        slot_keys_S,
-        slot_rows_S,
-    )
 
 
 @torch.jit.unused

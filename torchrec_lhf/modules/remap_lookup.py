@@ -234,12 +234,8 @@ def _compact_rows(
     compact: list[torch.Tensor],
 ) -> torch.Tensor:
     """Head row (a probe of the cuckoo table of ``key = offset + id``) or tail hash row of
-    every id, as int64; ``key_P`` made here when None. In eager CPU mode, one fused kernel
-    where it is built (:mod:`~torchrec_lhf.modules.compact_kernel`)."""
-    if not torch.jit.is_scripting() and ids_P.device.type == "cpu":
-        fused = compact_kernel.compact_lookup(ids_P, j_P, offset_J, compact)
-        if fused is not None:
-            return fused
+    every id, as int64; ``key_P`` made here when None. (Where the host knows each
+    feature's ids on CPU, :func:`map_ids` runs the kernel instead.)"""
     if key_P is None:
         key_P = ids_P.long() + offset_J.index_select(0, j_P)
     slot_keys_S, slot_rows_S, seed_J, tail_offset_J, tail_rows_J = compact[:5]

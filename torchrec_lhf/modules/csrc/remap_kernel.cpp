@@ -1,13 +1,12 @@
-// The remap's CPU kernels (torchrec_lhf/modules/compact_kernel.py builds and calls them;
-// fused_remap is also the operator torchrec_lhf::fused_remap, registered for CPU at the end).
+// The remap's CPU kernel (torchrec_lhf/modules/compact_kernel.py builds and calls it; it is
+// also the operator torchrec_lhf::fused_remap, registered for CPU at the end).
 //
 // fused_remap: the whole lookup of a batch laid out per internal feature, whose ids per
 //   feature the host knows: per feature a range check (or a fold, for the modulo policy)
-//   and its identity, dense or compact lookup, in one pass over the ids. Per-feature
-//   constants (the tail hash's seed and divisor, the offsets) are taken once per feature,
-//   and the tail's remainder uses a precomputed reciprocal instead of a 64-bit division.
-// compact_lookup: the compact (head/tail) lookup of ids whose internal feature is given per
-//   id: SplitMix64, the tail row, the three probes of the head table.
+//   and its identity, dense or compact lookup (SplitMix64, the tail row, the three probes
+//   of the head table), in one pass over the ids. Per-feature constants (the tail hash's
+//   seed and divisor, the offsets) are taken once per feature, and the tail's remainder
+//   uses a precomputed reciprocal instead of a 64-bit division.
 //
 // NOTE: the arithmetic is the torch ops' exactly (torchrec_lhf.hashing, head_table): int64
 // values that wrap modulo 2**64 (done in uint64), logical right shifts where the torch ops
@@ -160,41 +159,6 @@ struct Feature {
   Divisor tail;
 };
 
-template <typename J>
-void lookup_loop(const int64_t* ids, const J* feature, const int64_t* seed_key,
-                 const int64_t* tail_rows, const int64_t* tail_offset,
-                 const int64_t* key_offset, const Heads& heads, int64_t* out, int64_t n) {
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    uint64_t xs[kBlock];
-    uint64_t slots[3 * kBlock];
-    for (int64_t start = begin; start < end; start += kBlock) {
-      const int64_t count = end - start < kBlock ? end - start : kBlock;
-      for (int64_t b = 0; b < count; ++b) {
-        const int64_t i = start + b;
-        xs[b] = finalize(static_cast<uint64_t>(ids[i]) +
-                         static_cast<uint64_t>(seed_key[static_cast<int64_t>(feature[i])]));
-        if (heads.slots > 0) {
-          heads.slots_of(xs[b], slots + 3 * b);
-          if (heads.packed) {
-            heads.prefetch<true>(slots + 3 * b);
-          } else {
-            heads.prefetch<false>(slots + 3 * b);
-          }
-        }
-      }
-      for (int64_t b = 0; b < count; ++b) {
-        const int64_t i = start + b;
-        const int64_t j = static_cast<int64_t>(feature[i]);
-        const int64_t tail = static_cast<int64_t>(xs[b] >> 2) % tail_rows[j] + tail_offset[j];
-        const int64_t key = ids[i] + key_offset[j];
-        out[i] = heads.slots == 0 ? tail
-                 : heads.packed   ? heads.find<true>(slots + 3 * b, key, tail)
-                                  : heads.find<false>(slots + 3 * b, key, tail);
-      }
-    }
-  });
-}
-
 // A block of one compact feature's (in-range) ids -> rows: hash and prefetch, then probe.
 template <bool kPacked, typename I>
 inline void compact_block(const Heads& heads, const Feature& f, int64_t count,
@@ -273,32 +237,6 @@ void remap_all(const torch::Tensor& ids, torch::Tensor& out, const std::vector<F
 }
 
 }  // namespace
-
-torch::Tensor compact_lookup(torch::Tensor ids, torch::Tensor feature, torch::Tensor seed_key,
-                             torch::Tensor tail_rows, torch::Tensor tail_offset,
-                             torch::Tensor key_offset, torch::Tensor slot_keys,
-                             torch::Tensor slot_rows) {
-  TORCH_CHECK(ids.device().is_cpu() && ids.scalar_type() == torch::kInt64 && ids.is_contiguous());
-  TORCH_CHECK(feature.numel() == ids.numel() && feature.is_contiguous());
-  for (const auto& t : {seed_key, tail_rows, tail_offset, key_offset}) {
-    TORCH_CHECK(t.scalar_type() == torch::kInt64 && t.is_contiguous());
-  }
-  const Heads heads = make_heads(slot_keys, slot_rows);
-  auto out = torch::empty_like(ids);
-  const int64_t n = ids.numel();
-  const auto* args = ids.data_ptr<int64_t>();
-  if (feature.scalar_type() == torch::kInt32) {
-    lookup_loop<int32_t>(args, feature.data_ptr<int32_t>(), seed_key.data_ptr<int64_t>(),
-                         tail_rows.data_ptr<int64_t>(), tail_offset.data_ptr<int64_t>(),
-                         key_offset.data_ptr<int64_t>(), heads, out.data_ptr<int64_t>(), n);
-  } else {
-    TORCH_CHECK(feature.scalar_type() == torch::kInt64);
-    lookup_loop<int64_t>(args, feature.data_ptr<int64_t>(), seed_key.data_ptr<int64_t>(),
-                         tail_rows.data_ptr<int64_t>(), tail_offset.data_ptr<int64_t>(),
-                         key_offset.data_ptr<int64_t>(), heads, out.data_ptr<int64_t>(), n);
-  }
-  return out;
-}
 
 // ids (int32 or int64, laid out per internal feature, `lengths[j]` ids of feature j) ->
 // rows in the ids' dtype. Per feature j: identity where offset[j] == -1 and it is not
