@@ -32,7 +32,8 @@ and "gap closed" is read at equal total bytes:
   frequent ids, a row each); ``lhf-fill-t0.05``: ``fill`` with a 5% tail region (what
   became the default), ``lhf-fill-t0.02`` / ``-t0.15`` / ``-t0``: with 2% / 15% / no tail region (the tail
   hashed into all rows); ``lhf-fill-1row``: with a tail of one row per table (as ``mch``'s
-  single miss row);
+  single miss row); ``lhf-fill-h2``: the default with two hash functions per table, summed
+  (each with its head and its own tail seed: a tail id gets a pair of tail rows);
 * ``lhf-mlet``: the plan at ``1 / MLET_WIDTH`` times the rows, trained as MLET at
   ``MLET_WIDTH`` of the width (about the same bytes);
 * the other methods, at the same size and budget: ``qr``, ``fbdh``, ``memrec``, ``mlet``,
@@ -91,6 +92,7 @@ METHODS = (
     "lhf-fill-t0.15",
     "lhf-fill-t0",
     "lhf-fill-1row",
+    "lhf-fill-h2",
     "lhf-mlet",
     "lhf-shrink3",
     "lhf-shrink10",
@@ -224,6 +226,7 @@ def _train_config(
             "lhf-fill-t0.15": {"tail_region": "fill", "tail_fraction": 0.15},
             "lhf-fill-t0": {"tail_region": "fill", "tail_fraction": 0.0},
             "lhf-fill-1row": {"tail_region": "fill", "tail_fraction": 1e-9},  # a miss row
+            "lhf-fill-h2": {"num_hashes": 2},  # the default, two hashes summed
             "lhf-shrink3": {**FIXED, "value_shrinkage": 3},
             "lhf-shrink10": {**FIXED, "value_shrinkage": 10},
             "lhf-window": {**FIXED, "teacher": str(out / "teacher_w0.5")},
