@@ -159,15 +159,22 @@ struct Feature {
   Divisor tail;
 };
 
-// A block of one compact feature's (in-range) ids -> rows: hash and prefetch, then probe.
-template <bool kPacked, typename I>
-inline void compact_block(const Heads& heads, const Feature& f, int64_t count,
-                          const int64_t* id_b, uint64_t* xs, uint64_t* slots, I* out) {
+// A block of one compact feature's (in-range) ids: hash, and prefetch the probes' slots.
+template <bool kPacked>
+inline void compact_hash(const Heads& heads, const Feature& f, int64_t count,
+                         const int64_t* id_b, uint64_t* xs, uint64_t* slots) {
   for (int64_t b = 0; b < count; ++b) {
     xs[b] = finalize(static_cast<uint64_t>(id_b[b]) + f.seed_key);
     heads.slots_of(xs[b], slots + 3 * b);
     heads.prefetch<kPacked>(slots + 3 * b);
   }
+}
+
+// The rows of a block hashed by compact_hash: its head rows or tail rows.
+template <bool kPacked, typename I>
+inline void compact_probe(const Heads& heads, const Feature& f, int64_t count,
+                          const int64_t* id_b, const uint64_t* xs, const uint64_t* slots,
+                          I* out) {
   for (int64_t b = 0; b < count; ++b) {
     const int64_t tail = static_cast<int64_t>(f.tail.mod(xs[b] >> 2)) + f.tail_offset;
     out[b] = static_cast<I>(heads.find<kPacked>(slots + 3 * b, id_b[b] + f.offset, tail));
@@ -175,19 +182,26 @@ inline void compact_block(const Heads& heads, const Feature& f, int64_t count,
 }
 
 // One feature's ids [f.begin, f.end) -> rows; returns whether an id was out of range
-// (then the output is not to be used). `modulo` folds ids into [0, N) first.
+// (then the output is not to be used). `modulo` folds ids into [0, N) first. A compact
+// feature with heads is pipelined: a block's slots are prefetched while the block before
+// it is probed, so that the probes (cold: a training step evicts the table) have a block's
+// work to arrive in.
 template <typename I, typename M>
 bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads, const M* mapping,
                    bool modulo) {
   std::atomic<bool> any_bad{false};
   at::parallel_for(f.begin, f.end, kGrain, [&](int64_t begin, int64_t end) {
     uint64_t bad = 0;
-    int64_t id_b[kBlock];
-    uint64_t xs[kBlock];
-    uint64_t slots[3 * kBlock];
+    int64_t id_b[2][kBlock];
+    uint64_t xs[2][kBlock];
+    uint64_t slots[2][3 * kBlock];
+    int cur = 0;
+    int64_t pending_start = 0, pending = 0;  // the block hashed, not yet probed
     const int64_t h = static_cast<int64_t>(f.height);
+    const bool piped = f.kind == kCompact && heads.slots > 0;
     for (int64_t start = begin; start < end; start += kBlock) {
       const int64_t count = end - start < kBlock ? end - start : kBlock;
+      int64_t* idc = id_b[cur];
       for (int64_t b = 0; b < count; ++b) {
         int64_t id = static_cast<int64_t>(ids[start + b]);
         if (modulo) {
@@ -196,23 +210,43 @@ bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads, c
         }
         const uint64_t outside = static_cast<uint64_t>(id) >= f.height;
         bad |= outside;
-        id_b[b] = outside ? 0 : id;  // nothing is read out of bounds
+        idc[b] = outside ? 0 : id;  // nothing is read out of bounds
       }
       if (f.kind == kIdentity) {
-        for (int64_t b = 0; b < count; ++b) out[start + b] = static_cast<I>(id_b[b]);
+        for (int64_t b = 0; b < count; ++b) out[start + b] = static_cast<I>(idc[b]);
       } else if (f.kind == kDense) {
         const M* base = mapping + f.offset;
-        for (int64_t b = 0; b < count; ++b) __builtin_prefetch(base + id_b[b]);
-        for (int64_t b = 0; b < count; ++b) out[start + b] = static_cast<I>(base[id_b[b]]);
-      } else if (heads.slots == 0) {
+        for (int64_t b = 0; b < count; ++b) __builtin_prefetch(base + idc[b]);
+        for (int64_t b = 0; b < count; ++b) out[start + b] = static_cast<I>(base[idc[b]]);
+      } else if (!piped) {  // no heads: every id is tail
         for (int64_t b = 0; b < count; ++b) {
-          const uint64_t x = finalize(static_cast<uint64_t>(id_b[b]) + f.seed_key);
+          const uint64_t x = finalize(static_cast<uint64_t>(idc[b]) + f.seed_key);
           out[start + b] = static_cast<I>(static_cast<int64_t>(f.tail.mod(x >> 2)) + f.tail_offset);
         }
-      } else if (heads.packed) {
-        compact_block<true>(heads, f, count, id_b, xs, slots, out + start);
       } else {
-        compact_block<false>(heads, f, count, id_b, xs, slots, out + start);
+        const int prev = cur ^ 1;
+        if (heads.packed) {
+          compact_hash<true>(heads, f, count, idc, xs[cur], slots[cur]);
+          compact_probe<true, I>(heads, f, pending, id_b[prev], xs[prev], slots[prev],
+                                 out + pending_start);
+        } else {
+          compact_hash<false>(heads, f, count, idc, xs[cur], slots[cur]);
+          compact_probe<false, I>(heads, f, pending, id_b[prev], xs[prev], slots[prev],
+                                  out + pending_start);
+        }
+        pending_start = start;
+        pending = count;
+        cur = prev;
+      }
+    }
+    if (pending > 0) {  // the last block
+      const int prev = cur ^ 1;
+      if (heads.packed) {
+        compact_probe<true, I>(heads, f, pending, id_b[prev], xs[prev], slots[prev],
+                               out + pending_start);
+      } else {
+        compact_probe<false, I>(heads, f, pending, id_b[prev], xs[prev], slots[prev],
+                                out + pending_start);
       }
     }
     if (bad) any_bad.store(true, std::memory_order_relaxed);
