@@ -290,10 +290,16 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
   TORCH_CHECK(ids.device().is_cpu() && ids.is_contiguous());
   TORCH_CHECK(ids.scalar_type() == torch::kInt64 || ids.scalar_type() == torch::kInt32);
   const int64_t num = static_cast<int64_t>(lengths.size());
-  auto off = offset.to(torch::kInt64).contiguous();
+  // NOTE: the offsets are int32 where they fit (read as they are: a conversion would cost an
+  // allocation per call, a fair share of a one-sample batch's remap)
+  const bool off32 = offset.scalar_type() == torch::kInt32;
+  auto off = off32 ? offset.contiguous() : offset.to(torch::kInt64).contiguous();
   auto hgt = height.to(torch::kInt64).contiguous();
   TORCH_CHECK(off.numel() == num && hgt.numel() == num, "per-feature tensors must have ", num,
               " entries");
+  const int32_t* off_32 = off32 ? off.data_ptr<int32_t>() : nullptr;
+  const int64_t* off_64 = off32 ? nullptr : off.data_ptr<int64_t>();
+  const int64_t* hgt_64 = hgt.data_ptr<int64_t>();
   const bool any_compact = is_compact.numel() > 0;
   torch::Tensor comp, seeds, t_off, t_rows;
   if (any_compact) {
@@ -305,6 +311,10 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
                 t_rows.numel() == num);
   }
   const Heads heads = any_compact ? make_heads(slot_keys, slot_rows) : Heads{};
+  const bool* comp_p = any_compact ? comp.data_ptr<bool>() : nullptr;
+  const int64_t* seeds_p = any_compact ? seeds.data_ptr<int64_t>() : nullptr;
+  const int64_t* t_off_p = any_compact ? t_off.data_ptr<int64_t>() : nullptr;
+  const int64_t* t_rows_p = any_compact ? t_rows.data_ptr<int64_t>() : nullptr;
   std::vector<Feature> feats(num);
   int64_t at = 0;
   for (int64_t j = 0; j < num; ++j) {
@@ -312,14 +322,14 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
     f.begin = at;
     at += lengths[j];
     f.end = at;
-    f.height = static_cast<uint64_t>(hgt.data_ptr<int64_t>()[j]);
-    f.offset = off.data_ptr<int64_t>()[j];
-    if (any_compact && comp.data_ptr<bool>()[j]) {
+    f.height = static_cast<uint64_t>(hgt_64[j]);
+    f.offset = off32 ? static_cast<int64_t>(off_32[j]) : off_64[j];
+    if (any_compact && comp_p[j]) {
       f.kind = kCompact;
       // hashing.seed_keys: (seed + 1) * golden, wrapping
-      f.seed_key = (static_cast<uint64_t>(seeds.data_ptr<int64_t>()[j]) + 1) * kGolden;
-      f.tail_offset = t_off.data_ptr<int64_t>()[j];
-      const int64_t rows = t_rows.data_ptr<int64_t>()[j];
+      f.seed_key = (static_cast<uint64_t>(seeds_p[j]) + 1) * kGolden;
+      f.tail_offset = t_off_p[j];
+      const int64_t rows = t_rows_p[j];
       TORCH_CHECK(rows >= 1, "internal feature ", j, ": tail rows must be >= 1, got ", rows);
       f.tail.set(static_cast<uint64_t>(rows), lengths[j] >= kReciprocalIds);
     } else {
