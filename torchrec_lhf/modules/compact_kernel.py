@@ -123,17 +123,12 @@ def fused_remap(
         RuntimeError: an id outside ``[0, N)`` (not ``modulo``), naming the internal
             feature's index and the id.
     """
-    if ids_P.device.type != "cpu" or ids_P.dtype not in (torch.int32, torch.int64):
+    if not _applies(ids_P, compact):
         return None  # (before the build: a CUDA batch does not build the CPU kernel)
     module = _module()
     if module is None:
         return None
-    empty = mapping.new_zeros(0, dtype=torch.long)
-    tables: list[torch.Tensor] = [empty] * 6
-    if len(compact) > 0:
-        if compact[1].numel() > 0 and compact[1].dtype not in (torch.int16, torch.int32):
-            return None
-        tables = compact[:6]
+    tables = _tables(mapping, compact)
     try:
         return module.fused_remap_eager(
             ids_P.contiguous(), length_J, offset_J, height_J, mapping, *tables, modulo
@@ -171,22 +166,33 @@ def fused_rows(
             ids_P, length_J, mapping, offset_J, height_J, modulo, compact, quiet=True
         )
     # scripted: the operator (TorchScript calls operators, not pybind functions)
-    if ids_P.device.type != "cpu" or (ids_P.dtype != torch.int64 and ids_P.dtype != torch.int32):
+    if not _applies(ids_P, compact):
         return None
-    if len(compact) == 0:
-        empty = mapping.new_zeros(0, dtype=torch.long)
-        return torch.ops.torchrec_lhf.fused_remap(
-            ids_P, length_J, offset_J, height_J, mapping, empty, empty, empty, empty, empty,
-            empty, modulo,
-        )  # fmt: skip
-    slot_rows_S = compact[1]
-    if slot_rows_S.numel() > 0 and slot_rows_S.dtype != torch.int16:
-        if slot_rows_S.dtype != torch.int32:
-            return None
+    t = _tables(mapping, compact)
     return torch.ops.torchrec_lhf.fused_remap(
-        ids_P, length_J, offset_J, height_J, mapping, compact[0], slot_rows_S, compact[2],
-        compact[3], compact[4], compact[5], modulo,
-    )  # fmt: skip
+        ids_P, length_J, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5], modulo
+    )
+
+
+def _applies(ids_P: torch.Tensor, compact: list[torch.Tensor]) -> bool:
+    """Whether the kernel reads these ids and head rows: on CPU, int32 or int64 ids, int16
+    or int32 head rows (or none)."""
+    if ids_P.device.type != "cpu":
+        return False
+    if ids_P.dtype != torch.int64 and ids_P.dtype != torch.int32:
+        return False
+    if len(compact) == 0 or compact[1].numel() == 0:
+        return True
+    return compact[1].dtype == torch.int16 or compact[1].dtype == torch.int32
+
+
+def _tables(mapping: torch.Tensor, compact: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The kernel's six compact arguments: ``compact``'s, or empty tensors for a module
+    without compact features."""
+    if len(compact) > 0:
+        return compact[:6]
+    empty = mapping.new_zeros(0, dtype=torch.long)
+    return [empty, empty, empty, empty, empty, empty]
 
 
 SCHEMA = (
@@ -214,15 +220,18 @@ def _fallback(
 ) -> torch.Tensor:
     """The operator where the C++ kernel is not registered for the ids' device: on CPU it
     builds (or loads) the kernel, which registers itself, and calls it; where that is not
-    possible (no compiler; another device), the torch ops of ``map_ids``."""
-    args = (ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds)
-    args += (tail_offset, tail_rows, is_compact, modulo)
-    if ids.device.type == "cpu" and _module() is not None:
-        return torch.ops.torchrec_lhf.fused_remap(*args)  # now the C++ kernel's
+    possible (no compiler; another device; ids or rows of other dtypes), the torch ops of
+    ``map_ids``."""
+    compact = [slot_keys, slot_rows, seeds, tail_offset, tail_rows, is_compact]
+    compact = compact if is_compact.numel() > 0 else []
+    module = _module() if _applies(ids, compact) else None
+    if module is not None:  # (loading it registered its kernel: later calls go there)
+        tables = _tables(mapping, compact)
+        return module.fused_remap_eager(
+            ids.contiguous(), lengths, offset, height, mapping, *tables, modulo
+        )
     from torchrec_lhf.modules.remap_lookup import map_ids  # (it imports this module)
 
-    compact = [] if is_compact.numel() == 0 else [slot_keys, slot_rows, seeds, tail_offset]
-    compact += [tail_rows, is_compact] if compact else []
     segments = (None, torch.tensor(lengths, device=ids.device), None)
     return map_ids(ids, segments, mapping, offset, height, modulo, True, compact)
 

@@ -18,11 +18,12 @@ the passes few and
   of a predictable ``where``; the head lookup selects with bit masks instead;
   ``torch.where`` stays only on conditions constant over a feature's ids.
 
-In eager CPU mode, where the host knows each internal feature's ids (TorchRec's per-key
-lengths), :func:`map_ids` is one pass of a C++ kernel instead
-(:func:`~torchrec_lhf.modules.compact_kernel.fused_remap`: range check, then every
-feature's lookup), except for dense-only modules that FBGEMM's ``pruned_array_lookup``
-takes. The torch ops below stay what TorchScript, CUDA and machines without a compiler run.
+On CPU, where the host knows each internal feature's ids (TorchRec's per-key lengths),
+:func:`map_ids` is one pass of a C++ kernel instead
+(:func:`~torchrec_lhf.modules.compact_kernel.fused_rows`: range check, then every
+feature's lookup; scripted, through its operator), except for eager dense-only modules that
+FBGEMM's ``pruned_array_lookup`` takes. The torch ops below stay what CUDA, machines without
+a compiler and batches whose lengths are not read run.
 
 Legend:
     J   internal features;  P ids of the batch, laid out per internal feature

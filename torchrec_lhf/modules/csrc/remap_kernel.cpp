@@ -199,6 +199,15 @@ bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads, c
     int64_t pending_start = 0, pending = 0;  // the block hashed, not yet probed
     const int64_t h = static_cast<int64_t>(f.height);
     const bool piped = f.kind == kCompact && heads.slots > 0;
+    // probe the pending block (buffers `at`); the packed form is tested once per block
+    const auto probe = [&](int at) {
+      I* to = out + pending_start;
+      if (heads.packed) {
+        compact_probe<true, I>(heads, f, pending, id_b[at], xs[at], slots[at], to);
+      } else {
+        compact_probe<false, I>(heads, f, pending, id_b[at], xs[at], slots[at], to);
+      }
+    };
     for (int64_t start = begin; start < end; start += kBlock) {
       const int64_t count = end - start < kBlock ? end - start : kBlock;
       int64_t* idc = id_b[cur];
@@ -224,31 +233,18 @@ bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads, c
           out[start + b] = static_cast<I>(static_cast<int64_t>(f.tail.mod(x >> 2)) + f.tail_offset);
         }
       } else {
-        const int prev = cur ^ 1;
         if (heads.packed) {
           compact_hash<true>(heads, f, count, idc, xs[cur], slots[cur]);
-          compact_probe<true, I>(heads, f, pending, id_b[prev], xs[prev], slots[prev],
-                                 out + pending_start);
         } else {
           compact_hash<false>(heads, f, count, idc, xs[cur], slots[cur]);
-          compact_probe<false, I>(heads, f, pending, id_b[prev], xs[prev], slots[prev],
-                                  out + pending_start);
         }
+        probe(cur ^ 1);  // the block before, while this one's slots arrive
         pending_start = start;
         pending = count;
-        cur = prev;
+        cur ^= 1;
       }
     }
-    if (pending > 0) {  // the last block
-      const int prev = cur ^ 1;
-      if (heads.packed) {
-        compact_probe<true, I>(heads, f, pending, id_b[prev], xs[prev], slots[prev],
-                               out + pending_start);
-      } else {
-        compact_probe<false, I>(heads, f, pending, id_b[prev], xs[prev], slots[prev],
-                                out + pending_start);
-      }
-    }
+    if (pending > 0) probe(cur ^ 1);  // the last block
     if (bad) any_bad.store(true, std::memory_order_relaxed);
   });
   return any_bad.load();
