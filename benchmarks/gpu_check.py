@@ -17,7 +17,21 @@ Steps:
   the tail hash), one-hot and ``--pooling 4``, against the gather of the same
   rows by a plain lookup (``torch.nn.functional.embedding_bag`` of the internal rows);
 * ``combine``: seconds per batch of the two-hash combine (sum and concat);
-* ``clustering``: ``python -m benchmarks.clustering --device cuda --json``, small sizes.
+* ``operator``: the serving operator ``torchrec_lhf::fused_remap`` (its torch-ops fallback
+  on CUDA) gives the rows the CPU gives (the C++ kernel where this machine builds it);
+* ``remap_profile``: kernels launched per remap of a 4,096 batch (dense and compact,
+  pooling 4) and the five costliest, from ``torch.profiler``: where the time goes when the
+  remap is launch-bound;
+* ``remap_compiled``: the same remaps under ``torch.compile`` (dynamic shapes): their time
+  and whether the rows are equal (what fusing the remap's elementwise ops would give);
+* ``kth_select``: the clustering's selection of the k-th smallest key
+  (:func:`~torchrec_lhf.clustering.agglomerative.kth_smallest`) equals CPU ``kthvalue`` on
+  10M keys with ties, and its time against CUDA ``kthvalue``;
+* ``clustering``: ``python -m benchmarks.clustering --device cuda --json``, 1M and 10M ids;
+* ``tests``: ``pytest tests/clustering`` (torch-only; its ``gpu`` tests run on CUDA).
+
+Each step's result is also written to stderr as it finishes (one JSON line), so that a run
+cut short keeps what it measured.
 
 Usage::
 
@@ -36,136 +50,19 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from torchrec_lhf.hashing import mix_keyed, seed_keys
-from torchrec_lhf.modules import head_table
-from torchrec_lhf.modules.remap_ops import combine_plan, combine_values, remap_values
-
-CRITEO_HEIGHTS = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]  # fmt: skip
-
-
-class Tables:
-    """A learned-hash layout as remap_values takes it: H hash functions per table."""
-
-    def __init__(
-        self, heights: list[int], num_hashes: int, device: str, seed: int = 0, compact: bool = False
-    ) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.heights = heights
-        self.keys = [f"f{i}" for i in range(len(heights))]
-        self.sources: list[str] = []
-        offsets, rows, pieces = [], [], []
-        for i, n in enumerate(heights):
-            m = max(1, n // 10)
-            for _ in range(num_hashes):
-                self.sources.append(self.keys[i])
-                offsets.append(sum(p.numel() for p in pieces))
-                rows.append(m)
-                pieces.append(torch.randint(0, m, (n,), generator=g, dtype=torch.int32))
-        self.rows = rows
-        self.mapping = torch.cat(pieces).to(device)
-        self.offset_J = torch.tensor(offsets, dtype=torch.int32, device=device)
-        self.height_J = torch.tensor(
-            [heights[self.keys.index(s)] for s in self.sources], device=device
-        )
-        self.compact: list[torch.Tensor] = []
-        if compact:
-            self._make_compact(pieces, rows, device)
-
-    def _make_compact(self, pieces: list[torch.Tensor], rows: list[int], device: str) -> None:
-        """Head/tail instead of dense: each internal feature's smallest 10% of ids (the
-        frequent ones of :func:`make_batch`) in the cuckoo table, the others hashed."""
-        seeds_J = torch.arange(len(pieces), dtype=torch.int64) + 11
-        keys, head_rows, xs = [], [], []
-        for j, (piece, offset) in enumerate(zip(pieces, self.offset_J.tolist())):
-            ids_K = torch.arange(max(1, piece.numel() // 10))
-            keys.append(offset + ids_K)
-            head_rows.append(piece[ids_K])
-            xs.append(mix_keyed(ids_K, seed_keys(seeds_J[j : j + 1]).expand(ids_K.numel())))
-        slot_keys, slot_rows = head_table.build(
-            torch.cat(keys).to(torch.int32), torch.cat(head_rows).to(torch.int32), torch.cat(xs)
-        )
-        num_j = len(pieces)
-        self.compact = [
-            t.to(device)
-            for t in (
-                slot_keys,
-                slot_rows,
-                seeds_J,
-                torch.zeros(num_j, dtype=torch.int64),
-                torch.tensor(rows, dtype=torch.int64),
-                torch.ones(num_j, dtype=torch.bool),
-            )
-        ]
-        self.mapping = self.mapping[:0]  # no dense mapping left
-
-    def reverse(self) -> None:
-        """Reverse the internal features: a layout that is not the identity."""
-        self.sources = self.sources[::-1]
-        self.offset_J, self.height_J = self.offset_J.flip(0), self.height_J.flip(0)
-
-    def drop_first(self) -> None:
-        """Drop the first internal feature: an input key the tables do not read."""
-        self.sources = self.sources[1:]
-        self.offset_J, self.height_J = self.offset_J[1:], self.height_J[1:]
-
-    def remap(self, batch: dict) -> tuple:
-        return remap_values(
-            self.keys,
-            batch["values"],
-            batch["lengths"],
-            batch["weights"],
-            batch.get("length_per_key"),
-            self.sources,
-            self.mapping,
-            self.offset_J,
-            self.height_J,
-            False,
-            False,
-            self.compact,
-        )
-
-
-def make_batch(
-    heights: list[int], batch: int, pooling: int, *, weighted: bool, device: str, seed: int = 1
-) -> dict:
-    """Key-major raw ids: ``pooling`` ids per bag (0 = random 0..3), Zipf-like skew."""
-    g = torch.Generator().manual_seed(seed)
-    if pooling > 0:
-        lengths = torch.full((len(heights), batch), pooling)
-    else:
-        lengths = torch.randint(0, 4, (len(heights), batch), generator=g)
-    values = torch.cat(
-        [
-            (torch.rand(int(lengths[i].sum()), generator=g) ** 3 * h).long().clamp_max(h - 1)
-            for i, h in enumerate(heights)
-        ]
-    )
-    return {
-        "values": values.to(device),
-        "lengths": lengths.flatten().to(device),
-        "weights": torch.rand(values.shape, generator=g).to(device) if weighted else None,
-        "length_per_key": None,
-    }
-
-
-def _timed(step: Callable[[], object], device: str, iters: int = 30, warmup: int = 5) -> float:
-    """Median seconds of ``step`` (CUDA events on CUDA)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+from benchmarks._gpu_remap import (
+    CRITEO_HEIGHTS,
+    Tables,
+    bench_combine,
+    bench_remap,
+    check_operator,
+    compiled_remap,
+    make_batch,
+    profile_remap,
+    timed,
+)
+from torchrec_lhf.clustering.agglomerative import kth_smallest
+from torchrec_lhf.modules.remap_ops import combine_plan, combine_values
 
 
 def check_sync(device: str) -> dict:
@@ -226,51 +123,27 @@ def _sync_errors(device: str) -> Iterator[None]:
         torch.cuda.set_sync_debug_mode("default")
 
 
-def bench_remap(device: str, batch_size: int) -> dict:
-    """Remap seconds per batch against a plain pooled lookup of the same rows."""
-    heights = [min(h, 1_000_000) for h in CRITEO_HEIGHTS]
-    results = {}
-    for encoding, pooling in (("dense", 1), ("dense", 4), ("compact", 1), ("compact", 4)):
-        tables = Tables(heights, 1, device, compact=encoding == "compact")
-        batch = make_batch(heights, batch_size, pooling, weighted=False, device=device)
-        rows, lengths, _, _ = tables.remap(batch)
-        offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
-        weight = torch.randn(sum(tables.rows), 64, device=device)
-        row_offset = torch.tensor([0, *tables.rows[:-1]], device=device).cumsum(0)
-        flat = rows + torch.repeat_interleave(row_offset, lengths.view(len(heights), -1).sum(1))
-        lookup = _timed(
-            lambda f=flat, w=weight, o=offsets[:-1]: torch.nn.functional.embedding_bag(
-                f, w, o, mode="sum"
-            ),
-            device,
-        )
-        remap = _timed(lambda b=batch, t=tables: t.remap(b), device)
-        results[f"{encoding}_pooling_{pooling}"] = {
-            "remap_seconds": remap,
-            "lookup_seconds": lookup,
-            "remap_over_lookup": remap / lookup,
-            "ids": batch["values"].numel(),
-        }
-    return results
+def check_kth(device: str, num_keys: int) -> dict:
+    """kth_smallest on ``device`` against CPU kthvalue (keys with ties), and its time."""
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randint(0, num_keys // 4, (num_keys,), generator=g).double()
+    moved = keys.to(device)
+    ks = [1, num_keys // 10, num_keys // 2, num_keys]
+    equal = all(float(kth_smallest(moved, k)) == float(keys.kthvalue(k).values) for k in ks)
+    k = num_keys // 10
+    return {
+        "ok": equal,
+        "keys": num_keys,
+        "kth_smallest_seconds": timed(lambda: kth_smallest(moved, k), device, 5, 1),
+        "kthvalue_seconds": timed(lambda: moved.kthvalue(k), device, 5, 1),
+    }
 
 
-def bench_combine(device: str, batch_size: int) -> dict:
-    in_dims = [32] * 52
-    in_keys = [f"k{i}" for i in range(52)]
-    values = torch.randn(batch_size, sum(in_dims), device=device)
-    results = {}
-    for combine, dim in (("sum", 32), ("concat", 64)):
-        sources = [(in_keys[2 * i : 2 * i + 2], combine) for i in range(26)]
-        first, passes = combine_plan(in_keys, in_dims, [dim] * 26, sources)
-        first_C = torch.tensor(first, device=device)
-        passes_t = [
-            (m, torch.tensor(d, device=device), torch.tensor(s, device=device))
-            for m, d, s in passes
-        ]
-        results[combine] = _timed(
-            lambda f=first_C, p=passes_t: combine_values(values, f, p), device
-        )
-    return results
+def run_tests() -> dict:
+    """``pytest tests/clustering`` in a subprocess (its ``gpu`` tests need CUDA)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/clustering"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return {"ok": out.returncode == 0, "tail": out.stdout[-600:]}
 
 
 def bench_clustering(device: str, num_ids: int) -> dict:
@@ -289,23 +162,41 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--batch_size", type=int, default=4096)
-    parser.add_argument("--clustering_ids", type=int, default=1_000_000)
+    parser.add_argument("--batch_sizes", default="4096,65536", help="remap and combine")
+    parser.add_argument("--clustering_ids", default="1000000,10000000")
     args = parser.parse_args(argv)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     if args.device == "cuda" and not torch.cuda.is_available():
         result = {"gpu_check": "skipped", "reason": "CUDA is not available (try --device cpu)"}
         print(json.dumps(result))
         return result
-    result = {
+    result: dict = {
         "gpu_check": args.device,
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "torch": torch.__version__,
-        "sync": check_sync(args.device),
-        "remap": bench_remap(args.device, args.batch_size),
-        "combine_seconds": bench_combine(args.device, args.batch_size),
-        "clustering": bench_clustering(args.device, args.clustering_ids),
     }
-    result["ok"] = result["sync"]["ok"] and result["clustering"]["ok"]
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("sync", lambda: check_sync(args.device)),
+        ("operator", lambda: check_operator(args.device)),
+        *[(f"remap_batch_{b}", lambda b=b: bench_remap(args.device, b)) for b in batch_sizes],
+        *[(f"combine_seconds_batch_{b}", lambda b=b: bench_combine(args.device, b)) for b in batch_sizes],
+        ("remap_profile", lambda: profile_remap(args.device, batch_sizes[0])),
+        ("remap_compiled", lambda: compiled_remap(args.device, batch_sizes[0])),
+        ("kth_select", lambda: check_kth(args.device, int(args.clustering_ids.split(",")[-1]))),
+        *[
+            (f"clustering_{n}", lambda n=n: bench_clustering(args.device, int(n)))
+            for n in args.clustering_ids.split(",")
+        ],
+        ("tests", run_tests),
+    ]  # fmt: skip
+    for name, step in steps:
+        t0 = time.perf_counter()
+        try:
+            result[name] = step()
+        except Exception as error:  # noqa: BLE001 (reported, and the next step runs)
+            result[name] = {"ok": False, "error": f"{type(error).__name__}: {error}"[:2000]}
+        print(json.dumps({"step": name, "wall_seconds": time.perf_counter() - t0, name: result[name]}), file=sys.stderr, flush=True)  # fmt: skip
+    result["ok"] = all(v.get("ok", True) for k, v in result.items() if isinstance(v, dict))
     print(json.dumps(result, indent=2))
     return result
 

@@ -6,8 +6,10 @@
 # torchrec_lhf/clustering), so nothing is pip-installed; torchrec_lhf's top-level
 # __init__ imports torchrec, so when torchrec is missing a sitecustomize in a temporary
 # folder registers the package without running it (subprocesses inherit it through
-# PYTHONPATH). Prints one JSON object (benchmarks/gpu_check.py: sync, remap, combine,
-# clustering); exits 0 with a "skipped" JSON when CUDA is absent.
+# PYTHONPATH). Prints one JSON object (benchmarks/gpu_check.py: sync, the serving operator,
+# remap, its profile and torch.compile, combine, clustering, pytest tests/clustering);
+# each step also goes to stderr as it ends (one JSON line); about 2 minutes on an H200
+# (docs/PERFORMANCE.md, "On a GPU"). Exits 0 with a "skipped" JSON when CUDA is absent.
 #
 # Usage: benchmarks/gpu_check.sh [--cpu]     (--cpu: a dry run of the same steps on CPU)
 #        PYTHON=/path/to/python benchmarks/gpu_check.sh

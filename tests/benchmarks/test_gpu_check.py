@@ -17,13 +17,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cpu_dry_run_passes_every_step() -> None:
-    result = main(["--device", "cpu", "--batch_size", "64", "--clustering_ids", "2000"])
+    result = main(["--device", "cpu", "--batch_sizes", "64", "--clustering_ids", "2000"])
     assert result["sync"]["ok"], result["sync"]
     assert set(result["sync"]["cases"]) >= {"one_hot", "multi_hot", "weighted", "two_hash"}
-    assert result["clustering"]["ok"] and result["ok"]
-    assert result["remap"]["dense_pooling_4"]["ids"] == 26 * 64 * 4
-    assert result["remap"]["compact_pooling_4"]["ids"] == 26 * 64 * 4
     assert result["sync"]["cases"]["compact_multi_hot"] == "ok"
+    assert result["operator"]["ok"], result["operator"]
+    remap = result["remap_batch_64"]
+    assert remap["dense_pooling_4"]["ids"] == remap["compact_pooling_4"]["ids"] == 26 * 64 * 4
+    for encoding in ("dense", "compact"):
+        assert result["remap_profile"][encoding]["events_per_call"] > 0
+        assert result["remap_compiled"][encoding]["equal"], result["remap_compiled"]
+    assert result["kth_select"]["ok"] and result["kth_select"]["keys"] == 2000
+    assert result["clustering_2000"]["ok"], result["clustering_2000"]
+    assert result["tests"]["ok"], result["tests"]
+    assert result["ok"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without CUDA")

@@ -156,3 +156,15 @@ def test_cuda_matches_cpu():
     gpu = agglomerative_1d(values.cuda(), counts.cuda(), 1_000)
     assert gpu.cluster_of_id.is_cuda
     assert torch.equal(cpu.cluster_of_id, gpu.cluster_of_id.cpu())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_kth_smallest_is_kthvalue_with_ties(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randint(0, 50, (5_000,), generator=g).double()  # many ties
+    for k in (1, 17, 2_500, 4_999, 5_000):
+        got = vec_impl.kth_smallest(keys.to(device), k)
+        assert got.device.type == device
+        assert float(got) == float(keys.kthvalue(k).values) == float(keys.sort().values[k - 1])
