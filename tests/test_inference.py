@@ -13,10 +13,13 @@ from tests._compact import to_compact
 from torchrec_lhf import HashPlan, apply_hash_plan
 from torchrec_lhf.inference import (
     ScoringModule,
+    example_batch,
     load_scripted,
     quantize_for_inference,
     save_scripted,
+    script_for_inference,
     script_serving_model,
+    shard_for_inference,
 )
 from torchrec_lhf.modules import compact_kernel
 
@@ -90,7 +93,7 @@ torch.save(model(*batch), sys.argv[3])
 def test_a_compact_model_runs_the_remap_operator_and_loads_in_a_new_process(
     tmp_path: Path, kernel: str
 ) -> None:
-    """The scripted remap is the one operator ``torchrec_lhf::fused_remap``; a new process
+    """The scripted remap is the one operator ``torchrec_lhf::fused_remap_bags``; a new process
     that imports the project loads and scores it, with the C++ kernel or (turned off, or
     where it cannot be built) the operator's torch ops."""
     import os
@@ -103,7 +106,7 @@ def test_a_compact_model_runs_the_remap_operator_and_loads_in_a_new_process(
     with torch.profiler.profile() as prof:
         expected = scripted(*batch)
     ops = {event.key for event in prof.key_averages()}
-    assert "torchrec_lhf::fused_remap" in ops
+    assert "torchrec_lhf::fused_remap_bags" in ops  # (on the request: see the test below)
     if compact_kernel.available():  # the C++ kernel: no torch op of the lookup runs
         assert "aten::gather" not in ops
     path = tmp_path / "model.pt"
@@ -114,3 +117,36 @@ def test_a_compact_model_runs_the_remap_operator_and_loads_in_a_new_process(
     subprocess.run([sys.executable, "-c", LOAD_AND_SCORE, *argv], check=True, env=env)
     scores = torch.load(tmp_path / "scores.pt", weights_only=True)
     torch.testing.assert_close(scores, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("order", ["request", "reversed", "dense"])
+def test_the_scripted_model_remaps_the_request_and_leaves_the_model_as_it_was(
+    order: str,
+) -> None:
+    """Where the request's features are the remap's, in order, the traced wrapper remaps
+    the request's tensors (``request_rows``) and the collection's remap is not in the
+    graph; in another order the collection remaps as in eager mode; a dense one-hash plan,
+    which FBGEMM remaps inside its kernel, is left to it (a mapping that is not idempotent,
+    so that remapping twice would show). Same scores every time, and the module traced is
+    left as it was."""
+    mapping = torch.randperm(30, generator=torch.Generator().manual_seed(0)) % 7
+    plan = HashPlan.from_mappings({"t0": mapping})
+    assert not torch.equal(mapping[mapping], mapping)
+    if order != "dense":
+        plan = to_compact(plan, every=3)
+    features = FEATURES[::-1] if order == "reversed" else FEATURES
+    scoring = ScoringModule(_dlrm(plan), features).eval()
+    dense, values, lengths = _batch()
+    expected = scoring(dense, values, lengths)
+    sharded = shard_for_inference(
+        quantize_for_inference(scoring, dtype="fp32"), example_batch(len(features), 3)
+    )
+    scripted = script_for_inference(sharded)
+    code = "\n".join(m.code for m in scripted.modules() if hasattr(m, "code"))
+    hoisted = order == "request"
+    assert ("request_rows" in code) == hoisted
+    assert ("remap_features" in code) == (order == "reversed")  # (dense: in FBGEMM's kernel)
+    torch.testing.assert_close(scripted(dense, values, lengths), expected, atol=1e-6, rtol=0)
+    assert "request_remap" not in sharded._modules
+    assert all(not getattr(m, "hoisted", False) for m in sharded.modules())
+    torch.testing.assert_close(sharded(dense, values, lengths), expected, atol=1e-6, rtol=0)

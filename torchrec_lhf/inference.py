@@ -67,6 +67,7 @@ from torchrec_lhf.distributed.quant_embedding_bag import (
 )
 from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection
 from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection
+from torchrec_lhf.modules.remap import FeatureRemap
 
 MANIFEST_FILE = "manifest.json"
 """Name of the JSON manifest stored inside a saved scripted model (``_extra_files``)."""
@@ -90,6 +91,9 @@ class ScoringModule(nn.Module):
     Shapes (``B`` samples, ``F = len(feature_names)``): ``dense`` ``(B, num_dense)``,
     ``values`` ``(sum lengths,)`` raw ids, ``lengths`` ``(F * B,)`` feature-major (as a
     KeyedJaggedTensor's); returns ``(B,)``.
+
+    Traced by :func:`script_for_inference`, it may do a learned-hash remap itself, on the
+    request's tensors (see ``_remap_on_request``); eager, it is the plain wrapper.
     """
 
     def __init__(self, model: nn.Module, feature_names: list[str]) -> None:
@@ -100,7 +104,12 @@ class ScoringModule(nn.Module):
     def forward(
         self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
-        sparse = KeyedJaggedTensor(keys=self.feature_names, values=values, lengths=lengths)
+        remap = self._modules.get("request_remap")  # (script_for_inference, while it traces)
+        if isinstance(remap, FeatureRemap):  # the remap on the request's tensors
+            rows = remap.request_rows(values, lengths)
+            sparse = KeyedJaggedTensor(keys=remap.feature_names, values=rows, lengths=lengths)
+        else:
+            sparse = KeyedJaggedTensor(keys=self.feature_names, values=values, lengths=lengths)
         return torch.sigmoid(self.model(dense, sparse)).reshape(-1)
 
 
@@ -201,8 +210,38 @@ def script_for_inference(model: nn.Module) -> torch.jit.ScriptModule:
     Raises:
         Whatever tracing or scripting raises for a module that is not traceable.
     """
-    graph = torchrec.fx.symbolic_trace(model)
+    with _remap_on_request(model):
+        graph = torchrec.fx.symbolic_trace(model)
     return torch.jit.script(graph)
+
+
+@contextlib.contextmanager
+def _remap_on_request(model: nn.Module) -> Iterator[None]:
+    """While tracing a :class:`ScoringModule` whose one learned-hash remap reads its features
+    in request order (DLRM's layout): the wrapper remaps the request's tensors itself
+    (:meth:`FeatureRemap.request_rows`) and the remap module passes its input on. The traced
+    model then makes one KeyedJaggedTensor, of rows, where it made one of raw ids and the
+    remap a second (with the keys compared, the per-key lengths taken and the lists built:
+    most of a one-sample request's remap). Same scores; ``model`` is left as it was."""
+    owners = [m for m in model.modules() if isinstance(getattr(m, "remap", None), FeatureRemap)]
+    remaps = [m for m in model.modules() if isinstance(m, FeatureRemap)]
+    if (
+        not isinstance(model, ScoringModule)
+        or len(remaps) != 1
+        or len(owners) != 1
+        or getattr(owners[0], "remap_in_kernel", False)  # (FBGEMM remaps: no module call)
+        or remaps[0].sources != model.feature_names
+    ):
+        yield
+        return
+    remap = remaps[0]
+    model.request_remap = remap
+    remap.hoisted = True
+    try:
+        yield
+    finally:
+        remap.hoisted = False
+        del model.request_remap
 
 
 def example_batch(num_features: int, num_dense: int) -> tuple[torch.Tensor, ...]:

@@ -201,3 +201,56 @@ def test_the_operator_passes_torch_library_opcheck() -> None:
     (``torch.export``/``torch.compile`` trace it through its fake function)."""
     for modulo in (False, True):
         torch.library.opcheck(torch.ops.torchrec_lhf.fused_remap, _operator_args(modulo))
+
+
+def _bags(length_J: list[int], stride: int, dtype: torch.dtype) -> torch.Tensor:
+    """Per-bag lengths ``(J * stride,)`` whose sums per feature are ``length_J``."""
+    bags = []
+    for n in length_J:
+        part = [n // stride] * stride
+        part[-1] += n - sum(part)
+        bags += part
+    return torch.tensor(bags, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("modulo", [False, True], ids=["error", "modulo"])
+def test_the_bags_operator_sums_the_bags_and_agrees(monkeypatch, dtype, modulo: bool) -> None:  # noqa: ANN001
+    """``fused_remap_bags`` (per-bag lengths, as a request's) gives ``fused_remap``'s rows,
+    in C++ and in its fallback."""
+    op_args = _operator_args(modulo)
+    ids, length_J, tables = op_args[0], op_args[1], op_args[2:]
+    bags = _bags(length_J, 3, dtype)
+    expected = torch.ops.torchrec_lhf.fused_remap(*op_args)
+    assert torch.equal(torch.ops.torchrec_lhf.fused_remap_bags(ids, bags, *tables), expected)
+    monkeypatch.setattr(compact_kernel, "_module", lambda: None)
+    assert torch.equal(compact_kernel._fallback_bags(ids, bags, *tables), expected)
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["kernel", "fallback"])
+def test_bad_bag_lengths_are_refused(monkeypatch, fallback: bool) -> None:  # noqa: ANN001
+    op_args = _operator_args(False)
+    ids, length_J, tables = op_args[0], op_args[1], op_args[2:]
+    call = torch.ops.torchrec_lhf.fused_remap_bags
+    if fallback:
+        monkeypatch.setattr(compact_kernel, "_module", lambda: None)
+        call = compact_kernel._fallback_bags
+    bags = _bags(length_J, 3, torch.int64)
+    with pytest.raises(RuntimeError, match="14 entries are not a batch of 5 features"):
+        call(ids, bags[:-1], *tables)
+    with pytest.raises(RuntimeError, match="sum to|negative|size"):
+        call(ids, torch.cat([bags[:-1], bags[-1:] + 1]), *tables)
+    if not fallback:  # (the fallback's torch ops fail on their own, differently)
+        negative = bags.clone()
+        negative[0], negative[1] = -1, negative[1] + negative[0] + 1
+        with pytest.raises(RuntimeError, match="bag 0 has a negative length -1"):
+            call(ids, negative, *tables)
+
+
+def test_the_bags_operator_passes_torch_library_opcheck() -> None:
+    for modulo in (False, True):
+        op_args = _operator_args(modulo)
+        bags = _bags(op_args[1], 3, torch.int64)
+        torch.library.opcheck(
+            torch.ops.torchrec_lhf.fused_remap_bags, (op_args[0], bags, *op_args[2:])
+        )

@@ -174,10 +174,36 @@ def fused_rows(
     )
 
 
+def fused_rows_of_bags(
+    ids_P: torch.Tensor,
+    bag_lengths: torch.Tensor,
+    mapping: torch.Tensor,
+    offset_J: torch.Tensor,
+    height_J: torch.Tensor,
+    modulo: bool,
+    compact: list[torch.Tensor],
+) -> torch.Tensor | None:
+    """:func:`fused_rows` for scripted code that has the per-bag lengths but not the ids
+    per feature: the operator ``torchrec_lhf::fused_remap_bags`` sums each feature's bags
+    itself (TorchScript's per-key lengths, a sum and a host list, cost more than the whole
+    lookup of a one-sample request). None where the kernel does not apply.
+
+    Args as for :func:`fused_rows`, with ``bag_lengths`` the ids of each bag, feature-major,
+    shape ``(J * B,)``, in place of the per-feature counts.
+    """
+    if not _applies(ids_P, compact):
+        return None
+    t = _tables(mapping, compact)
+    return torch.ops.torchrec_lhf.fused_remap_bags(
+        ids_P, bag_lengths, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
+        modulo,
+    )  # fmt: skip
+
+
 def _applies(ids_P: torch.Tensor, compact: list[torch.Tensor]) -> bool:
     """Whether the kernel reads these ids and head rows: on CPU, int32 or int64 ids, int16
     or int32 head rows (or none)."""
-    if ids_P.device.type != "cpu":
+    if not ids_P.is_cpu:  # (not device.type: a string made per call)
         return False
     if ids_P.dtype != torch.int64 and ids_P.dtype != torch.int32:
         return False
@@ -195,13 +221,15 @@ def _tables(mapping: torch.Tensor, compact: list[torch.Tensor]) -> list[torch.Te
     return [empty, empty, empty, empty, empty, empty]
 
 
-SCHEMA = (
-    "fused_remap(Tensor ids, int[] lengths, Tensor offset, Tensor height, Tensor mapping, "
-    "Tensor slot_keys, Tensor slot_rows, Tensor seeds, Tensor tail_offset, "
-    "Tensor tail_rows, Tensor is_compact, bool modulo) -> Tensor"
+_TABLES = (
+    "Tensor offset, Tensor height, Tensor mapping, Tensor slot_keys, Tensor slot_rows, "
+    "Tensor seeds, Tensor tail_offset, Tensor tail_rows, Tensor is_compact, bool modulo"
 )
+SCHEMA = f"fused_remap(Tensor ids, int[] lengths, {_TABLES}) -> Tensor"
 """The operator's schema. ``seeds``: the tail hashes' seeds; the empty tensors of a module
 without compact features stand for its absent tables (``is_compact`` empty)."""
+SCHEMA_BAGS = f"fused_remap_bags(Tensor ids, Tensor bag_lengths, {_TABLES}) -> Tensor"
+"""``fused_remap`` with the per-bag lengths ``(J * B,)`` in place of the ids per feature."""
 
 
 def _fallback(
@@ -236,20 +264,39 @@ def _fallback(
     return map_ids(ids, segments, mapping, offset, height, modulo, True, compact)
 
 
+def _fallback_bags(
+    ids: torch.Tensor,
+    bag_lengths: torch.Tensor,
+    offset: torch.Tensor,
+    *tables_and_modulo: object,
+) -> torch.Tensor:
+    """``fused_remap_bags`` where its C++ kernel is not registered: the ids per feature
+    summed here, then :func:`_fallback`."""
+    num, bags = offset.numel(), bag_lengths.numel()
+    if (bags % num != 0) if num > 0 else bags != 0:
+        raise RuntimeError(f"the bag lengths' {bags} entries are not a batch of {num} features")
+    lengths = bag_lengths.view(num, -1).sum(1).tolist() if num > 0 else []
+    return _fallback(ids, lengths, offset, *tables_and_modulo)  # type: ignore[arg-type]
+
+
 def _register_operator() -> torch.library.Library | None:
-    """Define ``torchrec_lhf::fused_remap`` with :func:`_fallback` for every backend (the
-    C++ kernel, once loaded, takes the CPU: a backend's own kernel comes first) and its
-    shape function (``torch.export``, ``torch.compile``)."""
+    """Define ``torchrec_lhf::fused_remap`` and ``fused_remap_bags`` with their fallbacks for
+    every backend (the C++ kernel, once loaded, takes the CPU: a backend's own kernel comes
+    first) and their shape functions (``torch.export``, ``torch.compile``)."""
     if hasattr(torch.ops.torchrec_lhf, "fused_remap"):  # (a reload of this module)
         return None
     library = torch.library.Library("torchrec_lhf", "FRAGMENT")
-    library.define(SCHEMA)
-    library.impl("fused_remap", _fallback, "CompositeExplicitAutograd")
     register_fake = getattr(torch.library, "register_fake", None)  # (torch >= 2.4)
-    if register_fake is not None:
-        register_fake("torchrec_lhf::fused_remap", lib=library)(
-            lambda ids, *rest: torch.empty_like(ids)
-        )
+    for name, schema, fallback in (
+        ("fused_remap", SCHEMA, _fallback),
+        ("fused_remap_bags", SCHEMA_BAGS, _fallback_bags),
+    ):
+        library.define(schema)
+        library.impl(name, fallback, "CompositeExplicitAutograd")
+        if register_fake is not None:
+            register_fake(f"torchrec_lhf::{name}", lib=library)(
+                lambda ids, *rest: torch.empty_like(ids)
+            )
     return library
 
 

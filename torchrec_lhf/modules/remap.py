@@ -29,9 +29,16 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_lhf.hashing import mix_keyed, seed_keys
 from torchrec_lhf.modules import compact_kernel, head_table
 from torchrec_lhf.modules.remap_lookup import array_offsets, compact_runs
-from torchrec_lhf.modules.remap_ops import IDENTITY, needs_length_per_key, remap_values
+from torchrec_lhf.modules.remap_ops import (
+    IDENTITY,
+    needs_length_per_key,
+    remap_values,
+    request_rows,
+)
 from torchrec_lhf.modules.remap_state import heads_from_state, heads_to_state
 from torchrec_lhf.plan_compact import CompactMapping
+
+torch.fx.wrap("request_rows")  # one opaque node in a trace (it tests the ids' device)
 
 OUT_OF_RANGE_POLICIES = ("error", "modulo")
 MAPPING_DTYPES = (torch.int16, torch.int32)
@@ -113,15 +120,25 @@ def remap_features(
     if features.variable_stride_per_key():
         raise ValueError("variable batch size per feature (VBE) is not supported by the remap")
     keys = features.keys()
-    on_cpu = read_lengths_on_cpu and features.values().device.type == "cpu"
-    if on_cpu and keys == sources:
-        # DLRM's layout on CPU: the per-key lengths and the kernel's pass, nothing else
-        # (scripted, the general path's statements are most of a small batch's remap)
-        length_per_key = features.length_per_key()
-        rows_P = compact_kernel.fused_rows(
-            features.values(), length_per_key, mapping, offset_J, height_J, modulo, compact,
-            array_offsets,
-        )  # fmt: skip
+    on_cpu = read_lengths_on_cpu and features.values().is_cpu
+    if on_cpu and keys == sources:  # DLRM's layout on CPU: the kernel's pass, nothing else
+        length_per_key: list[int] | None = None
+        if torch.jit.is_scripting():
+            # scripted (serving): the operator sums each feature's bags itself (TorchScript's
+            # per-key lengths cost more than the whole lookup of a one-sample request)
+            length_per_key = features.length_per_key_or_none()
+            rows_P = compact_kernel.fused_rows_of_bags(
+                features.values(), features.lengths(), mapping, offset_J, height_J, modulo,
+                compact,
+            )  # fmt: skip
+        else:
+            # eager: the per-key lengths (TorchRec's input_dist reads them anyway; the output
+            # carries them on)
+            length_per_key = features.length_per_key()
+            rows_P = compact_kernel.fused_rows(
+                features.values(), length_per_key, mapping, offset_J, height_J, modulo,
+                compact, array_offsets,
+            )  # fmt: skip
         if rows_P is not None:
             return KeyedJaggedTensor(
                 keys=feature_names,
@@ -278,6 +295,9 @@ class FeatureRemap(nn.Module):
         # on CPU (where a host read is no sync) take TorchRec's per-key lengths in the remap
         # when they save work; tests turn it off to check the device path on CPU
         self.read_lengths_on_cpu = True
+        # set while a serving wrapper remaps the request's tensors itself (request_rows;
+        # torchrec_lhf.inference.script_for_inference): forward then passes its input on
+        self.hoisted = False
         self.register_buffer("mapping", mapping, persistent=True)
         # int32 offsets halve the remap's memory traffic on CPU (see remap_ops._map_ids)
         ends = [f.offset + f.num_embeddings for f in self.features]
@@ -376,6 +396,8 @@ class FeatureRemap(nn.Module):
         Returns:
             KeyedJaggedTensor with keys ``self.feature_names`` and stride ``B``.
         """
+        if self.hoisted:  # (a Python test: a trace made meanwhile has no remap here)
+            return features
         return remap_features(
             features,
             self.feature_names,
@@ -385,17 +407,48 @@ class FeatureRemap(nn.Module):
             self.height_J,
             self.out_of_range == "modulo",
             self.has_identity,
-            [
-                self.slot_keys,
-                self.slot_rows,
-                self.tail_seed_J,
-                self.tail_offset_J,
-                self.tail_rows_J,
-                self.compact_J,
-            ]
-            if self.has_compact
-            else [],
+            self._compact_tensors(),
             self.array_offsets if self.has_array_offsets else None,
             self.compact_runs,
             self.read_lengths_on_cpu,
+        )
+
+    def _compact_tensors(self) -> list[torch.Tensor]:
+        """The compact lookup's tensors as ``remap_values`` takes them (empty: none)."""
+        if not self.has_compact:
+            return []
+        return [
+            self.slot_keys,
+            self.slot_rows,
+            self.tail_seed_J,
+            self.tail_offset_J,
+            self.tail_rows_J,
+            self.compact_J,
+        ]
+
+    @torch.jit.unused
+    def request_rows(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward`'s rows for a request whose keys are ``self.sources`` in order,
+        from its raw tensors (:func:`~torchrec_lhf.modules.remap_ops.request_rows`; a
+        serving wrapper traces this in place of :meth:`forward`).
+
+        Args:
+            values: raw ids, key-major, shape ``(V,)``.
+            lengths: ids per bag, shape ``(J * B,)``.
+
+        Returns:
+            The rows, shape ``(V,)``; the lengths stay as they are.
+        """
+        return request_rows(
+            values,
+            lengths,
+            self.sources,
+            self.mapping,
+            self.offset_J,
+            self.height_J,
+            self.out_of_range == "modulo",
+            self.has_identity,
+            self._compact_tensors(),
+            self.array_offsets if self.has_array_offsets else None,
+            self.compact_runs,
         )

@@ -120,7 +120,7 @@ def map_ids(
     (contiguous slices of ``ids_P``), not every id.
     """
     j_opt, per_key_J, regions_J = segments
-    on_cpu = ids_P.device.type == "cpu"
+    on_cpu = ids_P.is_cpu
     if on_cpu and length_J is not None:
         # CPU with the per-feature lengths: range check and lookup in one kernel pass (eager
         # dense modules that FBGEMM's pruned_array_lookup takes keep it: benchmarks.remap's

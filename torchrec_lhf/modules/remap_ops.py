@@ -58,6 +58,7 @@ import functools
 
 import torch
 
+from torchrec_lhf.modules import compact_kernel
 from torchrec_lhf.modules.remap_lookup import map_ids, map_ids_or_raise
 
 # NOTE: no ``from __future__ import annotations``: TorchScript reads these functions'
@@ -256,6 +257,45 @@ def remap_values(
             length_per_key,
         )
     return rows_P, out_lengths, weights_V, length_per_key
+
+
+def request_rows(
+    values_V: torch.Tensor,
+    lengths: torch.Tensor,
+    sources: list[str],
+    mapping: torch.Tensor,
+    offset_J: torch.Tensor,
+    height_J: torch.Tensor,
+    modulo: bool,
+    has_identity: bool,
+    compact: list[torch.Tensor],
+    array_offsets: torch.Tensor | None = None,
+    runs: list[tuple[int, int]] | None = None,
+) -> torch.Tensor:
+    """The rows of a request whose keys are ``sources`` in order (a serving wrapper's
+    ``(values, lengths)``, before any KeyedJaggedTensor is made): every internal feature
+    reads one key, so the lengths stay as they are. On CPU the kernel's operator, which
+    sums each feature's bags itself; elsewhere (or where it does not apply)
+    :func:`remap_values`. See :func:`torchrec_lhf.inference.script_for_inference`.
+
+    Args:
+        values_V: raw ids, key-major, shape ``(V,)``.
+        lengths: ids per bag, shape ``(J * B,)``.
+        sources, the rest: as for :func:`remap_values` (``sources`` its ``keys`` too).
+
+    Returns:
+        The rows, shape ``(V,)``, in ``values_V``'s dtype.
+    """
+    if values_V.is_cpu:
+        rows_V = compact_kernel.fused_rows_of_bags(
+            values_V, lengths, mapping, offset_J, height_J, modulo, compact
+        )
+        if rows_V is not None:
+            return rows_V
+    return remap_values(
+        sources, values_V, lengths, None, None, sources, mapping, offset_J, height_J, modulo,
+        has_identity, compact, array_offsets, runs,
+    )[0]  # fmt: skip
 
 
 def combine_plan(

@@ -15,6 +15,8 @@
 #include <torch/library.h>
 #include <ATen/Parallel.h>
 
+#include <c10/util/SmallVector.h>
+
 #include <atomic>
 #include <cstdint>
 #include <vector>
@@ -147,6 +149,13 @@ Heads make_heads(const torch::Tensor& slot_keys, const torch::Tensor& slot_rows)
   return heads;
 }
 
+// `t` as a contiguous tensor of `type`: itself where it is one already (no dispatcher call:
+// a one-sample request's lookup is cheaper than a handful of them)
+inline torch::Tensor as(const torch::Tensor& t, c10::ScalarType type) {
+  if (t.scalar_type() == type && t.is_contiguous()) return t;
+  return t.to(type).contiguous();
+}
+
 enum Kind : int { kIdentity = 0, kDense = 1, kCompact = 2 };
 
 struct Feature {
@@ -190,7 +199,7 @@ template <typename I, typename M>
 bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads, const M* mapping,
                    bool modulo) {
   std::atomic<bool> any_bad{false};
-  at::parallel_for(f.begin, f.end, kGrain, [&](int64_t begin, int64_t end) {
+  const auto body = [&](int64_t begin, int64_t end) {
     uint64_t bad = 0;
     int64_t id_b[2][kBlock];
     uint64_t xs[2][kBlock];
@@ -246,12 +255,19 @@ bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads, c
     }
     if (pending > 0) probe(cur ^ 1);  // the last block
     if (bad) any_bad.store(true, std::memory_order_relaxed);
-  });
+  };
+  // NOTE: a feature of fewer ids than a grain runs here: parallel_for's own setup (its
+  // guards, the thread count) is a fair share of a one-sample request's lookup
+  if (f.end - f.begin <= kGrain) {
+    body(f.begin, f.end);
+  } else {
+    at::parallel_for(f.begin, f.end, kGrain, body);
+  }
   return any_bad.load();
 }
 
 template <typename I, typename M>
-void remap_all(const torch::Tensor& ids, torch::Tensor& out, const std::vector<Feature>& feats,
+void remap_all(const torch::Tensor& ids, torch::Tensor& out, c10::ArrayRef<Feature> feats,
                const Heads& heads, const M* mapping, bool modulo) {
   const I* in = ids.data_ptr<I>();
   I* rows = out.data_ptr<I>();
@@ -289,8 +305,8 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
   // NOTE: the offsets are int32 where they fit (read as they are: a conversion would cost an
   // allocation per call, a fair share of a one-sample batch's remap)
   const bool off32 = offset.scalar_type() == torch::kInt32;
-  auto off = off32 ? offset.contiguous() : offset.to(torch::kInt64).contiguous();
-  auto hgt = height.to(torch::kInt64).contiguous();
+  const auto off = as(offset, off32 ? torch::kInt32 : torch::kInt64);
+  const auto hgt = as(height, torch::kInt64);
   TORCH_CHECK(off.numel() == num && hgt.numel() == num, "per-feature tensors must have ", num,
               " entries");
   const int32_t* off_32 = off32 ? off.data_ptr<int32_t>() : nullptr;
@@ -299,10 +315,10 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
   const bool any_compact = is_compact.numel() > 0;
   torch::Tensor comp, seeds, t_off, t_rows;
   if (any_compact) {
-    comp = is_compact.to(torch::kBool).contiguous();
-    seeds = seeds_in.to(torch::kInt64).contiguous();
-    t_off = tail_offset.to(torch::kInt64).contiguous();
-    t_rows = tail_rows.to(torch::kInt64).contiguous();
+    comp = as(is_compact, torch::kBool);
+    seeds = as(seeds_in, torch::kInt64);
+    t_off = as(tail_offset, torch::kInt64);
+    t_rows = as(tail_rows, torch::kInt64);
     TORCH_CHECK(comp.numel() == num && seeds.numel() == num && t_off.numel() == num &&
                 t_rows.numel() == num);
   }
@@ -311,7 +327,7 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
   const int64_t* seeds_p = any_compact ? seeds.data_ptr<int64_t>() : nullptr;
   const int64_t* t_off_p = any_compact ? t_off.data_ptr<int64_t>() : nullptr;
   const int64_t* t_rows_p = any_compact ? t_rows.data_ptr<int64_t>() : nullptr;
-  std::vector<Feature> feats(num);
+  c10::SmallVector<Feature, 64> feats(num);
   int64_t at = 0;
   for (int64_t j = 0; j < num; ++j) {
     Feature& f = feats[j];
@@ -339,7 +355,7 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
   TORCH_CHECK(at == ids.numel(), "the lengths sum to ", at, ", the ids are ", ids.numel());
   auto out = torch::empty_like(ids);
   const bool int64_ids = ids.scalar_type() == torch::kInt64;
-  const auto map_t = mapping.contiguous();
+  const auto map_t = mapping.is_contiguous() ? mapping : mapping.contiguous();
   AT_DISPATCH_INTEGRAL_TYPES(map_t.scalar_type(), "fused_remap", [&] {
     const scalar_t* map = map_t.numel() > 0 ? map_t.data_ptr<scalar_t>() : nullptr;
     if (int64_ids) {
@@ -349,6 +365,45 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
     }
   });
   return out;
+}
+
+// fused_remap where the ids per feature are not known on the host but the per-bag lengths
+// are at hand (a KeyedJaggedTensor's `lengths`, `(J * B,)`, J = offset's entries): each
+// feature's ids are the sum of its B bags' lengths, taken here. The operator
+// torchrec_lhf::fused_remap_bags: TorchScript then needs no per-key lengths (their sum and
+// host list cost more than the whole lookup of a one-sample request).
+torch::Tensor fused_remap_bags(const torch::Tensor& ids, const torch::Tensor& bag_lengths,
+                               const torch::Tensor& offset, const torch::Tensor& height,
+                               const torch::Tensor& mapping, const torch::Tensor& slot_keys,
+                               const torch::Tensor& slot_rows, const torch::Tensor& seeds,
+                               const torch::Tensor& tail_offset, const torch::Tensor& tail_rows,
+                               const torch::Tensor& is_compact, bool modulo) {
+  const int64_t num = offset.numel();
+  const int64_t bags = bag_lengths.numel();
+  TORCH_CHECK(bag_lengths.device().is_cpu() && bag_lengths.dim() == 1,
+              "bag lengths must be a 1-D CPU tensor");
+  TORCH_CHECK(num > 0 ? bags % num == 0 : bags == 0, "the bag lengths' ", bags,
+              " entries are not a batch of ", num, " features");
+  const auto bl = as(bag_lengths, torch::kInt64);
+  const int64_t* b = bl.data_ptr<int64_t>();
+  const int64_t stride = num > 0 ? bags / num : 0;
+  c10::SmallVector<int64_t, 64> lengths(num, 0);
+  int64_t negative = 0;  // (the sums vectorize: one test after them, not one per bag)
+  for (int64_t j = 0; j < num; ++j) {
+    int64_t total = 0;
+    for (int64_t i = j * stride; i < (j + 1) * stride; ++i) {
+      total += b[i];
+      negative |= b[i];
+    }
+    lengths[j] = total;
+  }
+  if (negative < 0) {
+    for (int64_t i = 0; i < bags; ++i) {
+      TORCH_CHECK(b[i] >= 0, "bag ", i, " has a negative length ", b[i]);
+    }
+  }
+  return fused_remap(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
+                     tail_offset, tail_rows, is_compact, modulo);
 }
 
 // fused_remap for eager Python callers (pybind: a few microseconds less per call than the
@@ -362,4 +417,7 @@ torch::Tensor fused_remap_eager(torch::Tensor ids, std::vector<int64_t> lengths,
                      tail_offset, tail_rows, is_compact, modulo);
 }
 
-TORCH_LIBRARY_IMPL(torchrec_lhf, CPU, m) { m.impl("fused_remap", TORCH_FN(fused_remap)); }
+TORCH_LIBRARY_IMPL(torchrec_lhf, CPU, m) {
+  m.impl("fused_remap", TORCH_FN(fused_remap));
+  m.impl("fused_remap_bags", TORCH_FN(fused_remap_bags));
+}
