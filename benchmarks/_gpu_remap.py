@@ -13,7 +13,12 @@ import torch
 
 from torchrec_lhf.hashing import mix_keyed, seed_keys
 from torchrec_lhf.modules import compact_kernel, head_table
-from torchrec_lhf.modules.remap_ops import combine_plan, combine_values, remap_values
+from torchrec_lhf.modules.remap_ops import (
+    combine_plan,
+    combine_values,
+    remap_values,
+    request_rows,
+)
 
 CRITEO_HEIGHTS = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]  # fmt: skip
 
@@ -82,6 +87,13 @@ class Tables:
         """Drop the first internal feature: an input key the tables do not read."""
         self.sources = self.sources[1:]
         self.offset_J, self.height_J = self.offset_J[1:], self.height_J[1:]
+
+    def request(self, batch: dict) -> torch.Tensor:
+        """The serving wrapper's remap of a request (keys = sources, in order)."""
+        return request_rows(
+            batch["values"], batch["lengths"], self.sources, self.mapping, self.offset_J,
+            self.height_J, False, False, self.compact,
+        )  # fmt: skip
 
     def remap(self, batch: dict) -> tuple:
         return remap_values(
@@ -172,8 +184,9 @@ def bench_remap(device: str, batch_size: int) -> dict:
 
 
 def check_operator(device: str) -> dict:
-    """``torchrec_lhf::fused_remap`` on ``device`` against the same call on CPU (the C++
-    kernel where it builds here, else the same fallback), dense and compact."""
+    """``torchrec_lhf::fused_remap`` and ``fused_remap_bags`` on ``device`` against
+    ``fused_remap`` on CPU (the C++ kernel where it builds here, else the same fallback),
+    dense and compact."""
     heights = [min(h, 100_000) for h in CRITEO_HEIGHTS]
     result: dict = {"cpu_kernel_built": compact_kernel.available()}
     for encoding in ("dense", "compact"):
@@ -186,8 +199,12 @@ def check_operator(device: str) -> dict:
         moved = [a.to(device) for a in args]
         ids = batch["values"].to(device)
         out = torch.ops.torchrec_lhf.fused_remap(ids, length_J, *moved, False)
+        bags = torch.ops.torchrec_lhf.fused_remap_bags(  # (the per-bag lengths' operator)
+            ids, batch["lengths"].to(device), *moved, False
+        )
         result[encoding] = {
             "equal": bool(torch.equal(out.cpu(), cpu)),
+            "bags_equal": bool(torch.equal(bags.cpu(), cpu)),
             "ids": ids.numel(),
             "seconds": timed(
                 lambda i=ids, n=length_J, m=moved: torch.ops.torchrec_lhf.fused_remap(
@@ -196,7 +213,7 @@ def check_operator(device: str) -> dict:
                 device,
             ),
         }
-    result["ok"] = result["dense"]["equal"] and result["compact"]["equal"]
+    result["ok"] = all(result[e]["equal"] and result[e]["bags_equal"] for e in ("dense", "compact"))
     return result
 
 

@@ -9,9 +9,10 @@ without its top-level ``__init__`` (that one imports torchrec). Prints one JSON 
 Steps:
 
 * ``sync``: the remap (one-hot, multi-hot, weighted, two hashes, an uneven layout with
-  per-key lengths given) and the combine (sum, concat; forward and backward) under
-  ``torch.cuda.set_sync_debug_mode("error")``, which raises on any host-device sync (and a
-  compact head/tail layout, multi-hot);
+  per-key lengths given, a compact head/tail layout; where the keys are the features in
+  order, also the serving wrapper's remap of a request, ``request_rows``) and the combine
+  (sum, concat; forward and backward) under ``torch.cuda.set_sync_debug_mode("error")``,
+  which raises on any host-device sync;
 * ``remap``: seconds per batch of the remap of a Criteo-sized batch (26 features, ids
   capped at 1M per table), dense and compact (head/tail: the cuckoo table of the heads and
   the tail hash), one-hot and ``--pooling 4``, against the gather of the same
@@ -99,8 +100,11 @@ def check_sync(device: str) -> dict:
             )  # fmt: skip
         pooled = torch.randn(64, sum(in_dims), device=device, requires_grad=True)
         try:
+            identity = tables.sources == tables.keys  # (as a serving request's)
             with _sync_errors(device):
                 tables.remap(batch)
+                if identity:
+                    tables.request(batch)
                 for first_C, passes in out.values():
                     combine_values(pooled, first_C, passes).square().sum().backward()
             cases[name] = "ok"
