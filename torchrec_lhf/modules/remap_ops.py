@@ -196,7 +196,7 @@ def remap_values(
         src_J, src, identity, multiplicity = _layout(keys, sources, values_V.device)
     num_keys = len(keys)
     stride = lengths.numel() // num_keys if num_keys > 0 else 0
-    if length_per_key is not None and values_V.device.type == "cpu":
+    if length_per_key is not None and values_V.is_cpu:
         # known on the host (TorchRec's read): no pass over the lengths (a copy on CUDA)
         per_key_F = torch.tensor(length_per_key, dtype=lengths.dtype)
     else:
