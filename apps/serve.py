@@ -8,7 +8,8 @@
 The model is a directory written by ``--export_model`` (``apps/dlrm/export.py``): this app
 loads its TorchScript file (``model_int8.pt``, or ``model_fp32.pt`` with ``--dtype fp32``)
 with ``torch.jit.load``, and needs the project's code only to read the requests and to define
-the remap's operator (``torchrec_lhf::fused_remap``, which a compact plan's model calls).
+the remap's operators (``torchrec_lhf::fused_remap`` and ``fused_remap_bags``, which a
+compact plan's model calls).
 
 Requests are rows of a dataset in the project's own formats (:mod:`torchrec_lhf.data`):
 ``--dataset`` is a ``load_dataset`` spec (``csv:PATH``, ``criteo-tsv:PATH``, ...) with

@@ -287,8 +287,9 @@ def load_scripted(
     path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
 ) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """Load a model saved by :func:`save_scripted`: ``(module, manifest)``. (This module's
-    imports define the remap's operator, ``torchrec_lhf::fused_remap``, which the scripted
-    remap calls: :mod:`~torchrec_lhf.modules.compact_kernel`.)
+    imports define the remap's operators, ``torchrec_lhf::fused_remap`` and
+    ``fused_remap_bags``, which the scripted remap calls:
+    :mod:`~torchrec_lhf.modules.compact_kernel`.)
 
     Raises:
         FileNotFoundError: no file at ``path``.
