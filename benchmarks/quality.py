@@ -175,9 +175,14 @@ def _teacher_dim(sweep: SweepConfig, opts: dict[str, Any]) -> int:
     return sweep.embedding_dim if dim == "model" else dim
 
 
-def _plan(sweep: SweepConfig, variant: str, fraction: float, seed: int) -> Path:
-    """Build (once) the learned plan of ``variant`` at ``fraction``; returns its path."""
+def _plan(
+    sweep: SweepConfig, variant: str, fraction: float, seed: int, dim: int | None = None
+) -> Path:
+    """Build (once) the learned plan of ``variant`` at ``fraction``, its tables of ``dim``
+    (default the sweep's ``embedding_dim``; under ``--bytes`` the fraction is then of the
+    bytes at that dim); returns its path."""
     opts = LHF_VARIANTS[variant]
+    dim = sweep.embedding_dim if dim is None else dim
     path = sweep.out / "plans" / f"{variant}_{_size_key(sweep)}{fraction:g}_s{seed}.safetensors"
     if not path.is_file():
         src = _teacher(sweep, seed, _teacher_dim(sweep, opts), opts.get("train_window", 1.0))
@@ -192,7 +197,7 @@ def _plan(sweep: SweepConfig, variant: str, fraction: float, seed: int) -> Path:
                 projection=opts.get("projection", BuildConfig.projection),
                 clustering_options=opts.get("clustering_options", {}),
                 budget=sweep.budget,
-                embedding_dim=sweep.embedding_dim,
+                embedding_dim=dim,
                 head_min_count=max(
                     1, round(sweep.head_min_count * opts.get("head_min_count_scale", 1.0))
                 )
@@ -215,11 +220,14 @@ def run_config(sweep: SweepConfig, method: str, fraction: float, seed: int) -> T
     if method in LHF_VARIANTS and LHF_VARIANTS[method].get("mlet"):
         # both ways at once: sqrt(fraction) of the rows, sqrt(fraction) of the width
         side = fraction**0.5
+        if sweep.bytes:  # the width as that split's, the rows fitted to the bytes left
+            width, full = mlet_width(fraction, sweep.embedding_dim), sweep.embedding_dim
+            plan = _plan(sweep, method, round(fraction * full / width, 6), seed, dim=width)
+            side = width / full
+        else:
+            plan = _plan(sweep, method, round(side, 6), seed)
         return dataclasses.replace(
-            base,
-            learned_hash=str(_plan(sweep, method, round(side, 6), seed)),
-            mlet_fraction=side,
-            dense_arch_layer_sizes=None,
+            base, learned_hash=str(plan), mlet_fraction=side, dense_arch_layer_sizes=None
         )
     if method in LHF_VARIANTS:  # the plan skips small tables itself
         extra: dict[str, Any] = {"learned_hash": str(_plan(sweep, method, fraction, seed))}
@@ -243,6 +251,19 @@ def run_config(sweep: SweepConfig, method: str, fraction: float, seed: int) -> T
         min_table_rows=sweep.min_table_rows,
         **extra,
     )
+
+
+def mlet_width(fraction: float, embedding_dim: int) -> int:
+    """The width of a learned hash trained as MLET at ``fraction`` of the bytes: the sqrt
+    split's, ``floor(sqrt(fraction) * D)`` (at least 1). The plan's rows then take what
+    the budget leaves at that width, its remap counted.
+
+    Example::
+
+        >>> mlet_width(0.1, 16), mlet_width(0.2, 16), mlet_width(0.01, 16)
+        (5, 7, 1)
+    """
+    return max(1, int(fraction**0.5 * embedding_dim))
 
 
 def _size_key(sweep: SweepConfig) -> str:

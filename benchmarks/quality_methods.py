@@ -16,7 +16,9 @@ Methods:
   its tables data_parallel: FBGEMM's fused tables need widths divisible by 4),
   ``lhf-skip`` (tables under ``--skip_rows`` ids stay full); and changes of ours:
   ``lhf-mlet`` (the learned plan at ``sqrt(fraction)`` of the rows, trained as MLET at
-  ``sqrt(fraction)`` of the width, so about ``fraction`` of the bytes), ``lhf-t16`` (a
+  ``sqrt(fraction)`` of the width, so about ``fraction`` of the bytes; under ``--bytes`` the
+  width ``floor(sqrt(fraction) * D)`` and the rows fitted to the bytes left, the remap
+  counted), ``lhf-headtail-mlet`` (the same with the build's head/tail defaults), ``lhf-t16`` (a
   teacher at the model's dim, ``--embedding_dim``), ``lhf-init`` (that teacher, and the
   compressed tables start at its cluster centroids: ``--init_from``), and
   ``lhf-rarehash`` (``apps.build_hash --head_min_count``): ids the teacher saw fewer than
@@ -98,6 +100,7 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-compose": {"rare_hash": True, **FIXED, "num_hashes": 2, "compose": "residual"},
     "lhf-compose-paper": {"num_hashes": 2, "compose": "residual"},
     "lhf-mlet": {"mlet": True},
+    "lhf-headtail-mlet": {"rare_hash": True, "mlet": True},
     "lhf-t16": {"teacher_dim": "model"},
     "lhf-init": {"teacher_dim": "model", "init": True},
 }
@@ -111,5 +114,6 @@ CCE_VARIANTS: dict[str, dict[str, Any]] = {
 METHODS = (*BASELINES, *CCE_VARIANTS, *LHF_VARIANTS, "mch")
 DEFAULT_METHODS = (*BASELINES, "mch", "cce", "lhf")
 DEFAULT_FRACTIONS = (0.5, 0.2, 0.1, 0.05, 0.01)
-NOT_BYTE_FITTED = ("lhf-mlet",)
-"""Variants ``--bytes`` does not fit (two sizes at once)."""
+NOT_BYTE_FITTED: tuple[str, ...] = ()
+"""Variants ``--bytes`` does not fit (none: the MLET variants take the sqrt split's width
+and fit their rows, :func:`benchmarks.quality.mlet_width`)."""

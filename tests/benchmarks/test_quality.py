@@ -187,7 +187,7 @@ def test_a_size_whose_every_run_collapsed_still_has_a_row() -> None:
 
 
 def test_tiny_byte_sweep_fits_every_method(tmp_path: Path) -> None:
-    methods = "none,modulo,qr,mlet,mch,lhf,lhf-headtail"
+    methods = "none,modulo,qr,mlet,mch,lhf,lhf-headtail,lhf-mlet"
     argv = [*TINY, "--methods", methods, "--bytes", "0.5,0.2", "--seeds", "1"]
     rows = quality.main([*argv, "--head_min_count", "3", "--out", str(tmp_path)])
     full = 200 * 4 * 4  # 200 ids at dim 4
@@ -211,8 +211,13 @@ def test_tiny_byte_sweep_fits_every_method(tmp_path: Path) -> None:
     assert (tmp_path / "runs" / "modulo_b0.5_s0.json").is_file()
     md = (tmp_path / "results.md").read_text()
     assert "Budgets a method cannot fit (every seed): 2" in md
-    with pytest.raises(ValueError, match=r"--bytes cannot fit \['lhf-mlet'\]"):
-        quality.parse_args(["--bytes", "0.1", "--methods", "lhf-mlet", "--out", str(tmp_path)])
+    # lhf-mlet: the sqrt split's width (2 of 4 at half the bytes, 1 at a fifth), its rows
+    # fitted to what the budget leaves there, the remap counted (the loop above)
+    assert [quality.mlet_width(f, 4) for f in (0.5, 0.2)] == [2, 1]
+    for fraction, width in ((0.5, 2), (0.2, 1)):
+        r = by[("lhf-mlet", fraction)]
+        assert r["index_bytes"] == 200 * 2 and r["table_bytes"] % (4 * width) == 0
+    assert by[("lhf-mlet", 0.2)]["table_bytes"] // 4 > by[("lhf", 0.2)]["table_bytes"] // 16
 
 
 @pytest.mark.parametrize(
