@@ -90,6 +90,6 @@ def test_summary_bytes() -> None:
     assert (t0["num_embeddings"], t0["rows"], t0["num_hashes"]) == (4, 5, 2)
     assert t0["table_bytes"] == 4 * (3 * 4 + 2 * 4)
     assert t0["full_table_bytes"] == 4 * 4 * 8
-    assert t0["remap_bytes"] == 2 * 4 * 2  # int16 entries
+    assert t0["remap_bytes"] == 4 * 2  # uint8 entries (heights under 256)
     assert rows["t1"]["table_bytes"] == 4 * 5 * 8
     assert "t0" in _plan().format_summary(8)

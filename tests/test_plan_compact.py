@@ -153,9 +153,9 @@ def test_summary_and_bytes_count_each_encoding() -> None:
     plan = _mixed_plan()
     rows = {r["table"]: r for r in plan.summary(4)}
     assert [rows[t]["encoding"] for t in ("t0", "t1", "t2")] == ["compact", "mixed", "dense"]
-    # compact: 3 ids * (int32 + int16); dense: int16 per id (largest dense height 3)
-    assert rows["t0"]["remap_bytes"] == 18 and rows["t1"]["remap_bytes"] == 18 + 2 * N
-    assert plan.remap_bytes() == 18 + 18 + 2 * N + 2 * 4
+    # compact: 3 ids * (int32 + int16); dense: uint8 per id (largest dense height 3)
+    assert rows["t0"]["remap_bytes"] == 18 and rows["t1"]["remap_bytes"] == 18 + N
+    assert plan.remap_bytes() == 18 + 18 + N + 4
     assert "encoding" in plan.format_summary().splitlines()[0]
     assert "mixed" in plan.format_summary()
 

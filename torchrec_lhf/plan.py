@@ -31,6 +31,7 @@ from torchrec_lhf.plan_compact import (
     as_int32_mapping,
     check_mapping,
     dense_mapping,
+    dense_width,
     encoding,
     mapping_bytes,
     mapping_digest,
@@ -130,10 +131,12 @@ class TableHash:
         return dense_mapping(self.mappings[h], self.num_embeddings)
 
     def remap_bytes(self, max_height: int | None = None) -> int:
-        """Stored bytes of the hash functions: a dense one takes 2 per id (int16) when the
-        largest dense height (``max_height``, default this table's) fits in 2**15, else 4;
-        a compact one its :meth:`CompactMapping.nbytes`."""
-        width = 2 if (max_height or max_dense_height([self])) <= 2**15 else 4
+        """Stored bytes of the hash functions: a dense one takes 1 per id (uint8) when the
+        largest dense height (``max_height``, default this table's) is at most 256, 2
+        (int16) when it fits in 2**15, else 4 (the module's buffer,
+        :func:`~torchrec_lhf.modules.remap.mapping_dtype`); a compact one its
+        :meth:`CompactMapping.nbytes`."""
+        width = dense_width(max_height or max_dense_height([self]))
         return sum(mapping_bytes(m, self.num_embeddings, width) for m in self.mappings)
 
     def internal_dims(self, embedding_dim: int) -> list[int]:

@@ -45,8 +45,16 @@ _MAX_SEED = 2**62
 
 
 def row_dtype(height: int) -> torch.dtype:
-    """The fewest bits for rows ``[0, height)``: int16 up to ``2**15`` rows, else int32."""
+    """The fewest bits for rows ``[0, height)``: int16 up to ``2**15`` rows, else int32
+    (a compact head's rows; a dense mapping also takes uint8: :func:`dense_width`)."""
     return torch.int16 if height <= 2**15 else torch.int32
+
+
+def dense_width(max_height: int) -> int:
+    """Bytes per id of a module's dense mappings, set by the largest dense height: 1 (uint8)
+    up to 256 rows, 2 (int16) up to ``2**15``, else 4 (the buffer's dtype,
+    :func:`~torchrec_lhf.modules.remap.mapping_dtype`)."""
+    return 1 if max_height <= 2**8 else row_dtype(max_height).itemsize
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -330,7 +338,7 @@ def choose_encoding(
 
     Returns:
         The compact mapping when its :meth:`~CompactMapping.nbytes` is below the dense
-        mapping's (2 bytes per id up to ``2**15`` rows, else 4), else the int32 mapping.
+        mapping's (:func:`dense_width` bytes per id), else the int32 mapping.
 
     Raises:
         ValueError: bad head ids, rows or tail region, or ``mapping_N`` differs from the
@@ -364,7 +372,7 @@ def choose_encoding(
             f"choose_encoding: mapping_N[{i}]={int(mapping_N[i])}, but id {i} is in the tail "
             f"and hashes to row {int(dense_N[i])}"
         )
-    dense_bytes = num_embeddings * row_dtype(height).itemsize
+    dense_bytes = num_embeddings * dense_width(height)
     return compact if compact.nbytes() < dense_bytes else dense_N
 
 

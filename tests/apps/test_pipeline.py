@@ -68,9 +68,9 @@ def test_pipeline_at_equal_bytes(tmp_path) -> None:
     full = by_method["none"]["total_bytes"]
     assert full == 750 * 8 * 4
     # 20% of the full tables' bytes = 4,800: modulo stores only rows (150 of 32 bytes);
-    # lhf's dense int16 remap (1,500) leaves 3,300 bytes: 103 rows
+    # lhf's dense remap (uint8: every table under 256 rows; 750) leaves 4,050 bytes: 126 rows
     assert by_method["modulo"]["total_bytes"] == 4800 and by_method["modulo"]["rows"] == 150
-    assert by_method["lhf"]["index_bytes"] == 1500
+    assert by_method["lhf"]["index_bytes"] == 750 and by_method["lhf"]["rows"] == 126
     assert 4800 - 3 * 32 < by_method["lhf"]["total_bytes"] <= 4800
     assert by_method["lhf"]["rows"] < by_method["modulo"]["rows"]
     assert all(r["budget"] == "bytes" and r["ne"] > 0 for r in rows)

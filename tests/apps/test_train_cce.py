@@ -49,7 +49,7 @@ def test_cce_trains_end_to_end_with_its_phases(caplog: pytest.LogCaptureFixture)
     # rows; the two clustered indices stored, so the remap is not computable from the id
     assert 2 * 0.4 * 300 <= metrics["rows"] <= 2 * (0.6 * 300 + 3)
     assert metrics["embedding_bytes"] == metrics["rows"] * 4 * 4
-    assert metrics["remap_bytes"] >= 2 * 2 * 300
+    assert metrics["remap_bytes"] >= 2 * 300  # (uint8: every internal table under 256 rows)
     assert metrics["remap_computable"] is False
     # the plan reported is the one the model holds after its phases
     assert metrics["plan_fingerprint"] != metrics["start_plan_fingerprint"]

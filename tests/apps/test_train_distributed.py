@@ -92,7 +92,7 @@ def test_main_at_world_size_2_with_and_without_learned_hash(tmp_path: Path) -> N
     assert lhf["plan_fingerprint"] == _random_plan().fingerprint()
     assert lhf["embedding_bytes"] == 4 * 8 * (40 + 12 + 20) < full["embedding_bytes"]
     assert lhf["full_embedding_bytes"] == full["full_embedding_bytes"]
-    assert lhf["remap_bytes"] == 2 * (60 + 200)  # int16 rows: every compressed height < 2**15
+    assert lhf["remap_bytes"] == 60 + 200  # uint8 rows: every compressed height <= 256
     assert lhf["rows"] == 72 and lhf["full_rows"] == 300
 
 

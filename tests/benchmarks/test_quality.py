@@ -42,9 +42,9 @@ def test_tiny_sweep_writes_the_three_outputs_and_resumes(tmp_path: Path) -> None
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == rows
     full, modulo, lhf = rows
-    # 200 ids at dim 4: 3,200 bytes, no remap; half the rows with an int16 remap per id
+    # 200 ids at dim 4: 3,200 bytes, no remap; half the rows with a uint8 remap per id
     assert full["bytes"] == 200 * 4 * 4 and full["remap_bytes"] == 0
-    assert modulo["embedding_bytes"] == 100 * 4 * 4 and modulo["remap_bytes"] == 200 * 2
+    assert modulo["embedding_bytes"] == 100 * 4 * 4 and modulo["remap_bytes"] == 200
     assert modulo["remap_computable"] is True and lhf["remap_computable"] is False
     assert all(0 <= r["auc"] <= 1 for r in rows)
     table = (tmp_path / "results.md").read_text()
@@ -202,7 +202,7 @@ def test_tiny_byte_sweep_fits_every_method(tmp_path: Path) -> None:
         assert r["total_bytes"] <= fraction * full
         assert r["bytes"] == r["total_bytes"] == r["table_bytes"] + r["index_bytes"]
         assert r["bytes_fraction"] == pytest.approx(r["total_bytes"] / full)
-    assert by[("lhf", 0.5)]["index_bytes"] == 200 * 2  # dense int16 remap, counted
+    assert by[("lhf", 0.5)]["index_bytes"] == 200  # dense uint8 remap (under 256 rows), counted
     assert by[("modulo", 0.5)]["index_bytes"] == 0  # computed from the id
     assert by[("mlet", 0.5)]["total_bytes"] == full // 2  # width 2 of 4
     # qr cannot go below 2 sqrt(N) rows a table; mlet below width 1 (a quarter)
@@ -216,7 +216,7 @@ def test_tiny_byte_sweep_fits_every_method(tmp_path: Path) -> None:
     assert [quality.mlet_width(f, 4) for f in (0.5, 0.2)] == [2, 1]
     for fraction, width in ((0.5, 2), (0.2, 1)):
         r = by[("lhf-mlet", fraction)]
-        assert r["index_bytes"] == 200 * 2 and r["table_bytes"] % (4 * width) == 0
+        assert r["index_bytes"] == 200 and r["table_bytes"] % (4 * width) == 0
     assert by[("lhf-mlet", 0.2)]["table_bytes"] // 4 > by[("lhf", 0.2)]["table_bytes"] // 16
 
 

@@ -20,9 +20,9 @@ def test_byte_sweep_counts_cces_clustered_indices(tmp_path: Path) -> None:
     by = {r["method"]: r for r in rows}
     full = 200 * 8 * 4  # 200 ids at dim 8
     assert by["none"]["total_bytes"] == full
-    # one int16 clustered index a column, per id: 2 columns, 1 column, none for modulo
-    assert by["cce"]["index_bytes"] == 2 * 2 * 200
-    assert by["cce-c1"]["index_bytes"] == 2 * 200
+    # one uint8 clustered index a column, per id (under 256 rows): 2 columns, 1, none for modulo
+    assert by["cce"]["index_bytes"] == 2 * 200
+    assert by["cce-c1"]["index_bytes"] == 200
     assert by["modulo"]["index_bytes"] == 0
     for method in ("cce", "cce-c1"):
         r = by[method]

@@ -31,8 +31,8 @@ def test_plan_is_a_clustered_index_and_a_pure_hash() -> None:
     assert plan.table_names == ["t"] and plan.metadata["method"] == "cce"
     t = plan["t"]
     assert t.heights == (50, 50) and t.combine == "sum" and t.encodings == ("dense", "compact")
-    # the clustered index is stored (int16 per id), the hash stores nothing per id
-    assert plan.remap_bytes() == 2 * 1000
+    # the clustered index is stored (uint8 per id: 50 rows), the hash stores nothing per id
+    assert plan.remap_bytes() == 1000
     assert t.mappings[1].tail_seed == phase_seed(4, "t", 0)
     # both hashes start random: every row used, and not the same map
     clustered, hashed = t.dense_mapping(0).long(), t.dense_mapping(1).long()
@@ -55,7 +55,7 @@ def test_plan_with_columns_is_the_reference_layout() -> None:
     # each column's tables have a quarter of the dim: the same table bytes as one column,
     # four clustered indices stored
     assert t.internal_dims(16) == [4] * 8 and one["t"].internal_dims(16) == [16, 16]
-    assert plan.remap_bytes() == 4 * 2 * 1000
+    assert plan.remap_bytes() == 4 * 1000
     # column 0 is the one-column plan; every column has its own seeds
     assert torch.equal(t.dense_mapping(0), one["t"].dense_mapping(0))
     seeds = [t.mappings[2 * i + 1].tail_seed for i in range(4)]

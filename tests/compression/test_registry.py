@@ -84,8 +84,9 @@ def test_a_new_methods_stored_index_counts_without_special_code(
     sizes = {"a": 1000}  # 16,000 bytes at dim 4; 20% = 3,200
     s = make_plan("stored", sizes, fraction=0.2, budget="bytes", embedding_dim=4)
     f = make_plan("free", sizes, fraction=0.2, budget="bytes", embedding_dim=4)
-    # the stored index (2,000 bytes) leaves 1,200 bytes: 75 rows; without it, 200 rows
-    assert (s["a"].num_rows, f["a"].num_rows) == (75, 200)
-    assert s.metadata["bytes"] == {"tables": 1200, "index": 2000, "extras": 0, "total": 3200}
-    assert registry.index_bytes(f) == {"a": 0} and registry.index_bytes(s) == {"a": 2000}
-    assert s.metadata["row_fraction"] == pytest.approx(0.075, abs=0.0005)
+    # the stored index (uint8 under 256 rows: 1,000 bytes) leaves 2,200 bytes: 137 rows;
+    # without it, 200 rows
+    assert (s["a"].num_rows, f["a"].num_rows) == (137, 200)
+    assert s.metadata["bytes"] == {"tables": 2192, "index": 1000, "extras": 0, "total": 3192}
+    assert registry.index_bytes(f) == {"a": 0} and registry.index_bytes(s) == {"a": 1000}
+    assert s.metadata["row_fraction"] == pytest.approx(0.137, abs=0.0005)

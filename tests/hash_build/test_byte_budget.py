@@ -21,8 +21,12 @@ from torchrec_lhf.hash_build.plan_builder import build_plan
 def test_learned_index_bytes_by_hand() -> None:
     sizes = {"a": 1000, "b": 40_000}
     heads = {"a": (100, 999), "b": None}  # b: every id clustered (the paper): dense
-    # dense: 2 bytes an id while every dense height fits int16
+    # dense: a byte an id while every dense height is at most 256 (uint8), 2 while int16
     assert learned_index_bytes(sizes, heads, {"a": [10], "b": [20]}, "dense") == {
+        "a": 1000,
+        "b": 40_000,
+    }
+    assert learned_index_bytes(sizes, heads, {"a": [10], "b": [257]}, "dense") == {
         "a": 2000,
         "b": 80_000,
     }
@@ -33,7 +37,7 @@ def test_learned_index_bytes_by_hand() -> None:
     }
     # compact: 100 head ids x (int32 id + int16 row); auto takes it (600 < 2,000)
     for encoding in ("compact", "auto"):
-        got = learned_index_bytes(sizes, heads, {"a": [10, 10], "b": [20]}, encoding)
+        got = learned_index_bytes(sizes, heads, {"a": [300, 300], "b": [400]}, encoding)
         assert got == {"a": 1200, "b": 80_000}
     # "fill": a head of 100 ids grows to its region's rows (half of 300), up to the 700 ids
     # seen; the largest id seen sets the key width
@@ -44,8 +48,11 @@ def test_learned_index_bytes_by_hand() -> None:
     assert got["a"] == 700 * 6  # no more than the ids seen
     # a head of 400 ids: compact 2,400 > dense 2,000, so auto stays dense; compact does not
     big = {"a": (400, 999), "b": None}
-    assert learned_index_bytes(sizes, big, {"a": [10], "b": [20]}, "auto")["a"] == 2000
-    assert learned_index_bytes(sizes, big, {"a": [10], "b": [20]}, "compact")["a"] == 2400
+    assert learned_index_bytes(sizes, big, {"a": [300], "b": [400]}, "auto")["a"] == 2000
+    assert learned_index_bytes(sizes, big, {"a": [300], "b": [400]}, "compact")["a"] == 2400
+    # at most 256 rows, dense is a byte an id: 100 head ids (600) against 1,000
+    assert learned_index_bytes(sizes, heads, {"a": [10], "b": [20]}, "auto")["a"] == 600
+    assert learned_index_bytes(sizes, big, {"a": [10], "b": [20]}, "auto")["a"] == 1000
 
 
 def _teacher_tables() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -90,8 +97,8 @@ def test_build_plan_fits_the_bytes_it_predicted(
 def test_a_smaller_remap_buys_rows() -> None:
     emb, counts = _teacher_tables()
     kw = dict(fraction=0.1, budget="bytes", embedding_dim=16, min_table_rows=100)
-    dense = build_plan(emb, counts, head_tail=HeadTail(min_count=25, encoding="dense"), **kw)
-    compact = build_plan(emb, counts, head_tail=HeadTail(min_count=25, encoding="compact"), **kw)
+    dense = build_plan(emb, counts, head_tail=HeadTail(min_count=28, encoding="dense"), **kw)
+    compact = build_plan(emb, counts, head_tail=HeadTail(min_count=28, encoding="compact"), **kw)
     assert compact.remap_bytes() < dense.remap_bytes()
     saved = dense.remap_bytes() - compact.remap_bytes()
     rows_gained = sum(t.num_rows for t in compact) - sum(t.num_rows for t in dense)
@@ -100,8 +107,8 @@ def test_a_smaller_remap_buys_rows() -> None:
 
 def test_byte_budget_too_small_for_the_remap_names_the_table() -> None:
     emb, counts = _teacher_tables()
-    # 1% of 56,320 bytes = 563: a's dense remap alone is 6,000
-    with pytest.raises(BudgetTooSmall, match=r"table 'a' alone stores 6,064 bytes .*6,000 index"):
+    # 1% of 56,320 bytes = 563: a's dense remap alone (uint8: under 256 rows) is 3,000
+    with pytest.raises(BudgetTooSmall, match=r"table 'a' alone stores 3,064 bytes .*3,000 index"):
         build_plan(emb, None, fraction=0.01, budget="bytes", embedding_dim=16, min_table_rows=100)
     with pytest.raises(ValueError, match="needs a fraction and embedding_dim"):
         build_plan(emb, None, fraction=0.1, budget="bytes", min_table_rows=100)

@@ -15,7 +15,7 @@ from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.job import BuildConfig, assign_tables, run_build, table_rows
 from torchrec_lhf.hash_build.plan_builder import build_plan
 from torchrec_lhf.plan import HashPlan
-from torchrec_lhf.plan_compact import CompactMapping
+from torchrec_lhf.plan_compact import CompactMapping, dense_width
 
 # Five tables: three to compress at min_table_rows=300, two that stay full.
 HEIGHTS = {"t_big": 2400, "t_mid": 1200, "t_low": 900, "t_small": 250, "t_tiny": 40}
@@ -172,8 +172,9 @@ def test_world_size_2_sends_compact_mappings(tmp_path: Path, teacher_dir: Path):
     compact = 0
     for t in two:
         head_K = (counts[t.name] >= 5).nonzero().squeeze(1)
-        for m in t.mappings:  # "auto": compact (6 bytes a head id) where below 2 bytes an id
-            assert isinstance(m, CompactMapping) == (6 * head_K.numel() < 2 * t.num_embeddings)
+        for m in t.mappings:  # "auto": compact (6 bytes a head id) where below a dense id's
+            width = dense_width(max(t.heights))
+            assert isinstance(m, CompactMapping) == (6 * head_K.numel() < width * t.num_embeddings)
             if isinstance(m, CompactMapping):
                 compact += 1
                 assert torch.equal(m.head_ids, head_K)

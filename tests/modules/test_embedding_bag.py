@@ -216,18 +216,24 @@ def test_three_hash_combines_by_hand(combine: str, expected: list[list[int]]) ->
     torch.testing.assert_close(out["g"], torch.tensor([[8.0, 8.0], [9.0, 9.0]]))
 
 
-def test_mapping_width_follows_largest_compressed_table() -> None:
-    small = HashPlan.from_mappings({"t0": _i32(0, 1, 1, 0)})
-    ebc = LearnedHashEmbeddingBagCollection(tables=[_table()], plan=small)
-    assert ebc.remap.mapping.dtype == torch.int16 and ebc.remap.remap_bytes() == 2 * 4
-    big = HashPlan.from_mappings({"t0": _i32(0, 1, 1, 0)}, heights={"t0": 2**15 + 1})
-    ebc = LearnedHashEmbeddingBagCollection(tables=[_table()], plan=big)
-    assert ebc.remap.mapping.dtype == torch.int32
-    # a checkpoint holding the mapping as int32 still loads into the int16 module
-    ebc16 = LearnedHashEmbeddingBagCollection(tables=[_table()], plan=small)
-    state = dict(ebc16.state_dict(), **{"remap.mapping": ebc16.remap.mapping.to(torch.int32)})
-    ebc16.load_state_dict(state)
-    assert ebc16.remap.mapping.dtype == torch.int16
+@pytest.mark.parametrize(
+    ("height", "dtype"),
+    [(2, torch.uint8), (256, torch.uint8), (257, torch.int16), (2**15, torch.int16),
+     (2**15 + 1, torch.int32)],
+)  # fmt: skip
+def test_mapping_width_follows_largest_compressed_table(height: int, dtype: torch.dtype) -> None:
+    plan = HashPlan.from_mappings({"t0": _i32(0, 1, 1, 0)}, heights={"t0": height})
+    ebc = LearnedHashEmbeddingBagCollection(tables=[_table()], plan=plan)
+    width = dtype.itemsize
+    assert ebc.remap.mapping.dtype == dtype and ebc.remap.remap_bytes() == width * 4
+    assert plan.tables[0].remap_bytes() == width * 4  # what byte budgets count
+    kjt = _kjt(["f0"], [[[3, 1], [2]]])
+    assert ebc.remap(kjt).values().tolist() == [0, 1, 1]
+    # a checkpoint holding the mapping wider (int32; int16 before uint8 came) still loads
+    for wider in (torch.int32, torch.int16):
+        state = dict(ebc.state_dict(), **{"remap.mapping": ebc.remap.mapping.to(wider)})
+        ebc.load_state_dict(state)
+        assert ebc.remap.mapping.dtype == dtype
 
 
 @pytest.mark.parametrize("combine", ["sum", "concat"])

@@ -26,7 +26,7 @@ import torch
 
 from torchrec_lhf.compression.budget import ModelBytes, rows_for_bytes
 from torchrec_lhf.hash_build.head_tail import HeadTail, head_region
-from torchrec_lhf.plan_compact import row_dtype
+from torchrec_lhf.plan_compact import dense_width, row_dtype
 
 
 def learned_index_bytes(
@@ -72,10 +72,10 @@ def learned_index_bytes(
                 grown = max(k, min(seen, head_region(m, fill[0])))
                 k, top = grown, (top_seen if grown > k else top)
             nbytes = k * ((4 if top < 2**31 else 8) + row_dtype(m).itemsize)
-            dense = sizes[name] * row_dtype(m).itemsize
+            dense = sizes[name] * dense_width(m)
             compact[name].append(nbytes if encoding == "compact" or nbytes < dense else None)
     dense_heights = [m for t, hs in heights.items() for m, c in zip(hs, compact[t]) if c is None]
-    width = 2 if max(dense_heights, default=1) <= 2**15 else 4
+    width = dense_width(max(dense_heights, default=1))
     return {t: sum(sizes[t] * width if c is None else c for c in compact[t]) for t in heights}
 
 

@@ -9,7 +9,8 @@ Legend:
 
 All dense mappings of a module live in one flat buffer; each internal feature owns an
 offset into it. As in the paper, the bit width of its values is set by the largest
-compressed table: int16 when every internal height fits in 2**15 rows, int32 otherwise.
+compressed table: uint8 when every dense internal height is at most 256 rows, int16 when
+it fits in 2**15, int32 otherwise.
 The heads of all compact (head/tail) mappings live in one sorted key buffer (``key offset
 + id``: int32 when the compact tables have at most 2**31 ids in all) and one row buffer
 (the state), looked up through a static cuckoo table built from them,
@@ -36,17 +37,21 @@ from torchrec_lhf.modules.remap_ops import (
     request_rows,
 )
 from torchrec_lhf.modules.remap_state import heads_from_state, heads_to_state
-from torchrec_lhf.plan_compact import CompactMapping
+from torchrec_lhf.plan_compact import CompactMapping, row_dtype
 
 torch.fx.wrap("request_rows")  # one opaque node in a trace (it tests the ids' device)
 
 OUT_OF_RANGE_POLICIES = ("error", "modulo")
-MAPPING_DTYPES = (torch.int16, torch.int32)
+MAPPING_DTYPES = (torch.uint8, torch.int16, torch.int32)
 
 
 def mapping_dtype(max_height: int) -> torch.dtype:
-    """The narrowest mapping dtype for rows ``[0, max_height)``."""
-    return torch.int16 if max_height <= 2**15 else torch.int32
+    """The narrowest dtype of a dense mapping for rows ``[0, max_height)``: uint8 up to
+    256 rows (a byte per id, as :meth:`~torchrec_lhf.plan.TableHash.remap_bytes` counts),
+    int16 up to ``2**15``, else int32."""
+    if max_height <= 2**8:
+        return torch.uint8
+    return row_dtype(max_height)
 
 
 def hashed_name(name: str, h: int, num_hashes: int) -> str:
@@ -239,7 +244,7 @@ class MappingPacker:
         key_dtype = torch.int32 if self._compact_ids <= 2**31 else torch.long
         keys = torch.cat([k for k, _ in self._heads]).to(key_dtype)
         rows = torch.cat([r.int() for _, r in self._heads])
-        return dense, (keys, rows.to(mapping_dtype(self._compact_height)))
+        return dense, (keys, rows.to(row_dtype(self._compact_height)))  # (int16 or int32)
 
 
 class FeatureRemap(nn.Module):
