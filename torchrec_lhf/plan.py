@@ -134,7 +134,7 @@ class TableHash:
         """Stored bytes of the hash functions: a dense one takes 1 per id (uint8) when the
         largest dense height (``max_height``, default this table's) is at most 256, 2
         (int16) when it fits in 2**15, else 4 (the module's buffer,
-        :func:`~torchrec_lhf.modules.remap.mapping_dtype`); a compact one its
+        :func:`~torchrec_lhf.modules.remap_layout.mapping_dtype`); a compact one its
         :meth:`CompactMapping.nbytes`."""
         width = dense_width(max_height or max_dense_height([self]))
         return sum(mapping_bytes(m, self.num_embeddings, width) for m in self.mappings)

@@ -53,7 +53,7 @@ def row_dtype(height: int) -> torch.dtype:
 def dense_width(max_height: int) -> int:
     """Bytes per id of a module's dense mappings, set by the largest dense height: 1 (uint8)
     up to 256 rows, 2 (int16) up to ``2**15``, else 4 (the buffer's dtype,
-    :func:`~torchrec_lhf.modules.remap.mapping_dtype`)."""
+    :func:`~torchrec_lhf.modules.remap_layout.mapping_dtype`)."""
     return 1 if max_height <= 2**8 else row_dtype(max_height).itemsize
 
 
