@@ -12,6 +12,7 @@ from torchrec.models.dlrm import DLRM
 from tests._compact import to_compact
 from torchrec_lhf import HashPlan, apply_hash_plan
 from torchrec_lhf.inference import (
+    RemapOnRequest,
     ScoringModule,
     example_batch,
     load_scripted,
@@ -22,6 +23,7 @@ from torchrec_lhf.inference import (
     shard_for_inference,
 )
 from torchrec_lhf.modules import compact_kernel
+from torchrec_lhf.modules.remap import FeatureRemap
 
 FEATURES = ["f0", "f1"]
 
@@ -147,6 +149,9 @@ def test_the_scripted_model_remaps_the_request_and_leaves_the_model_as_it_was(
     assert ("request_rows" in code) == hoisted
     assert ("remap_features" in code) == (order == "reversed")  # (dense: in FBGEMM's kernel)
     torch.testing.assert_close(scripted(dense, values, lengths), expected, atol=1e-6, rtol=0)
-    assert "request_remap" not in sharded._modules
     assert all(not getattr(m, "hoisted", False) for m in sharded.modules())
+    if order == "reversed":  # the wrapper takes only the remap's features, in order
+        remap = next(m for m in sharded.modules() if isinstance(m, FeatureRemap))
+        with pytest.raises(ValueError, match=r"features \['f1', 'f0'\] are not the remap's"):
+            RemapOnRequest(sharded, remap)
     torch.testing.assert_close(sharded(dense, values, lengths), expected, atol=1e-6, rtol=0)

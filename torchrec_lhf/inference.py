@@ -90,10 +90,8 @@ class ScoringModule(nn.Module):
 
     Shapes (``B`` samples, ``F = len(feature_names)``): ``dense`` ``(B, num_dense)``,
     ``values`` ``(sum lengths,)`` raw ids, ``lengths`` ``(F * B,)`` feature-major (as a
-    KeyedJaggedTensor's); returns ``(B,)``.
-
-    Traced by :func:`script_for_inference`, it may do a learned-hash remap itself, on the
-    request's tensors (see ``_remap_on_request``); eager, it is the plain wrapper.
+    KeyedJaggedTensor's); returns ``(B,)``. (:func:`script_for_inference` may trace it with
+    its learned-hash remap done on the request's tensors: :class:`RemapOnRequest`.)
     """
 
     def __init__(self, model: nn.Module, feature_names: list[str]) -> None:
@@ -104,13 +102,44 @@ class ScoringModule(nn.Module):
     def forward(
         self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
-        remap = self._modules.get("request_remap")  # (script_for_inference, while it traces)
-        if isinstance(remap, FeatureRemap):  # the remap on the request's tensors
-            rows = remap.request_rows(values, lengths)
-            sparse = KeyedJaggedTensor(keys=remap.feature_names, values=rows, lengths=lengths)
-        else:
-            sparse = KeyedJaggedTensor(keys=self.feature_names, values=values, lengths=lengths)
+        sparse = KeyedJaggedTensor(keys=self.feature_names, values=values, lengths=lengths)
+        return self.score(dense, sparse)
+
+    def score(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        """Probabilities ``(B,)`` of a batch of sparse features already made."""
         return torch.sigmoid(self.model(dense, sparse)).reshape(-1)
+
+
+class RemapOnRequest(nn.Module):
+    """A :class:`ScoringModule` whose one learned-hash remap reads the request's features
+    in order (DLRM's layout), with that remap done on the request's tensors
+    (:meth:`FeatureRemap.request_rows`, one operator call on CPU): the traced model makes
+    one KeyedJaggedTensor, of rows, where it made one of raw ids and the remap a second
+    (with the keys compared, the per-key lengths taken and the lists built: most of a
+    one-sample request's remap). Traced while the collection's remap passes its input on
+    (``FeatureRemap.hoisted``; :func:`script_for_inference`). Same scores.
+
+    Args:
+        scoring: the wrapper; its feature names must be ``remap.sources``.
+        remap: its model's one remap.
+    """
+
+    def __init__(self, scoring: ScoringModule, remap: FeatureRemap) -> None:
+        super().__init__()
+        if scoring.feature_names != remap.sources:
+            raise ValueError(
+                f"the request's features {scoring.feature_names} are not the remap's, in "
+                f"order: {remap.sources}"
+            )
+        self.scoring = scoring
+        self.remap = remap
+
+    def forward(
+        self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        rows = self.remap.request_rows(values, lengths)
+        sparse = KeyedJaggedTensor(keys=self.remap.feature_names, values=rows, lengths=lengths)
+        return self.scoring.score(dense, sparse)
 
 
 def quantization_mapping() -> dict[str, type[nn.Module]]:
@@ -210,19 +239,17 @@ def script_for_inference(model: nn.Module) -> torch.jit.ScriptModule:
     Raises:
         Whatever tracing or scripting raises for a module that is not traceable.
     """
-    with _remap_on_request(model):
-        graph = torchrec.fx.symbolic_trace(model)
+    with _remap_on_request(model) as root:
+        graph = torchrec.fx.symbolic_trace(root)
     return torch.jit.script(graph)
 
 
 @contextlib.contextmanager
-def _remap_on_request(model: nn.Module) -> Iterator[None]:
-    """While tracing a :class:`ScoringModule` whose one learned-hash remap reads its features
-    in request order (DLRM's layout): the wrapper remaps the request's tensors itself
-    (:meth:`FeatureRemap.request_rows`) and the remap module passes its input on. The traced
-    model then makes one KeyedJaggedTensor, of rows, where it made one of raw ids and the
-    remap a second (with the keys compared, the per-key lengths taken and the lists built:
-    most of a one-sample request's remap). Same scores; ``model`` is left as it was."""
+def _remap_on_request(model: nn.Module) -> Iterator[nn.Module]:
+    """The module to trace: ``model``, or a :class:`RemapOnRequest` of it where it is a
+    :class:`ScoringModule` whose one remap reads its features in request order and is
+    called by its collection (not where FBGEMM remaps inside its kernel), with that remap
+    passing its input on meanwhile. ``model`` is left as it was."""
     owners = [m for m in model.modules() if isinstance(getattr(m, "remap", None), FeatureRemap)]
     remaps = [m for m in model.modules() if isinstance(m, FeatureRemap)]
     if (
@@ -232,16 +259,14 @@ def _remap_on_request(model: nn.Module) -> Iterator[None]:
         or getattr(owners[0], "remap_in_kernel", False)  # (FBGEMM remaps: no module call)
         or remaps[0].sources != model.feature_names
     ):
-        yield
+        yield model
         return
     remap = remaps[0]
-    model.request_remap = remap
     remap.hoisted = True
     try:
-        yield
+        yield RemapOnRequest(model, remap)
     finally:
         remap.hoisted = False
-        del model.request_remap
 
 
 def example_batch(num_features: int, num_dense: int) -> tuple[torch.Tensor, ...]:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from benchmarks.gpu_check import main
+from tests.modules.test_compact_kernel import CAN_BUILD
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,9 @@ def test_cpu_dry_run_passes_every_step() -> None:
     assert remap["dense_pooling_4"]["ids"] == remap["compact_pooling_4"]["ids"] == 26 * 64 * 4
     for encoding in ("dense", "compact"):
         assert result["remap_profile"][encoding]["events_per_call"] > 0
-        assert result["remap_compiled"][encoding]["equal"], result["remap_compiled"]
+        compiled = result["remap_compiled"][encoding]
+        # (torch.compile on CPU needs a C++ compiler, as the remap's kernel does)
+        assert compiled["equal"] if CAN_BUILD else "error" in compiled or compiled["equal"]
     assert result["kth_select"]["ok"] and result["kth_select"]["keys"] == 2000
     assert result["clustering_2000"]["ok"], result["clustering_2000"]
     assert result["tests"]["ok"], result["tests"]

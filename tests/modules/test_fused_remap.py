@@ -240,11 +240,12 @@ def test_bad_bag_lengths_are_refused(monkeypatch, fallback: bool) -> None:  # no
         call(ids, bags[:-1], *tables)
     with pytest.raises(RuntimeError, match="sum to|negative|size"):
         call(ids, torch.cat([bags[:-1], bags[-1:] + 1]), *tables)
-    if not fallback:  # (the fallback's torch ops fail on their own, differently)
-        negative = bags.clone()
-        negative[0], negative[1] = -1, negative[1] + negative[0] + 1
-        with pytest.raises(RuntimeError, match="bag 0 has a negative length -1"):
-            call(ids, negative, *tables)
+    negative = bags.clone()
+    negative[0], negative[1] = -1, negative[1] + negative[0] + 1
+    with pytest.raises(RuntimeError, match="bag 0 has a negative length -1"):
+        call(ids, negative, *tables)
+    with pytest.raises(RuntimeError, match="tensor of integers, got (torch.float32|Float)"):
+        call(ids, bags.float(), *tables)
 
 
 def test_the_bags_operator_passes_torch_library_opcheck() -> None:

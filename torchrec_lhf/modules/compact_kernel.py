@@ -273,8 +273,17 @@ def _fallback_bags(
     """``fused_remap_bags`` where its C++ kernel is not registered: the ids per feature
     summed here, then :func:`_fallback`."""
     num, bags = offset.numel(), bag_lengths.numel()
+    if bag_lengths.dim() != 1 or bag_lengths.is_floating_point() or bag_lengths.dtype == torch.bool:
+        raise RuntimeError(
+            f"bag lengths must be a 1-D tensor of integers, got {bag_lengths.dtype} of shape "
+            f"{list(bag_lengths.shape)}"
+        )
     if (bags % num != 0) if num > 0 else bags != 0:
         raise RuntimeError(f"the bag lengths' {bags} entries are not a batch of {num} features")
+    negative = (bag_lengths < 0).nonzero()
+    if negative.numel() > 0:  # (a host read: this path reads the lengths on the host anyway)
+        i = int(negative[0, 0])
+        raise RuntimeError(f"bag {i} has a negative length {int(bag_lengths[i])}")
     lengths = bag_lengths.view(num, -1).sum(1).tolist() if num > 0 else []
     return _fallback(ids, lengths, offset, *tables_and_modulo)  # type: ignore[arg-type]
 

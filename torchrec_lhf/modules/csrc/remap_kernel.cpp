@@ -380,8 +380,10 @@ torch::Tensor fused_remap_bags(const torch::Tensor& ids, const torch::Tensor& ba
                                const torch::Tensor& is_compact, bool modulo) {
   const int64_t num = offset.numel();
   const int64_t bags = bag_lengths.numel();
-  TORCH_CHECK(bag_lengths.device().is_cpu() && bag_lengths.dim() == 1,
-              "bag lengths must be a 1-D CPU tensor");
+  TORCH_CHECK(bag_lengths.device().is_cpu() && bag_lengths.dim() == 1 &&
+                  at::isIntegralType(bag_lengths.scalar_type(), /*includeBool=*/false),
+              "bag lengths must be a 1-D CPU tensor of integers, got ",
+              bag_lengths.scalar_type(), " of shape ", bag_lengths.sizes());
   TORCH_CHECK(num > 0 ? bags % num == 0 : bags == 0, "the bag lengths' ", bags,
               " entries are not a batch of ", num, " features");
   const auto bl = as(bag_lengths, torch::kInt64);
