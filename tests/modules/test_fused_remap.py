@@ -97,11 +97,15 @@ def test_fused_remap_equals_the_torch_ops(
         assert bool(in_tail.any()) and bool((~in_tail).any())
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 7, 40_000, 2**31 - 1, 2**31 + 11, 2**40 + 3])
-def test_tail_remainder_is_exact_for_any_divisor(rows: int) -> None:
-    """The kernel's remainder by multiplication equals ``%`` on 62-bit values."""
+@pytest.mark.parametrize(
+    "rows", [1, 2, 3, 4, 7, 40_000, 2**20, 2**31 - 1, 2**31 + 11, 2**40, 2**40 + 3]
+)
+@pytest.mark.parametrize("num_ids", [50_000, 40], ids=["many", "few"])
+def test_tail_remainder_is_exact_for_any_divisor(rows: int, num_ids: int) -> None:
+    """The kernel's remainder equals ``%`` on 62-bit values, whichever way it takes it: a
+    mask (powers of two), a multiply (a feature of many ids) or a division (few ids)."""
     g = torch.Generator().manual_seed(rows % 1000)
-    ids = torch.randint(0, 2**62, (50_000,), generator=g)
+    ids = torch.randint(0, 2**62, (num_ids,), generator=g)
     seed = torch.tensor([12345])
     compact = [
         torch.zeros(0, dtype=torch.long),  # no heads: every id is tail

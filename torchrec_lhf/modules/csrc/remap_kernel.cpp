@@ -6,7 +6,8 @@
 //   and its identity, dense or compact lookup (SplitMix64, the tail row, the three probes
 //   of the head table), in one pass over the ids. Per-feature constants (the tail hash's
 //   seed and divisor, the offsets) are taken once per feature, and the tail's remainder
-//   uses a precomputed reciprocal instead of a 64-bit division.
+//   uses a precomputed reciprocal (or a mask, for a power of two) instead of a 64-bit
+//   division.
 //
 // NOTE: the arithmetic is the torch ops' exactly (torchrec_lhf.hashing, head_table): int64
 // values that wrap modulo 2**64 (done in uint64), logical right shifts where the torch ops
@@ -23,11 +24,16 @@
 
 namespace {
 
-// ids are taken in blocks: the first pass hashes a block and prefetches what it will read
-// (probe slots, mapping entries; a training step has evicted them from the caches), the
-// second reads them: the reads of a block overlap instead of stalling in turn.
+// ids are taken in blocks. A compact feature's block is hashed (the probe slots and tail rows
+// of its ids, in loops the compiler vectorizes), its probe slots are prefetched (a training
+// step has evicted the head table from the caches), and it is probed kDepth blocks later,
+// while the slots of the blocks after it arrive: the probes' reads overlap instead of
+// stalling in turn. (Timed inside the fused step of benchmarks.remap at pooling 4, one-off:
+// 2.0 ms probing each block right after the next is hashed, 1.6 ms 3 deep; 2, 5 and 8 deep
+// were no better, and 16 ids a block worse.)
 constexpr int64_t kBlock = 32;
 constexpr int64_t kGrain = 16384;
+constexpr int64_t kDepth = 3;  // blocks hashed and prefetched ahead of the one probed
 constexpr int64_t kReciprocalIds = 64;  // a feature's ids from which the tail divides by a multiply
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;  // hashing.seed_keys' multiplier
 
@@ -61,12 +67,25 @@ struct Divisor {
     const unsigned __int128 two_k = static_cast<unsigned __int128>(1) << k;
     m = static_cast<uint64_t>((two_k + d - 1) / d);
   }
-  inline uint64_t mod(uint64_t v) const {
-    if (m == 0) return v % d;
-    const uint64_t q = static_cast<uint64_t>((static_cast<unsigned __int128>(m) * v) >> k);
-    return v - q * d;
+  // how compact_hash takes the remainder: a mask where d is a power of two, else the
+  // multiplier (mul_high) where there is one and k >= 64 (d >= 3), else a division
+  int mode() const {
+    if ((d & (d - 1)) == 0) return kMask;
+    return m != 0 && k >= 64 ? kMultiply : kDivide;
   }
+  enum Mode : int { kDivide = 0, kMultiply = 1, kMask = 2 };
 };
+
+// floor(m v / 2**64) from 32-bit halves: four 32 x 32 -> 64-bit products, which vectorize
+// (vpmuludq), where a 64 x 64 -> 128-bit product does not
+inline uint64_t mul_high(uint64_t v, uint64_t m) {
+  const uint32_t vl = static_cast<uint32_t>(v), vh = static_cast<uint32_t>(v >> 32);
+  const uint32_t ml = static_cast<uint32_t>(m), mh = static_cast<uint32_t>(m >> 32);
+  const uint64_t ll = uint64_t{vl} * ml, lh = uint64_t{vl} * mh, hl = uint64_t{vh} * ml,
+                 hh = uint64_t{vh} * mh;
+  const uint64_t mid = (ll >> 32) + (lh & 0xFFFFFFFFULL) + (hl & 0xFFFFFFFFULL);
+  return hh + (lh >> 32) + (hl >> 32) + (mid >> 32);
+}
 
 // The compact heads' cuckoo table (torchrec_lhf/modules/head_table.py): packed int64
 // entries (key << 32 | row), or int32/int64 keys (-1: empty) beside int16/int32 rows; an
@@ -79,35 +98,9 @@ struct Heads {
   const int32_t* rows32 = nullptr;
   uint64_t slots = 0;
 
-  // the three slots of a mixed hash: bits 0-31, 32-63 and 16-47 scaled into [0, S)
-  inline void slots_of(uint64_t x, uint64_t* slot) const {
-    slot[0] = ((x & 0xFFFFFFFFULL) * slots) >> 32;
-    slot[1] = (((x >> 32) & 0xFFFFFFFFULL) * slots) >> 32;
-    slot[2] = (((x >> 16) & 0xFFFFFFFFULL) * slots) >> 32;
-  }
-  // NOTE: the packed form is the common one; the callers branch on it once per block, so
-  // that its loop has no other form's tests (they cost a fifth of the lookup)
-  template <bool kPacked>
-  inline void prefetch(const uint64_t* slot) const {
-    for (int c = 0; c < 3; ++c) {
-      __builtin_prefetch(kPacked  ? static_cast<const void*>(packed + slot[c])
-                         : keys32 ? static_cast<const void*>(keys32 + slot[c])
-                                  : static_cast<const void*>(keys64 + slot[c]));
-    }
-  }
-  // the row of `key` (probed at `slot`), else `tail`
-  template <bool kPacked>
+  // the row of `key` (probed at `slot`), else `tail`, in the unpacked form (the packed
+  // one is compact_probe's own loop)
   inline int64_t find(const uint64_t* slot, int64_t key, int64_t tail) const {
-    if (kPacked) {
-      const uint64_t k = static_cast<uint64_t>(key) << 32;
-      const int64_t d0 = static_cast<int64_t>(static_cast<uint64_t>(packed[slot[0]]) ^ k);
-      const int64_t d1 = static_cast<int64_t>(static_cast<uint64_t>(packed[slot[1]]) ^ k);
-      const int64_t d2 = static_cast<int64_t>(static_cast<uint64_t>(packed[slot[2]]) ^ k);
-      int64_t m = d0 < d1 ? d0 : d1;  // the row where a key matches (below 2**32)
-      m = m < d2 ? m : d2;
-      const int64_t mask = ((m >> 32) - 1) >> 63;  // all ones where a key matched
-      return ((m ^ tail) & mask) ^ tail;
-    }
     // a key sits in one slot (two choices may share it): the largest slot that holds it
     uint64_t at = 0;
     int64_t hit = 0;
@@ -128,6 +121,8 @@ Heads make_heads(const torch::Tensor& slot_keys, const torch::Tensor& slot_rows)
   if (slot_keys.numel() == 0) return heads;
   TORCH_CHECK(slot_keys.is_contiguous() && slot_rows.is_contiguous());
   heads.slots = static_cast<uint64_t>(slot_keys.numel());
+  TORCH_CHECK(heads.slots <= (uint64_t{1} << 31), "a head table has at most 2**31 slots, got ",
+              heads.slots);
   if (slot_rows.numel() == 0) {  // packed
     TORCH_CHECK(slot_keys.scalar_type() == torch::kInt64, "packed heads must be int64");
     heads.packed = slot_keys.data_ptr<int64_t>();
@@ -168,25 +163,94 @@ struct Feature {
   Divisor tail;
 };
 
-// A block of one compact feature's (in-range) ids: hash, and prefetch the probes' slots.
-template <bool kPacked>
+// A block of one compact feature's lookups, one array per quantity: the loops over it have
+// no dependence from id to id, so the compiler vectorizes the hashing (AVX-512 or AVX2).
+struct CompactBlock {
+  alignas(64) int64_t key[kBlock];    // the head key (key offset + id)
+  alignas(64) int64_t tail[kBlock];   // the tail row
+  alignas(64) uint64_t slot[3][kBlock];  // the three probe slots
+};
+
+// A block of one compact feature's (in-range) ids `id_b`: the mixed hash, the probe slots
+// and the tail row of each (the remainder as Divisor::mode says).
+template <int kMode>
 inline void compact_hash(const Heads& heads, const Feature& f, int64_t count,
-                         const int64_t* id_b, uint64_t* xs, uint64_t* slots) {
+                         const int64_t* id_b, CompactBlock& blk) {
+  const uint32_t slots = static_cast<uint32_t>(heads.slots);  // (<= 2**31: make_heads)
+  const uint64_t seed = f.seed_key, d = f.tail.d, m = f.tail.m;
+  const int shift = f.tail.k - 64;
+  const int64_t tail_offset = f.tail_offset, offset = f.offset;
   for (int64_t b = 0; b < count; ++b) {
-    xs[b] = finalize(static_cast<uint64_t>(id_b[b]) + f.seed_key);
-    heads.slots_of(xs[b], slots + 3 * b);
-    heads.prefetch<kPacked>(slots + 3 * b);
+    const uint64_t x = finalize(static_cast<uint64_t>(id_b[b]) + seed);
+    blk.slot[0][b] = (uint64_t{static_cast<uint32_t>(x)} * slots) >> 32;
+    blk.slot[1][b] = (uint64_t{static_cast<uint32_t>(x >> 32)} * slots) >> 32;
+    blk.slot[2][b] = (uint64_t{static_cast<uint32_t>(x >> 16)} * slots) >> 32;
+    const uint64_t v = x >> 2;
+    uint64_t r;
+    if (kMode == Divisor::kMask) {
+      r = v & (d - 1);
+    } else {
+      r = v - (kMode == Divisor::kMultiply ? mul_high(v, m) >> shift : v / d) * d;
+    }
+    blk.tail[b] = static_cast<int64_t>(r) + tail_offset;
+    blk.key[b] = id_b[b] + offset;
   }
 }
 
-// The rows of a block hashed by compact_hash: its head rows or tail rows.
-template <bool kPacked, typename I>
-inline void compact_probe(const Heads& heads, const Feature& f, int64_t count,
-                          const int64_t* id_b, const uint64_t* xs, const uint64_t* slots,
-                          I* out) {
+// The rows of a block hashed by compact_hash in a packed table, prefetching the slots of
+// `next` (`kNext` ids: a whole block, or none) between its probes (one loop: a separate
+// prefetch loop and a vectorized probe loop, with gathers, took twice as long after a
+// training step). Per id: the entry ^ (key << 32) is the row where the key matches (below
+// 2**32) and at least 2**32 elsewhere, so the smallest of the three is the head row if any.
+template <typename I, int64_t kNext>
+inline void probe_packed(const int64_t* packed, int64_t count, const CompactBlock& blk, I* out,
+                         const CompactBlock* next) {
   for (int64_t b = 0; b < count; ++b) {
-    const int64_t tail = static_cast<int64_t>(f.tail.mod(xs[b] >> 2)) + f.tail_offset;
-    out[b] = static_cast<I>(heads.find<kPacked>(slots + 3 * b, id_b[b] + f.offset, tail));
+    if (kNext > 0) {
+      __builtin_prefetch(packed + next->slot[0][b]);
+      __builtin_prefetch(packed + next->slot[1][b]);
+      __builtin_prefetch(packed + next->slot[2][b]);
+    }
+    const uint64_t k = static_cast<uint64_t>(blk.key[b]) << 32;
+    const int64_t d0 = static_cast<int64_t>(static_cast<uint64_t>(packed[blk.slot[0][b]]) ^ k);
+    const int64_t d1 = static_cast<int64_t>(static_cast<uint64_t>(packed[blk.slot[1][b]]) ^ k);
+    const int64_t d2 = static_cast<int64_t>(static_cast<uint64_t>(packed[blk.slot[2][b]]) ^ k);
+    int64_t m = d0 < d1 ? d0 : d1;
+    m = m < d2 ? m : d2;
+    const int64_t mask = ((m >> 32) - 1) >> 63;  // all ones where a key matched
+    const int64_t tail = blk.tail[b];
+    out[b] = static_cast<I>(((m ^ tail) & mask) ^ tail);
+  }
+}
+
+// Prefetch a hashed block's probe slots.
+inline void compact_prefetch(const Heads& heads, int64_t count, const CompactBlock& blk) {
+  const char* base = heads.packed  ? reinterpret_cast<const char*>(heads.packed)
+                     : heads.keys32 ? reinterpret_cast<const char*>(heads.keys32)
+                                    : reinterpret_cast<const char*>(heads.keys64);
+  const int width = heads.packed || heads.keys64 ? 8 : 4;
+  for (int c = 0; c < 3; ++c) {
+    for (int64_t b = 0; b < count; ++b) __builtin_prefetch(base + blk.slot[c][b] * width);
+  }
+}
+
+// The rows of a block hashed by compact_hash (head or tail), prefetching the slots of `next`
+// (`next_count` ids) meanwhile.
+template <typename I>
+inline void compact_probe(const Heads& heads, int64_t count, const CompactBlock& blk, I* out,
+                          const CompactBlock* next, int64_t next_count) {
+  if (heads.packed && count == kBlock && next_count == kBlock) {  // the common case
+    probe_packed<I, kBlock>(heads.packed, kBlock, blk, out, next);
+    return;
+  }
+  if (next_count > 0) compact_prefetch(heads, next_count, *next);
+  if (heads.packed) {
+    probe_packed<I, 0>(heads.packed, count, blk, out, nullptr);
+    return;
+  }
+  for (int64_t b = 0; b < count; ++b) {
+    const uint64_t slot[3] = {blk.slot[0][b], blk.slot[1][b], blk.slot[2][b]};
+    out[b] = static_cast<I>(heads.find(slot, blk.key[b], blk.tail[b]));
   }
 }
 
@@ -201,25 +265,15 @@ bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads, c
   std::atomic<bool> any_bad{false};
   const auto body = [&](int64_t begin, int64_t end) {
     uint64_t bad = 0;
-    int64_t id_b[2][kBlock];
-    uint64_t xs[2][kBlock];
-    uint64_t slots[2][3 * kBlock];
-    int cur = 0;
-    int64_t pending_start = 0, pending = 0;  // the block hashed, not yet probed
+    int64_t id_b[kBlock];
+    CompactBlock ring[kDepth + 1];
+    int64_t ring_start[kDepth + 1], ring_count[kDepth + 1];
+    int64_t hashed = 0, probed = 0;  // blocks
     const int64_t h = static_cast<int64_t>(f.height);
-    const bool piped = f.kind == kCompact && heads.slots > 0;
-    // probe the pending block (buffers `at`); the packed form is tested once per block
-    const auto probe = [&](int at) {
-      I* to = out + pending_start;
-      if (heads.packed) {
-        compact_probe<true, I>(heads, f, pending, id_b[at], xs[at], slots[at], to);
-      } else {
-        compact_probe<false, I>(heads, f, pending, id_b[at], xs[at], slots[at], to);
-      }
-    };
+    const bool has_heads = heads.slots > 0;
+    const int mode = f.tail.mode();
     for (int64_t start = begin; start < end; start += kBlock) {
       const int64_t count = end - start < kBlock ? end - start : kBlock;
-      int64_t* idc = id_b[cur];
       for (int64_t b = 0; b < count; ++b) {
         int64_t id = static_cast<int64_t>(ids[start + b]);
         if (modulo) {
@@ -228,32 +282,46 @@ bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads, c
         }
         const uint64_t outside = static_cast<uint64_t>(id) >= f.height;
         bad |= outside;
-        idc[b] = outside ? 0 : id;  // nothing is read out of bounds
+        id_b[b] = outside ? 0 : id;  // nothing is read out of bounds
       }
       if (f.kind == kIdentity) {
-        for (int64_t b = 0; b < count; ++b) out[start + b] = static_cast<I>(idc[b]);
-      } else if (f.kind == kDense) {
-        const M* base = mapping + f.offset;
-        for (int64_t b = 0; b < count; ++b) __builtin_prefetch(base + idc[b]);
-        for (int64_t b = 0; b < count; ++b) out[start + b] = static_cast<I>(base[idc[b]]);
-      } else if (!piped) {  // no heads: every id is tail
-        for (int64_t b = 0; b < count; ++b) {
-          const uint64_t x = finalize(static_cast<uint64_t>(idc[b]) + f.seed_key);
-          out[start + b] = static_cast<I>(static_cast<int64_t>(f.tail.mod(x >> 2)) + f.tail_offset);
-        }
-      } else {
-        if (heads.packed) {
-          compact_hash<true>(heads, f, count, idc, xs[cur], slots[cur]);
-        } else {
-          compact_hash<false>(heads, f, count, idc, xs[cur], slots[cur]);
-        }
-        probe(cur ^ 1);  // the block before, while this one's slots arrive
-        pending_start = start;
-        pending = count;
-        cur ^= 1;
+        for (int64_t b = 0; b < count; ++b) out[start + b] = static_cast<I>(id_b[b]);
+        continue;
       }
+      if (f.kind == kDense) {
+        const M* base = mapping + f.offset;
+        for (int64_t b = 0; b < count; ++b) __builtin_prefetch(base + id_b[b]);
+        for (int64_t b = 0; b < count; ++b) out[start + b] = static_cast<I>(base[id_b[b]]);
+        continue;
+      }
+      const int at = static_cast<int>(hashed % (kDepth + 1));
+      CompactBlock& blk = ring[at];
+      if (mode == Divisor::kMultiply) {
+        compact_hash<Divisor::kMultiply>(heads, f, count, id_b, blk);
+      } else if (mode == Divisor::kMask) {
+        compact_hash<Divisor::kMask>(heads, f, count, id_b, blk);
+      } else {
+        compact_hash<Divisor::kDivide>(heads, f, count, id_b, blk);
+      }
+      if (!has_heads) {  // every id is tail
+        for (int64_t b = 0; b < count; ++b) out[start + b] = static_cast<I>(blk.tail[b]);
+        continue;
+      }
+      ring_start[at] = start;
+      ring_count[at] = count;
+      if (hashed - probed == kDepth) {  // the oldest block, prefetching this one meanwhile
+        const int o = static_cast<int>(probed % (kDepth + 1));
+        compact_probe<I>(heads, ring_count[o], ring[o], out + ring_start[o], &blk, count);
+        ++probed;
+      } else {
+        compact_prefetch(heads, count, blk);
+      }
+      ++hashed;
     }
-    if (pending > 0) probe(cur ^ 1);  // the last block
+    for (; probed < hashed; ++probed) {
+      const int o = static_cast<int>(probed % (kDepth + 1));
+      compact_probe<I>(heads, ring_count[o], ring[o], out + ring_start[o], nullptr, 0);
+    }
     if (bad) any_bad.store(true, std::memory_order_relaxed);
   };
   // NOTE: a feature of fewer ids than a grain runs here: parallel_for's own setup (its
