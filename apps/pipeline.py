@@ -81,6 +81,9 @@ class PipelineConfig:
     """Embedding dim of the teacher."""
     teacher_epochs: int = 3
     """Epochs of the teacher."""
+    train_window: float = teacher.TeacherConfig.train_window
+    """A held-out teacher: it trains on the first ``train_window`` of the training split,
+    and counts accesses over all of it (``apps.teacher --train_window``; 1: the paper's)."""
     embedding_dim: int = TrainConfig.embedding_dim
     """Embedding dim of the trained models."""
     epochs: int = TrainConfig.epochs
@@ -131,6 +134,7 @@ class PipelineConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        teacher.check_train_window(self.train_window)
         if self.head_min_count < 0:
             raise ValueError(f"head_min_count must be >= 0, got {self.head_min_count}")
         if self.min_table_rows < 0:
@@ -190,6 +194,7 @@ def stage_configs(
             metrics_json=str(out / "teacher_metrics.json"),
         ),
         out=str(out / "teacher"),
+        train_window=config.train_window,
     )
     plan_path = out / "plan.safetensors"
     build_config = BuildConfig(

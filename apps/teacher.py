@@ -85,9 +85,7 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         if not self.out:
             raise ValueError(f"out must name a directory, got {self.out!r}")
-        w = self.train_window
-        if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w <= 1:
-            raise ValueError(f"train_window must be a number in (0, 1], got {w!r}")
+        check_train_window(self.train_window)
         dim, types = self.train.embedding_dim, self.train.sharding_types
         if dim % FUSED_DIM_MULTIPLE and set(types) != {"data_parallel"}:
             raise ValueError(
@@ -100,6 +98,12 @@ class TeacherConfig:
                 f"the teacher trains full tables; got learned_hash={self.train.learned_hash!r}, "
                 f"compression={self.train.compression!r}"
             )
+
+
+def check_train_window(w: object) -> None:
+    """Raises ValueError unless ``w`` is a number in ``(0, 1]`` (``train_window``)."""
+    if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w <= 1:
+        raise ValueError(f"train_window must be a number in (0, 1], got {w!r}")
 
 
 TEACHER_OWN_FIELDS = tuple(

@@ -44,7 +44,9 @@ Methods:
   their residuals; :mod:`torchrec_lhf.hash_build.compose`) and ``lhf-compose-paper`` (that,
   every id clustered). The head/tail defaults moved: ``lhf-headtail-tail0.5`` /
   ``-tail0.85`` (``--tail_fraction``), ``lhf-headtail-head2x`` / ``-head0.5x`` (twice / half
-  ``--head_min_count``).
+  ``--head_min_count``); ``lhf-headtail-noclust``: the defaults with no id clustered (a
+  ``--head_min_count`` no id reaches: every row but the tail's goes to the most frequent
+  ids, one each, as ``mch``'s do).
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-headtail-tail0.85": {"rare_hash": True, **FIXED, "tail_fraction": 0.85},
     "lhf-headtail-head2x": {"rare_hash": True, **FIXED, "head_min_count_scale": 2.0},
     "lhf-headtail-head0.5x": {"rare_hash": True, **FIXED, "head_min_count_scale": 0.5},
+    # no id clustered: every row but the tail's to the most frequent ids, one each
+    "lhf-headtail-noclust": {"rare_hash": True, "head_min_count_scale": 1e6},
     "lhf-h2-headtail": {"rare_hash": True, **FIXED, "num_hashes": 2},
     "lhf-compose": {"rare_hash": True, **FIXED, "num_hashes": 2, "compose": "residual"},
     "lhf-compose-paper": {"num_hashes": 2, "compose": "residual"},

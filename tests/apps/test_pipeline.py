@@ -51,6 +51,8 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
         ({"epochs": 0}, "epochs"),
         ({"budget": "weekly"}, "'weekly'"),
         ({"tail_region": "wide"}, "tail_region must be one of .*'wide'"),
+        ({"train_window": 0.0}, r"train_window must be a number in \(0, 1\], got 0.0"),
+        ({"train_window": True}, r"train_window must be a number in \(0, 1\], got True"),
     ],
 )
 def test_config_validation(kwargs: dict, match: str) -> None:
@@ -82,3 +84,10 @@ def test_the_build_takes_the_pipelines_head_tail_settings(tmp_path) -> None:
     fixed = pipeline.PipelineConfig(out_dir=str(tmp_path), tail_region="fixed", tail_fraction=0.7)
     build = pipeline.stage_configs(fixed, "x", {})[1]
     assert (build.tail_region, build.tail_fraction) == ("fixed", 0.7)
+
+
+def test_the_teacher_takes_the_pipelines_train_window(tmp_path) -> None:
+    default = pipeline.stage_configs(pipeline.PipelineConfig(out_dir=str(tmp_path)), "x", {})[0]
+    assert default.train_window == 1.0  # TeacherConfig's: the paper's teacher
+    config = pipeline.parse_args(["--out_dir", str(tmp_path), "--train_window", "0.5"])
+    assert pipeline.stage_configs(config, "x", {})[0].train_window == 0.5
