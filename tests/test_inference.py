@@ -155,3 +155,27 @@ def test_the_scripted_model_remaps_the_request_and_leaves_the_model_as_it_was(
         with pytest.raises(ValueError, match=r"features \['f1', 'f0'\] are not the remap's"):
             RemapOnRequest(sharded, remap)
     torch.testing.assert_close(sharded(dense, values, lengths), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("learned_hash", [None, "compact"])
+def test_the_serving_model_copies_the_tables_and_leaves_the_float_model(
+    learned_hash: str | None,
+) -> None:
+    """The quantized copy shares the float tables until quantization replaces them (the
+    export's peak): the float model's state is unchanged afterwards, and changing its tables
+    later does not change the served scores (the served model holds tables of its own)."""
+    plan = HashPlan.from_mappings({"t0": torch.arange(30) % 7}) if learned_hash else None
+    dlrm = _dlrm(to_compact(plan, every=3) if plan is not None else None)
+    before = {k: v.clone() for k, v in dlrm.state_dict().items()}
+    batch = _batch()
+    for dtype in ("fp32", "int8"):
+        scripted = script_serving_model(dlrm, FEATURES, num_dense=3, dtype=dtype)
+        scores = scripted(*batch)
+        state = dlrm.state_dict()
+        assert state.keys() == before.keys()
+        assert all(torch.equal(state[k], v) for k, v in before.items()), dtype
+        with torch.no_grad():
+            for table in dlrm.parameters():
+                table.add_(1.0)
+        torch.testing.assert_close(scripted(*batch), scores, atol=0, rtol=0)
+        dlrm.load_state_dict(before)

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 import torchrec.fx
 from torch import nn
+from torchrec import EmbeddingBagCollection
 from torchrec.distributed.fused_params import FUSED_PARAM_QUANT_STATE_DICT_SPLIT_SCALE_BIAS
 from torchrec.distributed.global_settings import get_propogate_device, set_propogate_device
 from torchrec.distributed.quant_embeddingbag import QuantEmbeddingBagCollectionSharder
@@ -181,12 +182,24 @@ def quantize_for_inference(model: nn.Module, *, dtype: str = "int8") -> nn.Modul
     """
     if dtype not in WEIGHT_DTYPES:
         raise ValueError(f"dtype must be one of {list(WEIGHT_DTYPES)}, got {dtype!r}")
+    # NOTE: the copy shares the float tables with ``model`` (a deepcopy memo that maps them
+    # to themselves): quantization reads them into tables of its own and swaps the copy's
+    # collections out, so a copy of them would only add their bytes to the export's peak
+    shared = {id(t): t for t in embedding_tables(model)}
     return quantize_inference_model(
-        copy.deepcopy(model),
+        copy.deepcopy(model, shared),
         quantization_mapping=quantization_mapping(),
         quantization_dtype=WEIGHT_DTYPES[dtype],
         output_dtype=torch.float,
     )
+
+
+def embedding_tables(model: nn.Module) -> list[torch.Tensor]:
+    """The float tables of ``model``'s embedding bag collections (TorchRec's and the
+    learned-hash one's), which quantization replaces."""
+    return [
+        t for m in model.modules() if isinstance(m, EmbeddingBagCollection) for t in m.parameters()
+    ]
 
 
 @contextlib.contextmanager

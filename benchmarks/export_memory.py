@@ -1,0 +1,173 @@
+"""Peak memory of the serving export (quantize, shard, trace, script) against the tables' bytes.
+
+The export's scripted models (:func:`torchrec_lhf.inference.script_serving_model`, what
+``--export_model`` writes per dtype) are built on one rank from the unsharded float model.
+This benchmark builds a DLRM of ``--tables`` tables of ``--rows`` ids each (full, or with a
+random learned hash plan at ``--fraction`` of the rows), then scripts it per dtype in a
+process of its own and reports the resident-set peak above the process's resident set
+before the call (``VmHWM`` after resetting it), in GB and as a multiple of the float
+tables' bytes. The baseline, in the same run: the same flow with the float model copied
+whole before quantization (``copy="full"``, the export before 2026-11-30's last session),
+against the copy that shares the float tables (``copy="shared"``, the current one).
+
+Linux only (``/proc/self/status``, ``/proc/self/clear_refs``).
+
+Usage::
+
+    python -m benchmarks.export_memory --json [--rows 2000000 --tables 8 --model full|lhf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+COPIES = ("shared", "full")
+DTYPES = ("fp32", "int8")
+
+
+def _status_gb(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**20
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _model(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str], int]:
+    """The float DLRM, its features and its float tables' bytes."""
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+    from torchrec.models.dlrm import DLRM
+
+    from torchrec_lhf import HashPlan, apply_hash_plan
+
+    features = [f"f{i}" for i in range(args.tables)]
+    tables = [
+        EmbeddingBagConfig(
+            name=f"t{i}", embedding_dim=args.dim, num_embeddings=args.rows, feature_names=[f]
+        )
+        for i, f in enumerate(features)
+    ]
+    torch.manual_seed(0)
+    dlrm = DLRM(
+        embedding_bag_collection=EmbeddingBagCollection(tables=tables),
+        dense_in_features=3,
+        dense_arch_layer_sizes=[8, args.dim],
+        over_arch_layer_sizes=[8, 1],
+    )
+    if args.model == "lhf":
+        rows = max(1, round(args.fraction * args.rows))
+        g = torch.Generator().manual_seed(0)
+        plan = HashPlan.from_mappings(
+            {f"t{i}": torch.randint(0, rows, (args.rows,), generator=g) for i in range(args.tables)}
+        )
+        apply_hash_plan(dlrm, plan)
+    from torchrec_lhf.inference import embedding_tables
+
+    table_bytes = sum(t.numel() * t.element_size() for t in embedding_tables(dlrm))
+    return dlrm.eval(), features, table_bytes
+
+
+def measure_one(args: argparse.Namespace) -> dict:
+    """In this process: script the model once (``args.dtype``, ``args.copy``); the peak."""
+    from torchrec_lhf import inference
+
+    dlrm, features, table_bytes = _model(args)
+    if args.copy == "full":  # the baseline: quantize a whole copy of the float model
+        inference.embedding_tables = lambda model: []
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    base = _status_gb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # the high-water mark starts again from the resident set
+    t0 = time.perf_counter()
+    inference.script_serving_model(dlrm, features, num_dense=3, dtype=args.dtype)
+    seconds = time.perf_counter() - t0
+    peak = _status_gb("VmHWM") - base
+    return {
+        "dtype": args.dtype,
+        "copy": args.copy,
+        "peak_above_start_gb": peak,
+        "peak_over_table_bytes": peak * 2**30 / table_bytes,
+        "table_gb": table_bytes / 2**30,
+        "seconds": seconds,
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Each dtype and copy in a fresh process; the peaks and the shared/full ratios."""
+    results: dict[str, dict] = {}
+    for dtype in DTYPES:
+        for copy in COPIES:
+            cmd = [sys.executable, "-m", "benchmarks.export_memory", "--one", "--json"]
+            cmd += ["--dtype", dtype, "--copy", copy, "--model", args.model]
+            cmd += ["--rows", str(args.rows), "--tables", str(args.tables)]
+            cmd += ["--dim", str(args.dim), "--fraction", str(args.fraction)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            results[f"{dtype}/{copy}"] = json.loads(out.strip().splitlines()[-1])
+    ratios = {
+        dtype: results[f"{dtype}/shared"]["peak_above_start_gb"]
+        / results[f"{dtype}/full"]["peak_above_start_gb"]
+        for dtype in DTYPES
+    }
+    return {
+        "benchmark": "export_memory",
+        "config": {
+            "model": args.model,
+            "tables": args.tables,
+            "rows": args.rows,
+            "dim": args.dim,
+            "fraction": args.fraction if args.model == "lhf" else 1.0,
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+        },
+        "results": results,
+        "shared_over_full_peak": ratios,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's flags."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", choices=("full", "lhf"), default="full")
+    parser.add_argument("--tables", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=2_000_000, help="ids per table")
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--fraction", type=float, default=0.1, help="rows kept (--model lhf)")
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    # one measurement in this process (what run() starts per dtype and copy)
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--copy", choices=COPIES, default="shared", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for name in ("tables", "rows", "dim"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.fraction <= 1:
+        parser.error(f"--fraction must be in (0, 1], got {args.fraction}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    result = measure_one(args) if args.one else run(args)
+    if args.json or args.one:
+        print(json.dumps(result, indent=None if args.one else 2))
+    else:
+        for key, r in result["results"].items():
+            print(
+                f"{key:>12}: {r['peak_above_start_gb']:.3f} GB ({r['peak_over_table_bytes']:.2f}x)"
+            )
+    return result
+
+
+if __name__ == "__main__":
+    main()
