@@ -34,6 +34,9 @@ and "gap closed" is read at equal total bytes:
   hashed into all rows); ``lhf-fill-1row``: with a tail of one row per table (as ``mch``'s
   single miss row); ``lhf-fill-h2``: the default with two hash functions per table, summed
   (each with its head and its own tail seed: a tail id gets a pair of tail rows);
+* ``lhf-fill-head3`` / ``lhf-fill-head3-shrink10``: the default with a head of the ids seen
+  at least 3 times (larger than the head region, so clustered instead of filled), and that
+  with ``--value_shrinkage 10``;
 * ``lhf-mlet``: the plan at ``1 / MLET_WIDTH`` times the rows, trained as MLET at
   ``MLET_WIDTH`` of the width (about the same bytes);
 * the other methods, at the same size and budget: ``qr``, ``fbdh``, ``memrec``, ``mlet``,
@@ -103,6 +106,8 @@ METHODS = (
     "lhf-tail0.85",
     "lhf-head5",
     "lhf-head20",
+    "lhf-fill-head3",
+    "lhf-fill-head3-shrink10",
     *PEERS,
 )
 """The methods this benchmark trains (see the module docstring)."""
@@ -236,6 +241,10 @@ def _train_config(
             "lhf-tail0.85": {**FIXED, "tail_fraction": 0.85},
             "lhf-head5": {**FIXED, "head_min_count": 5},
             "lhf-head20": {**FIXED, "head_min_count": 20},
+            # the default with a head of the ids seen 3 times or more: larger than the head
+            # region where the default fills it, so its mid-frequency ids are clustered
+            "lhf-fill-head3": {"head_min_count": 3},
+            "lhf-fill-head3-shrink10": {"head_min_count": 3, "value_shrinkage": 10},
             "lhf-mlet": FIXED,
         }.get(method, {})
         if method == "lhf-mlet":  # MLET_WIDTH of the width, so 1 / MLET_WIDTH of the rows
