@@ -57,7 +57,7 @@ struct Divisor {
   // not for a few, which divide; m == 0 marks that)
   void set(uint64_t divisor, bool reciprocal = true) {
     d = divisor;
-    if (!reciprocal) {
+    if (!reciprocal || (d & (d - 1)) == 0) {  // (a power of two takes a mask: mode())
       m = 0;
       return;
     }
