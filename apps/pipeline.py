@@ -47,7 +47,7 @@ from torchrec_lhf.cli import add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
 from torchrec_lhf.data import DatasetUnavailableError, load_dataset
 from torchrec_lhf.hash_build.config import BuildConfig
-from torchrec_lhf.hash_build.head_tail import TAIL_REGIONS
+from torchrec_lhf.hash_build.head_tail import ROW_ALLOCATIONS, TAIL_REGIONS
 from torchrec_lhf.report import plot_auc_vs_bytes
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,11 @@ class PipelineConfig:
     tail_region: str = field(default=BuildConfig.tail_region, metadata={"choices": TAIL_REGIONS})
     """How the tail region is sized (``apps.build_hash --tail_region``; ``fixed`` with
     ``tail_fraction`` 0.7 is the default before 2026-11-30)."""
+    row_allocation: str = field(
+        default=BuildConfig.row_allocation, metadata={"choices": ROW_ALLOCATIONS}
+    )
+    """How a byte budget's rows are shared by the tables (``apps.build_hash
+    --row_allocation``)."""
     seed: int = 0
     """Seed of every stage."""
     out_dir: str = "runs/pipeline"
@@ -143,6 +148,10 @@ class PipelineConfig:
             raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
         if self.tail_region not in TAIL_REGIONS:
             raise ValueError(f"tail_region must be one of {TAIL_REGIONS}, got {self.tail_region!r}")
+        if self.row_allocation not in ROW_ALLOCATIONS:
+            raise ValueError(
+                f"row_allocation must be one of {ROW_ALLOCATIONS}, got {self.row_allocation!r}"
+            )
 
 
 def _resolve_dataset(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
@@ -209,6 +218,7 @@ def stage_configs(
         head_min_count=config.head_min_count,
         tail_fraction=config.tail_fraction,
         tail_region=config.tail_region,
+        row_allocation=config.row_allocation,
         out=plan_path,
         restart=True,
     )

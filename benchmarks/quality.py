@@ -205,6 +205,7 @@ def _plan(
                 else 0,
                 tail_fraction=opts.get("tail_fraction", BuildConfig.tail_fraction),
                 tail_region=opts.get("tail_region", BuildConfig.tail_region),
+                row_allocation=opts.get("row_allocation", BuildConfig.row_allocation),
                 value_shrinkage=opts.get("value_shrinkage", BuildConfig.value_shrinkage),
                 compose=opts.get("compose", BuildConfig.compose),
                 out=path,

@@ -30,6 +30,8 @@ Methods:
   region of its own of 5% of the rows); ``lhf-headtail-fill5``: the same, named
   (``-fill2``: a 2% tail region; ``-fill1row``: one tail row per table, as ``mch``'s miss
   row); ``lhf-headtail-h2``: the defaults with two hash functions per table, summed;
+  ``lhf-headtail-counts``: the defaults with ``--row_allocation counts`` (under ``--bytes``,
+  the rows shared by the tables as their ids' access counts say, not by their sizes);
   ``lhf-headtail-fixed``: the defaults before 2026-11-30 (:data:`FIXED`: a 70% tail region,
   no extension), which the variants below keep; ``lhf-headtail-mass`` / ``-fit``
   (``--tail_region mass`` / ``fit``: the tail region sized by its traffic, or given the rows
@@ -77,6 +79,8 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-headtail-fit": {"rare_hash": True, **FIXED, "tail_region": "fit"},
     "lhf-headtail-fill5": {"rare_hash": True, "tail_region": "fill", "tail_fraction": 0.05},
     "lhf-headtail-fill2": {"rare_hash": True, "tail_region": "fill", "tail_fraction": 0.02},
+    # the default with a byte budget's rows shared by access counts, not by table sizes
+    "lhf-headtail-counts": {"rare_hash": True, "row_allocation": "counts"},
     # the default with two hash functions per table, summed (a tail id gets a pair of rows)
     "lhf-headtail-h2": {"rare_hash": True, "num_hashes": 2},
     # one tail row per table (mch's single miss row): the least share that keeps a tail

@@ -37,6 +37,8 @@ and "gap closed" is read at equal total bytes:
 * ``lhf-fill-head3`` / ``lhf-fill-head3-shrink10``: the default with a head of the ids seen
   at least 3 times (larger than the head region, so clustered instead of filled), and that
   with ``--value_shrinkage 10``;
+* ``lhf-counts``: the default with ``--row_allocation counts`` (a byte budget's rows shared
+  by the tables as their ids' access counts say, not by their sizes);
 * ``lhf-mlet``: the plan at ``1 / MLET_WIDTH`` times the rows, trained as MLET at
   ``MLET_WIDTH`` of the width (about the same bytes);
 * the other methods, at the same size and budget: ``qr``, ``fbdh``, ``memrec``, ``mlet``,
@@ -108,6 +110,7 @@ METHODS = (
     "lhf-head20",
     "lhf-fill-head3",
     "lhf-fill-head3-shrink10",
+    "lhf-counts",
     *PEERS,
 )
 """The methods this benchmark trains (see the module docstring)."""
@@ -245,6 +248,7 @@ def _train_config(
             # region where the default fills it, so its mid-frequency ids are clustered
             "lhf-fill-head3": {"head_min_count": 3},
             "lhf-fill-head3-shrink10": {"head_min_count": 3, "value_shrinkage": 10},
+            "lhf-counts": {"row_allocation": "counts"},
             "lhf-mlet": FIXED,
         }.get(method, {})
         if method == "lhf-mlet":  # MLET_WIDTH of the width, so 1 / MLET_WIDTH of the rows

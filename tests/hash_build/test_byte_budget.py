@@ -12,7 +12,11 @@ from tests.hash_build.test_job import HEIGHTS, MIN_ROWS, _build, _teacher
 from torchrec_lhf.compression.budget import BudgetTooSmall, byte_budget
 from torchrec_lhf.compression.registry import plan_bytes
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
-from torchrec_lhf.hash_build.byte_budget import learned_index_bytes, learned_rows_for_bytes
+from torchrec_lhf.hash_build.byte_budget import (
+    learned_index_bytes,
+    learned_rows_for_bytes,
+    rows_by_counts,
+)
 from torchrec_lhf.hash_build.config import BuildConfig, table_rows
 from torchrec_lhf.hash_build.head_tail import HeadTail
 from torchrec_lhf.hash_build.plan_builder import build_plan
@@ -70,6 +74,7 @@ def _teacher_tables() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
         HeadTail(min_count=10, tail_fraction=0.7),
         HeadTail(min_count=25, encoding="compact"),
         HeadTail(min_count=28, tail_fraction=0.5, encoding="compact", tail_region="fill"),
+        HeadTail(min_count=28, tail_fraction=0.05, tail_region="fill", row_allocation="counts"),
     ],
 )
 @pytest.mark.parametrize("fraction", [0.2, 0.1])
@@ -118,9 +123,14 @@ def test_byte_budget_too_small_for_the_remap_names_the_table() -> None:
         BuildConfig(fraction=0.1, budget="bytes", embedding_dim=0, out="o")
 
 
-def test_job_and_build_plan_agree_on_bytes_at_world_size_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "allocation", [{}, {"tail_region": "fill", "tail_fraction": 0.05, "row_allocation": "counts"}]
+)
+def test_job_and_build_plan_agree_on_bytes_at_world_size_2(
+    tmp_path: Path, allocation: dict
+) -> None:
     art = _teacher(tmp_path / "teacher")
-    kw = dict(fraction=0.1, budget="bytes", embedding_dim=8, head_min_count=3)
+    kw = dict(fraction=0.1, budget="bytes", embedding_dim=8, head_min_count=3, **allocation)
     config = BuildConfig(min_table_rows=MIN_ROWS, out=tmp_path / "x.plan", **kw)
     expected = table_rows(dict(HEIGHTS), config, art.counts)
     single = _build(tmp_path, tmp_path / "teacher", "one", 1, **kw)
@@ -132,3 +142,79 @@ def test_job_and_build_plan_agree_on_bytes_at_world_size_2(tmp_path: Path) -> No
     assert budget - 3 * 32 < at.total <= budget
     assert single.metadata["embedding_dim"] == 8 and single.metadata["budget"] == "bytes"
     assert TeacherArtifact.load(tmp_path / "teacher").counts.keys() == HEIGHTS.keys()
+
+
+def test_rows_by_counts_by_hand() -> None:
+    # a: 10 ids seen 9 times, 90 never; b: 100 seen once, 200 never; c: 40 seen 5, 10 once
+    sizes = {"a": 100, "b": 300, "c": 50}
+    counts = {
+        "a": torch.tensor([9] * 10 + [0] * 90),
+        "b": torch.tensor([1] * 100 + [0] * 200),
+        "c": torch.tensor([5] * 40 + [1] * 10),
+    }
+    rule = rows_by_counts(sizes, counts, tail_fraction=0.5)
+    total = 160  # ids seen
+    at = lambda k: rule(k / (2 * total))  # noqa: E731  the k most frequent ids get rows
+    # a head region of k rows needs 2k rows at a 50% tail (round half to even: 2k-1 is short)
+    assert at(0) == {"a": 1, "b": 1, "c": 1}
+    assert at(10) == {"a": 20, "b": 1, "c": 1}  # a's ids first: seen 9 times
+    assert at(30) == {"a": 20, "b": 1, "c": 40}  # then c's seen 5 times
+    assert at(50) == {"a": 20, "b": 1, "c": 50}  # c needs 80 rows: capped at N, full
+    # ids seen once tie over b (100) and c (10): 60 of them shared as 100:10, rounded down
+    assert at(110) == {"a": 20, "b": 2 * 54, "c": 50}
+    # from f = 1/2 every seen id has a row (b: 100 ids in 200 rows)
+    assert rule(0.5) == {"a": 20, "b": 200, "c": 50}
+    assert rule(0.9) == {"a": 80, "b": 240, "c": 50}  # then by size: 80% of each table
+    # never fewer rows for a larger f, in every table
+    grid = [rule(i / 400) for i in range(401)]
+    for lo, hi in zip(grid, grid[1:]):
+        assert all(hi[t] >= lo[t] for t in sizes)
+
+
+def test_row_allocation_counts_gives_rows_to_the_most_frequent_ids_of_all_tables() -> None:
+    # b's ids are seen far more often than a's, a is 10x larger: by size a gets most rows
+    g = torch.Generator().manual_seed(1)
+    sizes = {"a": 5000, "b": 500}
+    emb = {k: torch.randn(n, 4, generator=g) for k, n in sizes.items()}
+    counts = {
+        "a": torch.randint(0, 4, (5000,), generator=g),
+        "b": torch.randint(5, 60, (500,), generator=g),
+    }
+    kw = dict(fraction=0.05, budget="bytes", embedding_dim=16, min_table_rows=100)
+    spec = dict(min_count=50, tail_fraction=0.05, tail_region="fill", encoding="compact")
+    heads, rows = {}, {}
+    for allocation in ("size", "counts"):
+        plan = build_plan(emb, counts, head_tail=HeadTail(**spec, row_allocation=allocation), **kw)
+        heads[allocation] = {t.name: t.mappings[0].head_ids for t in plan}
+        rows[allocation] = {t.name: t.num_rows for t in plan}
+        assert plan_bytes(plan, sizes, 16).total <= byte_budget(sizes, 0.05, 16)
+    assert rows["size"]["a"] > 5 * rows["size"]["b"]
+    assert rows["counts"]["a"] == 1  # a table's fewest rows: every id of a shares its one row
+
+    def own_and_hashed(allocation: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Counts of the ids with rows of their own (tables above one row), of the others."""
+        own, hashed = [], []
+        for t, n in sizes.items():
+            in_head = torch.isin(torch.arange(n), heads[allocation][t])
+            (own if rows[allocation][t] > 1 else hashed).append(counts[t][in_head])
+            hashed.append(counts[t][~in_head])
+        return torch.cat(own), torch.cat(hashed)
+
+    # by counts, every id with a row of its own is seen at least as often as every id
+    # without one, whichever table either is in
+    own, hashed = own_and_hashed("counts")
+    assert int(own.min()) >= int(hashed.max())
+    # by size it is not so: b's frequent ids share rows while a's rare ones have their own
+    own, hashed = own_and_hashed("size")
+    assert int(own.min()) < int(hashed.max())
+
+
+def test_row_allocation_counts_needs_fill_and_a_byte_budget() -> None:
+    with pytest.raises(ValueError, match="row_allocation 'counts' .* tail_region='fixed'"):
+        HeadTail(min_count=10, tail_region="fixed", row_allocation="counts")
+    with pytest.raises(ValueError, match="row_allocation 'counts' .* min_count=0"):
+        HeadTail(tail_region="fill", row_allocation="counts")
+    with pytest.raises(ValueError, match="row_allocation must be one of .* got 'rows'"):
+        HeadTail(min_count=10, tail_region="fill", row_allocation="rows")
+    with pytest.raises(ValueError, match="needs budget='bytes', got budget='table'"):
+        BuildConfig(fraction=0.1, row_allocation="counts", out="o")

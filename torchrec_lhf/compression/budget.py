@@ -320,6 +320,7 @@ def rows_for_bytes(
     num_hashes: int = 1,
     combine: str = "sum",
     index_bytes: Callable[[dict[str, list[int]]], Mapping[str, int]] | None = None,
+    rows_at: Callable[[float], dict[str, int]] | None = None,
 ) -> tuple[dict[str, int], ModelBytes]:
     """Rows per table under ``budget="bytes"`` when the stored index follows from the heights.
 
@@ -336,6 +337,9 @@ def rows_for_bytes(
         combine: ``"concat"`` splits ``D`` over them, else each has dim ``D``.
         index_bytes: compressed table name -> its ``H`` heights  ->  stored index bytes
             per table (default: nothing stored).
+        rows_at: another rule, ``f`` in ``[0, 1]`` -> total rows of every compressed table
+            (at least ``H`` each, non-decreasing in ``f``), fitted instead of the
+            ``"table"`` rule (e.g. rows by access counts).
 
     Returns:
         ``(rows, bytes)``: total rows of each compressed table (in ``sizes`` order) and the
@@ -358,11 +362,13 @@ def rows_for_bytes(
     full = {t: FP32_BYTES * embedding_dim * int(n) for t, n in sizes.items() if n < min_table_rows}
     compressed = {t: int(n) for t, n in sizes.items() if n >= min_table_rows}
 
-    def rows_at(f: float) -> dict[str, int]:
+    def by_size(f: float) -> dict[str, int]:
         return {t: max(num_hashes, round(f * n)) for t, n in compressed.items()}
 
+    rule = by_size if rows_at is None else rows_at
+
     def bytes_at(f: float) -> ModelBytes:
-        rows = rows_at(f)
+        rows = rule(f)
         tables = {t: table_bytes(r, num_hashes, combine, embedding_dim) for t, r in rows.items()}
         heights = {t: split_rows(r, num_hashes) for t, r in rows.items()}
         index = dict(index_bytes(heights)) if index_bytes is not None else {}
@@ -371,4 +377,4 @@ def rows_for_bytes(
     f, at = fit_to_bytes(
         bytes_at, budget_bytes, lowest=lowest_fraction(sizes), what="rows_for_bytes"
     )
-    return rows_at(f), at
+    return rule(f), at

@@ -20,7 +20,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -96,6 +97,9 @@ def learned_rows_for_bytes(
     (:func:`learned_index_bytes`), so the fit (:func:`~torchrec_lhf.compression.budget.
     rows_for_bytes`) runs before any clustering.
 
+    With ``head_tail.row_allocation="counts"`` the rows follow :func:`rows_by_counts`
+    instead of the tables' sizes.
+
     Returns:
         ``(rows, bytes)``: compressed table -> total rows, and the model's bytes.
 
@@ -118,6 +122,12 @@ def learned_rows_for_bytes(
             if spec.tail_region == "fill" and counts_N is not None:
                 seen[name] = _size_and_top(counts_N > 0)
     fill = (spec.tail_fraction, seen) if spec.tail_region == "fill" else None
+    rows_at = None
+    if spec.row_allocation == "counts":
+        assert counts is not None  # spec.head raised without them
+        rows_at = rows_by_counts(
+            {t: sizes[t] for t in heads}, counts, spec.tail_fraction, num_hashes
+        )
     return rows_for_bytes(
         sizes,
         fraction,
@@ -126,7 +136,83 @@ def learned_rows_for_bytes(
         num_hashes=num_hashes,
         combine=combine,
         index_bytes=lambda hs: learned_index_bytes(sizes, heads, hs, spec.encoding, fill),
+        rows_at=rows_at,
     )
+
+
+def rows_by_counts(
+    sizes: Mapping[str, int],
+    counts: Mapping[str, torch.Tensor],
+    tail_fraction: float,
+    num_hashes: int = 1,
+) -> Callable[[float], dict[str, int]]:
+    """``row_allocation="counts"``: rows where the most frequent ids of all tables are.
+
+    For ``f`` in ``[0, 1/2]``, the ``K = round(2 f S)`` most frequent of the ``S`` ids seen
+    in training over all ``sizes``' tables (ties shared in proportion to each table's tied
+    ids) get a row each: table ``t`` holding ``K_t`` of them gets the fewest rows whose
+    ``fill`` head region (:func:`~torchrec_lhf.hash_build.head_tail.head_region`, in each
+    of its ``H`` internal tables) holds ``K_t`` ids, at least ``H`` and at most ``N_t``. So
+    a row goes to the id seen most often wherever it is, instead of to every table in
+    proportion to its size. From ``f = 1/2`` every seen id has a row, and the rest is
+    shared by size: ``max(rows at 1/2, round((2 f - 1) N_t))``. Non-decreasing in ``f``.
+
+    Args:
+        sizes: compressed table name -> ``N_t``.
+        counts: table name -> training access counts ``(N_t,)``.
+        tail_fraction: of each internal table's rows, for the hashed tail.
+        num_hashes: ``H``.
+
+    Returns:
+        ``f`` -> compressed table name -> total rows.
+
+    Example::
+
+        >>> sizes = {"a": 100, "b": 100}  # a's ids are seen more often than b's
+        >>> counts = {"a": torch.tensor([9] * 10 + [0] * 90), "b": torch.tensor([1] * 100)}
+        >>> rule = rows_by_counts(sizes, counts, 0.5)
+        >>> rule(10 / 220)  # the 10 ids seen most: a's, in a head region of 10 of 20 rows
+        {'a': 20, 'b': 1}
+    """
+    names = list(sizes)
+    seen = {t: torch.sort(counts[t][counts[t] > 0].to(torch.int64)).values for t in names}
+    everyone = torch.sort(
+        torch.cat([seen[t] for t in names] + [torch.zeros(0, dtype=torch.int64)]), descending=True
+    ).values
+    total = everyone.numel()
+
+    def region_rows(k: int, n: int) -> int:
+        """The fewest total rows whose region holds ``k`` ids, in ``[H, N_t]``."""
+        m = max(1, math.ceil(k / (1 - tail_fraction)) if k else 1)
+        while head_region(m, tail_fraction) < k:
+            m += 1
+        while m > 1 and head_region(m - 1, tail_fraction) >= k:
+            m -= 1
+        return min(max(num_hashes, num_hashes * m), n)
+
+    def top(k_all: int) -> dict[str, int]:
+        """Of the ``k_all`` most frequent seen ids, how many each table holds."""
+        if k_all <= 0:
+            return dict.fromkeys(names, 0)
+        v = int(everyone[k_all - 1])  # the smallest count that gets rows
+        above = {t: s.numel() - int(torch.searchsorted(s, v, right=True)) for t, s in seen.items()}
+        tied = {
+            t: int(torch.searchsorted(s, v, right=True) - torch.searchsorted(s, v))
+            for t, s in seen.items()
+        }
+        left, all_tied = k_all - sum(above.values()), sum(tied.values())
+        return {t: above[t] + (left * tied[t]) // all_tied for t in names}
+
+    full = {t: region_rows(seen[t].numel(), sizes[t]) for t in names}
+
+    def rule(f: float) -> dict[str, int]:
+        if f <= 0.5:
+            k = top(round(2 * f * total))
+            return {t: region_rows(k[t], sizes[t]) for t in names}
+        g = 2 * f - 1
+        return {t: max(full[t], min(sizes[t], max(num_hashes, round(g * sizes[t])))) for t in names}
+
+    return rule
 
 
 def _size_and_top(ids_N: torch.Tensor) -> tuple[int, int]:

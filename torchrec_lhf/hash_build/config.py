@@ -19,7 +19,7 @@ from torchrec_lhf.clustering.registry import get_clustering
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, allocate_rows
 from torchrec_lhf.hash_build.byte_budget import learned_rows_for_bytes
 from torchrec_lhf.hash_build.compose import COMPOSE_MODES
-from torchrec_lhf.hash_build.head_tail import ENCODINGS, TAIL_REGIONS, HeadTail
+from torchrec_lhf.hash_build.head_tail import ENCODINGS, ROW_ALLOCATIONS, TAIL_REGIONS, HeadTail
 from torchrec_lhf.hash_build.shrinkage import check_shrinkage
 from torchrec_lhf.plan import COMBINE_MODES
 
@@ -108,6 +108,12 @@ class BuildConfig:
     ``fill``: as ``fixed``, but such a head is extended by the next most frequent ids seen in
     training, a row each, until it fills its region."""
 
+    row_allocation: str = field(default="size", metadata={"choices": ROW_ALLOCATIONS})
+    """How ``budget="bytes"`` shares rows among the compressed tables: ``size`` (in
+    proportion to their ids) or ``counts`` (a row each for the most frequent ids of all of
+    them together, so that a table whose ids are seen more often keeps more rows; needs
+    ``tail_region="fill"``: :func:`~torchrec_lhf.hash_build.byte_budget.rows_by_counts`)."""
+
     encoding: str = field(default="auto", metadata={"choices": ENCODINGS})
     """How the plan stores a hash: ``dense`` (a row per id), ``compact`` (head ids and rows,
     the tail computed) or ``auto`` (the smaller)."""
@@ -178,6 +184,11 @@ class BuildConfig:
         if self.budget == "bytes" and d is None:
             raise ValueError("budget='bytes' needs embedding_dim (the student's dim)")
         self.head_tail()  # ValueError naming a bad head/tail setting
+        if self.row_allocation != "size" and self.budget != "bytes":
+            raise ValueError(
+                f"row_allocation={self.row_allocation!r} shares a byte budget; it needs "
+                f"budget='bytes', got budget={self.budget!r}"
+            )
         for name, low in (("min_table_rows", 0), ("num_hashes", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -216,6 +227,7 @@ class BuildConfig:
             tail_fraction=self.tail_fraction,
             encoding=self.encoding,
             tail_region=self.tail_region,
+            row_allocation=self.row_allocation,
         )
 
     def plan_options(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from torchrec_lhf.plan_compact import CompactMapping, choose_encoding, row_dtype
 
 ENCODINGS = ("auto", "dense", "compact")
 TAIL_REGIONS = ("fixed", "mass", "fit", "fill")
+ROW_ALLOCATIONS = ("size", "counts")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +54,11 @@ class HeadTail:
             ``"fill"`` (as ``fixed``, but a head of fewer ids than its region's rows is
             extended by the next most frequent ids seen in training, a row each, until it
             fills the region).
+        row_allocation: how a byte budget's rows are shared by the compressed tables
+            (:func:`~torchrec_lhf.hash_build.byte_budget.learned_rows_for_bytes`): ``"size"``
+            (in proportion to their ids) or ``"counts"`` (a row each for the most frequent
+            ids of all of them together, so that a table whose ids are seen more keeps more
+            rows; needs ``tail_region="fill"``).
     """
 
     min_count: int = 0
@@ -60,6 +66,7 @@ class HeadTail:
     tail_fraction: float = 0.0
     encoding: str = "auto"
     tail_region: str = "fixed"
+    row_allocation: str = "size"
 
     def __post_init__(self) -> None:
         mc = self.min_count
@@ -79,6 +86,16 @@ class HeadTail:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
         if self.tail_region not in TAIL_REGIONS:
             raise ValueError(f"tail_region must be one of {TAIL_REGIONS}, got {self.tail_region!r}")
+        if self.row_allocation not in ROW_ALLOCATIONS:
+            raise ValueError(
+                f"row_allocation must be one of {ROW_ALLOCATIONS}, got {self.row_allocation!r}"
+            )
+        if self.row_allocation == "counts" and (self.tail_region != "fill" or not self.splits):
+            raise ValueError(
+                "row_allocation 'counts' gives a row each to the most frequent ids, which "
+                f"needs a head by counts and tail_region 'fill', got min_count={mc!r}, "
+                f"mass={m!r}, tail_region={self.tail_region!r}"
+            )
 
     @property
     def splits(self) -> bool:
@@ -114,6 +131,7 @@ class HeadTail:
             "encoding": self.encoding,
             # NOTE: named only when not the default, so earlier plans keep their fingerprints
             **({"tail_region": self.tail_region} if self.tail_region != "fixed" else {}),
+            **({"row_allocation": self.row_allocation} if self.row_allocation != "size" else {}),
         }
 
 
