@@ -51,6 +51,7 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
         ({"epochs": 0}, "epochs"),
         ({"budget": "weekly"}, "'weekly'"),
         ({"tail_region": "wide"}, "tail_region must be one of .*'wide'"),
+        ({"row_allocation": "rows"}, "row_allocation must be one of .*'rows'"),
         ({"train_window": 0.0}, r"train_window must be a number in \(0, 1\], got 0.0"),
         ({"train_window": True}, r"train_window must be a number in \(0, 1\], got True"),
     ],
@@ -84,6 +85,13 @@ def test_the_build_takes_the_pipelines_head_tail_settings(tmp_path) -> None:
     fixed = pipeline.PipelineConfig(out_dir=str(tmp_path), tail_region="fixed", tail_fraction=0.7)
     build = pipeline.stage_configs(fixed, "x", {})[1]
     assert (build.tail_region, build.tail_fraction) == ("fixed", 0.7)
+    assert default.row_allocation == "size"
+    config = pipeline.parse_args(
+        ["--out_dir", str(tmp_path), "--budget", "bytes", "--row_allocation", "counts"]
+    )
+    assert pipeline.stage_configs(config, "x", {})[1].row_allocation == "counts"
+    with pytest.raises(ValueError, match="row_allocation='counts' .* needs budget='bytes'"):
+        pipeline.stage_configs(pipeline.PipelineConfig(row_allocation="counts"), "x", {})
 
 
 def test_the_teacher_takes_the_pipelines_train_window(tmp_path) -> None:

@@ -218,3 +218,6 @@ def test_row_allocation_counts_needs_fill_and_a_byte_budget() -> None:
         HeadTail(min_count=10, tail_region="fill", row_allocation="rows")
     with pytest.raises(ValueError, match="needs budget='bytes', got budget='table'"):
         BuildConfig(fraction=0.1, row_allocation="counts", out="o")
+    spec = HeadTail(min_count=10, tail_region="fill", row_allocation="counts")
+    with pytest.raises(ValueError, match="table 'a': a head by access counts needs counts"):
+        learned_rows_for_bytes({"a": 1000}, None, fraction=0.1, embedding_dim=4, head_tail=spec)

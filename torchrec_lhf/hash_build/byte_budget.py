@@ -124,7 +124,8 @@ def learned_rows_for_bytes(
     fill = (spec.tail_fraction, seen) if spec.tail_region == "fill" else None
     rows_at = None
     if spec.row_allocation == "counts":
-        assert counts is not None  # spec.head raised without them
+        if counts is None:
+            raise ValueError("row_allocation 'counts' needs the ids' access counts, got None")
         rows_at = rows_by_counts(
             {t: sizes[t] for t in heads}, counts, spec.tail_fraction, num_hashes
         )

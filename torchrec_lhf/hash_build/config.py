@@ -108,7 +108,9 @@ class BuildConfig:
     ``fill``: as ``fixed``, but such a head is extended by the next most frequent ids seen in
     training, a row each, until it fills its region."""
 
-    row_allocation: str = field(default="size", metadata={"choices": ROW_ALLOCATIONS})
+    row_allocation: str = field(
+        default=HeadTail.row_allocation, metadata={"choices": ROW_ALLOCATIONS}
+    )
     """How ``budget="bytes"`` shares rows among the compressed tables: ``size`` (in
     proportion to their ids) or ``counts`` (a row each for the most frequent ids of all of
     them together, so that a table whose ids are seen more often keeps more rows; needs
