@@ -11,8 +11,9 @@ The internal features and the packing of the mappings into flat buffers (dense: 
 of uint8, int16 or int32 rows; compact: one key and one row buffer of the heads) are
 :mod:`~torchrec_lhf.modules.remap_layout`'s. The heads are held as a static cuckoo table
 built from them (the state shows them sorted), beside each internal feature's tail hash
-(``tail_seed_J``, ``tail_offset_J``, ``tail_rows_J``). The remap of a batch is a handful of vectorized ops, one gather and (with
-compact mappings) three probes of one hash table, whatever the number of features.
+(``tail_seed_J``, ``tail_offset_J``, ``tail_rows_J``). The remap of a batch is a handful of
+vectorized ops, one gather and (with compact mappings) three probes of one hash table,
+whatever the number of features.
 """
 
 from __future__ import annotations
