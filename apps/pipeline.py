@@ -46,8 +46,8 @@ from torchrec_lhf._io import atomic_write, atomic_write_json
 from torchrec_lhf.cli import add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
 from torchrec_lhf.data import DatasetUnavailableError, load_dataset
-from torchrec_lhf.hash_build.config import BuildConfig
-from torchrec_lhf.hash_build.head_tail import ROW_ALLOCATIONS, TAIL_REGIONS
+from torchrec_lhf.hash_build.config import BuildConfig, parse_index_share
+from torchrec_lhf.hash_build.head_tail import ROW_ALLOCATIONS, TAIL_REGIONS, HeadTail
 from torchrec_lhf.report import plot_auc_vs_bytes
 
 logger = logging.getLogger(__name__)
@@ -112,6 +112,12 @@ class PipelineConfig:
     )
     """How a byte budget's rows are shared by the tables (``apps.build_hash
     --row_allocation``)."""
+    index_share: float | None = field(
+        default=BuildConfig.index_share,
+        metadata={"parse": parse_index_share, "metavar": "SHARE|none"},
+    )
+    """Under ``--budget bytes``, the most of the budget the stored remap may take; a head
+    storing more gets a higher count threshold (``apps.build_hash --index_share``)."""
     seed: int = 0
     """Seed of every stage."""
     out_dir: str = "runs/pipeline"
@@ -146,12 +152,13 @@ class PipelineConfig:
             raise ValueError(f"min_table_rows must be >= 0, got {self.min_table_rows}")
         if self.budget not in BUDGETS:
             raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
-        if self.tail_region not in TAIL_REGIONS:
-            raise ValueError(f"tail_region must be one of {TAIL_REGIONS}, got {self.tail_region!r}")
-        if self.row_allocation not in ROW_ALLOCATIONS:
-            raise ValueError(
-                f"row_allocation must be one of {ROW_ALLOCATIONS}, got {self.row_allocation!r}"
-            )
+        HeadTail(  # ValueError naming a bad head/tail setting, as the build would
+            min_count=self.head_min_count,
+            tail_fraction=self.tail_fraction,
+            tail_region=self.tail_region,
+            row_allocation=self.row_allocation,
+            index_share=self.index_share,
+        )
 
 
 def _resolve_dataset(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
@@ -219,6 +226,7 @@ def stage_configs(
         tail_fraction=config.tail_fraction,
         tail_region=config.tail_region,
         row_allocation=config.row_allocation,
+        index_share=config.index_share,
         out=plan_path,
         restart=True,
     )

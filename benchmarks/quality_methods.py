@@ -32,6 +32,8 @@ Methods:
   row); ``lhf-headtail-h2``: the defaults with two hash functions per table, summed;
   ``lhf-headtail-counts``: the defaults with ``--row_allocation counts`` (under ``--bytes``,
   the rows shared by the tables as their ids' access counts say, not by their sizes);
+  ``lhf-headtail-share<s>``: the defaults with ``--index_share s`` (the head's threshold
+  raised until the stored remap is at most ``s`` of a byte budget);
   ``lhf-headtail-fixed``: the defaults before 2026-11-30 (:data:`FIXED`: a 70% tail region,
   no extension), which the variants below keep; ``lhf-headtail-mass`` / ``-fit``
   (``--tail_region mass`` / ``fit``: the tail region sized by its traffic, or given the rows
@@ -81,6 +83,9 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-headtail-fill2": {"rare_hash": True, "tail_region": "fill", "tail_fraction": 0.02},
     # the default with a byte budget's rows shared by access counts, not by table sizes
     "lhf-headtail-counts": {"rare_hash": True, "row_allocation": "counts"},
+    "lhf-headtail-share0.5": {"rare_hash": True, "index_share": 0.5},
+    "lhf-headtail-share0.25": {"rare_hash": True, "index_share": 0.25},
+    "lhf-headtail-share0.1": {"rare_hash": True, "index_share": 0.1},
     # the default with two hash functions per table, summed (a tail id gets a pair of rows)
     "lhf-headtail-h2": {"rare_hash": True, "num_hashes": 2},
     # one tail row per table (mch's single miss row): the least share that keeps a tail

@@ -191,8 +191,11 @@ def pivot_markdown(summary: list[dict[str, Any]]) -> str:
         f: max((a for (m, g), a in cell.items() if g == f and m != "none"), default=None)
         for f in fractions
     }
-    if not fractions:  # the full model alone
-        return f"| method | AUC |\n|---|---:|\n| none (full) | {cell[('none', 1.0)]:.4f} |\n"
+    if not fractions:  # the full model alone, or no finished run at all
+        full = cell.get(("none", 1.0))
+        return (
+            "" if full is None else f"| method | AUC |\n|---|---:|\n| none (full) | {full:.4f} |\n"
+        )
     lines = [
         "| method | " + " | ".join(f"{f:g}" for f in fractions) + " |",
         "|---|" + "---:|" * len(fractions),

@@ -8,6 +8,7 @@ import pytest
 
 from apps import pipeline
 from torchrec_lhf.data import DatasetUnavailableError
+from torchrec_lhf.hash_build.config import BuildConfig
 
 TINY = json.dumps({"num_samples": 3000, "num_embeddings": [300, 400, 50]})
 
@@ -52,6 +53,7 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
         ({"budget": "weekly"}, "'weekly'"),
         ({"tail_region": "wide"}, "tail_region must be one of .*'wide'"),
         ({"row_allocation": "rows"}, "row_allocation must be one of .*'rows'"),
+        ({"index_share": 1.5}, r"index_share must be a number in \(0, 1\] or None, got 1.5"),
         ({"train_window": 0.0}, r"train_window must be a number in \(0, 1\], got 0.0"),
         ({"train_window": True}, r"train_window must be a number in \(0, 1\], got True"),
     ],
@@ -92,6 +94,12 @@ def test_the_build_takes_the_pipelines_head_tail_settings(tmp_path) -> None:
     assert pipeline.stage_configs(config, "x", {})[1].row_allocation == "counts"
     with pytest.raises(ValueError, match="row_allocation='counts' .* needs budget='bytes'"):
         pipeline.stage_configs(pipeline.PipelineConfig(row_allocation="counts"), "x", {})
+    # index_share: BuildConfig's default, the flag passed on (and "none" for no cap)
+    assert default.index_share == BuildConfig.index_share == 0.5
+    config = pipeline.parse_args(["--out_dir", str(tmp_path), "--index_share", "0.25"])
+    assert pipeline.stage_configs(config, "x", {})[1].index_share == 0.25
+    config = pipeline.parse_args(["--out_dir", str(tmp_path), "--index_share", "none"])
+    assert pipeline.stage_configs(config, "x", {})[1].index_share is None
 
 
 def test_the_teacher_takes_the_pipelines_train_window(tmp_path) -> None:

@@ -93,6 +93,14 @@ def test_pivot_bolds_the_best_compressed_method_per_fraction() -> None:
     assert lines[4] == "| modulo | 0.7800 | **0.7600** |"
 
 
+def test_pivot_of_a_sweep_with_no_finished_run_is_empty() -> None:
+    # every method infeasible at every size and no full model: nothing to tabulate
+    infeasible = [{"method": "lhf", "fraction": 0.01, "seeds": 0, "infeasible": "too small"}]
+    assert quality_report.pivot_markdown(infeasible) == ""
+    full = [{"method": "none", "fraction": 1.0, "auc": 0.8, "seeds": 1}]
+    assert quality_report.pivot_markdown(full).splitlines()[2] == "| none (full) | 0.8000 |"
+
+
 def test_total_budget_sweep_gives_equal_rows(tmp_path: Path) -> None:
     # --budget total: 20% of all 200 ids = 40 rows for modulo and lhf alike
     argv = [*TINY, "--methods", "modulo,lhf", "--fractions", "0.2", "--seeds", "1"]

@@ -3,6 +3,7 @@ plan built in one process and by the job at world size 2 fit and agree."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,12 @@ from torchrec_lhf.compression.budget import BudgetTooSmall, byte_budget
 from torchrec_lhf.compression.registry import plan_bytes
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.byte_budget import (
+    fit_head_to_bytes,
     learned_index_bytes,
     learned_rows_for_bytes,
     rows_by_counts,
 )
-from torchrec_lhf.hash_build.config import BuildConfig, table_rows
+from torchrec_lhf.hash_build.config import BuildConfig, fitted_head_tail, table_rows
 from torchrec_lhf.hash_build.head_tail import HeadTail
 from torchrec_lhf.hash_build.plan_builder import build_plan
 
@@ -75,6 +77,7 @@ def _teacher_tables() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
         HeadTail(min_count=25, encoding="compact"),
         HeadTail(min_count=28, tail_fraction=0.5, encoding="compact", tail_region="fill"),
         HeadTail(min_count=28, tail_fraction=0.05, tail_region="fill", row_allocation="counts"),
+        HeadTail(min_count=1, tail_fraction=0.05, tail_region="fill", index_share=0.2),
     ],
 )
 @pytest.mark.parametrize("fraction", [0.2, 0.1])
@@ -87,10 +90,9 @@ def test_build_plan_fits_the_bytes_it_predicted(
         emb, counts, fraction=fraction, budget="bytes", embedding_dim=16, min_table_rows=100,
         head_tail=head_tail,
     )  # fmt: skip
-    rows, predicted = learned_rows_for_bytes(
-        sizes, counts, fraction=fraction, embedding_dim=16, min_table_rows=100,
-        head_tail=head_tail,
-    )  # fmt: skip
+    fit = dict(fraction=fraction, embedding_dim=16, min_table_rows=100)
+    head_tail = fit_head_to_bytes(sizes, counts, head_tail or HeadTail(), **fit)
+    rows, predicted = learned_rows_for_bytes(sizes, counts, **fit, head_tail=head_tail)
     at = plan_bytes(plan, sizes, 16)
     assert {t.name: t.num_rows for t in plan} == rows
     assert at == predicted and sum(at.index.values()) == plan.remap_bytes()
@@ -124,7 +126,12 @@ def test_byte_budget_too_small_for_the_remap_names_the_table() -> None:
 
 
 @pytest.mark.parametrize(
-    "allocation", [{}, {"tail_region": "fill", "tail_fraction": 0.05, "row_allocation": "counts"}]
+    "allocation",
+    [
+        {},
+        {"tail_region": "fill", "tail_fraction": 0.05, "row_allocation": "counts"},
+        {"tail_region": "fill", "tail_fraction": 0.05, "index_share": 0.2},
+    ],
 )
 def test_job_and_build_plan_agree_on_bytes_at_world_size_2(
     tmp_path: Path, allocation: dict
@@ -141,6 +148,12 @@ def test_job_and_build_plan_agree_on_bytes_at_world_size_2(
     budget = byte_budget(HEIGHTS, 0.1, 8)
     assert budget - 3 * 32 < at.total <= budget
     assert single.metadata["embedding_dim"] == 8 and single.metadata["budget"] == "bytes"
+    spec = fitted_head_tail(dict(HEIGHTS), config, art.counts)
+    if "index_share" in allocation:  # the threshold it raised, recorded
+        assert spec.min_count > 3 and single.metadata["head_min_count_fitted"] == spec.min_count
+        assert plan_bytes(single, HEIGHTS, 8).to_dict()["index"] <= 0.2 * budget
+    else:
+        assert spec.min_count == 3 and "head_min_count_fitted" not in single.metadata
     assert TeacherArtifact.load(tmp_path / "teacher").counts.keys() == HEIGHTS.keys()
 
 
@@ -221,3 +234,89 @@ def test_row_allocation_counts_needs_fill_and_a_byte_budget() -> None:
     spec = HeadTail(min_count=10, tail_region="fill", row_allocation="counts")
     with pytest.raises(ValueError, match="table 'a': a head by access counts needs counts"):
         learned_rows_for_bytes({"a": 1000}, None, fraction=0.1, embedding_dim=4, head_tail=spec)
+
+
+def _index_at(sizes, counts, spec: HeadTail, min_count: int, **fit) -> int | None:
+    """The fitted model's stored remap at a head threshold, or None where it cannot fit."""
+    try:
+        _, at = learned_rows_for_bytes(
+            sizes, counts, **fit, head_tail=dataclasses.replace(spec, min_count=min_count)
+        )
+    except BudgetTooSmall:
+        return None
+    return sum(at.index.values())
+
+
+def test_index_share_raises_the_head_threshold_to_the_first_that_fits() -> None:
+    emb, counts = _teacher_tables()
+    sizes = {k: e.shape[0] for k, e in emb.items()}
+    fit = dict(fraction=0.05, embedding_dim=16, min_table_rows=100)
+    spec = HeadTail(min_count=1, tail_fraction=0.05, tail_region="fill", encoding="compact")
+    budget = byte_budget(sizes, 0.05, 16)  # 11,264 bytes
+    # at min_count 1 the head is nearly every id (3,384 of 3,500 ids: 20,304 bytes)
+    assert _index_at(sizes, counts, spec, 1, **fit) is None
+    with pytest.raises(BudgetTooSmall):
+        build_plan(emb, counts, budget="bytes", head_tail=spec, **fit)
+    for share in (0.5, 0.25, 0.1):
+        capped = dataclasses.replace(spec, index_share=share)
+        got = fit_head_to_bytes(sizes, counts, capped, **fit)
+        assert got == dataclasses.replace(capped, min_count=got.min_count)
+        # the threshold found stores at most the share; the count just below it does not
+        # (counts are 0..29, so every threshold from 2 to 30 is a candidate)
+        index = _index_at(sizes, counts, capped, got.min_count, **fit)
+        assert index is not None and index <= share * budget
+        below = _index_at(sizes, counts, capped, got.min_count - 1, **fit)
+        assert below is None or below > share * budget
+        plan = build_plan(emb, counts, budget="bytes", head_tail=capped, **fit)
+        assert plan.remap_bytes() == index
+        # the plan's head: the ids seen at least that often (and the fill's, a row each)
+        head = plan["a"].mappings[0]
+        assert set((counts["a"] >= got.min_count).nonzero().squeeze(1).tolist()) <= set(
+            head.head_ids.tolist()
+        )
+        assert plan.metadata["head_tail"]["head_min_count"] == got.min_count
+    # a smaller share, a higher threshold
+    thresholds = [
+        fit_head_to_bytes(sizes, counts, dataclasses.replace(spec, index_share=s), **fit).min_count
+        for s in (0.5, 0.25, 0.1)
+    ]
+    assert thresholds == sorted(thresholds) and thresholds[0] < thresholds[-1]
+
+
+def test_index_share_keeps_a_head_that_fits() -> None:
+    emb, counts = _teacher_tables()
+    sizes = {k: e.shape[0] for k, e in emb.items()}
+    fit = dict(fraction=0.2, embedding_dim=16, min_table_rows=100)
+    spec = HeadTail(min_count=28, tail_fraction=0.05, tail_region="fill", index_share=0.9)
+    assert fit_head_to_bytes(sizes, counts, spec, **fit) is spec
+    assert fit_head_to_bytes(sizes, None, spec, **fit) is spec  # nothing to count
+    plain = dataclasses.replace(spec, index_share=None)
+    assert fit_head_to_bytes(sizes, counts, plain, **fit) is plain
+    # no count threshold to raise: a head by mass, or none (the paper's build)
+    for other in (HeadTail(mass=0.99, index_share=0.01), HeadTail(index_share=0.01)):
+        assert fit_head_to_bytes(sizes, counts, other, **fit) is other
+    # the same plan as without the share
+    a = build_plan(emb, counts, budget="bytes", head_tail=spec, **fit)
+    b = build_plan(emb, counts, budget="bytes", head_tail=plain, **fit)
+    assert a == b  # the tables (HashPlan equality; the metadata names the share)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"min_count": 10, "index_share": 0.0}, r"index_share must be a number in \(0, 1\]"),
+        ({"min_count": 10, "index_share": 1.5}, r"index_share .* got 1.5"),
+        ({"min_count": 10, "index_share": True}, r"index_share .* got True"),
+    ],
+)
+def test_index_share_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        HeadTail(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        BuildConfig(
+            fraction=0.1,
+            head_min_count=kwargs.get("min_count", 0),
+            head_mass=kwargs.get("mass"),
+            index_share=kwargs["index_share"],
+            out="o",
+        )

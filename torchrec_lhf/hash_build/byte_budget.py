@@ -20,14 +20,19 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
-from torchrec_lhf.compression.budget import ModelBytes, rows_for_bytes
+from torchrec_lhf.compression.budget import BudgetTooSmall, ModelBytes, byte_budget, rows_for_bytes
 from torchrec_lhf.hash_build.head_tail import HeadTail, head_region
 from torchrec_lhf.plan_compact import dense_width, row_dtype
+
+logger = logging.getLogger(__name__)
 
 
 def learned_index_bytes(
@@ -139,6 +144,86 @@ def learned_rows_for_bytes(
         index_bytes=lambda hs: learned_index_bytes(sizes, heads, hs, spec.encoding, fill),
         rows_at=rows_at,
     )
+
+
+def fit_head_to_bytes(
+    sizes: Mapping[str, int],
+    counts: Mapping[str, torch.Tensor] | None,
+    head_tail: HeadTail,
+    **fit: Any,
+) -> HeadTail:
+    """The head/tail settings whose stored remap takes at most ``index_share`` of the budget.
+
+    A head by ``min_count`` stores its ids (compact) or every id of its table (dense), so a
+    small budget over many frequent ids is spent on the remap (or cannot hold it at all).
+    With ``head_tail.index_share`` set, the head's count threshold (one for every
+    compressed table, so that the ids kept are the most frequent ones wherever they are) is
+    raised to the smallest count, found by bisection over the counts seen, at which the
+    fitted model (:func:`learned_rows_for_bytes`) stores at most ``index_share`` of the
+    budget in its remap; at worst to an empty head (the ``fill`` region's ids only). The
+    threshold is not lowered: a head that fits is kept as it is. A head by ``mass``, or none
+    (the paper's build), is kept as it is.
+
+    Args:
+        sizes: table name -> ``N``.
+        counts: table name -> training access counts ``(N,)``, or ``None`` (nothing raised).
+        head_tail: the head/tail settings.
+        **fit: the budget, as :func:`learned_rows_for_bytes` takes it (``fraction``,
+            ``embedding_dim``, ``min_table_rows``, ``num_hashes``, ``combine``).
+
+    Returns:
+        ``head_tail`` itself, or a copy with ``min_count`` raised.
+
+    Example::
+
+        >>> counts = {"t": torch.arange(1000) % 100}  # 10 ids of each count 0..99
+        >>> spec = HeadTail(min_count=1, tail_fraction=0.5, encoding="compact",
+        ...                 index_share=0.25)
+        >>> # at most 1,000 bytes: 160 ids of 6 bytes (170 at 83)
+        >>> fit_head_to_bytes({"t": 1000}, counts, spec, fraction=0.25, embedding_dim=4).min_count
+        84
+    """
+    spec = head_tail
+    if spec.index_share is None or not spec.min_count or counts is None:
+        return spec  # no cap, or no count threshold to raise
+    compressed = [t for t, n in sizes.items() if n >= fit.get("min_table_rows", 0)]
+    budget = byte_budget(sizes, fit["fraction"], fit["embedding_dim"])
+    cap = spec.index_share * budget
+
+    def fits(c: int) -> bool:
+        try:
+            _, at = learned_rows_for_bytes(
+                sizes, counts, **fit, head_tail=dataclasses.replace(spec, min_count=c)
+            )
+        except BudgetTooSmall:
+            return False
+        return sum(at.index.values()) <= cap
+
+    if fits(spec.min_count):
+        return spec
+    seen = [counts[t][counts[t] > spec.min_count] for t in compressed if t in counts]
+    above_C = torch.unique(torch.cat([c.to(torch.int64).reshape(-1) for c in seen] + [
+        torch.zeros(0, dtype=torch.int64)]))  # fmt: skip
+    # the candidates: every count above the threshold, then one above all (an empty head)
+    top = int(above_C[-1]) + 1 if above_C.numel() else spec.min_count + 1
+    candidates = above_C.tolist() + [top]
+    lo, hi = 0, len(candidates) - 1  # the answer is in [lo, hi]; hi is used if none fits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(candidates[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    fitted = dataclasses.replace(spec, min_count=int(candidates[lo]))
+    logger.info(
+        "head threshold raised from %d to %d accesses so that the stored remap takes at most "
+        "%g of the %d-byte budget (index_share)",
+        spec.min_count,
+        fitted.min_count,
+        spec.index_share,
+        budget,
+    )
+    return fitted
 
 
 def rows_by_counts(

@@ -17,7 +17,7 @@ import torch
 
 from torchrec_lhf.clustering.registry import get_clustering
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, allocate_rows
-from torchrec_lhf.hash_build.byte_budget import learned_rows_for_bytes
+from torchrec_lhf.hash_build.byte_budget import fit_head_to_bytes, learned_rows_for_bytes
 from torchrec_lhf.hash_build.compose import COMPOSE_MODES
 from torchrec_lhf.hash_build.head_tail import ENCODINGS, ROW_ALLOCATIONS, TAIL_REGIONS, HeadTail
 from torchrec_lhf.hash_build.shrinkage import check_shrinkage
@@ -47,6 +47,11 @@ def parse_rows_per_table(text: str) -> dict[str, int]:
             f"rows_per_table must be a JSON object table -> rows, got {type(rows).__name__}"
         )
     return rows
+
+
+def parse_index_share(text: str) -> float | None:
+    """``--index_share``: a number, or ``none`` (no cap)."""
+    return None if text.strip().lower() == "none" else float(text)
 
 
 @dataclass(kw_only=True)
@@ -115,6 +120,16 @@ class BuildConfig:
     proportion to their ids) or ``counts`` (a row each for the most frequent ids of all of
     them together, so that a table whose ids are seen more often keeps more rows; needs
     ``tail_region="fill"``: :func:`~torchrec_lhf.hash_build.byte_budget.rows_by_counts`)."""
+
+    index_share: float | None = field(
+        default=0.5, metadata={"parse": parse_index_share, "metavar": "SHARE|none"}
+    )
+    """Under ``budget="bytes"``, the most of the budget the stored remap may take: where the
+    head at ``head_min_count`` stores more, its count threshold is raised (one for every
+    compressed table) until it does not
+    (:func:`~torchrec_lhf.hash_build.byte_budget.fit_head_to_bytes`; docs/RESULTS.md, "A head
+    the byte budget can hold"); ``None``: the head stays ``head_min_count``'s (and a budget
+    below its remap cannot be met). No effect without a head by ``head_min_count``."""
 
     encoding: str = field(default="auto", metadata={"choices": ENCODINGS})
     """How the plan stores a hash: ``dense`` (a row per id), ``compact`` (head ids and rows,
@@ -230,6 +245,7 @@ class BuildConfig:
             encoding=self.encoding,
             tail_region=self.tail_region,
             row_allocation=self.row_allocation,
+            index_share=self.index_share,
         )
 
     def plan_options(self) -> dict[str, Any]:
@@ -251,6 +267,30 @@ class BuildConfig:
             **({"compose": self.compose} if self.compose != "independent" else {}),
             "clustering_options": self.clustering_options,
         }
+
+
+def _byte_fit(config: BuildConfig) -> dict[str, Any]:
+    """The arguments of a byte budget's fit (``budget="bytes"``)."""
+    assert config.fraction is not None and config.embedding_dim is not None  # checked
+    return dict(
+        fraction=config.fraction,
+        embedding_dim=config.embedding_dim,
+        min_table_rows=config.min_table_rows,
+        num_hashes=config.num_hashes,
+        combine=config.combine,
+    )
+
+
+def fitted_head_tail(
+    sizes: dict[str, int], config: BuildConfig, counts: Mapping[str, torch.Tensor] | None
+) -> HeadTail:
+    """The head/tail settings the build clusters with: ``config.head_tail()``, its head's
+    count threshold raised under a byte budget with ``index_share``
+    (:func:`~torchrec_lhf.hash_build.byte_budget.fit_head_to_bytes`)."""
+    spec = config.head_tail()
+    if config.budget != "bytes":
+        return spec
+    return fit_head_to_bytes(sizes, counts, spec, **_byte_fit(config))
 
 
 def table_rows(
@@ -281,16 +321,11 @@ def table_rows(
                 f"rows_per_table names tables the teacher lacks: {unknown} (has {list(sizes)})"
             )
     if config.budget == "bytes":
-        assert config.fraction is not None and config.embedding_dim is not None  # checked
         allocated, _ = learned_rows_for_bytes(
             sizes,
             counts,
-            fraction=config.fraction,
-            embedding_dim=config.embedding_dim,
-            min_table_rows=config.min_table_rows,
-            num_hashes=h,
-            combine=config.combine,
-            head_tail=config.head_tail(),
+            **_byte_fit(config),
+            head_tail=fitted_head_tail(sizes, config, counts),
         )
     elif config.fraction is not None:
         allocated = allocate_rows(

@@ -59,6 +59,12 @@ class HeadTail:
             (in proportion to their ids) or ``"counts"`` (a row each for the most frequent
             ids of all of them together, so that a table whose ids are seen more keeps more
             rows; needs ``tail_region="fill"``).
+        index_share: under a byte budget, the most of it the stored remap may take, in
+            ``(0, 1]``: where the head at ``min_count`` stores more, its count threshold is
+            raised until it does not
+            (:func:`~torchrec_lhf.hash_build.byte_budget.fit_head_to_bytes`); ``None``: the
+            head is ``min_count``'s whatever it stores (a budget below it cannot be met).
+            No effect on a head by ``mass`` or on the paper's build (no head).
     """
 
     min_count: int = 0
@@ -67,6 +73,7 @@ class HeadTail:
     encoding: str = "auto"
     tail_region: str = "fixed"
     row_allocation: str = "size"
+    index_share: float | None = None
 
     def __post_init__(self) -> None:
         mc = self.min_count
@@ -96,6 +103,12 @@ class HeadTail:
                 f"needs a head by counts and tail_region 'fill', got min_count={mc!r}, "
                 f"mass={m!r}, tail_region={self.tail_region!r}"
             )
+
+        share = self.index_share
+        if share is not None and (
+            isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1
+        ):
+            raise ValueError(f"index_share must be a number in (0, 1] or None, got {share!r}")
 
     @property
     def splits(self) -> bool:
@@ -132,6 +145,7 @@ class HeadTail:
             # NOTE: named only when not the default, so earlier plans keep their fingerprints
             **({"tail_region": self.tail_region} if self.tail_region != "fixed" else {}),
             **({"row_allocation": self.row_allocation} if self.row_allocation != "size" else {}),
+            **({"index_share": self.index_share} if self.index_share is not None else {}),
         }
 
 

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from torchrec_lhf._io import atomic_write_json, tensor_digest
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
-from torchrec_lhf.hash_build.config import BuildConfig, table_rows
+from torchrec_lhf.hash_build.config import BuildConfig, fitted_head_tail, table_rows
+from torchrec_lhf.hash_build.head_tail import HeadTail
 from torchrec_lhf.hash_build.plan_builder import build_table_hash
 from torchrec_lhf.plan import HashPlan, TableHash
 from torchrec_lhf.plan_compact import CompactMapping, row_dtype
@@ -118,6 +119,7 @@ def run_build(
     group = _cpu_group(world_size)
     sizes = artifact.sizes()
     rows = table_rows(sizes, config, artifact.counts)
+    spec = fitted_head_tail(sizes, config, artifact.counts)
     teacher_sha = _teacher_sha256(artifact)
     fingerprint = job_fingerprint(config, teacher_sha)
     _prepare_work_dir(config, fingerprint, rank, world_size, group)
@@ -132,7 +134,9 @@ def run_build(
         mininterval=5.0,
     )
     for name in bar:  # a loop per table
-        results[name] = _build_or_resume(name, artifact, rows[name], config, fingerprint, device)
+        results[name] = _build_or_resume(
+            name, artifact, rows[name], config, spec, fingerprint, device
+        )
         if on_table_done is not None:
             on_table_done(name, dict(results[name][1]))
 
@@ -141,7 +145,7 @@ def run_build(
         dist.barrier(group=group)
     if rank != 0:
         return None
-    return _save_plan(config, results, list(rows), len(sizes), teacher_sha)
+    return _save_plan(config, results, list(rows), len(sizes), teacher_sha, spec)
 
 
 def format_build_summary(plan: HashPlan, infos: dict[str, dict[str, Any]]) -> str:
@@ -184,7 +188,12 @@ def _teacher_sha256(artifact: TeacherArtifact) -> str:
 
 
 def _save_plan(
-    config: BuildConfig, results: Results, names: list[str], num_tables: int, teacher_sha: str
+    config: BuildConfig,
+    results: Results,
+    names: list[str],
+    num_tables: int,
+    teacher_sha: str,
+    spec: HeadTail,
 ) -> HashPlan:
     """Assemble the tables ``names`` (in that order) into the plan, save it, log a summary.
 
@@ -194,6 +203,8 @@ def _save_plan(
         names: the compressed tables, in the teacher's order.
         num_tables: how many tables the teacher has (for the log).
         teacher_sha: the teacher's checksum, recorded in the metadata.
+        spec: the head/tail settings built with (a head threshold that ``index_share``
+            raised is recorded as ``head_min_count_fitted``).
 
     Returns:
         The plan, as written to ``config.out``.
@@ -201,6 +212,11 @@ def _save_plan(
     infos = {n: results[n][1] for n in names}
     metadata = {
         **config.plan_options(),
+        **(
+            {"head_min_count_fitted": spec.min_count}
+            if spec.min_count != config.head_min_count
+            else {}
+        ),
         "source": {"teacher": config.teacher, "teacher_sha256": teacher_sha},
         # NOTE: no seconds here, so that the metadata does not depend on the run either.
         "build_info": {
@@ -276,6 +292,7 @@ def _build_or_resume(
     artifact: TeacherArtifact,
     rows: int,
     config: BuildConfig,
+    spec: HeadTail,
     fingerprint: str,
     device: Any,
 ) -> tuple[TableHash, dict[str, Any]]:
@@ -305,7 +322,7 @@ def _build_or_resume(
         combine=config.combine,
         clustering=config.clustering,
         projection=config.projection,
-        head_tail=config.head_tail(),
+        head_tail=spec,
         value_shrinkage=config.value_shrinkage,
         compose=config.compose,
         **config.clustering_options,

@@ -18,7 +18,7 @@ import torch
 
 from torchrec_lhf.clustering import get_clustering, project
 from torchrec_lhf.compression.budget import allocate_rows, split_rows
-from torchrec_lhf.hash_build.byte_budget import learned_rows_for_bytes
+from torchrec_lhf.hash_build.byte_budget import fit_head_to_bytes, learned_rows_for_bytes
 from torchrec_lhf.hash_build.compose import COMPOSE_MODES, residual_stage
 from torchrec_lhf.hash_build.head_tail import HeadTail, cluster_hashes
 from torchrec_lhf.hash_build.shrinkage import check_shrinkage, shrink_embeddings
@@ -219,16 +219,15 @@ def build_plan(
                 f"budget 'bytes' needs a fraction and embedding_dim, got fraction={fraction!r}, "
                 f"embedding_dim={embedding_dim!r}"
             )
-        allocated, _ = learned_rows_for_bytes(
-            sizes,
-            counts,
+        fit = dict(
             fraction=fraction,
             embedding_dim=embedding_dim,
             min_table_rows=min_table_rows,
             num_hashes=num_hashes,
             combine=combine,
-            head_tail=head_tail,
         )
+        head_tail = fit_head_to_bytes(sizes, counts, head_tail or HeadTail(), **fit)
+        allocated, _ = learned_rows_for_bytes(sizes, counts, **fit, head_tail=head_tail)
     elif fraction is not None:
         allocated = allocate_rows(
             sizes, fraction, budget=budget, min_table_rows=min_table_rows, num_hashes=num_hashes
