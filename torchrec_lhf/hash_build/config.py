@@ -294,7 +294,10 @@ def fitted_head_tail(
 
 
 def table_rows(
-    sizes: dict[str, int], config: BuildConfig, counts: Mapping[str, torch.Tensor] | None = None
+    sizes: dict[str, int],
+    config: BuildConfig,
+    counts: Mapping[str, torch.Tensor] | None = None,
+    head_tail: HeadTail | None = None,
 ) -> dict[str, int]:
     """Compressed rows per table to build (the rule of ``build_plan``); others stay full.
 
@@ -303,6 +306,8 @@ def table_rows(
         config: the build config.
         counts: table name -> access counts ``(N,)`` (``budget="bytes"`` with a head:
             the head sets the remap's bytes).
+        head_tail: the settings the build clusters with, if already fitted (default
+            :func:`fitted_head_tail`).
 
     Returns:
         table name -> total rows over the table's ``H`` internal tables, in ``sizes``
@@ -325,7 +330,7 @@ def table_rows(
             sizes,
             counts,
             **_byte_fit(config),
-            head_tail=fitted_head_tail(sizes, config, counts),
+            head_tail=head_tail or fitted_head_tail(sizes, config, counts),
         )
     elif config.fraction is not None:
         allocated = allocate_rows(

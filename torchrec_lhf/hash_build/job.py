@@ -118,8 +118,8 @@ def run_build(
     """
     group = _cpu_group(world_size)
     sizes = artifact.sizes()
-    rows = table_rows(sizes, config, artifact.counts)
     spec = fitted_head_tail(sizes, config, artifact.counts)
+    rows = table_rows(sizes, config, artifact.counts, spec)
     teacher_sha = _teacher_sha256(artifact)
     fingerprint = job_fingerprint(config, teacher_sha)
     _prepare_work_dir(config, fingerprint, rank, world_size, group)
