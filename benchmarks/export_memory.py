@@ -14,7 +14,7 @@ Linux only (``/proc/self/status``, ``/proc/self/clear_refs``).
 
 Usage::
 
-    python -m benchmarks.export_memory --json [--rows 2000000 --tables 8 --model full|lhf]
+    python -m benchmarks.export_memory --json [--rows 2000000 --tables 8 --model full|lhf] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -101,16 +101,26 @@ def measure_one(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Each dtype and copy in a fresh process; the peaks and the shared/full ratios."""
+    """Each dtype and copy ``--repeats`` times, each in a fresh process (the cases
+    interleaved, so that a drift of the machine touches all alike); per case the run of
+    median peak, every run's peak, and the shared/full ratios of the medians."""
+    runs: dict[str, list[dict]] = {f"{d}/{c}": [] for d in DTYPES for c in COPIES}
+    for _ in range(args.repeats):
+        for dtype in DTYPES:
+            for copy in COPIES:
+                cmd = [sys.executable, "-m", "benchmarks.export_memory", "--one", "--json"]
+                cmd += ["--dtype", dtype, "--copy", copy, "--model", args.model]
+                cmd += ["--rows", str(args.rows), "--tables", str(args.tables)]
+                cmd += ["--dim", str(args.dim), "--fraction", str(args.fraction)]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                runs[f"{dtype}/{copy}"].append(json.loads(out.strip().splitlines()[-1]))
     results: dict[str, dict] = {}
-    for dtype in DTYPES:
-        for copy in COPIES:
-            cmd = [sys.executable, "-m", "benchmarks.export_memory", "--one", "--json"]
-            cmd += ["--dtype", dtype, "--copy", copy, "--model", args.model]
-            cmd += ["--rows", str(args.rows), "--tables", str(args.tables)]
-            cmd += ["--dim", str(args.dim), "--fraction", str(args.fraction)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            results[f"{dtype}/{copy}"] = json.loads(out.strip().splitlines()[-1])
+    for key, rs in runs.items():
+        ordered = sorted(rs, key=lambda r: r["peak_above_start_gb"])
+        results[key] = {
+            **ordered[(len(ordered) - 1) // 2],  # the median run (the lower of two middles)
+            "peaks_gb": [r["peak_above_start_gb"] for r in rs],
+        }
     ratios = {
         dtype: results[f"{dtype}/shared"]["peak_above_start_gb"]
         / results[f"{dtype}/full"]["peak_above_start_gb"]
@@ -124,6 +134,7 @@ def run(args: argparse.Namespace) -> dict:
             "rows": args.rows,
             "dim": args.dim,
             "fraction": args.fraction if args.model == "lhf" else 1.0,
+            "repeats": args.repeats,
             "machine": platform.machine(),
             "torch": torch.__version__,
         },
@@ -142,13 +153,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=2_000_000, help="ids per table")
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--fraction", type=float, default=0.1, help="rows kept (--model lhf)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="fresh processes per case; the median is reported"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON only")
     # one measurement in this process (what run() starts per dtype and copy)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--copy", choices=COPIES, default="shared", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("tables", "rows", "dim"):
+    for name in ("tables", "rows", "dim", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.fraction <= 1:
