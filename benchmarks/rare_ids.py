@@ -144,6 +144,10 @@ class RareIdsConfig:
     """Smaller tables stay full."""
     batch_size: int = 4096
     """Per-rank batch size."""
+    teacher_epochs: int = 1
+    """Epochs of the teacher (the rare-ids issue's command: 1; the pipeline's default is 3).
+    Its access counts add up over them, so the head's ``head_min_count`` is in units of
+    ``teacher_epochs`` accesses."""
     seed: int = 0
     """Seed of every stage (teacher, build, training: initialization and data order); the
     synthetic data are the same for every seed (the generator's own seed, 0)."""
@@ -157,6 +161,8 @@ class RareIdsConfig:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.teacher_epochs < 1:
+            raise ValueError(f"teacher_epochs must be >= 1, got {self.teacher_epochs}")
         if self.budget not in ("table", "bytes"):
             raise ValueError(f"budget must be 'table' or 'bytes', got {self.budget!r}")
         bad = [m for m in self.methods if m not in METHODS]
@@ -180,7 +186,8 @@ def run(config: RareIdsConfig) -> dict:
     }
     pipe = pipeline.PipelineConfig(
         dataset="synthetic", fraction=config.fraction, budget=config.budget,
-        min_table_rows=config.min_table_rows, teacher_epochs=1, batch_size=config.batch_size,
+        min_table_rows=config.min_table_rows, teacher_epochs=config.teacher_epochs,
+        batch_size=config.batch_size,
         out_dir=config.out_dir, methods=["lhf", "modulo", "none"], seed=config.seed,
     )  # fmt: skip
     teach, build, trains = pipeline.stage_configs(pipe, "synthetic", options)

@@ -21,6 +21,26 @@ def test_config_rejects_unknown_budgets_and_methods() -> None:
         rare_ids.RareIdsConfig(fraction=0.0)
     with pytest.raises(ValueError, match="-1"):
         rare_ids.RareIdsConfig(seed=-1)
+    with pytest.raises(ValueError, match="teacher_epochs must be >= 1, got 0"):
+        rare_ids.RareIdsConfig(teacher_epochs=0)
+
+
+def test_the_teacher_trains_teacher_epochs(monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_teacher(config):  # noqa: ANN001, ANN202
+        seen.append(config.train.epochs)
+        raise Stop
+
+    monkeypatch.setattr(rare_ids.teacher, "run", fake_teacher)
+    for epochs in (1, 3):
+        config = rare_ids.RareIdsConfig(out_dir=str(tmp_path), teacher_epochs=epochs)
+        with pytest.raises(Stop):
+            rare_ids.run(config)
+    assert seen == [1, 3]  # the command, then the pipeline's default
 
 
 def test_gap_closed_is_the_share_of_the_hashing_tricks_gap() -> None:
