@@ -81,7 +81,7 @@ def test_pipeline_at_equal_bytes(tmp_path) -> None:
     assert all(r["budget"] == "bytes" and r["ne"] > 0 for r in rows)
 
 
-def test_the_build_takes_the_pipelines_head_tail_settings(tmp_path) -> None:
+def test_the_build_takes_the_pipelines_head_tail_settings(tmp_path, capsys) -> None:
     default = pipeline.stage_configs(pipeline.PipelineConfig(out_dir=str(tmp_path)), "x", {})[1]
     assert (default.tail_region, default.tail_fraction) == ("fill", 0.05)  # BuildConfig's
     fixed = pipeline.PipelineConfig(out_dir=str(tmp_path), tail_region="fixed", tail_fraction=0.7)
@@ -100,6 +100,11 @@ def test_the_build_takes_the_pipelines_head_tail_settings(tmp_path) -> None:
     assert pipeline.stage_configs(config, "x", {})[1].index_share == 0.25
     config = pipeline.parse_args(["--out_dir", str(tmp_path), "--index_share", "none"])
     assert pipeline.stage_configs(config, "x", {})[1].index_share is None
+    with pytest.raises(SystemExit):  # argparse names the flag and the text
+        pipeline.parse_args(["--out_dir", str(tmp_path), "--index_share", "half"])
+    assert "--index_share: expected a number in (0, 1] or 'none', got 'half'" in (
+        capsys.readouterr().err
+    )
 
 
 def test_the_teacher_takes_the_pipelines_train_window(tmp_path) -> None:

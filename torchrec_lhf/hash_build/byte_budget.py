@@ -149,14 +149,14 @@ def learned_rows_for_bytes(
 def fit_head_to_bytes(
     sizes: Mapping[str, int],
     counts: Mapping[str, torch.Tensor] | None,
-    head_tail: HeadTail,
+    spec: HeadTail,
     **fit: Any,
 ) -> HeadTail:
     """The head/tail settings whose stored remap takes at most ``index_share`` of the budget.
 
     A head by ``min_count`` stores its ids (compact) or every id of its table (dense), so a
     small budget over many frequent ids is spent on the remap (or cannot hold it at all).
-    With ``head_tail.index_share`` set, the head's count threshold (one for every
+    With ``spec.index_share`` set, the head's count threshold (one for every
     compressed table, so that the ids kept are the most frequent ones wherever they are) is
     raised to the smallest count, found by bisection over the counts seen, at which the
     fitted model (:func:`learned_rows_for_bytes`) stores at most ``index_share`` of the
@@ -167,12 +167,12 @@ def fit_head_to_bytes(
     Args:
         sizes: table name -> ``N``.
         counts: table name -> training access counts ``(N,)``, or ``None`` (nothing raised).
-        head_tail: the head/tail settings.
+        spec: the head/tail settings.
         **fit: the budget, as :func:`learned_rows_for_bytes` takes it (``fraction``,
             ``embedding_dim``, ``min_table_rows``, ``num_hashes``, ``combine``).
 
     Returns:
-        ``head_tail`` itself, or a copy with ``min_count`` raised.
+        ``spec`` itself, or a copy with ``min_count`` raised.
 
     Example::
 
@@ -183,7 +183,6 @@ def fit_head_to_bytes(
         >>> fit_head_to_bytes({"t": 1000}, counts, spec, fraction=0.25, embedding_dim=4).min_count
         84
     """
-    spec = head_tail
     if spec.index_share is None or not spec.min_count or counts is None:
         return spec  # no cap, or no count threshold to raise
     compressed = [t for t, n in sizes.items() if n >= fit.get("min_table_rows", 0)]

@@ -50,8 +50,17 @@ def parse_rows_per_table(text: str) -> dict[str, int]:
 
 
 def parse_index_share(text: str) -> float | None:
-    """``--index_share``: a number, or ``none`` (no cap)."""
-    return None if text.strip().lower() == "none" else float(text)
+    """``--index_share``: a number, or ``none`` (no cap).
+
+    Raises:
+        ValueError: neither, naming the text.
+    """
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number in (0, 1] or 'none', got {text!r}") from None
 
 
 @dataclass(kw_only=True)
