@@ -99,9 +99,9 @@ class PipelineConfig:
     projection: str = BuildConfig.projection
     """Projection of teacher embeddings to 1-D values."""
     head_min_count: int = BuildConfig.head_min_count
-    """Ids the teacher saw fewer times are hashed, not clustered (0: the paper's build;
-    the teacher counts every epoch, so with ``teacher_epochs=3`` a value of 4 means "seen
-    once")."""
+    """Ids seen fewer times in the training split are hashed, not clustered (0: the paper's
+    build; the teacher counts its first epoch only, so this is in passes over the data
+    whatever ``teacher_epochs`` is)."""
     tail_fraction: float = BuildConfig.tail_fraction
     """Share of each compressed table's rows reserved for the hashed tail."""
     tail_region: str = field(default=BuildConfig.tail_region, metadata={"choices": TAIL_REGIONS})

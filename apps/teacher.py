@@ -4,9 +4,11 @@ Shape legend: ``N`` logical table height, ``D`` teacher embedding dim (``--embed
 default 4), ``V`` ids of a batch, ``T`` ids of all tables together (``sum N``).
 
 The teacher is the DLRM app's architecture at full logical table height (no compression), trained
-through the same loop on any number of ranks. While it trains, every rank counts how often
-each id of each table is accessed in the training batches it sees (exact int64, summed
-over ranks with ``all_reduce``); at the end the tables are streamed to rank 0 one at a
+through the same loop on any number of ranks. While it trains its first epoch, every rank
+counts how often each id of each table is accessed in the training batches it sees (exact
+int64, summed over ranks with ``all_reduce``): the counts are those of one pass over the
+training split whatever ``--epochs`` is, so a threshold such as ``--head_min_count 10``
+means seen 10 times in the data, not 10 times over the teacher's epochs; at the end the tables are streamed to rank 0 one at a
 time whatever the sharding (none is copied where rank 0 holds all of it) and written with
 the counts as a :class:`~torchrec_lhf.hash_build.artifact.TeacherArtifact` (safetensors +
 JSON manifest, atomically, one table in memory: :func:`~torchrec_lhf.hash_build.artifact.
@@ -39,7 +41,7 @@ from apps.dlrm.config import (
     add_train_flags,
     train_config_from_args,
 )
-from apps.dlrm.loop import Session, build_session, fit, load_data
+from apps.dlrm.loop import BatchHook, Session, build_session, fit, load_data
 from apps.dlrm.model import EBC_FQN
 from apps.dlrm.runtime import DistEnv, distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
@@ -132,6 +134,12 @@ class IdCounter:
         self.counts_T = torch.zeros(sum(num_embeddings), dtype=torch.int64, device=device)
         self.samples = torch.zeros(1, dtype=torch.int64, device=device)
 
+    def first_epoch(self, session: Session) -> BatchHook:
+        """A hook for :func:`fit` that counts ``session``'s first epoch only (resumed
+        mid-epoch too: the checkpoint holds the counts so far), so the counts are one pass
+        over the training split however many epochs the teacher trains."""
+        return lambda batches: self(batches) if session.epoch == 0 else batches
+
     def __call__(self, batches: Iterable[Batch]) -> Iterator[Batch]:
         for batch in batches:
             kjt = batch.sparse_features
@@ -220,17 +228,16 @@ def window_dataset(dataset: RecDataset, train_window: float) -> RecDataset:
 
 
 def count_training_rows(session: Session, dataset: RecDataset, counter: IdCounter) -> None:
-    """Count the accesses of every epoch's training batches of ``dataset``, exactly those a
-    teacher trained on all of it counts (same shuffle, limit and id folding), without
+    """Count the accesses of the first epoch's training batches of ``dataset``, exactly those
+    a teacher trained on all of it counts (same shuffle, limit and id folding), without
     training (a held-out teacher's counts)."""
     cfg, env = session.config, session.env
-    for epoch in range(cfg.epochs):
-        batches = dataset.batches(
-            "train", cfg.batch_size, rank=env.rank, world_size=env.world_size, shuffle=True,
-            seed=cfg.seed, epoch=epoch, limit=cfg.limit_train_batches,
-        )  # fmt: skip
-        for _ in counter(map(session.prepare, batches)):
-            pass
+    batches = dataset.batches(
+        "train", cfg.batch_size, rank=env.rank, world_size=env.world_size, shuffle=True,
+        seed=cfg.seed, epoch=0, limit=cfg.limit_train_batches,
+    )  # fmt: skip
+    for _ in counter(map(session.prepare, batches)):
+        pass
 
 
 def train_teacher(config: TeacherConfig, env: DistEnv) -> tuple[Session, dict[str, Any]]:
@@ -253,7 +260,8 @@ def train_teacher(config: TeacherConfig, env: DistEnv) -> tuple[Session, dict[st
         )
     session = build_session(cfg, env, seen, plan=None)
     counter = IdCounter([c.num_embeddings for c in session.tables], env.device)
-    metrics = fit(session, hook=None if held_out else counter, extra_state=counter)
+    hook = None if held_out else counter.first_epoch(session)
+    metrics = fit(session, hook=hook, extra_state=counter)
     if held_out:  # NOTE: after a resume too: the checkpointed counts are then zeros
         count_training_rows(session, dataset, counter)
     dist.all_reduce(counter.samples)
@@ -268,6 +276,7 @@ def train_teacher(config: TeacherConfig, env: DistEnv) -> tuple[Session, dict[st
             "samples_seen": samples_seen,
             "train_window": config.train_window,
             "epochs": metrics["epochs"],
+            "count_epochs": 1,
             "world_size": env.world_size,
             "config": cfg.to_dict(),
             "metrics": {k: metrics[k] for k in ("auc", "logloss", "val_auc", "val_logloss")},

@@ -94,7 +94,8 @@ class SweepConfig:
     skip_rows: int = 1000
     """``lhf-skip``: tables under this many ids stay full."""
     head_min_count: int = BuildConfig.head_min_count
-    """``lhf-rarehash``, ``lhf-headtail``: ids the teacher saw fewer times are hashed."""
+    """``lhf-rarehash``, ``lhf-headtail``: ids seen fewer times (one pass over the training
+    split) are hashed."""
     teacher_dim: int = teacher.TEACHER_DEFAULTS["embedding_dim"]
     """Teacher dim of ``lhf`` (``lhf-t2``: 2; dims not divisible by 4 train data_parallel)."""
     teacher_epochs: int = 1

@@ -21,7 +21,7 @@ Methods:
   counted), ``lhf-headtail-mlet`` (the same with the build's head/tail defaults), ``lhf-t16`` (a
   teacher at the model's dim, ``--embedding_dim``), ``lhf-init`` (that teacher, and the
   compressed tables start at its cluster centroids: ``--init_from``), and
-  ``lhf-rarehash`` (``apps.build_hash --head_min_count``): ids the teacher saw fewer than
+  ``lhf-rarehash`` (``apps.build_hash --head_min_count``): ids seen fewer than
   ``--head_min_count`` times are left out of the clustering and hashed into the
   same rows (same bytes). The teacher memorizes the labels of rare ids, so clustering them
   by teacher value makes compressed rows that memorize labels (see docs/RESULTS.md);

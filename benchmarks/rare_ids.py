@@ -146,8 +146,7 @@ class RareIdsConfig:
     """Per-rank batch size."""
     teacher_epochs: int = 1
     """Epochs of the teacher (the rare-ids issue's command: 1; the pipeline's default is 3).
-    Its access counts add up over them, so the head's ``head_min_count`` is in units of
-    ``teacher_epochs`` accesses."""
+    Its access counts are of its first epoch whatever this is (one pass over the data)."""
     seed: int = 0
     """Seed of every stage (teacher, build, training: initialization and data order); the
     synthetic data are the same for every seed (the generator's own seed, 0)."""

@@ -52,7 +52,8 @@ def test_held_out_teacher_trains_on_the_window_and_counts_every_row(tmp_path: Pa
     # dim 2: the dense kernel, whose untouched rows stay at TorchRec's init
     # U(-sqrt(1/N), sqrt(1/N)) (see test_teacher.py)
     args = [*ARGS, "--embedding_dim", "2", "--dense_arch_layer_sizes", "16,2"]
-    config = parse_args([*args, "--out", str(tmp_path / "w"), "--train_window", "0.5"])
+    out = str(tmp_path / "w")
+    config = parse_args([*args, "--out", out, "--train_window", "0.5", "--epochs", "2"])
     assert config.train_window == 0.5
     with distributed() as env:
         _, metrics = train_teacher(config, env)
@@ -62,7 +63,8 @@ def test_held_out_teacher_trains_on_the_window_and_counts_every_row(tmp_path: Pa
     window, rest = _ids(ds, train_R[:800]), _ids(ds, train_R[800:])
     num_only_rest = 0
     for feature, direct in zip(ds.feature_names, ds.id_counts("train")):
-        # the counts are those of all 1,600 training rows, as a full teacher counts them
+        # the counts are those of one pass over all 1,600 training rows (two epochs trained),
+        # as a full teacher counts them
         assert artifact.counts[feature].tolist() == direct.tolist()
         emb, bound = artifact.embeddings[feature], (1.0 / len(direct)) ** 0.5
         only_rest = rest[feature][~torch.isin(rest[feature], window[feature])]

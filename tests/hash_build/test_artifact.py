@@ -44,6 +44,21 @@ def test_saved_artifact_loads_lazily_and_equals_the_tensors(tmp_path: Path) -> N
     assert torch.equal(tensors["cat_2/embeddings"], emb["cat_2"])
 
 
+@pytest.mark.parametrize(
+    ("manifest", "warned"),
+    [({"epochs": 3}, True), ({"epochs": 3, "count_epochs": 1}, False), ({"epochs": 1}, False)],
+)
+def test_counts_summed_over_epochs_are_named_on_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, manifest: dict, warned: bool
+) -> None:
+    # an artifact written before the teacher counted one pass: its counts add up its epochs
+    emb, cnt = _tables()
+    TeacherArtifact(embeddings=emb, counts=cnt, manifest=manifest).save(tmp_path)
+    with caplog.at_level("WARNING", logger="torchrec_lhf.hash_build.artifact"):
+        TeacherArtifact.load(tmp_path)
+    assert ("counts add up 3 epochs" in caplog.text) == warned
+
+
 def test_write_teacher_takes_one_table_at_a_time_in_order(tmp_path: Path) -> None:
     emb, cnt = _tables()
     shapes = {n: tuple(e.shape) for n, e in emb.items()}

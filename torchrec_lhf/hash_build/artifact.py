@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import struct
@@ -31,6 +32,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from torchrec_lhf._io import MANIFEST_KEY, atomic_path, atomic_write_json
+
+logger = logging.getLogger(__name__)
 
 _KIND = "teacher"
 TENSORS_FILE = "teacher.safetensors"
@@ -160,6 +163,14 @@ class TeacherArtifact:
             raise ValueError(
                 f"{path}: checksum mismatch (manifest {manifest.get('sha256')}, data {digest}): "
                 "the file was altered or damaged"
+            )
+        epochs = manifest.get("epochs", 1)
+        if "count_epochs" not in manifest and isinstance(epochs, int) and epochs > 1:
+            logger.warning(
+                "%s: its counts add up %d epochs (written before the teacher counted one "
+                "pass): a threshold such as head_min_count applies to those sums",
+                path,
+                epochs,
             )
         emb_shapes = {n: keys[f"{n}/embeddings"][1] for n in names}
         return cls(

@@ -102,8 +102,8 @@ class BuildConfig:
     """Teacher embeddings -> 1-D values: ``"pca"``, ``"dim:k"`` or ``"dim:k0,k1,..."``."""
 
     head_min_count: int = 10
-    """The head (the ids clustered) is the ids the teacher saw at least this often; the
-    others are hashed (0: every id is clustered, the paper's build). The teacher memorizes
+    """The head (the ids clustered) is the ids seen at least this often in one pass over the
+    training split (the teacher's counts, of its first epoch); the others are hashed (0: every id is clustered, the paper's build). The teacher memorizes
     the labels of rare ids (:mod:`~torchrec_lhf.hash_build.head_tail`; docs/RESULTS.md,
     "The rare-id regime")."""
 

@@ -4,7 +4,7 @@ Shapes: ``N`` ids of a table, ``K`` head ids, ``M`` rows of one internal table.
 
 In huge tables most ids are rare, and a teacher trained on the student's data memorizes
 what it saw of them: clustering them by those values groups ids by their training labels.
-So only the **head** (ids the teacher saw at least ``min_count`` times, or the most frequent
+So only the **head** (ids seen at least ``min_count`` times, or the most frequent
 ids covering ``mass`` of the accesses, counted on the training split) is clustered; the
 **tail** is hashed by a seeded hash (:func:`torchrec_lhf.hashing.tail_hash`), into a tail
 region of ``round(tail_fraction * M)`` rows of its own, or into all ``M`` rows
