@@ -6,9 +6,15 @@ This benchmark builds a DLRM of ``--tables`` tables of ``--rows`` ids each (full
 random learned hash plan at ``--fraction`` of the rows), then scripts it per dtype in a
 process of its own and reports the resident-set peak above the process's resident set
 before the call (``VmHWM`` after resetting it), in GB and as a multiple of the float
-tables' bytes. The baseline, in the same run: the same flow with the float model copied
-whole before quantization (``copy="full"``, the export before 2026-11-30's last session),
-against the copy that shares the float tables (``copy="shared"``, the current one).
+tables' bytes. Three flows, in the same run:
+
+* ``spill`` (the current export, since 2026-12-01): the quantized copy shares the float
+  tables, and its quantized tables are staged on disk and freed before TorchRec's sharding
+  allocates tables of its own (``shard_for_inference(spill=True)``);
+* ``shared`` (the baseline of that change): the same without the staging, so quantized and
+  sharded tables are in memory together (``spill=False``);
+* ``full`` (the export before 2026-11-30's last session): the float model copied whole before
+  quantization, no staging.
 
 Linux only (``/proc/self/status``, ``/proc/self/clear_refs``).
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import platform
 import subprocess
@@ -29,7 +36,8 @@ import time
 
 import torch
 
-COPIES = ("shared", "full")
+COPIES = ("spill", "shared", "full")
+"""The flows measured (the module docstring); ``--copy`` names one."""
 DTYPES = ("fp32", "int8")
 
 
@@ -76,12 +84,16 @@ def _model(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str], int]:
 
 
 def measure_one(args: argparse.Namespace) -> dict:
-    """In this process: script the model once (``args.dtype``, ``args.copy``); the peak."""
+    """In this process: script the model once (``args.dtype``, flow ``args.copy``); the peak."""
     from torchrec_lhf import inference
 
     dlrm, features, table_bytes = _model(args)
-    if args.copy == "full":  # the baseline: quantize a whole copy of the float model
+    if args.copy == "full":  # the first baseline: quantize a whole copy of the float model
         inference.embedding_tables = lambda model: []
+    if args.copy != "spill":  # both baselines: quantized and sharded tables held together
+        inference.shard_for_inference = functools.partial(
+            inference.shard_for_inference, spill=False
+        )
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     base = _status_gb("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:
@@ -101,9 +113,9 @@ def measure_one(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Each dtype and copy ``--repeats`` times, each in a fresh process (the cases
+    """Each dtype and flow ``--repeats`` times, each in a fresh process (the cases
     interleaved, so that a drift of the machine touches all alike); per case the run of
-    median peak, every run's peak, and the shared/full ratios of the medians."""
+    median peak, every run's peak, and the ratios of the flows' medians."""
     runs: dict[str, list[dict]] = {f"{d}/{c}": [] for d in DTYPES for c in COPIES}
     for _ in range(args.repeats):
         for dtype in DTYPES:
@@ -121,11 +133,14 @@ def run(args: argparse.Namespace) -> dict:
             **ordered[(len(ordered) - 1) // 2],  # the median run (the lower of two middles)
             "peaks_gb": [r["peak_above_start_gb"] for r in rs],
         }
-    ratios = {
-        dtype: results[f"{dtype}/shared"]["peak_above_start_gb"]
-        / results[f"{dtype}/full"]["peak_above_start_gb"]
-        for dtype in DTYPES
-    }
+
+    def ratios(a: str, b: str) -> dict[str, float]:
+        return {
+            dtype: results[f"{dtype}/{a}"]["peak_above_start_gb"]
+            / results[f"{dtype}/{b}"]["peak_above_start_gb"]
+            for dtype in DTYPES
+        }
+
     return {
         "benchmark": "export_memory",
         "config": {
@@ -139,7 +154,9 @@ def run(args: argparse.Namespace) -> dict:
             "torch": torch.__version__,
         },
         "results": results,
-        "shared_over_full_peak": ratios,
+        "spill_over_shared_peak": ratios("spill", "shared"),
+        "spill_over_full_peak": ratios("spill", "full"),
+        "shared_over_full_peak": ratios("shared", "full"),
     }
 
 

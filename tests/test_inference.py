@@ -179,3 +179,36 @@ def test_the_serving_model_copies_the_tables_and_leaves_the_float_model(
                 table.add_(1.0)
         torch.testing.assert_close(scripted(*batch), scores, atol=0, rtol=0)
         dlrm.load_state_dict(before)
+
+
+@pytest.mark.parametrize("learned_hash", [None, "compact"])
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_spilled_quantized_tables_are_freed_and_serve_the_same_scores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, learned_hash: str | None, dtype: str
+) -> None:
+    """``spill`` stages the quantized tables on disk and frees them before the sharding
+    allocates its own (the export's peak): the sharded model scores exactly as without it,
+    the quantized tables' memory is gone, and the staging directory is removed."""
+    import tempfile
+
+    from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (
+        IntNBitTableBatchedEmbeddingBagsCodegen as QuantTables,
+    )
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    plan = HashPlan.from_mappings({"t0": torch.arange(30) % 7}) if learned_hash else None
+    scoring = ScoringModule(_dlrm(to_compact(plan, every=3) if plan else None), FEATURES).eval()
+    batch = _batch()
+    scores, freed = {}, {}
+    for spill in (True, False):
+        quantized = quantize_for_inference(scoring, dtype=dtype)
+        tables = [m for m in quantized.modules() if isinstance(m, QuantTables)]
+        assert tables and all(t.weights_host.untyped_storage().nbytes() for t in tables)
+        sharded = shard_for_inference(quantized, example_batch(2, 3), spill=spill)
+        scores[spill] = sharded(*batch)
+        freed[spill] = all(t.weights_host.untyped_storage().nbytes() == 0 for t in tables)
+    assert freed == {True: True, False: False}
+    torch.testing.assert_close(scores[True], scores[False], atol=0, rtol=0)
+    atol = 1e-6 if dtype == "fp32" else 0.01
+    torch.testing.assert_close(scores[True], scoring(*batch), atol=atol, rtol=0)
+    assert list(tmp_path.iterdir()) == []

@@ -41,11 +41,16 @@ import contextlib
 import copy
 import json
 import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 import torchrec.fx
+from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (
+    IntNBitTableBatchedEmbeddingBagsCodegen,
+)
 from torch import nn
 from torchrec import EmbeddingBagCollection
 from torchrec.distributed.fused_params import FUSED_PARAM_QUANT_STATE_DICT_SPLIT_SCALE_BIAS
@@ -215,35 +220,124 @@ def _propagate_device() -> Iterator[None]:
 
 
 def shard_for_inference(
-    model: nn.Module, example_inputs: tuple[Any, ...], *, device: torch.device | str = "cpu"
+    model: nn.Module,
+    example_inputs: tuple[Any, ...],
+    *,
+    device: torch.device | str = "cpu",
+    spill: bool = True,
 ) -> nn.Module:
     """``shard_quant_model`` on one rank, table-wise, the quantized weights copied over.
 
+    TorchRec's sharding allocates tables of its own, which the quantized ones fill. With
+    ``spill`` (the default) the quantized tables are first written to a temporary directory
+    (``tempfile``'s, so ``TMPDIR`` chooses the disk: it needs their bytes) and freed, and the
+    sharded tables are filled from it one table at a time: the two sets are never in memory
+    together, so the step's peak is one set of tables and one table, not two sets
+    (``benchmarks.export_memory``). ``spill=False``: TorchRec's ``assign_weights_to_tbe``,
+    both sets in memory at once, no disk.
+
     Args:
-        model: from :func:`quantize_for_inference`; consumed (TorchRec shards in place).
+        model: from :func:`quantize_for_inference`; consumed (TorchRec shards in place; with
+            ``spill`` its quantized tables' memory is released before the sharding).
         example_inputs: one batch for ``model(*example_inputs)``: TorchRec creates the
             input and output dists of the sharded collections lazily, on the first call,
             which has to see the sharding device (and precede tracing).
         device: where the sharded tables live (``cpu`` or ``cuda``).
+        spill: stage the quantized tables on disk (above).
 
     Returns:
         The sharded model, in eval mode.
     """
     device = torch.device(device)
-    weights = get_table_to_weights_from_tbe(model)
-    with _propagate_device():
-        sharded, _ = shard_quant_model(
-            model,
-            world_size=1,
-            compute_device=device.type,
-            sharding_device=device.type,
-            sharders=inference_sharders(),
-        )
-        assign_weights_to_tbe(sharded, weights)
-        sharded.eval()
-        with torch.no_grad():
-            sharded(*example_inputs)
+    with contextlib.ExitStack() as stack:
+        weights: Any = get_table_to_weights_from_tbe(model)
+        if spill:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lhf_export_")))
+            weights = _spill_weights(weights, tmp)
+            _release_tbe_weights(model)
+        with _propagate_device():
+            sharded, _ = shard_quant_model(
+                model,
+                world_size=1,
+                compute_device=device.type,
+                sharding_device=device.type,
+                sharders=inference_sharders(),
+            )
+            if spill:
+                _assign_spilled_weights(sharded, weights)
+            else:
+                assign_weights_to_tbe(sharded, weights)
+            del weights
+            sharded.eval()
+            with torch.no_grad():
+                sharded(*example_inputs)
     return sharded
+
+
+SpilledTensor = tuple[Path, torch.dtype, tuple[int, ...]]
+"""One spilled tensor: its file (raw bytes), dtype and shape."""
+
+
+def _spill_weights(
+    weights: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]], directory: Path
+) -> dict[str, tuple[SpilledTensor, SpilledTensor | None]]:
+    """Write every table's weight (and scale/bias, where split) to ``directory``, one raw
+    file each (never pickled; one table's copy in memory at a time)."""
+    spilled = {}
+    for i, (name, (weight, scale_bias)) in enumerate(weights.items()):
+        parts = []
+        for j, t in enumerate((weight, scale_bias)):
+            if t is None:
+                parts.append(None)
+                continue
+            path = directory / f"{i}_{j}.bin"
+            # NOTE: a copy: numpy would pin the storage that _release_tbe_weights frees
+            t.detach().cpu().clone(memory_format=torch.contiguous_format).view(-1).view(
+                torch.uint8
+            ).numpy().tofile(path)
+            parts.append((path, t.dtype, tuple(t.shape)))
+        spilled[name] = (parts[0], parts[1])
+    return spilled
+
+
+def _read_spilled(part: SpilledTensor) -> torch.Tensor:
+    path, dtype, shape = part
+    nbytes = path.stat().st_size
+    raw = torch.from_file(str(path), shared=False, size=nbytes, dtype=torch.uint8)
+    return raw.view(dtype).reshape(shape)
+
+
+def _release_tbe_weights(model: nn.Module) -> None:
+    """Free the memory of ``model``'s quantized (FBGEMM inference) tables in place: their
+    storages shrink to nothing, so every view of them (the collections' weight buffers)
+    goes too. ``model`` must not be run afterwards; sharding it allocates tables anew."""
+    for module in model.modules():
+        if isinstance(module, IntNBitTableBatchedEmbeddingBagsCodegen):
+            for name in ("weights_host", "weights_dev", "weights_uvm"):
+                t = getattr(module, name, None)
+                if isinstance(t, torch.Tensor) and t.numel():
+                    t.untyped_storage().resize_(0)
+
+
+def _assign_spilled_weights(
+    model: nn.Module, spilled: dict[str, tuple[SpilledTensor, SpilledTensor | None]]
+) -> None:
+    """TorchRec's ``assign_weights_to_tbe`` from spilled files: each table is read, copied
+    into the sharded tables and dropped before the next."""
+    for module in model.modules():
+        if not isinstance(module, IntNBitTableBatchedEmbeddingBagsCodegen):
+            continue
+        for spec, (dest, dest_scale_bias) in zip(
+            module.embedding_specs, module.split_embedding_weights(), strict=True
+        ):
+            if spec[0] not in spilled:
+                raise ValueError(f"table {spec[0]!r} of the sharded model was not quantized")
+            weight, scale_bias = spilled[spec[0]]
+            dest.copy_(_read_spilled(weight))
+            if (scale_bias is None) != (dest_scale_bias is None):
+                raise ValueError(f"table {spec[0]!r}: scale/bias split differs after sharding")
+            if scale_bias is not None:
+                dest_scale_bias.copy_(_read_spilled(scale_bias))
 
 
 def script_for_inference(model: nn.Module) -> torch.jit.ScriptModule:
@@ -293,7 +387,12 @@ def example_batch(num_features: int, num_dense: int) -> tuple[torch.Tensor, ...]
 
 
 def script_serving_model(
-    model: nn.Module, feature_names: list[str], *, num_dense: int, dtype: str = "int8"
+    model: nn.Module,
+    feature_names: list[str],
+    *,
+    num_dense: int,
+    dtype: str = "int8",
+    spill: bool = True,
 ) -> torch.jit.ScriptModule:
     """A float DLRM through the whole flow: scoring wrapper, quantize, shard, trace, script.
 
@@ -302,13 +401,16 @@ def script_serving_model(
         feature_names: its sparse features, in the order requests give them.
         num_dense: its dense input features.
         dtype: table weight dtype (a key of :data:`WEIGHT_DTYPES`).
+        spill: stage the quantized tables on disk while they are sharded
+            (:func:`shard_for_inference`; one set of tables in memory, not two).
 
     Returns:
         The scripted :class:`ScoringModule` (tables on CPU).
     """
     scoring = ScoringModule(model, feature_names).eval()
     quantized = quantize_for_inference(scoring, dtype=dtype)
-    sharded = shard_for_inference(quantized, example_batch(len(feature_names), num_dense))
+    batch = example_batch(len(feature_names), num_dense)
+    sharded = shard_for_inference(quantized, batch, spill=spill)
     return script_for_inference(sharded)
 
 

@@ -1,4 +1,4 @@
-"""benchmarks.export_memory: a tiny run measures both copies and both dtypes."""
+"""benchmarks.export_memory: a tiny run measures every flow and both dtypes."""
 
 from __future__ import annotations
 
@@ -24,31 +24,38 @@ def test_tiny_run_reports_every_dtype_and_copy(model: str) -> None:
         assert f"{r['dtype']}/{r['copy']}" == key
         assert r["table_gb"] > 0 and r["seconds"] > 0 and r["peak_above_start_gb"] >= 0
         assert r["peaks_gb"] == [r["peak_above_start_gb"]]
-    assert set(result["shared_over_full_peak"]) == set(bench.DTYPES)
+    for ratio in ("spill_over_shared_peak", "spill_over_full_peak", "shared_over_full_peak"):
+        assert set(result[ratio]) == set(bench.DTYPES)
 
 
 def test_repeats_report_the_median_run(monkeypatch) -> None:  # noqa: ANN001
-    # the processes report 3, 1, 2, 3, 1, 2, ... GB (twice that for a full copy) in the order
-    # they run: each case gets 1, 2 and 3 once over its three repeats, so its median is 2
-    peaks = iter([3.0, 1.0, 2.0] * 4)
+    # each case's processes report 3, 1 and 2 GB over its three repeats (times 2 for the whole
+    # copy, times 0.5 for the spilled flow), so its median is 2 (4, 1)
+    scale = {"spill": 0.5, "shared": 1.0, "full": 2.0}
+    runs_of: dict[str, int] = {}
     order = []
 
     def fake_run(cmd, **kwargs):  # noqa: ANN001, ANN202
         dtype, copy = cmd[cmd.index("--dtype") + 1], cmd[cmd.index("--copy") + 1]
-        order.append(f"{dtype}/{copy}")
-        peak = next(peaks) * (2 if copy == "full" else 1)
+        key = f"{dtype}/{copy}"
+        order.append(key)
+        runs_of[key] = runs_of.get(key, 0) + 1
+        peak = [3.0, 1.0, 2.0][runs_of[key] - 1] * scale[copy]
         line = json.dumps({"dtype": dtype, "copy": copy, "peak_above_start_gb": peak})
         return subprocess.CompletedProcess(cmd, 0, stdout=line + "\n")
 
     monkeypatch.setattr(bench.subprocess, "run", fake_run)
     result = bench.run(bench.parse_args(["--repeats", "3"]))
-    assert order[:4] == [f"{d}/{c}" for d in bench.DTYPES for c in bench.COPIES]  # interleaved
-    assert len(order) == 12 and result["config"]["repeats"] == 3
+    cases = [f"{d}/{c}" for d in bench.DTYPES for c in bench.COPIES]
+    assert order == cases * 3  # interleaved
+    assert result["config"]["repeats"] == 3
     for key, r in result["results"].items():
-        assert r["peak_above_start_gb"] == (4.0 if key.endswith("full") else 2.0)
+        assert r["peak_above_start_gb"] == 2.0 * scale[key.split("/")[1]]
     fp32 = result["results"]["fp32/shared"]
-    assert sorted(fp32["peaks_gb"]) == [1.0, 2.0, 3.0]
+    assert fp32["peaks_gb"] == [3.0, 1.0, 2.0]
     assert result["shared_over_full_peak"] == {"fp32": 0.5, "int8": 0.5}
+    assert result["spill_over_shared_peak"] == {"fp32": 0.5, "int8": 0.5}
+    assert result["spill_over_full_peak"] == {"fp32": 0.25, "int8": 0.25}
 
 
 @pytest.mark.parametrize(
