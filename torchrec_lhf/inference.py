@@ -310,12 +310,14 @@ def _read_spilled(part: SpilledTensor) -> torch.Tensor:
 def _release_tbe_weights(model: nn.Module) -> None:
     """Free the memory of ``model``'s quantized (FBGEMM inference) tables in place: their
     storages shrink to nothing, so every view of them (the collections' weight buffers)
-    goes too. ``model`` must not be run afterwards; sharding it allocates tables anew."""
+    goes too. ``model`` must not be run afterwards; sharding it allocates tables anew. A
+    storage that cannot shrink (memory TorchRec or FBGEMM did not allocate through torch's
+    allocator, such as unified memory) is left as it is: only the peak stays higher."""
     for module in model.modules():
         if isinstance(module, IntNBitTableBatchedEmbeddingBagsCodegen):
             for name in ("weights_host", "weights_dev", "weights_uvm"):
                 t = getattr(module, name, None)
-                if isinstance(t, torch.Tensor) and t.numel():
+                if isinstance(t, torch.Tensor) and t.numel() and t.untyped_storage().resizable():
                     t.untyped_storage().resize_(0)
 
 
