@@ -230,3 +230,27 @@ def test_tables_that_cannot_be_freed_are_left_and_still_served() -> None:
     assert all(t.weights_host.untyped_storage().nbytes() for t in tables)
     batch = _batch()
     torch.testing.assert_close(sharded(*batch), scoring(*batch), atol=1e-6, rtol=0)
+
+
+def test_no_room_to_spill_warns_and_keeps_the_tables_in_memory(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (
+        IntNBitTableBatchedEmbeddingBagsCodegen as QuantTables,
+    )
+
+    from torchrec_lhf import inference
+
+    disk = SimpleNamespace(total=100, used=90, free=10)
+    monkeypatch.setattr(inference.shutil, "disk_usage", lambda path: disk)
+    scoring = ScoringModule(_dlrm(None), FEATURES).eval()
+    quantized = quantize_for_inference(scoring, dtype="fp32")
+    tables = [m for m in quantized.modules() if isinstance(m, QuantTables)]
+    with caplog.at_level("WARNING", logger="torchrec_lhf.inference"):
+        sharded = shard_for_inference(quantized, example_batch(2, 3))
+    assert "has 10 bytes free, the quantized tables need" in caplog.text
+    assert all(t.weights_host.untyped_storage().nbytes() for t in tables)  # not freed
+    batch = _batch()
+    torch.testing.assert_close(sharded(*batch), scoring(*batch), atol=1e-6, rtol=0)

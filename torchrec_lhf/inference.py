@@ -40,7 +40,9 @@ Example::
 import contextlib
 import copy
 import json
+import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +76,8 @@ from torchrec_lhf.distributed.quant_embedding_bag import (
 from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection
 from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection
 from torchrec_lhf.modules.remap import FeatureRemap
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 """Name of the JSON manifest stored inside a saved scripted model (``_extra_files``)."""
@@ -233,8 +237,9 @@ def shard_for_inference(
     (``tempfile``'s, so ``TMPDIR`` chooses the disk: it needs their bytes) and freed, and the
     sharded tables are filled from it one table at a time: the two sets are never in memory
     together, so the step's peak is one set of tables and one table, not two sets
-    (``benchmarks.export_memory``). ``spill=False``: TorchRec's ``assign_weights_to_tbe``,
-    both sets in memory at once, no disk.
+    (``benchmarks.export_memory``). Where that disk has no room for them, a warning says so
+    and they stay in memory. ``spill=False``: TorchRec's ``assign_weights_to_tbe``, both
+    sets in memory at once, no disk.
 
     Args:
         model: from :func:`quantize_for_inference`; consumed (TorchRec shards in place; with
@@ -253,6 +258,8 @@ def shard_for_inference(
         weights: Any = get_table_to_weights_from_tbe(model)
         if spill:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lhf_export_")))
+            spill = _room_to_spill(weights, tmp)
+        if spill:
             weights = _spill_weights(weights, tmp)
             _release_tbe_weights(model)
         with _propagate_device():
@@ -272,6 +279,27 @@ def shard_for_inference(
             with torch.no_grad():
                 sharded(*example_inputs)
     return sharded
+
+
+def _room_to_spill(
+    weights: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]], directory: Path
+) -> bool:
+    """Whether ``directory``'s disk holds the quantized tables (with 5% to spare); if not,
+    a warning says so and the export keeps them in memory (a higher peak, not a failure)."""
+    need = sum(
+        t.numel() * t.element_size() for parts in weights.values() for t in parts if t is not None
+    )
+    free = shutil.disk_usage(directory).free
+    if free >= 1.05 * need:
+        return True
+    logger.warning(
+        "%s has %d bytes free, the quantized tables need %d: they stay in memory while "
+        "sharded (set TMPDIR to a disk with room to lower the export's peak)",
+        directory,
+        free,
+        need,
+    )
+    return False
 
 
 SpilledTensor = tuple[Path, torch.dtype, tuple[int, ...]]
