@@ -53,6 +53,8 @@ from torchrec_lhf.report import plot_auc_vs_bytes
 logger = logging.getLogger(__name__)
 
 METHODS = ("lhf", "modulo", "none")
+FREQUENCY = "lhf-frequency"
+"""``--head_select``'s second learned-hash training (no head clustered), chosen from."""
 FALLBACK_DATASET = "synthetic"
 
 
@@ -118,6 +120,13 @@ class PipelineConfig:
     )
     """Under ``--budget bytes``, the most of the budget the stored remap may take; a head
     storing more gets a higher count threshold (``apps.build_hash --index_share``)."""
+    head_select: bool = False
+    """Also build the plan with no head clustered (rows by frequency, the rest hashed:
+    ``BuildConfig.frequency_only``), train both, and keep for ``lhf`` the one of higher
+    validation AUC (the test split is not looked at). Twice the learned hash's training;
+    the clustered head wins where the teacher's values generalize (MovieLens), rows by
+    frequency where they do not (the Criteo head: docs/RESULTS.md, "Choosing the head's
+    treatment on validation")."""
     seed: int = 0
     """Seed of every stage."""
     out_dir: str = "runs/pipeline"
@@ -159,6 +168,12 @@ class PipelineConfig:
             row_allocation=self.row_allocation,
             index_share=self.index_share,
         )
+        if self.head_select and (self.tail_region != "fill" or not self.head_min_count):
+            raise ValueError(
+                "head_select compares the clustered head with rows by frequency, which needs "
+                f"tail_region 'fill' and head_min_count > 0, got tail_region="
+                f"{self.tail_region!r}, head_min_count={self.head_min_count}"
+            )
 
 
 def _resolve_dataset(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
@@ -196,7 +211,9 @@ def _train_config(config: PipelineConfig, dataset: str, options: dict[str, Any])
 def stage_configs(
     config: PipelineConfig, dataset: str, options: dict[str, Any]
 ) -> tuple[teacher.TeacherConfig, BuildConfig, dict[str, TrainConfig]]:
-    """The typed configs of the stages: teacher, hash build, one training per method."""
+    """The typed configs of the stages: teacher, hash build, one training per method (with
+    ``head_select``, also :data:`FREQUENCY`'s, on the frequency-only plan next to the
+    build's: ``build_config.frequency_only(out_dir / "plan_frequency.safetensors")``)."""
     out = Path(config.out_dir)
     base = _train_config(config, dataset, options)
     teacher_config = teacher.TeacherConfig(
@@ -240,9 +257,11 @@ def stage_configs(
         },
         "none": {},
     }
+    if config.head_select and "lhf" in config.methods:
+        variants[FREQUENCY] = {"learned_hash": str(out / "plan_frequency.safetensors")}
     trains = {
         m: dataclasses.replace(base, **variants[m], metrics_json=str(out / f"metrics_{m}.json"))
-        for m in config.methods
+        for m in (*config.methods, *([FREQUENCY] if FREQUENCY in variants else []))
     }
     return teacher_config, build_config, trains
 
@@ -252,7 +271,6 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
     out = Path(config.out_dir)
     dataset, options = _resolve_dataset(config)
     teacher_config, build_config, trains = stage_configs(config, dataset, options)
-    rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
 
     if "lhf" in config.methods:
@@ -262,18 +280,40 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
         timings["teacher"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         build_hash.run(build_config)
+        if FREQUENCY in trains:
+            build_hash.run(build_config.frequency_only(trains[FREQUENCY].learned_hash))
         release_memory()
         timings["build_hash"] = time.perf_counter() - t0
 
+    results: dict[str, dict[str, Any]] = {}
     for method, train_config in trains.items():
         t0 = time.perf_counter()
         metrics = train.run(train_config)
         release_memory()
         timings[f"train_{method}"] = time.perf_counter() - t0
-        rows.append(_row(config, method, dataset, metrics, timings[f"train_{method}"]))
+        results[method] = _row(config, method, dataset, metrics, timings[f"train_{method}"])
+    if FREQUENCY in results:
+        results["lhf"] = select_head(results["lhf"], results.pop(FREQUENCY))
+    rows = [results[m] for m in config.methods]
     if not dist.is_initialized() or dist.get_rank() == 0:
         _report(config, rows, timings, out)
     return rows
+
+
+def select_head(clustered: dict[str, Any], frequency: dict[str, Any]) -> dict[str, Any]:
+    """``--head_select``: the ``lhf`` row of the higher validation AUC (the clustered head's
+    on a tie), named ``lhf``, with ``head_choice`` (``clustered`` or ``frequency``) and both
+    candidates' validation and test AUC."""
+    pick = "frequency" if frequency["val_auc"] > clustered["val_auc"] else "clustered"
+    row = dict(frequency if pick == "frequency" else clustered, method="lhf")
+    row.update(
+        head_choice=pick,
+        candidates={
+            name: {"val_auc": r["val_auc"], "auc": r["auc"], "total_bytes": r["total_bytes"]}
+            for name, r in (("clustered", clustered), ("frequency", frequency))
+        },
+    )
+    return row
 
 
 def release_memory() -> None:

@@ -44,12 +44,13 @@ from benchmarks.quality_methods import (
     LHF_VARIANTS,
     METHODS,
     NOT_BYTE_FITTED,
+    SELECTED,
 )
 from benchmarks.quality_report import write_reports
 from torchrec_lhf._io import atomic_write_json
 from torchrec_lhf.cli import add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSmall
-from torchrec_lhf.hash_build.config import BuildConfig
+from torchrec_lhf.hash_build.config import FREQUENCY_ONLY_COUNT, BuildConfig
 
 logger = logging.getLogger(__name__)
 
@@ -199,8 +200,10 @@ def _plan(
                 clustering_options=opts.get("clustering_options", {}),
                 budget=sweep.budget,
                 embedding_dim=dim,
-                head_min_count=max(
-                    1, round(sweep.head_min_count * opts.get("head_min_count_scale", 1.0))
+                head_min_count=(
+                    FREQUENCY_ONLY_COUNT
+                    if opts.get("frequency_only")
+                    else max(1, round(sweep.head_min_count * opts.get("head_min_count_scale", 1.0)))
                 )
                 if opts.get("rare_hash")
                 else 0,
@@ -280,6 +283,10 @@ def run_one(sweep: SweepConfig, method: str, fraction: float, seed: int) -> dict
     Under ``--bytes`` a method that cannot fit the budget (:class:`BudgetTooSmall`, the
     same for every seed) gets a row with ``infeasible`` (the reason) and no metrics.
     """
+    if method in SELECTED:
+        return select_on_validation(
+            method, [run_one(sweep, m, fraction, seed) for m in SELECTED[method]]
+        )
     key = "f" if method == "none" else _size_key(sweep)
     path = sweep.out / "runs" / f"{method}_{key}{fraction:g}_s{seed}.json"
     if path.is_file():
@@ -317,6 +324,23 @@ def run_one(sweep: SweepConfig, method: str, fraction: float, seed: int) -> dict
     )
     atomic_write_json(path, row)
     return row
+
+
+def select_on_validation(method: str, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row of ``method`` (:data:`SELECTED`): the candidate run of higher validation AUC
+    (the first on a tie), renamed, with ``choice`` (its method) and every candidate's
+    validation and test AUC; infeasible if any candidate is."""
+    for row in candidates:
+        if "infeasible" in row:
+            return dict(row, method=method)
+    best = max(candidates, key=lambda r: r["val_auc"])  # NOTE: max keeps the first of ties
+    return dict(
+        best,
+        method=method,
+        choice=best["method"],
+        candidates={r["method"]: {"val_auc": r["val_auc"], "auc": r["auc"]} for r in candidates},
+        seconds=round(sum(r.get("seconds", 0.0) for r in candidates), 1),
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

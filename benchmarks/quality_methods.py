@@ -48,9 +48,13 @@ Methods:
   their residuals; :mod:`torchrec_lhf.hash_build.compose`) and ``lhf-compose-paper`` (that,
   every id clustered). The head/tail defaults moved: ``lhf-headtail-tail0.5`` /
   ``-tail0.85`` (``--tail_fraction``), ``lhf-headtail-head2x`` / ``-head0.5x`` (twice / half
-  ``--head_min_count``); ``lhf-headtail-noclust``: the defaults with no id clustered (a
-  ``--head_min_count`` no id reaches: every row but the tail's goes to the most frequent
-  ids, one each, as ``mch``'s do).
+  ``--head_min_count``); ``lhf-headtail-noclust``: the defaults with no id clustered
+  (``BuildConfig.frequency_only``: every row but the tail's goes to the most frequent ids,
+  one each, as ``mch``'s do).
+
+  Chosen on validation (:data:`SELECTED`): ``lhf-headtail-select`` trains ``lhf-headtail``
+  and ``lhf-headtail-noclust`` (each its own run) and reports, per seed and size, the one of
+  higher validation AUC (``apps.pipeline --head_select``).
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-headtail-head2x": {"rare_hash": True, **FIXED, "head_min_count_scale": 2.0},
     "lhf-headtail-head0.5x": {"rare_hash": True, **FIXED, "head_min_count_scale": 0.5},
     # no id clustered: every row but the tail's to the most frequent ids, one each
-    "lhf-headtail-noclust": {"rare_hash": True, "head_min_count_scale": 1e6},
+    "lhf-headtail-noclust": {"rare_hash": True, "frequency_only": True},
     "lhf-h2-headtail": {"rare_hash": True, **FIXED, "num_hashes": 2},
     "lhf-compose": {"rare_hash": True, **FIXED, "num_hashes": 2, "compose": "residual"},
     "lhf-compose-paper": {"num_hashes": 2, "compose": "residual"},
@@ -124,7 +128,12 @@ CCE_VARIANTS: dict[str, dict[str, Any]] = {
     "cce-c2": {"cce_columns": 2},
 }
 """``--compression cce`` runs: the :class:`~apps.dlrm.config.TrainConfig` fields that differ."""
-METHODS = (*BASELINES, *CCE_VARIANTS, *LHF_VARIANTS, "mch")
+SELECTED: dict[str, tuple[str, str]] = {
+    "lhf-headtail-select": ("lhf-headtail", "lhf-headtail-noclust"),
+}
+"""Methods that train two variants and keep the one of higher validation AUC (the first on
+a tie), as ``apps.pipeline --head_select`` does."""
+METHODS = (*BASELINES, *CCE_VARIANTS, *LHF_VARIANTS, *SELECTED, "mch")
 DEFAULT_METHODS = (*BASELINES, "mch", "cce", "lhf")
 DEFAULT_FRACTIONS = (0.5, 0.2, 0.1, 0.05, 0.01)
 NOT_BYTE_FITTED: tuple[str, ...] = ()

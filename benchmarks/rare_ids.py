@@ -39,6 +39,10 @@ and "gap closed" is read at equal total bytes:
   with ``--value_shrinkage 10``;
 * ``lhf-counts``: the default with ``--row_allocation counts`` (a byte budget's rows shared
   by the tables as their ids' access counts say, not by their sizes);
+* ``lhf-freq``: the default with no head clustered (``BuildConfig.frequency_only``: the
+  head region's rows to the most frequent ids, one each); ``lhf-select``: ``lhf`` and
+  ``lhf-freq`` both trained, the one of higher validation AUC kept (:data:`SELECT`, as
+  ``apps.pipeline --head_select``);
 * ``lhf-mlet``: the plan at ``1 / MLET_WIDTH`` times the rows, trained as MLET at
   ``MLET_WIDTH`` of the width (about the same bytes);
 * the other methods, at the same size and budget: ``qr``, ``fbdh``, ``memrec``, ``mlet``,
@@ -74,7 +78,7 @@ from benchmarks.quality_methods import FIXED
 from torchrec_lhf.cli import add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BudgetTooSmall, byte_budget
 from torchrec_lhf.data.criteo_npy import MLPERF_NUM_EMBEDDINGS
-from torchrec_lhf.hash_build.config import BuildConfig
+from torchrec_lhf.hash_build.config import FREQUENCY_ONLY_COUNT, BuildConfig
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +115,14 @@ METHODS = (
     "lhf-fill-head3",
     "lhf-fill-head3-shrink10",
     "lhf-counts",
+    "lhf-freq",
+    "lhf-select",
     *PEERS,
 )
 """The methods this benchmark trains (see the module docstring)."""
+SELECT = {"lhf-select": ("lhf", "lhf-freq")}
+"""Methods that train two plans and keep the one of higher validation AUC (the first on a
+tie), as ``apps.pipeline --head_select`` does: the default and the frequency-only plan."""
 
 
 @dataclass(kw_only=True)
@@ -205,15 +214,22 @@ def run(config: RareIdsConfig) -> dict:
             )
         )
         pipeline.release_memory()
-    results: dict[str, dict] = {}
-    for method in config.methods:
-        try:
-            cfg = _train_config(method, build, trains, out)
-            results[method] = _result(train.run(cfg))
-        except BudgetTooSmall as e:  # e.g. the paper's dense remap alone above the budget
-            logger.warning("%s does not fit %g of the bytes: %s", method, config.fraction, e)
-            results[method] = {"infeasible": str(e)}
-        pipeline.release_memory()
+    trained: dict[str, dict] = {}
+
+    def result(method: str) -> dict:
+        if method in SELECT:
+            return _select([result(m) | {"method": m} for m in SELECT[method]])
+        if method not in trained:
+            try:
+                cfg = _train_config(method, build, trains, out)
+                trained[method] = _result(train.run(cfg))
+            except BudgetTooSmall as e:  # e.g. the paper's dense remap above the budget
+                logger.warning("%s does not fit %g of the bytes: %s", method, config.fraction, e)
+                trained[method] = {"infeasible": str(e)}
+            pipeline.release_memory()
+        return trained[method]
+
+    results = {method: result(method) for method in config.methods}
     _gap_closed(results)
     report = {"benchmark": "rare_ids", "config": dataclasses.asdict(config), "results": results}
     if config.budget == "bytes":
@@ -255,6 +271,7 @@ def _train_config(
             "lhf-fill-head3": {"head_min_count": 3},
             "lhf-fill-head3-shrink10": {"head_min_count": 3, "value_shrinkage": 10},
             "lhf-counts": {"row_allocation": "counts"},
+            "lhf-freq": {"head_min_count": FREQUENCY_ONLY_COUNT},  # nothing clustered
             "lhf-mlet": FIXED,
         }.get(method, {})
         if method == "lhf-mlet":  # MLET_WIDTH of the width, so 1 / MLET_WIDTH of the rows
@@ -278,6 +295,7 @@ def _result(m: dict) -> dict:
     full = m["full_embedding_bytes"]
     return {
         "auc": m["auc"],
+        "val_auc": m["val_auc"],
         "logloss": m["logloss"],
         "ne": m["ne"],
         "rows": m["rows"],
@@ -290,6 +308,21 @@ def _result(m: dict) -> dict:
         "compression": full / m["total_bytes"],
         "compression_in_memory": full / (m["embedding_bytes"] + m["remap_bytes"]),
     }
+
+
+def _select(candidates: list[dict]) -> dict:
+    """The candidate of higher validation AUC (the first on a tie), with ``choice`` and
+    every candidate's validation and test AUC; infeasible if any candidate is."""
+    for c in candidates:
+        if "infeasible" in c:
+            return {"infeasible": c["infeasible"]}
+    best = max(candidates, key=lambda c: c["val_auc"])  # NOTE: max keeps the first of ties
+    row = {k: v for k, v in best.items() if k != "method"}
+    row["choice"] = best["method"]
+    row["candidates"] = {
+        c["method"]: {"val_auc": c["val_auc"], "auc": c["auc"]} for c in candidates
+    }
+    return row
 
 
 def _gap_closed(results: dict[str, dict]) -> None:

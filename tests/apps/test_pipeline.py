@@ -56,6 +56,11 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
         ({"index_share": 1.5}, r"index_share must be a number in \(0, 1\] or None, got 1.5"),
         ({"train_window": 0.0}, r"train_window must be a number in \(0, 1\], got 0.0"),
         ({"train_window": True}, r"train_window must be a number in \(0, 1\], got True"),
+        (
+            {"head_select": True, "tail_region": "fixed"},
+            "head_select .* needs tail_region 'fill' and head_min_count > 0, got tail_region='fixed'",
+        ),
+        ({"head_select": True, "head_min_count": 0}, "head_select .* got .* head_min_count=0"),
     ],
 )
 def test_config_validation(kwargs: dict, match: str) -> None:
@@ -112,3 +117,45 @@ def test_the_teacher_takes_the_pipelines_train_window(tmp_path) -> None:
     assert default.train_window == 1.0  # TeacherConfig's: the paper's teacher
     config = pipeline.parse_args(["--out_dir", str(tmp_path), "--train_window", "0.5"])
     assert pipeline.stage_configs(config, "x", {})[0].train_window == 0.5
+
+
+def test_head_select_trains_both_plans_and_keeps_the_better_on_validation(tmp_path) -> None:
+    args = [
+        "--dataset", "synthetic", "--dataset_options", TINY, "--fraction", "0.3",
+        "--min_table_rows", "0", "--teacher_epochs", "1", "--budget", "bytes",
+        "--head_min_count", "2", "--methods", "lhf,none",
+    ]  # fmt: skip
+    rows = pipeline.main([*args, "--out_dir", str(tmp_path / "sel"), "--head_select"])
+    assert [r["method"] for r in rows] == ["lhf", "none"]
+    lhf = rows[0]
+    candidates = lhf["candidates"]
+    assert set(candidates) == {"clustered", "frequency"}
+    best = max(candidates, key=lambda k: (candidates[k]["val_auc"], k == "clustered"))
+    assert lhf["head_choice"] == best and lhf["auc"] == candidates[best]["auc"]
+    assert all(c["total_bytes"] <= 0.3 * 750 * 16 * 4 for c in candidates.values())
+    # the clustered candidate is the plain run's learned hash, exactly
+    plain = pipeline.main([*args, "--out_dir", str(tmp_path / "plain")])
+    assert plain[0]["auc"] == candidates["clustered"]["auc"]
+    # the frequency-only plan clusters nothing (rows by frequency); the default clusters
+    from torchrec_lhf import HashPlan
+
+    steps = {
+        name: sum(i["steps"] for i in HashPlan.load(tmp_path / "sel" / f).metadata["build_info"].values())
+        for name, f in (("frequency", "plan_frequency.safetensors"), ("clustered", "plan.safetensors"))
+    }  # fmt: skip
+    assert steps["frequency"] == 0 < steps["clustered"]
+
+
+@pytest.mark.parametrize(
+    "val, pick",
+    [((0.70, 0.71), "frequency"), ((0.72, 0.71), "clustered"), ((0.7, 0.7), "clustered")],
+)
+def test_select_head_keeps_the_higher_validation_auc(val: tuple, pick: str) -> None:
+    def row(method: str, v: float, auc: float) -> dict:
+        return {"method": method, "val_auc": v, "auc": auc, "total_bytes": 10, "rows": 3}
+
+    clustered, frequency = row("lhf", val[0], 0.81), row(pipeline.FREQUENCY, val[1], 0.79)
+    chosen = pipeline.select_head(clustered, frequency)
+    assert chosen["method"] == "lhf" and chosen["head_choice"] == pick
+    assert chosen["auc"] == (0.81 if pick == "clustered" else 0.79)
+    assert chosen["candidates"]["frequency"] == {"val_auc": val[1], "auc": 0.79, "total_bytes": 10}

@@ -261,3 +261,33 @@ def test_head_count_variants_scale_the_sweeps_head(tmp_path: Path) -> None:
     twice = HashPlan.load(quality._plan(args, "lhf-headtail-head2x", 0.5, 0))
     half = HashPlan.load(quality._plan(args, "lhf-headtail-head0.5x", 0.5, 0))
     assert twice.metadata["head_min_count"] == 6 and half.metadata["head_min_count"] == 2
+
+
+def test_select_keeps_the_variant_of_higher_validation_auc(tmp_path: Path) -> None:
+    argv = [*TINY, "--methods", "lhf-headtail-select", "--bytes", "0.5", "--seeds", "2"]
+    rows = quality.main([*argv, "--head_min_count", "3", "--out", str(tmp_path)])
+    assert [r["method"] for r in rows] == ["lhf-headtail-select"] * 2
+    for r in rows:
+        # both candidates ran as their own runs, and the one kept has the higher val AUC
+        cands = r["candidates"]
+        assert set(cands) == {"lhf-headtail", "lhf-headtail-noclust"}
+        for m, c in cands.items():
+            run = json.loads((tmp_path / "runs" / f"{m}_b0.5_s{r['seed']}.json").read_text())
+            assert c == {"val_auc": run["val_auc"], "auc": run["auc"]}
+        best = max(cands, key=lambda m: (cands[m]["val_auc"], m == "lhf-headtail"))
+        assert r["choice"] == best and r["auc"] == cands[best]["auc"]
+    # the frequency-only plan clusters nothing
+    plan = HashPlan.load(tmp_path / "plans" / "lhf-headtail-noclust_b0.5_s0.safetensors")
+    assert all(i["steps"] == 0 for i in plan.metadata["build_info"].values())
+
+
+def test_select_on_validation_by_hand() -> None:
+    a = {"method": "a", "val_auc": 0.7, "auc": 0.71, "seconds": 1.0}
+    b = {"method": "b", "val_auc": 0.8, "auc": 0.69, "seconds": 2.0}
+    row = quality.select_on_validation("sel", [a, b])
+    assert row["method"] == "sel" and row["choice"] == "b" and row["auc"] == 0.69
+    assert row["seconds"] == 3.0
+    tie = quality.select_on_validation("sel", [a, dict(b, val_auc=0.7)])
+    assert tie["choice"] == "a"
+    bad = quality.select_on_validation("sel", [a, {"method": "b", "infeasible": "too small"}])
+    assert bad == {"method": "sel", "infeasible": "too small"}

@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import rare_ids
 from torchrec_lhf.data.criteo_npy import MLPERF_NUM_EMBEDDINGS
+from torchrec_lhf.plan import HashPlan
 
 
 def test_config_rejects_unknown_budgets_and_methods() -> None:
@@ -132,3 +133,34 @@ def test_tiny_run_of_the_other_methods_at_equal_bytes(tmp_path: Path) -> None:
         assert 0.5 < r["auc"] < 1, method
     assert res["cce"]["index_bytes"] > 0  # its clustered index is stored and counted
     assert res["mlet"]["rows"] > res["modulo"]["rows"]  # full height, a narrower width
+
+
+def test_select_keeps_the_plan_of_higher_validation_auc() -> None:
+    lhf = {"method": "lhf", "auc": 0.80, "val_auc": 0.79, "rows": 5}
+    freq = {"method": "lhf-freq", "auc": 0.81, "val_auc": 0.78, "rows": 6}
+    row = rare_ids._select([lhf, freq])
+    assert row["choice"] == "lhf" and row["auc"] == 0.80 and row["rows"] == 5
+    assert row["candidates"] == {
+        "lhf": {"val_auc": 0.79, "auc": 0.80},
+        "lhf-freq": {"val_auc": 0.78, "auc": 0.81},
+    }
+    assert rare_ids._select([lhf, dict(freq, val_auc=0.8)])["choice"] == "lhf-freq"
+    assert rare_ids._select([lhf, dict(freq, val_auc=0.79)])["choice"] == "lhf"  # a tie
+    assert rare_ids._select([lhf, {"method": "lhf-freq", "infeasible": "x"}]) == {"infeasible": "x"}
+
+
+def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
+    tmp_path: Path,
+) -> None:
+    argv = [
+        "--scale", "0.0001", "--num_samples", "20000", "--min_table_rows", "100",
+        "--batch_size", "512", "--fraction", "0.05", "--budget", "bytes",
+        "--methods", "lhf,lhf-select", "--out_dir", str(tmp_path), "--json",
+    ]  # fmt: skip
+    res = rare_ids.main(argv)["results"]
+    sel, cands = res["lhf-select"], res["lhf-select"]["candidates"]
+    assert cands["lhf"] == {"val_auc": res["lhf"]["val_auc"], "auc": res["lhf"]["auc"]}
+    best = max(cands, key=lambda m: (cands[m]["val_auc"], m == "lhf"))
+    assert sel["choice"] == best and sel["auc"] == cands[best]["auc"]
+    freq = HashPlan.load(tmp_path / "plan_lhf-freq.safetensors")
+    assert all(i["steps"] == 0 for i in freq.metadata["build_info"].values())

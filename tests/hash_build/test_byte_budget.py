@@ -320,3 +320,15 @@ def test_index_share_validation(kwargs: dict, match: str) -> None:
             index_share=kwargs["index_share"],
             out="o",
         )
+
+
+def test_frequency_only_build_has_no_head_to_cluster(tmp_path) -> None:
+    from torchrec_lhf.hash_build.config import FREQUENCY_ONLY_COUNT, BuildConfig
+
+    config = BuildConfig(teacher="t", fraction=0.1, out=tmp_path / "p.safetensors")
+    freq = config.frequency_only(tmp_path / "q.safetensors")
+    assert freq.head_min_count == FREQUENCY_ONLY_COUNT and freq.out == tmp_path / "q.safetensors"
+    assert freq.work_dir == tmp_path / "q.safetensors.work"
+    assert freq.head_tail().head(torch.tensor([0, 5, 10**12]), "t").sum() == 0
+    with pytest.raises(ValueError, match="needs tail_region 'fill' .* got tail_region='fixed'"):
+        BuildConfig(teacher="t", fraction=0.1, out="p", tail_region="fixed").frequency_only("q")

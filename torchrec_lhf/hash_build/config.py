@@ -6,6 +6,7 @@ build benchmark.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -22,6 +23,10 @@ from torchrec_lhf.hash_build.compose import COMPOSE_MODES
 from torchrec_lhf.hash_build.head_tail import ENCODINGS, ROW_ALLOCATIONS, TAIL_REGIONS, HeadTail
 from torchrec_lhf.hash_build.shrinkage import check_shrinkage
 from torchrec_lhf.plan import COMBINE_MODES
+
+FREQUENCY_ONLY_COUNT = 2**62
+"""A head count threshold above any access count: no id is clustered
+(:meth:`BuildConfig.frequency_only`)."""
 
 
 def parse_rows_per_table(text: str) -> dict[str, int]:
@@ -255,6 +260,30 @@ class BuildConfig:
             tail_region=self.tail_region,
             row_allocation=self.row_allocation,
             index_share=self.index_share,
+        )
+
+    def frequency_only(self, out: str | Path) -> BuildConfig:
+        """This build with no head to cluster, written to ``out``: each table's head region
+        goes to its most frequent ids seen in training, a row each (``tail_region="fill"``),
+        and the others are hashed into the tail region, as ``mch`` keeps its most frequent
+        ids. Where the teacher's values do not generalize (the Criteo head) it is the better
+        plan, where they do (MovieLens) far worse: ``apps.pipeline --head_select`` trains
+        both and keeps the better on validation (docs/RESULTS.md, "Choosing the head's
+        treatment on validation").
+
+        Raises:
+            ValueError: the build does not fill its head region (``tail_region`` is not
+                ``fill``, or its head is by mass or absent).
+        """
+        if self.tail_region != "fill" or not self.head_min_count:
+            raise ValueError(
+                "a frequency-only build fills the head region with the most frequent ids, "
+                f"which needs tail_region 'fill' and a head by head_min_count, got "
+                f"tail_region={self.tail_region!r}, head_min_count={self.head_min_count!r}, "
+                f"head_mass={self.head_mass!r}"
+            )
+        return dataclasses.replace(
+            self, head_min_count=FREQUENCY_ONLY_COUNT, out=Path(out), work_dir=None
         )
 
     def plan_options(self) -> dict[str, Any]:
