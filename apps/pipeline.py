@@ -48,7 +48,7 @@ from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
 from torchrec_lhf.data import DatasetUnavailableError, load_dataset
 from torchrec_lhf.hash_build.config import BuildConfig, parse_index_share
 from torchrec_lhf.hash_build.head_tail import ROW_ALLOCATIONS, TAIL_REGIONS, HeadTail
-from torchrec_lhf.report import plot_auc_vs_bytes
+from torchrec_lhf.report import plot_auc_vs_bytes, select_on_validation
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ class PipelineConfig:
     head_select: bool = False
     """Also build the plan with no head clustered (rows by frequency, the rest hashed:
     ``BuildConfig.frequency_only``), train both, and keep for ``lhf`` the one of higher
-    validation AUC (the test split is not looked at). Twice the learned hash's training;
+    validation AUC (the test split is not looked at; its row names it as ``choice``,
+    ``clustered`` or ``frequency``). Twice the learned hash's training;
     the clustered head wins where the teacher's values generalize (MovieLens), rows by
     frequency where they do not (the Criteo head: docs/RESULTS.md, "Choosing the head's
     treatment on validation")."""
@@ -292,28 +293,13 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
         release_memory()
         timings[f"train_{method}"] = time.perf_counter() - t0
         results[method] = _row(config, method, dataset, metrics, timings[f"train_{method}"])
-    if FREQUENCY in results:
-        results["lhf"] = select_head(results["lhf"], results.pop(FREQUENCY))
+    if FREQUENCY in results:  # --head_select
+        candidates = {"clustered": results["lhf"], "frequency": results.pop(FREQUENCY)}
+        results["lhf"] = dict(select_on_validation(candidates), method="lhf")
     rows = [results[m] for m in config.methods]
     if not dist.is_initialized() or dist.get_rank() == 0:
         _report(config, rows, timings, out)
     return rows
-
-
-def select_head(clustered: dict[str, Any], frequency: dict[str, Any]) -> dict[str, Any]:
-    """``--head_select``: the ``lhf`` row of the higher validation AUC (the clustered head's
-    on a tie), named ``lhf``, with ``head_choice`` (``clustered`` or ``frequency``) and both
-    candidates' validation and test AUC."""
-    pick = "frequency" if frequency["val_auc"] > clustered["val_auc"] else "clustered"
-    row = dict(frequency if pick == "frequency" else clustered, method="lhf")
-    row.update(
-        head_choice=pick,
-        candidates={
-            name: {"val_auc": r["val_auc"], "auc": r["auc"], "total_bytes": r["total_bytes"]}
-            for name, r in (("clustered", clustered), ("frequency", frequency))
-        },
-    )
-    return row
 
 
 def release_memory() -> None:

@@ -8,11 +8,12 @@ through the same loop on any number of ranks. While it trains its first epoch, e
 counts how often each id of each table is accessed in the training batches it sees (exact
 int64, summed over ranks with ``all_reduce``): the counts are those of one pass over the
 training split whatever ``--epochs`` is, so a threshold such as ``--head_min_count 10``
-means seen 10 times in the data, not 10 times over the teacher's epochs; at the end the tables are streamed to rank 0 one at a
-time whatever the sharding (none is copied where rank 0 holds all of it) and written with
-the counts as a :class:`~torchrec_lhf.hash_build.artifact.TeacherArtifact` (safetensors +
-JSON manifest, atomically, one table in memory: :func:`~torchrec_lhf.hash_build.artifact.
-write_teacher`) to ``--out``; at the MLPerf heights (204M ids) the fused tables, their
+means seen 10 times in the data, not 10 times over the teacher's epochs. At the end the
+tables are streamed to rank 0 one at a time whatever the sharding (none is copied where
+rank 0 holds all of it) and written with the counts as a
+:class:`~torchrec_lhf.hash_build.artifact.TeacherArtifact` (safetensors + JSON manifest,
+atomically, one table in memory: :func:`~torchrec_lhf.hash_build.artifact.write_teacher`)
+to ``--out``; at the MLPerf heights (204M ids) the fused tables, their
 optimizer state and the counts are all the teacher holds::
 
     python -m apps.teacher --dataset movielens-100k --epochs 2 --out runs/teacher
@@ -125,7 +126,7 @@ class IdCounter:
 
     Attributes:
         counts_T: int64 ``(T,)``, the tables' counts one after another.
-        samples: int64 ``(1,)``, samples seen.
+        samples: int64 ``(1,)``, samples counted.
     """
 
     def __init__(self, num_embeddings: list[int], device: torch.device) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import functools
 import json
 import platform
 import subprocess
@@ -90,16 +89,14 @@ def measure_one(args: argparse.Namespace) -> dict:
     dlrm, features, table_bytes = _model(args)
     if args.copy == "full":  # the first baseline: quantize a whole copy of the float model
         inference.embedding_tables = lambda model: []
-    if args.copy != "spill":  # both baselines: quantized and sharded tables held together
-        inference.shard_for_inference = functools.partial(
-            inference.shard_for_inference, spill=False
-        )
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     base = _status_gb("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # the high-water mark starts again from the resident set
     t0 = time.perf_counter()
-    inference.script_serving_model(dlrm, features, num_dense=3, dtype=args.dtype)
+    # both baselines hold the quantized and the sharded tables together (spill=False)
+    spill = args.copy == "spill"
+    inference.script_serving_model(dlrm, features, num_dense=3, dtype=args.dtype, spill=spill)
     seconds = time.perf_counter() - t0
     peak = _status_gb("VmHWM") - base
     return {
@@ -115,7 +112,7 @@ def measure_one(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> dict:
     """Each dtype and flow ``--repeats`` times, each in a fresh process (the cases
     interleaved, so that a drift of the machine touches all alike); per case the run of
-    median peak, every run's peak, and the ratios of the flows' medians."""
+    median peak, every run's peak and seconds, and the ratios of the flows' medians."""
     runs: dict[str, list[dict]] = {f"{d}/{c}": [] for d in DTYPES for c in COPIES}
     for _ in range(args.repeats):
         for dtype in DTYPES:
@@ -132,6 +129,7 @@ def run(args: argparse.Namespace) -> dict:
         results[key] = {
             **ordered[(len(ordered) - 1) // 2],  # the median run (the lower of two middles)
             "peaks_gb": [r["peak_above_start_gb"] for r in rs],
+            "seconds_runs": [r.get("seconds") for r in rs],
         }
 
     def ratios(a: str, b: str) -> dict[str, float]:

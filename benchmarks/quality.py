@@ -50,7 +50,8 @@ from benchmarks.quality_report import write_reports
 from torchrec_lhf._io import atomic_write_json
 from torchrec_lhf.cli import add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSmall
-from torchrec_lhf.hash_build.config import FREQUENCY_ONLY_COUNT, BuildConfig
+from torchrec_lhf.hash_build.config import BuildConfig
+from torchrec_lhf.report import select_on_validation
 
 logger = logging.getLogger(__name__)
 
@@ -188,35 +189,30 @@ def _plan(
     path = sweep.out / "plans" / f"{variant}_{_size_key(sweep)}{fraction:g}_s{seed}.safetensors"
     if not path.is_file():
         src = _teacher(sweep, seed, _teacher_dim(sweep, opts), opts.get("train_window", 1.0))
-        build_hash.run(
-            BuildConfig(
-                teacher=str(src),
-                fraction=fraction,
-                min_table_rows=max(
-                    sweep.min_table_rows, sweep.skip_rows if opts.get("skip") else 0
-                ),
-                num_hashes=opts.get("num_hashes", BuildConfig.num_hashes),
-                projection=opts.get("projection", BuildConfig.projection),
-                clustering_options=opts.get("clustering_options", {}),
-                budget=sweep.budget,
-                embedding_dim=dim,
-                head_min_count=(
-                    FREQUENCY_ONLY_COUNT
-                    if opts.get("frequency_only")
-                    else max(1, round(sweep.head_min_count * opts.get("head_min_count_scale", 1.0)))
-                )
-                if opts.get("rare_hash")
-                else 0,
-                tail_fraction=opts.get("tail_fraction", BuildConfig.tail_fraction),
-                tail_region=opts.get("tail_region", BuildConfig.tail_region),
-                row_allocation=opts.get("row_allocation", BuildConfig.row_allocation),
-                index_share=opts.get("index_share", BuildConfig.index_share),
-                value_shrinkage=opts.get("value_shrinkage", BuildConfig.value_shrinkage),
-                compose=opts.get("compose", BuildConfig.compose),
-                out=path,
-                restart=True,
+        config = BuildConfig(
+            teacher=str(src),
+            fraction=fraction,
+            min_table_rows=max(sweep.min_table_rows, sweep.skip_rows if opts.get("skip") else 0),
+            num_hashes=opts.get("num_hashes", BuildConfig.num_hashes),
+            projection=opts.get("projection", BuildConfig.projection),
+            clustering_options=opts.get("clustering_options", {}),
+            budget=sweep.budget,
+            embedding_dim=dim,
+            head_min_count=max(
+                1, round(sweep.head_min_count * opts.get("head_min_count_scale", 1.0))
             )
+            if opts.get("rare_hash")
+            else 0,
+            tail_fraction=opts.get("tail_fraction", BuildConfig.tail_fraction),
+            tail_region=opts.get("tail_region", BuildConfig.tail_region),
+            row_allocation=opts.get("row_allocation", BuildConfig.row_allocation),
+            index_share=opts.get("index_share", BuildConfig.index_share),
+            value_shrinkage=opts.get("value_shrinkage", BuildConfig.value_shrinkage),
+            compose=opts.get("compose", BuildConfig.compose),
+            out=path,
+            restart=True,
         )
+        build_hash.run(config.frequency_only(path) if opts.get("frequency_only") else config)
     return path
 
 
@@ -283,10 +279,9 @@ def run_one(sweep: SweepConfig, method: str, fraction: float, seed: int) -> dict
     Under ``--bytes`` a method that cannot fit the budget (:class:`BudgetTooSmall`, the
     same for every seed) gets a row with ``infeasible`` (the reason) and no metrics.
     """
-    if method in SELECTED:
-        return select_on_validation(
-            method, [run_one(sweep, m, fraction, seed) for m in SELECTED[method]]
-        )
+    if method in SELECTED:  # two runs (each its own), the one of higher validation AUC
+        runs = {m: run_one(sweep, m, fraction, seed) for m in SELECTED[method]}
+        return dict(select_on_validation(runs), method=method)
     key = "f" if method == "none" else _size_key(sweep)
     path = sweep.out / "runs" / f"{method}_{key}{fraction:g}_s{seed}.json"
     if path.is_file():
@@ -324,23 +319,6 @@ def run_one(sweep: SweepConfig, method: str, fraction: float, seed: int) -> dict
     )
     atomic_write_json(path, row)
     return row
-
-
-def select_on_validation(method: str, candidates: list[dict[str, Any]]) -> dict[str, Any]:
-    """The row of ``method`` (:data:`SELECTED`): the candidate run of higher validation AUC
-    (the first on a tie), renamed, with ``choice`` (its method) and every candidate's
-    validation and test AUC; infeasible if any candidate is."""
-    for row in candidates:
-        if "infeasible" in row:
-            return dict(row, method=method)
-    best = max(candidates, key=lambda r: r["val_auc"])  # NOTE: max keeps the first of ties
-    return dict(
-        best,
-        method=method,
-        choice=best["method"],
-        candidates={r["method"]: {"val_auc": r["val_auc"], "auc": r["auc"]} for r in candidates},
-        seconds=round(sum(r.get("seconds", 0.0) for r in candidates), 1),
-    )
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -78,7 +78,8 @@ from benchmarks.quality_methods import FIXED
 from torchrec_lhf.cli import add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BudgetTooSmall, byte_budget
 from torchrec_lhf.data.criteo_npy import MLPERF_NUM_EMBEDDINGS
-from torchrec_lhf.hash_build.config import FREQUENCY_ONLY_COUNT, BuildConfig
+from torchrec_lhf.hash_build.config import BuildConfig
+from torchrec_lhf.report import select_on_validation
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ def run(config: RareIdsConfig) -> dict:
 
     def result(method: str) -> dict:
         if method in SELECT:
-            return _select([result(m) | {"method": m} for m in SELECT[method]])
+            return select_on_validation({m: result(m) for m in SELECT[method]})
         if method not in trained:
             try:
                 cfg = _train_config(method, build, trains, out)
@@ -271,12 +272,14 @@ def _train_config(
             "lhf-fill-head3": {"head_min_count": 3},
             "lhf-fill-head3-shrink10": {"head_min_count": 3, "value_shrinkage": 10},
             "lhf-counts": {"row_allocation": "counts"},
-            "lhf-freq": {"head_min_count": FREQUENCY_ONLY_COUNT},  # nothing clustered
             "lhf-mlet": FIXED,
         }.get(method, {})
         if method == "lhf-mlet":  # MLET_WIDTH of the width, so 1 / MLET_WIDTH of the rows
             extra = {**extra, "fraction": build.fraction / MLET_WIDTH}
-        build_hash.run(dataclasses.replace(build, out=plan, work_dir=None, **extra))
+        config = dataclasses.replace(build, out=plan, work_dir=None, **extra)
+        if method == "lhf-freq":  # nothing clustered
+            config = config.frequency_only(plan)
+        build_hash.run(config)
         pipeline.release_memory()
         cfg = dataclasses.replace(trains["lhf"], learned_hash=str(plan))
         if method == "lhf-mlet":
@@ -308,21 +311,6 @@ def _result(m: dict) -> dict:
         "compression": full / m["total_bytes"],
         "compression_in_memory": full / (m["embedding_bytes"] + m["remap_bytes"]),
     }
-
-
-def _select(candidates: list[dict]) -> dict:
-    """The candidate of higher validation AUC (the first on a tie), with ``choice`` and
-    every candidate's validation and test AUC; infeasible if any candidate is."""
-    for c in candidates:
-        if "infeasible" in c:
-            return {"infeasible": c["infeasible"]}
-    best = max(candidates, key=lambda c: c["val_auc"])  # NOTE: max keeps the first of ties
-    row = {k: v for k, v in best.items() if k != "method"}
-    row["choice"] = best["method"]
-    row["candidates"] = {
-        c["method"]: {"val_auc": c["val_auc"], "auc": c["auc"]} for c in candidates
-    }
-    return row
 
 
 def _gap_closed(results: dict[str, dict]) -> None:

@@ -258,10 +258,10 @@ def shard_for_inference(
         weights: Any = get_table_to_weights_from_tbe(model)
         if spill:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lhf_export_")))
-            spill = _room_to_spill(weights, tmp)
-        if spill:
-            weights = _spill_weights(weights, tmp)
-            _release_tbe_weights(model)
+            spill = _room_to_spill(weights, tmp)  # NOTE: else kept in memory, as spill=False
+            if spill:
+                weights = _spill_weights(weights, tmp)
+                _release_tbe_weights(model)
         with _propagate_device():
             sharded, _ = shard_quant_model(
                 model,

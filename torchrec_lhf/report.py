@@ -4,12 +4,42 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from torchrec_lhf._io import atomic_write
 
 logger = logging.getLogger(__name__)
+
+
+def select_on_validation(candidates: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The result row of the candidate of highest ``val_auc`` (the first on a tie), chosen as
+    a hyperparameter is: the test split is not looked at.
+
+    Args:
+        candidates: name -> a trained run's row (with ``val_auc`` and ``auc``), or a row
+            with ``infeasible`` (the run could not be built).
+
+    Returns:
+        A copy of the chosen row with ``choice`` (its name) and ``candidates`` (name ->
+        ``val_auc`` and ``auc``); a copy of the first infeasible row where there is one.
+
+    Example::
+
+        >>> rows = {"a": {"val_auc": 0.70, "auc": 0.71}, "b": {"val_auc": 0.72, "auc": 0.69}}
+        >>> select_on_validation(rows)["choice"]
+        'b'
+    """
+    for row in candidates.values():
+        if "infeasible" in row:
+            return dict(row)
+    choice = max(candidates, key=lambda n: candidates[n]["val_auc"])  # NOTE: first of ties
+    return dict(
+        candidates[choice],
+        choice=choice,
+        candidates={n: {"val_auc": r["val_auc"], "auc": r["auc"]} for n, r in candidates.items()},
+    )
 
 
 def plot_auc_vs_bytes(summary: list[dict[str, Any]], path: str | Path, title: str) -> bool:

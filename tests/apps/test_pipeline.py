@@ -131,8 +131,8 @@ def test_head_select_trains_both_plans_and_keeps_the_better_on_validation(tmp_pa
     candidates = lhf["candidates"]
     assert set(candidates) == {"clustered", "frequency"}
     best = max(candidates, key=lambda k: (candidates[k]["val_auc"], k == "clustered"))
-    assert lhf["head_choice"] == best and lhf["auc"] == candidates[best]["auc"]
-    assert all(c["total_bytes"] <= 0.3 * 750 * 16 * 4 for c in candidates.values())
+    assert lhf["choice"] == best and lhf["auc"] == candidates[best]["auc"]
+    assert lhf["total_bytes"] <= 0.3 * 750 * 16 * 4
     # the clustered candidate is the plain run's learned hash, exactly
     plain = pipeline.main([*args, "--out_dir", str(tmp_path / "plain")])
     assert plain[0]["auc"] == candidates["clustered"]["auc"]
@@ -144,18 +144,3 @@ def test_head_select_trains_both_plans_and_keeps_the_better_on_validation(tmp_pa
         for name, f in (("frequency", "plan_frequency.safetensors"), ("clustered", "plan.safetensors"))
     }  # fmt: skip
     assert steps["frequency"] == 0 < steps["clustered"]
-
-
-@pytest.mark.parametrize(
-    "val, pick",
-    [((0.70, 0.71), "frequency"), ((0.72, 0.71), "clustered"), ((0.7, 0.7), "clustered")],
-)
-def test_select_head_keeps_the_higher_validation_auc(val: tuple, pick: str) -> None:
-    def row(method: str, v: float, auc: float) -> dict:
-        return {"method": method, "val_auc": v, "auc": auc, "total_bytes": 10, "rows": 3}
-
-    clustered, frequency = row("lhf", val[0], 0.81), row(pipeline.FREQUENCY, val[1], 0.79)
-    chosen = pipeline.select_head(clustered, frequency)
-    assert chosen["method"] == "lhf" and chosen["head_choice"] == pick
-    assert chosen["auc"] == (0.81 if pick == "clustered" else 0.79)
-    assert chosen["candidates"]["frequency"] == {"val_auc": val[1], "auc": 0.79, "total_bytes": 10}

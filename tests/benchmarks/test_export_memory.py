@@ -24,6 +24,7 @@ def test_tiny_run_reports_every_dtype_and_copy(model: str) -> None:
         assert f"{r['dtype']}/{r['copy']}" == key
         assert r["table_gb"] > 0 and r["seconds"] > 0 and r["peak_above_start_gb"] >= 0
         assert r["peaks_gb"] == [r["peak_above_start_gb"]]
+        assert r["seconds_runs"] == [r["seconds"]]
     for ratio in ("spill_over_shared_peak", "spill_over_full_peak", "shared_over_full_peak"):
         assert set(result[ratio]) == set(bench.DTYPES)
 
@@ -70,3 +71,20 @@ def test_bad_flags_are_named(flags: list[str], match: str, capsys) -> None:  # n
     with pytest.raises(SystemExit):
         bench.parse_args(flags)
     assert re.search(match, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("copy", bench.COPIES)
+def test_each_flow_reaches_the_export_as_it_says(copy: str, monkeypatch) -> None:  # noqa: ANN001
+    # only the current flow spills; the whole copy quantizes a copy of the float tables
+    from torchrec_lhf import inference
+
+    seen = {}
+
+    def fake_script(model, features, *, num_dense, dtype, spill):  # noqa: ANN001, ANN202
+        seen.update(spill=spill, shares=bool(inference.embedding_tables(model)))
+
+    monkeypatch.setattr(inference, "script_serving_model", fake_script)
+    monkeypatch.setattr(inference, "embedding_tables", inference.embedding_tables)
+    args = bench.parse_args(["--rows", "100", "--tables", "2", "--dim", "4", "--copy", copy])
+    bench.measure_one(args)
+    assert seen == {"spill": copy == "spill", "shares": copy != "full"}

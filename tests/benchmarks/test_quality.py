@@ -279,15 +279,3 @@ def test_select_keeps_the_variant_of_higher_validation_auc(tmp_path: Path) -> No
     # the frequency-only plan clusters nothing
     plan = HashPlan.load(tmp_path / "plans" / "lhf-headtail-noclust_b0.5_s0.safetensors")
     assert all(i["steps"] == 0 for i in plan.metadata["build_info"].values())
-
-
-def test_select_on_validation_by_hand() -> None:
-    a = {"method": "a", "val_auc": 0.7, "auc": 0.71, "seconds": 1.0}
-    b = {"method": "b", "val_auc": 0.8, "auc": 0.69, "seconds": 2.0}
-    row = quality.select_on_validation("sel", [a, b])
-    assert row["method"] == "sel" and row["choice"] == "b" and row["auc"] == 0.69
-    assert row["seconds"] == 3.0
-    tie = quality.select_on_validation("sel", [a, dict(b, val_auc=0.7)])
-    assert tie["choice"] == "a"
-    bad = quality.select_on_validation("sel", [a, {"method": "b", "infeasible": "too small"}])
-    assert bad == {"method": "sel", "infeasible": "too small"}

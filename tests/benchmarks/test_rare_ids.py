@@ -135,20 +135,6 @@ def test_tiny_run_of_the_other_methods_at_equal_bytes(tmp_path: Path) -> None:
     assert res["mlet"]["rows"] > res["modulo"]["rows"]  # full height, a narrower width
 
 
-def test_select_keeps_the_plan_of_higher_validation_auc() -> None:
-    lhf = {"method": "lhf", "auc": 0.80, "val_auc": 0.79, "rows": 5}
-    freq = {"method": "lhf-freq", "auc": 0.81, "val_auc": 0.78, "rows": 6}
-    row = rare_ids._select([lhf, freq])
-    assert row["choice"] == "lhf" and row["auc"] == 0.80 and row["rows"] == 5
-    assert row["candidates"] == {
-        "lhf": {"val_auc": 0.79, "auc": 0.80},
-        "lhf-freq": {"val_auc": 0.78, "auc": 0.81},
-    }
-    assert rare_ids._select([lhf, dict(freq, val_auc=0.8)])["choice"] == "lhf-freq"
-    assert rare_ids._select([lhf, dict(freq, val_auc=0.79)])["choice"] == "lhf"  # a tie
-    assert rare_ids._select([lhf, {"method": "lhf-freq", "infeasible": "x"}]) == {"infeasible": "x"}
-
-
 def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
     tmp_path: Path,
 ) -> None:

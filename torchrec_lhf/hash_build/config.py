@@ -108,9 +108,9 @@ class BuildConfig:
 
     head_min_count: int = 10
     """The head (the ids clustered) is the ids seen at least this often in one pass over the
-    training split (the teacher's counts, of its first epoch); the others are hashed (0: every id is clustered, the paper's build). The teacher memorizes
-    the labels of rare ids (:mod:`~torchrec_lhf.hash_build.head_tail`; docs/RESULTS.md,
-    "The rare-id regime")."""
+    training split (the teacher's counts, of its first epoch); the others are hashed (0:
+    every id is clustered, the paper's build). The teacher memorizes the labels of rare ids
+    (:mod:`~torchrec_lhf.hash_build.head_tail`; docs/RESULTS.md, "The rare-id regime")."""
 
     head_mass: float | None = None
     """Or the head is the most frequent ids covering this share of the training accesses."""
