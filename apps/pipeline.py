@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 METHODS = ("lhf", "modulo", "none")
 FREQUENCY = "lhf-frequency"
 """``--head_select``'s second learned-hash training (no head clustered), chosen from."""
+CANDIDATE_PREFIX = "lhf-"
+"""The trainings of the learned hash's other candidate plans are named ``lhf-<candidate>``
+(:func:`candidate_builds`; ``--head_select``'s is :data:`FREQUENCY`)."""
 FALLBACK_DATASET = "synthetic"
 
 
@@ -128,6 +131,14 @@ class PipelineConfig:
     the clustered head wins where the teacher's values generalize (MovieLens), rows by
     frequency where they do not (the Criteo head: docs/RESULTS.md, "Choosing the head's
     treatment on validation")."""
+    rows_select: bool = False
+    """Also build the plan with the byte budget's rows shared the other way (``counts`` if
+    ``row_allocation`` is ``size``, else ``size``), train both (with ``head_select``, all
+    four), and keep for ``lhf`` the one of higher validation AUC, as ``head_select`` does
+    (the candidate's ``choice`` ends in ``-counts`` or ``-size``). Needs ``--budget
+    bytes``. Rows by counts win where the tables differ in how their accesses spread
+    (MovieLens, the Criteo head), rows by size where they differ in how much their ids
+    matter (the scale case at 10%: docs/RESULTS.md, "Choosing the plan on validation")."""
     seed: int = 0
     """Seed of every stage."""
     out_dir: str = "runs/pipeline"
@@ -175,6 +186,23 @@ class PipelineConfig:
                 f"tail_region 'fill' and head_min_count > 0, got tail_region="
                 f"{self.tail_region!r}, head_min_count={self.head_min_count}"
             )
+        if self.rows_select:
+            if self.budget != "bytes":
+                raise ValueError(
+                    "rows_select compares two ways of sharing a byte budget's rows, which "
+                    f"needs budget 'bytes', got budget={self.budget!r}"
+                )
+            alt = other_allocation(self.row_allocation)
+            try:  # the other allocation's needs (counts: a filled head by counts)
+                HeadTail(
+                    min_count=self.head_min_count,
+                    tail_fraction=self.tail_fraction,
+                    tail_region=self.tail_region,
+                    row_allocation=alt,
+                    index_share=self.index_share,
+                )
+            except ValueError as e:
+                raise ValueError(f"rows_select also tries row_allocation={alt!r}: {e}") from e
 
 
 def _resolve_dataset(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
@@ -213,8 +241,9 @@ def stage_configs(
     config: PipelineConfig, dataset: str, options: dict[str, Any]
 ) -> tuple[teacher.TeacherConfig, BuildConfig, dict[str, TrainConfig]]:
     """The typed configs of the stages: teacher, hash build, one training per method (with
-    ``head_select``, also :data:`FREQUENCY`'s, on the frequency-only plan next to the
-    build's: ``build_config.frequency_only(out_dir / "plan_frequency.safetensors")``)."""
+    ``head_select`` or ``rows_select``, also one per other candidate plan of
+    :func:`candidate_builds`, named ``lhf-<candidate>``: :data:`FREQUENCY` for the
+    frequency-only plan, ``out_dir / "plan_frequency.safetensors"``)."""
     out = Path(config.out_dir)
     base = _train_config(config, dataset, options)
     teacher_config = teacher.TeacherConfig(
@@ -258,13 +287,46 @@ def stage_configs(
         },
         "none": {},
     }
-    if config.head_select and "lhf" in config.methods:
-        variants[FREQUENCY] = {"learned_hash": str(out / "plan_frequency.safetensors")}
+    extra = []
+    if "lhf" in config.methods:
+        for name, build in candidate_builds(config, build_config).items():
+            if build is not build_config:
+                extra.append(CANDIDATE_PREFIX + name)
+                variants[extra[-1]] = {"learned_hash": str(build.out)}
     trains = {
         m: dataclasses.replace(base, **variants[m], metrics_json=str(out / f"metrics_{m}.json"))
-        for m in (*config.methods, *([FREQUENCY] if FREQUENCY in variants else []))
+        for m in (*config.methods, *extra)
     }
     return teacher_config, build_config, trains
+
+
+def other_allocation(row_allocation: str) -> str:
+    """``rows_select``'s alternative to ``row_allocation``: ``counts`` for ``size`` and
+    ``size`` for ``counts``."""
+    return "counts" if row_allocation == "size" else "size"
+
+
+def candidate_builds(config: PipelineConfig, build_config: BuildConfig) -> dict[str, BuildConfig]:
+    """The learned hash's candidate plans, name -> build: ``clustered`` (``build_config``
+    itself, first, so that it wins ties); with ``rows_select`` also ``clustered-<other
+    allocation>``; with ``head_select`` each of those with no head clustered
+    (``frequency``, ``frequency-<other allocation>``), written next to the build's plan as
+    ``plan_<name>.safetensors``."""
+    folder = Path(build_config.out).parent
+    builds = {"clustered": build_config}
+    if config.rows_select:
+        alt = other_allocation(build_config.row_allocation)
+        builds[f"clustered-{alt}"] = dataclasses.replace(
+            build_config,
+            row_allocation=alt,
+            out=folder / f"plan_clustered-{alt}.safetensors",
+            work_dir=None,
+        )
+    if config.head_select:
+        for name, build in list(builds.items()):
+            freq = name.replace("clustered", "frequency")
+            builds[freq] = build.frequency_only(folder / f"plan_{freq}.safetensors")
+    return builds
 
 
 def run(config: PipelineConfig) -> list[dict[str, Any]]:
@@ -280,9 +342,8 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
         release_memory()
         timings["teacher"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        build_hash.run(build_config)
-        if FREQUENCY in trains:
-            build_hash.run(build_config.frequency_only(trains[FREQUENCY].learned_hash))
+        for build in candidate_builds(config, build_config).values():
+            build_hash.run(build)
         release_memory()
         timings["build_hash"] = time.perf_counter() - t0
 
@@ -293,8 +354,10 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
         release_memory()
         timings[f"train_{method}"] = time.perf_counter() - t0
         results[method] = _row(config, method, dataset, metrics, timings[f"train_{method}"])
-    if FREQUENCY in results:  # --head_select
-        candidates = {"clustered": results["lhf"], "frequency": results.pop(FREQUENCY)}
+    others = [m for m in results if m.startswith(CANDIDATE_PREFIX)]
+    if others:  # --head_select / --rows_select
+        candidates = {"clustered": results["lhf"]}
+        candidates.update({m[len(CANDIDATE_PREFIX) :]: results.pop(m) for m in others})
         results["lhf"] = dict(select_on_validation(candidates), method="lhf")
     rows = [results[m] for m in config.methods]
     if not dist.is_initialized() or dist.get_rank() == 0:

@@ -50,11 +50,14 @@ Methods:
   ``-tail0.85`` (``--tail_fraction``), ``lhf-headtail-head2x`` / ``-head0.5x`` (twice / half
   ``--head_min_count``); ``lhf-headtail-noclust``: the defaults with no id clustered
   (``BuildConfig.frequency_only``: every row but the tail's goes to the most frequent ids,
-  one each, as ``mch``'s do).
+  one each, as ``mch``'s do); ``lhf-headtail-counts-noclust``: both (rows shared by
+  counts, none clustered).
 
   Chosen on validation (:data:`SELECTED`): ``lhf-headtail-select`` trains ``lhf-headtail``
   and ``lhf-headtail-noclust`` (each its own run) and reports, per seed and size, the one of
-  higher validation AUC (``apps.pipeline --head_select``).
+  higher validation AUC (``apps.pipeline --head_select``); ``lhf-headtail-select4`` chooses
+  the same way among those two and ``lhf-headtail-counts`` and
+  ``lhf-headtail-counts-noclust`` (``apps.pipeline --head_select --rows_select``).
 """
 
 from __future__ import annotations
@@ -113,6 +116,12 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-headtail-head0.5x": {"rare_hash": True, **FIXED, "head_min_count_scale": 0.5},
     # no id clustered: every row but the tail's to the most frequent ids, one each
     "lhf-headtail-noclust": {"rare_hash": True, "frequency_only": True},
+    # both: rows shared by access counts, none clustered
+    "lhf-headtail-counts-noclust": {
+        "rare_hash": True,
+        "row_allocation": "counts",
+        "frequency_only": True,
+    },
     "lhf-h2-headtail": {"rare_hash": True, **FIXED, "num_hashes": 2},
     "lhf-compose": {"rare_hash": True, **FIXED, "num_hashes": 2, "compose": "residual"},
     "lhf-compose-paper": {"num_hashes": 2, "compose": "residual"},
@@ -128,11 +137,17 @@ CCE_VARIANTS: dict[str, dict[str, Any]] = {
     "cce-c2": {"cce_columns": 2},
 }
 """``--compression cce`` runs: the :class:`~apps.dlrm.config.TrainConfig` fields that differ."""
-SELECTED: dict[str, tuple[str, str]] = {
+SELECTED: dict[str, tuple[str, ...]] = {
     "lhf-headtail-select": ("lhf-headtail", "lhf-headtail-noclust"),
+    "lhf-headtail-select4": (
+        "lhf-headtail",
+        "lhf-headtail-noclust",
+        "lhf-headtail-counts",
+        "lhf-headtail-counts-noclust",
+    ),
 }
-"""Methods that train two variants and keep the one of higher validation AUC (the first on
-a tie), as ``apps.pipeline --head_select`` does."""
+"""Methods that train several variants and keep the one of higher validation AUC (the first
+on a tie), as ``apps.pipeline --head_select`` (and ``--rows_select``) does."""
 METHODS = (*BASELINES, *CCE_VARIANTS, *LHF_VARIANTS, *SELECTED, "mch")
 DEFAULT_METHODS = (*BASELINES, "mch", "cce", "lhf")
 DEFAULT_FRACTIONS = (0.5, 0.2, 0.1, 0.05, 0.01)

@@ -42,7 +42,9 @@ and "gap closed" is read at equal total bytes:
 * ``lhf-freq``: the default with no head clustered (``BuildConfig.frequency_only``: the
   head region's rows to the most frequent ids, one each); ``lhf-select``: ``lhf`` and
   ``lhf-freq`` both trained, the one of higher validation AUC kept (:data:`SELECT`, as
-  ``apps.pipeline --head_select``);
+  ``apps.pipeline --head_select``); ``lhf-counts-freq``: rows shared by counts, none
+  clustered; ``lhf-select4``: the one of higher validation AUC among ``lhf``, ``lhf-freq``,
+  ``lhf-counts`` and ``lhf-counts-freq`` (``--head_select --rows_select``);
 * ``lhf-mlet``: the plan at ``1 / MLET_WIDTH`` times the rows, trained as MLET at
   ``MLET_WIDTH`` of the width (about the same bytes);
 * the other methods, at the same size and budget: ``qr``, ``fbdh``, ``memrec``, ``mlet``,
@@ -117,13 +119,20 @@ METHODS = (
     "lhf-fill-head3-shrink10",
     "lhf-counts",
     "lhf-freq",
+    "lhf-counts-freq",
     "lhf-select",
+    "lhf-select4",
     *PEERS,
 )
 """The methods this benchmark trains (see the module docstring)."""
-SELECT = {"lhf-select": ("lhf", "lhf-freq")}
-"""Methods that train two plans and keep the one of higher validation AUC (the first on a
-tie), as ``apps.pipeline --head_select`` does: the default and the frequency-only plan."""
+SELECT = {
+    "lhf-select": ("lhf", "lhf-freq"),
+    "lhf-select4": ("lhf", "lhf-freq", "lhf-counts", "lhf-counts-freq"),
+}
+"""Methods that train several plans and keep the one of higher validation AUC (the first on
+a tie): ``lhf-select`` the default and the frequency-only plan, as ``apps.pipeline
+--head_select`` does; ``lhf-select4`` those with rows shared by the sizes and by the counts,
+as ``--head_select --rows_select`` does."""
 
 
 @dataclass(kw_only=True)
@@ -272,12 +281,13 @@ def _train_config(
             "lhf-fill-head3": {"head_min_count": 3},
             "lhf-fill-head3-shrink10": {"head_min_count": 3, "value_shrinkage": 10},
             "lhf-counts": {"row_allocation": "counts"},
+            "lhf-counts-freq": {"row_allocation": "counts"},
             "lhf-mlet": FIXED,
         }.get(method, {})
         if method == "lhf-mlet":  # MLET_WIDTH of the width, so 1 / MLET_WIDTH of the rows
             extra = {**extra, "fraction": build.fraction / MLET_WIDTH}
         config = dataclasses.replace(build, out=plan, work_dir=None, **extra)
-        if method == "lhf-freq":  # nothing clustered
+        if method in ("lhf-freq", "lhf-counts-freq"):  # nothing clustered
             config = config.frequency_only(plan)
         build_hash.run(config)
         pipeline.release_memory()

@@ -61,6 +61,11 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
             "head_select .* needs tail_region 'fill' and head_min_count > 0, got tail_region='fixed'",
         ),
         ({"head_select": True, "head_min_count": 0}, "head_select .* got .* head_min_count=0"),
+        ({"rows_select": True}, "rows_select .* needs budget 'bytes', got budget='total'"),
+        (
+            {"rows_select": True, "budget": "bytes", "tail_region": "fixed"},
+            "rows_select also tries row_allocation='counts': .* tail_region='fixed'",
+        ),
     ],
 )
 def test_config_validation(kwargs: dict, match: str) -> None:
@@ -119,12 +124,16 @@ def test_the_teacher_takes_the_pipelines_train_window(tmp_path) -> None:
     assert pipeline.stage_configs(config, "x", {})[0].train_window == 0.5
 
 
+SELECT_ARGS = [
+    "--dataset", "synthetic", "--dataset_options", TINY, "--fraction", "0.3",
+    "--min_table_rows", "0", "--teacher_epochs", "1", "--budget", "bytes",
+    "--head_min_count", "2",
+]  # fmt: skip
+"""A tiny pipeline at 30% of the bytes whose plans can be chosen on validation."""
+
+
 def test_head_select_trains_both_plans_and_keeps_the_better_on_validation(tmp_path) -> None:
-    args = [
-        "--dataset", "synthetic", "--dataset_options", TINY, "--fraction", "0.3",
-        "--min_table_rows", "0", "--teacher_epochs", "1", "--budget", "bytes",
-        "--head_min_count", "2", "--methods", "lhf,none",
-    ]  # fmt: skip
+    args = [*SELECT_ARGS, "--methods", "lhf,none"]
     rows = pipeline.main([*args, "--out_dir", str(tmp_path / "sel"), "--head_select"])
     assert [r["method"] for r in rows] == ["lhf", "none"]
     lhf = rows[0]
@@ -144,3 +153,29 @@ def test_head_select_trains_both_plans_and_keeps_the_better_on_validation(tmp_pa
         for name, f in (("frequency", "plan_frequency.safetensors"), ("clustered", "plan.safetensors"))
     }  # fmt: skip
     assert steps["frequency"] == 0 < steps["clustered"]
+
+
+def test_rows_select_with_head_select_trains_four_plans_and_keeps_the_best(tmp_path) -> None:
+    from torchrec_lhf import HashPlan
+
+    args = [*SELECT_ARGS, "--methods", "lhf"]
+    out = tmp_path / "sel"
+    (lhf,) = pipeline.main([*args, "--out_dir", str(out), "--head_select", "--rows_select"])
+    candidates = lhf["candidates"]
+    names = ["clustered", "clustered-counts", "frequency", "frequency-counts"]
+    assert list(candidates) == names
+    best = max(names, key=lambda k: candidates[k]["val_auc"])  # the first of ties
+    assert lhf["choice"] == best and lhf["auc"] == candidates[best]["auc"]
+    assert lhf["total_bytes"] <= 0.3 * 750 * 16 * 4
+    # each candidate's plan as its name says: its rows' allocation and its clustered head
+    for name in names:
+        plan = HashPlan.load(
+            out / ("plan.safetensors" if name == "clustered" else f"plan_{name}.safetensors")
+        )
+        assert plan.metadata.get("row_allocation", "size") == (
+            "counts" if name.endswith("counts") else "size"
+        )
+        steps = sum(i["steps"] for i in plan.metadata["build_info"].values())
+        assert (steps == 0) == name.startswith("frequency"), name
+    # the four were trained each on its own plan: not all the same model
+    assert len({c["auc"] for c in candidates.values()}) > 1

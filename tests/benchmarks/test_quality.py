@@ -279,3 +279,16 @@ def test_select_keeps_the_variant_of_higher_validation_auc(tmp_path: Path) -> No
     # the frequency-only plan clusters nothing
     plan = HashPlan.load(tmp_path / "plans" / "lhf-headtail-noclust_b0.5_s0.safetensors")
     assert all(i["steps"] == 0 for i in plan.metadata["build_info"].values())
+
+
+def test_counts_noclust_plan_shares_rows_by_counts_and_clusters_nothing(tmp_path: Path) -> None:
+    args = quality.parse_args(
+        [*TINY, "--bytes", "0.5", "--head_min_count", "3", "--out", str(tmp_path)]
+    )
+    meta = HashPlan.load(quality._plan(args, "lhf-headtail-counts-noclust", 0.5, 0)).metadata
+    assert meta["row_allocation"] == "counts"
+    assert all(i["steps"] == 0 for i in meta["build_info"].values())
+    # lhf-headtail-select4 chooses among the two head treatments under both allocations
+    assert set(quality.SELECTED["lhf-headtail-select4"]) == {
+        "lhf-headtail", "lhf-headtail-noclust", "lhf-headtail-counts", "lhf-headtail-counts-noclust"
+    }  # fmt: skip

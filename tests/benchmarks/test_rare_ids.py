@@ -141,7 +141,7 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
     argv = [
         "--scale", "0.0001", "--num_samples", "20000", "--min_table_rows", "100",
         "--batch_size", "512", "--fraction", "0.05", "--budget", "bytes",
-        "--methods", "lhf,lhf-select", "--out_dir", str(tmp_path), "--json",
+        "--methods", "lhf,lhf-select,lhf-select4", "--out_dir", str(tmp_path), "--json",
     ]  # fmt: skip
     res = rare_ids.main(argv)["results"]
     sel, cands = res["lhf-select"], res["lhf-select"]["candidates"]
@@ -150,3 +150,12 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
     assert sel["choice"] == best and sel["auc"] == cands[best]["auc"]
     freq = HashPlan.load(tmp_path / "plan_lhf-freq.safetensors")
     assert all(i["steps"] == 0 for i in freq.metadata["build_info"].values())
+    # four candidates: the two of lhf-select (trained once) and both with rows by counts
+    sel4, cands4 = res["lhf-select4"], res["lhf-select4"]["candidates"]
+    assert list(cands4) == ["lhf", "lhf-freq", "lhf-counts", "lhf-counts-freq"]
+    assert {m: cands4[m] for m in cands} == cands
+    best = max(cands4, key=lambda m: cands4[m]["val_auc"])  # the first of ties
+    assert sel4["choice"] == best and sel4["auc"] == cands4[best]["auc"]
+    both = HashPlan.load(tmp_path / "plan_lhf-counts-freq.safetensors").metadata
+    assert both["row_allocation"] == "counts"
+    assert all(i["steps"] == 0 for i in both["build_info"].values())
