@@ -135,7 +135,8 @@ class PipelineConfig:
     """Also build the plan with the byte budget's rows shared the other way (``counts`` if
     ``row_allocation`` is ``size``, else ``size``), train both (with ``head_select``, all
     four), and keep for ``lhf`` the one of higher validation AUC, as ``head_select`` does
-    (the candidate's ``choice`` ends in ``-counts`` or ``-size``). Needs ``--budget
+    (the candidate's ``choice`` ends in ``-counts`` or ``-size``; a candidate whose plan
+    equals an earlier one's is not trained again: :func:`same_plans`). Needs ``--budget
     bytes``. Rows by counts win where the tables differ in how their accesses spread
     (MovieLens, the Criteo head), rows by size where they differ in how much their ids
     matter (the scale case at 10%: docs/RESULTS.md, "Choosing the plan on validation")."""
@@ -346,9 +347,14 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
             build_hash.run(build)
         release_memory()
         timings["build_hash"] = time.perf_counter() - t0
+    same = same_plans(trains)
 
     results: dict[str, dict[str, Any]] = {}
     for method, train_config in trains.items():
+        if method in same:  # the plan of an earlier candidate: the same training
+            logger.info("%s: the same plan as %s, not trained again", method, same[method])
+            results[method] = dict(results[same[method]], method=method, same_plan=same[method])
+            continue
         t0 = time.perf_counter()
         metrics = train.run(train_config)
         release_memory()
@@ -363,6 +369,30 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
     if not dist.is_initialized() or dist.get_rank() == 0:
         _report(config, rows, timings, out)
     return rows
+
+
+def same_plans(trains: dict[str, TrainConfig]) -> dict[str, str]:
+    """The candidate trainings (``lhf-<candidate>``) whose plan equals an earlier one's
+    (:meth:`HashPlan.fingerprint`: the same mappings; the builds' options may differ, e.g.
+    a frequency-only plan where no table clusters its head anyway) and whose other settings
+    are the same: candidate -> the earlier training. Trainings are deterministic per seed,
+    so such a candidate's result is the earlier one's and is not trained again."""
+    from torchrec_lhf import HashPlan
+
+    seen: dict[str, str] = {}
+    same: dict[str, str] = {}
+    for method, train_config in trains.items():
+        if train_config.learned_hash is None or not (
+            method == "lhf" or method.startswith(CANDIDATE_PREFIX)
+        ):
+            continue
+        rest = dataclasses.replace(train_config, learned_hash=None, metrics_json=None)
+        fingerprint = f"{HashPlan.load(train_config.learned_hash).fingerprint()} {rest!r}"
+        if fingerprint in seen:
+            same[method] = seen[fingerprint]
+        else:
+            seen[fingerprint] = method
+    return same
 
 
 def release_memory() -> None:

@@ -77,6 +77,7 @@ from apps import build_hash, pipeline, teacher
 from apps.dlrm import train
 from apps.dlrm.config import TrainConfig
 from benchmarks.quality_methods import FIXED
+from torchrec_lhf import HashPlan
 from torchrec_lhf.cli import add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BudgetTooSmall, byte_budget
 from torchrec_lhf.data.criteo_npy import MLPERF_NUM_EMBEDDINGS
@@ -225,6 +226,7 @@ def run(config: RareIdsConfig) -> dict:
         )
         pipeline.release_memory()
     trained: dict[str, dict] = {}
+    plans: dict[str, str] = {}  # a training's plan fingerprint and settings -> its method
 
     def result(method: str) -> dict:
         if method in SELECT:
@@ -232,7 +234,11 @@ def run(config: RareIdsConfig) -> dict:
         if method not in trained:
             try:
                 cfg = _train_config(method, build, trains, out)
-                trained[method] = _result(train.run(cfg))
+                same = _same_plan(method, cfg, plans)
+                # an earlier method's plan: the same deterministic training
+                trained[method] = (
+                    dict(trained[same], same_plan=same) if same else _result(train.run(cfg))
+                )
             except BudgetTooSmall as e:  # e.g. the paper's dense remap above the budget
                 logger.warning("%s does not fit %g of the bytes: %s", method, config.fraction, e)
                 trained[method] = {"infeasible": str(e)}
@@ -246,6 +252,20 @@ def run(config: RareIdsConfig) -> dict:
         sizes = {f"t{i}": n for i, n in enumerate(heights)}
         report["budget_bytes"] = byte_budget(sizes, config.fraction, pipe.embedding_dim)
     return report
+
+
+def _same_plan(method: str, cfg: TrainConfig, plans: dict[str, str]) -> str | None:
+    """The method already trained as ``cfg`` is (the same settings and a plan of the same
+    mappings: :meth:`HashPlan.fingerprint`), else None, ``method`` then recorded in
+    ``plans`` (key -> method)."""
+    if cfg.learned_hash is None:
+        return None
+    rest = dataclasses.replace(cfg, learned_hash=None, metrics_json=None)
+    fingerprint = f"{HashPlan.load(cfg.learned_hash).fingerprint()} {rest!r}"
+    if fingerprint in plans:
+        return plans[fingerprint]
+    plans[fingerprint] = method
+    return None
 
 
 def _train_config(
