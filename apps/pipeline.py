@@ -25,8 +25,6 @@ Results: a table on stdout, ``results.json`` (``[{"method", "fraction", "rows", 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import dataclasses
 import gc
 import logging
@@ -43,6 +41,7 @@ from apps.dlrm import train
 from apps.dlrm.config import TrainConfig
 from apps.dlrm.runtime import distributed, setup_logging
 from torchrec_lhf._io import atomic_write, atomic_write_json
+from torchrec_lhf._memory import trim_heap
 from torchrec_lhf.cli import add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
 from torchrec_lhf.data import DatasetUnavailableError, load_dataset
@@ -400,8 +399,7 @@ def release_memory() -> None:
     model) and hand glibc's freed heap back to the system (``malloc_trim``), so that a
     later stage's peak RSS is its own rather than the sum of the stages'."""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim_heap()
 
 
 def _row(

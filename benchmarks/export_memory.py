@@ -11,7 +11,11 @@ tables' bytes. Three flows, in the same run:
 * ``spill`` (the current export, since 2026-12-01): the quantized copy shares the float
   tables, and its quantized tables are staged on disk and freed before TorchRec's sharding
   allocates tables of its own (``shard_for_inference(spill=True)``);
-* ``shared`` (the baseline of that change): the same without the staging, so quantized and
+* ``remap-copies`` (the baseline of the learned hashes' shared mappings, 2026-12-01): as
+  ``spill``, but each learned-hash remap copied three times on the way (the quantized
+  copy of the float model, the quantized collection, the sharded one) instead of once
+  (``logical_view.remap_tensors`` off; the same as ``spill`` for ``--model full``);
+* ``shared`` (the baseline of the spill): as ``spill`` without the staging, so quantized and
   sharded tables are in memory together (``spill=False``);
 * ``full`` (the export before 2026-11-30's last session): the float model copied whole before
   quantization, no staging.
@@ -35,7 +39,7 @@ import time
 
 import torch
 
-COPIES = ("spill", "shared", "full")
+COPIES = ("spill", "remap-copies", "shared", "full")
 """The flows measured (the module docstring); ``--copy`` names one."""
 DTYPES = ("fp32", "int8")
 
@@ -89,13 +93,17 @@ def measure_one(args: argparse.Namespace) -> dict:
     dlrm, features, table_bytes = _model(args)
     if args.copy == "full":  # the first baseline: quantize a whole copy of the float model
         inference.embedding_tables = lambda model: []
+    if args.copy == "remap-copies":  # every twin takes a copy of the remap's mappings
+        from torchrec_lhf.modules import logical_view
+
+        logical_view.remap_tensors = lambda source: {}
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     base = _status_gb("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # the high-water mark starts again from the resident set
     t0 = time.perf_counter()
     # both baselines hold the quantized and the sharded tables together (spill=False)
-    spill = args.copy == "spill"
+    spill = args.copy in ("spill", "remap-copies")
     inference.script_serving_model(dlrm, features, num_dense=3, dtype=args.dtype, spill=spill)
     seconds = time.perf_counter() - t0
     peak = _status_gb("VmHWM") - base
@@ -152,6 +160,7 @@ def run(args: argparse.Namespace) -> dict:
             "torch": torch.__version__,
         },
         "results": results,
+        "spill_over_remap_copies_peak": ratios("spill", "remap-copies"),
         "spill_over_shared_peak": ratios("spill", "shared"),
         "spill_over_full_peak": ratios("spill", "full"),
         "shared_over_full_peak": ratios("shared", "full"),

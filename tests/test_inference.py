@@ -161,12 +161,14 @@ def test_the_scripted_model_remaps_the_request_and_leaves_the_model_as_it_was(
 def test_the_serving_model_copies_the_tables_and_leaves_the_float_model(
     learned_hash: str | None,
 ) -> None:
-    """The quantized copy shares the float tables until quantization replaces them (the
-    export's peak): the float model's state is unchanged afterwards, and changing its tables
-    later does not change the served scores (the served model holds tables of its own)."""
+    """The quantized copy shares the float tables and remaps until quantization replaces
+    them (the export's peak): the float model's state is unchanged afterwards, and changing
+    its tables or its remap's mappings later does not change the served scores (the served
+    model holds tables and mappings of its own)."""
     plan = HashPlan.from_mappings({"t0": torch.arange(30) % 7}) if learned_hash else None
     dlrm = _dlrm(to_compact(plan, every=3) if plan is not None else None)
     before = {k: v.clone() for k, v in dlrm.state_dict().items()}
+    mappings = {k: v.clone() for k, v in dlrm.named_buffers()}
     batch = _batch()
     for dtype in ("fp32", "int8"):
         scripted = script_serving_model(dlrm, FEATURES, num_dense=3, dtype=dtype)
@@ -177,7 +179,12 @@ def test_the_serving_model_copies_the_tables_and_leaves_the_float_model(
         with torch.no_grad():
             for table in dlrm.parameters():
                 table.add_(1.0)
+            for mapping in dlrm.buffers():  # the remap's (every id to row 0)
+                mapping.zero_()
         torch.testing.assert_close(scripted(*batch), scores, atol=0, rtol=0)
+        with torch.no_grad():
+            for name, mapping in dlrm.named_buffers():
+                mapping.copy_(mappings[name])
         dlrm.load_state_dict(before)
 
 
@@ -252,5 +259,32 @@ def test_no_room_to_spill_warns_and_keeps_the_tables_in_memory(
         sharded = shard_for_inference(quantized, example_batch(2, 3))
     assert "has 10 bytes free, the quantized tables need" in caplog.text
     assert all(t.weights_host.untyped_storage().nbytes() for t in tables)  # not freed
+    batch = _batch()
+    torch.testing.assert_close(sharded(*batch), scoring(*batch), atol=1e-6, rtol=0)
+
+
+def test_the_sharded_serving_model_shares_the_quantized_remaps_mappings() -> None:
+    """An inference twin takes no copy of the remap's mappings (the export's peak): the
+    sharded collection's remap holds the quantized collection's tensors, on the same
+    device, and serves the same scores."""
+    from torchrec_lhf.modules import logical_view
+    from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection
+
+    plan = to_compact(HashPlan.from_mappings({"t0": torch.arange(30) % 7}), every=3)
+    scoring = ScoringModule(_dlrm(plan), FEATURES).eval()
+    quantized = quantize_for_inference(scoring, dtype="fp32")
+    (quant,) = [
+        m for m in quantized.modules() if isinstance(m, QuantLearnedHashEmbeddingBagCollection)
+    ]
+
+    def pointers(tensors) -> set[int]:  # noqa: ANN001
+        return {t.data_ptr() for t in tensors if t.numel()}
+
+    mappings = pointers(logical_view.remap_tensors(quant).values())
+    assert mappings  # the compact head's tables, the dense mapping's buffer
+    assert not pointers(scoring.buffers()) & mappings  # its own copy of the float model's
+    sharded = shard_for_inference(quantized, example_batch(2, 3))
+    (remap,) = [m.remap for m in sharded.modules() if hasattr(m, "remap") and m is not quant]
+    assert pointers((*remap.buffers(), *remap.parameters())) == mappings
     batch = _batch()
     torch.testing.assert_close(sharded(*batch), scoring(*batch), atol=1e-6, rtol=0)

@@ -25,14 +25,15 @@ def test_tiny_run_reports_every_dtype_and_copy(model: str) -> None:
         assert r["table_gb"] > 0 and r["seconds"] > 0 and r["peak_above_start_gb"] >= 0
         assert r["peaks_gb"] == [r["peak_above_start_gb"]]
         assert r["seconds_runs"] == [r["seconds"]]
-    for ratio in ("spill_over_shared_peak", "spill_over_full_peak", "shared_over_full_peak"):
+    ratios = ("spill_over_remap_copies_peak", "spill_over_shared_peak", "spill_over_full_peak")
+    for ratio in (*ratios, "shared_over_full_peak"):
         assert set(result[ratio]) == set(bench.DTYPES)
 
 
 def test_repeats_report_the_median_run(monkeypatch) -> None:  # noqa: ANN001
     # each case's processes report 3, 1 and 2 GB over its three repeats (times 2 for the whole
     # copy, times 0.5 for the spilled flow), so its median is 2 (4, 1)
-    scale = {"spill": 0.5, "shared": 1.0, "full": 2.0}
+    scale = {"spill": 0.5, "remap-copies": 0.625, "shared": 1.0, "full": 2.0}
     runs_of: dict[str, int] = {}
     order = []
 
@@ -57,6 +58,7 @@ def test_repeats_report_the_median_run(monkeypatch) -> None:  # noqa: ANN001
     assert result["shared_over_full_peak"] == {"fp32": 0.5, "int8": 0.5}
     assert result["spill_over_shared_peak"] == {"fp32": 0.5, "int8": 0.5}
     assert result["spill_over_full_peak"] == {"fp32": 0.25, "int8": 0.25}
+    assert result["spill_over_remap_copies_peak"] == {"fp32": 0.8, "int8": 0.8}
 
 
 @pytest.mark.parametrize(
@@ -75,16 +77,28 @@ def test_bad_flags_are_named(flags: list[str], match: str, capsys) -> None:  # n
 
 @pytest.mark.parametrize("copy", bench.COPIES)
 def test_each_flow_reaches_the_export_as_it_says(copy: str, monkeypatch) -> None:  # noqa: ANN001
-    # only the current flow spills; the whole copy quantizes a copy of the float tables
-    from torchrec_lhf import inference
+    # the current flow and the remap copies' spill; the whole copy quantizes a copy of the
+    # float tables; the remap copies' flow shares no mapping
+    from torchrec_lhf import LearnedHashEmbeddingBagCollection, inference
+    from torchrec_lhf.modules import logical_view
 
     seen = {}
 
     def fake_script(model, features, *, num_dense, dtype, spill):  # noqa: ANN001, ANN202
-        seen.update(spill=spill, shares=bool(inference.embedding_tables(model)))
+        (lhf,) = [m for m in model.modules() if isinstance(m, LearnedHashEmbeddingBagCollection)]
+        seen.update(
+            spill=spill,
+            shares=bool(inference.embedding_tables(model)),
+            shares_remap=bool(logical_view.remap_tensors(lhf)),
+        )
 
     monkeypatch.setattr(inference, "script_serving_model", fake_script)
     monkeypatch.setattr(inference, "embedding_tables", inference.embedding_tables)
-    args = bench.parse_args(["--rows", "100", "--tables", "2", "--dim", "4", "--copy", copy])
-    bench.measure_one(args)
-    assert seen == {"spill": copy == "spill", "shares": copy != "full"}
+    monkeypatch.setattr(logical_view, "remap_tensors", logical_view.remap_tensors)
+    argv = ["--rows", "100", "--tables", "2", "--dim", "4", "--model", "lhf", "--copy", copy]
+    bench.measure_one(bench.parse_args(argv))
+    assert seen == {
+        "spill": copy in ("spill", "remap-copies"),
+        "shares": copy != "full",
+        "shares_remap": copy != "remap-copies",
+    }

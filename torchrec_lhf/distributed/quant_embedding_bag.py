@@ -90,7 +90,10 @@ class ShardedQuantLearnedHashEmbeddingBagCollection(ShardedQuantEmbeddingBagColl
             fused_params,
             device=device,
         )
-        logical_view.copy_learned_hash_parts(module, self, device=logical_view.remap_device(device))
+        # NOTE: shared, not copied, on the same device: nothing changes an inference remap
+        logical_view.copy_learned_hash_parts(
+            module, self, device=logical_view.remap_device(device), share=True
+        )
         self.remap_in_kernel = _remap_in_kernel(self)
 
     # the logical tables (as the unsharded module's), bound from logical_view

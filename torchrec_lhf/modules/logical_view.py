@@ -38,8 +38,19 @@ def remap_device(device: torch.device | None) -> torch.device:
     return device if device is not None and device.type != "meta" else torch.device("cpu")
 
 
+def remap_tensors(source: nn.Module) -> dict[int, torch.Tensor]:
+    """The tensors of a learned-hash collection's ``remap`` and ``combine`` (its per-id
+    mappings, the bulk of them), by ``id``: a ``copy.deepcopy`` memo that shares them."""
+    parts = [m for m in (source.remap, source.combine) if m is not None]
+    return {id(t): t for m in parts for t in (*m.buffers(), *m.parameters())}
+
+
 def copy_learned_hash_parts(
-    source: nn.Module, target: nn.Module, *, device: torch.device | None = None
+    source: nn.Module,
+    target: nn.Module,
+    *,
+    device: torch.device | None = None,
+    share: bool = False,
 ) -> None:
     """Give ``target`` (a quantized or sharded twin) the learned-hash parts of ``source``.
 
@@ -49,8 +60,14 @@ def copy_learned_hash_parts(
             logical configs and plan fingerprint (as :func:`logical_configs` and
             :func:`plan_fingerprint` read them).
         device: where the copied remap and combine go; None keeps them where they are.
+        share: the copies' tensors are ``source``'s where ``device`` is theirs (new
+            modules, the same mappings: no bytes copied). For inference twins, whose
+            mappings nobody changes; a training twin takes copies, since ``cce`` rewrites
+            its mappings in place.
     """
-    remap, combine = copy.deepcopy(source.remap), copy.deepcopy(source.combine)
+    memo = remap_tensors(source) if share else {}
+    remap = copy.deepcopy(source.remap, dict(memo))
+    combine = copy.deepcopy(source.combine, dict(memo))
     target.remap = remap if device is None else remap.to(device)
     target.combine = combine if device is None or combine is None else combine.to(device)
     target._logical_configs = source.logical_configs()
