@@ -441,6 +441,12 @@ def _report(
             f"{r['logloss']:>8.4f}"
         )
     lines.append("* computable from the id (id mod m): a deployment need not store it")
+    for r in rows:
+        if "choice" in r:  # --head_select / --rows_select
+            cands = ", ".join(f"{name} {c['val_auc']:.4f}" for name, c in r["candidates"].items())
+            lines.append(
+                f"{r['method']}: the plan {r['choice']!r}, chosen on validation AUC ({cands})"
+            )
     lines.append(
         "stored bytes: tables + stored index + extras, what --budget bytes counts "
         f"(--budget {config.budget})"

@@ -155,13 +155,17 @@ def test_head_select_trains_both_plans_and_keeps_the_better_on_validation(tmp_pa
     assert steps["frequency"] == 0 < steps["clustered"]
 
 
-def test_rows_select_with_head_select_trains_four_plans_and_keeps_the_best(tmp_path) -> None:
+def test_rows_select_with_head_select_trains_four_plans_and_keeps_the_best(
+    tmp_path, capsys
+) -> None:
     from torchrec_lhf import HashPlan
 
     args = [*SELECT_ARGS, "--methods", "lhf"]
     out = tmp_path / "sel"
     (lhf,) = pipeline.main([*args, "--out_dir", str(out), "--head_select", "--rows_select"])
     candidates = lhf["candidates"]
+    printed = capsys.readouterr().out  # the report names the choice and the candidates
+    assert f"lhf: the plan {lhf['choice']!r}, chosen on validation AUC (clustered " in printed
     names = ["clustered", "clustered-counts", "frequency", "frequency-counts"]
     assert list(candidates) == names
     best = max(names, key=lambda k: candidates[k]["val_auc"])  # the first of ties
