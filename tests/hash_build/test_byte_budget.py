@@ -329,6 +329,9 @@ def test_frequency_only_build_has_no_head_to_cluster(tmp_path) -> None:
     freq = config.frequency_only(tmp_path / "q.safetensors")
     assert freq.head_min_count == FREQUENCY_ONLY_COUNT and freq.out == tmp_path / "q.safetensors"
     assert freq.work_dir == tmp_path / "q.safetensors.work"
+    # the plan's metadata says so, not only by a threshold no id reaches
+    assert freq.plan_options()["frequency_only"] is True
+    assert "frequency_only" not in config.plan_options()
     assert freq.head_tail().head(torch.tensor([0, 5, 10**12]), "t").sum() == 0
     with pytest.raises(ValueError, match="needs tail_region 'fill' .* got tail_region='fixed'"):
         BuildConfig(teacher="t", fraction=0.1, out="p", tail_region="fixed").frequency_only("q")

@@ -303,6 +303,8 @@ class BuildConfig:
             # NOTE: only when on, so that other builds keep their fingerprints
             **({"value_shrinkage": self.value_shrinkage} if self.value_shrinkage else {}),
             **({"compose": self.compose} if self.compose != "independent" else {}),
+            # NOTE: says what the threshold no id reaches means (only then: fingerprints)
+            **({"frequency_only": True} if self.head_min_count == FREQUENCY_ONLY_COUNT else {}),
             "clustering_options": self.clustering_options,
         }
 
