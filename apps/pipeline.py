@@ -43,7 +43,7 @@ from apps.dlrm.runtime import distributed, setup_logging
 from torchrec_lhf._io import atomic_write, atomic_write_json
 from torchrec_lhf._memory import trim_heap
 from torchrec_lhf.cli import add_config_flags, config_from_args
-from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
+from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSmall
 from torchrec_lhf.data import DatasetUnavailableError, load_dataset
 from torchrec_lhf.hash_build.config import BuildConfig, parse_index_share
 from torchrec_lhf.hash_build.head_tail import ROW_ALLOCATIONS, TAIL_REGIONS, HeadTail
@@ -135,8 +135,8 @@ class PipelineConfig:
     ``row_allocation`` is ``size``, else ``size``), train both (with ``head_select``, all
     four), and keep for ``lhf`` the one of higher validation AUC, as ``head_select`` does
     (the candidate's ``choice`` ends in ``-counts`` or ``-size``; a candidate whose plan
-    equals an earlier one's is not trained again: :func:`same_plans`). Needs ``--budget
-    bytes``. Rows by counts win where the tables differ in how their accesses spread
+    equals an earlier one's is not trained again: :func:`same_plans`; one that does not fit
+    the byte budget is left out, with a warning). Needs ``--budget bytes``. Rows by counts win where the tables differ in how their accesses spread
     (MovieLens, the Criteo head), rows by size where they differ in how much their ids
     matter (the scale case at 10%: docs/RESULTS.md, "Choosing the plan on validation")."""
     seed: int = 0
@@ -335,15 +335,24 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
     dataset, options = _resolve_dataset(config)
     teacher_config, build_config, trains = stage_configs(config, dataset, options)
     timings: dict[str, float] = {}
+    builds = candidate_builds(config, build_config) if "lhf" in config.methods else {}
+    unfit: dict[str, dict[str, str]] = {}  # candidate plans that do not fit the budget
 
-    if "lhf" in config.methods:
+    if builds:
         t0 = time.perf_counter()
         teacher.run(teacher_config)
         release_memory()
         timings["teacher"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        for build in candidate_builds(config, build_config).values():
-            build_hash.run(build)
+        for name, build in builds.items():
+            try:
+                build_hash.run(build)
+            except BudgetTooSmall as e:
+                if build is build_config:  # the learned hash itself: as without a choice
+                    raise
+                logger.warning("the candidate plan %r does not fit, left out: %s", name, e)
+                unfit[name] = {"infeasible": str(e)}
+                del trains[CANDIDATE_PREFIX + name]
         release_memory()
         timings["build_hash"] = time.perf_counter() - t0
     same = same_plans(trains)
@@ -359,10 +368,10 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
         release_memory()
         timings[f"train_{method}"] = time.perf_counter() - t0
         results[method] = _row(config, method, dataset, metrics, timings[f"train_{method}"])
-    others = [m for m in results if m.startswith(CANDIDATE_PREFIX)]
-    if others:  # --head_select / --rows_select
-        candidates = {"clustered": results["lhf"]}
-        candidates.update({m[len(CANDIDATE_PREFIX) :]: results.pop(m) for m in others})
+    if len(builds) > 1:  # --head_select / --rows_select
+        candidates = {"clustered": results["lhf"]}  # builds' first: the learned hash's own
+        for name in list(builds)[1:]:
+            candidates[name] = unfit.get(name) or results.pop(CANDIDATE_PREFIX + name)
         results["lhf"] = dict(select_on_validation(candidates), method="lhf")
     rows = [results[m] for m in config.methods]
     if not dist.is_initialized() or dist.get_rank() == 0:
@@ -443,7 +452,10 @@ def _report(
     lines.append("* computable from the id (id mod m): a deployment need not store it")
     for r in rows:
         if "choice" in r:  # --head_select / --rows_select
-            cands = ", ".join(f"{name} {c['val_auc']:.4f}" for name, c in r["candidates"].items())
+            cands = ", ".join(
+                f"{name} " + ("does not fit" if "infeasible" in c else f"{c['val_auc']:.4f}")
+                for name, c in r["candidates"].items()
+            )
             lines.append(
                 f"{r['method']}: the plan {r['choice']!r}, chosen on validation AUC ({cands})"
             )

@@ -26,6 +26,13 @@ def test_the_higher_validation_auc_is_kept_the_first_on_a_tie(vals: tuple, choic
     assert "choice" not in a and "choice" not in b  # the candidates are not changed
 
 
-def test_an_infeasible_candidate_makes_the_selection_infeasible() -> None:
+def test_candidates_that_do_not_fit_are_left_out_of_the_choice() -> None:
     bad = {"method": "b", "infeasible": "too small"}
-    assert select_on_validation({"a": _row(0.9, 0.9), "b": bad}) == bad
+    row = select_on_validation({"a": _row(0.7, 0.8), "b": bad, "c": _row(0.6, 0.9)})
+    assert row["choice"] == "a" and row["auc"] == 0.8
+    assert row["candidates"]["b"] == {"infeasible": "too small"}
+    # the first candidate does not fit: the others are still chosen from
+    assert select_on_validation({"b": bad, "c": _row(0.6, 0.9)})["choice"] == "c"
+    # none fits: the first one's row, as it is
+    worse = {"method": "d", "infeasible": "smaller still"}
+    assert select_on_validation({"b": bad, "d": worse}) == bad

@@ -14,16 +14,18 @@ logger = logging.getLogger(__name__)
 
 
 def select_on_validation(candidates: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The result row of the candidate of highest ``val_auc`` (the first on a tie), chosen as
-    a hyperparameter is: the test split is not looked at.
+    """The result row of the candidate of highest ``val_auc`` (the first on a tie) among
+    those that fit, chosen as a hyperparameter is: the test split is not looked at.
 
     Args:
         candidates: name -> a trained run's row (with ``val_auc`` and ``auc``), or a row
-            with ``infeasible`` (the run could not be built).
+            with ``infeasible`` (the run could not be built, e.g. its plan does not fit a
+            byte budget).
 
     Returns:
         A copy of the chosen row with ``choice`` (its name) and ``candidates`` (name ->
-        ``val_auc`` and ``auc``); a copy of the first infeasible row where there is one.
+        ``val_auc`` and ``auc``, or ``infeasible``); a copy of the first row where none
+        fits.
 
     Example::
 
@@ -31,14 +33,19 @@ def select_on_validation(candidates: Mapping[str, Mapping[str, Any]]) -> dict[st
         >>> select_on_validation(rows)["choice"]
         'b'
     """
-    for row in candidates.values():
-        if "infeasible" in row:
-            return dict(row)
-    choice = max(candidates, key=lambda n: candidates[n]["val_auc"])  # NOTE: first of ties
+    fit = [n for n, row in candidates.items() if "infeasible" not in row]
+    if not fit:
+        return dict(next(iter(candidates.values())))
+    choice = max(fit, key=lambda n: candidates[n]["val_auc"])  # NOTE: first of ties
     return dict(
         candidates[choice],
         choice=choice,
-        candidates={n: {"val_auc": r["val_auc"], "auc": r["auc"]} for n, r in candidates.items()},
+        candidates={
+            n: {"infeasible": r["infeasible"]}
+            if "infeasible" in r
+            else {"val_auc": r["val_auc"], "auc": r["auc"]}
+            for n, r in candidates.items()
+        },
     )
 
 

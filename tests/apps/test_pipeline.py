@@ -230,3 +230,35 @@ def test_a_candidate_with_an_earlier_candidates_plan_is_not_trained_again(
     assert trained == [str(tmp_path / "plan.safetensors")]
     assert lhf["candidates"]["frequency"] == lhf["candidates"]["clustered"]
     assert lhf["choice"] == "clustered"  # the first of the tie
+
+
+def test_a_candidate_plan_that_does_not_fit_is_left_out_of_the_choice(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from torchrec_lhf.compression.budget import BudgetTooSmall
+
+    build = pipeline.build_hash.run
+
+    def frequency_too_big(config):  # the frequency-only plan does not fit
+        if config.out.name == "plan_frequency.safetensors":
+            raise BudgetTooSmall("a byte budget of 1 byte is below the 2 bytes ...")
+        return build(config)
+
+    monkeypatch.setattr(pipeline.build_hash, "run", frequency_too_big)
+    args = [*SELECT_ARGS, "--methods", "lhf", "--head_select", "--out_dir", str(tmp_path)]
+    (lhf,) = pipeline.main(args)
+    assert lhf["choice"] == "clustered"
+    assert lhf["candidates"]["frequency"] == {
+        "infeasible": "a byte budget of 1 byte is below the 2 bytes ..."
+    }
+    assert (
+        "lhf: the plan 'clustered', chosen on validation AUC (clustered " in capsys.readouterr().out
+    )
+
+    # the learned hash's own plan not fitting fails the run, as without --head_select
+    def nothing_fits(config):
+        raise BudgetTooSmall(f"{config.out.name} does not fit")
+
+    monkeypatch.setattr(pipeline.build_hash, "run", nothing_fits)
+    with pytest.raises(BudgetTooSmall, match="plan.safetensors does not fit"):
+        pipeline.main([*args[:-1], str(tmp_path / "again")])
