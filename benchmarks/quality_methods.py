@@ -57,7 +57,10 @@ Methods:
   and ``lhf-headtail-noclust`` (each its own run) and reports, per seed and size, the one of
   higher validation AUC (``apps.pipeline --head_select``); ``lhf-headtail-select4`` chooses
   the same way among those two and ``lhf-headtail-counts`` and
-  ``lhf-headtail-counts-noclust`` (``apps.pipeline --head_select --rows_select``).
+  ``lhf-headtail-counts-noclust`` (``apps.pipeline --head_select --rows_select``);
+  ``lhf-headtail-select6`` among those four and the two learned hashes trained as MLET,
+  ``lhf-headtail-mlet`` and ``lhf-headtail-counts-mlet`` (the latter with rows by counts;
+  not in the pipeline).
 """
 
 from __future__ import annotations
@@ -127,6 +130,7 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-compose-paper": {"num_hashes": 2, "compose": "residual"},
     "lhf-mlet": {"mlet": True},
     "lhf-headtail-mlet": {"rare_hash": True, "mlet": True},
+    "lhf-headtail-counts-mlet": {"rare_hash": True, "mlet": True, "row_allocation": "counts"},
     "lhf-t16": {"teacher_dim": "model"},
     "lhf-init": {"teacher_dim": "model", "init": True},
 }
@@ -144,6 +148,14 @@ SELECTED: dict[str, tuple[str, ...]] = {
         "lhf-headtail-noclust",
         "lhf-headtail-counts",
         "lhf-headtail-counts-noclust",
+    ),
+    "lhf-headtail-select6": (
+        "lhf-headtail",
+        "lhf-headtail-noclust",
+        "lhf-headtail-counts",
+        "lhf-headtail-counts-noclust",
+        "lhf-headtail-mlet",
+        "lhf-headtail-counts-mlet",
     ),
 }
 """Methods that train several variants and keep the one of higher validation AUC (the first

@@ -292,3 +292,18 @@ def test_counts_noclust_plan_shares_rows_by_counts_and_clusters_nothing(tmp_path
     assert set(quality.SELECTED["lhf-headtail-select4"]) == {
         "lhf-headtail", "lhf-headtail-noclust", "lhf-headtail-counts", "lhf-headtail-counts-noclust"
     }  # fmt: skip
+
+
+def test_counts_mlet_plan_shares_the_bytes_left_at_the_mlet_width_by_counts(tmp_path: Path) -> None:
+    args = quality.parse_args(
+        [*TINY, "--bytes", "0.25", "--head_min_count", "3", "--out", str(tmp_path)]
+    )
+    config = quality.run_config(args, "lhf-headtail-counts-mlet", 0.25, 0)
+    width = quality.mlet_width(0.25, 4)  # the sqrt split's: 2 of 4
+    assert width == 2 and config.mlet_fraction == width / 4
+    meta = HashPlan.load(config.learned_hash).metadata
+    assert meta["row_allocation"] == "counts" and meta["embedding_dim"] == width
+    assert meta["fraction"] == 0.25 * 4 / width  # the bytes' share at that width
+    assert set(quality.SELECTED["lhf-headtail-select4"]) < set(
+        quality.SELECTED["lhf-headtail-select6"]
+    )
