@@ -49,7 +49,7 @@ from benchmarks.quality_methods import (
 from benchmarks.quality_report import write_reports
 from torchrec_lhf._io import atomic_write_json
 from torchrec_lhf.cli import add_config_flags, config_from_args
-from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSmall
+from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSmall, mlet_width
 from torchrec_lhf.hash_build.config import BuildConfig
 from torchrec_lhf.report import select_on_validation
 
@@ -253,19 +253,6 @@ def run_config(sweep: SweepConfig, method: str, fraction: float, seed: int) -> T
         min_table_rows=sweep.min_table_rows,
         **extra,
     )
-
-
-def mlet_width(fraction: float, embedding_dim: int) -> int:
-    """The width of a learned hash trained as MLET at ``fraction`` of the bytes: the sqrt
-    split's, ``floor(sqrt(fraction) * D)`` (at least 1). The plan's rows then take what
-    the budget leaves at that width, its remap counted.
-
-    Example::
-
-        >>> mlet_width(0.1, 16), mlet_width(0.2, 16), mlet_width(0.01, 16)
-        (5, 7, 1)
-    """
-    return max(1, int(fraction**0.5 * embedding_dim))
 
 
 def _size_key(sweep: SweepConfig) -> str:

@@ -165,4 +165,4 @@ DEFAULT_METHODS = (*BASELINES, "mch", "cce", "lhf")
 DEFAULT_FRACTIONS = (0.5, 0.2, 0.1, 0.05, 0.01)
 NOT_BYTE_FITTED: tuple[str, ...] = ()
 """Variants ``--bytes`` does not fit (none: the MLET variants take the sqrt split's width
-and fit their rows, :func:`benchmarks.quality.mlet_width`)."""
+and fit their rows, :func:`torchrec_lhf.compression.budget.mlet_width`)."""

@@ -45,6 +45,9 @@ and "gap closed" is read at equal total bytes:
   ``apps.pipeline --head_select``); ``lhf-counts-freq``: rows shared by counts, none
   clustered; ``lhf-select4``: the one of higher validation AUC among ``lhf``, ``lhf-freq``,
   ``lhf-counts`` and ``lhf-counts-freq`` (``--head_select --rows_select``);
+  ``lhf-sqrt-mlet`` / ``lhf-counts-sqrt-mlet``: the default / ``lhf-counts`` trained as MLET
+  at the sqrt split's width (:data:`SQRT_MLET`); ``lhf-select6``: the one of higher
+  validation AUC among those six;
 * ``lhf-mlet``: the plan at ``1 / MLET_WIDTH`` times the rows, trained as MLET at
   ``MLET_WIDTH`` of the width (about the same bytes);
 * the other methods, at the same size and budget: ``qr``, ``fbdh``, ``memrec``, ``mlet``,
@@ -79,7 +82,7 @@ from apps.dlrm.config import TrainConfig
 from benchmarks.quality_methods import FIXED
 from torchrec_lhf import HashPlan
 from torchrec_lhf.cli import add_config_flags, config_from_args
-from torchrec_lhf.compression.budget import BudgetTooSmall, byte_budget
+from torchrec_lhf.compression.budget import BudgetTooSmall, byte_budget, mlet_width
 from torchrec_lhf.data.criteo_npy import MLPERF_NUM_EMBEDDINGS
 from torchrec_lhf.hash_build.config import BuildConfig
 from torchrec_lhf.report import select_on_validation
@@ -89,6 +92,10 @@ logger = logging.getLogger(__name__)
 PEERS = ("qr", "fbdh", "memrec", "mlet", "cce", "mch")
 """The other compression methods (``--compression``), fitted to the same budget as the
 hashing trick (the app's own fitting: ``mlet`` by its width, ``cce`` with its defaults)."""
+SQRT_MLET = ("lhf-sqrt-mlet", "lhf-counts-sqrt-mlet")
+"""Learned plans trained as MLET at the sqrt split's width (the sweep's ``lhf-headtail-mlet``
+and ``lhf-headtail-counts-mlet``): under ``--budget bytes`` the width
+:func:`~torchrec_lhf.compression.budget.mlet_width`, the rows fitted to the bytes left."""
 MLET_WIDTH = 0.25
 """``lhf-mlet``: the share of the width its tables keep (dim 4 of 16), trained as MLET."""
 METHODS = (
@@ -121,19 +128,30 @@ METHODS = (
     "lhf-counts",
     "lhf-freq",
     "lhf-counts-freq",
+    "lhf-sqrt-mlet",
+    "lhf-counts-sqrt-mlet",
     "lhf-select",
     "lhf-select4",
+    "lhf-select6",
     *PEERS,
 )
 """The methods this benchmark trains (see the module docstring)."""
 SELECT = {
     "lhf-select": ("lhf", "lhf-freq"),
     "lhf-select4": ("lhf", "lhf-freq", "lhf-counts", "lhf-counts-freq"),
+    "lhf-select6": (
+        "lhf",
+        "lhf-freq",
+        "lhf-counts",
+        "lhf-counts-freq",
+        "lhf-sqrt-mlet",
+        "lhf-counts-sqrt-mlet",
+    ),
 }
 """Methods that train several plans and keep the one of higher validation AUC (the first on
 a tie): ``lhf-select`` the default and the frequency-only plan, as ``apps.pipeline
 --head_select`` does; ``lhf-select4`` those with rows shared by the sizes and by the counts,
-as ``--head_select --rows_select`` does."""
+as ``--head_select --rows_select`` does; ``lhf-select6`` those and :data:`SQRT_MLET`."""
 
 
 @dataclass(kw_only=True)
@@ -302,10 +320,20 @@ def _train_config(
             "lhf-fill-head3-shrink10": {"head_min_count": 3, "value_shrinkage": 10},
             "lhf-counts": {"row_allocation": "counts"},
             "lhf-counts-freq": {"row_allocation": "counts"},
+            "lhf-counts-sqrt-mlet": {"row_allocation": "counts"},
             "lhf-mlet": FIXED,
         }.get(method, {})
         if method == "lhf-mlet":  # MLET_WIDTH of the width, so 1 / MLET_WIDTH of the rows
             extra = {**extra, "fraction": build.fraction / MLET_WIDTH}
+        side = None  # the share of the width the tables keep, when trained as MLET
+        if method in SQRT_MLET:  # the sqrt split's width, the rows fitted to the bytes left
+            dim, side = build.embedding_dim, build.fraction**0.5
+            if build.budget == "bytes":
+                width = mlet_width(build.fraction, dim)
+                extra = {**extra, "fraction": round(build.fraction * dim / width, 6)}
+                extra["embedding_dim"], side = width, width / dim
+            else:
+                extra = {**extra, "fraction": round(side, 6)}
         config = dataclasses.replace(build, out=plan, work_dir=None, **extra)
         if method in ("lhf-freq", "lhf-counts-freq"):  # nothing clustered
             config = config.frequency_only(plan)
@@ -313,7 +341,9 @@ def _train_config(
         pipeline.release_memory()
         cfg = dataclasses.replace(trains["lhf"], learned_hash=str(plan))
         if method == "lhf-mlet":
-            cfg = dataclasses.replace(cfg, mlet_fraction=MLET_WIDTH, dense_arch_layer_sizes=None)
+            side = MLET_WIDTH
+        if side is not None:
+            cfg = dataclasses.replace(cfg, mlet_fraction=side, dense_arch_layer_sizes=None)
     elif method in PEERS:  # the hashing trick's size and budget, another method
         # mlet shrinks the width: the dense arch is re-derived for its dim
         extra = {"dense_arch_layer_sizes": None} if method == "mlet" else {}

@@ -62,6 +62,7 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
         ),
         ({"head_select": True, "head_min_count": 0}, "head_select .* got .* head_min_count=0"),
         ({"rows_select": True}, "rows_select .* needs budget 'bytes', got budget='total'"),
+        ({"width_select": True}, "width_select .* needs budget 'bytes', got budget='total'"),
         (
             {"rows_select": True, "budget": "bytes", "tail_region": "fixed"},
             "rows_select also tries row_allocation='counts': .* tail_region='fixed'",
@@ -262,3 +263,27 @@ def test_a_candidate_plan_that_does_not_fit_is_left_out_of_the_choice(
     monkeypatch.setattr(pipeline.build_hash, "run", nothing_fits)
     with pytest.raises(BudgetTooSmall, match="plan.safetensors does not fit"):
         pipeline.main([*args[:-1], str(tmp_path / "again")])
+
+
+def test_width_select_trains_the_clustered_plans_at_the_mlet_width_too(tmp_path) -> None:
+    from torchrec_lhf import HashPlan
+    from torchrec_lhf.compression.budget import mlet_width
+
+    args = [*SELECT_ARGS, "--methods", "lhf", "--out_dir", str(tmp_path)]
+    (lhf,) = pipeline.main([*args, "--head_select", "--rows_select", "--width_select"])
+    names = [
+        "clustered", "clustered-counts", "frequency", "frequency-counts",
+        "clustered-mlet", "clustered-counts-mlet",
+    ]  # fmt: skip
+    assert list(lhf["candidates"]) == names
+    best = max(names, key=lambda k: lhf["candidates"][k]["val_auc"])  # the first of ties
+    assert lhf["choice"] == best and lhf["total_bytes"] <= 0.3 * 750 * 16 * 4
+    width = mlet_width(0.3, 16)  # 8 of 16
+    for name in ("clustered-mlet", "clustered-counts-mlet"):
+        meta = HashPlan.load(tmp_path / f"plan_{name}.safetensors").metadata
+        assert meta["embedding_dim"] == width and meta["fraction"] == 0.3 * 16 / width
+        assert meta.get("row_allocation", "size") == ("counts" if "counts" in name else "size")
+        # trained as MLET at that width: the run's tables are that narrow, within the bytes
+        metrics = json.loads((tmp_path / f"metrics_lhf-{name}.json").read_text())
+        assert metrics["total_bytes"] <= 0.3 * 750 * 16 * 4
+        assert metrics["embedding_bytes"] == metrics["rows"] * width * 4

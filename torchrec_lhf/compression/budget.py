@@ -294,6 +294,19 @@ def width_for_bytes(fraction: float, embedding_dim: int) -> int:
     return d
 
 
+def mlet_width(fraction: float, embedding_dim: int) -> int:
+    """The width of a learned hash trained as MLET at ``fraction`` of the bytes: the sqrt
+    split's, ``floor(sqrt(fraction) * D)`` (at least 1). The plan's rows then take what
+    the budget leaves at that width, its remap counted.
+
+    Example::
+
+        >>> mlet_width(0.1, 16), mlet_width(0.2, 16), mlet_width(0.01, 16)
+        (5, 7, 1)
+    """
+    return max(1, int(fraction**0.5 * embedding_dim))
+
+
 def lowest_fraction(sizes: Mapping[str, int]) -> float:
     """A row fraction small enough that every table gets its fewest rows
     (``round(f * N_t) == 0``), and fine enough as the bisection's step."""
