@@ -52,13 +52,11 @@ from torchrec_lhf.report import plot_auc_vs_bytes, select_on_validation
 logger = logging.getLogger(__name__)
 
 METHODS = ("lhf", "modulo", "none")
-FREQUENCY = "lhf-frequency"
-"""``--head_select``'s second learned-hash training (no head clustered), chosen from."""
 MLET_SUFFIX = "-mlet"
 """``width_select``'s candidates: trained as MLET at the plan's narrower width."""
 CANDIDATE_PREFIX = "lhf-"
 """The trainings of the learned hash's other candidate plans are named ``lhf-<candidate>``
-(:func:`candidate_builds`; ``--head_select``'s is :data:`FREQUENCY`)."""
+(:func:`candidate_builds`; ``--head_select``'s is ``lhf-frequency``)."""
 FALLBACK_DATASET = "synthetic"
 
 
@@ -138,9 +136,10 @@ class PipelineConfig:
     four), and keep for ``lhf`` the one of higher validation AUC, as ``head_select`` does
     (the candidate's ``choice`` ends in ``-counts`` or ``-size``; a candidate whose plan
     equals an earlier one's is not trained again: :func:`same_plans`; one that does not fit
-    the byte budget is left out, with a warning). Needs ``--budget bytes``. Rows by counts win where the tables differ in how their accesses spread
-    (MovieLens, the Criteo head), rows by size where they differ in how much their ids
-    matter (the scale case at 10%: docs/RESULTS.md, "Choosing the plan on validation")."""
+    the byte budget is left out, with a warning). Needs ``--budget bytes``. Rows by counts
+    win where the tables differ in how their accesses spread (MovieLens, the Criteo head),
+    rows by size where they differ in how much their ids matter (the scale case at 10%:
+    docs/RESULTS.md, "Choosing the plan on validation")."""
     width_select: bool = False
     """Also train the clustered plans (``clustered`` and, with ``rows_select``,
     ``clustered-<other allocation>``) as MLET at the sqrt split's width
@@ -256,8 +255,8 @@ def stage_configs(
     config: PipelineConfig, dataset: str, options: dict[str, Any]
 ) -> tuple[teacher.TeacherConfig, BuildConfig, dict[str, TrainConfig]]:
     """The typed configs of the stages: teacher, hash build, one training per method (with
-    ``head_select`` or ``rows_select``, also one per other candidate plan of
-    :func:`candidate_builds`, named ``lhf-<candidate>``: :data:`FREQUENCY` for the
+    ``head_select``, ``rows_select`` or ``width_select``, also one per other candidate plan
+    of :func:`candidate_builds`, named ``lhf-<candidate>``: ``lhf-frequency`` for the
     frequency-only plan, ``out_dir / "plan_frequency.safetensors"``)."""
     out = Path(config.out_dir)
     base = _train_config(config, dataset, options)
@@ -402,7 +401,7 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
         release_memory()
         timings[f"train_{method}"] = time.perf_counter() - t0
         results[method] = _row(config, method, dataset, metrics, timings[f"train_{method}"])
-    if len(builds) > 1:  # --head_select / --rows_select
+    if len(builds) > 1:  # --head_select / --rows_select / --width_select
         candidates = {"clustered": results["lhf"]}  # builds' first: the learned hash's own
         for name in list(builds)[1:]:
             candidates[name] = unfit.get(name) or results.pop(CANDIDATE_PREFIX + name)
@@ -419,8 +418,6 @@ def same_plans(trains: dict[str, TrainConfig]) -> dict[str, str]:
     a frequency-only plan where no table clusters its head anyway) and whose other settings
     are the same: candidate -> the earlier training. Trainings are deterministic per seed,
     so such a candidate's result is the earlier one's and is not trained again."""
-    from torchrec_lhf import HashPlan
-
     seen: dict[str, str] = {}
     same: dict[str, str] = {}
     for method, train_config in trains.items():
@@ -428,13 +425,23 @@ def same_plans(trains: dict[str, TrainConfig]) -> dict[str, str]:
             method == "lhf" or method.startswith(CANDIDATE_PREFIX)
         ):
             continue
-        rest = dataclasses.replace(train_config, learned_hash=None, metrics_json=None)
-        fingerprint = f"{HashPlan.load(train_config.learned_hash).fingerprint()} {rest!r}"
+        fingerprint = training_fingerprint(train_config)
         if fingerprint in seen:
             same[method] = seen[fingerprint]
         else:
             seen[fingerprint] = method
     return same
+
+
+def training_fingerprint(train_config: TrainConfig) -> str:
+    """What decides a learned-hash training's result: its plan's mappings
+    (:meth:`HashPlan.fingerprint`) and every other setting (the plan's path and the metrics
+    file aside). Equal fingerprints, equal (deterministic) trainings."""
+    from torchrec_lhf import HashPlan
+
+    assert train_config.learned_hash is not None
+    rest = dataclasses.replace(train_config, learned_hash=None, metrics_json=None)
+    return f"{HashPlan.load(train_config.learned_hash).fingerprint()} {rest!r}"
 
 
 def release_memory() -> None:
@@ -485,7 +492,7 @@ def _report(
         )
     lines.append("* computable from the id (id mod m): a deployment need not store it")
     for r in rows:
-        if "choice" in r:  # --head_select / --rows_select
+        if "choice" in r:  # chosen among candidate plans on validation
             cands = ", ".join(
                 f"{name} " + ("does not fit" if "infeasible" in c else f"{c['val_auc']:.4f}")
                 for name, c in r["candidates"].items()

@@ -80,7 +80,6 @@ from apps import build_hash, pipeline, teacher
 from apps.dlrm import train
 from apps.dlrm.config import TrainConfig
 from benchmarks.quality_methods import FIXED
-from torchrec_lhf import HashPlan
 from torchrec_lhf.cli import add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BudgetTooSmall, byte_budget, mlet_width
 from torchrec_lhf.data.criteo_npy import MLPERF_NUM_EMBEDDINGS
@@ -273,13 +272,12 @@ def run(config: RareIdsConfig) -> dict:
 
 
 def _same_plan(method: str, cfg: TrainConfig, plans: dict[str, str]) -> str | None:
-    """The method already trained as ``cfg`` is (the same settings and a plan of the same
-    mappings: :meth:`HashPlan.fingerprint`), else None, ``method`` then recorded in
-    ``plans`` (key -> method)."""
+    """The method already trained as ``cfg`` is (the same
+    :func:`apps.pipeline.training_fingerprint`), else None, ``method`` then recorded in
+    ``plans`` (fingerprint -> method)."""
     if cfg.learned_hash is None:
         return None
-    rest = dataclasses.replace(cfg, learned_hash=None, metrics_json=None)
-    fingerprint = f"{HashPlan.load(cfg.learned_hash).fingerprint()} {rest!r}"
+    fingerprint = pipeline.training_fingerprint(cfg)
     if fingerprint in plans:
         return plans[fingerprint]
     plans[fingerprint] = method

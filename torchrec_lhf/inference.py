@@ -268,7 +268,7 @@ def shard_for_inference(
             if spill:
                 weights = _spill_weights(weights, tmp)
                 _release_tbe_weights(model)
-                trim_heap()  # NOTE: else glibc may keep the freed tables (measured: 1 run in 3)
+                trim_heap()  # NOTE: else glibc may keep the freed tables (measured: 2 runs in 3)
         with _propagate_device():
             sharded, _ = shard_quant_model(
                 model,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import rare_ids
+from torchrec_lhf.compression.budget import mlet_width
 from torchrec_lhf.data.criteo_npy import MLPERF_NUM_EMBEDDINGS
 from torchrec_lhf.plan import HashPlan
 
@@ -141,9 +142,10 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
     argv = [
         "--scale", "0.0001", "--num_samples", "20000", "--min_table_rows", "100",
         "--batch_size", "512", "--fraction", "0.05", "--budget", "bytes",
-        "--methods", "lhf,lhf-select,lhf-select4", "--out_dir", str(tmp_path), "--json",
+        "--methods", "lhf,lhf-select,lhf-select4,lhf-select6", "--out_dir", str(tmp_path), "--json",
     ]  # fmt: skip
-    res = rare_ids.main(argv)["results"]
+    report = rare_ids.main(argv)
+    res = report["results"]
     sel, cands = res["lhf-select"], res["lhf-select"]["candidates"]
     assert cands["lhf"] == {"val_auc": res["lhf"]["val_auc"], "auc": res["lhf"]["auc"]}
     best = max(cands, key=lambda m: (cands[m]["val_auc"], m == "lhf"))
@@ -159,3 +161,12 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
     both = HashPlan.load(tmp_path / "plan_lhf-counts-freq.safetensors").metadata
     assert both["row_allocation"] == "counts"
     assert all(i["steps"] == 0 for i in both["build_info"].values())
+    # six: and both clustered plans at the sqrt split's width, trained at it within the bytes
+    cands6 = res["lhf-select6"]["candidates"]
+    assert list(cands6) == [*cands4, "lhf-sqrt-mlet", "lhf-counts-sqrt-mlet"]
+    for m in ("lhf-sqrt-mlet", "lhf-counts-sqrt-mlet"):
+        meta = HashPlan.load(tmp_path / f"plan_{m}.safetensors").metadata
+        assert meta["embedding_dim"] == mlet_width(0.05, 16) == 3
+        metrics = json.loads((tmp_path / f"metrics_{m}.json").read_text())
+        assert metrics["embedding_bytes"] == metrics["rows"] * 3 * 4
+        assert metrics["total_bytes"] <= report["budget_bytes"]
