@@ -40,10 +40,17 @@ from apps import build_hash, teacher
 from apps.dlrm import train
 from apps.dlrm.config import TrainConfig
 from apps.dlrm.runtime import distributed, setup_logging
+from apps.plan_candidates import (
+    CANDIDATE_PREFIX,
+    MLET_SUFFIX,
+    candidate_builds,
+    other_allocation,
+    same_plans,
+)
 from torchrec_lhf._io import atomic_write, atomic_write_json
 from torchrec_lhf._memory import trim_heap
 from torchrec_lhf.cli import add_config_flags, config_from_args
-from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSmall, mlet_width
+from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSmall
 from torchrec_lhf.data import DatasetUnavailableError, load_dataset
 from torchrec_lhf.hash_build.config import BuildConfig, parse_index_share
 from torchrec_lhf.hash_build.head_tail import ROW_ALLOCATIONS, TAIL_REGIONS, HeadTail
@@ -52,11 +59,6 @@ from torchrec_lhf.report import plot_auc_vs_bytes, select_on_validation
 logger = logging.getLogger(__name__)
 
 METHODS = ("lhf", "modulo", "none")
-MLET_SUFFIX = "-mlet"
-"""``width_select``'s candidates: trained as MLET at the plan's narrower width."""
-CANDIDATE_PREFIX = "lhf-"
-"""The trainings of the learned hash's other candidate plans are named ``lhf-<candidate>``
-(:func:`candidate_builds`; ``--head_select``'s is ``lhf-frequency``)."""
 FALLBACK_DATASET = "synthetic"
 
 
@@ -135,7 +137,7 @@ class PipelineConfig:
     ``row_allocation`` is ``size``, else ``size``), train both (with ``head_select``, all
     four), and keep for ``lhf`` the one of higher validation AUC, as ``head_select`` does
     (the candidate's ``choice`` ends in ``-counts`` or ``-size``; a candidate whose plan
-    equals an earlier one's is not trained again: :func:`same_plans`; one that does not fit
+    equals an earlier one's is not trained again: :func:`~apps.plan_candidates.same_plans`; one that does not fit
     the byte budget is left out, with a warning). Needs ``--budget bytes``. Rows by counts
     win where the tables differ in how their accesses spread (MovieLens, the Criteo head),
     rows by size where they differ in how much their ids matter (the scale case at 10%:
@@ -256,7 +258,7 @@ def stage_configs(
 ) -> tuple[teacher.TeacherConfig, BuildConfig, dict[str, TrainConfig]]:
     """The typed configs of the stages: teacher, hash build, one training per method (with
     ``head_select``, ``rows_select`` or ``width_select``, also one per other candidate plan
-    of :func:`candidate_builds`, named ``lhf-<candidate>``: ``lhf-frequency`` for the
+    of :func:`~apps.plan_candidates.candidate_builds`, named ``lhf-<candidate>``: ``lhf-frequency`` for the
     frequency-only plan, ``out_dir / "plan_frequency.safetensors"``)."""
     out = Path(config.out_dir)
     base = _train_config(config, dataset, options)
@@ -303,7 +305,7 @@ def stage_configs(
     }
     extra = []
     if "lhf" in config.methods:
-        for name, build in candidate_builds(config, build_config).items():
+        for name, build in candidate_builds(build_config, **_selects(config)).items():
             if build is not build_config:
                 extra.append(CANDIDATE_PREFIX + name)
                 variants[extra[-1]] = {"learned_hash": str(build.out)}
@@ -319,47 +321,13 @@ def stage_configs(
     return teacher_config, build_config, trains
 
 
-def other_allocation(row_allocation: str) -> str:
-    """``rows_select``'s alternative to ``row_allocation``: ``counts`` for ``size`` and
-    ``size`` for ``counts``."""
-    return "counts" if row_allocation == "size" else "size"
-
-
-def candidate_builds(config: PipelineConfig, build_config: BuildConfig) -> dict[str, BuildConfig]:
-    """The learned hash's candidate plans, name -> build: ``clustered`` (``build_config``
-    itself, first, so that it wins ties); with ``rows_select`` also ``clustered-<other
-    allocation>``; with ``head_select`` each of those with no head clustered
-    (``frequency``, ``frequency-<other allocation>``); with ``width_select`` the clustered
-    ones at the MLET width (``clustered-mlet``, ``clustered-<other allocation>-mlet``),
-    written next to the build's plan as ``plan_<name>.safetensors``."""
-    folder = Path(build_config.out).parent
-    builds = {"clustered": build_config}
-    if config.rows_select:
-        alt = other_allocation(build_config.row_allocation)
-        builds[f"clustered-{alt}"] = dataclasses.replace(
-            build_config,
-            row_allocation=alt,
-            out=folder / f"plan_clustered-{alt}.safetensors",
-            work_dir=None,
-        )
-    clustered = list(builds.items())
-    if config.head_select:
-        for name, build in clustered:
-            freq = name.replace("clustered", "frequency")
-            builds[freq] = build.frequency_only(folder / f"plan_{freq}.safetensors")
-    if config.width_select:  # the sqrt split's width, the rows fitted to the bytes left
-        assert build_config.fraction is not None and build_config.embedding_dim is not None
-        width = mlet_width(build_config.fraction, build_config.embedding_dim)
-        for name, build in clustered:
-            narrow = name + MLET_SUFFIX
-            builds[narrow] = dataclasses.replace(
-                build,
-                embedding_dim=width,
-                fraction=round(build_config.fraction * build_config.embedding_dim / width, 6),
-                out=folder / f"plan_{narrow}.safetensors",
-                work_dir=None,
-            )
-    return builds
+def _selects(config: PipelineConfig) -> dict[str, bool]:
+    """The config's ``*_select`` flags, as :func:`candidate_builds` takes them."""
+    return {
+        "head_select": config.head_select,
+        "rows_select": config.rows_select,
+        "width_select": config.width_select,
+    }
 
 
 def run(config: PipelineConfig) -> list[dict[str, Any]]:
@@ -368,7 +336,7 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
     dataset, options = _resolve_dataset(config)
     teacher_config, build_config, trains = stage_configs(config, dataset, options)
     timings: dict[str, float] = {}
-    builds = candidate_builds(config, build_config) if "lhf" in config.methods else {}
+    builds = candidate_builds(build_config, **_selects(config)) if "lhf" in config.methods else {}
     unfit: dict[str, dict[str, str]] = {}  # candidate plans that do not fit the budget
 
     if builds:
@@ -410,38 +378,6 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
     if not dist.is_initialized() or dist.get_rank() == 0:
         _report(config, rows, timings, out)
     return rows
-
-
-def same_plans(trains: dict[str, TrainConfig]) -> dict[str, str]:
-    """The candidate trainings (``lhf-<candidate>``) whose plan equals an earlier one's
-    (:meth:`HashPlan.fingerprint`: the same mappings; the builds' options may differ, e.g.
-    a frequency-only plan where no table clusters its head anyway) and whose other settings
-    are the same: candidate -> the earlier training. Trainings are deterministic per seed,
-    so such a candidate's result is the earlier one's and is not trained again."""
-    seen: dict[str, str] = {}
-    same: dict[str, str] = {}
-    for method, train_config in trains.items():
-        if train_config.learned_hash is None or not (
-            method == "lhf" or method.startswith(CANDIDATE_PREFIX)
-        ):
-            continue
-        fingerprint = training_fingerprint(train_config)
-        if fingerprint in seen:
-            same[method] = seen[fingerprint]
-        else:
-            seen[fingerprint] = method
-    return same
-
-
-def training_fingerprint(train_config: TrainConfig) -> str:
-    """What decides a learned-hash training's result: its plan's mappings
-    (:meth:`HashPlan.fingerprint`) and every other setting (the plan's path and the metrics
-    file aside). Equal fingerprints, equal (deterministic) trainings."""
-    from torchrec_lhf import HashPlan
-
-    assert train_config.learned_hash is not None
-    rest = dataclasses.replace(train_config, learned_hash=None, metrics_json=None)
-    return f"{HashPlan.load(train_config.learned_hash).fingerprint()} {rest!r}"
 
 
 def release_memory() -> None:

@@ -79,6 +79,7 @@ from pathlib import Path
 from apps import build_hash, pipeline, teacher
 from apps.dlrm import train
 from apps.dlrm.config import TrainConfig
+from apps.plan_candidates import training_fingerprint
 from benchmarks.quality_methods import FIXED
 from torchrec_lhf.cli import add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BudgetTooSmall, byte_budget, mlet_width
@@ -273,11 +274,11 @@ def run(config: RareIdsConfig) -> dict:
 
 def _same_plan(method: str, cfg: TrainConfig, plans: dict[str, str]) -> str | None:
     """The method already trained as ``cfg`` is (the same
-    :func:`apps.pipeline.training_fingerprint`), else None, ``method`` then recorded in
+    :func:`apps.plan_candidates.training_fingerprint`), else None, ``method`` then recorded in
     ``plans`` (fingerprint -> method)."""
     if cfg.learned_hash is None:
         return None
-    fingerprint = pipeline.training_fingerprint(cfg)
+    fingerprint = training_fingerprint(cfg)
     if fingerprint in plans:
         return plans[fingerprint]
     plans[fingerprint] = method

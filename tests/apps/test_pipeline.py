@@ -186,33 +186,6 @@ def test_rows_select_with_head_select_trains_four_plans_and_keeps_the_best(
     assert len({c["auc"] for c in candidates.values()}) > 1
 
 
-def test_same_plans_finds_candidates_whose_plan_an_earlier_one_has(tmp_path) -> None:
-    import torch
-
-    from apps.dlrm.config import TrainConfig
-    from torchrec_lhf import HashPlan
-
-    def plan(name: str, rows: list[int]) -> str:
-        path = tmp_path / f"{name}.safetensors"
-        HashPlan.from_mappings({"t0": torch.tensor(rows)}, metadata={"built_as": name}).save(path)
-        return str(path)
-
-    paths = {
-        "lhf": plan("a", [0, 1, 1, 2]),
-        "lhf-clustered-counts": plan("b", [0, 1, 2, 2]),
-        "lhf-frequency": plan("c", [0, 1, 1, 2]),  # lhf's mapping, other metadata
-        "lhf-frequency-counts": plan("d", [0, 1, 2, 2]),
-    }
-    trains = {m: TrainConfig(learned_hash=p) for m, p in paths.items()}
-    trains["modulo"] = TrainConfig(compression="modulo", fraction=0.5)
-    # lhf's plan trained otherwise: not the same training
-    trains["lhf-slower"] = TrainConfig(learned_hash=paths["lhf"], learning_rate=0.01)
-    assert pipeline.same_plans(trains) == {
-        "lhf-frequency": "lhf",
-        "lhf-frequency-counts": "lhf-clustered-counts",
-    }
-
-
 def test_a_candidate_with_an_earlier_candidates_plan_is_not_trained_again(
     tmp_path, monkeypatch
 ) -> None:

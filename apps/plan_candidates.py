@@ -1,0 +1,116 @@
+"""The learned hash's candidate plans, chosen among on validation by ``apps.pipeline``.
+
+With ``--head_select``, ``--rows_select`` or ``--width_select`` the pipeline builds more
+than one plan for the learned hash (:func:`candidate_builds`), trains each (a training whose
+plan and settings equal an earlier one's is not run again: :func:`same_plans`, keyed by
+:func:`training_fingerprint`) and keeps the one of highest validation AUC
+(:func:`torchrec_lhf.report.select_on_validation`). ``benchmarks.rare_ids`` reuses the
+same key for its own candidates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from apps.dlrm.config import TrainConfig
+from torchrec_lhf.compression.budget import mlet_width
+from torchrec_lhf.hash_build.config import BuildConfig
+
+MLET_SUFFIX = "-mlet"
+"""``width_select``'s candidates: trained as MLET at the plan's narrower width."""
+CANDIDATE_PREFIX = "lhf-"
+"""The trainings of the learned hash's other candidate plans are named ``lhf-<candidate>``
+(:func:`candidate_builds`; ``--head_select``'s is ``lhf-frequency``)."""
+
+
+def other_allocation(row_allocation: str) -> str:
+    """``rows_select``'s alternative to ``row_allocation``: ``counts`` for ``size`` and
+    ``size`` for ``counts``."""
+    return "counts" if row_allocation == "size" else "size"
+
+
+def candidate_builds(
+    build_config: BuildConfig,
+    *,
+    head_select: bool = False,
+    rows_select: bool = False,
+    width_select: bool = False,
+) -> dict[str, BuildConfig]:
+    """The learned hash's candidate plans, name -> build, written next to the build's plan
+    as ``plan_<name>.safetensors``.
+
+    Args:
+        build_config: the learned hash's own build: ``clustered``, first, so that it wins
+            ties.
+        head_select: also each clustered candidate with no head clustered (rows by
+            frequency alone): ``frequency``, ``frequency-<other allocation>``.
+        rows_select: also ``clustered-<other allocation>``, the byte budget's rows shared
+            the other way (:func:`other_allocation`).
+        width_select: also the clustered ones at the MLET width of the sqrt split, their
+            rows fitted to the bytes left: ``clustered-mlet``,
+            ``clustered-<other allocation>-mlet``.
+
+    Returns:
+        Candidate name -> its build config, ``clustered`` first.
+    """
+    folder = Path(build_config.out).parent
+    builds = {"clustered": build_config}
+    if rows_select:
+        alt = other_allocation(build_config.row_allocation)
+        builds[f"clustered-{alt}"] = dataclasses.replace(
+            build_config,
+            row_allocation=alt,
+            out=folder / f"plan_clustered-{alt}.safetensors",
+            work_dir=None,
+        )
+    clustered = list(builds.items())
+    if head_select:
+        for name, build in clustered:
+            freq = name.replace("clustered", "frequency")
+            builds[freq] = build.frequency_only(folder / f"plan_{freq}.safetensors")
+    if width_select:  # the sqrt split's width, the rows fitted to the bytes left
+        assert build_config.fraction is not None and build_config.embedding_dim is not None
+        width = mlet_width(build_config.fraction, build_config.embedding_dim)
+        for name, build in clustered:
+            narrow = name + MLET_SUFFIX
+            builds[narrow] = dataclasses.replace(
+                build,
+                embedding_dim=width,
+                fraction=round(build_config.fraction * build_config.embedding_dim / width, 6),
+                out=folder / f"plan_{narrow}.safetensors",
+                work_dir=None,
+            )
+    return builds
+
+
+def same_plans(trains: dict[str, TrainConfig]) -> dict[str, str]:
+    """The candidate trainings (``lhf-<candidate>``) whose plan equals an earlier one's
+    (:meth:`HashPlan.fingerprint`: the same mappings; the builds' options may differ, e.g.
+    a frequency-only plan where no table clusters its head anyway) and whose other settings
+    are the same: candidate -> the earlier training. Trainings are deterministic per seed,
+    so such a candidate's result is the earlier one's and is not trained again."""
+    seen: dict[str, str] = {}
+    same: dict[str, str] = {}
+    for method, train_config in trains.items():
+        if train_config.learned_hash is None or not (
+            method == "lhf" or method.startswith(CANDIDATE_PREFIX)
+        ):
+            continue
+        fingerprint = training_fingerprint(train_config)
+        if fingerprint in seen:
+            same[method] = seen[fingerprint]
+        else:
+            seen[fingerprint] = method
+    return same
+
+
+def training_fingerprint(train_config: TrainConfig) -> str:
+    """What decides a learned-hash training's result: its plan's mappings
+    (:meth:`HashPlan.fingerprint`) and every other setting (the plan's path and the metrics
+    file aside). Equal fingerprints, equal (deterministic) trainings."""
+    from torchrec_lhf import HashPlan
+
+    assert train_config.learned_hash is not None
+    rest = dataclasses.replace(train_config, learned_hash=None, metrics_json=None)
+    return f"{HashPlan.load(train_config.learned_hash).fingerprint()} {rest!r}"

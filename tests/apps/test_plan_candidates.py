@@ -1,0 +1,83 @@
+"""The learned hash's candidate plans (``apps.plan_candidates``): their builds by hand and
+the trainings not run twice; the pipeline's choice among them is in test_pipeline.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from apps import plan_candidates
+from apps.dlrm.config import TrainConfig
+from torchrec_lhf.hash_build.config import BuildConfig
+
+
+def _build(tmp_path: Path, **kwargs) -> BuildConfig:
+    return BuildConfig(
+        teacher=str(tmp_path / "teacher"), fraction=0.1, budget="bytes", embedding_dim=16,
+        head_min_count=10, out=tmp_path / "plan.safetensors", **kwargs,
+    )  # fmt: skip
+
+
+def test_no_flag_leaves_the_learned_hash_its_own_plan(tmp_path) -> None:
+    build = _build(tmp_path)
+    assert plan_candidates.candidate_builds(build) == {"clustered": build}
+
+
+@pytest.mark.parametrize("allocation, other", [("size", "counts"), ("counts", "size")])
+def test_every_flag_builds_its_candidates_as_their_names_say(tmp_path, allocation, other) -> None:
+    build = _build(tmp_path, row_allocation=allocation)
+    builds = plan_candidates.candidate_builds(
+        build, head_select=True, rows_select=True, width_select=True
+    )
+    names = [
+        "clustered", f"clustered-{other}", "frequency", f"frequency-{other}",
+        "clustered-mlet", f"clustered-{other}-mlet",
+    ]  # fmt: skip
+    assert list(builds) == names
+    assert builds["clustered"] is build  # first: it wins ties
+    for name, b in builds.items():
+        if name != "clustered":  # each its own file beside the plan, built afresh
+            assert b.out == tmp_path / f"plan_{name}.safetensors"
+            assert b.work_dir == Path(f"{b.out}.work"), name  # not the build's folder
+        assert b.row_allocation == (other if other in name else allocation), name
+        # rows by frequency: a head no id reaches, every other setting the build's
+        assert (b.head_min_count > 10**9) == name.startswith("frequency"), name
+        narrow = name.endswith(plan_candidates.MLET_SUFFIX)
+        # at 10% of the bytes the sqrt split's width is 5 of 16: the rows take 0.1 * 16 / 5
+        assert (b.embedding_dim, b.fraction) == ((5, 0.32) if narrow else (16, 0.1)), name
+        assert (b.tail_fraction, b.tail_region) == (build.tail_fraction, build.tail_region)
+
+
+def test_each_flag_alone(tmp_path) -> None:
+    build = _build(tmp_path)
+    select = plan_candidates.candidate_builds
+    assert list(select(build, head_select=True)) == ["clustered", "frequency"]
+    assert list(select(build, rows_select=True)) == ["clustered", "clustered-counts"]
+    assert list(select(build, width_select=True)) == ["clustered", "clustered-mlet"]
+
+
+def test_same_plans_finds_candidates_whose_plan_an_earlier_one_has(tmp_path) -> None:
+    import torch
+
+    from torchrec_lhf import HashPlan
+
+    def plan(name: str, rows: list[int]) -> str:
+        path = tmp_path / f"{name}.safetensors"
+        HashPlan.from_mappings({"t0": torch.tensor(rows)}, metadata={"built_as": name}).save(path)
+        return str(path)
+
+    paths = {
+        "lhf": plan("a", [0, 1, 1, 2]),
+        "lhf-clustered-counts": plan("b", [0, 1, 2, 2]),
+        "lhf-frequency": plan("c", [0, 1, 1, 2]),  # lhf's mapping, other metadata
+        "lhf-frequency-counts": plan("d", [0, 1, 2, 2]),
+    }
+    trains = {m: TrainConfig(learned_hash=p) for m, p in paths.items()}
+    trains["modulo"] = TrainConfig(compression="modulo", fraction=0.5)
+    # lhf's plan trained otherwise: not the same training
+    trains["lhf-slower"] = TrainConfig(learned_hash=paths["lhf"], learning_rate=0.01)
+    assert plan_candidates.same_plans(trains) == {
+        "lhf-frequency": "lhf",
+        "lhf-frequency-counts": "lhf-clustered-counts",
+    }
