@@ -248,14 +248,14 @@ def test_no_room_to_spill_warns_and_keeps_the_tables_in_memory(
         IntNBitTableBatchedEmbeddingBagsCodegen as QuantTables,
     )
 
-    from torchrec_lhf import inference
+    from torchrec_lhf import _spill
 
     disk = SimpleNamespace(total=100, used=90, free=10)
-    monkeypatch.setattr(inference.shutil, "disk_usage", lambda path: disk)
+    monkeypatch.setattr(_spill.shutil, "disk_usage", lambda path: disk)
     scoring = ScoringModule(_dlrm(None), FEATURES).eval()
     quantized = quantize_for_inference(scoring, dtype="fp32")
     tables = [m for m in quantized.modules() if isinstance(m, QuantTables)]
-    with caplog.at_level("WARNING", logger="torchrec_lhf.inference"):
+    with caplog.at_level("WARNING", logger="torchrec_lhf._spill"):
         sharded = shard_for_inference(quantized, example_batch(2, 3))
     assert "has 10 bytes free, the quantized tables need" in caplog.text
     assert all(t.weights_host.untyped_storage().nbytes() for t in tables)  # not freed
