@@ -14,7 +14,9 @@ learned hash's variants: :mod:`benchmarks.quality_methods`.
 
 Resumable: a run writes ``runs/<method>_f<fraction>_s<seed>.json`` (``_b<bytes>_``
 under ``--bytes``) under ``--out`` and is skipped when it exists (teachers and plans
-likewise); a method that cannot fit a byte budget is recorded as ``infeasible``. Outputs
+likewise); a method that cannot fit a byte budget is recorded as ``infeasible``; a learned
+hash whose plan and settings equal a run already saved (its ``fingerprint``) is not trained
+again, its row the earlier one's with ``same_plan`` naming it. Outputs
 under ``--out`` (:mod:`benchmarks.quality_report`): ``results.json`` (a list of
 ``{"method", "fraction", "budget", "seed", "auc", "logloss", "ne", "bytes", ...}``),
 ``results.md`` (paired statistics, collapsed runs apart) and ``results.png`` (AUC against
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -37,6 +40,7 @@ from typing import Any
 from apps import build_hash, teacher
 from apps.dlrm import train
 from apps.dlrm.config import TrainConfig
+from apps.plan_candidates import training_fingerprint
 from benchmarks.quality_methods import (
     CCE_VARIANTS,
     DEFAULT_FRACTIONS,
@@ -281,7 +285,15 @@ def run_one(sweep: SweepConfig, method: str, fraction: float, seed: int) -> dict
         "seed": seed,
     }
     try:
-        m = train.run(run_config(sweep, method, fraction, seed))
+        config = run_config(sweep, method, fraction, seed)
+        fingerprint = _fingerprint(config)
+        same = _same_training(sweep.out / "runs", fingerprint)
+        if same is not None:  # an earlier method's plan and settings: the same training
+            logger.info("%s: the same training as %s, not run again", path.name, same["method"])
+            row = {**same, **row, "same_plan": same["method"], "seconds": 0.0}
+            atomic_write_json(path, row)
+            return row
+        m = train.run(config)
     except BudgetTooSmall as e:
         if not sweep.bytes:
             raise
@@ -303,9 +315,32 @@ def run_one(sweep: SweepConfig, method: str, fraction: float, seed: int) -> dict
         row_fraction=m["rows"] / m["full_rows"],
         dataset=m["dataset"],
         seconds=round(time.perf_counter() - start, 1),
+        **({"fingerprint": fingerprint} if fingerprint else {}),
     )
     atomic_write_json(path, row)
     return row
+
+
+def _fingerprint(config: TrainConfig) -> str | None:
+    """A learned-hash training's key (sha256 of
+    :func:`apps.plan_candidates.training_fingerprint`: the plan's mappings and every other
+    setting), None for the other methods."""
+    if config.learned_hash is None:
+        return None
+    return hashlib.sha256(training_fingerprint(config).encode()).hexdigest()
+
+
+def _same_training(runs: Path, fingerprint: str | None) -> dict[str, Any] | None:
+    """The saved run under ``runs`` whose training has ``fingerprint`` (e.g. a candidate
+    whose frequency-only plan equals the clustered one, where no table clusters its head),
+    else None. Trainings are deterministic per seed, so its result is this one's."""
+    if fingerprint is None or not runs.is_dir():
+        return None
+    for path in sorted(runs.glob("*.json")):
+        row = json.loads(path.read_text())
+        if row.get("fingerprint") == fingerprint and "same_plan" not in row:
+            return row
+    return None
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -307,3 +307,32 @@ def test_counts_mlet_plan_shares_the_bytes_left_at_the_mlet_width_by_counts(tmp_
     assert set(quality.SELECTED["lhf-headtail-select4"]) < set(
         quality.SELECTED["lhf-headtail-select6"]
     )
+
+
+def test_a_method_whose_training_an_earlier_one_ran_is_not_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no id is seen 1000 times: the clustered head is empty and filled by frequency, which
+    # is the frequency-only plan exactly
+    trained = []
+    run = quality.train.run
+
+    def counting(config):
+        trained.append(config.learned_hash)
+        return run(config)
+
+    monkeypatch.setattr(quality.train, "run", counting)
+    methods = "lhf-headtail,lhf-headtail-noclust,lhf-headtail-select"
+    argv = [*TINY, "--methods", methods, "--bytes", "0.5", "--head_min_count", "1000", "--seeds"]
+    clustered, noclust, select = quality.main([*argv, "1", "--out", str(tmp_path)])
+    assert trained == [str(tmp_path / "plans" / "lhf-headtail_b0.5_s0.safetensors")]
+    assert noclust["same_plan"] == "lhf-headtail" and noclust["method"] == "lhf-headtail-noclust"
+    for key in ("auc", "logloss", "val_auc", "total_bytes", "fingerprint"):
+        assert noclust[key] == clustered[key], key
+    saved = json.loads((tmp_path / "runs" / "lhf-headtail-noclust_b0.5_s0.json").read_text())
+    assert saved == noclust
+    assert select["choice"] == "lhf-headtail"  # the first of the tie
+    # another seed is another training
+    trained.clear()
+    quality.main([*argv, "2", "--out", str(tmp_path)])
+    assert trained == [str(tmp_path / "plans" / "lhf-headtail_b0.5_s1.safetensors")]
