@@ -79,3 +79,17 @@ def shard_on_cpu(
         sharders=[sharder],
         device=torch.device("cpu"),
     )
+
+
+def count_learned_trainings(monkeypatch, train_module) -> list[str | None]:
+    """Record the plan of every ``train_module.run`` call (the DLRM app's entry point as a
+    job module imported it) in the returned list, the runs themselves unchanged."""
+    trained: list[str | None] = []
+    run = train_module.run
+
+    def counting(config):
+        trained.append(config.learned_hash)
+        return run(config)
+
+    monkeypatch.setattr(train_module, "run", counting)
+    return trained

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from apps import pipeline
+from tests._fixtures import count_learned_trainings
 from torchrec_lhf.data import DatasetUnavailableError
 from torchrec_lhf.hash_build.config import BuildConfig
 
@@ -192,14 +193,7 @@ def test_a_candidate_with_an_earlier_candidates_plan_is_not_trained_again(
     # no id is seen 10^6 times: the default's head is empty and filled by frequency, the
     # frequency-only plan exactly
     args = [*SELECT_ARGS[:-1], "1000000", "--methods", "lhf", "--head_select"]
-    trained = []
-    run = pipeline.train.run
-
-    def counting(config):
-        trained.append(config.learned_hash)
-        return run(config)
-
-    monkeypatch.setattr(pipeline.train, "run", counting)
+    trained = count_learned_trainings(monkeypatch, pipeline.train)
     (lhf,) = pipeline.main([*args, "--out_dir", str(tmp_path)])
     assert trained == [str(tmp_path / "plan.safetensors")]
     assert lhf["candidates"]["frequency"] == lhf["candidates"]["clustered"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmarks import quality, quality_report
+from tests._fixtures import count_learned_trainings
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.head_tail import tail_seed
 from torchrec_lhf.hashing import tail_hash
@@ -314,14 +315,7 @@ def test_a_method_whose_training_an_earlier_one_ran_is_not_run_again(
 ) -> None:
     # no id is seen 1000 times: the clustered head is empty and filled by frequency, which
     # is the frequency-only plan exactly
-    trained = []
-    run = quality.train.run
-
-    def counting(config):
-        trained.append(config.learned_hash)
-        return run(config)
-
-    monkeypatch.setattr(quality.train, "run", counting)
+    trained = count_learned_trainings(monkeypatch, quality.train)
     methods = "lhf-headtail,lhf-headtail-noclust,lhf-headtail-select"
     argv = [*TINY, "--methods", methods, "--bytes", "0.5", "--head_min_count", "1000", "--seeds"]
     clustered, noclust, select = quality.main([*argv, "1", "--out", str(tmp_path)])
