@@ -224,14 +224,17 @@ def run_config(sweep: SweepConfig, method: str, fraction: float, seed: int) -> T
     """The typed config of one training run."""
     base = _base(sweep, seed)
     if method in LHF_VARIANTS and LHF_VARIANTS[method].get("mlet"):
-        # both ways at once: sqrt(fraction) of the rows, sqrt(fraction) of the width
-        side = fraction**0.5
-        if sweep.bytes:  # the width as that split's, the rows fitted to the bytes left
-            width, full = mlet_width(fraction, sweep.embedding_dim), sweep.embedding_dim
+        # both ways at once: sqrt(fraction) of the rows and of the width (or the variant's
+        # share of the width, the rows the rest)
+        opts = LHF_VARIANTS[method]
+        side = opts.get("width", fraction**0.5)
+        if sweep.bytes:  # that width, the rows fitted to the bytes left
+            full = sweep.embedding_dim
+            width = max(1, round(side * full)) if "width" in opts else mlet_width(fraction, full)
             plan = _plan(sweep, method, round(fraction * full / width, 6), seed, dim=width)
             side = width / full
-        else:
-            plan = _plan(sweep, method, round(side, 6), seed)
+        else:  # the rows' share times the width's is the fraction
+            plan = _plan(sweep, method, round(fraction / side, 6), seed)
         return dataclasses.replace(
             base, learned_hash=str(plan), mlet_fraction=side, dense_arch_layer_sizes=None
         )

@@ -131,6 +131,14 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-mlet": {"mlet": True},
     "lhf-headtail-mlet": {"rare_hash": True, "mlet": True},
     "lhf-headtail-counts-mlet": {"rare_hash": True, "mlet": True, "row_allocation": "counts"},
+    # the default at half the width and (about) twice the rows, trained as MLET
+    "lhf-headtail-half": {"rare_hash": True, "mlet": True, "width": 0.5},
+    "lhf-headtail-counts-half": {
+        "rare_hash": True,
+        "mlet": True,
+        "width": 0.5,
+        "row_allocation": "counts",
+    },
     "lhf-t16": {"teacher_dim": "model"},
     "lhf-init": {"teacher_dim": "model", "init": True},
 }

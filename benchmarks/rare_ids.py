@@ -96,6 +96,9 @@ SQRT_MLET = ("lhf-sqrt-mlet", "lhf-counts-sqrt-mlet")
 """Learned plans trained as MLET at the sqrt split's width (the sweep's ``lhf-headtail-mlet``
 and ``lhf-headtail-counts-mlet``): under ``--budget bytes`` the width
 :func:`~torchrec_lhf.compression.budget.mlet_width`, the rows fitted to the bytes left."""
+HALF_WIDTH = ("lhf-half", "lhf-counts-half")
+"""The default plan (and with rows by counts) at half the width, the rows fitted to the
+bytes left, trained as MLET (the sweep's ``lhf-headtail-half``, ``-counts-half``)."""
 MLET_WIDTH = 0.25
 """``lhf-mlet``: the share of the width its tables keep (dim 4 of 16), trained as MLET."""
 METHODS = (
@@ -130,6 +133,8 @@ METHODS = (
     "lhf-counts-freq",
     "lhf-sqrt-mlet",
     "lhf-counts-sqrt-mlet",
+    "lhf-half",
+    "lhf-counts-half",
     "lhf-select",
     "lhf-select4",
     "lhf-select6",
@@ -320,19 +325,21 @@ def _train_config(
             "lhf-counts": {"row_allocation": "counts"},
             "lhf-counts-freq": {"row_allocation": "counts"},
             "lhf-counts-sqrt-mlet": {"row_allocation": "counts"},
+            "lhf-counts-half": {"row_allocation": "counts"},
             "lhf-mlet": FIXED,
         }.get(method, {})
         if method == "lhf-mlet":  # MLET_WIDTH of the width, so 1 / MLET_WIDTH of the rows
             extra = {**extra, "fraction": build.fraction / MLET_WIDTH}
         side = None  # the share of the width the tables keep, when trained as MLET
-        if method in SQRT_MLET:  # the sqrt split's width, the rows fitted to the bytes left
-            dim, side = build.embedding_dim, build.fraction**0.5
+        if method in SQRT_MLET + HALF_WIDTH:  # that width, the rows fitted to the bytes left
+            dim = build.embedding_dim
+            side = 0.5 if method in HALF_WIDTH else build.fraction**0.5
             if build.budget == "bytes":
-                width = mlet_width(build.fraction, dim)
+                width = dim // 2 if method in HALF_WIDTH else mlet_width(build.fraction, dim)
                 extra = {**extra, "fraction": round(build.fraction * dim / width, 6)}
                 extra["embedding_dim"], side = width, width / dim
-            else:
-                extra = {**extra, "fraction": round(side, 6)}
+            else:  # the rows' share times the width's is the fraction
+                extra = {**extra, "fraction": round(build.fraction / side, 6)}
         config = dataclasses.replace(build, out=plan, work_dir=None, **extra)
         if method in ("lhf-freq", "lhf-counts-freq"):  # nothing clustered
             config = config.frequency_only(plan)

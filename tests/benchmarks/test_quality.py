@@ -310,6 +310,25 @@ def test_counts_mlet_plan_shares_the_bytes_left_at_the_mlet_width_by_counts(tmp_
     )
 
 
+@pytest.mark.parametrize("view", ["--bytes", "--fractions"])
+def test_half_width_plans_keep_half_the_width_and_the_rest_in_rows(
+    tmp_path: Path, view: str
+) -> None:
+    args = quality.parse_args(
+        [*TINY, view, "0.04", "--head_min_count", "3", "--out", str(tmp_path)]
+    )
+    counts = ("lhf-headtail-counts-half",) if view == "--bytes" else ()  # counts: bytes only
+    for method in ("lhf-headtail-half", *counts):
+        config = quality.run_config(args, method, 0.04, 0)
+        assert config.mlet_fraction == 0.5  # 2 of 4 (the sqrt split's would be 1)
+        meta = HashPlan.load(config.learned_hash).metadata
+        assert meta.get("row_allocation", "size") == ("counts" if "counts" in method else "size")
+        if view == "--bytes":  # the plan at that width, the bytes' share there
+            assert meta["embedding_dim"] == 2 and meta["fraction"] == 0.04 * 4 / 2
+        else:  # twice the rows at half the width
+            assert meta["fraction"] == 0.08
+
+
 def test_a_method_whose_training_an_earlier_one_ran_is_not_run_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -142,7 +142,8 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
     argv = [
         "--scale", "0.0001", "--num_samples", "20000", "--min_table_rows", "100",
         "--batch_size", "512", "--fraction", "0.05", "--budget", "bytes",
-        "--methods", "lhf,lhf-select,lhf-select4,lhf-select6", "--out_dir", str(tmp_path), "--json",
+        "--methods", "lhf,lhf-select,lhf-select4,lhf-select6,lhf-half,lhf-counts-half",
+        "--out_dir", str(tmp_path), "--json",
     ]  # fmt: skip
     report = rare_ids.main(argv)
     res = report["results"]
@@ -169,4 +170,12 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
         assert meta["embedding_dim"] == mlet_width(0.05, 16) == 3
         metrics = json.loads((tmp_path / f"metrics_{m}.json").read_text())
         assert metrics["embedding_bytes"] == metrics["rows"] * 3 * 4
+        assert metrics["total_bytes"] <= report["budget_bytes"]
+    # half the width (8 of 16), the rows fitted to the bytes left, trained at that width
+    for m in ("lhf-half", "lhf-counts-half"):
+        meta = HashPlan.load(tmp_path / f"plan_{m}.safetensors").metadata
+        assert meta["embedding_dim"] == 8 and meta["fraction"] == 0.05 * 16 / 8
+        assert meta.get("row_allocation", "size") == ("counts" if "counts" in m else "size")
+        metrics = json.loads((tmp_path / f"metrics_{m}.json").read_text())
+        assert metrics["embedding_bytes"] == metrics["rows"] * 8 * 4
         assert metrics["total_bytes"] <= report["budget_bytes"]
