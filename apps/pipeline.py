@@ -42,7 +42,6 @@ from apps.dlrm.config import TrainConfig
 from apps.dlrm.runtime import distributed, setup_logging
 from apps.plan_candidates import (
     CANDIDATE_PREFIX,
-    MLET_SUFFIX,
     candidate_builds,
     other_allocation,
     same_plans,
@@ -144,12 +143,14 @@ class PipelineConfig:
     docs/RESULTS.md, "Choosing the plan on validation")."""
     width_select: bool = False
     """Also train the clustered plans (``clustered`` and, with ``rows_select``,
-    ``clustered-<other allocation>``) as MLET at the sqrt split's width
-    (:func:`~torchrec_lhf.compression.budget.mlet_width`, their rows fitted to the bytes
-    left: ``clustered-mlet``, ...), and choose among them too, as ``head_select`` does.
-    Needs ``--budget bytes``. On MovieLens at 1% of the bytes a plan so trained is far
-    ahead (+0.05 AUC), on the Criteo head far behind (docs/RESULTS.md, "Choosing the plan
-    on validation")."""
+    ``clustered-<other allocation>``) as MLET at narrower widths, their rows fitted to the
+    bytes left: the sqrt split's (:func:`~torchrec_lhf.compression.budget.mlet_width`;
+    ``clustered-mlet``, ...) and half the width (``clustered-half``, ...;
+    :func:`~apps.plan_candidates.narrow_widths`), and choose among them too, as
+    ``head_select`` does. Needs ``--budget bytes``. On MovieLens at 1% of the bytes the
+    sqrt split's plan is far ahead (+0.05 AUC), in the scale case at 1% the half-width
+    plans, on the Criteo head both far behind (docs/RESULTS.md, "Choosing the plan on
+    validation", "Half the width")."""
     seed: int = 0
     """Seed of every stage."""
     out_dir: str = "runs/pipeline"
@@ -309,7 +310,7 @@ def stage_configs(
             if build is not build_config:
                 extra.append(CANDIDATE_PREFIX + name)
                 variants[extra[-1]] = {"learned_hash": str(build.out)}
-                if name.endswith(MLET_SUFFIX):  # trained at the plan's narrower width
+                if build.embedding_dim != config.embedding_dim:  # a narrower plan (width_select)
                     variants[extra[-1]].update(
                         mlet_fraction=build.embedding_dim / config.embedding_dim,
                         dense_arch_layer_sizes=None,  # re-derived for that width

@@ -18,7 +18,9 @@ from torchrec_lhf.compression.budget import mlet_width
 from torchrec_lhf.hash_build.config import BuildConfig
 
 MLET_SUFFIX = "-mlet"
-"""``width_select``'s candidates: trained as MLET at the plan's narrower width."""
+"""``width_select``'s candidates at the sqrt split's width, trained as MLET at it."""
+HALF_SUFFIX = "-half"
+"""``width_select``'s candidates at half the width, trained as MLET at it."""
 CANDIDATE_PREFIX = "lhf-"
 """The trainings of the learned hash's other candidate plans are named ``lhf-<candidate>``
 (:func:`candidate_builds`; ``--head_select``'s is ``lhf-frequency``)."""
@@ -47,9 +49,10 @@ def candidate_builds(
             frequency alone): ``frequency``, ``frequency-<other allocation>``.
         rows_select: also ``clustered-<other allocation>``, the byte budget's rows shared
             the other way (:func:`other_allocation`).
-        width_select: also the clustered ones at the MLET width of the sqrt split, their
-            rows fitted to the bytes left: ``clustered-mlet``,
-            ``clustered-<other allocation>-mlet``.
+        width_select: also the clustered ones at narrower widths (:func:`narrow_widths`),
+            their rows fitted to the bytes left: at the sqrt split's, ``clustered-mlet``,
+            ``clustered-<other allocation>-mlet``; at half the width, ``clustered-half``,
+            ``clustered-<other allocation>-half``.
 
     Returns:
         Candidate name -> its build config, ``clustered`` first.
@@ -69,19 +72,46 @@ def candidate_builds(
         for name, build in clustered:
             freq = name.replace("clustered", "frequency")
             builds[freq] = build.frequency_only(folder / f"plan_{freq}.safetensors")
-    if width_select:  # the sqrt split's width, the rows fitted to the bytes left
-        assert build_config.fraction is not None and build_config.embedding_dim is not None
-        width = mlet_width(build_config.fraction, build_config.embedding_dim)
-        for name, build in clustered:
-            narrow = name + MLET_SUFFIX
-            builds[narrow] = dataclasses.replace(
-                build,
-                embedding_dim=width,
-                fraction=round(build_config.fraction * build_config.embedding_dim / width, 6),
-                out=folder / f"plan_{narrow}.safetensors",
-                work_dir=None,
-            )
+    if width_select:  # narrower widths, the rows fitted to the bytes left
+        for suffix, width in narrow_widths(build_config).items():
+            for name, build in clustered:
+                narrow = name + suffix
+                builds[narrow] = dataclasses.replace(
+                    build,
+                    embedding_dim=width,
+                    fraction=round(build.fraction * build.embedding_dim / width, 6),
+                    out=folder / f"plan_{narrow}.safetensors",
+                    work_dir=None,
+                )
     return builds
+
+
+def narrow_widths(build_config: BuildConfig) -> dict[str, int]:
+    """``width_select``'s widths, candidate suffix -> width: :data:`MLET_SUFFIX` at the
+    sqrt split's (:func:`~torchrec_lhf.compression.budget.mlet_width`) and
+    :data:`HALF_SUFFIX` at half the width, each only where it is narrower than the
+    build's, the half only where it differs from the sqrt split's.
+
+    Example::
+
+        >>> build = BuildConfig(teacher="t", out="p", fraction=0.1, budget="bytes", embedding_dim=16)
+        >>> narrow_widths(build)
+        {'-mlet': 5, '-half': 8}
+        >>> narrow_widths(dataclasses.replace(build, fraction=0.25))  # both 8
+        {'-mlet': 8}
+    """
+    if build_config.fraction is None or build_config.embedding_dim is None:
+        raise ValueError(
+            "width_select fits narrower plans to a byte budget's fraction at a known width, "
+            f"got fraction={build_config.fraction!r}, embedding_dim={build_config.embedding_dim!r}"
+        )
+    dim = build_config.embedding_dim
+    widths = {MLET_SUFFIX: mlet_width(build_config.fraction, dim), HALF_SUFFIX: dim // 2}
+    out: dict[str, int] = {}
+    for suffix, width in widths.items():
+        if 1 <= width < dim and width not in out.values():
+            out[suffix] = width
+    return out
 
 
 def same_plans(trains: dict[str, TrainConfig]) -> dict[str, str]:

@@ -18,7 +18,9 @@ Methods:
   ``lhf-mlet`` (the learned plan at ``sqrt(fraction)`` of the rows, trained as MLET at
   ``sqrt(fraction)`` of the width, so about ``fraction`` of the bytes; under ``--bytes`` the
   width ``floor(sqrt(fraction) * D)`` and the rows fitted to the bytes left, the remap
-  counted), ``lhf-headtail-mlet`` (the same with the build's head/tail defaults), ``lhf-t16`` (a
+  counted), ``lhf-headtail-mlet`` (the same with the build's head/tail defaults),
+  ``lhf-headtail-half`` / ``lhf-headtail-counts-half`` (the build's defaults / with rows by
+  counts at half the width, the rows the rest of the fraction), ``lhf-t16`` (a
   teacher at the model's dim, ``--embedding_dim``), ``lhf-init`` (that teacher, and the
   compressed tables start at its cluster centroids: ``--init_from``), and
   ``lhf-rarehash`` (``apps.build_hash --head_min_count``): ids seen fewer than
@@ -59,8 +61,10 @@ Methods:
   the same way among those two and ``lhf-headtail-counts`` and
   ``lhf-headtail-counts-noclust`` (``apps.pipeline --head_select --rows_select``);
   ``lhf-headtail-select6`` among those four and the two learned hashes trained as MLET,
-  ``lhf-headtail-mlet`` and ``lhf-headtail-counts-mlet`` (the latter with rows by counts;
-  not in the pipeline).
+  ``lhf-headtail-mlet`` and ``lhf-headtail-counts-mlet`` (the latter with rows by counts);
+  ``lhf-headtail-select8`` among those six and the two at half the width,
+  ``lhf-headtail-half`` and ``lhf-headtail-counts-half`` (``apps.pipeline --head_select
+  --rows_select --width_select``).
 """
 
 from __future__ import annotations
@@ -149,22 +153,18 @@ CCE_VARIANTS: dict[str, dict[str, Any]] = {
     "cce-c2": {"cce_columns": 2},
 }
 """``--compression cce`` runs: the :class:`~apps.dlrm.config.TrainConfig` fields that differ."""
+_FOUR = (
+    "lhf-headtail",
+    "lhf-headtail-noclust",
+    "lhf-headtail-counts",
+    "lhf-headtail-counts-noclust",
+)
+_SIX = (*_FOUR, "lhf-headtail-mlet", "lhf-headtail-counts-mlet")
 SELECTED: dict[str, tuple[str, ...]] = {
     "lhf-headtail-select": ("lhf-headtail", "lhf-headtail-noclust"),
-    "lhf-headtail-select4": (
-        "lhf-headtail",
-        "lhf-headtail-noclust",
-        "lhf-headtail-counts",
-        "lhf-headtail-counts-noclust",
-    ),
-    "lhf-headtail-select6": (
-        "lhf-headtail",
-        "lhf-headtail-noclust",
-        "lhf-headtail-counts",
-        "lhf-headtail-counts-noclust",
-        "lhf-headtail-mlet",
-        "lhf-headtail-counts-mlet",
-    ),
+    "lhf-headtail-select4": _FOUR,
+    "lhf-headtail-select6": _SIX,
+    "lhf-headtail-select8": (*_SIX, "lhf-headtail-half", "lhf-headtail-counts-half"),
 }
 """Methods that train several variants and keep the one of higher validation AUC (the first
 on a tie), as ``apps.pipeline --head_select`` (and ``--rows_select``) does."""

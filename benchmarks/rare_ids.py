@@ -47,7 +47,9 @@ and "gap closed" is read at equal total bytes:
   ``lhf-counts`` and ``lhf-counts-freq`` (``--head_select --rows_select``);
   ``lhf-sqrt-mlet`` / ``lhf-counts-sqrt-mlet``: the default / ``lhf-counts`` trained as MLET
   at the sqrt split's width (:data:`SQRT_MLET`); ``lhf-select6``: the one of higher
-  validation AUC among those six;
+  validation AUC among those six; ``lhf-half`` / ``lhf-counts-half``: the same at half the
+  width (:data:`HALF_WIDTH`); ``lhf-select8``: among those eight (``--head_select
+  --rows_select --width_select``);
 * ``lhf-mlet``: the plan at ``1 / MLET_WIDTH`` times the rows, trained as MLET at
   ``MLET_WIDTH`` of the width (about the same bytes);
 * the other methods, at the same size and budget: ``qr``, ``fbdh``, ``memrec``, ``mlet``,
@@ -138,25 +140,23 @@ METHODS = (
     "lhf-select",
     "lhf-select4",
     "lhf-select6",
+    "lhf-select8",
     *PEERS,
 )
 """The methods this benchmark trains (see the module docstring)."""
+_FOUR = ("lhf", "lhf-freq", "lhf-counts", "lhf-counts-freq")
 SELECT = {
     "lhf-select": ("lhf", "lhf-freq"),
-    "lhf-select4": ("lhf", "lhf-freq", "lhf-counts", "lhf-counts-freq"),
-    "lhf-select6": (
-        "lhf",
-        "lhf-freq",
-        "lhf-counts",
-        "lhf-counts-freq",
-        "lhf-sqrt-mlet",
-        "lhf-counts-sqrt-mlet",
-    ),
+    "lhf-select4": _FOUR,
+    "lhf-select6": (*_FOUR, *SQRT_MLET),
+    "lhf-select8": (*_FOUR, *SQRT_MLET, *HALF_WIDTH),
 }
 """Methods that train several plans and keep the one of higher validation AUC (the first on
 a tie): ``lhf-select`` the default and the frequency-only plan, as ``apps.pipeline
 --head_select`` does; ``lhf-select4`` those with rows shared by the sizes and by the counts,
-as ``--head_select --rows_select`` does; ``lhf-select6`` those and :data:`SQRT_MLET`."""
+as ``--head_select --rows_select`` does; ``lhf-select6`` those and :data:`SQRT_MLET`;
+``lhf-select8`` those and :data:`HALF_WIDTH`, as ``--head_select --rows_select
+--width_select`` does."""
 
 
 @dataclass(kw_only=True)

@@ -232,25 +232,25 @@ def test_a_candidate_plan_that_does_not_fit_is_left_out_of_the_choice(
         pipeline.main([*args[:-1], str(tmp_path / "again")])
 
 
-def test_width_select_trains_the_clustered_plans_at_the_mlet_width_too(tmp_path) -> None:
+def test_width_select_trains_the_clustered_plans_at_narrower_widths_too(tmp_path) -> None:
     from torchrec_lhf import HashPlan
-    from torchrec_lhf.compression.budget import mlet_width
 
-    args = [*SELECT_ARGS, "--methods", "lhf", "--out_dir", str(tmp_path)]
+    # at 20% of the bytes the sqrt split's width is 7 of 16, half the width 8
+    args = [*SELECT_ARGS, "--fraction", "0.2", "--methods", "lhf", "--out_dir", str(tmp_path)]
     (lhf,) = pipeline.main([*args, "--head_select", "--rows_select", "--width_select"])
     names = [
         "clustered", "clustered-counts", "frequency", "frequency-counts",
-        "clustered-mlet", "clustered-counts-mlet",
+        "clustered-mlet", "clustered-counts-mlet", "clustered-half", "clustered-counts-half",
     ]  # fmt: skip
     assert list(lhf["candidates"]) == names
     best = max(names, key=lambda k: lhf["candidates"][k]["val_auc"])  # the first of ties
-    assert lhf["choice"] == best and lhf["total_bytes"] <= 0.3 * 750 * 16 * 4
-    width = mlet_width(0.3, 16)  # 8 of 16
-    for name in ("clustered-mlet", "clustered-counts-mlet"):
+    assert lhf["choice"] == best and lhf["total_bytes"] <= 0.2 * 750 * 16 * 4
+    for name in names[4:]:
+        width = 8 if name.endswith("-half") else 7
         meta = HashPlan.load(tmp_path / f"plan_{name}.safetensors").metadata
-        assert meta["embedding_dim"] == width and meta["fraction"] == 0.3 * 16 / width
+        assert meta["embedding_dim"] == width and meta["fraction"] == round(0.2 * 16 / width, 6)
         assert meta.get("row_allocation", "size") == ("counts" if "counts" in name else "size")
         # trained as MLET at that width: the run's tables are that narrow, within the bytes
         metrics = json.loads((tmp_path / f"metrics_lhf-{name}.json").read_text())
-        assert metrics["total_bytes"] <= 0.3 * 750 * 16 * 4
+        assert metrics["total_bytes"] <= 0.2 * 750 * 16 * 4
         assert metrics["embedding_bytes"] == metrics["rows"] * width * 4

@@ -32,7 +32,7 @@ def test_every_flag_builds_its_candidates_as_their_names_say(tmp_path, allocatio
     )
     names = [
         "clustered", f"clustered-{other}", "frequency", f"frequency-{other}",
-        "clustered-mlet", f"clustered-{other}-mlet",
+        "clustered-mlet", f"clustered-{other}-mlet", "clustered-half", f"clustered-{other}-half",
     ]  # fmt: skip
     assert list(builds) == names
     assert builds["clustered"] is build  # first: it wins ties
@@ -43,10 +43,25 @@ def test_every_flag_builds_its_candidates_as_their_names_say(tmp_path, allocatio
         assert b.row_allocation == (other if other in name else allocation), name
         # rows by frequency: a head no id reaches, every other setting the build's
         assert (b.head_min_count > 10**9) == name.startswith("frequency"), name
-        narrow = name.endswith(plan_candidates.MLET_SUFFIX)
-        # at 10% of the bytes the sqrt split's width is 5 of 16: the rows take 0.1 * 16 / 5
-        assert (b.embedding_dim, b.fraction) == ((5, 0.32) if narrow else (16, 0.1)), name
+        # at 10% of the bytes the sqrt split's width is 5 of 16: the rows take 0.1 * 16 / 5;
+        # at half the width 0.1 * 16 / 8
+        expected = {"-mlet": (5, 0.32), "-half": (8, 0.2)}.get(name[-5:], (16, 0.1))
+        assert (b.embedding_dim, b.fraction) == expected, name
         assert (b.tail_fraction, b.tail_region) == (build.tail_fraction, build.tail_region)
+
+
+def test_narrow_widths_are_narrower_and_distinct(tmp_path) -> None:
+    import dataclasses
+
+    build = _build(tmp_path)
+    assert plan_candidates.narrow_widths(build) == {"-mlet": 5, "-half": 8}
+    # at 25% of the bytes the sqrt split's width is half the width: one candidate width
+    assert plan_candidates.narrow_widths(dataclasses.replace(build, fraction=0.25)) == {"-mlet": 8}
+    assert plan_candidates.narrow_widths(dataclasses.replace(build, embedding_dim=1)) == {}
+    with pytest.raises(ValueError, match="fraction=None"):
+        plan_candidates.narrow_widths(
+            dataclasses.replace(build, budget="table", fraction=None, rows_per_table={"t": 3})
+        )
 
 
 def test_each_flag_alone(tmp_path) -> None:
@@ -54,7 +69,8 @@ def test_each_flag_alone(tmp_path) -> None:
     select = plan_candidates.candidate_builds
     assert list(select(build, head_select=True)) == ["clustered", "frequency"]
     assert list(select(build, rows_select=True)) == ["clustered", "clustered-counts"]
-    assert list(select(build, width_select=True)) == ["clustered", "clustered-mlet"]
+    widths = ["clustered", "clustered-mlet", "clustered-half"]
+    assert list(select(build, width_select=True)) == widths
 
 
 def test_same_plans_finds_candidates_whose_plan_an_earlier_one_has(tmp_path) -> None:

@@ -142,7 +142,7 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
     argv = [
         "--scale", "0.0001", "--num_samples", "20000", "--min_table_rows", "100",
         "--batch_size", "512", "--fraction", "0.05", "--budget", "bytes",
-        "--methods", "lhf,lhf-select,lhf-select4,lhf-select6,lhf-half,lhf-counts-half",
+        "--methods", "lhf,lhf-select,lhf-select4,lhf-select6,lhf-select8",
         "--out_dir", str(tmp_path), "--json",
     ]  # fmt: skip
     report = rare_ids.main(argv)
@@ -171,7 +171,13 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
         metrics = json.loads((tmp_path / f"metrics_{m}.json").read_text())
         assert metrics["embedding_bytes"] == metrics["rows"] * 3 * 4
         assert metrics["total_bytes"] <= report["budget_bytes"]
-    # half the width (8 of 16), the rows fitted to the bytes left, trained at that width
+    # eight: and both at half the width (8 of 16), the rows fitted to the bytes left,
+    # trained at that width
+    sel8, cands8 = res["lhf-select8"], res["lhf-select8"]["candidates"]
+    assert list(cands8) == [*cands6, "lhf-half", "lhf-counts-half"]
+    assert {m: cands8[m] for m in cands6} == cands6  # each trained once
+    best = max(cands8, key=lambda m: cands8[m]["val_auc"])
+    assert sel8["choice"] == best and sel8["auc"] == cands8[best]["auc"]
     for m in ("lhf-half", "lhf-counts-half"):
         meta = HashPlan.load(tmp_path / f"plan_{m}.safetensors").metadata
         assert meta["embedding_dim"] == 8 and meta["fraction"] == 0.05 * 16 / 8
