@@ -136,8 +136,9 @@ class PipelineConfig:
     ``row_allocation`` is ``size``, else ``size``), train both (with ``head_select``, all
     four), and keep for ``lhf`` the one of higher validation AUC, as ``head_select`` does
     (the candidate's ``choice`` ends in ``-counts`` or ``-size``; a candidate whose plan
-    equals an earlier one's is not trained again: :func:`~apps.plan_candidates.same_plans`; one that does not fit
-    the byte budget is left out, with a warning). Needs ``--budget bytes``. Rows by counts
+    equals an earlier one's is not trained again:
+    :func:`~apps.plan_candidates.same_plans`; one that does not fit the byte budget is left
+    out, with a warning). Needs ``--budget bytes``. Rows by counts
     win where the tables differ in how their accesses spread (MovieLens, the Criteo head),
     rows by size where they differ in how much their ids matter (the scale case at 10%:
     docs/RESULTS.md, "Choosing the plan on validation")."""
@@ -259,8 +260,8 @@ def stage_configs(
 ) -> tuple[teacher.TeacherConfig, BuildConfig, dict[str, TrainConfig]]:
     """The typed configs of the stages: teacher, hash build, one training per method (with
     ``head_select``, ``rows_select`` or ``width_select``, also one per other candidate plan
-    of :func:`~apps.plan_candidates.candidate_builds`, named ``lhf-<candidate>``: ``lhf-frequency`` for the
-    frequency-only plan, ``out_dir / "plan_frequency.safetensors"``)."""
+    of :func:`~apps.plan_candidates.candidate_builds`, named ``lhf-<candidate>``:
+    ``lhf-frequency`` for the frequency-only plan, ``out_dir / "plan_frequency.safetensors"``)."""
     out = Path(config.out_dir)
     base = _train_config(config, dataset, options)
     teacher_config = teacher.TeacherConfig(

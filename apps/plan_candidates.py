@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 
 from apps.dlrm.config import TrainConfig
-from torchrec_lhf.compression.budget import mlet_width
+from torchrec_lhf.compression.budget import half_width, mlet_width
 from torchrec_lhf.hash_build.config import BuildConfig
 
 MLET_SUFFIX = "-mlet"
@@ -94,7 +94,9 @@ def narrow_widths(build_config: BuildConfig) -> dict[str, int]:
 
     Example::
 
-        >>> build = BuildConfig(teacher="t", out="p", fraction=0.1, budget="bytes", embedding_dim=16)
+        >>> build = BuildConfig(
+        ...     teacher="t", out="p", fraction=0.1, budget="bytes", embedding_dim=16
+        ... )
         >>> narrow_widths(build)
         {'-mlet': 5, '-half': 8}
         >>> narrow_widths(dataclasses.replace(build, fraction=0.25))  # both 8
@@ -106,7 +108,7 @@ def narrow_widths(build_config: BuildConfig) -> dict[str, int]:
             f"got fraction={build_config.fraction!r}, embedding_dim={build_config.embedding_dim!r}"
         )
     dim = build_config.embedding_dim
-    widths = {MLET_SUFFIX: mlet_width(build_config.fraction, dim), HALF_SUFFIX: dim // 2}
+    widths = {MLET_SUFFIX: mlet_width(build_config.fraction, dim), HALF_SUFFIX: half_width(dim)}
     out: dict[str, int] = {}
     for suffix, width in widths.items():
         if 1 <= width < dim and width not in out.values():

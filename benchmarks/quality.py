@@ -53,7 +53,13 @@ from benchmarks.quality_methods import (
 from benchmarks.quality_report import write_reports
 from torchrec_lhf._io import atomic_write_json
 from torchrec_lhf.cli import add_config_flags, config_from_args
-from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSmall, mlet_width
+from torchrec_lhf.compression.budget import (
+    BUDGETS,
+    MIN_TABLE_ROWS,
+    BudgetTooSmall,
+    half_width,
+    mlet_width,
+)
 from torchrec_lhf.hash_build.config import BuildConfig
 from torchrec_lhf.report import select_on_validation
 
@@ -224,13 +230,12 @@ def run_config(sweep: SweepConfig, method: str, fraction: float, seed: int) -> T
     """The typed config of one training run."""
     base = _base(sweep, seed)
     if method in LHF_VARIANTS and LHF_VARIANTS[method].get("mlet"):
-        # both ways at once: sqrt(fraction) of the rows and of the width (or the variant's
-        # share of the width, the rows the rest)
-        opts = LHF_VARIANTS[method]
-        side = opts.get("width", fraction**0.5)
+        # both ways at once: sqrt(fraction) of the rows and of the width (or half the
+        # width, the rows the rest)
+        full, half = sweep.embedding_dim, LHF_VARIANTS[method].get("half_width", False)
+        side = half_width(full) / full if half else fraction**0.5
         if sweep.bytes:  # that width, the rows fitted to the bytes left
-            full = sweep.embedding_dim
-            width = max(1, round(side * full)) if "width" in opts else mlet_width(fraction, full)
+            width = half_width(full) if half else mlet_width(fraction, full)
             plan = _plan(sweep, method, round(fraction * full / width, 6), seed, dim=width)
             side = width / full
         else:  # the rows' share times the width's is the fraction
@@ -290,7 +295,7 @@ def run_one(sweep: SweepConfig, method: str, fraction: float, seed: int) -> dict
     try:
         config = run_config(sweep, method, fraction, seed)
         fingerprint = _fingerprint(config)
-        same = _same_training(sweep.out / "runs", fingerprint)
+        same = _same_training(path.parent, f"*_{key}{fraction:g}_s{seed}.json", fingerprint)
         if same is not None:  # an earlier method's plan and settings: the same training
             logger.info("%s: the same training as %s, not run again", path.name, same["method"])
             row = {**same, **row, "same_plan": same["method"], "seconds": 0.0}
@@ -333,13 +338,14 @@ def _fingerprint(config: TrainConfig) -> str | None:
     return hashlib.sha256(training_fingerprint(config).encode()).hexdigest()
 
 
-def _same_training(runs: Path, fingerprint: str | None) -> dict[str, Any] | None:
-    """The saved run under ``runs`` whose training has ``fingerprint`` (e.g. a candidate
+def _same_training(runs: Path, pattern: str, fingerprint: str | None) -> dict[str, Any] | None:
+    """The saved run under ``runs`` matching ``pattern`` (the runs of this size and seed:
+    the fingerprint holds the seed) whose training has ``fingerprint`` (e.g. a candidate
     whose frequency-only plan equals the clustered one, where no table clusters its head),
     else None. Trainings are deterministic per seed, so its result is this one's."""
     if fingerprint is None or not runs.is_dir():
         return None
-    for path in sorted(runs.glob("*.json")):
+    for path in sorted(runs.glob(pattern)):
         row = json.loads(path.read_text())
         if row.get("fingerprint") == fingerprint and "same_plan" not in row:
             return row

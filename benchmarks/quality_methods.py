@@ -136,11 +136,11 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
     "lhf-headtail-mlet": {"rare_hash": True, "mlet": True},
     "lhf-headtail-counts-mlet": {"rare_hash": True, "mlet": True, "row_allocation": "counts"},
     # the default at half the width and (about) twice the rows, trained as MLET
-    "lhf-headtail-half": {"rare_hash": True, "mlet": True, "width": 0.5},
+    "lhf-headtail-half": {"rare_hash": True, "mlet": True, "half_width": True},
     "lhf-headtail-counts-half": {
         "rare_hash": True,
         "mlet": True,
-        "width": 0.5,
+        "half_width": True,
         "row_allocation": "counts",
     },
     "lhf-t16": {"teacher_dim": "model"},

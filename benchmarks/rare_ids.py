@@ -84,7 +84,12 @@ from apps.dlrm.config import TrainConfig
 from apps.plan_candidates import training_fingerprint
 from benchmarks.quality_methods import FIXED
 from torchrec_lhf.cli import add_config_flags, config_from_args
-from torchrec_lhf.compression.budget import BudgetTooSmall, byte_budget, mlet_width
+from torchrec_lhf.compression.budget import (
+    BudgetTooSmall,
+    byte_budget,
+    half_width,
+    mlet_width,
+)
 from torchrec_lhf.data.criteo_npy import MLPERF_NUM_EMBEDDINGS
 from torchrec_lhf.hash_build.config import BuildConfig
 from torchrec_lhf.report import select_on_validation
@@ -332,10 +337,10 @@ def _train_config(
             extra = {**extra, "fraction": build.fraction / MLET_WIDTH}
         side = None  # the share of the width the tables keep, when trained as MLET
         if method in SQRT_MLET + HALF_WIDTH:  # that width, the rows fitted to the bytes left
-            dim = build.embedding_dim
-            side = 0.5 if method in HALF_WIDTH else build.fraction**0.5
+            dim, half = build.embedding_dim, method in HALF_WIDTH
+            side = half_width(dim) / dim if half else build.fraction**0.5
             if build.budget == "bytes":
-                width = dim // 2 if method in HALF_WIDTH else mlet_width(build.fraction, dim)
+                width = half_width(dim) if half else mlet_width(build.fraction, dim)
                 extra = {**extra, "fraction": round(build.fraction * dim / width, 6)}
                 extra["embedding_dim"], side = width, width / dim
             else:  # the rows' share times the width's is the fraction

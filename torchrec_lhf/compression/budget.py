@@ -307,6 +307,18 @@ def mlet_width(fraction: float, embedding_dim: int) -> int:
     return max(1, int(fraction**0.5 * embedding_dim))
 
 
+def half_width(embedding_dim: int) -> int:
+    """The width of a learned hash trained as MLET at half the model's width (at least 1),
+    its rows then fitted to the bytes left (``apps.pipeline --width_select``'s other width).
+
+    Example::
+
+        >>> half_width(16), half_width(1)
+        (8, 1)
+    """
+    return max(1, embedding_dim // 2)
+
+
 def lowest_fraction(sizes: Mapping[str, int]) -> float:
     """A row fraction small enough that every table gets its fewest rows
     (``round(f * N_t) == 0``), and fine enough as the bisection's step."""
