@@ -1,8 +1,9 @@
 """The learned hash's candidate plans, chosen among on validation by ``apps.pipeline``.
 
-With ``--head_select``, ``--rows_select`` or ``--width_select`` the pipeline builds more
-than one plan for the learned hash (:func:`candidate_builds`), trains each (a training whose
-plan and settings equal an earlier one's is not run again: :func:`same_plans`, keyed by
+Under ``--budget bytes`` by default (``--half_select``), and with ``--head_select``,
+``--rows_select`` or ``--width_select``, the pipeline builds more than one plan for the
+learned hash (:func:`candidate_builds`), trains each (a training whose plan and settings
+equal an earlier one's is not run again: :func:`same_plans`, keyed by
 :func:`training_fingerprint`) and keeps the one of highest validation AUC
 (:func:`torchrec_lhf.report.select_on_validation`). ``benchmarks.rare_ids`` reuses the
 same key for its own candidates.
@@ -38,6 +39,7 @@ def candidate_builds(
     head_select: bool = False,
     rows_select: bool = False,
     width_select: bool = False,
+    half_select: bool = False,
 ) -> dict[str, BuildConfig]:
     """The learned hash's candidate plans, name -> build, written next to the build's plan
     as ``plan_<name>.safetensors``.
@@ -53,6 +55,8 @@ def candidate_builds(
             their rows fitted to the bytes left: at the sqrt split's, ``clustered-mlet``,
             ``clustered-<other allocation>-mlet``; at half the width, ``clustered-half``,
             ``clustered-<other allocation>-half``.
+        half_select: also the clustered ones at half the width alone (``clustered-half``,
+            ...): ``apps.pipeline``'s default under a byte budget.
 
     Returns:
         Candidate name -> its build config, ``clustered`` first.
@@ -72,8 +76,8 @@ def candidate_builds(
         for name, build in clustered:
             freq = name.replace("clustered", "frequency")
             builds[freq] = build.frequency_only(folder / f"plan_{freq}.safetensors")
-    if width_select:  # narrower widths, the rows fitted to the bytes left
-        for suffix, width in narrow_widths(build_config).items():
+    if width_select or half_select:  # narrower widths, the rows fitted to the bytes left
+        for suffix, width in narrow_widths(build_config, sqrt=width_select).items():
             for name, build in clustered:
                 narrow = name + suffix
                 builds[narrow] = dataclasses.replace(
@@ -86,11 +90,14 @@ def candidate_builds(
     return builds
 
 
-def narrow_widths(build_config: BuildConfig) -> dict[str, int]:
-    """``width_select``'s widths, candidate suffix -> width: :data:`MLET_SUFFIX` at the
-    sqrt split's (:func:`~torchrec_lhf.compression.budget.mlet_width`) and
-    :data:`HALF_SUFFIX` at half the width, each only where it is narrower than the
-    build's, the half only where it differs from the sqrt split's.
+def narrow_widths(build_config: BuildConfig, *, sqrt: bool = True) -> dict[str, int]:
+    """The narrower widths of ``width_select`` (``sqrt``) or ``half_select``, candidate
+    suffix -> width: :data:`MLET_SUFFIX` at the sqrt split's
+    (:func:`~torchrec_lhf.compression.budget.mlet_width`; only with ``sqrt``) and
+    :data:`HALF_SUFFIX` at half the width, each only where it is narrower than the build's
+    and the rows it buys stay within the full tables (``fraction * dim / width <= 1``: at
+    half the width, fractions up to 0.5), the half only where it differs from the sqrt
+    split's.
 
     Example::
 
@@ -99,8 +106,12 @@ def narrow_widths(build_config: BuildConfig) -> dict[str, int]:
         ... )
         >>> narrow_widths(build)
         {'-mlet': 5, '-half': 8}
+        >>> narrow_widths(build, sqrt=False)
+        {'-half': 8}
         >>> narrow_widths(dataclasses.replace(build, fraction=0.25))  # both 8
         {'-mlet': 8}
+        >>> narrow_widths(dataclasses.replace(build, fraction=0.6))  # 1.2 of the rows at 8
+        {'-mlet': 12}
     """
     if build_config.fraction is None or build_config.embedding_dim is None:
         raise ValueError(
@@ -108,10 +119,12 @@ def narrow_widths(build_config: BuildConfig) -> dict[str, int]:
             f"got fraction={build_config.fraction!r}, embedding_dim={build_config.embedding_dim!r}"
         )
     dim = build_config.embedding_dim
-    widths = {MLET_SUFFIX: mlet_width(build_config.fraction, dim), HALF_SUFFIX: half_width(dim)}
+    widths = {MLET_SUFFIX: mlet_width(build_config.fraction, dim)} if sqrt else {}
+    widths[HALF_SUFFIX] = half_width(dim)
     out: dict[str, int] = {}
     for suffix, width in widths.items():
-        if 1 <= width < dim and width not in out.values():
+        rows = build_config.fraction * dim / width  # the share of the full rows it buys
+        if 1 <= width < dim and rows <= 1 and width not in out.values():
             out[suffix] = width
     return out
 

@@ -64,7 +64,9 @@ Methods:
   ``lhf-headtail-mlet`` and ``lhf-headtail-counts-mlet`` (the latter with rows by counts);
   ``lhf-headtail-select8`` among those six and the two at half the width,
   ``lhf-headtail-half`` and ``lhf-headtail-counts-half`` (``apps.pipeline --head_select
-  --rows_select --width_select``).
+  --rows_select --width_select``); ``lhf-headtail-select2`` between ``lhf-headtail`` and
+  ``lhf-headtail-half``: what ``apps.pipeline`` does by default under ``--budget bytes``
+  (``--half_select``).
 """
 
 from __future__ import annotations
@@ -162,6 +164,7 @@ _FOUR = (
 _SIX = (*_FOUR, "lhf-headtail-mlet", "lhf-headtail-counts-mlet")
 SELECTED: dict[str, tuple[str, ...]] = {
     "lhf-headtail-select": ("lhf-headtail", "lhf-headtail-noclust"),
+    "lhf-headtail-select2": ("lhf-headtail", "lhf-headtail-half"),
     "lhf-headtail-select4": _FOUR,
     "lhf-headtail-select6": _SIX,
     "lhf-headtail-select8": (*_SIX, "lhf-headtail-half", "lhf-headtail-counts-half"),

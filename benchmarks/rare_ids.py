@@ -49,7 +49,9 @@ and "gap closed" is read at equal total bytes:
   at the sqrt split's width (:data:`SQRT_MLET`); ``lhf-select6``: the one of higher
   validation AUC among those six; ``lhf-half`` / ``lhf-counts-half``: the same at half the
   width (:data:`HALF_WIDTH`); ``lhf-select8``: among those eight (``--head_select
-  --rows_select --width_select``);
+  --rows_select --width_select``); ``lhf-select2``: between ``lhf`` and ``lhf-half``, what
+  ``apps.pipeline`` does by default under ``--budget bytes`` (``--half_select``; ``lhf``
+  is its one plan, ``--no-half_select``);
 * ``lhf-mlet``: the plan at ``1 / MLET_WIDTH`` times the rows, trained as MLET at
   ``MLET_WIDTH`` of the width (about the same bytes);
 * the other methods, at the same size and budget: ``qr``, ``fbdh``, ``memrec``, ``mlet``,
@@ -143,6 +145,7 @@ METHODS = (
     "lhf-half",
     "lhf-counts-half",
     "lhf-select",
+    "lhf-select2",
     "lhf-select4",
     "lhf-select6",
     "lhf-select8",
@@ -152,6 +155,7 @@ METHODS = (
 _FOUR = ("lhf", "lhf-freq", "lhf-counts", "lhf-counts-freq")
 SELECT = {
     "lhf-select": ("lhf", "lhf-freq"),
+    "lhf-select2": ("lhf", "lhf-half"),  # apps.pipeline's default under --budget bytes
     "lhf-select4": _FOUR,
     "lhf-select6": (*_FOUR, *SQRT_MLET),
     "lhf-select8": (*_FOUR, *SQRT_MLET, *HALF_WIDTH),

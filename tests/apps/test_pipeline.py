@@ -80,8 +80,10 @@ def test_pipeline_at_equal_bytes(tmp_path) -> None:
         "--dataset", "synthetic", "--dataset_options", TINY, "--out_dir", str(tmp_path / "run"),
         "--fraction", "0.2", "--min_table_rows", "0", "--teacher_epochs", "1",
         "--budget", "bytes", "--embedding_dim", "8", "--head_min_count", "0",
+        "--no-half_select",  # one plan: its rows by hand
     ])  # fmt: skip
     by_method = {r["method"]: r for r in rows}
+    assert "choice" not in by_method["lhf"]
     full = by_method["none"]["total_bytes"]
     assert full == 750 * 8 * 4
     # 20% of the full tables' bytes = 4,800: modulo stores only rows (150 of 32 bytes);
@@ -129,9 +131,60 @@ def test_the_teacher_takes_the_pipelines_train_window(tmp_path) -> None:
 SELECT_ARGS = [
     "--dataset", "synthetic", "--dataset_options", TINY, "--fraction", "0.3",
     "--min_table_rows", "0", "--teacher_epochs", "1", "--budget", "bytes",
-    "--head_min_count", "2",
+    "--no-half_select", "--head_min_count", "2",
 ]  # fmt: skip
-"""A tiny pipeline at 30% of the bytes whose plans can be chosen on validation."""
+"""A tiny pipeline at 30% of the bytes whose plans can be chosen on validation (without
+the default's half-width plan, so that each flag's candidates are its own)."""
+
+
+def test_under_a_byte_budget_the_default_also_trains_the_plan_at_half_the_width(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from torchrec_lhf import HashPlan
+
+    args = [a for a in SELECT_ARGS if a != "--no-half_select"]  # the default: --half_select
+    args += ["--methods", "lhf,none"]
+    trained = count_learned_trainings(monkeypatch, pipeline.train)
+    lhf, _ = pipeline.main([*args, "--out_dir", str(tmp_path / "sel")])
+    half = tmp_path / "sel" / "plan_clustered-half.safetensors"
+    # the learned hash, the full model (no plan), then the candidate
+    assert trained == [str(tmp_path / "sel" / "plan.safetensors"), None, str(half)]
+    names = ["clustered", "clustered-half"]
+    assert list(lhf["candidates"]) == names
+    best = max(names, key=lambda k: lhf["candidates"][k]["val_auc"])  # the first of ties
+    assert lhf["choice"] == best and lhf["auc"] == lhf["candidates"][best]["auc"]
+    assert f"lhf: the plan {best!r}, chosen on validation AUC (clustered " in (
+        capsys.readouterr().out
+    )
+    # half of the width 16, twice the rows' share: 0.3 * 16 / 8, trained as MLET at 8
+    meta = HashPlan.load(half).metadata
+    assert meta["embedding_dim"] == 8 and meta["fraction"] == 0.6
+    metrics = json.loads((tmp_path / "sel" / "metrics_lhf-clustered-half.json").read_text())
+    assert metrics["embedding_bytes"] == metrics["rows"] * 8 * 4
+    assert metrics["total_bytes"] <= 0.3 * 750 * 16 * 4 and lhf["total_bytes"] <= 0.3 * 750 * 16 * 4
+    # --no-half_select: the one plan, trained once, the candidate "clustered" exactly
+    trained.clear()
+    (plain,) = pipeline.main(
+        [*args[:-1], "lhf", "--no-half_select", "--out_dir", str(tmp_path / "one")]
+    )
+    assert trained == [str(tmp_path / "one" / "plan.safetensors")] and "choice" not in plain
+    assert plain["auc"] == lhf["candidates"]["clustered"]["auc"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},  # the default budget "total" counts rows, which a narrower plan does not change
+        {"budget": "table"},
+        {"budget": "bytes", "fraction": 0.6},  # twice the rows would exceed the full tables
+        {"budget": "bytes", "half_select": False},
+    ],
+)
+def test_no_half_width_plan_where_it_cannot_apply_or_is_turned_off(tmp_path, kwargs) -> None:
+    config = pipeline.PipelineConfig(out_dir=str(tmp_path), **kwargs)
+    assert list(pipeline.stage_configs(config, "x", {})[2]) == ["lhf", "modulo", "none"]
+    on = pipeline.PipelineConfig(out_dir=str(tmp_path), budget="bytes")  # the default's
+    assert "lhf-clustered-half" in pipeline.stage_configs(on, "x", {})[2]
 
 
 def test_head_select_trains_both_plans_and_keeps_the_better_on_validation(tmp_path) -> None:

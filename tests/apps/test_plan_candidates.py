@@ -58,6 +58,18 @@ def test_narrow_widths_are_narrower_and_distinct(tmp_path) -> None:
     # at 25% of the bytes the sqrt split's width is half the width: one candidate width
     assert plan_candidates.narrow_widths(dataclasses.replace(build, fraction=0.25)) == {"-mlet": 8}
     assert plan_candidates.narrow_widths(dataclasses.replace(build, embedding_dim=1)) == {}
+    # half_select's alone: half the width, even where it is the sqrt split's
+    assert plan_candidates.narrow_widths(build, sqrt=False) == {"-half": 8}
+    quarter = dataclasses.replace(build, fraction=0.25)
+    assert plan_candidates.narrow_widths(quarter, sqrt=False) == {"-half": 8}
+    # a width is kept only while the rows it buys fit the full tables: at half the width,
+    # fractions up to 0.5 (0.5 * 16 / 8 = all the rows); at 0.6 the sqrt split's 12 only
+    half = dataclasses.replace(build, fraction=0.5)
+    assert plan_candidates.narrow_widths(half, sqrt=False) == {"-half": 8}
+    over = dataclasses.replace(build, fraction=0.6)
+    assert plan_candidates.narrow_widths(over) == {"-mlet": 12}
+    assert plan_candidates.narrow_widths(over, sqrt=False) == {}
+    assert plan_candidates.narrow_widths(dataclasses.replace(build, fraction=1.0)) == {}
     with pytest.raises(ValueError, match="fraction=None"):
         plan_candidates.narrow_widths(
             dataclasses.replace(build, budget="table", fraction=None, rows_per_table={"t": 3})
@@ -71,6 +83,16 @@ def test_each_flag_alone(tmp_path) -> None:
     assert list(select(build, rows_select=True)) == ["clustered", "clustered-counts"]
     widths = ["clustered", "clustered-mlet", "clustered-half"]
     assert list(select(build, width_select=True)) == widths
+    halves = select(build, half_select=True)
+    assert list(halves) == ["clustered", "clustered-half"]
+    assert (halves["clustered-half"].embedding_dim, halves["clustered-half"].fraction) == (8, 0.2)
+    assert list(select(build, half_select=True, width_select=True)) == widths  # one half
+    both = ["clustered", "clustered-counts", "clustered-half", "clustered-counts-half"]
+    assert list(select(build, rows_select=True, half_select=True)) == both
+    # no narrower plan fits: the learned hash's own alone
+    import dataclasses
+
+    assert list(select(dataclasses.replace(build, fraction=0.8), half_select=True)) == ["clustered"]
 
 
 def test_same_plans_finds_candidates_whose_plan_an_earlier_one_has(tmp_path) -> None:

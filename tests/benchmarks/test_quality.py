@@ -327,6 +327,8 @@ def test_half_width_plans_keep_half_the_width_and_the_rest_in_rows(
             assert meta["embedding_dim"] == 2 and meta["fraction"] == 0.04 * 4 / 2
         else:  # twice the rows at half the width
             assert meta["fraction"] == 0.08
+    # the pipeline's default under a byte budget: the default build and it at half the width
+    assert quality.SELECTED["lhf-headtail-select2"] == ("lhf-headtail", "lhf-headtail-half")
 
 
 def test_a_method_whose_training_an_earlier_one_ran_is_not_run_again(

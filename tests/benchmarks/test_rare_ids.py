@@ -142,7 +142,7 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
     argv = [
         "--scale", "0.0001", "--num_samples", "20000", "--min_table_rows", "100",
         "--batch_size", "512", "--fraction", "0.05", "--budget", "bytes",
-        "--methods", "lhf,lhf-select,lhf-select4,lhf-select6,lhf-select8",
+        "--methods", "lhf,lhf-select,lhf-select4,lhf-select6,lhf-select8,lhf-select2",
         "--out_dir", str(tmp_path), "--json",
     ]  # fmt: skip
     report = rare_ids.main(argv)
@@ -185,3 +185,8 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
         metrics = json.loads((tmp_path / f"metrics_{m}.json").read_text())
         assert metrics["embedding_bytes"] == metrics["rows"] * 8 * 4
         assert metrics["total_bytes"] <= report["budget_bytes"]
+    # two: the pipeline's default under --budget bytes, the default and at half the width
+    sel2, cands2 = res["lhf-select2"], res["lhf-select2"]["candidates"]
+    assert list(cands2) == ["lhf", "lhf-half"] and cands2 == {m: cands8[m] for m in cands2}
+    best = max(cands2, key=lambda m: cands2[m]["val_auc"])
+    assert sel2["choice"] == best and sel2["auc"] == cands2[best]["auc"]

@@ -309,7 +309,8 @@ def mlet_width(fraction: float, embedding_dim: int) -> int:
 
 def half_width(embedding_dim: int) -> int:
     """The width of a learned hash trained as MLET at half the model's width (at least 1),
-    its rows then fitted to the bytes left (``apps.pipeline --width_select``'s other width).
+    its rows then fitted to the bytes left (``apps.pipeline --half_select``'s width, the
+    default's second plan under a byte budget).
 
     Example::
 
