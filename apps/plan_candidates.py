@@ -15,13 +15,14 @@ import dataclasses
 from pathlib import Path
 
 from apps.dlrm.config import TrainConfig
-from torchrec_lhf.compression.budget import half_width, mlet_width
+from torchrec_lhf.compression.budget import fraction_at_width, half_width, mlet_width
 from torchrec_lhf.hash_build.config import BuildConfig
 
 MLET_SUFFIX = "-mlet"
 """``width_select``'s candidates at the sqrt split's width, trained as MLET at it."""
 HALF_SUFFIX = "-half"
-"""``width_select``'s candidates at half the width, trained as MLET at it."""
+"""``half_select``'s and ``width_select``'s candidates at half the width, trained as MLET
+at it."""
 CANDIDATE_PREFIX = "lhf-"
 """The trainings of the learned hash's other candidate plans are named ``lhf-<candidate>``
 (:func:`candidate_builds`; ``--head_select``'s is ``lhf-frequency``)."""
@@ -83,7 +84,7 @@ def candidate_builds(
                 builds[narrow] = dataclasses.replace(
                     build,
                     embedding_dim=width,
-                    fraction=round(build.fraction * build.embedding_dim / width, 6),
+                    fraction=fraction_at_width(build.fraction, build.embedding_dim, width),
                     out=folder / f"plan_{narrow}.safetensors",
                     work_dir=None,
                 )
@@ -95,9 +96,9 @@ def narrow_widths(build_config: BuildConfig, *, sqrt: bool = True) -> dict[str, 
     suffix -> width: :data:`MLET_SUFFIX` at the sqrt split's
     (:func:`~torchrec_lhf.compression.budget.mlet_width`; only with ``sqrt``) and
     :data:`HALF_SUFFIX` at half the width, each only where it is narrower than the build's
-    and the rows it buys stay within the full tables (``fraction * dim / width <= 1``: at
-    half the width, fractions up to 0.5), the half only where it differs from the sqrt
-    split's.
+    and the rows it buys stay within the full tables
+    (:func:`~torchrec_lhf.compression.budget.fraction_at_width` at most 1: at half the
+    width, fractions up to 0.5), the half only where it differs from the sqrt split's.
 
     Example::
 
@@ -115,7 +116,8 @@ def narrow_widths(build_config: BuildConfig, *, sqrt: bool = True) -> dict[str, 
     """
     if build_config.fraction is None or build_config.embedding_dim is None:
         raise ValueError(
-            "width_select fits narrower plans to a byte budget's fraction at a known width, "
+            "width_select and half_select fit narrower plans to a byte budget's fraction at "
+            "a known width, "
             f"got fraction={build_config.fraction!r}, embedding_dim={build_config.embedding_dim!r}"
         )
     dim = build_config.embedding_dim
@@ -123,8 +125,8 @@ def narrow_widths(build_config: BuildConfig, *, sqrt: bool = True) -> dict[str, 
     widths[HALF_SUFFIX] = half_width(dim)
     out: dict[str, int] = {}
     for suffix, width in widths.items():
-        rows = build_config.fraction * dim / width  # the share of the full rows it buys
-        if 1 <= width < dim and rows <= 1 and width not in out.values():
+        fits = fraction_at_width(build_config.fraction, dim, width) <= 1  # the full rows
+        if 1 <= width < dim and fits and width not in out.values():
             out[suffix] = width
     return out
 

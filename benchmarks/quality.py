@@ -57,6 +57,7 @@ from torchrec_lhf.compression.budget import (
     BUDGETS,
     MIN_TABLE_ROWS,
     BudgetTooSmall,
+    fraction_at_width,
     half_width,
     mlet_width,
 )
@@ -236,7 +237,7 @@ def run_config(sweep: SweepConfig, method: str, fraction: float, seed: int) -> T
         side = half_width(full) / full if half else fraction**0.5
         if sweep.bytes:  # that width, the rows fitted to the bytes left
             width = half_width(full) if half else mlet_width(fraction, full)
-            plan = _plan(sweep, method, round(fraction * full / width, 6), seed, dim=width)
+            plan = _plan(sweep, method, fraction_at_width(fraction, full, width), seed, dim=width)
             side = width / full
         else:  # the rows' share times the width's is the fraction
             plan = _plan(sweep, method, round(fraction / side, 6), seed)

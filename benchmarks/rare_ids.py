@@ -89,6 +89,7 @@ from torchrec_lhf.cli import add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import (
     BudgetTooSmall,
     byte_budget,
+    fraction_at_width,
     half_width,
     mlet_width,
 )
@@ -345,7 +346,7 @@ def _train_config(
             side = half_width(dim) / dim if half else build.fraction**0.5
             if build.budget == "bytes":
                 width = half_width(dim) if half else mlet_width(build.fraction, dim)
-                extra = {**extra, "fraction": round(build.fraction * dim / width, 6)}
+                extra = {**extra, "fraction": fraction_at_width(build.fraction, dim, width)}
                 extra["embedding_dim"], side = width, width / dim
             else:  # the rows' share times the width's is the fraction
                 extra = {**extra, "fraction": round(build.fraction / side, 6)}

@@ -3,6 +3,7 @@ the trainings not run twice; the pipeline's choice among them is in test_pipelin
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,6 @@ def test_every_flag_builds_its_candidates_as_their_names_say(tmp_path, allocatio
 
 
 def test_narrow_widths_are_narrower_and_distinct(tmp_path) -> None:
-    import dataclasses
-
     build = _build(tmp_path)
     assert plan_candidates.narrow_widths(build) == {"-mlet": 5, "-half": 8}
     # at 25% of the bytes the sqrt split's width is half the width: one candidate width
@@ -90,8 +89,6 @@ def test_each_flag_alone(tmp_path) -> None:
     both = ["clustered", "clustered-counts", "clustered-half", "clustered-counts-half"]
     assert list(select(build, rows_select=True, half_select=True)) == both
     # no narrower plan fits: the learned hash's own alone
-    import dataclasses
-
     assert list(select(dataclasses.replace(build, fraction=0.8), half_select=True)) == ["clustered"]
 
 

@@ -320,6 +320,20 @@ def half_width(embedding_dim: int) -> int:
     return max(1, embedding_dim // 2)
 
 
+def fraction_at_width(fraction: float, embedding_dim: int, width: int) -> float:
+    """The byte budget's ``fraction`` as a share of the full rows at a narrower ``width``:
+    ``fraction * embedding_dim / width``, rounded to 6 digits (the plan files and the
+    sweeps' fingerprints record it). Above 1, the narrower plan would need more rows than
+    the full tables have.
+
+    Example::
+
+        >>> fraction_at_width(0.1, 16, 8), fraction_at_width(0.2, 16, 7)
+        (0.2, 0.457143)
+    """
+    return round(fraction * embedding_dim / width, 6)
+
+
 def lowest_fraction(sizes: Mapping[str, int]) -> float:
     """A row fraction small enough that every table gets its fewest rows
     (``round(f * N_t) == 0``), and fine enough as the bisection's step."""
