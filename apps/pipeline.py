@@ -126,6 +126,13 @@ class PipelineConfig:
     )
     """Under ``--budget bytes``, the most of the budget the stored remap may take; a head
     storing more gets a higher count threshold (``apps.build_hash --index_share``)."""
+    fill_share: float | None = field(
+        default=BuildConfig.fill_share,
+        metadata={"parse": parse_index_share, "metavar": "SHARE|none"},
+    )
+    """Under ``--budget bytes``, the most of the budget the stored remap may take with the
+    fill region's frequent ids counted; more, and the least frequent of them are hashed
+    instead (``apps.build_hash --fill_share``)."""
     head_select: bool = False
     """Also build the plan with no head clustered (rows by frequency, the rest hashed:
     ``BuildConfig.frequency_only``), train both, and keep for ``lhf`` the one of higher
@@ -210,6 +217,7 @@ class PipelineConfig:
             tail_region=self.tail_region,
             row_allocation=self.row_allocation,
             index_share=self.index_share,
+            fill_share=self.fill_share,
         )
         if self.head_select and (self.tail_region != "fill" or not self.head_min_count):
             raise ValueError(
@@ -236,6 +244,7 @@ class PipelineConfig:
                     tail_region=self.tail_region,
                     row_allocation=alt,
                     index_share=self.index_share,
+                    fill_share=self.fill_share,
                 )
             except ValueError as e:
                 raise ValueError(f"rows_select also tries row_allocation={alt!r}: {e}") from e
@@ -311,6 +320,7 @@ def stage_configs(
         tail_region=config.tail_region,
         row_allocation=config.row_allocation,
         index_share=config.index_share,
+        fill_share=config.fill_share,
         out=plan_path,
         restart=True,
     )

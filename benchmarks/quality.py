@@ -218,6 +218,7 @@ def _plan(
             tail_region=opts.get("tail_region", BuildConfig.tail_region),
             row_allocation=opts.get("row_allocation", BuildConfig.row_allocation),
             index_share=opts.get("index_share", BuildConfig.index_share),
+            fill_share=opts.get("fill_share", BuildConfig.fill_share),
             value_shrinkage=opts.get("value_shrinkage", BuildConfig.value_shrinkage),
             compose=opts.get("compose", BuildConfig.compose),
             out=path,

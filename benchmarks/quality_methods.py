@@ -66,7 +66,8 @@ Methods:
   ``lhf-headtail-half`` and ``lhf-headtail-counts-half`` (``apps.pipeline --head_select
   --rows_select --width_select``); ``lhf-headtail-select2`` between ``lhf-headtail`` and
   ``lhf-headtail-half``: what ``apps.pipeline`` does by default under ``--budget bytes``
-  (``--half_select``).
+  (``--half_select``); ``lhf-headtail-select2-fill0.05`` the same with ``--fill_share 0.05``
+  (``lhf-headtail-fill0.05``, ``lhf-headtail-half-fill0.05``).
 """
 
 from __future__ import annotations
@@ -145,6 +146,14 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
         "half_width": True,
         "row_allocation": "counts",
     },
+    # those with the fill's stored ids capped at 5% of the bytes (--fill_share 0.05)
+    "lhf-headtail-fill0.05": {"rare_hash": True, "fill_share": 0.05},
+    "lhf-headtail-half-fill0.05": {
+        "rare_hash": True,
+        "mlet": True,
+        "half_width": True,
+        "fill_share": 0.05,
+    },
     "lhf-t16": {"teacher_dim": "model"},
     "lhf-init": {"teacher_dim": "model", "init": True},
 }
@@ -165,6 +174,7 @@ _SIX = (*_FOUR, "lhf-headtail-mlet", "lhf-headtail-counts-mlet")
 SELECTED: dict[str, tuple[str, ...]] = {
     "lhf-headtail-select": ("lhf-headtail", "lhf-headtail-noclust"),
     "lhf-headtail-select2": ("lhf-headtail", "lhf-headtail-half"),
+    "lhf-headtail-select2-fill0.05": ("lhf-headtail-fill0.05", "lhf-headtail-half-fill0.05"),
     "lhf-headtail-select4": _FOUR,
     "lhf-headtail-select6": _SIX,
     "lhf-headtail-select8": (*_SIX, "lhf-headtail-half", "lhf-headtail-counts-half"),

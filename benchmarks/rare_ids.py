@@ -51,7 +51,9 @@ and "gap closed" is read at equal total bytes:
   width (:data:`HALF_WIDTH`); ``lhf-select8``: among those eight (``--head_select
   --rows_select --width_select``); ``lhf-select2``: between ``lhf`` and ``lhf-half``, what
   ``apps.pipeline`` does by default under ``--budget bytes`` (``--half_select``; ``lhf``
-  is its one plan, ``--no-half_select``);
+  is its one plan, ``--no-half_select``); ``lhf-fill0.05`` / ``lhf-half-fill0.05`` /
+  ``lhf-select2-fill0.05``: those with ``--fill_share 0.05`` (the fill's frequent ids
+  stored only while the remap is at most 5% of the bytes);
 * ``lhf-mlet``: the plan at ``1 / MLET_WIDTH`` times the rows, trained as MLET at
   ``MLET_WIDTH`` of the width (about the same bytes);
 * the other methods, at the same size and budget: ``qr``, ``fbdh``, ``memrec``, ``mlet``,
@@ -109,6 +111,9 @@ and ``lhf-headtail-counts-mlet``): under ``--budget bytes`` the width
 HALF_WIDTH = ("lhf-half", "lhf-counts-half")
 """The default plan (and with rows by counts) at half the width, the rows fitted to the
 bytes left, trained as MLET (the sweep's ``lhf-headtail-half``, ``-counts-half``)."""
+HALF_PLANS = (*HALF_WIDTH, "lhf-half-fill0.05")
+"""Every method trained at half the width (``lhf-half-fill0.05``: ``lhf-half`` with
+``--fill_share 0.05``)."""
 MLET_WIDTH = 0.25
 """``lhf-mlet``: the share of the width its tables keep (dim 4 of 16), trained as MLET."""
 METHODS = (
@@ -145,6 +150,8 @@ METHODS = (
     "lhf-counts-sqrt-mlet",
     "lhf-half",
     "lhf-counts-half",
+    "lhf-fill0.05",
+    "lhf-half-fill0.05",
     "lhf-select",
     "lhf-select2",
     "lhf-select4",
@@ -157,6 +164,7 @@ _FOUR = ("lhf", "lhf-freq", "lhf-counts", "lhf-counts-freq")
 SELECT = {
     "lhf-select": ("lhf", "lhf-freq"),
     "lhf-select2": ("lhf", "lhf-half"),  # apps.pipeline's default under --budget bytes
+    "lhf-select2-fill0.05": ("lhf-fill0.05", "lhf-half-fill0.05"),
     "lhf-select4": _FOUR,
     "lhf-select6": (*_FOUR, *SQRT_MLET),
     "lhf-select8": (*_FOUR, *SQRT_MLET, *HALF_WIDTH),
@@ -336,13 +344,15 @@ def _train_config(
             "lhf-counts-freq": {"row_allocation": "counts"},
             "lhf-counts-sqrt-mlet": {"row_allocation": "counts"},
             "lhf-counts-half": {"row_allocation": "counts"},
+            "lhf-fill0.05": {"fill_share": 0.05},
+            "lhf-half-fill0.05": {"fill_share": 0.05},
             "lhf-mlet": FIXED,
         }.get(method, {})
         if method == "lhf-mlet":  # MLET_WIDTH of the width, so 1 / MLET_WIDTH of the rows
             extra = {**extra, "fraction": build.fraction / MLET_WIDTH}
         side = None  # the share of the width the tables keep, when trained as MLET
-        if method in SQRT_MLET + HALF_WIDTH:  # that width, the rows fitted to the bytes left
-            dim, half = build.embedding_dim, method in HALF_WIDTH
+        if method in SQRT_MLET + HALF_PLANS:  # that width, the rows fitted to the bytes left
+            dim, half = build.embedding_dim, method in HALF_PLANS
             side = half_width(dim) / dim if half else build.fraction**0.5
             if build.budget == "bytes":
                 width = half_width(dim) if half else mlet_width(build.fraction, dim)

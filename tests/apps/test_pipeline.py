@@ -55,6 +55,7 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
         ({"tail_region": "wide"}, "tail_region must be one of .*'wide'"),
         ({"row_allocation": "rows"}, "row_allocation must be one of .*'rows'"),
         ({"index_share": 1.5}, r"index_share must be a number in \(0, 1\] or None, got 1.5"),
+        ({"fill_share": 0.0}, r"fill_share must be a number in \(0, 1\] or None, got 0.0"),
         ({"train_window": 0.0}, r"train_window must be a number in \(0, 1\], got 0.0"),
         ({"train_window": True}, r"train_window must be a number in \(0, 1\], got True"),
         (
@@ -119,6 +120,11 @@ def test_the_build_takes_the_pipelines_head_tail_settings(tmp_path, capsys) -> N
     assert "--index_share: expected a number in (0, 1] or 'none', got 'half'" in (
         capsys.readouterr().err
     )
+    # fill_share: BuildConfig's default (no cap), the flag passed on
+    assert default.fill_share is BuildConfig.fill_share is None
+    config = pipeline.parse_args(["--out_dir", str(tmp_path), "--fill_share", "0.05"])
+    assert pipeline.stage_configs(config, "x", {})[1].fill_share == 0.05
+    assert pipeline.stage_configs(config, "x", {})[1].head_tail().fill_share == 0.05
 
 
 def test_the_teacher_takes_the_pipelines_train_window(tmp_path) -> None:

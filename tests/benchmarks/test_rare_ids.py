@@ -190,3 +190,24 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
     assert list(cands2) == ["lhf", "lhf-half"] and cands2 == {m: cands8[m] for m in cands2}
     best = max(cands2, key=lambda m: cands2[m]["val_auc"])
     assert sel2["choice"] == best and sel2["auc"] == cands2[best]["auc"]
+
+
+def test_tiny_run_with_the_fill_capped_stores_less_and_buys_rows(tmp_path: Path) -> None:
+    argv = [
+        "--scale", "0.0001", "--num_samples", "20000", "--min_table_rows", "100",
+        "--batch_size", "512", "--fraction", "0.05", "--budget", "bytes",
+        "--methods", "lhf-half,lhf-half-fill0.05",
+        "--out_dir", str(tmp_path), "--json",
+    ]  # fmt: skip
+    report = rare_ids.main(argv)
+    res, budget = report["results"], report["budget_bytes"]
+    capped, uncapped = res["lhf-half-fill0.05"], res["lhf-half"]
+    meta = HashPlan.load(tmp_path / "plan_lhf-half-fill0.05.safetensors").metadata
+    assert meta["fill_share"] == 0.05 and meta["embedding_dim"] == 8
+    # here the head of ids seen 10 times alone stores more than 5% of the bytes, so the
+    # fill's extension is dropped altogether (the threshold at the head's) and the remap
+    # stores the head only
+    assert uncapped["index_bytes"] > capped["index_bytes"] > 0.05 * budget
+    assert meta["fill_min_count_fitted"] == meta["head_min_count"] == 10
+    # the bytes it does not store buy rows, within the same budget
+    assert capped["rows"] > uncapped["rows"] and capped["stored_bytes"] <= budget

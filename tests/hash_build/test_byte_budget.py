@@ -23,6 +23,10 @@ from torchrec_lhf.hash_build.config import BuildConfig, fitted_head_tail, table_
 from torchrec_lhf.hash_build.head_tail import HeadTail
 from torchrec_lhf.hash_build.plan_builder import build_plan
 
+FILL_SHARE = 0.08
+"""A fill share that binds in the world-size-2 test's tables (with a head of the ids seen at
+least 20 times, whose fill takes 9% of the budget)."""
+
 
 def test_learned_index_bytes_by_hand() -> None:
     sizes = {"a": 1000, "b": 40_000}
@@ -131,13 +135,19 @@ def test_byte_budget_too_small_for_the_remap_names_the_table() -> None:
         {},
         {"tail_region": "fill", "tail_fraction": 0.05, "row_allocation": "counts"},
         {"tail_region": "fill", "tail_fraction": 0.05, "index_share": 0.2},
+        {
+            "tail_region": "fill",
+            "tail_fraction": 0.05,
+            "fill_share": FILL_SHARE,
+            "head_min_count": 20,
+        },
     ],
 )
 def test_job_and_build_plan_agree_on_bytes_at_world_size_2(
     tmp_path: Path, allocation: dict
 ) -> None:
     art = _teacher(tmp_path / "teacher")
-    kw = dict(fraction=0.1, budget="bytes", embedding_dim=8, head_min_count=3, **allocation)
+    kw = dict(fraction=0.1, budget="bytes", embedding_dim=8, **{"head_min_count": 3, **allocation})
     config = BuildConfig(min_table_rows=MIN_ROWS, out=tmp_path / "x.plan", **kw)
     expected = table_rows(dict(HEIGHTS), config, art.counts)
     single = _build(tmp_path, tmp_path / "teacher", "one", 1, **kw)
@@ -153,7 +163,14 @@ def test_job_and_build_plan_agree_on_bytes_at_world_size_2(
         assert spec.min_count > 3 and single.metadata["head_min_count_fitted"] == spec.min_count
         assert plan_bytes(single, HEIGHTS, 8).to_dict()["index"] <= 0.2 * budget
     else:
-        assert spec.min_count == 3 and "head_min_count_fitted" not in single.metadata
+        assert spec.min_count == kw["head_min_count"]
+        assert "head_min_count_fitted" not in single.metadata
+    if "fill_share" in allocation:  # the fill's threshold it raised, recorded
+        assert 1 < spec.fill_min_count < 20
+        assert single.metadata["fill_min_count_fitted"] == spec.fill_min_count
+        assert plan_bytes(single, HEIGHTS, 8).to_dict()["index"] <= FILL_SHARE * budget
+    else:
+        assert "fill_min_count_fitted" not in single.metadata
     assert TeacherArtifact.load(tmp_path / "teacher").counts.keys() == HEIGHTS.keys()
 
 
@@ -236,11 +253,12 @@ def test_row_allocation_counts_needs_fill_and_a_byte_budget() -> None:
         learned_rows_for_bytes({"a": 1000}, None, fraction=0.1, embedding_dim=4, head_tail=spec)
 
 
-def _index_at(sizes, counts, spec: HeadTail, min_count: int, **fit) -> int | None:
-    """The fitted model's stored remap at a head threshold, or None where it cannot fit."""
+def _index_at(sizes, counts, spec: HeadTail, fit: dict, **changes) -> int | None:  # noqa: ANN001
+    """The fitted model's stored remap with ``spec``'s ``changes`` (a head or fill
+    threshold), or None where it cannot fit."""
     try:
         _, at = learned_rows_for_bytes(
-            sizes, counts, **fit, head_tail=dataclasses.replace(spec, min_count=min_count)
+            sizes, counts, **fit, head_tail=dataclasses.replace(spec, **changes)
         )
     except BudgetTooSmall:
         return None
@@ -254,7 +272,7 @@ def test_index_share_raises_the_head_threshold_to_the_first_that_fits() -> None:
     spec = HeadTail(min_count=1, tail_fraction=0.05, tail_region="fill", encoding="compact")
     budget = byte_budget(sizes, 0.05, 16)  # 11,264 bytes
     # at min_count 1 the head is nearly every id (3,384 of 3,500 ids: 20,304 bytes)
-    assert _index_at(sizes, counts, spec, 1, **fit) is None
+    assert _index_at(sizes, counts, spec, fit, min_count=1) is None
     with pytest.raises(BudgetTooSmall):
         build_plan(emb, counts, budget="bytes", head_tail=spec, **fit)
     for share in (0.5, 0.25, 0.1):
@@ -263,9 +281,9 @@ def test_index_share_raises_the_head_threshold_to_the_first_that_fits() -> None:
         assert got == dataclasses.replace(capped, min_count=got.min_count)
         # the threshold found stores at most the share; the count just below it does not
         # (counts are 0..29, so every threshold from 2 to 30 is a candidate)
-        index = _index_at(sizes, counts, capped, got.min_count, **fit)
+        index = _index_at(sizes, counts, capped, fit, min_count=got.min_count)
         assert index is not None and index <= share * budget
-        below = _index_at(sizes, counts, capped, got.min_count - 1, **fit)
+        below = _index_at(sizes, counts, capped, fit, min_count=got.min_count - 1)
         assert below is None or below > share * budget
         plan = build_plan(emb, counts, budget="bytes", head_tail=capped, **fit)
         assert plan.remap_bytes() == index
@@ -281,6 +299,59 @@ def test_index_share_raises_the_head_threshold_to_the_first_that_fits() -> None:
         for s in (0.5, 0.25, 0.1)
     ]
     assert thresholds == sorted(thresholds) and thresholds[0] < thresholds[-1]
+
+
+def test_fill_share_raises_the_fill_threshold_to_the_first_that_fits() -> None:
+    emb, counts = _teacher_tables()  # counts 0..29
+    sizes = {k: e.shape[0] for k, e in emb.items()}
+    fit = dict(fraction=0.3, embedding_dim=16, min_table_rows=100)
+    spec = HeadTail(min_count=28, tail_fraction=0.05, tail_region="fill", encoding="compact")
+    budget = byte_budget(sizes, 0.3, 16)
+    full = _index_at(sizes, counts, spec, fit, fill_min_count=1)
+    alone = _index_at(sizes, counts, spec, fit, fill_min_count=28)  # no extension: the head only
+    assert alone < 0.03 * budget and 0.07 * budget < full  # 2.4% and 8%
+    for share in (0.07, 0.05, 0.03):
+        capped = dataclasses.replace(spec, fill_share=share)
+        got = fit_head_to_bytes(sizes, counts, capped, **fit)
+        assert got == dataclasses.replace(capped, fill_min_count=got.fill_min_count)
+        assert got.min_count == 28  # the clustered head is never touched
+        index = _index_at(sizes, counts, capped, fit, fill_min_count=got.fill_min_count)
+        assert index is not None and index <= share * budget
+        below = _index_at(sizes, counts, capped, fit, fill_min_count=got.fill_min_count - 1)
+        assert below is None or below > share * budget
+        plan = build_plan(emb, counts, budget="bytes", head_tail=capped, **fit)
+        assert plan.remap_bytes() == index
+        assert plan.metadata["head_tail"]["fill_min_count"] == got.fill_min_count
+        # the head: the clustered ids and the fill's, each seen at least the threshold
+        head = set(plan["a"].mappings[0].head_ids.tolist())
+        assert head <= set((counts["a"] >= got.fill_min_count).nonzero().squeeze(1).tolist())
+        assert set((counts["a"] >= 28).nonzero().squeeze(1).tolist()) <= head
+    # a smaller share, a higher threshold
+    thresholds = [
+        fit_head_to_bytes(sizes, counts, dataclasses.replace(spec, fill_share=s), **fit)
+        for s in (0.07, 0.05, 0.03)
+    ]
+    assert [t.fill_min_count for t in thresholds] == sorted(t.fill_min_count for t in thresholds)
+    assert thresholds[0].fill_min_count < thresholds[-1].fill_min_count
+
+
+def test_fill_share_drops_the_fill_only_where_that_stores_less() -> None:
+    emb, counts = _teacher_tables()
+    sizes = {k: e.shape[0] for k, e in emb.items()}
+    fit = dict(fraction=0.3, embedding_dim=16, min_table_rows=100)
+    spec = HeadTail(min_count=28, tail_fraction=0.05, tail_region="fill", encoding="compact")
+    # a share below the head's own bytes: no extension at all (the closest it can get)
+    tiny = fit_head_to_bytes(sizes, counts, dataclasses.replace(spec, fill_share=0.001), **fit)
+    assert tiny.fill_min_count == 28
+    # dense remaps store every id whatever the head: nothing to gain, the fill is kept
+    dense = dataclasses.replace(spec, encoding="dense", fill_share=0.001)
+    assert fit_head_to_bytes(sizes, counts, dense, **fit) is dense
+    # a remap within the share, no fill region, or no counts: untouched
+    roomy = dataclasses.replace(spec, fill_share=1.0)
+    assert fit_head_to_bytes(sizes, counts, roomy, **fit) is roomy
+    fixed = HeadTail(min_count=28, tail_fraction=0.05, encoding="compact", fill_share=0.001)
+    assert fit_head_to_bytes(sizes, counts, fixed, **fit) is fixed
+    assert fit_head_to_bytes(sizes, None, tiny, **fit) is tiny
 
 
 def test_index_share_keeps_a_head_that_fits() -> None:

@@ -37,6 +37,9 @@ def test_head_by_count_and_by_mass() -> None:
         ({"tail_fraction": 1.0}, r"tail_fraction must be a number in \[0, 1\), got 1.0"),
         ({"encoding": "zip"}, "encoding must be one of"),
         ({"tail_region": "half"}, "tail_region must be one of"),
+        ({"fill_share": 0}, r"fill_share must be a number in \(0, 1\] or None, got 0"),
+        ({"fill_min_count": 0}, "fill_min_count must be an int >= 1, got 0"),
+        ({"fill_min_count": 3}, "fill_min_count=3 limits .* needs tail_region 'fill'"),
     ],
 )
 def test_bad_settings_are_named(kwargs: dict, message: str) -> None:
@@ -165,3 +168,27 @@ def test_a_fill_tail_region_gives_the_next_most_frequent_ids_the_rows_a_small_he
     assert mapping.head_ids.tolist() == [0, 1, 2, 3, 4]
     assert sorted(mapping.head_rows.tolist()) == [0, 1, 2, 3, 4]
     assert layout == {"head_rows": 5, "tail_offset": 5, "tail_rows": 5}
+
+
+def test_a_fill_limited_by_counts_leaves_its_other_rows_to_the_tail() -> None:
+    # as above, but the fill takes only ids seen at least 5 times: ids 2 and 3 join the
+    # head of ids 0 and 1; the head region's fifth row goes to the tail, as with "fit"
+    counts_N = torch.tensor([10.0, 10, 6, 5, 4, 3, 2, 1, 0, 0, 0, 0])
+    n, height = counts_N.numel(), 10
+    head_N = counts_N >= 10
+    assert fill_head(head_N, counts_N, height, 0.5, 5).nonzero().squeeze(1).tolist() == [0, 1, 2, 3]
+    assert fill_head(head_N, counts_N, height, 0.5, 11).tolist() == head_N.tolist()
+    spec = HeadTail(min_count=10, tail_fraction=0.5, tail_region="fill", encoding="compact",
+                    fill_min_count=5)  # fmt: skip
+    (mapping,), (layout,), _, _ = cluster_hashes(
+        get_clustering("agglomerative"), torch.arange(n, dtype=torch.float32)[None],
+        counts_N, [height], head_N, spec, "t", {},
+    )  # fmt: skip
+    assert mapping.head_ids.tolist() == [0, 1, 2, 3]
+    assert sorted(mapping.head_rows.tolist()) == [0, 1, 2, 3]
+    assert layout == {"head_rows": 4, "tail_offset": 4, "tail_rows": 6}
+    assert (mapping.tail_seed, mapping.tail_offset, mapping.tail_rows) == (tail_seed("t", 0), 4, 6)
+    # named in the plan's settings only when set (earlier plans keep their fingerprints)
+    assert spec.to_dict()["fill_min_count"] == 5
+    assert "fill_min_count" not in HeadTail(min_count=10).to_dict()
+    assert "fill_share" not in HeadTail(min_count=10).to_dict()

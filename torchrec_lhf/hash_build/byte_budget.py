@@ -125,7 +125,8 @@ def learned_rows_for_bytes(
         else:
             heads[name] = _size_and_top(head_N)
             if spec.tail_region == "fill" and counts_N is not None:
-                seen[name] = _size_and_top(counts_N > 0)
+                fmc = spec.fill_min_count
+                seen[name] = _size_and_top(counts_N > 0 if fmc <= 1 else counts_N >= fmc)
     fill = (spec.tail_fraction, seen) if spec.tail_region == "fill" else None
     rows_at = None
     if spec.row_allocation == "counts":
@@ -152,7 +153,8 @@ def fit_head_to_bytes(
     spec: HeadTail,
     **fit: Any,
 ) -> HeadTail:
-    """The head/tail settings whose stored remap takes at most ``index_share`` of the budget.
+    """The head/tail settings whose stored remap takes at most ``index_share`` (and, with
+    ``fill_share``, ``fill_share``: :func:`fit_fill_to_bytes`) of the budget.
 
     A head by ``min_count`` stores its ids (compact) or every id of its table (dense), so a
     small budget over many frequent ids is spent on the remap (or cannot hold it at all).
@@ -172,7 +174,7 @@ def fit_head_to_bytes(
             ``embedding_dim``, ``min_table_rows``, ``num_hashes``, ``combine``).
 
     Returns:
-        ``spec`` itself, or a copy with ``min_count`` raised.
+        ``spec`` itself, or a copy with ``min_count`` (or ``fill_min_count``) raised.
 
     Example::
 
@@ -183,36 +185,32 @@ def fit_head_to_bytes(
         >>> fit_head_to_bytes({"t": 1000}, counts, spec, fraction=0.25, embedding_dim=4).min_count
         84
     """
+    return fit_fill_to_bytes(sizes, counts, _fit_head_threshold(sizes, counts, spec, **fit), **fit)
+
+
+def _fit_head_threshold(
+    sizes: Mapping[str, int],
+    counts: Mapping[str, torch.Tensor] | None,
+    spec: HeadTail,
+    **fit: Any,
+) -> HeadTail:
+    """:func:`fit_head_to_bytes`' ``index_share`` part: the head's threshold."""
     if spec.index_share is None or not spec.min_count or counts is None:
         return spec  # no cap, or no count threshold to raise
-    compressed = [t for t, n in sizes.items() if n >= fit.get("min_table_rows", 0)]
     budget = byte_budget(sizes, fit["fraction"], fit["embedding_dim"])
     cap = spec.index_share * budget
 
     def fits(c: int) -> bool:
-        try:
-            _, at = learned_rows_for_bytes(
-                sizes, counts, **fit, head_tail=dataclasses.replace(spec, min_count=c)
-            )
-        except BudgetTooSmall:
-            return False
-        return sum(at.index.values()) <= cap
+        got = _stored(sizes, counts, dataclasses.replace(spec, min_count=c), fit)
+        return got is not None and got <= cap
 
     if fits(spec.min_count):
         return spec
-    seen = [counts[t][counts[t] > spec.min_count] for t in compressed if t in counts]
-    above_C = torch.unique(torch.cat([c.to(torch.int64).reshape(-1) for c in seen] + [
-        torch.zeros(0, dtype=torch.int64)]))  # fmt: skip
+    above_C = _counts_between(sizes, counts, spec.min_count, None, fit)
     # the candidates: every count above the threshold, then one above all (an empty head)
     top = int(above_C[-1]) + 1 if above_C.numel() else spec.min_count + 1
     candidates = above_C.tolist() + [top]
-    lo, hi = 0, len(candidates) - 1  # the answer is in [lo, hi]; hi is used if none fits
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if fits(candidates[mid]):
-            hi = mid
-        else:
-            lo = mid + 1
+    lo = _first_fitting(candidates, fits)  # the last if none fits
     fitted = dataclasses.replace(spec, min_count=int(candidates[lo]))
     logger.info(
         "head threshold raised from %d to %d accesses so that the stored remap takes at most "
@@ -223,6 +221,128 @@ def fit_head_to_bytes(
         budget,
     )
     return fitted
+
+
+def fit_fill_to_bytes(
+    sizes: Mapping[str, int],
+    counts: Mapping[str, torch.Tensor] | None,
+    spec: HeadTail,
+    **fit: Any,
+) -> HeadTail:
+    """The fill extension limited so that the stored remap takes at most ``fill_share`` of
+    the budget.
+
+    ``tail_region="fill"`` gives the next most frequent ids after the clustered head a row
+    each until the head region is full, and stores each of them (an id and a row): at a
+    half-width plan's rows that is most of the remap. With ``spec.fill_share`` set, the
+    extension's count threshold ``fill_min_count`` (one for every compressed table) is
+    raised to the smallest count, found by bisection over the counts seen below the head's
+    threshold, at which the fitted model (:func:`learned_rows_for_bytes`) stores at most
+    ``fill_share`` of the budget; the rows it no longer fills go to the tail, and the bytes
+    saved buy rows. The clustered head is never touched. Where even no extension stores
+    more (a head that alone exceeds the share), the extension is dropped if that stores
+    less, else (dense remaps, whose bytes do not depend on the head) kept.
+
+    Args:
+        sizes: table name -> ``N``.
+        counts: table name -> training access counts ``(N,)``, or ``None`` (nothing raised).
+        spec: the head/tail settings (after :func:`fit_head_to_bytes`' head threshold).
+        **fit: the budget, as :func:`learned_rows_for_bytes` takes it.
+
+    Returns:
+        ``spec`` itself, or a copy with ``fill_min_count`` raised.
+
+    Example::
+
+        >>> counts = {"t": torch.arange(1000) % 100}  # 10 ids of each count 0..99
+        >>> spec = HeadTail(min_count=90, tail_fraction=0.05, tail_region="fill",
+        ...                 encoding="compact", fill_share=0.25)
+        >>> # at most 1,000 bytes: 160 ids of 6 bytes (the head's 100 and 60 filled)
+        >>> fit_fill_to_bytes({"t": 1000}, counts, spec, fraction=0.25,
+        ...                   embedding_dim=4).fill_min_count
+        84
+    """
+    if (
+        spec.fill_share is None
+        or spec.tail_region != "fill"
+        or not spec.min_count
+        or counts is None
+        or spec.min_count <= spec.fill_min_count
+    ):
+        return spec  # no cap, no extension, or nothing left to raise
+    budget = byte_budget(sizes, fit["fraction"], fit["embedding_dim"])
+    cap = spec.fill_share * budget
+
+    def stored(c: int) -> int | None:
+        return _stored(sizes, counts, dataclasses.replace(spec, fill_min_count=c), fit)
+
+    def fits(c: int) -> bool:
+        got = stored(c)
+        return got is not None and got <= cap
+
+    if fits(spec.fill_min_count):
+        return spec
+    between_C = _counts_between(sizes, counts, spec.fill_min_count, spec.min_count, fit)
+    # the candidates: every count between, then the head's threshold (no extension)
+    candidates = between_C.tolist() + [spec.min_count]
+    if not fits(candidates[-1]):
+        at_one, at_none = stored(spec.fill_min_count), stored(candidates[-1])
+        if at_none is None or (at_one is not None and at_none >= at_one):
+            return spec  # dropping the extension would not store less
+    fitted = dataclasses.replace(spec, fill_min_count=candidates[_first_fitting(candidates, fits)])
+    logger.info(
+        "fill limited to ids seen at least %d times so that the stored remap takes at most "
+        "%g of the %d-byte budget (fill_share)",
+        fitted.fill_min_count,
+        spec.fill_share,
+        budget,
+    )
+    return fitted
+
+
+def _stored(
+    sizes: Mapping[str, int],
+    counts: Mapping[str, torch.Tensor],
+    spec: HeadTail,
+    fit: dict[str, Any],
+) -> int | None:
+    """The fitted model's stored remap bytes with ``spec``, or None where it cannot fit."""
+    try:
+        _, at = learned_rows_for_bytes(sizes, counts, **fit, head_tail=spec)
+    except BudgetTooSmall:
+        return None
+    return sum(at.index.values())
+
+
+def _counts_between(
+    sizes: Mapping[str, int],
+    counts: Mapping[str, torch.Tensor],
+    low: int,
+    high: int | None,
+    fit: dict[str, Any],
+) -> torch.Tensor:
+    """The distinct access counts in ``(low, high)`` (``high`` None: no bound) of the
+    compressed tables' ids, sorted, int64."""
+    found = [torch.zeros(0, dtype=torch.int64)]
+    for t, n in sizes.items():
+        if n >= fit.get("min_table_rows", 0) and t in counts:
+            c = counts[t].reshape(-1)
+            keep = (c > low) & (c < high) if high is not None else c > low
+            found.append(c[keep].to(torch.int64))
+    return torch.unique(torch.cat(found))
+
+
+def _first_fitting(candidates: list[int], fits: Callable[[int], bool]) -> int:
+    """The index of the first of ``candidates`` that ``fits``, by bisection (``fits`` is
+    monotone: false, then true); the last index if none does."""
+    lo, hi = 0, len(candidates) - 1  # the answer is in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(candidates[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def rows_by_counts(

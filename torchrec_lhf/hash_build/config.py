@@ -145,6 +145,16 @@ class BuildConfig:
     the byte budget can hold"); ``None``: the head stays ``head_min_count``'s (and a budget
     below its remap cannot be met). No effect without a head by ``head_min_count``."""
 
+    fill_share: float | None = field(
+        default=None, metadata={"parse": parse_index_share, "metavar": "SHARE|none"}
+    )
+    """Under ``budget="bytes"``, the most of the budget the stored remap may take once the
+    ``fill`` region's extension (the frequent ids given a row each) is counted: where it
+    stores more, the extension keeps only the ids seen at least a threshold (one for every
+    compressed table), raised until it does not, and the rows it leaves go to the hashed tail
+    (:func:`~torchrec_lhf.hash_build.byte_budget.fit_fill_to_bytes`); ``None``: the extension
+    fills its region. The clustered head is ``index_share``'s."""
+
     encoding: str = field(default="auto", metadata={"choices": ENCODINGS})
     """How the plan stores a hash: ``dense`` (a row per id), ``compact`` (head ids and rows,
     the tail computed) or ``auto`` (the smaller)."""
@@ -260,6 +270,7 @@ class BuildConfig:
             tail_region=self.tail_region,
             row_allocation=self.row_allocation,
             index_share=self.index_share,
+            fill_share=self.fill_share,
         )
 
     def frequency_only(self, out: str | Path) -> BuildConfig:

@@ -65,6 +65,16 @@ class HeadTail:
             (:func:`~torchrec_lhf.hash_build.byte_budget.fit_head_to_bytes`); ``None``: the
             head is ``min_count``'s whatever it stores (a budget below it cannot be met).
             No effect on a head by ``mass`` or on the paper's build (no head).
+        fill_share: under a byte budget, the most of it the stored remap may take once
+            the ``fill`` region's extension is counted, in ``(0, 1]``: where it stores
+            more, the extension keeps only the ids seen at least ``fill_min_count`` times,
+            raised until it does not
+            (:func:`~torchrec_lhf.hash_build.byte_budget.fit_fill_to_bytes`), and the rows
+            it leaves go to the tail; ``None``: the extension fills its region. Never
+            touches the clustered head (``index_share`` does).
+        fill_min_count: the ``fill`` extension adds only ids seen at least this often
+            (1: any id seen in training). Set by the byte fit of ``fill_share``; above 1,
+            the head region's rows the extension leaves unused go to the tail.
     """
 
     min_count: int = 0
@@ -74,6 +84,8 @@ class HeadTail:
     tail_region: str = "fixed"
     row_allocation: str = "size"
     index_share: float | None = None
+    fill_share: float | None = None
+    fill_min_count: int = 1
 
     def __post_init__(self) -> None:
         mc = self.min_count
@@ -109,6 +121,19 @@ class HeadTail:
             isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1
         ):
             raise ValueError(f"index_share must be a number in (0, 1] or None, got {share!r}")
+        share = self.fill_share
+        if share is not None and (
+            isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1
+        ):
+            raise ValueError(f"fill_share must be a number in (0, 1] or None, got {share!r}")
+        fmc = self.fill_min_count
+        if isinstance(fmc, bool) or not isinstance(fmc, int) or fmc < 1:
+            raise ValueError(f"fill_min_count must be an int >= 1, got {fmc!r}")
+        if fmc > 1 and self.tail_region != "fill":
+            raise ValueError(
+                f"fill_min_count={fmc} limits the fill region's extension, which needs "
+                f"tail_region 'fill', got {self.tail_region!r}"
+            )
 
     @property
     def splits(self) -> bool:
@@ -146,6 +171,8 @@ class HeadTail:
             **({"tail_region": self.tail_region} if self.tail_region != "fixed" else {}),
             **({"row_allocation": self.row_allocation} if self.row_allocation != "size" else {}),
             **({"index_share": self.index_share} if self.index_share is not None else {}),
+            **({"fill_share": self.fill_share} if self.fill_share is not None else {}),
+            **({"fill_min_count": self.fill_min_count} if self.fill_min_count != 1 else {}),
         }
 
 
@@ -209,8 +236,10 @@ def head_tail_mapping(
         share = float(counts_N[~head_N].sum()) / total if total > 0 else 0.0
     head_rows = head_region(height, share) if num_tail else height
     tail_rows = height - head_rows
-    if spec.tail_region == "fit" and num_tail and head_K.numel() < head_rows and share:
+    fit = spec.tail_region == "fit" or (spec.tail_region == "fill" and spec.fill_min_count > 1)
+    if fit and num_tail and head_K.numel() < head_rows and share:
         # a row per head id; the head's other rows would stay unused: the tail takes them
+        # (also those a fill limited by ``fill_min_count`` leaves)
         head_rows = head_K.numel()
         tail_rows = height - head_rows
     tail_offset, tail_span = (
@@ -239,14 +268,20 @@ def head_region(height: int, tail_fraction: float) -> int:
 
 
 def fill_head(
-    head_N: torch.Tensor, counts_N: torch.Tensor, height: int, tail_fraction: float
+    head_N: torch.Tensor,
+    counts_N: torch.Tensor,
+    height: int,
+    tail_fraction: float,
+    min_count: int = 1,
 ) -> torch.Tensor:
-    """``head_N`` extended by the most frequent other ids seen in training (ties by id)
-    until it has as many ids as the head region's rows (``tail_region="fill"``)."""
+    """``head_N`` extended by the most frequent other ids seen in training (ties by id),
+    at least ``min_count`` times, until it has as many ids as the head region's rows
+    (``tail_region="fill"``)."""
     room = head_region(height, tail_fraction) - int(head_N.sum())
     if room <= 0:
         return head_N
-    score_N = torch.where(head_N | (counts_N <= 0), -1, counts_N.to(torch.int64))
+    low_N = counts_N <= 0 if min_count <= 1 else counts_N < min_count
+    score_N = torch.where(head_N | low_N, -1, counts_N.to(torch.int64))
     order_N = torch.argsort(-score_N, stable=True)[:room]
     extra_N = torch.zeros_like(head_N)
     extra_N[order_N] = score_N[order_N] > 0
@@ -284,7 +319,7 @@ def cluster_hashes(
         else:
             values_N, cluster_h = values_HN[h], cluster
         if head_N is not None and spec.tail_region == "fill" and counts_N is not None:
-            head_N = fill_head(head_N, counts_N, height, spec.tail_fraction)
+            head_N = fill_head(head_N, counts_N, height, spec.tail_fraction, spec.fill_min_count)
         if head_N is None:
             result = cluster_h(values_N, counts_N, height, **options)
             mapping_N = result.cluster_of_id

@@ -204,7 +204,8 @@ def _save_plan(
         num_tables: how many tables the teacher has (for the log).
         teacher_sha: the teacher's checksum, recorded in the metadata.
         spec: the head/tail settings built with (a head threshold that ``index_share``
-            raised is recorded as ``head_min_count_fitted``).
+            raised is recorded as ``head_min_count_fitted``, the fill's that ``fill_share``
+            raised as ``fill_min_count_fitted``).
 
     Returns:
         The plan, as written to ``config.out``.
@@ -217,6 +218,7 @@ def _save_plan(
             if spec.min_count != config.head_min_count
             else {}
         ),
+        **({"fill_min_count_fitted": spec.fill_min_count} if spec.fill_min_count != 1 else {}),
         "source": {"teacher": config.teacher, "teacher_sha256": teacher_sha},
         # NOTE: no seconds here, so that the metadata does not depend on the run either.
         "build_info": {
