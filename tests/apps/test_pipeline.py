@@ -122,9 +122,13 @@ def test_the_build_takes_the_pipelines_head_tail_settings(tmp_path, capsys) -> N
     )
     # fill_share: BuildConfig's default (no cap), the flag passed on
     assert default.fill_share is BuildConfig.fill_share is None
-    config = pipeline.parse_args(["--out_dir", str(tmp_path), "--fill_share", "0.05"])
-    assert pipeline.stage_configs(config, "x", {})[1].fill_share == 0.05
-    assert pipeline.stage_configs(config, "x", {})[1].head_tail().fill_share == 0.05
+    argv = ["--out_dir", str(tmp_path), "--budget", "bytes", "--fill_share", "0.05"]
+    build = pipeline.stage_configs(pipeline.parse_args(argv), "x", {})[1]
+    assert build.fill_share == build.head_tail().fill_share == 0.05
+    with pytest.raises(
+        ValueError, match="fill_share=0.05 .* needs budget='bytes', got budget='total'"
+    ):
+        pipeline.stage_configs(pipeline.PipelineConfig(fill_share=0.05), "x", {})
 
 
 def test_the_teacher_takes_the_pipelines_train_window(tmp_path) -> None:

@@ -40,6 +40,8 @@ def test_head_by_count_and_by_mass() -> None:
         ({"fill_share": 0}, r"fill_share must be a number in \(0, 1\] or None, got 0"),
         ({"fill_min_count": 0}, "fill_min_count must be an int >= 1, got 0"),
         ({"fill_min_count": 3}, "fill_min_count=3 limits .* needs tail_region 'fill'"),
+        ({"fill_share": 0.1, "min_count": 5}, "fill_share=0.1 .* got tail_region='fixed'"),
+        ({"fill_share": 0.1, "tail_region": "fill"}, "fill_share=0.1 .* min_count=0"),
     ],
 )
 def test_bad_settings_are_named(kwargs: dict, message: str) -> None:

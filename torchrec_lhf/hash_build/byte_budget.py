@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -125,8 +126,7 @@ def learned_rows_for_bytes(
         else:
             heads[name] = _size_and_top(head_N)
             if spec.tail_region == "fill" and counts_N is not None:
-                fmc = spec.fill_min_count
-                seen[name] = _size_and_top(counts_N > 0 if fmc <= 1 else counts_N >= fmc)
+                seen[name] = _size_and_top(counts_N >= spec.fill_min_count)  # int counts
     fill = (spec.tail_fraction, seen) if spec.tail_region == "fill" else None
     rows_at = None
     if spec.row_allocation == "counts":
@@ -273,6 +273,7 @@ def fit_fill_to_bytes(
     budget = byte_budget(sizes, fit["fraction"], fit["embedding_dim"])
     cap = spec.fill_share * budget
 
+    @functools.cache
     def stored(c: int) -> int | None:
         return _stored(sizes, counts, dataclasses.replace(spec, fill_min_count=c), fit)
 
@@ -282,14 +283,16 @@ def fit_fill_to_bytes(
 
     if fits(spec.fill_min_count):
         return spec
-    between_C = _counts_between(sizes, counts, spec.fill_min_count, spec.min_count, fit)
-    # the candidates: every count between, then the head's threshold (no extension)
-    candidates = between_C.tolist() + [spec.min_count]
-    if not fits(candidates[-1]):
-        at_one, at_none = stored(spec.fill_min_count), stored(candidates[-1])
+    if not fits(spec.min_count):  # even no extension stores more than the share
+        at_one, at_none = stored(spec.fill_min_count), stored(spec.min_count)
         if at_none is None or (at_one is not None and at_none >= at_one):
             return spec  # dropping the extension would not store less
-    fitted = dataclasses.replace(spec, fill_min_count=candidates[_first_fitting(candidates, fits)])
+        threshold = spec.min_count
+    else:  # the first of the counts between, then the head's threshold, that fits
+        between_C = _counts_between(sizes, counts, spec.fill_min_count, spec.min_count, fit)
+        candidates = [*between_C.tolist(), spec.min_count]
+        threshold = candidates[_first_fitting(candidates, fits)]
+    fitted = dataclasses.replace(spec, fill_min_count=threshold)
     logger.info(
         "fill limited to ids seen at least %d times so that the stored remap takes at most "
         "%g of the %d-byte budget (fill_share)",

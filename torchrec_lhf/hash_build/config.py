@@ -153,7 +153,8 @@ class BuildConfig:
     stores more, the extension keeps only the ids seen at least a threshold (one for every
     compressed table), raised until it does not, and the rows it leaves go to the hashed tail
     (:func:`~torchrec_lhf.hash_build.byte_budget.fit_fill_to_bytes`); ``None``: the extension
-    fills its region. The clustered head is ``index_share``'s."""
+    fills its region. The clustered head is ``index_share``'s. Needs ``budget="bytes"``,
+    ``tail_region="fill"`` and a head by ``head_min_count``."""
 
     encoding: str = field(default="auto", metadata={"choices": ENCODINGS})
     """How the plan stores a hash: ``dense`` (a row per id), ``compact`` (head ids and rows,
@@ -225,6 +226,11 @@ class BuildConfig:
         if self.budget == "bytes" and d is None:
             raise ValueError("budget='bytes' needs embedding_dim (the student's dim)")
         self.head_tail()  # ValueError naming a bad head/tail setting
+        if self.fill_share is not None and self.budget != "bytes":
+            raise ValueError(
+                f"fill_share={self.fill_share} caps the remap's share of a byte budget; it "
+                f"needs budget='bytes', got budget={self.budget!r}"
+            )
         if self.row_allocation != "size" and self.budget != "bytes":
             raise ValueError(
                 f"row_allocation={self.row_allocation!r} shares a byte budget; it needs "

@@ -126,6 +126,12 @@ class HeadTail:
             isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1
         ):
             raise ValueError(f"fill_share must be a number in (0, 1] or None, got {share!r}")
+        if share is not None and (self.tail_region != "fill" or not mc):
+            raise ValueError(
+                f"fill_share={share} caps the fill region's extension of a head by counts, "
+                f"which needs tail_region 'fill' and min_count > 0, got tail_region="
+                f"{self.tail_region!r}, min_count={mc!r}"
+            )
         fmc = self.fill_min_count
         if isinstance(fmc, bool) or not isinstance(fmc, int) or fmc < 1:
             raise ValueError(f"fill_min_count must be an int >= 1, got {fmc!r}")
@@ -280,8 +286,7 @@ def fill_head(
     room = head_region(height, tail_fraction) - int(head_N.sum())
     if room <= 0:
         return head_N
-    low_N = counts_N <= 0 if min_count <= 1 else counts_N < min_count
-    score_N = torch.where(head_N | low_N, -1, counts_N.to(torch.int64))
+    score_N = torch.where(head_N | (counts_N < min_count), -1, counts_N.to(torch.int64))
     order_N = torch.argsort(-score_N, stable=True)[:room]
     extra_N = torch.zeros_like(head_N)
     extra_N[order_N] = score_N[order_N] > 0
