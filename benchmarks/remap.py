@@ -13,7 +13,8 @@ Two ways:
 
 ``--encoding compact`` gives every table a compact (head/tail) hash function instead of a
 dense one: the most frequent 10% of its ids at learned (here random) rows, the others
-hashed into all its rows.
+hashed into all its rows. ``--encoding ranked``: the same head at its ranks (a row each, as
+a filled head), held ranked (:mod:`torchrec_lhf.modules.head_rank`: 2 bytes an id).
 
 ``--clock cpu`` times with the process's CPU time instead of wall time: on a shared machine
 other processes then slow neither side's figure (their cache and memory traffic still do).
@@ -184,10 +185,11 @@ def _tables(
         for i, m in enumerate(compressed)
     ]
     g = torch.Generator().manual_seed(0)
-    if args.encoding == "compact":
+    if args.encoding in ("compact", "ranked"):
+        ranked = args.encoding == "ranked"
         plan = HashPlan(
             [
-                TableHash(f"t{i}", h, (_head_tail(h, m, g, seed=i),), (m,))
+                TableHash(f"t{i}", h, (_head_tail(h, m, g, seed=i, ranked=ranked),), (m,))
                 for i, (h, m) in enumerate(zip(heights, compressed))
                 if not full[i]
             ]
@@ -204,11 +206,17 @@ def _tables(
     return heights, logical, small, plan
 
 
-def _head_tail(num_ids: int, rows: int, g: torch.Generator, *, seed: int) -> CompactMapping:
+def _head_tail(
+    num_ids: int, rows: int, g: torch.Generator, *, seed: int, ranked: bool = False
+) -> CompactMapping:
     """The most frequent ``HEAD_SHARE`` of ``num_ids`` ids (the smallest: the density of
-    :func:`_inputs` falls with the id) at random rows, the tail hashed into all ``rows``."""
+    :func:`_inputs` falls with the id) at random rows (``ranked``: at their ranks, at most
+    ``rows`` of them), the tail hashed into all ``rows``."""
     k = max(1, round(HEAD_SHARE * num_ids))
     rows_K = torch.randint(0, rows, (k,), generator=g).to(row_dtype(rows))
+    if ranked:
+        k = min(k, rows)
+        rows_K = torch.arange(k).to(row_dtype(rows))
     return CompactMapping(torch.arange(k), rows_K, tail_seed=seed, tail_offset=0, tail_rows=rows)
 
 
@@ -344,9 +352,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_rows", type=int, default=1_000_000)
     parser.add_argument(
         "--encoding",
-        choices=("dense", "compact"),
+        choices=("dense", "compact", "ranked"),
         default="dense",
-        help="the hash functions' encoding (compact: head = most frequent 10%% of ids)",
+        help="the hash functions' encoding (compact: head = most frequent 10%% of ids; "
+        "ranked: that head at its ranks, held ranked)",
     )
     parser.add_argument(
         "--min_table_rows",

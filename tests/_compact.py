@@ -11,14 +11,19 @@ from torchrec_lhf.plan_compact import CompactMapping, row_dtype
 
 
 def compact_of(
-    mapping_N: torch.Tensor, height: int, *, every: int = 2, seed: int = 1
+    mapping_N: torch.Tensor, height: int, *, every: int = 2, seed: int = 1, ranked: bool = False
 ) -> CompactMapping:
     """A compact mapping whose head is every ``every``-th id (with ``mapping_N``'s rows) and
-    whose tail hashes into all ``height`` rows."""
+    whose tail hashes into all ``height`` rows; ``ranked``: every ``every``-th id from 1,
+    at most ``height`` of them, each at its rank (a filled head's rows, held ranked)."""
     head_K = torch.arange(0, mapping_N.numel(), every)
+    rows_K = mapping_N[head_K]
+    if ranked:
+        head_K = torch.arange(1, mapping_N.numel(), every)[:height]
+        rows_K = torch.arange(head_K.numel())
     return CompactMapping(
         head_K,
-        mapping_N[head_K].to(row_dtype(height)),
+        rows_K.to(row_dtype(height)),
         tail_seed=seed,
         tail_offset=0,
         tail_rows=height,
@@ -26,15 +31,20 @@ def compact_of(
 
 
 def to_compact(
-    plan: HashPlan, hashes: Iterable[tuple[str, int]] | None = None, *, every: int = 2
+    plan: HashPlan,
+    hashes: Iterable[tuple[str, int]] | None = None,
+    *,
+    every: int = 2,
+    ranked: bool = False,
 ) -> HashPlan:
     """``plan`` with hash functions ``(table, h)`` (default: all) made compact by
-    :func:`compact_of` (seed ``10 * h + table index + 1``)."""
+    :func:`compact_of` (seed ``10 * h + table index + 1``; ``ranked`` as it says; other
+    hash functions are kept as they are)."""
     chosen = None if hashes is None else set(hashes)
     tables = []
     for i, t in enumerate(plan):
         ms = tuple(
-            compact_of(m, height, every=every, seed=10 * h + i + 1)
+            compact_of(m, height, every=every, seed=10 * h + i + 1, ranked=ranked)
             if chosen is None or (t.name, h) in chosen
             else m
             for h, (m, height) in enumerate(zip(t.mappings, t.heights))

@@ -50,13 +50,13 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.randn(3, 3), torch.tensor([0, 29, 7, 3, 11, 28]), lengths
 
 
-@pytest.mark.parametrize("learned_hash", [None, "dense", "compact"])
+@pytest.mark.parametrize("learned_hash", [None, "dense", "compact", "ranked"])
 def test_scripted_serving_model_scores_as_the_float_model(
     tmp_path: Path, learned_hash: str | None
 ) -> None:
     plan = HashPlan.from_mappings({"t0": torch.arange(30) % 7}) if learned_hash else None
-    if learned_hash == "compact":  # the scripted model holds the head/tail lookup
-        plan = to_compact(plan, every=3)
+    if learned_hash in ("compact", "ranked"):  # the scripted model holds the head/tail lookup
+        plan = to_compact(plan, every=3, ranked=learned_hash == "ranked")
     dlrm = _dlrm(plan)
     batch = _batch()
     expected = ScoringModule(dlrm, FEATURES)(*batch)

@@ -25,7 +25,7 @@ def test_from_mappings_defaults_height_to_max_plus_one() -> None:
     t = plan["t"]
     assert (t.num_embeddings, t.heights, t.num_hashes, t.combine) == (3, (4,), 1, "sum")
     assert t.mappings[0].dtype == torch.int32
-    assert plan.metadata["format_version"] == 2 and "created" in plan.metadata
+    assert plan.metadata["format_version"] == 3 and "created" in plan.metadata
 
 
 def test_equality_ignores_metadata_but_not_content() -> None:

@@ -1,5 +1,6 @@
 """Compact (head/tail) hash functions in a HashPlan: lookup by hand, validation, equality,
-bytes, save/load (format 2 and version-1 files) and choose_encoding."""
+bytes, save/load (format 3, version-2 and version-1 files), ranked heads and
+choose_encoding."""
 
 from __future__ import annotations
 
@@ -46,18 +47,18 @@ def test_rows_by_hand_in_head_in_tail_and_at_the_boundaries() -> None:
 
 def test_empty_head_is_all_tail() -> None:
     m = _compact((), ())
-    assert m.num_head == 0 and m.nbytes() == 0
+    assert m.num_head == 0 and m.nbytes(N) == 0
     assert m.rows(torch.arange(N)).tolist() == [_tail(i) for i in range(N)]
     TableHash("t", N, (m,), (M,))  # valid
 
 
 def test_nbytes_counts_int32_ids_below_2_31_and_row_width() -> None:
-    assert _compact().nbytes() == 3 * (4 + 2)
+    assert _compact().nbytes(N) == 3 * (4 + 2)  # (ranks as rows, but ranked would be 14)
     big = CompactMapping(
         torch.tensor([5, 2**31]), torch.tensor([0, 1], dtype=torch.int32),
         tail_seed=0, tail_offset=0, tail_rows=2,
     )  # fmt: skip
-    assert big.nbytes() == 2 * (8 + 4)
+    assert big.nbytes(2**31 + 1) == 2 * (8 + 4)
 
 
 def test_huge_table_needs_no_per_id_array() -> None:
@@ -211,8 +212,8 @@ def test_corrupt_compact_file_names_path_table_hash_and_entry(tmp_path: Path) ->
     save_tensors(path, {"t/0/head_ids": torch.tensor([1])}, manifest)
     with pytest.raises(ValueError, match="manifest and tensors disagree"):
         HashPlan.load(path)
-    save_tensors(path, tensors, _v1_manifest([spec]) | {"format_version": 3})
-    with pytest.raises(ValueError, match=r"format version 3, this build reads \[1, 2\]"):
+    save_tensors(path, tensors, _v1_manifest([spec]) | {"format_version": 4})
+    with pytest.raises(ValueError, match=r"format version 4, this build reads \[1, 2, 3\]"):
         HashPlan.load(path)
 
 
@@ -230,7 +231,7 @@ def test_choose_encoding_picks_the_smaller_of_the_same_mapping() -> None:
     ).dense(n)
     chosen = choose_encoding(mapping, few, 2, 10, 40, height)
     assert isinstance(chosen, CompactMapping) and chosen.head_rows.dtype == torch.int16
-    assert torch.equal(chosen.dense(n), mapping) and chosen.nbytes() == 18
+    assert torch.equal(chosen.dense(n), mapping) and chosen.nbytes(n) == 18
     many = torch.arange(0, n, 2)  # 500 ids * 6 bytes > 1000 ids * 2 bytes
     mapping = CompactMapping(
         many, torch.ones(500, dtype=torch.int16), tail_seed=2, tail_offset=10, tail_rows=40
@@ -244,3 +245,86 @@ def test_choose_encoding_picks_the_smaller_of_the_same_mapping() -> None:
         choose_encoding(bad, many, 2, 10, 40, height)
     with pytest.raises(ValueError, match=r"head_ids\[1\]=3 after head_ids\[0\]=10: not sorted"):
         choose_encoding(mapping, torch.tensor([10, 3]), 2, 10, 40, height)
+
+
+# ------------------------------------------------------------------ ranked heads
+# a table over three blocks of 2**16 ids and a bit: ids at block edges, offsets >= 2**15
+BLOCKS_N = 3 * 2**16 + 5
+RANKED_IDS = tuple(
+    sorted((0, 40_000, 65_535, 65_536, 70_000, 196_607, 196_610, 196_612, *range(100, 120)))
+)
+
+
+def _ranked(ids=RANKED_IDS) -> CompactMapping:
+    return CompactMapping(
+        torch.tensor(ids), torch.arange(len(ids), dtype=torch.int16),
+        tail_seed=5, tail_offset=len(ids), tail_rows=3,
+    )  # fmt: skip
+
+
+def test_a_head_at_its_ranks_is_held_ranked_in_2_bytes_an_id() -> None:
+    m = _ranked()
+    assert m.rows_are_ranks and m.ranked(BLOCKS_N)
+    # 28 ids x 2 bytes + (4 blocks + the end) x 4 bytes
+    assert m.nbytes(BLOCKS_N) == plan_compact.ranked_bytes(28, BLOCKS_N) == 28 * 2 + 5 * 4
+    blocks, offsets = plan_compact.rank_index(m.head_ids, BLOCKS_N)
+    assert blocks.tolist() == [0, 23, 25, 26, 28] and offsets.dtype == torch.int16
+    assert offsets.tolist()[20:25] == [119, 40_000 - 2**16, -1, 0, 70_000 - 2**16]
+    back = plan_compact.ids_of_rank_index(blocks, offsets, "here")
+    assert back.tolist() == list(RANKED_IDS)
+    # not ranked: rows that are not the ranks, or a head too sparse for its blocks
+    assert not _compact(rows=(1, 0, 2)).rows_are_ranks
+    sparse = _ranked((5, 200_000))  # 2 ids over 4 blocks: 4 + 20 bytes > 8
+    assert sparse.rows_are_ranks and not sparse.ranked(BLOCKS_N)
+    assert sparse.nbytes(BLOCKS_N) == 2 * (4 + 2)
+
+
+def test_ranked_plan_round_trips_and_its_file_holds_no_rows(tmp_path: Path) -> None:
+    m = _ranked()
+    plan = HashPlan([TableHash("t", BLOCKS_N, (m, _compact()), (40, 40), "concat")])
+    path = tmp_path / "p.plan"
+    plan.save(path)
+    loaded = HashPlan.load(path)
+    assert loaded == plan and loaded.fingerprint() == plan.fingerprint()
+    got = loaded["t"].mappings[0]
+    assert torch.equal(got.head_ids, m.head_ids) and got.head_rows.tolist() == list(range(28))
+    ids = torch.tensor([*RANKED_IDS, 1, 65_537, BLOCKS_N - 1])
+    assert torch.equal(got.rows(ids), m.rows(ids))
+    from torchrec_lhf._io import load_tensors
+
+    tensors, manifest = load_tensors(path, "hash_plan")
+    assert manifest["format_version"] == 3
+    assert manifest["tables"][0]["encodings"][0]["rows"] == "rank"
+    assert "t/0/head_rows" not in tensors and tensors["t/0/head_offsets"].numel() == 28
+    assert "rows" not in manifest["tables"][0]["encodings"][1]  # (3 ids: not ranked)
+    assert loaded.remap_bytes() == m.nbytes(BLOCKS_N) + _compact().nbytes(BLOCKS_N)
+    assert loaded.summary()[0]["encoding"] == "mixed"
+    only = HashPlan([TableHash("t", BLOCKS_N, (m,), (40,))])
+    assert only.summary()[0]["encoding"] == "ranked" and "ranked" in only.format_summary()
+
+
+_SWAPPED = plan_compact.rank_index(torch.tensor(RANKED_IDS), BLOCKS_N)[1][[0, 2, 1, *range(3, 28)]]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"t/0/head_blocks": torch.tensor([0, 23, 25, 26, 27], dtype=torch.int32)},
+         r"table 't' hash 0: head_blocks must run from 0 to the 28 head ids, got 0 to 27"),
+        ({"t/0/head_blocks": torch.tensor([0, 26, 25, 26, 28], dtype=torch.int32)},
+         r"table 't' hash 0: head_blocks\[2\]=25 < head_blocks\[1\]=26"),
+        ({"t/0/head_offsets": torch.zeros(28, dtype=torch.int32)},
+         r"head_offsets must be 1-D int16, got torch.int32"),
+        ({"t/0/head_offsets": _SWAPPED},  # ids 100 and 101 swapped
+         r"table 't' hash 0: head_ids\[2\]=100 after head_ids\[1\]=101: not sorted"),
+    ],
+)  # fmt: skip
+def test_a_corrupt_ranked_plan_is_named(tmp_path: Path, change: dict, match: str) -> None:
+    from torchrec_lhf._io import load_tensors
+
+    path = tmp_path / "p.plan"
+    HashPlan([TableHash("t", BLOCKS_N, (_ranked(),), (40,))]).save(path)
+    tensors, manifest = load_tensors(path, "hash_plan")
+    save_tensors(path, {**tensors, **change}, manifest)
+    with pytest.raises(ValueError, match=match):
+        HashPlan.load(path)

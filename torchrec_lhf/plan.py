@@ -39,9 +39,10 @@ from torchrec_lhf.plan_compact import (
     max_dense_height,
 )
 
-# 2: compact encodings (a manifest entry per hash function); version-1 files still load
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 2: compact encodings (a manifest entry per hash function); 3: ranked heads
+# ("rows": "rank", plan_compact.encode); version-1 and -2 files still load
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 COMBINE_MODES = ("sum", "concat", "mult", "scaled_sum", "sum_concat")
 _KIND = "hash_plan"
 
@@ -312,7 +313,9 @@ class HashPlan:
         Returns:
             One dict per table with keys ``table, num_embeddings, rows, num_hashes,
             combine, encoding, ratio, table_bytes, full_table_bytes, remap_bytes``;
-            ``encoding`` is ``dense``, ``compact`` or ``mixed`` (both, over its hashes).
+            ``encoding`` is ``dense``, ``compact``, ``ranked`` (compact, its heads' rows
+            their ranks: :meth:`CompactMapping.ranked`) or ``mixed`` (several, over its
+            hashes).
         """
         rows = []
         max_height = max_dense_height(self.tables)
@@ -326,7 +329,7 @@ class HashPlan:
                     "rows": t.num_rows,
                     "num_hashes": t.num_hashes,
                     "combine": t.combine,
-                    "encoding": t.encodings[0] if len(set(t.encodings)) == 1 else "mixed",
+                    "encoding": _encoding_name(t),
                     "ratio": t.num_rows / t.num_embeddings,
                     "table_bytes": 4 * sum(m * d for m, d in zip(t.heights, dims))
                     if dims
@@ -370,3 +373,12 @@ class HashPlan:
         from torchrec_lhf.plan_io import load_plan
 
         return load_plan(path, cls)
+
+
+def _encoding_name(t: TableHash) -> str:
+    """``dense``, ``compact`` or ``ranked`` for all of a table's hashes, else ``mixed``."""
+    names = {
+        "ranked" if isinstance(m, CompactMapping) and m.ranked(t.num_embeddings) else encoding(m)
+        for m in t.mappings
+    }
+    return names.pop() if len(names) == 1 else "mixed"

@@ -11,6 +11,15 @@ A hash function of a table is stored one of two ways (its *encoding*):
   (:func:`torchrec_lhf.hashing.tail_hash`) into a tail region of the rows. It stores
   nothing per tail id, so a table of 10^8 mostly rare ids costs only its head.
 
+A compact head whose rows are its ids' ranks (``head_rows == arange(K)``: a head of no
+more ids than its rows, a row each in id order, as every filled head is) stores no rows
+and not even whole ids (:func:`ranked_bytes`): the ids are cut into blocks of
+``RANK_BLOCK`` consecutive ids, each id kept as its 16-bit offset in its block, beside the
+position of each block's first head id. That is 2 bytes a head id (plus 4 a block) where
+ids and rows take 6 to 12, so the rows it frees buy more of the table under a byte budget;
+the module looks the ids up by a bisection in their block
+(:mod:`~torchrec_lhf.modules.head_rank`).
+
 :func:`choose_encoding` picks the smaller of the two for one mapping; the rest of this file
 is what :mod:`torchrec_lhf.plan` does with either (validation, equality, fingerprint,
 bytes, file layout).
@@ -30,6 +39,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -42,6 +52,31 @@ DENSE, COMPACT = "dense", "compact"
 # their materialized dense form; above it, a compact mapping never equals a dense one
 DENSE_COMPARE_MAX = 10_000_000
 _MAX_SEED = 2**62
+RANK_BLOCK_BITS = 16
+RANK_BLOCK = 2**RANK_BLOCK_BITS
+"""Ids per block of a ranked head (:func:`ranked_bytes`): its offsets fit 16 bits."""
+
+
+def rank_blocks(num_embeddings: int) -> int:
+    """Blocks of :data:`RANK_BLOCK` ids that cover ids ``[0, N)``."""
+    return -(-num_embeddings // RANK_BLOCK)
+
+
+def ranked_bytes(num_head: int, num_embeddings: int) -> int:
+    """Stored bytes of a ranked head of ``K`` ids in a table of ``N``: a 16-bit offset per
+    id and an int32 start per block, plus its end.
+
+    >>> ranked_bytes(1000, 2**20)  # 1,000 x 2 + (16 + 1) x 4
+    2068
+    """
+    return 2 * num_head + 4 * (rank_blocks(num_embeddings) + 1)
+
+
+def ranks_pay(num_head: int, num_embeddings: int) -> bool:
+    """Whether a head whose rows are its ranks is held ranked: it has ids and its ranked
+    form takes at most 4 bytes an id (ids and rows take at least 6), so that the rule does
+    not depend on the rows' width (the module holds one width for all its heads)."""
+    return num_head > 0 and ranked_bytes(num_head, num_embeddings) <= 4 * num_head
 
 
 def row_dtype(height: int) -> torch.dtype:
@@ -137,9 +172,24 @@ class CompactMapping:
         out_N[self.head_ids] = self.head_rows.long()
         return out_N.to(torch.int32)
 
-    def nbytes(self) -> int:
-        """Stored bytes: head ids as int32 when all are below ``2**31`` (any table of
-        ``N <= 2**31``), else int64, plus the head rows at their width."""
+    @functools.cached_property
+    def rows_are_ranks(self) -> bool:
+        """Whether ``head_rows == arange(K)`` (every filled head's rows: a row each, in id
+        order); then the rows need not be stored (:func:`ranked_bytes`)."""
+        k = self.num_head
+        return k > 0 and bool(torch.equal(self.head_rows.long(), torch.arange(k)))
+
+    def ranked(self, num_embeddings: int) -> bool:
+        """Whether it is held ranked in a table of ``N`` ids: its rows are its ranks and
+        that form pays (:func:`ranks_pay`)."""
+        return self.rows_are_ranks and ranks_pay(self.num_head, num_embeddings)
+
+    def nbytes(self, num_embeddings: int) -> int:
+        """Stored bytes in a table of ``N`` ids: :func:`ranked_bytes` where it is held
+        ranked, else the head ids as int32 when all are below ``2**31`` (any table of
+        ``N <= 2**31``), or int64, plus the head rows at their width."""
+        if self.ranked(num_embeddings):
+            return ranked_bytes(self.num_head, num_embeddings)
         id_width = 4 if self.num_head == 0 or int(self.head_ids.max()) < 2**31 else 8
         return self.num_head * (id_width + self.head_rows.element_size())
 
@@ -250,7 +300,7 @@ def dense_mapping(m: AnyMapping, num_embeddings: int) -> torch.Tensor:
 
 def mapping_bytes(m: AnyMapping, num_embeddings: int, width: int) -> int:
     """Stored bytes: ``width`` per id when dense, :meth:`CompactMapping.nbytes` when not."""
-    return m.nbytes() if isinstance(m, CompactMapping) else width * num_embeddings
+    return m.nbytes(num_embeddings) if isinstance(m, CompactMapping) else width * num_embeddings
 
 
 def mappings_equal(a: AnyMapping, b: AnyMapping, num_embeddings: int) -> bool:
@@ -285,16 +335,67 @@ def mapping_digest(m: AnyMapping, num_embeddings: int) -> bytes:
 
 
 # ------------------------------------------------------------------ file layout
-def encode(table: str, h: int, m: AnyMapping) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and manifest entry of hash ``h`` of ``table`` (format version 2).
+def encode(
+    table: str, h: int, m: AnyMapping, num_embeddings: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and manifest entry of hash ``h`` of ``table`` (format version 3).
 
     Dense: tensor ``{table}/{h}`` (as in version 1). Compact: ``{table}/{h}/head_ids`` and
-    ``{table}/{h}/head_rows``, the tail parameters in the manifest entry.
+    ``{table}/{h}/head_rows`` (as in version 2), the tail parameters in the manifest entry;
+    a head held ranked (:meth:`CompactMapping.ranked`) as ``{table}/{h}/head_offsets``
+    (int16: each id's offset in its block of :data:`RANK_BLOCK`, its low 16 bits) and
+    ``{table}/{h}/head_blocks`` (int32: the position of each block's first id, then ``K``),
+    with ``"rows": "rank"`` in the entry.
     """
     if isinstance(m, CompactMapping):
+        if m.ranked(num_embeddings):
+            blocks, offsets = rank_index(m.head_ids, num_embeddings)
+            tensors = {f"{table}/{h}/head_offsets": offsets, f"{table}/{h}/head_blocks": blocks}
+            return tensors, {"encoding": COMPACT, "rows": "rank", **m.tail_params()}
         tensors = {f"{table}/{h}/head_ids": m.head_ids, f"{table}/{h}/head_rows": m.head_rows}
         return tensors, {"encoding": COMPACT, **m.tail_params()}
     return {f"{table}/{h}": m}, {"encoding": DENSE}
+
+
+def rank_index(ids_K: torch.Tensor, num_embeddings: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ranked form of sorted head ids: ``(blocks, offsets)``, int32 of shape
+    ``(rank_blocks(N) + 1,)`` (each block's first position, then ``K``) and int16 of shape
+    ``(K,)`` (each id's low 16 bits, as a signed int16 of the same bits)."""
+    ids_K = ids_K.to(torch.int64)
+    starts = torch.arange(rank_blocks(num_embeddings) + 1, dtype=torch.int64) * RANK_BLOCK
+    blocks = torch.searchsorted(ids_K, starts).to(torch.int32)
+    offsets = (ids_K & (RANK_BLOCK - 1)).to(torch.int32)
+    return blocks, torch.where(offsets >= 2**15, offsets - 2**16, offsets).to(torch.int16)
+
+
+def ids_of_rank_index(blocks: torch.Tensor, offsets: torch.Tensor, where: str) -> torch.Tensor:
+    """Inverse of :func:`rank_index`: the sorted head ids, int64 ``(K,)``.
+
+    Raises:
+        ValueError: malformed blocks (not int32 from 0 up to ``K``, non-decreasing) or
+            offsets (not int16), naming ``where`` and the first bad entry.
+    """
+    if blocks.dtype != torch.int32 or blocks.dim() != 1 or blocks.numel() < 2:
+        raise ValueError(
+            f"{where}: head_blocks must be int32 of >= 2 entries, got {_describe(blocks)}"
+        )
+    if offsets.dtype != torch.int16 or offsets.dim() != 1:
+        raise ValueError(f"{where}: head_offsets must be 1-D int16, got {_describe(offsets)}")
+    k = offsets.numel()
+    b = blocks.long()
+    if int(b[0]) != 0 or int(b[-1]) != k:
+        raise ValueError(
+            f"{where}: head_blocks must run from 0 to the {k} head ids, got "
+            f"{int(b[0])} to {int(b[-1])}"
+        )
+    step = (b[1:] < b[:-1]).nonzero()
+    if step.numel():
+        i = int(step[0, 0]) + 1
+        raise ValueError(
+            f"{where}: head_blocks[{i}]={int(b[i])} < head_blocks[{i - 1}]={int(b[i - 1])}"
+        )
+    block_K = torch.repeat_interleave(torch.arange(b.numel() - 1), b.diff(), output_size=k)
+    return block_K * RANK_BLOCK + (offsets.long() & (RANK_BLOCK - 1))
 
 
 def decode(table: str, h: int, tensors: dict[str, torch.Tensor], spec: dict | None) -> AnyMapping:
@@ -309,9 +410,21 @@ def decode(table: str, h: int, tensors: dict[str, torch.Tensor], spec: dict | No
         return tensors[f"{table}/{h}"]
     if kind != COMPACT:
         raise ValueError(f"table {table!r} hash {h}: unknown encoding {kind!r}")
+    rows = spec.get("rows", "stored")
+    if rows == "rank":
+        ids_K = ids_of_rank_index(
+            tensors[f"{table}/{h}/head_blocks"],
+            tensors[f"{table}/{h}/head_offsets"],
+            f"table {table!r} hash {h}",
+        )
+        rows_K = torch.arange(ids_K.numel()).to(row_dtype(ids_K.numel()))
+    elif rows == "stored":
+        ids_K, rows_K = tensors[f"{table}/{h}/head_ids"], tensors[f"{table}/{h}/head_rows"]
+    else:
+        raise ValueError(f"table {table!r} hash {h}: unknown head rows {rows!r}")
     return CompactMapping(
-        tensors[f"{table}/{h}/head_ids"],
-        tensors[f"{table}/{h}/head_rows"],
+        ids_K,
+        rows_K,
         tail_seed=spec["tail_seed"],
         tail_offset=spec["tail_offset"],
         tail_rows=spec["tail_rows"],
@@ -373,7 +486,7 @@ def choose_encoding(
             f"and hashes to row {int(dense_N[i])}"
         )
     dense_bytes = num_embeddings * dense_width(height)
-    return compact if compact.nbytes() < dense_bytes else dense_N
+    return compact if compact.nbytes(num_embeddings) < dense_bytes else dense_N
 
 
 def as_int32_mapping(m: torch.Tensor, name: str) -> torch.Tensor:

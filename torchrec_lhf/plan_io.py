@@ -29,7 +29,7 @@ def save_plan(plan: HashPlan, path: str | os.PathLike) -> None:
     for t in plan.tables:
         encodings[t.name] = []
         for h, m in enumerate(t.mappings):
-            parts, spec = encode(t.name, h, m)
+            parts, spec = encode(t.name, h, m, t.num_embeddings)
             tensors.update(parts)
             encodings[t.name].append(spec)
     manifest = {

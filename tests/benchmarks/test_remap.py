@@ -36,7 +36,7 @@ def test_time_pair_reads_the_given_clock_around_each_step() -> None:
     assert bench.CLOCKS["cpu"] is not bench.CLOCKS["wall"]
 
 
-@pytest.mark.parametrize("encoding", ["dense", "compact"])
+@pytest.mark.parametrize("encoding", ["dense", "compact", "ranked"])
 def test_tiny_run_reports_both_collections(encoding: str, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(get_free_port()))
@@ -51,7 +51,7 @@ def test_tiny_run_reports_both_collections(encoding: str, monkeypatch) -> None: 
     assert result["remap_only_seconds"] > 0 and result["remap_bytes"] > 0
 
 
-@pytest.mark.parametrize("encoding", ["dense", "compact"])
+@pytest.mark.parametrize("encoding", ["dense", "compact", "ranked"])
 def test_tables_under_min_table_rows_stay_full_in_both_models(encoding: str) -> None:
     args = bench.parse_args(["--encoding", encoding, "--min_table_rows", "100"])
     heights, logical, small, plan = bench._tables(args)
@@ -62,6 +62,10 @@ def test_tables_under_min_table_rows_stay_full_in_both_models(encoding: str) -> 
         assert (f"t{i}" in plan) == (i not in full), i
     every = bench._tables(bench.parse_args(["--encoding", encoding]))[3]
     assert len(every) == len(heights)  # the default compresses every table
+    # ranked: every table whose head of 10% of its ids takes 4 bytes an id or less so
+    ranked = [t.mappings[0].ranked(t.num_embeddings) for t in every if t.encodings[0] != "dense"]
+    assert (encoding == "ranked") == any(ranked)
+    assert encoding != "ranked" or all(r for t, r in zip(every, ranked) if t.num_embeddings > 99)
 
 
 def test_a_negative_min_table_rows_is_refused(capsys) -> None:  # noqa: ANN001

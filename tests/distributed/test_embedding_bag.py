@@ -62,7 +62,10 @@ def _sharded_vs_unsharded(
     plan = two_hash_plan(combine)
     if encoding == "compact":  # every hash function compact (head/tail)
         plan = to_compact(plan)
+    elif encoding == "ranked":  # every head's rows its ranks: held ranked (head_rank)
+        plan = to_compact(plan, ranked=True)
     reference = LearnedHashEmbeddingBagCollection(tables=three_tables(), plan=plan)
+    assert reference.remap.has_ranked == (encoding == "ranked")
     state = {k: v.clone() for k, v in reference.state_dict().items()}
 
     sharder = LearnedHashEmbeddingBagCollectionSharder(
@@ -118,7 +121,7 @@ def _concat(batches: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("encoding", ["dense", "compact"])
+@pytest.mark.parametrize("encoding", ["dense", "compact", "ranked"])
 @pytest.mark.parametrize("sharding_type", TESTED_SHARDING_TYPES)
 def test_sharded_equals_unsharded(sharding_type: str, encoding: str) -> None:
     combine = "concat" if sharding_type in ("column_wise", "data_parallel") else "sum"

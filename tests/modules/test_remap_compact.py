@@ -21,11 +21,20 @@ from torchrec_lhf.modules import head_table
 from torchrec_lhf.modules.quant import quantize_learned_hash
 from torchrec_lhf.plan_compact import CompactMapping
 
-# which hash functions are compact: all, none, or some (a mixed module)
+# which hash functions are compact: all, none, or some (a mixed module); "ranked": every
+# head's rows its ranks (held ranked: modules.head_rank); "ranked-mixed": one ranked, one
+# in the cuckoo table, one dense
 ENCODINGS = {
     "compact": None,
     "mixed": [("t0", 0), ("t1", 1)],
+    "ranked": None,
+    "ranked-mixed": [("t1", 1)],
 }
+
+
+def _compact_plan(encoding: str, combine: str = "sum") -> HashPlan:
+    plan = to_compact(two_hash_plan(combine), ENCODINGS[encoding], ranked="ranked" in encoding)
+    return to_compact(plan, [("t0", 0)]) if encoding == "ranked-mixed" else plan
 
 
 def _dense_twin(plan: HashPlan) -> HashPlan:
@@ -59,7 +68,7 @@ def _pair(
     encoding: str, combine: str = "sum", weighted: bool = False, out_of_range: str = "error"
 ) -> tuple[LearnedHashEmbeddingBagCollection, LearnedHashEmbeddingBagCollection]:
     """A module with a compact (or mixed) plan and one with its dense twin, same weights."""
-    plan = to_compact(two_hash_plan(combine), ENCODINGS[encoding])
+    plan = _compact_plan(encoding, combine)
     torch.manual_seed(0)
     kwargs = {"tables": three_tables(), "is_weighted": weighted, "out_of_range": out_of_range}
     compact = LearnedHashEmbeddingBagCollection(plan=plan, **kwargs)
@@ -76,6 +85,7 @@ def test_compact_module_equals_dense_module_of_the_same_mapping(
 ) -> None:
     compact, dense = _pair(encoding, combine, weighted)
     assert compact.remap.has_compact and not dense.remap.has_compact
+    assert compact.remap.has_ranked == ("ranked" in encoding)
     for seed in range(3):
         kjt = _batch(seed, weighted=weighted)
         assert torch.equal(compact.remap(kjt).values(), dense.remap(kjt).values())

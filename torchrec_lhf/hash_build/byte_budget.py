@@ -31,7 +31,7 @@ import torch
 
 from torchrec_lhf.compression.budget import BudgetTooSmall, ModelBytes, byte_budget, rows_for_bytes
 from torchrec_lhf.hash_build.head_tail import HeadTail, head_region
-from torchrec_lhf.plan_compact import dense_width, row_dtype
+from torchrec_lhf.plan_compact import dense_width, ranked_bytes, ranks_pay, row_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def learned_index_bytes(
     heights: Mapping[str, list[int]],
     encoding: str,
     fill: tuple[float, Mapping[str, tuple[int, int]]] | None = None,
+    tail_fraction: float | None = None,
 ) -> dict[str, int]:
     """The remap bytes a learned plan will store, from its heads and heights alone.
 
@@ -49,7 +50,10 @@ def learned_index_bytes(
     (no head: dense; ``encoding`` ``"dense"``/``"compact"``; ``"auto"``: compact when
     smaller than dense at the hash's row width), and the bytes
     :meth:`~torchrec_lhf.plan.HashPlan.remap_bytes` (dense width set by the module's
-    largest dense height), so that a byte budget is fitted before any clustering.
+    largest dense height; a head of no more ids than its region's rows gets a row each in
+    id order, so it is held ranked where that pays:
+    :func:`~torchrec_lhf.plan_compact.ranked_bytes`), so that a byte budget is fitted
+    before any clustering.
 
     Args:
         sizes: table name -> ``N``.
@@ -61,10 +65,16 @@ def learned_index_bytes(
             in training, largest of them)``; a head smaller than its region at a height
             then grows to the region's rows, up to the ids seen
             (:func:`~torchrec_lhf.hash_build.head_tail.fill_head`).
+        tail_fraction: the tail's share of the rows where the head region's rows are known
+            before the build (every tail region but ``"mass"``; ``fill``'s when given):
+            a head no larger is predicted ranked. ``None``: never predicted ranked (the
+            plan may then store less than predicted, never more).
 
     Returns:
         Compressed table name -> remap bytes.
     """
+    if fill is not None:
+        tail_fraction = fill[0]
     compact: dict[str, list[int | None]] = {}  # per hash: compact bytes, or None (dense)
     for name, hs in heights.items():
         head = heads.get(name)
@@ -78,8 +88,12 @@ def learned_index_bytes(
                 seen, top_seen = fill[1][name]
                 grown = max(k, min(seen, head_region(m, fill[0])))
                 k, top = grown, (top_seen if grown > k else top)
-            nbytes = k * ((4 if top < 2**31 else 8) + row_dtype(m).itemsize)
-            dense = sizes[name] * dense_width(m)
+            n = sizes[name]
+            if tail_fraction is not None and k <= head_region(m, tail_fraction) and ranks_pay(k, n):
+                nbytes = ranked_bytes(k, n)
+            else:
+                nbytes = k * ((4 if top < 2**31 else 8) + row_dtype(m).itemsize)
+            dense = n * dense_width(m)
             compact[name].append(nbytes if encoding == "compact" or nbytes < dense else None)
     dense_heights = [m for t, hs in heights.items() for m, c in zip(hs, compact[t]) if c is None]
     width = dense_width(max(dense_heights, default=1))
@@ -128,6 +142,7 @@ def learned_rows_for_bytes(
             if spec.tail_region == "fill" and counts_N is not None:
                 seen[name] = _size_and_top(counts_N >= spec.fill_min_count)  # int counts
     fill = (spec.tail_fraction, seen) if spec.tail_region == "fill" else None
+    known_region = None if spec.tail_region == "mass" else spec.tail_fraction
     rows_at = None
     if spec.row_allocation == "counts":
         if counts is None:
@@ -142,7 +157,9 @@ def learned_rows_for_bytes(
         min_table_rows=min_table_rows,
         num_hashes=num_hashes,
         combine=combine,
-        index_bytes=lambda hs: learned_index_bytes(sizes, heads, hs, spec.encoding, fill),
+        index_bytes=lambda hs: learned_index_bytes(
+            sizes, heads, hs, spec.encoding, fill, known_region
+        ),
         rows_at=rows_at,
     )
 

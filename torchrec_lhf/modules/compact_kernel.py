@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from torchrec_lhf.modules import head_rank
+
 logger = logging.getLogger(__name__)
 
 ENV_FLAG = "TORCHREC_LHF_FUSED_REMAP"
@@ -46,7 +48,7 @@ ENV_FLAG = "TORCHREC_LHF_FUSED_REMAP"
 SOURCE = Path(__file__).with_name("csrc") / "remap_kernel.cpp"
 """The kernels' C++ source (package data)."""
 
-FUNCTIONS = ("fused_remap_eager",)
+FUNCTIONS = ("fused_remap_eager", "rank_overlay_eager")
 """The kernel's functions bound for Python (``fused_remap`` is its operator)."""
 
 
@@ -154,24 +156,83 @@ def fused_rows(
     int32; eager dense modules keep FBGEMM's ``pruned_array_lookup`` (``benchmarks.remap``'s
     figure); an eager batch with an id out of range (not ``modulo``) gets None, so that the
     caller's general path names it. Scripted, the operator ``torchrec_lhf::fused_remap``
-    (one op where the interpreter ran about 25 and their statements).
+    (one op where the interpreter ran about 25 and their statements). Ranked heads
+    (``compact[6:]``, :mod:`~torchrec_lhf.modules.head_rank`) are not in the kernel: its
+    rows are overlaid by their torch lookup (:func:`~torchrec_lhf.modules.head_rank.overlay`).
 
     Args as for :func:`fused_remap`, plus ``array_offsets`` (see
     :func:`~torchrec_lhf.modules.remap_ops.remap_values`).
     """
+    ranked = compact[6:]
+    compact = compact[:6]
+    rows_P: torch.Tensor | None = None
     if not torch.jit.is_scripting():
         if len(compact) == 0 and array_offsets is not None:
             return None
-        return fused_remap(
+        rows_P = fused_remap(
             ids_P, length_J, mapping, offset_J, height_J, modulo, compact, quiet=True
         )
-    # scripted: the operator (TorchScript calls operators, not pybind functions)
-    if not _applies(ids_P, compact):
-        return None
-    t = _tables(mapping, compact)
-    return torch.ops.torchrec_lhf.fused_remap(
-        ids_P, length_J, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5], modulo
+    elif _applies(ids_P, compact):  # scripted: the operator (not the pybind functions)
+        t = _tables(mapping, compact)
+        rows_P = torch.ops.torchrec_lhf.fused_remap(
+            ids_P, length_J, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
+            modulo,
+        )  # fmt: skip
+    if rows_P is None or len(ranked) == 0:
+        return rows_P
+    return rank_overlay(ids_P, length_J, rows_P, ranked, height_J, modulo)
+
+
+def rank_overlay(
+    ids_P: torch.Tensor,
+    length_J: list[int],
+    rows_P: torch.Tensor,
+    ranked: list[torch.Tensor],
+    height_J: torch.Tensor,
+    modulo: bool,
+) -> torch.Tensor:
+    """The kernel's rows with the ranked heads' ids at their ranks
+    (:func:`~torchrec_lhf.modules.head_rank.overlay`): the C++ loop over the ranked
+    features' ids only (a ``std::lower_bound`` in each id's block), or the operator
+    ``torchrec_lhf::rank_overlay`` when scripted (its fallback: the torch ops)."""
+    if not torch.jit.is_scripting():
+        module = _module()
+        if module is not None:
+            return module.rank_overlay_eager(
+                ids_P.contiguous(), length_J, rows_P, *ranked[:5], height_J, modulo
+            )
+        return _rank_overlay_fallback(ids_P, length_J, rows_P, *ranked[:5], height_J, modulo)
+    return torch.ops.torchrec_lhf.rank_overlay(
+        ids_P, length_J, rows_P, ranked[0], ranked[1], ranked[2], ranked[3], ranked[4],
+        height_J, modulo,
+    )  # fmt: skip
+
+
+def _rank_overlay_fallback(
+    ids: torch.Tensor,
+    lengths: list[int],
+    rows: torch.Tensor,
+    blocks: torch.Tensor,
+    offsets: torch.Tensor,
+    dir_J: torch.Tensor,
+    last_J: torch.Tensor,
+    steps: torch.Tensor,
+    height: torch.Tensor,
+    modulo: bool,
+) -> torch.Tensor:
+    """``torchrec_lhf::rank_overlay`` in torch ops (no kernel): every id's feature, then
+    :func:`~torchrec_lhf.modules.head_rank.overlay`."""
+    module = _module() if ids.is_cpu and ids.dtype in (torch.int32, torch.int64) else None
+    if module is not None:  # (loading it registered its kernel: later calls go there)
+        return module.rank_overlay_eager(
+            ids.contiguous(), lengths, rows, blocks, offsets, dir_J, last_J, steps, height, modulo
+        )
+    counts = torch.tensor(lengths, dtype=torch.long, device=ids.device)
+    j_P = torch.repeat_interleave(
+        torch.arange(len(lengths), device=ids.device), counts, output_size=ids.numel()
     )
+    ranked = [blocks, offsets, dir_J, last_J, steps]
+    return head_rank.overlay(ids, j_P, rows, ranked, height, modulo)
 
 
 def fused_rows_of_bags(
@@ -191,13 +252,21 @@ def fused_rows_of_bags(
     Args as for :func:`fused_rows`, with ``bag_lengths`` the ids of each bag, feature-major,
     shape ``(J * B,)``, in place of the per-feature counts.
     """
+    ranked = compact[6:]
+    compact = compact[:6]
     if not _applies(ids_P, compact):
         return None
     t = _tables(mapping, compact)
-    return torch.ops.torchrec_lhf.fused_remap_bags(
+    rows_P = torch.ops.torchrec_lhf.fused_remap_bags(
         ids_P, bag_lengths, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
         modulo,
     )  # fmt: skip
+    if len(ranked) == 0:
+        return rows_P
+    num = offset_J.numel()
+    bag_j = torch.arange(num).repeat_interleave(bag_lengths.numel() // max(num, 1))
+    j_P = torch.repeat_interleave(bag_j, bag_lengths.long(), output_size=ids_P.numel())
+    return head_rank.overlay(ids_P, j_P, rows_P, ranked, height_J, modulo)
 
 
 def _applies(ids_P: torch.Tensor, compact: list[torch.Tensor]) -> bool:
@@ -229,6 +298,11 @@ SCHEMA = f"fused_remap(Tensor ids, int[] lengths, {_TABLES}) -> Tensor"
 """The operator's schema. ``seeds``: the tail hashes' seeds; the empty tensors of a module
 without compact features stand for its absent tables (``is_compact`` empty)."""
 SCHEMA_BAGS = f"fused_remap_bags(Tensor ids, Tensor bag_lengths, {_TABLES}) -> Tensor"
+SCHEMA_RANK = (
+    "rank_overlay(Tensor ids, int[] lengths, Tensor rows, Tensor blocks, Tensor offsets, "
+    "Tensor dir, Tensor last, Tensor steps, Tensor height, bool modulo) -> Tensor"
+)
+"""The ranked heads' pass over ``fused_remap``'s rows (:func:`rank_overlay`)."""
 """``fused_remap`` with the per-bag lengths ``(J * B,)`` in place of the ids per feature."""
 
 
@@ -289,16 +363,17 @@ def _fallback_bags(
 
 
 def _register_operator() -> torch.library.Library | None:
-    """Define ``torchrec_lhf::fused_remap`` and ``fused_remap_bags`` with their fallbacks for
+    """Define ``torchrec_lhf::fused_remap``, ``fused_remap_bags`` and ``rank_overlay`` with their fallbacks for
     every backend (the C++ kernel, once loaded, takes the CPU: a backend's own kernel comes
     first) and their shape functions (``torch.export``, ``torch.compile``)."""
-    if hasattr(torch.ops.torchrec_lhf, "fused_remap"):  # (a reload of this module)
+    if hasattr(torch.ops.torchrec_lhf, "rank_overlay"):  # (a reload of this module)
         return None
     library = torch.library.Library("torchrec_lhf", "FRAGMENT")
     register_fake = getattr(torch.library, "register_fake", None)  # (torch >= 2.4)
     for name, schema, fallback in (
         ("fused_remap", SCHEMA, _fallback),
         ("fused_remap_bags", SCHEMA_BAGS, _fallback_bags),
+        ("rank_overlay", SCHEMA_RANK, _rank_overlay_fallback),
     ):
         library.define(schema)
         library.impl(name, fallback, "CompositeExplicitAutograd")

@@ -23,7 +23,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_lhf.hashing import mix_keyed, seed_keys
-from torchrec_lhf.modules import compact_kernel, head_table
+from torchrec_lhf.modules import compact_kernel, head_rank, head_table
 from torchrec_lhf.modules.remap_layout import (  # noqa: F401 (the module's names, as before)
     MAPPING_DTYPES,
     InternalFeature,
@@ -40,6 +40,7 @@ from torchrec_lhf.modules.remap_ops import (
     request_rows,
 )
 from torchrec_lhf.modules.remap_state import heads_from_state, heads_to_state
+from torchrec_lhf.plan_compact import rank_blocks, ranks_pay
 
 torch.fx.wrap("request_rows")  # one opaque node in a trace (it tests the ids' device)
 
@@ -208,13 +209,16 @@ class FeatureRemap(nn.Module):
             ("tail_rows_J", torch.tensor([t[2] for t in tails]), self.has_compact),
         ):
             self.register_buffer(name, column.to(mapping.device), persistent=persistent)
-        # NOTE: the heads are held only as their cuckoo table (the lookup's form, 1/LOAD of
-        # their size); the state dict shows them sorted (``head_keys``, ``head_rows``: the
-        # plan's form), through the two hooks below.
+        # NOTE: the heads are held only in their lookup's forms: the cuckoo table (1/LOAD of
+        # their size) and, for heads whose rows are their ranks, the ranked blocks
+        # (head_rank: 2 bytes an id); the state dict shows them sorted (``head_keys``,
+        # ``head_rows``: the plan's form), through the two hooks below.
         head_keys, head_rows = compact or (torch.zeros(0, dtype=torch.int32),) * 2
-        slot_keys, slot_rows = self._head_table(head_keys, head_rows)
-        self.register_buffer("slot_keys", slot_keys.to(mapping.device), persistent=False)
-        self.register_buffer("slot_rows", slot_rows.to(mapping.device), persistent=False)
+        self.rank_ranges = sorted(
+            {(f.offset, f.num_embeddings) for f in self.features if f.tail is not None}
+        )
+        self.has_ranked = False
+        self._set_heads(head_keys, head_rows, mapping.device)
         # the dense lookup in one FBGEMM op where it applies (remap_lookup.array_offsets)
         regions = (
             None if self.has_compact else array_offsets([f.offset for f in self.features], mapping)
@@ -243,8 +247,60 @@ class FeatureRemap(nn.Module):
         if slot_rows.numel() == 0 and slot_keys.numel() > 0:  # the packed form
             slot_keys, slot_rows = head_table.unpack(slot_keys)
         used_S = slot_keys >= 0
-        keys_K, order_K = torch.sort(slot_keys[used_S])
-        return keys_K, slot_rows[used_S][order_K]
+        keys_K, rows_K = slot_keys[used_S], slot_rows[used_S]
+        if self.has_ranked:
+            ranked_keys, ranked_rows = head_rank.sorted_heads(
+                self.rank_block_starts, self.rank_offsets, self.rank_ranges, self.rank_dir_T
+            )
+            keys_K = torch.cat([keys_K.cpu(), ranked_keys.to(keys_K.dtype)])
+            rows_K = torch.cat([rows_K.cpu(), ranked_rows.to(self.head_row_dtype)])
+        keys_K, order_K = torch.sort(keys_K)
+        return keys_K, rows_K[order_K]
+
+    def _set_heads(self, keys_K: torch.Tensor, rows_K: torch.Tensor, device: torch.device) -> None:
+        """Hold sorted head keys and rows in their lookup's forms, on ``device``: ranked
+        (:mod:`~torchrec_lhf.modules.head_rank`) where a table's rows are its ranks and that
+        pays (:func:`~torchrec_lhf.plan_compact.ranks_pay`, as the plan counts it), the
+        cuckoo table (:meth:`_head_table`) for the rest. (Re)registers the buffers."""
+        keys_K, rows_K = keys_K.cpu(), rows_K.cpu()
+        self.head_row_dtype = rows_K.dtype
+        ranked = []
+        cuckoo_K = torch.ones(keys_K.numel(), dtype=torch.bool)
+        for offset, n in self.rank_ranges:
+            lo, hi = (
+                int(x)
+                for x in torch.searchsorted(keys_K.long(), torch.tensor([offset, offset + n]))
+            )
+            is_ranked = ranks_pay(hi - lo, n) and torch.equal(
+                rows_K[lo:hi].long(), torch.arange(hi - lo)
+            )
+            ranked.append(is_ranked)
+            if is_ranked:
+                cuckoo_K[lo:hi] = False
+        slot_keys, slot_rows = self._head_table(keys_K[cuckoo_K], rows_K[cuckoo_K])
+        self.register_buffer("slot_keys", slot_keys.to(device), persistent=False)
+        self.register_buffer("slot_rows", slot_rows.to(device), persistent=False)
+        self.has_ranked = any(ranked)
+        blocks, offsets, dir_T, steps = head_rank.build(keys_K, self.rank_ranges, ranked)
+        self.rank_dir_T = dir_T
+        where = {
+            r: (d, rank_blocks(r[1]) if k else 0)
+            for r, d, k in zip(self.rank_ranges, dir_T, ranked)
+        }
+        empty = (blocks.numel() - 2, 0)
+        per_J = [
+            where[(f.offset, f.num_embeddings)] if f.tail is not None else empty
+            for f in self.features
+        ]
+        for name, value in (
+            ("rank_block_starts", blocks),
+            ("rank_offsets", offsets),
+            ("rank_dir_J", torch.tensor([d for d, _ in per_J], dtype=torch.long)),
+            ("rank_last_J", torch.tensor([b for _, b in per_J], dtype=torch.long)),
+            # its shape is the bisection's steps (a host value, no read)
+            ("rank_steps", torch.zeros(steps, dtype=torch.int8)),
+        ):
+            self.register_buffer(name, value.to(device), persistent=False)
 
     def _head_table(
         self, keys_K: torch.Tensor, rows_K: torch.Tensor
@@ -270,8 +326,10 @@ class FeatureRemap(nn.Module):
 
     def remap_bytes(self) -> int:
         """Bytes the remap holds in memory: its persistent buffers (the dense mapping, the
-        tail hashes) and the cuckoo table of the compact heads."""
+        tail hashes), the cuckoo table of the compact heads and their ranked blocks."""
         table = self.slot_keys.nbytes + self.slot_rows.nbytes if self.has_compact else 0
+        if self.has_ranked:
+            table += self.rank_block_starts.nbytes + self.rank_offsets.nbytes
         held = [
             t for name, t in self.named_buffers() if name not in self._non_persistent_buffers_set
         ]
@@ -311,7 +369,7 @@ class FeatureRemap(nn.Module):
         """The compact lookup's tensors as ``remap_values`` takes them (empty: none)."""
         if not self.has_compact:
             return []
-        return [
+        tensors = [
             self.slot_keys,
             self.slot_rows,
             self.tail_seed_J,
@@ -319,6 +377,15 @@ class FeatureRemap(nn.Module):
             self.tail_rows_J,
             self.compact_J,
         ]
+        if self.has_ranked:  # (the ranked heads' lookup: remap_lookup._compact_rows)
+            tensors += [
+                self.rank_block_starts,
+                self.rank_offsets,
+                self.rank_dir_J,
+                self.rank_last_J,
+                self.rank_steps,
+            ]
+        return tensors
 
     @torch.jit.unused
     def request_rows(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ Legend:
 import torch
 
 from torchrec_lhf.hashing import mix_keyed, rows_of_mix, seed_keys
-from torchrec_lhf.modules import compact_kernel, head_table
+from torchrec_lhf.modules import compact_kernel, head_rank, head_table
 
 # NOTE: no ``from __future__ import annotations``: TorchScript reads the annotations.
 
@@ -234,8 +234,9 @@ def _compact_rows(
     offset_J: torch.Tensor,
     compact: list[torch.Tensor],
 ) -> torch.Tensor:
-    """Head row (a probe of the cuckoo table of ``key = offset + id``) or tail hash row of
-    every id, as int64; ``key_P`` made here when None. (Where the host knows each
+    """Head row (a probe of the cuckoo table of ``key = offset + id``, or the rank in a
+    ranked head: :mod:`~torchrec_lhf.modules.head_rank`) or tail hash row of every id, as
+    int64; ``key_P`` made here when None. (Where the host knows each
     feature's ids on CPU, :func:`map_ids` runs the kernel instead.)"""
     if key_P is None:
         key_P = ids_P.long() + offset_J.index_select(0, j_P)
@@ -243,10 +244,17 @@ def _compact_rows(
     x_P = mix_keyed(ids_P, seed_keys(seed_J).index_select(0, j_P))  # J seeds mixed once, not P
     rows_P = rows_of_mix(x_P, tail_rows_J.index_select(0, j_P))
     rows_P = rows_P.add_(tail_offset_J.index_select(0, j_P))
-    if slot_keys_S.numel() == 0:
-        return rows_P
-    # the head: a static cuckoo table probed at slots taken from the same mixed hash
-    return head_table.lookup(key_P.to(slot_keys_S.dtype), x_P, slot_keys_S, slot_rows_S, rows_P)
+    if slot_keys_S.numel() > 0:
+        # the head: a static cuckoo table probed at slots taken from the same mixed hash
+        rows_P = head_table.lookup(
+            key_P.to(slot_keys_S.dtype), x_P, slot_keys_S, slot_rows_S, rows_P
+        )
+    if len(compact) > 6:  # ranked heads (rows = ranks): a bisection in each id's block
+        blocks_D, offsets_R, dir_J, last_J, steps_S = compact[6:11]
+        rows_P = head_rank.lookup(
+            ids_P.long(), j_P, blocks_D, offsets_R, dir_J, last_J, steps_S, rows_P
+        )
+    return rows_P
 
 
 def array_offsets(offset_J: list[int], mapping: torch.Tensor) -> torch.Tensor | None:

@@ -31,8 +31,9 @@ def heads_from_state(
     unexpected_keys: list[str],
     error_msgs: list[str],
 ) -> None:
-    """Load-state-dict pre-hook: rebuild the cuckoo table from the incoming sorted heads
-    (and take them out of ``state_dict``: they are no buffer)."""
+    """Load-state-dict pre-hook: rebuild the heads' lookup forms (cuckoo table, ranked
+    blocks) from the incoming sorted heads (and take them out of ``state_dict``: they are
+    no buffer)."""
     names = (f"{prefix}head_keys", f"{prefix}head_rows")
     if not all(n in state_dict for n in names):
         missing_keys.extend(n for n in names if n not in state_dict)
@@ -42,9 +43,7 @@ def heads_from_state(
     if keys_K.shape == mine_K.shape and torch.equal(keys_K.cpu().long(), mine_K.cpu().long()):
         if torch.equal(rows_K.cpu().long(), my_rows_K.cpu().long()):
             return  # the same heads: nothing to rebuild
-    slot_keys, slot_rows = module._head_table(keys_K.to(mine_K.dtype), rows_K.to(my_rows_K.dtype))
-    module.slot_keys = slot_keys.to(module.slot_keys.device)
-    module.slot_rows = slot_rows.to(module.slot_rows.device)
+    module._set_heads(keys_K.to(mine_K.dtype), rows_K.to(my_rows_K.dtype), module.slot_keys.device)
 
 
 def check_remap_state(remap: FeatureRemap, state_dict: dict, prefix: str) -> None:

@@ -18,6 +18,7 @@
 
 #include <c10/util/SmallVector.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <vector>
@@ -487,7 +488,105 @@ torch::Tensor fused_remap_eager(torch::Tensor ids, std::vector<int64_t> lengths,
                      tail_offset, tail_rows, is_compact, modulo);
 }
 
+// The first of the sorted [lo, hi) not below t (std::lower_bound's answer): first at the
+// position the offset interpolates to (the offsets of a block's ids spread over its 2**16
+// values, so that guess is near: one or two cache lines read, where a bisection of a block
+// of thousands of ids misses the cache at each of its first steps), then by doubling steps
+// from it, then a bisection in the last step's range.
+inline const int16_t* search(const int16_t* lo, const int16_t* hi, int16_t t) {
+  const int64_t n = hi - lo;
+  if (n <= 8) return std::lower_bound(lo, hi, t);
+  const int64_t guess = ((static_cast<int64_t>(t) + 32768) * n) >> 16;  // in [0, n)
+  const int16_t* g = lo + guess;
+  if (*g < t) {  // the answer is above g: double the step until past it
+    int64_t step = 1;
+    const int16_t* a = g + 1;
+    while (a + step < hi && a[step - 1] < t) step <<= 1;
+    return std::lower_bound(a, std::min(a + step, hi), t);
+  }
+  int64_t step = 1;  // the answer is at g or below: double the step down
+  const int16_t* b = g;
+  while (b - step > lo && *(b - step) >= t) step <<= 1;
+  return std::lower_bound(std::max(b - step, lo), b, t);
+}
+
+// rank_overlay: `rows` (fused_remap's, which holds no ranked head: those ids got their tail
+// rows) with the ids of the ranked heads (torchrec_lhf/modules/head_rank.py) at their ranks.
+// Per ranked feature j (last[j] > 0; the others are skipped, by the host's lengths): its
+// directory starts at blocks[dir[j]] and has last[j] + 1 entries (each block of 2**16 ids'
+// first position in `offsets`, then the end); an id's block is bisected for its low 16 bits
+// (biased by -2**15, as int16 keeps their order), and its row is the position found less
+// the feature's first. Ids are in range (fused_remap checked them) or folded (`modulo`).
+// The operator torchrec_lhf::rank_overlay (`steps` is its torch fallback's, unused here).
+torch::Tensor rank_overlay(const torch::Tensor& ids, c10::IntArrayRef lengths,
+                           const torch::Tensor& rows, const torch::Tensor& blocks,
+                           const torch::Tensor& offsets, const torch::Tensor& dir,
+                           const torch::Tensor& last, const torch::Tensor& steps,
+                           const torch::Tensor& height, bool modulo) {
+  (void)steps;
+  TORCH_CHECK(ids.device().is_cpu() && ids.is_contiguous() && rows.is_contiguous());
+  TORCH_CHECK(ids.scalar_type() == rows.scalar_type() && ids.numel() == rows.numel(),
+              "rank_overlay: rows must be the ids' shape and dtype");
+  TORCH_CHECK(ids.scalar_type() == torch::kInt64 || ids.scalar_type() == torch::kInt32);
+  TORCH_CHECK(blocks.scalar_type() == torch::kInt32 && offsets.scalar_type() == torch::kInt16 &&
+              blocks.is_contiguous() && offsets.is_contiguous(),
+              "rank_overlay: blocks must be int32 and offsets int16");
+  const int64_t num = static_cast<int64_t>(lengths.size());
+  const auto dir_t = as(dir, torch::kInt64);
+  const auto last_t = as(last, torch::kInt64);
+  const auto hgt_t = as(height, torch::kInt64);
+  TORCH_CHECK(dir_t.numel() == num && last_t.numel() == num && hgt_t.numel() == num,
+              "per-feature tensors must have ", num, " entries");
+  const int64_t* dir_p = dir_t.data_ptr<int64_t>();
+  const int64_t* last_p = last_t.data_ptr<int64_t>();
+  const int64_t* hgt_p = hgt_t.data_ptr<int64_t>();
+  const int32_t* blk = blocks.data_ptr<int32_t>();
+  const int16_t* off = offsets.data_ptr<int16_t>();
+  const int64_t num_blocks = blocks.numel();
+  auto out = rows.clone();
+  int64_t begin = 0;
+  for (int64_t j = 0; j < num; ++j) {
+    const int64_t end = begin + lengths[j];
+    TORCH_CHECK(end <= ids.numel(), "the lengths sum past the ", ids.numel(), " ids");
+    const int64_t nb = last_p[j], base = dir_p[j], n = hgt_p[j];
+    if (nb > 0 && end > begin) {
+      TORCH_CHECK(base >= 0 && base + nb + 1 < num_blocks, "internal feature ", j,
+                  ": its directory is outside the ", num_blocks, " entries");
+      const int64_t first = blk[base];
+      AT_DISPATCH_INDEX_TYPES(ids.scalar_type(), "rank_overlay", [&] {
+        const index_t* in = ids.data_ptr<index_t>();
+        index_t* o = out.data_ptr<index_t>();
+        at::parallel_for(begin, end, kGrain, [&](int64_t lo_i, int64_t hi_i) {
+          for (int64_t i = lo_i; i < hi_i; ++i) {
+            int64_t id = static_cast<int64_t>(in[i]);
+            if (modulo) {
+              id %= n;
+              id += id < 0 ? n : 0;
+            }
+            const int64_t b = std::min<int64_t>(id >> 16, nb);
+            const int16_t* lo = off + blk[base + b];
+            const int16_t* hi = off + blk[base + b + 1];
+            const int16_t t = static_cast<int16_t>((id & 0xFFFF) - 32768);
+            const int16_t* p = search(lo, hi, t);
+            if (p != hi && *p == t) o[i] = static_cast<index_t>((p - off) - first);
+          }
+        });
+      });
+    }
+    begin = end;
+  }
+  return out;
+}
+
+torch::Tensor rank_overlay_eager(torch::Tensor ids, std::vector<int64_t> lengths,
+                                 torch::Tensor rows, torch::Tensor blocks, torch::Tensor offsets,
+                                 torch::Tensor dir, torch::Tensor last, torch::Tensor steps,
+                                 torch::Tensor height, bool modulo) {
+  return rank_overlay(ids, lengths, rows, blocks, offsets, dir, last, steps, height, modulo);
+}
+
 TORCH_LIBRARY_IMPL(torchrec_lhf, CPU, m) {
   m.impl("fused_remap", TORCH_FN(fused_remap));
   m.impl("fused_remap_bags", TORCH_FN(fused_remap_bags));
+  m.impl("rank_overlay", TORCH_FN(rank_overlay));
 }
