@@ -488,16 +488,29 @@ torch::Tensor fused_remap_eager(torch::Tensor ids, std::vector<int64_t> lengths,
                      tail_offset, tail_rows, is_compact, modulo);
 }
 
-// The first of the sorted [lo, hi) not below t (std::lower_bound's answer): first at the
-// position the offset interpolates to (the offsets of a block's ids spread over its 2**16
-// values, so that guess is near: one or two cache lines read, where a bisection of a block
-// of thousands of ids misses the cache at each of its first steps), then by doubling steps
-// from it, then a bisection in the last step's range.
-inline const int16_t* search(const int16_t* lo, const int16_t* hi, int16_t t) {
+// Where t would sit in the sorted, distinct [lo, hi), interpolated between its first and
+// last values (a block's head ids are often contiguous, frequency-encoded ids' heads always
+// are, and then the guess is exact; spread ids land near it). Reads the two ends, which the
+// few blocks of a table keep in the caches.
+inline const int16_t* interpolate(const int16_t* lo, const int16_t* hi, int16_t t) {
   const int64_t n = hi - lo;
-  if (n <= 8) return std::lower_bound(lo, hi, t);
-  const int64_t guess = ((static_cast<int64_t>(t) + 32768) * n) >> 16;  // in [0, n)
-  const int16_t* g = lo + guess;
+  if (n <= 8) return lo;
+  const int64_t a = lo[0], z = hi[-1];
+  if (t <= a) return lo;
+  if (t > z) return hi - 1;
+  const int64_t d = static_cast<int64_t>(t) - a;
+  if (z - a == n - 1) return lo + d;  // contiguous: exact, no division
+  // (a double division: its throughput is a few cycles, a 64-bit integer one's tens)
+  const int64_t i = static_cast<int64_t>(static_cast<double>(d) * static_cast<double>(n - 1) /
+                                         static_cast<double>(z - a));  // z > a: n > 1 distinct
+  return lo + std::min<int64_t>(i, n - 1);
+}
+
+// The first of the sorted [lo, hi) not below t (std::lower_bound's answer), searched from
+// g (interpolate's guess): by doubling steps from it, up or down, then a bisection in the
+// last step's range.
+inline const int16_t* search(const int16_t* lo, const int16_t* hi, const int16_t* g, int16_t t) {
+  if (hi - lo <= 8) return std::lower_bound(lo, hi, t);
   if (*g < t) {  // the answer is above g: double the step until past it
     int64_t step = 1;
     const int16_t* a = g + 1;
@@ -505,9 +518,8 @@ inline const int16_t* search(const int16_t* lo, const int16_t* hi, int16_t t) {
     return std::lower_bound(a, std::min(a + step, hi), t);
   }
   int64_t step = 1;  // the answer is at g or below: double the step down
-  const int16_t* b = g;
-  while (b - step > lo && *(b - step) >= t) step <<= 1;
-  return std::lower_bound(std::max(b - step, lo), b, t);
+  while (g - step > lo && *(g - step) >= t) step <<= 1;
+  return std::lower_bound(std::max(g - step, lo), g, t);
 }
 
 // rank_overlay: `rows` (fused_remap's, which holds no ranked head: those ids got their tail
@@ -557,18 +569,36 @@ torch::Tensor rank_overlay(const torch::Tensor& ids, c10::IntArrayRef lengths,
         const index_t* in = ids.data_ptr<index_t>();
         index_t* o = out.data_ptr<index_t>();
         at::parallel_for(begin, end, kGrain, [&](int64_t lo_i, int64_t hi_i) {
-          for (int64_t i = lo_i; i < hi_i; ++i) {
-            int64_t id = static_cast<int64_t>(in[i]);
-            if (modulo) {
-              id %= n;
-              id += id < 0 ? n : 0;
+          // in blocks of kBlock ids: each id's block bounds and interpolated position first,
+          // that position prefetched, then the searches, so that their cache misses (the
+          // offsets of a table's head are larger than the caches) overlap
+          alignas(64) int64_t key[kBlock];
+          alignas(64) int64_t lo_at[kBlock];
+          alignas(64) int64_t hi_at[kBlock];
+          alignas(64) const int16_t* guess_at[kBlock];
+          for (int64_t s = lo_i; s < hi_i; s += kBlock) {
+            const int64_t count = std::min<int64_t>(kBlock, hi_i - s);
+            for (int64_t c = 0; c < count; ++c) {
+              int64_t id = static_cast<int64_t>(in[s + c]);
+              if (modulo) {
+                id %= n;
+                id += id < 0 ? n : 0;
+              }
+              const int64_t b = std::min<int64_t>(id >> 16, nb);
+              key[c] = id;
+              lo_at[c] = blk[base + b];
+              hi_at[c] = blk[base + b + 1];
+              const int16_t t = static_cast<int16_t>((id & 0xFFFF) - 32768);
+              guess_at[c] = interpolate(off + lo_at[c], off + hi_at[c], t);
+              __builtin_prefetch(guess_at[c]);
             }
-            const int64_t b = std::min<int64_t>(id >> 16, nb);
-            const int16_t* lo = off + blk[base + b];
-            const int16_t* hi = off + blk[base + b + 1];
-            const int16_t t = static_cast<int16_t>((id & 0xFFFF) - 32768);
-            const int16_t* p = search(lo, hi, t);
-            if (p != hi && *p == t) o[i] = static_cast<index_t>((p - off) - first);
+            for (int64_t c = 0; c < count; ++c) {
+              const int16_t* lo = off + lo_at[c];
+              const int16_t* hi = off + hi_at[c];
+              const int16_t t = static_cast<int16_t>((key[c] & 0xFFFF) - 32768);
+              const int16_t* p = search(lo, hi, guess_at[c], t);
+              if (p != hi && *p == t) o[s + c] = static_cast<index_t>((p - off) - first);
+            }
           }
         });
       });
