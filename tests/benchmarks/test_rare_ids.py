@@ -204,10 +204,11 @@ def test_tiny_run_with_the_fill_capped_stores_less_and_buys_rows(tmp_path: Path)
     capped, uncapped = res["lhf-half-fill0.05"], res["lhf-half"]
     meta = HashPlan.load(tmp_path / "plan_lhf-half-fill0.05.safetensors").metadata
     assert meta["fill_share"] == 0.05 and meta["embedding_dim"] == 8
-    # here the head of ids seen 10 times alone stores more than 5% of the bytes, so the
-    # fill's extension is dropped altogether (the threshold at the head's) and the remap
-    # stores the head only
-    assert uncapped["index_bytes"] > capped["index_bytes"] > 0.05 * budget
-    assert meta["fill_min_count_fitted"] == meta["head_min_count"] == 10
+    # the uncapped fill stores more than 5% of the bytes, so the cap binds: the fill keeps
+    # only ids seen at least a raised count (at most the head's 10) and the remap stores at
+    # most 5% (with filled heads held ranked, 2 bytes an id, the head alone fits in it here)
+    threshold = meta["fill_min_count_fitted"]
+    assert uncapped["index_bytes"] > 0.05 * budget >= capped["index_bytes"]
+    assert 1 < threshold <= meta["head_min_count"] == 10
     # the bytes it does not store buy rows, within the same budget
     assert capped["rows"] > uncapped["rows"] and capped["stored_bytes"] <= budget
