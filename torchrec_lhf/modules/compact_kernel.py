@@ -157,8 +157,8 @@ def fused_rows(
     figure); an eager batch with an id out of range (not ``modulo``) gets None, so that the
     caller's general path names it. Scripted, the operator ``torchrec_lhf::fused_remap``
     (one op where the interpreter ran about 25 and their statements). Ranked heads
-    (``compact[6:]``, :mod:`~torchrec_lhf.modules.head_rank`) are not in the kernel: its
-    rows are overlaid by their torch lookup (:func:`~torchrec_lhf.modules.head_rank.overlay`).
+    (``compact[6:]``, :mod:`~torchrec_lhf.modules.head_rank`) are not in that kernel's
+    loop: a second C++ pass puts their ids' ranks over its rows (:func:`rank_overlay`).
 
     Args as for :func:`fused_remap`, plus ``array_offsets`` (see
     :func:`~torchrec_lhf.modules.remap_ops.remap_values`).
@@ -193,8 +193,9 @@ def rank_overlay(
 ) -> torch.Tensor:
     """The kernel's rows with the ranked heads' ids at their ranks
     (:func:`~torchrec_lhf.modules.head_rank.overlay`): the C++ loop over the ranked
-    features' ids only (a ``std::lower_bound`` in each id's block), or the operator
-    ``torchrec_lhf::rank_overlay`` when scripted (its fallback: the torch ops)."""
+    features' ids only (each id's position interpolated in its block, then searched from
+    there), or the operator ``torchrec_lhf::rank_overlay`` when scripted (its fallback
+    where the kernel cannot be built: the torch ops)."""
     if not torch.jit.is_scripting():
         module = _module()
         if module is not None:
@@ -250,7 +251,8 @@ def fused_rows_of_bags(
     lookup of a one-sample request). None where the kernel does not apply.
 
     Args as for :func:`fused_rows`, with ``bag_lengths`` the ids of each bag, feature-major,
-    shape ``(J * B,)``, in place of the per-feature counts.
+    shape ``(J * B,)``, in place of the per-feature counts. Ranked heads are overlaid by
+    their torch lookup (a request's few ids; the per-feature counts are not at hand).
     """
     ranked = compact[6:]
     compact = compact[:6]
@@ -298,12 +300,13 @@ SCHEMA = f"fused_remap(Tensor ids, int[] lengths, {_TABLES}) -> Tensor"
 """The operator's schema. ``seeds``: the tail hashes' seeds; the empty tensors of a module
 without compact features stand for its absent tables (``is_compact`` empty)."""
 SCHEMA_BAGS = f"fused_remap_bags(Tensor ids, Tensor bag_lengths, {_TABLES}) -> Tensor"
+"""``fused_remap`` with the per-bag lengths ``(J * B,)`` in place of the ids per feature."""
 SCHEMA_RANK = (
     "rank_overlay(Tensor ids, int[] lengths, Tensor rows, Tensor blocks, Tensor offsets, "
     "Tensor dir, Tensor last, Tensor steps, Tensor height, bool modulo) -> Tensor"
 )
-"""The ranked heads' pass over ``fused_remap``'s rows (:func:`rank_overlay`)."""
-"""``fused_remap`` with the per-bag lengths ``(J * B,)`` in place of the ids per feature."""
+"""The ranked heads' pass over ``fused_remap``'s rows (:func:`rank_overlay`; ``steps``
+is only its torch fallback's)."""
 
 
 def _fallback(

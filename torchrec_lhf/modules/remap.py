@@ -10,7 +10,9 @@ Legend:
 The internal features and the packing of the mappings into flat buffers (dense: one buffer
 of uint8, int16 or int32 rows; compact: one key and one row buffer of the heads) are
 :mod:`~torchrec_lhf.modules.remap_layout`'s. The heads are held as a static cuckoo table
-built from them (the state shows them sorted), beside each internal feature's tail hash
+built from them, or, where a table's head rows are its ids' ranks, as 16-bit offsets in
+blocks (:mod:`~torchrec_lhf.modules.head_rank`; the state shows them all sorted), beside
+each internal feature's tail hash
 (``tail_seed_J``, ``tail_offset_J``, ``tail_rows_J``). The remap of a batch is a handful of
 vectorized ops, one gather and (with compact mappings) three probes of one hash table,
 whatever the number of features.
