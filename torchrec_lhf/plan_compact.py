@@ -394,8 +394,16 @@ def ids_of_rank_index(blocks: torch.Tensor, offsets: torch.Tensor, where: str) -
         raise ValueError(
             f"{where}: head_blocks[{i}]={int(b[i])} < head_blocks[{i - 1}]={int(b[i - 1])}"
         )
-    block_K = torch.repeat_interleave(torch.arange(b.numel() - 1), b.diff(), output_size=k)
-    return block_K * RANK_BLOCK + (offsets.long() & (RANK_BLOCK - 1))
+    return ids_of_blocks(b, offsets.long() & (RANK_BLOCK - 1))
+
+
+def ids_of_blocks(blocks: torch.Tensor, low_K: torch.Tensor) -> torch.Tensor:
+    """Ids from each block's first position (int64, ``(B + 1,)``, from 0 up to ``K``) and
+    their offsets in their blocks (int64 in ``[0, RANK_BLOCK)``, ``(K,)``); unchecked."""
+    block_K = torch.repeat_interleave(
+        torch.arange(blocks.numel() - 1), blocks.diff(), output_size=low_K.numel()
+    )
+    return block_K * RANK_BLOCK + low_K
 
 
 def decode(table: str, h: int, tensors: dict[str, torch.Tensor], spec: dict | None) -> AnyMapping:

@@ -273,11 +273,12 @@ def fit_fill_to_bytes(
 
         >>> counts = {"t": torch.arange(1000) % 100}  # 10 ids of each count 0..99
         >>> spec = HeadTail(min_count=90, tail_fraction=0.05, tail_region="fill",
-        ...                 encoding="compact", fill_share=0.25)
-        >>> # at most 1,000 bytes: 160 ids of 6 bytes (the head's 100 and 60 filled)
+        ...                 encoding="compact", fill_share=0.08)
+        >>> # at most 320 bytes: 150 ids held ranked, 2 bytes each (the head's 100 and 50
+        >>> # filled), and 8 for its block's start and end
         >>> fit_fill_to_bytes({"t": 1000}, counts, spec, fraction=0.25,
         ...                   embedding_dim=4).fill_min_count
-        84
+        85
     """
     if (
         spec.fill_share is None

@@ -25,7 +25,7 @@ not ranked, find nothing and keep their tail row).
 
 import torch
 
-from torchrec_lhf.plan_compact import RANK_BLOCK, rank_blocks
+from torchrec_lhf.plan_compact import RANK_BLOCK, ids_of_blocks, rank_blocks, rank_index
 
 # NOTE: no ``from __future__ import annotations``: TorchScript reads the annotations.
 
@@ -61,16 +61,14 @@ def build(
             starts.append(-1)
             continue
         lo, hi = (int(x) for x in torch.searchsorted(keys_K, torch.tensor([offset, offset + n])))
-        ids_K = keys_K[lo:hi] - offset
-        edges = torch.arange(rank_blocks(n) + 1, dtype=torch.int64) * RANK_BLOCK
-        block_starts = torch.searchsorted(ids_K, edges) + done
+        blocks, low = rank_index(keys_K[lo:hi] - offset, n)  # (the plan's ranked form)
         starts.append(size)
-        dirs.append(block_starts)
-        size += block_starts.numel()
-        offsets.append((ids_K & (RANK_BLOCK - 1)) - _BIAS)
-        longest = int(block_starts.diff().max()) if block_starts.numel() > 1 else 0
+        dirs.append(blocks.long() + done)
+        size += blocks.numel()
+        offsets.append((low.long() & (RANK_BLOCK - 1)) - _BIAS)
+        longest = int(blocks.diff().max()) if blocks.numel() > 1 else 0
         steps = max(steps, longest.bit_length())
-        done += ids_K.numel()
+        done += hi - lo
     dirs.append(torch.tensor([done, done]))  # the empty entry that unranked features read
     starts = [size if s < 0 else s for s in starts]
     blocks_D = torch.cat(dirs).to(torch.int32)
@@ -94,8 +92,7 @@ def sorted_heads(
             continue
         d = blocks[start : start + rank_blocks(n) + 1]
         first, count = int(d[0]), int(d[-1] - d[0])
-        block_K = torch.repeat_interleave(torch.arange(d.numel() - 1), d.diff(), output_size=count)
-        keys.append(offset + block_K * RANK_BLOCK + low[first : first + count])
+        keys.append(offset + ids_of_blocks(d - first, low[first : first + count]))
         rows.append(torch.arange(count))
     return torch.cat(keys), torch.cat(rows)
 
