@@ -16,6 +16,10 @@ dense one: the most frequent 10% of its ids at learned (here random) rows, the o
 hashed into all its rows. ``--encoding ranked``: the same head at its ranks (a row each, as
 a filled head), held ranked (:mod:`torchrec_lhf.modules.head_rank`: 2 bytes an id).
 
+``--scatter_ids``: each table's ids pass through a fixed random permutation (seed 2), so
+that its most frequent ids, and its head, are spread over the id space as hashed ids are
+(a ranked head is then searched in its blocks, not read off contiguous ids).
+
 ``--clock cpu`` times with the process's CPU time instead of wall time: on a shared machine
 other processes then slow neither side's figure (their cache and memory traffic still do).
 
@@ -82,16 +86,32 @@ CRITEO_HEIGHTS = [
 ]
 
 
-def _inputs(heights: list[int], batch: int, pooling: int, seed: int) -> KeyedJaggedTensor:
+def _order(heights: list[int], scatter: bool) -> list[torch.Tensor | None]:
+    """Per table, the permutation its ids pass through (``--scatter_ids``), or None."""
+    if not scatter:
+        return [None] * len(heights)
+    g = torch.Generator().manual_seed(2)
+    return [torch.randperm(h, generator=g) for h in heights]
+
+
+def _inputs(
+    heights: list[int],
+    batch: int,
+    pooling: int,
+    seed: int,
+    order: list[torch.Tensor | None] | None = None,
+) -> KeyedJaggedTensor:
+    """A batch of ``pooling`` ids per sample and table, skewed to the small ids (each
+    table's ids then mapped through ``order``'s permutation, where it has one)."""
     g = torch.Generator().manual_seed(seed)
     lengths = torch.full((len(heights) * batch,), pooling, dtype=torch.int32)
-    # Zipf-like skew: squares of uniforms concentrate on small ids
-    values = torch.cat(
-        [
-            (torch.rand(batch * pooling, generator=g) ** 3 * h).long().clamp_max(h - 1)
-            for h in heights
-        ]
-    )
+    order = order if order is not None else [None] * len(heights)
+    pieces = []
+    for h, perm in zip(heights, order):
+        # Zipf-like skew: cubes of uniforms concentrate on small ids
+        ids = (torch.rand(batch * pooling, generator=g) ** 3 * h).long().clamp_max(h - 1)
+        pieces.append(ids if perm is None else perm[ids])
+    values = torch.cat(pieces)
     return KeyedJaggedTensor(
         keys=[f"f{i}" for i in range(len(heights))], values=values, lengths=lengths
     )
@@ -187,9 +207,12 @@ def _tables(
     g = torch.Generator().manual_seed(0)
     if args.encoding in ("compact", "ranked"):
         ranked = args.encoding == "ranked"
+        order = _order(heights, args.scatter_ids)
         plan = HashPlan(
             [
-                TableHash(f"t{i}", h, (_head_tail(h, m, g, seed=i, ranked=ranked),), (m,))
+                TableHash(
+                    f"t{i}", h, (_head_tail(h, m, g, seed=i, ranked=ranked, order=order[i]),), (m,)
+                )
                 for i, (h, m) in enumerate(zip(heights, compressed))
                 if not full[i]
             ]
@@ -207,17 +230,25 @@ def _tables(
 
 
 def _head_tail(
-    num_ids: int, rows: int, g: torch.Generator, *, seed: int, ranked: bool = False
+    num_ids: int,
+    rows: int,
+    g: torch.Generator,
+    *,
+    seed: int,
+    ranked: bool = False,
+    order: torch.Tensor | None = None,
 ) -> CompactMapping:
     """The most frequent ``HEAD_SHARE`` of ``num_ids`` ids (the smallest: the density of
-    :func:`_inputs` falls with the id) at random rows (``ranked``: at their ranks, at most
-    ``rows`` of them), the tail hashed into all ``rows``."""
+    :func:`_inputs` falls with the id; their images under ``order``, where given) at random
+    rows (``ranked``: at their ranks, at most ``rows`` of them), the tail hashed into all
+    ``rows``."""
     k = max(1, round(HEAD_SHARE * num_ids))
     rows_K = torch.randint(0, rows, (k,), generator=g).to(row_dtype(rows))
     if ranked:
         k = min(k, rows)
         rows_K = torch.arange(k).to(row_dtype(rows))
-    return CompactMapping(torch.arange(k), rows_K, tail_seed=seed, tail_offset=0, tail_rows=rows)
+    ids_K = torch.arange(k) if order is None else order[:k].sort().values
+    return CompactMapping(ids_K, rows_K, tail_seed=seed, tail_offset=0, tail_rows=rows)
 
 
 def _fresh(kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
@@ -275,7 +306,8 @@ def _time_fused(
 
 def run(args: argparse.Namespace) -> dict:
     heights, logical, small, plan = _tables(args)
-    raw = _inputs(heights, args.batch_size, args.pooling, seed=1)
+    order = _order(heights, args.scatter_ids and args.encoding != "dense")
+    raw = _inputs(heights, args.batch_size, args.pooling, seed=1, order=order)
     results: dict = {}
     lhf = LearnedHashEmbeddingBagCollection(tables=logical, plan=plan)
     in_range = lhf.remap(raw)  # the same rows, already mapped
@@ -322,6 +354,7 @@ def report(
             "fraction": args.fraction,
             "max_rows": args.max_rows,
             "encoding": args.encoding,
+            "scatter_ids": args.scatter_ids,
             "min_table_rows": args.min_table_rows,
             "full_tables": sum(min(h, args.max_rows) < args.min_table_rows for h in CRITEO_HEIGHTS),
             "ids_per_batch": num_ids,
@@ -358,6 +391,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "ranked: that head at its ranks, held ranked)",
     )
     parser.add_argument(
+        "--scatter_ids",
+        action="store_true",
+        help="spread each table's ids (and its head) over its id space by a fixed random "
+        "permutation, as hashed ids are (compact and ranked encodings)",
+    )
+    parser.add_argument(
         "--min_table_rows",
         type=int,
         default=0,
@@ -374,6 +413,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.min_table_rows < 0:
         parser.error(f"--min_table_rows must be >= 0, got {args.min_table_rows}")
+    if args.scatter_ids and args.encoding == "dense":
+        parser.error("--scatter_ids needs --encoding compact or ranked (a dense plan has no head)")
     return args
 
 

@@ -69,10 +69,13 @@ def build_models(args: argparse.Namespace) -> tuple[DLRM, DLRM, list[int]]:
     heights = [min(h, args.max_rows) for h in CRITEO_HEIGHTS]
     compressed = [max(1, round(h * args.fraction)) for h in heights]
     g = torch.Generator().manual_seed(0)
-    if args.encoding == "compact":  # the remap benchmark's random head/tail plan
+    if args.encoding in ("compact", "ranked"):  # the remap benchmark's head/tail plans
+        ranked = args.encoding == "ranked"
         plan = HashPlan(
             [
-                TableHash(f"t{i}", h, (remap_bench._head_tail(h, m, g, seed=i),), (m,))
+                TableHash(
+                    f"t{i}", h, (remap_bench._head_tail(h, m, g, seed=i, ranked=ranked),), (m,)
+                )
                 for i, (h, m) in enumerate(zip(heights, compressed))
             ]
         )
@@ -201,9 +204,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--encoding",
         default="dense",
-        choices=("dense", "compact"),
+        choices=("dense", "compact", "ranked"),
         help="dense: a row per id (FBGEMM remaps inside its kernel); compact: a head of the "
-        "10%% most frequent ids, the tail hashed (the remap module's ops)",
+        "10%% most frequent ids, the tail hashed (the remap module's ops); ranked: that head "
+        "at its ranks, held ranked",
     )
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import torch
 from torchrec.test_utils import get_free_port
 
 from benchmarks import remap as bench
+from torchrec_lhf import LearnedHashEmbeddingBagCollection
 
 
 def test_paired_ratio_is_the_median_of_the_per_iteration_ratios() -> None:
@@ -72,3 +74,24 @@ def test_a_negative_min_table_rows_is_refused(capsys) -> None:  # noqa: ANN001
     with pytest.raises(SystemExit):
         bench.parse_args(["--min_table_rows", "-5"])
     assert "--min_table_rows must be >= 0, got -5" in capsys.readouterr().err
+
+
+def test_scattered_ids_spread_the_ranked_head_and_the_remap_finds_it() -> None:
+    args = bench.parse_args(["--encoding", "ranked", "--scatter_ids", "--max_rows", "300000"])
+    heights, logical, _, plan = bench._tables(args)
+    big = heights.index(max(heights))
+    mapping = plan[f"t{big}"].mappings[0]
+    assert mapping.rows_are_ranks and mapping.ranked(heights[big])
+    head = mapping.head_ids
+    assert int(head[-1] - head[0]) + 1 > 2 * head.numel()  # spread, not contiguous
+    raw = bench._inputs(heights, 64, 2, seed=1, order=bench._order(heights, True))
+    rows = LearnedHashEmbeddingBagCollection(tables=logical, plan=plan).remap(raw).to_dict()
+    ids = raw.to_dict()[f"f{big}"].values()
+    expected = mapping.rows(ids)
+    assert torch.equal(rows[f"f{big}"].values(), expected)
+    assert bool((expected < head.numel()).any())  # frequent ids hit the head
+
+
+def test_scatter_ids_needs_a_head() -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--encoding", "dense", "--scatter_ids"])

@@ -102,7 +102,10 @@ def test_ranked_heads_hold_their_plan_bytes_and_the_cuckoo_the_rest() -> None:
     packed = remap.slot_keys  # (int32 keys and rows: one int64 a slot)
     assert remap.slot_rows.numel() == 0 and packed.numel() >= cuckoo.num_head
     tails = 3 * len(tables) * 8
-    assert remap.remap_bytes() == remap.mapping.nbytes + tails + packed.nbytes + expected
+    # and in memory only, the kernel's fine directory: 16 int32 a directory entry
+    fine = remap.rank_fine.nbytes
+    assert fine == 16 * remap.rank_block_starts.nbytes
+    assert remap.remap_bytes() == remap.mapping.nbytes + tails + packed.nbytes + expected + fine
 
 
 def test_state_dict_shows_every_head_sorted_and_rebuilds_both_forms() -> None:

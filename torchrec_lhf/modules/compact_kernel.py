@@ -11,9 +11,17 @@ remap reads on CPU anyway). Per-feature constants are taken once per feature; th
 remainder multiplies by a precomputed reciprocal instead of dividing. Eager dense-only
 modules keep FBGEMM's ``pruned_array_lookup``.
 
-It is also the operator ``torchrec_lhf::fused_remap``, which scripted models call (the
-serving model's remap: one op where the interpreter ran about 25 and their statements):
-loading such a model needs this module imported (``import torchrec_lhf``) to define it.
+Ranked heads (:mod:`~torchrec_lhf.modules.head_rank`) are looked up in the same loop: a
+ranked feature's ids are found in its 16-bit block offsets (read off the block's ends where
+its head ids are contiguous; where not, interpolated and searched), and only the ids not
+found there are hashed into the tail; they are not probed in the cuckoo table, which holds
+none of them.
+
+It is also the operator ``torchrec_lhf::fused_remap`` (``fused_remap_ranked`` with ranked
+heads), which scripted models call (the serving model's remap: one op where the interpreter
+ran about 25 and their statements): loading such a model needs this module imported
+(``import torchrec_lhf``) to define it. ``rank_overlay``, the second pass that looked up the
+ranked heads before, stays registered for the models scripted with it.
 
 It is built once per machine from the C++ source with the compiler torch's
 ``cpp_extension`` uses (``load_inline``, cached under ``TORCH_EXTENSIONS_DIR``, named after
@@ -48,7 +56,7 @@ ENV_FLAG = "TORCHREC_LHF_FUSED_REMAP"
 SOURCE = Path(__file__).with_name("csrc") / "remap_kernel.cpp"
 """The kernels' C++ source (package data)."""
 
-FUNCTIONS = ("fused_remap_eager", "rank_overlay_eager")
+FUNCTIONS = ("fused_remap_eager", "fused_remap_ranked_eager", "rank_overlay_eager")
 """The kernel's functions bound for Python (``fused_remap`` is its operator)."""
 
 
@@ -108,17 +116,18 @@ def fused_remap(
     compact: list[torch.Tensor],
     quiet: bool = False,
 ) -> torch.Tensor | None:
-    """Every id's row in one pass (range check or fold, then its feature's identity, dense
-    or compact lookup), in the ids' dtype; None where the kernel does not apply (not built,
-    not CPU, ids neither int32 nor int64, head rows neither int16 nor int32). Eager mode
-    (the kernel through pybind, cheaper to call than the operator from Python); scripted
-    code calls :func:`fused_rows`.
+    """Every id's row in one pass (range check or fold, then its feature's identity, dense,
+    compact or ranked lookup), in the ids' dtype; None where the kernel does not apply (not
+    built, not CPU, ids neither int32 nor int64, head rows neither int16 nor int32). Eager
+    mode (the kernel through pybind, cheaper to call than the operator from Python);
+    scripted code calls :func:`fused_rows`.
 
     Args:
         ids_P: raw ids laid out per internal feature, shape ``(P,)``.
         length_J: the ids of each internal feature (host ints, summing to ``P``).
         mapping, offset_J, height_J, modulo, compact: as for
-            :func:`~torchrec_lhf.modules.remap_ops.remap_values`.
+            :func:`~torchrec_lhf.modules.remap_ops.remap_values` (``compact[6:]``: the
+            ranked heads, :mod:`~torchrec_lhf.modules.head_rank`).
         quiet: an id out of range gives None instead of the error below.
 
     Raises:
@@ -132,6 +141,11 @@ def fused_remap(
         return None
     tables = _tables(mapping, compact)
     try:
+        if len(compact) > 6:  # ranked heads: the same pass looks them up
+            return module.fused_remap_ranked_eager(
+                ids_P.contiguous(), length_J, offset_J, height_J, mapping, *tables,
+                *compact[6:12], modulo,
+            )  # fmt: skip
         return module.fused_remap_eager(
             ids_P.contiguous(), length_J, offset_J, height_J, mapping, *tables, modulo
         )
@@ -156,56 +170,30 @@ def fused_rows(
     int32; eager dense modules keep FBGEMM's ``pruned_array_lookup`` (``benchmarks.remap``'s
     figure); an eager batch with an id out of range (not ``modulo``) gets None, so that the
     caller's general path names it. Scripted, the operator ``torchrec_lhf::fused_remap``
-    (one op where the interpreter ran about 25 and their statements). Ranked heads
-    (``compact[6:]``, :mod:`~torchrec_lhf.modules.head_rank`) are not in that kernel's
-    loop: a second C++ pass puts their ids' ranks over its rows (:func:`rank_overlay`).
+    (one op where the interpreter ran about 25 and their statements), or
+    ``torchrec_lhf::fused_remap_ranked`` where there are ranked heads (``compact[6:]``,
+    :mod:`~torchrec_lhf.modules.head_rank`: looked up in the same pass).
 
     Args as for :func:`fused_remap`, plus ``array_offsets`` (see
     :func:`~torchrec_lhf.modules.remap_ops.remap_values`).
     """
-    ranked = compact[6:]
-    compact = compact[:6]
-    rows_P: torch.Tensor | None = None
     if not torch.jit.is_scripting():
         if len(compact) == 0 and array_offsets is not None:
             return None
-        rows_P = fused_remap(
+        return fused_remap(
             ids_P, length_J, mapping, offset_J, height_J, modulo, compact, quiet=True
         )
-    elif _applies(ids_P, compact):  # scripted: the operator (not the pybind functions)
-        t = _tables(mapping, compact)
-        rows_P = torch.ops.torchrec_lhf.fused_remap(
+    if not _applies(ids_P, compact):
+        return None
+    t = _tables(mapping, compact)  # scripted: the operators (not the pybind functions)
+    if len(compact) > 6:
+        return torch.ops.torchrec_lhf.fused_remap_ranked(
             ids_P, length_J, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
-            modulo,
+            compact[6], compact[7], compact[8], compact[9], compact[10], compact[11], modulo,
         )  # fmt: skip
-    if rows_P is None or len(ranked) == 0:
-        return rows_P
-    return rank_overlay(ids_P, length_J, rows_P, ranked, height_J, modulo)
-
-
-def rank_overlay(
-    ids_P: torch.Tensor,
-    length_J: list[int],
-    rows_P: torch.Tensor,
-    ranked: list[torch.Tensor],
-    height_J: torch.Tensor,
-    modulo: bool,
-) -> torch.Tensor:
-    """The kernel's rows with the ranked heads' ids at their ranks
-    (:func:`~torchrec_lhf.modules.head_rank.overlay`): the C++ loop over the ranked
-    features' ids only (each id's position interpolated in its block, then searched from
-    there), or the operator ``torchrec_lhf::rank_overlay`` when scripted (its fallback
-    where the kernel cannot be built: the torch ops)."""
-    if not torch.jit.is_scripting():
-        module = _module()
-        if module is not None:
-            return module.rank_overlay_eager(
-                ids_P.contiguous(), length_J, rows_P, *ranked[:5], height_J, modulo
-            )
-        return _rank_overlay_fallback(ids_P, length_J, rows_P, *ranked[:5], height_J, modulo)
-    return torch.ops.torchrec_lhf.rank_overlay(
-        ids_P, length_J, rows_P, ranked[0], ranked[1], ranked[2], ranked[3], ranked[4],
-        height_J, modulo,
+    return torch.ops.torchrec_lhf.fused_remap(
+        ids_P, length_J, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
+        modulo,
     )  # fmt: skip
 
 
@@ -246,29 +234,26 @@ def fused_rows_of_bags(
     compact: list[torch.Tensor],
 ) -> torch.Tensor | None:
     """:func:`fused_rows` for scripted code that has the per-bag lengths but not the ids
-    per feature: the operator ``torchrec_lhf::fused_remap_bags`` sums each feature's bags
-    itself (TorchScript's per-key lengths, a sum and a host list, cost more than the whole
-    lookup of a one-sample request). None where the kernel does not apply.
+    per feature: the operator ``torchrec_lhf::fused_remap_bags`` (with ranked heads,
+    ``fused_remap_ranked_bags``) sums each feature's bags itself (TorchScript's per-key
+    lengths, a sum and a host list, cost more than the whole lookup of a one-sample
+    request). None where the kernel does not apply.
 
     Args as for :func:`fused_rows`, with ``bag_lengths`` the ids of each bag, feature-major,
-    shape ``(J * B,)``, in place of the per-feature counts. Ranked heads are overlaid by
-    their torch lookup (a request's few ids; the per-feature counts are not at hand).
+    shape ``(J * B,)``, in place of the per-feature counts.
     """
-    ranked = compact[6:]
-    compact = compact[:6]
     if not _applies(ids_P, compact):
         return None
     t = _tables(mapping, compact)
-    rows_P = torch.ops.torchrec_lhf.fused_remap_bags(
+    if len(compact) > 6:
+        return torch.ops.torchrec_lhf.fused_remap_ranked_bags(
+            ids_P, bag_lengths, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
+            compact[6], compact[7], compact[8], compact[9], compact[10], compact[11], modulo,
+        )  # fmt: skip
+    return torch.ops.torchrec_lhf.fused_remap_bags(
         ids_P, bag_lengths, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
         modulo,
     )  # fmt: skip
-    if len(ranked) == 0:
-        return rows_P
-    num = offset_J.numel()
-    bag_j = torch.arange(num).repeat_interleave(bag_lengths.numel() // max(num, 1))
-    j_P = torch.repeat_interleave(bag_j, bag_lengths.long(), output_size=ids_P.numel())
-    return head_rank.overlay(ids_P, j_P, rows_P, ranked, height_J, modulo)
 
 
 def _applies(ids_P: torch.Tensor, compact: list[torch.Tensor]) -> bool:
@@ -292,21 +277,34 @@ def _tables(mapping: torch.Tensor, compact: list[torch.Tensor]) -> list[torch.Te
     return [empty, empty, empty, empty, empty, empty]
 
 
-_TABLES = (
+_COMPACT = (
     "Tensor offset, Tensor height, Tensor mapping, Tensor slot_keys, Tensor slot_rows, "
-    "Tensor seeds, Tensor tail_offset, Tensor tail_rows, Tensor is_compact, bool modulo"
+    "Tensor seeds, Tensor tail_offset, Tensor tail_rows, Tensor is_compact"
 )
+_TABLES = f"{_COMPACT}, bool modulo"
 SCHEMA = f"fused_remap(Tensor ids, int[] lengths, {_TABLES}) -> Tensor"
 """The operator's schema. ``seeds``: the tail hashes' seeds; the empty tensors of a module
 without compact features stand for its absent tables (``is_compact`` empty)."""
 SCHEMA_BAGS = f"fused_remap_bags(Tensor ids, Tensor bag_lengths, {_TABLES}) -> Tensor"
 """``fused_remap`` with the per-bag lengths ``(J * B,)`` in place of the ids per feature."""
+_RANKED = "Tensor blocks, Tensor offsets, Tensor dir, Tensor last, Tensor steps, Tensor fine"
+SCHEMA_RANKED = (
+    f"fused_remap_ranked(Tensor ids, int[] lengths, {_COMPACT}, {_RANKED}, bool modulo) -> Tensor"
+)
+"""``fused_remap`` with the ranked heads (:mod:`~torchrec_lhf.modules.head_rank`'s
+buffers; ``steps`` is only the torch fallback's, ``fine`` only the kernel's) looked up in
+the same pass."""
+SCHEMA_RANKED_BAGS = (
+    f"fused_remap_ranked_bags(Tensor ids, Tensor bag_lengths, {_COMPACT}, {_RANKED}, "
+    "bool modulo) -> Tensor"
+)
+"""``fused_remap_ranked`` with the per-bag lengths ``(J * B,)``."""
 SCHEMA_RANK = (
     "rank_overlay(Tensor ids, int[] lengths, Tensor rows, Tensor blocks, Tensor offsets, "
     "Tensor dir, Tensor last, Tensor steps, Tensor height, bool modulo) -> Tensor"
 )
-"""The ranked heads' pass over ``fused_remap``'s rows (:func:`rank_overlay`; ``steps``
-is only its torch fallback's)."""
+"""The ranked heads' pass over ``fused_remap``'s rows (``steps`` is only its torch
+fallback's): what models scripted before ``fused_remap_ranked`` call."""
 
 
 def _fallback(
@@ -328,10 +326,55 @@ def _fallback(
     possible (no compiler; another device; ids or rows of other dtypes), the torch ops of
     ``map_ids``."""
     compact = [slot_keys, slot_rows, seeds, tail_offset, tail_rows, is_compact]
-    compact = compact if is_compact.numel() > 0 else []
+    return _fallback_rows(ids, lengths, offset, height, mapping, compact, modulo)
+
+
+def _fallback_ranked(
+    ids: torch.Tensor,
+    lengths: list[int],
+    offset: torch.Tensor,
+    height: torch.Tensor,
+    mapping: torch.Tensor,
+    slot_keys: torch.Tensor,
+    slot_rows: torch.Tensor,
+    seeds: torch.Tensor,
+    tail_offset: torch.Tensor,
+    tail_rows: torch.Tensor,
+    is_compact: torch.Tensor,
+    blocks: torch.Tensor,
+    offsets: torch.Tensor,
+    dir_J: torch.Tensor,
+    last_J: torch.Tensor,
+    steps: torch.Tensor,
+    fine: torch.Tensor,
+    modulo: bool,
+) -> torch.Tensor:
+    """``fused_remap_ranked`` where its C++ kernel is not registered: as :func:`_fallback`,
+    the ranked heads looked up by the torch ops where the kernel cannot run."""
+    compact = [slot_keys, slot_rows, seeds, tail_offset, tail_rows, is_compact]
+    compact += [blocks, offsets, dir_J, last_J, steps, fine]
+    return _fallback_rows(ids, lengths, offset, height, mapping, compact, modulo)
+
+
+def _fallback_rows(
+    ids: torch.Tensor,
+    lengths: list[int],
+    offset: torch.Tensor,
+    height: torch.Tensor,
+    mapping: torch.Tensor,
+    compact: list[torch.Tensor],
+    modulo: bool,
+) -> torch.Tensor:
+    """The fallbacks' rows: the kernel where it can be built (``compact[6:]``: ranked
+    heads), else ``map_ids``'s torch ops (``compact`` empty where no feature is compact)."""
+    compact = compact if compact[5].numel() > 0 else []
     module = _module() if _applies(ids, compact) else None
     if module is not None:  # (loading it registered its kernel: later calls go there)
         tables = _tables(mapping, compact)
+        if len(compact) > 6:
+            return module.fused_remap_ranked_eager(
+                ids.contiguous(), lengths, offset, height, mapping, *tables, *compact[6:], modulo
+            )
         return module.fused_remap_eager(
             ids.contiguous(), lengths, offset, height, mapping, *tables, modulo
         )
@@ -349,7 +392,29 @@ def _fallback_bags(
 ) -> torch.Tensor:
     """``fused_remap_bags`` where its C++ kernel is not registered: the ids per feature
     summed here, then :func:`_fallback`."""
-    num, bags = offset.numel(), bag_lengths.numel()
+    lengths = _bag_sums(bag_lengths, offset.numel())
+    return _fallback(ids, lengths, offset, *tables_and_modulo)  # type: ignore[arg-type]
+
+
+def _fallback_ranked_bags(
+    ids: torch.Tensor,
+    bag_lengths: torch.Tensor,
+    offset: torch.Tensor,
+    *tables_and_modulo: object,
+) -> torch.Tensor:
+    """``fused_remap_ranked_bags`` where its C++ kernel is not registered."""
+    lengths = _bag_sums(bag_lengths, offset.numel())
+    return _fallback_ranked(ids, lengths, offset, *tables_and_modulo)  # type: ignore[arg-type]
+
+
+def _bag_sums(bag_lengths: torch.Tensor, num: int) -> list[int]:
+    """The ids of each of ``num`` features from the per-bag lengths ``(num * B,)``.
+
+    Raises:
+        RuntimeError: lengths that are not a 1-D integer tensor of ``num * B`` entries, or a
+            negative one (named), as the C++ kernel's.
+    """
+    bags = bag_lengths.numel()
     if bag_lengths.dim() != 1 or bag_lengths.is_floating_point() or bag_lengths.dtype == torch.bool:
         raise RuntimeError(
             f"bag lengths must be a 1-D tensor of integers, got {bag_lengths.dtype} of shape "
@@ -361,21 +426,23 @@ def _fallback_bags(
     if negative.numel() > 0:  # (a host read: this path reads the lengths on the host anyway)
         i = int(negative[0, 0])
         raise RuntimeError(f"bag {i} has a negative length {int(bag_lengths[i])}")
-    lengths = bag_lengths.view(num, -1).sum(1).tolist() if num > 0 else []
-    return _fallback(ids, lengths, offset, *tables_and_modulo)  # type: ignore[arg-type]
+    return bag_lengths.view(num, -1).sum(1).tolist() if num > 0 else []
 
 
 def _register_operator() -> torch.library.Library | None:
-    """Define ``torchrec_lhf::fused_remap``, ``fused_remap_bags`` and ``rank_overlay`` with their fallbacks for
-    every backend (the C++ kernel, once loaded, takes the CPU: a backend's own kernel comes
-    first) and their shape functions (``torch.export``, ``torch.compile``)."""
-    if hasattr(torch.ops.torchrec_lhf, "rank_overlay"):  # (a reload of this module)
+    """Define ``torchrec_lhf::fused_remap``, ``fused_remap_bags``, ``fused_remap_ranked``,
+    ``fused_remap_ranked_bags`` and ``rank_overlay`` with their fallbacks for every backend
+    (the C++ kernel, once loaded, takes the CPU: a backend's own kernel comes first) and
+    their shape functions (``torch.export``, ``torch.compile``)."""
+    if hasattr(torch.ops.torchrec_lhf, "fused_remap_ranked"):  # (a reload of this module)
         return None
     library = torch.library.Library("torchrec_lhf", "FRAGMENT")
     register_fake = getattr(torch.library, "register_fake", None)  # (torch >= 2.4)
     for name, schema, fallback in (
         ("fused_remap", SCHEMA, _fallback),
         ("fused_remap_bags", SCHEMA_BAGS, _fallback_bags),
+        ("fused_remap_ranked", SCHEMA_RANKED, _fallback_ranked),
+        ("fused_remap_ranked_bags", SCHEMA_RANKED_BAGS, _fallback_ranked_bags),
         ("rank_overlay", SCHEMA_RANK, _rank_overlay_fallback),
     ):
         library.define(schema)

@@ -283,7 +283,7 @@ class FeatureRemap(nn.Module):
         self.register_buffer("slot_keys", slot_keys.to(device), persistent=False)
         self.register_buffer("slot_rows", slot_rows.to(device), persistent=False)
         self.has_ranked = any(ranked)
-        blocks, offsets, dir_T, steps = head_rank.build(keys_K, self.rank_ranges, ranked)
+        blocks, offsets, dir_T, steps, fine = head_rank.build(keys_K, self.rank_ranges, ranked)
         self.rank_dir_T = dir_T
         where = {
             r: (d, rank_blocks(r[1]) if k else 0)
@@ -301,6 +301,7 @@ class FeatureRemap(nn.Module):
             ("rank_last_J", torch.tensor([b for _, b in per_J], dtype=torch.long)),
             # its shape is the bisection's steps (a host value, no read)
             ("rank_steps", torch.zeros(steps, dtype=torch.int8)),
+            ("rank_fine", fine),  # (the CPU kernel's finer directory)
         ):
             self.register_buffer(name, value.to(device), persistent=False)
 
@@ -332,6 +333,7 @@ class FeatureRemap(nn.Module):
         table = self.slot_keys.nbytes + self.slot_rows.nbytes if self.has_compact else 0
         if self.has_ranked:
             table += self.rank_block_starts.nbytes + self.rank_offsets.nbytes
+            table += self.rank_fine.nbytes
         held = [
             t for name, t in self.named_buffers() if name not in self._non_persistent_buffers_set
         ]
@@ -386,6 +388,7 @@ class FeatureRemap(nn.Module):
                 self.rank_dir_J,
                 self.rank_last_J,
                 self.rank_steps,
+                self.rank_fine,
             ]
         return tensors
 

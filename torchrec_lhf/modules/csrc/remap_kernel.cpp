@@ -1,5 +1,5 @@
 // The remap's CPU kernel (torchrec_lhf/modules/compact_kernel.py builds and calls it; it is
-// also the operator torchrec_lhf::fused_remap, registered for CPU at the end).
+// also the operators torchrec_lhf::fused_remap and the others registered for CPU at the end).
 //
 // fused_remap: the whole lookup of a batch laid out per internal feature, whose ids per
 //   feature the host knows: per feature a range check (or a fold, for the modulo policy)
@@ -8,6 +8,9 @@
 //   seed and divisor, the offsets) are taken once per feature, and the tail's remainder
 //   uses a precomputed reciprocal (or a mask, for a power of two) instead of a 64-bit
 //   division.
+// fused_remap_ranked: the same pass with the ranked heads too (a ranked feature's ids are
+//   looked up in its 16-bit block offsets, not probed in the head table); rank_overlay,
+//   the pass over fused_remap's rows that did it before, stays for the models that call it.
 //
 // NOTE: the arithmetic is the torch ops' exactly (torchrec_lhf.hashing, head_table): int64
 // values that wrap modulo 2**64 (done in uint64), logical right shifts where the torch ops
@@ -152,7 +155,10 @@ inline torch::Tensor as(const torch::Tensor& t, c10::ScalarType type) {
   return t.to(type).contiguous();
 }
 
-enum Kind : int { kIdentity = 0, kDense = 1, kCompact = 2 };
+// kRanked: a compact feature whose head is ranked (its rows are its ids' ranks, held as
+// 16-bit offsets per block of 2**16 ids: torchrec_lhf/modules/head_rank.py); its ids are
+// not in the cuckoo table, so they are not probed there
+enum Kind : int { kIdentity = 0, kDense = 1, kCompact = 2, kRanked = 3 };
 
 struct Feature {
   int kind = kIdentity;
@@ -162,6 +168,22 @@ struct Feature {
   uint64_t seed_key = 0;
   int64_t tail_offset = 0;
   Divisor tail;
+  int64_t rank_dir = 0;    // ranked: its directory's first entry in the blocks
+  int64_t rank_last = 0;   // ranked: its directory's last (end) entry, relative to rank_dir
+  int64_t rank_first = 0;  // ranked: the position of its first head id (its rank 0)
+};
+
+// The ranked heads of a module: the concatenated block directories (each block's first
+// position in `off`, then the end), the biased 16-bit offsets (value - 2**15), and the fine
+// directory (kFine entries per directory entry: the first position of each sixteenth of the
+// block, 2**12 ids; an end entry's are all its position), whose entries a lookup reads.
+constexpr int64_t kFine = 16;
+constexpr int kFineBits = 12;  // 16 - log2(kFine)
+struct RankIndex {
+  const int32_t* blk = nullptr;
+  const int16_t* off = nullptr;
+  const int32_t* fine = nullptr;
+  int64_t num_off = 0;
 };
 
 // A block of one compact feature's lookups, one array per quantity: the loops over it have
@@ -174,7 +196,7 @@ struct CompactBlock {
 
 // A block of one compact feature's (in-range) ids `id_b`: the mixed hash, the probe slots
 // and the tail row of each (the remainder as Divisor::mode says).
-template <int kMode>
+template <int kMode, bool kSlots = true>
 inline void compact_hash(const Heads& heads, const Feature& f, int64_t count,
                          const int64_t* id_b, CompactBlock& blk) {
   const uint32_t slots = static_cast<uint32_t>(heads.slots);  // (<= 2**31: make_heads)
@@ -183,9 +205,11 @@ inline void compact_hash(const Heads& heads, const Feature& f, int64_t count,
   const int64_t tail_offset = f.tail_offset, offset = f.offset;
   for (int64_t b = 0; b < count; ++b) {
     const uint64_t x = finalize(static_cast<uint64_t>(id_b[b]) + seed);
-    blk.slot[0][b] = (uint64_t{static_cast<uint32_t>(x)} * slots) >> 32;
-    blk.slot[1][b] = (uint64_t{static_cast<uint32_t>(x >> 32)} * slots) >> 32;
-    blk.slot[2][b] = (uint64_t{static_cast<uint32_t>(x >> 16)} * slots) >> 32;
+    if (kSlots) {
+      blk.slot[0][b] = (uint64_t{static_cast<uint32_t>(x)} * slots) >> 32;
+      blk.slot[1][b] = (uint64_t{static_cast<uint32_t>(x >> 32)} * slots) >> 32;
+      blk.slot[2][b] = (uint64_t{static_cast<uint32_t>(x >> 16)} * slots) >> 32;
+    }
     const uint64_t v = x >> 2;
     uint64_t r;
     if (kMode == Divisor::kMask) {
@@ -255,36 +279,252 @@ inline void compact_probe(const Heads& heads, int64_t count, const CompactBlock&
   }
 }
 
+// (rank_overlay's, below:) where t would sit in the sorted, distinct [lo, hi), interpolated between its first and
+// last values (a block's head ids are often contiguous, frequency-encoded ids' heads always
+// are, and then the guess is exact; spread ids land near it). Reads the two ends, which the
+// few blocks of a table keep in the caches.
+inline const int16_t* interpolate(const int16_t* lo, const int16_t* hi, int16_t t) {
+  const int64_t n = hi - lo;
+  if (n <= 8) return lo;
+  const int64_t a = lo[0], z = hi[-1];
+  if (t <= a) return lo;
+  if (t > z) return hi - 1;
+  const int64_t d = static_cast<int64_t>(t) - a;
+  if (z - a == n - 1) return lo + d;  // contiguous: exact, no division
+  // (a double division: its throughput is a few cycles, a 64-bit integer one's tens)
+  const int64_t i = static_cast<int64_t>(static_cast<double>(d) * static_cast<double>(n - 1) /
+                                         static_cast<double>(z - a));  // z > a: n > 1 distinct
+  return lo + std::min<int64_t>(i, n - 1);
+}
+
+// The first of the sorted [lo, hi) not below t (std::lower_bound's answer), searched from
+// g (interpolate's guess): by doubling steps from it, up or down, then a bisection in the
+// last step's range.
+inline const int16_t* search(const int16_t* lo, const int16_t* hi, const int16_t* g, int16_t t) {
+  if (hi - lo <= 8) return std::lower_bound(lo, hi, t);
+  if (*g < t) {  // the answer is above g: double the step until past it
+    int64_t step = 1;
+    const int16_t* a = g + 1;
+    while (a + step < hi && a[step - 1] < t) step <<= 1;
+    return std::lower_bound(a, std::min(a + step, hi), t);
+  }
+  int64_t step = 1;  // the answer is at g or below: double the step down
+  while (g - step > lo && *(g - step) >= t) step <<= 1;
+  return std::lower_bound(std::max(g - step, lo), g, t);
+}
+
+// compact_hash with the remainder as `mode` (Divisor::mode) says.
+template <bool kSlots>
+inline void hash_block(int mode, const Heads& heads, const Feature& f, int64_t count,
+                       const int64_t* id_b, CompactBlock& blk) {
+  if (mode == Divisor::kMultiply) {
+    compact_hash<Divisor::kMultiply, kSlots>(heads, f, count, id_b, blk);
+  } else if (mode == Divisor::kMask) {
+    compact_hash<Divisor::kMask, kSlots>(heads, f, count, id_b, blk);
+  } else {
+    compact_hash<Divisor::kDivide, kSlots>(heads, f, count, id_b, blk);
+  }
+}
+
+// `count` ids of one feature from `in`, folded into [0, N) where `modulo`, into `dst` as
+// int64; an id still out of range is stored as 0 (nothing is read out of bounds) and
+// makes the result nonzero.
+template <typename I>
+inline uint64_t checked_ids(const I* in, int64_t count, const Feature& f, bool modulo,
+                            int64_t* dst) {
+  const int64_t h = static_cast<int64_t>(f.height);
+  uint64_t bad = 0;
+  for (int64_t b = 0; b < count; ++b) {
+    int64_t id = static_cast<int64_t>(in[b]);
+    if (modulo) {
+      id %= h;
+      id += id < 0 ? h : 0;
+    }
+    const uint64_t outside = static_cast<uint64_t>(id) >= f.height;
+    bad |= outside;
+    dst[b] = outside ? 0 : id;
+  }
+  return bad;
+}
+
+// A ranked feature's sixteenth of a block (2**12 ids): its head ids' first position, their
+// count, its first (biased) offset, and whether the rank is arithmetic there (no head ids,
+// or contiguous ones: the rank of t is t - a where that is below n).
+// `scale`: (n - 1) / (z - a) in 32-bit fixed point (z its last offset), for a search's
+// interpolated first guess.
+struct RankSpan {
+  int64_t lo = 0, n = 0, a = 0, direct = 1;
+  uint64_t scale = 0;
+};
+
+constexpr int64_t kWindow = 32;  // a search's range on either side of its guess
+// a ranked feature's ids taken at a time: its searches' first reads are prefetched for all
+// of them before the first search, which leaves the prefetches time to arrive
+constexpr int64_t kRankBlock = 256;
+
+inline RankSpan rank_span(const RankIndex& r, const Feature& f, int64_t k) {
+  const int32_t* dir = r.fine + kFine * f.rank_dir;
+  const int64_t lo = dir[k], hi = dir[k + 1];
+  const int64_t n = hi - lo;
+  const int64_t last_off = r.num_off - 1;  // (>= 0: checked where the feature was set up)
+  // the block's first and last offsets (any entry where the block is empty: not used)
+  const int64_t a = r.off[std::min(lo, last_off)];
+  const int64_t z = r.off[std::max<int64_t>(std::min(hi - 1, last_off), 0)];
+  // NOTE: no branch (head and tail ids alternate): integer arithmetic on the comparisons
+  const int64_t direct = static_cast<int64_t>(n == 0) | static_cast<int64_t>(z - a == n - 1);
+  // (z > a where not direct: n >= 2 distinct offsets; (n - 1) << 32 < 2**48)
+  const uint64_t scale = direct ? 0 : (static_cast<uint64_t>(n - 1) << 32) / (z - a);
+  return {lo, n, a, direct, scale};
+}
+
+// The ranks of a block of one ranked feature's (in-range) ids `id_b` found in its head
+// (their position less the feature's first), written to `out`; the others' indices in the
+// block go to `miss_at` (their count returned), for their tail rows. A block whose head ids
+// are contiguous (as frequency-encoded ids' are) is answered from its two ends, without a
+// search or a read of the offsets between them, and without a branch (head and tail ids
+// alternate). In the other blocks the ids' positions are bisected side by side.
+// `spans` (kSpans): the feature's blocks summarized beforehand (rank_span), one read an id
+// instead of three dependent ones.
+template <typename I, bool kSpans>
+inline int64_t rank_block(const RankIndex& r, const Feature& f, const RankSpan* spans,
+                          int64_t count, const int64_t* id_b, I* out, int64_t* miss_at) {
+  alignas(64) int64_t lo_at[kRankBlock];
+  alignas(64) int64_t hi_at[kRankBlock];
+  alignas(64) int64_t state[kRankBlock];  // 0: found, 1: not in the head, 2: to search
+  alignas(64) int64_t guess_at[kRankBlock];  // to search: the interpolated position
+  const int16_t* off = r.off;
+  const int64_t last_off = r.num_off - 1;
+  const int64_t first = f.rank_first;
+  for (int64_t b = 0; b < count; ++b) {
+    const int64_t id = id_b[b];
+    const int64_t k = std::min<int64_t>(id >> kFineBits, kFine * f.rank_last);
+    const RankSpan sp = kSpans ? spans[k] : rank_span(r, f, k);
+    const int64_t t = (id & 0xFFFF) - 32768;
+    // direct: found where t - a is below n (else searched below); no branch
+    const int64_t hit = static_cast<uint64_t>(t - sp.a) < static_cast<uint64_t>(sp.n);
+    out[b] = static_cast<I>(sp.lo + (t - sp.a) - first);  // (rewritten where not found)
+    lo_at[b] = sp.lo;
+    hi_at[b] = sp.lo + sp.n;
+    guess_at[b] = sp.lo + static_cast<int64_t>(
+                              (static_cast<uint64_t>(std::max<int64_t>(t - sp.a, 0)) * sp.scale) >> 32);
+    state[b] = 2 - sp.direct - (sp.direct & hit);  // direct: 1 - hit; else 2
+  }
+  int64_t searched = 0;
+  alignas(64) int64_t search_at[kRankBlock];
+  for (int64_t b = 0; b < count; ++b) {
+    search_at[searched] = b;
+    searched += state[b] == 2;
+  }
+  if (searched > 0) {
+    // the first position not below t in each searched id's block, by bisections run side by
+    // side (Khuong and Morin's branchless form: the ids' loads overlap and no branch turns
+    // on an offset; an id whose range is down to one entry keeps it), as many steps as the
+    // largest block needs
+    alignas(64) int64_t base_s[kRankBlock];
+    alignas(64) int64_t len_s[kRankBlock];
+    alignas(64) int64_t t_s[kRankBlock];
+    int64_t longest = 0;
+    for (int64_t s = 0; s < searched; ++s) {  // the guesses' lines and the window's ends
+      const int64_t b = search_at[s];
+      const int64_t g = std::min(guess_at[b], hi_at[b] - 1);
+      guess_at[b] = g;
+      __builtin_prefetch(off + g);
+      __builtin_prefetch(off + std::max(g - kWindow - 1, lo_at[b]));
+      __builtin_prefetch(off + std::min(g + kWindow, hi_at[b]) - 1);
+    }
+    for (int64_t s = 0; s < searched; ++s) {
+      // the range: kWindow entries on either side of the guess where the answer lies there
+      // (the entries just outside it say so), else the whole block
+      const int64_t b = search_at[s];
+      const int64_t lo = lo_at[b], hi = hi_at[b];  // (hi - lo >= 2: not direct)
+      const int64_t t = (id_b[b] & 0xFFFF) - 32768;
+      const int64_t w_lo = std::max(lo, guess_at[b] - kWindow);
+      const int64_t w_hi = std::min(hi, guess_at[b] + kWindow);
+      const int64_t inside = (static_cast<int64_t>(w_lo == lo) | static_cast<int64_t>(
+                                 off[std::max(w_lo - 1, lo)] < t)) &
+                             (static_cast<int64_t>(w_hi == hi) | static_cast<int64_t>(
+                                 off[w_hi - 1] >= t));
+      base_s[s] = inside ? w_lo : lo;
+      len_s[s] = inside ? w_hi - w_lo : hi - lo;
+      t_s[s] = t;
+      longest = std::max(longest, len_s[s]);
+    }
+    for (; longest > 1; longest -= longest >> 1) {
+      for (int64_t s = 0; s < searched; ++s) {
+        const int64_t half = len_s[s] >> 1;
+        const int64_t below = static_cast<int64_t>(off[base_s[s] + half] < t_s[s]);
+        base_s[s] += half & -below;
+        len_s[s] -= half;
+      }
+    }
+    for (int64_t s = 0; s < searched; ++s) {
+      const int64_t b = search_at[s];
+      const int64_t at = base_s[s] + static_cast<int64_t>(off[base_s[s]] < t_s[s]);
+      const int64_t found = static_cast<int64_t>(at < hi_at[b]) &
+                            static_cast<int64_t>(off[std::min(at, last_off)] == t_s[s]);
+      out[b] = static_cast<I>(at - first);
+      state[b] = 1 - found;
+    }
+  }
+  int64_t misses = 0;
+  for (int64_t b = 0; b < count; ++b) {
+    miss_at[misses] = b;
+    misses += state[b];
+  }
+  return misses;
+}
+
 // One feature's ids [f.begin, f.end) -> rows; returns whether an id was out of range
 // (then the output is not to be used). `modulo` folds ids into [0, N) first. A compact
 // feature with heads is pipelined: a block's slots are prefetched while the block before
 // it is probed, so that the probes (cold: a training step evicts the table) have a block's
 // work to arrive in.
 template <typename I, typename M>
-bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads, const M* mapping,
-                   bool modulo) {
+bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads,
+                   const RankIndex& ranks, const M* mapping, bool modulo) {
   std::atomic<bool> any_bad{false};
+  // a ranked feature of more ids than sub-blocks: those summarized once (a few reads each)
+  std::vector<RankSpan> span_k;
+  const int64_t num_spans = kFine * f.rank_last + 1;
+  if (f.kind == kRanked && f.end - f.begin > num_spans) {
+    span_k.resize(num_spans);
+    for (int64_t k = 0; k < num_spans; ++k) span_k[k] = rank_span(ranks, f, k);
+  }
+  const RankSpan* spans = span_k.empty() ? nullptr : span_k.data();
   const auto body = [&](int64_t begin, int64_t end) {
     uint64_t bad = 0;
     int64_t id_b[kBlock];
     CompactBlock ring[kDepth + 1];
     int64_t ring_start[kDepth + 1], ring_count[kDepth + 1];
     int64_t hashed = 0, probed = 0;  // blocks
-    const int64_t h = static_cast<int64_t>(f.height);
     const bool has_heads = heads.slots > 0;
     const int mode = f.tail.mode();
+    if (f.kind == kRanked) {  // the ranks, then the others' tail rows (no cuckoo probes)
+      int64_t rank_ids[kRankBlock];
+      int64_t miss_at[kRankBlock];
+      CompactBlock& blk = ring[0];
+      for (int64_t start = begin; start < end; start += kRankBlock) {
+        const int64_t count = std::min(end - start, kRankBlock);
+        bad |= checked_ids(ids + start, count, f, modulo, rank_ids);
+        const int64_t misses =
+            spans != nullptr
+                ? rank_block<I, true>(ranks, f, spans, count, rank_ids, out + start, miss_at)
+                : rank_block<I, false>(ranks, f, nullptr, count, rank_ids, out + start, miss_at);
+        for (int64_t m0 = 0; m0 < misses; m0 += kBlock) {  // (gathered: the hashes vectorize)
+          const int64_t part = std::min(misses - m0, kBlock);
+          for (int64_t m = 0; m < part; ++m) id_b[m] = rank_ids[miss_at[m0 + m]];
+          hash_block<false>(mode, heads, f, part, id_b, blk);
+          for (int64_t m = 0; m < part; ++m) {
+            out[start + miss_at[m0 + m]] = static_cast<I>(blk.tail[m]);
+          }
+        }
+      }
+      if (bad) any_bad.store(true, std::memory_order_relaxed);
+      return;
+    }
     for (int64_t start = begin; start < end; start += kBlock) {
       const int64_t count = end - start < kBlock ? end - start : kBlock;
-      for (int64_t b = 0; b < count; ++b) {
-        int64_t id = static_cast<int64_t>(ids[start + b]);
-        if (modulo) {
-          id %= h;
-          id += id < 0 ? h : 0;
-        }
-        const uint64_t outside = static_cast<uint64_t>(id) >= f.height;
-        bad |= outside;
-        id_b[b] = outside ? 0 : id;  // nothing is read out of bounds
-      }
+      bad |= checked_ids(ids + start, count, f, modulo, id_b);
       if (f.kind == kIdentity) {
         for (int64_t b = 0; b < count; ++b) out[start + b] = static_cast<I>(id_b[b]);
         continue;
@@ -297,13 +537,7 @@ bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads, c
       }
       const int at = static_cast<int>(hashed % (kDepth + 1));
       CompactBlock& blk = ring[at];
-      if (mode == Divisor::kMultiply) {
-        compact_hash<Divisor::kMultiply>(heads, f, count, id_b, blk);
-      } else if (mode == Divisor::kMask) {
-        compact_hash<Divisor::kMask>(heads, f, count, id_b, blk);
-      } else {
-        compact_hash<Divisor::kDivide>(heads, f, count, id_b, blk);
-      }
+      hash_block<true>(mode, heads, f, count, id_b, blk);
       if (!has_heads) {  // every id is tail
         for (int64_t b = 0; b < count; ++b) out[start + b] = static_cast<I>(blk.tail[b]);
         continue;
@@ -337,12 +571,12 @@ bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads, c
 
 template <typename I, typename M>
 void remap_all(const torch::Tensor& ids, torch::Tensor& out, c10::ArrayRef<Feature> feats,
-               const Heads& heads, const M* mapping, bool modulo) {
+               const Heads& heads, const RankIndex& ranks, const M* mapping, bool modulo) {
   const I* in = ids.data_ptr<I>();
   I* rows = out.data_ptr<I>();
   for (size_t j = 0; j < feats.size(); ++j) {
     const Feature& f = feats[j];
-    if (!remap_feature<I, M>(in, rows, f, heads, mapping, modulo)) continue;
+    if (!remap_feature<I, M>(in, rows, f, heads, ranks, mapping, modulo)) continue;
     for (int64_t i = f.begin; i < f.end; ++i) {
       const int64_t id = static_cast<int64_t>(in[i]);
       TORCH_CHECK(id >= 0 && static_cast<uint64_t>(id) < f.height, "internal feature ", j,
@@ -359,15 +593,23 @@ void remap_all(const torch::Tensor& ids, torch::Tensor& out, c10::ArrayRef<Featu
 // where compact. Every id is range-checked against height[j] (a RuntimeError naming the
 // feature and the id), or folded into [0, height[j]) with `modulo`.
 //
-// The operator torchrec_lhf::fused_remap (its schema is defined in compact_kernel.py, which
-// also registers a fallback of torch ops): `seeds` are the tail hashes' seeds, whose keys
-// (seed + 1) * golden are taken here.
-torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
-                          const torch::Tensor& offset, const torch::Tensor& height,
-                          const torch::Tensor& mapping, const torch::Tensor& slot_keys,
-                          const torch::Tensor& slot_rows, const torch::Tensor& seeds_in,
-                          const torch::Tensor& tail_offset, const torch::Tensor& tail_rows,
-                          const torch::Tensor& is_compact, bool modulo) {
+// The operator torchrec_lhf::fused_remap_ranked (its schema is defined in compact_kernel.py,
+// which also registers a fallback of torch ops): `seeds` are the tail hashes' seeds, whose
+// keys (seed + 1) * golden are taken here. The ranked heads (head_rank.py: `blocks`,
+// `offsets`, and per feature its directory's start `dir` and last entry `last`, 0 where it
+// is not ranked; `steps` is only the torch fallback's) are looked up in the same pass: a
+// ranked feature's ids are not probed in the cuckoo table. Empty `blocks`: none (the
+// operator torchrec_lhf::fused_remap, whose schema exported models call).
+torch::Tensor fused_remap_ranked(const torch::Tensor& ids, c10::IntArrayRef lengths,
+                                 const torch::Tensor& offset, const torch::Tensor& height,
+                                 const torch::Tensor& mapping, const torch::Tensor& slot_keys,
+                                 const torch::Tensor& slot_rows, const torch::Tensor& seeds_in,
+                                 const torch::Tensor& tail_offset, const torch::Tensor& tail_rows,
+                                 const torch::Tensor& is_compact, const torch::Tensor& blocks,
+                                 const torch::Tensor& offsets, const torch::Tensor& dir,
+                                 const torch::Tensor& last, const torch::Tensor& steps,
+                                 const torch::Tensor& fine, bool modulo) {
+  (void)steps;
   TORCH_CHECK(ids.device().is_cpu() && ids.is_contiguous());
   TORCH_CHECK(ids.scalar_type() == torch::kInt64 || ids.scalar_type() == torch::kInt32);
   const int64_t num = static_cast<int64_t>(lengths.size());
@@ -392,6 +634,29 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
                 t_rows.numel() == num);
   }
   const Heads heads = any_compact ? make_heads(slot_keys, slot_rows) : Heads{};
+  RankIndex ranks;
+  torch::Tensor dir_t, last_t;
+  const int64_t* dir_p = nullptr;
+  const int64_t* last_p = nullptr;
+  if (any_compact && blocks.numel() > 0) {
+    TORCH_CHECK(blocks.scalar_type() == torch::kInt32 && offsets.scalar_type() == torch::kInt16 &&
+                    blocks.is_contiguous() && offsets.is_contiguous(),
+                "ranked heads: blocks must be contiguous int32 and offsets int16");
+    dir_t = as(dir, torch::kInt64);
+    last_t = as(last, torch::kInt64);
+    TORCH_CHECK(dir_t.numel() == num && last_t.numel() == num, "per-feature tensors must have ",
+                num, " entries");
+    dir_p = dir_t.data_ptr<int64_t>();
+    last_p = last_t.data_ptr<int64_t>();
+    TORCH_CHECK(fine.scalar_type() == torch::kInt32 && fine.is_contiguous() &&
+                    fine.numel() == kFine * blocks.numel(),
+                "ranked heads: the fine directory must be contiguous int32 of ", kFine,
+                " entries per block entry");
+    ranks.blk = blocks.data_ptr<int32_t>();
+    ranks.off = offsets.data_ptr<int16_t>();
+    ranks.fine = fine.data_ptr<int32_t>();
+    ranks.num_off = offsets.numel();
+  }
   const bool* comp_p = any_compact ? comp.data_ptr<bool>() : nullptr;
   const int64_t* seeds_p = any_compact ? seeds.data_ptr<int64_t>() : nullptr;
   const int64_t* t_off_p = any_compact ? t_off.data_ptr<int64_t>() : nullptr;
@@ -413,7 +678,25 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
       const int64_t rows = t_rows_p[j];
       TORCH_CHECK(rows >= 1, "internal feature ", j, ": tail rows must be >= 1, got ", rows);
       f.tail.set(static_cast<uint64_t>(rows), lengths[j] >= kReciprocalIds);
+      if (last_p != nullptr && last_p[j] > 0) {
+        const int64_t base = dir_p[j], nb = last_p[j];
+        TORCH_CHECK(base >= 0 && base + nb + 1 < blocks.numel(), "internal feature ", j,
+                    ": its directory is outside the ", blocks.numel(), " entries");
+        TORCH_CHECK(ranks.num_off > 0 && ranks.blk[base] >= 0 && ranks.blk[base] <=
+                    ranks.blk[base + nb] && ranks.blk[base + nb] <= ranks.num_off,
+                    "internal feature ", j, ": its ranked head [", ranks.blk[base], ", ",
+                    ranks.blk[base + nb], ") is outside the ", ranks.num_off, " offsets");
+        TORCH_CHECK(ranks.fine[kFine * base] == ranks.blk[base] &&
+                        ranks.fine[kFine * (base + nb)] == ranks.blk[base + nb],
+                    "internal feature ", j, ": its fine directory disagrees with its blocks");
+        f.kind = kRanked;
+        f.rank_dir = base;
+        f.rank_last = nb;
+        f.rank_first = ranks.blk[base];
+      }
     } else {
+      TORCH_CHECK(last_p == nullptr || last_p[j] == 0, "internal feature ", j,
+                  " has a ranked head but is not compact");
       f.kind = f.offset == -1 ? kIdentity : kDense;
       TORCH_CHECK(f.kind == kIdentity || (f.offset >= 0 && f.offset + static_cast<int64_t>(
                   f.height) <= mapping.numel()), "internal feature ", j, ": its mapping [",
@@ -428,26 +711,30 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
   AT_DISPATCH_INTEGRAL_TYPES(map_t.scalar_type(), "fused_remap", [&] {
     const scalar_t* map = map_t.numel() > 0 ? map_t.data_ptr<scalar_t>() : nullptr;
     if (int64_ids) {
-      remap_all<int64_t, scalar_t>(ids, out, feats, heads, map, modulo);
+      remap_all<int64_t, scalar_t>(ids, out, feats, heads, ranks, map, modulo);
     } else {
-      remap_all<int32_t, scalar_t>(ids, out, feats, heads, map, modulo);
+      remap_all<int32_t, scalar_t>(ids, out, feats, heads, ranks, map, modulo);
     }
   });
   return out;
 }
 
-// fused_remap where the ids per feature are not known on the host but the per-bag lengths
-// are at hand (a KeyedJaggedTensor's `lengths`, `(J * B,)`, J = offset's entries): each
-// feature's ids are the sum of its B bags' lengths, taken here. The operator
-// torchrec_lhf::fused_remap_bags: TorchScript then needs no per-key lengths (their sum and
-// host list cost more than the whole lookup of a one-sample request).
-torch::Tensor fused_remap_bags(const torch::Tensor& ids, const torch::Tensor& bag_lengths,
-                               const torch::Tensor& offset, const torch::Tensor& height,
-                               const torch::Tensor& mapping, const torch::Tensor& slot_keys,
-                               const torch::Tensor& slot_rows, const torch::Tensor& seeds,
-                               const torch::Tensor& tail_offset, const torch::Tensor& tail_rows,
-                               const torch::Tensor& is_compact, bool modulo) {
-  const int64_t num = offset.numel();
+// The operator torchrec_lhf::fused_remap: fused_remap_ranked without ranked heads.
+torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
+                          const torch::Tensor& offset, const torch::Tensor& height,
+                          const torch::Tensor& mapping, const torch::Tensor& slot_keys,
+                          const torch::Tensor& slot_rows, const torch::Tensor& seeds,
+                          const torch::Tensor& tail_offset, const torch::Tensor& tail_rows,
+                          const torch::Tensor& is_compact, bool modulo) {
+  const auto none = torch::empty({0}, ids.options().dtype(torch::kInt32));
+  return fused_remap_ranked(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
+                            tail_offset, tail_rows, is_compact, none, none, none, none, none,
+                            none, modulo);
+}
+
+// The ids of each of `num` features from the per-bag lengths `(num * B,)` (a
+// KeyedJaggedTensor's `lengths`): the sum of its B bags' lengths.
+c10::SmallVector<int64_t, 64> bag_sums(const torch::Tensor& bag_lengths, int64_t num) {
   const int64_t bags = bag_lengths.numel();
   TORCH_CHECK(bag_lengths.device().is_cpu() && bag_lengths.dim() == 1 &&
                   at::isIntegralType(bag_lengths.scalar_type(), /*includeBool=*/false),
@@ -473,8 +760,38 @@ torch::Tensor fused_remap_bags(const torch::Tensor& ids, const torch::Tensor& ba
       TORCH_CHECK(b[i] >= 0, "bag ", i, " has a negative length ", b[i]);
     }
   }
+  return lengths;
+}
+
+// fused_remap where the ids per feature are not known on the host but the per-bag lengths
+// are at hand (a KeyedJaggedTensor's `lengths`, `(J * B,)`, J = offset's entries): each
+// feature's ids are the sum of its B bags' lengths, taken here. The operator
+// torchrec_lhf::fused_remap_bags: TorchScript then needs no per-key lengths (their sum and
+// host list cost more than the whole lookup of a one-sample request).
+torch::Tensor fused_remap_bags(const torch::Tensor& ids, const torch::Tensor& bag_lengths,
+                               const torch::Tensor& offset, const torch::Tensor& height,
+                               const torch::Tensor& mapping, const torch::Tensor& slot_keys,
+                               const torch::Tensor& slot_rows, const torch::Tensor& seeds,
+                               const torch::Tensor& tail_offset, const torch::Tensor& tail_rows,
+                               const torch::Tensor& is_compact, bool modulo) {
+  const auto lengths = bag_sums(bag_lengths, offset.numel());
   return fused_remap(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
                      tail_offset, tail_rows, is_compact, modulo);
+}
+
+// fused_remap_ranked with the per-bag lengths (the operator
+// torchrec_lhf::fused_remap_ranked_bags; see fused_remap_bags).
+torch::Tensor fused_remap_ranked_bags(
+    const torch::Tensor& ids, const torch::Tensor& bag_lengths, const torch::Tensor& offset,
+    const torch::Tensor& height, const torch::Tensor& mapping, const torch::Tensor& slot_keys,
+    const torch::Tensor& slot_rows, const torch::Tensor& seeds, const torch::Tensor& tail_offset,
+    const torch::Tensor& tail_rows, const torch::Tensor& is_compact, const torch::Tensor& blocks,
+    const torch::Tensor& offsets, const torch::Tensor& dir, const torch::Tensor& last,
+    const torch::Tensor& steps, const torch::Tensor& fine, bool modulo) {
+  const auto lengths = bag_sums(bag_lengths, offset.numel());
+  return fused_remap_ranked(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
+                            tail_offset, tail_rows, is_compact, blocks, offsets, dir, last, steps,
+                            fine, modulo);
 }
 
 // fused_remap for eager Python callers (pybind: a few microseconds less per call than the
@@ -488,38 +805,15 @@ torch::Tensor fused_remap_eager(torch::Tensor ids, std::vector<int64_t> lengths,
                      tail_offset, tail_rows, is_compact, modulo);
 }
 
-// Where t would sit in the sorted, distinct [lo, hi), interpolated between its first and
-// last values (a block's head ids are often contiguous, frequency-encoded ids' heads always
-// are, and then the guess is exact; spread ids land near it). Reads the two ends, which the
-// few blocks of a table keep in the caches.
-inline const int16_t* interpolate(const int16_t* lo, const int16_t* hi, int16_t t) {
-  const int64_t n = hi - lo;
-  if (n <= 8) return lo;
-  const int64_t a = lo[0], z = hi[-1];
-  if (t <= a) return lo;
-  if (t > z) return hi - 1;
-  const int64_t d = static_cast<int64_t>(t) - a;
-  if (z - a == n - 1) return lo + d;  // contiguous: exact, no division
-  // (a double division: its throughput is a few cycles, a 64-bit integer one's tens)
-  const int64_t i = static_cast<int64_t>(static_cast<double>(d) * static_cast<double>(n - 1) /
-                                         static_cast<double>(z - a));  // z > a: n > 1 distinct
-  return lo + std::min<int64_t>(i, n - 1);
-}
-
-// The first of the sorted [lo, hi) not below t (std::lower_bound's answer), searched from
-// g (interpolate's guess): by doubling steps from it, up or down, then a bisection in the
-// last step's range.
-inline const int16_t* search(const int16_t* lo, const int16_t* hi, const int16_t* g, int16_t t) {
-  if (hi - lo <= 8) return std::lower_bound(lo, hi, t);
-  if (*g < t) {  // the answer is above g: double the step until past it
-    int64_t step = 1;
-    const int16_t* a = g + 1;
-    while (a + step < hi && a[step - 1] < t) step <<= 1;
-    return std::lower_bound(a, std::min(a + step, hi), t);
-  }
-  int64_t step = 1;  // the answer is at g or below: double the step down
-  while (g - step > lo && *(g - step) >= t) step <<= 1;
-  return std::lower_bound(std::max(g - step, lo), g, t);
+torch::Tensor fused_remap_ranked_eager(
+    torch::Tensor ids, std::vector<int64_t> lengths, torch::Tensor offset, torch::Tensor height,
+    torch::Tensor mapping, torch::Tensor slot_keys, torch::Tensor slot_rows, torch::Tensor seeds,
+    torch::Tensor tail_offset, torch::Tensor tail_rows, torch::Tensor is_compact,
+    torch::Tensor blocks, torch::Tensor offsets, torch::Tensor dir, torch::Tensor last,
+    torch::Tensor steps, torch::Tensor fine, bool modulo) {
+  return fused_remap_ranked(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
+                            tail_offset, tail_rows, is_compact, blocks, offsets, dir, last, steps,
+                            fine, modulo);
 }
 
 // rank_overlay: `rows` (fused_remap's, which holds no ranked head: those ids got their tail
@@ -618,5 +912,7 @@ torch::Tensor rank_overlay_eager(torch::Tensor ids, std::vector<int64_t> lengths
 TORCH_LIBRARY_IMPL(torchrec_lhf, CPU, m) {
   m.impl("fused_remap", TORCH_FN(fused_remap));
   m.impl("fused_remap_bags", TORCH_FN(fused_remap_bags));
+  m.impl("fused_remap_ranked", TORCH_FN(fused_remap_ranked));
+  m.impl("fused_remap_ranked_bags", TORCH_FN(fused_remap_ranked_bags));
   m.impl("rank_overlay", TORCH_FN(rank_overlay));
 }
