@@ -279,10 +279,10 @@ inline void compact_probe(const Heads& heads, int64_t count, const CompactBlock&
   }
 }
 
-// (rank_overlay's, below:) where t would sit in the sorted, distinct [lo, hi), interpolated between its first and
-// last values (a block's head ids are often contiguous, frequency-encoded ids' heads always
-// are, and then the guess is exact; spread ids land near it). Reads the two ends, which the
-// few blocks of a table keep in the caches.
+// (rank_overlay's, below:) where t would sit in the sorted, distinct [lo, hi), interpolated
+// between its first and last values (a block's head ids are often contiguous, and then the
+// guess is exact; spread ids land near it). Reads the two ends, which the few blocks of a
+// table keep in the caches.
 inline const int16_t* interpolate(const int16_t* lo, const int16_t* hi, int16_t t) {
   const int64_t n = hi - lo;
   if (n <= 8) return lo;
@@ -367,7 +367,7 @@ inline RankSpan rank_span(const RankIndex& r, const Feature& f, int64_t k) {
   const int64_t lo = dir[k], hi = dir[k + 1];
   const int64_t n = hi - lo;
   const int64_t last_off = r.num_off - 1;  // (>= 0: checked where the feature was set up)
-  // the block's first and last offsets (any entry where the block is empty: not used)
+  // the span's first and last offsets (any entry where the span is empty: not used)
   const int64_t a = r.off[std::min(lo, last_off)];
   const int64_t z = r.off[std::max<int64_t>(std::min(hi - 1, last_off), 0)];
   // NOTE: no branch (head and tail ids alternate): integer arithmetic on the comparisons
@@ -377,14 +377,14 @@ inline RankSpan rank_span(const RankIndex& r, const Feature& f, int64_t k) {
   return {lo, n, a, direct, scale};
 }
 
-// The ranks of a block of one ranked feature's (in-range) ids `id_b` found in its head
-// (their position less the feature's first), written to `out`; the others' indices in the
-// block go to `miss_at` (their count returned), for their tail rows. A block whose head ids
-// are contiguous (as frequency-encoded ids' are) is answered from its two ends, without a
-// search or a read of the offsets between them, and without a branch (head and tail ids
-// alternate). In the other blocks the ids' positions are bisected side by side.
-// `spans` (kSpans): the feature's blocks summarized beforehand (rank_span), one read an id
-// instead of three dependent ones.
+// The ranks of up to kRankBlock of one ranked feature's (in-range) ids `id_b` found in its
+// head (their position less the feature's first), written to `out`; the others' indices
+// go to `miss_at` (their count returned), for their tail rows. An id whose span (a
+// sixteenth of a block, rank_span) holds contiguous head ids, or none, is answered from the
+// span's first offset and count, without a search or a read of the offsets between, and
+// without a branch (head and tail ids alternate). The other ids' positions are bisected
+// side by side. `spans` (kSpans): the feature's spans summarized beforehand, one read an
+// id instead of three dependent ones.
 template <typename I, bool kSpans>
 inline int64_t rank_block(const RankIndex& r, const Feature& f, const RankSpan* spans,
                           int64_t count, const int64_t* id_b, I* out, int64_t* miss_at) {
