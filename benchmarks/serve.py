@@ -156,6 +156,8 @@ def run(args: argparse.Namespace) -> dict:
             "qps": qps,
             "ratio": qps["lhf"] / qps["plain"],
             "ratio_paired": 1.0 / seconds["ratio_paired"],
+            # (the seconds' interval, inverted: its QPS twin)
+            "ratio_paired_ci95": [1.0 / x for x in reversed(seconds["ratio_paired_ci95"])],
             "max_score_diff": max_diff,
         }
     return report(args, results, num_tables=len(heights))

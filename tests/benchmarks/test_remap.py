@@ -33,9 +33,29 @@ def test_time_pair_reads_the_given_clock_around_each_step() -> None:
     steps = {"plain": lambda: calls.append("plain"), "lhf": lambda: calls.append("lhf")}
     times = bench.time_pair(steps, iters=3, warmup=1, clock=lambda: float(next(ticks)))
     # start and end: consecutive reads; the paired ratio of equal times is 1
-    assert times == {"plain": 1.0, "lhf": 1.0, "ratio_paired": 1.0}
+    assert times == {"plain": 1.0, "lhf": 1.0, "ratio_paired": 1.0, "ratio_paired_ci95": [1.0, 1.0]}
     assert calls == ["plain", "lhf"] * 4  # warmup and iterations, interleaved
     assert bench.CLOCKS["cpu"] is not bench.CLOCKS["wall"]
+
+
+def test_the_median_interval_holds_the_median_and_narrows_with_more_iterations() -> None:
+    few = [1.0, 1.2, 0.9, 1.5, 1.1, 1.05, 1.3]
+    lo, hi = bench.median_interval(few)
+    assert lo <= 1.1 <= hi and lo < hi  # (1.1: the median)
+    assert bench.median_interval(few) == [lo, hi]  # seeded
+    many_lo, many_hi = bench.median_interval(few * 20)  # the same spread, 20 times the values
+    assert lo <= many_lo <= 1.1 <= many_hi <= hi and many_hi - many_lo < hi - lo
+    assert bench.median_interval([1.02] * 5) == [1.02, 1.02]
+    with pytest.raises(ValueError, match="at least one value"):
+        bench.median_interval([])
+
+
+@pytest.mark.parametrize(
+    ("interval", "expected"),
+    [([1.01, 1.05], "met"), ([1.051, 1.2], "not met"), ([1.03, 1.07], "undecided")],
+)
+def test_the_goal_verdict_reads_the_whole_interval(interval: list[float], expected: str) -> None:
+    assert bench.verdict(interval) == expected
 
 
 @pytest.mark.parametrize("encoding", ["dense", "compact", "ranked"])
@@ -50,6 +70,11 @@ def test_tiny_run_reports_both_collections(encoding: str, monkeypatch) -> None: 
         r = result["seconds_per_batch"][mode]
         assert r["plain"] > 0 and r["lhf"] > 0 and r["ratio"] == r["lhf"] / r["plain"]
         assert r["ratio_paired"] > 0
+        lo, hi = r["ratio_paired_ci95"]
+        assert lo <= r["ratio_paired"] <= hi
+    assert result["goal_verdict"] == bench.verdict(
+        result["seconds_per_batch"]["fused"]["ratio_paired_ci95"]
+    )
     assert result["remap_only_seconds"] > 0 and result["remap_bytes"] > 0
 
 

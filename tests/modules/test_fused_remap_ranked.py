@@ -145,3 +145,37 @@ def test_skewed_blocks_are_searched_beyond_the_interpolated_guess(modulo: bool) 
         want = expected if part.numel() == n else expected[::9000]
         assert rows is not None and torch.equal(rows, want)
     assert int((expected < head.numel()).sum()) == head.numel()  # every head id found
+
+
+@pytest.mark.parametrize("spans", ["spread", "tiny"])
+def test_spread_heads_are_counted_in_windows_about_the_guess(spans: str) -> None:
+    """Heads drawn at random, at a density from 0.5% to 60% per sixteenth of a block (the
+    kernel searches an id's position in a window about its interpolated guess), the
+    module's last offsets in a searched span (windows at the offsets' end), spans of fewer
+    offsets than a window followed by the next block's (smaller) ones; ``tiny``: one
+    searched span and fewer offsets in all than a window spans (64). Every id, then a few,
+    gets the plan's row."""
+    g = torch.Generator().manual_seed(5)
+    n = 2 * RANK_BLOCK + 5000
+    if spans == "tiny":
+        head = torch.arange(3, 4000, 97)  # one searched span of 42 ids
+    else:
+        span = RANK_BLOCK // 16
+        density = torch.rand(n // span + 1, generator=g) ** 2 * 0.6 + 0.005
+        density[-2:] = 0.3  # the last spans: searched, their windows at the offsets' end
+        head = (torch.rand(n, generator=g) < density[torch.arange(n) // span]).nonzero()[:, 0]
+    mapping = CompactMapping(
+        head, torch.arange(head.numel(), dtype=torch.int32), tail_seed=7,
+        tail_offset=head.numel(), tail_rows=17,
+    )  # fmt: skip
+    remap = _remap([("spread", n, mapping)])
+    assert remap.has_ranked and (remap.rank_offsets.numel() < 64) == (spans == "tiny")
+    ids = torch.arange(n)
+    expected = mapping.rows(ids)
+    for part, want in ((ids, expected), (ids[::4099], expected[::4099])):
+        rows = compact_kernel.fused_remap(
+            part, [part.numel()], remap.mapping, remap.offset_J, remap.height_J, False,
+            remap._compact_tensors(),
+        )  # fmt: skip
+        assert rows is not None and torch.equal(rows, want)
+    assert int((expected < head.numel()).sum()) == head.numel()  # every head id found
