@@ -12,6 +12,7 @@ from tests.modules.test_compact_kernel import CAN_BUILD
 from tests.modules.test_head_rank import _batch, _remap, _tables
 from torchrec_lhf.modules import compact_kernel
 from torchrec_lhf.modules.remap import FeatureRemap
+from torchrec_lhf.modules.remap_lookup import map_ids
 from torchrec_lhf.plan_compact import RANK_BLOCK, CompactMapping
 
 pytestmark = pytest.mark.skipif(not CAN_BUILD, reason="needs a C++ compiler and ninja")
@@ -45,6 +46,15 @@ def _layout(few: bool, wild: bool) -> tuple[FeatureRemap, torch.Tensor, list[int
         shift = torch.arange(ids.numel()) % 5 - 2  # -2 to 2 times N
         ids = ids + shift * heights
     return remap, ids, length_J, expected
+
+
+def _torch_rows(remap: FeatureRemap, ids: torch.Tensor, modulo: bool) -> torch.Tensor:
+    """The torch ops' rows (head_rank's bisection in each id's span, as on CUDA)."""
+    segments = (None, torch.tensor([ids.numel()]), None)
+    return map_ids(
+        ids, segments, remap.mapping, remap.offset_J, remap.height_J, modulo, True,
+        remap._compact_tensors(),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("few", [False, True], ids=["summarized", "per_id"])
@@ -144,6 +154,7 @@ def test_skewed_blocks_are_searched_beyond_the_interpolated_guess(modulo: bool) 
         )  # fmt: skip
         want = expected if part.numel() == n else expected[::9000]
         assert rows is not None and torch.equal(rows, want)
+        assert torch.equal(_torch_rows(remap, part, modulo), want)
     assert int((expected < head.numel()).sum()) == head.numel()  # every head id found
 
 
@@ -178,4 +189,5 @@ def test_spread_heads_are_counted_in_windows_about_the_guess(spans: str) -> None
             remap._compact_tensors(),
         )  # fmt: skip
         assert rows is not None and torch.equal(rows, want)
+        assert torch.equal(_torch_rows(remap, part, False), want)
     assert int((expected < head.numel()).sum()) == head.numel()  # every head id found

@@ -13,19 +13,20 @@ position of each block's first head id followed by the end of the table's heads
 (:func:`~torchrec_lhf.plan_compact.rank_index`): 2 bytes a head id and 4 a block, in memory
 as on disk.
 
-A lookup of id ``i`` of table ``t`` reads the bounds of its block and bisects the block's
-offsets for ``i``'s low 16 bits: a fixed number of steps (the largest block's bit length)
-for every id, each a gather and a few integer ops over the batch, no branch per id and no
-host read. Its row is the position found less the table's first (``rank_base_J``).
+A lookup of id ``i`` of table ``t`` reads the bounds of its span (below) and bisects the
+span's offsets for ``i``'s low 16 bits: a fixed number of steps (the largest span's bit
+length: at most 13, and about 6 where heads are 1% of the ids) for every id, each a gather
+and a few integer ops over the batch, no branch per id and no host read. Its row is the position found less the table's first (``rank_base_J``).
 Offsets are held as their value less ``2**15`` (``int16`` keeps their order); the
 directory of a table has ``rank_blocks(N) + 1`` entries, and a feature's block index is
 clamped to its last, empty, entry (ids beyond its last block, and the features that are
 not ranked, find nothing and keep their tail row).
 
-In memory only (the CPU kernel's), a finer directory beside it: ``FINE`` entries per
-directory entry, the position of the first head id of each ``RANK_BLOCK // FINE`` ids
-(4,096), so that a search starts in a sixteenth of a block, whose head ids are often
-contiguous where the block's are not. It costs 4 bytes per 4,096 ids of the table.
+In memory only, a finer directory beside it: ``FINE`` entries per directory entry, the
+position of the first head id of each ``RANK_BLOCK // FINE`` ids (4,096: a span), so that
+a search starts in a sixteenth of a block (whose head ids the CPU kernel often finds
+contiguous where the block's are not, and which the torch lookup bisects in fewer steps).
+It costs 4 bytes per 4,096 ids of the table.
 """
 
 import torch
@@ -55,7 +56,8 @@ def build(
         ``(rank_blocks_D, rank_offsets_R, dir_start_T, steps, fine_F)``: the concatenated
         directories (int32) with one empty entry last, the biased offsets (int16), the
         index of each range's directory in it (of the last, empty, entry where the range is
-        not ranked), the bisection's steps, and the fine directory (int32, ``FINE``
+        not ranked), the bisection's steps in a span (the largest span's bit length), and
+        the fine directory (int32, ``FINE``
         entries per directory entry: ``fine_F[FINE * d + s]`` is the position of the first
         head id of entry ``d``'s block at or above its ``s``-th sixteenth; an end entry's
         are all its position).
@@ -79,7 +81,7 @@ def build(
         fines.append(torch.searchsorted(ids, bounds) + done)
         size += blocks.numel()
         offsets.append((low.long() & (RANK_BLOCK - 1)) - _BIAS)
-        longest = int(blocks.diff().max()) if blocks.numel() > 1 else 0
+        longest = int(fines[-1].diff().max()) if fines[-1].numel() > 1 else 0  # (a span's)
         steps = max(steps, longest.bit_length())
         done += hi - lo
     dirs.append(torch.tensor([done, done]))  # the empty entry that unranked features read
@@ -121,6 +123,7 @@ def lookup(
     last_block_J: torch.Tensor,
     steps_S: torch.Tensor,
     default_P: torch.Tensor,
+    fine_F: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The rank of every id found in its feature's ranked head, ``default_P`` where none.
 
@@ -133,8 +136,11 @@ def lookup(
         last_block_J: int64 ``(J,)``, the index of each feature's last (end) directory entry
             relative to its start (0 for the empty entry).
         steps_S: a tensor of ``S`` elements, ``S`` the bisection's steps (its shape, not its
-            values: known on the host without a read).
+            values: known on the host without a read): enough for a span where ``fine_F``
+            is given (:func:`build`'s), else for a block (17 do for any).
         default_P: int64 rows where not found (the tail's), ``(P,)``.
+        fine_F: the fine directory (:func:`build`'s, int32 ``(FINE * D,)`` or more: what
+            follows is not read): each id is bisected in its span, not its whole block.
 
     Returns:
         int64 rows ``(P,)``.
@@ -144,8 +150,13 @@ def lookup(
     start_P = dir_J.index_select(0, j_P)
     block_P = torch.minimum(ids_P.bitwise_right_shift(16), last_block_J.index_select(0, j_P))
     block_P = block_P.add_(start_P)
-    base_P = blocks_D.index_select(0, block_P).long()
-    n_P = blocks_D.index_select(0, block_P + 1).long().sub_(base_P)
+    if fine_F is None:
+        base_P = blocks_D.index_select(0, block_P).long()
+        n_P = blocks_D.index_select(0, block_P + 1).long().sub_(base_P)
+    else:  # 16 = FINE, 12 = its span's bits: the span's first position, then the next's
+        span_P = block_P.mul(16).add_(ids_P.bitwise_right_shift(12).bitwise_and_(15))
+        base_P = fine_F.index_select(0, span_P).long()
+        n_P = fine_F.index_select(0, span_P + 1).long().sub_(base_P)
     target_P = ids_P.bitwise_and(65535).sub_(32768).to(torch.int16)
     last = offsets_R.numel() - 1
     for _ in range(steps_S.numel()):
@@ -190,5 +201,8 @@ def overlay(
         ranked[3],
         ranked[4],
     )
+    # (no fine directory here: a block's bisection, of the steps any block needs, since
+    # ``steps_S`` may count a span's, as a module built since the fine lookup holds)
+    steps_S = torch.empty(17 if steps_S.numel() < 17 else steps_S.numel(), dtype=torch.int8)
     out_P = lookup(ids_P, j_P, blocks_D, offsets_R, dir_J, last_J, steps_S, rows_P.long())
     return out_P.to(rows_P.dtype)

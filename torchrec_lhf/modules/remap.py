@@ -299,9 +299,9 @@ class FeatureRemap(nn.Module):
             ("rank_offsets", offsets),
             ("rank_dir_J", torch.tensor([d for d, _ in per_J], dtype=torch.long)),
             ("rank_last_J", torch.tensor([b for _, b in per_J], dtype=torch.long)),
-            # its shape is the bisection's steps (a host value, no read)
+            # its shape is the bisection's steps in a span (a host value, no read)
             ("rank_steps", torch.zeros(steps, dtype=torch.int8)),
-            ("rank_fine", fine),  # (the CPU kernel's finer directory)
+            ("rank_fine", fine),  # (the spans' directory: the kernel's, the torch lookup's)
         ):
             self.register_buffer(name, value.to(device), persistent=False)
 

@@ -249,10 +249,10 @@ def _compact_rows(
         rows_P = head_table.lookup(
             key_P.to(slot_keys_S.dtype), x_P, slot_keys_S, slot_rows_S, rows_P
         )
-    if len(compact) > 6:  # ranked heads (rows = ranks): a bisection in each id's block
-        blocks_D, offsets_R, dir_J, last_J, steps_S = compact[6:11]
+    if len(compact) > 6:  # ranked heads (rows = ranks): a bisection in each id's span
+        blocks_D, offsets_R, dir_J, last_J, steps_S, fine_F = compact[6:12]
         rows_P = head_rank.lookup(
-            ids_P.long(), j_P, blocks_D, offsets_R, dir_J, last_J, steps_S, rows_P
+            ids_P.long(), j_P, blocks_D, offsets_R, dir_J, last_J, steps_S, rows_P, fine_F
         )
     return rows_P
 
