@@ -15,8 +15,9 @@ as on disk.
 
 A lookup of id ``i`` of table ``t`` reads the bounds of its span (below) and bisects the
 span's offsets for ``i``'s low 16 bits: a fixed number of steps (the largest span's bit
-length: at most 13, and about 6 where heads are 1% of the ids) for every id, each a gather
-and a few integer ops over the batch, no branch per id and no host read. Its row is the position found less the table's first (``rank_base_J``).
+length: at most 13, 6 or 7 where heads are 1% of the ids) for every id, each a gather and a
+few integer ops over the batch, no branch per id and no host read. Its row is the position
+found less the table's first (``rank_base_J``).
 Offsets are held as their value less ``2**15`` (``int16`` keeps their order); the
 directory of a table has ``rank_blocks(N) + 1`` entries, and a feature's block index is
 clamped to its last, empty, entry (ids beyond its last block, and the features that are
@@ -57,10 +58,9 @@ def build(
         directories (int32) with one empty entry last, the biased offsets (int16), the
         index of each range's directory in it (of the last, empty, entry where the range is
         not ranked), the bisection's steps in a span (the largest span's bit length), and
-        the fine directory (int32, ``FINE``
-        entries per directory entry: ``fine_F[FINE * d + s]`` is the position of the first
-        head id of entry ``d``'s block at or above its ``s``-th sixteenth; an end entry's
-        are all its position).
+        the fine directory (int32, ``FINE`` entries per directory entry: ``fine_F[FINE * d
+        + s]`` is the position of the first head id of entry ``d``'s block at or above its
+        ``s``-th sixteenth; an end entry's are all its position).
     """
     keys_K = keys_K.long()
     dirs: list[torch.Tensor] = []
