@@ -292,8 +292,8 @@ SCHEMA_RANKED = (
     f"fused_remap_ranked(Tensor ids, int[] lengths, {_COMPACT}, {_RANKED}, bool modulo) -> Tensor"
 )
 """``fused_remap`` with the ranked heads (:mod:`~torchrec_lhf.modules.head_rank`'s
-buffers; ``steps`` is only the torch fallback's, ``fine`` only the kernel's) looked up in
-the same pass."""
+buffers; ``steps`` is only the torch fallback's, ``fine`` the spans' directory both
+read) looked up in the same pass."""
 SCHEMA_RANKED_BAGS = (
     f"fused_remap_ranked_bags(Tensor ids, Tensor bag_lengths, {_COMPACT}, {_RANKED}, "
     "bool modulo) -> Tensor"

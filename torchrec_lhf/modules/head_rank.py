@@ -203,6 +203,6 @@ def overlay(
     )
     # (no fine directory here: a block's bisection, of the steps any block needs, since
     # ``steps_S`` may count a span's, as a module built since the fine lookup holds)
-    steps_S = torch.empty(17 if steps_S.numel() < 17 else steps_S.numel(), dtype=torch.int8)
+    steps_S = torch.empty(max(17, steps_S.numel()), dtype=torch.int8)
     out_P = lookup(ids_P, j_P, blocks_D, offsets_R, dir_J, last_J, steps_S, rows_P.long())
     return out_P.to(rows_P.dtype)
