@@ -93,14 +93,22 @@ def test_the_ranked_operators_pass_torch_library_opcheck() -> None:
     torch.library.opcheck(torch.ops.torchrec_lhf.fused_remap_ranked_bags, (ids, bags, *args[2:]))
 
 
-def test_the_two_pass_operator_of_older_models_gives_the_same_rows() -> None:
+def test_the_two_pass_operator_of_older_models_gives_the_same_rows(monkeypatch) -> None:  # noqa: ANN001
     """Models scripted before the one-pass operator call ``fused_remap`` then
-    ``rank_overlay``: still registered, with the same rows."""
+    ``rank_overlay``: still registered, with the same rows, in C++ and in its torch
+    fallback (blocks bisected: the module's steps count a span's, 13, and the full block of
+    2**16 ids needs 17)."""
     remap, ids, length_J, expected = _layout(False, wild=False)
     args = _op_args(remap, ids, length_J, False)
     rows = torch.ops.torchrec_lhf.fused_remap(*args[:11], False)
     ranked = args[11:16]
     out = torch.ops.torchrec_lhf.rank_overlay(ids, length_J, rows, *ranked, remap.height_J, False)
+    assert torch.equal(out, expected)
+    assert remap.rank_steps.numel() == 13
+    monkeypatch.setattr(compact_kernel, "_module", lambda: None)
+    out = compact_kernel._rank_overlay_fallback(
+        ids, length_J, rows, *ranked, remap.height_J, False
+    )  # fmt: skip
     assert torch.equal(out, expected)
 
 
