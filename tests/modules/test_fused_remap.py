@@ -70,6 +70,8 @@ def _torch_ops(ids: torch.Tensor, length_J: list[int], args: dict, modulo: bool)
 
 LENGTHS = {
     "blocks": [31, 33, 0, 20_000, 1],  # below, across and at block edges; an empty feature
+    # at least twice as many ids as the table (5,000 and 40 ids): rows computed once a batch
+    "small_tables": [31, 33, 10_000, 20_000, 100],
     "one_each": [1, 1, 1, 1, 1],
     "empty": [0, 0, 0, 0, 0],
 }
@@ -90,7 +92,7 @@ def test_fused_remap_equals_the_torch_ops(
     fused = compact_kernel.fused_remap(ids, length_J, modulo=modulo, **args)
     assert fused is not None and fused.dtype == dtype
     assert torch.equal(fused, _torch_ops(ids, length_J, args, modulo))
-    if lengths == "blocks":  # every kind of lookup happened: heads and tails both occur
+    if lengths in ("blocks", "small_tables"):  # every kind of lookup: heads and tails occur
         rows = fused[length_J[0] + length_J[1] :].long()
         tail_offset = torch.repeat_interleave(args["compact"][3][2:], torch.tensor(length_J[2:]))
         in_tail = rows >= tail_offset
@@ -141,6 +143,36 @@ def test_out_of_range_id_fails_naming_feature_and_id() -> None:
     ids[4] = -1
     with pytest.raises(RuntimeError, match="internal feature 1: id -1"):
         compact_kernel.fused_remap(ids, length_J, modulo=False, **args)
+
+
+def test_out_of_range_id_of_a_small_table_fails_naming_feature_and_id() -> None:
+    """A compact feature of twice as many ids as its table (rows computed once a batch)
+    still checks each id."""
+    args, heights = _layout(True)
+    length_J = [3, 3, 3, 3, 80]  # feature 4: 40 ids
+    ids = _ids(heights, length_J, seed=0, wild=False)
+    assert torch.equal(
+        compact_kernel.fused_remap(ids, length_J, modulo=False, **args),
+        _torch_ops(ids, length_J, args, False),
+    )
+    ids[-7] = 40
+    with pytest.raises(RuntimeError, match=r"internal feature 4: id 40 is out of range \[0, 40\)"):
+        compact_kernel.fused_remap(ids, length_J, modulo=False, **args)
+    ids[-7] = -41
+    folded = compact_kernel.fused_remap(ids, length_J, modulo=True, **args)
+    assert torch.equal(folded, _torch_ops(ids, length_J, args, True))
+    assert int(folded[-7]) == int(_torch_ops(torch.tensor([39]), [1], _only(args, 4), True))
+
+
+def _only(args: dict, j: int) -> dict:
+    """``args`` of internal feature ``j`` alone (its offsets, height and compact columns)."""
+    c = args["compact"]
+    return {
+        "mapping": args["mapping"],
+        "offset_J": args["offset_J"][j : j + 1],
+        "height_J": args["height_J"][j : j + 1],
+        "compact": [c[0], c[1], *(t[j : j + 1] for t in c[2:])],
+    }
 
 
 def test_bad_lengths_and_mappings_are_refused() -> None:

@@ -11,6 +11,9 @@
 // fused_remap_ranked: the same pass with the ranked heads too (a ranked feature's ids are
 //   looked up in its 16-bit block offsets, not probed in the head table); rank_overlay,
 //   the pass over fused_remap's rows that did it before, stays for the models that call it.
+// In both, a compact or ranked feature with at least twice as many ids in the batch as its
+//   table has (at most 2**15: a small table) has the rows of all its ids computed once, by
+//   the same lookup, and each id's read from them (remap_feature).
 //
 // NOTE: the arithmetic is the torch ops' exactly (torchrec_lhf.hashing, head_table): int64
 // values that wrap modulo 2**64 (done in uint64), logical right shifts where the torch ops
@@ -24,6 +27,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <numeric>
 #include <vector>
 
 namespace {
@@ -361,6 +365,10 @@ constexpr int64_t kWindow = 32;  // a search's range on either side of its guess
 // a ranked feature's ids taken at a time: its searches' first reads are prefetched for all
 // of them before the first search, which leaves the prefetches time to arrive
 constexpr int64_t kRankBlock = 256;
+// a compact or ranked feature of at least kSmallRatio times as many ids in the batch as its
+// table has, and at most kSmallTable of them: every id's row computed once for the batch
+constexpr int64_t kSmallTable = int64_t{1} << 15;
+constexpr int64_t kSmallRatio = 2;
 
 inline RankSpan rank_span(const RankIndex& r, const Feature& f, int64_t k) {
   const int32_t* dir = r.fine + kFine * f.rank_dir;
@@ -384,92 +392,91 @@ inline RankSpan rank_span(const RankIndex& r, const Feature& f, int64_t k) {
 // span's first offset and count, without a search or a read of the offsets between, and
 // without a branch (head and tail ids alternate). The other ids' positions are bisected
 // side by side. `spans` (kSpans): the feature's spans summarized beforehand, one read an
-// id instead of three dependent ones.
+// id instead of three dependent ones. (The first pass writes an id's row and its place in
+// one of the two lists, nothing more: it kept four more arrays per id before, and the
+// remap took longer (docs/PERFORMANCE.md); the searched ids' spans are read again, from the
+// caches.)
 template <typename I, bool kSpans>
 inline int64_t rank_block(const RankIndex& r, const Feature& f, const RankSpan* spans,
                           int64_t count, const int64_t* id_b, I* out, int64_t* miss_at) {
-  alignas(64) int64_t lo_at[kRankBlock];
-  alignas(64) int64_t hi_at[kRankBlock];
-  alignas(64) int64_t state[kRankBlock];  // 0: found, 1: not in the head, 2: to search
-  alignas(64) int64_t guess_at[kRankBlock];  // to search: the interpolated position
   const int16_t* off = r.off;
   const int64_t last_off = r.num_off - 1;
   const int64_t first = f.rank_first;
-  for (int64_t b = 0; b < count; ++b) {
-    const int64_t id = id_b[b];
-    const int64_t k = std::min<int64_t>(id >> kFineBits, kFine * f.rank_last);
-    const RankSpan sp = kSpans ? spans[k] : rank_span(r, f, k);
-    const int64_t t = (id & 0xFFFF) - 32768;
-    // direct: found where t - a is below n (else searched below); no branch
-    const int64_t hit = static_cast<uint64_t>(t - sp.a) < static_cast<uint64_t>(sp.n);
-    out[b] = static_cast<I>(sp.lo + (t - sp.a) - first);  // (rewritten where not found)
-    lo_at[b] = sp.lo;
-    hi_at[b] = sp.lo + sp.n;
-    guess_at[b] = sp.lo + static_cast<int64_t>(
-                              (static_cast<uint64_t>(std::max<int64_t>(t - sp.a, 0)) * sp.scale) >> 32);
-    state[b] = 2 - sp.direct - (sp.direct & hit);  // direct: 1 - hit; else 2
-  }
-  int64_t searched = 0;
+  const int64_t last_k = kFine * f.rank_last;
+  int64_t misses = 0, searched = 0;
   alignas(64) int64_t search_at[kRankBlock];
   for (int64_t b = 0; b < count; ++b) {
-    search_at[searched] = b;
-    searched += state[b] == 2;
-  }
-  if (searched > 0) {
-    // the first position not below t in each searched id's block, by bisections run side by
-    // side (Khuong and Morin's branchless form: the ids' loads overlap and no branch turns
-    // on an offset; an id whose range is down to one entry keeps it), as many steps as the
-    // largest block needs
-    alignas(64) int64_t base_s[kRankBlock];
-    alignas(64) int64_t len_s[kRankBlock];
-    alignas(64) int64_t t_s[kRankBlock];
-    int64_t longest = 0;
-    for (int64_t s = 0; s < searched; ++s) {  // the guesses' lines and the window's ends
-      const int64_t b = search_at[s];
-      const int64_t g = std::min(guess_at[b], hi_at[b] - 1);
-      guess_at[b] = g;
-      __builtin_prefetch(off + g);
-      __builtin_prefetch(off + std::max(g - kWindow - 1, lo_at[b]));
-      __builtin_prefetch(off + std::min(g + kWindow, hi_at[b]) - 1);
-    }
-    for (int64_t s = 0; s < searched; ++s) {
-      // the range: kWindow entries on either side of the guess where the answer lies there
-      // (the entries just outside it say so), else the whole block
-      const int64_t b = search_at[s];
-      const int64_t lo = lo_at[b], hi = hi_at[b];  // (hi - lo >= 2: not direct)
-      const int64_t t = (id_b[b] & 0xFFFF) - 32768;
-      const int64_t w_lo = std::max(lo, guess_at[b] - kWindow);
-      const int64_t w_hi = std::min(hi, guess_at[b] + kWindow);
-      const int64_t inside = (static_cast<int64_t>(w_lo == lo) | static_cast<int64_t>(
-                                 off[std::max(w_lo - 1, lo)] < t)) &
-                             (static_cast<int64_t>(w_hi == hi) | static_cast<int64_t>(
-                                 off[w_hi - 1] >= t));
-      base_s[s] = inside ? w_lo : lo;
-      len_s[s] = inside ? w_hi - w_lo : hi - lo;
-      t_s[s] = t;
-      longest = std::max(longest, len_s[s]);
-    }
-    for (; longest > 1; longest -= longest >> 1) {
-      for (int64_t s = 0; s < searched; ++s) {
-        const int64_t half = len_s[s] >> 1;
-        const int64_t below = static_cast<int64_t>(off[base_s[s] + half] < t_s[s]);
-        base_s[s] += half & -below;
-        len_s[s] -= half;
-      }
-    }
-    for (int64_t s = 0; s < searched; ++s) {
-      const int64_t b = search_at[s];
-      const int64_t at = base_s[s] + static_cast<int64_t>(off[base_s[s]] < t_s[s]);
-      const int64_t found = static_cast<int64_t>(at < hi_at[b]) &
-                            static_cast<int64_t>(off[std::min(at, last_off)] == t_s[s]);
-      out[b] = static_cast<I>(at - first);
-      state[b] = 1 - found;
-    }
-  }
-  int64_t misses = 0;
-  for (int64_t b = 0; b < count; ++b) {
+    // direct: found where t - a is below n, else a miss; the others searched below (each
+    // id appended to the list it belongs to, without a branch)
+    const int64_t id = id_b[b];
+    const int64_t k = std::min<int64_t>(id >> kFineBits, last_k);
+    const RankSpan sp = kSpans ? spans[k] : rank_span(r, f, k);
+    const int64_t d = (id & 0xFFFF) - 32768 - sp.a;
+    const int64_t hit = static_cast<uint64_t>(d) < static_cast<uint64_t>(sp.n);
+    out[b] = static_cast<I>(sp.lo + d - first);  // (rewritten where not found)
     miss_at[misses] = b;
-    misses += state[b];
+    misses += sp.direct & (hit ^ 1);
+    search_at[searched] = b;
+    searched += sp.direct ^ 1;
+  }
+  if (searched == 0) return misses;
+  // the first position not below t in each searched id's span, by bisections run side by
+  // side (Khuong and Morin's branchless form: the ids' loads overlap and no branch turns
+  // on an offset; an id whose range is down to one entry keeps it), as many steps as the
+  // largest range needs
+  alignas(64) int64_t lo_s[kRankBlock];
+  alignas(64) int64_t hi_s[kRankBlock];
+  alignas(64) int64_t base_s[kRankBlock];
+  alignas(64) int64_t len_s[kRankBlock];
+  alignas(64) int64_t t_s[kRankBlock];
+  for (int64_t s = 0; s < searched; ++s) {  // the guesses' lines and the window's ends
+    const int64_t id = id_b[search_at[s]];
+    const int64_t k = std::min<int64_t>(id >> kFineBits, last_k);
+    const RankSpan sp = kSpans ? spans[k] : rank_span(r, f, k);
+    const int64_t t = (id & 0xFFFF) - 32768;
+    const int64_t g = std::min(
+        sp.lo + static_cast<int64_t>(
+                    (static_cast<uint64_t>(std::max<int64_t>(t - sp.a, 0)) * sp.scale) >> 32),
+        sp.lo + sp.n - 1);
+    lo_s[s] = sp.lo;
+    hi_s[s] = sp.lo + sp.n;
+    base_s[s] = g;
+    t_s[s] = t;
+    __builtin_prefetch(off + g);
+    __builtin_prefetch(off + std::max(g - kWindow - 1, sp.lo));
+    __builtin_prefetch(off + std::min(g + kWindow, sp.lo + sp.n) - 1);
+  }
+  int64_t longest = 0;
+  for (int64_t s = 0; s < searched; ++s) {
+    // the range: kWindow entries on either side of the guess where the answer lies there
+    // (the entries just outside it say so), else the whole span
+    const int64_t lo = lo_s[s], hi = hi_s[s];  // (hi - lo >= 2: not direct)
+    const int64_t t = t_s[s], g = base_s[s];
+    const int64_t w_lo = std::max(lo, g - kWindow);
+    const int64_t w_hi = std::min(hi, g + kWindow);
+    const int64_t inside =
+        (static_cast<int64_t>(w_lo == lo) | static_cast<int64_t>(off[std::max(w_lo - 1, lo)] < t)) &
+        (static_cast<int64_t>(w_hi == hi) | static_cast<int64_t>(off[w_hi - 1] >= t));
+    base_s[s] = inside ? w_lo : lo;
+    len_s[s] = inside ? w_hi - w_lo : hi - lo;
+    longest = std::max(longest, len_s[s]);
+  }
+  for (; longest > 1; longest -= longest >> 1) {
+    for (int64_t s = 0; s < searched; ++s) {
+      const int64_t half = len_s[s] >> 1;
+      const int64_t below = static_cast<int64_t>(off[base_s[s] + half] < t_s[s]);
+      base_s[s] += half & -below;
+      len_s[s] -= half;
+    }
+  }
+  for (int64_t s = 0; s < searched; ++s) {
+    const int64_t b = search_at[s];
+    const int64_t at = base_s[s] + static_cast<int64_t>(off[base_s[s]] < t_s[s]);
+    const int64_t found = static_cast<int64_t>(at < hi_s[s]) &
+                          static_cast<int64_t>(off[std::min(at, last_off)] == t_s[s]);
+    out[b] = static_cast<I>(at - first);
+    miss_at[misses] = b;
+    misses += found ^ 1;
   }
   return misses;
 }
@@ -483,6 +490,37 @@ template <typename I, typename M>
 bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads,
                    const RankIndex& ranks, const M* mapping, bool modulo) {
   std::atomic<bool> any_bad{false};
+  const int64_t num_ids = f.end - f.begin;
+  const int64_t height = static_cast<int64_t>(f.height);
+  if ((f.kind == kCompact || f.kind == kRanked) && height >= 1 && height <= kSmallTable &&
+      kSmallRatio * height <= num_ids) {
+    // a small table against its ids in the batch: the rows of all its ids, by the same
+    // lookup, then one read an id (of a table the caches hold) instead of a hash and a
+    // probe or a search
+    std::vector<I> every(height), table(height);
+    std::iota(every.begin(), every.end(), I{0});
+    Feature all = f;
+    all.begin = 0;
+    all.end = height;
+    remap_feature<I, M>(every.data(), table.data(), all, heads, ranks, mapping, false);
+    const I* rows = table.data();
+    const auto read = [&](int64_t begin, int64_t end) {
+      uint64_t bad = 0;
+      int64_t id_b[kRankBlock];
+      for (int64_t start = begin; start < end; start += kRankBlock) {
+        const int64_t count = std::min(end - start, kRankBlock);
+        bad |= checked_ids(ids + start, count, f, modulo, id_b);  // (out of range: 0)
+        for (int64_t b = 0; b < count; ++b) out[start + b] = rows[id_b[b]];
+      }
+      if (bad) any_bad.store(true, std::memory_order_relaxed);
+    };
+    if (num_ids <= kGrain) {
+      read(f.begin, f.end);
+    } else {
+      at::parallel_for(f.begin, f.end, kGrain, read);
+    }
+    return any_bad.load();
+  }
   // a ranked feature of more ids than sub-blocks: those summarized once (a few reads each)
   std::vector<RankSpan> span_k;
   const int64_t num_spans = kFine * f.rank_last + 1;
