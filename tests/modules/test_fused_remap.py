@@ -161,18 +161,8 @@ def test_out_of_range_id_of_a_small_table_fails_naming_feature_and_id() -> None:
     ids[-7] = -41
     folded = compact_kernel.fused_remap(ids, length_J, modulo=True, **args)
     assert torch.equal(folded, _torch_ops(ids, length_J, args, True))
-    assert int(folded[-7]) == int(_torch_ops(torch.tensor([39]), [1], _only(args, 4), True))
-
-
-def _only(args: dict, j: int) -> dict:
-    """``args`` of internal feature ``j`` alone (its offsets, height and compact columns)."""
-    c = args["compact"]
-    return {
-        "mapping": args["mapping"],
-        "offset_J": args["offset_J"][j : j + 1],
-        "height_J": args["height_J"][j : j + 1],
-        "compact": [c[0], c[1], *(t[j : j + 1] for t in c[2:])],
-    }
+    ids[-7] = 39  # (-41 folded into [0, 40))
+    assert torch.equal(folded, compact_kernel.fused_remap(ids, length_J, modulo=False, **args))
 
 
 def test_bad_lengths_and_mappings_are_refused() -> None:
