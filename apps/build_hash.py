@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from apps.dlrm.runtime import setup_logging
-from torchrec_lhf.cli import add_config_flags, config_from_args
+from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.job import BuildConfig, run_build
 from torchrec_lhf.plan import HashPlan
@@ -135,4 +135,4 @@ if __name__ == "__main__":
     # Rank-tagged INFO logs on rank 0, warnings elsewhere (entry point only: callers such
     # as the pipeline keep their own logging).
     setup_logging(int(os.environ.get("RANK", "0")))
-    main()
+    run_command(main)  # a bad flag value: a usage error, no traceback

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apps.dlrm.runtime import setup_logging
-from torchrec_lhf.cli import add_config_flags, config_from_args
+from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
 from torchrec_lhf.data.synthetic_criteo import SyntheticCriteoConfig, write_synthetic_criteo
 
 
@@ -52,4 +52,4 @@ def main(argv: list[str] | None = None) -> list[int]:
 
 if __name__ == "__main__":
     setup_logging(0)
-    main()
+    run_command(main)  # a bad flag value: a usage error, no traceback

@@ -51,9 +51,9 @@ from apps.plan_candidates import (
 )
 from torchrec_lhf._io import atomic_write, atomic_write_json
 from torchrec_lhf._memory import trim_heap
-from torchrec_lhf.cli import add_config_flags, config_from_args
+from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSmall
-from torchrec_lhf.data import DatasetUnavailableError, load_dataset
+from torchrec_lhf.data import DatasetUnavailableError, check_dataset_spec, load_dataset
 from torchrec_lhf.hash_build.config import BuildConfig, parse_index_share
 from torchrec_lhf.hash_build.head_tail import ROW_ALLOCATIONS, TAIL_REGIONS, HeadTail
 from torchrec_lhf.report import plot_auc_vs_bytes, select_on_validation
@@ -187,6 +187,7 @@ class PipelineConfig:
     """Also write the plot here (``make demo``: docs/demo.png)."""
 
     def __post_init__(self) -> None:
+        check_dataset_spec(self.dataset, self.dataset_options)
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         bad = [m for m in self.methods if m not in METHODS]
@@ -516,4 +517,4 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)  # a bad flag value: a usage error, no traceback

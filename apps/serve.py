@@ -38,8 +38,8 @@ from apps.dlrm.export import EXPORT_DTYPES, load_scripted_model
 from apps.dlrm.model import table_configs
 from apps.dlrm.runtime import setup_logging
 from torchrec_lhf._io import atomic_write
-from torchrec_lhf.cli import add_config_flags, config_from_args
-from torchrec_lhf.data import RecDataset, load_dataset
+from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
+from torchrec_lhf.data import RecDataset, check_dataset_spec, load_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class ServeConfig:
     """The scores CSV to write."""
 
     def __post_init__(self) -> None:
+        check_dataset_spec(self.dataset, self.dataset_options)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.split not in SPLITS:
@@ -149,4 +150,4 @@ def main(argv: list[str] | None = None) -> torch.Tensor:
 
 if __name__ == "__main__":
     setup_logging(int(os.environ.get("RANK", "0")))
-    main()
+    run_command(main)  # a bad flag value: a usage error, no traceback

@@ -46,7 +46,7 @@ from apps.dlrm.loop import BatchHook, Session, build_session, fit, load_data
 from apps.dlrm.model import EBC_FQN
 from apps.dlrm.runtime import DistEnv, distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.cli import add_config_flags, config_from_args
+from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
 from torchrec_lhf.data import RecDataset
 from torchrec_lhf.distributed.gather import gather_to_rank0
 from torchrec_lhf.hash_build.artifact import stream_order, write_teacher
@@ -357,4 +357,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)  # a bad flag value: a usage error, no traceback

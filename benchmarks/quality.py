@@ -52,7 +52,7 @@ from benchmarks.quality_methods import (
 )
 from benchmarks.quality_report import write_reports
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.cli import add_config_flags, config_from_args
+from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
 from torchrec_lhf.compression.budget import (
     BUDGETS,
     MIN_TABLE_ROWS,
@@ -61,6 +61,7 @@ from torchrec_lhf.compression.budget import (
     half_width,
     mlet_width,
 )
+from torchrec_lhf.data import check_dataset_spec
 from torchrec_lhf.hash_build.config import BuildConfig
 from torchrec_lhf.report import select_on_validation
 
@@ -118,6 +119,7 @@ class SweepConfig:
     e.g. ``{"interaction_type": "dcn"}``."""
 
     def __post_init__(self) -> None:
+        check_dataset_spec(self.dataset, self.dataset_options)
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ValueError(f"methods must name some of {list(METHODS)}, got {self.methods}")
@@ -386,4 +388,4 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    main()
+    run_command(main)  # a bad flag value: a usage error, no traceback

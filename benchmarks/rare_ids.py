@@ -87,7 +87,7 @@ from apps.dlrm import train
 from apps.dlrm.config import TrainConfig
 from apps.plan_candidates import training_fingerprint
 from benchmarks.quality_methods import FIXED
-from torchrec_lhf.cli import add_config_flags, config_from_args
+from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
 from torchrec_lhf.compression.budget import (
     BudgetTooSmall,
     byte_budget,
@@ -422,4 +422,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)  # a bad flag value: a usage error, no traceback

@@ -48,7 +48,7 @@ from typing import Any
 from tqdm import tqdm
 
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.cli import add_config_flags, config_from_args
+from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
 
 STAGES = ("generate", "teacher", "build", "train", "paired", "eval", "checkpoint", "export")
 ROWS_RULE = (
@@ -335,4 +335,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)  # a bad flag value: a usage error, no traceback

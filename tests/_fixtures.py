@@ -1,6 +1,13 @@
-"""Tiny fixtures shared by the module, sharding, inference and checkpoint tests."""
+"""Tiny fixtures shared by the module, sharding, inference and checkpoint tests, and the
+entry points' command-line tests."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -13,6 +20,26 @@ from torchrec.distributed.sharding_plan import (
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
 
 from torchrec_lhf import HashPlan
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository's root: where ``python -m apps.X`` runs."""
+
+
+def run_module(
+    module: str, argv: list[str], *, env: Mapping[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """``python -m module *argv`` from the repository's root (on ``PYTHONPATH`` too), its
+    output captured as text; ``env``: the process's environment (default this one's)."""
+    env = {**(os.environ if env is None else env), "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
 
 MOVIELENS_HEIGHTS = {
     "user": 943,

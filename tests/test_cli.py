@@ -13,7 +13,8 @@ from apps import build_hash, pipeline, teacher
 from apps.dlrm import train
 from apps.dlrm.config import COMPRESSION_FIELDS, TrainConfig
 from benchmarks import quality
-from torchrec_lhf.cli import add_config_flags, config_from_args, field_docs
+from tests._fixtures import run_module
+from torchrec_lhf.cli import FlagError, add_config_flags, config_from_args, field_docs, run_command
 from torchrec_lhf.compression.budget import MIN_TABLE_ROWS
 from torchrec_lhf.hash_build.config import BuildConfig
 
@@ -67,8 +68,48 @@ def test_bad_values_are_named() -> None:
         _parse([])  # --name is required: no default
     with pytest.raises(SystemExit):
         _parse(["--name", "n", "--mode", "z"])
-    with pytest.raises(ValueError, match="size must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="size must be >= 0, got -1") as err:
         _parse(["--name", "n", "--size", "-1"])
+    assert isinstance(err.value, FlagError)  # what run_command reports as a usage error
+
+
+def test_run_command_reports_a_bad_flag_as_argparse_does(capsys) -> None:
+    def main() -> None:
+        _parse(["--name", "n", "--size", "-1"])
+
+    with pytest.raises(SystemExit) as stop:
+        run_command(main, "python -m toy")
+    assert stop.value.code == 2  # argparse's status for a usage error
+    assert capsys.readouterr().err == "python -m toy: error: size must be >= 0, got -1\n"
+
+    def broken() -> None:  # an error of the run itself keeps its type and traceback
+        raise ValueError("not a flag")
+
+    with pytest.raises(ValueError, match="not a flag") as err:
+        run_command(broken, "python -m toy")
+    assert not isinstance(err.value, FlagError)
+    assert run_command(lambda: None, "python -m toy") is None
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "message"),
+    [
+        ("apps.pipeline", ["--fraction", "2"], "fraction must be in (0, 1], got 2.0"),
+        ("apps.pipeline", ["--dataset", "nosuch"], "unknown dataset 'nosuch'; expected one of"),
+        (
+            "apps.dlrm.train",
+            ["--dataset", "synthetic", "--label", "clicked"],
+            "--label only apply to --dataset csv:PATH, got 'synthetic'",
+        ),
+    ],
+)
+def test_a_bad_flag_ends_the_command_without_a_traceback(
+    module: str, argv: list[str], message: str
+) -> None:
+    proc = run_module(module, argv)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"python -m {module}: error: {message}" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_help_is_the_attribute_docstring() -> None:

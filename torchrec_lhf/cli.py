@@ -37,6 +37,7 @@ import functools
 import inspect
 import json
 import re
+import sys
 import textwrap
 import types
 import typing
@@ -44,7 +45,23 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_config_flags", "config_from_args", "field_docs", "json_object"]
+__all__ = [
+    "FlagError",
+    "add_config_flags",
+    "config_from_args",
+    "field_docs",
+    "json_object",
+    "run_command",
+]
+
+
+class FlagError(ValueError):
+    """A flag value the config refuses (the message names it and what was expected).
+
+    A ``ValueError``, so that callers of an entry point's ``parse_args`` or ``main`` catch it
+    as the configs document; :func:`run_command` reports it as ``argparse`` reports its own
+    usage errors.
+    """
 
 
 @functools.cache
@@ -215,11 +232,36 @@ def config_from_args(
         **fixed: values set by the caller (override flags).
 
     Raises:
-        ValueError: from the dataclass's validation, naming the bad value.
+        FlagError: from the dataclass's validation (its ``ValueError``), naming the bad value.
     """
     values = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     kwargs = {k: v for k, v in (defaults or {}).items() if k in names}
     kwargs.update({k: v for k, v in values.items() if k in names})
     kwargs.update(fixed)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except FlagError:
+        raise
+    except ValueError as e:
+        raise FlagError(str(e)) from e
+
+
+def run_command(main: Callable[[], Any], prog: str | None = None) -> None:
+    """Run an entry point's ``main()`` as a command: a :class:`FlagError` ends it as
+    ``argparse`` ends on a bad flag, ``PROG: error: MESSAGE`` on stderr and exit status 2,
+    without a traceback. Any other error propagates with its traceback.
+
+    Args:
+        main: the entry point, called without arguments (it reads ``sys.argv``).
+        prog: the name in the message; default ``python -m MODULE`` for the module run as
+            ``__main__`` (else the script's file name).
+    """
+    try:
+        main()
+    except FlagError as e:
+        if prog is None:
+            spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+            prog = f"python -m {spec.name}" if spec is not None else Path(sys.argv[0]).name
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        raise SystemExit(2) from None

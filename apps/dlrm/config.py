@@ -23,9 +23,10 @@ from apps.dlrm.config_checks import (  # the method lists are re-exported (one s
     check_int,
     check_sizes,
 )
-from torchrec_lhf.cli import add_config_flags, config_from_args
+from torchrec_lhf.cli import FlagError, add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
 from torchrec_lhf.compression.cce import DEFAULT_COLUMNS, CCEConfig
+from torchrec_lhf.data import check_dataset_spec
 
 __all__ = [
     "COMPRESSION_FIELDS",
@@ -234,7 +235,8 @@ class TrainConfig:
             check_sizes("num_embeddings_per_feature", self.num_embeddings_per_feature)
 
     def _check_run(self) -> None:
-        """Flags that must agree with each other: plan, fraction, sharding, outputs."""
+        """Flags that must agree with each other: dataset, plan, fraction, sharding, outputs."""
+        check_dataset_spec(self.dataset, self.dataset_options)
         if self.learned_hash is not None and self.compression != "none":
             raise ValueError(
                 f"--learned_hash {self.learned_hash!r} and --compression {self.compression!r} "
@@ -353,7 +355,7 @@ def train_config_from_args(
     if given:
         dataset = values.get("dataset", (defaults or {}).get("dataset", TrainConfig.dataset))
         if not str(dataset).startswith("csv:"):
-            raise ValueError(
+            raise FlagError(
                 f"--{', --'.join(given)} only apply to --dataset csv:PATH, got {dataset!r}"
             )
         values["dataset_options"] = {**values.get("dataset_options", {}), **given}

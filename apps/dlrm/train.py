@@ -42,6 +42,7 @@ from apps.dlrm.loop import build_session, fit, load_data
 from apps.dlrm.model import EBC_FQN, build_model, table_name, table_stats
 from apps.dlrm.runtime import distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
+from torchrec_lhf.cli import run_command
 from torchrec_lhf.compression.cce import fit_columns
 from torchrec_lhf.compression.methods import make_plan
 from torchrec_lhf.data import RecDataset
@@ -228,4 +229,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)  # a bad flag value: a usage error, no traceback

@@ -49,6 +49,12 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
     "kwargs, match",
     [
         ({"fraction": 0.0}, "fraction"),
+        ({"dataset": "nosuch"}, "unknown dataset 'nosuch'; expected one of"),
+        ({"dataset": "criteo-tsv"}, "dataset 'criteo-tsv' needs a path: criteo-tsv:PATH"),
+        (
+            {"dataset": "synthetic", "dataset_options": {"tables": 3}},
+            r"dataset 'synthetic': unknown options \['tables'\]",
+        ),
         ({"methods": ["lhf", "bogus"]}, "methods"),
         ({"epochs": 0}, "epochs"),
         ({"budget": "weekly"}, "'weekly'"),
@@ -97,24 +103,26 @@ def test_pipeline_at_equal_bytes(tmp_path) -> None:
 
 
 def test_the_build_takes_the_pipelines_head_tail_settings(tmp_path, capsys) -> None:
-    default = pipeline.stage_configs(pipeline.PipelineConfig(out_dir=str(tmp_path)), "x", {})[1]
+    default = pipeline.stage_configs(
+        pipeline.PipelineConfig(out_dir=str(tmp_path)), "synthetic", {}
+    )[1]
     assert (default.tail_region, default.tail_fraction) == ("fill", 0.05)  # BuildConfig's
     fixed = pipeline.PipelineConfig(out_dir=str(tmp_path), tail_region="fixed", tail_fraction=0.7)
-    build = pipeline.stage_configs(fixed, "x", {})[1]
+    build = pipeline.stage_configs(fixed, "synthetic", {})[1]
     assert (build.tail_region, build.tail_fraction) == ("fixed", 0.7)
     assert default.row_allocation == "size"
     config = pipeline.parse_args(
         ["--out_dir", str(tmp_path), "--budget", "bytes", "--row_allocation", "counts"]
     )
-    assert pipeline.stage_configs(config, "x", {})[1].row_allocation == "counts"
+    assert pipeline.stage_configs(config, "synthetic", {})[1].row_allocation == "counts"
     with pytest.raises(ValueError, match="row_allocation='counts' .* needs budget='bytes'"):
-        pipeline.stage_configs(pipeline.PipelineConfig(row_allocation="counts"), "x", {})
+        pipeline.stage_configs(pipeline.PipelineConfig(row_allocation="counts"), "synthetic", {})
     # index_share: BuildConfig's default, the flag passed on (and "none" for no cap)
     assert default.index_share == BuildConfig.index_share == 0.5
     config = pipeline.parse_args(["--out_dir", str(tmp_path), "--index_share", "0.25"])
-    assert pipeline.stage_configs(config, "x", {})[1].index_share == 0.25
+    assert pipeline.stage_configs(config, "synthetic", {})[1].index_share == 0.25
     config = pipeline.parse_args(["--out_dir", str(tmp_path), "--index_share", "none"])
-    assert pipeline.stage_configs(config, "x", {})[1].index_share is None
+    assert pipeline.stage_configs(config, "synthetic", {})[1].index_share is None
     with pytest.raises(SystemExit):  # argparse names the flag and the text
         pipeline.parse_args(["--out_dir", str(tmp_path), "--index_share", "half"])
     assert "--index_share: expected a number in (0, 1] or 'none', got 'half'" in (
@@ -123,19 +131,21 @@ def test_the_build_takes_the_pipelines_head_tail_settings(tmp_path, capsys) -> N
     # fill_share: BuildConfig's default (no cap), the flag passed on
     assert default.fill_share is BuildConfig.fill_share is None
     argv = ["--out_dir", str(tmp_path), "--budget", "bytes", "--fill_share", "0.05"]
-    build = pipeline.stage_configs(pipeline.parse_args(argv), "x", {})[1]
+    build = pipeline.stage_configs(pipeline.parse_args(argv), "synthetic", {})[1]
     assert build.fill_share == build.head_tail().fill_share == 0.05
     with pytest.raises(
         ValueError, match="fill_share=0.05 .* needs budget='bytes', got budget='total'"
     ):
-        pipeline.stage_configs(pipeline.PipelineConfig(fill_share=0.05), "x", {})
+        pipeline.stage_configs(pipeline.PipelineConfig(fill_share=0.05), "synthetic", {})
 
 
 def test_the_teacher_takes_the_pipelines_train_window(tmp_path) -> None:
-    default = pipeline.stage_configs(pipeline.PipelineConfig(out_dir=str(tmp_path)), "x", {})[0]
+    default = pipeline.stage_configs(
+        pipeline.PipelineConfig(out_dir=str(tmp_path)), "synthetic", {}
+    )[0]
     assert default.train_window == 1.0  # TeacherConfig's: the paper's teacher
     config = pipeline.parse_args(["--out_dir", str(tmp_path), "--train_window", "0.5"])
-    assert pipeline.stage_configs(config, "x", {})[0].train_window == 0.5
+    assert pipeline.stage_configs(config, "synthetic", {})[0].train_window == 0.5
 
 
 SELECT_ARGS = [
@@ -192,9 +202,9 @@ def test_under_a_byte_budget_the_default_also_trains_the_plan_at_half_the_width(
 )
 def test_no_half_width_plan_where_it_cannot_apply_or_is_turned_off(tmp_path, kwargs) -> None:
     config = pipeline.PipelineConfig(out_dir=str(tmp_path), **kwargs)
-    assert list(pipeline.stage_configs(config, "x", {})[2]) == ["lhf", "modulo", "none"]
+    assert list(pipeline.stage_configs(config, "synthetic", {})[2]) == ["lhf", "modulo", "none"]
     on = pipeline.PipelineConfig(out_dir=str(tmp_path), budget="bytes")  # the default's
-    assert "lhf-clustered-half" in pipeline.stage_configs(on, "x", {})[2]
+    assert "lhf-clustered-half" in pipeline.stage_configs(on, "synthetic", {})[2]
 
 
 def test_head_select_trains_both_plans_and_keeps_the_better_on_validation(tmp_path) -> None:

@@ -65,4 +65,6 @@ def test_serve_rejects_requests_of_another_model(tmp_path: Path) -> None:
         serve.main([*argv, "--out", str(tmp_path / "x.csv")])
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         serve.parse_args([*argv, "--out", "x.csv", "--batch_size", "0"])
+    with pytest.raises(ValueError, match="unknown dataset 'nosuch'"):
+        serve.parse_args(["--model", str(model), "--dataset", "nosuch", "--out", "x.csv"])
     assert not (tmp_path / "x.csv").exists()

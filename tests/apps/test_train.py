@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from apps.dlrm.config import TrainConfig
 from apps.dlrm.train import main, parse_args
+from tests._fixtures import run_module
 from tests.apps._train_args import NO_MINIMUM, SMALL
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------- flags
@@ -167,6 +164,15 @@ def test_unknown_compression_option_is_named() -> None:
         )
 
 
+def test_a_bad_dataset_spec_fails_before_the_run() -> None:
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; expected one of"):
+        parse_args(["--dataset", "imagenet"])
+    with pytest.raises(ValueError, match="dataset 'movielens-100k' takes no path"):
+        parse_args(["--dataset", "movielens-100k:x"])
+    with pytest.raises(ValueError, match=r"dataset 'csv': unknown options \['colour'\]"):
+        parse_args(["--dataset", "csv:x.csv", "--dataset_options", '{"colour": 1}'])
+
+
 def test_csv_flags_need_a_csv_dataset() -> None:
     with pytest.raises(ValueError, match="only apply to --dataset csv:PATH"):
         parse_args(["--dataset", "synthetic", "--label", "clicked"])
@@ -204,14 +210,7 @@ def test_single_process_command_line(tmp_path: Path) -> None:
         "--metrics_json",
         str(out),
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "apps.dlrm.train", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_module("apps.dlrm.train", args, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(out.read_text())
     assert metrics["world_size"] == 1 and metrics["steps"] == 3 and metrics["test_samples"] == 32

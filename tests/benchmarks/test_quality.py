@@ -238,6 +238,7 @@ def test_tiny_byte_sweep_fits_every_method(tmp_path: Path) -> None:
         (["--bytes", "0.1,0"], r"bytes must be fractions in \(0, 1\], got \[0.1, 0.0\]"),
         (["--budget", "bytes"], "give the sizes with --bytes"),
         (["--bytes", "0.1", "--budget", "total"], "--bytes fits every method to bytes"),
+        (["--dataset", "criteo"], "unknown dataset 'criteo'; expected one of"),
     ],
 )
 def test_bad_flags_are_named(tmp_path: Path, flags: list[str], message: str) -> None:

@@ -9,13 +9,19 @@ from torchrec_lhf.data.criteo import load_criteo_tsv
 from torchrec_lhf.data.csv import load_csv
 from torchrec_lhf.data.dataset import DatasetUnavailableError, RecDataset
 from torchrec_lhf.data.movielens import load_movielens_100k
-from torchrec_lhf.data.registry import dataset_names, load_dataset, register_dataset
+from torchrec_lhf.data.registry import (
+    check_dataset_spec,
+    dataset_names,
+    load_dataset,
+    register_dataset,
+)
 from torchrec_lhf.data.synthetic import SyntheticConfig, make_synthetic, synthetic_groups
 
 __all__ = [
     "DatasetUnavailableError",
     "RecDataset",
     "SyntheticConfig",
+    "check_dataset_spec",
     "dataset_names",
     "load_criteo_tsv",
     "load_csv",

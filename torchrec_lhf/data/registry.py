@@ -17,8 +17,9 @@ Example::
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 from torchrec_lhf.data.criteo import load_criteo_tsv
 from torchrec_lhf.data.criteo_npy import CriteoNpyDataset, load_criteo_npy
@@ -76,12 +77,16 @@ def dataset_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load_dataset(spec: str, **options) -> RecDataset | CriteoNpyDataset:
-    """Load the dataset named by ``spec`` (see the module docstring).
+def check_dataset_spec(spec: str, options: Mapping[str, Any] | None = None) -> DatasetSource:
+    """The registered source ``spec`` names, checked without reading any data: a config
+    validates its ``--dataset`` with it, so that a bad spec fails before a run starts.
+
+    Args:
+        spec: e.g. ``"synthetic"`` or ``"criteo-tsv:train.txt"`` (see the module docstring).
+        options: the loader's keyword options, checked by name.
 
     Raises:
         ValueError: unknown name, a missing or unexpected path, or an unknown option.
-        DatasetUnavailableError: the data cannot be obtained (e.g. PyPI unreachable).
     """
     name, sep, path = spec.partition(":")
     if name not in _REGISTRY:
@@ -93,11 +98,24 @@ def load_dataset(spec: str, **options) -> RecDataset | CriteoNpyDataset:
         raise ValueError(f"dataset {spec!r} needs a path: {_usage(source)}")
     if not source.takes_path and sep:
         raise ValueError(f"dataset {name!r} takes no path, got {spec!r}")
-    unknown = sorted(set(options) - set(source.options))
+    unknown = sorted(set(options or {}) - set(source.options))
     if unknown:
         raise ValueError(
             f"dataset {name!r}: unknown options {unknown}; accepted: {list(source.options)}"
         )
+    return source
+
+
+def load_dataset(spec: str, **options) -> RecDataset | CriteoNpyDataset:
+    """Load the dataset named by ``spec`` (see the module docstring).
+
+    Raises:
+        ValueError: unknown name, a missing or unexpected path, or an unknown option
+            (:func:`check_dataset_spec`).
+        DatasetUnavailableError: the data cannot be obtained (e.g. PyPI unreachable).
+    """
+    source = check_dataset_spec(spec, options)
+    path = spec.partition(":")[2]
     return source.loader(path, **options) if source.takes_path else source.loader(**options)
 
 
