@@ -48,6 +48,18 @@ def _layout(few: bool, wild: bool) -> tuple[FeatureRemap, torch.Tensor, list[int
     return remap, ids, length_J, expected
 
 
+def _ranked(
+    name: str, n: int, head: torch.Tensor, *, tail_seed: int, tail_rows: int
+) -> tuple[CompactMapping, FeatureRemap]:
+    """A table of ``n`` ids whose sorted ``head`` ids own rows 0.. in order (a ranked head),
+    the others hashed into ``tail_rows`` rows after them, and its remap."""
+    mapping = CompactMapping(
+        head, torch.arange(head.numel(), dtype=torch.int32), tail_seed=tail_seed,
+        tail_offset=head.numel(), tail_rows=tail_rows,
+    )  # fmt: skip
+    return mapping, _remap([(name, n, mapping)])
+
+
 def _torch_rows(remap: FeatureRemap, ids: torch.Tensor, modulo: bool) -> torch.Tensor:
     """The torch ops' rows (head_rank's bisection in each id's span, as on CUDA)."""
     segments = (None, torch.tensor([ids.numel()]), None)
@@ -144,11 +156,7 @@ def test_skewed_blocks_are_searched_beyond_the_interpolated_guess(modulo: bool) 
             torch.tensor([3 * RANK_BLOCK + 7]),  # block 3: one id
         ]
     )
-    mapping = CompactMapping(
-        head, torch.arange(head.numel(), dtype=torch.int32), tail_seed=3,
-        tail_offset=head.numel(), tail_rows=13,
-    )  # fmt: skip
-    remap = _remap([("skewed", n, mapping)])
+    mapping, remap = _ranked("skewed", n, head, tail_seed=3, tail_rows=13)
     assert remap.has_ranked
     ids = torch.arange(n)
     expected = mapping.rows(ids)
@@ -183,11 +191,7 @@ def test_spread_heads_are_counted_in_windows_about_the_guess(spans: str) -> None
         density = torch.rand(n // span + 1, generator=g) ** 2 * 0.6 + 0.005
         density[-2:] = 0.3  # the last spans: searched, their windows at the offsets' end
         head = (torch.rand(n, generator=g) < density[torch.arange(n) // span]).nonzero()[:, 0]
-    mapping = CompactMapping(
-        head, torch.arange(head.numel(), dtype=torch.int32), tail_seed=7,
-        tail_offset=head.numel(), tail_rows=17,
-    )  # fmt: skip
-    remap = _remap([("spread", n, mapping)])
+    mapping, remap = _ranked("spread", n, head, tail_seed=7, tail_rows=17)
     assert remap.has_ranked and (remap.rank_offsets.numel() < 64) == (spans == "tiny")
     ids = torch.arange(n)
     expected = mapping.rows(ids)
@@ -199,3 +203,26 @@ def test_spread_heads_are_counted_in_windows_about_the_guess(spans: str) -> None
         assert rows is not None and torch.equal(rows, want)
         assert torch.equal(_torch_rows(remap, part, False), want)
     assert int((expected < head.numel()).sum()) == head.numel()  # every head id found
+
+
+@pytest.mark.parametrize("density", [0.01, 0.1, 0.5, 0.97])
+def test_heads_spread_at_one_density_get_the_plans_rows(density: float) -> None:
+    """Heads spread at random at one density, from 1% of the ids (about 41 a searched span
+    of 4,096 ids) to 97% (a span's window a small part of it): every id of the table, and
+    ids drawn with repeats, get the plan's rows, in the error and the modulo policies."""
+    g = torch.Generator().manual_seed(11)
+    n = 3 * RANK_BLOCK + 123
+    head = (torch.rand(n, generator=g) < density).nonzero()[:, 0]
+    mapping, remap = _ranked("spread", n, head, tail_seed=5, tail_rows=29)
+    assert remap.has_ranked
+    drawn = torch.randint(0, n, (20_000,), generator=g)
+    for ids in (torch.arange(n), drawn):
+        expected = mapping.rows(ids)
+        for modulo in (False, True):
+            part = ids + (torch.arange(ids.numel()) % 3 - 1) * n if modulo else ids
+            rows = compact_kernel.fused_remap(
+                part, [part.numel()], remap.mapping, remap.offset_J, remap.height_J, modulo,
+                remap._compact_tensors(),
+            )  # fmt: skip
+            assert rows is not None and torch.equal(rows, expected)
+    assert int((mapping.rows(torch.arange(n)) < head.numel()).sum()) == head.numel()
