@@ -481,6 +481,18 @@ inline int64_t rank_block(const RankIndex& r, const Feature& f, const RankSpan* 
   return misses;
 }
 
+// fn(begin, end) over one feature's ids [f.begin, f.end), split over the threads in grains.
+// NOTE: a feature of at most a grain runs in this thread: parallel_for's own setup (its
+// guards, the thread count) is a fair share of a one-sample request's lookup.
+template <typename Fn>
+inline void over_ids(const Feature& f, const Fn& fn) {
+  if (f.end - f.begin <= kGrain) {
+    fn(f.begin, f.end);
+  } else {
+    at::parallel_for(f.begin, f.end, kGrain, fn);
+  }
+}
+
 // One feature's ids [f.begin, f.end) -> rows; returns whether an id was out of range
 // (then the output is not to be used). `modulo` folds ids into [0, N) first. A compact
 // feature with heads is pipelined: a block's slots are prefetched while the block before
@@ -514,11 +526,7 @@ bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads,
       }
       if (bad) any_bad.store(true, std::memory_order_relaxed);
     };
-    if (num_ids <= kGrain) {
-      read(f.begin, f.end);
-    } else {
-      at::parallel_for(f.begin, f.end, kGrain, read);
-    }
+    over_ids(f, read);
     return any_bad.load();
   }
   // a ranked feature of more ids than sub-blocks: those summarized once (a few reads each)
@@ -597,13 +605,7 @@ bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads,
     }
     if (bad) any_bad.store(true, std::memory_order_relaxed);
   };
-  // NOTE: a feature of fewer ids than a grain runs here: parallel_for's own setup (its
-  // guards, the thread count) is a fair share of a one-sample request's lookup
-  if (f.end - f.begin <= kGrain) {
-    body(f.begin, f.end);
-  } else {
-    at::parallel_for(f.begin, f.end, kGrain, body);
-  }
+  over_ids(f, body);
   return any_bad.load();
 }
 
