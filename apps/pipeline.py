@@ -53,7 +53,12 @@ from torchrec_lhf._io import atomic_write, atomic_write_json
 from torchrec_lhf._memory import trim_heap
 from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSmall
-from torchrec_lhf.data import DatasetUnavailableError, check_dataset_spec, load_dataset
+from torchrec_lhf.data import (
+    DatasetUnavailableError,
+    check_dataset_files,
+    check_dataset_spec,
+    load_dataset,
+)
 from torchrec_lhf.hash_build.config import BuildConfig, parse_index_share
 from torchrec_lhf.hash_build.head_tail import ROW_ALLOCATIONS, TAIL_REGIONS, HeadTail
 from torchrec_lhf.report import plot_auc_vs_bytes, select_on_validation
@@ -510,6 +515,7 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     config = parse_args(argv)
+    check_dataset_files(config.dataset)
     with distributed() as env:
         setup_logging(env.rank)
         logger.info("pipeline config: %s", asdict(config))

@@ -39,7 +39,7 @@ from apps.dlrm.model import table_configs
 from apps.dlrm.runtime import setup_logging
 from torchrec_lhf._io import atomic_write
 from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
-from torchrec_lhf.data import RecDataset, check_dataset_spec, load_dataset
+from torchrec_lhf.data import RecDataset, check_dataset_files, check_dataset_spec, load_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,9 @@ def score(config: ServeConfig) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> torch.Tensor:
     """Command-line entry point: ``python -m apps.serve --help``."""
-    return score(parse_args(argv))
+    config = parse_args(argv)
+    check_dataset_files(config.dataset)
+    return score(config)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from apps.dlrm.model import EBC_FQN
 from apps.dlrm.runtime import DistEnv, distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
 from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
-from torchrec_lhf.data import RecDataset
+from torchrec_lhf.data import RecDataset, check_dataset_files
 from torchrec_lhf.distributed.gather import gather_to_rank0
 from torchrec_lhf.hash_build.artifact import stream_order, write_teacher
 
@@ -353,7 +353,9 @@ def run(config: TeacherConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: ``python -m apps.teacher --help``."""
-    return run(parse_args(argv))
+    config = parse_args(argv)
+    check_dataset_files(config.train.dataset)
+    return run(config)
 
 
 if __name__ == "__main__":

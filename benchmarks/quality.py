@@ -52,7 +52,7 @@ from benchmarks.quality_methods import (
 )
 from benchmarks.quality_report import write_reports
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
+from torchrec_lhf.cli import FlagError, add_config_flags, config_from_args, run_command
 from torchrec_lhf.compression.budget import (
     BUDGETS,
     MIN_TABLE_ROWS,
@@ -61,7 +61,7 @@ from torchrec_lhf.compression.budget import (
     half_width,
     mlet_width,
 )
-from torchrec_lhf.data import check_dataset_spec
+from torchrec_lhf.data import check_dataset_files, check_dataset_spec
 from torchrec_lhf.hash_build.config import BuildConfig
 from torchrec_lhf.report import select_on_validation
 
@@ -365,10 +365,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.report:
         path = args.out / "results.json"
         if not path.is_file():
-            raise ValueError(f"--report: {path} does not exist; run the sweep first")
+            raise FlagError(f"--report: {path} does not exist; run the sweep first")
         rows = json.loads(path.read_text())
         write_reports(args.out, rows)
         return rows
+    check_dataset_files(args.dataset)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     sizes = args.bytes or args.fractions

@@ -91,6 +91,23 @@ def test_run_command_reports_a_bad_flag_as_argparse_does(capsys) -> None:
     assert run_command(lambda: None, "python -m toy") is None
 
 
+def test_under_torchrun_a_nodes_first_process_alone_prints_the_usage_error(
+    capsys, monkeypatch
+) -> None:
+    def main() -> None:
+        _parse(["--name", "n", "--size", "-1"])
+
+    for local_rank, printed in (
+        ("1", ""),
+        ("0", "python -m toy: error: size must be >= 0, got -1\n"),
+    ):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        with pytest.raises(SystemExit) as stop:
+            run_command(main, "python -m toy")
+        assert stop.value.code == 2  # every process stops with the usage status
+        assert capsys.readouterr().err == printed
+
+
 @pytest.mark.parametrize(
     ("module", "argv", "message"),
     [
@@ -100,6 +117,12 @@ def test_run_command_reports_a_bad_flag_as_argparse_does(capsys) -> None:
             "apps.dlrm.train",
             ["--dataset", "synthetic", "--label", "clicked"],
             "--label only apply to --dataset csv:PATH, got 'synthetic'",
+        ),
+        (
+            "apps.teacher",
+            ["--out", "unused", "--dataset", "criteo-tsv:no/such/train.txt"],
+            "--dataset 'criteo-tsv:no/such/train.txt': no/such/train.txt: no such file or "
+            "directory; expected criteo-tsv:PATH, a file",
         ),
     ],
 )

@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import os
 import re
 import sys
 import textwrap
@@ -250,7 +251,9 @@ def config_from_args(
 def run_command(main: Callable[[], Any], prog: str | None = None) -> None:
     """Run an entry point's ``main()`` as a command: a :class:`FlagError` ends it as
     ``argparse`` ends on a bad flag, ``PROG: error: MESSAGE`` on stderr and exit status 2,
-    without a traceback. Any other error propagates with its traceback.
+    without a traceback. Any other error propagates with its traceback. Under ``torchrun``
+    the message is printed by each node's first process only (``LOCAL_RANK`` 0), since
+    every process parses the same flags; every process exits with status 2.
 
     Args:
         main: the entry point, called without arguments (it reads ``sys.argv``).
@@ -263,5 +266,6 @@ def run_command(main: Callable[[], Any], prog: str | None = None) -> None:
         if prog is None:
             spec = getattr(sys.modules.get("__main__"), "__spec__", None)
             prog = f"python -m {spec.name}" if spec is not None else Path(sys.argv[0]).name
-        sys.stderr.write(f"{prog}: error: {e}\n")
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            sys.stderr.write(f"{prog}: error: {e}\n")
         raise SystemExit(2) from None

@@ -45,7 +45,7 @@ from torchrec_lhf._io import atomic_write_json
 from torchrec_lhf.cli import run_command
 from torchrec_lhf.compression.cce import fit_columns
 from torchrec_lhf.compression.methods import make_plan
-from torchrec_lhf.data import RecDataset
+from torchrec_lhf.data import RecDataset, check_dataset_files
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.plan import HashPlan
 from torchrec_lhf.warm_start import warm_start
@@ -225,7 +225,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: ``python -m apps.dlrm.train --help``."""
-    return run(parse_args(argv))
+    config = parse_args(argv)
+    check_dataset_files(config.dataset)
+    return run(config)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from torchrec_lhf.data.csv import load_csv
 from torchrec_lhf.data.dataset import DatasetUnavailableError, RecDataset
 from torchrec_lhf.data.movielens import load_movielens_100k
 from torchrec_lhf.data.registry import (
+    check_dataset_files,
     check_dataset_spec,
     dataset_names,
     load_dataset,
@@ -21,6 +22,7 @@ __all__ = [
     "DatasetUnavailableError",
     "RecDataset",
     "SyntheticConfig",
+    "check_dataset_files",
     "check_dataset_spec",
     "dataset_names",
     "load_criteo_tsv",

@@ -19,8 +19,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
+from torchrec_lhf.cli import FlagError
 from torchrec_lhf.data.criteo import load_criteo_tsv
 from torchrec_lhf.data.criteo_npy import CriteoNpyDataset, load_criteo_npy
 from torchrec_lhf.data.csv import load_csv
@@ -31,12 +33,13 @@ from torchrec_lhf.data.synthetic import SyntheticConfig, make_synthetic
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetSource:
-    """A registered dataset: its loader and whether the spec carries a path."""
+    """A registered dataset: its loader, whether the spec carries a path and of what."""
 
     name: str
     loader: Callable[..., RecDataset | CriteoNpyDataset]
     takes_path: bool
     options: tuple[str, ...]
+    path_kind: Literal["file", "directory"] = "file"
 
 
 _REGISTRY: dict[str, DatasetSource] = {}
@@ -48,6 +51,7 @@ def register_dataset(
     *,
     takes_path: bool,
     options: tuple[str, ...] | None = None,
+    path_kind: Literal["file", "directory"] = "file",
 ) -> None:
     """Register ``loader`` under ``name``: called as ``loader(PATH, **options)`` or ``loader(**options)``.
 
@@ -56,19 +60,23 @@ def register_dataset(
         loader: builds the ``RecDataset``.
         takes_path: whether the spec is ``name:PATH``.
         options: accepted keyword options; default the loader's keyword-only parameters.
+        path_kind: what ``PATH`` names, checked by :func:`check_dataset_files`.
 
     Raises:
-        ValueError: ``name`` is already registered or contains ``':'``.
+        ValueError: ``name`` is already registered, contains ``':'``, or ``path_kind`` is
+            neither ``"file"`` nor ``"directory"``.
     """
     if name in _REGISTRY:
         raise ValueError(f"dataset {name!r} is already registered")
     if not name or ":" in name:
         raise ValueError(f"dataset name must be non-empty without ':', got {name!r}")
+    if path_kind not in ("file", "directory"):
+        raise ValueError(f"path_kind must be 'file' or 'directory', got {path_kind!r}")
     if options is None:
         params = inspect.signature(loader).parameters.values()
         options = tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
     _REGISTRY[name] = DatasetSource(
-        name=name, loader=loader, takes_path=takes_path, options=options
+        name=name, loader=loader, takes_path=takes_path, options=options, path_kind=path_kind
     )
 
 
@@ -106,6 +114,36 @@ def check_dataset_spec(spec: str, options: Mapping[str, Any] | None = None) -> D
     return source
 
 
+def check_dataset_files(spec: str) -> None:
+    """Check, where a run starts, that the path of ``spec`` names what its source reads.
+
+    An entry point calls it in ``main`` (not in its config's validation: a config may be
+    built where the data is not, e.g. when a torchx job is submitted), so that a missing
+    file is a usage error before any stage starts rather than a traceback inside one.
+
+    Args:
+        spec: a spec :func:`check_dataset_spec` accepts.
+
+    Raises:
+        FlagError: the path does not exist or is not a file / directory as the source
+            expects (a ``ValueError``, reported by ``cli.run_command`` as a usage error).
+    """
+    source = check_dataset_spec(spec)
+    if not source.takes_path:
+        return
+    path = Path(spec.partition(":")[2])
+    if source.path_kind == "directory":
+        found = path.is_dir()
+    else:
+        found = path.is_file()
+    if not found:
+        what = "no such file or directory" if not path.exists() else f"not a {source.path_kind}"
+        raise FlagError(
+            f"--dataset {spec!r}: {path}: {what}; expected {source.name}:"
+            f"{'DIR' if source.path_kind == 'directory' else 'PATH'}, a {source.path_kind}"
+        )
+
+
 def load_dataset(spec: str, **options) -> RecDataset | CriteoNpyDataset:
     """Load the dataset named by ``spec`` (see the module docstring).
 
@@ -135,7 +173,7 @@ def _movielens(
 
 register_dataset("movielens-100k", _movielens, takes_path=False)
 register_dataset("criteo-tsv", load_criteo_tsv, takes_path=True)
-register_dataset("criteo-npy", load_criteo_npy, takes_path=True)
+register_dataset("criteo-npy", load_criteo_npy, takes_path=True, path_kind="directory")
 register_dataset("csv", load_csv, takes_path=True)
 register_dataset(
     "synthetic",
