@@ -172,7 +172,8 @@ class PipelineConfig:
     (:func:`~torchrec_lhf.compression.budget.half_width`; with ``rows_select``, each
     allocation's), its rows fitted to the bytes left (about twice as many), train it as
     MLET at that width, and keep for ``lhf`` the one of higher validation AUC
-    (``clustered`` or ``clustered-half``), as ``head_select`` does. The default since
+    (``clustered`` or ``clustered-counts-half``: its rows shared as ``half_rows`` says), as
+    ``head_select`` does. The default since
     2026-12-01: one more plan built and trained, the teacher shared. Only where the doubled
     rows fit the full tables (``fraction`` up to 0.5) and only under a byte budget (the
     other budgets count rows, which a narrower plan does not change); ``--no-half_select``
@@ -180,8 +181,17 @@ class PipelineConfig:
     case (+0.0009 AUC at 1% of the bytes: 84% of the hashing trick's gap closed instead of
     72%) and on MovieLens (+0.003 to +0.009), and level on the Criteo head, where half the
     width alone loses 0.02 to 0.03. Where the half-width plan is chosen, its stored remap
-    is a larger share of the bytes (14% against 4% at 1% in the scale case; counted in the
-    budget): docs/RESULTS.md, "Half the width by default"."""
+    is a larger share of the bytes (4.2% against 1.8% at 1% in the scale case, with ranked
+    heads; counted in the budget): docs/RESULTS.md, "Half the width by default"."""
+    half_rows: str = field(default="counts", metadata={"choices": ROW_ALLOCATIONS})
+    """How ``half_select``'s plan at half the width shares the byte budget's rows (as
+    ``row_allocation``; where it differs from it, the candidate is
+    ``clustered-<half_rows>-half``). With ``rows_select`` both allocations are candidates at
+    every width. ``counts`` since 2026-12-02: paired by seed against ``size`` (the
+    candidate before), the choice gains in the scale case at 1% of the bytes (+0.0003 AUC,
+    84% of the hashing trick's gap closed over ten seeds instead of 80%) and on MovieLens
+    (+0.002 at 10%, +0.008 at 1%), and is within noise on the Criteo head
+    (docs/RESULTS.md, "The half-width candidate's rows by access counts")."""
     seed: int = 0
     """Seed of every stage."""
     out_dir: str = "runs/pipeline"
@@ -358,14 +368,15 @@ def stage_configs(
     return teacher_config, build_config, trains
 
 
-def _selects(config: PipelineConfig) -> dict[str, bool]:
-    """The config's ``*_select`` flags, as :func:`candidate_builds` takes them
-    (``half_select`` only under a byte budget)."""
+def _selects(config: PipelineConfig) -> dict[str, Any]:
+    """The config's ``*_select`` flags and ``half_rows``, as :func:`candidate_builds` takes
+    them (``half_select`` only under a byte budget)."""
     return {
         "head_select": config.head_select,
         "rows_select": config.rows_select,
         "width_select": config.width_select,
         "half_select": config.half_select and config.budget == "bytes",
+        "half_rows": config.half_rows,
     }
 
 

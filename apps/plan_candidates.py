@@ -17,6 +17,7 @@ from pathlib import Path
 from apps.dlrm.config import TrainConfig
 from torchrec_lhf.compression.budget import fraction_at_width, half_width, mlet_width
 from torchrec_lhf.hash_build.config import BuildConfig
+from torchrec_lhf.hash_build.head_tail import ROW_ALLOCATIONS
 
 MLET_SUFFIX = "-mlet"
 """``width_select``'s candidates at the sqrt split's width, trained as MLET at it."""
@@ -41,6 +42,7 @@ def candidate_builds(
     rows_select: bool = False,
     width_select: bool = False,
     half_select: bool = False,
+    half_rows: str | None = None,
 ) -> dict[str, BuildConfig]:
     """The learned hash's candidate plans, name -> build, written next to the build's plan
     as ``plan_<name>.safetensors``.
@@ -58,10 +60,19 @@ def candidate_builds(
             ``clustered-<other allocation>-half``.
         half_select: also the clustered ones at half the width alone (``clustered-half``,
             ...): ``apps.pipeline``'s default under a byte budget.
+        half_rows: without ``rows_select``, how the plan at half the width shares the
+            byte budget's rows (``size`` or ``counts``; None: as ``build_config``); where it
+            differs from the build's, that candidate is ``clustered-<half_rows>-half``.
+            With ``rows_select`` both allocations are candidates at every width.
+
+    Raises:
+        ValueError: ``half_rows`` is neither None, ``size`` nor ``counts``.
 
     Returns:
         Candidate name -> its build config, ``clustered`` first.
     """
+    if half_rows not in (None, *ROW_ALLOCATIONS):
+        raise ValueError(f"half_rows must be one of {ROW_ALLOCATIONS} or None, got {half_rows!r}")
     folder = Path(build_config.out).parent
     builds = {"clustered": build_config}
     if rows_select:
@@ -79,7 +90,12 @@ def candidate_builds(
             builds[freq] = build.frequency_only(folder / f"plan_{freq}.safetensors")
     if width_select or half_select:  # narrower widths, the rows fitted to the bytes left
         for suffix, width in narrow_widths(build_config, sqrt=width_select).items():
-            for name, build in clustered:
+            sources = clustered
+            if suffix == HALF_SUFFIX and not rows_select and half_rows is not None:
+                if half_rows != build_config.row_allocation:
+                    alt = dataclasses.replace(build_config, row_allocation=half_rows)
+                    sources = [(f"clustered-{half_rows}", alt)]
+            for name, build in sources:
                 narrow = name + suffix
                 builds[narrow] = dataclasses.replace(
                     build,

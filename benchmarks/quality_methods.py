@@ -64,9 +64,12 @@ Methods:
   ``lhf-headtail-mlet`` and ``lhf-headtail-counts-mlet`` (the latter with rows by counts);
   ``lhf-headtail-select8`` among those six and the two at half the width,
   ``lhf-headtail-half`` and ``lhf-headtail-counts-half`` (``apps.pipeline --head_select
-  --rows_select --width_select``); ``lhf-headtail-select2`` between ``lhf-headtail`` and
-  ``lhf-headtail-half``: what ``apps.pipeline`` does by default under ``--budget bytes``
-  (``--half_select``); ``lhf-headtail-select2-fill0.05`` the same with ``--fill_share 0.05``
+  --rows_select --width_select``); ``lhf-headtail-select2-counts`` between
+  ``lhf-headtail`` and ``lhf-headtail-counts-half``: what ``apps.pipeline`` does by default
+  under ``--budget bytes`` (``--half_select``, ``--half_rows counts``; since 2026-12-02);
+  ``lhf-headtail-select2`` between ``lhf-headtail`` and ``lhf-headtail-half`` (the
+  default before, ``--half_rows size``);
+  ``lhf-headtail-select2-fill0.05`` the same with ``--fill_share 0.05``
   (``lhf-headtail-fill0.05``, ``lhf-headtail-half-fill0.05``).
 """
 
@@ -173,7 +176,9 @@ _FOUR = (
 _SIX = (*_FOUR, "lhf-headtail-mlet", "lhf-headtail-counts-mlet")
 SELECTED: dict[str, tuple[str, ...]] = {
     "lhf-headtail-select": ("lhf-headtail", "lhf-headtail-noclust"),
-    "lhf-headtail-select2": ("lhf-headtail", "lhf-headtail-half"),
+    "lhf-headtail-select2": ("lhf-headtail", "lhf-headtail-half"),  # the default before
+    # apps.pipeline's default under --budget bytes since 2026-12-02 (--half_rows counts)
+    "lhf-headtail-select2-counts": ("lhf-headtail", "lhf-headtail-counts-half"),
     "lhf-headtail-select2-fill0.05": ("lhf-headtail-fill0.05", "lhf-headtail-half-fill0.05"),
     "lhf-headtail-select4": _FOUR,
     "lhf-headtail-select6": _SIX,

@@ -49,9 +49,11 @@ and "gap closed" is read at equal total bytes:
   at the sqrt split's width (:data:`SQRT_MLET`); ``lhf-select6``: the one of higher
   validation AUC among those six; ``lhf-half`` / ``lhf-counts-half``: the same at half the
   width (:data:`HALF_WIDTH`); ``lhf-select8``: among those eight (``--head_select
-  --rows_select --width_select``); ``lhf-select2``: between ``lhf`` and ``lhf-half``, what
-  ``apps.pipeline`` does by default under ``--budget bytes`` (``--half_select``; ``lhf``
-  is its one plan, ``--no-half_select``); ``lhf-fill0.05`` / ``lhf-half-fill0.05`` /
+  --rows_select --width_select``); ``lhf-select2-counts``: between ``lhf`` and
+  ``lhf-counts-half``, what ``apps.pipeline`` does by default under ``--budget bytes``
+  (``--half_select``, ``--half_rows counts``; ``lhf`` is its one plan,
+  ``--no-half_select``); ``lhf-select2``: between ``lhf`` and ``lhf-half``, the default
+  before 2026-12-02 (``--half_rows size``); ``lhf-fill0.05`` / ``lhf-half-fill0.05`` /
   ``lhf-select2-fill0.05``: those with ``--fill_share 0.05`` (the fill's frequent ids
   stored only while the remap is at most 5% of the bytes);
 * ``lhf-mlet``: the plan at ``1 / MLET_WIDTH`` times the rows, trained as MLET at
@@ -154,6 +156,7 @@ METHODS = (
     "lhf-half-fill0.05",
     "lhf-select",
     "lhf-select2",
+    "lhf-select2-counts",
     "lhf-select4",
     "lhf-select6",
     "lhf-select8",
@@ -163,7 +166,8 @@ METHODS = (
 _FOUR = ("lhf", "lhf-freq", "lhf-counts", "lhf-counts-freq")
 SELECT = {
     "lhf-select": ("lhf", "lhf-freq"),
-    "lhf-select2": ("lhf", "lhf-half"),  # apps.pipeline's default under --budget bytes
+    "lhf-select2": ("lhf", "lhf-half"),  # apps.pipeline's default before 2026-12-02
+    "lhf-select2-counts": ("lhf", "lhf-counts-half"),  # its default under --budget bytes
     "lhf-select2-fill0.05": ("lhf-fill0.05", "lhf-half-fill0.05"),
     "lhf-select4": _FOUR,
     "lhf-select6": (*_FOUR, *SQRT_MLET),

@@ -166,10 +166,10 @@ def test_under_a_byte_budget_the_default_also_trains_the_plan_at_half_the_width(
     args += ["--methods", "lhf,none"]
     trained = count_learned_trainings(monkeypatch, pipeline.train)
     lhf, _ = pipeline.main([*args, "--out_dir", str(tmp_path / "sel")])
-    half = tmp_path / "sel" / "plan_clustered-half.safetensors"
+    half = tmp_path / "sel" / "plan_clustered-counts-half.safetensors"
     # the learned hash, the full model (no plan), then the candidate
     assert trained == [str(tmp_path / "sel" / "plan.safetensors"), None, str(half)]
-    names = ["clustered", "clustered-half"]
+    names = ["clustered", "clustered-counts-half"]  # --half_rows counts, the default
     assert list(lhf["candidates"]) == names
     best = max(names, key=lambda k: lhf["candidates"][k]["val_auc"])  # the first of ties
     assert lhf["choice"] == best and lhf["auc"] == lhf["candidates"][best]["auc"]
@@ -179,7 +179,8 @@ def test_under_a_byte_budget_the_default_also_trains_the_plan_at_half_the_width(
     # half of the width 16, twice the rows' share: 0.3 * 16 / 8, trained as MLET at 8
     meta = HashPlan.load(half).metadata
     assert meta["embedding_dim"] == 8 and meta["fraction"] == 0.6
-    metrics = json.loads((tmp_path / "sel" / "metrics_lhf-clustered-half.json").read_text())
+    assert meta["row_allocation"] == "counts"  # its rows shared by the tables' access counts
+    metrics = json.loads((tmp_path / "sel" / "metrics_lhf-clustered-counts-half.json").read_text())
     assert metrics["embedding_bytes"] == metrics["rows"] * 8 * 4
     assert metrics["total_bytes"] <= 0.3 * 750 * 16 * 4 and lhf["total_bytes"] <= 0.3 * 750 * 16 * 4
     # --no-half_select: the one plan, trained once, the candidate "clustered" exactly
@@ -204,7 +205,9 @@ def test_no_half_width_plan_where_it_cannot_apply_or_is_turned_off(tmp_path, kwa
     config = pipeline.PipelineConfig(out_dir=str(tmp_path), **kwargs)
     assert list(pipeline.stage_configs(config, "synthetic", {})[2]) == ["lhf", "modulo", "none"]
     on = pipeline.PipelineConfig(out_dir=str(tmp_path), budget="bytes")  # the default's
-    assert "lhf-clustered-half" in pipeline.stage_configs(on, "synthetic", {})[2]
+    assert "lhf-clustered-counts-half" in pipeline.stage_configs(on, "synthetic", {})[2]
+    same = pipeline.PipelineConfig(out_dir=str(tmp_path), budget="bytes", half_rows="size")
+    assert "lhf-clustered-half" in pipeline.stage_configs(same, "synthetic", {})[2]
 
 
 def test_head_select_trains_both_plans_and_keeps_the_better_on_validation(tmp_path) -> None:

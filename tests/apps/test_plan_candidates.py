@@ -92,6 +92,31 @@ def test_each_flag_alone(tmp_path) -> None:
     assert list(select(dataclasses.replace(build, fraction=0.8), half_select=True)) == ["clustered"]
 
 
+def test_half_rows_shares_the_half_width_plans_rows_its_own_way(tmp_path) -> None:
+    build = _build(tmp_path)  # rows shared by the tables' sizes
+    select = plan_candidates.candidate_builds
+    counts = select(build, half_select=True, half_rows="counts")
+    assert list(counts) == ["clustered", "clustered-counts-half"]
+    half = counts["clustered-counts-half"]
+    assert (half.row_allocation, half.embedding_dim, half.fraction) == ("counts", 8, 0.2)
+    assert half.out == tmp_path / "plan_clustered-counts-half.safetensors"
+    assert counts["clustered"] is build  # the learned hash's own plan untouched
+    # the build's own allocation: the candidate as without half_rows
+    assert list(select(build, half_select=True, half_rows="size")) == [
+        "clustered",
+        "clustered-half",
+    ]
+    # with width_select the sqrt split's plan keeps the build's allocation
+    widths = select(build, width_select=True, half_rows="counts")
+    assert list(widths) == ["clustered", "clustered-mlet", "clustered-counts-half"]
+    assert widths["clustered-mlet"].row_allocation == "size"
+    # rows_select: both allocations at every width already, half_rows changes nothing
+    both = ["clustered", "clustered-counts", "clustered-half", "clustered-counts-half"]
+    assert list(select(build, rows_select=True, half_select=True, half_rows="counts")) == both
+    with pytest.raises(ValueError, match="half_rows must be one of .* got 'rows'"):
+        select(build, half_select=True, half_rows="rows")
+
+
 def test_same_plans_finds_candidates_whose_plan_an_earlier_one_has(tmp_path) -> None:
     import torch
 

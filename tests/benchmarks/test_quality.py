@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from apps import pipeline
 from benchmarks import quality, quality_report
 from tests._fixtures import count_learned_trainings
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
@@ -329,6 +330,10 @@ def test_half_width_plans_keep_half_the_width_and_the_rest_in_rows(
         else:  # twice the rows at half the width
             assert meta["fraction"] == 0.08
     # the pipeline's default under a byte budget: the default build and it at half the width
+    # with rows by counts (--half_rows counts); by size, the default before
+    assert pipeline.PipelineConfig.half_rows == "counts"
+    pair = ("lhf-headtail", "lhf-headtail-counts-half")
+    assert quality.SELECTED["lhf-headtail-select2-counts"] == pair
     assert quality.SELECTED["lhf-headtail-select2"] == ("lhf-headtail", "lhf-headtail-half")
 
 

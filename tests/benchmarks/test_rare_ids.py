@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from apps import pipeline
 from benchmarks import rare_ids
 from torchrec_lhf.compression.budget import mlet_width
 from torchrec_lhf.data.criteo_npy import MLPERF_NUM_EMBEDDINGS
@@ -142,7 +143,8 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
     argv = [
         "--scale", "0.0001", "--num_samples", "20000", "--min_table_rows", "100",
         "--batch_size", "512", "--fraction", "0.05", "--budget", "bytes",
-        "--methods", "lhf,lhf-select,lhf-select4,lhf-select6,lhf-select8,lhf-select2",
+        "--methods",
+        "lhf,lhf-select,lhf-select4,lhf-select6,lhf-select8,lhf-select2,lhf-select2-counts",
         "--out_dir", str(tmp_path), "--json",
     ]  # fmt: skip
     report = rare_ids.main(argv)
@@ -185,11 +187,14 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
         metrics = json.loads((tmp_path / f"metrics_{m}.json").read_text())
         assert metrics["embedding_bytes"] == metrics["rows"] * 8 * 4
         assert metrics["total_bytes"] <= report["budget_bytes"]
-    # two: the pipeline's default under --budget bytes, the default and at half the width
-    sel2, cands2 = res["lhf-select2"], res["lhf-select2"]["candidates"]
-    assert list(cands2) == ["lhf", "lhf-half"] and cands2 == {m: cands8[m] for m in cands2}
-    best = max(cands2, key=lambda m: cands2[m]["val_auc"])
-    assert sel2["choice"] == best and sel2["auc"] == cands2[best]["auc"]
+    # two: the default and at half the width, its rows by size (the pipeline's default
+    # before) or by counts (the pipeline's default under --budget bytes, --half_rows counts)
+    assert pipeline.PipelineConfig.half_rows == "counts"
+    for name, half in (("lhf-select2", "lhf-half"), ("lhf-select2-counts", "lhf-counts-half")):
+        sel2, cands2 = res[name], res[name]["candidates"]
+        assert list(cands2) == ["lhf", half] and cands2 == {m: cands8[m] for m in cands2}
+        best = max(cands2, key=lambda m: cands2[m]["val_auc"])
+        assert sel2["choice"] == best and sel2["auc"] == cands2[best]["auc"]
 
 
 def test_tiny_run_with_the_fill_capped_stores_less_and_buys_rows(tmp_path: Path) -> None:
