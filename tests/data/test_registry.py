@@ -36,8 +36,10 @@ def test_paths_are_checked_against_what_the_source_reads(tmp_path: Path) -> None
 def test_a_bad_spec_is_refused_before_its_path_is_looked_at() -> None:
     with pytest.raises(ValueError, match="unknown dataset 'nosuch:x'"):
         check_dataset_files("nosuch:x")
-    with pytest.raises(ValueError, match="dataset 'criteo-tsv' needs a path"):
+    with pytest.raises(ValueError, match="dataset 'criteo-tsv' needs a path: criteo-tsv:PATH"):
         check_dataset_files("criteo-tsv")
+    with pytest.raises(ValueError, match="dataset 'criteo-npy' needs a path: criteo-npy:DIR"):
+        check_dataset_files("criteo-npy")
 
 
 def test_register_dataset_refuses_an_unknown_path_kind() -> None:

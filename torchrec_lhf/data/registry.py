@@ -132,15 +132,11 @@ def check_dataset_files(spec: str) -> None:
     if not source.takes_path:
         return
     path = Path(spec.partition(":")[2])
-    if source.path_kind == "directory":
-        found = path.is_dir()
-    else:
-        found = path.is_file()
+    found = path.is_dir() if source.path_kind == "directory" else path.is_file()
     if not found:
         what = "no such file or directory" if not path.exists() else f"not a {source.path_kind}"
         raise FlagError(
-            f"--dataset {spec!r}: {path}: {what}; expected {source.name}:"
-            f"{'DIR' if source.path_kind == 'directory' else 'PATH'}, a {source.path_kind}"
+            f"--dataset {spec!r}: {path}: {what}; expected {_usage(source)}, a {source.path_kind}"
         )
 
 
@@ -158,7 +154,10 @@ def load_dataset(spec: str, **options) -> RecDataset | CriteoNpyDataset:
 
 
 def _usage(source: DatasetSource) -> str:
-    return f"{source.name}:PATH" if source.takes_path else source.name
+    """How a spec of ``source`` is written: ``name``, ``name:PATH`` or ``name:DIR``."""
+    if not source.takes_path:
+        return source.name
+    return f"{source.name}:{'DIR' if source.path_kind == 'directory' else 'PATH'}"
 
 
 def _synthetic(**options) -> RecDataset:
