@@ -91,10 +91,10 @@ def candidate_builds(
     if width_select or half_select:  # narrower widths, the rows fitted to the bytes left
         for suffix, width in narrow_widths(build_config, sqrt=width_select).items():
             sources = clustered
-            if suffix == HALF_SUFFIX and not rows_select and half_rows is not None:
-                if half_rows != build_config.row_allocation:
-                    alt = dataclasses.replace(build_config, row_allocation=half_rows)
-                    sources = [(f"clustered-{half_rows}", alt)]
+            own = (None, build_config.row_allocation)
+            if suffix == HALF_SUFFIX and not rows_select and half_rows not in own:
+                alt = dataclasses.replace(build_config, row_allocation=half_rows)
+                sources = [(f"clustered-{half_rows}", alt)]
             for name, build in sources:
                 narrow = name + suffix
                 builds[narrow] = dataclasses.replace(

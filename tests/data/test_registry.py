@@ -26,11 +26,11 @@ def test_paths_are_checked_against_what_the_source_reads(tmp_path: Path) -> None
         f"--dataset 'criteo-tsv:{missing}': {missing}: no such file or directory; "
         "expected criteo-tsv:PATH, a file"
     )
+    assert isinstance(err.value, ValueError)  # what callers of the configs catch
     with pytest.raises(FlagError, match=r"not a directory; expected criteo-npy:DIR, a directory"):
         check_dataset_files(f"criteo-npy:{tsv}")
     with pytest.raises(FlagError, match=r"not a file; expected csv:PATH, a file"):
         check_dataset_files(f"csv:{tmp_path}")
-    assert isinstance(err.value, ValueError)  # what callers of the configs catch
 
 
 def test_a_bad_spec_is_refused_before_its_path_is_looked_at() -> None:
