@@ -57,7 +57,9 @@ Methods:
 
   Chosen on validation (:data:`SELECTED`): ``lhf-headtail-select`` trains ``lhf-headtail``
   and ``lhf-headtail-noclust`` (each its own run) and reports, per seed and size, the one of
-  higher validation AUC (``apps.pipeline --head_select``); ``lhf-headtail-select4`` chooses
+  higher validation AUC (``apps.pipeline --head_select --no-half_select``);
+  ``lhf-headtail-select3`` among those two and ``lhf-headtail-counts-half``
+  (``apps.pipeline --head_select`` under ``--budget bytes``); ``lhf-headtail-select4`` chooses
   the same way among those two and ``lhf-headtail-counts`` and
   ``lhf-headtail-counts-noclust`` (``apps.pipeline --head_select --rows_select``);
   ``lhf-headtail-select6`` among those four and the two learned hashes trained as MLET,
@@ -180,6 +182,12 @@ SELECTED: dict[str, tuple[str, ...]] = {
     # apps.pipeline's default under --budget bytes since 2026-12-02 (--half_rows counts)
     "lhf-headtail-select2-counts": ("lhf-headtail", "lhf-headtail-counts-half"),
     "lhf-headtail-select2-fill0.05": ("lhf-headtail-fill0.05", "lhf-headtail-half-fill0.05"),
+    # apps.pipeline --head_select under --budget bytes: that and the frequency-only plan
+    "lhf-headtail-select3": (
+        "lhf-headtail",
+        "lhf-headtail-noclust",
+        "lhf-headtail-counts-half",
+    ),
     "lhf-headtail-select4": _FOUR,
     "lhf-headtail-select6": _SIX,
     "lhf-headtail-select8": (*_SIX, "lhf-headtail-half", "lhf-headtail-counts-half"),

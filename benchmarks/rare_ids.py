@@ -42,7 +42,8 @@ and "gap closed" is read at equal total bytes:
 * ``lhf-freq``: the default with no head clustered (``BuildConfig.frequency_only``: the
   head region's rows to the most frequent ids, one each); ``lhf-select``: ``lhf`` and
   ``lhf-freq`` both trained, the one of higher validation AUC kept (:data:`SELECT`, as
-  ``apps.pipeline --head_select``); ``lhf-counts-freq``: rows shared by counts, none
+  ``apps.pipeline --head_select --no-half_select``); ``lhf-select3``: among ``lhf``,
+  ``lhf-freq`` and ``lhf-counts-half`` (``--head_select`` under ``--budget bytes``); ``lhf-counts-freq``: rows shared by counts, none
   clustered; ``lhf-select4``: the one of higher validation AUC among ``lhf``, ``lhf-freq``,
   ``lhf-counts`` and ``lhf-counts-freq`` (``--head_select --rows_select``);
   ``lhf-sqrt-mlet`` / ``lhf-counts-sqrt-mlet``: the default / ``lhf-counts`` trained as MLET
@@ -157,6 +158,7 @@ METHODS = (
     "lhf-select",
     "lhf-select2",
     "lhf-select2-counts",
+    "lhf-select3",
     "lhf-select4",
     "lhf-select6",
     "lhf-select8",
@@ -169,13 +171,15 @@ SELECT = {
     "lhf-select2": ("lhf", "lhf-half"),  # apps.pipeline's default before 2026-12-02
     "lhf-select2-counts": ("lhf", "lhf-counts-half"),  # its default under --budget bytes
     "lhf-select2-fill0.05": ("lhf-fill0.05", "lhf-half-fill0.05"),
+    "lhf-select3": ("lhf", "lhf-freq", "lhf-counts-half"),  # that and --head_select
     "lhf-select4": _FOUR,
     "lhf-select6": (*_FOUR, *SQRT_MLET),
     "lhf-select8": (*_FOUR, *SQRT_MLET, *HALF_WIDTH),
 }
 """Methods that train several plans and keep the one of higher validation AUC (the first on
 a tie): ``lhf-select`` the default and the frequency-only plan, as ``apps.pipeline
---head_select`` does; ``lhf-select4`` those with rows shared by the sizes and by the counts,
+--head_select --no-half_select`` does; ``lhf-select3`` those and ``lhf-counts-half``, as
+``--head_select`` does under ``--budget bytes``; ``lhf-select4`` those with rows shared by the sizes and by the counts,
 as ``--head_select --rows_select`` does; ``lhf-select6`` those and :data:`SQRT_MLET`;
 ``lhf-select8`` those and :data:`HALF_WIDTH`, as ``--head_select --rows_select
 --width_select`` does."""

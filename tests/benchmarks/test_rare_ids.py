@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from apps import pipeline
+from apps import pipeline, plan_candidates
 from benchmarks import rare_ids
 from torchrec_lhf.compression.budget import mlet_width
 from torchrec_lhf.data.criteo_npy import MLPERF_NUM_EMBEDDINGS
+from torchrec_lhf.hash_build.config import BuildConfig
 from torchrec_lhf.plan import HashPlan
 
 
@@ -144,7 +145,8 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
         "--scale", "0.0001", "--num_samples", "20000", "--min_table_rows", "100",
         "--batch_size", "512", "--fraction", "0.05", "--budget", "bytes",
         "--methods",
-        "lhf,lhf-select,lhf-select4,lhf-select6,lhf-select8,lhf-select2,lhf-select2-counts",
+        "lhf,lhf-select,lhf-select4,lhf-select6,lhf-select8,lhf-select2,lhf-select2-counts,"
+        "lhf-select3",
         "--out_dir", str(tmp_path), "--json",
     ]  # fmt: skip
     report = rare_ids.main(argv)
@@ -195,6 +197,19 @@ def test_tiny_select_run_reuses_the_default_and_keeps_the_better_on_validation(
         assert list(cands2) == ["lhf", half] and cands2 == {m: cands8[m] for m in cands2}
         best = max(cands2, key=lambda m: cands2[m]["val_auc"])
         assert sel2["choice"] == best and sel2["auc"] == cands2[best]["auc"]
+    # three: the pipeline's candidates under --budget bytes with --head_select
+    build = BuildConfig(
+        teacher="t", out=tmp_path / "p", fraction=0.05, budget="bytes", embedding_dim=16
+    )
+    names = plan_candidates.candidate_builds(
+        build, head_select=True, half_select=True, half_rows=pipeline.PipelineConfig.half_rows
+    )
+    assert list(names) == ["clustered", "frequency", "clustered-counts-half"]
+    sel3, cands3 = res["lhf-select3"], res["lhf-select3"]["candidates"]
+    assert list(cands3) == ["lhf", "lhf-freq", "lhf-counts-half"]
+    assert cands3 == {m: cands8[m] for m in cands3}
+    best = max(cands3, key=lambda m: cands3[m]["val_auc"])
+    assert sel3["choice"] == best and sel3["auc"] == cands3[best]["auc"]
 
 
 def test_tiny_run_with_the_fill_capped_stores_less_and_buys_rows(tmp_path: Path) -> None:
