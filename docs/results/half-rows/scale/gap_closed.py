@@ -34,31 +34,49 @@ def chosen(*runs):
     return max(runs, key=lambda r: r["val_auc"])  # the first of ties
 
 
-for case, seeds in BASE.items():
-    rows = []
-    for s, (full, mod) in seeds.items():
-        old, new = results(f"{OLD}/{case}f0.01_s{s}.json"), results(f"{HERE}/{case}f0.01_s{s}.json")
-        by_size = chosen(old["lhf"], old["lhf-half"])
-        by_counts = chosen(old["lhf"], new["lhf-counts-half"])
-        rows.append((s, by_size, by_counts, full, mod))
-    d_auc = [b["auc"] - a["auc"] for _, a, b, _, _ in rows]
-    d_ll = [b["logloss"] - a["logloss"] for _, a, b, _, _ in rows]
+def se(x):
+    return st.stdev(x) / len(x) ** 0.5
 
-    def se(x):
-        return st.stdev(x) / len(x) ** 0.5
 
-    print(f"case {case or 'first'}: {len(rows)} seeds, counts - size: "
-          f"AUC {st.mean(d_auc):+.5f} ± {se(d_auc):.5f}, logloss {st.mean(d_ll):+.5f} ± {se(d_ll):.5f}")  # fmt: skip
-    for k, name in ((1, "by size (before)"), (2, "by counts (now)")):
+def gap_closed(aucs, fulls, mods):
+    """The share of the hashing trick's gap to the full model that ``aucs`` close, pooled
+    over the seeds (each list one value a seed), and its 10,000 bootstrap resamples over
+    seeds, sorted."""
 
-        def pooled(sample, k=k):
-            lhf = st.mean(r[k]["auc"] for r in sample)
-            full, mod = st.mean(r[3] for r in sample), st.mean(r[4] for r in sample)
-            return (lhf - mod) / (full - mod)
+    def pooled(idx):
+        auc, full, mod = (st.mean(x[i] for i in idx) for x in (aucs, fulls, mods))
+        return (auc - mod) / (full - mod)
 
-        rng = random.Random(0)
-        boots = sorted(pooled([rng.choice(rows) for _ in rows]) for _ in range(10000))
-        per_seed = [round(100 * (r[k]["auc"] - r[4]) / (r[3] - r[4])) for r in rows]
-        print(f"  {name}: test AUC {st.mean(r[k]['auc'] for r in rows):.4f}, gap closed "
-              f"{100 * pooled(rows):.1f}% (bootstrap sd {100 * st.stdev(boots):.1f}; 95% "
-              f"{100 * boots[250]:.0f} to {100 * boots[9749]:.0f}%), per seed {per_seed}")  # fmt: skip
+    rng = random.Random(0)
+    n = len(aucs)
+    boots = sorted(pooled([rng.randrange(n) for _ in range(n)]) for _ in range(10000))
+    return pooled(range(n)), boots
+
+
+def main():
+    for case, seeds in BASE.items():
+        rows = []
+        for s, (full, mod) in seeds.items():
+            old, new = (
+                results(f"{OLD}/{case}f0.01_s{s}.json"),
+                results(f"{HERE}/{case}f0.01_s{s}.json"),
+            )
+            by_size = chosen(old["lhf"], old["lhf-half"])
+            by_counts = chosen(old["lhf"], new["lhf-counts-half"])
+            rows.append((s, by_size, by_counts, full, mod))
+        d_auc = [b["auc"] - a["auc"] for _, a, b, _, _ in rows]
+        d_ll = [b["logloss"] - a["logloss"] for _, a, b, _, _ in rows]
+
+        print(f"case {case or 'first'}: {len(rows)} seeds, counts - size: "
+              f"AUC {st.mean(d_auc):+.5f} ± {se(d_auc):.5f}, logloss {st.mean(d_ll):+.5f} ± {se(d_ll):.5f}")  # fmt: skip
+        for k, name in ((1, "by size (before)"), (2, "by counts (now)")):
+            aucs = [r[k]["auc"] for r in rows]
+            gap, boots = gap_closed(aucs, [r[3] for r in rows], [r[4] for r in rows])
+            per_seed = [round(100 * (r[k]["auc"] - r[4]) / (r[3] - r[4])) for r in rows]
+            print(f"  {name}: test AUC {st.mean(r[k]['auc'] for r in rows):.4f}, gap closed "
+                  f"{100 * gap:.1f}% (bootstrap sd {100 * st.stdev(boots):.1f}; 95% "
+                  f"{100 * boots[250]:.0f} to {100 * boots[9749]:.0f}%), per seed {per_seed}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
