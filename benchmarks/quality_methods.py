@@ -20,7 +20,8 @@ Methods:
   width ``floor(sqrt(fraction) * D)`` and the rows fitted to the bytes left, the remap
   counted), ``lhf-headtail-mlet`` (the same with the build's head/tail defaults),
   ``lhf-headtail-half`` / ``lhf-headtail-counts-half`` (the build's defaults / with rows by
-  counts at half the width, the rows the rest of the fraction), ``lhf-t16`` (a
+  counts at half the width, the rows the rest of the fraction;
+  ``lhf-headtail-counts-half-noclust``: that with no id clustered), ``lhf-t16`` (a
   teacher at the model's dim, ``--embedding_dim``), ``lhf-init`` (that teacher, and the
   compressed tables start at its cluster centroids: ``--init_from``), and
   ``lhf-rarehash`` (``apps.build_hash --head_min_count``): ids seen fewer than
@@ -71,6 +72,8 @@ Methods:
   under ``--budget bytes`` (``--half_select``, ``--half_rows counts``; since 2026-12-02);
   ``lhf-headtail-select2`` between ``lhf-headtail`` and ``lhf-headtail-half`` (the
   default before, ``--half_rows size``);
+  ``lhf-headtail-select2-noclust`` the same choice between the two with no id clustered
+  (``lhf-headtail-noclust``, ``lhf-headtail-counts-half-noclust``);
   ``lhf-headtail-select2-fill0.05`` the same with ``--fill_share 0.05``
   (``lhf-headtail-fill0.05``, ``lhf-headtail-half-fill0.05``).
 """
@@ -151,6 +154,14 @@ LHF_VARIANTS: dict[str, dict[str, Any]] = {
         "half_width": True,
         "row_allocation": "counts",
     },
+    # that with no id clustered
+    "lhf-headtail-counts-half-noclust": {
+        "rare_hash": True,
+        "mlet": True,
+        "half_width": True,
+        "row_allocation": "counts",
+        "frequency_only": True,
+    },
     # those with the fill's stored ids capped at 5% of the bytes (--fill_share 0.05)
     "lhf-headtail-fill0.05": {"rare_hash": True, "fill_share": 0.05},
     "lhf-headtail-half-fill0.05": {
@@ -183,6 +194,7 @@ SELECTED: dict[str, tuple[str, ...]] = {
     "lhf-headtail-select2-counts": ("lhf-headtail", "lhf-headtail-counts-half"),
     "lhf-headtail-select2-fill0.05": ("lhf-headtail-fill0.05", "lhf-headtail-half-fill0.05"),
     # apps.pipeline --head_select under --budget bytes: that and the frequency-only plan
+    "lhf-headtail-select2-noclust": ("lhf-headtail-noclust", "lhf-headtail-counts-half-noclust"),
     "lhf-headtail-select3": (
         "lhf-headtail",
         "lhf-headtail-noclust",
