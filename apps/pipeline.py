@@ -10,15 +10,15 @@ message when PyPI cannot be reached)::
 Stages (each the app of its own, run in this process on every rank):
 
 1. ``apps.teacher``: the DLRM at ``--teacher_dim`` and full heights, counting id accesses;
-2. ``apps.build_hash``: the learned hash plan at ``--fraction`` of the model's rows
-   (``--budget total``: tables under ``--min_table_rows`` ids stay full while cheap, the
-   others share the rest; ``--budget table``: the paper's fraction of each big table;
-   ``--budget bytes``: of the full model's fp32 table bytes, the stored remap counted, and
-   by default a second plan at half the width with twice the rows, the one of higher
-   validation AUC kept: ``--half_select``);
-3. ``apps.dlrm.train`` once per method: ``lhf`` (the plan), ``modulo`` (the hashing trick on the
-   same tables at the same rows) and ``none`` (the full model), all with the same seed,
-   model and optimizer.
+2. ``apps.build_hash``: the learned hash plan at ``--fraction`` of the full model's fp32
+   table bytes, the stored remap counted (``--budget bytes``, the default), and a second
+   plan at half the width with about twice the rows, the one of higher validation AUC kept
+   (``--half_select``); or at ``--fraction`` of the model's rows (``--budget total``:
+   tables under ``--min_table_rows`` ids stay full while cheap, the others share the rest;
+   ``--budget table``: the paper's fraction of each big table);
+3. ``apps.dlrm.train`` once per method (and per candidate plan): ``lhf`` (the plan),
+   ``modulo`` (the hashing trick fitted to the same budget) and ``none`` (the full model),
+   all with the same seed, model and optimizer.
 
 Results: a table on stdout, ``results.json`` (``[{"method", "fraction", "rows", "bytes",
 "auc", "logloss", ...}]``) and ``results.png`` (test AUC against model bytes) under
@@ -78,16 +78,19 @@ class PipelineConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     """Loader options (JSON object), e.g. ``{"label": "y", "categorical": [...]}`` for csv."""
     fraction: float = 0.1
-    """Rows kept, in (0, 1]: of all the model's rows (``budget="total"``) or of each table."""
+    """The size kept, in (0, 1]: of the full model's fp32 table bytes (``budget="bytes"``),
+    of all its rows (``"total"``) or of each table's (``"table"``)."""
     min_table_rows: int = MIN_TABLE_ROWS
     """Tables with fewer ids stay full (``"total"``: while they take at most half the rows;
     the paper used 100,000 on Criteo)."""
-    budget: str = field(default="total", metadata={"choices": BUDGETS})
-    """``"total"``: ``fraction`` of all rows, small tables full while cheap, the rest in
-    proportion; ``"table"``: the paper's ``fraction`` of each table of at least
-    ``min_table_rows`` ids (:func:`torchrec_lhf.compression.budget.allocate_rows`);
-    ``"bytes"``: ``fraction`` of the full fp32 table bytes, each method fitted to what its
-    model stores (tables, stored remap; :mod:`torchrec_lhf.compression.budget`)."""
+    budget: str = field(default="bytes", metadata={"choices": BUDGETS})
+    """``"bytes"`` (the default since 2026-12-02): ``fraction`` of the full fp32 table
+    bytes, each method fitted to what its model stores (tables, stored remap;
+    :mod:`torchrec_lhf.compression.budget`), so that the methods are compared at equal
+    memory; ``"total"``: ``fraction`` of all rows, small tables full while cheap, the rest
+    in proportion (the learned hash's remap not counted); ``"table"``: the paper's
+    ``fraction`` of each table of at least ``min_table_rows`` ids
+    (:func:`torchrec_lhf.compression.budget.allocate_rows`)."""
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     """Which compression methods to train: ``lhf``, ``modulo``, ``none``."""
     teacher_dim: int = teacher.TEACHER_DEFAULTS["embedding_dim"]
@@ -189,8 +192,10 @@ class PipelineConfig:
     half_rows: str = field(default="counts", metadata={"choices": ROW_ALLOCATIONS})
     """How ``half_select``'s plan at half the width shares the byte budget's rows (as
     ``row_allocation``; where it differs from it, the candidate is
-    ``clustered-<half_rows>-half``). With ``rows_select`` both allocations are candidates at
-    every width. ``counts`` since 2026-12-02: paired by seed against ``size`` (the
+    ``clustered-<half_rows>-half``; where the head and tail settings cannot share rows by
+    counts, such as ``tail_region`` other than ``fill``, it shares them as
+    ``row_allocation``). With ``rows_select`` both allocations are candidates at every
+    width. ``counts`` since 2026-12-02: paired by seed against ``size`` (the
     candidate before), the choice gains in the scale case at 1% of the bytes (+0.0003 AUC,
     84% of the hashing trick's gap closed over ten seeds instead of 80%) and on MovieLens
     (+0.002 at 10%, +0.008 at 1%), and is within noise on the Criteo head

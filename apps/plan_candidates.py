@@ -12,12 +12,15 @@ same key for its own candidates.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from apps.dlrm.config import TrainConfig
 from torchrec_lhf.compression.budget import fraction_at_width, half_width, mlet_width
 from torchrec_lhf.hash_build.config import BuildConfig
 from torchrec_lhf.hash_build.head_tail import ROW_ALLOCATIONS
+
+logger = logging.getLogger(__name__)
 
 MLET_SUFFIX = "-mlet"
 """``width_select``'s candidates at the sqrt split's width, trained as MLET at it."""
@@ -63,7 +66,9 @@ def candidate_builds(
         half_rows: without ``rows_select``, how the plan at half the width shares the
             byte budget's rows (``size`` or ``counts``; None: as ``build_config``); where it
             differs from the build's, that candidate is ``clustered-<half_rows>-half``.
-            With ``rows_select`` both allocations are candidates at every width.
+            Where the build's head and tail cannot share rows that way (``counts`` needs a
+            filled head by counts: :func:`shares_rows_by`), it shares them as the build
+            does. With ``rows_select`` both allocations are candidates at every width.
 
     Raises:
         ValueError: ``half_rows`` is neither None, ``size`` nor ``counts``.
@@ -93,8 +98,16 @@ def candidate_builds(
             sources = clustered
             own = (None, build_config.row_allocation)
             if suffix == HALF_SUFFIX and not rows_select and half_rows not in own:
-                alt = dataclasses.replace(build_config, row_allocation=half_rows)
-                sources = [(f"clustered-{half_rows}", alt)]
+                if shares_rows_by(build_config, half_rows):
+                    alt = dataclasses.replace(build_config, row_allocation=half_rows)
+                    sources = [(f"clustered-{half_rows}", alt)]
+                else:
+                    logger.info(
+                        "the plan at half the width shares its rows by %r: its head and tail "
+                        "cannot by %r (half_rows)",
+                        build_config.row_allocation,
+                        half_rows,
+                    )
             for name, build in sources:
                 narrow = name + suffix
                 builds[narrow] = dataclasses.replace(
@@ -105,6 +118,17 @@ def candidate_builds(
                     work_dir=None,
                 )
     return builds
+
+
+def shares_rows_by(build_config: BuildConfig, row_allocation: str) -> bool:
+    """Whether ``build_config``'s head and tail can share a byte budget's rows by
+    ``row_allocation`` (``counts`` gives a row each to the most frequent ids, which needs a
+    head by counts and ``tail_region="fill"``; ``size`` always can)."""
+    try:
+        dataclasses.replace(build_config.head_tail(), row_allocation=row_allocation)
+    except ValueError:
+        return False
+    return True
 
 
 def narrow_widths(build_config: BuildConfig, *, sqrt: bool = True) -> dict[str, int]:

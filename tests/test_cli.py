@@ -198,7 +198,9 @@ def test_the_pipeline_hands_its_stages_typed_configs(tmp_path: Path) -> None:
     assert teach.train.embedding_dim == config.teacher_dim
     assert teach.train.dense_arch_layer_sizes[-1] == config.teacher_dim
     assert build.teacher == teach.out and build.min_table_rows == 0
-    assert sorted(trains) == sorted(config.methods)
+    # the methods, and the default's candidate plan at half the width (a byte budget)
+    assert config.budget == "bytes" and config.half_select
+    assert sorted(trains) == sorted([*config.methods, "lhf-clustered-counts-half"])
     assert trains["lhf"].learned_hash == str(build.out)
     assert trains["modulo"].compression == "modulo" and trains["modulo"].min_table_rows == 0
     assert trains["none"].compression == "none" and trains["none"].learned_hash is None

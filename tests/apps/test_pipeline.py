@@ -18,11 +18,12 @@ def test_pipeline_end_to_end(tmp_path) -> None:
     rows = pipeline.main([
         "--dataset", "synthetic", "--dataset_options", TINY, "--out_dir", str(tmp_path / "run"),
         "--fraction", "0.1", "--min_table_rows", "100", "--teacher_epochs", "1",
+        "--budget", "total",
         "--results_json", str(tmp_path / "demo.json"), "--plot", str(tmp_path / "demo.png"),
     ])  # fmt: skip
     by_method = {r["method"]: r for r in rows}
     assert list(by_method) == ["lhf", "modulo", "none"]
-    # the default --budget total: 10% of all 750 ids = 75 rows; the 50-id table alone would
+    # --budget total: 10% of all 750 ids = 75 rows; the 50-id table alone would
     # take more than half of them, so all three tables shrink in proportion: 30 + 40 + 5
     assert by_method["lhf"]["rows"] == by_method["modulo"]["rows"] == 30 + 40 + 5
     assert by_method["none"]["rows"] == 750 and by_method["none"]["remap_bytes"] == 0
@@ -69,8 +70,14 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
             "head_select .* needs tail_region 'fill' and head_min_count > 0, got tail_region='fixed'",
         ),
         ({"head_select": True, "head_min_count": 0}, "head_select .* got .* head_min_count=0"),
-        ({"rows_select": True}, "rows_select .* needs budget 'bytes', got budget='total'"),
-        ({"width_select": True}, "width_select .* needs budget 'bytes', got budget='total'"),
+        (
+            {"rows_select": True, "budget": "total"},
+            "rows_select .* needs budget 'bytes', got budget='total'",
+        ),
+        (
+            {"width_select": True, "budget": "table"},
+            "width_select .* needs budget 'bytes', got budget='table'",
+        ),
         (
             {"rows_select": True, "budget": "bytes", "tail_region": "fixed"},
             "rows_select also tries row_allocation='counts': .* tail_region='fixed'",
@@ -108,15 +115,19 @@ def test_the_build_takes_the_pipelines_head_tail_settings(tmp_path, capsys) -> N
     )[1]
     assert (default.tail_region, default.tail_fraction) == ("fill", 0.05)  # BuildConfig's
     fixed = pipeline.PipelineConfig(out_dir=str(tmp_path), tail_region="fixed", tail_fraction=0.7)
-    build = pipeline.stage_configs(fixed, "synthetic", {})[1]
+    _, build, trains = pipeline.stage_configs(fixed, "synthetic", {})
     assert (build.tail_region, build.tail_fraction) == ("fixed", 0.7)
+    # no fill region, so no rows by counts: the default's plan at half the width (under the
+    # default byte budget) shares its rows by size, as the build does
+    assert "lhf-clustered-half" in trains and "lhf-clustered-counts-half" not in trains
     assert default.row_allocation == "size"
     config = pipeline.parse_args(
         ["--out_dir", str(tmp_path), "--budget", "bytes", "--row_allocation", "counts"]
     )
     assert pipeline.stage_configs(config, "synthetic", {})[1].row_allocation == "counts"
     with pytest.raises(ValueError, match="row_allocation='counts' .* needs budget='bytes'"):
-        pipeline.stage_configs(pipeline.PipelineConfig(row_allocation="counts"), "synthetic", {})
+        config = pipeline.PipelineConfig(row_allocation="counts", budget="total")
+        pipeline.stage_configs(config, "synthetic", {})
     # index_share: BuildConfig's default, the flag passed on (and "none" for no cap)
     assert default.index_share == BuildConfig.index_share == 0.5
     config = pipeline.parse_args(["--out_dir", str(tmp_path), "--index_share", "0.25"])
@@ -136,7 +147,8 @@ def test_the_build_takes_the_pipelines_head_tail_settings(tmp_path, capsys) -> N
     with pytest.raises(
         ValueError, match="fill_share=0.05 .* needs budget='bytes', got budget='total'"
     ):
-        pipeline.stage_configs(pipeline.PipelineConfig(fill_share=0.05), "synthetic", {})
+        config = pipeline.PipelineConfig(fill_share=0.05, budget="total")
+        pipeline.stage_configs(config, "synthetic", {})
 
 
 def test_the_teacher_takes_the_pipelines_train_window(tmp_path) -> None:
@@ -195,7 +207,7 @@ def test_under_a_byte_budget_the_default_also_trains_the_plan_at_half_the_width(
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {},  # the default budget "total" counts rows, which a narrower plan does not change
+        {"budget": "total"},  # counts rows, which a narrower plan does not change
         {"budget": "table"},
         {"budget": "bytes", "fraction": 0.6},  # twice the rows would exceed the full tables
         {"budget": "bytes", "half_select": False},
@@ -204,7 +216,8 @@ def test_under_a_byte_budget_the_default_also_trains_the_plan_at_half_the_width(
 def test_no_half_width_plan_where_it_cannot_apply_or_is_turned_off(tmp_path, kwargs) -> None:
     config = pipeline.PipelineConfig(out_dir=str(tmp_path), **kwargs)
     assert list(pipeline.stage_configs(config, "synthetic", {})[2]) == ["lhf", "modulo", "none"]
-    on = pipeline.PipelineConfig(out_dir=str(tmp_path), budget="bytes")  # the default's
+    assert pipeline.PipelineConfig.budget == "bytes"  # the default: equal memory
+    on = pipeline.PipelineConfig(out_dir=str(tmp_path))
     assert "lhf-clustered-counts-half" in pipeline.stage_configs(on, "synthetic", {})[2]
     same = pipeline.PipelineConfig(out_dir=str(tmp_path), budget="bytes", half_rows="size")
     assert "lhf-clustered-half" in pipeline.stage_configs(same, "synthetic", {})[2]

@@ -115,6 +115,17 @@ def test_half_rows_shares_the_half_width_plans_rows_its_own_way(tmp_path) -> Non
     assert list(select(build, rows_select=True, half_select=True, half_rows="counts")) == both
     with pytest.raises(ValueError, match="half_rows must be one of .* got 'rows'"):
         select(build, half_select=True, half_rows="rows")
+    # a head and tail that cannot share rows by counts (no fill region; no head by counts):
+    # the plan at half the width shares them as the build does, by size
+    for other in ({"tail_region": "fixed"}, {"head_min_count": 0}):
+        cannot = dataclasses.replace(build, **other)
+        assert plan_candidates.shares_rows_by(cannot, "size")
+        assert not plan_candidates.shares_rows_by(cannot, "counts")
+        fallback = select(cannot, half_select=True, half_rows="counts")
+        assert list(fallback) == ["clustered", "clustered-half"]
+        assert fallback["clustered-half"].row_allocation == "size"
+        assert fallback["clustered-half"].tail_region == cannot.tail_region
+    assert plan_candidates.shares_rows_by(build, "counts")
 
 
 def test_same_plans_finds_candidates_whose_plan_an_earlier_one_has(tmp_path) -> None:
