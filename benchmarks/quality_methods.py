@@ -193,8 +193,9 @@ SELECTED: dict[str, tuple[str, ...]] = {
     # apps.pipeline's default under --budget bytes since 2026-12-02 (--half_rows counts)
     "lhf-headtail-select2-counts": ("lhf-headtail", "lhf-headtail-counts-half"),
     "lhf-headtail-select2-fill0.05": ("lhf-headtail-fill0.05", "lhf-headtail-half-fill0.05"),
-    # apps.pipeline --head_select under --budget bytes: that and the frequency-only plan
+    # the same choice between the two with no id clustered
     "lhf-headtail-select2-noclust": ("lhf-headtail-noclust", "lhf-headtail-counts-half-noclust"),
+    # apps.pipeline --head_select under --budget bytes: the default's two and frequency-only
     "lhf-headtail-select3": (
         "lhf-headtail",
         "lhf-headtail-noclust",

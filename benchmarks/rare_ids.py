@@ -43,9 +43,10 @@ and "gap closed" is read at equal total bytes:
   head region's rows to the most frequent ids, one each); ``lhf-select``: ``lhf`` and
   ``lhf-freq`` both trained, the one of higher validation AUC kept (:data:`SELECT`, as
   ``apps.pipeline --head_select --no-half_select``); ``lhf-select3``: among ``lhf``,
-  ``lhf-freq`` and ``lhf-counts-half`` (``--head_select`` under ``--budget bytes``); ``lhf-counts-freq``: rows shared by counts, none
-  clustered; ``lhf-select4``: the one of higher validation AUC among ``lhf``, ``lhf-freq``,
-  ``lhf-counts`` and ``lhf-counts-freq`` (``--head_select --rows_select``);
+  ``lhf-freq`` and ``lhf-counts-half`` (``--head_select`` under ``--budget bytes``);
+  ``lhf-counts-freq``: rows shared by counts, none clustered; ``lhf-select4``: the one of
+  higher validation AUC among ``lhf``, ``lhf-freq``, ``lhf-counts`` and ``lhf-counts-freq``
+  (``--head_select --rows_select``);
   ``lhf-sqrt-mlet`` / ``lhf-counts-sqrt-mlet``: the default / ``lhf-counts`` trained as MLET
   at the sqrt split's width (:data:`SQRT_MLET`); ``lhf-select6``: the one of higher
   validation AUC among those six; ``lhf-half`` / ``lhf-counts-half``: the same at half the
@@ -179,8 +180,8 @@ SELECT = {
 """Methods that train several plans and keep the one of higher validation AUC (the first on
 a tie): ``lhf-select`` the default and the frequency-only plan, as ``apps.pipeline
 --head_select --no-half_select`` does; ``lhf-select3`` those and ``lhf-counts-half``, as
-``--head_select`` does under ``--budget bytes``; ``lhf-select4`` those with rows shared by the sizes and by the counts,
-as ``--head_select --rows_select`` does; ``lhf-select6`` those and :data:`SQRT_MLET`;
+``--head_select`` does under ``--budget bytes``; ``lhf-select4`` those with rows shared by
+the sizes and by the counts, as ``--head_select --rows_select`` does; ``lhf-select6`` those and :data:`SQRT_MLET`;
 ``lhf-select8`` those and :data:`HALF_WIDTH`, as ``--head_select --rows_select
 --width_select`` does."""
 

@@ -335,6 +335,10 @@ def test_half_width_plans_keep_half_the_width_and_the_rest_in_rows(
     pair = ("lhf-headtail", "lhf-headtail-counts-half")
     assert quality.SELECTED["lhf-headtail-select2-counts"] == pair
     assert quality.SELECTED["lhf-headtail-select2"] == ("lhf-headtail", "lhf-headtail-half")
+    # with --head_select: the frequency-only plan too (as plan_candidates' "frequency")
+    three = ("lhf-headtail", "lhf-headtail-noclust", "lhf-headtail-counts-half")
+    assert quality.SELECTED["lhf-headtail-select3"] == three
+    assert quality.LHF_VARIANTS["lhf-headtail-noclust"]["frequency_only"]
 
 
 def test_a_method_whose_training_an_earlier_one_ran_is_not_run_again(
