@@ -1,9 +1,10 @@
-"""Reporting helpers: choosing a run on validation."""
+"""Reporting helpers: choosing a run on validation, the plot of AUC against bytes."""
 
 from __future__ import annotations
 
 import pytest
 
+from torchrec_lhf import report
 from torchrec_lhf.report import select_on_validation
 
 
@@ -36,3 +37,35 @@ def test_candidates_that_do_not_fit_are_left_out_of_the_choice() -> None:
     # none fits: the first one's row, as it is
     worse = {"method": "d", "infeasible": "smaller still"}
     assert select_on_validation({"b": bad, "d": worse}) == bad
+
+
+@pytest.mark.parametrize(
+    ("kib", "limits", "labels"),
+    [
+        # equal bytes (a pipeline run): a narrow range, widened to 4x about its middle
+        ([22.09, 22.13], (11.055, 44.22), {"15", "20", "30"}),
+        # a sweep over sizes: 1, 2, 5 times each power of ten, the range as matplotlib sets
+        ([2.2, 22.1, 110.6], None, {"2", "5", "10", "20", "50", "100"}),
+    ],
+)
+def test_the_plot_labels_bytes_as_plain_numbers(
+    tmp_path, monkeypatch, kib: list[float], limits: tuple | None, labels: set[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    summary = [{"method": "none", "bytes": 226_624, "auc": 0.79}]
+    summary += [{"method": "lhf", "bytes": k * 2**10, "auc": 0.78} for k in kib]
+    figures: list = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to read its axis
+    assert report.plot_auc_vs_bytes(summary, tmp_path / "p.png", "t")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    ax = figures[0].axes[0]
+    if limits is not None:
+        assert ax.get_xlim() == pytest.approx(limits, rel=1e-3)
+    lo, hi = ax.get_xlim()
+    shown = {t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi}
+    assert shown == labels  # no "2.2 x 10^1" labels
+    assert ax.get_xlabel() == "stored bytes: tables + stored index (KiB, log)"
+    close(figures[0])

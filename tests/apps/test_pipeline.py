@@ -10,11 +10,19 @@ from apps import pipeline
 from tests._fixtures import count_learned_trainings
 from torchrec_lhf.data import DatasetUnavailableError
 from torchrec_lhf.hash_build.config import BuildConfig
+from torchrec_lhf.report import plot_auc_vs_bytes
 
 TINY = json.dumps({"num_samples": 3000, "num_embeddings": [300, 400, 50]})
 
 
-def test_pipeline_end_to_end(tmp_path) -> None:
+def test_pipeline_end_to_end(tmp_path, monkeypatch) -> None:
+    plotted: list[dict] = []
+
+    def plot(summary, path, title):
+        plotted.extend(summary)
+        return plot_auc_vs_bytes(summary, path, title)
+
+    monkeypatch.setattr(pipeline, "plot_auc_vs_bytes", plot)
     rows = pipeline.main([
         "--dataset", "synthetic", "--dataset_options", TINY, "--out_dir", str(tmp_path / "run"),
         "--fraction", "0.1", "--min_table_rows", "100", "--teacher_epochs", "1",
@@ -33,6 +41,10 @@ def test_pipeline_end_to_end(tmp_path) -> None:
         assert 0.0 <= r["auc"] <= 1.0 and r["logloss"] > 0
     assert json.loads((tmp_path / "demo.json").read_text()) == rows
     assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"
+    # plotted at what each model stores: the hashing trick's remap is computed, not stored
+    assert [p["bytes"] for p in plotted] == [r["total_bytes"] for r in rows]
+    modulo = by_method["modulo"]
+    assert modulo["total_bytes"] == modulo["embedding_bytes"] < modulo["bytes"]
     assert (tmp_path / "run" / "plan.safetensors").is_file()
 
 
