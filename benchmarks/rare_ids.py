@@ -181,9 +181,9 @@ SELECT = {
 a tie): ``lhf-select`` the default and the frequency-only plan, as ``apps.pipeline
 --head_select --no-half_select`` does; ``lhf-select3`` those and ``lhf-counts-half``, as
 ``--head_select`` does under ``--budget bytes``; ``lhf-select4`` those with rows shared by
-the sizes and by the counts, as ``--head_select --rows_select`` does; ``lhf-select6`` those and :data:`SQRT_MLET`;
-``lhf-select8`` those and :data:`HALF_WIDTH`, as ``--head_select --rows_select
---width_select`` does."""
+the sizes and by the counts, as ``--head_select --rows_select`` does; ``lhf-select6``
+those and :data:`SQRT_MLET`; ``lhf-select8`` those and :data:`HALF_WIDTH`, as
+``--head_select --rows_select --width_select`` does."""
 
 
 @dataclass(kw_only=True)

@@ -61,8 +61,7 @@ def _plain_log_ticks(ax: Any, xs: list[float]) -> None:
     narrow = hi / lo < 10
     if hi / lo < 4:
         mid = (lo * hi) ** 0.5
-        lo, hi = mid / 2, mid * 2
-        ax.set_xlim(lo, hi)
+        ax.set_xlim(mid / 2, mid * 2)
     subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if narrow else (1.0, 2.0, 5.0)
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
