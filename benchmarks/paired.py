@@ -2,13 +2,16 @@
 
 Reads the quality sweep's ``results.json`` (a list of runs, :mod:`benchmarks.quality`) or
 reports of :mod:`benchmarks.rare_ids` (one JSON per seed), pairs every method's runs with
-the baseline's runs of the same seed and size, and prints per method and size the seeds
-paired, the mean test AUC and the mean differences of AUC and logloss from the baseline
-± their standard errors. Runs with test AUC below
+the baseline's runs of the same seed and size (a baseline of one size, such as the full
+model ``none``, pairs with every size), and prints per method and size the seeds paired,
+the mean test AUC and the mean differences of AUC, logloss and NE (normalized entropy,
+where the runs record it) from the baseline ± their standard errors. Runs with test AUC
+below
 :data:`~benchmarks.quality_report.COLLAPSED_AUC` are left out and counted::
 
     python -m benchmarks.paired --baseline lhf-headtail docs/results/leakfree-movielens/results.json
     python -m benchmarks.paired --baseline lhf docs/results/rare-ids-bytes/leakfree_s*.json
+    python -m benchmarks.paired --baseline none docs/results/movielens-bytes/results.json
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
 def paired_table(runs: list[dict[str, Any]], baseline: str) -> str:
     """The markdown table (module docstring); sizes largest first, methods by name.
 
+    Args:
+        runs: as :func:`load_runs` gives them.
+        baseline: the method every run is paired with, seed by seed: its run of the same
+            size, or, where it was run at one size only (the full model), that one.
+
     Raises:
         ValueError: no run of ``baseline``.
     """
@@ -60,20 +68,27 @@ def paired_table(runs: list[dict[str, Any]], baseline: str) -> str:
         raise ValueError(
             f"no runs of the baseline {baseline!r}; methods: {sorted({m for m, _ in by})}"
         )
+    base_sizes = [size for m, size in by if m == baseline]
+    only = by[(baseline, base_sizes[0])] if len(base_sizes) == 1 else {}
     lines = [
-        f"| method | size | seeds | test AUC | AUC - `{baseline}` | logloss - `{baseline}` | collapsed |",
-        "|---|---:|---:|---:|---|---|---:|",
+        f"| method | size | seeds | test AUC | AUC - `{baseline}` | logloss - `{baseline}` "
+        f"| NE - `{baseline}` | collapsed |",
+        "|---|---:|---:|---:|---|---|---|---:|",
     ]
     for (method, size), seeds in sorted(by.items(), key=lambda x: (-x[0][1], x[0][0])):
         ok = {s: r for s, r in seeds.items() if r["auc"] >= COLLAPSED_AUC}
-        ref = {s: r for s, r in by.get((baseline, size), {}).items() if r["auc"] >= COLLAPSED_AUC}
+        ref_runs = by.get((baseline, size), only)
+        ref = {s: r for s, r in ref_runs.items() if r["auc"] >= COLLAPSED_AUC}
         pairs = sorted(s for s in ok if s in ref)
         mean = statistics.fmean(r["auc"] for r in ok.values()) if ok else float("nan")
-        cells = [_diff([ok[s][k] - ref[s][k] for s in pairs]) for k in ("auc", "logloss")]
+        cells = [
+            _diff([ok[s][k] - ref[s][k] for s in pairs if k in ok[s] and k in ref[s]])
+            for k in ("auc", "logloss", "ne")
+        ]
         if method == baseline:
-            cells = ["-", "-"]
+            cells = ["-", "-", "-"]
         lines.append(
-            f"| `{method}` | {size:g} | {len(pairs)} | {mean:.4f} | {cells[0]} | {cells[1]} "
+            f"| `{method}` | {size:g} | {len(pairs)} | {mean:.4f} | {' | '.join(cells)} "
             f"| {len(seeds) - len(ok)} |"
         )
     return "\n".join(lines)

@@ -10,8 +10,8 @@ import pytest
 from benchmarks.paired import load_runs, main, paired_table
 
 
-def _run(method: str, seed: int, auc: float, logloss: float = 0.5) -> dict:
-    return {"method": method, "fraction": 0.1, "seed": seed, "auc": auc, "logloss": logloss}
+def _run(method: str, seed: int, auc: float, logloss: float = 0.5, size: float = 0.1) -> dict:
+    return {"method": method, "fraction": size, "seed": seed, "auc": auc, "logloss": logloss}
 
 
 def test_paired_by_seed_by_hand(tmp_path: Path) -> None:
@@ -21,8 +21,29 @@ def test_paired_by_seed_by_hand(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text(json.dumps(runs))
     table = main(["--baseline", "base", str(tmp_path / "results.json")])
     lines = table.splitlines()
-    assert lines[2] == "| `base` | 0.1 | 3 | 0.7500 | - | - | 0 |"
-    assert lines[3] == "| `x` | 0.1 | 2 | 0.7800 | +0.0300 ± 0.0100 | -0.0500 ± 0.0500 | 1 |"
+    assert lines[2] == "| `base` | 0.1 | 3 | 0.7500 | - | - | - | 0 |"
+    assert lines[3] == "| `x` | 0.1 | 2 | 0.7800 | +0.0300 ± 0.0100 | -0.0500 ± 0.0500 | - | 1 |"
+
+
+def test_a_baseline_of_one_size_pairs_with_every_size() -> None:
+    """The full model runs once a seed (size 1); every size pairs with it, NE too."""
+    runs = [_run("none", s, 0.80 + s / 100, size=1.0) | {"ne": 0.8} for s in range(3)]
+    runs += [
+        _run("x", s, 0.79 + s / 100 + d, size=0.1) | {"ne": 0.81}
+        for s, d in enumerate((0, 0.01, 0.02))
+    ]
+    runs += [_run("x", s, 0.70 + s / 100, size=0.01) for s in range(2)]  # no NE recorded
+    lines = paired_table(runs, "none").splitlines()
+    assert lines[2] == "| `none` | 1 | 3 | 0.8100 | - | - | - | 0 |"
+    # AUC deltas -0.01, 0, +0.01: mean 0, se 0.01/sqrt(3); NE +0.01 each (se 0)
+    assert (
+        lines[3]
+        == "| `x` | 0.1 | 3 | 0.8100 | +0.0000 ± 0.0058 | +0.0000 ± 0.0000 | +0.0100 ± 0.0000 | 0 |"
+    )
+    assert lines[4] == "| `x` | 0.01 | 2 | 0.7050 | -0.1000 ± 0.0000 | +0.0000 ± 0.0000 | - | 0 |"
+    # a baseline of several sizes pairs size by size only
+    more = runs + [_run("none", 0, 0.5, size=0.1)]
+    assert "| `x` | 0.01 | 0 |" in paired_table(more, "none")
 
 
 def test_rare_ids_reports_and_bad_input(tmp_path: Path) -> None:
