@@ -6,8 +6,7 @@ the baseline's runs of the same seed and size (a baseline of one size, such as t
 model ``none``, pairs with every size), and prints per method and size the seeds paired,
 the mean test AUC and the mean differences of AUC, logloss and NE (normalized entropy,
 where the runs record it) from the baseline ± their standard errors. Runs with test AUC
-below
-:data:`~benchmarks.quality_report.COLLAPSED_AUC` are left out and counted::
+below :data:`~benchmarks.quality_report.COLLAPSED_AUC` are left out and counted::
 
     python -m benchmarks.paired --baseline lhf-headtail docs/results/leakfree-movielens/results.json
     python -m benchmarks.paired --baseline lhf docs/results/rare-ids-bytes/leakfree_s*.json
