@@ -44,8 +44,11 @@ def test_candidates_that_do_not_fit_are_left_out_of_the_choice() -> None:
     [
         # equal bytes (a pipeline run): a narrow range, widened to 4x about its middle
         ([22.09, 22.13], (11.055, 44.22), {"15", "20", "30"}),
-        # a sweep over sizes: 1, 2, 5 times each power of ten, the range as matplotlib sets
-        ([2.2, 22.1, 110.6], None, {"2", "5", "10", "20", "50", "100"}),
+        # a sweep over sizes: 1, 2, 5 times each power of ten, the range padded by 1.25x
+        ([2.2, 22.1, 110.6], (1.76, 138.25), {"2", "5", "10", "20", "50", "100"}),
+        # the Criteo head's sweep at 1% and 10%: 1, 2, 5 would leave 27 without a label
+        # within 1.5x (20 is off the axis, 50 too far), so 3 and 7 join
+        ([27.1, 272.4], (21.68, 340.5), {"30", "50", "70", "100", "200", "300"}),
     ],
 )
 def test_the_plot_labels_bytes_as_plain_numbers(

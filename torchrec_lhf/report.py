@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,20 +51,38 @@ def select_on_validation(candidates: Mapping[str, Mapping[str, Any]]) -> dict[st
 
 
 def _plain_log_ticks(ax: Any, xs: list[float]) -> None:
-    """Plain numbers at 1, 2, 5 times each power of ten on a log x axis (more steps where
-    ``xs`` span less than a decade, which is then widened to at least 4x), instead of
-    matplotlib's overlapping scientific labels on a narrow range."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    """Plain numbers on a log x axis instead of matplotlib's overlapping scientific labels.
+
+    Ticks at 1, 2, 5 times each power of ten, or at 1, 2, 3, 5, 7 where that leaves a point
+    of ``xs`` without a labelled tick within a factor 1.5 of it (a sweep from 27 to 272 KiB
+    had none below 50); where ``xs`` span less than a decade, at 1, 1.5, 2, 3, 5, 7, the
+    range widened to at least 4x about its middle.
+    """
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     if not xs or min(xs) <= 0:
         return
     lo, hi = min(xs), max(xs)
-    narrow = hi / lo < 10
     if hi / lo < 4:
         mid = (lo * hi) ** 0.5
-        ax.set_xlim(mid / 2, mid * 2)
-    subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if narrow else (1.0, 2.0, 5.0)
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+        left, right = mid / 2, mid * 2
+    else:
+        left, right = lo / 1.25, hi * 1.25
+    ax.set_xlim(left, right)
+    choices = [(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)]
+    if hi / lo >= 10:
+        choices = [(1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0, 7.0)] + choices
+    first, last = math.floor(math.log10(left)), math.ceil(math.log10(right))
+    for subs in choices:
+        ticks = [
+            t
+            for k in range(first, last + 1)
+            for t in (s * 10.0**k for s in subs)
+            if left <= t <= right
+        ]
+        if all(any(x / 1.5 <= t <= x * 1.5 for t in ticks) for x in xs):
+            break
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
