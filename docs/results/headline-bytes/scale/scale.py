@@ -1,4 +1,4 @@
-"""The scale case at 1% of the bytes over 20 seeds (RESULTS.md, "Where the goals stand").
+"""The scale case at 1% of the bytes over 30 seeds (RESULTS.md, "Where the goals stand").
 Run from the repository root:
 
     python docs/results/headline-bytes/scale/scale.py
@@ -7,15 +7,18 @@ Seeds 0 to 9 are the runs RESULTS.md reads in "The half-width candidate's rows b
 counts" (the default's two plans: ``lhf`` in docs/results/ranked-heads/scale/,
 ``lhf-counts-half`` in docs/results/half-rows/scale/; the full model and the hashing trick
 as its ``gap_closed.py`` lists them; ``mch`` of seeds 0 to 6 from the runs "The scale case
-at 1% of the bytes over seven seeds" names). Seeds 10 to 19 ran everything in one report
-each (this folder, ``f0.01_s{10..19}.json``)::
+at 1% of the bytes over seven seeds" names). Seeds 10 to 29 ran everything in one report
+each (this folder, ``f0.01_s{10..29}.json``; seeds 20 to 29 at a later stop, the same code)::
 
     OMP_NUM_THREADS=1 python -m benchmarks.rare_ids --scale 0.1 --fraction 0.01 --budget bytes --seed S --methods none,modulo,mch,lhf,lhf-counts-half,lhf-select2-counts --json
 
 The default (``apps.pipeline`` under ``--budget bytes``) is the one of ``lhf`` and
 ``lhf-counts-half`` of higher validation AUC. Prints the gap to the full model it closes
 (pooled over the seeds, with a bootstrap over seeds), its stored remap's share of the bytes,
-and its paired differences from ``mch`` and the full model.
+and its paired differences from ``mch`` and the full model. Then the second case
+(``--group_scale 1.5``) at 10% of the bytes with today's default (``gs1.5_f0.1_s{0,1,2}.json``,
+the same command with ``--fraction 0.1 --group_scale 1.5``): its paired differences from the
+hashing trick, the full model and ``mch``.
 """
 
 import importlib.util
@@ -35,7 +38,7 @@ MCH = {
     5: "docs/results/select4/scale/all_f0.01_s5.json",
     6: "docs/results/select4/scale/all_f0.01_s6.json",
 }
-NEW = range(10, 20)
+NEW = range(10, 30)
 
 
 def main():
@@ -50,7 +53,14 @@ def main():
         chosen = gc.chosen(r["lhf"], r["lhf-counts-half"])
         assert chosen["auc"] == r["lhf-select2-counts"]["auc"], s  # the benchmark's own choice
         rows.append((s, chosen, r["none"]["auc"], r["modulo"]["auc"], r["mch"]))
-    for name, part in (("seeds 0 to 9", rows[:10]), ("seeds 10 to 19", rows[10:]), ("all", rows)):
+    parts = (
+        ("seeds 0 to 9", rows[:10]),
+        ("seeds 10 to 19", rows[10:20]),
+        ("seeds 20 to 29", rows[20:]),
+        ("seeds 0 to 19", rows[:20]),
+        ("all", rows),
+    )
+    for name, part in parts:
         aucs = [r[1]["auc"] for r in part]
         gap, boots = gc.gap_closed(aucs, [r[2] for r in part], [r[3] for r in part])
         print(f"{name}: {len(part)} seeds, test AUC {st.mean(aucs):.4f}, gap closed "
@@ -69,6 +79,22 @@ def main():
     print(f"default - mch: AUC {st.mean(d):+.4f} ± {gc.se(d):.4f}, logloss {st.mean(dl):+.4f} ± "
           f"{gc.se(dl):.4f} ({len(d)} seeds: {[r[0] for r in with_mch]}; ahead on "
           f"{sum(x > 0 for x in d)})")  # fmt: skip
+
+    second_case()
+
+
+def second_case(seeds=(0, 1, 2)):
+    runs = [gc.results(f"{HERE}/gs1.5_f0.1_s{s}.json") for s in seeds]
+    for r, s in zip(runs, seeds):
+        chosen = gc.chosen(r["lhf"], r["lhf-counts-half"])
+        assert chosen["auc"] == r["lhf-select2-counts"]["auc"], s  # the benchmark's own choice
+    print(f"second case at 10%, seeds {list(seeds)}: default "
+          f"{[round(r['lhf-select2-counts']['auc'], 4) for r in runs]}")  # fmt: skip
+    for other in ("modulo", "none", "mch"):
+        d = [r["lhf-select2-counts"]["auc"] - r[other]["auc"] for r in runs]
+        dl = [r["lhf-select2-counts"]["logloss"] - r[other]["logloss"] for r in runs]
+        print(f"  default - {other}: AUC {st.mean(d):+.4f} ± {gc.se(d):.4f} {[round(x, 4) for x in d]}, "
+              f"logloss {st.mean(dl):+.4f} ± {gc.se(dl):.4f}")  # fmt: skip
 
 
 if __name__ == "__main__":
