@@ -53,10 +53,11 @@ def select_on_validation(candidates: Mapping[str, Mapping[str, Any]]) -> dict[st
 def _plain_log_ticks(ax: Any, xs: list[float]) -> None:
     """Plain numbers on a log x axis instead of matplotlib's overlapping scientific labels.
 
-    Ticks at 1, 2, 5 times each power of ten, or at 1, 2, 3, 5, 7 where that leaves a point
-    of ``xs`` without a labelled tick within a factor 1.5 of it (a sweep from 27 to 272 KiB
-    had none below 50); where ``xs`` span less than a decade, at 1, 1.5, 2, 3, 5, 7, the
-    range widened to at least 4x about its middle.
+    The axis spans ``xs`` padded by 1.25x on either side, or 4x about their middle where
+    they span less. Ticks at 1, 2, 5 times each power of ten; at 1, 2, 3, 5, 7 where that
+    leaves a point of ``xs`` without a tick within a factor 1.5 of it (a sweep from 27 to
+    272 KiB had none below 50); at 1, 1.5, 2, 3, 5, 7 where ``xs`` span less than a decade
+    (or the others still leave one: these never do, no two being more than 1.43x apart).
     """
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
