@@ -181,6 +181,35 @@ def test_meta_is_checked_before_loading_and_old_format_is_refused(tmp_path: Path
         checkpoint.load(old, model=model, optimizer=opt)
 
 
+def _draws_after_load(directory: Path) -> torch.Tensor:
+    model, opt = _linear()
+    torch.rand(5)  # move the generator on: the load has to put it back
+    checkpoint.load(directory, model=model, optimizer=opt)
+    return torch.rand(3)
+
+
+def test_generator_is_restored_from_new_and_old_checkpoints(tmp_path: Path) -> None:
+    """Each rank's generator state (``rng.cpu_by_rank.{rank}``); checkpoints written before
+    the states were kept per rank hold one (``rng.cpu``) and still load."""
+    model, opt = _linear()
+    torch.manual_seed(3)
+    checkpoint.save(tmp_path / "new", model=model, optimizer=opt, step=1)
+    expected = torch.rand(3)
+    assert torch.equal(_draws_after_load(tmp_path / "new"), expected)
+
+    def old_state(*args, **kwargs):
+        state = state_of(*args, **kwargs)
+        state["rng"] = {"cpu": torch.get_rng_state()}
+        return state
+
+    state_of = checkpoint._state
+    torch.manual_seed(4)
+    with mock.patch.object(checkpoint, "_state", old_state):
+        checkpoint.save(tmp_path / "old", model=model, optimizer=opt, step=1)
+    expected = torch.rand(3)
+    assert torch.equal(_draws_after_load(tmp_path / "old"), expected)
+
+
 def test_another_runs_checkpoint_of_the_same_step_is_replaced(tmp_path: Path) -> None:
     model, opt = _linear()
     checkpoint.save(tmp_path, model=model, optimizer=opt, step=7, meta={"plan": "old"})

@@ -14,8 +14,10 @@ What DCP saves is one nested state dict: ``model`` (``model.state_dict()``: Shar
 DTensors of TorchRec's sharded tables, plain tensors of the replicated dense layers and
 buffers such as the hash plan's ``remap.mapping``), ``optim`` (``optimizer.state_dict()``'s
 ``state``: the fused tables' row-wise momentum as ShardedTensors, the dense optimizer's
-state as plain tensors), ``extra`` (the caller's tensors) and ``rng`` (the CPU generator).
-Plain tensors are taken to be replicated: DCP writes one rank's copy.
+state as plain tensors), ``extra`` (the caller's tensors) and ``rng`` (each rank's CPU
+generator, ``rng.cpu_by_rank.{rank}``: ranks draw apart, e.g. where ``mch`` re-initializes the
+rows each rank evicts). Other plain tensors are taken to be replicated: DCP writes one rank's
+copy.
 
 Atomicity: every rank writes into ``step_{N}``; after a barrier rank 0 flips ``latest``
 (:func:`torchrec_lhf._io.atomic_write_json`) and only then deletes the step directories
@@ -169,19 +171,32 @@ def _same_meta(path: Path, meta: Mapping[str, Any] | None) -> bool:
     return manifest.get("meta") == json.loads(json.dumps(dict(meta or {})))
 
 
+RNG_BY_RANK = "cpu_by_rank"
+"""``rng.{RNG_BY_RANK}.{rank}``: a rank's CPU generator state in the checkpoint."""
+
+
 def _state(
-    model_sd: Mapping[str, Any], optim_state: Mapping[str, Any], extra: dict[str, torch.Tensor]
+    model_sd: Mapping[str, Any],
+    optim_state: Mapping[str, Any],
+    extra: dict[str, torch.Tensor],
+    rng_key: str | None = None,
 ) -> dict[str, Any]:
     """The nested dict DCP saves and loads in place; every leaf must be a tensor.
+
+    ``rng_key``: the dotted key of the generator state (:func:`_rng_key`); None: this rank's
+    own (``rng.cpu_by_rank.{rank}``, what a save writes).
 
     NOTE: no ``extra`` entry without extra tensors: DCP flattens an empty dict to a
     non-tensor leaf, which a load at world size 2 then failed to find ("Missing key in
     checkpoint state_dict: extra")."""
+    rng: Any = torch.get_rng_state()
+    for part in reversed((rng_key or f"rng.{RNG_BY_RANK}.{_rank()}").split(".")[1:]):
+        rng = {part: rng}
     state = {
         "model": dict(model_sd),
         "optim": dict(optim_state),
         **({"extra": extra} if extra else {}),
-        "rng": {"cpu": torch.get_rng_state()},
+        "rng": rng,
     }
     _check_leaves(state, "")
     return state
@@ -233,6 +248,16 @@ def read_latest(directory: str | os.PathLike) -> dict[str, Any] | None:
     return pointer
 
 
+def _rng_key(path: Path, saved: set[str]) -> str:
+    """The generator state this rank resumes with: its own where the checkpoint has it (the
+    same or a larger world size wrote it), else rank 0's; ``rng.cpu`` in checkpoints
+    written before the states were kept per rank (one state, rank 0's, for every rank)."""
+    for key in (f"rng.{RNG_BY_RANK}.{_rank()}", f"rng.{RNG_BY_RANK}.0", "rng.cpu"):
+        if key in saved:
+            return key
+    raise ValueError(f"{path} holds no generator state (rng.{RNG_BY_RANK}.0 or rng.cpu)")
+
+
 def load(
     directory: str | os.PathLike,
     *,
@@ -243,7 +268,7 @@ def load(
     """Load the latest checkpoint of ``directory`` into this rank's shards (collective).
 
     The checkpoint may come from another world size or sharding: DCP reads the chunks that
-    overlap this rank's shards. The CPU RNG state is restored too.
+    overlap this rank's shards. Each rank's CPU generator is restored too (:func:`_rng_key`).
 
     Args:
         directory: as given to :func:`save`.
@@ -284,11 +309,15 @@ def load(
         for key, md in metadata.state_dict_metadata.items()
         if key.startswith("extra.")
     }
-    state = _state(model_sd, optim_sd["state"], extra)
+    rng_key = _rng_key(path, saved)
+    state = _state(model_sd, optim_sd["state"], extra, rng_key)
     dcp.load(state, storage_reader=reader)
     model.load_state_dict(model_sd)
     optimizer.load_state_dict(optim_sd)
-    torch.set_rng_state(state["rng"]["cpu"])
+    rng = state
+    for part in rng_key.split("."):
+        rng = rng[part]
+    torch.set_rng_state(rng)
     logger.info("resumed from %s (step %d)", path, manifest["step"])
     return Loaded(
         path=path,

@@ -1,5 +1,6 @@
 """The DLRM app at world size 2: mch, with and without learned hashing, checkpoint / resume
-(mid-epoch, and across world sizes 2 -> 1 -> 2), and gathering sharded state."""
+(mid-epoch, across world sizes 2 -> 1 -> 2, and of an mch run), and gathering sharded
+state."""
 
 from __future__ import annotations
 
@@ -103,6 +104,34 @@ RESUME = [
     *("--compression", "modulo", "--fraction", "0.5", "--sharding_types", "row_wise"),
     *("--limit_train_batches", "8", "--dense_optimizer", "adam", "--epochs", "2"),
 ]
+
+
+# mch, row-wise: each rank counts the ids of its block (a number that varies from step to
+# step) and re-initializes the rows it evicts from its own generator; 25 steps an epoch
+MCH_RESUME = [*SMALL, *NO_MINIMUM, "--compression", "mch", "--fraction", "0.2", "--epochs", "2"]
+
+
+def _mch_run_and_crash(rank: int, world_size: int, tmp: str) -> dict:
+    uninterrupted = main(MCH_RESUME)
+    with killed_after_save(30), pytest.raises(Killed):  # epoch 2, after 5 of its steps
+        main([*MCH_RESUME, "--checkpoint_dir", f"{tmp}/mch", "--checkpoint_every", "10"])
+    return uninterrupted
+
+
+def _mch_resume(rank: int, world_size: int, tmp: str) -> dict:
+    return main([*MCH_RESUME, "--checkpoint_dir", f"{tmp}/mch", "--resume"])
+
+
+@pytest.mark.distributed
+def test_mch_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    """Killed mid-epoch 2 and resumed at world size 2: the same metrics to the digit (each
+    rank's generator and every id's count restored)."""
+    tmp = str(tmp_path)
+    a = run_multiprocess(_mch_run_and_crash, world_size=2, tmp=tmp)[0]
+    b = run_multiprocess(_mch_resume, world_size=2, tmp=tmp)[0]
+    assert (a["epochs"], a["steps"]) == (b["epochs"], b["steps"]) == (2, 50)
+    for key in ("auc", "logloss", "val_auc", "val_logloss"):
+        assert b[key] == a[key], key
 
 
 def _run_and_crash(rank: int, world_size: int, tmp: str) -> dict:

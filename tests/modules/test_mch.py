@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.modules.mc_modules import DistanceLFU_EvictionPolicy, MCHManagedCollisionModule
+from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from torchrec_lhf.modules.mch import (
+    GrowingHistoryMCH,
     MCHEmbeddingBagCollection,
     managed_collision_collection,
     mch_rows,
@@ -115,3 +118,39 @@ def test_training_admits_new_ids() -> None:
     modules = ebc.managed._managed_collision_collection._managed_collision_modules
     assert modules["a"]._mch_sorted_raw_ids.tolist() == [4, 9, MAX, MAX]
     assert modules["b"]._mch_sorted_raw_ids.tolist() == [1, MAX]
+
+
+def _counts_after(cls: type, batches: list[list[int]]) -> dict[int, int]:
+    """The managed ids' counts of an MCH module of 4 rows trained on ``batches``."""
+    module = cls(
+        zch_size=4,
+        device=torch.device("cpu"),
+        eviction_policy=DistanceLFU_EvictionPolicy(),
+        eviction_interval=1,
+        input_hash_size=100,
+        name="t",
+    )
+    module.train()
+    for ids in batches:
+        values = torch.tensor(ids)
+        module.profile({"f": JaggedTensor(values=values, lengths=torch.ones_like(values))})
+    held = module._mch_sorted_raw_ids.tolist()
+    return {i: c for i, c in zip(held, module._mch_counts.tolist()) if i != MAX}
+
+
+def test_growing_history_counts_every_id_of_a_larger_batch() -> None:
+    """TorchRec sizes the history by the first batch (1 id: room for 1) and drops the ids
+    beyond it from later steps' counts; the growing history counts all of them."""
+    batches = [[1], [5, 5, 5, 6, 6]]
+    assert _counts_after(GrowingHistoryMCH, batches) == {1: 1, 5: 3, 6: 2}
+    assert _counts_after(MCHManagedCollisionModule, batches) == {1: 1, 5: 1}  # TorchRec's
+    # the same ids in another batch order count alike
+    assert _counts_after(GrowingHistoryMCH, [[5, 5, 5, 6, 6], [1]]) == {1: 1, 5: 3, 6: 2}
+
+
+def test_collection_and_its_sharded_modules_grow_their_history() -> None:
+    mc = managed_collision_collection(_tables(), {"a": 4, "b": 2})
+    modules = mc._managed_collision_collection._managed_collision_modules
+    assert all(type(m) is GrowingHistoryMCH for m in modules.values())
+    rebuilt = modules["a"].rebuild_with_output_id_range((0, 2), [0, 10, 20])
+    assert type(rebuilt) is GrowingHistoryMCH  # as the sharder rebuilds a rank's module

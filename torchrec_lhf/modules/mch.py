@@ -11,6 +11,13 @@ in persistent buffers of ``R`` int64 each (sorted raw ids, their rows, counts, l
 plus TorchRec's fixed sharding metadata (1,025 int64 output segments and the step counter);
 :func:`mch_state_bytes` counts what serving needs (the sorted raw ids and their rows).
 
+NOTE: TorchRec sizes a module's id history (the ids it counts between eviction rounds) by
+the first training batch it sees, 1.25 times that, and drops the ids of any later step
+beyond it from the counts. A module's ids per step vary wherever features are multi-hot or
+tables are row-wise sharded (each rank gets the ids of its block), so the counts depended on
+the first batch, and a resumed run, whose first batch is another, counted other ids.
+:class:`GrowingHistoryMCH` grows the history instead: every id is counted.
+
 NOTE: row-wise sharded over ``W`` ranks, each rank manages the ids of its block of the raw
 id range ``[0, N)`` with its block of rows, and keeps a miss row of its own (``W`` miss rows
 in all).
@@ -35,7 +42,7 @@ from torchrec.modules.mc_modules import (
     ManagedCollisionCollection,
     MCHManagedCollisionModule,
 )
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from torchrec_lhf._torchrec_private import MCH_SERVING_BUFFERS, mch_serving_buffers
 from torchrec_lhf.compression.budget import allocate_rows
@@ -128,6 +135,40 @@ def _row_wise_shardable(rows: int, world_size: int) -> int:
     return r
 
 
+class GrowingHistoryMCH(MCHManagedCollisionModule):
+    """TorchRec's MCH module whose id history grows to hold every training step's ids.
+
+    The base class truncates a step's ids to the history it sized on its first batch (see
+    the module's NOTE); this one enlarges the history first where a step brings more ids
+    than are left, keeping what it holds, so no id goes uncounted and the counts do not
+    depend on which batch came first. The sharder rebuilds per-rank modules as
+    ``type(self)``, so they are of this class too.
+    """
+
+    def profile(self, features: dict[str, JaggedTensor]) -> dict[str, JaggedTensor]:
+        """Grow the history where ``features`` (``{name: JaggedTensor}``, ``V`` ids in
+        all) do not fit in it, then record and evict as TorchRec does."""
+        if self.training and self._input_history_buffer_size != -1:
+            incoming = sum(f.values().numel() for f in features.values())  # (no sync)
+            needed = self._current_history_buffer_offset + incoming
+            if needed > self._input_history_buffer_size:
+                self._grow_history(needed + needed // 4)
+        return super().profile(features)
+
+    def _grow_history(self, size: int) -> None:
+        """Reallocate the history at ``size`` entries, keeping the ones recorded."""
+        kept = self._current_history_buffer_offset
+        accumulator = self._history_accumulator.new_empty(size)
+        accumulator[:kept] = self._history_accumulator[:kept]
+        self._history_accumulator = accumulator
+        for name, old in list(self._history_metadata.items()):
+            new = old.new_zeros(size)
+            new[:kept] = old[:kept]
+            self.register_buffer(f"_history_{name}", new, persistent=False)
+            self._history_metadata[name] = new
+        self._input_history_buffer_size = size
+
+
 def managed_collision_collection(
     tables: Sequence[EmbeddingBagConfig],
     zch_sizes: Mapping[str, int],
@@ -138,7 +179,7 @@ def managed_collision_collection(
 ) -> ManagedCollisionEmbeddingBagCollection:
     """TorchRec's MC-EBC over ``tables``, table ``t`` cut to ``zch_sizes[t]`` rows.
 
-    Every table gets an :class:`MCHManagedCollisionModule` with ``zch_size = R``,
+    Every table gets an MCH module (:class:`GrowingHistoryMCH`) with ``zch_size = R``,
     ``input_hash_size = N`` (the raw id range, which row-wise sharding splits into
     ``world_size`` blocks, TorchRec's ``buckets``) and a DistanceLFU eviction policy.
 
@@ -177,7 +218,7 @@ def managed_collision_collection(
     for t in tables:
         r = zch_sizes[t.name]
         # NOTE: the MCH buffers are never on meta: the sharder rebuilds them per rank anyway.
-        modules[t.name] = MCHManagedCollisionModule(
+        modules[t.name] = GrowingHistoryMCH(
             zch_size=r,
             device=device if device.type != "meta" else torch.device("cpu"),
             eviction_policy=DistanceLFU_EvictionPolicy(),
