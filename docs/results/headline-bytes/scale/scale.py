@@ -18,7 +18,10 @@ The default (``apps.pipeline`` under ``--budget bytes``) is the one of ``lhf`` a
 and its paired differences from ``mch`` and the full model. Then the second case
 (``--group_scale 1.5``) at 10% of the bytes with today's default (``gs1.5_f0.1_s{0..4}.json``,
 the same command with ``--fraction 0.1 --group_scale 1.5``; seeds 3 and 4 at a later stop):
-its paired differences from the hashing trick, the full model and ``mch``.
+its paired differences from the hashing trick, the full model and ``mch``, and from the
+other peers, which ran at a later stop (``gs1.5_peers_f0.1_s{0..4}.json``)::
+
+    OMP_NUM_THREADS=1 python -m benchmarks.rare_ids --scale 0.1 --fraction 0.1 --budget bytes --group_scale 1.5 --seed S --methods qr,fbdh,memrec,mlet --json
 """
 
 import importlib.util
@@ -90,11 +93,14 @@ def second_case(seeds=(0, 1, 2, 3, 4)):
         assert chosen["auc"] == r["lhf-select2-counts"]["auc"], s  # the benchmark's own choice
     print(f"second case at 10%, seeds {list(seeds)}: default "
           f"{[round(r['lhf-select2-counts']['auc'], 4) for r in runs]}")  # fmt: skip
-    for other in ("modulo", "none", "mch"):
-        d = [r["lhf-select2-counts"]["auc"] - r[other]["auc"] for r in runs]
-        dl = [r["lhf-select2-counts"]["logloss"] - r[other]["logloss"] for r in runs]
-        print(f"  default - {other}: AUC {st.mean(d):+.4f} ± {gc.se(d):.4f} {[round(x, 4) for x in d]}, "
-              f"logloss {st.mean(dl):+.4f} ± {gc.se(dl):.4f}")  # fmt: skip
+    peers = [gc.results(f"{HERE}/gs1.5_peers_f0.1_s{s}.json") for s in seeds]
+    for other in ("modulo", "none", "mch", "qr", "fbdh", "memrec", "mlet"):
+        them = [(r if other in r else p)[other] for r, p in zip(runs, peers)]
+        d = [r["lhf-select2-counts"]["auc"] - t["auc"] for r, t in zip(runs, them)]
+        dl = [r["lhf-select2-counts"]["logloss"] - t["logloss"] for r, t in zip(runs, them)]
+        print(f"  default - {other} ({st.mean(t['auc'] for t in them):.4f}): AUC {st.mean(d):+.4f} ± "
+              f"{gc.se(d):.4f} {[round(x, 4) for x in d]}, logloss {st.mean(dl):+.4f} ± "
+              f"{gc.se(dl):.4f}, ahead on {sum(x > 0 for x in d)} of {len(d)}")  # fmt: skip
 
 
 if __name__ == "__main__":
