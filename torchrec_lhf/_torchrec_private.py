@@ -1,10 +1,10 @@
 """Every read or write of a TorchRec private attribute, in one place.
 
-TorchRec offers no public way to do the two things below. Each function names what it
+TorchRec offers no public way to do the three things below. Each function names what it
 touches, why, and the public alternative that was tried; ``docs/TORCHREC_PRIVATE.md``
 lists the same (and the private uses that were replaced by public ones). When TorchRec
-is upgraded, ``tests/modules/test_mch.py`` and ``tests/distributed/test_mch.py`` exercise
-both.
+is upgraded, ``tests/modules/test_mch.py``, ``tests/distributed/test_mch.py`` and
+``tests/apps/test_train_distributed.py`` exercise them.
 """
 
 from __future__ import annotations
@@ -59,3 +59,36 @@ def wrap_eviction_tables(
     sharded._table_to_tbe_and_index = {
         table: (wrap(tbe), index) for table, (tbe, index) in table_to_tbe.items()
     }
+
+
+def grow_mch_history(module: MCHManagedCollisionModule, incoming: int) -> None:
+    """Enlarge an MCH module's id history where ``incoming`` more ids would not fit in it.
+
+    Reads ``_input_history_buffer_size`` (-1 before the first training batch, which sizes
+    it: nothing to do then) and ``_current_history_buffer_offset`` (the ids recorded since
+    the last eviction round); where they and ``incoming`` exceed the size, replaces
+    ``_history_accumulator`` and each ``_history_{name}`` buffer of ``_history_metadata``
+    by one of 1.25 times what is needed, holding the recorded entries, and sets the size.
+    Without it, ``profile`` drops the ids beyond the size from the counts.
+
+    Public alternative tried: none; the history is sized once, from the first batch
+    (``_init_history_buffers``), by ``eviction_interval`` and that batch only, and neither
+    bounds the ids a step brings where features are multi-hot or a row-wise shard gets the
+    ids of its block.
+    """
+    # NOTE: TorchRec private attributes (see docstring).
+    size = module._input_history_buffer_size
+    kept = module._current_history_buffer_offset
+    needed = kept + incoming
+    if size == -1 or needed <= size:
+        return
+    size = needed + needed // 4
+    accumulator = module._history_accumulator.new_empty(size)
+    accumulator[:kept] = module._history_accumulator[:kept]
+    module._history_accumulator = accumulator
+    for name, old in list(module._history_metadata.items()):
+        new = old.new_zeros(size)
+        new[:kept] = old[:kept]
+        module.register_buffer(f"_history_{name}", new, persistent=False)
+        module._history_metadata[name] = new
+    module._input_history_buffer_size = size

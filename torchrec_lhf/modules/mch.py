@@ -44,7 +44,11 @@ from torchrec.modules.mc_modules import (
 )
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
-from torchrec_lhf._torchrec_private import MCH_SERVING_BUFFERS, mch_serving_buffers
+from torchrec_lhf._torchrec_private import (
+    MCH_SERVING_BUFFERS,
+    grow_mch_history,
+    mch_serving_buffers,
+)
 from torchrec_lhf.compression.budget import allocate_rows
 
 logger = logging.getLogger(__name__)
@@ -146,27 +150,12 @@ class GrowingHistoryMCH(MCHManagedCollisionModule):
     """
 
     def profile(self, features: dict[str, JaggedTensor]) -> dict[str, JaggedTensor]:
-        """Grow the history where ``features`` (``{name: JaggedTensor}``, ``V`` ids in
-        all) do not fit in it, then record and evict as TorchRec does."""
-        if self.training and self._input_history_buffer_size != -1:
-            incoming = sum(f.values().numel() for f in features.values())  # (no sync)
-            needed = self._current_history_buffer_offset + incoming
-            if needed > self._input_history_buffer_size:
-                self._grow_history(needed + needed // 4)
+        """Grow the history where ``features`` (``{name: JaggedTensor}``) do not fit in it
+        (:func:`~torchrec_lhf._torchrec_private.grow_mch_history`), then record and evict
+        as TorchRec does."""
+        if self.training:
+            grow_mch_history(self, sum(f.values().numel() for f in features.values()))
         return super().profile(features)
-
-    def _grow_history(self, size: int) -> None:
-        """Reallocate the history at ``size`` entries, keeping the ones recorded."""
-        kept = self._current_history_buffer_offset
-        accumulator = self._history_accumulator.new_empty(size)
-        accumulator[:kept] = self._history_accumulator[:kept]
-        self._history_accumulator = accumulator
-        for name, old in list(self._history_metadata.items()):
-            new = old.new_zeros(size)
-            new[:kept] = old[:kept]
-            self.register_buffer(f"_history_{name}", new, persistent=False)
-            self._history_metadata[name] = new
-        self._input_history_buffer_size = size
 
 
 def managed_collision_collection(
