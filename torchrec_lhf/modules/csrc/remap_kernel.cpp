@@ -766,10 +766,13 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
                           const torch::Tensor& slot_rows, const torch::Tensor& seeds,
                           const torch::Tensor& tail_offset, const torch::Tensor& tail_rows,
                           const torch::Tensor& is_compact, bool modulo) {
-  const auto none = torch::empty({0}, ids.options().dtype(torch::kInt32));
+  // made once (allocated on every call, it was about a tenth of what the remap adds to a
+  // one-sample request) and never freed: a static tensor's destructor could run after
+  // libtorch's at exit
+  static const torch::Tensor* const none = new torch::Tensor(torch::empty({0}, torch::kInt32));
   return fused_remap_ranked(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
-                            tail_offset, tail_rows, is_compact, none, none, none, none, none,
-                            none, modulo);
+                            tail_offset, tail_rows, is_compact, *none, *none, *none, *none, *none,
+                            *none, modulo);
 }
 
 // The ids of each of `num` features from the per-bag lengths `(num * B,)` (a
