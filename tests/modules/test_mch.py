@@ -120,13 +120,14 @@ def test_training_admits_new_ids() -> None:
     assert modules["b"]._mch_sorted_raw_ids.tolist() == [1, MAX]
 
 
-def _counts_after(cls: type, batches: list[list[int]]) -> dict[int, int]:
-    """The managed ids' counts of an MCH module of 4 rows trained on ``batches``."""
+def _counts_after(cls: type, batches: list[list[int]], interval: int = 1) -> dict[int, int]:
+    """The managed ids' counts of an MCH module of 4 rows trained on ``batches``, with an
+    eviction round every ``interval`` steps."""
     module = cls(
         zch_size=4,
         device=torch.device("cpu"),
         eviction_policy=DistanceLFU_EvictionPolicy(),
-        eviction_interval=1,
+        eviction_interval=interval,
         input_hash_size=100,
         name="t",
     )
@@ -146,6 +147,14 @@ def test_growing_history_counts_every_id_of_a_larger_batch() -> None:
     assert _counts_after(MCHManagedCollisionModule, batches) == {1: 1, 5: 1}  # TorchRec's
     # the same ids in another batch order count alike
     assert _counts_after(GrowingHistoryMCH, [[5, 5, 5, 6, 6], [1]]) == {1: 1, 5: 3, 6: 2}
+
+
+def test_growing_history_keeps_the_ids_recorded_before_it_grows() -> None:
+    """Evicting every 2 steps, the history (2 ids: the first batch's 1 id, twice, 1.25 times)
+    holds step 1's id when step 2 brings 3 more: grown, it counts all 4 at step 2's round."""
+    batches = [[1], [5, 5, 5]]
+    assert _counts_after(GrowingHistoryMCH, batches, interval=2) == {1: 1, 5: 3}
+    assert _counts_after(MCHManagedCollisionModule, batches, interval=2) == {1: 1, 5: 1}
 
 
 def test_collection_and_its_sharded_modules_grow_their_history() -> None:
