@@ -6,6 +6,11 @@ Besides the model and optimizer state, a checkpoint's ``meta`` holds the data po
 and the :data:`~apps.dlrm.config.MODEL_FIELDS` of the config, which a resumed run must
 match; ``extra`` holds the caller's tensors (the teacher's id counts). Checkpoints of the
 format before DCP (``checkpoint.safetensors``) are refused with a ValueError.
+
+A ``cce`` run's plan changes at each phase: its checkpoint also holds the starting plan's
+fingerprint (which the resumed run must match) and the phases done (``cce_phase``); the
+plan the model holds is restored from the loaded state (the clustered indices are the
+remap's state) and checked against the saved fingerprint.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from apps.dlrm.config import MODEL_FIELDS
 from torchrec_lhf import checkpoint
+from torchrec_lhf.distributed.cce import restore_model_phase
 
 if TYPE_CHECKING:
     from apps.dlrm.loop import Session
@@ -26,11 +32,19 @@ KEEP = 2
 
 
 def _expected(session: Session) -> dict[str, Any]:
+    """What a resumed run must match: the model's configuration and its plan (``cce``: the
+    starting plan, which its phases replace; the one it holds is restored and checked after
+    loading, :func:`_restore_cce_plan`)."""
     config = session.config.to_dict()
-    return {
-        "plan_fingerprint": session.plan_fingerprint,
-        "model": {k: config[k] for k in MODEL_FIELDS},
-    }
+    if _is_cce(session):
+        plan = {"start_plan_fingerprint": session.start_plan_fingerprint}
+    else:
+        plan = {"plan_fingerprint": session.plan_fingerprint}
+    return {**plan, "model": {k: config[k] for k in MODEL_FIELDS}}
+
+
+def _is_cce(session: Session) -> bool:
+    return session.config.compression == "cce" and session.start_plan is not None
 
 
 def save(session: Session, extra_state: Any = None) -> None:
@@ -45,6 +59,8 @@ def save(session: Session, extra_state: Any = None) -> None:
     assert cfg.checkpoint_dir is not None, "save needs --checkpoint_dir"
     meta = {
         **_expected(session),
+        "plan_fingerprint": session.plan_fingerprint,
+        **({"cce_phase": session.cce_phase} if _is_cce(session) else {}),
         "epoch": session.epoch,
         "batch": session.batch,
         "global_batch_size": cfg.batch_size * session.env.world_size,
@@ -101,9 +117,24 @@ def resume(session: Session, extra_state: Any = None) -> bool:
             meta["global_batch_size"],
             session.batch,
         )
+    if _is_cce(session):
+        _restore_cce_plan(session, meta, loaded.path)
     if extra_state is not None:
         extra_state.load(loaded.extra)
     logger.info(
         "resumed at epoch %d, batch %d, step %d", session.epoch + 1, session.batch, session.step
     )
     return True
+
+
+def _restore_cce_plan(session: Session, meta: dict[str, Any], path: Any) -> None:
+    """After loading a ``cce`` run's state: the plan its model holds after the checkpoint's
+    phases (the clustered indices from the state, the seeds from the phase), checked
+    against the fingerprint saved with it."""
+    phase = meta.get("cce_phase", 0)
+    session.plan = restore_model_phase(session.model, session.start_plan, phase)
+    if session.plan_fingerprint != meta.get("plan_fingerprint"):
+        raise ValueError(
+            f"{path}: after cce phase {phase} the model holds plan {session.plan_fingerprint!r}, "
+            f"but the checkpoint was saved with {meta.get('plan_fingerprint')!r}"
+        )

@@ -17,7 +17,10 @@ TorchRec's inference path loads:
   ``shard_quant_model`` (one CPU rank, table-wise, the learned-hash remap inside the
   sharded collection), FX-traced and TorchScripted; load it with ``torch.jit.load`` (no
   pickle) or :func:`load_scripted_model`;
-- ``model_fp32.pt``: the same with fp32 tables (scores equal the trained model's).
+- ``model_fp32.pt``: the same with fp32 tables (scores equal the trained model's);
+- ``plan.safetensors`` (``--compression cce`` only): the plan the model holds after its
+  phases, which its flags do not give (they give the starting one);
+  :func:`load_serving_model` reads it when no plan is passed.
 
 Rank 0 alone builds the unsharded model and fills it in place from ``weights/`` (DCP reads
 each saved chunk into its table): it holds that model and the scripted copies, never a
@@ -63,6 +66,8 @@ KIND = "serving_model"
 WEIGHTS_DIR = "weights"
 """The trained state dict, written with DCP (one ``.distcp`` file per rank)."""
 MANIFEST_FILE = "manifest.json"
+PLAN_FILE = "plan.safetensors"
+"""A ``cce`` model's plan after its phases (its clustered indices change in training)."""
 LEGACY_WEIGHTS_FILE = "weights.safetensors"
 """The weights of an export from before DCP (still loaded by :func:`load_serving_model`)."""
 EXPORT_DTYPES = ("int8", "fp32")
@@ -192,11 +197,16 @@ def _write_serving_files(
     unsharded = _materialize(unsharded)
     digest = _load_weights(unsharded, directory / WEIGHTS_DIR)
     dlrm = serving_module(unsharded)
+    plan_file = None
+    if config.compression == "cce" and session.plan is not None:
+        session.plan.save(directory / PLAN_FILE)
+        plan_file = PLAN_FILE
     manifest = {
         "kind": KIND,
         "config": config.to_dict(),
         "num_dense": num_dense,
         "plan_fingerprint": session.plan_fingerprint,
+        "plan_file": plan_file,
         "weights_dir": WEIGHTS_DIR,
         "weights_form": "training",
         "weights_sha256": digest,
@@ -260,7 +270,8 @@ def load_serving_model(path: str | os.PathLike, plan: HashPlan | None = None) ->
 
     Args:
         path: the exported directory (or an old export's ``weights.safetensors``).
-        plan: the model's hash plan, if it had one (its fingerprint is checked).
+        plan: the model's hash plan, if it had one (its fingerprint is checked); None
+            reads the export's own plan where it holds one (``cce``: ``plan.safetensors``).
 
     Raises:
         ValueError: not a serving model, another plan, tensors that do not fit, or damaged
@@ -278,6 +289,11 @@ def load_serving_model(path: str | os.PathLike, plan: HashPlan | None = None) ->
     if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
         kind = manifest.get("kind") if isinstance(manifest, dict) else manifest
         raise ValueError(f"{path}: not a {KIND} (kind {kind!r})")
+    plan_file = manifest.get("plan_file")
+    if plan_file not in (None, PLAN_FILE):
+        raise ValueError(f"{path}: the manifest's plan_file is {plan_file!r}, not {PLAN_FILE!r}")
+    if plan is None and plan_file is not None:
+        plan = HashPlan.load(path / PLAN_FILE)
     return _rebuild(path, manifest, plan, None)
 
 

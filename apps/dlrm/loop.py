@@ -85,10 +85,14 @@ class Session:
     train_samples: int = 0
     phase_steps: list[int] = field(default_factory=list)
     """Training steps after which ``--compression cce`` re-clusters (:func:`_cce_phase`)."""
+    start_plan: HashPlan | None = None
+    """The plan the run started from (:attr:`plan` until a cce phase replaces it)."""
     history: list[dict[str, Any]] = field(default_factory=list)
     _fingerprint: tuple[HashPlan, str] | None = field(default=None, init=False, repr=False)
     """The last plan fingerprinted and its fingerprint (a digest of every mapping: seconds
     at the MLPerf heights, read at every checkpoint)."""
+    _start_fingerprint: str | None = field(default=None, init=False, repr=False)
+    """:attr:`start_plan`'s fingerprint, once computed."""
 
     @property
     def plan_fingerprint(self) -> str | None:
@@ -99,6 +103,22 @@ class Session:
         if self._fingerprint is None or self._fingerprint[0] is not self.plan:
             self._fingerprint = (self.plan, self.plan.fingerprint())
         return self._fingerprint[1]
+
+    @property
+    def start_plan_fingerprint(self) -> str | None:
+        """The fingerprint of :attr:`start_plan` (computed once)."""
+        if self.start_plan is None:
+            return None
+        if self.start_plan is self.plan:
+            return self.plan_fingerprint
+        if self._start_fingerprint is None:
+            self._start_fingerprint = self.start_plan.fingerprint()
+        return self._start_fingerprint
+
+    @property
+    def cce_phase(self) -> int:
+        """The cce phase changes the model has been through (0 without cce)."""
+        return 0 if self.plan is None else int(self.plan.metadata.get("cce_phase", 0))
 
 
 def load_data(config: TrainConfig) -> RecDataset:
@@ -128,6 +148,7 @@ def build_session(
         dataset=dataset,
         tables=tables,
         plan=plan,
+        start_plan=plan,
         model=model,
         optimizer=optimizer,
         pipeline=pipeline,
@@ -149,8 +170,9 @@ def _cce_phase_steps(config: TrainConfig, env: DistEnv, dataset: RecDataset) -> 
 
 def _cce_phase(session: Session) -> None:
     """Re-cluster the cce tables (every rank, after the pipeline has drained); the session's
-    plan becomes the one the model now holds."""
-    phase = session.phase_steps.index(session.step) + 1
+    plan becomes the one the model now holds. Phases are numbered by the ones done (a
+    resumed run at another global batch size has other phase steps)."""
+    phase = session.cce_phase + 1
     tic = time.perf_counter()
     session.plan = recluster_model(
         session.model,

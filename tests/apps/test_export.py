@@ -23,7 +23,8 @@ from apps.dlrm.export import (
     load_scripted_model,
     load_serving_model,
 )
-from apps.dlrm.train import parse_args
+from apps.dlrm.loop import load_data
+from apps.dlrm.train import parse_args, resolve_plan
 from tests._multiprocess import run_multiprocess
 from tests.apps._export import no_tensors_between_ranks, trained_and_exported
 from torchrec_lhf._io import save_tensors
@@ -112,6 +113,36 @@ def test_a_plan_with_compact_heads_exports_equal(tmp_path: Path) -> None:
     out = _train_and_export(0, 1, flags, str(tmp_path / "model"))
     assert max(out["diffs"]) < 1e-5
     assert "sparse_arch.embedding_bag_collection.remap.head_keys" in out["served"]
+
+
+def test_a_cce_model_exports_with_the_plan_of_its_last_phase(tmp_path: Path) -> None:
+    # two phases re-cluster the tables in training: the export holds the plan they left,
+    # which the flags (the starting plan) do not give
+    flags = ["--compression", "cce", "--fraction", "0.5", "--cce_phases", "2", *SMALL]
+    path = tmp_path / "model"
+    out = _train_and_export(0, 1, flags, str(path))  # scripted fp32 and int8 checked too
+    assert max(out["diffs"]) < 1e-5
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    plan = HashPlan.load(path / manifest["plan_file"])
+    assert plan.metadata["cce_phase"] == 2
+    assert manifest["plan_fingerprint"] == plan.fingerprint()
+    with_plan = load_serving_model(path, plan).state_dict()
+    own_plan = load_serving_model(path).state_dict()  # the export's plan file
+    assert with_plan.keys() == own_plan.keys()
+    assert all(torch.equal(with_plan[k], own_plan[k]) for k in with_plan)
+    start = resolve_plan(parse_args([*ARGS, *flags]), *_dataset_and_heights(flags))
+    assert start.fingerprint() != plan.fingerprint()
+    with pytest.raises(ValueError, match="exported with plan"):
+        load_serving_model(path, start)
+    manifest["plan_file"] = "../plan.safetensors"
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="plan_file is '../plan.safetensors'"):
+        load_serving_model(path)
+
+
+def _dataset_and_heights(flags: list[str]) -> tuple:
+    dataset = load_data(parse_args([*ARGS, *flags]))
+    return dataset, list(dataset.num_embeddings)
 
 
 @pytest.mark.distributed

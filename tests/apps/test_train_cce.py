@@ -1,16 +1,20 @@
-"""``--compression cce`` in the DLRM app: flags, end to end with its phases, at world size 2."""
+"""``--compression cce`` in the DLRM app: flags, end to end with its phases, at world size 2,
+and resumed after a phase."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
+from pathlib import Path
 
 import pytest
 
 from apps.dlrm.train import main, parse_args
 from tests._multiprocess import run_multiprocess
 from tests.apps._train_args import NO_MINIMUM, SMALL
+from tests.test_checkpoint import Killed, killed_after_save
 
 CCE = [*SMALL, *NO_MINIMUM, "--compression", "cce", "--fraction", "0.5"]
 SHORT = ["--limit_train_batches", "6", "--limit_val_batches", "1", "--limit_test_batches", "2"]
@@ -22,8 +26,9 @@ def test_cce_flags_parse_and_are_checked() -> None:
     assert parse_args(CCE).cce_config().phases == 3  # the library's default
     with pytest.raises(ValueError, match="phases"):
         parse_args([*CCE, "--cce_phases", "-1"])
-    with pytest.raises(ValueError, match="--resume"):
-        parse_args([*CCE, "--resume", "--checkpoint_dir", "/tmp/x"])
+    # resumed runs and exports take the plan of the last phase (tests below, test_export.py)
+    assert parse_args([*CCE, "--resume", "--checkpoint_dir", "/tmp/x"]).resume
+    assert parse_args([*CCE, "--export_model", "/tmp/x"]).export_model == "/tmp/x"
     with pytest.raises(ValueError, match="--mlet_fraction"):
         parse_args([*CCE, "--mlet_fraction", "0.5"])
     assert parse_args(CCE).cce_columns == 4  # the reference's n_chunks
@@ -67,3 +72,63 @@ def test_cce_trains_at_world_size_2() -> None:
     first, second = run_multiprocess(_train_cce, world_size=2)
     assert first["auc"] == second["auc"] and math.isfinite(first["logloss"])
     assert first["steps"] == 6 and first["world_size"] == 2
+
+
+# 2 epochs of 50 steps; phases at steps 25, 50 and 75
+RESUME = [*CCE, "--epochs", "2"]
+
+
+def _crash_after_two_phases(checkpoint_dir: str) -> None:
+    ckpt = ["--checkpoint_dir", checkpoint_dir, "--checkpoint_every", "20"]
+    with killed_after_save(60), pytest.raises(Killed):  # epoch 2, after phases 1 and 2
+        main([*RESUME, *ckpt])
+
+
+def test_resumed_cce_run_equals_uninterrupted(tmp_path: Path) -> None:
+    """Killed after two of its three phases and resumed: the plan it held restored from the
+    checkpoint (the clustered indices from the state, the seeds from the phase), the third
+    phase taken from it, and the same metrics to the digit."""
+    uninterrupted = main(RESUME)
+    checkpoint_dir = str(tmp_path / "ckpt")
+    _crash_after_two_phases(checkpoint_dir)
+    manifest = json.loads((tmp_path / "ckpt" / "step_60" / "manifest.json").read_text())
+    assert manifest["meta"]["cce_phase"] == 2
+    assert manifest["meta"]["start_plan_fingerprint"] == uninterrupted["start_plan_fingerprint"]
+    resumed = main([*RESUME, "--checkpoint_dir", checkpoint_dir, "--resume"])
+    assert (resumed["epochs"], resumed["steps"]) == (uninterrupted["epochs"], 100)
+    for key in ("auc", "logloss", "val_auc", "val_logloss", "plan_fingerprint"):
+        assert resumed[key] == uninterrupted[key], key
+    # another starting plan (another seed) is refused before anything is loaded
+    with pytest.raises(ValueError, match="start_plan_fingerprint"):
+        main([*RESUME, "--seed", "1", "--checkpoint_dir", checkpoint_dir, "--resume"])
+
+
+def test_a_cce_checkpoint_whose_phase_does_not_match_its_plan_is_refused(tmp_path: Path) -> None:
+    checkpoint_dir = str(tmp_path / "ckpt")
+    _crash_after_two_phases(checkpoint_dir)
+    manifest_path = tmp_path / "ckpt" / "step_60" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["meta"]["cce_phase"] = 1
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="after cce phase 1 the model holds plan"):
+        main([*RESUME, "--checkpoint_dir", checkpoint_dir, "--resume"])
+
+
+def _resume_cce(rank: int, world_size: int, tmp: str) -> dict:
+    # 2 epochs of 25 steps at world size 2; phases at steps 12, 25 and 38
+    run = [*RESUME, "--sharding_types", "row_wise"]
+    ckpt = ["--checkpoint_dir", f"{tmp}/ckpt", "--checkpoint_every", "10"]
+    uninterrupted = main(run)
+    with killed_after_save(30), pytest.raises(Killed):  # epoch 2, after phases 1 and 2
+        main([*run, *ckpt])
+    return {"uninterrupted": uninterrupted, "resumed": main([*run, *ckpt, "--resume"])}
+
+
+@pytest.mark.distributed
+def test_cce_resume_equals_uninterrupted_at_world_size_2(tmp_path: Path) -> None:
+    """Row-wise sharded cce tables, killed after phase 2 and resumed at world size 2."""
+    for result in run_multiprocess(_resume_cce, world_size=2, tmp=str(tmp_path)):
+        a, b = result["uninterrupted"], result["resumed"]
+        assert b["steps"] == a["steps"] == 50
+        for key in ("auc", "logloss", "val_auc", "val_logloss", "plan_fingerprint"):
+            assert b[key] == a[key], key

@@ -11,7 +11,7 @@ from torchrec_lhf import LearnedHashEmbeddingBagCollection
 from torchrec_lhf.compression.cce import CCEConfig, phase_seed
 from torchrec_lhf.compression.methods import make_plan
 from torchrec_lhf.hashing import tail_hash
-from torchrec_lhf.modules.cce import recluster
+from torchrec_lhf.modules.cce import recluster, restore_phase
 
 
 def _all_ids() -> KeyedJaggedTensor:
@@ -87,3 +87,35 @@ def test_a_module_built_from_the_new_plan_equals_the_reclustered_one() -> None:
     rebuilt.load_state_dict(ebc.state_dict())  # refused if the remap buffers differed
     torch.testing.assert_close(rebuilt(_all_ids()).values(), ebc(_all_ids()).values())
     assert rebuilt.plan_fingerprint == new_plan.fingerprint() != plan.fingerprint()
+
+
+def test_restore_phase_gives_back_the_plan_a_loaded_module_holds() -> None:
+    """A module rebuilt from the starting plan, the reclustered one's state loaded, holds
+    the plan of that phase: its clustered indices from the state, its seeds from the phase
+    (written even where the state's seeds are the starting ones)."""
+    torch.manual_seed(0)
+    plan = make_plan("cce", {"t0": 40, "t1": 30}, fraction=0.25, seed=5, columns=2)
+    ebc = LearnedHashEmbeddingBagCollection(tables=three_tables(), plan=plan)
+    after_1 = recluster(ebc, plan, phase=1, config=CCEConfig())
+    after_2 = recluster(ebc, after_1, phase=2, config=CCEConfig())
+    state = ebc.state_dict()
+
+    rebuilt = LearnedHashEmbeddingBagCollection(tables=three_tables(), plan=plan)
+    start_seeds = rebuilt.remap.tail_seed_J.clone()
+    # filled in place, as DCP fills a checkpoint's tensors (load_state_dict refuses a
+    # mapping other than the plan's); the seeds left at the starting plan's
+    with torch.no_grad():
+        for key, tensor in rebuilt.state_dict(keep_vars=True).items():
+            if key in state and key != "remap.tail_seed_J":
+                tensor.copy_(state[key])
+    assert restore_phase(rebuilt, plan, 0) is plan
+    restored = restore_phase(rebuilt, plan, 2)
+    assert restored.fingerprint() == after_2.fingerprint() != after_1.fingerprint()
+    assert restored.metadata["cce_phase"] == 2
+    assert not torch.equal(rebuilt.remap.tail_seed_J, start_seeds)
+    assert torch.equal(rebuilt.remap.tail_seed_J, ebc.remap.tail_seed_J)
+    torch.testing.assert_close(rebuilt(_all_ids()).values(), ebc(_all_ids()).values())
+    # the seeds are the phase's: restoring another phase gives another plan
+    assert restore_phase(rebuilt, plan, 1).fingerprint() != after_2.fingerprint()
+    with pytest.raises(ValueError, match="phase must be an int >= 0, got -1"):
+        restore_phase(rebuilt, plan, -1)

@@ -38,6 +38,7 @@ from torchrec_lhf.modules.cce import (
     recluster_columns,
     remap_slots,
     replanned,
+    restore_phase,
     table_features,
     write_rows,
 )
@@ -118,11 +119,31 @@ def recluster_model(
     Raises:
         ValueError: no sharded learned-hash collection holds the plan's tables.
     """
+    collection = _collection_of(model, plan)
+    return recluster_sharded(collection, plan, phase=phase, config=config, device=device)
+
+
+def restore_model_phase(model: nn.Module, plan: HashPlan, phase: int) -> HashPlan:
+    """:func:`~torchrec_lhf.modules.cce.restore_phase` on the sharded learned-hash
+    collection of ``model`` that holds the plan's tables, its state loaded from a checkpoint
+    taken after ``phase`` phase changes of ``plan`` (the starting plan). Local to each rank.
+
+    Returns:
+        The plan the model now holds.
+
+    Raises:
+        ValueError: no sharded learned-hash collection holds the plan's tables.
+    """
+    return restore_phase(_collection_of(model, plan), plan, phase)
+
+
+def _collection_of(model: nn.Module, plan: HashPlan) -> ShardedLearnedHashEmbeddingBagCollection:
+    """The sharded learned-hash collection of ``model`` that holds every table of ``plan``."""
     wanted = set(plan.table_names)
     for module in model.modules():
         if isinstance(module, ShardedLearnedHashEmbeddingBagCollection):
             if wanted <= {c.name for c in module.logical_configs()}:
-                return recluster_sharded(module, plan, phase=phase, config=config, device=device)
+                return module
     raise ValueError(f"no sharded learned-hash collection holds the cce tables {sorted(wanted)}")
 
 

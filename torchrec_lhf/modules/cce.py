@@ -177,6 +177,46 @@ def replanned(plan: HashPlan, results: dict[str, list[Reclustered]], phase: int)
     return HashPlan(tables, metadata={**plan.metadata, "cce_phase": phase})
 
 
+def restore_phase(collection: nn.Module, plan: HashPlan, phase: int) -> HashPlan:
+    """The plan ``collection`` holds after ``phase`` phase changes of ``plan``, once its
+    state was loaded from a checkpoint taken after them (a resumed run).
+
+    The state holds each column's clustered index (the remap's ``mapping``); the hashed
+    tables' seeds follow from the phase (:func:`new_tail_seed`) and are written into the
+    remap here too, so the collection is whole whether its state held them or not. Local:
+    the remap is replicated, so each rank restores its own (sharded or not).
+
+    Args:
+        collection: a (sharded or unsharded) learned-hash collection built from ``plan``,
+            its state loaded.
+        plan: the ``cce`` plan the run started from.
+        phase: the phase changes done before the checkpoint, 0 for none.
+
+    Returns:
+        The plan the collection holds: ``plan`` itself for phase 0, else :func:`replanned`.
+
+    Raises:
+        ValueError: ``phase`` is not an int >= 0.
+    """
+    if isinstance(phase, bool) or not isinstance(phase, int) or phase < 0:
+        raise ValueError(f"phase must be an int >= 0, got {phase!r}")
+    if phase == 0:
+        return plan
+    features = table_features(collection)
+    no_rows = torch.zeros(0, 0)
+    results = {}
+    for table in cce_tables(plan):
+        results[table.name] = []
+        for i in range(num_columns(table)):
+            slots = remap_slots(collection.remap, table, features[table.name], i)
+            clustered_N, _ = read_rows(collection.remap, slots)
+            seed = new_tail_seed(plan, table.name, phase, i)
+            result = Reclustered(clustered_N, no_rows, no_rows, seed)
+            write_rows(collection.remap, slots, result)
+            results[table.name].append(result)
+    return replanned(plan, results, phase)
+
+
 def table_features(collection: nn.Module) -> dict[str, list[str]]:
     """Logical table name -> its feature names (the table's name when it has none)."""
     return {c.name: list(c.feature_names) or [c.name] for c in collection.logical_configs()}
