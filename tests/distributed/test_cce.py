@@ -86,6 +86,9 @@ def _phase_sharded_vs_unsharded(
     before = {k: _full(v, rank) for k, v in model.state_dict().items()}
 
     new_plan = recluster_model(model, plan, phase=1, config=CONFIG, device=torch.device("cpu"))
+    # the sharded collection reports the plan it now holds
+    sharded = next(m for m in model.modules() if hasattr(m, "plan_fingerprint"))
+    assert sharded.plan_fingerprint == new_plan.fingerprint() != plan.fingerprint()
 
     # the fused optimizer state of the re-initialised tables is zero on every rank's shards,
     # the uncompressed table's is not

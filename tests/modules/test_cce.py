@@ -68,6 +68,7 @@ def test_phase_change_on_the_module(columns: int) -> None:
         torch.testing.assert_close(out[features[0]][:n], torch.cat(parts, dim=1))
         assert len(new_plan[table].mappings) == h
     assert new_plan.metadata["cce_phase"] == 1 and new_plan != plan
+    assert ebc.plan_fingerprint == new_plan.fingerprint()  # the plan the module now holds
     # the columns were clustered apart: their new indices differ
     if columns == 2:
         t0 = new_plan["t0"]
@@ -112,6 +113,7 @@ def test_restore_phase_gives_back_the_plan_a_loaded_module_holds() -> None:
     restored = restore_phase(rebuilt, plan, 2)
     assert restored.fingerprint() == after_2.fingerprint() != after_1.fingerprint()
     assert restored.metadata["cce_phase"] == 2
+    assert rebuilt.plan_fingerprint == restored.fingerprint()
     assert not torch.equal(rebuilt.remap.tail_seed_J, start_seeds)
     assert torch.equal(rebuilt.remap.tail_seed_J, ebc.remap.tail_seed_J)
     torch.testing.assert_close(rebuilt(_all_ids()).values(), ebc(_all_ids()).values())

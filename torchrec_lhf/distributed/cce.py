@@ -42,6 +42,7 @@ from torchrec_lhf.modules.cce import (
     table_features,
     write_rows,
 )
+from torchrec_lhf.modules.logical_view import hold_plan
 from torchrec_lhf.plan import HashPlan, TableHash
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def recluster_sharded(
             if config.reset_optimizer:
                 _zero_fused_state(collection, [k0, k1])
     logger.info("cce phase %d: re-clustered %d tables", phase, len(tables))
-    return replanned(plan, results, phase)
+    return hold_plan(collection, replanned(plan, results, phase))
 
 
 def recluster_model(

@@ -49,6 +49,7 @@ from torchrec_lhf.compression.cce import (
     reclustered_table,
 )
 from torchrec_lhf.hashing import tail_hash
+from torchrec_lhf.modules.logical_view import hold_plan
 from torchrec_lhf.modules.remap import FeatureRemap, hashed_name
 from torchrec_lhf.plan import HashPlan, TableHash
 
@@ -214,7 +215,7 @@ def restore_phase(collection: nn.Module, plan: HashPlan, phase: int) -> HashPlan
             result = Reclustered(clustered_N, no_rows, no_rows, seed)
             write_rows(collection.remap, slots, result)
             results[table.name].append(result)
-    return replanned(plan, results, phase)
+    return hold_plan(collection, replanned(plan, results, phase))
 
 
 def table_features(collection: nn.Module) -> dict[str, list[str]]:
@@ -270,7 +271,7 @@ def recluster(
             if optimizer is not None and config.reset_optimizer:
                 reset_optimizer_state(optimizer, [w0, w1])
     logger.info("cce phase %d: re-clustered %d tables", phase, len(plan))
-    return replanned(plan, results, phase)
+    return hold_plan(collection, replanned(plan, results, phase))
 
 
 def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:

@@ -17,6 +17,7 @@ argument is named ``self`` so that TorchScript compiles them as the methods they
 # annotations as types, not strings.
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,8 +30,16 @@ def logical_configs(self) -> list[EmbeddingBagConfig]:
 
 
 def plan_fingerprint(self) -> str:
-    """:meth:`HashPlan.fingerprint` of the plan this module was built with."""
+    """:meth:`HashPlan.fingerprint` of the plan this module holds: the one it was built
+    with, or the one a ``cce`` phase left (:func:`hold_plan`)."""
     return self._plan_fingerprint
+
+
+def hold_plan(module: nn.Module, plan: Any) -> Any:
+    """Record that ``module`` (a learned-hash collection or twin) now holds ``plan``, a
+    :class:`~torchrec_lhf.plan.HashPlan` its remap was rewritten to in place; returns it."""
+    module._plan_fingerprint = plan.fingerprint()
+    return plan
 
 
 def remap_device(device: torch.device | None) -> torch.device:
