@@ -37,9 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
-
 from apps import build_hash, teacher
+from apps import pipeline_resume as resumable
 from apps.dlrm import train
 from apps.dlrm.config import TrainConfig
 from apps.dlrm.runtime import distributed, setup_logging
@@ -204,6 +203,17 @@ class PipelineConfig:
     """Seed of every stage."""
     out_dir: str = "runs/pipeline"
     """Where artifacts, plans, metrics and results go."""
+    resume: bool = False
+    """Continue the run in ``out_dir``: stages done with the same settings are skipped
+    (their results read back), an interrupted one continues (from its checkpoints, with
+    ``checkpoint_every``; the hash build from its finished tables), the others run afresh,
+    as does everything after a stage that runs again (``apps/pipeline_resume.py``). A
+    resumed run with another ``--fraction`` reuses the teacher."""
+    checkpoint_every: int | None = None
+    """The teacher and each training checkpoint after every epoch and every this many
+    steps into ``out_dir/checkpoints/<stage>`` (``torch.distributed.checkpoint``), so that
+    ``--resume`` continues an interrupted stage mid-epoch; None: no checkpoints (an
+    interrupted stage then runs again from its start)."""
     results_json: str | None = None
     """Also write the results list here (``make demo``: docs/demo.json)."""
     plot: str | None = None
@@ -229,6 +239,14 @@ class PipelineConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         teacher.check_train_window(self.train_window)
+        if self.checkpoint_every is not None and (
+            isinstance(self.checkpoint_every, bool)
+            or not isinstance(self.checkpoint_every, int)
+            or self.checkpoint_every < 1
+        ):
+            raise ValueError(
+                f"checkpoint_every must be None or an int >= 1, got {self.checkpoint_every!r}"
+            )
         if self.head_min_count < 0:
             raise ValueError(f"head_min_count must be >= 0, got {self.head_min_count}")
         if self.min_table_rows < 0:
@@ -389,31 +407,55 @@ def _selects(config: PipelineConfig) -> dict[str, Any]:
 
 
 def run(config: PipelineConfig) -> list[dict[str, Any]]:
-    """Run all stages in this process (on every rank); returns the results rows."""
+    """Run all stages in this process (on every rank); returns the results rows.
+
+    With ``resume`` a stage done with the same settings is skipped, an interrupted one
+    continued (``apps/pipeline_resume.py``).
+    """
     out = Path(config.out_dir)
     dataset, options = _resolve_dataset(config)
     teacher_config, build_config, trains = stage_configs(config, dataset, options)
     timings: dict[str, float] = {}
     builds = candidate_builds(build_config, **_selects(config)) if "lhf" in config.methods else {}
     unfit: dict[str, dict[str, str]] = {}  # candidate plans that do not fit the budget
+    actions = resumable.actions(config.resume, out, teacher_config, builds, trains)
 
-    if builds:
+    def with_checkpoints(stage: str, stage_config: Any) -> Any:
+        return resumable.with_checkpoints(
+            config.checkpoint_every, out, stage, stage_config, actions[stage]
+        )
+
+    if builds and actions["teacher"] != "skip":
         t0 = time.perf_counter()
-        teacher.run(teacher_config)
+        resumable.mark(out, "teacher", teacher_config)
+        metrics = teacher.run(with_checkpoints("teacher", teacher_config))
+        resumable.mark(out, "teacher", teacher_config, result=metrics)
         release_memory()
         timings["teacher"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for name, build in builds.items():
+    t0 = time.perf_counter()
+    for name, build in builds.items():
+        stage = f"build_{name}"
+        record = resumable.read_record(out, stage) if actions[stage] == "skip" else None
+        if record is None:
+            build = dataclasses.replace(build, restart=actions[stage] == "fresh")
+            resumable.mark(out, stage, build)
             try:
                 build_hash.run(build)
+                outcome = {}
             except BudgetTooSmall as e:
-                if build is build_config:  # the learned hash itself: as without a choice
+                if build.out == build_config.out:  # the learned hash's own: as without a choice
                     raise
                 logger.warning("the candidate plan %r does not fit, left out: %s", name, e)
-                unfit[name] = {"infeasible": str(e)}
-                del trains[CANDIDATE_PREFIX + name]
+                outcome = {"infeasible": str(e)}
+            resumable.mark(out, stage, build, result=outcome)
+            timings["build_hash"] = time.perf_counter() - t0
+        else:
+            outcome = record["result"]
+        if "infeasible" in outcome:
+            unfit[name] = outcome
+            del trains[CANDIDATE_PREFIX + name]
+    if "build_hash" in timings:
         release_memory()
-        timings["build_hash"] = time.perf_counter() - t0
     same = same_plans(trains)
 
     results: dict[str, dict[str, Any]] = {}
@@ -422,18 +464,28 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
             logger.info("%s: the same plan as %s, not trained again", method, same[method])
             results[method] = dict(results[same[method]], method=method, same_plan=same[method])
             continue
-        t0 = time.perf_counter()
-        metrics = train.run(train_config)
-        release_memory()
-        timings[f"train_{method}"] = time.perf_counter() - t0
-        results[method] = _row(config, method, dataset, metrics, timings[f"train_{method}"])
+        stage = f"train_{method}"
+        record = resumable.read_record(out, stage) if actions[stage] == "skip" else None
+        if record is None:
+            t0 = time.perf_counter()
+            resumable.mark(out, stage, train_config)
+            metrics = train.run(with_checkpoints(stage, train_config))
+            seconds = time.perf_counter() - t0
+            resumable.mark(
+                out, stage, train_config, result={"metrics": metrics, "seconds": seconds}
+            )
+            release_memory()
+        else:
+            metrics, seconds = record["result"]["metrics"], record["result"]["seconds"]
+        timings[f"train_{method}"] = seconds
+        results[method] = _row(config, method, dataset, metrics, seconds)
     if len(builds) > 1:  # candidate plans: choose on validation
         candidates = {"clustered": results["lhf"]}  # builds' first: the learned hash's own
         for name in list(builds)[1:]:
             candidates[name] = unfit.get(name) or results.pop(CANDIDATE_PREFIX + name)
         results["lhf"] = dict(select_on_validation(candidates), method="lhf")
     rows = [results[m] for m in config.methods]
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if resumable.is_main():
         _report(config, rows, timings, out)
     return rows
 

@@ -1,0 +1,202 @@
+"""``apps.pipeline --resume``: an interrupted or changed run continues where it can.
+
+Each stage of the pipeline (the teacher, each plan's hash build, each training) records in
+``out_dir/stages/<stage>.json`` the settings it runs with, when it starts (``started``)
+and, with its result, when it ends (``done``); the files are written atomically by rank 0.
+Before anything runs, every rank reads them, and a barrier follows, so that all ranks take
+the same decision per stage (:func:`decide`):
+
+- ``skip``: done with the same settings, and nothing it depends on runs again: its result
+  is read back (a training's metrics, a teacher or build whose output is still there);
+- ``resume``: started with the same settings and not done: the teacher and the trainings
+  continue from their checkpoints (``--checkpoint_every``), the hash build from its finished
+  tables;
+- ``fresh``: anything else (no record, other settings, a stage it depends on runs again):
+  its checkpoints are discarded and it runs from the start.
+
+The settings are a stage config's fields, without those that say how a run is run, not
+what it makes (:data:`RUN_FIELDS`): a run resumed with another ``--fraction`` reuses the
+teacher, rebuilds the plans and retrains, and never mixes checkpoints of two settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from apps.plan_candidates import CANDIDATE_PREFIX
+from apps.teacher import TeacherConfig
+from torchrec_lhf._io import atomic_write_json
+from torchrec_lhf.hash_build.artifact import TENSORS_FILE as TEACHER_TENSORS_FILE
+
+logger = logging.getLogger(__name__)
+
+STAGES_DIR = "stages"
+CHECKPOINTS_DIR = "checkpoints"
+RUN_FIELDS = frozenset(
+    {"resume", "checkpoint_dir", "checkpoint_every", "metrics_json", "log_every", "restart"}
+)
+"""Config fields that do not change what a stage makes (at any nesting level)."""
+ACTIONS = ("skip", "resume", "fresh")
+
+
+def settings(config: Any) -> Any:
+    """The JSON form of a stage's (dataclass) config without :data:`RUN_FIELDS`."""
+    if dataclasses.is_dataclass(config):
+        return {
+            f.name: settings(getattr(config, f.name))
+            for f in dataclasses.fields(config)
+            if f.name not in RUN_FIELDS
+        }
+    if isinstance(config, dict):
+        return {str(k): settings(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [settings(v) for v in config]
+    if isinstance(config, Path):
+        return str(config)
+    return json.loads(json.dumps(config, default=str))
+
+
+def stage_settings(stage: str, stage_config: Any) -> dict[str, Any]:
+    """What a stage's record holds as its settings: its name and :func:`settings`."""
+    return {"stage": stage, "config": settings(stage_config)}
+
+
+def record_path(out: Path, stage: str) -> Path:
+    return out / STAGES_DIR / f"{stage}.json"
+
+
+def checkpoint_dir(out: Path, stage: str) -> Path:
+    """Where a stage's checkpoints go (``--checkpoint_every``)."""
+    return out / CHECKPOINTS_DIR / stage
+
+
+def read_record(out: Path, stage: str) -> dict[str, Any] | None:
+    """The stage's record, or None if it has none or it cannot be read (then run afresh)."""
+    path = record_path(out, stage)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        logger.warning("%s unreadable (%s): the stage runs afresh", path, e)
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def decide(record: dict[str, Any] | None, now: Any, *, upstream_runs: bool, output_ok: bool) -> str:
+    """What ``--resume`` does with a stage (one of :data:`ACTIONS`).
+
+    Args:
+        record: the stage's record (:func:`read_record`).
+        now: its settings now (:func:`stage_settings`).
+        upstream_runs: a stage it depends on does not skip.
+        output_ok: its output (a teacher artifact, a plan file) is still there (True for
+            a training, whose result is in its record).
+    """
+    if record is None or upstream_runs or record.get("settings") != now:
+        return "fresh"
+    if record.get("status") == "done" and output_ok and "result" in record:
+        return "skip"
+    return "resume"
+
+
+def mark(out: Path, stage: str, stage_config: Any, result: Any = None) -> None:
+    """Record (rank 0) that the stage, run with ``stage_config``, started (``result`` None)
+    or ended with ``result`` (JSON)."""
+    if not is_main():
+        return
+    record = {
+        "settings": stage_settings(stage, stage_config),
+        "status": "started" if result is None else "done",
+    }
+    if result is not None:
+        record["result"] = result
+    atomic_write_json(record_path(out, stage), record)
+
+
+def actions(
+    resume: bool,
+    out: Path,
+    teacher_config: TeacherConfig,
+    builds: dict[str, Any],
+    trains: dict[str, Any],
+) -> dict[str, str]:
+    """Each stage's action (one of :data:`ACTIONS`), decided on every rank from the records
+    before any is written (a barrier follows); every stage ``fresh`` without ``resume``.
+
+    Args:
+        resume: ``--resume``.
+        out: the pipeline's ``out_dir``.
+        teacher_config: the teacher's config (a stage only where there are builds).
+        builds: the hash builds by candidate name, the learned hash's own first.
+        trains: the trainings by method (``lhf``, its candidates ``lhf-<name>``, the others).
+    """
+    decided: dict[str, str] = {}
+
+    def decide_stage(stage: str, stage_config: Any, upstream: list[str], output_ok: bool) -> None:
+        if not resume:
+            decided[stage] = "fresh"
+            return
+        decided[stage] = decide(
+            read_record(out, stage),
+            stage_settings(stage, stage_config),
+            upstream_runs=any(decided[u] != "skip" for u in upstream),
+            output_ok=output_ok,
+        )
+        logger.info("--resume: %s %s", stage, decided[stage])
+
+    if builds:
+        tensors = Path(teacher_config.out) / TEACHER_TENSORS_FILE
+        decide_stage("teacher", teacher_config, [], tensors.is_file())
+    for name, build in builds.items():
+        decide_stage(f"build_{name}", build, ["teacher"], Path(build.out).is_file())
+    first = next(iter(builds), None)
+    for method, train_config in trains.items():
+        if method == "lhf":
+            upstream = [f"build_{first}"]
+        elif method.startswith(CANDIDATE_PREFIX):
+            upstream = [f"build_{method[len(CANDIDATE_PREFIX) :]}"]
+        else:
+            upstream = []
+        decide_stage(f"train_{method}", train_config, upstream, True)
+    if dist.is_initialized():
+        dist.barrier()  # NOTE: every rank has read the records before rank 0 writes any
+    return decided
+
+
+def with_checkpoints(
+    checkpoint_every: int | None, out: Path, stage: str, stage_config: Any, action: str
+) -> Any:
+    """``stage_config`` (a TrainConfig, or a TeacherConfig through its ``train``) checkpointing
+    every ``checkpoint_every`` steps into the stage's directory, resuming there if
+    ``action`` is ``resume``; a ``fresh`` stage's old checkpoints are discarded first
+    (collective where a process group is up)."""
+    if action == "fresh":
+        path = checkpoint_dir(out, stage)
+        if is_main() and path.exists():
+            logger.info("%s: discarding the checkpoints in %s", stage, path)
+            shutil.rmtree(path)
+        if dist.is_initialized():
+            dist.barrier()
+    if checkpoint_every is None:
+        return stage_config
+    is_teacher = isinstance(stage_config, TeacherConfig)
+    train = dataclasses.replace(
+        stage_config.train if is_teacher else stage_config,
+        checkpoint_dir=str(checkpoint_dir(out, stage)),
+        checkpoint_every=checkpoint_every,
+        resume=action == "resume",
+    )
+    return dataclasses.replace(stage_config, train=train) if is_teacher else train
+
+
+def is_main() -> bool:
+    """Rank 0, or no process group."""
+    return not dist.is_initialized() or dist.get_rank() == 0

@@ -1,0 +1,177 @@
+"""``apps.pipeline --resume``: an interrupted run continues where it stopped, and equals an
+uninterrupted one; a resumed run with other settings redoes what they change only."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from apps import pipeline
+from apps import pipeline_resume as resumable
+from tests._multiprocess import run_multiprocess
+from tests.test_checkpoint import Killed
+from torchrec_lhf import checkpoint
+
+TINY = json.dumps({"num_samples": 3000, "num_embeddings": [300, 400, 50]})
+# 2,400 training rows in batches of 64: 38 steps; one plan (no half-width candidate
+# under --budget total)
+ARGS = [
+    "--dataset", "synthetic", "--dataset_options", TINY, "--fraction", "0.1",
+    "--min_table_rows", "100", "--teacher_epochs", "1", "--budget", "total",
+    "--batch_size", "64", "--checkpoint_every", "10",
+]  # fmt: skip
+
+
+def _without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """Record the stage runs: the teacher's and the trainings' configs, the builds'."""
+    calls: dict[str, list] = {"teacher": [], "build": [], "train": []}
+    for name, module in (("teacher", pipeline.teacher), ("build", pipeline.build_hash),
+                         ("train", pipeline.train)):  # fmt: skip
+        real = module.run
+
+        def spy(config, _real=real, _name=name):
+            calls[_name].append(config)
+            return _real(config)
+
+        monkeypatch.setattr(module, "run", spy)
+    return calls
+
+
+def test_an_interrupted_pipeline_resumes_where_it_stopped(
+    tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    whole = pipeline.main([*ARGS, "--out_dir", str(tmp_path / "whole")])
+    run = [*ARGS, "--out_dir", str(tmp_path / "run")]
+    save = checkpoint.save
+
+    def save_then_crash(directory, **kwargs):
+        path = save(directory, **kwargs)
+        if Path(directory).name == "train_modulo" and kwargs["step"] == 20:
+            raise Killed("killed in the hashing trick's training, after its step 20")
+        return path
+
+    with mock.patch.object(checkpoint, "save", save_then_crash), pytest.raises(Killed):
+        pipeline.main(run)
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "run/stages").iterdir()}
+    assert {k: r["status"] for k, r in records.items()} == {
+        "teacher": "done", "build_clustered": "done", "train_lhf": "done",
+        "train_modulo": "started",
+    }  # fmt: skip
+
+    calls = _spy(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="apps.dlrm.checkpoint"):
+        resumed = pipeline.main([*run, "--resume"])
+    assert "resumed at epoch 1, batch 20, step 20" in caplog.text
+    # the teacher, the build and the learned hash's training are not run again; the hashing
+    # trick's continues from its checkpoint of step 20; the full model's runs
+    assert calls["teacher"] == calls["build"] == []
+    assert [(Path(c.metrics_json).stem, c.resume) for c in calls["train"]] == [
+        ("metrics_modulo", True), ("metrics_none", False),
+    ]  # fmt: skip
+    assert _without_seconds(resumed) == _without_seconds(whole)
+    assert json.loads((tmp_path / "run/results.json").read_text()) == resumed
+
+    # resumed again: every stage is done with the same settings, nothing runs
+    calls = _spy(monkeypatch)
+    again = pipeline.main([*run, "--resume"])
+    assert calls == {"teacher": [], "build": [], "train": []}
+    assert again == resumed
+
+
+def test_resumed_with_another_fraction_keeps_the_teacher_and_the_full_model(
+    tmp_path: Path, monkeypatch
+) -> None:
+    run = [*ARGS, "--out_dir", str(tmp_path / "run")]
+    first = {r["method"]: r for r in pipeline.main(run)}
+    calls = _spy(monkeypatch)
+    other = [a if a != "0.1" else "0.2" for a in run]
+    rows = {r["method"]: r for r in pipeline.main([*other, "--resume"])}
+    assert calls["teacher"] == []  # the fraction does not change the teacher
+    assert len(calls["build"]) == 1 and calls["build"][0].restart
+    assert [Path(c.metrics_json).stem for c in calls["train"]] == ["metrics_lhf", "metrics_modulo"]
+    assert all(not c.resume for c in calls["train"])  # their checkpoints were another plan's
+    assert rows["lhf"]["rows"] == rows["modulo"]["rows"] == 2 * first["lhf"]["rows"]
+    assert rows["none"] == first["none"]
+    # without --resume every stage runs again
+    calls = _spy(monkeypatch)
+    pipeline.main(other)
+    assert (len(calls["teacher"]), len(calls["build"]), len(calls["train"])) == (1, 1, 3)
+
+
+def test_decide() -> None:
+    settings = {"stage": "train_lhf", "config": {"fraction": 0.1}}
+    done = {"settings": settings, "status": "done", "result": {}}
+    started = {"settings": settings, "status": "started"}
+    assert resumable.decide(done, settings, upstream_runs=False, output_ok=True) == "skip"
+    assert resumable.decide(done, settings, upstream_runs=False, output_ok=False) == "resume"
+    assert resumable.decide(done, settings, upstream_runs=True, output_ok=True) == "fresh"
+    assert resumable.decide(started, settings, upstream_runs=False, output_ok=True) == "resume"
+    other = {"stage": "train_lhf", "config": {"fraction": 0.2}}
+    assert resumable.decide(done, other, upstream_runs=False, output_ok=True) == "fresh"
+    assert resumable.decide(None, settings, upstream_runs=False, output_ok=True) == "fresh"
+
+
+def test_settings_leave_out_how_a_stage_is_run_and_records_are_read_safely(tmp_path) -> None:
+    config = pipeline.parse_args(["--dataset", "synthetic"])
+    dataset, options = pipeline._resolve_dataset(config)
+    teacher_config, build, trains = pipeline.stage_configs(config, dataset, options)
+    moved = dataclasses.replace(
+        trains["lhf"], checkpoint_dir="/x", checkpoint_every=3, resume=True, metrics_json="/y"
+    )
+    assert resumable.settings(moved) == resumable.settings(trains["lhf"])
+    assert resumable.settings(trains["lhf"]) != resumable.settings(trains["modulo"])
+    assert resumable.settings(dataclasses.replace(build, restart=False)) == resumable.settings(
+        build
+    )
+    json.dumps(resumable.settings(teacher_config))  # JSON all the way down
+    assert resumable.read_record(tmp_path, "teacher") is None
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "teacher.json").write_text("{not json")
+    assert resumable.read_record(tmp_path, "teacher") is None  # runs afresh, with a warning
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True])
+def test_checkpoint_every_is_checked(value) -> None:
+    with pytest.raises(
+        ValueError, match=f"checkpoint_every must be None or an int >= 1, got {value!r}"
+    ):
+        pipeline.PipelineConfig(dataset="synthetic", checkpoint_every=value)
+
+
+def _crash_in_modulo(directory, **kwargs):
+    path = _SAVE(directory, **kwargs)
+    if Path(directory).name == "train_modulo" and kwargs["step"] == 10:
+        raise Killed("killed in the hashing trick's training, after its step 10")
+    return path
+
+
+_SAVE = checkpoint.save
+
+
+def _interrupted_then_resumed(rank: int, world_size: int, tmp: str) -> dict:
+    whole = pipeline.main([*ARGS, "--out_dir", f"{tmp}/whole"])
+    run = [*ARGS, "--out_dir", f"{tmp}/run"]
+    with mock.patch.object(checkpoint, "save", _crash_in_modulo), pytest.raises(Killed):
+        pipeline.main(run)
+    stages = sorted(p.stem for p in Path(f"{tmp}/run/stages").iterdir())
+    return {"whole": whole, "resumed": pipeline.main([*run, "--resume"]), "stages": stages}
+
+
+@pytest.mark.distributed
+def test_resume_at_world_size_2(tmp_path: Path) -> None:
+    """Both ranks take the same decisions (read before rank 0 writes a record) and the
+    resumed run equals the uninterrupted one (19 steps a rank: killed after step 10)."""
+    results = run_multiprocess(_interrupted_then_resumed, world_size=2, tmp=str(tmp_path))
+    for r in results:
+        assert r["stages"] == ["build_clustered", "teacher", "train_lhf", "train_modulo"]
+        assert _without_seconds(r["resumed"]) == _without_seconds(r["whole"])
+    assert results[0]["resumed"] == results[1]["resumed"]
