@@ -41,6 +41,7 @@ from apps import build_hash, teacher
 from apps import pipeline_resume as resumable
 from apps.dlrm import train
 from apps.dlrm.config import TrainConfig
+from apps.dlrm.config_checks import check_int
 from apps.dlrm.runtime import distributed, setup_logging
 from apps.plan_candidates import (
     CANDIDATE_PREFIX,
@@ -239,14 +240,8 @@ class PipelineConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         teacher.check_train_window(self.train_window)
-        if self.checkpoint_every is not None and (
-            isinstance(self.checkpoint_every, bool)
-            or not isinstance(self.checkpoint_every, int)
-            or self.checkpoint_every < 1
-        ):
-            raise ValueError(
-                f"checkpoint_every must be None or an int >= 1, got {self.checkpoint_every!r}"
-            )
+        if self.checkpoint_every is not None:
+            check_int("checkpoint_every", self.checkpoint_every, low=1)
         if self.head_min_count < 0:
             raise ValueError(f"head_min_count must be >= 0, got {self.head_min_count}")
         if self.min_table_rows < 0:

@@ -102,7 +102,7 @@ def check_cce(config: TrainConfig) -> None:
     if config.mlet_fraction is not None:
         raise ValueError(
             f"--compression cce does not combine with --mlet_fraction {config.mlet_fraction!r} "
-            "(its re-clustering reads the tables at the model's dim)"
+            "(its columns split the model's dim, which MLET narrows: not built)"
         )
 
 
