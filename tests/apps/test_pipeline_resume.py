@@ -172,4 +172,5 @@ def test_resume_at_world_size_2(tmp_path: Path) -> None:
     for r in results:
         assert r["stages"] == ["build_clustered", "teacher", "train_lhf", "train_modulo"]
         assert _without_seconds(r["resumed"]) == _without_seconds(r["whole"])
-    assert results[0]["resumed"] == results[1]["resumed"]
+    # (each rank times its own stages: the seconds may differ)
+    assert _without_seconds(results[0]["resumed"]) == _without_seconds(results[1]["resumed"])
