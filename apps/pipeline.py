@@ -424,7 +424,8 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         resumable.mark(out, "teacher", teacher_config)
         metrics = teacher.run(with_checkpoints("teacher", teacher_config))
-        resumable.mark(out, "teacher", teacher_config, result=metrics)
+        outputs = resumable.teacher_outputs(teacher_config)
+        resumable.mark(out, "teacher", teacher_config, result=metrics, outputs=outputs)
         release_memory()
         timings["teacher"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -442,7 +443,7 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
                     raise
                 logger.warning("the candidate plan %r does not fit, left out: %s", name, e)
                 outcome = {"infeasible": str(e)}
-            resumable.mark(out, stage, build, result=outcome)
+            resumable.mark(out, stage, build, result=outcome, outputs=[Path(build.out)])
             timings["build_hash"] = time.perf_counter() - t0
         else:
             outcome = record["result"]

@@ -7,7 +7,8 @@ Before anything runs, every rank reads them, and a barrier follows, so that all 
 the same decision per stage (:func:`decide`):
 
 - ``skip``: done with the same settings, and nothing it depends on runs again: its result
-  is read back (a training's metrics, a teacher or build whose output is still there);
+  is read back (a training's metrics, a teacher or build whose output files are still as it
+  left them: the record keeps each file's size and modification time);
 - ``resume``: started with the same settings and not done: the teacher and the trainings
   continue from their checkpoints (``--checkpoint_every``), the hash build from its finished
   tables;
@@ -25,6 +26,7 @@ import dataclasses
 import json
 import logging
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,35 @@ def read_record(out: Path, stage: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def output_files(out: Path, paths: Iterable[Path]) -> dict[str, list[int]]:
+    """A stage's output files as its record keeps them: each file's size and modification
+    time (ns), by its path relative to ``out`` (absolute outside it); a directory stands for
+    the files directly in it, and a missing path for none."""
+    files: dict[str, list[int]] = {}
+    for path in paths:
+        found = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        for file in found:
+            try:
+                stat = file.stat()
+            except FileNotFoundError:
+                continue
+            name = file.relative_to(out) if file.is_relative_to(out) else file.resolve()
+            files[str(name)] = [stat.st_size, stat.st_mtime_ns]
+    return files
+
+
+def outputs_unchanged(
+    record: dict[str, Any] | None, out: Path, paths: Iterable[Path], *, required: Path | None
+) -> bool:
+    """Whether a done stage's outputs are as its record left them (:func:`output_files`).
+
+    A record written before outputs were recorded has no ``outputs``: then only whether
+    ``required`` (its main output, or None) is still a file."""
+    if record is None or "outputs" not in record:
+        return required is None or required.is_file()
+    return record["outputs"] == output_files(out, paths)
+
+
 def decide(record: dict[str, Any] | None, now: Any, *, upstream_runs: bool, output_ok: bool) -> str:
     """What ``--resume`` does with a stage (one of :data:`ACTIONS`).
 
@@ -97,8 +128,8 @@ def decide(record: dict[str, Any] | None, now: Any, *, upstream_runs: bool, outp
         record: the stage's record (:func:`read_record`).
         now: its settings now (:func:`stage_settings`).
         upstream_runs: a stage it depends on does not skip.
-        output_ok: its output (a teacher artifact, a plan file) is still there (True for
-            a training, whose result is in its record).
+        output_ok: its output (a teacher artifact, a plan file) is as it left it
+            (:func:`outputs_unchanged`; True for a training, whose result is in its record).
     """
     if record is None or upstream_runs or record.get("settings") != now:
         return "fresh"
@@ -107,9 +138,11 @@ def decide(record: dict[str, Any] | None, now: Any, *, upstream_runs: bool, outp
     return "resume"
 
 
-def mark(out: Path, stage: str, stage_config: Any, result: Any = None) -> None:
+def mark(
+    out: Path, stage: str, stage_config: Any, result: Any = None, outputs: Iterable[Path] = ()
+) -> None:
     """Record (rank 0) that the stage, run with ``stage_config``, started (``result`` None)
-    or ended with ``result`` (JSON)."""
+    or ended with ``result`` (JSON), leaving ``outputs`` (:func:`output_files`)."""
     if not is_main():
         return
     record = {
@@ -118,7 +151,13 @@ def mark(out: Path, stage: str, stage_config: Any, result: Any = None) -> None:
     }
     if result is not None:
         record["result"] = result
+        record["outputs"] = output_files(out, outputs)
     atomic_write_json(record_path(out, stage), record)
+
+
+def teacher_outputs(teacher_config: TeacherConfig) -> list[Path]:
+    """The teacher stage's output: its artifact directory."""
+    return [Path(teacher_config.out)]
 
 
 def actions(
@@ -140,23 +179,31 @@ def actions(
     """
     decided: dict[str, str] = {}
 
-    def decide_stage(stage: str, stage_config: Any, upstream: list[str], output_ok: bool) -> None:
+    def decide_stage(
+        stage: str,
+        stage_config: Any,
+        upstream: list[str],
+        outputs: Iterable[Path] = (),
+        required: Path | None = None,
+    ) -> None:
         if not resume:
             decided[stage] = "fresh"
             return
+        record = read_record(out, stage)
         decided[stage] = decide(
-            read_record(out, stage),
+            record,
             stage_settings(stage, stage_config),
             upstream_runs=any(decided[u] != "skip" for u in upstream),
-            output_ok=output_ok,
+            output_ok=outputs_unchanged(record, out, outputs, required=required),
         )
         logger.info("--resume: %s %s", stage, decided[stage])
 
     if builds:
         tensors = Path(teacher_config.out) / TEACHER_TENSORS_FILE
-        decide_stage("teacher", teacher_config, [], tensors.is_file())
+        decide_stage("teacher", teacher_config, [], teacher_outputs(teacher_config), tensors)
     for name, build in builds.items():
-        decide_stage(f"build_{name}", build, ["teacher"], Path(build.out).is_file())
+        plan = Path(build.out)
+        decide_stage(f"build_{name}", build, ["teacher"], [plan], plan)
     first = next(iter(builds), None)
     for method, train_config in trains.items():
         if method == "lhf":
@@ -165,7 +212,7 @@ def actions(
             upstream = [f"build_{method[len(CANDIDATE_PREFIX) :]}"]
         else:
             upstream = []
-        decide_stage(f"train_{method}", train_config, upstream, True)
+        decide_stage(f"train_{method}", train_config, upstream)
     if dist.is_initialized():
         dist.barrier()  # NOTE: every rank has read the records before rank 0 writes any
     return decided

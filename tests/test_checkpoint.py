@@ -210,6 +210,39 @@ def test_generator_is_restored_from_new_and_old_checkpoints(tmp_path: Path) -> N
     assert torch.equal(_draws_after_load(tmp_path / "old"), expected)
 
 
+def test_the_cuda_generator_is_kept_where_the_run_used_cuda(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank that has used CUDA saves its device's generator (``rng.cuda_by_rank.{rank}``)
+    and a resumed run on CUDA gets it back; a checkpoint without one (a CPU run) loads on
+    CUDA, and one with it loads without CUDA. No GPU here: whether CUDA is available and used,
+    and torch.cuda's generator functions, are stood in for (a CUDA generator state is a CPU
+    byte tensor)."""
+    device_state = {"now": torch.arange(16, dtype=torch.uint8)}
+    restored: list[torch.Tensor] = []
+    cuda = {"available": True, "used": True}
+    monkeypatch.setattr(
+        checkpoint, "_cuda", lambda used: cuda["available"] and (cuda["used"] or not used)
+    )
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda *a, **k: device_state["now"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, *a, **k: restored.append(s))
+    model, opt = _linear()
+    checkpoint.save(tmp_path / "gpu", model=model, optimizer=opt, step=1)
+    device_state["now"] = torch.zeros(16, dtype=torch.uint8)  # the generator moved on
+    checkpoint.load(tmp_path / "gpu", model=model, optimizer=opt)
+    assert len(restored) == 1 and torch.equal(restored[0], torch.arange(16, dtype=torch.uint8))
+
+    cuda["used"] = False  # a run on the CPU
+    checkpoint.save(tmp_path / "cpu", model=model, optimizer=opt, step=1)
+    restored.clear()
+    checkpoint.load(tmp_path / "cpu", model=model, optimizer=opt)
+    assert restored == []
+
+    cuda["available"] = False  # resumed without CUDA
+    checkpoint.load(tmp_path / "gpu", model=model, optimizer=opt)
+    assert restored == []
+
+
 def test_another_runs_checkpoint_of_the_same_step_is_replaced(tmp_path: Path) -> None:
     model, opt = _linear()
     checkpoint.save(tmp_path, model=model, optimizer=opt, step=7, meta={"plan": "old"})

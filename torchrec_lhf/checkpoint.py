@@ -16,7 +16,8 @@ buffers such as the hash plan's ``remap.mapping``), ``optim`` (``optimizer.state
 ``state``: the fused tables' row-wise momentum as ShardedTensors, the dense optimizer's
 state as plain tensors), ``extra`` (the caller's tensors) and ``rng`` (each rank's CPU
 generator, ``rng.cpu_by_rank.{rank}``: ranks draw apart, e.g. where ``mch`` re-initializes the
-rows each rank evicts). Other plain tensors are taken to be replicated: DCP writes one rank's
+rows each rank evicts; and its CUDA device's, ``rng.cuda_by_rank.{rank}``, where it has used
+CUDA). Other plain tensors are taken to be replicated: DCP writes one rank's
 copy.
 
 Atomicity: every rank writes into ``step_{N}``; after a barrier rank 0 flips ``latest``
@@ -173,30 +174,52 @@ def _same_meta(path: Path, meta: Mapping[str, Any] | None) -> bool:
 
 RNG_BY_RANK = "cpu_by_rank"
 """``rng.{RNG_BY_RANK}.{rank}``: a rank's CPU generator state in the checkpoint."""
+RNG_CUDA_BY_RANK = "cuda_by_rank"
+"""``rng.{RNG_CUDA_BY_RANK}.{rank}``: a rank's generator of its current CUDA device, saved
+where the rank has used CUDA (e.g. rows re-initialized on the GPU)."""
+
+
+def _rng_now() -> dict[str, torch.Tensor]:
+    """This rank's generator states as a save writes them, by dotted key: the CPU one, and
+    the current CUDA device's where this process has initialized CUDA."""
+    states = {f"rng.{RNG_BY_RANK}.{_rank()}": torch.get_rng_state()}
+    if _cuda(used=True):
+        states[f"rng.{RNG_CUDA_BY_RANK}.{_rank()}"] = torch.cuda.get_rng_state()
+    return states
+
+
+def _cuda(*, used: bool) -> bool:
+    """Whether CUDA is available (and, with ``used``, initialized by this process)."""
+    return torch.cuda.is_available() and (not used or torch.cuda.is_initialized())
 
 
 def _state(
     model_sd: Mapping[str, Any],
     optim_state: Mapping[str, Any],
     extra: dict[str, torch.Tensor],
-    rng_key: str | None = None,
+    rng: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """The nested dict DCP saves and loads in place; every leaf must be a tensor.
 
-    ``rng_key``: the dotted key of the generator state (:func:`_rng_key`); None: this rank's
-    own (``rng.cpu_by_rank.{rank}``, what a save writes).
+    ``rng``: the generator states by dotted key (``rng.cpu_by_rank.0``); None: this rank's
+    own (:func:`_rng_now`, what a save writes); a load passes tensors to load into
+    (:func:`_rng_to_load`).
 
     NOTE: no ``extra`` entry without extra tensors: DCP flattens an empty dict to a
     non-tensor leaf, which a load at world size 2 then failed to find ("Missing key in
     checkpoint state_dict: extra")."""
-    rng: Any = torch.get_rng_state()
-    for part in reversed((rng_key or f"rng.{RNG_BY_RANK}.{_rank()}").split(".")[1:]):
-        rng = {part: rng}
+    nested: dict[str, Any] = {}
+    for key, tensor in (_rng_now() if rng is None else rng).items():
+        node = nested
+        *parents, leaf = key.split(".")[1:]
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = tensor
     state = {
         "model": dict(model_sd),
         "optim": dict(optim_state),
         **({"extra": extra} if extra else {}),
-        "rng": rng,
+        "rng": nested,
     }
     _check_leaves(state, "")
     return state
@@ -248,14 +271,40 @@ def read_latest(directory: str | os.PathLike) -> dict[str, Any] | None:
     return pointer
 
 
-def _rng_key(path: Path, saved: set[str]) -> str:
+def _rng_key(path: Path, saved: set[str], by_rank: str = RNG_BY_RANK) -> str | None:
     """The generator state this rank resumes with: its own where the checkpoint has it (the
-    same or a larger world size wrote it), else rank 0's; ``rng.cpu`` in checkpoints
-    written before the states were kept per rank (one state, rank 0's, for every rank)."""
-    for key in (f"rng.{RNG_BY_RANK}.{_rank()}", f"rng.{RNG_BY_RANK}.0", "rng.cpu"):
+    same or a larger world size wrote it), else rank 0's; for the CPU generator,
+    ``rng.cpu`` in checkpoints written before the states were kept per rank (one state,
+    rank 0's, for every rank).
+
+    Returns:
+        The dotted key, or None for a CUDA generator the checkpoint does not hold (a run
+        that never used CUDA wrote it).
+
+    Raises:
+        ValueError: the checkpoint holds no CPU generator state.
+    """
+    old = ("rng.cpu",) if by_rank == RNG_BY_RANK else ()
+    for key in (f"rng.{by_rank}.{_rank()}", f"rng.{by_rank}.0", *old):
         if key in saved:
             return key
+    if by_rank != RNG_BY_RANK:
+        return None
     raise ValueError(f"{path} holds no generator state (rng.{RNG_BY_RANK}.0 or rng.cpu)")
+
+
+def _rng_to_load(path: Path, metadata: Metadata) -> tuple[str, str | None, dict[str, Any]]:
+    """The CPU and (where this process can use CUDA and the checkpoint has one) CUDA
+    generator keys this rank loads (:func:`_rng_key`), and tensors to load them into."""
+    saved = metadata.state_dict_metadata
+    cpu = _rng_key(path, set(saved))
+    cuda = _rng_key(path, set(saved), RNG_CUDA_BY_RANK) if _cuda(used=False) else None
+    tensors = {
+        key: torch.empty(saved[key].size, dtype=saved[key].properties.dtype)
+        for key in (cpu, cuda)
+        if key is not None
+    }
+    return cpu, cuda, tensors
 
 
 def load(
@@ -268,7 +317,8 @@ def load(
     """Load the latest checkpoint of ``directory`` into this rank's shards (collective).
 
     The checkpoint may come from another world size or sharding: DCP reads the chunks that
-    overlap this rank's shards. Each rank's CPU generator is restored too (:func:`_rng_key`).
+    overlap this rank's shards. Each rank's CPU generator is restored too, and its CUDA
+    device's where the checkpoint holds one and CUDA is available (:func:`_rng_key`).
 
     Args:
         directory: as given to :func:`save`.
@@ -309,15 +359,14 @@ def load(
         for key, md in metadata.state_dict_metadata.items()
         if key.startswith("extra.")
     }
-    rng_key = _rng_key(path, saved)
-    state = _state(model_sd, optim_sd["state"], extra, rng_key)
+    cpu_key, cuda_key, rng = _rng_to_load(path, metadata)
+    state = _state(model_sd, optim_sd["state"], extra, rng)
     dcp.load(state, storage_reader=reader)
     model.load_state_dict(model_sd)
     optimizer.load_state_dict(optim_sd)
-    rng = state
-    for part in rng_key.split("."):
-        rng = rng[part]
-    torch.set_rng_state(rng)
+    torch.set_rng_state(rng[cpu_key])
+    if cuda_key is not None:
+        torch.cuda.set_rng_state(rng[cuda_key])
     logger.info("resumed from %s (step %d)", path, manifest["step"])
     return Loaded(
         path=path,

@@ -84,7 +84,9 @@ class Session:
     train_seconds: float = 0.0
     train_samples: int = 0
     phase_steps: list[int] = field(default_factory=list)
-    """Training steps after which ``--compression cce`` re-clusters (:func:`_cce_phase`)."""
+    """Where ``--compression cce`` re-clusters (:func:`_cce_phase`): positions in the run's
+    training batches over all epochs, ``epoch * batches_per_epoch + batch`` (the steps of
+    a run that is not resumed at another global batch size)."""
     start_plan: HashPlan | None = None
     """The plan the run started from (:attr:`plan` until a cce phase replaces it)."""
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -119,6 +121,14 @@ class Session:
     def cce_phase(self) -> int:
         """The cce phase changes the model has been through (0 without cce)."""
         return 0 if self.plan is None else int(self.plan.metadata.get("cce_phase", 0))
+
+    def next_phase_at(self) -> int | None:
+        """The position (:attr:`phase_steps`) of the next cce phase, or None: the phases
+        are taken in order, so a run resumed at another global batch size (its positions
+        rescaled, its step count not) takes each phase once, where its share of the
+        training is done."""
+        done = self.cce_phase
+        return self.phase_steps[done] if done < len(self.phase_steps) else None
 
 
 def load_data(config: TrainConfig) -> RecDataset:
@@ -159,7 +169,8 @@ def build_session(
 
 
 def _cce_phase_steps(config: TrainConfig, env: DistEnv, dataset: RecDataset) -> list[int]:
-    """``--compression cce``'s phase steps over all epochs' training steps (else none)."""
+    """``--compression cce``'s phase positions over all epochs' training batches at this
+    run's global batch size (else none; :attr:`Session.phase_steps`)."""
     if config.compression != "cce":
         return []
     per_epoch = dataset.num_batches("train", config.batch_size, env.world_size)
@@ -170,8 +181,8 @@ def _cce_phase_steps(config: TrainConfig, env: DistEnv, dataset: RecDataset) -> 
 
 def _cce_phase(session: Session) -> None:
     """Re-cluster the cce tables (every rank, after the pipeline has drained); the session's
-    plan becomes the one the model now holds. Phases are numbered by the ones done (a
-    resumed run at another global batch size has other phase steps)."""
+    plan becomes the one the model now holds. Phases are numbered by the ones done
+    (:meth:`Session.next_phase_at`)."""
     phase = session.cce_phase + 1
     tic = time.perf_counter()
     session.plan = recluster_model(
@@ -228,15 +239,18 @@ def train_epoch(
                 run = min(run, cfg.checkpoint_every - session.step % cfg.checkpoint_every)
             # NOTE: a run also ends at each cce phase, so the pipeline drains (no batch
             # remapped ahead with the old hash) before the remap changes
-            run = min([run, *(s - session.step for s in session.phase_steps if s > session.step)])
+            phase_at = session.next_phase_at()
+            if phase_at is not None:
+                run = min(run, max(phase_at - (session.epoch * total + session.batch), 0))
             segment: Iterable[Batch] = islice(batches, run)
             done = _train_steps(session, iter(hook(segment) if hook else segment), bar)
             steps += done
-            if session.step in session.phase_steps:
+            if phase_at is not None and session.epoch * total + session.batch >= phase_at:
                 _cce_phase(session)
             if done < run:  # NOTE: the data ended early; nothing more to train this epoch
                 break
-            if cfg.checkpoint_every and session.step % cfg.checkpoint_every == 0:
+            # (done == 0: a phase a resumed run had passed, taken at once; nothing to save)
+            if done and cfg.checkpoint_every and session.step % cfg.checkpoint_every == 0:
                 if session.batch < total:  # NOTE: the epoch's end is checkpointed by fit
                     tic = time.perf_counter()
                     ckpt.save(session, extra_state)

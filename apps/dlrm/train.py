@@ -87,7 +87,8 @@ lookup tables (``mch``: its modules' persistent buffers, see ``torchrec_lhf.modu
 instead (modulo, qr, fbdh, memrec: seeded hashes; for fbdh the frequent ids' rows still
 need a small id -> row map), False for a learned plan, ``cce`` and ``mch``, None without
 either. ``plan_fingerprint`` is the fingerprint of the plan the model holds at the end
-(``cce``: after its last phase; ``start_plan_fingerprint`` the starting plan's)."""
+(``cce``: after its last phase; ``start_plan_fingerprint`` the starting plan's, and
+``cce_phases`` the phases done)."""
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -201,6 +202,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
             config=config.to_dict(),
             plan_fingerprint=session.plan_fingerprint,
             start_plan_fingerprint=None if plan is None else plan.fingerprint(),
+            **({"cce_phases": session.cce_phase} if config.compression == "cce" else {}),
             dataset=dataset.name,
             remap_computable=_remap_computable(config, plan),
         )

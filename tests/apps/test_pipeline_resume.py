@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from unittest import mock
 
@@ -105,6 +106,70 @@ def test_resumed_with_another_fraction_keeps_the_teacher_and_the_full_model(
     calls = _spy(monkeypatch)
     pipeline.main(other)
     assert (len(calls["teacher"]), len(calls["build"]), len(calls["train"])) == (1, 1, 3)
+
+
+def test_a_stage_whose_output_changed_runs_again(tmp_path: Path, monkeypatch) -> None:
+    """A done stage is skipped only while its output files are as its record left them
+    (size and modification time): a plan written again reruns the build and what trains on
+    it; a teacher artifact written again reruns everything after it too."""
+    out = tmp_path / "run"
+    run = [*ARGS, "--out_dir", str(out)]
+    first = pipeline.main(run)
+    record = json.loads((out / "stages" / "build_clustered.json").read_text())
+    plan = out / "plan.safetensors"
+    assert list(record["outputs"]) == [plan.name]
+    teacher = json.loads((out / "stages" / "teacher.json").read_text())["outputs"]
+    assert "teacher/teacher.safetensors" in teacher
+
+    stat = plan.stat()
+    os.utime(plan, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # written again, the same
+    calls = _spy(monkeypatch)
+    rows = pipeline.main([*run, "--resume"])
+    assert calls["teacher"] == [] and len(calls["build"]) == 1
+    assert [Path(c.metrics_json).stem for c in calls["train"]] == ["metrics_lhf"]
+    assert _without_seconds(rows) == _without_seconds(first)
+
+    tensors = out / "teacher" / "teacher.safetensors"
+    stat = tensors.stat()
+    os.utime(tensors, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    calls = _spy(monkeypatch)
+    pipeline.main([*run, "--resume"])
+    assert (len(calls["teacher"]), len(calls["build"])) == (1, 1)
+    assert [Path(c.metrics_json).stem for c in calls["train"]] == ["metrics_lhf"]
+
+    # a record written before outputs were recorded: the output's presence is checked
+    for stage in ("teacher", "build_clustered"):
+        path = out / "stages" / f"{stage}.json"
+        old = json.loads(path.read_text())
+        del old["outputs"]
+        path.write_text(json.dumps(old))
+    calls = _spy(monkeypatch)
+    pipeline.main([*run, "--resume"])
+    assert calls == {"teacher": [], "build": [], "train": []}
+    plan.unlink()
+    calls = _spy(monkeypatch)
+    pipeline.main([*run, "--resume"])
+    assert calls["teacher"] == [] and len(calls["build"]) == 1
+
+
+def test_output_files(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "a").write_bytes(b"12")
+    (tmp_path / "dir" / "sub").mkdir()  # (not a file: left out)
+    (tmp_path / "b").write_bytes(b"345")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.write_bytes(b"6")
+    try:
+        files = resumable.output_files(
+            tmp_path, [tmp_path / "dir", tmp_path / "b", tmp_path / "gone", outside]
+        )
+    finally:
+        outside.unlink()
+    assert {k: v[0] for k, v in files.items()} == {"dir/a": 2, "b": 3, str(outside.resolve()): 1}
+    record = {"outputs": files}
+    assert not resumable.outputs_unchanged(record, tmp_path, [tmp_path / "b"], required=None)
+    assert resumable.outputs_unchanged({}, tmp_path, [], required=tmp_path / "b")
+    assert not resumable.outputs_unchanged({}, tmp_path, [], required=tmp_path / "gone")
 
 
 def test_decide() -> None:

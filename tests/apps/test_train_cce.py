@@ -8,6 +8,7 @@ import logging
 import math
 import re
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -15,6 +16,7 @@ from apps.dlrm.train import main, parse_args
 from tests._multiprocess import run_multiprocess
 from tests.apps._train_args import NO_MINIMUM, SMALL
 from tests.test_checkpoint import Killed, killed_after_save
+from torchrec_lhf import checkpoint
 
 CCE = [*SMALL, *NO_MINIMUM, "--compression", "cce", "--fraction", "0.5"]
 SHORT = ["--limit_train_batches", "6", "--limit_val_batches", "1", "--limit_test_batches", "2"]
@@ -49,6 +51,7 @@ def test_cce_trains_end_to_end_with_its_phases(caplog: pytest.LogCaptureFixture)
     ]
     assert phases == [(1, 4), (2, 8)]
     assert metrics["steps"] == 12 and 0.0 <= metrics["auc"] <= 1.0
+    assert metrics["cce_phases"] == 2
     assert math.isfinite(metrics["logloss"])
     # dim 8: 2 columns of width 4 (not 4 of width 2), each two internal tables at half the
     # rows; the two clustered indices stored, so the remap is not computable from the id
@@ -132,3 +135,73 @@ def test_cce_resume_equals_uninterrupted_at_world_size_2(tmp_path: Path) -> None
         assert b["steps"] == a["steps"] == 50
         for key in ("auc", "logloss", "val_auc", "val_logloss", "plan_fingerprint"):
             assert b[key] == a[key], key
+
+
+def _resume_cce_from_world_size_1(rank: int, world_size: int, checkpoint_dir: str) -> dict:
+    ckpt = ["--checkpoint_dir", checkpoint_dir, "--checkpoint_every", "8"]
+    save, saved = checkpoint.save, []
+
+    def recorded(*args, **kwargs):
+        saved.append(kwargs["step"])
+        return save(*args, **kwargs)
+
+    with mock.patch.object(checkpoint, "save", recorded):
+        return {**main([*RESUME, *ckpt, "--resume"]), "saved": saved}
+
+
+@pytest.mark.distributed
+def test_cce_checkpoint_of_world_size_1_resumes_at_world_size_2(tmp_path: Path) -> None:
+    """Saved at world size 1 at step 24, just before its first phase (step 25 of 100),
+    resumed at world size 2 (25 steps an epoch, phases at steps 12, 25 and 38): the resumed
+    run is at its position 12, so it takes the first phase at once, then the other two.
+    Before phases were placed by position, the resumed step count (24) had passed the
+    first phase step of world size 2, and the run ended after two phases. The checkpoint of
+    step 24 is not saved again after the phase taken at once (no step trained)."""
+    checkpoint_dir = tmp_path / "ckpt"
+    ckpt = ["--checkpoint_dir", str(checkpoint_dir), "--checkpoint_every", "8"]
+    with killed_after_save(24), pytest.raises(Killed):
+        main([*RESUME, *ckpt])
+    step_24 = (checkpoint_dir / "step_24" / "manifest.json").read_text()
+    assert json.loads(step_24)["meta"]["cce_phase"] == 0
+    results = run_multiprocess(
+        _resume_cce_from_world_size_1, world_size=2, checkpoint_dir=str(checkpoint_dir)
+    )
+    first, second = results
+    assert first["auc"] == second["auc"] and math.isfinite(first["logloss"])
+    assert first["cce_phases"] == 3 and first["world_size"] == 2
+    assert first["plan_fingerprint"] == second["plan_fingerprint"]
+    assert first["plan_fingerprint"] != first["start_plan_fingerprint"]
+    # the rest at world size 2: batches 12 to 25 of epoch 1 and all of epoch 2
+    assert first["steps"] == 24 + 13 + 25
+    # every 8 steps from step 32, and at the ends of the epochs (steps 37 and 62)
+    assert first["saved"] == [32, 37, 40, 48, 56, 62]
+    latest = json.loads((checkpoint_dir / "latest").read_text())
+    manifest = json.loads((checkpoint_dir / latest["dir"] / "manifest.json").read_text())
+    assert manifest["meta"]["cce_phase"] == 3
+
+
+def _crash_after_three_phases(rank: int, world_size: int, checkpoint_dir: str) -> None:
+    # 2 epochs of 25 steps at world size 2; phases at steps 12, 25 and 38
+    ckpt = ["--checkpoint_dir", checkpoint_dir, "--checkpoint_every", "20"]
+    with killed_after_save(40), pytest.raises(Killed):
+        main([*RESUME, *ckpt])
+
+
+@pytest.mark.distributed
+def test_cce_checkpoint_of_world_size_2_resumes_at_world_size_1(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Saved at world size 2 after its three phases (step 40 of 50), resumed at world size
+    1, where phase steps are 25, 50 and 75: the step count (40) passes 50, which took a
+    fourth phase before phases were placed by position."""
+    checkpoint_dir = str(tmp_path / "ckpt")
+    run_multiprocess(_crash_after_three_phases, world_size=2, checkpoint_dir=checkpoint_dir)
+    manifest = json.loads((tmp_path / "ckpt" / "step_40" / "manifest.json").read_text())
+    assert manifest["meta"]["cce_phase"] == 3
+    with caplog.at_level(logging.INFO, logger="apps.dlrm.loop"):
+        resumed = main([*RESUME, "--checkpoint_dir", checkpoint_dir, "--resume"])
+    assert not [r for r in caplog.records if r.getMessage().startswith("cce phase")]
+    assert resumed["cce_phases"] == 3 and resumed["world_size"] == 1
+    assert resumed["plan_fingerprint"] == manifest["meta"]["plan_fingerprint"]
+    # the rest of epoch 2 at world size 1: batches 30 to 50 of 50 (world size 2's 15 of 25)
+    assert resumed["steps"] == 40 + 20
