@@ -239,3 +239,39 @@ def test_resume_at_world_size_2(tmp_path: Path) -> None:
         assert _without_seconds(r["resumed"]) == _without_seconds(r["whole"])
     # (each rank times its own stages: the seconds may differ)
     assert _without_seconds(results[0]["resumed"]) == _without_seconds(results[1]["resumed"])
+
+
+def _resumed_at_world_size_2(rank: int, world_size: int, run: list[str]) -> list[dict]:
+    return pipeline.main([*run, "--resume"])
+
+
+@pytest.mark.distributed
+def test_interrupted_at_world_size_1_resumes_at_world_size_2(tmp_path: Path) -> None:
+    """Killed in the hashing trick's training at world size 1 (after step 20) and resumed at
+    world size 2 (18 steps an epoch): the done stages are read back, the hashing trick's
+    training continues from its checkpoint (resharded by DCP, at its global batch 10 of 18:
+    step 28 at the end), the full model's trains afresh (18 steps)."""
+    run = [*ARGS, "--out_dir", str(tmp_path / "run")]
+
+    def save_then_crash(directory, **kwargs):
+        path = _SAVE(directory, **kwargs)
+        if Path(directory).name == "train_modulo" and kwargs["step"] == 20:
+            raise Killed("killed in the hashing trick's training, after its step 20")
+        return path
+
+    with mock.patch.object(checkpoint, "save", save_then_crash), pytest.raises(Killed):
+        pipeline.main(run)
+    lhf = json.loads((tmp_path / "run/stages/train_lhf.json").read_text())["result"]
+    first, second = run_multiprocess(_resumed_at_world_size_2, world_size=2, run=run)
+    assert _without_seconds(first) == _without_seconds(second)
+    rows = {r["method"]: r for r in first}
+    # read back, not trained again (at world size 2 it would score otherwise)
+    assert (rows["lhf"]["auc"], rows["lhf"]["seconds"]) == (
+        lhf["metrics"]["auc"], round(lhf["seconds"], 1),
+    )  # fmt: skip
+    modulo = tmp_path / "run/checkpoints/train_modulo"
+    latest = json.loads((modulo / "latest").read_text())
+    manifest = json.loads((modulo / latest["dir"] / "manifest.json").read_text())
+    assert (latest["step"], manifest["world_size"]) == (28, 2)
+    none = tmp_path / "run/checkpoints/train_none"
+    assert json.loads((none / "latest").read_text())["step"] == 18
