@@ -8,6 +8,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -47,20 +48,28 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     return calls
 
 
+_SAVE = checkpoint.save
+
+
+def _killed_in_modulo(step: int) -> Any:
+    """A patch of ``checkpoint.save`` that crashes (:class:`Killed`) right after the hashing
+    trick's training has saved its checkpoint of ``step``."""
+
+    def save_then_crash(directory, **kwargs):
+        path = _SAVE(directory, **kwargs)
+        if Path(directory).name == "train_modulo" and kwargs["step"] == step:
+            raise Killed(f"killed in the hashing trick's training, after its step {step}")
+        return path
+
+    return mock.patch.object(checkpoint, "save", save_then_crash)
+
+
 def test_an_interrupted_pipeline_resumes_where_it_stopped(
     tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     whole = pipeline.main([*ARGS, "--out_dir", str(tmp_path / "whole")])
     run = [*ARGS, "--out_dir", str(tmp_path / "run")]
-    save = checkpoint.save
-
-    def save_then_crash(directory, **kwargs):
-        path = save(directory, **kwargs)
-        if Path(directory).name == "train_modulo" and kwargs["step"] == 20:
-            raise Killed("killed in the hashing trick's training, after its step 20")
-        return path
-
-    with mock.patch.object(checkpoint, "save", save_then_crash), pytest.raises(Killed):
+    with _killed_in_modulo(20), pytest.raises(Killed):
         pipeline.main(run)
     records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "run/stages").iterdir()}
     assert {k: r["status"] for k, r in records.items()} == {
@@ -210,20 +219,10 @@ def test_checkpoint_every_is_checked(value) -> None:
         pipeline.PipelineConfig(dataset="synthetic", checkpoint_every=value)
 
 
-def _crash_in_modulo(directory, **kwargs):
-    path = _SAVE(directory, **kwargs)
-    if Path(directory).name == "train_modulo" and kwargs["step"] == 10:
-        raise Killed("killed in the hashing trick's training, after its step 10")
-    return path
-
-
-_SAVE = checkpoint.save
-
-
 def _interrupted_then_resumed(rank: int, world_size: int, tmp: str) -> dict:
     whole = pipeline.main([*ARGS, "--out_dir", f"{tmp}/whole"])
     run = [*ARGS, "--out_dir", f"{tmp}/run"]
-    with mock.patch.object(checkpoint, "save", _crash_in_modulo), pytest.raises(Killed):
+    with _killed_in_modulo(10), pytest.raises(Killed):
         pipeline.main(run)
     stages = sorted(p.stem for p in Path(f"{tmp}/run/stages").iterdir())
     return {"whole": whole, "resumed": pipeline.main([*run, "--resume"]), "stages": stages}
@@ -252,14 +251,7 @@ def test_interrupted_at_world_size_1_resumes_at_world_size_2(tmp_path: Path) -> 
     training continues from its checkpoint (resharded by DCP, at its global batch 10 of 18:
     step 28 at the end), the full model's trains afresh (18 steps)."""
     run = [*ARGS, "--out_dir", str(tmp_path / "run")]
-
-    def save_then_crash(directory, **kwargs):
-        path = _SAVE(directory, **kwargs)
-        if Path(directory).name == "train_modulo" and kwargs["step"] == 20:
-            raise Killed("killed in the hashing trick's training, after its step 20")
-        return path
-
-    with mock.patch.object(checkpoint, "save", save_then_crash), pytest.raises(Killed):
+    with _killed_in_modulo(20), pytest.raises(Killed):
         pipeline.main(run)
     lhf = json.loads((tmp_path / "run/stages/train_lhf.json").read_text())["result"]
     first, second = run_multiprocess(_resumed_at_world_size_2, world_size=2, run=run)
