@@ -413,7 +413,7 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
     timings: dict[str, float] = {}
     builds = candidate_builds(build_config, **_selects(config)) if "lhf" in config.methods else {}
     unfit: dict[str, dict[str, str]] = {}  # candidate plans that do not fit the budget
-    actions = resumable.actions(config.resume, out, teacher_config, builds, trains)
+    actions, skipped = resumable.actions(config.resume, out, teacher_config, builds, trains)
 
     def with_checkpoints(stage: str, stage_config: Any) -> Any:
         return resumable.with_checkpoints(
@@ -431,8 +431,7 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     for name, build in builds.items():
         stage = f"build_{name}"
-        record = resumable.read_record(out, stage) if actions[stage] == "skip" else None
-        if record is None:
+        if stage not in skipped:
             build = dataclasses.replace(build, restart=actions[stage] == "fresh")
             resumable.mark(out, stage, build)
             try:
@@ -446,7 +445,7 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
             resumable.mark(out, stage, build, result=outcome, outputs=[Path(build.out)])
             timings["build_hash"] = time.perf_counter() - t0
         else:
-            outcome = record["result"]
+            outcome = skipped[stage]
         if "infeasible" in outcome:
             unfit[name] = outcome
             del trains[CANDIDATE_PREFIX + name]
@@ -461,8 +460,7 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
             results[method] = dict(results[same[method]], method=method, same_plan=same[method])
             continue
         stage = f"train_{method}"
-        record = resumable.read_record(out, stage) if actions[stage] == "skip" else None
-        if record is None:
+        if stage not in skipped:
             t0 = time.perf_counter()
             resumable.mark(out, stage, train_config)
             metrics = train.run(with_checkpoints(stage, train_config))
@@ -472,7 +470,7 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
             )
             release_memory()
         else:
-            metrics, seconds = record["result"]["metrics"], record["result"]["seconds"]
+            metrics, seconds = skipped[stage]["metrics"], skipped[stage]["seconds"]
         timings[f"train_{method}"] = seconds
         results[method] = _row(config, method, dataset, metrics, seconds)
     if len(builds) > 1:  # candidate plans: choose on validation

@@ -12,7 +12,8 @@ the same decision per stage (:func:`decide`):
 - ``resume``: started with the same settings and not done: the teacher and the trainings
   continue from their checkpoints (``--checkpoint_every``), the hash build from its finished
   tables;
-- ``fresh``: anything else (no record, other settings, a stage it depends on runs again):
+- ``fresh``: anything else (no record, one not of the form :func:`mark` writes, which a
+  warning names, other settings, a stage it depends on runs again):
   its checkpoints are discarded and it runs from the start.
 
 The settings are a stage config's fields, without those that say how a run is run, not
@@ -80,7 +81,9 @@ def checkpoint_dir(out: Path, stage: str) -> Path:
 
 
 def read_record(out: Path, stage: str) -> dict[str, Any] | None:
-    """The stage's record, or None if it has none or it cannot be read (then run afresh)."""
+    """The stage's record, or None if it has none, it cannot be read or it is not of the
+    form :func:`mark` writes (:func:`record_problem`): then the stage runs afresh, with a
+    warning naming the file and what was wrong."""
     path = record_path(out, stage)
     try:
         record = json.loads(path.read_text())
@@ -89,7 +92,49 @@ def read_record(out: Path, stage: str) -> dict[str, Any] | None:
     except (OSError, ValueError) as e:
         logger.warning("%s unreadable (%s): the stage runs afresh", path, e)
         return None
-    return record if isinstance(record, dict) else None
+    problem = record_problem(stage, record)
+    if problem is not None:
+        logger.warning("%s is not a stage record (%s): the stage runs afresh", path, problem)
+        return None
+    return record
+
+
+def record_problem(stage: str, record: Any) -> str | None:
+    """What is wrong with a stage's record (None: it is of the form :func:`mark` writes).
+
+    A record is an object with ``settings`` (an object) and ``status`` (``started`` or
+    ``done``); a done one has ``result`` (an object: a training's with ``metrics``, an
+    object, and ``seconds``, a number) and, if written since outputs were recorded,
+    ``outputs`` (file name -> ``[size, mtime_ns]``)."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    if not isinstance(record.get("settings"), dict):
+        return f"'settings' must be an object, got {record.get('settings')!r}"
+    status = record.get("status")
+    if status not in ("started", "done"):
+        return f"'status' must be 'started' or 'done', got {status!r}"
+    if status == "started":
+        return None
+    result = record.get("result")
+    if not isinstance(result, dict):
+        return f"a done stage's 'result' must be an object, got {result!r}"
+    if stage.startswith("train_"):
+        if not isinstance(result.get("metrics"), dict):
+            return f"a training's 'result.metrics' must be an object, got {result.get('metrics')!r}"
+        seconds = result.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            return f"a training's 'result.seconds' must be a number, got {seconds!r}"
+    outputs = record.get("outputs", {})
+    if not isinstance(outputs, dict):
+        return f"'outputs' must be an object, got {outputs!r}"
+    for name, stat in outputs.items():
+        if not (
+            isinstance(stat, list)
+            and len(stat) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in stat)
+        ):
+            return f"'outputs' entry {name!r} must be [size, mtime_ns], got {stat!r}"
+    return None
 
 
 def output_files(out: Path, paths: Iterable[Path]) -> dict[str, list[int]]:
@@ -166,9 +211,11 @@ def actions(
     teacher_config: TeacherConfig,
     builds: dict[str, Any],
     trains: dict[str, Any],
-) -> dict[str, str]:
+) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """Each stage's action (one of :data:`ACTIONS`), decided on every rank from the records
     before any is written (a barrier follows); every stage ``fresh`` without ``resume``.
+    Also the results of the stages that skip, as their records hold them (each record is
+    read once: what a rank decided on is what it reads back).
 
     Args:
         resume: ``--resume``.
@@ -178,6 +225,7 @@ def actions(
         trains: the trainings by method (``lhf``, its candidates ``lhf-<name>``, the others).
     """
     decided: dict[str, str] = {}
+    skipped: dict[str, dict[str, Any]] = {}
 
     def decide_stage(
         stage: str,
@@ -196,6 +244,8 @@ def actions(
             upstream_runs=any(decided[u] != "skip" for u in upstream),
             output_ok=outputs_unchanged(record, out, outputs, required=required),
         )
+        if decided[stage] == "skip":
+            skipped[stage] = record["result"]
         logger.info("--resume: %s %s", stage, decided[stage])
 
     if builds:
@@ -215,7 +265,7 @@ def actions(
         decide_stage(f"train_{method}", train_config, upstream)
     if dist.is_initialized():
         dist.barrier()  # NOTE: every rank has read the records before rank 0 writes any
-    return decided
+    return decided, skipped
 
 
 def with_checkpoints(

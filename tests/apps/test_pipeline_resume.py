@@ -117,10 +117,13 @@ def test_resumed_with_another_fraction_keeps_the_teacher_and_the_full_model(
     assert (len(calls["teacher"]), len(calls["build"]), len(calls["train"])) == (1, 1, 3)
 
 
-def test_a_stage_whose_output_changed_runs_again(tmp_path: Path, monkeypatch) -> None:
+def test_a_stage_whose_output_changed_runs_again(
+    tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A done stage is skipped only while its output files are as its record left them
     (size and modification time): a plan written again reruns the build and what trains on
-    it; a teacher artifact written again reruns everything after it too."""
+    it; a teacher artifact written again reruns everything after it too; a record not of
+    the pipeline's form reruns its stage, with a warning."""
     out = tmp_path / "run"
     run = [*ARGS, "--out_dir", str(out)]
     first = pipeline.main(run)
@@ -159,6 +162,60 @@ def test_a_stage_whose_output_changed_runs_again(tmp_path: Path, monkeypatch) ->
     calls = _spy(monkeypatch)
     pipeline.main([*run, "--resume"])
     assert calls["teacher"] == [] and len(calls["build"]) == 1
+
+    # a hand-edited record without the training's metrics: that training runs afresh
+    path = out / "stages" / "train_modulo.json"
+    edited = json.loads(path.read_text())
+    del edited["result"]["metrics"]
+    path.write_text(json.dumps(edited))
+    calls = _spy(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger=resumable.__name__):
+        rows = pipeline.main([*run, "--resume"])
+    assert calls["teacher"] == [] and calls["build"] == []
+    assert [(Path(c.metrics_json).stem, c.resume) for c in calls["train"]] == [
+        ("metrics_modulo", False)
+    ]
+    assert f"{path} is not a stage record (a training's 'result.metrics'" in caplog.text
+    assert _without_seconds(rows) == _without_seconds(first)
+
+
+@pytest.mark.parametrize(
+    ("stage", "record", "problem"),
+    [
+        ("teacher", [], "expected a JSON object, got list"),
+        ("teacher", {"status": "done"}, "'settings' must be an object, got None"),
+        ("teacher", {"settings": {}, "status": "ended"}, "'status' must be 'started' or"),
+        ("teacher", {"settings": {}, "status": "done"}, "'result' must be an object, got None"),
+        (
+            "train_lhf",
+            {"settings": {}, "status": "done", "result": {"metrics": {}, "seconds": "1"}},
+            "'result.seconds' must be a number, got '1'",
+        ),
+        (
+            "build_clustered",
+            {"settings": {}, "status": "done", "result": {}, "outputs": {"plan": [3]}},
+            "'outputs' entry 'plan' must be [size, mtime_ns], got [3]",
+        ),
+    ],
+)
+def test_records_not_of_the_pipelines_form_are_named(
+    tmp_path: Path, stage: str, record: Any, problem: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert problem in resumable.record_problem(stage, record)
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / f"{stage}.json").write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger=resumable.__name__):
+        assert resumable.read_record(tmp_path, stage) is None
+    assert problem in caplog.text and "the stage runs afresh" in caplog.text
+
+
+def test_records_the_pipeline_writes_are_of_its_form(tmp_path: Path) -> None:
+    (tmp_path / "plan").write_bytes(b"1")
+    resumable.mark(tmp_path, "train_lhf", {"fraction": 0.1}, result={"metrics": {}, "seconds": 2})
+    resumable.mark(tmp_path, "build_x", {"a": 1}, result={}, outputs=[tmp_path / "plan"])
+    resumable.mark(tmp_path, "teacher", {"a": 1})
+    for stage in ("train_lhf", "build_x", "teacher"):
+        assert resumable.read_record(tmp_path, stage) is not None, stage
 
 
 def test_output_files(tmp_path: Path) -> None:
