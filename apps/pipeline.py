@@ -248,6 +248,7 @@ class PipelineConfig:
             raise ValueError(f"min_table_rows must be >= 0, got {self.min_table_rows}")
         if self.budget not in BUDGETS:
             raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
+        _train_config(self, self.dataset, self.dataset_options)  # its checks (learning_rate)
         HeadTail(  # ValueError naming a bad head/tail setting, as the build would
             min_count=self.head_min_count,
             tail_fraction=self.tail_fraction,

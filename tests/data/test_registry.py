@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from torchrec_lhf.cli import FlagError
-from torchrec_lhf.data import check_dataset_files, register_dataset
+from torchrec_lhf.data import check_dataset_files, check_dataset_spec, register_dataset
 from torchrec_lhf.data.registry import _REGISTRY
 
 
@@ -46,3 +46,35 @@ def test_register_dataset_refuses_an_unknown_path_kind() -> None:
     with pytest.raises(ValueError, match="path_kind must be 'file' or 'directory', got 'dir'"):
         register_dataset("toy-kind", lambda path: None, takes_path=True, path_kind="dir")
     assert "toy-kind" not in _REGISTRY  # nothing registered on a refusal
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "message"),
+    [
+        ("synthetic", {"num_samples": -5}, "dataset 'synthetic': num_samples must be an int >= 1"),
+        ("synthetic", {"num_embeddings": "100"}, "num_embeddings must be a non-empty list"),
+        ("movielens-100k", {"split": "day"}, "split must be one of ['random', 'time'], got 'day'"),
+        ("movielens-100k", {"split_seed": 1.5}, "split_seed must be an int >= 0, got 1.5"),
+        ("movielens-100k", {"cache_dir": 3}, "cache_dir must be a path or None, got 3"),
+    ],
+)
+def test_option_values_are_checked_before_any_data_is_read(spec, options, message) -> None:
+    """A source with ``check_options`` refuses a bad value in ``check_dataset_spec``, the
+    configs' check (so at parse time), without reading or drawing any data."""
+    with pytest.raises(ValueError) as err:
+        check_dataset_spec(spec, options)
+    assert message in str(err.value)
+    check_dataset_spec("synthetic", {"num_samples": 10, "num_embeddings": [9, 17]})
+    check_dataset_spec("movielens-100k", {"split": "time", "split_seed": 3, "cache_dir": None})
+
+
+def test_the_apps_refuse_a_bad_option_value_as_a_usage_error() -> None:
+    from apps import pipeline
+    from apps.dlrm import train
+
+    argv = ["--dataset", "synthetic", "--dataset_options", '{"num_dense": 0}']
+    for parse in (pipeline.parse_args, train.parse_args):
+        with pytest.raises(ValueError, match="dataset 'synthetic': num_dense must be an int >= 1"):
+            parse(argv)
+    with pytest.raises(ValueError, match="learning_rate must be > 0, got -1.0"):
+        pipeline.parse_args(["--dataset", "synthetic", "--learning_rate", "-1"])

@@ -81,16 +81,27 @@ def test_registry_options_map_to_config():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(num_samples=0), "num_samples must be >= 1, got 0"),
+        (dict(num_samples=0), "num_samples must be an int >= 1, got 0"),
+        (dict(num_samples="abc"), "num_samples must be an int >= 1, got 'abc'"),
+        (dict(num_samples=2.5), "num_samples must be an int >= 1, got 2.5"),
         (dict(num_embeddings=[]), "num_embeddings must be a non-empty list"),
         (dict(num_embeddings=[10, 0]), r"got \[10, 0\]"),
+        (dict(num_embeddings=[10, "x"]), r"got \[10, 'x'\]"),
+        (
+            dict(num_embeddings="100"),
+            "num_embeddings must be a non-empty list of ints >= 1, got '100'",
+        ),
         (
             dict(num_embeddings=[4], num_groups=5),
             r"num_groups must be in \[1, min\(num_embeddings\)=4\], got 5",
         ),
-        (dict(zipf_exponent=-1.0), "zipf_exponent must be >= 0, got -1.0"),
-        (dict(num_dense=0), "num_dense must be >= 1, got 0"),
-        (dict(group_scale=-0.1), "group_scale must be >= 0, got -0.1"),
+        (dict(zipf_exponent=-1.0), "zipf_exponent must be a number >= 0, got -1.0"),
+        (dict(zipf_exponent=float("nan")), "zipf_exponent must be a number >= 0, got nan"),
+        (dict(num_dense=0), "num_dense must be an int >= 1, got 0"),
+        (dict(group_scale=-0.1), "group_scale must be a number >= 0, got -0.1"),
+        (dict(dense_scale=None), "dense_scale must be a number >= 0, got None"),
+        (dict(base_logit=float("inf")), "base_logit must be a finite number, got inf"),
+        (dict(seed=True), "seed must be an int >= 0, got True"),
     ],
 )
 def test_config_validation(kwargs, message):

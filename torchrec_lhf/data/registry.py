@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,7 +28,7 @@ from torchrec_lhf.data.criteo import load_criteo_tsv
 from torchrec_lhf.data.criteo_npy import CriteoNpyDataset, load_criteo_npy
 from torchrec_lhf.data.csv import load_csv
 from torchrec_lhf.data.dataset import RecDataset
-from torchrec_lhf.data.movielens import load_movielens_100k
+from torchrec_lhf.data.movielens import SPLITS, load_movielens_100k
 from torchrec_lhf.data.synthetic import SyntheticConfig, make_synthetic
 
 
@@ -40,6 +41,8 @@ class DatasetSource:
     takes_path: bool
     options: tuple[str, ...]
     path_kind: Literal["file", "directory"] = "file"
+    check_options: Callable[..., None] | None = None
+    """Checks the options' values without reading data (raises ValueError), or None."""
 
 
 _REGISTRY: dict[str, DatasetSource] = {}
@@ -52,6 +55,7 @@ def register_dataset(
     takes_path: bool,
     options: tuple[str, ...] | None = None,
     path_kind: Literal["file", "directory"] = "file",
+    check_options: Callable[..., None] | None = None,
 ) -> None:
     """Register ``loader`` under ``name``: called as ``loader(PATH, **options)`` or ``loader(**options)``.
 
@@ -61,6 +65,9 @@ def register_dataset(
         takes_path: whether the spec is ``name:PATH``.
         options: accepted keyword options; default the loader's keyword-only parameters.
         path_kind: what ``PATH`` names, checked by :func:`check_dataset_files`.
+        check_options: called with the options by :func:`check_dataset_spec`, before any
+            data is read: raises ValueError naming a bad value (so that a config refuses
+            it before a run starts). None: the loader checks them when it runs.
 
     Raises:
         ValueError: ``name`` is already registered, contains ``':'``, or ``path_kind`` is
@@ -76,7 +83,12 @@ def register_dataset(
         params = inspect.signature(loader).parameters.values()
         options = tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
     _REGISTRY[name] = DatasetSource(
-        name=name, loader=loader, takes_path=takes_path, options=options, path_kind=path_kind
+        name=name,
+        loader=loader,
+        takes_path=takes_path,
+        options=options,
+        path_kind=path_kind,
+        check_options=check_options,
     )
 
 
@@ -91,10 +103,12 @@ def check_dataset_spec(spec: str, options: Mapping[str, Any] | None = None) -> D
 
     Args:
         spec: e.g. ``"synthetic"`` or ``"criteo-tsv:train.txt"`` (see the module docstring).
-        options: the loader's keyword options, checked by name.
+        options: the loader's keyword options, checked by name (and by value, where the
+            source has ``check_options``).
 
     Raises:
-        ValueError: unknown name, a missing or unexpected path, or an unknown option.
+        ValueError: unknown name, a missing or unexpected path, an unknown option or a bad
+            option value.
     """
     name, sep, path = spec.partition(":")
     if name not in _REGISTRY:
@@ -111,6 +125,11 @@ def check_dataset_spec(spec: str, options: Mapping[str, Any] | None = None) -> D
         raise ValueError(
             f"dataset {name!r}: unknown options {unknown}; accepted: {list(source.options)}"
         )
+    if source.check_options is not None:
+        try:
+            source.check_options(**(options or {}))
+        except ValueError as e:
+            raise ValueError(f"dataset {name!r}: {e}") from None
     return source
 
 
@@ -170,7 +189,20 @@ def _movielens(
     return load_movielens_100k(cache_dir, split=split, split_seed=split_seed)
 
 
-register_dataset("movielens-100k", _movielens, takes_path=False)
+def _check_movielens(**options: Any) -> None:
+    """The values of the MovieLens options given (the loader's defaults are its own)."""
+    cache_dir = options.get("cache_dir")
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise ValueError(f"cache_dir must be a path or None, got {cache_dir!r}")
+    if "split" in options and options["split"] not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {options['split']!r}")
+    if "split_seed" in options:
+        seed = options["split_seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"split_seed must be an int >= 0, got {seed!r}")
+
+
+register_dataset("movielens-100k", _movielens, takes_path=False, check_options=_check_movielens)
 register_dataset("criteo-tsv", load_criteo_tsv, takes_path=True)
 register_dataset("criteo-npy", load_criteo_npy, takes_path=True, path_kind="directory")
 register_dataset("csv", load_csv, takes_path=True)
@@ -179,4 +211,5 @@ register_dataset(
     _synthetic,
     takes_path=False,
     options=tuple(f.name for f in fields(SyntheticConfig)),
+    check_options=SyntheticConfig,  # (its checks; nothing is drawn)
 )

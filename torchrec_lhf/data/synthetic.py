@@ -25,6 +25,8 @@ cut 80 / 10 / 10 (the samples are i.i.d.; there is no time).
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,26 +69,37 @@ class SyntheticConfig:
     """Seed of the groups, the effects, the samples and the split."""
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
-        heights = list(self.num_embeddings)
-        if not heights or any(int(h) != h or h < 1 for h in heights):
-            raise ValueError(
-                f"num_embeddings must be a non-empty list of ints >= 1, got {self.num_embeddings}"
+        for name, low in (("num_samples", 1), ("num_groups", 1), ("num_dense", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        heights = self.num_embeddings
+        if (
+            isinstance(heights, (str, bytes))
+            or not isinstance(heights, Sequence)
+            or not heights
+            or any(
+                isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1 for h in heights
             )
-        if self.num_groups < 1 or self.num_groups > min(heights):
+        ):
+            raise ValueError(
+                f"num_embeddings must be a non-empty list of ints >= 1, got {heights!r}"
+            )
+        if self.num_groups > min(heights):
             raise ValueError(
                 f"num_groups must be in [1, min(num_embeddings)={min(heights)}], got {self.num_groups}"
             )
-        if not self.zipf_exponent >= 0:
-            raise ValueError(f"zipf_exponent must be >= 0, got {self.zipf_exponent}")
-        if self.num_dense < 1:
-            raise ValueError(f"num_dense must be >= 1, got {self.num_dense}")
-        for name in ("group_scale", "interaction_scale", "dense_scale"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        for name in ("zipf_exponent", "group_scale", "interaction_scale", "dense_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        value = self.base_logit
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"base_logit must be a finite number, got {value!r}")
 
 
 def synthetic_groups(config: SyntheticConfig) -> list[torch.Tensor]:
