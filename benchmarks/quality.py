@@ -138,10 +138,20 @@ class SweepConfig:
             raise ValueError("--budget bytes: give the sizes with --bytes, not --fractions")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        for name, low in (
+            ("teacher_dim", 1),
+            ("teacher_epochs", 1),
+            ("min_table_rows", 0),
+            ("skip_rows", 0),
+            ("head_min_count", 0),
+        ):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         unknown = set(self.train_options) - {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown:
             raise ValueError(f"train_options names no TrainConfig field: {sorted(unknown)}")
         self.out = Path(self.out)
+        _base(self, 0)  # the trainings' own checks (learning_rate, train_options' values)
 
 
 def parse_args(argv: list[str] | None = None) -> SweepConfig:

@@ -83,8 +83,10 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from apps import build_hash, pipeline, teacher
 from apps.dlrm import train
@@ -99,6 +101,7 @@ from torchrec_lhf.compression.budget import (
     half_width,
     mlet_width,
 )
+from torchrec_lhf.data import check_dataset_spec
 from torchrec_lhf.data.criteo_npy import MLPERF_NUM_EMBEDDINGS
 from torchrec_lhf.hash_build.config import BuildConfig
 from torchrec_lhf.report import select_on_validation
@@ -226,6 +229,10 @@ class RareIdsConfig:
     """Print only the JSON."""
 
     def __post_init__(self) -> None:
+        if not 0 < self.scale < math.inf:
+            raise ValueError(f"scale must be a finite number > 0, got {self.scale}")
+        if self.min_height < 1:
+            raise ValueError(f"min_height must be >= 1, got {self.min_height}")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.seed < 0:
@@ -237,6 +244,17 @@ class RareIdsConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods}")
+        check_dataset_spec("synthetic", self.dataset_options())  # the data's own checks
+
+    def dataset_options(self) -> dict[str, Any]:
+        """The synthetic dataset's options (``torchrec_lhf.data``'s ``synthetic``)."""
+        return {
+            "num_samples": self.num_samples,
+            "num_dense": 13,
+            "num_groups": self.num_groups,
+            "group_scale": self.group_scale,
+            "num_embeddings": _heights(self),
+        }
 
 
 def _heights(config: RareIdsConfig) -> list[int]:
@@ -246,13 +264,7 @@ def _heights(config: RareIdsConfig) -> list[int]:
 def run(config: RareIdsConfig) -> dict:
     """Train the teacher once and every method; returns the JSON report."""
     heights = _heights(config)
-    options = {
-        "num_samples": config.num_samples,
-        "num_dense": 13,
-        "num_groups": config.num_groups,
-        "group_scale": config.group_scale,
-        "num_embeddings": heights,
-    }
+    options = config.dataset_options()
     pipe = pipeline.PipelineConfig(
         dataset="synthetic", fraction=config.fraction, budget=config.budget,
         min_table_rows=config.min_table_rows, teacher_epochs=config.teacher_epochs,

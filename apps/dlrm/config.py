@@ -22,6 +22,7 @@ from apps.dlrm.config_checks import (  # the method lists are re-exported (one s
     check_compression,
     check_int,
     check_sizes,
+    is_positive_number,
 )
 from torchrec_lhf.cli import FlagError, add_config_flags, config_from_args
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
@@ -215,8 +216,8 @@ class TrainConfig:
             check_int("mlet_inner_dim", self.mlet_inner_dim, low=1)
         for name in ("learning_rate", "embedding_learning_rate"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+            if value is not None and not is_positive_number(value):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if self.dense_arch_layer_sizes is None:
             self.dense_arch_layer_sizes = [64, self.model_dim]
         check_sizes("dense_arch_layer_sizes", self.dense_arch_layer_sizes)

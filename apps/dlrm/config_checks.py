@@ -7,6 +7,8 @@ the value.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import TYPE_CHECKING, Any
 
 from torchrec_lhf.compression.budget import BUDGETS, width_for_bytes
@@ -104,6 +106,16 @@ def check_cce(config: TrainConfig) -> None:
             f"--compression cce does not combine with --mlet_fraction {config.mlet_fraction!r} "
             "(its columns split the model's dim, which MLET narrows: not built)"
         )
+
+
+def is_positive_number(value: Any) -> bool:
+    """A finite real number > 0 (not a bool)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def check_int(name: str, value: Any, *, low: int) -> None:

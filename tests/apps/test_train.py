@@ -59,6 +59,9 @@ def test_flags_parse_into_a_config() -> None:
         ({"over_arch_layer_sizes": [16, 2]}, r"must be 1, got \[16, 2\]"),
         ({"resume": True}, "--resume needs --checkpoint_dir"),
         ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
+        ({"learning_rate": float("inf")}, "learning_rate must be a finite number > 0, got inf"),
+        ({"embedding_learning_rate": 0.0}, "embedding_learning_rate must be a finite number > 0"),
+        ({"learning_rate": "0.1"}, "learning_rate must be a finite number > 0, got '0.1'"),
         ({"sharding_types": ["grid_shard"]}, "got 'grid_shard'"),
     ],
 )

@@ -240,6 +240,13 @@ def test_tiny_byte_sweep_fits_every_method(tmp_path: Path) -> None:
         (["--budget", "bytes"], "give the sizes with --bytes"),
         (["--bytes", "0.1", "--budget", "total"], "--bytes fits every method to bytes"),
         (["--dataset", "criteo"], "unknown dataset 'criteo'; expected one of"),
+        (["--teacher_dim", "0"], "teacher_dim must be >= 1, got 0"),
+        (["--teacher_epochs", "-1"], "teacher_epochs must be >= 1, got -1"),
+        (["--min_table_rows", "-1"], "min_table_rows must be >= 0, got -1"),
+        (["--head_min_count", "-2"], "head_min_count must be >= 0, got -2"),
+        (["--learning_rate", "nan"], "learning_rate must be a finite number > 0, got nan"),
+        (["--train_options", '{"dcn_num_layers": 0}'], "dcn_num_layers must be an int >= 1"),
+        (["--dataset", "synthetic", "--dataset_options", '{"num_dense": 0}'], "num_dense must"),
     ],
 )
 def test_bad_flags_are_named(tmp_path: Path, flags: list[str], message: str) -> None:

@@ -27,6 +27,16 @@ def test_config_rejects_unknown_budgets_and_methods() -> None:
         rare_ids.RareIdsConfig(seed=-1)
     with pytest.raises(ValueError, match="teacher_epochs must be >= 1, got 0"):
         rare_ids.RareIdsConfig(teacher_epochs=0)
+    for scale in (0.0, float("inf")):
+        with pytest.raises(ValueError, match=f"scale must be a finite number > 0, got {scale}"):
+            rare_ids.RareIdsConfig(scale=scale)
+    with pytest.raises(ValueError, match="min_height must be >= 1, got 0"):
+        rare_ids.RareIdsConfig(min_height=0)
+    # the data's own checks, before anything runs
+    with pytest.raises(ValueError, match="dataset 'synthetic': group_scale must be a finite"):
+        rare_ids.RareIdsConfig(group_scale=float("nan"))
+    with pytest.raises(ValueError, match=r"num_groups must be in \[1, min\(num_embeddings\)=3\]"):
+        rare_ids.RareIdsConfig(num_groups=4)
 
 
 def test_the_teacher_trains_teacher_epochs(monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001

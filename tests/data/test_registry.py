@@ -76,5 +76,8 @@ def test_the_apps_refuse_a_bad_option_value_as_a_usage_error() -> None:
     for parse in (pipeline.parse_args, train.parse_args):
         with pytest.raises(ValueError, match="dataset 'synthetic': num_dense must be an int >= 1"):
             parse(argv)
-    with pytest.raises(ValueError, match="learning_rate must be > 0, got -1.0"):
-        pipeline.parse_args(["--dataset", "synthetic", "--learning_rate", "-1"])
+    for value in ("-1", "inf", "nan"):
+        with pytest.raises(
+            ValueError, match=f"learning_rate must be a finite number > 0, got {float(value)}"
+        ):
+            pipeline.parse_args(["--dataset", "synthetic", "--learning_rate", value])

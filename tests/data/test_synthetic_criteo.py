@@ -71,11 +71,14 @@ def test_planted_structure_and_zipf_popularity(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"scale": 0}, "scale must be > 0"),
+        ({"scale": 0}, "scale must be a finite number > 0"),
+        ({"scale": float("inf")}, "scale must be a finite number > 0, got inf"),
         ({"days": 1}, "days must be >= 2"),
         ({"rows_per_day": 0}, "rows_per_day must be >= 1"),
         ({"num_groups": 0}, "num_groups must be >= 1"),
-        ({"zipf_exponent": -1.0}, "zipf_exponent must be >= 0"),
+        ({"zipf_exponent": -1.0}, "zipf_exponent must be a finite number >= 0"),
+        ({"group_scale": float("inf")}, "group_scale must be a finite number >= 0, got inf"),
+        ({"base_logit": float("nan")}, "base_logit must be a finite number, got nan"),
         ({"seed": -1}, "seed must be >= 0"),
     ],
 )

@@ -91,8 +91,12 @@ class SyntheticConfig:
             )
         for name in ("zipf_exponent", "group_scale", "interaction_scale", "dense_scale"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not 0 <= value < math.inf
+            ):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         value = self.base_logit
         if (
             isinstance(value, bool)

@@ -85,19 +85,19 @@ class SyntheticCriteoConfig:
     """Seed of the groups, permutations, effects and rows."""
 
     def __post_init__(self) -> None:
-        if not self.scale > 0:
-            raise ValueError(f"scale must be > 0, got {self.scale}")
+        if not 0 < self.scale < math.inf:
+            raise ValueError(f"scale must be a finite number > 0, got {self.scale}")
         if self.days < 2:
             raise ValueError(f"days must be >= 2 (the last day is val / test), got {self.days}")
         if self.rows_per_day < 1:
             raise ValueError(f"rows_per_day must be >= 1, got {self.rows_per_day}")
         if self.num_groups < 1:
             raise ValueError(f"num_groups must be >= 1, got {self.num_groups}")
-        if not self.zipf_exponent >= 0:
-            raise ValueError(f"zipf_exponent must be >= 0, got {self.zipf_exponent}")
-        for name in ("group_scale", "interaction_scale", "dense_scale"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("zipf_exponent", "group_scale", "interaction_scale", "dense_scale"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not math.isfinite(self.base_logit):
+            raise ValueError(f"base_logit must be a finite number, got {self.base_logit}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 
