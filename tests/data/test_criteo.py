@@ -141,5 +141,7 @@ def test_argument_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_criteo_tsv(tmp_path / "missing.txt")
     (tmp_path / "t.txt").write_text(LINE + "\n")
-    with pytest.raises(ValueError, match="min_count must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="min_count must be an int >= 1, got 0"):
         load_criteo_tsv(tmp_path / "t.txt", min_count=0)
+    with pytest.raises(ValueError, match="max_rows must be an int >= 1, got 0"):
+        load_criteo_tsv(tmp_path / "t.txt", max_rows=0)

@@ -56,16 +56,38 @@ def test_register_dataset_refuses_an_unknown_path_kind() -> None:
         ("movielens-100k", {"split": "day"}, "split must be one of ['random', 'time'], got 'day'"),
         ("movielens-100k", {"split_seed": 1.5}, "split_seed must be an int >= 0, got 1.5"),
         ("movielens-100k", {"cache_dir": 3}, "cache_dir must be a path or None, got 3"),
+        ("criteo-tsv:t.txt", {"min_count": 0}, "'criteo-tsv': min_count must be an int >= 1"),
+        ("criteo-tsv:t.txt", {"max_rows": 2.5}, "max_rows must be an int >= 1, got 2.5"),
+        ("criteo-npy:d", {"num_workers": -1}, "num_workers must be an int >= 0, got -1"),
+        ("criteo-npy:d", {"num_embeddings_per_feature": [5, 5]}, "must be 26 ints >= 1"),
+        ("csv:c.csv", {"label": "y"}, "dataset 'csv' needs the options ['categorical']"),
+        ("csv:c.csv", {}, "dataset 'csv' needs the options ['categorical', 'label']"),
+        ("csv:c.csv", {"label": "y", "categorical": ["a", 3]}, "non-empty strings, got 3"),
+        ("csv:c.csv", {"label": "y", "categorical": ["a"], "delimiter": ";;"}, "got ';;'"),
+        ("csv:c.csv", {"label": "y", "categorical": ["y"]}, "columns used twice"),
+        (
+            "csv:c.csv",
+            {"label": "y", "categorical": ["a"], "label_threshold": "high"},
+            "label_threshold must be a finite number or None, got 'high'",
+        ),
     ],
 )
 def test_option_values_are_checked_before_any_data_is_read(spec, options, message) -> None:
-    """A source with ``check_options`` refuses a bad value in ``check_dataset_spec``, the
-    configs' check (so at parse time), without reading or drawing any data."""
+    """A source's ``check_options`` refuses a bad value in ``check_dataset_spec``, the
+    configs' check (so at parse time), without reading or drawing any data (the paths here
+    do not exist); a loader's required options are asked for there too."""
     with pytest.raises(ValueError) as err:
         check_dataset_spec(spec, options)
     assert message in str(err.value)
+
+
+def test_good_options_pass_and_the_spec_alone_is_not_asked_for_options() -> None:
     check_dataset_spec("synthetic", {"num_samples": 10, "num_embeddings": [9, 17]})
     check_dataset_spec("movielens-100k", {"split": "time", "split_seed": 3, "cache_dir": None})
+    check_dataset_spec("criteo-tsv:t.txt", {"min_count": 2, "max_rows": None})
+    check_dataset_spec("criteo-npy:d", {"num_embeddings_per_feature": [3] * 26, "num_workers": 2})
+    check_dataset_spec("csv:c.csv", {"label": "y", "categorical": ["a"], "dense": ["x"]})
+    check_dataset_spec("csv:c.csv")  # the spec alone (check_dataset_files): no options asked
 
 
 def test_the_apps_refuse_a_bad_option_value_as_a_usage_error() -> None:

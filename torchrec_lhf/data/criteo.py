@@ -36,7 +36,7 @@ from torchrec.datasets.criteo import (
     INT_FEATURE_COUNT,
 )
 
-from torchrec_lhf.data._util import EMPTY, frequency_encode, split_by_order
+from torchrec_lhf.data._util import EMPTY, check_int, frequency_encode, split_by_order
 from torchrec_lhf.data.dataset import RecDataset
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,14 @@ _DEC_LUT[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
 _HEX_LUT = _DEC_LUT.copy()
 _HEX_LUT[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
 _HEX_LUT[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+
+
+def check_tsv_options(*, min_count: int, max_rows: int | None) -> None:
+    """The checks of :func:`load_criteo_tsv`'s options (the registry runs them before any
+    data is read). Raises ValueError naming a bad value."""
+    check_int("min_count", min_count, low=1)
+    if max_rows is not None:
+        check_int("max_rows", max_rows, low=1)
 
 
 def load_criteo_tsv(
@@ -77,10 +85,7 @@ def load_criteo_tsv(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    if min_count < 1:
-        raise ValueError(f"min_count must be >= 1, got {min_count}")
-    if max_rows is not None and max_rows < 1:
-        raise ValueError(f"max_rows must be >= 1 or None, got {max_rows}")
+    check_tsv_options(min_count=min_count, max_rows=max_rows)
     t0 = time.perf_counter()
     labels, ints, cats = [], [], []
     first_line = 1

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -52,7 +53,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_lhf.data._npy_files import PART_COLUMNS, PART_DTYPES, PARTS
 from torchrec_lhf.data._npy_files import NpyFile as _NpyFile  # noqa: F401 (the old name)
 from torchrec_lhf.data._npy_files import discover as _discover
-from torchrec_lhf.data._util import SPLIT_FRACTIONS, SPLIT_NAMES
+from torchrec_lhf.data._util import SPLIT_FRACTIONS, SPLIT_NAMES, check_int
 from torchrec_lhf.data.dataset import _check_batching
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,29 @@ class _BatchStream(IterableDataset):
             yield self.dataset.read_batch(start, self.batch_size)
 
 
+def check_npy_options(
+    *,
+    num_embeddings_per_feature: list[int] | None,
+    chunk_rows: int,
+    num_workers: int,
+    prefetch_factor: int,
+) -> None:
+    """The checks of :func:`load_criteo_npy`'s options (the registry runs them before any
+    file is read; None heights: the directory's). Raises ValueError naming a bad value."""
+    heights = num_embeddings_per_feature
+    if heights is not None and (
+        not isinstance(heights, (list, tuple))
+        or len(heights) != CAT_FEATURE_COUNT
+        or any(isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1 for h in heights)
+    ):
+        raise ValueError(
+            f"num_embeddings_per_feature must be {CAT_FEATURE_COUNT} ints >= 1, got {heights!r}"
+        )
+    check_int("chunk_rows", chunk_rows, low=1)
+    check_int("num_workers", num_workers, low=0)
+    check_int("prefetch_factor", prefetch_factor, low=1)
+
+
 class CriteoNpyDataset:
     """A directory of Criteo ``.npy`` files, read per rank and per batch (see the module doc).
 
@@ -133,19 +157,13 @@ class CriteoNpyDataset:
         num_workers: int = 0,
         prefetch_factor: int = 4,
     ) -> None:
+        check_npy_options(
+            num_embeddings_per_feature=num_embeddings_per_feature,
+            chunk_rows=chunk_rows,
+            num_workers=num_workers,
+            prefetch_factor=prefetch_factor,
+        )
         heights = [int(h) for h in num_embeddings_per_feature]
-        if len(heights) != CAT_FEATURE_COUNT or min(heights) < 1:
-            raise ValueError(
-                f"num_embeddings_per_feature must be {CAT_FEATURE_COUNT} ints >= 1, "
-                f"got {num_embeddings_per_feature}"
-            )
-        if chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-        if num_workers < 0 or prefetch_factor < 1:
-            raise ValueError(
-                f"num_workers must be >= 0 and prefetch_factor >= 1, got {num_workers}, "
-                f"{prefetch_factor}"
-            )
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         self.name = "criteo-npy"
         self.feature_names = list(DEFAULT_CAT_NAMES)

@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torchrec_lhf.data._util import EMPTY, frequency_encode, seeded_permutation, split_by_order
+from torchrec_lhf.data._util import (
+    EMPTY,
+    check_int,
+    frequency_encode,
+    seeded_permutation,
+    split_by_order,
+)
 from torchrec_lhf.data.dataset import RecDataset
 
 logger = logging.getLogger(__name__)
@@ -71,7 +77,16 @@ def load_csv(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    categorical, dense, wanted = _check_columns(label, categorical, dense, time, min_count)
+    categorical, dense, wanted = check_csv_options(
+        label=label,
+        categorical=categorical,
+        dense=dense,
+        time=time,
+        min_count=min_count,
+        label_threshold=label_threshold,
+        seed=seed,
+        delimiter=delimiter,
+    )
     line_N, cells = _read_cells(path, wanted, delimiter)
     num_rows, num_cat = len(line_N), len(categorical)
     label_N = _labels(cells[:, 0], label, label_threshold, line_N, path)
@@ -106,6 +121,44 @@ def load_csv(
     )
 
 
+def check_csv_options(
+    *,
+    label: str,
+    categorical: Sequence[str],
+    dense: Sequence[str],
+    time: str | None,
+    min_count: int,
+    label_threshold: float | None,
+    seed: int,
+    delimiter: str,
+) -> tuple[list[str], list[str], list[str]]:
+    """The checks of :func:`load_csv`'s options (the registry runs them before the file is
+    read); returns :func:`_check_columns`'s lists.
+
+    Raises:
+        ValueError: naming a bad value (see :func:`_check_columns` for the columns).
+    """
+    names = [label, *([] if isinstance(categorical, str) else categorical)]
+    names += [] if isinstance(dense, str) else list(dense)
+    names += [time] if time is not None else []
+    bad = [c for c in names if not isinstance(c, str) or not c]
+    if bad:
+        raise ValueError(f"column names must be non-empty strings, got {bad[0]!r}")
+    columns = _check_columns(label, categorical, dense, time, min_count)
+    if label_threshold is not None and (
+        isinstance(label_threshold, bool)
+        or not isinstance(label_threshold, (int, float))
+        or not math.isfinite(label_threshold)
+    ):
+        raise ValueError(
+            f"label_threshold must be a finite number or None, got {label_threshold!r}"
+        )
+    check_int("seed", seed, low=0)
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        raise ValueError(f"delimiter must be one character, got {delimiter!r}")
+    return columns
+
+
 def _check_columns(
     label: str,
     categorical: Sequence[str],
@@ -130,8 +183,7 @@ def _check_columns(
     categorical, dense = list(categorical), list(dense)
     if not categorical:
         raise ValueError("categorical must name at least one column (one embedding table each)")
-    if min_count < 1:
-        raise ValueError(f"min_count must be >= 1, got {min_count}")
+    check_int("min_count", min_count, low=1)
     wanted = [label, *categorical, *dense] + ([time] if time is not None else [])
     repeated = sorted({c for c in wanted if wanted.count(c) > 1})
     if repeated:

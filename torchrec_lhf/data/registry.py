@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from torchrec_lhf.cli import FlagError
-from torchrec_lhf.data.criteo import load_criteo_tsv
-from torchrec_lhf.data.criteo_npy import CriteoNpyDataset, load_criteo_npy
-from torchrec_lhf.data.csv import load_csv
+from torchrec_lhf.data.criteo import check_tsv_options, load_criteo_tsv
+from torchrec_lhf.data.criteo_npy import CriteoNpyDataset, check_npy_options, load_criteo_npy
+from torchrec_lhf.data.csv import check_csv_options, load_csv
 from torchrec_lhf.data.dataset import RecDataset
 from torchrec_lhf.data.movielens import SPLITS, load_movielens_100k
 from torchrec_lhf.data.synthetic import SyntheticConfig, make_synthetic
@@ -65,9 +65,10 @@ def register_dataset(
         takes_path: whether the spec is ``name:PATH``.
         options: accepted keyword options; default the loader's keyword-only parameters.
         path_kind: what ``PATH`` names, checked by :func:`check_dataset_files`.
-        check_options: called with the options by :func:`check_dataset_spec`, before any
-            data is read: raises ValueError naming a bad value (so that a config refuses
-            it before a run starts). None: the loader checks them when it runs.
+        check_options: called by :func:`check_dataset_spec`, before any data is read,
+            with the options given and the loader's keyword defaults for the others:
+            raises ValueError naming a bad value (so that a config refuses it before a run
+            starts). None: the loader checks them when it runs.
 
     Raises:
         ValueError: ``name`` is already registered, contains ``':'``, or ``path_kind`` is
@@ -103,12 +104,12 @@ def check_dataset_spec(spec: str, options: Mapping[str, Any] | None = None) -> D
 
     Args:
         spec: e.g. ``"synthetic"`` or ``"criteo-tsv:train.txt"`` (see the module docstring).
-        options: the loader's keyword options, checked by name (and by value, where the
-            source has ``check_options``).
+        options: the loader's keyword options, checked by name, for the loader's required
+            ones and by value (the source's ``check_options``); None: the spec alone.
 
     Raises:
-        ValueError: unknown name, a missing or unexpected path, an unknown option or a bad
-            option value.
+        ValueError: unknown name, a missing or unexpected path, an unknown or missing
+            option or a bad option value.
     """
     name, sep, path = spec.partition(":")
     if name not in _REGISTRY:
@@ -125,9 +126,18 @@ def check_dataset_spec(spec: str, options: Mapping[str, Any] | None = None) -> D
         raise ValueError(
             f"dataset {name!r}: unknown options {unknown}; accepted: {list(source.options)}"
         )
+    if options is None:
+        return source
+    given = dict(options)
+    params = inspect.signature(source.loader).parameters.values()
+    keyword = [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    missing = sorted(p.name for p in keyword if p.default is p.empty and p.name not in given)
+    if missing:
+        raise ValueError(f"dataset {name!r} needs the options {missing}")
     if source.check_options is not None:
+        defaults = {p.name: p.default for p in keyword if p.default is not p.empty}
         try:
-            source.check_options(**(options or {}))
+            source.check_options(**{**defaults, **given})
         except ValueError as e:
             raise ValueError(f"dataset {name!r}: {e}") from None
     return source
@@ -189,23 +199,25 @@ def _movielens(
     return load_movielens_100k(cache_dir, split=split, split_seed=split_seed)
 
 
-def _check_movielens(**options: Any) -> None:
-    """The values of the MovieLens options given (the loader's defaults are its own)."""
-    cache_dir = options.get("cache_dir")
+def _check_movielens(*, cache_dir: Any, split: Any, split_seed: Any) -> None:
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
         raise ValueError(f"cache_dir must be a path or None, got {cache_dir!r}")
-    if "split" in options and options["split"] not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {options['split']!r}")
-    if "split_seed" in options:
-        seed = options["split_seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"split_seed must be an int >= 0, got {seed!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        raise ValueError(f"split_seed must be an int >= 0, got {split_seed!r}")
 
 
 register_dataset("movielens-100k", _movielens, takes_path=False, check_options=_check_movielens)
-register_dataset("criteo-tsv", load_criteo_tsv, takes_path=True)
-register_dataset("criteo-npy", load_criteo_npy, takes_path=True, path_kind="directory")
-register_dataset("csv", load_csv, takes_path=True)
+register_dataset("criteo-tsv", load_criteo_tsv, takes_path=True, check_options=check_tsv_options)
+register_dataset(
+    "criteo-npy",
+    load_criteo_npy,
+    takes_path=True,
+    path_kind="directory",
+    check_options=check_npy_options,
+)
+register_dataset("csv", load_csv, takes_path=True, check_options=check_csv_options)
 register_dataset(
     "synthetic",
     _synthetic,
