@@ -107,6 +107,16 @@ def test_failed_write_leaves_destination_and_no_temp_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
 
 
+def test_a_directory_destination_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "out").mkdir()
+    body_ran = []
+    with pytest.raises(IsADirectoryError, match="out: is a directory; expected the path of"):
+        with _io.atomic_write(tmp_path / "out") as f:
+            body_ran.append(True)
+            f.write(b"x")
+    assert body_ran == [] and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 def test_file_sha256(tmp_path):
     blob = os.urandom(3 << 20)  # several 1 MiB chunks
     (tmp_path / "blob").write_bytes(blob)

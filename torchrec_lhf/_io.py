@@ -74,8 +74,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     Yields:
         The temporary path (an empty file). If the body raises, it is removed and ``path``
         is left untouched.
+
+    Raises:
+        IsADirectoryError: ``path`` is a directory (before anything is written).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory; expected the path of a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temp(path.parent, path.name)
     try:
