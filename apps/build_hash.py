@@ -29,7 +29,8 @@ import torch
 import torch.distributed as dist
 
 from apps.dlrm.runtime import setup_logging
-from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
+from torchrec_lhf.cli import add_config_flags, check_input_path, config_from_args, run_command
+from torchrec_lhf.hash_build.artifact import TENSORS_FILE as TEACHER_TENSORS_FILE
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.job import BuildConfig, run_build
 from torchrec_lhf.plan import HashPlan
@@ -128,7 +129,14 @@ def run(config: BuildConfig, launch: LaunchConfig | None = None) -> HashPlan | N
 
 def main(argv: list[str] | None = None) -> HashPlan | None:
     """Command-line entry point: ``python -m apps.build_hash --help``."""
-    return run(*parse_args(argv))
+    config, launch = parse_args(argv)
+    check_input_path(
+        "--teacher",
+        config.teacher,
+        expected="a teacher artifact directory (apps.teacher --out)",
+        holds=TEACHER_TENSORS_FILE,
+    )
+    return run(config, launch)
 
 
 if __name__ == "__main__":

@@ -34,11 +34,11 @@ from typing import Any
 import torch
 
 from apps.dlrm.batches import fold_ids
-from apps.dlrm.export import EXPORT_DTYPES, load_scripted_model
+from apps.dlrm.export import EXPORT_DTYPES, load_scripted_model, scripted_file
 from apps.dlrm.model import table_configs
 from apps.dlrm.runtime import setup_logging
 from torchrec_lhf._io import atomic_write
-from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
+from torchrec_lhf.cli import add_config_flags, check_input_path, config_from_args, run_command
 from torchrec_lhf.data import RecDataset, check_dataset_files, check_dataset_spec, load_dataset
 
 logger = logging.getLogger(__name__)
@@ -143,10 +143,22 @@ def score(config: ServeConfig) -> torch.Tensor:
     return scores_R
 
 
+def check_model_files(config: ServeConfig) -> None:
+    """Check, where the command starts, that ``--model`` holds the scripted model of
+    ``--dtype`` (a usage error naming what is missing, before any data is loaded)."""
+    check_input_path(
+        "--model",
+        config.model,
+        expected=f"the directory --export_model wrote (--dtype {config.dtype})",
+        holds=scripted_file(config.dtype),
+    )
+
+
 def main(argv: list[str] | None = None) -> torch.Tensor:
     """Command-line entry point: ``python -m apps.serve --help``."""
     config = parse_args(argv)
     check_dataset_files(config.dataset)
+    check_model_files(config)
     return score(config)
 
 

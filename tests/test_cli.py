@@ -14,7 +14,14 @@ from apps.dlrm import train
 from apps.dlrm.config import COMPRESSION_FIELDS, TrainConfig
 from benchmarks import quality
 from tests._fixtures import run_module
-from torchrec_lhf.cli import FlagError, add_config_flags, config_from_args, field_docs, run_command
+from torchrec_lhf.cli import (
+    FlagError,
+    add_config_flags,
+    check_input_path,
+    config_from_args,
+    field_docs,
+    run_command,
+)
 from torchrec_lhf.compression.budget import MIN_TABLE_ROWS
 from torchrec_lhf.hash_build.config import BuildConfig
 
@@ -204,3 +211,36 @@ def test_the_pipeline_hands_its_stages_typed_configs(tmp_path: Path) -> None:
     assert trains["lhf"].learned_hash == str(build.out)
     assert trains["modulo"].compression == "modulo" and trains["modulo"].min_table_rows == 0
     assert trains["none"].compression == "none" and trains["none"].learned_hash is None
+
+
+def test_check_input_path_names_the_flag_the_path_and_what_was_expected(tmp_path: Path) -> None:
+    (tmp_path / "plan.safetensors").write_bytes(b"")
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "teacher.safetensors").write_bytes(b"")
+    check_input_path("--learned_hash", tmp_path / "plan.safetensors", expected="a plan")
+    check_input_path("--teacher", tmp_path / "teacher", expected="x", holds="teacher.safetensors")
+    cases = [
+        (("--learned_hash", tmp_path / "nosuch", "a plan", None), "no such file; expected a plan"),
+        (("--learned_hash", tmp_path / "teacher", "a plan", None), "not a file; expected a plan"),
+        (("--teacher", tmp_path / "nosuch", "a dir", "t.st"), "no such directory; expected a dir"),
+        (
+            ("--teacher", tmp_path / "plan.safetensors", "a dir", "t.st"),
+            "not a directory; expected a dir",
+        ),
+        (("--teacher", tmp_path / "teacher", "a dir", "t.st"), "no t.st in it; expected a dir"),
+    ]
+    for (flag, path, expected, holds), message in cases:
+        with pytest.raises(FlagError) as err:
+            check_input_path(flag, path, expected=expected, holds=holds)
+        assert str(err.value) == f"{flag} {str(path)!r}: {message}"
+
+
+def test_entry_points_refuse_missing_inputs_before_they_start(tmp_path: Path) -> None:
+    nosuch = str(tmp_path / "nosuch")
+    with pytest.raises(FlagError, match=r"--teacher '.*nosuch': no such directory; expected a "):
+        build_hash.main(["--teacher", nosuch, "--fraction", "0.1", "--out", nosuch + ".st"])
+    with pytest.raises(FlagError, match=r"--learned_hash '.*nosuch': no such file; expected a "):
+        train.main(["--dataset", "synthetic", "--learned_hash", nosuch])
+    with pytest.raises(FlagError, match=r"--init_from '.*nosuch': no such directory"):
+        train.main(["--dataset", "synthetic", "--init_from", nosuch])
+    assert list(tmp_path.iterdir()) == []  # nothing written

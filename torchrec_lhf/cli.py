@@ -49,6 +49,7 @@ from typing import Any
 __all__ = [
     "FlagError",
     "add_config_flags",
+    "check_input_path",
     "config_from_args",
     "field_docs",
     "json_object",
@@ -246,6 +247,36 @@ def config_from_args(
         raise
     except ValueError as e:
         raise FlagError(str(e)) from e
+
+
+def check_input_path(
+    flag: str, path: str | os.PathLike, *, expected: str, holds: str | None = None
+) -> None:
+    """Check, where a command starts, that an input the flag names is there: a file, or
+    (``holds``) a directory holding that file. An entry point calls it in ``main``, not in
+    its config (a config may be built where the files are not, e.g. a torchx submission).
+
+    Args:
+        flag: the flag, e.g. ``"--learned_hash"``.
+        path: its value.
+        expected: what it should name, for the message (e.g. ``"a hash plan file"``).
+        holds: the file the directory must hold; None: ``path`` is a file.
+
+    Raises:
+        FlagError: naming the flag, the path, what is wrong and ``expected``.
+    """
+    path = Path(path)
+    if holds is None:
+        if path.is_file():
+            return
+        what = "no such file" if not path.exists() else "not a file"
+    elif path.is_dir():
+        if (path / holds).is_file():
+            return
+        what = f"no {holds} in it"
+    else:
+        what = "no such directory" if not path.exists() else "not a directory"
+    raise FlagError(f"{flag} {str(path)!r}: {what}; expected {expected}")
 
 
 def run_command(main: Callable[[], Any], prog: str | None = None) -> None:

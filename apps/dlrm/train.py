@@ -42,10 +42,11 @@ from apps.dlrm.loop import build_session, fit, load_data
 from apps.dlrm.model import EBC_FQN, build_model, table_name, table_stats
 from apps.dlrm.runtime import distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.cli import run_command
+from torchrec_lhf.cli import check_input_path, run_command
 from torchrec_lhf.compression.cce import fit_columns
 from torchrec_lhf.compression.methods import make_plan
 from torchrec_lhf.data import RecDataset, check_dataset_files
+from torchrec_lhf.hash_build.artifact import TENSORS_FILE as TEACHER_TENSORS_FILE
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.plan import HashPlan
 from torchrec_lhf.warm_start import warm_start
@@ -229,6 +230,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: ``python -m apps.dlrm.train --help``."""
     config = parse_args(argv)
     check_dataset_files(config.dataset)
+    if config.learned_hash is not None:
+        check_input_path("--learned_hash", config.learned_hash, expected="a hash plan file")
+    if config.init_from is not None:
+        check_input_path(
+            "--init_from",
+            config.init_from,
+            expected="a teacher artifact directory (apps.teacher --out)",
+            holds=TEACHER_TENSORS_FILE,
+        )
     return run(config)
 
 

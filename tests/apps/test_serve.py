@@ -11,6 +11,7 @@ import torch
 
 from apps import serve
 from tests.apps._export import trained_and_exported
+from torchrec_lhf.cli import FlagError
 
 OPTIONS = {"num_samples": 800, "num_embeddings": [30, 50, 120]}
 ARGS = [
@@ -67,4 +68,17 @@ def test_serve_rejects_requests_of_another_model(tmp_path: Path) -> None:
         serve.parse_args([*argv, "--out", "x.csv", "--batch_size", "0"])
     with pytest.raises(ValueError, match="unknown dataset 'nosuch'"):
         serve.parse_args(["--model", str(model), "--dataset", "nosuch", "--out", "x.csv"])
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_model_directory_without_the_model_is_a_usage_error(tmp_path: Path) -> None:
+    out = ["--dataset", "synthetic", "--out", str(tmp_path / "x.csv")]
+    with pytest.raises(FlagError, match=r"--model '.*nosuch': no such directory; expected"):
+        serve.main(["--model", str(tmp_path / "nosuch"), *out])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FlagError, match=r"no model_fp32.pt in it; .* \(--dtype fp32\)"):
+        serve.main(["--model", str(tmp_path / "empty"), "--dtype", "fp32", *out])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FlagError, match="not a directory"):
+        serve.main(["--model", str(tmp_path / "file"), *out])
     assert not (tmp_path / "x.csv").exists()
