@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import numbers
 import os
 import re
 import sys
@@ -50,6 +51,7 @@ __all__ = [
     "FlagError",
     "add_config_flags",
     "check_input_path",
+    "check_int",
     "config_from_args",
     "field_docs",
     "json_object",
@@ -247,6 +249,13 @@ def config_from_args(
         raise
     except ValueError as e:
         raise FlagError(str(e)) from e
+
+
+def check_int(name: str, value: Any, *, low: int) -> None:
+    """Raise ValueError unless ``value`` is an int (any integral type, not a bool) ``>= low``,
+    naming ``name`` and the value: the check of an int field of a config."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def check_input_path(

@@ -11,6 +11,7 @@ import math
 import numbers
 from typing import TYPE_CHECKING, Any
 
+from torchrec_lhf.cli import check_int  # noqa: F401 (the configs' int check, re-exported)
 from torchrec_lhf.compression.budget import BUDGETS, width_for_bytes
 
 if TYPE_CHECKING:
@@ -116,11 +117,6 @@ def is_positive_number(value: Any) -> bool:
         and math.isfinite(value)
         and value > 0
     )
-
-
-def check_int(name: str, value: Any, *, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -7,8 +7,6 @@ Shape legend: ``N`` samples, ``F`` sparse features, ``S`` segments (one per
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -165,9 +163,3 @@ def seeded_permutation(n: int, seed: int) -> torch.Tensor:
     """A permutation of ``range(n)`` that depends only on ``(n, seed)``: shape ``(n,)`` int64."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=gen)
-
-
-def check_int(name: str, value: object, *, low: int) -> None:
-    """Raise ValueError unless ``value`` is an int (not a bool) ``>= low``, naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")

@@ -36,7 +36,8 @@ from torchrec.datasets.criteo import (
     INT_FEATURE_COUNT,
 )
 
-from torchrec_lhf.data._util import EMPTY, check_int, frequency_encode, split_by_order
+from torchrec_lhf.cli import check_int
+from torchrec_lhf.data._util import EMPTY, frequency_encode, split_by_order
 from torchrec_lhf.data.dataset import RecDataset
 
 logger = logging.getLogger(__name__)

@@ -50,10 +50,11 @@ from torchrec.datasets.criteo import (
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from torchrec_lhf.cli import check_int
 from torchrec_lhf.data._npy_files import PART_COLUMNS, PART_DTYPES, PARTS
 from torchrec_lhf.data._npy_files import NpyFile as _NpyFile  # noqa: F401 (the old name)
 from torchrec_lhf.data._npy_files import discover as _discover
-from torchrec_lhf.data._util import SPLIT_FRACTIONS, SPLIT_NAMES, check_int
+from torchrec_lhf.data._util import SPLIT_FRACTIONS, SPLIT_NAMES
 from torchrec_lhf.data.dataset import _check_batching
 
 logger = logging.getLogger(__name__)

@@ -27,13 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torchrec_lhf.data._util import (
-    EMPTY,
-    check_int,
-    frequency_encode,
-    seeded_permutation,
-    split_by_order,
-)
+from torchrec_lhf.cli import check_int
+from torchrec_lhf.data._util import EMPTY, frequency_encode, seeded_permutation, split_by_order
 from torchrec_lhf.data.dataset import RecDataset
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from torchrec_lhf.cli import FlagError
+from torchrec_lhf.cli import FlagError, check_int
 from torchrec_lhf.data.criteo import check_tsv_options, load_criteo_tsv
 from torchrec_lhf.data.criteo_npy import CriteoNpyDataset, check_npy_options, load_criteo_npy
 from torchrec_lhf.data.csv import check_csv_options, load_csv
@@ -204,8 +204,7 @@ def _check_movielens(*, cache_dir: Any, split: Any, split_seed: Any) -> None:
         raise ValueError(f"cache_dir must be a path or None, got {cache_dir!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
-        raise ValueError(f"split_seed must be an int >= 0, got {split_seed!r}")
+    check_int("split_seed", split_seed, low=0)
 
 
 register_dataset("movielens-100k", _movielens, takes_path=False, check_options=_check_movielens)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from torchrec_lhf.cli import check_int
 from torchrec_lhf.data._util import exclusive_cumsum, seeded_permutation, split_by_order
 from torchrec_lhf.data.dataset import RecDataset
 
@@ -70,9 +71,7 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         for name, low in (("num_samples", 1), ("num_groups", 1), ("num_dense", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+            check_int(name, getattr(self, name), low=low)
         heights = self.num_embeddings
         if (
             isinstance(heights, (str, bytes))
