@@ -192,6 +192,73 @@ def test_apply_hash_plan_rejects_unknown_tables() -> None:
         apply_hash_plan(EmbeddingBagCollection(tables=[_table()]), plan)
 
 
+def test_a_plan_table_the_collection_lacks_is_named() -> None:
+    # a misspelled table name would otherwise leave t0 uncompressed, silently
+    plan = HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2), "t_1": _i32(0, 1, 0, 1)})
+    tables = [_table(), _table("t1", features=("f1",))]
+    match = r"hash plan tables \['t_1'\] are not tables of the collection; .*\['t0', 't1'\]"
+    with pytest.raises(ValueError, match=match):
+        LearnedHashEmbeddingBagCollection(tables=tables, plan=plan)
+    with pytest.raises(ValueError, match=r"\['t_1'\] match no EmbeddingBagCollection"):
+        apply_hash_plan(EmbeddingBagCollection(tables=tables), plan)
+    # strict=False: a plan spanning several collections (apply_hash_plan's own use)
+    ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan, strict=False)
+    heights = {c.name: c.num_embeddings for c in ebc.internal_embedding_bag_configs()}
+    assert heights == {"t0": 3, "t1": 4}
+
+
+def test_a_plan_spanning_two_collections_applies_to_each() -> None:
+    plan = HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2), "t1": _i32(0, 1, 0, 1)})
+    model = torch.nn.ModuleDict(
+        {
+            "a": EmbeddingBagCollection(tables=[_table()]),
+            "b": EmbeddingBagCollection(tables=[_table("t1", features=("f1",))]),
+        }
+    )
+    apply_hash_plan(model, plan)
+    assert [c.num_embeddings for c in model["a"].internal_embedding_bag_configs()] == [3]
+    assert [c.num_embeddings for c in model["b"].internal_embedding_bag_configs()] == [2]
+
+
+@pytest.mark.parametrize("bad", ["height", "unknown table"])
+def test_apply_hash_plan_that_fails_leaves_the_model_as_it_was(bad: str) -> None:
+    second = {"height": {"t1": _i32(0, 1, 0)}, "unknown table": {"t9": _i32(0, 1)}}[bad]
+    plan = HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2), **second})
+    a = EmbeddingBagCollection(tables=[_table()])
+    b = EmbeddingBagCollection(tables=[_table("t1", features=("f1",))])
+    model = torch.nn.ModuleDict({"a": a, "b": b})
+    with pytest.raises(ValueError, match=r"num_embeddings=3|\['t9'\] match no"):
+        apply_hash_plan(model, plan)
+    assert model["a"] is a and model["b"] is b  # "a" was not swapped before "b" failed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bool])
+def test_ids_not_integers_are_named(dtype: torch.dtype) -> None:
+    plan = HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)})
+    ebc = LearnedHashEmbeddingBagCollection(
+        tables=[_table(), _table("t1", features=("f1",))], plan=plan
+    )
+    kjt = KeyedJaggedTensor(
+        keys=["f0", "f1"], values=torch.tensor([0, 1, 1]).to(dtype), lengths=torch.tensor([2, 1])
+    )
+    match = rf"the ids of features \['f0', 'f1'\] are {dtype}; expected an integer dtype"
+    with pytest.raises(ValueError, match=match):
+        ebc(kjt)
+    if dtype == torch.float32:  # traced and scripted, as served
+        from torchrec.fx import symbolic_trace
+
+        with pytest.raises(ValueError, match=match):
+            symbolic_trace(ebc)(kjt)
+        with pytest.raises(torch.jit.Error, match=r"features \[f0, f1\] are not integers"):
+            torch.jit.script(symbolic_trace(ebc))(kjt)
+    # integer ids of any width are taken
+    for ok in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        good = KeyedJaggedTensor(
+            keys=["f0", "f1"], values=torch.tensor([0, 3, 1]).to(ok), lengths=torch.tensor([2, 1])
+        )
+        assert ebc(good).values().shape == (1, 4)
+
+
 @pytest.mark.parametrize(
     "combine, expected",
     [

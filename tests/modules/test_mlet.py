@@ -192,6 +192,38 @@ def test_apply_mlet_rejects_bad_fraction_and_skips_learned_hash() -> None:
     assert apply_mlet(lh, 0.5) is lh
 
 
+def test_a_plan_table_no_collection_has_is_named() -> None:
+    plan = HashPlan.from_mappings({"t_0": torch.tensor([0, 1, 0, 1], dtype=torch.int32)})
+    tables = [_table("t0", 4, 2, ("f0",))]
+    with pytest.raises(ValueError, match=r"hash plan tables \['t_0'\] are not tables"):
+        MultiLayerEmbeddingBagCollection(tables=tables, inner_dim_fraction=0.5, plan=plan)
+    model = torch.nn.ModuleDict({"a": EmbeddingBagCollection(tables=tables)})
+    with pytest.raises(ValueError, match=r"\['t_0'\] match no EmbeddingBagCollection"):
+        apply_mlet(model, 0.5, plan=plan)
+    assert type(model["a"]) is EmbeddingBagCollection  # the model is left as it was
+    # a plan spanning two collections: each takes its own table
+    both = HashPlan.from_mappings(
+        {
+            "t0": torch.tensor([0, 1, 0, 1], dtype=torch.int32),
+            "t1": torch.zeros(6, dtype=torch.int32),
+        }
+    )
+    model = torch.nn.ModuleDict(
+        {
+            "a": EmbeddingBagCollection(tables=tables),
+            "b": EmbeddingBagCollection(tables=[_table("t1", 6, 2, ("f1",))]),
+        }
+    )
+    apply_mlet(model, 0.5, plan=both)
+    assert apply_mlet(model, 0.5, plan=both) is model  # idempotent
+    heights = [
+        c.num_embeddings
+        for k in ("a", "b")
+        for c in model[k].inner.internal_embedding_bag_configs()
+    ]
+    assert heights == [2, 1]
+
+
 def _sharded_vs_unsharded(rank: int, world_size: int) -> None:
     import torch.distributed as dist
     from torchrec.distributed.model_parallel import DistributedModelParallel

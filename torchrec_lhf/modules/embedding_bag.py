@@ -166,14 +166,18 @@ class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
 
     Args:
         tables: logical table configs (not mutated).
-        plan: the hash plan; its tables not in ``tables`` are ignored here.
+        plan: the hash plan.
         is_weighted: as for EmbeddingBagCollection.
         device: device of the tables; the remap lives on CPU when this is ``meta``.
         out_of_range: ``"error"`` or ``"modulo"`` (see :class:`FeatureRemap`).
+        strict: every table of ``plan`` must be one of ``tables`` (a misspelled name would
+            otherwise leave its table uncompressed). ``False`` ignores the others, for a
+            plan that spans several collections (as :func:`apply_hash_plan` passes it).
 
     Raises:
-        ValueError: see :func:`internal_layout` (e.g. a user feature ``f__h0`` beside a
-            two-hash table of feature ``f``).
+        ValueError: ``strict`` and a plan table not in ``tables`` (named), or see
+            :func:`internal_layout` (e.g. a user feature ``f__h0`` beside a two-hash table
+            of feature ``f``).
 
     Example::
 
@@ -200,8 +204,11 @@ class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
         is_weighted: bool = False,
         device: torch.device | str | None = None,
         out_of_range: str = "error",
+        strict: bool = True,
     ) -> None:
         logical = copy.deepcopy(list(tables))
+        if strict:
+            check_plan_tables(plan, logical)
         layout = internal_layout(logical, plan)
         device = torch.device(device) if isinstance(device, str) else device
         super().__init__(layout.configs, is_weighted=is_weighted, device=device)
@@ -284,6 +291,19 @@ class InternalTables(nn.Module):
         return self._device
 
 
+def check_plan_tables(plan: HashPlan, tables: list[EmbeddingBagConfig]) -> None:
+    """Raise ValueError naming the tables of ``plan`` that are not among ``tables``."""
+    names = sorted(c.name for c in tables)
+    missing = sorted(set(plan.table_names) - set(names))
+    if missing:
+        shown = names if len(names) <= 20 else [*names[:20], "..."]
+        raise ValueError(
+            f"hash plan tables {missing} are not tables of the collection; expected names "
+            f"among {shown} (pass strict=False for a plan that spans several collections, "
+            "or use apply_hash_plan)"
+        )
+
+
 def internal_table_configs(module: nn.Module) -> list[EmbeddingBagConfig]:
     """The configs of the tables ``module`` trains (and a sharding plan names).
 
@@ -321,15 +341,17 @@ def apply_hash_plan(
         ``model`` (or the new module when ``model`` itself is an EmbeddingBagCollection).
 
     Raises:
-        ValueError: a plan table matches no collection of the model.
+        ValueError: a plan table matches no collection of the model, or see
+            :class:`LearnedHashEmbeddingBagCollection`; ``model`` is then left unchanged.
     """
+    planned = set(plan.table_names)
     seen: set[str] = set()
 
     def convert(fqn: str, ebc: EmbeddingBagCollection) -> nn.Module:
         if type(ebc) is not EmbeddingBagCollection or (filter_fn and not filter_fn(fqn, ebc)):
             return ebc
         names = {c.name for c in ebc.embedding_bag_configs()}
-        if not names & set(plan.table_names):
+        if not names & planned:
             return ebc
         seen.update(names)
         new = LearnedHashEmbeddingBagCollection(
@@ -338,29 +360,59 @@ def apply_hash_plan(
             is_weighted=ebc.is_weighted(),
             device=ebc.device,
             out_of_range=out_of_range,
+            strict=False,  # the plan may span several collections: checked below
         )
         if ebc.device.type != "meta":
             with torch.no_grad():  # uncompressed tables keep their trained weights
-                for name in names - set(plan.table_names):
+                for name in names - planned:
                     new.embedding_bags[name].weight.copy_(ebc.embedding_bags[name].weight)
-        logger.info(
-            "learned hashing for %s: tables %s",
-            fqn or "<root>",
-            sorted(names & set(plan.table_names)),
-        )
+        logger.info("learned hashing for %s: tables %s", fqn or "<root>", sorted(names & planned))
         return new
 
-    if isinstance(model, EmbeddingBagCollection):
-        result = convert("", model)
-    else:
-        for fqn, child in list(model.named_modules()):
-            if isinstance(child, EmbeddingBagCollection):
-                parent_fqn, _, attr = fqn.rpartition(".")
-                setattr(model.get_submodule(parent_fqn), attr, convert(fqn, child))
-        result = model
-    unused = sorted(set(plan.table_names) - seen)
+    built = build_replacements(model, convert)
+    unused = sorted(planned - seen)
     if unused:
         raise ValueError(
             f"hash plan tables {unused} match no EmbeddingBagCollection table of the model"
         )
-    return result
+    return swap_in(model, built)
+
+
+def build_replacements(
+    model: nn.Module,
+    build: Callable[[str, EmbeddingBagCollection], nn.Module],
+    *,
+    skip: Callable[[str], bool] | None = None,
+) -> list[tuple[str, nn.Module]]:
+    """The new modules for the EmbeddingBagCollections of ``model``, built before any is
+    swapped in (:func:`swap_in`), so that an error while building leaves ``model`` as it was.
+
+    Args:
+        model: any module, or an EmbeddingBagCollection itself (fqn ``""``).
+        build: ``(fqn, ebc) -> module``; returning ``ebc`` itself keeps it.
+        skip: optional ``fqn -> bool``: collections not to offer to ``build``.
+
+    Returns:
+        ``(fqn, new module)`` for each collection ``build`` replaced, in module order.
+    """
+    found = (
+        [("", model)] if isinstance(model, EmbeddingBagCollection) else list(model.named_modules())
+    )
+    built = []
+    for fqn, child in found:
+        if isinstance(child, EmbeddingBagCollection) and not (skip is not None and skip(fqn)):
+            new = build(fqn, child)
+            if new is not child:
+                built.append((fqn, new))
+    return built
+
+
+def swap_in(model: nn.Module, built: list[tuple[str, nn.Module]]) -> nn.Module:
+    """Put :func:`build_replacements`' modules in place; returns ``model``, or the new module
+    where ``model`` itself (fqn ``""``) was replaced."""
+    for fqn, new in built:
+        if not fqn:
+            return new
+        parent_fqn, _, attr = fqn.rpartition(".")
+        setattr(model.get_submodule(parent_fqn), attr, new)
+    return model

@@ -47,7 +47,11 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection
+from torchrec_lhf.modules.embedding_bag import (
+    LearnedHashEmbeddingBagCollection,
+    build_replacements,
+    swap_in,
+)
 from torchrec_lhf.modules.remap import hashed_name
 from torchrec_lhf.plan import HashPlan
 
@@ -85,6 +89,13 @@ class MultiLayerEmbeddingBagCollection(nn.Module):
         is_weighted: as for EmbeddingBagCollection.
         device: device of the tables and projections (``meta`` for DMP).
         out_of_range: with a plan, see :class:`~torchrec_lhf.modules.remap.FeatureRemap`.
+        strict: with a plan, every plan table must be one of ``tables``; ``False`` ignores
+            the others (see
+            :class:`~torchrec_lhf.modules.embedding_bag.LearnedHashEmbeddingBagCollection`).
+
+    Raises:
+        ValueError: no tables, a bad ``inner_dim_fraction``, or ``strict`` and a plan
+            table not in ``tables``.
 
     Example::
 
@@ -111,6 +122,7 @@ class MultiLayerEmbeddingBagCollection(nn.Module):
         is_weighted: bool = False,
         device: torch.device | str | None = None,
         out_of_range: str = "error",
+        strict: bool = True,
     ) -> None:
         super().__init__()
         if not tables:
@@ -132,6 +144,7 @@ class MultiLayerEmbeddingBagCollection(nn.Module):
                 is_weighted=is_weighted,
                 device=device,
                 out_of_range=out_of_range,
+                strict=strict,
             )
         self._plan = plan
         device = self.inner.device
@@ -349,15 +362,22 @@ def apply_mlet(
             is_weighted=ebc.is_weighted(),
             device=ebc.device,
             out_of_range=out_of_range,
+            strict=False,  # the plan may span several collections: checked below
         )
 
-    if isinstance(model, EmbeddingBagCollection):
-        return convert("", model)
-    for fqn, child in list(model.named_modules()):
-        if isinstance(child, EmbeddingBagCollection) and not _inside_mlet(model, fqn):
-            parent_fqn, _, attr = fqn.rpartition(".")
-            setattr(model.get_submodule(parent_fqn), attr, convert(fqn, child))
-    return model
+    built = build_replacements(model, convert, skip=lambda fqn: _inside_mlet(model, fqn))
+    if plan is not None:
+        # the tables of MLET collections, new or already there (apply_mlet is idempotent)
+        mlets = [new for _, new in built] + [
+            m for m in model.modules() if isinstance(m, MultiLayerEmbeddingBagCollection)
+        ]
+        converted = {c.name for m in mlets for c in m.embedding_bag_configs()}
+        unused = sorted(set(plan.table_names) - converted)
+        if unused:
+            raise ValueError(
+                f"hash plan tables {unused} match no EmbeddingBagCollection table of the model"
+            )
+    return swap_in(model, built)
 
 
 def collapse_mlet(model: nn.Module) -> nn.Module:

@@ -71,7 +71,8 @@ def remap_features(
     read, carried on) where they save work; elsewhere only where the output needs them.
 
     Raises:
-        ValueError: variable batch size per feature (VBE), or see ``remap_values``.
+        ValueError: variable batch size per feature (VBE), or see ``remap_values`` (ids
+            not of an integer dtype among them).
     """
     if features.variable_stride_per_key():
         raise ValueError("variable batch size per feature (VBE) is not supported by the remap")

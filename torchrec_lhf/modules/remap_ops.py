@@ -131,6 +131,24 @@ def needs_length_per_key(keys: list[str], sources: list[str]) -> bool:
     return not identity and multiplicity == 0
 
 
+def check_id_dtype(values: torch.Tensor, keys: list[str]) -> None:
+    """Raise ValueError unless ``values`` (the ids of features ``keys``) are integers.
+
+    Without it, float ids fail inside the embedding kernel without naming a feature, and
+    bool ids read rows 0 and 1.
+    """
+    if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+        if torch.jit.is_scripting():  # (TorchScript prints a dtype as its number)
+            raise ValueError(
+                f"the ids of features {keys} are not integers; expected an integer dtype "
+                "(torch.int64 or torch.int32)"
+            )
+        raise ValueError(
+            f"the ids of features {keys} are {values.dtype}; expected an integer dtype "
+            "(torch.int64 or torch.int32)"
+        )
+
+
 def remap_values(
     keys: list[str],
     values_V: torch.Tensor,
@@ -182,11 +200,14 @@ def remap_values(
         the last None when the input's is.
 
     Raises:
-        ValueError: a missing source feature, no ``length_per_key`` where it is needed, or
-            (eager, CPU, not ``modulo``) an id outside ``[0, N)``, naming feature, id, ``N``.
+        ValueError: ids not of an integer dtype (naming the features), a missing source
+            feature, no ``length_per_key`` where it is needed, or (eager, CPU, not
+            ``modulo``) an id outside ``[0, N)``, naming feature, id, ``N``.
     """
     # NOTE: one function, not a chain of helpers: TorchScript compiles it as the serving
     # model's remap, and the steps share many tensors; it is mostly the docstring above.
+    # (The kernel's fast paths take int32 and int64 ids only and leave the others here.)
+    check_id_dtype(values_V, keys)
     if keys == sources:  # one internal feature per input key, in order (DLRM's layout)
         # NOTE: no layout to make: scripted code (which cannot cache it) saves a loop over
         # the keys, most of a small batch's remap
