@@ -7,6 +7,7 @@ import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 from torchrec.models.dlrm import DLRM
 
+from tests._compact import to_compact
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, apply_hash_plan
 
 
@@ -360,3 +361,23 @@ def test_internal_name_clash_is_a_clear_error() -> None:
     LearnedHashEmbeddingBagCollection(
         tables=[_table(), _table("t1", features=("f0__h0",))], plan=one
     )
+
+
+@pytest.mark.parametrize("encoding", ["dense", "compact", "ranked"])
+@pytest.mark.parametrize("lengths", [[2, 2, 0, 0], [1, 1, 0, 0]])
+def test_lengths_that_disagree_with_the_ids_are_named(lengths: list[int], encoding: str) -> None:
+    plan = HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)})
+    if encoding != "dense":
+        plan = to_compact(plan, ranked=encoding == "ranked")
+    ebc = LearnedHashEmbeddingBagCollection(
+        tables=[_table(), _table("t1", n=5, features=("f1",))], plan=plan
+    )
+    kjt = KeyedJaggedTensor(
+        keys=["f0", "f1"], values=torch.tensor([0, 2, 3]), lengths=torch.tensor(lengths)
+    )
+    match = (
+        rf"the lengths of features \['f0', 'f1'\] add up to {sum(lengths)} ids, but the "
+        r"batch holds 3: the KeyedJaggedTensor's lengths and values disagree"
+    )
+    with pytest.raises(ValueError, match=match):
+        ebc(kjt)

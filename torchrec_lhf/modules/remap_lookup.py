@@ -352,7 +352,8 @@ def map_ids_or_raise(
     """:func:`map_ids` of the ``error`` policy in eager mode, with a descriptive error.
 
     Raises:
-        ValueError: an id outside ``[0, N)``, naming its feature, the id and ``N``. On CPU
+        ValueError: lengths that do not add up to the ids (naming the features), or an id
+            outside ``[0, N)``, naming its feature, the id and ``N``. On CPU
             the range guard fails at once; on CUDA it is a device-side assert instead (run
             on CPU, or with ``CUDA_LAUNCH_BLOCKING=1``, to find the id).
     """
@@ -371,10 +372,17 @@ def map_ids_or_raise(
         )
     except (RuntimeError, IndexError) as error:  # the guard's gather, a lookup's
         failure = error
+    # NOTE: reading values on the host is fine here: the batch has failed already.
+    num = int(segments[1].sum())
+    if num != ids_P.numel():  # lengths that disagree with the values fail the lookup's size
+        raise ValueError(
+            f"the lengths of features {list(dict.fromkeys(sources))} add up to {num} ids, but "
+            f"the batch holds {ids_P.numel()}: the KeyedJaggedTensor's lengths and values "
+            "disagree"
+        ) from failure
     j_P = segments[0]
     if j_P is None:
         j_P = torch.repeat_interleave(segments[1].int(), output_size=ids_P.numel())
-    # NOTE: reading values on the host is fine here: the batch has failed already.
     bad_P = (ids_P < 0) | (ids_P >= height_J[j_P.long()])
     if not bool(bad_P.any()):
         raise failure  # not an out-of-range id: the lookup's own error
