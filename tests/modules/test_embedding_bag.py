@@ -381,3 +381,20 @@ def test_lengths_that_disagree_with_the_ids_are_named(lengths: list[int], encodi
     )
     with pytest.raises(ValueError, match=match):
         ebc(kjt)
+
+
+def test_arguments_of_the_wrong_type_are_named() -> None:
+    plan = HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)})
+    with pytest.raises(TypeError, match=r"plan must be a HashPlan, got dict; HashPlan.from_mapp"):
+        LearnedHashEmbeddingBagCollection(tables=[_table()], plan={"t0": _i32(1, 0, 1, 2)})
+    with pytest.raises(TypeError, match=r"plan must be a HashPlan, got dict"):
+        apply_hash_plan(EmbeddingBagCollection(tables=[_table()]), {"t0": _i32(1, 0, 1, 2)})
+    with pytest.raises(TypeError, match=r"model must be a torch.nn.Module, got NoneType"):
+        apply_hash_plan(None, plan)
+    with pytest.raises(TypeError, match=r"got EmbeddingBagConfig\(num_embeddings=4"):
+        LearnedHashEmbeddingBagCollection(tables=_table(), plan=plan)  # not in a list
+    with pytest.raises(TypeError, match=r"got items of types \['str'\]"):
+        LearnedHashEmbeddingBagCollection(tables=["t0"], plan=plan)
+    # any iterable of configs is taken, a generator included
+    ebc = LearnedHashEmbeddingBagCollection(tables=(c for c in [_table()]), plan=plan)
+    assert [c.num_embeddings for c in ebc.internal_embedding_bag_configs()] == [3]

@@ -20,7 +20,7 @@ import copy
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -175,6 +175,7 @@ class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
             plan that spans several collections (as :func:`apply_hash_plan` passes it).
 
     Raises:
+        TypeError: ``plan`` not a HashPlan, or ``tables`` not EmbeddingBagConfigs.
         ValueError: ``strict`` and a plan table not in ``tables`` (named), or see
             :func:`internal_layout` (e.g. a user feature ``f__h0`` beside a two-hash table
             of feature ``f``).
@@ -206,7 +207,8 @@ class LearnedHashEmbeddingBagCollection(EmbeddingBagCollection):
         out_of_range: str = "error",
         strict: bool = True,
     ) -> None:
-        logical = copy.deepcopy(list(tables))
+        check_plan_type(plan)
+        logical = copy.deepcopy(table_list(tables))
         if strict:
             check_plan_tables(plan, logical)
         layout = internal_layout(logical, plan)
@@ -291,6 +293,27 @@ class InternalTables(nn.Module):
         return self._device
 
 
+def check_plan_type(plan: object) -> None:
+    """Raise TypeError unless ``plan`` is a HashPlan (a dict of mappings is a common slip)."""
+    if not isinstance(plan, HashPlan):
+        raise TypeError(
+            f"plan must be a HashPlan, got {type(plan).__name__}; HashPlan.from_mappings "
+            "builds one from {table name: mapping}, HashPlan.load reads a saved one"
+        )
+
+
+def table_list(tables: object) -> list[EmbeddingBagConfig]:
+    """``tables`` as a list, or TypeError naming what was given unless it is an iterable
+    of EmbeddingBagConfig."""
+    if isinstance(tables, (str, bytes, EmbeddingBagConfig)) or not isinstance(tables, Iterable):
+        raise TypeError(f"tables must be a list of EmbeddingBagConfig, got {tables!r}")
+    out = list(tables)
+    bad = [type(c).__name__ for c in out if not isinstance(c, EmbeddingBagConfig)]
+    if bad:
+        raise TypeError(f"tables must be a list of EmbeddingBagConfig, got items of types {bad}")
+    return out
+
+
 def check_plan_tables(plan: HashPlan, tables: list[EmbeddingBagConfig]) -> None:
     """Raise ValueError naming the tables of ``plan`` that are not among ``tables``."""
     names = sorted(c.name for c in tables)
@@ -341,9 +364,13 @@ def apply_hash_plan(
         ``model`` (or the new module when ``model`` itself is an EmbeddingBagCollection).
 
     Raises:
+        TypeError: ``model`` not a module or ``plan`` not a HashPlan.
         ValueError: a plan table matches no collection of the model, or see
             :class:`LearnedHashEmbeddingBagCollection`; ``model`` is then left unchanged.
     """
+    check_plan_type(plan)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     planned = set(plan.table_names)
     seen: set[str] = set()
 
