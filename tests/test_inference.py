@@ -74,8 +74,10 @@ def test_scripted_serving_model_scores_as_the_float_model(
 def test_bad_dtype_and_foreign_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="dtype must be one of .* got 'int3'"):
         quantize_for_inference(_dlrm(None), dtype="int3")
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(FileNotFoundError, match="missing.pt: no such file; expected a TorchS"):
         load_scripted(tmp_path / "missing.pt")
+    with pytest.raises(IsADirectoryError, match="is a directory; expected a TorchScript model"):
+        load_scripted(tmp_path)
     plain = tmp_path / "plain.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 1)), str(plain))
     with pytest.raises(ValueError, match="without a torchrec_lhf manifest"):

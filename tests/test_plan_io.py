@@ -52,8 +52,12 @@ def test_foreign_files(tmp_path) -> None:
     text.write_text("hello")
     with pytest.raises(ValueError, match="notes.txt: not a readable safetensors"):
         HashPlan.load(text)
-    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+    with pytest.raises(
+        FileNotFoundError, match="missing.safetensors: no such file; expected a hash plan file"
+    ):
         HashPlan.load(tmp_path / "missing.safetensors")
+    with pytest.raises(IsADirectoryError, match="is a directory; expected a hash plan file"):
+        HashPlan.load(tmp_path)
 
 
 def test_manifest_of_another_kind(tmp_path) -> None:

@@ -59,6 +59,14 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def not_a_file(path: Path, expected: str) -> OSError:
+    """The error for reading ``path`` where no file is: IsADirectoryError for a directory,
+    FileNotFoundError otherwise; each names the path and ``expected``."""
+    if path.is_dir():
+        return IsADirectoryError(f"{path}: is a directory; expected {expected}")
+    return FileNotFoundError(f"{path}: no such file; expected {expected}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success move it over ``path``.
@@ -169,12 +177,12 @@ def load_tensors(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Te
         ``(tensors, manifest)``.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` does not exist (IsADirectoryError: it is a directory).
         ValueError: the file is truncated, altered, or not a torchrec_lhf ``kind`` file.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise not_a_file(path, f"a {kind.replace('_', ' ')} file that torchrec_lhf wrote")
     try:
         from safetensors import safe_open
 

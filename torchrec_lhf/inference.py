@@ -66,7 +66,7 @@ from torchrec.inference.modules import (
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_lhf import _spill
-from torchrec_lhf._io import atomic_path
+from torchrec_lhf._io import atomic_path, not_a_file
 from torchrec_lhf._memory import trim_heap
 from torchrec_lhf.distributed.quant_embedding_bag import (
     QuantLearnedHashEmbeddingBagCollectionSharder,
@@ -377,11 +377,11 @@ def load_scripted(
     :mod:`~torchrec_lhf.modules.compact_kernel`.)
 
     Raises:
-        FileNotFoundError: no file at ``path``.
+        FileNotFoundError: no file at ``path`` (IsADirectoryError: a directory).
         ValueError: the file holds no manifest (not saved by :func:`save_scripted`).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
+        raise not_a_file(Path(path), "a TorchScript model that torchrec_lhf saved")
     extra = {MANIFEST_FILE: ""}
     model = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
     if not extra[MANIFEST_FILE]:
