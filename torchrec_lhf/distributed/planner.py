@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 
 
 class LearnedHashStorageReservation(StorageReservation):
-    """Another reservation, plus the learned-hash remap bytes on every device.
+    """Another reservation, plus the learned-hash remap bytes on every device. It also
+    refuses constraints that name a multi-hash table by its logical name
+    (:func:`check_constraint_names`), which TorchRec's planner would ignore.
 
     Args:
         base: the reservation to extend (default ``HeuristicalStorageReservation(0.15)``,
@@ -43,6 +45,7 @@ class LearnedHashStorageReservation(StorageReservation):
         sharders: list[ModuleSharder[nn.Module]],
         constraints: dict[str, ParameterConstraints] | None = None,
     ) -> Topology:
+        check_constraint_names(module, constraints)
         reserved = self._base.reserve(topology, batch_size, module, sharders, constraints)
         self.reserved_remap_bytes = remap_bytes(module)
         for device in reserved.devices:
@@ -62,6 +65,41 @@ class LearnedHashStorageReservation(StorageReservation):
         return self._base.last_reserved_topology
 
 
+def check_constraint_names(
+    module: nn.Module, constraints: dict[str, ParameterConstraints] | None
+) -> None:
+    """Refuse constraints keyed by the logical name of a table the planner sees under other
+    names: a learned-hash table with several hash functions is planned as its internal
+    tables ``t__h<i>``, and TorchRec's planner ignores a constraint on ``t`` silently.
+
+    Args:
+        module: the module to plan (unsharded).
+        constraints: the planner's constraints, keyed by table name.
+
+    Raises:
+        ValueError: naming each such key and the internal tables to constrain instead.
+    """
+    if not constraints:
+        return
+    planned: set[str] = set()
+    internal_of: dict[str, list[str]] = {}
+    for m in module.modules():
+        internal = getattr(m, "internal_embedding_bag_configs", None)
+        if internal is None or not hasattr(m, "embedding_bag_configs"):
+            continue
+        names = [c.name for c in internal()]
+        planned.update(names)
+        for c in m.embedding_bag_configs():
+            internal_of[c.name] = [n for n in names if n.startswith(f"{c.name}__h")]
+    wrong = {k: internal_of[k] for k in constraints if k not in planned and internal_of.get(k)}
+    if wrong:
+        raise ValueError(
+            f"sharding constraints name tables {sorted(wrong)} that the planner plans as their "
+            f"internal tables (one per hash function): constrain {wrong} instead (each "
+            "collection's internal_embedding_bag_configs() lists them)"
+        )
+
+
 def make_planner(
     *,
     world_size: int,
@@ -77,7 +115,9 @@ def make_planner(
         compute_device: ``"cpu"`` or ``"cuda"``.
         batch_size: per-rank batch size.
         local_world_size: ranks per host (default: ``world_size``).
-        constraints: per-table constraints, e.g. allowed sharding types.
+        constraints: per-table constraints, e.g. allowed sharding types, keyed by the
+            internal table names (``t__h<i>`` for a table of several hash functions;
+            :class:`LearnedHashStorageReservation` refuses a logical name there).
     """
     if compute_device not in ("cpu", "cuda"):
         raise ValueError(f"compute_device must be 'cpu' or 'cuda', got {compute_device!r}")

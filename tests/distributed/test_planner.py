@@ -1,0 +1,58 @@
+"""The planner's constraints against learned-hash tables (torchrec_lhf/distributed/planner.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.types import ShardingType
+
+from torchrec_lhf import HashPlan, apply_hash_plan
+from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
+from torchrec_lhf.distributed.planner import make_planner
+
+
+def _model() -> torch.nn.Module:
+    tables = [
+        EmbeddingBagConfig(
+            name=f"t{i}", embedding_dim=4, num_embeddings=100, feature_names=[f"f{i}"]
+        )
+        for i in range(2)
+    ]
+    model = torch.nn.ModuleDict(
+        {"ebc": EmbeddingBagCollection(tables=tables, device=torch.device("meta"))}
+    )
+    ids = torch.arange(100, dtype=torch.int32)
+    # t0: two hash functions (internal tables t0__h0, t0__h1); t1: one (internal table t1)
+    plan = HashPlan.from_multi_mappings({"t0": [ids % 7, ids % 5], "t1": [ids % 9]})
+    return apply_hash_plan(model, plan)
+
+
+def _plan(constraints: dict[str, ParameterConstraints]) -> dict[str, str]:
+    planner = make_planner(
+        world_size=2, compute_device="cpu", batch_size=8, constraints=constraints
+    )
+    plan = planner.plan(_model(), [LearnedHashEmbeddingBagCollectionSharder()])
+    return {t: ps.sharding_type for t, ps in plan.plan["ebc"].items()}
+
+
+def test_constraints_on_internal_tables_are_applied() -> None:
+    tw, rw = ShardingType.TABLE_WISE.value, ShardingType.ROW_WISE.value
+    constraints = {
+        "t0__h0": ParameterConstraints(sharding_types=[rw]),
+        "t0__h1": ParameterConstraints(sharding_types=[tw]),
+        "t1": ParameterConstraints(sharding_types=[rw]),  # one hash: the logical name
+    }
+    assert _plan(constraints) == {"t0__h0": rw, "t0__h1": tw, "t1": rw}
+
+
+def test_a_multi_hash_table_constrained_by_its_logical_name_is_named() -> None:
+    # TorchRec's planner would ignore the constraint on "t0", which it never sees
+    constraints = {"t0": ParameterConstraints(sharding_types=[ShardingType.ROW_WISE.value])}
+    match = (
+        r"sharding constraints name tables \['t0'\] that the planner plans as their internal "
+        r"tables .*: constrain \{'t0': \['t0__h0', 't0__h1'\]\} instead"
+    )
+    with pytest.raises(ValueError, match=match):
+        _plan(constraints)
