@@ -363,14 +363,22 @@ def test_internal_name_clash_is_a_clear_error() -> None:
     )
 
 
+@pytest.mark.parametrize("num_hashes", [1, 2])
+@pytest.mark.parametrize("out_of_range", ["error", "modulo"])
 @pytest.mark.parametrize("encoding", ["dense", "compact", "ranked"])
 @pytest.mark.parametrize("lengths", [[2, 2, 0, 0], [1, 1, 0, 0]])
-def test_lengths_that_disagree_with_the_ids_are_named(lengths: list[int], encoding: str) -> None:
-    plan = HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)})
+def test_lengths_that_disagree_with_the_ids_are_named(
+    lengths: list[int], encoding: str, out_of_range: str, num_hashes: int
+) -> None:
+    # one hash: the kernel's layout (keys in order); two: the general path's (f0__h0, f0__h1)
+    mappings = [_i32(1, 0, 1, 2), _i32(0, 1, 1, 0)][:num_hashes]
+    plan = HashPlan.from_multi_mappings({"t0": mappings})
     if encoding != "dense":
         plan = to_compact(plan, ranked=encoding == "ranked")
     ebc = LearnedHashEmbeddingBagCollection(
-        tables=[_table(), _table("t1", n=5, features=("f1",))], plan=plan
+        tables=[_table(), _table("t1", n=5, features=("f1",))],
+        plan=plan,
+        out_of_range=out_of_range,
     )
     kjt = KeyedJaggedTensor(
         keys=["f0", "f1"], values=torch.tensor([0, 2, 3]), lengths=torch.tensor(lengths)

@@ -128,7 +128,8 @@ def fused_remap(
         mapping, offset_J, height_J, modulo, compact: as for
             :func:`~torchrec_lhf.modules.remap_ops.remap_values` (``compact[6:]``: the
             ranked heads, :mod:`~torchrec_lhf.modules.head_rank`).
-        quiet: an id out of range gives None instead of the error below.
+        quiet: a batch the kernel refuses (an id out of range, lengths that do not add
+            up to the ids) gives None instead of the error below.
 
     Raises:
         RuntimeError: an id outside ``[0, N)`` (not ``modulo``), naming the internal
@@ -150,7 +151,7 @@ def fused_remap(
             ids_P.contiguous(), length_J, offset_J, height_J, mapping, *tables, modulo
         )
     except RuntimeError:
-        if quiet and not modulo:
+        if quiet:  # the caller's general path names the problem
             return None
         raise
 
@@ -168,8 +169,8 @@ def fused_rows(
     """The rows of ids laid out as the internal features by the CPU kernel, or None where
     it does not apply: not CPU, ids neither int32 nor int64, head rows neither int16 nor
     int32; eager dense modules keep FBGEMM's ``pruned_array_lookup`` (``benchmarks.remap``'s
-    figure); an eager batch with an id out of range (not ``modulo``) gets None, so that the
-    caller's general path names it. Scripted, the operator ``torchrec_lhf::fused_remap``
+    figure); an eager batch the kernel refuses (an id out of range, lengths that do not add
+    up to the ids) gets None, so that the caller's general path names the problem. Scripted, the operator ``torchrec_lhf::fused_remap``
     (one op where the interpreter ran about 25 and their statements), or
     ``torchrec_lhf::fused_remap_ranked`` where there are ranked heads (``compact[6:]``,
     :mod:`~torchrec_lhf.modules.head_rank`: looked up in the same pass).

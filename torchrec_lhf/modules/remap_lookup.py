@@ -348,14 +348,17 @@ def map_ids_or_raise(
     compact: list[torch.Tensor],
     runs: list[tuple[int, int]] | None = None,
     length_J: list[int] | None = None,
+    *,
+    modulo: bool = False,
 ) -> torch.Tensor:
-    """:func:`map_ids` of the ``error`` policy in eager mode, with a descriptive error.
+    """:func:`map_ids` in eager mode, with a descriptive error where it fails (only then:
+    a good batch pays nothing).
 
     Raises:
-        ValueError: lengths that do not add up to the ids (naming the features), or an id
-            outside ``[0, N)``, naming its feature, the id and ``N``. On CPU
-            the range guard fails at once; on CUDA it is a device-side assert instead (run
-            on CPU, or with ``CUDA_LAUNCH_BLOCKING=1``, to find the id).
+        ValueError: lengths that do not add up to the ids (naming the features), or (not
+            ``modulo``) an id outside ``[0, N)``, naming its feature, the id and ``N``. On
+            CPU the range guard fails at once; on CUDA it is a device-side assert instead
+            (run on CPU, or with ``CUDA_LAUNCH_BLOCKING=1``, to find the id).
     """
     try:
         return map_ids(
@@ -364,7 +367,7 @@ def map_ids_or_raise(
             mapping,
             offset_J,
             height_J,
-            False,
+            modulo,
             has_identity,
             compact,
             runs,
@@ -380,6 +383,8 @@ def map_ids_or_raise(
             f"the batch holds {ids_P.numel()}: the KeyedJaggedTensor's lengths and values "
             "disagree"
         ) from failure
+    if modulo:  # every id was folded into range: the lookup's own error
+        raise failure
     j_P = segments[0]
     if j_P is None:
         j_P = torch.repeat_interleave(segments[1].int(), output_size=ids_P.numel())

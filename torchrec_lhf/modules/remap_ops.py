@@ -231,6 +231,12 @@ def remap_values(
         j_P: torch.Tensor | None = None  # made where needed (FBGEMM's lookup needs none)
     else:
         if length_per_key is not None:
+            if sum(length_per_key) != values_V.numel():  # (host ints: no sync)
+                raise ValueError(
+                    f"the lengths of features {keys} add up to {sum(length_per_key)} ids, but "
+                    f"the batch holds {values_V.numel()}: the KeyedJaggedTensor's lengths and "
+                    "values disagree"
+                )
             length_per_key = [length_per_key[s] for s in src]
             num = sum(length_per_key)
         elif multiplicity > 0:
@@ -251,7 +257,7 @@ def remap_values(
         out_lengths = lengths.view(num_keys, stride)[src_J].reshape(-1)
     tables = [] if compact is None else compact
     segments = (j_P, per_key_J, array_offsets)
-    if modulo or torch.jit.is_scripting():
+    if torch.jit.is_scripting():
         rows_P = map_ids(
             ids_P,
             segments,
@@ -276,6 +282,7 @@ def remap_values(
             tables,
             runs,
             length_per_key,
+            modulo=modulo,
         )
     return rows_P, out_lengths, weights_V, length_per_key
 
