@@ -170,8 +170,9 @@ def fused_rows(
     it does not apply: not CPU, ids neither int32 nor int64, head rows neither int16 nor
     int32; eager dense modules keep FBGEMM's ``pruned_array_lookup`` (``benchmarks.remap``'s
     figure); an eager batch the kernel refuses (an id out of range, lengths that do not add
-    up to the ids) gets None, so that the caller's general path names the problem. Scripted, the operator ``torchrec_lhf::fused_remap``
-    (one op where the interpreter ran about 25 and their statements), or
+    up to the ids) gets None, so that the caller's general path names the problem.
+    Scripted, the operator ``torchrec_lhf::fused_remap`` (one op where the interpreter ran
+    about 25 and their statements), or
     ``torchrec_lhf::fused_remap_ranked`` where there are ranked heads (``compact[6:]``,
     :mod:`~torchrec_lhf.modules.head_rank`: looked up in the same pass).
 
