@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
 import numbers
 import os
 import re
@@ -52,6 +53,7 @@ __all__ = [
     "add_config_flags",
     "check_input_path",
     "check_int",
+    "is_finite_number",
     "config_from_args",
     "field_docs",
     "json_object",
@@ -249,6 +251,11 @@ def config_from_args(
         raise
     except ValueError as e:
         raise FlagError(str(e)) from e
+
+
+def is_finite_number(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (any real type, not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def check_int(name: str, value: Any, *, low: int) -> None:

@@ -7,11 +7,12 @@ the value.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import TYPE_CHECKING, Any
 
-from torchrec_lhf.cli import check_int  # noqa: F401 (the configs' int check, re-exported)
+from torchrec_lhf.cli import (
+    check_int,  # noqa: F401 (the configs' int check, re-exported)
+    is_finite_number,
+)
 from torchrec_lhf.compression.budget import BUDGETS, width_for_bytes
 
 if TYPE_CHECKING:
@@ -111,12 +112,7 @@ def check_cce(config: TrainConfig) -> None:
 
 def is_positive_number(value: Any) -> bool:
     """A finite real number > 0 (not a bool)."""
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, numbers.Real)
-        and math.isfinite(value)
-        and value > 0
-    )
+    return is_finite_number(value) and value > 0
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

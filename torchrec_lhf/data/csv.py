@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torchrec_lhf.cli import check_int
+from torchrec_lhf.cli import check_int, is_finite_number
 from torchrec_lhf.data._util import EMPTY, frequency_encode, seeded_permutation, split_by_order
 from torchrec_lhf.data.dataset import RecDataset
 
@@ -140,11 +140,7 @@ def check_csv_options(
     if bad:
         raise ValueError(f"column names must be non-empty strings, got {bad[0]!r}")
     columns = _check_columns(label, categorical, dense, time, min_count)
-    if label_threshold is not None and (
-        isinstance(label_threshold, bool)
-        or not isinstance(label_threshold, (int, float))
-        or not math.isfinite(label_threshold)
-    ):
+    if label_threshold is not None and not is_finite_number(label_threshold):
         raise ValueError(
             f"label_threshold must be a finite number or None, got {label_threshold!r}"
         )

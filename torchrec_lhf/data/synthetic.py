@@ -25,7 +25,6 @@ cut 80 / 10 / 10 (the samples are i.i.d.; there is no time).
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 import time
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from torchrec_lhf.cli import check_int
+from torchrec_lhf.cli import check_int, is_finite_number
 from torchrec_lhf.data._util import exclusive_cumsum, seeded_permutation, split_by_order
 from torchrec_lhf.data.dataset import RecDataset
 
@@ -90,19 +89,10 @@ class SyntheticConfig:
             )
         for name in ("zipf_exponent", "group_scale", "interaction_scale", "dense_scale"):
             value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, numbers.Real)
-                or not 0 <= value < math.inf
-            ):
+            if not (is_finite_number(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        value = self.base_logit
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, numbers.Real)
-            or not math.isfinite(value)
-        ):
-            raise ValueError(f"base_logit must be a finite number, got {value!r}")
+        if not is_finite_number(self.base_logit):
+            raise ValueError(f"base_logit must be a finite number, got {self.base_logit!r}")
 
 
 def synthetic_groups(config: SyntheticConfig) -> list[torch.Tensor]:
