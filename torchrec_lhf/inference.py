@@ -75,6 +75,9 @@ from torchrec_lhf.modules import logical_view
 from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection
 from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection
 from torchrec_lhf.modules.remap import FeatureRemap
+from torchrec_lhf.serving_request import check_request
+
+torch.fx.wrap("check_request")  # one opaque node in a trace (it reads the request's lengths)
 
 logger = logging.getLogger(__name__)
 
@@ -96,21 +99,44 @@ class ScoringModule(nn.Module):
     Args:
         model: a ``torchrec.models.dlrm.DLRM`` (or any ``(dense, KJT) -> logits`` module).
         feature_names: the sparse features, in the order of ``lengths``.
+        num_dense: the model's dense features, checked on every request; None: not checked.
+        check_lengths: also read each request's lengths (on the CPU: each ``>= 0``, adding
+            up to its ids; two reductions, 5% of a one-sample request to
+            ``benchmarks.serve``'s model): False for callers that check them upstream.
 
     Shapes (``B`` samples, ``F = len(feature_names)``): ``dense`` ``(B, num_dense)``,
     ``values`` ``(sum lengths,)`` raw ids, ``lengths`` ``(F * B,)`` feature-major (as a
     KeyedJaggedTensor's); returns ``(B,)``. (:func:`script_for_inference` may trace it with
     its learned-hash remap done on the request's tensors: :class:`RemapOnRequest`.)
+
+    Raises:
+        ValueError: (on a call) a malformed request, named
+            (:func:`~torchrec_lhf.serving_request.check_request`).
     """
 
-    def __init__(self, model: nn.Module, feature_names: list[str]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        feature_names: list[str],
+        num_dense: int | None = None,
+        check_lengths: bool = True,
+    ) -> None:
         super().__init__()
+        if num_dense is not None and (
+            isinstance(num_dense, bool) or not isinstance(num_dense, int) or num_dense < 1
+        ):
+            raise ValueError(f"num_dense must be an int >= 1 or None, got {num_dense!r}")
         self.model = model
         self.feature_names = list(feature_names)
+        self.num_dense = num_dense
+        self.check_lengths = bool(check_lengths)
 
     def forward(
         self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
+        check_request(
+            dense, values, lengths, self.feature_names, self.num_dense, self.check_lengths
+        )
         sparse = KeyedJaggedTensor(keys=self.feature_names, values=values, lengths=lengths)
         return self.score(dense, sparse)
 
@@ -146,6 +172,11 @@ class RemapOnRequest(nn.Module):
     def forward(
         self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
+        scoring = self.scoring
+        check_request(
+            dense, values, lengths, scoring.feature_names, scoring.num_dense,
+            scoring.check_lengths,
+        )  # fmt: skip
         rows = self.remap.request_rows(values, lengths)
         sparse = KeyedJaggedTensor(keys=self.remap.feature_names, values=rows, lengths=lengths)
         return self.scoring.score(dense, sparse)
@@ -338,6 +369,7 @@ def script_serving_model(
     num_dense: int,
     dtype: str = "int8",
     spill: bool = True,
+    check_lengths: bool = True,
 ) -> torch.jit.ScriptModule:
     """A float DLRM through the whole flow: scoring wrapper, quantize, shard, trace, script.
 
@@ -348,11 +380,13 @@ def script_serving_model(
         dtype: table weight dtype (a key of :data:`WEIGHT_DTYPES`).
         spill: stage the quantized tables on disk while they are sharded
             (:func:`shard_for_inference`; one set of tables in memory, not two).
+        check_lengths: the served model reads each request's lengths
+            (:class:`ScoringModule`); its shapes and dtypes are checked either way.
 
     Returns:
         The scripted :class:`ScoringModule` (tables on CPU).
     """
-    scoring = ScoringModule(model, feature_names).eval()
+    scoring = ScoringModule(model, feature_names, num_dense, check_lengths).eval()
     quantized = quantize_for_inference(scoring, dtype=dtype)
     batch = example_batch(len(feature_names), num_dense)
     sharded = shard_for_inference(quantized, batch, spill=spill)

@@ -23,4 +23,6 @@ def test_tiny_run_reports_qps_of_both_models_at_each_batch_size(encoding: str) -
             1 / seconds["ratio_paired_ci95"][0],
         )
         assert r["max_score_diff"] < 1e-4  # the same rows, tables and MLPs
+        # the plain model over its twin that does not read the request's lengths
+        assert r["lengths_check_cost"] == (seconds["plain"] / seconds["plain_lengths_unchecked"])
     assert result["goal_met"] == all(r["ratio"] >= bench.GOAL for r in result["results"].values())

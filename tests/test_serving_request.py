@@ -1,0 +1,132 @@
+"""The served model's request check: malformed requests named, eager and scripted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests._compact import to_compact
+from tests.test_inference import FEATURES, _batch, _dlrm
+from torchrec_lhf import HashPlan
+from torchrec_lhf.inference import ScoringModule, script_serving_model
+from torchrec_lhf.serving_request import check_request
+
+DENSE, VALUES, LENGTHS = _batch()  # 3 samples, 2 features, 3 dense features
+
+BAD_REQUESTS = {
+    # name: ((dense, values, lengths), the message's pattern)
+    "lengths add up to more": (
+        (DENSE, VALUES, torch.tensor([1, 2, 0, 1, 1, 2])),
+        r"the lengths add up to 7 ids, but values holds 6",
+    ),
+    "lengths add up to fewer": (
+        (DENSE, VALUES, torch.tensor([1, 2, 0, 1, 1, 0])),
+        r"the lengths add up to 5 ids, but values holds 6",
+    ),
+    "a length per feature and sample missing": (
+        (DENSE, VALUES, torch.tensor([1, 2, 1, 1, 1])),
+        r"lengths has 5 entries; expected 6: 2 features \[f0, f1\] x 3 samples",
+    ),
+    "a negative length": (
+        (DENSE, VALUES, torch.tensor([1, 3, 1, 1, -1, 1])),
+        r"lengths\[4\] = -1 \(feature 'f1', sample 1\) is negative",
+    ),
+    "float ids": (
+        (DENSE, VALUES.float(), LENGTHS),
+        r"the ids of features \[.?f0.?, .?f1.?\] are (not integers|torch.float32)",
+    ),
+    "float lengths": ((DENSE, VALUES, LENGTHS.float()), r"lengths are not integers"),
+    "dense of another width": (
+        (torch.randn(3, 4), VALUES, LENGTHS),
+        r"dense has 4 features a sample \(shape \[3, 4\]\); expected 3",
+    ),
+    "dense of another batch": (
+        (torch.randn(2, 3), VALUES, LENGTHS),
+        r"lengths has 6 entries; expected 4: 2 features \[f0, f1\] x 2 samples",
+    ),
+    "dense not 2-D": ((torch.randn(9), VALUES, LENGTHS), r"dense must be 2-D .* got shape \[9\]"),
+    "values not 1-D": (
+        (DENSE, VALUES.reshape(2, 3), LENGTHS),
+        r"values must be 1-D .* got shape \[2, 3\]",
+    ),
+    "lengths not 1-D": (
+        (DENSE, VALUES, LENGTHS.reshape(2, 3)),
+        r"lengths must be 1-D .* got shape \[2, 3\]",
+    ),
+}
+
+
+def _plan(kind: str | None) -> HashPlan | None:
+    """None (a plain model), ``dense`` (FBGEMM remaps inside its kernel when served) or
+    ``compact`` (the remap on the request: ``RemapOnRequest``)."""
+    if kind is None:
+        return None
+    plan = HashPlan.from_mappings({"t0": torch.arange(30) % 7})
+    return to_compact(plan, every=3) if kind == "compact" else plan
+
+
+KINDS = [None, "dense", "compact"]
+
+
+@pytest.fixture(scope="module")
+def scripted() -> dict[str | None, torch.jit.ScriptModule]:
+    """The served model of each kind of plan, scripted once for the module's tests."""
+    return {
+        kind: script_serving_model(_dlrm(_plan(kind)), FEATURES, num_dense=3, dtype="fp32")
+        for kind in KINDS
+    }
+
+
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_scripted_serving_model_names_every_malformed_request(
+    scripted: dict[str | None, torch.jit.ScriptModule], kind: str | None, name: str
+) -> None:
+    """Before the check, a plain or dense model scored a request whose lengths add up to
+    fewer ids than it holds (the extra ids ignored) and read a negative length as an empty
+    bag; the other cases failed inside FBGEMM or as a matrix product, naming nothing."""
+    model = scripted[kind]
+    good = model(DENSE, VALUES, LENGTHS)
+    request, pattern = BAD_REQUESTS[name]
+    # (TorchScript raises its own error type, with the ValueError's name in the message)
+    with pytest.raises(Exception, match=f"ValueError: {pattern}"):
+        model(*request)
+    torch.testing.assert_close(model(DENSE, VALUES, LENGTHS), good, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+def test_the_eager_scoring_module_raises_the_same_value_errors(name: str) -> None:
+    request, pattern = BAD_REQUESTS[name]
+    scoring = ScoringModule(_dlrm(_plan("dense")), FEATURES, num_dense=3).eval()
+    with pytest.raises(ValueError, match=pattern):
+        scoring(*request)
+
+
+def test_well_formed_requests_of_every_integer_dtype_and_empty_bags_pass() -> None:
+    check_request(DENSE, VALUES.int(), LENGTHS.int(), FEATURES, 3)
+    check_request(DENSE, VALUES, LENGTHS, FEATURES, None)  # the width unchecked
+    check_request(torch.randn(3, 8), VALUES, LENGTHS, FEATURES, None)
+    empty_bags = torch.tensor([0, 0, 0, 0, 0, 0])
+    check_request(DENSE, torch.zeros(0, dtype=torch.long), empty_bags, FEATURES, 3)
+    check_request(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), empty_bags[:0], FEATURES, 3)
+    scoring = ScoringModule(_dlrm(None), FEATURES, num_dense=3).eval()
+    assert scoring(DENSE, VALUES.int(), LENGTHS.int()).shape == (3,)
+
+
+@pytest.mark.parametrize("num_dense", [0, -1, True, 3.0, "3"])
+def test_a_bad_num_dense_is_named(num_dense: object) -> None:
+    with pytest.raises(ValueError, match=r"num_dense must be an int >= 1 or None, got"):
+        ScoringModule(_dlrm(None), FEATURES, num_dense=num_dense)  # type: ignore[arg-type]
+
+
+def test_check_lengths_false_reads_shapes_and_dtypes_only() -> None:
+    """The opt-out skips the two reads of the lengths, not the checks of their shapes."""
+    scripted = script_serving_model(
+        _dlrm(_plan("dense")), FEATURES, num_dense=3, dtype="fp32", check_lengths=False
+    )
+    fewer = torch.tensor([1, 2, 0, 1, 1, 0])  # adds up to 5 of the 6 ids: not read
+    assert scripted(DENSE, VALUES, fewer).shape == (3,)
+    for name in ("a length per feature and sample missing", "float ids", "dense of another width"):
+        request, pattern = BAD_REQUESTS[name]
+        with pytest.raises(Exception, match=f"ValueError: {pattern}"):
+            scripted(*request)

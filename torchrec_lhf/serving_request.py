@@ -1,0 +1,90 @@
+"""The served model's request check: a malformed request named before the model reads it.
+
+A scripted serving model (:class:`~torchrec_lhf.inference.ScoringModule`) takes three plain
+tensors, so nothing upstream has checked that they agree. Without this check a request
+whose lengths do not add up to its ids fails inside FBGEMM with an index that names
+nothing, or, where they add up to fewer, scores without a word, the extra ids ignored; a
+negative length is read as an empty bag; a dense input of the wrong width fails as a
+matrix product.
+
+:func:`check_request` is one opaque node in a symbolic trace (``torch.fx.wrap`` where it
+is called) that TorchScript compiles into the served model. It reads tensor shapes and
+dtypes and, for a request on the CPU, the lengths' minimum and sum (two reductions over
+``F * B`` ints: about 5% of a one-sample request to ``benchmarks.serve``'s model, about 1%
+at batch 1,024; ``check_lengths=False`` skips them); on other devices only the metadata, so
+that serving there adds no host-device sync.
+"""
+
+# NOTE: no ``from __future__ import annotations``: TorchScript compiles check_request.
+
+import torch
+
+from torchrec_lhf.modules.remap_ops import check_id_dtype
+
+
+def check_request(
+    dense: torch.Tensor,
+    values: torch.Tensor,
+    lengths: torch.Tensor,
+    feature_names: list[str],
+    num_dense: int | None = None,
+    check_lengths: bool = True,
+) -> None:
+    """Raise ValueError, naming the value and what was expected, unless the request is well
+    formed.
+
+    Args:
+        dense: ``(B, num_dense)`` dense features.
+        values: ``(sum lengths,)`` raw ids, of an integer dtype.
+        lengths: ``(F * B,)`` ids per feature and sample, feature-major (as a
+            KeyedJaggedTensor's), ``F = len(feature_names)``; each ``>= 0``.
+        feature_names: the request's sparse features, in order.
+        num_dense: the dense width the model takes; None skips that check.
+        check_lengths: read the lengths (on the CPU): each ``>= 0``, and adding up to
+            ``values``' size. False: shapes and dtypes only.
+    """
+    if dense.dim() != 2:
+        raise ValueError(
+            f"dense must be 2-D (batch, dense features), got shape {list(dense.shape)}"
+        )
+    batch = dense.size(0)
+    if num_dense is not None and dense.size(1) != num_dense:
+        raise ValueError(
+            f"dense has {dense.size(1)} features a sample (shape {list(dense.shape)}); "
+            f"expected {num_dense}"
+        )
+    if values.dim() != 1:
+        raise ValueError(
+            f"values must be 1-D (every feature's ids, feature-major), got shape "
+            f"{list(values.shape)}"
+        )
+    check_id_dtype(values, feature_names)
+    if lengths.dim() != 1:
+        raise ValueError(
+            f"lengths must be 1-D (ids per feature and sample), got shape {list(lengths.shape)}"
+        )
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError("lengths are not integers; expected an integer dtype (torch.int64)")
+    num_features = len(feature_names)
+    if lengths.numel() != num_features * batch:
+        names = ", ".join(feature_names)
+        raise ValueError(
+            f"lengths has {lengths.numel()} entries; expected {num_features * batch}: "
+            f"{num_features} features [{names}] x {batch} samples (dense's rows), "
+            "feature-major"
+        )
+    if not check_lengths or not lengths.is_cpu or lengths.numel() == 0:
+        return  # (no host read off the CPU: a sync a request)
+    if int(lengths.min()) < 0:
+        first = int(torch.nonzero(lengths < 0)[0, 0])
+        raise ValueError(
+            f"lengths[{first}] = {int(lengths[first])} (feature "
+            f"'{feature_names[first // batch]}', sample {first % batch}) is negative; "
+            "expected ids per feature and sample >= 0"
+        )
+    total = int(lengths.sum())
+    if total != values.numel():
+        raise ValueError(
+            f"the lengths add up to {total} ids, but values holds {values.numel()}: the "
+            "request's lengths and values disagree"
+        )
