@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,3 +94,20 @@ def test_summary_bytes() -> None:
     assert t0["remap_bytes"] == 4 * 2  # uint8 entries (heights under 256)
     assert rows["t1"]["table_bytes"] == 4 * 5 * 8
     assert "t0" in _plan().format_summary(8)
+
+
+def test_summary_dims_by_table_name_are_checked() -> None:
+    """A mapping may name more tables than the plan (a model's), not fewer: before, a
+    misspelled name left that table's byte columns None without a word."""
+    plan = _plan()
+    rows = {r["table"]: r for r in plan.summary({"t0": 8, "t1": 2, "other": 16})}
+    assert rows["t0"]["table_bytes"] == 4 * (3 * 4 + 2 * 4)
+    assert rows["t1"]["full_table_bytes"] == 4 * 3 * 2  # (t1: 3 ids)
+    assert plan.summary(np.int64(8))[1]["table_bytes"] == 4 * 5 * 8  # numpy ints are ints
+    with pytest.raises(
+        ValueError, match=r"no dim for plan tables \['t1'\]; .* got names \['t0', 't_1'\]"
+    ):
+        plan.summary({"t0": 8, "t_1": 8})
+    for bad in (0, -4, 2.5, True, "8", {"t0": 8, "t1": 0}):
+        with pytest.raises(ValueError, match="embedding_dim must be an int >= 1"):
+            plan.format_summary(bad)  # type: ignore[arg-type]

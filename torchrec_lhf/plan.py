@@ -18,6 +18,7 @@ hashed tail: :class:`~torchrec_lhf.plan_compact.CompactMapping`), whichever is s
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -316,7 +317,20 @@ class HashPlan:
             ``encoding`` is ``dense``, ``compact``, ``ranked`` (compact, its heads' rows
             their ranks: :meth:`CompactMapping.ranked`) or ``mixed`` (several, over its
             hashes).
+
+        Raises:
+            ValueError: a dim that is not an int >= 1, or a mapping without a dim for every
+                plan table (names it has beyond the plan's are ignored: a model's tables).
         """
+        if embedding_dim is not None:
+            _check_summary_dims(embedding_dim)
+        if isinstance(embedding_dim, Mapping):
+            missing = [t.name for t in self.tables if t.name not in embedding_dim]
+            if missing:
+                raise ValueError(
+                    f"embedding_dim has no dim for plan tables {missing[:20]}; expected one for "
+                    f"every table of the plan, got names {sorted(embedding_dim)[:20]}"
+                )
         rows = []
         max_height = max_dense_height(self.tables)
         for t in self.tables:
@@ -373,6 +387,16 @@ class HashPlan:
         from torchrec_lhf.plan_io import load_plan
 
         return load_plan(path, cls)
+
+
+def _check_summary_dims(embedding_dim: int | Mapping[str, int]) -> None:
+    """Raise ValueError unless ``embedding_dim`` (or each of its values) is an int >= 1."""
+    dims = embedding_dim.values() if isinstance(embedding_dim, Mapping) else [embedding_dim]
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
+            raise ValueError(
+                f"embedding_dim must be an int >= 1 or a mapping of table names to them, got {d!r}"
+            )
 
 
 def _encoding_name(t: TableHash) -> str:
