@@ -50,13 +50,14 @@ from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.types import ShardingEnv
 from torchrec.test_utils import get_free_port
 
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
 from torchrec_lhf.compression.budget import MIN_TABLE_ROWS
 from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
+from torchrec_lhf.distributed.planner import make_topology
 from torchrec_lhf.plan_compact import CompactMapping, row_dtype
 
 HEAD_SHARE = 0.1  # --encoding compact: share of each table's ids in the head
@@ -204,7 +205,7 @@ def verdict(ratio_ci95: list[float], goal: float = GOAL) -> str:
 def _dmp(module: torch.nn.Module, sharders: list, batch: int) -> DistributedModelParallel:
     pg = dist.GroupMember.WORLD
     sharding_plan = EmbeddingShardingPlanner(
-        topology=Topology(world_size=1, compute_device="cpu"), batch_size=batch
+        topology=make_topology(1, "cpu"), batch_size=batch
     ).collective_plan(module, sharders, pg)
     return DistributedModelParallel(
         module,

@@ -23,7 +23,11 @@ from torchrec_lhf.distributed.embedding_bag import (
     ShardedLearnedHashEmbeddingBagCollection,
     remap_bytes,
 )
-from torchrec_lhf.distributed.planner import LearnedHashStorageReservation, make_planner
+from torchrec_lhf.distributed.planner import (
+    LearnedHashStorageReservation,
+    make_planner,
+    make_topology,
+)
 
 HEIGHTS = {"t0": 500, "t1": 300, "t2": 40}
 B = 16
@@ -133,7 +137,6 @@ def test_dlrm_trains_through_pipeline_with_planner() -> None:
 
 
 def test_storage_reservation_subtracts_remap() -> None:
-    from torchrec.distributed.planner import Topology
     from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 
     tables = [
@@ -143,7 +146,7 @@ def test_storage_reservation_subtracts_remap() -> None:
         {"ebc": EmbeddingBagCollection(tables=tables, device=torch.device("meta"))}
     )
     apply_hash_plan(model, HashPlan.from_mappings({"t0": torch.arange(1000) % 10}))
-    topology = Topology(world_size=2, compute_device="cpu")
+    topology = make_topology(2, "cpu")
     base = FixedPercentageStorageReservation(0.0)
     res = LearnedHashStorageReservation(base).reserve(
         topology, 8, model, [LearnedHashEmbeddingBagCollectionSharder()]

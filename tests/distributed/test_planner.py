@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+from torchrec.distributed.planner import Topology
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingType
 
 from torchrec_lhf import HashPlan, apply_hash_plan
 from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
-from torchrec_lhf.distributed.planner import make_planner
+from torchrec_lhf.distributed.planner import make_planner, make_topology
 
 
 def _model() -> torch.nn.Module:
@@ -56,3 +59,24 @@ def test_a_multi_hash_table_constrained_by_its_logical_name_is_named() -> None:
     )
     with pytest.raises(ValueError, match=match):
         _plan(constraints)
+
+
+@pytest.mark.parametrize("compute_device", ["cpu", "cuda"])
+def test_the_topology_is_torchrecs_default_made_by_its_factory(
+    compute_device: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``make_topology`` is TorchRec's default topology (capacities, bandwidths, device
+    count), made by ``TopologyFactory``: before, the planner built it directly and TorchRec
+    logged that such a topology "will fail" on every planner made."""
+    with caplog.at_level(logging.WARNING, logger="torchrec.distributed.planner.types"):
+        made = make_topology(4, compute_device, local_world_size=2)
+        make_planner(world_size=4, compute_device=compute_device, batch_size=8)
+    assert not [r for r in caplog.records if "constructed directly" in r.getMessage()]
+    direct = Topology(world_size=4, compute_device=compute_device, local_world_size=2)
+    assert made.world_size == 4 and made.local_world_size == 2
+    assert made.compute_device == compute_device
+    assert made.hbm_mem_bw == direct.hbm_mem_bw and made.ddr_mem_bw == direct.ddr_mem_bw
+    assert made.intra_host_bw == direct.intra_host_bw
+    assert made.inter_host_bw == direct.inter_host_bw
+    assert [d.storage for d in made.devices] == [d.storage for d in direct.devices]
+    assert [d.perf for d in made.devices] == [d.perf for d in direct.devices]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
-from torchrec.distributed.planner import Topology
 from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 
 from tests._compact import to_compact
 from torchrec_lhf import HashPlan, apply_hash_plan
 from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
-from torchrec_lhf.distributed.planner import LearnedHashStorageReservation
+from torchrec_lhf.distributed.planner import LearnedHashStorageReservation, make_topology
 from torchrec_lhf.modules import head_table
 
 
@@ -23,7 +22,7 @@ def test_storage_reservation_subtracts_compact_remap() -> None:
     )
     plan = to_compact(HashPlan.from_mappings({"t0": torch.arange(1000) % 10}), every=10)
     apply_hash_plan(model, plan)
-    topology = Topology(world_size=2, compute_device="cpu")
+    topology = make_topology(2, "cpu")
     reservation = LearnedHashStorageReservation(FixedPercentageStorageReservation(0.0))
     reserved = reservation.reserve(topology, 8, model, [LearnedHashEmbeddingBagCollectionSharder()])
     # one feature's tail (seed, offset, rows) and the cuckoo table of its 100 head ids

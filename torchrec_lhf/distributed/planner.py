@@ -15,7 +15,13 @@ import logging
 from torch import nn
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
-from torchrec.distributed.planner.types import ParameterConstraints, StorageReservation
+from torchrec.distributed.planner.types import (
+    KernelConfig,
+    ParameterConstraints,
+    StorageReservation,
+    TopologyFactory,
+    TrainerConfig,
+)
 from torchrec.distributed.types import ModuleSharder
 
 from torchrec_lhf.distributed.embedding_bag import remap_bytes
@@ -100,6 +106,21 @@ def check_constraint_names(
         )
 
 
+def make_topology(
+    world_size: int, compute_device: str, local_world_size: int | None = None
+) -> Topology:
+    """TorchRec's default topology for ``world_size`` ranks, made the way TorchRec asks
+    (``TopologyFactory``: a Topology built directly logs that it "will fail" in a later
+    release): TorchRec's default capacities and bandwidths, the same as ``Topology(...)``.
+    """
+    return TopologyFactory.create_topology(
+        trainer_config=TrainerConfig(
+            world_size=world_size, local_world_size=local_world_size or world_size
+        ),
+        kernel_config=KernelConfig(compute_device=compute_device),
+    )
+
+
 def make_planner(
     *,
     world_size: int,
@@ -121,11 +142,7 @@ def make_planner(
     """
     if compute_device not in ("cpu", "cuda"):
         raise ValueError(f"compute_device must be 'cpu' or 'cuda', got {compute_device!r}")
-    topology = Topology(
-        world_size=world_size,
-        compute_device=compute_device,
-        local_world_size=local_world_size or world_size,
-    )
+    topology = make_topology(world_size, compute_device, local_world_size)
     return EmbeddingShardingPlanner(
         topology=topology,
         batch_size=batch_size,
