@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +44,10 @@ BAD_REQUESTS = {
     "dense of another batch": (
         (torch.randn(2, 3), VALUES, LENGTHS),
         r"lengths has 6 entries; expected 4: 2 features \[f0, f1\] x 2 samples",
+    ),
+    "integer dense features": (
+        (DENSE.long(), VALUES, LENGTHS),
+        r"dense features are not floating point; expected a float dtype",
     ),
     "dense not 2-D": ((torch.randn(9), VALUES, LENGTHS), r"dense must be 2-D .* got shape \[9\]"),
     "values not 1-D": (
@@ -109,7 +114,8 @@ def test_well_formed_requests_of_every_integer_dtype_and_empty_bags_pass() -> No
     empty_bags = torch.tensor([0, 0, 0, 0, 0, 0])
     check_request(DENSE, torch.zeros(0, dtype=torch.long), empty_bags, FEATURES, 3)
     check_request(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), empty_bags[:0], FEATURES, 3)
-    scoring = ScoringModule(_dlrm(None), FEATURES, num_dense=3).eval()
+    scoring = ScoringModule(_dlrm(None), FEATURES, num_dense=np.int64(3)).eval()
+    assert scoring.num_dense == 3 and type(scoring.num_dense) is int  # (a TorchScript int)
     assert scoring(DENSE, VALUES.int(), LENGTHS.int()).shape == (3,)
 
 

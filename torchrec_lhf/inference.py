@@ -41,6 +41,7 @@ import contextlib
 import copy
 import json
 import logging
+import numbers
 import os
 import tempfile
 from collections.abc import Iterator
@@ -123,12 +124,14 @@ class ScoringModule(nn.Module):
     ) -> None:
         super().__init__()
         if num_dense is not None and (
-            isinstance(num_dense, bool) or not isinstance(num_dense, int) or num_dense < 1
+            isinstance(num_dense, bool)
+            or not isinstance(num_dense, numbers.Integral)
+            or num_dense < 1
         ):
             raise ValueError(f"num_dense must be an int >= 1 or None, got {num_dense!r}")
         self.model = model
         self.feature_names = list(feature_names)
-        self.num_dense = num_dense
+        self.num_dense = None if num_dense is None else int(num_dense)
         self.check_lengths = bool(check_lengths)
 
     def forward(

@@ -34,7 +34,7 @@ def check_request(
     formed.
 
     Args:
-        dense: ``(B, num_dense)`` dense features.
+        dense: ``(B, num_dense)`` dense features, floating point.
         values: ``(sum lengths,)`` raw ids, of an integer dtype.
         lengths: ``(F * B,)`` ids per feature and sample, feature-major (as a
             KeyedJaggedTensor's), ``F = len(feature_names)``; each ``>= 0``.
@@ -46,6 +46,10 @@ def check_request(
     if dense.dim() != 2:
         raise ValueError(
             f"dense must be 2-D (batch, dense features), got shape {list(dense.shape)}"
+        )
+    if not dense.is_floating_point():
+        raise ValueError(
+            "dense features are not floating point; expected a float dtype (torch.float32)"
         )
     batch = dense.size(0)
     if num_dense is not None and dense.size(1) != num_dense:
