@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from torchrec_lhf import report
@@ -72,3 +74,13 @@ def test_the_plot_labels_bytes_as_plain_numbers(
     assert shown == labels  # no "2.2 x 10^1" labels
     assert ax.get_xlabel() == "stored bytes: tables + stored index (KiB, log)"
     close(figures[0])
+
+
+def test_a_plot_of_no_run_is_written_without_a_warning(tmp_path) -> None:
+    """Where every run collapsed or did not fit, the sweep plots an empty summary: the
+    figure says so, and matplotlib is not asked for a legend of nothing (it warned)."""
+    pytest.importorskip("matplotlib")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert report.plot_auc_vs_bytes([], tmp_path / "p.png", "t")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -128,7 +128,11 @@ def plot_auc_vs_bytes(summary: list[dict[str, Any]], path: str | Path, title: st
     ax.set_ylabel("test AUC")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    if summary:
+        ax.legend(fontsize=8)
+    else:  # (every run collapsed or did not fit: a legend of nothing warns)
+        ax.text(0.5, 0.5, "no run to draw: see the runs listed apart", ha="center",
+                transform=ax.transAxes)  # fmt: skip
     fig.tight_layout()
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=110)
