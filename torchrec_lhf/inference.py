@@ -102,7 +102,7 @@ class ScoringModule(nn.Module):
         feature_names: the sparse features, in the order of ``lengths``.
         num_dense: the model's dense features, checked on every request; None: not checked.
         check_lengths: also read each request's lengths (on the CPU: each ``>= 0``, adding
-            up to its ids; two reductions, 5% of a one-sample request to
+            up to its ids; two reductions, 4% of a one-sample request to
             ``benchmarks.serve``'s model): False for callers that check them upstream.
 
     Shapes (``B`` samples, ``F = len(feature_names)``): ``dense`` ``(B, num_dense)``,

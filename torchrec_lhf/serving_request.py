@@ -10,8 +10,8 @@ matrix product.
 :func:`check_request` is one opaque node in a symbolic trace (``torch.fx.wrap`` where it
 is called) that TorchScript compiles into the served model. It reads tensor shapes and
 dtypes and, for a request on the CPU, the lengths' minimum and sum (two reductions over
-``F * B`` ints: about 5% of a one-sample request to ``benchmarks.serve``'s model, about 1%
-at batch 1,024; ``check_lengths=False`` skips them); on other devices only the metadata, so
+``F * B`` ints: 4% of a one-sample request to ``benchmarks.serve``'s model, 0.5% from
+batch 64 on; ``check_lengths=False`` skips them); on other devices only the metadata, so
 that serving there adds no host-device sync.
 """
 

@@ -23,6 +23,8 @@ def test_tiny_run_reports_qps_of_both_models_at_each_batch_size(encoding: str) -
             1 / seconds["ratio_paired_ci95"][0],
         )
         assert r["max_score_diff"] < 1e-4  # the same rows, tables and MLPs
-        # the plain model over its twin that does not read the request's lengths
-        assert r["lengths_check_cost"] == (seconds["plain"] / seconds["plain_lengths_unchecked"])
+        # the plain model over its twin that does not read the request's lengths, timed
+        # in a loop of their own (the pair above is timed as before)
+        assert set(seconds) == {"plain", "lhf", "ratio_paired", "ratio_paired_ci95"}
+        assert r["lengths_check_cost"] > 0 and r["seconds_per_call_lengths_unchecked"] > 0
     assert result["goal_met"] == all(r["ratio"] >= bench.GOAL for r in result["results"].values())
