@@ -108,6 +108,8 @@ def test_summary_dims_by_table_name_are_checked() -> None:
         ValueError, match=r"no dim for plan tables \['t1'\]; .* got names \['t0', 't_1'\]"
     ):
         plan.summary({"t0": 8, "t_1": 8})
-    for bad in (0, -4, 2.5, True, "8", {"t0": 8, "t1": 0}):
-        with pytest.raises(ValueError, match="embedding_dim must be an int >= 1"):
+    for bad in (0, -4, 2.5, True, "8"):
+        with pytest.raises(ValueError, match=rf"embedding_dim must be an int >= 1, got {bad!r}"):
             plan.format_summary(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"embedding_dim\['t1'\] must be an int >= 1, got 0"):
+        plan.summary({"t0": 8, "t1": 0})

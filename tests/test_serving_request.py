@@ -18,11 +18,11 @@ BAD_REQUESTS = {
     # name: ((dense, values, lengths), the message's pattern)
     "lengths add up to more": (
         (DENSE, VALUES, torch.tensor([1, 2, 0, 1, 1, 2])),
-        r"the lengths add up to 7 ids, but values holds 6",
+        r"the lengths of features \[.?f0.?, .?f1.?\] add up to 7 ids, but the batch holds 6",
     ),
     "lengths add up to fewer": (
         (DENSE, VALUES, torch.tensor([1, 2, 0, 1, 1, 0])),
-        r"the lengths add up to 5 ids, but values holds 6",
+        r"the lengths of features \[.?f0.?, .?f1.?\] add up to 5 ids, but the batch holds 6",
     ),
     "a length per feature and sample missing": (
         (DENSE, VALUES, torch.tensor([1, 2, 1, 1, 1])),
@@ -121,7 +121,7 @@ def test_well_formed_requests_of_every_integer_dtype_and_empty_bags_pass() -> No
 
 @pytest.mark.parametrize("num_dense", [0, -1, True, 3.0, "3"])
 def test_a_bad_num_dense_is_named(num_dense: object) -> None:
-    with pytest.raises(ValueError, match=r"num_dense must be an int >= 1 or None, got"):
+    with pytest.raises(ValueError, match=r"num_dense must be an int >= 1, got"):
         ScoringModule(_dlrm(None), FEATURES, num_dense=num_dense)  # type: ignore[arg-type]
 
 

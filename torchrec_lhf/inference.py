@@ -41,7 +41,6 @@ import contextlib
 import copy
 import json
 import logging
-import numbers
 import os
 import tempfile
 from collections.abc import Iterator
@@ -69,6 +68,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_lhf import _spill
 from torchrec_lhf._io import atomic_path, not_a_file
 from torchrec_lhf._memory import trim_heap
+from torchrec_lhf.cli import check_int
 from torchrec_lhf.distributed.quant_embedding_bag import (
     QuantLearnedHashEmbeddingBagCollectionSharder,
 )
@@ -123,12 +123,8 @@ class ScoringModule(nn.Module):
         check_lengths: bool = True,
     ) -> None:
         super().__init__()
-        if num_dense is not None and (
-            isinstance(num_dense, bool)
-            or not isinstance(num_dense, numbers.Integral)
-            or num_dense < 1
-        ):
-            raise ValueError(f"num_dense must be an int >= 1 or None, got {num_dense!r}")
+        if num_dense is not None:
+            check_int("num_dense", num_dense, low=1)
         self.model = model
         self.feature_names = list(feature_names)
         self.num_dense = None if num_dense is None else int(num_dense)

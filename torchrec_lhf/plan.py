@@ -18,7 +18,6 @@ hashed tail: :class:`~torchrec_lhf.plan_compact.CompactMapping`), whichever is s
 from __future__ import annotations
 
 import hashlib
-import numbers
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from torchrec_lhf.cli import check_int
 from torchrec_lhf.plan_compact import (
     CompactMapping,
     as_int32_mapping,
@@ -391,12 +391,11 @@ class HashPlan:
 
 def _check_summary_dims(embedding_dim: int | Mapping[str, int]) -> None:
     """Raise ValueError unless ``embedding_dim`` (or each of its values) is an int >= 1."""
-    dims = embedding_dim.values() if isinstance(embedding_dim, Mapping) else [embedding_dim]
-    for d in dims:
-        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
-            raise ValueError(
-                f"embedding_dim must be an int >= 1 or a mapping of table names to them, got {d!r}"
-            )
+    if not isinstance(embedding_dim, Mapping):
+        check_int("embedding_dim", embedding_dim, low=1)
+        return
+    for name, d in embedding_dim.items():
+        check_int(f"embedding_dim[{name!r}]", d, low=1)
 
 
 def _encoding_name(t: TableHash) -> str:

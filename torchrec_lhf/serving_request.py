@@ -19,6 +19,7 @@ that serving there adds no host-device sync.
 
 import torch
 
+from torchrec_lhf.modules.remap_lookup import lengths_mismatch
 from torchrec_lhf.modules.remap_ops import check_id_dtype
 
 
@@ -88,7 +89,4 @@ def check_request(
         )
     total = int(lengths.sum())
     if total != values.numel():
-        raise ValueError(
-            f"the lengths add up to {total} ids, but values holds {values.numel()}: the "
-            "request's lengths and values disagree"
-        )
+        raise ValueError(lengths_mismatch(feature_names, total, values.numel()))

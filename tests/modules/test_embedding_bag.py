@@ -385,7 +385,7 @@ def test_lengths_that_disagree_with_the_ids_are_named(
     )
     match = (
         rf"the lengths of features \['f0', 'f1'\] add up to {sum(lengths)} ids, but the "
-        r"batch holds 3: the KeyedJaggedTensor's lengths and values disagree"
+        r"batch holds 3: the lengths and values disagree"
     )
     with pytest.raises(ValueError, match=match):
         ebc(kjt)

@@ -38,6 +38,16 @@ from torchrec_lhf.modules import compact_kernel, head_rank, head_table
 # NOTE: no ``from __future__ import annotations``: TorchScript reads the annotations.
 
 
+def lengths_mismatch(keys: list[str], num: int, held: int) -> str:
+    """The message for lengths of features ``keys`` that add up to ``num`` ids where the
+    batch holds ``held`` (one wording for the remap, eager and scripted, and the served
+    model's request check)."""
+    return (
+        f"the lengths of features {keys} add up to {num} ids, but the batch holds {held}: "
+        "the lengths and values disagree"
+    )
+
+
 def range_guard(ids_P: torch.Tensor, j_P: torch.Tensor, height_J: torch.Tensor) -> torch.Tensor:
     """A zero of shape ``(1,)`` whose computation fails if an id is outside ``[0, N)``.
 
@@ -378,11 +388,8 @@ def map_ids_or_raise(
     # NOTE: reading values on the host is fine here: the batch has failed already.
     num = int(segments[1].sum())
     if num != ids_P.numel():  # lengths that disagree with the values fail the lookup's size
-        raise ValueError(
-            f"the lengths of features {list(dict.fromkeys(sources))} add up to {num} ids, but "
-            f"the batch holds {ids_P.numel()}: the KeyedJaggedTensor's lengths and values "
-            "disagree"
-        ) from failure
+        keys = list(dict.fromkeys(sources))
+        raise ValueError(lengths_mismatch(keys, num, ids_P.numel())) from failure
     if modulo:  # every id was folded into range: the lookup's own error
         raise failure
     j_P = segments[0]

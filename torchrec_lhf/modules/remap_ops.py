@@ -59,7 +59,7 @@ import functools
 import torch
 
 from torchrec_lhf.modules import compact_kernel
-from torchrec_lhf.modules.remap_lookup import map_ids, map_ids_or_raise
+from torchrec_lhf.modules.remap_lookup import lengths_mismatch, map_ids, map_ids_or_raise
 
 # NOTE: no ``from __future__ import annotations``: TorchScript reads these functions'
 # annotations as types. The functions spell out their constants: TorchScript reads no
@@ -232,11 +232,7 @@ def remap_values(
     else:
         if length_per_key is not None:
             if sum(length_per_key) != values_V.numel():  # (host ints: no sync)
-                raise ValueError(
-                    f"the lengths of features {keys} add up to {sum(length_per_key)} ids, but "
-                    f"the batch holds {values_V.numel()}: the KeyedJaggedTensor's lengths and "
-                    "values disagree"
-                )
+                raise ValueError(lengths_mismatch(keys, sum(length_per_key), values_V.numel()))
             length_per_key = [length_per_key[s] for s in src]
             num = sum(length_per_key)
         elif multiplicity > 0:
