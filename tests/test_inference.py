@@ -130,9 +130,9 @@ def test_the_scripted_model_remaps_the_request_and_leaves_the_model_as_it_was(
     """Where the request's features are the remap's, in order, the traced wrapper remaps
     the request's tensors (``request_rows``) and the collection's remap is not in the
     graph; in another order the collection remaps as in eager mode; a dense one-hash plan,
-    which FBGEMM remaps inside its kernel, is left to it (a mapping that is not idempotent,
-    so that remapping twice would show). Same scores every time, and the module traced is
-    left as it was."""
+    which FBGEMM remaps inside its kernel, is left to it, the wrapper checking the ids'
+    range only (a mapping that is not idempotent, so that remapping twice would show).
+    Same scores every time, and the module traced is left as it was."""
     mapping = torch.randperm(30, generator=torch.Generator().manual_seed(0)) % 7
     plan = HashPlan.from_mappings({"t0": mapping})
     assert not torch.equal(mapping[mapping], mapping)
@@ -147,9 +147,11 @@ def test_the_scripted_model_remaps_the_request_and_leaves_the_model_as_it_was(
     )
     scripted = script_for_inference(sharded)
     code = "\n".join(m.code for m in scripted.modules() if hasattr(m, "code"))
-    hoisted = order == "request"
-    assert ("request_rows" in code) == hoisted
-    assert ("remap_features" in code) == (order == "reversed")  # (dense: in FBGEMM's kernel)
+    assert ("request_rows" in code) == (order == "request")
+    assert ("remap_features" in code) == (order == "reversed")
+    # dense: remapped in FBGEMM's kernel, the request's ids range-checked first (the
+    # collection's FeatureRemap.check_ids, hoisted as the remap is)
+    assert ("request_ids" in code) == (order == "dense")
     torch.testing.assert_close(scripted(dense, values, lengths), expected, atol=1e-6, rtol=0)
     assert all(not getattr(m, "hoisted", False) for m in sharded.modules())
     if order == "reversed":  # the wrapper takes only the remap's features, in order

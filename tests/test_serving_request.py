@@ -99,6 +99,26 @@ def test_the_scripted_serving_model_names_every_malformed_request(
     torch.testing.assert_close(model(DENSE, VALUES, LENGTHS), good, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("bad", [30, 31, 2**40, -1])
+@pytest.mark.parametrize("feature", [0, 1])
+@pytest.mark.parametrize("kind", ["dense", "compact"])
+def test_the_served_learned_hash_refuses_an_id_outside_its_table(
+    scripted: dict[str | None, torch.jit.ScriptModule], kind: str, feature: int, bad: int
+) -> None:
+    """Before, the dense plan's served model (FBGEMM remaps inside its kernel) read its
+    remapping array out of bounds: an error naming a garbage row, another id's row, or a
+    segmentation fault. Both tables (t0 compressed, t1 not) have 30 ids."""
+    model = scripted[kind]
+    good = model(DENSE, VALUES, LENGTHS)
+    values = VALUES.clone()
+    values[0 if feature == 0 else 3] = bad  # (f0's first id, f1's first)
+    with pytest.raises(
+        Exception, match=rf"internal feature {feature}: id {bad} is out of range \[0, 30\)"
+    ):
+        model(DENSE, values, LENGTHS)
+    torch.testing.assert_close(model(DENSE, VALUES, LENGTHS), good, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("name", list(BAD_REQUESTS))
 def test_the_eager_scoring_module_raises_the_same_value_errors(name: str) -> None:
     request, pattern = BAD_REQUESTS[name]
@@ -126,9 +146,10 @@ def test_a_bad_num_dense_is_named(num_dense: object) -> None:
 
 
 def test_check_lengths_false_reads_shapes_and_dtypes_only() -> None:
-    """The opt-out skips the two reads of the lengths, not the checks of their shapes."""
+    """The opt-out skips the two reads of the lengths, not the checks of their shapes (a
+    plain model: a learned hash's remap or range check reads the lengths itself)."""
     scripted = script_serving_model(
-        _dlrm(_plan("dense")), FEATURES, num_dense=3, dtype="fp32", check_lengths=False
+        _dlrm(_plan(None)), FEATURES, num_dense=3, dtype="fp32", check_lengths=False
     )
     fewer = torch.tensor([1, 2, 0, 1, 1, 0])  # adds up to 5 of the 6 ids: not read
     assert scripted(DENSE, VALUES, fewer).shape == (3,)

@@ -156,10 +156,13 @@ class RemapOnRequest(nn.Module):
     Args:
         scoring: the wrapper; its feature names must be ``remap.sources``.
         remap: its model's one remap.
+        ids_only: the remap is FBGEMM's (the collection's ``remap_in_kernel``): the request's
+            ids are range-checked here (``FeatureRemap.check_ids``), not mapped.
     """
 
-    def __init__(self, scoring: ScoringModule, remap: FeatureRemap) -> None:
+    def __init__(self, scoring: ScoringModule, remap: FeatureRemap, ids_only: bool = False) -> None:
         super().__init__()
+        self.ids_only = bool(ids_only)
         if scoring.feature_names != remap.sources:
             raise ValueError(
                 f"the request's features {scoring.feature_names} are not the remap's, in "
@@ -176,7 +179,7 @@ class RemapOnRequest(nn.Module):
             dense, values, lengths, scoring.feature_names, scoring.num_dense,
             scoring.check_lengths,
         )  # fmt: skip
-        rows = self.remap.request_rows(values, lengths)
+        rows = self.remap.request_rows(values, lengths, self.ids_only)
         sparse = KeyedJaggedTensor(keys=self.remap.feature_names, values=rows, lengths=lengths)
         return self.scoring.score(dense, sparse)
 
@@ -330,15 +333,15 @@ def script_for_inference(model: nn.Module) -> torch.jit.ScriptModule:
 def _remap_on_request(model: nn.Module) -> Iterator[nn.Module]:
     """The module to trace: ``model``, or a :class:`RemapOnRequest` of it where it is a
     :class:`ScoringModule` whose one remap reads its features in request order and is
-    called by its collection (not where FBGEMM remaps inside its kernel), with that remap
-    passing its input on meanwhile. ``model`` is left as it was."""
+    called by its collection (where FBGEMM remaps inside its kernel, the range check of
+    the ids), with that remap passing its input on meanwhile. ``model`` is left as it
+    was."""
     owners = [m for m in model.modules() if isinstance(getattr(m, "remap", None), FeatureRemap)]
     remaps = [m for m in model.modules() if isinstance(m, FeatureRemap)]
     if (
         not isinstance(model, ScoringModule)
         or len(remaps) != 1
         or len(owners) != 1
-        or getattr(owners[0], "remap_in_kernel", False)  # (FBGEMM remaps: no module call)
         or remaps[0].sources != model.feature_names
     ):
         yield model
@@ -346,7 +349,7 @@ def _remap_on_request(model: nn.Module) -> Iterator[nn.Module]:
     remap = remaps[0]
     remap.hoisted = True
     try:
-        yield RemapOnRequest(model, remap)
+        yield RemapOnRequest(model, remap, getattr(owners[0], "remap_in_kernel", False))
     finally:
         remap.hoisted = False
 

@@ -151,6 +151,30 @@ def test_one_dense_hash_per_table_remaps_inside_fbgemm() -> None:
         torch.testing.assert_close(scripted(*batch), expected, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("kernel", [True, False])
+def test_ids_are_range_checked_before_fbgemm_remaps_them(kernel: bool) -> None:
+    """FBGEMM's ``pruned_array_lookup`` reads its remapping array at the raw id unchecked:
+    before, an id past a table gave an error naming a garbage row, another id's row, or a
+    segmentation fault. Compressed (t0: f0, t1: f2) and uncompressed (t2: f3) features,
+    the CPU kernel's check and the torch ops'."""
+    model = _one_hash_model(shared=False)
+    sharded = shard_for_inference(quantize_for_inference(model), _one_feature_inputs(2))
+    assert sharded.ebc.remap_in_kernel
+    sharded.ebc.remap.read_lengths_on_cpu = kernel
+    values, lengths = _one_feature_inputs(6)  # keys f3, f2, f0 (heights 12, 30, 40)
+    per_key = lengths.view(3, 6).sum(1).tolist()
+    starts = [0, per_key[0], per_key[0] + per_key[1]]
+    for key, name, height in ((0, "f3", 12), (1, "f2", 30), (2, "f0", 40)):
+        for bad in (height, height + 1, 10**12, -1):
+            wrong = values.clone()
+            wrong[starts[key]] = bad
+            with pytest.raises(
+                ValueError, match=rf"feature '{name}': id {bad} is out of range \[0, {height}\)"
+            ):
+                sharded(wrong, lengths)
+    torch.testing.assert_close(sharded(values, lengths), model(values, lengths), atol=0.02, rtol=0)
+
+
 def test_two_hashes_or_shared_tables_keep_the_remap_outside_the_kernel() -> None:
     sharded = shard_for_inference(quantize_for_inference(_model("sum")), _inputs(2))
     assert not sharded.ebc.remap_in_kernel

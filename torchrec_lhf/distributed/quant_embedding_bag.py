@@ -106,10 +106,10 @@ class ShardedQuantLearnedHashEmbeddingBagCollection(ShardedQuantEmbeddingBagColl
         return super().embedding_bag_configs()
 
     def input_dist(self, ctx: NullShardedModuleContext, features: KeyedJaggedTensor) -> Any:
-        """Remap raw ids to internal rows, then TorchRec's input_dist (raw ids go straight
-        to FBGEMM where it remaps them itself: see :func:`_remap_in_kernel`)."""
+        """Remap raw ids to internal rows, then TorchRec's input_dist (raw ids go to FBGEMM
+        where it remaps them itself, range-checked first: see :func:`_remap_in_kernel`)."""
         if self.remap_in_kernel:
-            return super().input_dist(ctx, features)
+            return super().input_dist(ctx, self.remap.check_ids(features))
         return super().input_dist(ctx, self.remap(features))
 
     def output_dist(
@@ -132,11 +132,12 @@ def _remap_in_kernel(sharded: ShardedQuantLearnedHashEmbeddingBagCollection) -> 
     every table, the path TorchRec's pruned tables take), so where every compressed table
     has one dense hash function (no compact head/tail, no combine) and raw ids must be in
     range (``out_of_range="error"``), the served model is the plain quantized collection
-    plus that op: no remap ops of ours per batch (tables read by one feature each, as in
-    DLRM; FBGEMM cannot remap shared tables). Each TBE gets, per table, the int32 rows
-    of its ids (None: uncompressed). Out-of-range raw ids then follow FBGEMM's bounds-check
-    mode (the ``bounds_check_mode`` fused parameter; TorchRec's default warns and reads
-    row 0) instead of raising.
+    plus that op and a range check of the ids: no lookup of ours per batch (tables read by
+    one feature each, as in DLRM; FBGEMM cannot remap shared tables). Each TBE gets, per
+    table, the int32 rows of its ids (None: uncompressed). That op reads its array at the
+    raw id unchecked (an id past it: another id's row, a garbage row or a crash), hence
+    the check (``FeatureRemap.check_ids``, one pass; the served model's wrapper makes it
+    on the request: ``inference.RemapOnRequest``).
     """
     remap = sharded.remap
     if remap.has_compact or sharded.combine is not None or remap.out_of_range != "error":

@@ -258,6 +258,36 @@ def fused_rows_of_bags(
     )  # fmt: skip
 
 
+def checked_ids_of_bags(
+    ids_P: torch.Tensor,
+    bag_lengths: torch.Tensor,
+    unmapped_J: torch.Tensor,
+    height_J: torch.Tensor,
+    no_mapping: torch.Tensor,
+    no_table: torch.Tensor,
+    modulo: bool,
+) -> torch.Tensor | None:
+    """:func:`fused_rows_of_bags` of a remap with no table: the ids, range-checked (or
+    folded with ``modulo``), one operator call with nothing made per call (a range check
+    for a lookup that maps raw ids itself). None where the kernel does not apply.
+
+    Args:
+        ids_P: raw ids, feature-major, shape ``(P,)``.
+        bag_lengths: the ids of each bag, feature-major, shape ``(J * B,)``.
+        unmapped_J: ``IDENTITY`` for every feature, shape ``(J,)``.
+        height_J: int64 logical height ``N`` of each feature, shape ``(J,)``.
+        no_mapping: an empty mapping (of a mapping dtype); ``no_table``: an empty int64
+            tensor, for each absent compact table.
+        modulo: fold ids into ``[0, N)`` instead of refusing them.
+    """
+    if not ids_P.is_cpu or (ids_P.dtype != torch.int64 and ids_P.dtype != torch.int32):
+        return None  # (not _applies: a list made per call)
+    t = no_table
+    return torch.ops.torchrec_lhf.fused_remap_bags(
+        ids_P, bag_lengths, unmapped_J, height_J, no_mapping, t, t, t, t, t, t, modulo
+    )
+
+
 def _applies(ids_P: torch.Tensor, compact: list[torch.Tensor]) -> bool:
     """Whether the kernel reads these ids and head rows: on CPU, int32 or int64 ids, int16
     or int32 head rows (or none)."""

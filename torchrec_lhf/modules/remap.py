@@ -39,12 +39,14 @@ from torchrec_lhf.modules.remap_ops import (
     IDENTITY,
     needs_length_per_key,
     remap_values,
+    request_ids,
     request_rows,
 )
 from torchrec_lhf.modules.remap_state import heads_from_state, heads_to_state
 from torchrec_lhf.plan_compact import rank_blocks, ranks_pay
 
 torch.fx.wrap("request_rows")  # one opaque node in a trace (it tests the ids' device)
+torch.fx.wrap("request_ids")
 
 OUT_OF_RANGE_POLICIES = ("error", "modulo")
 
@@ -231,6 +233,12 @@ class FeatureRemap(nn.Module):
         self.register_buffer(
             "array_offsets", empty if regions is None else regions, persistent=False
         )
+        # check_ids's arguments: every feature read as uncompressed, no table
+        self.register_buffer(
+            "unmapped_J", torch.full_like(self.offset_J, IDENTITY), persistent=False
+        )
+        self.register_buffer("no_mapping", mapping.new_zeros(0), persistent=False)
+        self.register_buffer("no_table", empty.clone(), persistent=False)
         if self.has_compact:
             self.register_state_dict_post_hook(heads_to_state)
             self.register_load_state_dict_pre_hook(heads_from_state)
@@ -370,6 +378,41 @@ class FeatureRemap(nn.Module):
             self.read_lengths_on_cpu,
         )
 
+    def check_ids(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """``features``' ids, unchanged, after :meth:`forward`'s range check (or, with
+        ``out_of_range="modulo"``, folded into ``[0, N)``), keyed by the internal features,
+        for a lookup that remaps raw ids itself (FBGEMM's ``pruned_array_lookup``, which
+        reads out of bounds on an id outside its table). One internal feature per source.
+
+        Args:
+            features: keys include every source feature (extra keys are dropped), lengths
+                of shape ``(F * B,)``.
+
+        Returns:
+            KeyedJaggedTensor with keys ``self.feature_names`` and stride ``B``.
+
+        Raises:
+            ValueError: (eager, CPU) an id outside ``[0, N)``, naming its feature, the id
+                and ``N``; scripted on CPU a RuntimeError naming the feature's index; on
+                CUDA a device-side assert (no host read).
+        """
+        if self.hoisted:  # (a serving wrapper checks the request's ids: request_rows)
+            return features
+        return remap_features(
+            features,
+            self.feature_names,
+            self.sources,
+            self.no_mapping,
+            self.unmapped_J,
+            self.height_J,
+            self.out_of_range == "modulo",
+            True,
+            [],
+            None,
+            None,
+            self.read_lengths_on_cpu,
+        )
+
     def _compact_tensors(self) -> list[torch.Tensor]:
         """The compact lookup's tensors as ``remap_values`` takes them (empty: none)."""
         if not self.has_compact:
@@ -394,18 +437,27 @@ class FeatureRemap(nn.Module):
         return tensors
 
     @torch.jit.unused
-    def request_rows(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def request_rows(
+        self, values: torch.Tensor, lengths: torch.Tensor, ids_only: bool = False
+    ) -> torch.Tensor:
         """:meth:`forward`'s rows for a request whose keys are ``self.sources`` in order,
         from its raw tensors (:func:`~torchrec_lhf.modules.remap_ops.request_rows`; a
-        serving wrapper traces this in place of :meth:`forward`).
+        serving wrapper traces this in place of :meth:`forward`), or with ``ids_only``
+        :meth:`check_ids`'s ids (in place of that).
 
         Args:
             values: raw ids, key-major, shape ``(V,)``.
             lengths: ids per bag, shape ``(J * B,)``.
+            ids_only: the ids checked (or folded), not mapped.
 
         Returns:
             The rows, shape ``(V,)``; the lengths stay as they are.
         """
+        if ids_only:
+            return request_ids(
+                values, lengths, self.sources, self.unmapped_J, self.height_J, self.no_mapping,
+                self.no_table, self.out_of_range == "modulo",
+            )  # fmt: skip
         return request_rows(
             values,
             lengths,

@@ -322,6 +322,41 @@ def request_rows(
     )[0]  # fmt: skip
 
 
+def request_ids(
+    values_V: torch.Tensor,
+    lengths: torch.Tensor,
+    sources: list[str],
+    unmapped_J: torch.Tensor,
+    height_J: torch.Tensor,
+    no_mapping: torch.Tensor,
+    no_table: torch.Tensor,
+    modulo: bool,
+) -> torch.Tensor:
+    """:func:`request_rows` of a remap with no table: a request's ids, range-checked (or
+    folded with ``modulo``), for a lookup that maps raw ids itself. On CPU one operator
+    call with nothing made per call
+    (:func:`~torchrec_lhf.modules.compact_kernel.checked_ids_of_bags`), elsewhere
+    :func:`request_rows`' (on CUDA: no host read).
+
+    Args:
+        values_V, lengths, sources, height_J, modulo: as for :func:`request_rows`.
+        unmapped_J: ``IDENTITY`` for every internal feature, shape ``(J,)``.
+        no_mapping: an empty mapping; ``no_table``: an empty int64 tensor.
+
+    Returns:
+        The ids, shape ``(V,)``.
+    """
+    if values_V.is_cpu:
+        ids_V = compact_kernel.checked_ids_of_bags(
+            values_V, lengths, unmapped_J, height_J, no_mapping, no_table, modulo
+        )
+        if ids_V is not None:
+            return ids_V
+    return request_rows(
+        values_V, lengths, sources, no_mapping, unmapped_J, height_J, modulo, True, []
+    )
+
+
 def combine_plan(
     in_keys: list[str],
     in_dims: list[int],
