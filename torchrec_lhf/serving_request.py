@@ -19,7 +19,7 @@ that serving there adds no host-device sync.
 
 import torch
 
-from torchrec_lhf.modules.remap_lookup import lengths_mismatch
+from torchrec_lhf.modules.remap_lookup import lengths_mismatch, negative_length
 from torchrec_lhf.modules.remap_ops import check_id_dtype
 
 
@@ -81,12 +81,7 @@ def check_request(
     if not check_lengths or not lengths.is_cpu or lengths.numel() == 0:
         return  # (no host read off the CPU: a sync a request)
     if int(lengths.min()) < 0:
-        first = int(torch.nonzero(lengths < 0)[0, 0])
-        raise ValueError(
-            f"lengths[{first}] = {int(lengths[first])} (feature "
-            f"'{feature_names[first // batch]}', sample {first % batch}) is negative; "
-            "expected ids per feature and sample >= 0"
-        )
+        raise ValueError(negative_length(lengths, feature_names, batch))
     total = int(lengths.sum())
     if total != values.numel():
         raise ValueError(lengths_mismatch(feature_names, total, values.numel()))

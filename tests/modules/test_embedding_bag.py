@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.fx import symbolic_trace
 from torchrec.models.dlrm import DLRM
 
 from tests._compact import to_compact
@@ -389,6 +390,52 @@ def test_lengths_that_disagree_with_the_ids_are_named(
     )
     with pytest.raises(ValueError, match=match):
         ebc(kjt)
+
+
+@pytest.mark.parametrize("num_hashes", [1, 2])
+@pytest.mark.parametrize("encoding", ["dense", "compact", "ranked"])
+@pytest.mark.parametrize("on_cpu", [True, False])
+def test_a_negative_length_is_refused_before_the_lookup(
+    on_cpu: bool, encoding: str, num_hashes: int
+) -> None:
+    """Before, a negative length whose feature's lengths still added up to its ids reached
+    the lookup's offsets: an index error naming nothing, or a segmentation fault (TorchRec's
+    own EBC crashes on it too). Eager on CPU a named ValueError; on the device path (no host
+    read) the lengths' guard fails first."""
+    mappings = [_i32(1, 0, 1, 2), _i32(0, 1, 1, 0)][:num_hashes]
+    plan = HashPlan.from_multi_mappings({"t0": mappings})
+    if encoding != "dense":
+        plan = to_compact(plan, ranked=encoding == "ranked")
+    ebc = LearnedHashEmbeddingBagCollection(
+        tables=[_table(), _table("t1", n=5, features=("f1",))], plan=plan
+    )
+    ebc.remap.read_lengths_on_cpu = on_cpu
+    # f1's lengths (1, -1, 2) add up to its 2 ids; the batch's to its 5
+    kjt = KeyedJaggedTensor(
+        keys=["f1", "f0"],
+        values=torch.tensor([4, 0, 3, 1, 2]),
+        lengths=torch.tensor([1, -1, 2, 1, 1, 1]),
+    )
+    if on_cpu:
+        match = r"lengths\[1\] = -1 \(feature 'f1', sample 1\) is negative; expected ids"
+        with pytest.raises(ValueError, match=match):
+            ebc(kjt)
+        # scripted: the kernel's operator names it, or (where it does not run: int16 ids)
+        # the guard fails
+        scripted = torch.jit.script(symbolic_trace(ebc.eval()))
+        for dtype in (torch.int64, torch.int16):
+            bad = KeyedJaggedTensor(kjt.keys(), kjt.values().to(dtype), lengths=kjt.lengths())
+            with pytest.raises(RuntimeError, match="negative length -1|index 1 is out of bounds"):
+                scripted(bad)
+    else:
+        with pytest.raises(RuntimeError, match="index 1 is out of bounds"):
+            ebc.remap(kjt)
+    good = KeyedJaggedTensor(
+        keys=["f1", "f0"],
+        values=torch.tensor([4, 0, 3, 1, 2]),
+        lengths=torch.tensor([1, 0, 1, 1, 1, 1]),
+    )
+    assert ebc(good).values().shape == (3, 4)
 
 
 def test_arguments_of_the_wrong_type_are_named() -> None:

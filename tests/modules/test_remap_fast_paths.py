@@ -16,7 +16,12 @@ from tests._int32_plans import TABLES, batch, compact, dense, mappings
 from tests.modules._host_reads import host_reads
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
 from torchrec_lhf.modules import head_table
-from torchrec_lhf.modules.remap_lookup import array_offsets, compact_runs, range_guard
+from torchrec_lhf.modules.remap_lookup import (
+    array_offsets,
+    compact_runs,
+    length_guard,
+    range_guard,
+)
 from torchrec_lhf.plan_compact import CompactMapping
 
 
@@ -113,6 +118,16 @@ def test_range_guard_at_the_edges() -> None:
     for ids in ([3, 0, 0, 0], [-1, 0, 0, 0], [0, 0, 2**62, 0], [0, 0, 0, -(2**63)]):
         with pytest.raises(RuntimeError, match="out of bounds"):
             range_guard(torch.tensor(ids), j, heights)
+
+
+def test_length_guard_fails_on_a_negative_length_only() -> None:
+    for lengths in ([0, 3, 1], [], [2**62]):
+        guard = length_guard(torch.tensor(lengths, dtype=torch.long))
+        assert guard.tolist() == [0] and guard.dtype == torch.long
+    assert length_guard(torch.tensor([1, 0], dtype=torch.int32)).dtype == torch.int32
+    for lengths in ([-1], [3, 0, -(2**63)]):
+        with pytest.raises(RuntimeError, match="out of bounds"):
+            length_guard(torch.tensor(lengths))
 
 
 @pytest.mark.parametrize("make", [dense, compact])

@@ -34,7 +34,12 @@ from torchrec_lhf.modules.remap_layout import (  # noqa: F401 (the module's name
     hashed_name,
     mapping_dtype,
 )
-from torchrec_lhf.modules.remap_lookup import array_offsets, compact_runs
+from torchrec_lhf.modules.remap_lookup import (
+    array_offsets,
+    compact_runs,
+    length_guard,
+    negative_length,
+)
 from torchrec_lhf.modules.remap_ops import (
     IDENTITY,
     needs_length_per_key,
@@ -73,13 +78,24 @@ def remap_features(
     read, carried on) where they save work; elsewhere only where the output needs them.
 
     Raises:
-        ValueError: variable batch size per feature (VBE), or see ``remap_values`` (ids
-            not of an integer dtype among them).
+        ValueError: variable batch size per feature (VBE), (eager, CPU) a negative length
+            (elsewhere the lengths' guard fails: an index error, or a device-side assert on
+            CUDA), or see ``remap_values`` (ids not of an integer dtype among them).
     """
     if features.variable_stride_per_key():
         raise ValueError("variable batch size per feature (VBE) is not supported by the remap")
     keys = features.keys()
     on_cpu = read_lengths_on_cpu and features.values().is_cpu
+    # a negative length would reach the lookup's offsets, which then read out of bounds
+    # (TorchRec's own EBC crashes): a guard on the lengths (no host read) fails first, at
+    # once on CPU (named in eager mode; scripted, the kernel's operator names it, and the
+    # guard runs where the operator does not), elsewhere before the lookup reads the
+    # lengths it is added to
+    length_check: torch.Tensor | None = None
+    if not on_cpu:
+        length_check = length_guard(features.lengths())
+    elif not torch.jit.is_scripting():
+        _refuse_negative_lengths(features)
     if on_cpu and keys == sources:  # DLRM's layout on CPU: the kernel's pass, nothing else
         length_per_key: list[int] | None = None
         if torch.jit.is_scripting():
@@ -107,6 +123,8 @@ def remap_features(
                 stride=features.stride(),
                 length_per_key=length_per_key,
             )
+    if length_check is None and torch.jit.is_scripting():  # (CPU: the operator did not run)
+        length_check = length_guard(features.lengths())
     length_per_key = features.length_per_key_or_none()
     if length_per_key is None and (
         needs_length_per_key(keys, sources) or (on_cpu and (len(compact) > 0 or not modulo))
@@ -132,6 +150,8 @@ def remap_features(
         array_offsets,
         runs,
     )
+    if length_check is not None:
+        lengths = lengths + length_check
     return KeyedJaggedTensor(
         keys=feature_names,
         values=rows_P,
@@ -140,6 +160,22 @@ def remap_features(
         stride=features.stride(),
         length_per_key=length_per_key,
     )
+
+
+@torch.jit.unused
+def _refuse_negative_lengths(features: KeyedJaggedTensor) -> None:
+    """:func:`~torchrec_lhf.modules.remap_lookup.length_guard` of a CPU batch, its failure
+    named (the host reads only then: the batch has failed).
+
+    Raises:
+        ValueError: a negative length, naming its feature and sample.
+    """
+    lengths = features.lengths()
+    try:
+        length_guard(lengths)
+    except RuntimeError as failure:
+        message = negative_length(lengths, features.keys(), features.stride())
+        raise ValueError(message) from failure
 
 
 class FeatureRemap(nn.Module):

@@ -48,6 +48,27 @@ def lengths_mismatch(keys: list[str], num: int, held: int) -> str:
     )
 
 
+def negative_length(lengths: torch.Tensor, keys: list[str], stride: int) -> str:
+    """The message for the first negative entry of ``lengths`` (``(F * B,)``, feature-major,
+    ``B = stride``, features ``keys``), which has one (read on the host: the batch has
+    failed). One wording for the remap and the served model's request check."""
+    first = int(torch.nonzero(lengths < 0)[0, 0])
+    return (
+        f"lengths[{first}] = {int(lengths[first])} (feature '{keys[first // stride]}', "
+        f"sample {first % stride}) is negative; expected ids per feature and sample >= 0"
+    )
+
+
+def length_guard(lengths: torch.Tensor) -> torch.Tensor:
+    """A zero of shape ``(1,)``, in ``lengths``' dtype, whose computation fails if a length
+    is negative (as :func:`range_guard`; no host read). Add it to the lengths a lookup
+    reads: its offsets would otherwise run backwards, out of bounds."""
+    zero = torch.zeros(1, dtype=lengths.dtype, device=lengths.device)
+    if lengths.numel() == 0:
+        return zero
+    return torch.gather(zero, 0, (lengths.min() < 0).long().view(1))  # index 1: out of bounds
+
+
 def range_guard(ids_P: torch.Tensor, j_P: torch.Tensor, height_J: torch.Tensor) -> torch.Tensor:
     """A zero of shape ``(1,)`` whose computation fails if an id is outside ``[0, N)``.
 
