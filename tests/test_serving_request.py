@@ -119,6 +119,19 @@ def test_the_served_learned_hash_refuses_an_id_outside_its_table(
     torch.testing.assert_close(model(DENSE, VALUES, LENGTHS), good, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_strided_view_of_the_ids_is_scored_as_its_values(
+    scripted: dict[str | None, torch.jit.ScriptModule], kind: str | None
+) -> None:
+    """Before, FBGEMM read a strided view's memory as contiguous: the plain model scored
+    other ids without a word, and the learned hashes' operators refused it naming nothing."""
+    model = scripted[kind]
+    strided = torch.stack([VALUES, VALUES.flip(0)], 1)[:, 0]
+    assert not strided.is_contiguous() and torch.equal(strided, VALUES)
+    good = model(DENSE, VALUES, LENGTHS)
+    torch.testing.assert_close(model(DENSE, strided, LENGTHS), good, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("name", list(BAD_REQUESTS))
 def test_the_eager_scoring_module_raises_the_same_value_errors(name: str) -> None:
     request, pattern = BAD_REQUESTS[name]

@@ -136,7 +136,11 @@ class ScoringModule(nn.Module):
         check_request(
             dense, values, lengths, self.feature_names, self.num_dense, self.check_lengths
         )
-        sparse = KeyedJaggedTensor(keys=self.feature_names, values=values, lengths=lengths)
+        # (FBGEMM's kernels read the ids' memory as contiguous: a strided view's other
+        # elements were scored; no copy where they are contiguous)
+        sparse = KeyedJaggedTensor(
+            keys=self.feature_names, values=values.contiguous(), lengths=lengths
+        )
         return self.score(dense, sparse)
 
     def score(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:

@@ -438,6 +438,27 @@ def test_a_negative_length_is_refused_before_the_lookup(
     assert ebc(good).values().shape == (3, 4)
 
 
+@pytest.mark.parametrize("encoding", ["dense", "compact", "ranked"])
+def test_a_strided_view_of_the_ids_is_read_as_its_values(encoding: str) -> None:
+    """Scripted on CPU the kernel's operator reads the ids' memory: before, a strided view
+    (a column of a request's tensor, say) failed its contiguity check naming nothing."""
+    plan = HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)})
+    if encoding != "dense":
+        plan = to_compact(plan, ranked=encoding == "ranked")
+    ebc = LearnedHashEmbeddingBagCollection(
+        tables=[_table(), _table("t1", n=5, features=("f1",))], plan=plan
+    ).eval()
+    values = torch.tensor([0, 3, 2, 4, 1])
+    strided = torch.stack([values, values + 7], 1)[:, 0]
+    assert not strided.is_contiguous()
+    lengths = torch.tensor([1, 1, 1, 2])  # keys in the remap's order: the operator's path
+    expected = ebc(KeyedJaggedTensor(["f0", "f1"], values, lengths=lengths)).values()
+    scripted = torch.jit.script(symbolic_trace(ebc))
+    for model in (ebc, scripted):
+        got = model(KeyedJaggedTensor(["f0", "f1"], strided, lengths=lengths)).values()
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_arguments_of_the_wrong_type_are_named() -> None:
     plan = HashPlan.from_mappings({"t0": _i32(1, 0, 1, 2)})
     with pytest.raises(TypeError, match=r"plan must be a HashPlan, got dict; HashPlan.from_mapp"):

@@ -187,6 +187,7 @@ def fused_rows(
         )
     if not _applies(ids_P, compact):
         return None
+    ids_P = ids_P.contiguous()  # (the kernel reads them as such; no copy where they are)
     t = _tables(mapping, compact)  # scripted: the operators (not the pybind functions)
     if len(compact) > 6:
         return torch.ops.torchrec_lhf.fused_remap_ranked(
@@ -246,6 +247,7 @@ def fused_rows_of_bags(
     """
     if not _applies(ids_P, compact):
         return None
+    ids_P = ids_P.contiguous()  # (as in fused_rows)
     t = _tables(mapping, compact)
     if len(compact) > 6:
         return torch.ops.torchrec_lhf.fused_remap_ranked_bags(
@@ -284,7 +286,7 @@ def checked_ids_of_bags(
         return None  # (not _applies: a list made per call)
     t = no_table
     return torch.ops.torchrec_lhf.fused_remap_bags(
-        ids_P, bag_lengths, unmapped_J, height_J, no_mapping, t, t, t, t, t, t, modulo
+        ids_P.contiguous(), bag_lengths, unmapped_J, height_J, no_mapping, t, t, t, t, t, t, modulo
     )
 
 
