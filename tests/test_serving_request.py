@@ -37,6 +37,16 @@ BAD_REQUESTS = {
         r"the ids of features \[.?f0.?, .?f1.?\] are (not integers|torch.float32)",
     ),
     "float lengths": ((DENSE, VALUES, LENGTHS.float()), r"lengths are not integers"),
+    "int16 ids": (
+        (DENSE, VALUES.to(torch.int16), LENGTHS),
+        r"the ids of features \[.?f0.?, .?f1.?\] are integers of another width; expected "
+        r"torch.int64 or torch.int32",
+    ),
+    "uint8 ids": ((DENSE, VALUES.to(torch.uint8), LENGTHS), r"the ids of .* another width"),
+    "int16 lengths": (
+        (DENSE, VALUES, LENGTHS.to(torch.int16)),
+        r"lengths are integers of another width; expected torch.int64 or torch.int32",
+    ),
     "dense of another width": (
         (torch.randn(3, 4), VALUES, LENGTHS),
         r"dense has 4 features a sample \(shape \[3, 4\]\); expected 3",

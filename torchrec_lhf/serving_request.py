@@ -36,9 +36,9 @@ def check_request(
 
     Args:
         dense: ``(B, num_dense)`` dense features, floating point.
-        values: ``(sum lengths,)`` raw ids, of an integer dtype.
-        lengths: ``(F * B,)`` ids per feature and sample, feature-major (as a
-            KeyedJaggedTensor's), ``F = len(feature_names)``; each ``>= 0``.
+        values: ``(sum lengths,)`` raw ids, int64 or int32 (FBGEMM's widths).
+        lengths: ``(F * B,)`` int64 or int32 ids per feature and sample, feature-major (as
+            a KeyedJaggedTensor's), ``F = len(feature_names)``; each ``>= 0``.
         feature_names: the request's sparse features, in order.
         num_dense: the dense width the model takes; None skips that check.
         check_lengths: read the lengths (on the CPU): each ``>= 0``, and adding up to
@@ -64,12 +64,22 @@ def check_request(
             f"{list(values.shape)}"
         )
     check_id_dtype(values, feature_names)
+    if values.dtype != torch.int64 and values.dtype != torch.int32:
+        # (FBGEMM's kernels take no other width; TorchScript prints a dtype as its number)
+        raise ValueError(
+            f"the ids of features {feature_names} are integers of another width; expected "
+            "torch.int64 or torch.int32"
+        )
     if lengths.dim() != 1:
         raise ValueError(
             f"lengths must be 1-D (ids per feature and sample), got shape {list(lengths.shape)}"
         )
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise ValueError("lengths are not integers; expected an integer dtype (torch.int64)")
+    if lengths.dtype != torch.int64 and lengths.dtype != torch.int32:
+        raise ValueError(
+            "lengths are integers of another width; expected torch.int64 or torch.int32"
+        )
     num_features = len(feature_names)
     if lengths.numel() != num_features * batch:
         names = ", ".join(feature_names)
