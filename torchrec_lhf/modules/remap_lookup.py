@@ -169,19 +169,21 @@ def map_ids(
         j_P = torch.repeat_interleave(per_key_J.int(), output_size=ids_P.numel())
     else:
         j_P = j_opt
+    # no table: every feature uncompressed, the ids checked or folded alone (check_ids)
+    no_table = len(compact) == 0 and mapping.numel() == 0
     if modulo:
         ids_P = torch.remainder(ids_P, height_J.index_select(0, j_P))
+        if no_table:
+            return ids_P
     else:
         guard = None if length_J is None else uniform_range_guard(ids_P, length_J, height_J)
         if guard is None:
             guard = range_guard(ids_P, j_P, height_J)
-        if len(compact) == 0 and mapping.numel() == 0:  # no table (a range check alone)
+        if no_table:
             return ids_P + guard.to(ids_P.dtype)
         offset_J = offset_J + guard.to(offset_J.dtype)
         if len(compact) > 0:
             compact = compact[:3] + [compact[3] + guard] + compact[4:]
-    if len(compact) == 0 and mapping.numel() == 0:
-        return ids_P  # no table: every feature uncompressed (folded above)
     # with the runs and their lengths, the compact lookup reads only the compact runs' ids,
     # spliced in last; the other features' rows are made as always
     split = len(compact) > 0 and runs is not None and length_J is not None
