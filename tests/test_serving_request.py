@@ -10,7 +10,7 @@ from tests._compact import to_compact
 from tests.test_inference import FEATURES, _batch, _dlrm
 from torchrec_lhf import HashPlan
 from torchrec_lhf.inference import ScoringModule, script_serving_model
-from torchrec_lhf.serving_request import check_request
+from torchrec_lhf.serving_request import at_least_one_sample, check_request, scores_of
 
 DENSE, VALUES, LENGTHS = _batch()  # 3 samples, 2 features, 3 dense features
 
@@ -140,6 +140,38 @@ def test_a_strided_view_of_the_ids_is_scored_as_its_values(
     assert not strided.is_contiguous() and torch.equal(strided, VALUES)
     good = model(DENSE, VALUES, LENGTHS)
     torch.testing.assert_close(model(DENSE, strided, LENGTHS), good, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_request_of_no_samples_scores_none(
+    scripted: dict[str | None, torch.jit.ScriptModule], kind: str | None
+) -> None:
+    """Before, the dense plan's served model failed inside FBGEMM's remap (``Expected B > 0``)
+    where the others returned no scores. A malformed empty request is still named."""
+    model = scripted[kind]
+    good = model(DENSE, VALUES, LENGTHS)
+    no_ids = torch.zeros(0, dtype=torch.long)
+    scores = model(torch.zeros(0, 3), no_ids, no_ids)
+    assert scores.shape == (0,) and scores.dtype == good.dtype
+    assert model(torch.zeros(0, 3), no_ids.int(), no_ids.int()).shape == (0,)
+    with pytest.raises(Exception, match=r"ValueError: lengths has 2 entries; expected 0"):
+        model(torch.zeros(0, 3), no_ids, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(Exception, match=r"ValueError: dense has 4 features a sample"):
+        model(torch.zeros(0, 4), no_ids, no_ids)
+    one = model(DENSE[:1], VALUES[[0, 3]], torch.tensor([1, 1]))  # the smallest batch after
+    assert one.shape == (1,)
+    torch.testing.assert_close(model(DENSE, VALUES, LENGTHS), good, atol=0, rtol=0)
+
+
+def test_at_least_one_sample_passes_a_request_with_samples_on_uncopied() -> None:
+    dense, lengths = at_least_one_sample(DENSE, LENGTHS, 2)
+    assert dense is DENSE and lengths is LENGTHS
+    scores = torch.rand(3)
+    assert scores_of(scores, 3) is scores
+    dense, lengths = at_least_one_sample(torch.zeros(0, 3), LENGTHS[:0].int(), 2)
+    assert torch.equal(dense, torch.zeros(1, 3)) and torch.equal(lengths, torch.zeros(2).int())
+    assert lengths.dtype == torch.int32
+    assert scores_of(scores[:1], 0).shape == (0,)
 
 
 @pytest.mark.parametrize("name", list(BAD_REQUESTS))

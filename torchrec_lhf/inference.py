@@ -76,9 +76,11 @@ from torchrec_lhf.modules import logical_view
 from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection
 from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection
 from torchrec_lhf.modules.remap import FeatureRemap
-from torchrec_lhf.serving_request import check_request
+from torchrec_lhf.serving_request import at_least_one_sample, check_request, scores_of
 
 torch.fx.wrap("check_request")  # one opaque node in a trace (it reads the request's lengths)
+torch.fx.wrap("at_least_one_sample")
+torch.fx.wrap("scores_of")
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +163,9 @@ class RemapOnRequest(nn.Module):
         scoring: the wrapper; its feature names must be ``remap.sources``.
         remap: its model's one remap.
         ids_only: the remap is FBGEMM's (the collection's ``remap_in_kernel``): the request's
-            ids are range-checked here (``FeatureRemap.check_ids``), not mapped.
+            ids are range-checked here (``FeatureRemap.check_ids``), not mapped, and a request
+            of no samples, which FBGEMM's remap refuses, is scored as one of empty bags and
+            none of its scores kept (``at_least_one_sample``; no copy otherwise).
     """
 
     def __init__(self, scoring: ScoringModule, remap: FeatureRemap, ids_only: bool = False) -> None:
@@ -184,8 +188,14 @@ class RemapOnRequest(nn.Module):
             scoring.check_lengths,
         )  # fmt: skip
         rows = self.remap.request_rows(values, lengths, self.ids_only)
+        if not self.ids_only:
+            sparse = KeyedJaggedTensor(keys=self.remap.feature_names, values=rows, lengths=lengths)
+            return self.scoring.score(dense, sparse)
+        # (FBGEMM's remap refuses a request of no samples: one of empty bags scored, none kept)
+        batch = dense.size(0)
+        dense, lengths = at_least_one_sample(dense, lengths, len(scoring.feature_names))
         sparse = KeyedJaggedTensor(keys=self.remap.feature_names, values=rows, lengths=lengths)
-        return self.scoring.score(dense, sparse)
+        return scores_of(self.scoring.score(dense, sparse), batch)
 
 
 def quantization_mapping() -> dict[str, type[nn.Module]]:

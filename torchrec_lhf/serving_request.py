@@ -95,3 +95,32 @@ def check_request(
     total = int(lengths.sum())
     if total != values.numel():
         raise ValueError(lengths_mismatch(feature_names, total, values.numel()))
+
+
+def at_least_one_sample(
+    dense: torch.Tensor, lengths: torch.Tensor, num_features: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dense, lengths)`` as given where the request has samples; for an empty one
+    (``B = 0``), one sample of zeros with an empty bag per feature. (FBGEMM's in-kernel
+    remap, ``pruned_array_lookup``, refuses a batch of no samples; its caller scores this
+    one and keeps none of it. No copy where ``B > 0``.)
+
+    Args:
+        dense: ``(B, D)`` dense features of a request :func:`check_request` passed.
+        lengths: ``(F * B,)`` its lengths.
+        num_features: ``F``.
+
+    Returns:
+        ``dense`` ``(max(B, 1), D)`` and ``lengths`` ``(F * max(B, 1),)``.
+    """
+    if dense.size(0) > 0:
+        return dense, lengths
+    return dense.new_zeros(1, dense.size(1)), lengths.new_zeros(num_features)
+
+
+def scores_of(scores: torch.Tensor, batch: int) -> torch.Tensor:
+    """The scores of a request of ``batch`` samples: ``scores`` ``(max(batch, 1),)`` of
+    :func:`at_least_one_sample`'s request, the one of an empty request dropped."""
+    if batch > 0:
+        return scores
+    return scores[:0]
