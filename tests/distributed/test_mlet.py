@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
 from torchrec.distributed.train_pipeline.tracing import Tracer
@@ -48,3 +49,24 @@ def test_the_projection_holds_no_embedding_tables() -> None:
     graph = Tracer(leaf_modules=["inner", "mlet"]).trace(pipelined)
     called = {n.target for n in graph.nodes if n.op == "call_module"}
     assert called == {"inner", "mlet"}
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+@pytest.mark.parametrize("lengths", [[2, 1, -1, 2], [2, -1, 2, 1]])
+def test_a_negative_length_is_refused_before_the_inner_collection_reads_it(
+    pipelined: bool, lengths: list[int]
+) -> None:
+    """Before, the inner plain EBC read backwards offsets: where the lengths add up to the
+    ids ([2, -1, 2, 1]) a bag pooled garbage without a word, else FBGEMM's error named
+    nothing."""
+    module = PipelinedMLET(_mlet()) if pipelined else _mlet()
+    bad = KeyedJaggedTensor(
+        keys=["f0", "f1"], values=torch.tensor([0, 6, 3, 1, 4, 2]), lengths=torch.tensor(lengths)
+    )
+    where = lengths.index(-1)
+    feature, sample = ("f0", where) if where < 2 else ("f1", where - 2)
+    with pytest.raises(
+        ValueError, match=rf"lengths\[{where}\] = -1 \(feature '{feature}', sample {sample}\)"
+    ):
+        module(bad)
+    assert module(_kjt()).values().shape == (2, 8)

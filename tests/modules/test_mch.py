@@ -120,6 +120,76 @@ def test_training_admits_new_ids() -> None:
     assert modules["b"]._mch_sorted_raw_ids.tolist() == [1, MAX]
 
 
+def test_int32_ids_train_and_look_up_as_int64_ones() -> None:
+    """TorchRec's MCH remap failed on int32 ids (``Index put requires the source and
+    destination dtypes match``), which a plain EBC takes; now the same ids admitted, evicted
+    and looked up as int64 ones, their rows returned int32 like the ids."""
+    batches = [
+        ([9, 4, 9, 1, 2], [2, 1, 1, 0]),
+        ([4, 7, 7, 7, 0], [1, 3, 0, 1]),
+        ([3, 2], [1, 0, 0, 1]),
+    ]
+    models, outputs = {}, {}
+    for dtype in (torch.int64, torch.int32):
+        torch.manual_seed(0)
+        models[dtype] = MCHEmbeddingBagCollection(_tables(), zch_sizes={"a": 4, "b": 2})
+        outputs[dtype] = []
+        for train in (True, True, True, False):
+            models[dtype].train(train)
+            for values, lengths in batches:
+                kjt = KeyedJaggedTensor(
+                    keys=["fa", "fb"],
+                    values=torch.tensor(values, dtype=dtype),
+                    lengths=torch.tensor(lengths, dtype=dtype),
+                )
+                outputs[dtype].append(models[dtype](kjt).values())
+    for wide, narrow in zip(outputs[torch.int64], outputs[torch.int32], strict=True):
+        torch.testing.assert_close(narrow, wide, atol=0, rtol=0)
+    wide_state, narrow_state = (models[d].state_dict() for d in (torch.int64, torch.int32))
+    assert wide_state.keys() == narrow_state.keys()
+    for key, value in wide_state.items():
+        torch.testing.assert_close(narrow_state[key], value, atol=0, rtol=0, msg=key)
+    module = models[torch.int32].managed._managed_collision_collection._managed_collision_modules
+    assert module["a"]._mch_sorted_raw_ids.tolist() == [3, 4, 7, MAX]  # trained, evicted
+    ones = torch.ones(2, dtype=torch.int32)
+    ids = {"fa": JaggedTensor(values=torch.tensor([4, 5], dtype=torch.int32), lengths=ones)}
+    rows = module["a"].remap(ids)["fa"].values()
+    wide = module["a"].remap({"fa": JaggedTensor(values=torch.tensor([4, 5]), lengths=ones)})
+    assert rows.dtype == torch.int32 and rows.tolist() == wide["fa"].values().tolist()
+    assert rows[1] == 3  # id 5 is not held: the miss row
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize(
+    "lengths, where",
+    [
+        ([1, 2, -1, 1], r"lengths\[2\] = -1 \(feature 'fb', sample 0\)"),
+        # adding up to the ids: TorchRec read backwards offsets and pooled garbage
+        ([2, -1, 2, 1], r"lengths\[1\] = -1 \(feature 'fa', sample 1\)"),
+    ],
+)
+def test_a_negative_length_is_refused_before_torchrec_reads_it(
+    train: bool, lengths: list[int], where: str
+) -> None:
+    """Before, TorchRec's managed collisions read a negative length's offsets out of bounds:
+    the process aborted on a corrupted heap (``munmap_chunk(): invalid pointer``), or, where
+    the lengths add up to the ids, a bag pooled garbage without a word."""
+    torch.manual_seed(0)
+    ebc = MCHEmbeddingBagCollection(_tables(), zch_sizes={"a": 4}).train(train)
+    state = {k: v.clone() for k, v in ebc.state_dict().items()}
+    bad = KeyedJaggedTensor(
+        keys=["fa", "fb"], values=torch.tensor([9, 4, 9, 1]), lengths=torch.tensor(lengths)
+    )
+    with pytest.raises(ValueError, match=where + " is negative; expected ids per feature"):
+        ebc(bad)
+    for key, value in ebc.state_dict().items():  # nothing admitted, nothing counted
+        torch.testing.assert_close(value, state[key], atol=0, rtol=0, msg=key)
+    good = KeyedJaggedTensor(
+        keys=["fa", "fb"], values=torch.tensor([9, 4, 9, 1]), lengths=torch.tensor([2, 1, 1, 0])
+    )
+    assert ebc(good).values().shape == (2, 8)
+
+
 def _counts_after(cls: type, batches: list[list[int]], interval: int = 1) -> dict[int, int]:
     """The managed ids' counts of an MCH module of 4 rows trained on ``batches``, with an
     eviction round every ``interval`` steps."""

@@ -7,11 +7,15 @@ through TorchRec's train pipelines (the DLRM app does).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from torchrec_lhf.modules.mlet import MultiLayerEmbeddingBagCollection
+from torchrec_lhf.modules.mlet import MultiLayerEmbeddingBagCollection, hands_raw_ids
+from torchrec_lhf.modules.remap import refuse_negative_lengths
+
+torch.fx.wrap("refuse_negative_lengths")  # one opaque node where the train pipeline traces
 
 
 class PipelinedMLET(nn.Module):
@@ -39,6 +43,8 @@ class PipelinedMLET(nn.Module):
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """Args: features: raw ids. Returns: the pooled ``(B, sum d)`` embeddings."""
+        if hands_raw_ids(self.inner):
+            refuse_negative_lengths(features)
         return self.mlet(self.inner(features))
 
 

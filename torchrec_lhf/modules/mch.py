@@ -50,6 +50,9 @@ from torchrec_lhf._torchrec_private import (
     mch_serving_buffers,
 )
 from torchrec_lhf.compression.budget import allocate_rows
+from torchrec_lhf.modules.remap import refuse_negative_lengths
+
+torch.fx.wrap("refuse_negative_lengths")  # one opaque node where the train pipeline traces
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +159,36 @@ class GrowingHistoryMCH(MCHManagedCollisionModule):
         if self.training:
             grow_mch_history(self, sum(f.values().numel() for f in features.values()))
         return super().profile(features)
+
+    def remap(
+        self,
+        features: dict[str, JaggedTensor],
+        mutate_miss_lengths: bool = True,
+        write_weights: torch.Tensor | None = None,
+    ) -> dict[str, JaggedTensor]:
+        """TorchRec's remap, for int32 ids too: TorchRec's writes its int64 rows into a
+        tensor made like the ids, which fails on int32 ones (``Index put requires the source
+        and destination dtypes match``). Such ids are looked up as int64 and their rows
+        (``< R``) returned as int32, like the ids; int64 ids as before, no copy."""
+        if all(f.values().dtype == torch.int64 for f in features.values()):
+            return super().remap(features, mutate_miss_lengths, write_weights)
+        wide = {name: _with_values(f, f.values().long()) for name, f in features.items()}
+        rows = super().remap(wide, mutate_miss_lengths, write_weights)
+        return {
+            name: _with_values(f, f.values().to(features[name].values().dtype))
+            for name, f in rows.items()
+        }
+
+
+def _with_values(feature: JaggedTensor, values: torch.Tensor) -> JaggedTensor:
+    """``feature`` with other ``values`` of the same shape (lengths, offsets and weights
+    kept)."""
+    return JaggedTensor(
+        values=values,
+        lengths=feature.lengths(),
+        offsets=feature.offsets(),
+        weights=feature.weights_or_none(),
+    )
 
 
 def managed_collision_collection(
@@ -332,7 +365,15 @@ class MCHEmbeddingBagCollection(nn.Module):
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """Args: features: raw ids of every feature. Returns: the pooled ``(B, sum D)``
-        embeddings (managed features first)."""
+        embeddings (managed features first).
+
+        Raises:
+            ValueError: (CPU) a negative length, named
+                (:func:`~torchrec_lhf.modules.remap.refuse_negative_lengths`).
+        """
+        # (TorchRec's managed collisions read a negative length out of bounds: a garbage bag,
+        # or a corrupted heap that aborts the process)
+        refuse_negative_lengths(features)
         # NOTE: indexing, not unpacking: TrainPipelineSparseDist FX-traces this method.
         pooled = self.managed(features)[0] if self.managed is not None else None
         full = self.full(features) if self.full is not None else None

@@ -52,7 +52,7 @@ from torchrec_lhf.modules.embedding_bag import (
     build_replacements,
     swap_in,
 )
-from torchrec_lhf.modules.remap import hashed_name
+from torchrec_lhf.modules.remap import FeatureRemap, hashed_name, refuse_negative_lengths
 from torchrec_lhf.plan import HashPlan
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,14 @@ class MultiLayerEmbeddingBagCollection(nn.Module):
         return getattr(self, key)[slot]
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        """Args: features: raw ids of the logical features. Returns: pooled ``(B, sum D)``."""
+        """Args: features: raw ids of the logical features. Returns: pooled ``(B, sum D)``.
+
+        Raises:
+            ValueError: (CPU) a negative length, named, where the inner collection does
+                not refuse it (:func:`hands_raw_ids`).
+        """
+        if isinstance(features, KeyedJaggedTensor) and hands_raw_ids(self.inner):
+            refuse_negative_lengths(features)  # (pipelined: a pooled KeyedTensor, checked)
         inner = self.inner(features)
         values_BC = inner.values()
         index = self._layout(inner.keys(), inner.length_per_key(), values_BC.device)
@@ -315,6 +322,13 @@ class MultiLayerEmbeddingBagCollection(nn.Module):
 
     def extra_repr(self) -> str:
         return f"inner_dim_fraction={self.inner_dim_fraction}, plan={'yes' if self._plan is not None else 'no'}"
+
+
+def hands_raw_ids(inner: nn.Module) -> bool:
+    """Whether MLET's inner collection ``inner`` hands raw ids to TorchRec's as they are,
+    with nothing to refuse a negative length (a learned hash's remap refuses them), so that
+    its caller has to (:func:`~torchrec_lhf.modules.remap.refuse_negative_lengths`)."""
+    return not isinstance(getattr(inner, "remap", None), FeatureRemap)
 
 
 def apply_mlet(

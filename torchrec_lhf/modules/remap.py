@@ -95,7 +95,7 @@ def remap_features(
     if not on_cpu:
         length_check = length_guard(features.lengths())
     elif not torch.jit.is_scripting():
-        _refuse_negative_lengths(features)
+        refuse_negative_lengths(features)
     if on_cpu and keys == sources:  # DLRM's layout on CPU: the kernel's pass, nothing else
         length_per_key: list[int] | None = None
         if torch.jit.is_scripting():
@@ -163,9 +163,12 @@ def remap_features(
 
 
 @torch.jit.unused
-def _refuse_negative_lengths(features: KeyedJaggedTensor) -> None:
-    """:func:`~torchrec_lhf.modules.remap_lookup.length_guard` of a CPU batch, its failure
-    named (the host reads only then: the batch has failed).
+def refuse_negative_lengths(features: KeyedJaggedTensor) -> None:
+    """:func:`~torchrec_lhf.modules.remap_lookup.length_guard` of a batch, its failure
+    named on the CPU (the host reads only then: the batch has failed; on CUDA the guard's
+    device-side assert, no host read). For collections that hand raw ids to TorchRec's,
+    whose offsets then run backwards: out of bounds, a garbage bag or a crash. (Call it
+    where ``torch.fx.wrap`` makes it one node of a trace.)
 
     Raises:
         ValueError: a negative length, naming its feature and sample.
