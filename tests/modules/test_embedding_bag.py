@@ -474,3 +474,46 @@ def test_arguments_of_the_wrong_type_are_named() -> None:
     # any iterable of configs is taken, a generator included
     ebc = LearnedHashEmbeddingBagCollection(tables=(c for c in [_table()]), plan=plan)
     assert [c.num_embeddings for c in ebc.internal_embedding_bag_configs()] == [3]
+
+
+@pytest.mark.parametrize("num_hashes", [1, 2])
+@pytest.mark.parametrize("encoding", ["dense", "compact"])
+def test_per_id_weights_other_than_a_float_per_id_are_named(encoding: str, num_hashes: int) -> None:
+    """Before, a weight too few failed as an index out of bounds naming nothing (``index 4
+    is out of bounds``), and integer weights as a mismatch of the tables' and the weights'
+    types; eager and scripted alike."""
+    mappings = [_i32(1, 0, 1, 2), _i32(0, 1, 1, 0)][:num_hashes]
+    plan = HashPlan.from_multi_mappings({"t0": mappings})
+    if encoding != "dense":
+        plan = to_compact(plan)
+    tables = [_table(), _table("t1", n=5, features=("f1",))]
+    torch.manual_seed(0)
+    ebc = apply_hash_plan(EmbeddingBagCollection(tables=tables, is_weighted=True), plan).eval()
+    scripted = torch.jit.script(symbolic_trace(ebc))
+
+    def kjt(weights: torch.Tensor) -> KeyedJaggedTensor:
+        return KeyedJaggedTensor(
+            keys=["f0", "f1"],
+            values=torch.tensor([0, 3, 1, 4, 2]),
+            lengths=torch.tensor([2, 1, 1, 1]),
+            weights=weights,
+        )
+
+    good = ebc(kjt(torch.tensor([0.5, 2.0, 1.0, 3.0, 0.25]))).values()
+    unweighted = ebc(kjt(torch.ones(5))).values()
+    assert not torch.allclose(good, unweighted)
+    for count in (4, 6):
+        match = (
+            rf"the weights of features \[.?f0.?, .?f1.?\] have shape \[{count}\], but the "
+            "batch holds 5 ids: expected one weight per id"
+        )
+        with pytest.raises(ValueError, match=match):
+            ebc(kjt(torch.ones(count)))
+        with pytest.raises(Exception, match=match):
+            scripted(kjt(torch.ones(count)))
+    match = r"the weights of features \['f0', 'f1'\] are torch.int64; expected a float dtype"
+    with pytest.raises(ValueError, match=match):
+        ebc(kjt(torch.ones(5, dtype=torch.long)))
+    with pytest.raises(Exception, match="are not floating point; expected a float dtype"):
+        scripted(kjt(torch.ones(5, dtype=torch.long)))
+    torch.testing.assert_close(ebc(kjt(torch.tensor([0.5, 2.0, 1.0, 3.0, 0.25]))).values(), good)

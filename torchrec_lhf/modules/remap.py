@@ -42,6 +42,7 @@ from torchrec_lhf.modules.remap_lookup import (
 )
 from torchrec_lhf.modules.remap_ops import (
     IDENTITY,
+    check_weights,
     needs_length_per_key,
     remap_values,
     request_ids,
@@ -78,13 +79,17 @@ def remap_features(
     read, carried on) where they save work; elsewhere only where the output needs them.
 
     Raises:
-        ValueError: variable batch size per feature (VBE), (eager, CPU) a negative length
+        ValueError: variable batch size per feature (VBE), per-id weights other than one
+            float per id, (eager, CPU) a negative length
             (elsewhere the lengths' guard fails: an index error, or a device-side assert on
             CUDA), or see ``remap_values`` (ids not of an integer dtype among them).
     """
     if features.variable_stride_per_key():
         raise ValueError("variable batch size per feature (VBE) is not supported by the remap")
     keys = features.keys()
+    weights = features.weights_or_none()
+    if weights is not None:
+        check_weights(weights, features.values(), keys)
     on_cpu = read_lengths_on_cpu and features.values().is_cpu
     # a negative length would reach the lookup's offsets, which then read out of bounds
     # (TorchRec's own EBC crashes): a guard on the lengths (no host read) fails first, at

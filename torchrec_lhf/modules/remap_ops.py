@@ -138,14 +138,34 @@ def check_id_dtype(values: torch.Tensor, keys: list[str]) -> None:
     bool ids read rows 0 and 1.
     """
     if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
-        if torch.jit.is_scripting():  # (TorchScript prints a dtype as its number)
-            raise ValueError(
-                f"the ids of features {keys} are not integers; expected an integer dtype "
-                "(torch.int64 or torch.int32)"
-            )
         raise ValueError(
-            f"the ids of features {keys} are {values.dtype}; expected an integer dtype "
-            "(torch.int64 or torch.int32)"
+            f"the ids of features {keys} are {_dtype_text(values, 'not integers')}; expected "
+            "an integer dtype (torch.int64 or torch.int32)"
+        )
+
+
+def _dtype_text(tensor: torch.Tensor, scripted: str) -> str:
+    """``tensor``'s dtype for a message (``torch.float32``), or ``scripted`` under
+    TorchScript, which prints a dtype as its number."""
+    if torch.jit.is_scripting():
+        return scripted
+    return str(tensor.dtype)
+
+
+def check_weights(weights: torch.Tensor, values: torch.Tensor, keys: list[str]) -> None:
+    """Raise ValueError unless ``weights``, the per-id weights of features ``keys``, are one
+    float per id of ``values`` (metadata only: no host read). Without it, a weight too few
+    failed as an index out of bounds naming nothing, and integer weights as a mismatch of
+    the tables' and the weights' types."""
+    if weights.dim() != 1 or weights.numel() != values.numel():
+        raise ValueError(
+            f"the weights of features {keys} have shape {list(weights.shape)}, but the batch "
+            f"holds {values.numel()} ids: expected one weight per id"
+        )
+    if not weights.is_floating_point():
+        raise ValueError(
+            f"the weights of features {keys} are {_dtype_text(weights, 'not floating point')};"
+            " expected a float dtype (torch.float32)"
         )
 
 
