@@ -111,6 +111,20 @@ def _sharded_vs_unsharded(
             torch.testing.assert_close(full, ref_state[key], msg=lambda m, key=key: f"{key}: {m}")
     assert set(model.state_dict()) == set(ref_state)
 
+    # a negative length (f3's lengths still adding up to its ids) is refused on every rank
+    # before the input dist's collectives, and the next batch is looked up as unsharded
+    lengths = batches[rank].lengths().clone()
+    lengths[1], lengths[2] = -1, lengths[2] + lengths[1] + 1
+    bad = KeyedJaggedTensor(
+        keys=batches[rank].keys(), values=batches[rank].values(), lengths=lengths
+    )
+    with pytest.raises(ValueError, match=r"lengths\[1\] = -1 \(feature 'f3', sample 1\) is neg"):
+        model(bad)
+    out = model(batches[rank]).wait()
+    with torch.no_grad():
+        expected = reference(_concat(batches)).values()[rank * BATCH : (rank + 1) * BATCH]
+    torch.testing.assert_close(out.values(), expected)
+
 
 def _concat(batches: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:
     keys = batches[0].keys()
