@@ -157,7 +157,9 @@ class RemapOnRequest(nn.Module):
     one KeyedJaggedTensor, of rows, where it made one of raw ids and the remap a second
     (with the keys compared, the per-key lengths taken and the lists built: most of a
     one-sample request's remap). Traced while the collection's remap passes its input on
-    (``FeatureRemap.hoisted``; :func:`script_for_inference`). Same scores.
+    (``FeatureRemap.hoisted``; :func:`script_for_inference`). Same scores. Where that
+    operator reads the request's lengths (on the CPU; ``FeatureRemap.request_reads_lengths``)
+    the request check leaves them to it: a bad one is its error, naming the feature by index.
 
     Args:
         scoring: the wrapper; its feature names must be ``remap.sources``.
@@ -178,6 +180,9 @@ class RemapOnRequest(nn.Module):
             )
         self.scoring = scoring
         self.remap = remap
+        # on the CPU the remap's operator reads the lengths (refusing bad ones by internal
+        # feature, which is the request's feature here): the request check need not too
+        self.check_lengths = scoring.check_lengths and not remap.request_reads_lengths(ids_only)
 
     def forward(
         self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor
@@ -185,7 +190,7 @@ class RemapOnRequest(nn.Module):
         scoring = self.scoring
         check_request(
             dense, values, lengths, scoring.feature_names, scoring.num_dense,
-            scoring.check_lengths,
+            self.check_lengths,
         )  # fmt: skip
         rows = self.remap.request_rows(values, lengths, self.ids_only)
         if not self.ids_only:

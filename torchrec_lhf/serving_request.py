@@ -11,8 +11,9 @@ matrix product.
 is called) that TorchScript compiles into the served model. It reads tensor shapes and
 dtypes and, for a request on the CPU, the lengths' minimum and sum (two reductions over
 ``F * B`` ints: 4% of a one-sample request to ``benchmarks.serve``'s model, 0.5% from
-batch 64 on; ``check_lengths=False`` skips them); on other devices only the metadata, so
-that serving there adds no host-device sync.
+batch 64 on; ``check_lengths=False`` skips them, as a learned hash's serving wrapper does
+where its remap's operator reads them: ``inference.RemapOnRequest``); on other devices
+only the metadata, so that serving there adds no host-device sync.
 """
 
 # NOTE: no ``from __future__ import annotations``: TorchScript compiles check_request.

@@ -297,6 +297,14 @@ def _applies(ids_P: torch.Tensor, compact: list[torch.Tensor]) -> bool:
         return False
     if ids_P.dtype != torch.int64 and ids_P.dtype != torch.int32:
         return False
+    return reads_head_rows(compact)
+
+
+def reads_head_rows(compact: list[torch.Tensor]) -> bool:
+    """Whether the kernel reads the head rows of ``compact`` (a remap's compact tensors, as
+    ``remap_values`` takes them): int16 or int32 rows, or none. Where it does, its
+    operator serves every CPU request of int32 or int64 ids, and reads the request's
+    lengths (refusing a negative one, or lengths that do not add up to the ids)."""
     if len(compact) == 0 or compact[1].numel() == 0:
         return True
     return compact[1].dtype == torch.int16 or compact[1].dtype == torch.int32
@@ -426,7 +434,7 @@ def _fallback_bags(
 ) -> torch.Tensor:
     """``fused_remap_bags`` where its C++ kernel is not registered: the ids per feature
     summed here, then :func:`_fallback`."""
-    lengths = _bag_sums(bag_lengths, offset.numel())
+    lengths = _bag_sums(bag_lengths, offset.numel(), ids.numel())
     return _fallback(ids, lengths, offset, *tables_and_modulo)  # type: ignore[arg-type]
 
 
@@ -437,16 +445,18 @@ def _fallback_ranked_bags(
     *tables_and_modulo: object,
 ) -> torch.Tensor:
     """``fused_remap_ranked_bags`` where its C++ kernel is not registered."""
-    lengths = _bag_sums(bag_lengths, offset.numel())
+    lengths = _bag_sums(bag_lengths, offset.numel(), ids.numel())
     return _fallback_ranked(ids, lengths, offset, *tables_and_modulo)  # type: ignore[arg-type]
 
 
-def _bag_sums(bag_lengths: torch.Tensor, num: int) -> list[int]:
-    """The ids of each of ``num`` features from the per-bag lengths ``(num * B,)``.
+def _bag_sums(bag_lengths: torch.Tensor, num: int, num_ids: int) -> list[int]:
+    """The ids of each of ``num`` features from the per-bag lengths ``(num * B,)`` of a
+    batch of ``num_ids`` ids.
 
     Raises:
-        RuntimeError: lengths that are not a 1-D integer tensor of ``num * B`` entries, or a
-            negative one (named), as the C++ kernel's.
+        RuntimeError: lengths that are not a 1-D integer tensor of ``num * B`` entries, a
+            negative one (named), or lengths that do not add up to ``num_ids``, as the C++
+            kernel's (the eager remap names the features: ``map_ids_or_raise``).
     """
     bags = bag_lengths.numel()
     if bag_lengths.dim() != 1 or bag_lengths.is_floating_point() or bag_lengths.dtype == torch.bool:
@@ -458,9 +468,18 @@ def _bag_sums(bag_lengths: torch.Tensor, num: int) -> list[int]:
         raise RuntimeError(f"the bag lengths' {bags} entries are not a batch of {num} features")
     negative = (bag_lengths < 0).nonzero()
     if negative.numel() > 0:  # (a host read: this path reads the lengths on the host anyway)
-        i = int(negative[0, 0])
-        raise RuntimeError(f"bag {i} has a negative length {int(bag_lengths[i])}")
-    return bag_lengths.view(num, -1).sum(1).tolist() if num > 0 else []
+        i, stride = int(negative[0, 0]), bags // num
+        raise RuntimeError(
+            f"lengths[{i}] = {int(bag_lengths[i])} (internal feature {i // stride}, sample "
+            f"{i % stride}) is negative; expected ids per feature and sample >= 0"
+        )
+    lengths = bag_lengths.view(num, -1).sum(1).tolist() if num > 0 else []
+    if sum(lengths) != num_ids:
+        raise RuntimeError(
+            f"the lengths add up to {sum(lengths)} ids, but the batch holds {num_ids}: the "
+            "lengths and values disagree"
+        )
+    return lengths
 
 
 def _register_operator() -> torch.library.Library | None:

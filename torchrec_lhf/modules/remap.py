@@ -481,6 +481,14 @@ class FeatureRemap(nn.Module):
         return tensors
 
     @torch.jit.unused
+    def request_reads_lengths(self, ids_only: bool = False) -> bool:
+        """Whether :meth:`request_rows` reads a CPU request's lengths itself (one operator
+        call: :func:`~torchrec_lhf.modules.compact_kernel.reads_head_rows`), refusing a
+        negative one or lengths that do not add up to its int32 or int64 ids with a
+        ValueError: a serving wrapper then need not read them too."""
+        return ids_only or compact_kernel.reads_head_rows(self._compact_tensors())
+
+    @torch.jit.unused
     def request_rows(
         self, values: torch.Tensor, lengths: torch.Tensor, ids_only: bool = False
     ) -> torch.Tensor:

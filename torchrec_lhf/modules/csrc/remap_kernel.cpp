@@ -744,7 +744,8 @@ torch::Tensor fused_remap_ranked(const torch::Tensor& ids, c10::IntArrayRef leng
                   ") is outside the mapping's ", mapping.numel(), " entries");
     }
   }
-  TORCH_CHECK(at == ids.numel(), "the lengths sum to ", at, ", the ids are ", ids.numel());
+  TORCH_CHECK(at == ids.numel(), "the lengths add up to ", at, " ids, but the batch holds ",
+              ids.numel(), ": the lengths and values disagree");
   auto out = torch::empty_like(ids);
   const bool int64_ids = ids.scalar_type() == torch::kInt64;
   const auto map_t = mapping.is_contiguous() ? mapping : mapping.contiguous();
@@ -800,7 +801,8 @@ c10::SmallVector<int64_t, 64> bag_sums(const torch::Tensor& bag_lengths, int64_t
   }
   if (negative < 0) {
     for (int64_t i = 0; i < bags; ++i) {
-      TORCH_CHECK(b[i] >= 0, "bag ", i, " has a negative length ", b[i]);
+      TORCH_CHECK(b[i] >= 0, "lengths[", i, "] = ", b[i], " (internal feature ", i / stride,
+                  ", sample ", i % stride, ") is negative; expected ids per feature and sample >= 0");
     }
   }
   return lengths;
