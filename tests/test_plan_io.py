@@ -82,3 +82,65 @@ def test_header_tampering_is_detected(tmp_path) -> None:
     path.write_bytes(raw[:8] + header.encode() + raw[8 + n :])
     with pytest.raises(ValueError, match=r"values must be in \[0, 2\)"):
         HashPlan.load(path)
+
+
+def _edited(tmp_path, edit) -> object:  # noqa: ANN001
+    """A saved plan whose manifest ``edit(manifest)`` changed (as by hand), with a correct
+    checksum of its tensors: only the plan's validation can refuse it."""
+    from torchrec_lhf._io import load_tensors, save_tensors
+
+    path = tmp_path / "plan.safetensors"
+    HashPlan.from_mappings({"t": torch.tensor([0, 1, 2, 1])}).save(path)
+    tensors, manifest = load_tensors(path, "hash_plan")
+    manifest.pop("sha256")
+    edit(manifest)
+    save_tensors(path, tensors, manifest)
+    return path
+
+
+def _table(key: str, value: object):  # noqa: ANN202
+    return lambda manifest: manifest["tables"][0].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            _table("num_embeddings", "4"),
+            r"num_embeddings must be an int in \[1, 2\*\*63\), got '4'",
+        ),
+        (_table("num_embeddings", 4.5), r"num_embeddings must be an int .* got 4.5"),
+        (_table("num_embeddings", True), r"num_embeddings must be an int .* got True"),
+        (_table("num_embeddings", 2**70), r"num_embeddings must be an int .* got 1180591620"),
+        (
+            _table("heights", [2.5]),
+            r"table 't' hash 0: height must be an int in \[1, 2\*\*31\), got 2.5",
+        ),
+        (_table("heights", ["3"]), r"table 't' hash 0: height must be an int .* got '3'"),
+        (
+            lambda m: m.__setitem__("metadata", [1]),
+            "the plan's metadata must be a JSON object, got list",
+        ),
+        (
+            lambda m: m.__setitem__("format_version", True),
+            "hash plan format version True, this build",
+        ),
+    ],
+)
+def test_a_hand_edited_manifest_is_named(tmp_path, edit, message: str) -> None:  # noqa: ANN001
+    """Before, a string or float height or size loaded as a plan of them (a float size cut
+    to an int without a word), metadata that is not an object failed with a TypeError
+    naming no file, and ``format_version: true`` read as version 1."""
+    with pytest.raises(ValueError, match=rf"plan\.safetensors: .*{message}"):
+        HashPlan.load(_edited(tmp_path, edit))
+
+
+def test_sizes_of_any_integer_kind_are_python_ints() -> None:
+    import numpy as np
+
+    from torchrec_lhf import TableHash
+
+    mapping = torch.tensor([0, 1, 0, 1], dtype=torch.int32)
+    table = TableHash("t", np.int64(4), (mapping,), (torch.tensor(2),))
+    assert table.num_embeddings == 4 and type(table.num_embeddings) is int
+    assert table.heights == (2,) and type(table.heights[0]) is int

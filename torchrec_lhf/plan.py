@@ -18,6 +18,7 @@ hashed tail: :class:`~torchrec_lhf.plan_compact.CompactMapping`), whichever is s
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -46,6 +47,18 @@ FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 COMBINE_MODES = ("sum", "concat", "mult", "scaled_sum", "sum_concat")
 _KIND = "hash_plan"
+
+
+def _whole(value: object, high: int) -> int | None:
+    """``value`` as a Python int if it is an integer (not a bool) in ``[1, high)``, else
+    None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    return number if 1 <= number < high else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,10 +91,15 @@ class TableHash:
             raise ValueError(
                 f"table name must be a non-empty string without '.', got {self.name!r}"
             )
-        if self.num_embeddings < 1:
+        # (ints of any kind, numpy's and 0-d tensors' too, made Python ints; a float, a string
+        # or a bool, as a hand-edited plan file may hold, refused)
+        n = _whole(self.num_embeddings, 2**63)
+        if n is None:
             raise ValueError(
-                f"table {self.name!r}: num_embeddings must be >= 1, got {self.num_embeddings}"
+                f"table {self.name!r}: num_embeddings must be an int in [1, 2**63), got "
+                f"{self.num_embeddings!r}"
             )
+        object.__setattr__(self, "num_embeddings", n)
         if len(self.mappings) < 1:
             raise ValueError(f"table {self.name!r}: needs at least one hash function, got 0")
         if len(self.heights) != len(self.mappings):
@@ -106,12 +124,15 @@ class TableHash:
                 f"table {self.name!r}: num_columns={columns} needs combine 'sum_concat' and a "
                 f"number of hash functions it divides, got {self.combine!r} with {self.num_hashes}"
             )
-        for h, (m, height) in enumerate(zip(self.mappings, self.heights)):
-            if not 1 <= int(height) < 2**31:
+        heights = tuple(_whole(height, 2**31) for height in self.heights)
+        for h, (m, height) in enumerate(zip(self.mappings, heights)):
+            if height is None:
                 raise ValueError(
-                    f"table {self.name!r} hash {h}: height must be in [1, 2**31), got {height}"
+                    f"table {self.name!r} hash {h}: height must be an int in [1, 2**31), got "
+                    f"{self.heights[h]!r}"
                 )
-            check_mapping(self.name, h, m, self.num_embeddings, int(height))
+            check_mapping(self.name, h, m, self.num_embeddings, height)
+        object.__setattr__(self, "heights", heights)
 
     @property
     def num_hashes(self) -> int:

@@ -64,7 +64,7 @@ def load_plan(path: str | os.PathLike, cls: type[HashPlan]) -> HashPlan:
     """
     tensors, manifest = load_tensors(path, _KIND)
     version = manifest.get("format_version")
-    if version not in READABLE_VERSIONS:
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise ValueError(
             f"{path}: hash plan format version {version}, this build reads "
             f"{list(READABLE_VERSIONS)}"
@@ -78,17 +78,25 @@ def load_plan(path: str | os.PathLike, cls: type[HashPlan]) -> HashPlan:
             tables.append(
                 TableHash(
                     name,
-                    int(spec["num_embeddings"]),
+                    spec["num_embeddings"],
                     ms,
                     tuple(spec["heights"]),
                     spec["combine"],
                     spec.get("num_columns", 1),
                 )
             )
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, OverflowError) as e:
         raise ValueError(
             f"{path}: manifest and tensors disagree ({e!r} missing or malformed)"
         ) from e
     except ValueError as e:
         raise ValueError(f"{path}: invalid hash plan: {e}") from e
-    return cls(tables, metadata=manifest.get("metadata", {}))
+    metadata = manifest.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError(
+            f"{path}: the plan's metadata must be a JSON object, got {type(metadata).__name__}"
+        )
+    try:
+        return cls(tables, metadata=metadata)
+    except ValueError as e:
+        raise ValueError(f"{path}: invalid hash plan: {e}") from e

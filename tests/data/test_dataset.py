@@ -146,6 +146,12 @@ def test_shuffle_same_on_all_ranks_and_new_per_epoch():
         (dict(dense=torch.zeros(3, 1, dtype=torch.float64)), "dense must be torch.float32"),
         (dict(lengths=torch.tensor([[1, 2], [1, 0], [0, 1]])), "lengths must be torch.int32"),
         (dict(num_embeddings=[3]), "num_embeddings must be 2 values"),
+        (dict(num_embeddings=[3, 5.5]), r"num_embeddings must be 2 values >= 1 .* got \[3, 5.5\]"),
+        (dict(num_embeddings=[3, "5"]), r"num_embeddings must be 2 values >= 1 .* got \[3, '5'\]"),
+        (
+            dict(num_embeddings=[True, 5]),
+            r"num_embeddings must be 2 values >= 1 .* got \[True, 5\]",
+        ),
         (dict(feature_names=["a", "a"]), "distinct names"),
         (dict(info={"x": torch.zeros(1)}), "JSON-serializable"),
     ],
@@ -178,6 +184,33 @@ def test_save_load_roundtrip_and_corruption(tmp_path):
     raw[-1] ^= 0xFF
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="checksum mismatch|not a readable"):
+        RecDataset.load(path)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("num_embeddings", [3, 5.5], r"invalid dataset: num_embeddings must be 2 values >= 1"),
+        ("num_embeddings", [3, "5"], r"invalid dataset: num_embeddings must be 2 values >= 1"),
+        ("name", None, r"manifest and tensors disagree \(KeyError\('name'\)"),
+        ("splits", ["train", "nope"], r"manifest and tensors disagree \(KeyError\('split_nope'\)"),
+    ],
+)
+def test_a_hand_edited_manifest_is_named(tmp_path, key, value, message):
+    """Before, a float or string height loaded as one (``int`` only compared it), and a
+    missing entry was a KeyError naming no file."""
+    from torchrec_lhf._io import load_tensors, save_tensors
+
+    path = tmp_path / "tiny.safetensors"
+    tiny().save(path)
+    tensors, manifest = load_tensors(path, "rec_dataset")
+    manifest.pop("sha256")
+    if value is None:
+        del manifest[key]
+    else:
+        manifest[key] = value
+    save_tensors(path, tensors, manifest)
+    with pytest.raises(ValueError, match=rf"tiny\.safetensors: {message}"):
         RecDataset.load(path)
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -209,20 +210,28 @@ class RecDataset:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RecDataset:
-        """Read a file written by :meth:`save`; raises ``ValueError`` if it is damaged."""
+        """Read a file written by :meth:`save`; raises ``ValueError`` naming ``path`` if it
+        is damaged (its manifest edited included)."""
         tensors, m = load_tensors(path, _KIND)
-        return cls(
-            name=m["name"],
-            feature_names=m["feature_names"],
-            num_embeddings=m["num_embeddings"],
-            dense_names=m["dense_names"],
-            dense=tensors["dense"],
-            lengths=tensors["lengths"],
-            values=tensors["values"],
-            labels=tensors["labels"],
-            splits={k: tensors[f"split_{k}"] for k in m["splits"]},
-            info=m["info"],
-        )
+        try:
+            return cls(
+                name=m["name"],
+                feature_names=m["feature_names"],
+                num_embeddings=m["num_embeddings"],
+                dense_names=m["dense_names"],
+                dense=tensors["dense"],
+                lengths=tensors["lengths"],
+                values=tensors["values"],
+                labels=tensors["labels"],
+                splits={k: tensors[f"split_{k}"] for k in m["splits"]},
+                info=m["info"],
+            )
+        except (KeyError, TypeError) as e:
+            raise ValueError(
+                f"{path}: manifest and tensors disagree ({e!r} missing or malformed)"
+            ) from e
+        except ValueError as e:
+            raise ValueError(f"{path}: invalid dataset: {e}") from e
 
 
 def _feature_of_values(lengths_NF: torch.Tensor, total: int) -> torch.Tensor:
@@ -263,7 +272,10 @@ def _validate(ds: RecDataset) -> None:
     num_features = len(ds.feature_names)
     if num_features < 1 or len(set(ds.feature_names)) != num_features:
         raise ValueError(f"feature_names must be >= 1 distinct names, got {ds.feature_names}")
-    if len(ds.num_embeddings) != num_features or any(int(n) < 1 for n in ds.num_embeddings):
+    if len(ds.num_embeddings) != num_features or any(
+        isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1
+        for n in ds.num_embeddings
+    ):
         raise ValueError(
             f"num_embeddings must be {num_features} values >= 1 (one per feature), got {ds.num_embeddings}"
         )

@@ -484,8 +484,9 @@ class FeatureRemap(nn.Module):
     def request_reads_lengths(self, ids_only: bool = False) -> bool:
         """Whether :meth:`request_rows` reads a CPU request's lengths itself (one operator
         call: :func:`~torchrec_lhf.modules.compact_kernel.reads_head_rows`), refusing a
-        negative one or lengths that do not add up to its int32 or int64 ids with a
-        ValueError: a serving wrapper then need not read them too."""
+        negative one or lengths that do not add up to its int32 or int64 ids (the
+        operator's RuntimeError, the feature by index): a serving wrapper then need not
+        read them too."""
         return ids_only or compact_kernel.reads_head_rows(self._compact_tensors())
 
     @torch.jit.unused

@@ -802,7 +802,8 @@ c10::SmallVector<int64_t, 64> bag_sums(const torch::Tensor& bag_lengths, int64_t
   if (negative < 0) {
     for (int64_t i = 0; i < bags; ++i) {
       TORCH_CHECK(b[i] >= 0, "lengths[", i, "] = ", b[i], " (internal feature ", i / stride,
-                  ", sample ", i % stride, ") is negative; expected ids per feature and sample >= 0");
+                  ", sample ", i % stride,
+                  ") is negative; expected ids per feature and sample >= 0");
     }
   }
   return lengths;
