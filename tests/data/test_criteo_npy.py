@@ -146,6 +146,27 @@ def test_kaggle_layout_splits_80_10_10_and_reads_the_meta_heights(tmp_path: Path
     assert _rows_of(ds.batches("test", 3)) == list(range(90, 99))
 
 
+@pytest.mark.parametrize("label", [2, -1])
+def test_a_label_other_than_0_or_1_is_named_where_its_batch_is_read(
+    tmp_path: Path, label: int
+) -> None:
+    """Before, a label of 2 (or -1) was read as the float 2.0 and trained against without
+    a word. The files load (a label is read with its batch); that batch names the file and
+    the row, by ``batches`` and by ``make_batch``; the other batches read as before."""
+    _write_set(tmp_path, ["day_0", "day_1"], [10, 12])
+    labels = np.load(tmp_path / "day_1_labels.npy")
+    labels[7, 0] = label  # global row 17
+    np.save(tmp_path / "day_1_labels.npy", labels)
+    ds = load_criteo_npy(tmp_path, num_embeddings_per_feature=HEIGHTS)
+    match = rf"day_1_labels\.npy: row 7 has label {label}; expected 0 or 1"
+    assert _rows_of(ds.batches("val", 3)) == list(range(10, 16))  # day 1's first half
+    with pytest.raises(ValueError, match=match):
+        list(ds.batches("test", 3))  # rows 16..21: the first batch holds row 17
+    with pytest.raises(ValueError, match=match):
+        ds.make_batch(torch.tensor([3, 17, 2]))
+    assert ds.make_batch(torch.tensor([3, 16, 2])).labels.shape == (3,)
+
+
 def _break(directory: Path, what: str) -> str:
     """Damage a copy of a 2-day set; return the text the ValueError must contain."""
     _write_set(directory, ["day_0", "day_1"], [10, 12])

@@ -9,7 +9,8 @@ The format is what ``python -m torchrec.datasets.scripts.npy_preproc_criteo`` wr
 (``BinaryCriteoUtils.tsv_to_npys``): per file stem, ``{stem}_dense.npy`` float32 ``(N, 13)``
 (``log(x - min + 2)`` with ``min`` the smallest integer of the whole file, empty -> 0),
 ``{stem}_sparse.npy`` int64 ``(N, 26)`` (the hex value as an integer, empty -> 0) and
-``{stem}_labels.npy`` int32 ``(N, 1)``. A directory holds either the Criteo 1TB days
+``{stem}_labels.npy`` int32 ``(N, 1)`` (0 or 1: another label is a ValueError naming its file
+and row when its batch is read). A directory holds either the Criteo 1TB days
 ``day_0 .. day_{K-1}`` or the Kaggle ``train`` stem (``test`` has no labels and is not read).
 
 Splits (contiguous, in file order; never overlapping):
@@ -295,11 +296,21 @@ class CriteoNpyDataset:
         return _BatchStream(self, starts[start:stop], batch_size)
 
     def read_batch(self, start: int, batch_size: int) -> Batch:
-        """The ``Batch`` of global rows ``[start, start + batch_size)``."""
-        return self._to_batch(*self._read_range(start, start + batch_size))
+        """The ``Batch`` of global rows ``[start, start + batch_size)``.
+
+        Raises:
+            ValueError: a label other than 0 or 1, naming its file and row.
+        """
+        dense, sparse, labels = self._read_range(start, start + batch_size)
+        self._check_labels(labels, np.arange(start, start + labels.shape[0]))
+        return self._to_batch(dense, sparse, labels)
 
     def make_batch(self, rows_B: torch.Tensor) -> Batch:
-        """The ``Batch`` of global rows ``rows_B`` (int64, shape ``(B,)``), in that order."""
+        """The ``Batch`` of global rows ``rows_B`` (int64, shape ``(B,)``), in that order.
+
+        Raises:
+            ValueError: a row outside the files, or a label other than 0 or 1 (named).
+        """
         rows = rows_B.numpy().astype(np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise ValueError(f"rows must be in [0, {len(self)}), got [{rows.min()}, {rows.max()}]")
@@ -309,7 +320,23 @@ class CriteoNpyDataset:
             mask = file_B == i
             for p in PARTS:
                 out[p][mask] = self.files[i][p].take(rows[mask] - self._starts[i])
+        self._check_labels(out["labels"], rows)
         return self._to_batch(out["dense"], out["sparse"], out["labels"])
+
+    def _check_labels(self, labels: np.ndarray, rows: np.ndarray) -> None:
+        """Raise ValueError, naming the file and row, unless every label of the global
+        ``rows`` is 0 or 1 (a click or not: another value trains against a target the loss
+        does not define, without a word). One compare of ``B`` ints a batch."""
+        bad = (labels != 0) & (labels != 1)
+        if not bad.any():
+            return
+        i = int(np.flatnonzero(bad.reshape(labels.shape[0], -1).any(1))[0])
+        row = int(rows[i])
+        f = int(np.searchsorted(self._starts, row, side="right")) - 1
+        raise ValueError(
+            f"{self.files[f]['labels'].path}: row {row - self._starts[f]} has label "
+            f"{labels.reshape(labels.shape[0], -1)[i, 0]}; expected 0 or 1"
+        )
 
     def id_counts(self, split: str = "train") -> list[torch.Tensor]:
         """Per feature, how often each id (after the modulo) occurs in ``split``: int64
