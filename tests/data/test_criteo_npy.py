@@ -193,6 +193,9 @@ def _break(directory: Path, what: str) -> str:
     if what == "not_npy":
         (directory / "day_0_dense.npy").write_bytes(b"hello")
         return "day_0_dense.npy: not an .npy file"
+    if what == "meta_string":
+        (directory / META_FILE).write_text('{"num_embeddings_per_feature": "26"}')
+        return f"{META_FILE}: num_embeddings_per_feature must be a list of 26 ints >= 1, got '26'"
     (directory / META_FILE).write_text("[1, 2]")
     return f"{META_FILE}: expected a JSON object with num_embeddings_per_feature"
 
@@ -208,6 +211,7 @@ def _break(directory: Path, what: str) -> str:
         "truncated",
         "not_npy",
         "meta",
+        "meta_string",
     ],
 )
 def test_bad_directories_are_named(tmp_path: Path, what: str) -> None:

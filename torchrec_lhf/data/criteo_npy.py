@@ -414,6 +414,11 @@ def load_criteo_npy(
                 raise ValueError(
                     f"{meta}: expected a JSON object with num_embeddings_per_feature ({e!r})"
                 ) from None
+            if not isinstance(heights, list):  # (a string would read as its characters)
+                raise ValueError(
+                    f"{meta}: num_embeddings_per_feature must be a list of "
+                    f"{CAT_FEATURE_COUNT} ints >= 1, got {heights!r}"
+                )
         num_embeddings_per_feature = list(heights)
     ds = CriteoNpyDataset(
         directory,
