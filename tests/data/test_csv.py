@@ -95,6 +95,11 @@ def test_label_threshold_and_registry(tmp_path):
         (TINY, dict(categorical=[]), "at least one column"),
         ("", dict(categorical=["city"]), "empty file"),
         ("click,city\n", dict(categorical=["city"]), "no data rows"),
+        (
+            TINY.replace("click,city,device,price,ts", "click,city,city,price,ts"),
+            dict(categorical=["city"]),
+            r"columns \['city'\] appear more than once in the header",
+        ),
     ],
 )
 def test_errors_name_column_row_and_value(tmp_path, text, kwargs, message):
@@ -102,3 +107,17 @@ def test_errors_name_column_row_and_value(tmp_path, text, kwargs, message):
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         load_csv(path, label="click", **kwargs)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    """Before, a spreadsheet export's byte-order mark made the first column '\\ufeffclick':
+    ``columns ['click'] not found``."""
+    path = tmp_path / "clicks.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + TINY.encode())
+    ds = load_csv(path, label="click", categorical=["city", "device"], dense=["price"], time="ts")
+    plain = tmp_path / "plain.csv"
+    plain.write_text(TINY)
+    want = load_csv(
+        plain, label="click", categorical=["city", "device"], dense=["price"], time="ts"
+    )
+    assert torch.equal(ds.labels, want.labels) and torch.equal(ds.values, want.values)

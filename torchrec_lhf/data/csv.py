@@ -190,10 +190,12 @@ def _read_cells(path: Path, wanted: list[str], delimiter: str) -> tuple[np.ndarr
         strings, shape ``(N, len(wanted))`` (dtype object).
 
     Raises:
-        ValueError: no header, a wanted column missing, a row of the wrong length, or no
-            data rows.
+        ValueError: no header, a wanted column missing or named twice in it, a row of the
+            wrong length, or no data rows.
     """
-    with open(path, encoding="utf-8", newline="") as f:
+    # (utf-8-sig: a byte-order mark, as spreadsheet exports write, is not part of the first
+    # column's name)
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = next(reader, None)
         if header is None:
@@ -202,6 +204,12 @@ def _read_cells(path: Path, wanted: list[str], delimiter: str) -> tuple[np.ndarr
         missing = [c for c in wanted if c not in header]
         if missing:
             raise ValueError(f"{path}: columns {missing} not found; the header has {header}")
+        twice = [c for c in dict.fromkeys(wanted) if header.count(c) > 1]
+        if twice:
+            raise ValueError(
+                f"{path}: columns {twice} appear more than once in the header {header}; "
+                "expected each column named once"
+            )
         index = [header.index(c) for c in wanted]
         rows = []
         for line_no, row in enumerate(reader, start=2):  # NOTE: parsing text, once per row
