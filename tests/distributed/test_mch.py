@@ -23,7 +23,7 @@ from torchrec.distributed.types import ShardingEnv, ShardingPlan
 
 from tests._multiprocess import run_multiprocess
 from torchrec_lhf.distributed.gather import copy_into
-from torchrec_lhf.distributed.mch import ManagedCollisionSharder
+from torchrec_lhf.distributed.mch import CheckedShardedManagedCollisionEBC, ManagedCollisionSharder
 from torchrec_lhf.modules.mch import MCHEmbeddingBagCollection
 
 MAX = torch.iinfo(torch.int64).max
@@ -137,6 +137,16 @@ def _sharded_vs_unsharded(rank: int, world_size: int) -> None:
     # int32 ids and lengths (TorchRec's MCH remap failed on them): the same
     narrow = _int32(HITS[rank])
     torch.testing.assert_close(model(narrow).values(), out.values(), atol=0, rtol=0)
+    # a negative length is refused by the sharded module's input dist itself (which the
+    # train pipeline runs before the forward): TorchRec's read it out of bounds
+    managed = model.module.managed
+    assert isinstance(managed, CheckedShardedManagedCollisionEBC)
+    lengths = HITS[rank].lengths().clone()
+    lengths[0], lengths[1] = -1, lengths[1] + lengths[0] + 1
+    bad = KeyedJaggedTensor(keys=HITS[rank].keys(), values=HITS[rank].values(), lengths=lengths)
+    with pytest.raises(ValueError, match=r"lengths\[0\] = -1 \(feature 'f0', sample 0\)"):
+        managed.input_dist(managed.create_context(), bad)
+    torch.testing.assert_close(model(HITS[rank]).values(), out.values(), atol=0, rtol=0)
 
     # 2. misses: each rank has a miss row of its own (unsharded: one, row 5)
     w0_full = state["managed._embedding_module.embedding_bags.t0.weight"]

@@ -12,6 +12,11 @@ One CPU gap is filled: TorchRec resets evicted rows' optimizer state through FBG
 Adagrad); on CPU the sharder swaps in :class:`_CpuEvictionReset`, which zeroes those rows
 through the fused module's optimizer-state views. TorchRec re-initializes their weights as
 on GPU.
+
+The sharded module (:class:`CheckedShardedManagedCollisionEBC`) refuses a negative length in
+its input dist, before TorchRec's reads it: there the managed collisions read it out of
+bounds and corrupted the heap (the process aborted), and under ``TrainPipelineSparseDist``
+the input dist of a batch runs before the forward that would refuse it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torchrec.distributed.mc_embeddingbag import (
     ManagedCollisionEmbeddingBagCollectionSharder,
     ShardedManagedCollisionEmbeddingBagCollection,
 )
+from torchrec.distributed.mc_modules import ManagedCollisionCollectionSharder
 from torchrec.distributed.types import (
     ParameterSharding,
     QuantizedCommCodecs,
@@ -32,12 +38,15 @@ from torchrec.distributed.types import (
     ShardingType,
 )
 from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_lhf._torchrec_private import wrap_eviction_tables
+from torchrec_lhf.modules.remap import refuse_negative_lengths
 
 __all__ = [
     "RowWiseEmbeddingBagCollectionSharder",
     "ManagedCollisionSharder",
+    "CheckedShardedManagedCollisionEBC",
 ]
 
 # The sharding types covered by tests/distributed/test_mch.py (world size 2, gloo, CPU).
@@ -78,11 +87,16 @@ class ManagedCollisionSharder(ManagedCollisionEmbeddingBagCollectionSharder):
         fused_params: dict[str, Any] | None = None,
         qcomm_codecs_registry: dict[str, QuantizedCommCodecs] | None = None,
     ) -> None:
-        # our own reference: TorchRec keeps the inner sharder in a private attribute
+        # our own references: TorchRec keeps the inner sharders in private attributes
         self.ebc_sharder = RowWiseEmbeddingBagCollectionSharder(
             fused_params=fused_params, qcomm_codecs_registry=qcomm_codecs_registry
         )
-        super().__init__(ebc_sharder=self.ebc_sharder, qcomm_codecs_registry=qcomm_codecs_registry)
+        self.mc_sharder = ManagedCollisionCollectionSharder()
+        super().__init__(
+            ebc_sharder=self.ebc_sharder,
+            mc_sharder=self.mc_sharder,
+            qcomm_codecs_registry=qcomm_codecs_registry,
+        )
 
     def compute_kernels(self, sharding_type: str, compute_device_type: str) -> list[str]:
         offered = set(self.ebc_sharder.compute_kernels(sharding_type, compute_device_type))
@@ -98,11 +112,28 @@ class ManagedCollisionSharder(ManagedCollisionEmbeddingBagCollectionSharder):
         device: torch.device | None = None,
         module_fqn: str | None = None,
     ) -> ShardedManagedCollisionEmbeddingBagCollection:
-        sharded = super().shard(module, params, env, device=device, module_fqn=module_fqn)
-        # NOTE: TorchRec's shard() puts the module on CUDA when device is None.
+        # NOTE: as TorchRec's shard(), which puts the module on CUDA when device is None
+        sharded = CheckedShardedManagedCollisionEBC(
+            module,
+            params,
+            ebc_sharder=self.ebc_sharder,
+            mc_sharder=self.mc_sharder,
+            env=env,
+            device=device if device is not None else torch.device("cuda"),
+        )
         if device is not None and device.type == "cpu":
             wrap_eviction_tables(sharded, _CpuEvictionReset)
         return sharded
+
+
+class CheckedShardedManagedCollisionEBC(ShardedManagedCollisionEmbeddingBagCollection):
+    """TorchRec's sharded MC-EBC, refusing a negative length before its input dist reads
+    the batch (:func:`~torchrec_lhf.modules.remap.refuse_negative_lengths`: a ValueError
+    naming the feature and sample on CPU, the guard's device-side assert on CUDA)."""
+
+    def input_dist(self, ctx: Any, features: KeyedJaggedTensor) -> Any:
+        refuse_negative_lengths(features)
+        return super().input_dist(ctx, features)
 
 
 class _CpuEvictionReset:
