@@ -80,6 +80,17 @@ def test_bad_values_are_named() -> None:
     assert isinstance(err.value, FlagError)  # what run_command reports as a usage error
 
 
+@pytest.mark.parametrize("text", ["c,,d", "c,", ",c", " , "])
+def test_a_comma_list_with_an_empty_item_is_refused(text: str, capsys) -> None:  # noqa: ANN001
+    """Before, ``16,,4`` read as ``[16, 4]`` without a word: an item left out (a typo, or a
+    value lost in a script) changed the list."""
+    with pytest.raises(SystemExit):
+        _parse(["--name", "n", "--tags", text])
+    assert f"expected a comma-separated list of str, got {text!r}" in capsys.readouterr().err
+    assert _parse(["--name", "n", "--tags", ""]).tags == []  # (the empty list)
+    assert _parse(["--name", "n", "--tags", " c , d "]).tags == ["c", "d"]
+
+
 def test_run_command_reports_a_bad_flag_as_argparse_does(capsys) -> None:
     def main() -> None:
         _parse(["--name", "n", "--size", "-1"])

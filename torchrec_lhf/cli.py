@@ -111,10 +111,18 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def _comma_list(item: Callable[[str], Any], name: str) -> Callable[[str], list[Any]]:
+def comma_list(item: Callable[[str], Any], name: str) -> Callable[[str], list[Any]]:
+    """An ``argparse`` type: a comma-separated list of ``item`` values (``name`` in the
+    message), items stripped; an empty string is the empty list, an empty item an error."""
+
     def parse(text: str) -> list[Any]:
+        if not text.strip():
+            return []
+        parts = [x.strip() for x in text.split(",")]
         try:
-            return [item(x.strip()) for x in text.split(",") if x.strip()]
+            if "" in parts:  # ("16,,4", "16,": an item left out, not dropped without a word)
+                raise ValueError(text)
+            return [item(x) for x in parts]
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected a comma-separated list of {name}, got {text!r}"
@@ -157,7 +165,7 @@ def _parser_for(tp: Any, name: str) -> tuple[Callable[[str], Any] | None, str]:
         (item,) = set(a for a in typing.get_args(tp) if a is not Ellipsis) or {str}
         if item not in _SCALARS:
             raise TypeError(f"field {name!r}: no flag for a list of {item}")
-        return _comma_list(_SCALARS[item], item.__name__), "value"
+        return comma_list(_SCALARS[item], item.__name__), "value"
     if origin in (dict, Mapping) or tp is dict:
         return json_object, "value"
     raise TypeError(f"field {name!r}: no flag for the type {tp}; give metadata={{'parse': fn}}")

@@ -24,7 +24,7 @@ from apps.dlrm.config_checks import (  # the method lists are re-exported (one s
     check_sizes,
     is_positive_number,
 )
-from torchrec_lhf.cli import FlagError, add_config_flags, config_from_args
+from torchrec_lhf.cli import FlagError, add_config_flags, comma_list, config_from_args
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
 from torchrec_lhf.compression.cce import DEFAULT_COLUMNS, CCEConfig
 from torchrec_lhf.data import check_dataset_spec
@@ -330,13 +330,13 @@ def add_train_flags(
     g.add_argument("--label", default=argparse.SUPPRESS, help="the label column")
     g.add_argument(
         "--categorical",
-        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        type=comma_list(str, "column names"),
         default=argparse.SUPPRESS,
         help="comma list of categorical columns",
     )
     g.add_argument(
         "--dense",
-        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        type=comma_list(str, "column names"),
         default=argparse.SUPPRESS,
         help="comma list of dense columns",
     )
