@@ -93,3 +93,57 @@ def test_a_damaged_file_is_refused(tmp_path: Path) -> None:
     path.write_bytes(bytes(data[:-10]))
     with pytest.raises(ValueError, match="not a readable teacher artifact"):
         TeacherArtifact.load(tmp_path)
+
+
+def _edit_manifest(directory: Path, edit) -> None:  # noqa: ANN001
+    """Rewrite the artifact's manifest (as by hand) with the tensors and their checksum
+    unchanged: only the loader's checks can refuse it."""
+    import json
+    import struct
+
+    from torchrec_lhf.hash_build.artifact import MANIFEST_KEY
+
+    path = directory / TENSORS_FILE
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    manifest = json.loads(header["__metadata__"][MANIFEST_KEY])
+    header["__metadata__"][MANIFEST_KEY] = json.dumps(edit(manifest))
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+
+
+def _tables_to(value: object):  # noqa: ANN202
+    return lambda manifest: {**manifest, "tables": value}
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda manifest: [1], r"expected a torchrec_lhf teacher, found \[1\]"),
+        (
+            _tables_to(["cat_1", "cat_10", "cat_2"]),
+            r"lists tables \['cat_1', 'cat_10', 'cat_2'\], the file holds \['a.b',",
+        ),
+        (
+            _tables_to(["a.b", "cat_1", "cat_1", "cat_10", "cat_2"]),
+            r"lists tables \['a.b', 'cat_1', 'cat_1'",
+        ),
+        (_tables_to(5), r"lists tables 5, the file holds"),
+        (_tables_to("cat_1"), r"lists tables 'cat_1', the file holds"),
+    ],
+)
+def test_a_hand_edited_manifest_is_named(tmp_path: Path, edit, message: str) -> None:  # noqa: ANN001
+    """Before, a manifest listing fewer tables than the file holds loaded without them (the
+    hash build saw only the listed ones), a repeated name loaded once, and a manifest that
+    is not an object, or whose tables are not a list, failed with an AttributeError or a
+    TypeError naming no file."""
+    emb, cnt = _tables()
+    TeacherArtifact(embeddings=emb, counts=cnt).save(tmp_path)
+    assert TeacherArtifact.load(tmp_path).table_names  # (the edit, not the file, is bad)
+    _edit_manifest(tmp_path, lambda manifest: manifest)
+    TeacherArtifact.load(tmp_path)
+    _edit_manifest(tmp_path, edit)
+    with pytest.raises(ValueError, match=rf"teacher\.safetensors: .*{message}"):
+        TeacherArtifact.load(tmp_path)

@@ -147,11 +147,20 @@ class TeacherArtifact:
             manifest = json.loads(header[MANIFEST_KEY])
         except (SafetensorError, OSError, ValueError, KeyError) as e:
             raise ValueError(f"{path}: not a readable teacher artifact ({e!r})") from e
-        if manifest.get("kind") != _KIND:
-            raise ValueError(
-                f"{path}: expected a torchrec_lhf {_KIND}, found {manifest.get('kind')!r}"
-            )
+        if not isinstance(manifest, dict) or manifest.get("kind") != _KIND:
+            kind = manifest.get("kind") if isinstance(manifest, dict) else manifest
+            raise ValueError(f"{path}: expected a torchrec_lhf {_KIND}, found {kind!r}")
         names = manifest.get("tables", [])
+        held = sorted({k.rsplit("/", 1)[0] for k in keys})
+        if (
+            not isinstance(names, list)
+            or not all(isinstance(n, str) for n in names)
+            or sorted(names) != held
+        ):
+            raise ValueError(
+                f"{path}: manifest and tensors disagree: the manifest lists tables {names!r}, "
+                f"the file holds {held}"
+            )
         for n in names:
             emb, cnt = keys.get(f"{n}/embeddings"), keys.get(f"{n}/counts")
             if emb is None or cnt is None:
