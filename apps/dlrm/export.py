@@ -50,6 +50,7 @@ from apps.dlrm.config import TrainConfig
 from apps.dlrm.loop import Session
 from apps.dlrm.model import build_model, table_configs
 from torchrec_lhf._io import atomic_write_json, load_tensors, tensor_digest
+from torchrec_lhf.cli import check_int
 from torchrec_lhf.distributed.mlet import PipelinedMLET
 from torchrec_lhf.inference import load_scripted, save_scripted, script_serving_model
 from torchrec_lhf.plan import HashPlan
@@ -311,12 +312,21 @@ def _rebuild(
         raise ValueError(
             f"{path}: exported with plan {manifest['plan_fingerprint']!r}, got {fingerprint!r}"
         )
-    config = TrainConfig(**manifest["config"])
-    tables = table_configs(
-        [t["features"][0] for t in manifest["tables"]],
-        [t["num_embeddings"] for t in manifest["tables"]],
-        config.embedding_dim,
-    )
+    try:  # (a manifest edited by hand: its values named with the file)
+        config = TrainConfig(**manifest["config"])
+        entries = manifest["tables"]
+        if not isinstance(entries, list) or not entries:
+            raise ValueError(f"tables must be a non-empty list, got {entries!r}")
+        for t in entries:
+            check_int(f"table {t.get('name')!r}: num_embeddings", t["num_embeddings"], low=1)
+        check_int("num_dense", manifest["num_dense"], low=1)
+        tables = table_configs(
+            [t["features"][0] for t in entries],
+            [t["num_embeddings"] for t in entries],
+            config.embedding_dim,
+        )
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
+        raise ValueError(f"{path}: the {KIND} manifest is malformed: {e!r}") from e
     model = build_model(
         config,
         tables,

@@ -265,6 +265,35 @@ def test_damaged_foreign_and_old_exports(tmp_path: Path) -> None:
     (bad / MANIFEST_FILE).write_text(json.dumps(dict(manifest, weights_sha256="0" * 64)))
     with pytest.raises(ValueError, match="altered or damaged"):
         load_serving_model(bad)
+    # a manifest edited by hand: before, a TypeError, KeyError or IndexError naming no file
+    first = manifest["tables"][0]
+    for name, edit, message in [
+        ("dense_str", dict(num_dense="3"), r"num_dense must be an int >= 1, got '3'"),
+        ("tables_str", dict(tables="x"), r"tables must be a non-empty list, got 'x'"),
+        ("tables_empty", dict(tables=[]), r"tables must be a non-empty list, got \[\]"),
+        (
+            "no_features",
+            dict(tables=[{"name": "t", "num_embeddings": 5}]),
+            r"KeyError\('features'\)",
+        ),
+        (
+            "height_str",
+            dict(tables=[dict(first, num_embeddings="30")]),
+            r"num_embeddings must be an int >= 1, got '30'",
+        ),
+        ("config_list", dict(config=[1]), r"TypeError\(.*must be a mapping"),
+        (
+            "config_key",
+            dict(config=dict(manifest["config"], bogus=1)),
+            r"unexpected keyword argument 'bogus'",
+        ),
+    ]:
+        bad = _damaged(path, name)
+        (bad / MANIFEST_FILE).write_text(json.dumps(dict(manifest, **edit)))
+        with pytest.raises(
+            ValueError, match=rf"{name}: the serving_model manifest is malformed: .*{message}"
+        ):
+            load_serving_model(bad)
     # an export from before DCP: its collapsed float weights in weights.safetensors
     old = tmp_path / "old"
     old.mkdir()
