@@ -37,7 +37,7 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -302,7 +302,7 @@ class CriteoNpyDataset:
             ValueError: a label other than 0 or 1, naming its file and row.
         """
         dense, sparse, labels = self._read_range(start, start + batch_size)
-        self._check_labels(labels, np.arange(start, start + labels.shape[0]))
+        self._check_labels(labels, lambda i: start + i)
         return self._to_batch(dense, sparse, labels)
 
     def make_batch(self, rows_B: torch.Tensor) -> Batch:
@@ -320,22 +320,24 @@ class CriteoNpyDataset:
             mask = file_B == i
             for p in PARTS:
                 out[p][mask] = self.files[i][p].take(rows[mask] - self._starts[i])
-        self._check_labels(out["labels"], rows)
+        self._check_labels(out["labels"], lambda i: int(rows[i]))
         return self._to_batch(out["dense"], out["sparse"], out["labels"])
 
-    def _check_labels(self, labels: np.ndarray, rows: np.ndarray) -> None:
-        """Raise ValueError, naming the file and row, unless every label of the global
-        ``rows`` is 0 or 1 (a click or not: another value trains against a target the loss
-        does not define, without a word). One compare of ``B`` ints a batch."""
-        bad = (labels != 0) & (labels != 1)
-        if not bad.any():
+    def _check_labels(self, labels: np.ndarray, global_row: Callable[[int], int]) -> None:
+        """Raise ValueError, naming the file and row, unless every label of a batch is 0 or 1
+        (a click or not: another value trains against a target the loss does not define,
+        without a word). One compare of ``B`` ints a batch; ``global_row(i)``, the batch's
+        ``i``-th row in the files, is asked only for a bad one."""
+        labels_B = labels.reshape(-1)
+        bad_B = (labels_B != 0) & (labels_B != 1)
+        if not bad_B.any():
             return
-        i = int(np.flatnonzero(bad.reshape(labels.shape[0], -1).any(1))[0])
-        row = int(rows[i])
+        i = int(np.flatnonzero(bad_B)[0])
+        row = global_row(i)
         f = int(np.searchsorted(self._starts, row, side="right")) - 1
         raise ValueError(
             f"{self.files[f]['labels'].path}: row {row - self._starts[f]} has label "
-            f"{labels.reshape(labels.shape[0], -1)[i, 0]}; expected 0 or 1"
+            f"{labels_B[i]}; expected 0 or 1"
         )
 
     def id_counts(self, split: str = "train") -> list[torch.Tensor]:
