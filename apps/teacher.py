@@ -42,7 +42,7 @@ from apps.dlrm.config import (
     add_train_flags,
     train_config_from_args,
 )
-from apps.dlrm.loop import BatchHook, Session, build_session, fit, load_data
+from apps.dlrm.loop import BatchHook, Session, build_session, check_trains, fit, load_data
 from apps.dlrm.model import EBC_FQN
 from apps.dlrm.runtime import DistEnv, distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
@@ -259,6 +259,7 @@ def train_teacher(config: TeacherConfig, env: DistEnv) -> tuple[Session, dict[st
             seen.splits["train"].numel(),
             dataset.splits["train"].numel(),
         )
+    check_trains(cfg, env, seen)
     session = build_session(cfg, env, seen, plan=None)
     counter = IdCounter([c.num_embeddings for c in session.tables], env.device)
     hook = None if held_out else counter.first_epoch(session)

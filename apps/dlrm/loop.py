@@ -168,6 +168,27 @@ def build_session(
     )
 
 
+def check_trains(config: TrainConfig, env: DistEnv, dataset: RecDataset) -> None:
+    """What a run that trains calls before :func:`build_session`.
+
+    Raises:
+        ValueError: the run is to train (``epochs`` > 0) but ``dataset``'s training split
+            holds less than one global batch (``batch_size`` x world size), so that no
+            step would run and the untrained model would be evaluated as if trained.
+    """
+    if config.epochs == 0:
+        return
+    if dataset.num_batches("train", config.batch_size, env.world_size) > 0:
+        return
+    global_batch = config.batch_size * env.world_size
+    raise ValueError(
+        f"the training split of {dataset.name!r} holds {dataset.num_batches('train', 1)} samples, "
+        f"fewer than one global batch of batch_size {config.batch_size} x world size "
+        f"{env.world_size} = {global_batch}: no training step would run; expected at "
+        f"least {global_batch} training samples (a smaller --batch_size, or more data)"
+    )
+
+
 def _cce_phase_steps(config: TrainConfig, env: DistEnv, dataset: RecDataset) -> list[int]:
     """``--compression cce``'s phase positions over all epochs' training batches at this
     run's global batch size (else none; :attr:`Session.phase_steps`)."""

@@ -38,7 +38,7 @@ import torch
 
 from apps.dlrm.config import PLAN_METHODS, TrainConfig, add_train_flags, train_config_from_args
 from apps.dlrm.export import export_model
-from apps.dlrm.loop import build_session, fit, load_data
+from apps.dlrm.loop import build_session, check_trains, fit, load_data
 from apps.dlrm.model import EBC_FQN, build_model, table_name, table_stats
 from apps.dlrm.runtime import distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
@@ -162,6 +162,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
         setup_logging(env.rank)
         dataset = load_data(config)
         logger.info("dataset: %s", dataset)
+        check_trains(config, env, dataset)
         heights = config.num_embeddings_per_feature or list(dataset.num_embeddings)
         plan = resolve_plan(config, dataset, heights)
         if plan is not None:

@@ -43,6 +43,22 @@ def test_bad_window_is_named(bad: str) -> None:
         parse_args([*ARGS, "--out", "x", "--train_window", bad])
 
 
+def test_a_window_below_one_batch_is_refused(tmp_path: Path) -> None:
+    """A window of 1% of 1,600 training rows holds 16, under one batch of 32: the teacher
+    would train on nothing, and its artifact is not written."""
+    out = tmp_path / "w"
+    config = parse_args([*ARGS, "--out", str(out), "--train_window", "0.01"])
+    with (
+        distributed() as env,
+        pytest.raises(
+            ValueError,
+            match=r"training split of 'synthetic' holds 16 samples, fewer than one global",
+        ),
+    ):
+        train_teacher(config, env)
+    assert not out.exists()
+
+
 def _ids(ds: RecDataset, rows_R: torch.Tensor) -> dict[str, torch.Tensor]:
     kjt = ds.make_batch(rows_R).sparse_features
     return {f: jt.values().unique() for f, jt in kjt.to_dict().items()}

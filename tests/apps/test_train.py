@@ -176,6 +176,20 @@ def test_a_bad_dataset_spec_fails_before_the_run() -> None:
         parse_args(["--dataset", "csv:x.csv", "--dataset_options", '{"colour": 1}'])
 
 
+def test_a_training_split_below_one_batch_is_refused() -> None:
+    """1,600 training samples and a batch of 2,000: no step would run, and the untrained
+    model's metrics were reported as a run's; evaluating only (no epochs) still runs."""
+    too_big = [*SMALL, "--batch_size", "2000"]
+    with pytest.raises(
+        ValueError,
+        match=r"the training split of 'synthetic' holds 1600 samples, fewer than one global "
+        r"batch of batch_size 2000 x world size 1 = 2000: no training step would run",
+    ):
+        main(too_big)
+    metrics = main([*too_big, "--epochs", "0"])
+    assert metrics["steps"] == 0 and metrics["test_samples"] == 200
+
+
 def test_csv_flags_need_a_csv_dataset() -> None:
     with pytest.raises(ValueError, match="only apply to --dataset csv:PATH"):
         parse_args(["--dataset", "synthetic", "--label", "clicked"])
