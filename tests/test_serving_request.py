@@ -72,12 +72,12 @@ BAD_REQUESTS = {
 
 
 # A learned hash's served model leaves the lengths to its remap's operator, which reads them
-# anyway (one pass fewer: 4% of a one-sample request): its messages name the request's
-# feature by its index.
+# anyway (one pass fewer: 4% of a one-sample request); the model passes it the request's
+# feature names, which its messages name (before, by index: "internal feature 1").
 OPERATOR_MESSAGES = {
     "lengths add up to more": r"the lengths add up to 7 ids, but the batch holds 6: the lengths",
     "lengths add up to fewer": r"the lengths add up to 5 ids, but the batch holds 6: the lengths",
-    "a negative length": r"lengths\[4\] = -1 \(internal feature 1, sample 1\) is negative",
+    "a negative length": r"lengths\[4\] = -1 \(feature 'f1', sample 1\) is negative",
 }
 
 
@@ -130,13 +130,14 @@ def test_the_served_learned_hash_refuses_an_id_outside_its_table(
 ) -> None:
     """Before, the dense plan's served model (FBGEMM remaps inside its kernel) read its
     remapping array out of bounds: an error naming a garbage row, another id's row, or a
-    segmentation fault. Both tables (t0 compressed, t1 not) have 30 ids."""
+    segmentation fault. Both tables (t0 compressed, t1 not) have 30 ids. The feature is
+    named (before, by its index: ``internal feature 1``)."""
     model = scripted[kind]
     good = model(DENSE, VALUES, LENGTHS)
     values = VALUES.clone()
     values[0 if feature == 0 else 3] = bad  # (f0's first id, f1's first)
     with pytest.raises(
-        Exception, match=rf"internal feature {feature}: id {bad} is out of range \[0, 30\)"
+        Exception, match=rf"feature 'f{feature}': id {bad} is out of range \[0, 30\)"
     ):
         model(DENSE, values, LENGTHS)
     torch.testing.assert_close(model(DENSE, VALUES, LENGTHS), good, atol=0, rtol=0)

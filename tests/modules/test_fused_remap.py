@@ -277,10 +277,66 @@ def test_bad_bag_lengths_are_refused(monkeypatch, fallback: bool) -> None:  # no
         call(ids, bags.float(), *tables)
 
 
+NAMES = ["clicks", "views", "ads", "pages", "users"]  # the logical feature of each of the 5
+
+
+@pytest.mark.parametrize("path", ["kernel", "fallback-kernel", "fallback-torch"])
+def test_the_bags_operator_names_the_features_it_is_given(monkeypatch, path: str) -> None:  # noqa: ANN001
+    """With ``names`` (what a served model passes), a negative length and an id out of range
+    name the feature; before, and still without ``names`` (a model scripted before them),
+    only its index. ``fallback-kernel``: the fallback where the kernel can be built calls the
+    operator again; ``fallback-torch``: where it cannot, the torch ops."""
+    op_args = _operator_args(False)
+    ids, length_J, tables = op_args[0], op_args[1], op_args[2:]
+    bags = _bags(length_J, 3, torch.int64)
+    expected = torch.ops.torchrec_lhf.fused_remap(*op_args)
+    call = torch.ops.torchrec_lhf.fused_remap_bags
+    if path != "kernel":
+        call = compact_kernel._fallback_bags
+    if path == "fallback-torch":
+        monkeypatch.setattr(compact_kernel, "_module", lambda: None)
+    assert torch.equal(call(ids, bags, *tables, NAMES), expected)
+    negative = bags.clone()
+    negative[4], negative[5] = -1, negative[5] + negative[4] + 1
+    with pytest.raises(RuntimeError, match=r"lengths\[4\] = -1 \(feature 'views', sample 1\)"):
+        call(ids, negative, *tables, NAMES)
+    with pytest.raises(RuntimeError, match=r"lengths\[4\] = -1 \(internal feature 1, sample 1\)"):
+        call(ids, negative, *tables)
+    height_J = tables[1]
+    wild = ids.clone()
+    n = int(height_J[3])
+    wild[sum(length_J[:3])] = n  # feature 3's first id (feature 2 has none), one past its N
+    match = rf"feature 'pages': id {n} is out of range \[0, {n}\)"
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        call(wild, bags, *tables, NAMES)
+    with pytest.raises(RuntimeError, match=r"names has 2 entries; expected one per internal featu"):
+        call(ids, bags, *tables, NAMES[:2])
+
+
+def test_a_model_scripted_without_names_still_calls_the_bags_operator() -> None:
+    """A served model exported before ``names`` calls the operator without them: its
+    TorchScript source, compiled again on load, takes the schema's default."""
+
+    def old_call(ids: torch.Tensor, bags: torch.Tensor, tables: list[torch.Tensor]) -> torch.Tensor:
+        return torch.ops.torchrec_lhf.fused_remap_bags(
+            ids, bags, tables[0], tables[1], tables[2], tables[3], tables[4], tables[5],
+            tables[6], tables[7], tables[8], False,
+        )  # fmt: skip
+
+    op_args = _operator_args(False)
+    ids, length_J, tables = op_args[0], op_args[1], list(op_args[2:-1])
+    scripted = torch.jit.script(old_call)
+    expected = torch.ops.torchrec_lhf.fused_remap(*op_args)
+    assert torch.equal(scripted(ids, _bags(length_J, 3, torch.int64), tables), expected)
+
+
 def test_the_bags_operator_passes_torch_library_opcheck() -> None:
     for modulo in (False, True):
         op_args = _operator_args(modulo)
         bags = _bags(op_args[1], 3, torch.int64)
         torch.library.opcheck(
             torch.ops.torchrec_lhf.fused_remap_bags, (op_args[0], bags, *op_args[2:])
+        )
+        torch.library.opcheck(
+            torch.ops.torchrec_lhf.fused_remap_bags, (op_args[0], bags, *op_args[2:], NAMES)
         )

@@ -103,6 +103,36 @@ def test_the_ranked_operators_pass_torch_library_opcheck() -> None:
     torch.library.opcheck(torch.ops.torchrec_lhf.fused_remap_ranked, args)
     bags = torch.tensor(length_J)
     torch.library.opcheck(torch.ops.torchrec_lhf.fused_remap_ranked_bags, (ids, bags, *args[2:]))
+    names = [f"f{j}" for j in range(len(length_J))]
+    torch.library.opcheck(
+        torch.ops.torchrec_lhf.fused_remap_ranked_bags, (ids, bags, *args[2:], names)
+    )
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["kernel", "fallback-torch"])
+def test_the_ranked_bags_operator_names_the_features_it_is_given(monkeypatch, fallback) -> None:  # noqa: ANN001
+    """As the plain bags operator (``test_fused_remap.py``): with ``names``, a negative
+    length and an id out of range name the feature, not its index."""
+    remap, ids, length_J, expected = _layout(False, wild=False)
+    args = _op_args(remap, ids, length_J, False)
+    names = [f"f{j}" for j in range(len(length_J))]
+    call = torch.ops.torchrec_lhf.fused_remap_ranked_bags
+    if fallback:
+        monkeypatch.setattr(compact_kernel, "_module", lambda: None)
+        call = compact_kernel._fallback_ranked_bags
+    bags = torch.tensor(length_J)  # one bag a feature
+    assert torch.equal(call(ids, bags, *args[2:], names), expected)
+    j = max(range(len(length_J)), key=lambda k: length_J[k])  # a feature with ids
+    negative = bags.clone()
+    negative[j] = -1
+    with pytest.raises(RuntimeError, match=rf"lengths\[{j}\] = -1 \(feature 'f{j}', sample 0\)"):
+        call(ids, negative, *args[2:], names)
+    wild = ids.clone()
+    n = int(args[3][j])  # feature j's N
+    wild[sum(length_J[:j])] = n
+    match = rf"feature 'f{j}': id {n} is out of range \[0, {n}\)"
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        call(wild, bags, *args[2:], names)
 
 
 def test_the_two_pass_operator_of_older_models_gives_the_same_rows(monkeypatch) -> None:  # noqa: ANN001

@@ -235,6 +235,7 @@ def fused_rows_of_bags(
     height_J: torch.Tensor,
     modulo: bool,
     compact: list[torch.Tensor],
+    names: list[str] | None = None,
 ) -> torch.Tensor | None:
     """:func:`fused_rows` for scripted code that has the per-bag lengths but not the ids
     per feature: the operator ``torchrec_lhf::fused_remap_bags`` (with ranked heads,
@@ -243,7 +244,8 @@ def fused_rows_of_bags(
     request). None where the kernel does not apply.
 
     Args as for :func:`fused_rows`, with ``bag_lengths`` the ids of each bag, feature-major,
-    shape ``(J * B,)``, in place of the per-feature counts.
+    shape ``(J * B,)``, in place of the per-feature counts, and ``names`` the logical
+    feature of each internal feature (``J``), which the operator's errors name.
     """
     if not _applies(ids_P, compact):
         return None
@@ -253,10 +255,11 @@ def fused_rows_of_bags(
         return torch.ops.torchrec_lhf.fused_remap_ranked_bags(
             ids_P, bag_lengths, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
             compact[6], compact[7], compact[8], compact[9], compact[10], compact[11], modulo,
+            names,
         )  # fmt: skip
     return torch.ops.torchrec_lhf.fused_remap_bags(
         ids_P, bag_lengths, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
-        modulo,
+        modulo, names,
     )  # fmt: skip
 
 
@@ -268,6 +271,7 @@ def checked_ids_of_bags(
     no_mapping: torch.Tensor,
     no_table: torch.Tensor,
     modulo: bool,
+    names: list[str] | None = None,
 ) -> torch.Tensor | None:
     """:func:`fused_rows_of_bags` of a remap with no table: the ids, range-checked (or
     folded with ``modulo``), one operator call with nothing made per call (a range check
@@ -281,13 +285,15 @@ def checked_ids_of_bags(
         no_mapping: an empty mapping (of a mapping dtype); ``no_table``: an empty int64
             tensor, for each absent compact table.
         modulo: fold ids into ``[0, N)`` instead of refusing them.
+        names: the logical feature of each internal feature, which the errors name.
     """
     if not ids_P.is_cpu or (ids_P.dtype != torch.int64 and ids_P.dtype != torch.int32):
         return None  # (not _applies: a list made per call)
     t = no_table
     return torch.ops.torchrec_lhf.fused_remap_bags(
-        ids_P.contiguous(), bag_lengths, unmapped_J, height_J, no_mapping, t, t, t, t, t, t, modulo
-    )
+        ids_P.contiguous(), bag_lengths, unmapped_J, height_J, no_mapping, t, t, t, t, t, t, modulo,
+        names,
+    )  # fmt: skip
 
 
 def _applies(ids_P: torch.Tensor, compact: list[torch.Tensor]) -> bool:
@@ -327,8 +333,12 @@ _TABLES = f"{_COMPACT}, bool modulo"
 SCHEMA = f"fused_remap(Tensor ids, int[] lengths, {_TABLES}) -> Tensor"
 """The operator's schema. ``seeds``: the tail hashes' seeds; the empty tensors of a module
 without compact features stand for its absent tables (``is_compact`` empty)."""
-SCHEMA_BAGS = f"fused_remap_bags(Tensor ids, Tensor bag_lengths, {_TABLES}) -> Tensor"
-"""``fused_remap`` with the per-bag lengths ``(J * B,)`` in place of the ids per feature."""
+_NAMES = "str[]? names=None"
+SCHEMA_BAGS = f"fused_remap_bags(Tensor ids, Tensor bag_lengths, {_TABLES}, {_NAMES}) -> Tensor"
+"""``fused_remap`` with the per-bag lengths ``(J * B,)`` in place of the ids per feature.
+``names``: the logical feature of each internal feature (``J``), read only to word an error
+(a negative length, an id out of range) with the feature's name instead of its index; models
+scripted before it was added call the operator without it."""
 _RANKED = "Tensor blocks, Tensor offsets, Tensor dir, Tensor last, Tensor steps, Tensor fine"
 SCHEMA_RANKED = (
     f"fused_remap_ranked(Tensor ids, int[] lengths, {_COMPACT}, {_RANKED}, bool modulo) -> Tensor"
@@ -338,7 +348,7 @@ buffers; ``steps`` is only the torch fallback's, ``fine`` the spans' directory b
 read) looked up in the same pass."""
 SCHEMA_RANKED_BAGS = (
     f"fused_remap_ranked_bags(Tensor ids, Tensor bag_lengths, {_COMPACT}, {_RANKED}, "
-    "bool modulo) -> Tensor"
+    f"bool modulo, {_NAMES}) -> Tensor"
 )
 """``fused_remap_ranked`` with the per-bag lengths ``(J * B,)``."""
 SCHEMA_RANK = (
@@ -430,28 +440,98 @@ def _fallback_bags(
     ids: torch.Tensor,
     bag_lengths: torch.Tensor,
     offset: torch.Tensor,
-    *tables_and_modulo: object,
+    height: torch.Tensor,
+    mapping: torch.Tensor,
+    slot_keys: torch.Tensor,
+    slot_rows: torch.Tensor,
+    seeds: torch.Tensor,
+    tail_offset: torch.Tensor,
+    tail_rows: torch.Tensor,
+    is_compact: torch.Tensor,
+    modulo: bool,
+    names: list[str] | None = None,
 ) -> torch.Tensor:
-    """``fused_remap_bags`` where its C++ kernel is not registered: the ids per feature
-    summed here, then :func:`_fallback`."""
-    lengths = _bag_sums(bag_lengths, offset.numel(), ids.numel())
-    return _fallback(ids, lengths, offset, *tables_and_modulo)  # type: ignore[arg-type]
+    """``fused_remap_bags`` where its C++ kernel is not registered: as :func:`_fallback`,
+    the ids per feature summed here."""
+    compact = [slot_keys, slot_rows, seeds, tail_offset, tail_rows, is_compact]
+    return _fallback_bag_rows(ids, bag_lengths, offset, height, mapping, compact, modulo, names)
 
 
 def _fallback_ranked_bags(
     ids: torch.Tensor,
     bag_lengths: torch.Tensor,
     offset: torch.Tensor,
-    *tables_and_modulo: object,
+    height: torch.Tensor,
+    mapping: torch.Tensor,
+    slot_keys: torch.Tensor,
+    slot_rows: torch.Tensor,
+    seeds: torch.Tensor,
+    tail_offset: torch.Tensor,
+    tail_rows: torch.Tensor,
+    is_compact: torch.Tensor,
+    blocks: torch.Tensor,
+    offsets: torch.Tensor,
+    dir_J: torch.Tensor,
+    last_J: torch.Tensor,
+    steps: torch.Tensor,
+    fine: torch.Tensor,
+    modulo: bool,
+    names: list[str] | None = None,
 ) -> torch.Tensor:
     """``fused_remap_ranked_bags`` where its C++ kernel is not registered."""
-    lengths = _bag_sums(bag_lengths, offset.numel(), ids.numel())
-    return _fallback_ranked(ids, lengths, offset, *tables_and_modulo)  # type: ignore[arg-type]
+    compact = [slot_keys, slot_rows, seeds, tail_offset, tail_rows, is_compact]
+    compact += [blocks, offsets, dir_J, last_J, steps, fine]
+    return _fallback_bag_rows(ids, bag_lengths, offset, height, mapping, compact, modulo, names)
 
 
-def _bag_sums(bag_lengths: torch.Tensor, num: int, num_ids: int) -> list[int]:
+def _fallback_bag_rows(
+    ids: torch.Tensor,
+    bag_lengths: torch.Tensor,
+    offset: torch.Tensor,
+    height: torch.Tensor,
+    mapping: torch.Tensor,
+    compact: list[torch.Tensor],
+    modulo: bool,
+    names: list[str] | None,
+) -> torch.Tensor:
+    """The bags fallbacks' rows: the operator again where the kernel can be built (loading
+    it registered the kernel, which names the features), else ``map_ids``'s torch ops (with
+    ``names``, an id out of range named as the eager remap names it)."""
+    if names is not None and len(names) != offset.numel():
+        raise RuntimeError(
+            f"names has {len(names)} entries; expected one per internal feature ({offset.numel()})"
+        )
+    present = compact if compact[5].numel() > 0 else []
+    if _applies(ids, present) and _module() is not None and _kernel_registered():
+        if len(compact) > 6:
+            return torch.ops.torchrec_lhf.fused_remap_ranked_bags(
+                ids, bag_lengths, offset, height, mapping, *compact, modulo, names
+            )
+        return torch.ops.torchrec_lhf.fused_remap_bags(
+            ids, bag_lengths, offset, height, mapping, *compact, modulo, names
+        )
+    lengths = _bag_sums(bag_lengths, offset.numel(), ids.numel(), names)
+    if names is None:
+        return _fallback_rows(ids, lengths, offset, height, mapping, compact, modulo)
+    from torchrec_lhf.modules.remap_lookup import map_ids_or_raise  # (it imports this module)
+
+    segments = (None, torch.tensor(lengths, device=ids.device), None)
+    return map_ids_or_raise(
+        ids, segments, mapping, offset, height, True, names, present, modulo=modulo
+    )
+
+
+def _kernel_registered() -> bool:
+    """Whether the C++ kernel holds the operators' CPU key (loading it registers it there),
+    so that calling an operator again reaches it, not its fallback."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("torchrec_lhf::fused_remap_bags", "CPU")
+
+
+def _bag_sums(
+    bag_lengths: torch.Tensor, num: int, num_ids: int, names: list[str] | None = None
+) -> list[int]:
     """The ids of each of ``num`` features from the per-bag lengths ``(num * B,)`` of a
-    batch of ``num_ids`` ids.
+    batch of ``num_ids`` ids (``names``: the features', for a negative length's message).
 
     Raises:
         RuntimeError: lengths that are not a 1-D integer tensor of ``num * B`` entries, a
@@ -470,8 +550,8 @@ def _bag_sums(bag_lengths: torch.Tensor, num: int, num_ids: int) -> list[int]:
     if negative.numel() > 0:  # (a host read: this path reads the lengths on the host anyway)
         i, stride = int(negative[0, 0]), bags // num
         raise RuntimeError(
-            f"lengths[{i}] = {int(bag_lengths[i])} (internal feature {i // stride}, sample "
-            f"{i % stride}) is negative; expected ids per feature and sample >= 0"
+            f"lengths[{i}] = {int(bag_lengths[i])} ({_feature_text(names, i // stride)}, "
+            f"sample {i % stride}) is negative; expected ids per feature and sample >= 0"
         )
     lengths = bag_lengths.view(num, -1).sum(1).tolist() if num > 0 else []
     if sum(lengths) != num_ids:
@@ -480,6 +560,12 @@ def _bag_sums(bag_lengths: torch.Tensor, num: int, num_ids: int) -> list[int]:
             "lengths and values disagree"
         )
     return lengths
+
+
+def _feature_text(names: list[str] | None, j: int) -> str:
+    """``feature 'clicks'`` where the features are named, else ``internal feature 3`` (as
+    the C++ kernel words it)."""
+    return f"feature {names[j]!r}" if names is not None else f"internal feature {j}"
 
 
 def _register_operator() -> torch.library.Library | None:
@@ -502,7 +588,7 @@ def _register_operator() -> torch.library.Library | None:
         library.impl(name, fallback, "CompositeExplicitAutograd")
         if register_fake is not None:
             register_fake(f"torchrec_lhf::{name}", lib=library)(
-                lambda ids, *rest: torch.empty_like(ids)
+                lambda ids, *rest, **options: torch.empty_like(ids)
             )
     return library
 

@@ -109,7 +109,7 @@ def remap_features(
             length_per_key = features.length_per_key_or_none()
             rows_P = compact_kernel.fused_rows_of_bags(
                 features.values(), features.lengths(), mapping, offset_J, height_J, modulo,
-                compact,
+                compact, sources,
             )  # fmt: skip
         else:
             # eager: the per-key lengths (TorchRec's input_dist reads them anyway; the output

@@ -332,7 +332,7 @@ def request_rows(
     """
     if values_V.is_cpu:
         rows_V = compact_kernel.fused_rows_of_bags(
-            values_V, lengths, mapping, offset_J, height_J, modulo, compact
+            values_V, lengths, mapping, offset_J, height_J, modulo, compact, sources
         )
         if rows_V is not None:
             return rows_V
@@ -368,7 +368,7 @@ def request_ids(
     """
     if values_V.is_cpu:
         ids_V = compact_kernel.checked_ids_of_bags(
-            values_V, lengths, unmapped_J, height_J, no_mapping, no_table, modulo
+            values_V, lengths, unmapped_J, height_J, no_mapping, no_table, modulo, sources
         )
         if ids_V is not None:
             return ids_V

@@ -11,6 +11,8 @@
 // fused_remap_ranked: the same pass with the ranked heads too (a ranked feature's ids are
 //   looked up in its 16-bit block offsets, not probed in the head table); rank_overlay,
 //   the pass over fused_remap's rows that did it before, stays for the models that call it.
+// fused_remap_bags, fused_remap_ranked_bags: the same from per-bag lengths (a served
+//   request's), with the request's feature names, optional, for errors that name them.
 // In both, a compact or ranked feature with at least twice as many ids in the batch as its
 //   table has (at most 2**15: a small table) has the rows of all its ids computed once, by
 //   the same lookup, and each id's read from them (remap_feature).
@@ -28,9 +30,23 @@
 #include <atomic>
 #include <cstdint>
 #include <numeric>
+#include <optional>
+#include <string>
 #include <vector>
 
 namespace {
+
+// The served operators' optional feature names (`str[]? names`: the logical feature of each
+// internal feature), read only to word an error.
+using Names = std::optional<c10::List<std::string>>;
+
+// "feature 'clicks'" where the caller named its features, else "internal feature 3".
+std::string feature_text(const Names& names, int64_t j) {
+  if (names.has_value() && j >= 0 && j < static_cast<int64_t>(names->size())) {
+    return "feature '" + names->get(j) + "'";
+  }
+  return "internal feature " + std::to_string(j);
+}
 
 // ids are taken in blocks. A compact feature's block is hashed (the probe slots and tail rows
 // of its ids, in loops the compiler vectorizes), its probe slots are prefetched (a training
@@ -611,7 +627,8 @@ bool remap_feature(const I* ids, I* out, const Feature& f, const Heads& heads,
 
 template <typename I, typename M>
 void remap_all(const torch::Tensor& ids, torch::Tensor& out, c10::ArrayRef<Feature> feats,
-               const Heads& heads, const RankIndex& ranks, const M* mapping, bool modulo) {
+               const Heads& heads, const RankIndex& ranks, const M* mapping, bool modulo,
+               const Names& names) {
   const I* in = ids.data_ptr<I>();
   I* rows = out.data_ptr<I>();
   for (size_t j = 0; j < feats.size(); ++j) {
@@ -619,7 +636,7 @@ void remap_all(const torch::Tensor& ids, torch::Tensor& out, c10::ArrayRef<Featu
     if (!remap_feature<I, M>(in, rows, f, heads, ranks, mapping, modulo)) continue;
     for (int64_t i = f.begin; i < f.end; ++i) {
       const int64_t id = static_cast<int64_t>(in[i]);
-      TORCH_CHECK(id >= 0 && static_cast<uint64_t>(id) < f.height, "internal feature ", j,
+      TORCH_CHECK(id >= 0 && static_cast<uint64_t>(id) < f.height, feature_text(names, j),
                   ": id ", id, " is out of range [0, ", f.height, ")");
     }
   }
@@ -640,16 +657,16 @@ void remap_all(const torch::Tensor& ids, torch::Tensor& out, c10::ArrayRef<Featu
 // is not ranked; `steps` is only the torch fallback's) are looked up in the same pass: a
 // ranked feature's ids are not probed in the cuckoo table. Empty `blocks`: none (the
 // operator torchrec_lhf::fused_remap, whose schema exported models call).
-torch::Tensor fused_remap_ranked(const torch::Tensor& ids, c10::IntArrayRef lengths,
-                                 const torch::Tensor& offset, const torch::Tensor& height,
-                                 const torch::Tensor& mapping, const torch::Tensor& slot_keys,
-                                 const torch::Tensor& slot_rows, const torch::Tensor& seeds_in,
-                                 const torch::Tensor& tail_offset, const torch::Tensor& tail_rows,
-                                 const torch::Tensor& is_compact, const torch::Tensor& blocks,
-                                 const torch::Tensor& offsets, const torch::Tensor& dir,
-                                 const torch::Tensor& last, const torch::Tensor& steps,
-                                 const torch::Tensor& fine, bool modulo) {
-  (void)steps;
+// `names`: see Names (the bags operators' callers pass them; errors then name the features).
+torch::Tensor remap_named(const torch::Tensor& ids, c10::IntArrayRef lengths,
+                          const torch::Tensor& offset, const torch::Tensor& height,
+                          const torch::Tensor& mapping, const torch::Tensor& slot_keys,
+                          const torch::Tensor& slot_rows, const torch::Tensor& seeds_in,
+                          const torch::Tensor& tail_offset, const torch::Tensor& tail_rows,
+                          const torch::Tensor& is_compact, const torch::Tensor& blocks,
+                          const torch::Tensor& offsets, const torch::Tensor& dir,
+                          const torch::Tensor& last, const torch::Tensor& fine, bool modulo,
+                          const Names& names) {
   TORCH_CHECK(ids.device().is_cpu() && ids.is_contiguous());
   TORCH_CHECK(ids.scalar_type() == torch::kInt64 || ids.scalar_type() == torch::kInt32);
   const int64_t num = static_cast<int64_t>(lengths.size());
@@ -752,12 +769,36 @@ torch::Tensor fused_remap_ranked(const torch::Tensor& ids, c10::IntArrayRef leng
   AT_DISPATCH_INTEGRAL_TYPES(map_t.scalar_type(), "fused_remap", [&] {
     const scalar_t* map = map_t.numel() > 0 ? map_t.data_ptr<scalar_t>() : nullptr;
     if (int64_ids) {
-      remap_all<int64_t, scalar_t>(ids, out, feats, heads, ranks, map, modulo);
+      remap_all<int64_t, scalar_t>(ids, out, feats, heads, ranks, map, modulo, names);
     } else {
-      remap_all<int32_t, scalar_t>(ids, out, feats, heads, ranks, map, modulo);
+      remap_all<int32_t, scalar_t>(ids, out, feats, heads, ranks, map, modulo, names);
     }
   });
   return out;
+}
+
+// The operator torchrec_lhf::fused_remap_ranked: remap_named with no names.
+torch::Tensor fused_remap_ranked(const torch::Tensor& ids, c10::IntArrayRef lengths,
+                                 const torch::Tensor& offset, const torch::Tensor& height,
+                                 const torch::Tensor& mapping, const torch::Tensor& slot_keys,
+                                 const torch::Tensor& slot_rows, const torch::Tensor& seeds,
+                                 const torch::Tensor& tail_offset, const torch::Tensor& tail_rows,
+                                 const torch::Tensor& is_compact, const torch::Tensor& blocks,
+                                 const torch::Tensor& offsets, const torch::Tensor& dir,
+                                 const torch::Tensor& last, const torch::Tensor& steps,
+                                 const torch::Tensor& fine, bool modulo) {
+  (void)steps;
+  return remap_named(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
+                     tail_offset, tail_rows, is_compact, blocks, offsets, dir, last, fine, modulo,
+                     std::nullopt);
+}
+
+// An empty int32 tensor, the absent ranked heads' arguments: made once (allocated on every
+// call, it was about a tenth of what the remap adds to a one-sample request) and never freed
+// (a static tensor's destructor could run after libtorch's at exit).
+const torch::Tensor& no_tensor() {
+  static const torch::Tensor* const none = new torch::Tensor(torch::empty({0}, torch::kInt32));
+  return *none;
 }
 
 // The operator torchrec_lhf::fused_remap: fused_remap_ranked without ranked heads.
@@ -767,18 +808,23 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
                           const torch::Tensor& slot_rows, const torch::Tensor& seeds,
                           const torch::Tensor& tail_offset, const torch::Tensor& tail_rows,
                           const torch::Tensor& is_compact, bool modulo) {
-  // made once (allocated on every call, it was about a tenth of what the remap adds to a
-  // one-sample request) and never freed: a static tensor's destructor could run after
-  // libtorch's at exit
-  static const torch::Tensor* const none = new torch::Tensor(torch::empty({0}, torch::kInt32));
-  return fused_remap_ranked(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
-                            tail_offset, tail_rows, is_compact, *none, *none, *none, *none, *none,
-                            *none, modulo);
+  const torch::Tensor& none = no_tensor();
+  return remap_named(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
+                     tail_offset, tail_rows, is_compact, none, none, none, none, none, modulo,
+                     std::nullopt);
+}
+
+// Names, where given, must name each of the `num` internal features.
+void check_names(const Names& names, int64_t num) {
+  TORCH_CHECK(!names.has_value() || static_cast<int64_t>(names->size()) == num, "names has ",
+              names.has_value() ? names->size() : 0, " entries; expected one per internal "
+              "feature (", num, ")");
 }
 
 // The ids of each of `num` features from the per-bag lengths `(num * B,)` (a
 // KeyedJaggedTensor's `lengths`): the sum of its B bags' lengths.
-c10::SmallVector<int64_t, 64> bag_sums(const torch::Tensor& bag_lengths, int64_t num) {
+c10::SmallVector<int64_t, 64> bag_sums(const torch::Tensor& bag_lengths, int64_t num,
+                                       const Names& names) {
   const int64_t bags = bag_lengths.numel();
   TORCH_CHECK(bag_lengths.device().is_cpu() && bag_lengths.dim() == 1 &&
                   at::isIntegralType(bag_lengths.scalar_type(), /*includeBool=*/false),
@@ -801,7 +847,7 @@ c10::SmallVector<int64_t, 64> bag_sums(const torch::Tensor& bag_lengths, int64_t
   }
   if (negative < 0) {
     for (int64_t i = 0; i < bags; ++i) {
-      TORCH_CHECK(b[i] >= 0, "lengths[", i, "] = ", b[i], " (internal feature ", i / stride,
+      TORCH_CHECK(b[i] >= 0, "lengths[", i, "] = ", b[i], " (", feature_text(names, i / stride),
                   ", sample ", i % stride,
                   ") is negative; expected ids per feature and sample >= 0");
     }
@@ -819,10 +865,13 @@ torch::Tensor fused_remap_bags(const torch::Tensor& ids, const torch::Tensor& ba
                                const torch::Tensor& mapping, const torch::Tensor& slot_keys,
                                const torch::Tensor& slot_rows, const torch::Tensor& seeds,
                                const torch::Tensor& tail_offset, const torch::Tensor& tail_rows,
-                               const torch::Tensor& is_compact, bool modulo) {
-  const auto lengths = bag_sums(bag_lengths, offset.numel());
-  return fused_remap(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
-                     tail_offset, tail_rows, is_compact, modulo);
+                               const torch::Tensor& is_compact, bool modulo, Names names) {
+  check_names(names, offset.numel());
+  const auto lengths = bag_sums(bag_lengths, offset.numel(), names);
+  const torch::Tensor& none = no_tensor();
+  return remap_named(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
+                     tail_offset, tail_rows, is_compact, none, none, none, none, none, modulo,
+                     names);
 }
 
 // fused_remap_ranked with the per-bag lengths (the operator
@@ -833,11 +882,13 @@ torch::Tensor fused_remap_ranked_bags(
     const torch::Tensor& slot_rows, const torch::Tensor& seeds, const torch::Tensor& tail_offset,
     const torch::Tensor& tail_rows, const torch::Tensor& is_compact, const torch::Tensor& blocks,
     const torch::Tensor& offsets, const torch::Tensor& dir, const torch::Tensor& last,
-    const torch::Tensor& steps, const torch::Tensor& fine, bool modulo) {
-  const auto lengths = bag_sums(bag_lengths, offset.numel());
-  return fused_remap_ranked(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
-                            tail_offset, tail_rows, is_compact, blocks, offsets, dir, last, steps,
-                            fine, modulo);
+    const torch::Tensor& steps, const torch::Tensor& fine, bool modulo, Names names) {
+  (void)steps;
+  check_names(names, offset.numel());
+  const auto lengths = bag_sums(bag_lengths, offset.numel(), names);
+  return remap_named(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
+                     tail_offset, tail_rows, is_compact, blocks, offsets, dir, last, fine, modulo,
+                     names);
 }
 
 // fused_remap for eager Python callers (pybind: a few microseconds less per call than the
