@@ -108,3 +108,31 @@ def test_registry_options_map_to_config():
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SyntheticConfig(**kwargs)
+
+
+def test_data_larger_than_the_machine_is_refused_before_it_is_drawn(monkeypatch):
+    """A table of 2**40 ids failed in torch's allocator (``you tried to allocate
+    8796093022208 bytes``); sizes that fit one allocation at a time could instead be
+    ended by the out-of-memory killer part way. Now refused up front, naming the sizes."""
+    from torchrec_lhf.data import synthetic
+
+    huge = SyntheticConfig(num_embeddings=[2**40, 10])
+    with pytest.raises(
+        ValueError,
+        match=r"about 83,562.9 GB \(1,099,511,627,786 ids at about 76 bytes each, 50,000 "
+        r"samples\), more than this machine's .* GB; expected fewer ids",
+    ):
+        make_synthetic(huge)
+    # the estimate against a given memory, by hand: 76 bytes an id, 60 a sample and
+    # feature, 20 a sample and dense feature
+    small = SyntheticConfig(num_samples=100, num_embeddings=[1000, 500], num_dense=3)
+    need = 76 * 1500 + (60 * 2 + 20 * 3) * 100
+    assert synthetic.peak_bytes(small) == need
+    synthetic.check_fits(small, memory=need)
+    with pytest.raises(ValueError, match=r"expected fewer ids \(num_embeddings\) or samples"):
+        synthetic.check_fits(small, memory=need - 1)
+    monkeypatch.setattr(synthetic, "_physical_memory", lambda: need - 1)
+    with pytest.raises(ValueError, match="more than this machine's 0.0 GB"):
+        make_synthetic(small)
+    monkeypatch.setattr(synthetic, "_physical_memory", lambda: None)  # unknown: not refused
+    assert len(make_synthetic(small)) == 100

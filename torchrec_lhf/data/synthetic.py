@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,13 @@ from torchrec_lhf.data.dataset import RecDataset
 logger = logging.getLogger(__name__)
 
 _SAMPLE_SEED_OFFSET = 1_000_003  # the sample stream's generator is seeded apart from the groups'
+BYTES_PER_ID = 76
+"""Peak memory of :func:`make_synthetic` per id of all tables (73 measured at 5M and 20M
+ids: the groups, popularity and permutation arrays over every id)."""
+BYTES_PER_SAMPLE_FEATURE = 60
+BYTES_PER_SAMPLE_DENSE = 20
+"""Its peak memory per sample, per feature and per dense feature (measured per sample: 533
+bytes with 8 features and 4 dense ones, 1,625 with 26 and 13; these give 560 and 1,820)."""
 
 
 @dataclass(kw_only=True)
@@ -95,6 +103,46 @@ class SyntheticConfig:
             raise ValueError(f"base_logit must be a finite number, got {self.base_logit!r}")
 
 
+def peak_bytes(config: SyntheticConfig) -> int:
+    """About the most memory :func:`make_synthetic` holds at once for ``config``: it draws
+    arrays over every id of every table and over every sample."""
+    per_sample = (
+        BYTES_PER_SAMPLE_FEATURE * len(config.num_embeddings)
+        + BYTES_PER_SAMPLE_DENSE * config.num_dense
+    )
+    return BYTES_PER_ID * sum(int(h) for h in config.num_embeddings) + per_sample * int(
+        config.num_samples
+    )
+
+
+def _physical_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits(config: SyntheticConfig, memory: int | None = None) -> None:
+    """Raises ValueError where ``config`` needs more memory than the machine has
+    (``memory``: its bytes, by default the physical memory), before anything is drawn: the
+    arrays would otherwise be allocated one by one until one fails, or the system's
+    out-of-memory killer ends the process."""
+    memory = _physical_memory() if memory is None else memory
+    need = peak_bytes(config)
+    if memory is None or need <= memory:
+        return
+    ids = sum(int(h) for h in config.num_embeddings)
+    raise ValueError(
+        f"the synthetic data would take about {need / 1e9:,.1f} GB ({ids:,} ids at about "
+        f"{BYTES_PER_ID} bytes each, {int(config.num_samples):,} samples), more than this "
+        f"machine's {memory / 1e9:,.1f} GB; expected fewer ids (num_embeddings) or samples "
+        "(num_samples). For tables of the MLPerf heights and beyond, "
+        "python -m apps.make_synthetic_criteo writes such data in chunks, with no array "
+        "over the ids"
+    )
+
+
 def synthetic_groups(config: SyntheticConfig) -> list[torch.Tensor]:
     """The planted group of every id: per feature an int64 tensor ``(num_embeddings[f],)``."""
     gen = torch.Generator().manual_seed(config.seed)
@@ -112,8 +160,13 @@ def make_synthetic(config: SyntheticConfig | None = None) -> RecDataset:
     Returns:
         A ``RecDataset`` named ``"synthetic"`` with one-hot features ``cat_0..``,
         dense features ``dense_0..`` and the planted effects in ``info``.
+
+    Raises:
+        ValueError: ``config`` would take more memory than the machine has
+            (:func:`check_fits`).
     """
     config = config or SyntheticConfig()
+    check_fits(config)
     t0 = time.perf_counter()
     heights = [int(h) for h in config.num_embeddings]
     num_features, num_groups, n = len(heights), config.num_groups, config.num_samples
