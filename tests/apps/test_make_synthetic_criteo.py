@@ -27,5 +27,7 @@ def test_flags_parse_into_the_config() -> None:
         ["--out", "x", "--scale", "0.5", "--num_groups", "3"]
     )
     assert (config.scale, config.num_groups, config.days, str(output.out)) == (0.5, 3, 3, "x")
-    with pytest.raises(ValueError, match="days must be >= 2"):
+    with pytest.raises(
+        ValueError, match=r"days must be an int >= 2, got 1 \(the last day is val / test\)"
+    ):
         make_synthetic_criteo.parse_args(["--out", "x", "--days", "1"])

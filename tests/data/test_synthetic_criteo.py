@@ -73,13 +73,27 @@ def test_planted_structure_and_zipf_popularity(tmp_path: Path) -> None:
     [
         ({"scale": 0}, "scale must be a finite number > 0"),
         ({"scale": float("inf")}, "scale must be a finite number > 0, got inf"),
-        ({"days": 1}, "days must be >= 2"),
-        ({"rows_per_day": 0}, "rows_per_day must be >= 1"),
-        ({"num_groups": 0}, "num_groups must be >= 1"),
+        ({"days": 1}, "days must be an int >= 2, got 1"),
+        ({"rows_per_day": 0}, "rows_per_day must be an int >= 1, got 0"),
+        ({"num_groups": 0}, "num_groups must be an int >= 1, got 0"),
         ({"zipf_exponent": -1.0}, "zipf_exponent must be a finite number >= 0"),
         ({"group_scale": float("inf")}, "group_scale must be a finite number >= 0, got inf"),
         ({"base_logit": float("nan")}, "base_logit must be a finite number, got nan"),
-        ({"seed": -1}, "seed must be >= 0"),
+        ({"seed": -1}, "seed must be an int >= 0, got -1"),
+        # before: a TypeError from a comparison, or accepted and failing (or not) later
+        ({"scale": "x"}, "scale must be a finite number > 0, got 'x'"),
+        ({"days": 2.5}, "days must be an int >= 2, got 2.5"),
+        ({"rows_per_day": True}, "rows_per_day must be an int >= 1, got True"),
+        ({"num_groups": None}, "num_groups must be an int >= 1, got None"),
+        ({"seed": 1.5}, "seed must be an int >= 0, got 1.5"),
+        ({"zipf_exponent": "1"}, "zipf_exponent must be a finite number >= 0, got '1'"),
+        ({"base_logit": None}, "base_logit must be a finite number, got None"),
+        # before: written, with a * rank wrapping in int64 (ids no longer a permutation)
+        (
+            {"scale": 1e9},
+            r"scale 1000000000.0 makes the largest table 40,000,000,000,000,000 ids; expected "
+            r"at most 3,037,000,499 \(a scale of at most 75.9\)",
+        ),
     ],
 )
 def test_bad_config_is_named(kwargs: dict, message: str) -> None:

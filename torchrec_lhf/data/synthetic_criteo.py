@@ -44,6 +44,7 @@ import torch
 from tqdm import tqdm
 
 from torchrec_lhf._io import atomic_write_json
+from torchrec_lhf.cli import check_int, is_finite_number
 from torchrec_lhf.data.criteo_convert import write_npy_parts
 from torchrec_lhf.data.criteo_npy import META_FILE, MLPERF_NUM_EMBEDDINGS
 from torchrec_lhf.data.synthetic import SyntheticConfig
@@ -54,6 +55,9 @@ BLOCK_ROWS = 1 << 16
 """Rows drawn at once (about 40 MB of scratch); also the unit of the random streams."""
 
 NUM_DENSE = 13
+MAX_HEIGHT = math.isqrt(2**63 - 1)
+"""The largest table: ``a * rank`` of the rank -> id bijection (both below the height) must
+fit int64 (3,037,000,499 ids, 75 times the MLPerf's largest)."""
 _PLANTED = {f.name: f.default for f in fields(SyntheticConfig)}
 _EFFECTS_STREAM = 2**32 - 1  # NOTE: the planted effects' stream, apart from every (day, block)
 _MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)  # splitmix64 constants
@@ -85,21 +89,28 @@ class SyntheticCriteoConfig:
     """Seed of the groups, permutations, effects and rows."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.scale < math.inf:
-            raise ValueError(f"scale must be a finite number > 0, got {self.scale}")
-        if self.days < 2:
-            raise ValueError(f"days must be >= 2 (the last day is val / test), got {self.days}")
-        if self.rows_per_day < 1:
-            raise ValueError(f"rows_per_day must be >= 1, got {self.rows_per_day}")
-        if self.num_groups < 1:
-            raise ValueError(f"num_groups must be >= 1, got {self.num_groups}")
+        if not (is_finite_number(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a finite number > 0, got {self.scale!r}")
+        try:
+            check_int("days", self.days, low=2)
+        except ValueError as error:
+            raise ValueError(f"{error} (the last day is val / test)") from None
+        for name, low in (("rows_per_day", 1), ("num_groups", 1), ("seed", 0)):
+            check_int(name, getattr(self, name), low=low)
         for name in ("zipf_exponent", "group_scale", "interaction_scale", "dense_scale"):
-            if not 0 <= getattr(self, name) < math.inf:
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
-        if not math.isfinite(self.base_logit):
-            raise ValueError(f"base_logit must be a finite number, got {self.base_logit}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+            value = getattr(self, name)
+            if not (is_finite_number(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not is_finite_number(self.base_logit):
+            raise ValueError(f"base_logit must be a finite number, got {self.base_logit!r}")
+        largest = max(self.num_embeddings)
+        if largest > MAX_HEIGHT:
+            raise ValueError(
+                f"scale {self.scale!r} makes the largest table {largest:,} ids; expected at "
+                f"most {MAX_HEIGHT:,} (a scale of at most "
+                f"{MAX_HEIGHT / max(MLPERF_NUM_EMBEDDINGS):.1f}): a table's rank -> id "
+                "bijection multiplies two of its ids in int64"
+            )
 
     @property
     def num_embeddings(self) -> list[int]:
