@@ -128,6 +128,12 @@ def test_table_rows_and_config_validation(tmp_path: Path):
         BuildConfig(fraction=0.1, num_hashes=0, **base)
     with pytest.raises(ValueError, match="combine must be one of"):
         BuildConfig(fraction=0.1, combine="mean", **base)
+    # before: accepted, and never read where no table has a head to cluster
+    with pytest.raises(ValueError, match=r"unknown agglomerative option\(s\) \['bogus'\]"):
+        BuildConfig(fraction=0.1, clustering_options={"bogus": 1}, **base)
+    with pytest.raises(ValueError, match=r"clustering_options must be a JSON object, got \[1\]"):
+        BuildConfig(fraction=0.1, clustering_options=[1], **base)
+    assert BuildConfig(fraction=0.1, clustering_options={"max_cluster_size": 4}, **base)
 
 
 # ------------------------------------------------------- world-size invariance

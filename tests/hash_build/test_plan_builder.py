@@ -109,6 +109,19 @@ def test_build_plan_is_deterministic_and_round_trips(tmp_path):
         (dict(rows={"zzz": 3}), r"rows names tables \['zzz'\]"),
         (dict(fraction=0.5, min_table_rows=-1), "min_table_rows must be an int >= 0, got -1"),
         (dict(fraction=0.5, clustering="kmeans"), "unknown clustering"),
+        # before: accepted where no table reaches the clustering (here 't' stays full)
+        (
+            dict(fraction=0.5, min_table_rows=100, clustering_options={"bogus": 1}),
+            r"unknown agglomerative option\(s\) \['bogus'\]",
+        ),
+        (
+            dict(fraction=0.5, min_table_rows=100, clustering_options={"max_cluster_size": 0}),
+            "max_cluster_size must be an int >= 1",
+        ),
+        (
+            dict(fraction=0.5, clustering="quantile", clustering_options={"bogus": 1}),
+            r"clustering 'quantile' takes no options, got \['bogus'\]",
+        ),
     ],
 )
 def test_build_plan_bad_settings(kwargs, match):

@@ -17,6 +17,7 @@ from torchrec_lhf.clustering.quantile import frequency_quantile_1d, quantile_1d
 from torchrec_lhf.clustering.reference import agglomerative_1d_reference
 from torchrec_lhf.clustering.registry import (
     ClusteringFn,
+    check_clustering_options,
     get_clustering,
     list_clusterings,
     register_clustering,
@@ -29,6 +30,7 @@ __all__ = [
     "ClusteringResult",
     "agglomerative_1d",
     "agglomerative_1d_reference",
+    "check_clustering_options",
     "frequency_quantile_1d",
     "get_clustering",
     "list_clusterings",

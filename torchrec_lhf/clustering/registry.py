@@ -7,7 +7,10 @@ numbered in value order).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
 
 from torchrec_lhf.clustering.agglomerative import agglomerative_1d
 from torchrec_lhf.clustering.config import ClusteringResult
@@ -47,6 +50,14 @@ def get_clustering(name: str) -> ClusteringFn:
         return _CLUSTERINGS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown clustering {name!r}; registered: {list_clusterings()}") from None
+
+
+def check_clustering_options(name: str, options: Mapping[str, Any] | None) -> None:
+    """Raises ValueError where the clustering ``name`` refuses ``options`` (an unknown
+    option, a value out of range), before any work: it is run once on a single id with
+    them. A clustering is only run on a table's head, so a build whose heads are empty
+    (or whose tables are all small) would otherwise accept any options without a word."""
+    get_clustering(name)(torch.zeros(1), None, 1, **dict(options or {}))
 
 
 def list_clusterings() -> list[str]:

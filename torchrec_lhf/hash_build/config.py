@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from torchrec_lhf.clustering.registry import get_clustering
+from torchrec_lhf.clustering.registry import check_clustering_options, get_clustering
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, allocate_rows
 from torchrec_lhf.hash_build.byte_budget import fit_head_to_bytes, learned_rows_for_bytes
 from torchrec_lhf.hash_build.compose import COMPOSE_MODES
@@ -252,6 +252,10 @@ class BuildConfig:
             raise ValueError(
                 f"projection must be 'pca', 'dim:k' or 'dim:k0,k1,...', got {self.projection!r}"
             )
+        if not isinstance(self.clustering_options, Mapping):
+            raise ValueError(
+                f"clustering_options must be a JSON object, got {self.clustering_options!r}"
+            )
         try:
             json.dumps(self.clustering_options)
         except TypeError as e:
@@ -259,6 +263,7 @@ class BuildConfig:
                 f"clustering_options must be JSON-serializable, got {self.clustering_options!r}"
             ) from e
         self.clustering_options = dict(self.clustering_options)
+        check_clustering_options(self.clustering, self.clustering_options)
         self.out = Path(self.out)
         if self.work_dir is None:
             self.work_dir = self.out.with_name(self.out.name + ".work")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from torchrec_lhf.clustering import get_clustering, project
+from torchrec_lhf.clustering import check_clustering_options, get_clustering, project
 from torchrec_lhf.compression.budget import allocate_rows, split_rows
 from torchrec_lhf.hash_build.byte_budget import fit_head_to_bytes, learned_rows_for_bytes
 from torchrec_lhf.hash_build.compose import COMPOSE_MODES, residual_stage
@@ -208,8 +208,9 @@ def build_plan(
         (['t'], [0, 1, 0, 1])
     """
     sizes = _check_plan_args(
-        teacher_embeddings, counts, fraction, rows, min_table_rows, budget, clustering, head_tail
-    )
+        teacher_embeddings, counts, fraction, rows, min_table_rows, budget, clustering, head_tail,
+        clustering_options,
+    )  # fmt: skip
     if check_shrinkage(value_shrinkage) and counts is None:
         raise ValueError(f"value_shrinkage={value_shrinkage!r} needs counts, got counts=None")
     allocated = None
@@ -319,6 +320,7 @@ def _check_plan_args(
     budget: str,
     clustering: str,
     head_tail: HeadTail | None,
+    clustering_options: Mapping[str, Any] | None,
 ) -> dict[str, int]:
     """Check :func:`build_plan`'s arguments before any work.
 
@@ -345,6 +347,7 @@ def _check_plan_args(
         if unknown:
             raise ValueError(f"rows names tables {unknown} that have no teacher embeddings")
     get_clustering(clustering)  # fail before any work on an unknown clustering
+    check_clustering_options(clustering, clustering_options)  # (or options it refuses)
     if budget != "table" and fraction is None:
         raise ValueError(f"budget={budget!r} needs a fraction, not rows")
     if budget not in ("table", "total", "bytes"):
