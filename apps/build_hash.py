@@ -29,7 +29,13 @@ import torch
 import torch.distributed as dist
 
 from apps.dlrm.runtime import setup_logging
-from torchrec_lhf.cli import add_config_flags, check_input_path, config_from_args, run_command
+from torchrec_lhf.cli import (
+    add_config_flags,
+    check_input_path,
+    check_output_path,
+    config_from_args,
+    run_command,
+)
 from torchrec_lhf.hash_build.artifact import TENSORS_FILE as TEACHER_TENSORS_FILE
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.job import BuildConfig, run_build
@@ -136,6 +142,8 @@ def main(argv: list[str] | None = None) -> HashPlan | None:
         expected="a teacher artifact directory (apps.teacher --out)",
         holds=TEACHER_TENSORS_FILE,
     )
+    check_output_path("--out", config.out)
+    check_output_path("--work_dir", config.work_dir, directory=True)
     return run(config, launch)
 
 

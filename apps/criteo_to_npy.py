@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apps.dlrm.runtime import setup_logging
-from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
+from torchrec_lhf.cli import add_config_flags, check_output_path, config_from_args, run_command
 from torchrec_lhf.data.criteo_convert import convert_criteo_tsv
 
 
@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> CriteoToNpyConfig:
 def main(argv: list[str] | None = None) -> dict[str, int]:
     """Command-line entry point; returns ``{stem: rows}`` of the converted files."""
     config = parse_args(argv)
+    check_output_path("--out", config.out, directory=True)
     return convert_criteo_tsv(config.input, config.out)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apps.dlrm.runtime import setup_logging
-from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
+from torchrec_lhf.cli import add_config_flags, check_output_path, config_from_args, run_command
 from torchrec_lhf.data.synthetic_criteo import SyntheticCriteoConfig, write_synthetic_criteo
 
 
@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SyntheticCriteoConfig, Ou
 def main(argv: list[str] | None = None) -> list[int]:
     """Command-line entry point; returns the table heights."""
     config, output = parse_args(argv)
+    check_output_path("--out", output.out, directory=True)
     return write_synthetic_criteo(output.out, config)
 
 

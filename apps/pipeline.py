@@ -51,7 +51,7 @@ from apps.plan_candidates import (
 )
 from torchrec_lhf._io import atomic_write, atomic_write_json
 from torchrec_lhf._memory import trim_heap
-from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
+from torchrec_lhf.cli import add_config_flags, check_output_path, config_from_args, run_command
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSmall
 from torchrec_lhf.data import (
     DatasetUnavailableError,
@@ -581,6 +581,10 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     config = parse_args(argv)
     check_dataset_files(config.dataset)
+    check_output_path("--out_dir", config.out_dir, directory=True)
+    for flag, path in (("--results_json", config.results_json), ("--plot", config.plot)):
+        if path:
+            check_output_path(flag, path)
     with distributed() as env:
         setup_logging(env.rank)
         logger.info("pipeline config: %s", asdict(config))

@@ -38,7 +38,13 @@ from apps.dlrm.export import EXPORT_DTYPES, load_scripted_model, scripted_file
 from apps.dlrm.model import table_configs
 from apps.dlrm.runtime import setup_logging
 from torchrec_lhf._io import atomic_write
-from torchrec_lhf.cli import add_config_flags, check_input_path, config_from_args, run_command
+from torchrec_lhf.cli import (
+    add_config_flags,
+    check_input_path,
+    check_output_path,
+    config_from_args,
+    run_command,
+)
 from torchrec_lhf.data import RecDataset, check_dataset_files, check_dataset_spec, load_dataset
 
 logger = logging.getLogger(__name__)
@@ -159,6 +165,7 @@ def main(argv: list[str] | None = None) -> torch.Tensor:
     config = parse_args(argv)
     check_dataset_files(config.dataset)
     check_model_files(config)
+    check_output_path("--out", config.out)
     return score(config)
 
 

@@ -45,8 +45,9 @@ from apps.dlrm.config import (
 from apps.dlrm.loop import BatchHook, Session, build_session, check_trains, fit, load_data
 from apps.dlrm.model import EBC_FQN
 from apps.dlrm.runtime import DistEnv, distributed, setup_logging
+from apps.dlrm.train import check_train_outputs
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
+from torchrec_lhf.cli import add_config_flags, check_output_path, config_from_args, run_command
 from torchrec_lhf.data import RecDataset, check_dataset_files
 from torchrec_lhf.distributed.gather import gather_to_rank0
 from torchrec_lhf.hash_build.artifact import stream_order, write_teacher
@@ -356,6 +357,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: ``python -m apps.teacher --help``."""
     config = parse_args(argv)
     check_dataset_files(config.train.dataset)
+    check_output_path("--out", config.out, directory=True)
+    check_train_outputs(config.train)
     return run(config)
 
 

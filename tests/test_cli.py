@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from apps import build_hash, pipeline, teacher
+from apps import build_hash, criteo_to_npy, make_synthetic_criteo, pipeline, serve, teacher
 from apps.dlrm import train
 from apps.dlrm.config import COMPRESSION_FIELDS, TrainConfig
 from benchmarks import quality
@@ -18,6 +18,7 @@ from torchrec_lhf.cli import (
     FlagError,
     add_config_flags,
     check_input_path,
+    check_output_path,
     config_from_args,
     field_docs,
     run_command,
@@ -255,3 +256,59 @@ def test_entry_points_refuse_missing_inputs_before_they_start(tmp_path: Path) ->
     with pytest.raises(FlagError, match=r"--init_from '.*nosuch': no such directory"):
         train.main(["--dataset", "synthetic", "--init_from", nosuch])
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_check_output_path_names_what_is_in_the_way(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    (tmp_path / "dir").mkdir()
+    check_output_path("--out", tmp_path / "new.json")  # missing: made when written
+    check_output_path("--out", tmp_path / "a" / "b" / "new.json")  # with the folders above
+    check_output_path("--out", tmp_path / "file")  # replaced
+    check_output_path("--out_dir", tmp_path / "dir", directory=True)
+    check_output_path("--out_dir", tmp_path / "new" / "dir", directory=True)
+    check_output_path("--out", "relative.json")
+    to_write = "expected the path of a file to write"
+    to_fill = "expected a directory to write into"
+    file = str(tmp_path / "file")
+    cases = [
+        (("--out", tmp_path / "dir", False), f"is a directory; {to_write}"),
+        (("--out_dir", tmp_path / "file", True), f"not a directory; {to_fill}"),
+        (("--out", tmp_path / "file" / "x.json", False), f"{file!r} is a file, not a directory; {to_write}"),
+        (("--out_dir", tmp_path / "file" / "a" / "b", True), f"{file!r} is a file, not a directory; {to_fill}"),
+    ]  # fmt: skip
+    for (flag, path, directory), message in cases:
+        with pytest.raises(FlagError) as err:
+            check_output_path(flag, path, directory=directory)
+        assert str(err.value) == f"{flag} {str(path)!r}: {message}"
+
+
+def test_entry_points_refuse_outputs_in_the_way_before_they_start(tmp_path: Path) -> None:
+    """Before, each of these failed where it wrote, after its work (a training run, a hash
+    build, a conversion), with an OS error and a traceback."""
+    file = tmp_path / "file"
+    file.write_bytes(b"")
+    busy = str(tmp_path)  # a directory where a file is to be written
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "teacher.safetensors").write_bytes(b"")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model_int8.pt").write_bytes(b"")
+    synthetic = ["--dataset", "synthetic"]
+    cases = [
+        (lambda: build_hash.main(["--teacher", str(tmp_path / "teacher"), "--fraction", "0.1", "--out", busy]), "--out"),
+        (lambda: build_hash.main(["--teacher", str(tmp_path / "teacher"), "--fraction", "0.1", "--out", str(tmp_path / "p.st"), "--work_dir", str(file)]), "--work_dir"),
+        (lambda: teacher.main([*synthetic, "--out", str(file)]), "--out"),
+        (lambda: teacher.main([*synthetic, "--out", str(tmp_path / "t2"), "--metrics_json", busy]), "--metrics_json"),
+        (lambda: train.main([*synthetic, "--metrics_json", busy]), "--metrics_json"),
+        (lambda: train.main([*synthetic, "--checkpoint_dir", str(file / "ckpt")]), "--checkpoint_dir"),
+        (lambda: train.main([*synthetic, "--export_model", str(file)]), "--export_model"),
+        (lambda: pipeline.main(["--out_dir", str(file)]), "--out_dir"),
+        (lambda: pipeline.main(["--out_dir", str(tmp_path / "p"), "--results_json", busy]), "--results_json"),
+        (lambda: pipeline.main(["--out_dir", str(tmp_path / "p"), "--plot", busy]), "--plot"),
+        (lambda: serve.main(["--model", str(tmp_path / "model"), *synthetic, "--out", busy]), "--out"),
+        (lambda: criteo_to_npy.main(["--input", str(file), "--out", str(file)]), "--out"),
+        (lambda: make_synthetic_criteo.main(["--out", str(file)]), "--out"),
+    ]  # fmt: skip
+    for call, flag in cases:
+        with pytest.raises(FlagError, match=f"^{flag} '"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "model", "teacher"]

@@ -303,6 +303,35 @@ def check_input_path(
     raise FlagError(f"{flag} {str(path)!r}: {what}; expected {expected}")
 
 
+def check_output_path(flag: str, path: str | os.PathLike, *, directory: bool = False) -> None:
+    """Check, where a command starts, that an output the flag names can be written there: a
+    file's path is not a directory, a directory's is not a file, and no folder above it is
+    a file. Otherwise the command failed where it wrote, after its work (a whole training
+    run). An entry point calls it in ``main``, as :func:`check_input_path`.
+
+    Args:
+        flag: the flag, e.g. ``"--out"``.
+        path: its value (made where missing, with the folders above it).
+        directory: the output is a directory (else a file).
+
+    Raises:
+        FlagError: naming the flag, the path and what is in the way.
+    """
+    path = Path(path)
+    expected = "a directory to write into" if directory else "the path of a file to write"
+    if path.exists() and path.is_dir() != directory:
+        what = "not a directory" if directory else "is a directory"
+        raise FlagError(f"{flag} {str(path)!r}: {what}; expected {expected}")
+    for above in path.parents:
+        if above.exists():
+            if not above.is_dir():
+                raise FlagError(
+                    f"{flag} {str(path)!r}: {str(above)!r} is a file, not a directory; "
+                    f"expected {expected}"
+                )
+            return
+
+
 def run_command(main: Callable[[], Any], prog: str | None = None) -> None:
     """Run an entry point's ``main()`` as a command: a :class:`FlagError` ends it as
     ``argparse`` ends on a bad flag, ``PROG: error: MESSAGE`` on stderr and exit status 2,

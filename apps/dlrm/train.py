@@ -42,7 +42,7 @@ from apps.dlrm.loop import build_session, check_trains, fit, load_data
 from apps.dlrm.model import EBC_FQN, build_model, table_name, table_stats
 from apps.dlrm.runtime import distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.cli import check_input_path, run_command
+from torchrec_lhf.cli import check_input_path, check_output_path, run_command
 from torchrec_lhf.compression.cce import fit_columns
 from torchrec_lhf.compression.methods import make_plan
 from torchrec_lhf.data import RecDataset, check_dataset_files
@@ -227,10 +227,24 @@ def run(config: TrainConfig) -> dict[str, Any]:
         return metrics
 
 
+def check_train_outputs(config: TrainConfig) -> None:
+    """Check, where a command starts, that the run's outputs can be written where its flags
+    say (:func:`~torchrec_lhf.cli.check_output_path`): before, a file in the way failed the
+    run where it wrote, after training."""
+    for flag, path, directory in (
+        ("--metrics_json", config.metrics_json, False),
+        ("--checkpoint_dir", config.checkpoint_dir, True),
+        ("--export_model", config.export_model, True),
+    ):
+        if path:
+            check_output_path(flag, path, directory=directory)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: ``python -m apps.dlrm.train --help``."""
     config = parse_args(argv)
     check_dataset_files(config.dataset)
+    check_train_outputs(config)
     if config.learned_hash is not None:
         check_input_path("--learned_hash", config.learned_hash, expected="a hash plan file")
     if config.init_from is not None:
