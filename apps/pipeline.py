@@ -52,6 +52,7 @@ from apps.plan_candidates import (
 from torchrec_lhf._io import atomic_write, atomic_write_json
 from torchrec_lhf._memory import trim_heap
 from torchrec_lhf.cli import add_config_flags, check_output_path, config_from_args, run_command
+from torchrec_lhf.clustering.projection import check_projection
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSmall
 from torchrec_lhf.data import (
     DatasetUnavailableError,
@@ -225,9 +226,10 @@ class PipelineConfig:
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
+        if bad or not self.methods or len(set(self.methods)) != len(self.methods):
             raise ValueError(
-                f"methods must be a non-empty subset of {list(METHODS)}, got {self.methods}"
+                f"methods must be a non-empty subset of {list(METHODS)}, each named once, "
+                f"got {self.methods}"
             )
         for name in (
             "teacher_dim",
@@ -240,6 +242,8 @@ class PipelineConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         teacher.check_train_window(self.train_window)
+        # (the hash build would refuse it after the teacher's training)
+        check_projection(self.projection, self.num_hashes, self.teacher_dim)
         if self.checkpoint_every is not None:
             check_int("checkpoint_every", self.checkpoint_every, low=1)
         if self.head_min_count < 0:

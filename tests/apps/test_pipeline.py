@@ -69,6 +69,12 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
             r"dataset 'synthetic': unknown options \['tables'\]",
         ),
         ({"methods": ["lhf", "bogus"]}, "methods"),
+        # before: 'lhf' trained twice, the results listing it twice
+        ({"methods": ["lhf", "lhf"]}, r"each named once, got \['lhf', 'lhf'\]"),
+        # before: refused by the hash build, after the teacher's training
+        ({"projection": "dim:4"}, r"uses coordinates \[4\], but the teacher dim is 4"),
+        ({"projection": "dim:0", "teacher_dim": 2, "num_hashes": 3}, r"coordinates \[0, 1, 2\]"),
+        ({"num_hashes": 5}, "pca with num_hashes=5 needs teacher dim >= 5, got 4"),
         ({"epochs": 0}, "epochs"),
         ({"budget": "weekly"}, "'weekly'"),
         ({"tail_region": "wide"}, "tail_region must be one of .*'wide'"),

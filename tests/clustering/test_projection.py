@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from torchrec_lhf.clustering import project, projection
+from torchrec_lhf.clustering import check_projection, project, projection
 
 EMB = torch.tensor([[0.0, 5.0, -1.0], [1.0, 7.0, -2.0], [2.0, 6.0, -3.0]])
 
@@ -54,3 +54,12 @@ def test_pca_two_components_and_chunking(monkeypatch):
 def test_bad_projection_raises(emb, spec, h, match):
     with pytest.raises(ValueError, match=match):
         project(emb, spec, h)
+    if emb is EMB and h >= 1:  # the same refusal without embeddings, by the teacher's dim
+        with pytest.raises(ValueError, match=match):
+            check_projection(spec, h, EMB.shape[1])
+
+
+def test_check_projection_passes_what_project_takes():
+    for spec, h in (("pca", 3), ("dim:0", 3), ("dim:2", 1), ("dim:2,0", 2)):
+        check_projection(spec, h, 3)
+        assert project(EMB, spec, h).shape == (h, EMB.shape[0])

@@ -12,7 +12,7 @@ Example::
 
 from torchrec_lhf.clustering.agglomerative import agglomerative_1d
 from torchrec_lhf.clustering.config import AgglomerativeConfig, ClusteringResult
-from torchrec_lhf.clustering.projection import PROJECTIONS, project
+from torchrec_lhf.clustering.projection import PROJECTIONS, check_projection, project
 from torchrec_lhf.clustering.quantile import frequency_quantile_1d, quantile_1d
 from torchrec_lhf.clustering.reference import agglomerative_1d_reference
 from torchrec_lhf.clustering.registry import (
@@ -31,6 +31,7 @@ __all__ = [
     "agglomerative_1d",
     "agglomerative_1d_reference",
     "check_clustering_options",
+    "check_projection",
     "frequency_quantile_1d",
     "get_clustering",
     "list_clusterings",

@@ -59,12 +59,26 @@ def project(embeddings_ND: torch.Tensor, spec: str = "pca", num_hashes: int = 1)
         raise ValueError("embeddings must be finite, found NaN or inf")
     if not isinstance(spec, str):
         raise ValueError(f"projection spec must be a string like {PROJECTIONS}, got {spec!r}")
+    check_projection(spec, num_hashes, d)
     if spec == "pca":
         return _pca(embeddings_ND, num_hashes)
-    if spec.startswith("dim:"):
-        dims = _parse_dims(spec, num_hashes, d)
-        return embeddings_ND[:, dims].t().to(torch.float32).contiguous()
-    raise ValueError(f"unknown projection {spec!r}; expected one of {PROJECTIONS}")
+    dims = _parse_dims(spec, num_hashes, d)
+    return embeddings_ND[:, dims].t().to(torch.float32).contiguous()
+
+
+def check_projection(spec: str, num_hashes: int, dim: int) -> None:
+    """Raises ValueError where :func:`project` would refuse ``spec`` with ``num_hashes``
+    hash functions for a teacher of dim ``dim``: before a teacher is trained (a pipeline
+    knows its teacher's dim)."""
+    if spec == "pca":
+        if num_hashes > dim:
+            raise ValueError(
+                f"pca with num_hashes={num_hashes} needs teacher dim >= {num_hashes}, got {dim}"
+            )
+    elif isinstance(spec, str) and spec.startswith("dim:"):
+        _parse_dims(spec, num_hashes, dim)
+    else:
+        raise ValueError(f"unknown projection {spec!r}; expected one of {PROJECTIONS}")
 
 
 def _parse_dims(spec: str, num_hashes: int, d: int) -> list[int]:
@@ -90,10 +104,6 @@ def _parse_dims(spec: str, num_hashes: int, d: int) -> list[int]:
 
 def _pca(embeddings_ND: torch.Tensor, num_hashes: int) -> torch.Tensor:
     n, d = embeddings_ND.shape
-    if num_hashes > d:
-        raise ValueError(
-            f"pca with num_hashes={num_hashes} needs teacher dim >= {num_hashes}, got {d}"
-        )
     chunks = embeddings_ND.split(_CHUNK_ROWS)
     mean_D = sum(c.to(torch.float64).sum(0) for c in chunks) / n
     cov_DD = torch.zeros(d, d, dtype=torch.float64, device=embeddings_ND.device)
