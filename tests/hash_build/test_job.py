@@ -136,6 +136,25 @@ def test_table_rows_and_config_validation(tmp_path: Path):
     assert BuildConfig(fraction=0.1, clustering_options={"max_cluster_size": 4}, **base)
 
 
+def test_a_projection_the_teacher_cannot_serve_is_refused_before_any_work(
+    tmp_path: Path, teacher_dir: Path
+):
+    """The teacher's dim is 4: ``dim:4`` names no coordinate. Before, the build prepared its
+    work directory and failed on each rank's first table; now it fails before either. A
+    composed plan takes one value per id (``dim:3`` serves it with two hash functions)."""
+    config = _config(tmp_path, teacher_dir, "proj", projection="dim:4")
+    with pytest.raises(ValueError, match=r"table 't_big': projection 'dim:4' with num_hashes=1"):
+        run_build(config, TeacherArtifact.load(teacher_dir))
+    assert not config.work_dir.exists()
+    two = _config(tmp_path, teacher_dir, "two", projection="dim:3", num_hashes=2)
+    with pytest.raises(ValueError, match=r"uses coordinates \[3, 4\], but the teacher dim is 4"):
+        run_build(two, TeacherArtifact.load(teacher_dir))
+    composed = _config(
+        tmp_path, teacher_dir, "res", projection="dim:3", num_hashes=2, compose="residual"
+    )
+    assert run_build(composed, TeacherArtifact.load(teacher_dir)) is not None
+
+
 # ------------------------------------------------------- world-size invariance
 def test_world_size_1_matches_build_plan(tmp_path: Path, teacher_dir: Path):
     plan = _build(tmp_path, teacher_dir, "ws1", 1)

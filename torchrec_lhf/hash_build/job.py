@@ -26,10 +26,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from torchrec_lhf._io import atomic_write_json, tensor_digest
+from torchrec_lhf.clustering.projection import check_projection
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.config import BuildConfig, fitted_head_tail, table_rows
 from torchrec_lhf.hash_build.head_tail import HeadTail
-from torchrec_lhf.hash_build.plan_builder import build_table_hash
+from torchrec_lhf.hash_build.plan_builder import build_table_hash, projected_hashes
 from torchrec_lhf.plan import HashPlan, TableHash
 from torchrec_lhf.plan_compact import CompactMapping, row_dtype
 
@@ -113,11 +114,13 @@ def run_build(
         The plan on rank 0, ``None`` on the other ranks.
 
     Raises:
-        ValueError: bad ``rows_per_table``, or ``work_dir`` holds another build's tables
-            (another config or teacher: pass ``restart=True`` or another ``work_dir``).
+        ValueError: bad ``rows_per_table``, a projection a table's teacher dim cannot
+            serve, or ``work_dir`` holds another build's tables (another config or
+            teacher: pass ``restart=True`` or another ``work_dir``).
     """
     group = _cpu_group(world_size)
     sizes = artifact.sizes()
+    _check_projection(config, artifact)
     spec = fitted_head_tail(sizes, config, artifact.counts)
     rows = table_rows(sizes, config, artifact.counts, spec)
     teacher_sha = _teacher_sha256(artifact)
@@ -146,6 +149,18 @@ def run_build(
     if rank != 0:
         return None
     return _save_plan(config, results, list(rows), len(sizes), teacher_sha, spec)
+
+
+def _check_projection(config: BuildConfig, artifact: TeacherArtifact) -> None:
+    """Raises ValueError, on every rank alike and before any collective, where a table's
+    teacher dim cannot serve ``config``'s projection (before: the first rank to reach such a
+    table raised, and rank 0 waited on its tables)."""
+    for name, emb in artifact.embeddings.items():  # a loop per table
+        try:
+            hashes = projected_hashes(config.compose, config.num_hashes)
+            check_projection(config.projection, hashes, int(emb.shape[1]))
+        except ValueError as e:
+            raise ValueError(f"table {name!r}: {e}") from None
 
 
 def format_build_summary(plan: HashPlan, infos: dict[str, dict[str, Any]]) -> str:

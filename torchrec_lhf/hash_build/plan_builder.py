@@ -96,7 +96,7 @@ def build_table_hash(
         )
     composed = compose == "residual" and num_hashes > 1
     try:  # project() validates the embeddings; name the table in its message
-        values_HN = project(embeddings_ND, projection, 1 if composed else num_hashes)
+        values_HN = project(embeddings_ND, projection, projected_hashes(compose, num_hashes))
     except ValueError as e:
         raise ValueError(f"table {name!r}: {e}") from e
     n = values_HN.shape[1]
@@ -309,6 +309,13 @@ def _plan_metadata(
         "source": "build_plan",
         "build_info": build_info,
     }
+
+
+def projected_hashes(compose: str, num_hashes: int) -> int:
+    """How many 1-D values per id a table's hash functions take from its teacher
+    (``project``'s ``num_hashes``): one where they are composed (each later one clusters
+    what the earlier ones leave), else one per hash function."""
+    return 1 if compose == "residual" and num_hashes > 1 else num_hashes
 
 
 def _check_plan_args(
