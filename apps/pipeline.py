@@ -51,7 +51,13 @@ from apps.plan_candidates import (
 )
 from torchrec_lhf._io import atomic_write, atomic_write_json
 from torchrec_lhf._memory import trim_heap
-from torchrec_lhf.cli import add_config_flags, check_output_path, config_from_args, run_command
+from torchrec_lhf.cli import (
+    add_config_flags,
+    check_output_path,
+    check_unique,
+    config_from_args,
+    run_command,
+)
 from torchrec_lhf.clustering.projection import check_projection
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, BudgetTooSmall
 from torchrec_lhf.data import (
@@ -226,11 +232,11 @@ class PipelineConfig:
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods or len(set(self.methods)) != len(self.methods):
+        if bad or not self.methods:
             raise ValueError(
-                f"methods must be a non-empty subset of {list(METHODS)}, each named once, "
-                f"got {self.methods}"
+                f"methods must be a non-empty subset of {list(METHODS)}, got {self.methods}"
             )
+        check_unique("methods", self.methods)  # (a repeat was trained twice)
         for name in (
             "teacher_dim",
             "teacher_epochs",

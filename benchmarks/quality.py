@@ -52,7 +52,13 @@ from benchmarks.quality_methods import (
 )
 from benchmarks.quality_report import write_reports
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.cli import FlagError, add_config_flags, config_from_args, run_command
+from torchrec_lhf.cli import (
+    FlagError,
+    add_config_flags,
+    check_unique,
+    config_from_args,
+    run_command,
+)
 from torchrec_lhf.compression.budget import (
     BUDGETS,
     MIN_TABLE_ROWS,
@@ -123,6 +129,8 @@ class SweepConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ValueError(f"methods must name some of {list(METHODS)}, got {self.methods}")
+        for name in ("methods", "fractions", "bytes"):  # a repeat: its runs reported twice
+            check_unique(name, getattr(self, name))
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
             raise ValueError(f"fractions must be in (0, 1], got {self.fractions}")
         if self.bytes is not None:

@@ -93,7 +93,7 @@ from apps.dlrm import train
 from apps.dlrm.config import TrainConfig
 from apps.plan_candidates import training_fingerprint
 from benchmarks.quality_methods import FIXED
-from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
+from torchrec_lhf.cli import add_config_flags, check_unique, config_from_args, run_command
 from torchrec_lhf.compression.budget import (
     BudgetTooSmall,
     byte_budget,
@@ -244,6 +244,7 @@ class RareIdsConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods}")
+        check_unique("methods", self.methods)
         check_dataset_spec("synthetic", self.dataset_options())  # the data's own checks
 
     def dataset_options(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from torchrec_lhf.cli import (
     add_config_flags,
     check_input_path,
     check_output_path,
+    check_unique,
     config_from_args,
     field_docs,
     run_command,
@@ -312,3 +313,13 @@ def test_entry_points_refuse_outputs_in_the_way_before_they_start(tmp_path: Path
         with pytest.raises(FlagError, match=f"^{flag} '"):
             call()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "model", "teacher"]
+
+
+def test_check_unique_names_the_repeats() -> None:
+    check_unique("methods", ["a", "b"])
+    check_unique("bytes", None)
+    with pytest.raises(ValueError) as err:
+        check_unique("fractions", [0.1, 0.5, 0.1, 0.5, 1.0])
+    assert str(err.value) == (
+        "fractions must name each value once, got [0.1, 0.5, 0.1, 0.5, 1.0] ([0.1, 0.5] repeated)"
+    )

@@ -44,7 +44,7 @@ import sys
 import textwrap
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +271,15 @@ def check_int(name: str, value: Any, *, low: int) -> None:
     naming ``name`` and the value: the check of an int field of a config."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def check_unique(name: str, values: Sequence[Any] | None) -> None:
+    """Raise ValueError where a list field names a value more than once (a sweep would run,
+    and report, the repeat twice), naming the field, the list and the repeats."""
+    values = list(values or [])
+    repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+    if repeated:
+        raise ValueError(f"{name} must name each value once, got {values} ({repeated} repeated)")
 
 
 def check_input_path(

@@ -70,7 +70,10 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
         ),
         ({"methods": ["lhf", "bogus"]}, "methods"),
         # before: 'lhf' trained twice, the results listing it twice
-        ({"methods": ["lhf", "lhf"]}, r"each named once, got \['lhf', 'lhf'\]"),
+        (
+            {"methods": ["lhf", "lhf"]},
+            r"methods must name each value once, got \['lhf', 'lhf'\] \(\['lhf'\] repeated\)",
+        ),
         # before: refused by the hash build, after the teacher's training
         ({"projection": "dim:4"}, r"uses coordinates \[4\], but the teacher dim is 4"),
         ({"projection": "dim:0", "teacher_dim": 2, "num_hashes": 3}, r"coordinates \[0, 1, 2\]"),

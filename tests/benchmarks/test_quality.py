@@ -247,6 +247,19 @@ def test_tiny_byte_sweep_fits_every_method(tmp_path: Path) -> None:
         (["--learning_rate", "nan"], "learning_rate must be a finite number > 0, got nan"),
         (["--train_options", '{"dcn_num_layers": 0}'], "dcn_num_layers must be an int >= 1"),
         (["--dataset", "synthetic", "--dataset_options", '{"num_dense": 0}'], "num_dense must"),
+        # before: accepted, the repeat's runs listed (and averaged) twice
+        (
+            ["--methods", "lhf,modulo,lhf"],
+            r"methods must name each value once, got .* \(\['lhf'\] rep",
+        ),
+        (
+            ["--fractions", "0.1,0.5,0.1"],
+            r"fractions must name each value once, got .* \(\[0.1\] rep",
+        ),
+        (
+            ["--bytes", "0.1,0.1"],
+            r"bytes must name each value once, got \[0.1, 0.1\] \(\[0.1\] rep",
+        ),
     ],
 )
 def test_bad_flags_are_named(tmp_path: Path, flags: list[str], message: str) -> None:

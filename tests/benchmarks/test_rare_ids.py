@@ -21,6 +21,8 @@ def test_config_rejects_unknown_budgets_and_methods() -> None:
         rare_ids.RareIdsConfig(budget="total")
     with pytest.raises(ValueError, match="lhf-x"):
         rare_ids.RareIdsConfig(methods=["none", "lhf-x"])
+    with pytest.raises(ValueError, match=r"methods must name each value once, .* \(\['lhf'\] rep"):
+        rare_ids.RareIdsConfig(methods=["lhf", "none", "lhf"])  # (before: run twice)
     with pytest.raises(ValueError, match="fraction"):
         rare_ids.RareIdsConfig(fraction=0.0)
     with pytest.raises(ValueError, match="-1"):
