@@ -57,7 +57,7 @@ BLOCK_ROWS = 1 << 16
 NUM_DENSE = 13
 MAX_HEIGHT = math.isqrt(2**63 - 1)
 """The largest table: ``a * rank`` of the rank -> id bijection (both below the height) must
-fit int64 (3,037,000,499 ids, 75 times the MLPerf's largest)."""
+fit int64 (3,037,000,499 ids, 75.9 times the largest MLPerf table)."""
 _PLANTED = {f.name: f.default for f in fields(SyntheticConfig)}
 _EFFECTS_STREAM = 2**32 - 1  # NOTE: the planted effects' stream, apart from every (day, block)
 _MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)  # splitmix64 constants
