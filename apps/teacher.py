@@ -260,7 +260,8 @@ def train_teacher(config: TeacherConfig, env: DistEnv) -> tuple[Session, dict[st
             seen.splits["train"].numel(),
             dataset.splits["train"].numel(),
         )
-    check_trains(cfg, env, seen)
+    window = f"the first {config.train_window:g} of the training split (--train_window)"
+    check_trains(cfg, env, seen, split=window if held_out else "the training split")
     session = build_session(cfg, env, seen, plan=None)
     counter = IdCounter([c.num_embeddings for c in session.tables], env.device)
     hook = None if held_out else counter.first_epoch(session)

@@ -168,8 +168,11 @@ def build_session(
     )
 
 
-def check_trains(config: TrainConfig, env: DistEnv, dataset: RecDataset) -> None:
-    """What a run that trains calls before :func:`build_session`.
+def check_trains(
+    config: TrainConfig, env: DistEnv, dataset: RecDataset, *, split: str = "the training split"
+) -> None:
+    """What a run that trains calls before :func:`build_session` (``split``: how the
+    message names the training rows).
 
     Raises:
         ValueError: the run is to train (``epochs`` > 0) but ``dataset``'s training split
@@ -182,7 +185,7 @@ def check_trains(config: TrainConfig, env: DistEnv, dataset: RecDataset) -> None
         return
     global_batch = config.batch_size * env.world_size
     raise ValueError(
-        f"the training split of {dataset.name!r} holds {dataset.num_batches('train', 1)} samples, "
+        f"{split} of {dataset.name!r} holds {dataset.num_batches('train', 1)} samples, "
         f"fewer than one global batch of batch_size {config.batch_size} x world size "
         f"{env.world_size} = {global_batch}: no training step would run; expected at "
         f"least {global_batch} training samples (a smaller --batch_size, or more data)"

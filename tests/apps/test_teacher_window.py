@@ -52,7 +52,8 @@ def test_a_window_below_one_batch_is_refused(tmp_path: Path) -> None:
         distributed() as env,
         pytest.raises(
             ValueError,
-            match=r"training split of 'synthetic' holds 16 samples, fewer than one global",
+            match=r"the first 0.01 of the training split \(--train_window\) of 'synthetic' "
+            r"holds 16 samples, fewer than one global batch",
         ),
     ):
         train_teacher(config, env)
