@@ -140,7 +140,7 @@ def export_model(
         ValueError: ``path`` holds something other than an export.
     """
     directory = Path(os.path.abspath(path))
-    _check_replaceable(directory)
+    check_replaceable(directory)
     staged = staging_dir(directory)
     if session.env.rank == 0:
         shutil.rmtree(staged, ignore_errors=True)  # what a killed export left
@@ -159,8 +159,9 @@ def export_model(
     return manifest
 
 
-def _check_replaceable(directory: Path) -> None:
-    """Refuse to replace a directory that is not an export (e.g. ``--export_model runs``)."""
+def check_replaceable(directory: Path) -> None:
+    """Refuse to replace a directory that is not an export (e.g. ``--export_model runs``):
+    what :func:`export_model` checks, and the app where it starts (before the training)."""
     if not directory.exists():
         return
     names = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else None

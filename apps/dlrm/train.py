@@ -32,17 +32,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from apps.dlrm.config import PLAN_METHODS, TrainConfig, add_train_flags, train_config_from_args
-from apps.dlrm.export import export_model
+from apps.dlrm.export import check_replaceable, export_model
 from apps.dlrm.loop import build_session, check_trains, fit, load_data
 from apps.dlrm.model import EBC_FQN, build_model, table_name, table_stats
 from apps.dlrm.runtime import distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.cli import check_input_path, check_output_path, run_command
+from torchrec_lhf.cli import FlagError, check_input_path, check_output_path, run_command
 from torchrec_lhf.compression.cce import fit_columns
 from torchrec_lhf.compression.methods import make_plan
 from torchrec_lhf.data import RecDataset, check_dataset_files
@@ -238,6 +239,11 @@ def check_train_outputs(config: TrainConfig) -> None:
     ):
         if path:
             check_output_path(flag, path, directory=directory)
+    if config.export_model:  # (export_model replaces an earlier export only)
+        try:
+            check_replaceable(Path(config.export_model))
+        except ValueError as e:
+            raise FlagError(f"--export_model: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
