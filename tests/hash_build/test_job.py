@@ -131,7 +131,9 @@ def test_table_rows_and_config_validation(tmp_path: Path):
     # before: accepted, and never read where no table has a head to cluster
     with pytest.raises(ValueError, match=r"unknown agglomerative option\(s\) \['bogus'\]"):
         BuildConfig(fraction=0.1, clustering_options={"bogus": 1}, **base)
-    with pytest.raises(ValueError, match=r"clustering_options must be a JSON object, got \[1\]"):
+    with pytest.raises(
+        ValueError, match=r"clustering options must be a mapping of names, got \[1\]"
+    ):
         BuildConfig(fraction=0.1, clustering_options=[1], **base)
     assert BuildConfig(fraction=0.1, clustering_options={"max_cluster_size": 4}, **base)
 

@@ -122,6 +122,11 @@ def test_build_plan_is_deterministic_and_round_trips(tmp_path):
             dict(fraction=0.5, clustering="quantile", clustering_options={"bogus": 1}),
             r"clustering 'quantile' takes no options, got \['bogus'\]",
         ),
+        # before: a TypeError from dict() naming nothing
+        (
+            dict(fraction=0.5, clustering_options=[1]),
+            r"clustering options must be a mapping of names, got \[1\]",
+        ),
     ],
 )
 def test_build_plan_bad_settings(kwargs, match):

@@ -57,6 +57,8 @@ def check_clustering_options(name: str, options: Mapping[str, Any] | None) -> No
     option, a value out of range), before any work: it is run once on a single id with
     them. A clustering is only run on a table's head, so a build whose heads are empty
     (or whose tables are all small) would otherwise accept any options without a word."""
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(f"clustering options must be a mapping of names, got {options!r}")
     get_clustering(name)(torch.zeros(1), None, 1, **dict(options or {}))
 
 

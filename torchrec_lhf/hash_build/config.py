@@ -252,10 +252,7 @@ class BuildConfig:
             raise ValueError(
                 f"projection must be 'pca', 'dim:k' or 'dim:k0,k1,...', got {self.projection!r}"
             )
-        if not isinstance(self.clustering_options, Mapping):
-            raise ValueError(
-                f"clustering_options must be a JSON object, got {self.clustering_options!r}"
-            )
+        check_clustering_options(self.clustering, self.clustering_options)
         try:
             json.dumps(self.clustering_options)
         except TypeError as e:
@@ -263,7 +260,6 @@ class BuildConfig:
                 f"clustering_options must be JSON-serializable, got {self.clustering_options!r}"
             ) from e
         self.clustering_options = dict(self.clustering_options)
-        check_clustering_options(self.clustering, self.clustering_options)
         self.out = Path(self.out)
         if self.work_dir is None:
             self.work_dir = self.out.with_name(self.out.name + ".work")
