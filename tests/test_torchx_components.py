@@ -51,6 +51,27 @@ def test_j_overrides_nnodes_and_nproc_per_node():
         lhf.stage(stage="bogus")
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"j": "0x2"}, "got '0x2'"),  # no node: the job would never start
+        ({"j": "2x0"}, "got '2x0'"),  # torchrun --nproc_per_node 0
+        ({"j": "3:2x1"}, "got '3:2x1'"),  # min_nnodes above nnodes
+        ({"cpu": 0}, "cpu must be >= 1, got 0"),
+        ({"gpu": -1}, "gpu must be >= 0, got -1"),
+        ({"memMB": 0}, "memMB must be >= 1, got 0"),
+        ({"max_retries": -1}, "max_retries must be >= 0, got -1"),
+        ({"rdzv_port": 65536}, r"rdzv_port must be a TCP port in \[1, 65535\], got 65536"),
+        ({"rdzv_port": 0}, "got 0"),
+    ],
+)
+def test_resources_that_cannot_launch_are_refused(kwargs: dict, message: str):
+    with pytest.raises(ValueError, match=message):
+        lhf.stage("--out", "p", stage="train", **kwargs)
+    app = lhf.stage("--out", "p", stage="train", j="2:3x1")  # an elastic range is kept
+    assert app.roles[0].min_replicas == 2 and app.roles[0].num_replicas == 3
+
+
 @pytest.mark.parametrize("name", sorted(COMPONENTS))
 def test_component_passes_the_torchx_linter_and_cli_parsing(name: str):
     assert validate(COMPONENT, "stage") == []

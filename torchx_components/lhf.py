@@ -92,6 +92,11 @@ def stage(
         raise ValueError(
             f"nnodes and nproc_per_node must be >= 1, got {nnodes} and {nproc_per_node}"
         )
+    if j is not None:
+        _check_j(j)
+    _check_at_least(cpu=(cpu, 1), gpu=(gpu, 0), memMB=(memMB, 1), max_retries=(max_retries, 0))
+    if not 1 <= rdzv_port <= 65535:
+        raise ValueError(f"rdzv_port must be a TCP port in [1, 65535], got {rdzv_port}")
     return dist.ddp(
         *script_args,
         m=STAGES[stage],
@@ -107,3 +112,20 @@ def stage(
         rdzv_port=rdzv_port,
         mounts=mounts,
     )
+
+
+def _check_j(j: str) -> None:
+    """Refuse a ``-j`` that parses but launches nothing or cannot be met (``0x2``, ``3:2x1``)."""
+    min_nnodes, max_nnodes, nproc_per_node, _ = dist.parse_nnodes(j)
+    if min_nnodes < 1 or max_nnodes < min_nnodes or nproc_per_node < 1:
+        raise ValueError(
+            f"j must be [min_nnodes:]nnodes x nproc_per_node with 1 <= min_nnodes <= nnodes"
+            f" and nproc_per_node >= 1, got {j!r}"
+        )
+
+
+def _check_at_least(**values: "tuple[int, int]") -> None:
+    """Raise ValueError naming the first ``name=(value, least)`` whose value is below least."""
+    for name, (value, least) in values.items():
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
