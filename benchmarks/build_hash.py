@@ -41,6 +41,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from torchrec_lhf.cli import comma_list, int_at_least, unit_fraction
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.job import BuildConfig, run_build, table_rows
 from torchrec_lhf.plan import HashPlan
@@ -144,14 +145,23 @@ def run_world_size(world_size: int, threads: int, kw: dict) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The benchmark's flags (see the module docstring for the defaults)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--max_rows", type=int, default=5_000_000, help="cap on each table's height")
-    p.add_argument("--fraction", type=float, default=0.1)
-    p.add_argument("--min_table_rows", type=int, default=100_000)
+    p.add_argument(
+        "--max_rows", type=int_at_least(1), default=5_000_000, help="cap on each table's height"
+    )
+    p.add_argument("--fraction", type=unit_fraction, default=0.1)
+    p.add_argument("--min_table_rows", type=int_at_least(0), default=100_000)
     p.add_argument("--clustering", default=BuildConfig.clustering, help="a registered clustering")
-    p.add_argument("--dim", type=int, default=4, help="teacher embedding dim")
-    p.add_argument("--world_sizes", default="1,2", help="comma list; the first is the baseline")
-    p.add_argument("--repeats", type=int, default=3, help="rounds over the world sizes")
-    p.add_argument("--threads_per_rank", type=int, default=1, help="torch threads per rank")
+    p.add_argument("--dim", type=int_at_least(1), default=4, help="teacher embedding dim")
+    p.add_argument(
+        "--world_sizes",
+        type=comma_list(int_at_least(1), "ints >= 1"),
+        default=[1, 2],
+        help="comma list; the first is the baseline",
+    )
+    p.add_argument("--repeats", type=int_at_least(1), default=3, help="rounds over the world sizes")
+    p.add_argument(
+        "--threads_per_rank", type=int_at_least(1), default=1, help="torch threads per rank"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     return p.parse_args(argv)
@@ -213,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     heights = [min(n, args.max_rows) for n in CRITEO_KAGGLE_HEIGHTS]
     sizes = {f"t_cat_{i}": n for i, n in enumerate(heights)}
-    world_sizes = [int(w) for w in args.world_sizes.split(",")]
+    world_sizes = args.world_sizes
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_build_hash_") as tmp:
         tmp = Path(tmp)

@@ -36,10 +36,15 @@ import time
 
 import torch
 
-from torchrec_lhf.clustering import get_clustering, list_clusterings
+from torchrec_lhf.cli import comma_list, int_at_least, json_object
+from torchrec_lhf.clustering import check_clustering_options, get_clustering, list_clusterings
 
 GOAL_RATIO = 10.0
 GOAL_PEAK_BYTES = 2 * 2**30
+
+
+COUNT_KINDS = ("uniform", "zipf")
+"""The access-count distributions ``--counts`` names (see the module docstring)."""
 
 
 def make_inputs(
@@ -151,25 +156,41 @@ def run_case(args: argparse.Namespace, kind: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--num-ids", type=int, default=1_000_000)
-    p.add_argument("--num-clusters", type=int, default=100_000)
-    p.add_argument("--counts", default="uniform,zipf", help="comma-separated: uniform, zipf")
+    p.add_argument("--num-ids", type=int_at_least(1), default=1_000_000)
+    p.add_argument("--num-clusters", type=int_at_least(1), default=100_000)
+    p.add_argument(
+        "--counts",
+        type=comma_list(str, "count kinds"),
+        default=list(COUNT_KINDS),
+        help="comma-separated: uniform, zipf",
+    )
     p.add_argument("--clustering", default="agglomerative", choices=list_clusterings())
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--sort-repeats", type=int, default=3)
+    p.add_argument("--sort-repeats", type=int_at_least(1), default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+        "--threads",
+        type=int_at_least(1),
+        default=None,
+        help="torch intra-op threads (default: torch's)",
     )
     p.add_argument(
         "--options",
-        type=json.loads,
+        type=json_object,
         default={},
         help="clustering options as JSON, e.g. '{\"merge_fraction\": 0.1}'",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one case
     args = p.parse_args(argv)
+    if args.num_clusters > args.num_ids:
+        p.error(f"--num-clusters must be <= --num-ids ({args.num_ids}), got {args.num_clusters}")
+    if not set(args.counts) <= set(COUNT_KINDS):
+        p.error(f"--counts must name kinds of {list(COUNT_KINDS)}, got {args.counts}")
+    try:
+        check_clustering_options(args.clustering, args.options)
+    except (TypeError, ValueError) as e:
+        p.error(f"--options {json.dumps(args.options)}: {e}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available")
     if args.threads is not None:
@@ -180,14 +201,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     loadavg_before = round(os.getloadavg()[0], 2)
     cases = []
-    for kind in args.counts.split(","):
+    for kind in args.counts:
         base = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
         out = subprocess.run(
             [sys.executable, "-m", "benchmarks.clustering", *base, "--worker", kind],
             capture_output=True,
             text=True,
-            check=True,
         )
+        if out.returncode != 0:  # (its stderr, not only "returned non-zero exit status 1")
+            raise SystemExit(f"the {kind!r} case failed:\n{out.stderr[-4000:]}")
         cases.append(json.loads(out.stdout.strip().splitlines()[-1]))
     report = {
         "benchmark": "clustering",

@@ -39,6 +39,8 @@ import time
 
 import torch
 
+from torchrec_lhf.cli import int_at_least, unit_fraction
+
 COPIES = ("spill", "remap-copies", "shared", "full")
 """The flows measured (the module docstring); ``--copy`` names one."""
 DTYPES = ("fp32", "int8")
@@ -173,12 +175,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", choices=("full", "lhf"), default="full")
-    parser.add_argument("--tables", type=int, default=8)
-    parser.add_argument("--rows", type=int, default=2_000_000, help="ids per table")
-    parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--fraction", type=float, default=0.1, help="rows kept (--model lhf)")
+    parser.add_argument("--tables", type=int_at_least(1), default=8)
+    parser.add_argument("--rows", type=int_at_least(1), default=2_000_000, help="ids per table")
+    parser.add_argument("--dim", type=int_at_least(1), default=16)
     parser.add_argument(
-        "--repeats", type=int, default=3, help="fresh processes per case; the median is reported"
+        "--fraction", type=unit_fraction, default=0.1, help="rows kept (--model lhf)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int_at_least(1),
+        default=3,
+        help="fresh processes per case; the median is reported",
     )
     parser.add_argument("--json", action="store_true", help="print JSON only")
     # one measurement in this process (what run() starts per dtype and copy)
@@ -186,11 +193,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--copy", choices=COPIES, default="shared", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("tables", "rows", "dim", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if not 0 < args.fraction <= 1:
-        parser.error(f"--fraction must be in (0, 1], got {args.fraction}")
     return args
 
 

@@ -62,6 +62,7 @@ from benchmarks._gpu_remap import (
     profile_remap,
     timed,
 )
+from torchrec_lhf.cli import comma_list, int_at_least
 from torchrec_lhf.clustering.agglomerative import kth_smallest
 from torchrec_lhf.modules.remap_ops import combine_plan, combine_values
 
@@ -166,10 +167,11 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--batch_sizes", default="4096,65536", help="remap and combine")
-    parser.add_argument("--clustering_ids", default="1000000,10000000")
+    ints = comma_list(int_at_least(1), "ints >= 1")
+    parser.add_argument("--batch_sizes", type=ints, default=[4096, 65536], help="remap and combine")
+    parser.add_argument("--clustering_ids", type=ints, default=[1_000_000, 10_000_000])
     args = parser.parse_args(argv)
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    batch_sizes = args.batch_sizes
     if args.device == "cuda" and not torch.cuda.is_available():
         result = {"gpu_check": "skipped", "reason": "CUDA is not available (try --device cpu)"}
         print(json.dumps(result))
@@ -186,10 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
         *[(f"combine_seconds_batch_{b}", lambda b=b: bench_combine(args.device, b)) for b in batch_sizes],
         ("remap_profile", lambda: profile_remap(args.device, batch_sizes[0])),
         ("remap_compiled", lambda: compiled_remap(args.device, batch_sizes[0])),
-        ("kth_select", lambda: check_kth(args.device, int(args.clustering_ids.split(",")[-1]))),
+        ("kth_select", lambda: check_kth(args.device, args.clustering_ids[-1])),
         *[
-            (f"clustering_{n}", lambda n=n: bench_clustering(args.device, int(n)))
-            for n in args.clustering_ids.split(",")
+            (f"clustering_{n}", lambda n=n: bench_clustering(args.device, n))
+            for n in args.clustering_ids
         ],
         ("tests", run_tests),
     ]  # fmt: skip

@@ -55,6 +55,7 @@ from torchrec.distributed.types import ShardingEnv
 from torchrec.test_utils import get_free_port
 
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
+from torchrec_lhf.cli import int_at_least, unit_fraction
 from torchrec_lhf.compression.budget import MIN_TABLE_ROWS
 from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
 from torchrec_lhf.distributed.planner import make_topology
@@ -419,11 +420,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--batch_size", type=int, default=4096)
-    parser.add_argument("--pooling", type=int, default=1, help="ids per sample per feature")
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--max_rows", type=int, default=1_000_000)
+    parser.add_argument("--batch_size", type=int_at_least(1), default=4096)
+    parser.add_argument(
+        "--pooling", type=int_at_least(1), default=1, help="ids per sample per feature"
+    )
+    parser.add_argument("--dim", type=int_at_least(1), default=64)
+    parser.add_argument("--fraction", type=unit_fraction, default=0.1)
+    parser.add_argument("--max_rows", type=int_at_least(1), default=1_000_000)
     parser.add_argument(
         "--encoding",
         choices=("dense", "compact", "ranked"),
@@ -439,21 +442,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--min_table_rows",
-        type=int,
+        type=int_at_least(0),
         default=0,
         help="tables of fewer ids stay full in both models (0: every table compressed; the "
         f"pipeline's rule is --min_table_rows {MIN_TABLE_ROWS})",
     )
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--iters", type=int_at_least(1), default=20)
+    parser.add_argument("--warmup", type=int_at_least(0), default=5)
+    parser.add_argument(
+        "--threads", type=int_at_least(0), default=0, help="torch threads (0: default)"
+    )
     parser.add_argument(
         "--clock", choices=tuple(CLOCKS), default="wall", help="wall or process CPU time"
     )
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
-    if args.min_table_rows < 0:
-        parser.error(f"--min_table_rows must be >= 0, got {args.min_table_rows}")
     if args.scatter_ids and args.encoding == "dense":
         parser.error("--scatter_ids needs --encoding compact or ranked (a dense plan has no head)")
     return args

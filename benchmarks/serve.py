@@ -32,6 +32,7 @@ from torchrec.models.dlrm import DLRM
 from benchmarks import remap as remap_bench
 from benchmarks.remap import CRITEO_HEIGHTS, time_pair
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
+from torchrec_lhf.cli import comma_list, int_at_least, unit_fraction
 from torchrec_lhf.inference import (
     ScoringModule,
     example_batch,
@@ -219,12 +220,14 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--batch_sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64, 1024]
+        "--batch_sizes", type=comma_list(int_at_least(1), "ints >= 1"), default=[1, 64, 1024]
     )
-    parser.add_argument("--pooling", type=int, default=1, help="ids per sample per feature")
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--max_rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--pooling", type=int_at_least(1), default=1, help="ids per sample per feature"
+    )
+    parser.add_argument("--dim", type=int_at_least(1), default=64)
+    parser.add_argument("--fraction", type=unit_fraction, default=0.1)
+    parser.add_argument("--max_rows", type=int_at_least(1), default=1_000_000)
     parser.add_argument("--dtype", default="int8", choices=("int8", "int4", "fp16", "fp32"))
     parser.add_argument(
         "--encoding",
@@ -234,9 +237,11 @@ def main(argv: list[str] | None = None) -> dict:
         "10%% most frequent ids, the tail hashed (the remap module's ops); ranked: that head "
         "at its ranks, held ranked",
     )
-    parser.add_argument("--iters", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--iters", type=int_at_least(1), default=200)
+    parser.add_argument("--warmup", type=int_at_least(0), default=20)
+    parser.add_argument(
+        "--threads", type=int_at_least(0), default=0, help="torch threads (0: default)"
+    )
     parser.add_argument(
         "--eager", action="store_true", help="time the sharded quantized modules unscripted"
     )

@@ -123,12 +123,39 @@ def comma_list(item: Callable[[str], Any], name: str) -> Callable[[str], list[An
             if "" in parts:  # ("16,,4", "16,": an item left out, not dropped without a word)
                 raise ValueError(text)
             return [item(x) for x in parts]
-        except ValueError:
+        except (ValueError, argparse.ArgumentTypeError):
             raise argparse.ArgumentTypeError(
                 f"expected a comma-separated list of {name}, got {text!r}"
             ) from None
 
     return parse
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An ``argparse`` type: an int ``>= low`` (a benchmark's ``--iters``, ``--pooling``);
+    anything else is refused by argparse with the flag, the bound and the text."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def unit_fraction(text: str) -> float:
+    """An ``argparse`` type: a fraction in ``(0, 1]`` (the rows kept, ``--fraction``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:  # (NaN fails it too)
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
+    return value
 
 
 def _type_error(parse: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -64,9 +64,9 @@ def test_repeats_report_the_median_run(monkeypatch) -> None:  # noqa: ANN001
 @pytest.mark.parametrize(
     "flags, match",
     [
-        (["--rows", "0"], "--rows must be >= 1, got 0"),
-        (["--fraction", "2"], r"\(0, 1\], got 2"),
-        (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+        (["--rows", "0"], "argument --rows: expected an int >= 1, got '0'"),
+        (["--fraction", "2"], r"argument --fraction: expected a fraction in \(0, 1\], got '2'"),
+        (["--repeats", "0"], "argument --repeats: expected an int >= 1, got '0'"),
     ],
 )
 def test_bad_flags_are_named(flags: list[str], match: str, capsys) -> None:  # noqa: ANN001

@@ -98,7 +98,7 @@ def test_tables_under_min_table_rows_stay_full_in_both_models(encoding: str) -> 
 def test_a_negative_min_table_rows_is_refused(capsys) -> None:  # noqa: ANN001
     with pytest.raises(SystemExit):
         bench.parse_args(["--min_table_rows", "-5"])
-    assert "--min_table_rows must be >= 0, got -5" in capsys.readouterr().err
+    assert "argument --min_table_rows: expected an int >= 0, got '-5'" in capsys.readouterr().err
 
 
 def test_scattered_ids_spread_the_ranked_head_and_the_remap_finds_it() -> None:
