@@ -4,9 +4,15 @@ tests (tests/modules/test_fused_remap.py has the rest), and off where asked."""
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
 import shutil
+import threading
+import time
+from pathlib import Path
 
 import torch
+import torch.utils.cpp_extension
 
 from torchrec_lhf.hashing import mix_keyed, seed_keys
 from torchrec_lhf.modules import compact_kernel, head_table, remap_lookup
@@ -75,3 +81,45 @@ def test_int64_rows_and_the_off_switch_take_the_torch_ops(monkeypatch) -> None: 
         assert torch.equal(with_lengths, torch_ops)
     finally:
         compact_kernel._module.cache_clear()
+
+
+def test_a_lock_left_by_an_interrupted_build_is_removed(tmp_path, monkeypatch, caplog):  # noqa: ANN001
+    """Before, a build killed mid-way (Ctrl-C, a timeout) left torch's lock file, and every
+    later process on the machine waited for it forever on its first remap."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.delenv(compact_kernel.ENV_FLAG, raising=False)
+    built = []
+    monkeypatch.setattr(
+        torch.utils.cpp_extension, "load_inline", lambda **kw: built.append(kw["name"]) or "ext"
+    )
+    compact_kernel._module.cache_clear()
+    try:
+        lock = compact_kernel._build_lock(compact_kernel._extension_name())
+        assert lock.parent.parent == tmp_path
+        lock.touch()
+        old = time.time() - compact_kernel.STALE_LOCK_SECONDS - 60
+        os.utime(lock, (old, old))
+        with caplog.at_level(logging.WARNING, logger=compact_kernel.__name__):
+            assert compact_kernel._module() == "ext"
+        assert not lock.exists() and built == [lock.parent.name]
+        assert "did not finish" in caplog.text and str(lock) in caplog.text
+    finally:
+        compact_kernel._module.cache_clear()
+
+
+def test_a_build_in_progress_is_waited_for_and_its_lock_left_alone(tmp_path: Path) -> None:
+    lock = tmp_path / "lock"
+    compact_kernel.wait_for_build_lock(lock)  # no lock: returns at once
+    lock.touch()
+    released = threading.Event()
+
+    def builder() -> None:  # the other process: builds, then removes its lock
+        time.sleep(0.3)
+        released.set()
+        lock.unlink()
+
+    thread = threading.Thread(target=builder)
+    thread.start()
+    compact_kernel.wait_for_build_lock(lock, poll=0.01)
+    thread.join()
+    assert released.is_set()  # it returned only once the builder had let go

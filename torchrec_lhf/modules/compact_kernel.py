@@ -43,6 +43,7 @@ import hashlib
 import logging
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -68,17 +69,11 @@ def _module():  # noqa: ANN202
     try:
         from torch.utils.cpp_extension import load_inline
 
-        # NOTE: built for this machine's CPU (-march=native: the hash's 64-bit multiplies
-        # vectorize), so the build's name carries the CPU's identity: an extension cache
-        # shared with another kind of machine builds its own instead of loading this one.
-        # It carries the source's digest too: two versions of the project sharing a cache
-        # (two checkouts, a benchmark's snapshot) each build their own, instead of
-        # rebuilding over each other's (torch keys its cache by name)
-        source = SOURCE.read_text()
-        digest = hashlib.sha256((source + repr(FUNCTIONS)).encode()).hexdigest()[:10]
+        name = _extension_name()
+        wait_for_build_lock(_build_lock(name))
         return load_inline(
-            name=f"torchrec_lhf_remap_kernel_{digest}_{_cpu_tag()}",
-            cpp_sources=source,
+            name=name,
+            cpp_sources=SOURCE.read_text(),
             functions=list(FUNCTIONS),
             extra_cflags=["-O3", "-march=native"],
             verbose=False,
@@ -86,6 +81,68 @@ def _module():  # noqa: ANN202
     except Exception as error:  # noqa: BLE001 (no compiler, no ninja, a failed build)
         logger.warning("fused compact remap not built (%s); the torch ops run instead", error)
         return None
+
+
+STALE_LOCK_SECONDS = 600.0
+"""Age past which the build's lock file is taken as left by a build that never finished.
+
+The build takes about a minute on two cores. torch's ``cpp_extension`` holds a lock file in
+the build directory while it builds and removes it at the end; a build whose process was
+killed (Ctrl-C, a timeout) leaves it, and torch then waits for it to go, forever, in every
+later process on the machine."""
+
+
+def _extension_name() -> str:
+    """The build's name in torch's extension cache.
+
+    The kernel is built for this machine's CPU (``-march=native``: the hash's 64-bit
+    multiplies vectorize), so the name carries the CPU's identity: an extension cache shared
+    with another kind of machine builds its own instead of loading this one. It carries the
+    source's digest too: two versions of the project sharing a cache (two checkouts, a
+    benchmark's snapshot) each build their own, instead of rebuilding over each other's
+    (torch keys its cache by name)."""
+    digest = hashlib.sha256((SOURCE.read_text() + repr(FUNCTIONS)).encode()).hexdigest()[:10]
+    return f"torchrec_lhf_remap_kernel_{digest}_{_cpu_tag()}"
+
+
+def _build_lock(name: str) -> Path:
+    """The lock file torch's ``cpp_extension`` holds while it builds ``name``."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(name, verbose=False)) / "lock"
+
+
+def wait_for_build_lock(
+    lock: Path, *, stale_after: float = STALE_LOCK_SECONDS, poll: float = 0.5
+) -> None:
+    """Wait while another process builds (``lock`` exists and is younger than
+    ``stale_after`` seconds); remove a lock older than that, with a warning: it was left by
+    a build that was interrupted, and torch would wait for it forever. Returns when the lock
+    is gone (torch then takes it, or loads what the other process built)."""
+    warned = False
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > stale_after:
+            logger.warning(
+                "removing %s, %.0f s old: a build of the fused remap that did not finish "
+                "left it (an interrupted process); building again",
+                lock,
+                age,
+            )
+            lock.unlink(missing_ok=True)
+            return
+        if not warned:
+            logger.warning(
+                "waiting for %s: another process is building the fused remap (a lock over "
+                "%.0f s old is taken as left by an interrupted build and removed)",
+                lock,
+                stale_after,
+            )
+            warned = True
+        time.sleep(poll)
 
 
 def _cpu_tag() -> str:
