@@ -9,7 +9,7 @@ where the runs record it) from the baseline ± their standard errors. Runs with 
 below :data:`~benchmarks.quality_report.COLLAPSED_AUC` are left out and counted::
 
     python -m benchmarks.paired --baseline lhf-headtail docs/results/leakfree-movielens/results.json
-    python -m benchmarks.paired --baseline lhf docs/results/rare-ids-bytes/leakfree_s*.json
+    python -m benchmarks.paired --baseline lhf docs/results/rare-ids-bytes/leakfree_f0.01_s*.json
     python -m benchmarks.paired --baseline none docs/results/movielens-bytes/results.json
 """
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.quality_report import COLLAPSED_AUC
+from torchrec_lhf.cli import FlagError, check_input_path, run_command
 
 
 def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
@@ -30,23 +31,38 @@ def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
     rare-ids reports; infeasible methods (no ``auc``) are dropped.
 
     Raises:
-        ValueError: a file that is neither.
+        ValueError: a file that is not JSON, or neither, or a run without the fields above,
+            naming the file (and the run).
     """
     runs: list[dict[str, Any]] = []
     for path in paths:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not JSON ({e}); expected a sweep's results.json") from None
         if isinstance(data, list):
-            runs += [r for r in data if "auc" in r]
+            found = [r for r in data if isinstance(r, dict) and "auc" in r]
+            if len(found) < sum(not isinstance(r, dict) for r in data) + len(found):
+                raise ValueError(f"{path}: a run that is not a JSON object; expected runs")
         elif isinstance(data, dict) and data.get("benchmark") == "rare_ids":
-            cfg = data["config"]
-            runs += [
-                {"method": m, "fraction": cfg["fraction"], "seed": cfg["seed"], **r}
-                for m, r in data["results"].items()
-                if "auc" in r
+            cfg = data.get("config", {})
+            found = [
+                {"method": m, "fraction": cfg.get("fraction"), "seed": cfg.get("seed"), **r}
+                for m, r in dict(data.get("results", {})).items()
+                if isinstance(r, dict) and "auc" in r
             ]
         else:
             raise ValueError(f"{path}: neither a sweep's results.json nor a rare_ids report")
+        for i, run in enumerate(found):
+            missing = [k for k in RUN_FIELDS if run.get(k) is None]
+            if missing:
+                raise ValueError(f"{path}: run {i} ({run.get('method')!r}) has no {missing}")
+        runs += found
     return runs
+
+
+RUN_FIELDS = ("method", "fraction", "seed", "auc")
+"""What a run needs to be paired (``logloss`` and ``ne`` are paired where both have them)."""
 
 
 def paired_table(runs: list[dict[str, Any]], baseline: str) -> str:
@@ -62,7 +78,13 @@ def paired_table(runs: list[dict[str, Any]], baseline: str) -> str:
     """
     by: dict[tuple[str, float], dict[int, dict[str, Any]]] = defaultdict(dict)
     for r in runs:
-        by[(r["method"], r["fraction"])][r["seed"]] = r
+        seeds = by[(r["method"], r["fraction"])]
+        if r["seed"] in seeds:  # (the same file twice, or two runs of one seed: one was lost)
+            raise ValueError(
+                f"two runs of {r['method']!r} at size {r['fraction']:g} with seed {r['seed']}"
+                "; expected one run per method, size and seed"
+            )
+        seeds[r["seed"]] = r
     if not any(m == baseline for m, _ in by):
         raise ValueError(
             f"no runs of the baseline {baseline!r}; methods: {sorted({m for m, _ in by})}"
@@ -105,10 +127,15 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--baseline", required=True, help="the method every other is paired with")
     p.add_argument("paths", nargs="+", type=Path, help="results.json or rare_ids reports")
     args = p.parse_args(argv)
-    table = paired_table(load_runs(args.paths), args.baseline)
+    for path in args.paths:
+        check_input_path("PATH", path, expected="a sweep's results.json or a rare_ids report")
+    try:
+        table = paired_table(load_runs(args.paths), args.baseline)
+    except ValueError as e:
+        raise FlagError(str(e)) from None
     print(table)  # noqa: T201
     return table
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.paired import load_runs, main, paired_table
+from torchrec_lhf.cli import FlagError
 
 
 def _run(method: str, seed: int, auc: float, logloss: float = 0.5, size: float = 0.1) -> dict:
@@ -64,3 +65,36 @@ def test_rare_ids_reports_and_bad_input(tmp_path: Path) -> None:
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(ValueError, match="neither a sweep's results.json nor a rare_ids report"):
         load_runs([tmp_path / "other.json"])
+
+
+def test_two_runs_of_one_seed_are_refused_not_one_dropped(tmp_path: Path) -> None:
+    """Before, the second run of a method, size and seed replaced the first without a word
+    (the same file given twice, or reports of two variants both naming ``lhf``)."""
+    runs = [_run("none", 0, 0.8), _run("x", 0, 0.7), _run("x", 0, 0.75)]
+    with pytest.raises(ValueError, match="two runs of 'x' at size 0.1 with seed 0"):
+        paired_table(runs, "none")
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(runs[:2]))
+    with pytest.raises(FlagError, match="two runs of 'none' at size 0.1 with seed 0"):
+        main(["--baseline", "none", str(path), str(path)])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "not JSON"),
+        ('[{"method": "a", "auc": 0.7}]', r"run 0 \('a'\) has no \['fraction', 'seed'\]"),
+        ('[{"method": "a", "fraction": 1, "seed": 0, "auc": 0.7}, 3]', "not a JSON object"),
+        ('{"benchmark": "rare_ids", "results": {"a": {"auc": 0.7}}}', "has no"),
+    ],
+)
+def test_files_that_are_not_runs_are_named(tmp_path: Path, text: str, message: str) -> None:
+    """Before: a JSONDecodeError, a KeyError or an AttributeError traceback naming no file."""
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"{path}: .*{message}"):
+        load_runs([path])
+    with pytest.raises(FlagError, match=message):  # the command: a usage error, no traceback
+        main(["--baseline", "a", str(path)])
+    with pytest.raises(FlagError, match="PATH '.*missing.json': no such file"):
+        main(["--baseline", "a", str(tmp_path / "missing.json")])
