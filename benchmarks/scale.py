@@ -47,8 +47,16 @@ from typing import Any
 
 from tqdm import tqdm
 
+from apps.dlrm.config import SHARDING_TYPES
+from apps.dlrm.config_checks import check_choice, is_positive_number
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.cli import add_config_flags, config_from_args, run_command
+from torchrec_lhf.cli import (
+    add_config_flags,
+    check_int,
+    check_unique,
+    config_from_args,
+    run_command,
+)
 
 STAGES = ("generate", "teacher", "build", "train", "paired", "eval", "checkpoint", "export")
 ROWS_RULE = (
@@ -105,18 +113,36 @@ class ScaleConfig:
     """Print the JSON on stdout."""
 
     def __post_init__(self) -> None:
-        if not self.scales or min(self.scales) <= 0:
+        for name in ("scales", "world_sizes", "sharding_types"):
+            check_unique(name, getattr(self, name))  # (a repeat ran, and reported, twice)
+        if not self.scales or not all(is_positive_number(s) for s in self.scales):
             raise ValueError(f"scales must be a non-empty list of values > 0, got {self.scales}")
-        if not self.world_sizes or min(self.world_sizes) < 1:
+        if not self.world_sizes:
             raise ValueError(f"world_sizes must be ints >= 1, got {self.world_sizes}")
+        for w in self.world_sizes:
+            check_int("world_sizes", w, low=1)
+        for key, top in dict(self.max_scale_by_world_size).items():
+            if not (str(key).isdigit() and int(key) >= 1 and is_positive_number(top)):
+                raise ValueError(
+                    'max_scale_by_world_size must map world sizes ("2") to scales > 0, got '
+                    f"{key!r}: {top!r}"
+                )
         for name in (
-            "rows_at_scale_1", "train_days", "batch_size", "teacher_dim", "threads",
-            "paired_block",
+            "rows_at_scale_1", "train_days", "batch_size", "teacher_dim", "embedding_dim",
+            "threads", "paired_block",
         ):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.fraction <= 1:
+            check_int(name, getattr(self, name), low=1)
+        check_int("min_table_rows", self.min_table_rows, low=0)
+        if self.limit_eval_batches is not None:
+            check_int("limit_eval_batches", self.limit_eval_batches, low=1)
+        if not (is_positive_number(self.fraction) and self.fraction <= 1):
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if not is_positive_number(self.learning_rate):
+            raise ValueError(f"learning_rate must be a number > 0, got {self.learning_rate}")
+        if not self.sharding_types:  # (checked here, not by the train stage after the others)
+            raise ValueError("sharding_types must name at least one type")
+        for st in self.sharding_types:
+            check_choice("sharding type", st, SHARDING_TYPES)
 
     def runs(self) -> list[tuple[float, int]]:
         """``(scale, world_size)`` pairs, world size outer, scales ascending."""

@@ -28,6 +28,32 @@ def test_runs_respect_the_world_size_caps() -> None:
         scale.ScaleConfig(scales=[0.0])
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scales": [0.25, 0.25]}, r"scales must name each value once, got \[0.25, 0.25\]"),
+        ({"world_sizes": [2, 2]}, "world_sizes must name each value once"),
+        ({"scales": [float("inf")]}, "scales must be a non-empty list of values > 0"),
+        ({"max_scale_by_world_size": {"two": 1.0}}, "got 'two': 1.0"),
+        ({"max_scale_by_world_size": {"2": -1}}, "got '2': -1"),
+        ({"sharding_types": ["bogus"]}, "sharding type must be one of .* got 'bogus'"),
+        ({"sharding_types": []}, "sharding_types must name at least one type"),
+        ({"limit_eval_batches": 0}, "limit_eval_batches must be an int >= 1, got 0"),
+        ({"min_table_rows": -1}, "min_table_rows must be an int >= 0, got -1"),
+        ({"embedding_dim": 0}, "embedding_dim must be an int >= 1, got 0"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a number > 0, got nan"),
+        ({"threads": True}, "threads must be an int >= 1, got True"),
+    ],
+)
+def test_settings_no_stage_could_run_are_refused_before_the_first(kwargs: dict, message: str):
+    """Before, the config took each of these: repeats ran (and were reported) twice, and the
+    others reached the stages' processes."""
+    with pytest.raises(ValueError, match=message):
+        scale.ScaleConfig(**kwargs)
+    # a cap for a world size the run does not use is harmless (the default names 2)
+    assert scale.ScaleConfig(world_sizes=[1], max_scale_by_world_size={"4": 1.0}).runs()
+
+
 @pytest.mark.distributed
 def test_tiny_benchmark_runs_every_stage_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
