@@ -93,7 +93,13 @@ from apps.dlrm import train
 from apps.dlrm.config import TrainConfig
 from apps.plan_candidates import training_fingerprint
 from benchmarks.quality_methods import FIXED
-from torchrec_lhf.cli import add_config_flags, check_unique, config_from_args, run_command
+from torchrec_lhf.cli import (
+    add_config_flags,
+    check_int,
+    check_unique,
+    config_from_args,
+    run_command,
+)
 from torchrec_lhf.compression.budget import (
     BudgetTooSmall,
     byte_budget,
@@ -231,14 +237,13 @@ class RareIdsConfig:
     def __post_init__(self) -> None:
         if not 0 < self.scale < math.inf:
             raise ValueError(f"scale must be a finite number > 0, got {self.scale}")
-        if self.min_height < 1:
-            raise ValueError(f"min_height must be >= 1, got {self.min_height}")
+        for name, low in (
+            ("min_height", 1), ("seed", 0), ("teacher_epochs", 1), ("batch_size", 1),
+            ("min_table_rows", 0),
+        ):  # fmt: skip
+            check_int(name, getattr(self, name), low=low)
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.teacher_epochs < 1:
-            raise ValueError(f"teacher_epochs must be >= 1, got {self.teacher_epochs}")
         if self.budget not in ("table", "bytes"):
             raise ValueError(f"budget must be 'table' or 'bytes', got {self.budget!r}")
         bad = [m for m in self.methods if m not in METHODS]

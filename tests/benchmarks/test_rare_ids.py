@@ -27,13 +27,20 @@ def test_config_rejects_unknown_budgets_and_methods() -> None:
         rare_ids.RareIdsConfig(fraction=0.0)
     with pytest.raises(ValueError, match="-1"):
         rare_ids.RareIdsConfig(seed=-1)
-    with pytest.raises(ValueError, match="teacher_epochs must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="teacher_epochs must be an int >= 1, got 0"):
         rare_ids.RareIdsConfig(teacher_epochs=0)
     for scale in (0.0, float("inf")):
         with pytest.raises(ValueError, match=f"scale must be a finite number > 0, got {scale}"):
             rare_ids.RareIdsConfig(scale=scale)
-    with pytest.raises(ValueError, match="min_height must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="min_height must be an int >= 1, got 0"):
         rare_ids.RareIdsConfig(min_height=0)
+    # before, the config took these three
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        rare_ids.RareIdsConfig(batch_size=0)
+    with pytest.raises(ValueError, match="min_table_rows must be an int >= 0, got -1"):
+        rare_ids.RareIdsConfig(min_table_rows=-1)
+    with pytest.raises(ValueError, match="seed must be an int >= 0, got True"):
+        rare_ids.RareIdsConfig(seed=True)
     # the data's own checks, before anything runs
     with pytest.raises(ValueError, match="dataset 'synthetic': group_scale must be a finite"):
         rare_ids.RareIdsConfig(group_scale=float("nan"))
