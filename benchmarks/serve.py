@@ -32,7 +32,7 @@ from torchrec.models.dlrm import DLRM
 from benchmarks import remap as remap_bench
 from benchmarks.remap import CRITEO_HEIGHTS, time_pair
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
-from torchrec_lhf.cli import comma_list, int_at_least, unit_fraction
+from torchrec_lhf.cli import check_unique, comma_list, int_at_least, unit_fraction
 from torchrec_lhf.inference import (
     ScoringModule,
     example_batch,
@@ -247,6 +247,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
+    try:  # (a repeated size's result replaced the first under its key)
+        check_unique("--batch_sizes", args.batch_sizes)
+    except ValueError as e:
+        parser.error(str(e))
     logging.getLogger("torchrec").setLevel(logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -371,6 +371,10 @@ def test_int_at_least_and_unit_fraction_name_the_bound_and_the_text() -> None:
         ("export_memory", ["--rows", "0"], "argument --rows: expected an int >= 1, got '0'"),
         ("export_memory", ["--fraction", "0"], "argument --fraction: expected a fraction"),
         ("gpu_check", ["--batch_sizes", "0"], "list of ints >= 1, got '0'"),
+        # a repeat: its result or step replaced the first under the same key
+        ("serve", ["--batch_sizes", "64,64"], "--batch_sizes must name each value once"),
+        ("build_hash", ["--world_sizes", "1,1"], "--world_sizes must name each value once"),
+        ("gpu_check", ["--clustering_ids", "5,5"], "--clustering_ids must name each value once"),
     ],
 )
 def test_benchmarks_refuse_numbers_they_cannot_measure_before_they_start(
