@@ -245,17 +245,14 @@ class PipelineConfig:
             "batch_size",
             "num_hashes",
         ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_int(name, getattr(self, name), low=1)
         teacher.check_train_window(self.train_window)
         # (the hash build would refuse it after the teacher's training)
         check_projection(self.projection, self.num_hashes, self.teacher_dim)
         if self.checkpoint_every is not None:
             check_int("checkpoint_every", self.checkpoint_every, low=1)
-        if self.head_min_count < 0:
-            raise ValueError(f"head_min_count must be >= 0, got {self.head_min_count}")
-        if self.min_table_rows < 0:
-            raise ValueError(f"min_table_rows must be >= 0, got {self.min_table_rows}")
+        check_int("head_min_count", self.head_min_count, low=0)
+        check_int("min_table_rows", self.min_table_rows, low=0)
         if self.budget not in BUDGETS:
             raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
         _train_config(self, self.dataset, self.dataset_options)  # its checks (learning_rate)

@@ -41,6 +41,7 @@ from torchrec_lhf._io import atomic_write
 from torchrec_lhf.cli import (
     add_config_flags,
     check_input_path,
+    check_int,
     check_output_path,
     config_from_args,
     run_command,
@@ -73,8 +74,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         check_dataset_spec(self.dataset, self.dataset_options)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_int("batch_size", self.batch_size, low=1)
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.dtype not in EXPORT_DTYPES:

@@ -55,6 +55,7 @@ from torchrec_lhf._io import atomic_write_json
 from torchrec_lhf.cli import (
     FlagError,
     add_config_flags,
+    check_int,
     check_unique,
     config_from_args,
     run_command,
@@ -144,17 +145,15 @@ class SweepConfig:
                 raise ValueError(f"--bytes cannot fit {unfit}: give them --fractions")
         elif self.budget == "bytes":
             raise ValueError("--budget bytes: give the sizes with --bytes, not --fractions")
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         for name, low in (
+            ("seeds", 1),
             ("teacher_dim", 1),
             ("teacher_epochs", 1),
             ("min_table_rows", 0),
             ("skip_rows", 0),
             ("head_min_count", 0),
         ):
-            if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+            check_int(name, getattr(self, name), low=low)
         unknown = set(self.train_options) - {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown:
             raise ValueError(f"train_options names no TrainConfig field: {sorted(unknown)}")

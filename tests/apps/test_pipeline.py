@@ -86,6 +86,10 @@ def test_default_dataset_falls_back_to_synthetic_offline(monkeypatch) -> None:
         ({"fill_share": 0.0}, r"fill_share must be a number in \(0, 1\] or None, got 0.0"),
         ({"train_window": 0.0}, r"train_window must be a number in \(0, 1\], got 0.0"),
         ({"train_window": True}, r"train_window must be a number in \(0, 1\], got True"),
+        # before, accepted: a bool or a float where an int is counted
+        ({"teacher_dim": 1.5}, "teacher_dim must be an int >= 1, got 1.5"),
+        ({"num_hashes": True}, "num_hashes must be an int >= 1, got True"),
+        ({"min_table_rows": 1.5}, "min_table_rows must be an int >= 0, got 1.5"),
         (
             {"head_select": True, "tail_region": "fixed"},
             "head_select .* needs tail_region 'fill' and head_min_count > 0, got tail_region='fixed'",

@@ -64,8 +64,10 @@ def test_serve_rejects_requests_of_another_model(tmp_path: Path) -> None:
     argv = ["--model", str(model), "--dataset", "synthetic", "--dataset_options", other]
     with pytest.raises(ValueError, match="sparse features"):
         serve.main([*argv, "--out", str(tmp_path / "x.csv")])
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
         serve.parse_args([*argv, "--out", "x.csv", "--batch_size", "0"])
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 2.5"):
+        serve.ServeConfig(model=str(model), dataset="synthetic", out="x.csv", batch_size=2.5)
     with pytest.raises(ValueError, match="unknown dataset 'nosuch'"):
         serve.parse_args(["--model", str(model), "--dataset", "nosuch", "--out", "x.csv"])
     assert not (tmp_path / "x.csv").exists()

@@ -235,15 +235,15 @@ def test_tiny_byte_sweep_fits_every_method(tmp_path: Path) -> None:
     [
         (["--methods", "modulo,bogus"], r"methods must name some of .*'bogus'"),
         (["--fractions", "0.5,2"], r"fractions must be in \(0, 1\], got \[0.5, 2.0\]"),
-        (["--seeds", "0"], "seeds must be >= 1, got 0"),
+        (["--seeds", "0"], "seeds must be an int >= 1, got 0"),
         (["--bytes", "0.1,0"], r"bytes must be fractions in \(0, 1\], got \[0.1, 0.0\]"),
         (["--budget", "bytes"], "give the sizes with --bytes"),
         (["--bytes", "0.1", "--budget", "total"], "--bytes fits every method to bytes"),
         (["--dataset", "criteo"], "unknown dataset 'criteo'; expected one of"),
-        (["--teacher_dim", "0"], "teacher_dim must be >= 1, got 0"),
-        (["--teacher_epochs", "-1"], "teacher_epochs must be >= 1, got -1"),
-        (["--min_table_rows", "-1"], "min_table_rows must be >= 0, got -1"),
-        (["--head_min_count", "-2"], "head_min_count must be >= 0, got -2"),
+        (["--teacher_dim", "0"], "teacher_dim must be an int >= 1, got 0"),
+        (["--teacher_epochs", "-1"], "teacher_epochs must be an int >= 1, got -1"),
+        (["--min_table_rows", "-1"], "min_table_rows must be an int >= 0, got -1"),
+        (["--head_min_count", "-2"], "head_min_count must be an int >= 0, got -2"),
         (["--learning_rate", "nan"], "learning_rate must be a finite number > 0, got nan"),
         (["--train_options", '{"dcn_num_layers": 0}'], "dcn_num_layers must be an int >= 1"),
         (["--dataset", "synthetic", "--dataset_options", '{"num_dense": 0}'], "num_dense must"),
@@ -265,6 +265,15 @@ def test_tiny_byte_sweep_fits_every_method(tmp_path: Path) -> None:
 def test_bad_flags_are_named(tmp_path: Path, flags: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         quality.parse_args([*flags, "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("seeds", True), ("skip_rows", 1.5), ("teacher_epochs", 2.0)]
+)
+def test_a_config_built_in_python_takes_ints_only(tmp_path: Path, field: str, value) -> None:  # noqa: ANN001
+    """Before, SweepConfig took a bool or a float for a count (the flags parse ints)."""
+    with pytest.raises(ValueError, match=f"{field} must be an int >= ., got {value}"):
+        quality.SweepConfig(out=tmp_path, **{field: value})
 
 
 def test_rarehash_plan_hashes_the_ids_the_teacher_saw_rarely(tmp_path: Path) -> None:
