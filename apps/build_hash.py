@@ -34,6 +34,7 @@ from torchrec_lhf.cli import (
     check_input_path,
     check_output_path,
     config_from_args,
+    is_finite_number,
     run_command,
 )
 from torchrec_lhf.hash_build.artifact import TENSORS_FILE as TEACHER_TENSORS_FILE
@@ -42,6 +43,12 @@ from torchrec_lhf.hash_build.job import BuildConfig, run_build
 from torchrec_lhf.plan import HashPlan
 
 logger = logging.getLogger(__name__)
+
+MAX_TIMEOUT_MIN = 100 * 365 * 24 * 60
+"""The longest collective timeout, in minutes (100 years). torch.distributed adds it to a
+clock in int64 nanoseconds, which holds about 292 years: measured with gloo, 1.54e8 minutes
+made the store's connect time out at once ("after 9240000000000ms"), and so did
+(2**63 - 1) // 60e9 minutes; 1.53e8 worked."""
 
 
 @dataclass(kw_only=True)
@@ -60,8 +67,13 @@ class LaunchConfig:
     share."""
 
     def __post_init__(self) -> None:
-        if not self.timeout_min > 0:
-            raise ValueError(f"timeout_min must be > 0, got {self.timeout_min!r}")
+        # (inf passed here and ended in timedelta's OverflowError at the process group,
+        # 1e12 in a store that timed out at once)
+        if not (is_finite_number(self.timeout_min) and 0 < self.timeout_min <= MAX_TIMEOUT_MIN):
+            raise ValueError(
+                f"timeout_min must be a number in (0, {MAX_TIMEOUT_MIN:.0f}] (minutes), got "
+                f"{self.timeout_min!r}"
+            )
 
 
 def make_parser() -> argparse.ArgumentParser:
