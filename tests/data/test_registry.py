@@ -103,3 +103,17 @@ def test_the_apps_refuse_a_bad_option_value_as_a_usage_error() -> None:
             ValueError, match=f"learning_rate must be a finite number > 0, got {float(value)}"
         ):
             pipeline.parse_args(["--dataset", "synthetic", "--learning_rate", value])
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "message"),
+    [
+        # before: "unknown options [' ', '\"', '0', '1', ':', ...]", the string's characters
+        ("synthetic", '{"num_samples": 100}', "options must be a mapping of option names"),
+        ("synthetic", 3, "options must be a mapping .* got 3"),  # before: a TypeError
+        (3, {}, "a dataset spec must be a string such as 'synthetic', got 3"),  # AttributeError
+    ],
+)
+def test_a_spec_or_options_of_the_wrong_kind_is_named(spec, options, message) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match=message):
+        check_dataset_spec(spec, options)

@@ -111,6 +111,15 @@ def check_dataset_spec(spec: str, options: Mapping[str, Any] | None = None) -> D
         ValueError: unknown name, a missing or unexpected path, an unknown or missing
             option or a bad option value.
     """
+    if not isinstance(spec, str):
+        raise ValueError(f"a dataset spec must be a string such as 'synthetic', got {spec!r}")
+    if options is not None and not isinstance(options, Mapping):
+        # (a JSON string passed as is was read as a set of its characters: unknown options
+        # [' ', '"', '0', ...])
+        raise ValueError(
+            f"dataset {spec!r}: options must be a mapping of option names to values, got "
+            f"{options!r}"
+        )
     name, sep, path = spec.partition(":")
     if name not in _REGISTRY:
         raise ValueError(
