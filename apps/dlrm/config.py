@@ -24,7 +24,13 @@ from apps.dlrm.config_checks import (  # the method lists are re-exported (one s
     check_sizes,
     is_positive_number,
 )
-from torchrec_lhf.cli import FlagError, add_config_flags, comma_list, config_from_args
+from torchrec_lhf.cli import (
+    FlagError,
+    add_config_flags,
+    check_unique,
+    comma_list,
+    config_from_args,
+)
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
 from torchrec_lhf.compression.cce import DEFAULT_COLUMNS, CCEConfig
 from torchrec_lhf.data import check_dataset_spec
@@ -254,6 +260,7 @@ class TrainConfig:
             raise ValueError("sharding_types must name at least one type")
         for st in self.sharding_types:
             check_choice("sharding type", st, SHARDING_TYPES)
+        check_unique("sharding_types", self.sharding_types)
         if self.init_from is not None and (self.compression == "mch" or self.mlet_fraction):
             raise ValueError(
                 f"--init_from {self.init_from!r} sets plain or learned-hash tables; it does not "

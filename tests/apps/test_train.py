@@ -63,6 +63,10 @@ def test_flags_parse_into_a_config() -> None:
         ({"embedding_learning_rate": 0.0}, "embedding_learning_rate must be a finite number > 0"),
         ({"learning_rate": "0.1"}, "learning_rate must be a finite number > 0, got '0.1'"),
         ({"sharding_types": ["grid_shard"]}, "got 'grid_shard'"),
+        (  # before: accepted (as the other list flags now refuse a repeat)
+            {"sharding_types": ["table_wise", "row_wise", "table_wise"]},
+            r"sharding_types must name each value once, .* \(\['table_wise'\] repeated\)",
+        ),
     ],
 )
 def test_bad_config_is_named(kwargs: dict, message: str) -> None:
