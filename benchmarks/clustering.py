@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-clusters", type=int_at_least(1), default=100_000)
     p.add_argument(
         "--counts",
-        type=comma_list(str, "count kinds"),
+        type=comma_list(str, "count kinds", unique=True),
         default=list(COUNT_KINDS),
         help="comma-separated: uniform, zipf",
     )

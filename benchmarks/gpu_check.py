@@ -62,7 +62,7 @@ from benchmarks._gpu_remap import (
     profile_remap,
     timed,
 )
-from torchrec_lhf.cli import check_unique, comma_list, int_at_least
+from torchrec_lhf.cli import comma_list, int_at_least
 from torchrec_lhf.clustering.agglomerative import kth_smallest
 from torchrec_lhf.modules.remap_ops import combine_plan, combine_values
 
@@ -167,15 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    ints = comma_list(int_at_least(1), "ints >= 1")
+    ints = comma_list(int_at_least(1), "ints >= 1", unique=True)  # (steps keyed by value)
     parser.add_argument("--batch_sizes", type=ints, default=[4096, 65536], help="remap and combine")
     parser.add_argument("--clustering_ids", type=ints, default=[1_000_000, 10_000_000])
     args = parser.parse_args(argv)
-    for flag in ("batch_sizes", "clustering_ids"):  # (a repeat's step replaced the first's)
-        try:
-            check_unique(f"--{flag}", getattr(args, flag))
-        except ValueError as e:
-            parser.error(str(e))
     batch_sizes = args.batch_sizes
     if args.device == "cuda" and not torch.cuda.is_available():
         result = {"gpu_check": "skipped", "reason": "CUDA is not available (try --device cpu)"}

@@ -41,9 +41,9 @@ def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: not JSON ({e}); expected a sweep's results.json") from None
         if isinstance(data, list):
-            found = [r for r in data if isinstance(r, dict) and "auc" in r]
-            if len(found) < sum(not isinstance(r, dict) for r in data) + len(found):
+            if not all(isinstance(r, dict) for r in data):
                 raise ValueError(f"{path}: a run that is not a JSON object; expected runs")
+            found = [r for r in data if "auc" in r]
         elif isinstance(data, dict) and data.get("benchmark") == "rare_ids":
             cfg = data.get("config", {})
             found = [

@@ -32,7 +32,7 @@ from torchrec.models.dlrm import DLRM
 from benchmarks import remap as remap_bench
 from benchmarks.remap import CRITEO_HEIGHTS, time_pair
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
-from torchrec_lhf.cli import check_unique, comma_list, int_at_least, unit_fraction
+from torchrec_lhf.cli import comma_list, int_at_least, unit_fraction
 from torchrec_lhf.inference import (
     ScoringModule,
     example_batch,
@@ -220,7 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--batch_sizes", type=comma_list(int_at_least(1), "ints >= 1"), default=[1, 64, 1024]
+        "--batch_sizes",
+        type=comma_list(int_at_least(1), "ints >= 1", unique=True),  # (results keyed by size)
+        default=[1, 64, 1024],
     )
     parser.add_argument(
         "--pooling", type=int_at_least(1), default=1, help="ids per sample per feature"
@@ -247,10 +249,6 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
-    try:  # (a repeated size's result replaced the first under its key)
-        check_unique("--batch_sizes", args.batch_sizes)
-    except ValueError as e:
-        parser.error(str(e))
     logging.getLogger("torchrec").setLevel(logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -344,6 +344,10 @@ def test_int_at_least_and_unit_fraction_name_the_bound_and_the_text() -> None:
     assert ints("1,2") == [1, 2]
     with pytest.raises(argparse.ArgumentTypeError, match="list of ints >= 1, got '1,0'"):
         ints("1,0")
+    assert ints("2,2") == [2, 2]  # repeats are allowed unless asked
+    once = comma_list(int_at_least(1), "ints >= 1", unique=True)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"got \[2, 3, 2\] \(\[2\] repeated\)"):
+        once("2,3,2")
 
 
 @pytest.mark.parametrize(
@@ -372,9 +376,10 @@ def test_int_at_least_and_unit_fraction_name_the_bound_and_the_text() -> None:
         ("export_memory", ["--fraction", "0"], "argument --fraction: expected a fraction"),
         ("gpu_check", ["--batch_sizes", "0"], "list of ints >= 1, got '0'"),
         # a repeat: its result or step replaced the first under the same key
-        ("serve", ["--batch_sizes", "64,64"], "--batch_sizes must name each value once"),
-        ("build_hash", ["--world_sizes", "1,1"], "--world_sizes must name each value once"),
-        ("gpu_check", ["--clustering_ids", "5,5"], "--clustering_ids must name each value once"),
+        ("serve", ["--batch_sizes", "64,64"], "argument --batch_sizes: the list must name each"),
+        ("build_hash", ["--world_sizes", "1,1"], "--world_sizes: the list must name each value"),
+        ("gpu_check", ["--clustering_ids", "5,5"], "got [5, 5] ([5] repeated)"),
+        ("clustering", ["--counts", "zipf,zipf"], "argument --counts: the list must name each"),
     ],
 )
 def test_benchmarks_refuse_numbers_they_cannot_measure_before_they_start(

@@ -111,9 +111,13 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def comma_list(item: Callable[[str], Any], name: str) -> Callable[[str], list[Any]]:
+def comma_list(
+    item: Callable[[str], Any], name: str, *, unique: bool = False
+) -> Callable[[str], list[Any]]:
     """An ``argparse`` type: a comma-separated list of ``item`` values (``name`` in the
-    message), items stripped; an empty string is the empty list, an empty item an error."""
+    message), items stripped; an empty string is the empty list, an empty item an error.
+    With ``unique``, a value given twice is an error too (:func:`check_unique`): for lists
+    whose values key their results, where a repeat would replace the first's."""
 
     def parse(text: str) -> list[Any]:
         if not text.strip():
@@ -122,11 +126,17 @@ def comma_list(item: Callable[[str], Any], name: str) -> Callable[[str], list[An
         try:
             if "" in parts:  # ("16,,4", "16,": an item left out, not dropped without a word)
                 raise ValueError(text)
-            return [item(x) for x in parts]
+            values = [item(x) for x in parts]
         except (ValueError, argparse.ArgumentTypeError):
             raise argparse.ArgumentTypeError(
                 f"expected a comma-separated list of {name}, got {text!r}"
             ) from None
+        if unique:
+            try:
+                check_unique("the list", values)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        return values
 
     return parse
 
