@@ -7,10 +7,13 @@ import importlib.util
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.utils.cpp_extension
 
@@ -84,7 +87,7 @@ def test_int64_rows_and_the_off_switch_take_the_torch_ops(monkeypatch) -> None: 
 
 
 def test_a_lock_left_by_an_interrupted_build_is_removed(tmp_path, monkeypatch, caplog):  # noqa: ANN001
-    """Before, a build killed mid-way (Ctrl-C, a timeout) left torch's lock file, and every
+    """Before, a build killed mid-way (a timeout, SIGKILL) left torch's lock file, and every
     later process on the machine waited for it forever on its first remap."""
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.delenv(compact_kernel.ENV_FLAG, raising=False)
@@ -123,3 +126,97 @@ def test_a_build_in_progress_is_waited_for_and_its_lock_left_alone(tmp_path: Pat
     compact_kernel.wait_for_build_lock(lock, poll=0.01)
     thread.join()
     assert released.is_set()  # it returned only once the builder had let go
+
+
+_KILLED_BUILDER = """
+import sys, time
+from pathlib import Path
+from torchrec_lhf.modules import compact_kernel
+lock = Path(sys.argv[1])
+with compact_kernel.build_guard(lock):
+    lock.touch()  # torch's lock, as its build takes it
+    print("building", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_lock_of_a_killed_build_is_removed_at_once(tmp_path, monkeypatch, caplog):  # noqa: ANN001
+    """A build killed by a timeout or SIGKILL leaves torch's lock behind. Before, the next
+    process waited until the lock was 10 minutes old; the guard says its owner stopped, so
+    the next build starts at once, through ``_module`` as a user's first remap does."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.delenv(compact_kernel.ENV_FLAG, raising=False)
+    lock = compact_kernel._build_lock(compact_kernel._extension_name())
+    builder = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_BUILDER, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert builder.stdout.readline().strip() == "building"
+    finally:
+        builder.kill()
+        builder.wait()
+    assert lock.exists() and lock.with_name(compact_kernel.GUARD_NAME).read_text() == str(
+        builder.pid
+    )
+    built = []
+    monkeypatch.setattr(
+        torch.utils.cpp_extension, "load_inline", lambda **kw: built.append(lock.exists()) or "ext"
+    )
+    compact_kernel._module.cache_clear()
+    try:
+        start = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger=compact_kernel.__name__):
+            assert compact_kernel._module() == "ext"
+        assert time.monotonic() - start < 30  # not the 600 s of the age rule
+    finally:
+        compact_kernel._module.cache_clear()
+    assert built == [False]  # the lock was gone when the build started
+    assert f"process {builder.pid} stopped" in caplog.text and str(lock) in caplog.text
+    assert lock.with_name(compact_kernel.GUARD_NAME).read_text() == ""  # this build finished
+
+
+def test_a_guarded_build_is_waited_for_however_old_its_lock(tmp_path: Path) -> None:
+    """A second process waits on the guard for as long as the first builds: its lock is not
+    taken as stale, even past ``stale_after`` (the age rule broke into builds slower than
+    10 minutes)."""
+    lock = tmp_path / "ext" / "lock"
+    inside, events = threading.Event(), []
+
+    def builder() -> None:  # holds the guard on its own open file, as another process would
+        with compact_kernel.build_guard(lock, stale_after=0.0):
+            lock.touch()
+            inside.set()
+            time.sleep(0.3)
+            lock.unlink()  # raises if the other had removed it
+            events.append("built")
+
+    thread = threading.Thread(target=builder)
+    thread.start()
+    inside.wait(10)
+    with compact_kernel.build_guard(lock, stale_after=0.0):
+        events.append("second")
+    thread.join()
+    assert events == ["built", "second"]
+
+
+def test_the_guard_is_cleared_when_the_body_raises_and_unguarded_locks_keep_the_age_rule(
+    tmp_path: Path,
+) -> None:
+    lock = tmp_path / "ext" / "lock"
+    with pytest.raises(RuntimeError, match="no compiler"):
+        with compact_kernel.build_guard(lock):
+            raise RuntimeError("no compiler")
+    assert lock.with_name(compact_kernel.GUARD_NAME).read_text() == ""
+    lock.touch()  # a young lock of a builder without the guard: waited for, not removed
+    released = threading.Event()
+
+    def other() -> None:
+        time.sleep(0.3)
+        released.set()
+        lock.unlink()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with compact_kernel.build_guard(lock):
+        assert released.is_set()
+    thread.join()

@@ -38,13 +38,16 @@ Legend:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
@@ -70,14 +73,14 @@ def _module():  # noqa: ANN202
         from torch.utils.cpp_extension import load_inline
 
         name = _extension_name()
-        wait_for_build_lock(_build_lock(name))
-        return load_inline(
-            name=name,
-            cpp_sources=SOURCE.read_text(),
-            functions=list(FUNCTIONS),
-            extra_cflags=["-O3", "-march=native"],
-            verbose=False,
-        )
+        with build_guard(_build_lock(name)):
+            return load_inline(
+                name=name,
+                cpp_sources=SOURCE.read_text(),
+                functions=list(FUNCTIONS),
+                extra_cflags=["-O3", "-march=native"],
+                verbose=False,
+            )
     except Exception as error:  # noqa: BLE001 (no compiler, no ninja, a failed build)
         logger.warning("fused compact remap not built (%s); the torch ops run instead", error)
         return None
@@ -88,8 +91,9 @@ STALE_LOCK_SECONDS = 600.0
 
 The build takes about a minute on two cores. torch's ``cpp_extension`` holds a lock file in
 the build directory while it builds and removes it at the end; a build whose process was
-killed (Ctrl-C, a timeout) leaves it, and torch then waits for it to go, forever, in every
-later process on the machine."""
+killed (a timeout, SIGTERM, SIGKILL) leaves it, and torch then waits for it to go, forever,
+in every later process on the machine. This library's own builds say when they were killed
+(``build_guard``); the age applies to a lock of a builder that does not (another version)."""
 
 
 def _extension_name() -> str:
@@ -143,6 +147,87 @@ def wait_for_build_lock(
             )
             warned = True
         time.sleep(poll)
+
+
+GUARD_NAME = "builder"
+"""The file beside torch's lock that this library's builds hold an OS lock on (``flock``),
+with the holder's process id written in it while it builds."""
+
+
+@contextlib.contextmanager
+def build_guard(lock: Path, *, stale_after: float = STALE_LOCK_SECONDS) -> Iterator[None]:
+    """Hold the machine's guard on the build directory of ``lock`` (torch's lock file) while
+    the body loads or builds the extension.
+
+    The guard is an OS lock (``flock``) on a file beside ``lock``, which the kernel releases
+    when its holder exits, however it exits. A second process of this library waits for it,
+    however long the build takes. Once held, the file says whether the previous holder
+    finished: it writes its process id there before building and clears it after. So a
+    torch lock found with an id left there belongs to a build that was killed (a timeout,
+    SIGTERM or SIGKILL skip both torch's and this cleanup) and is removed at once, where
+    torch would wait for it forever. A torch lock found with no id belongs to a process that
+    does not take the guard (another version of this library): it is waited for, and taken
+    as left behind after ``stale_after`` seconds (``wait_for_build_lock``). Where ``flock``
+    is not available (not a POSIX system, a file system that refuses it) the age rule alone
+    applies.
+
+    Args:
+        lock: torch's lock file for the build (``_build_lock``).
+        stale_after: seconds after which a torch lock of an unguarded builder is taken as
+            left behind.
+    """
+    guard = _open_guard(lock)
+    if guard is None:  # no flock here: the age rule alone
+        wait_for_build_lock(lock, stale_after=stale_after)
+        yield
+        return
+    with guard:
+        killed = guard.read().strip()
+        if killed and lock.exists():
+            logger.warning(
+                "removing %s: process %s stopped while it built the fused remap and left "
+                "it; building again",
+                lock,
+                killed,
+            )
+            lock.unlink(missing_ok=True)
+        else:
+            wait_for_build_lock(lock, stale_after=stale_after)
+        _write_guard(guard, str(os.getpid()))
+        try:
+            yield
+        finally:
+            _write_guard(guard, "")
+
+
+def _open_guard(lock: Path) -> TextIO | None:
+    """The guard file beside ``lock``, opened, locked (waiting for another holder) and read
+    from its start; None where ``flock`` is not available."""
+    try:
+        import fcntl
+
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        guard = open(lock.with_name(GUARD_NAME), "a+")  # noqa: SIM115 (the caller closes it)
+    except (ImportError, OSError):
+        return None
+    try:
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning("waiting for %s: another process is building the fused remap", lock)
+            fcntl.flock(guard, fcntl.LOCK_EX)
+    except OSError:  # a file system without flock
+        guard.close()
+        return None
+    guard.seek(0)
+    return guard
+
+
+def _write_guard(guard: TextIO, text: str) -> None:
+    guard.seek(0)
+    guard.truncate()
+    guard.write(text)
+    guard.flush()
 
 
 def _cpu_tag() -> str:
