@@ -50,7 +50,7 @@ from benchmarks.quality_methods import (
     NOT_BYTE_FITTED,
     SELECTED,
 )
-from benchmarks.quality_report import write_reports
+from benchmarks.quality_report import check_rows, write_reports
 from torchrec_lhf._io import atomic_write_json
 from torchrec_lhf.cli import (
     FlagError,
@@ -383,7 +383,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         path = args.out / "results.json"
         if not path.is_file():
             raise FlagError(f"--report: {path} does not exist; run the sweep first")
-        rows = json.loads(path.read_text())
+        try:
+            rows = json.loads(path.read_text())
+            check_rows(rows, str(path))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FlagError(
+                f"--report: {path} is not JSON ({e}); expected a sweep's runs"
+            ) from None
+        except ValueError as e:
+            raise FlagError(f"--report: {e}") from None
         write_reports(args.out, rows)
         return rows
     check_dataset_files(args.dataset)

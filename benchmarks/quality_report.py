@@ -69,6 +69,7 @@ def summarize(
         ``row_fraction``, ``bytes_fraction`` and ``collapsed`` (their count); the collapsed
         runs; the runs that could not fit their budget.
     """
+    check_rows(rows)
     infeasible = [r for r in rows if r.get("infeasible")]
     done = [r for r in rows if not r.get("infeasible")]
     collapsed = [r for r in done if r["auc"] < COLLAPSED_AUC]
@@ -105,6 +106,37 @@ def summarize(
             out.append({"method": key[0], "fraction": key[1], "seeds": 0, "collapsed": n})
     out.sort(key=lambda s: (s["method"] != "none", s["method"], -s["fraction"]))
     return out, collapsed, infeasible
+
+
+def check_rows(rows: Any, source: str = "the runs") -> None:
+    """Check that ``rows`` are sweep runs, one per method, size and seed.
+
+    Each summary pairs and averages a method's runs by seed, so a second run of one seed (a
+    results.json merged from two sweeps, a run pasted twice) would count twice in the seeds
+    and once in the means.
+
+    Raises:
+        ValueError: not a list of objects, a run without ``method``, ``fraction`` and
+            ``seed`` (and ``auc`` unless ``infeasible``), or two runs of one method, size and
+            seed, naming ``source`` and the run.
+    """
+    if not isinstance(rows, list):
+        raise ValueError(f"{source}: expected a list of runs, got {type(rows).__name__}")
+    seen: dict[tuple[Any, Any, Any], int] = {}
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{source}: run {i} is {row!r}; expected a JSON object")
+        needed = ("method", "fraction", "seed") + (() if row.get("infeasible") else ("auc",))
+        missing = [k for k in needed if row.get(k) is None]
+        if missing:
+            raise ValueError(f"{source}: run {i} ({row.get('method')!r}) has no {missing}")
+        key = (row["method"], row["fraction"], row["seed"])
+        if key in seen:
+            raise ValueError(
+                f"{source}: runs {seen[key]} and {i} are both {key[0]!r} at size {key[1]} "
+                f"with seed {key[2]}; expected one run per method, size and seed"
+            )
+        seen[key] = i
 
 
 def _stored(row: dict[str, Any]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from apps import pipeline
 from benchmarks import quality, quality_report
 from tests._fixtures import count_learned_trainings
+from torchrec_lhf.cli import FlagError
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.hash_build.head_tail import tail_seed
 from torchrec_lhf.hashing import tail_hash
@@ -390,3 +392,29 @@ def test_a_method_whose_training_an_earlier_one_ran_is_not_run_again(
     trained.clear()
     quality.main([*argv, "2", "--out", str(tmp_path)])
     assert trained == [str(tmp_path / "plans" / "lhf-headtail_b0.5_s1.safetensors")]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda rows: rows + [rows[1]], "runs 1 and 3 are both 'lhf' at size 0.1 with seed 0"),
+        (lambda rows: {"runs": rows}, "expected a list of runs, got dict"),
+        (lambda rows: rows + [3], "run 3 is 3; expected a JSON object"),
+        (lambda rows: rows + [{"method": "qr", "fraction": 0.1}], "run 3 ('qr') has no ['seed'"),
+        (lambda rows: rows + [{**rows[1], "seed": 5, "auc": None}], "has no ['auc']"),
+    ],
+)
+def test_report_refuses_runs_it_cannot_summarize(tmp_path: Path, edit, message: str) -> None:  # noqa: ANN001
+    """Before, a results.json with a run of one seed twice (two sweeps merged) gave a table
+    whose seeds counted it twice and whose means once; other malformed runs were a
+    KeyError or TypeError."""
+    rows = [_row("none", 0, 0.8), _row("lhf", 0, 0.78), _row("lhf", 1, 0.77)]
+    (tmp_path / "results.json").write_text(json.dumps(edit(rows)))
+    with pytest.raises(FlagError, match=re.escape(message)):
+        quality.main(["--report", "--out", str(tmp_path)])
+    assert not (tmp_path / "results.md").exists()  # nothing written
+    with pytest.raises(ValueError, match="expected one run per method, size and seed"):
+        quality_report.summarize(rows + [_row("none", 0, 0.8)])
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(FlagError, match="is not JSON"):
+        quality.main(["--report", "--out", str(tmp_path)])
