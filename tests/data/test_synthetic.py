@@ -120,7 +120,8 @@ def test_data_larger_than_the_machine_is_refused_before_it_is_drawn(monkeypatch)
     with pytest.raises(
         ValueError,
         match=r"about 83,562.9 GB \(1,099,511,627,786 ids at about 76 bytes each, 50,000 "
-        r"samples\), more than this machine's .* GB; expected fewer ids",
+        r"samples\), more than the .* GB this process may use \(the machine's memory, or its "
+        r"container's limit where lower\); expected fewer ids",
     ):
         make_synthetic(huge)
     # the estimate against a given memory, by hand: 76 bytes an id, 60 a sample and
@@ -132,7 +133,39 @@ def test_data_larger_than_the_machine_is_refused_before_it_is_drawn(monkeypatch)
     with pytest.raises(ValueError, match=r"expected fewer ids \(num_embeddings\) or samples"):
         synthetic.check_fits(small, memory=need - 1)
     monkeypatch.setattr(synthetic, "_physical_memory", lambda: need - 1)
-    with pytest.raises(ValueError, match="more than this machine's 0.0 GB"):
+    monkeypatch.setattr(synthetic, "_cgroup_limit", lambda: None)
+    with pytest.raises(ValueError, match="more than the 0.0 GB this process may use"):
         make_synthetic(small)
     monkeypatch.setattr(synthetic, "_physical_memory", lambda: None)  # unknown: not refused
+    assert len(make_synthetic(small)) == 100
+
+
+def test_a_container_memory_limit_below_the_machine_is_what_fits(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Before, the check compared with the machine's physical memory only: in a container
+    (a pod, a batch job) limited below it, data that did not fit the limit passed the check
+    and the out-of-memory killer ended the process."""
+    from torchrec_lhf.data import synthetic
+
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory" / "memory.limit_in_bytes"
+    root = str(tmp_path)
+    assert synthetic._cgroup_limit(root) is None  # neither file: no limit known
+    v1.parent.mkdir()
+    v1.write_text("9223372036854771712\n")  # v1's "no limit"
+    assert synthetic._cgroup_limit(root) is None
+    v1.write_text("2147483648\n")
+    assert synthetic._cgroup_limit(root) == 2**31
+    v2.write_text("max\n")  # v2 first: no limit
+    assert synthetic._cgroup_limit(root) is None
+    v2.write_text("1073741824\n")
+    assert synthetic._cgroup_limit(root) == 2**30
+    small = SyntheticConfig(num_samples=100, num_embeddings=[1000, 500], num_dense=3)
+    need = synthetic.peak_bytes(small)
+    monkeypatch.setattr(synthetic, "_physical_memory", lambda: 10 * need)
+    monkeypatch.setattr(synthetic, "_cgroup_limit", lambda: need - 1)
+    assert synthetic._usable_memory() == need - 1
+    with pytest.raises(ValueError, match="container's limit where lower"):
+        make_synthetic(small)
+    monkeypatch.setattr(synthetic, "_physical_memory", lambda: None)  # only the limit known
+    assert synthetic._usable_memory() == need - 1
+    monkeypatch.setattr(synthetic, "_cgroup_limit", lambda: need)
     assert len(make_synthetic(small)) == 100

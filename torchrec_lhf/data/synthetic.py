@@ -123,20 +123,70 @@ def _physical_memory() -> int | None:
         return None
 
 
+CGROUP_ROOT = "/sys/fs/cgroup"
+"""Where the control groups' files are mounted (Linux)."""
+
+
+def _cgroup_limit(root: str = CGROUP_ROOT) -> int | None:
+    """The memory limit of this process's control group (a container's, a job's) in bytes,
+    or None where there is none or the system does not say.
+
+    Reads cgroup v2 (``memory.max`` of the process's group, from ``/proc/self/cgroup``,
+    then of the mount's root as containers see it) and v1 (``memory/memory.limit_in_bytes``).
+    "max" and v1's page-rounded 2**63 mean no limit."""
+    candidates = []
+    try:
+        with open("/proc/self/cgroup") as groups:
+            for line in groups:
+                if line.startswith("0::"):
+                    candidates.append(
+                        os.path.join(root, line[3:].strip().lstrip("/"), "memory.max")
+                    )
+    except OSError:
+        pass
+    candidates += [
+        os.path.join(root, "memory.max"),
+        os.path.join(root, "memory", "memory.limit_in_bytes"),
+    ]
+    for path in candidates:
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        try:
+            limit = int(text)
+        except ValueError:
+            continue
+        return limit if 0 < limit < 2**62 else None
+    return None
+
+
+def _usable_memory() -> int | None:
+    """The bytes this process may use: the physical memory, or its control group's limit
+    where that is lower; None where neither is known."""
+    known = [m for m in (_physical_memory(), _cgroup_limit()) if m is not None]
+    return min(known) if known else None
+
+
 def check_fits(config: SyntheticConfig, memory: int | None = None) -> None:
-    """Raises ValueError where ``config`` needs more memory than the machine has
-    (``memory``: its bytes, by default the physical memory), before anything is drawn: the
-    arrays would otherwise be allocated one by one until one fails, or the system's
-    out-of-memory killer ends the process."""
-    memory = _physical_memory() if memory is None else memory
+    """Raises ValueError where ``config`` needs more memory than this process may use
+    (``memory``: its bytes, by default the physical memory or, where lower, the memory limit
+    of its container or job: :func:`_usable_memory`), before anything is drawn: the arrays
+    would otherwise be allocated one by one until one fails, or the out-of-memory killer
+    ends the process."""
+    memory = _usable_memory() if memory is None else memory
     need = peak_bytes(config)
     if memory is None or need <= memory:
         return
     ids = sum(int(h) for h in config.num_embeddings)
     raise ValueError(
         f"the synthetic data would take about {need / 1e9:,.1f} GB ({ids:,} ids at about "
-        f"{BYTES_PER_ID} bytes each, {int(config.num_samples):,} samples), more than this "
-        f"machine's {memory / 1e9:,.1f} GB; expected fewer ids (num_embeddings) or samples "
+        f"{BYTES_PER_ID} bytes each, {int(config.num_samples):,} samples), more than the "
+        f"{memory / 1e9:,.1f} GB this process may use (the machine's memory, or its "
+        "container's limit where lower); expected fewer ids (num_embeddings) or samples "
         "(num_samples). For tables of the MLPerf heights and beyond, "
         "python -m apps.make_synthetic_criteo writes such data in chunks, with no array "
         "over the ids"
