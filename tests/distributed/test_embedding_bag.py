@@ -35,14 +35,17 @@ FUSED = EmbeddingComputeKernel.FUSED.value
 BATCH = 3  # per rank
 
 
-def _batch(seed: int) -> KeyedJaggedTensor:
+def _batch(seed: int, weighted: bool = False) -> KeyedJaggedTensor:
+    """Ids of the four features for ``BATCH`` samples; ``weighted``: a weight per id in
+    [-0.5, 1.5) (some negative, as a per-id weight may be)."""
     g = torch.Generator().manual_seed(seed)
     keys, heights = ["f3", "f0", "f1", "f2"], [12, 40, 40, 30]  # deliberately not in table order
     lengths = torch.randint(0, 4, (len(keys), BATCH), generator=g)
     values = torch.cat(
         [torch.randint(0, h, (int(lengths[i].sum()),), generator=g) for i, h in enumerate(heights)]
     )
-    return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths.flatten())
+    weights = torch.rand(values.numel(), generator=g) * 2 - 0.5 if weighted else None
+    return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths.flatten(), weights=weights)
 
 
 def _full(t: torch.Tensor | ShardedTensor | DTensor, rank: int) -> torch.Tensor | None:
@@ -56,7 +59,12 @@ def _full(t: torch.Tensor | ShardedTensor | DTensor, rank: int) -> torch.Tensor 
 
 
 def _sharded_vs_unsharded(
-    rank: int, world_size: int, sharding_type: str, combine: str, encoding: str
+    rank: int,
+    world_size: int,
+    sharding_type: str,
+    combine: str,
+    encoding: str,
+    weighted: bool = False,
 ) -> None:
     torch.manual_seed(1)
     plan = two_hash_plan(combine)
@@ -64,7 +72,9 @@ def _sharded_vs_unsharded(
         plan = to_compact(plan)
     elif encoding == "ranked":  # every head's rows its ranks: held ranked (head_rank)
         plan = to_compact(plan, ranked=True)
-    reference = LearnedHashEmbeddingBagCollection(tables=three_tables(), plan=plan)
+    reference = LearnedHashEmbeddingBagCollection(
+        tables=three_tables(), plan=plan, is_weighted=weighted
+    )
     assert reference.remap.has_ranked == (encoding == "ranked")
     state = {k: v.clone() for k, v in reference.state_dict().items()}
 
@@ -72,7 +82,7 @@ def _sharded_vs_unsharded(
         fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR}
     )
     module = LearnedHashEmbeddingBagCollection(
-        tables=three_tables(), plan=plan, device=torch.device("meta")
+        tables=three_tables(), plan=plan, device=torch.device("meta"), is_weighted=weighted
     )
     per_param = {
         "table_wise": lambda i: table_wise(rank=i % world_size, compute_kernel=FUSED),
@@ -87,7 +97,7 @@ def _sharded_vs_unsharded(
     )
     model.load_state_dict(state)
 
-    batches = [_batch(seed) for seed in range(world_size)]
+    batches = [_batch(seed, weighted) for seed in range(world_size)]
     out = model(batches[rank]).wait()
     ref_out = reference(_concat(batches))
     assert out.keys() == ref_out.keys() == ["f0", "f1", "f2", "f3"]
@@ -116,7 +126,10 @@ def _sharded_vs_unsharded(
     lengths = batches[rank].lengths().clone()
     lengths[1], lengths[2] = -1, lengths[2] + lengths[1] + 1
     bad = KeyedJaggedTensor(
-        keys=batches[rank].keys(), values=batches[rank].values(), lengths=lengths
+        keys=batches[rank].keys(),
+        values=batches[rank].values(),
+        lengths=lengths,
+        weights=batches[rank].weights_or_none(),
     )
     with pytest.raises(ValueError, match=r"lengths\[1\] = -1 \(feature 'f3', sample 1\) is neg"):
         model(bad)
@@ -131,7 +144,10 @@ def _concat(batches: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:
     per = [b.to_dict() for b in batches]
     values = torch.cat([torch.cat([p[k].values() for p in per]) for k in keys])
     lengths = torch.cat([torch.cat([p[k].lengths() for p in per]) for k in keys])
-    return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths)
+    weights = None
+    if batches[0].weights_or_none() is not None:
+        weights = torch.cat([torch.cat([p[k].weights() for p in per]) for k in keys])
+    return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths, weights=weights)
 
 
 @pytest.mark.distributed
@@ -145,6 +161,23 @@ def test_sharded_equals_unsharded(sharding_type: str, encoding: str) -> None:
         sharding_type=sharding_type,
         combine=combine,
         encoding=encoding,
+    )
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("sharding_type", TESTED_SHARDING_TYPES)
+def test_weighted_sharded_equals_unsharded(sharding_type: str) -> None:
+    """Per-id weights (``is_weighted``) travel with the remapped ids through the input dist
+    of every sharding type: outputs, one training step and the tables after it equal the
+    unsharded collection's, compact plan."""
+    combine = "concat" if sharding_type in ("column_wise", "data_parallel") else "sum"
+    run_multiprocess(
+        _sharded_vs_unsharded,
+        world_size=2,
+        sharding_type=sharding_type,
+        combine=combine,
+        encoding="compact",
+        weighted=True,
     )
 
 
