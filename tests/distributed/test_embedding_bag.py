@@ -151,9 +151,15 @@ def _concat(batches: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("encoding", ["dense", "compact", "ranked"])
+@pytest.mark.parametrize(
+    ("encoding", "weighted"),
+    [("dense", False), ("compact", False), ("ranked", False), ("compact", True)],
+)
 @pytest.mark.parametrize("sharding_type", TESTED_SHARDING_TYPES)
-def test_sharded_equals_unsharded(sharding_type: str, encoding: str) -> None:
+def test_sharded_equals_unsharded(sharding_type: str, encoding: str, weighted: bool) -> None:
+    """Outputs, one training step and the tables after it equal the unsharded collection's;
+    ``weighted``: per-id weights (``is_weighted``) travel with the remapped ids through the
+    input dist."""
     combine = "concat" if sharding_type in ("column_wise", "data_parallel") else "sum"
     run_multiprocess(
         _sharded_vs_unsharded,
@@ -161,23 +167,7 @@ def test_sharded_equals_unsharded(sharding_type: str, encoding: str) -> None:
         sharding_type=sharding_type,
         combine=combine,
         encoding=encoding,
-    )
-
-
-@pytest.mark.distributed
-@pytest.mark.parametrize("sharding_type", TESTED_SHARDING_TYPES)
-def test_weighted_sharded_equals_unsharded(sharding_type: str) -> None:
-    """Per-id weights (``is_weighted``) travel with the remapped ids through the input dist
-    of every sharding type: outputs, one training step and the tables after it equal the
-    unsharded collection's, compact plan."""
-    combine = "concat" if sharding_type in ("column_wise", "data_parallel") else "sum"
-    run_multiprocess(
-        _sharded_vs_unsharded,
-        world_size=2,
-        sharding_type=sharding_type,
-        combine=combine,
-        encoding="compact",
-        weighted=True,
+        weighted=weighted,
     )
 
 
