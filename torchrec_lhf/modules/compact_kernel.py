@@ -89,10 +89,10 @@ def _module():  # noqa: ANN202
 STALE_LOCK_SECONDS = 600.0
 """Age past which the build's lock file is taken as left by a build that never finished.
 
-The build takes about a minute on two cores. torch's ``cpp_extension`` holds a lock file in
-the build directory while it builds and removes it at the end; a build whose process was
-killed (a timeout, SIGTERM, SIGKILL) leaves it, and torch then waits for it to go, forever,
-in every later process on the machine. This library's own builds say when they were killed
+The build takes about 40 s on two cores. torch's ``cpp_extension`` holds a lock file in the
+build directory while it builds and removes it at the end; a build whose process was killed
+(a timeout, SIGTERM, SIGKILL) leaves it, and torch then waits for it to go, forever, in
+every later process on the machine. This library's own builds say when they were killed
 (``build_guard``); the age applies to a lock of a builder that does not (another version)."""
 
 
