@@ -447,7 +447,10 @@ def run(config: PipelineConfig) -> list[dict[str, Any]]:
                 outcome = {}
             except BudgetTooSmall as e:
                 if build.out == build_config.out:  # the learned hash's own: as without a choice
-                    raise
+                    raise BudgetTooSmall(
+                        f"--fraction {config.fraction}: {e}. The teacher is kept in {out}: "
+                        "--resume with a larger --fraction reuses it"
+                    ) from None
                 logger.warning("the candidate plan %r does not fit, left out: %s", name, e)
                 outcome = {"infeasible": str(e)}
             resumable.mark(out, stage, build, result=outcome, outputs=[Path(build.out)])

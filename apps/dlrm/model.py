@@ -29,7 +29,13 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimiz
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from apps.dlrm.config import TrainConfig
-from torchrec_lhf.compression.budget import ModelBytes, byte_budget, fit_to_bytes, lowest_fraction
+from torchrec_lhf.compression.budget import (
+    ModelBytes,
+    byte_budget,
+    fit_to_bytes,
+    full_table_bytes,
+    lowest_fraction,
+)
 from torchrec_lhf.compression.registry import index_bytes
 from torchrec_lhf.distributed.embedding_bag import (
     LearnedHashEmbeddingBagCollectionSharder,
@@ -199,6 +205,7 @@ def mch_rows_for_bytes(
         byte_budget(sizes, fraction, embedding_dim),
         lowest=lowest_fraction(sizes),
         what=f"--compression mch at {fraction} of the full table bytes",
+        full_bytes=full_table_bytes(sizes, embedding_dim),
     )
     return mch_rows(sizes, fraction=f, min_table_rows=min_table_rows, world_size=world_size)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from apps import pipeline
 from tests._fixtures import count_learned_trainings
+from torchrec_lhf.cli import run_command
 from torchrec_lhf.data import DatasetUnavailableError
 from torchrec_lhf.hash_build.config import BuildConfig
 from torchrec_lhf.report import plot_auc_vs_bytes
@@ -368,3 +370,35 @@ def test_width_select_trains_the_clustered_plans_at_narrower_widths_too(tmp_path
         metrics = json.loads((tmp_path / f"metrics_lhf-{name}.json").read_text())
         assert metrics["total_bytes"] <= 0.2 * 750 * 16 * 4
         assert metrics["embedding_bytes"] == metrics["rows"] * width * 4
+
+
+def test_a_fraction_too_small_for_the_learned_hash_names_one_that_fits(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """Before, the learned hash's budget too small ended the pipeline, after the teacher's
+    training, with a traceback naming ``rows_for_bytes``. Now: a usage error (exit status 2)
+    giving the smallest fraction that fits, and ``--resume`` at that fraction reuses the
+    teacher."""
+    args = [*SELECT_ARGS, "--methods", "lhf", "--out_dir", str(tmp_path)]
+    args[args.index("--fraction") + 1] = "0.001"
+    monkeypatch.setattr("sys.argv", ["pipeline", *args])
+    with pytest.raises(SystemExit) as exit_:
+        run_command(pipeline.main)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    found = re.search(
+        r"error: --fraction 0\.001: the learned hash at 0\.001 of the full table bytes: a byte "
+        r"budget of .* bytes is below .*; expected a fraction of the full table bytes of at "
+        r"least ([0-9.]+)\. The teacher is kept in .*: --resume with a larger --fraction",
+        err,
+    )
+    assert found, err
+    args[args.index("--fraction") + 1] = found.group(1)
+
+    def no_second_teacher(config):  # noqa: ANN001, ANN202
+        raise AssertionError("the teacher trained again")
+
+    monkeypatch.setattr(pipeline.teacher, "run", no_second_teacher)
+    (lhf,) = pipeline.main([*args, "--resume"])
+    assert lhf["method"] == "lhf" and lhf["fraction"] == float(found.group(1))  # it fits

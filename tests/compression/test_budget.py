@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests._fixtures import MOVIELENS_HEIGHTS
+from torchrec_lhf.cli import FlagError
 from torchrec_lhf.compression.budget import (
     BudgetTooSmall,
     ModelBytes,
@@ -142,6 +143,20 @@ def test_byte_budget_too_small_names_the_table_and_the_bytes() -> None:
     with pytest.raises(ValueError, match="budget 'bytes' needs the model's bytes"):
         allocate_rows({"a": 10}, 0.5, budget="bytes")
     assert issubclass(BudgetTooSmall, ValueError)
+    assert issubclass(BudgetTooSmall, FlagError)  # an entry point's usage error, exit 2
+
+
+def test_a_budget_too_small_gives_the_smallest_fraction_that_fits() -> None:
+    """Before, the error gave the bytes only: a user of ``--fraction`` had to work out the
+    fraction. By hand: at the fewest rows a stores 1 row of 16 bytes and its 2,000 bytes of
+    index, b 1 row: 2,032 of the full 16,160 bytes, 0.12574..., rounded up to 0.126."""
+    args = dict(embedding_dim=4, index_bytes=lambda h: {t: 2000 for t in h if t == "a"})
+    with pytest.raises(BudgetTooSmall, match=r"of at least 0\.126$"):
+        rows_for_bytes({"a": 1000, "b": 10}, 0.1, **args, what="m")
+    rows, at = rows_for_bytes({"a": 1000, "b": 10}, 0.126, **args)
+    assert rows == {"a": 1, "b": 1} and at.total == 2032
+    with pytest.raises(BudgetTooSmall, match=r"^m: a byte budget of 2,031 bytes"):
+        rows_for_bytes({"a": 1000, "b": 10}, 0.1257, **args, what="m")
 
 
 def test_fit_to_bytes_keeps_a_fitting_fraction_when_bytes_are_not_monotone() -> None:

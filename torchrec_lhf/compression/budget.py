@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
+from torchrec_lhf.cli import FlagError
+
 BUDGETS = ("table", "total", "bytes")
 """The rules: ``"table"`` and ``"total"`` of :func:`allocate_rows` (rows), ``"bytes"`` of
 :func:`fit_to_bytes` (bytes stored)."""
@@ -47,9 +49,13 @@ FP32_BYTES = 4
 """Bytes of a table element (fp32)."""
 
 
-class BudgetTooSmall(ValueError):
-    """A byte budget below what a method's model stores at its smallest (a ValueError:
-    the sweep records such a method as not fitting, instead of failing)."""
+class BudgetTooSmall(FlagError):
+    """A byte budget below what a method's model stores at its smallest.
+
+    A ValueError: the sweep records such a method as not fitting, instead of failing. A
+    :class:`~torchrec_lhf.cli.FlagError`: an entry point whose ``--fraction`` or ``--bytes``
+    is too small for its model ends with the message and exit status 2, as on any flag value
+    it refuses, not with a traceback."""
 
 
 MIN_TABLE_ROWS = 100
@@ -213,6 +219,16 @@ class ModelBytes:
         }
 
 
+def _smallest_fraction(needed: int, full_bytes: int | None) -> str:
+    """The error's hint: the smallest fraction of ``full_bytes`` holding ``needed`` bytes,
+    rounded up to three significant digits (so that it fits)."""
+    if not full_bytes:
+        return ""
+    exact = needed / full_bytes
+    scale = 10.0 ** (2 - math.floor(math.log10(exact)))
+    return f"; expected a fraction of the full table bytes of at least {math.ceil(exact * scale) / scale:g}"
+
+
 def full_table_bytes(sizes: Mapping[str, int], embedding_dim: int) -> int:
     """``sum_t N_t * D * 4``: the uncompressed fp32 tables, what ``"bytes"`` is a fraction of."""
     return FP32_BYTES * embedding_dim * sum(int(n) for n in sizes.values())
@@ -232,7 +248,12 @@ def byte_budget(sizes: Mapping[str, int], fraction: float, embedding_dim: int) -
 
 
 def fit_to_bytes(
-    bytes_at: Callable[[float], ModelBytes], budget_bytes: int, *, lowest: float, what: str
+    bytes_at: Callable[[float], ModelBytes],
+    budget_bytes: int,
+    *,
+    lowest: float,
+    what: str,
+    full_bytes: int | None = None,
 ) -> tuple[float, ModelBytes]:
     """The largest row fraction ``f`` in ``[lowest, 1]`` whose model fits ``budget_bytes``.
 
@@ -244,6 +265,9 @@ def fit_to_bytes(
         budget_bytes: the bytes the model may store.
         lowest: the smallest row fraction (every compressed table at its fewest rows).
         what: the method, for error messages.
+        full_bytes: the full model's fp32 table bytes (:func:`full_table_bytes`), if the
+            budget is a fraction of them: the error then gives the smallest fraction that
+            fits.
 
     Returns:
         ``(f, bytes_at(f))``.
@@ -260,6 +284,7 @@ def fit_to_bytes(
             f"the model stores at its fewest rows; table {name!r} alone stores "
             f"{low.of_table(name):,} bytes there ({low.tables.get(name, 0):,} tables + "
             f"{low.index.get(name, 0):,} index + {low.extras.get(name, 0):,} extras)"
+            + _smallest_fraction(low.total, full_bytes)
         )
     high = bytes_at(1.0)
     if high.total <= budget_bytes:
@@ -361,6 +386,7 @@ def rows_for_bytes(
     combine: str = "sum",
     index_bytes: Callable[[dict[str, list[int]]], Mapping[str, int]] | None = None,
     rows_at: Callable[[float], dict[str, int]] | None = None,
+    what: str = "rows_for_bytes",
 ) -> tuple[dict[str, int], ModelBytes]:
     """Rows per table under ``budget="bytes"`` when the stored index follows from the heights.
 
@@ -380,6 +406,7 @@ def rows_for_bytes(
         rows_at: another rule, ``f`` in ``[0, 1]`` -> total rows of every compressed table
             (at least ``H`` each, non-decreasing in ``f``), fitted instead of the
             ``"table"`` rule (e.g. rows by access counts).
+        what: the model, for the error where the budget is too small.
 
     Returns:
         ``(rows, bytes)``: total rows of each compressed table (in ``sizes`` order) and the
@@ -415,6 +442,10 @@ def rows_for_bytes(
         return ModelBytes({**full, **tables}, index, {})
 
     f, at = fit_to_bytes(
-        bytes_at, budget_bytes, lowest=lowest_fraction(sizes), what="rows_for_bytes"
+        bytes_at,
+        budget_bytes,
+        lowest=lowest_fraction(sizes),
+        what=what,
+        full_bytes=full_table_bytes(sizes, embedding_dim),
     )
     return rule(f), at

@@ -33,6 +33,7 @@ from torchrec_lhf.compression.budget import (
     allocate_rows,
     byte_budget,
     fit_to_bytes,
+    full_table_bytes,
     lowest_fraction,
 )
 from torchrec_lhf.plan import HashPlan, TableHash
@@ -232,6 +233,7 @@ def _fit_plan_to_bytes(
         budget_bytes,
         lowest=lowest_fraction(num_embeddings),
         what=f"method {name!r} at {fraction} of the full table bytes",
+        full_bytes=full_table_bytes(num_embeddings, embedding_dim),
     )
     plan = call(num_embeddings, f, min_table_rows)  # one more: the bisection keeps none
     plan.metadata["row_fraction"] = f

@@ -161,6 +161,7 @@ def learned_rows_for_bytes(
             sizes, heads, hs, spec.encoding, fill, known_region
         ),
         rows_at=rows_at,
+        what=f"the learned hash at {fraction} of the full table bytes",
     )
 
 
