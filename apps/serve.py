@@ -39,6 +39,7 @@ from apps.dlrm.model import table_configs
 from apps.dlrm.runtime import setup_logging
 from torchrec_lhf._io import atomic_write
 from torchrec_lhf.cli import (
+    FlagError,
     add_config_flags,
     check_input_path,
     check_int,
@@ -94,17 +95,21 @@ def _rows(dataset: RecDataset, split: str) -> torch.Tensor:
     return dataset.splits[split]
 
 
-def _check_requests(dataset: RecDataset, manifest: dict[str, Any], path: str) -> None:
+def _check_requests(dataset: RecDataset, manifest: dict[str, Any], path: str, spec: str) -> None:
+    """A usage error (the ``--dataset`` given for the ``--model``) where the requests'
+    features are not the model's."""
     features, num_dense = manifest["feature_names"], manifest["num_dense"]
     if list(dataset.feature_names) != features:
-        raise ValueError(
-            f"requests have sparse features {dataset.feature_names}, the model {path} "
-            f"takes {features}"
+        raise FlagError(
+            f"--dataset {spec!r}: requests have sparse features "
+            f"{list(dataset.feature_names)}, the model {path} takes {features}; expected "
+            "requests of the data the model was trained on"
         )
     if len(dataset.dense_names) != num_dense:
-        raise ValueError(
-            f"requests have {len(dataset.dense_names)} dense features, the model {path} "
-            f"takes {num_dense}"
+        raise FlagError(
+            f"--dataset {spec!r}: requests have {len(dataset.dense_names)} dense "
+            f"features, the model {path} takes {num_dense}; expected requests of the data "
+            "the model was trained on"
         )
 
 
@@ -112,12 +117,12 @@ def score(config: ServeConfig) -> torch.Tensor:
     """Score the requests and write ``config.out``; returns the scores ``(R,)``.
 
     Raises:
-        ValueError: the requests do not fit the model (features, dense columns).
+        FlagError: the requests do not fit the model (features, dense columns).
         FileNotFoundError: no such model.
     """
     model, manifest = load_scripted_model(config.model, config.dtype)
     dataset = load_dataset(config.dataset, **config.dataset_options)
-    _check_requests(dataset, manifest, config.model)
+    _check_requests(dataset, manifest, config.model, config.dataset)
     tables = table_configs(
         manifest["feature_names"], [t["num_embeddings"] for t in manifest["tables"]], 1
     )

@@ -62,8 +62,14 @@ def test_serve_rejects_requests_of_another_model(tmp_path: Path) -> None:
     _train_and_export([], model)
     other = json.dumps({"num_samples": 100, "num_embeddings": [30, 50]})
     argv = ["--model", str(model), "--dataset", "synthetic", "--dataset_options", other]
-    with pytest.raises(ValueError, match="sparse features"):
+    with pytest.raises(FlagError, match=r"--dataset 'synthetic': requests have sparse "
+                       r"features \['cat_0', 'cat_1'\], the model .* takes \['cat_0', 'cat_1', "
+                       r"'cat_2'\]; expected requests of the data"):  # fmt: skip
         serve.main([*argv, "--out", str(tmp_path / "x.csv")])
+    dense = json.dumps({**OPTIONS, "num_dense": 5})  # (before: a traceback, not a usage error)
+    argv_dense = ["--model", str(model), "--dataset", "synthetic", "--dataset_options", dense]
+    with pytest.raises(FlagError, match=r"requests have 5 dense features, the model .* takes 4"):
+        serve.main([*argv_dense, "--out", str(tmp_path / "x.csv")])
     with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
         serve.parse_args([*argv, "--out", "x.csv", "--batch_size", "0"])
     with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 2.5"):
