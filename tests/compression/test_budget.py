@@ -157,6 +157,10 @@ def test_a_budget_too_small_gives_the_smallest_fraction_that_fits() -> None:
     assert rows == {"a": 1, "b": 1} and at.total == 2032
     with pytest.raises(BudgetTooSmall, match=r"^m: a byte budget of 2,031 bytes"):
         rows_for_bytes({"a": 1000, "b": 10}, 0.1257, **args, what="m")
+    # an index above the full tables' 16,160 bytes: no fraction fits, and none is offered
+    args["index_bytes"] = lambda h: {t: 20_000 for t in h if t == "a"}
+    with pytest.raises(BudgetTooSmall, match="even there: no fraction fits$"):
+        rows_for_bytes({"a": 1000, "b": 10}, 1.0, **args)
 
 
 def test_fit_to_bytes_keeps_a_fitting_fraction_when_bytes_are_not_monotone() -> None:

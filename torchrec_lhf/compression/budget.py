@@ -225,8 +225,11 @@ def _smallest_fraction(needed: int, full_bytes: int | None) -> str:
     if not full_bytes:
         return ""
     exact = needed / full_bytes
+    if exact > 1:
+        return "; it stores more than the full tables even there: no fraction fits"
     scale = 10.0 ** (2 - math.floor(math.log10(exact)))
-    return f"; expected a fraction of the full table bytes of at least {math.ceil(exact * scale) / scale:g}"
+    least = min(1.0, math.ceil(exact * scale) / scale)
+    return f"; expected a fraction of the full table bytes of at least {least:g}"
 
 
 def full_table_bytes(sizes: Mapping[str, int], embedding_dim: int) -> int:
