@@ -131,6 +131,17 @@ def check_rows(rows: Any, source: str = "the runs") -> None:
         if missing:
             raise ValueError(f"{source}: run {i} ({row.get('method')!r}) has no {missing}")
         key = (row["method"], row["fraction"], row["seed"])
+        if not (
+            isinstance(key[0], str)
+            and isinstance(key[1], int | float)
+            and isinstance(key[2], int)
+            and not isinstance(key[1], bool)
+            and not isinstance(key[2], bool)
+        ):
+            raise ValueError(
+                f"{source}: run {i} has method {key[0]!r}, fraction {key[1]!r} and seed "
+                f"{key[2]!r}; expected a string, a number and an int"
+            )
         if key in seen:
             raise ValueError(
                 f"{source}: runs {seen[key]} and {i} are both {key[0]!r} at size {key[1]} "

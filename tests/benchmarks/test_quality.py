@@ -402,6 +402,7 @@ def test_a_method_whose_training_an_earlier_one_ran_is_not_run_again(
         (lambda rows: rows + [3], "run 3 is 3; expected a JSON object"),
         (lambda rows: rows + [{"method": "qr", "fraction": 0.1}], "run 3 ('qr') has no ['seed'"),
         (lambda rows: rows + [{**rows[1], "seed": 5, "auc": None}], "has no ['auc']"),
+        (lambda rows: rows + [{**rows[1], "fraction": [0.1]}], "fraction [0.1] and seed 0; exp"),
     ],
 )
 def test_report_refuses_runs_it_cannot_summarize(tmp_path: Path, edit, message: str) -> None:  # noqa: ANN001
