@@ -220,3 +220,36 @@ def test_the_guard_is_cleared_when_the_body_raises_and_unguarded_locks_keep_the_
     with compact_kernel.build_guard(lock):
         assert released.is_set()
     thread.join()
+
+
+def test_the_build_runs_this_environments_ninja_whatever_is_first_on_path(
+    tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
+    """Before, the build ran the first ``ninja`` on ``PATH``: the system's for a plain
+    ``.venv/bin/python``, the environment's under ``torchrun`` or ``torchx``. The two
+    versions hash the build's command differently, so each switch rebuilt the kernel
+    (45 s, in the first batch)."""
+    import ninja
+
+    other = tmp_path / "bin"
+    other.mkdir()
+    (other / "ninja").write_text("#!/bin/sh\nexit 1\n")
+    (other / "ninja").chmod(0o755)
+    path = f"{other}{os.pathsep}{os.environ.get('PATH', '')}"
+    monkeypatch.setenv("PATH", path)
+    assert shutil.which("ninja") == str(other / "ninja")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    monkeypatch.delenv(compact_kernel.ENV_FLAG, raising=False)
+    found = []
+    monkeypatch.setattr(
+        torch.utils.cpp_extension,
+        "load_inline",
+        lambda **kw: found.append(shutil.which("ninja")) or "ext",
+    )
+    compact_kernel._module.cache_clear()
+    try:
+        assert compact_kernel._module() == "ext"
+    finally:
+        compact_kernel._module.cache_clear()
+    assert found == [os.path.join(ninja.BIN_DIR, "ninja")]
+    assert os.environ["PATH"] == path  # put back

@@ -73,7 +73,7 @@ def _module():  # noqa: ANN202
         from torch.utils.cpp_extension import load_inline
 
         name = _extension_name()
-        with build_guard(_build_lock(name)):
+        with build_guard(_build_lock(name)), this_environments_ninja():
             return load_inline(
                 name=name,
                 cpp_sources=SOURCE.read_text(),
@@ -147,6 +147,38 @@ def wait_for_build_lock(
             )
             warned = True
         time.sleep(poll)
+
+
+@contextlib.contextmanager
+def this_environments_ninja() -> Iterator[None]:
+    """Build with the ``ninja`` of this Python's environment (the ``ninja`` package, pinned
+    in the requirements), where there is one: its folder goes first on ``PATH`` while the
+    body runs.
+
+    torch runs the first ``ninja`` on ``PATH``. Two versions of ninja hash a build's command
+    differently, so each takes the other's build as out of date: where processes found
+    different ones (``torchrun`` and ``torchx`` from an activated environment put its
+    ``bin`` first, a plain ``.venv/bin/python`` finds the system's), every switch from one
+    kind of process to the other rebuilt the kernel, about 40 s in its first batch."""
+    try:
+        import ninja
+
+        folder = str(ninja.BIN_DIR)
+    except (ImportError, AttributeError):
+        yield
+        return
+    if not os.path.isfile(os.path.join(folder, "ninja")):
+        yield
+        return
+    before = os.environ.get("PATH")
+    os.environ["PATH"] = folder + os.pathsep + (before or "")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = before
 
 
 GUARD_NAME = "builder"
