@@ -17,7 +17,10 @@ from torchx_components import lhf
 
 REPO = Path(__file__).resolve().parents[1]
 COMPONENTS = {"teacher": "apps.teacher", "build_hash": "apps.build_hash", "train": "apps.dlrm.train",
-              "pipeline": "apps.pipeline"}  # fmt: skip
+              "pipeline": "apps.pipeline", "serve": "apps.serve",
+              "criteo_to_npy": "apps.criteo_to_npy",
+              "make_synthetic_criteo": "apps.make_synthetic_criteo"}  # fmt: skip
+SINGLE = {"serve", "criteo_to_npy", "make_synthetic_criteo"}  # one process each
 COMPONENT = str(REPO / "torchx_components" / "lhf.py")
 
 
@@ -29,10 +32,12 @@ def _command(app: specs.AppDef) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(COMPONENTS))
 def test_component_builds_a_torchrun_appdef(name: str):
-    app = lhf.stage("--fraction", "0.1", "--out", "a b/plan", stage=name, nproc_per_node=2, cpu=4)
+    procs = 1 if name in SINGLE else 2
+    app = lhf.stage("--fraction", "0.1", "--out", "a b/plan", stage=name, nproc_per_node=procs,
+                    cpu=4)  # fmt: skip
     cmd = _command(app)
     assert cmd[0] == "torchrun"
-    assert cmd[cmd.index("--nproc_per_node") + 1] == "2"
+    assert cmd[cmd.index("--nproc_per_node") + 1] == str(procs)
     assert cmd[cmd.index("--nnodes") + 1] == "1"
     i = cmd.index("-m")
     assert cmd[i + 1 : i + 2] == [COMPONENTS[name]]
@@ -76,11 +81,24 @@ def test_resources_that_cannot_launch_are_refused(kwargs: dict, message: str):
 def test_component_passes_the_torchx_linter_and_cli_parsing(name: str):
     assert validate(COMPONENT, "stage") == []
     # What `torchx run ...:stage --stage name --nproc_per_node 2 -- --teacher t` hands it.
-    args = ["--stage", name, "--nproc_per_node", "2", "--env", "A=1", "--", "--teacher", "t"]
+    procs = "1" if name in SINGLE else "2"
+    args = ["--stage", name, "--nproc_per_node", procs, "--env", "A=1", "--", "--teacher", "t"]
     app = materialize_appdef(lhf.stage, args)
     cmd = _command(app)
-    assert cmd[cmd.index("--nproc_per_node") + 1] == "2" and cmd[-2:] == ["--teacher", "t"]
+    assert cmd[cmd.index("--nproc_per_node") + 1] == procs and cmd[-2:] == ["--teacher", "t"]
     assert app.roles[0].env["A"] == "1" and cmd[cmd.index("-m") + 1] == COMPONENTS[name]
+
+
+@pytest.mark.parametrize("name", sorted(SINGLE))
+def test_a_stage_that_is_not_distributed_is_refused_more_processes(name: str):
+    """Before these stages were launchable, serving or converting data took a plain
+    ``python -m``; more than one process would each do the whole job."""
+    for kwargs, given in (({"nproc_per_node": 2}, "1x2"), ({"j": "2x1"}, "2x1"),
+                          ({"j": "1:2x1"}, "1:2x1")):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"stage '{name}' runs in one process .* got "
+                           rf"'{given}'; expected nnodes 1 and nproc_per_node 1"):  # fmt: skip
+            lhf.stage("--out", "x", stage=name, **kwargs)
+    assert lhf.stage("--out", "x", stage=name, j="1x1").roles[0].num_replicas == 1
 
 
 def test_help_comes_from_the_docstring():

@@ -38,8 +38,14 @@ STAGES = {
     "build_hash": "apps.build_hash",
     "train": "apps.dlrm.train",
     "pipeline": "apps.pipeline",
+    "serve": "apps.serve",
+    "criteo_to_npy": "apps.criteo_to_npy",
+    "make_synthetic_criteo": "apps.make_synthetic_criteo",
 }
 """``--stage`` -> the module torchrun runs (its ``--help`` lists the flags after ``--``)."""
+
+SINGLE_PROCESS = ("serve", "criteo_to_npy", "make_synthetic_criteo")
+"""Stages that run in one process (not distributed): more would each do the whole job."""
 
 
 def stage(
@@ -65,13 +71,17 @@ def stage(
     counts), ``build_hash`` (cluster the teacher's tables into one hash plan; tables are
     spread over the processes, the plan is the same for any number of them, and a rerun
     resumes from the work directory), ``train`` (the DLRM app, with ``--learned_hash PLAN``
-    or ``--compression METHOD``) and ``pipeline`` (all of them, against the baselines).
+    or ``--compression METHOD``) and ``pipeline`` (all of them, against the baselines); in
+    one process: ``serve`` (score requests with an exported model), ``criteo_to_npy``
+    (Criteo TSV to memory-mapped arrays) and ``make_synthetic_criteo`` (synthetic data at
+    the MLPerf heights, in chunks).
     Example: ``torchx run -s local_cwd torchx_components/lhf.py:stage --stage build_hash
     --nproc_per_node 2 -- --teacher runs/teacher --fraction 0.1 --out runs/plan.safetensors``.
 
     Args:
         script_args: the stage's flags, after ``--`` (``python -m apps.<stage> --help``).
-        stage: teacher, build_hash, train or pipeline.
+        stage: teacher, build_hash, train, pipeline; serve, criteo_to_npy or
+            make_synthetic_criteo (one process).
         nnodes: number of nodes (hosts); build_hash on several needs a shared ``--work_dir``.
         nproc_per_node: processes per node (one per GPU on GPU hosts).
         j: ``[min_nnodes:]nnodes x nproc_per_node`` (e.g. ``2x8``); overrides the two above.
@@ -94,6 +104,8 @@ def stage(
         )
     if j is not None:
         _check_j(j)
+    if stage in SINGLE_PROCESS:
+        _check_one_process(stage, j or f"{nnodes}x{nproc_per_node}")
     _check_at_least(cpu=(cpu, 1), gpu=(gpu, 0), memMB=(memMB, 1), max_retries=(max_retries, 0))
     if not 1 <= rdzv_port <= 65535:
         raise ValueError(f"rdzv_port must be a TCP port in [1, 65535], got {rdzv_port}")
@@ -121,6 +133,16 @@ def _check_j(j: str) -> None:
         raise ValueError(
             f"j must be [min_nnodes:]nnodes x nproc_per_node with 1 <= min_nnodes <= nnodes"
             f" and nproc_per_node >= 1, got {j!r}"
+        )
+
+
+def _check_one_process(stage: str, j: str) -> None:
+    """Refuse more than one process for a stage that is not distributed."""
+    _, max_nnodes, nproc_per_node, _ = dist.parse_nnodes(j)
+    if max_nnodes * nproc_per_node != 1:
+        raise ValueError(
+            f"stage {stage!r} runs in one process (it is not distributed: each process would "
+            f"do the whole job), got {j!r}; expected nnodes 1 and nproc_per_node 1"
         )
 
 
