@@ -253,3 +253,14 @@ def test_the_build_runs_this_environments_ninja_whatever_is_first_on_path(
         compact_kernel._module.cache_clear()
     assert found == [os.path.join(ninja.BIN_DIR, "ninja")]
     assert os.environ["PATH"] == path  # put back
+
+
+def test_the_build_is_named_for_this_torch(monkeypatch) -> None:  # noqa: ANN001
+    """Before, environments with different torch versions shared a build (the extension
+    cache's folder names only Python's version): each rebuilt over the other's."""
+    name = compact_kernel._extension_name()
+    monkeypatch.setattr(torch, "__version__", torch.__version__ + ".other")
+    assert compact_kernel._extension_name() != name
+    monkeypatch.undo()
+    monkeypatch.setattr(compact_kernel, "CFLAGS", ("-O2",))
+    assert compact_kernel._extension_name() != name

@@ -60,6 +60,9 @@ ENV_FLAG = "TORCHREC_LHF_FUSED_REMAP"
 SOURCE = Path(__file__).with_name("csrc") / "remap_kernel.cpp"
 """The kernels' C++ source (package data)."""
 
+CFLAGS = ("-O3", "-march=native")
+"""The kernel's compiler flags (``-march=native``: the hash's 64-bit multiplies vectorize)."""
+
 FUNCTIONS = ("fused_remap_eager", "fused_remap_ranked_eager", "rank_overlay_eager")
 """The kernel's functions bound for Python (``fused_remap`` is its operator)."""
 
@@ -78,7 +81,7 @@ def _module():  # noqa: ANN202
                 name=name,
                 cpp_sources=SOURCE.read_text(),
                 functions=list(FUNCTIONS),
-                extra_cflags=["-O3", "-march=native"],
+                extra_cflags=list(CFLAGS),
                 verbose=False,
             )
     except Exception as error:  # noqa: BLE001 (no compiler, no ninja, a failed build)
@@ -104,8 +107,12 @@ def _extension_name() -> str:
     with another kind of machine builds its own instead of loading this one. It carries the
     source's digest too: two versions of the project sharing a cache (two checkouts, a
     benchmark's snapshot) each build their own, instead of rebuilding over each other's
-    (torch keys its cache by name)."""
-    digest = hashlib.sha256((SOURCE.read_text() + repr(FUNCTIONS)).encode()).hexdigest()[:10]
+    (torch keys its cache by name). And torch's version and the compiler flags: two
+    environments with different torch versions (the cache's folder names only Python's
+    version) rebuilt over each other at every switch, each loading a library linked against
+    the other's torch if it came between the build and the load."""
+    key = SOURCE.read_text() + repr(FUNCTIONS) + repr(CFLAGS) + torch.__version__
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"torchrec_lhf_remap_kernel_{digest}_{_cpu_tag()}"
 
 
