@@ -175,10 +175,16 @@ def test_a_lock_of_a_killed_build_is_removed_at_once(tmp_path, monkeypatch, capl
     assert lock.with_name(compact_kernel.GUARD_NAME).read_text() == ""  # this build finished
 
 
-def test_a_guarded_build_is_waited_for_however_old_its_lock(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("quiet", "warned"), [(0.05, True), (5.0, False)])
+def test_a_guarded_build_is_waited_for_however_old_its_lock(
+    tmp_path, monkeypatch, caplog, quiet: float, warned: bool
+) -> None:  # noqa: ANN001
     """A second process waits on the guard for as long as the first builds: its lock is not
     taken as stale, even past ``stale_after`` (the age rule broke into builds slower than
-    10 minutes)."""
+    10 minutes). It says so only past ``QUIET_WAIT_SECONDS`` (a job's ranks all load the
+    built kernel at once)."""
+    monkeypatch.setattr(compact_kernel, "QUIET_WAIT_SECONDS", quiet)
+    caplog.set_level(logging.WARNING, logger=compact_kernel.__name__)
     lock = tmp_path / "ext" / "lock"
     inside, events = threading.Event(), []
 
@@ -197,6 +203,7 @@ def test_a_guarded_build_is_waited_for_however_old_its_lock(tmp_path: Path) -> N
         events.append("second")
     thread.join()
     assert events == ["built", "second"]
+    assert ("another process is building" in caplog.text) == warned
 
 
 def test_the_guard_is_cleared_when_the_body_raises_and_unguarded_locks_keep_the_age_rule(

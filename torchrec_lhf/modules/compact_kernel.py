@@ -250,16 +250,28 @@ def _open_guard(lock: Path) -> TextIO | None:
     except (ImportError, OSError):
         return None
     try:
-        try:
-            fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.warning("waiting for %s: another process is building the fused remap", lock)
-            fcntl.flock(guard, fcntl.LOCK_EX)
+        deadline = time.monotonic() + QUIET_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:  # (another rank loading what is built)
+                    time.sleep(0.05)
+                    continue
+                logger.warning("waiting for %s: another process is building the fused remap", lock)
+                fcntl.flock(guard, fcntl.LOCK_EX)
+                break
     except OSError:  # a file system without flock
         guard.close()
         return None
     guard.seek(0)
     return guard
+
+
+QUIET_WAIT_SECONDS = 5.0
+"""How long a process waits for the guard before saying so: loading a build that is done
+holds it for a fraction of a second, and the ranks of a job all load at once."""
 
 
 def _write_guard(guard: TextIO, text: str) -> None:
