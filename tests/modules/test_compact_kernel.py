@@ -263,11 +263,15 @@ def test_the_build_runs_this_environments_ninja_whatever_is_first_on_path(
 
 
 def test_the_build_is_named_for_this_torch(monkeypatch) -> None:  # noqa: ANN001
-    """Before, environments with different torch versions shared a build (the extension
-    cache's folder names only Python's version): each rebuilt over the other's."""
+    """Before, environments with different torch versions, or the same version installed in
+    two places (two checkouts' environments), shared a build (the extension cache's folder
+    names only Python's version): each rebuilt over the other's."""
     name = compact_kernel._extension_name()
     monkeypatch.setattr(torch, "__version__", torch.__version__ + ".other")
     assert compact_kernel._extension_name() != name
     monkeypatch.undo()
     monkeypatch.setattr(compact_kernel, "CFLAGS", ("-O2",))
+    assert compact_kernel._extension_name() != name
+    monkeypatch.undo()  # another environment's torch, of the same version
+    monkeypatch.setattr(torch, "__file__", "/elsewhere/torch/__init__.py")
     assert compact_kernel._extension_name() != name

@@ -44,6 +44,7 @@ import hashlib
 import logging
 import os
 import platform
+import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,8 +111,12 @@ def _extension_name() -> str:
     (torch keys its cache by name). And torch's version and the compiler flags: two
     environments with different torch versions (the cache's folder names only Python's
     version) rebuilt over each other at every switch, each loading a library linked against
-    the other's torch if it came between the build and the load."""
+    the other's torch if it came between the build and the load. And where torch and
+    Python's headers are installed: the build's include paths are theirs, so two checkouts
+    with environments of their own (the same versions) rewrote each other's build file and
+    rebuilt at every switch."""
     key = SOURCE.read_text() + repr(FUNCTIONS) + repr(CFLAGS) + torch.__version__
+    key += os.path.dirname(torch.__file__) + sysconfig.get_paths()["include"]
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"torchrec_lhf_remap_kernel_{digest}_{_cpu_tag()}"
 
