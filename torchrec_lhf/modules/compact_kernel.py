@@ -256,22 +256,26 @@ def _open_guard(lock: Path) -> TextIO | None:
         return None
     try:
         deadline = time.monotonic() + QUIET_WAIT_SECONDS
-        while True:
-            try:
-                fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:  # (another rank loading what is built)
-                    time.sleep(0.05)
-                    continue
+        while not _try_flock(fcntl, guard):
+            if time.monotonic() >= deadline:  # (sooner: another rank loading what is built)
                 logger.warning("waiting for %s: another process is building the fused remap", lock)
                 fcntl.flock(guard, fcntl.LOCK_EX)
                 break
+            time.sleep(0.05)
     except OSError:  # a file system without flock
         guard.close()
         return None
     guard.seek(0)
     return guard
+
+
+def _try_flock(fcntl, guard: TextIO) -> bool:  # noqa: ANN001 (the module, POSIX only)
+    """Take the guard's ``flock`` if no one holds it; False if someone does."""
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 QUIET_WAIT_SECONDS = 5.0
