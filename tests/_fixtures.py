@@ -12,10 +12,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torchrec import EmbeddingBagConfig
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.sharding_plan import (
     ParameterShardingGenerator,
+    column_wise,
     construct_module_sharding_plan,
+    data_parallel,
+    row_wise,
+    table_row_wise,
+    table_wise,
 )
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
 
@@ -80,6 +86,23 @@ def two_hash_plan(combine: str) -> HashPlan:
         combine=combine,
         heights={"t0": [10], "t1": [8, 6]},
     )
+
+
+def placement(sharding_type: str, index: int, world_size: int) -> ParameterShardingGenerator:
+    """The test placement of the ``index``-th table sharded by ``sharding_type`` (fused
+    kernels; table-wise tables alternate over the ranks, column-wise ones span two)."""
+    fused = EmbeddingComputeKernel.FUSED.value
+    if sharding_type == "table_wise":
+        return table_wise(rank=index % world_size, compute_kernel=fused)
+    if sharding_type == "row_wise":
+        return row_wise(compute_kernel=fused)
+    if sharding_type == "column_wise":
+        return column_wise(ranks=[0, 1], compute_kernel=fused)
+    if sharding_type == "table_row_wise":
+        return table_row_wise(host_index=0)
+    if sharding_type == "data_parallel":
+        return data_parallel()
+    raise ValueError(f"no test placement for sharding type {sharding_type!r}")
 
 
 def shard_on_cpu(

@@ -10,20 +10,14 @@ from torch.distributed.tensor import DTensor
 from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.sharding_plan import (
-    column_wise,
-    data_parallel,
-    row_wise,
-    table_row_wise,
-    table_wise,
-)
+from torchrec.distributed.sharding_plan import table_wise
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from tests._compact import to_compact
-from tests._fixtures import shard_on_cpu, three_tables, two_hash_plan
+from tests._fixtures import placement, shard_on_cpu, three_tables, two_hash_plan
 from tests._multiprocess import run_multiprocess
 from tests.modules._host_reads import host_reads
-from torchrec_lhf import LearnedHashEmbeddingBagCollection
+from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
 from torchrec_lhf.distributed.embedding_bag import (
     TESTED_SHARDING_TYPES,
     LearnedHashEmbeddingBagCollectionSharder,
@@ -76,26 +70,7 @@ def _sharded_vs_unsharded(
         tables=three_tables(), plan=plan, is_weighted=weighted
     )
     assert reference.remap.has_ranked == (encoding == "ranked")
-    state = {k: v.clone() for k, v in reference.state_dict().items()}
-
-    sharder = LearnedHashEmbeddingBagCollectionSharder(
-        fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR}
-    )
-    module = LearnedHashEmbeddingBagCollection(
-        tables=three_tables(), plan=plan, device=torch.device("meta"), is_weighted=weighted
-    )
-    per_param = {
-        "table_wise": lambda i: table_wise(rank=i % world_size, compute_kernel=FUSED),
-        "row_wise": lambda i: row_wise(compute_kernel=FUSED),
-        "column_wise": lambda i: column_wise(ranks=[0, 1], compute_kernel=FUSED),
-        "table_row_wise": lambda i: table_row_wise(host_index=0),
-        "data_parallel": lambda i: data_parallel(),
-    }[sharding_type]
-    names = [c.name for c in module.internal_embedding_bag_configs()]
-    model = shard_on_cpu(
-        module, sharder, {n: per_param(i) for i, n in enumerate(names)}, world_size
-    )
-    model.load_state_dict(state)
+    model = sharded_copy(reference, plan, sharding_type, world_size)
 
     batches = [_batch(seed, weighted) for seed in range(world_size)]
     out = model(batches[rank]).wait()
@@ -114,12 +89,7 @@ def _sharded_vs_unsharded(
     (ref_out.values() * w).sum().div(world_size).backward()
     torch.optim.SGD(reference.parameters(), lr=LR).step()
 
-    ref_state = reference.state_dict()
-    for key, value in model.state_dict().items():
-        full = _full(value, rank)
-        if rank == 0:
-            torch.testing.assert_close(full, ref_state[key], msg=lambda m, key=key: f"{key}: {m}")
-    assert set(model.state_dict()) == set(ref_state)
+    assert_state_equals(model, reference.state_dict(), rank)
 
     # a negative length (f3's lengths still adding up to its ids) is refused on every rank
     # before the input dist's collectives, and the next batch is looked up as unsharded
@@ -137,6 +107,43 @@ def _sharded_vs_unsharded(
     with torch.no_grad():
         expected = reference(_concat(batches)).values()[rank * BATCH : (rank + 1) * BATCH]
     torch.testing.assert_close(out.values(), expected)
+
+
+def sharded_copy(
+    reference: LearnedHashEmbeddingBagCollection,
+    plan: HashPlan,
+    sharding_type: str,
+    world_size: int,
+) -> torch.nn.Module:
+    """A DMP-sharded copy of ``reference`` (of :func:`three_tables` by ``plan``; its
+    weighting and state), each internal table placed by ``sharding_type``, with fused SGD at ``LR``."""
+    sharder = LearnedHashEmbeddingBagCollectionSharder(
+        fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR}
+    )
+    module = LearnedHashEmbeddingBagCollection(
+        tables=three_tables(),
+        plan=plan,
+        device=torch.device("meta"),
+        is_weighted=reference.is_weighted(),
+    )
+    names = [c.name for c in module.internal_embedding_bag_configs()]
+    model = shard_on_cpu(
+        module,
+        sharder,
+        {n: placement(sharding_type, i, world_size) for i, n in enumerate(names)},
+        world_size,
+    )
+    model.load_state_dict({k: v.clone() for k, v in reference.state_dict().items()})
+    return model
+
+
+def assert_state_equals(model: torch.nn.Module, ref_state: dict, rank: int) -> None:
+    """The sharded ``model``'s whole state (gathered on rank 0) equals ``ref_state``."""
+    for key, value in model.state_dict().items():
+        full = _full(value, rank)
+        if rank == 0:
+            torch.testing.assert_close(full, ref_state[key], msg=lambda m, key=key: f"{key}: {m}")
+    assert set(model.state_dict()) == set(ref_state)
 
 
 def _concat(batches: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:

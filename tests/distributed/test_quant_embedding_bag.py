@@ -16,6 +16,7 @@ from torchrec import KeyedJaggedTensor
 from torchrec.distributed.types import ParameterSharding, ShardingEnv
 
 from tests._fixtures import three_tables, two_hash_plan
+from tests._vbe import vbe_batch
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
 from torchrec_lhf.distributed.quant_embedding_bag import (
     QuantLearnedHashEmbeddingBagCollectionSharder,
@@ -77,6 +78,11 @@ def test_sharded_quantized_equals_unsharded(combine: str) -> None:
     for b in (1, 5, 8):
         batch = _inputs(b)
         torch.testing.assert_close(sharded(*batch), quantized(*batch), atol=0, rtol=0)
+    # a variable batch per feature is refused by name (FBGEMM's inference kernel would read
+    # its offsets as garbage), before the remap
+    vbe, _ = vbe_batch(seed=0)
+    with pytest.raises(ValueError, match=r"variable batch per feature \(VBE\), which TorchRec"):
+        sharded.ebc(vbe)
 
 
 def test_fp32_tables_serve_the_float_model_exactly() -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.fx import symbolic_trace
 from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.quant.embedding_modules import MODULE_ATTR_REGISTER_TBES_BOOL
 
+from tests._fixtures import three_tables, two_hash_plan
+from tests._vbe import vbe_batch
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, apply_hash_plan
 from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection, quantize_learned_hash
 
@@ -81,3 +85,21 @@ def test_quantized_two_hash_keeps_both_config_views() -> None:
         ("t1", 8),
     ]
     assert q(kjt).keys() == ["f0", "f1", "f2"]
+
+
+def test_quantized_refuses_a_variable_batch_per_feature() -> None:
+    """TorchRec's quantized collection reads a VBE batch's offsets as garbage (FBGEMM's
+    ``offsets size 14 is not equal to B (2) * T (5) + 1``): refused by name, eager and
+    traced + scripted as served; the written-out batch is looked up as before."""
+    float_module = LearnedHashEmbeddingBagCollection(
+        tables=three_tables(), plan=two_hash_plan("sum")
+    )
+    quantized = quantize_learned_hash(torch.nn.Sequential(float_module))[0]
+    vbe, full = vbe_batch(seed=2, batch=4)
+    scripted = torch.jit.script(symbolic_trace(quantized))
+    match = r"variable batch per feature \(VBE\), which TorchRec's quantized"
+    with pytest.raises(ValueError, match=match):
+        quantized(vbe)
+    with pytest.raises(torch.jit.Error, match=match):
+        scripted(vbe)
+    torch.testing.assert_close(scripted(full).values(), quantized(full).values())

@@ -42,6 +42,16 @@ from torchrec_lhf.modules.embedding_bag import (
 )
 
 # The sharding types covered by tests/distributed (world size 2, gloo and CPU).
+VBE_SHARDING_TYPES: tuple[str, ...] = (
+    ShardingType.TABLE_WISE.value,
+    ShardingType.ROW_WISE.value,
+    ShardingType.COLUMN_WISE.value,
+)
+"""The sharding types that take a variable batch per feature (VBE): TorchRec 1.8's own
+collection fails on one under the others (checked on CPU/gloo at world size 2: its output
+dist splits the pooled embeddings by the full batch), so the sharded module refuses it
+there, naming the type."""
+
 TESTED_SHARDING_TYPES: tuple[str, ...] = (
     ShardingType.TABLE_WISE.value,
     ShardingType.ROW_WISE.value,
@@ -102,7 +112,20 @@ class ShardedLearnedHashEmbeddingBagCollection(ShardedEmbeddingBagCollection):
     def input_dist(
         self, ctx: EmbeddingBagCollectionContext, features: KeyedJaggedTensor
     ) -> Awaitable[Awaitable[KJTList]]:
-        """Remap raw ids to internal rows on this rank, then TorchRec's input_dist."""
+        """Remap raw ids to internal rows on this rank, then TorchRec's input_dist.
+
+        Raises:
+            ValueError: a variable batch per feature (VBE) where a table is sharded by a
+                type not in :data:`VBE_SHARDING_TYPES`.
+        """
+        if features.variable_stride_per_key():
+            refused = [t for t in self._sharding_types if t not in VBE_SHARDING_TYPES]
+            if refused:
+                raise ValueError(
+                    f"features {features.keys()} have a variable batch per feature (VBE), "
+                    f"which TorchRec's {refused[0]} sharding does not take: expected tables "
+                    f"sharded {', '.join(VBE_SHARDING_TYPES)} only"
+                )
         return super().input_dist(ctx, self.remap(features))
 
     def output_dist(

@@ -41,8 +41,13 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_lhf.modules import logical_view
 from torchrec_lhf.modules.embedding_bag import InternalTables
-from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection
+from torchrec_lhf.modules.quant import (
+    QuantLearnedHashEmbeddingBagCollection,
+    refuse_variable_batch,
+)
 from torchrec_lhf.modules.remap_ops import IDENTITY
+
+torch.fx.wrap("refuse_variable_batch")  # one node of a trace here too (it reads the keys)
 
 # Inference sharding types covered by tests/distributed/test_quant_embedding_bag.py (one
 # CPU rank). NOTE: TorchRec's inference row- and column-wise shardings place shards on
@@ -108,6 +113,7 @@ class ShardedQuantLearnedHashEmbeddingBagCollection(ShardedQuantEmbeddingBagColl
     def input_dist(self, ctx: NullShardedModuleContext, features: KeyedJaggedTensor) -> Any:
         """Remap raw ids to internal rows, then TorchRec's input_dist (raw ids go to FBGEMM
         where it remaps them itself, range-checked first: see :func:`_remap_in_kernel`)."""
+        features = refuse_variable_batch(features)
         if self.remap_in_kernel:
             return super().input_dist(ctx, self.remap.check_ids(features))
         return super().input_dist(ctx, self.remap(features))

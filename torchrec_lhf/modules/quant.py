@@ -38,6 +38,24 @@ _FROM_FLOAT_OPTIONS = (
 )
 
 
+@torch.fx.wrap
+def refuse_variable_batch(features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+    """``features``, unless they have a variable batch per feature (VBE), which TorchRec's
+    quantized collection (FBGEMM's inference kernel: one batch size for all features) reads
+    as garbage offsets. One node of a trace.
+
+    Raises:
+        ValueError: a variable batch per feature, naming the features.
+    """
+    if features.variable_stride_per_key():
+        raise ValueError(
+            f"features {features.keys()} have a variable batch per feature (VBE), which "
+            "TorchRec's quantized EmbeddingBagCollection does not take: expected one batch "
+            "size for every feature (expand the batch by its inverse_indices first)"
+        )
+    return features
+
+
 class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
     """TorchRec's quantized EBC over the compressed tables, with the same remap.
 
@@ -77,7 +95,7 @@ class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
         return super().embedding_bag_configs()
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        pooled = super().forward(self.remap(features))
+        pooled = super().forward(self.remap(refuse_variable_batch(features)))
         return pooled if self.combine is None else self.combine(pooled)
 
 

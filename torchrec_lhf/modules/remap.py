@@ -78,15 +78,27 @@ def remap_features(
     ``read_lengths_on_cpu``: for ids on the CPU, take the per-key lengths (TorchRec's own
     read, carried on) where they save work; elsewhere only where the output needs them.
 
+    A variable batch per feature (VBE: ``stride_per_key_per_rank`` and ``inverse_indices``,
+    as TorchRec's EBC takes them) is carried to the internal features: each takes its
+    source's batch size and inverse indices.
+
     Raises:
-        ValueError: variable batch size per feature (VBE), per-id weights other than one
-            float per id, (eager, CPU) a negative length
+        ValueError: a variable batch per feature without inverse indices, per-id weights
+            other than one float per id, (eager, CPU) a negative length
             (elsewhere the lengths' guard fails: an index error, or a device-side assert on
             CUDA), or see ``remap_values`` (ids not of an integer dtype among them).
     """
-    if features.variable_stride_per_key():
-        raise ValueError("variable batch size per feature (VBE) is not supported by the remap")
     keys = features.keys()
+    vbe = features.variable_stride_per_key()
+    stride_per_key: list[int] | None = None
+    if vbe:
+        if features.inverse_indices_or_none() is None:
+            raise ValueError(
+                f"features {keys} have a variable batch per feature (stride_per_key_per_rank) "
+                "but no inverse_indices: expected both, as TorchRec's EmbeddingBagCollection "
+                "takes them (the inverse indices expand each feature's bags to the batch)"
+            )
+        stride_per_key = features.stride_per_key()
     weights = features.weights_or_none()
     if weights is not None:
         check_weights(weights, features.values(), keys)
@@ -103,7 +115,7 @@ def remap_features(
         refuse_negative_lengths(features)
     if on_cpu and keys == sources:  # DLRM's layout on CPU: the kernel's pass, nothing else
         length_per_key: list[int] | None = None
-        if torch.jit.is_scripting():
+        if torch.jit.is_scripting() and not vbe:
             # scripted (serving): the operator sums each feature's bags itself (TorchScript's
             # per-key lengths cost more than the whole lookup of a one-sample request)
             length_per_key = features.length_per_key_or_none()
@@ -120,19 +132,15 @@ def remap_features(
                 compact, array_offsets,
             )  # fmt: skip
         if rows_P is not None:
-            return KeyedJaggedTensor(
-                keys=feature_names,
-                values=rows_P,
-                lengths=features.lengths(),
-                weights=features.weights_or_none(),
-                stride=features.stride(),
-                length_per_key=length_per_key,
-            )
+            return internal_features(
+                features, feature_names, sources, rows_P, features.lengths(),
+                features.weights_or_none(), length_per_key,
+            )  # fmt: skip
     if length_check is None and torch.jit.is_scripting():  # (CPU: the operator did not run)
         length_check = length_guard(features.lengths())
     length_per_key = features.length_per_key_or_none()
     if length_per_key is None and (
-        needs_length_per_key(keys, sources) or (on_cpu and (len(compact) > 0 or not modulo))
+        vbe or needs_length_per_key(keys, sources) or (on_cpu and (len(compact) > 0 or not modulo))
     ):
         # TorchRec's own host read of the per-key lengths (its EBC forward and input_dist
         # make it anyway; the output carries it on). On CPU it also saves work: the one
@@ -154,16 +162,65 @@ def remap_features(
         compact,
         array_offsets,
         runs,
+        stride_per_key,
     )
     if length_check is not None:
         lengths = lengths + length_check
+    return internal_features(
+        features, feature_names, sources, rows_P, lengths, weights_P, length_per_key
+    )
+
+
+def internal_features(
+    features: KeyedJaggedTensor,
+    feature_names: list[str],
+    sources: list[str],
+    rows_P: torch.Tensor,
+    lengths: torch.Tensor,
+    weights_P: torch.Tensor | None,
+    length_per_key: list[int] | None,
+) -> KeyedJaggedTensor:
+    """The internal features' KeyedJaggedTensor of a remapped batch: ``features``' batch
+    size, or with a variable batch per feature (VBE) each internal feature's source's
+    ``stride_per_key_per_rank`` and inverse indices (keyed by the internal names, as
+    TorchRec's EBC and its sharded input dist look them up)."""
+    if not features.variable_stride_per_key():
+        return KeyedJaggedTensor(
+            keys=feature_names,
+            values=rows_P,
+            lengths=lengths,
+            weights=weights_P,
+            stride=features.stride(),
+            length_per_key=length_per_key,
+        )
+    index: dict[str, int] = {}
+    for i, key in enumerate(features.keys()):
+        index[key] = i
+    if torch.jit.is_scripting():
+        # NOTE: TorchRec's stride_per_key_per_rank fails scripted (its tolist() of an int32
+        # tensor); a served request comes from one rank
+        per_rank = [[stride] for stride in features.stride_per_key()]
+    else:
+        per_rank = features.stride_per_key_per_rank()
+    inverse_keys, inverse = features.inverse_indices()
+    inverse_index: dict[str, int] = {}
+    for i, key in enumerate(inverse_keys):
+        inverse_index[key] = i
+    for source in sources:
+        if source not in inverse_index:
+            raise ValueError(
+                f"inverse_indices name features {inverse_keys}, not '{source}': expected "
+                "every feature of the batch"
+            )
+    rows_J = torch.tensor([inverse_index[s] for s in sources], device=inverse.device)
     return KeyedJaggedTensor(
         keys=feature_names,
         values=rows_P,
         lengths=lengths,
         weights=weights_P,
-        stride=features.stride(),
+        stride_per_key_per_rank=[per_rank[index[s]] for s in sources],
         length_per_key=length_per_key,
+        inverse_indices=(feature_names, inverse.index_select(0, rows_J)),
     )
 
 
@@ -182,7 +239,10 @@ def refuse_negative_lengths(features: KeyedJaggedTensor) -> None:
     try:
         length_guard(lengths)
     except RuntimeError as failure:
-        message = negative_length(lengths, features.keys(), features.stride())
+        strides = (
+            features.stride_per_key() if features.variable_stride_per_key() else features.stride()
+        )
+        message = negative_length(lengths, features.keys(), strides)
         raise ValueError(message) from failure
 
 

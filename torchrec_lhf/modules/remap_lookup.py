@@ -48,14 +48,20 @@ def lengths_mismatch(keys: list[str], num: int, held: int) -> str:
     )
 
 
-def negative_length(lengths: torch.Tensor, keys: list[str], stride: int) -> str:
+def negative_length(lengths: torch.Tensor, keys: list[str], stride: int | list[int]) -> str:
     """The message for the first negative entry of ``lengths`` (``(F * B,)``, feature-major,
-    ``B = stride``, features ``keys``), which has one (read on the host: the batch has
+    ``B = stride``, features ``keys``; or, for a variable batch per feature, ``stride`` the
+    list of each feature's ``B_f``), which has one (read on the host: the batch has
     failed). One wording for the remap and the served model's request check."""
     first = int(torch.nonzero(lengths < 0)[0, 0])
+    strides = [stride] * len(keys) if isinstance(stride, int) else stride
+    key, sample = 0, first
+    while key < len(strides) - 1 and sample >= strides[key]:  # (the failed batch only)
+        sample -= strides[key]
+        key += 1
     return (
-        f"lengths[{first}] = {int(lengths[first])} (feature '{keys[first // stride]}', "
-        f"sample {first % stride}) is negative; expected ids per feature and sample >= 0"
+        f"lengths[{first}] = {int(lengths[first])} (feature '{keys[key]}', "
+        f"sample {sample}) is negative; expected ids per feature and sample >= 0"
     )
 
 

@@ -184,6 +184,7 @@ def remap_values(
     compact: list[torch.Tensor] | None = None,
     array_offsets: torch.Tensor | None = None,
     runs: list[tuple[int, int]] | None = None,
+    stride_per_key: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[int] | None]:
     """Raw ids of the logical features -> rows of the internal tables.
 
@@ -214,6 +215,9 @@ def remap_values(
         runs: optional runs of consecutive compact internal features
             (:func:`~torchrec_lhf.modules.remap_lookup.compact_runs`); with
             ``length_per_key``, the compact lookup reads only their ids.
+        stride_per_key: for a variable batch per feature (VBE), each key's batch size
+            ``B_f`` (``lengths`` then has ``sum B_f`` entries, and ``length_per_key`` is
+            required); None: every key has ``B = len(lengths) / F``.
 
     Returns:
         ``(rows_P, lengths_JB, weights_P, length_per_key_J)`` of the internal features,
@@ -237,9 +241,11 @@ def remap_values(
         src_J, src, identity, multiplicity = _layout(keys, sources, values_V.device)
     num_keys = len(keys)
     stride = lengths.numel() // num_keys if num_keys > 0 else 0
-    if length_per_key is not None and values_V.is_cpu:
+    if stride_per_key is not None and length_per_key is None:
+        raise ValueError("a variable batch per feature (VBE) needs length_per_key")
+    if length_per_key is not None and (values_V.is_cpu or stride_per_key is not None):
         # known on the host (TorchRec's read): no pass over the lengths (a copy on CUDA)
-        per_key_F = torch.tensor(length_per_key, dtype=lengths.dtype)
+        per_key_F = torch.tensor(length_per_key, dtype=lengths.dtype, device=lengths.device)
     else:
         # NOTE: in the lengths' dtype: an int32 sum is 4x faster on CPU than one into int64
         per_key_F = lengths.view(num_keys, stride).sum(1, dtype=lengths.dtype)
@@ -270,7 +276,10 @@ def remap_values(
         pos_P = torch.arange(num, device=values_V.device) + shift_J.index_select(0, j_P)
         ids_P = values_V[pos_P]
         weights_V = None if weights_V is None else weights_V[pos_P]
-        out_lengths = lengths.view(num_keys, stride)[src_J].reshape(-1)
+        if stride_per_key is None:
+            out_lengths = lengths.view(num_keys, stride)[src_J].reshape(-1)
+        else:  # each internal feature's bags: its source's run of lengths
+            out_lengths = gather_runs(lengths, stride_per_key, src)
     tables = [] if compact is None else compact
     segments = (j_P, per_key_J, array_offsets)
     if torch.jit.is_scripting():
@@ -301,6 +310,31 @@ def remap_values(
             modulo=modulo,
         )
     return rows_P, out_lengths, weights_V, length_per_key
+
+
+def gather_runs(data: torch.Tensor, run_lengths: list[int], src: list[int]) -> torch.Tensor:
+    """The runs ``src[0], src[1], ...`` of ``data`` (cut into consecutive runs of
+    ``run_lengths``), concatenated: one gather, no loop over the runs.
+
+    Args:
+        data: shape ``(sum(run_lengths),)``.
+        run_lengths: host ints, one per run (``F``).
+        src: which run goes out at each place (``J``), indices into ``run_lengths``.
+
+    Returns:
+        Shape ``(sum(run_lengths[s] for s in src),)``.
+    """
+    size_F = torch.tensor(run_lengths, dtype=torch.long, device=data.device)
+    src_J = torch.tensor(src, dtype=torch.long, device=data.device)
+    size_J = size_F[src_J]
+    total = 0
+    for s in src:
+        total += run_lengths[s]
+    shift_J = (torch.cumsum(size_F, 0) - size_F)[src_J] - (torch.cumsum(size_J, 0) - size_J)
+    j_L = torch.repeat_interleave(
+        torch.arange(len(src), device=data.device), size_J, output_size=total
+    )
+    return data[torch.arange(total, device=data.device) + shift_J[j_L]]
 
 
 def request_rows(
