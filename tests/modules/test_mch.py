@@ -8,6 +8,8 @@ from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
 from torchrec.modules.mc_modules import DistanceLFU_EvictionPolicy, MCHManagedCollisionModule
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
+from tests._fixtures import three_tables
+from tests._vbe import vbe_batch
 from torchrec_lhf.modules.mch import (
     GrowingHistoryMCH,
     MCHEmbeddingBagCollection,
@@ -188,6 +190,23 @@ def test_a_negative_length_is_refused_before_torchrec_reads_it(
         keys=["fa", "fb"], values=torch.tensor([9, 4, 9, 1]), lengths=torch.tensor([2, 1, 1, 0])
     )
     assert ebc(good).values().shape == (2, 8)
+
+
+@pytest.mark.parametrize("zch_sizes", [{"t0": 8}, {"t0": 8, "t1": 6, "t2": 4}])
+def test_a_variable_batch_per_feature_is_refused(zch_sizes: dict[str, int]) -> None:
+    """TorchRec's managed collisions drop a VBE batch's batch sizes: the pooled bags came
+    out at different batch sizes (``Sizes of tensors must match except in dimension 1``,
+    from inside TorchRec). Refused by name, nothing admitted."""
+    torch.manual_seed(0)
+    ebc = MCHEmbeddingBagCollection(three_tables(), zch_sizes=zch_sizes).train()
+    state = {k: v.clone() for k, v in ebc.state_dict().items()}
+    vbe, full = vbe_batch(seed=2, batch=4)
+    match = r"variable batch per feature \(VBE\), which TorchRec's managed-collision"
+    with pytest.raises(ValueError, match=match):
+        ebc(vbe)
+    for key, value in ebc.state_dict().items():
+        torch.testing.assert_close(value, state[key], atol=0, rtol=0, msg=key)
+    assert ebc(full).values().shape == (4, 32)  # four features of dim 8
 
 
 def _counts_after(cls: type, batches: list[list[int]], interval: int = 1) -> dict[int, int]:

@@ -9,6 +9,8 @@ import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 from torchrec.models.dlrm import DLRM
 
+from tests._fixtures import three_tables, two_hash_plan
+from tests._vbe import vbe_batch
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
 from torchrec_lhf.modules.mlet import (
     MultiLayerEmbeddingBagCollection,
@@ -259,3 +261,15 @@ def test_sharded_equals_unsharded() -> None:
     from tests._multiprocess import run_multiprocess
 
     run_multiprocess(_sharded_vs_unsharded, world_size=2)
+
+
+@pytest.mark.parametrize("with_plan", [False, True])
+def test_a_variable_batch_per_feature_equals_the_written_out_batch(with_plan: bool) -> None:
+    """VBE (``stride_per_key_per_rank`` with ``inverse_indices``): the inner collection
+    expands each feature's bags to the batch, then the projections, as for any batch."""
+    torch.manual_seed(0)
+    mlet = MultiLayerEmbeddingBagCollection(
+        three_tables(), inner_dim_fraction=0.5, plan=two_hash_plan("sum") if with_plan else None
+    )
+    vbe, full = vbe_batch(seed=2, batch=4)
+    torch.testing.assert_close(mlet(vbe).values(), mlet(full).values())

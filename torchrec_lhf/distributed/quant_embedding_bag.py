@@ -41,10 +41,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_lhf.modules import logical_view
 from torchrec_lhf.modules.embedding_bag import InternalTables
-from torchrec_lhf.modules.quant import (
-    QuantLearnedHashEmbeddingBagCollection,
-    refuse_variable_batch,
-)
+from torchrec_lhf.modules.quant import QUANTIZED, QuantLearnedHashEmbeddingBagCollection
+from torchrec_lhf.modules.remap import refuse_variable_batch
 from torchrec_lhf.modules.remap_ops import IDENTITY
 
 torch.fx.wrap("refuse_variable_batch")  # one node of a trace here too (it reads the keys)
@@ -113,7 +111,7 @@ class ShardedQuantLearnedHashEmbeddingBagCollection(ShardedQuantEmbeddingBagColl
     def input_dist(self, ctx: NullShardedModuleContext, features: KeyedJaggedTensor) -> Any:
         """Remap raw ids to internal rows, then TorchRec's input_dist (raw ids go to FBGEMM
         where it remaps them itself, range-checked first: see :func:`_remap_in_kernel`)."""
-        features = refuse_variable_batch(features)
+        features = refuse_variable_batch(features, QUANTIZED)
         if self.remap_in_kernel:
             return super().input_dist(ctx, self.remap.check_ids(features))
         return super().input_dist(ctx, self.remap(features))

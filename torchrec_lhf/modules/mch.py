@@ -50,9 +50,10 @@ from torchrec_lhf._torchrec_private import (
     mch_serving_buffers,
 )
 from torchrec_lhf.compression.budget import allocate_rows
-from torchrec_lhf.modules.remap import refuse_negative_lengths
+from torchrec_lhf.modules.remap import refuse_negative_lengths, refuse_variable_batch
 
 torch.fx.wrap("refuse_negative_lengths")  # one opaque node where the train pipeline traces
+torch.fx.wrap("refuse_variable_batch")
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +286,9 @@ def _managed_configs(
     return configs
 
 
+MANAGED = "TorchRec's managed-collision EmbeddingBagCollection"
+
+
 class MCHEmbeddingBagCollection(nn.Module):
     """Managed-collision tables plus full tables, returning one KeyedTensor like an EBC.
 
@@ -369,11 +373,14 @@ class MCHEmbeddingBagCollection(nn.Module):
 
         Raises:
             ValueError: (CPU) a negative length, named
-                (:func:`~torchrec_lhf.modules.remap.refuse_negative_lengths`).
+                (:func:`~torchrec_lhf.modules.remap.refuse_negative_lengths`), or a variable
+                batch per feature (VBE: TorchRec's managed collisions drop its batch sizes,
+                and its pooled bags came out at different batch sizes).
         """
         # (TorchRec's managed collisions read a negative length out of bounds: a garbage bag,
         # or a corrupted heap that aborts the process)
         refuse_negative_lengths(features)
+        features = refuse_variable_batch(features, MANAGED)
         # NOTE: indexing, not unpacking: TrainPipelineSparseDist FX-traces this method.
         pooled = self.managed(features)[0] if self.managed is not None else None
         full = self.full(features) if self.full is not None else None

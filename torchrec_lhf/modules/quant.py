@@ -26,6 +26,11 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_lhf.modules import logical_view
 from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection
+from torchrec_lhf.modules.remap import refuse_variable_batch
+
+torch.fx.wrap("refuse_variable_batch")  # one node of a trace (it reads the keys)
+
+QUANTIZED = "TorchRec's quantized EmbeddingBagCollection"
 
 # The options TorchRec's from_float reads from the float module (set by users on it).
 _FROM_FLOAT_OPTIONS = (
@@ -36,24 +41,6 @@ _FROM_FLOAT_OPTIONS = (
     MODULE_ATTR_REGISTER_TBES_BOOL,
     MODULE_ATTR_ROW_ALIGNMENT_INT,
 )
-
-
-@torch.fx.wrap
-def refuse_variable_batch(features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-    """``features``, unless they have a variable batch per feature (VBE), which TorchRec's
-    quantized collection (FBGEMM's inference kernel: one batch size for all features) reads
-    as garbage offsets. One node of a trace.
-
-    Raises:
-        ValueError: a variable batch per feature, naming the features.
-    """
-    if features.variable_stride_per_key():
-        raise ValueError(
-            f"features {features.keys()} have a variable batch per feature (VBE), which "
-            "TorchRec's quantized EmbeddingBagCollection does not take: expected one batch "
-            "size for every feature (expand the batch by its inverse_indices first)"
-        )
-    return features
 
 
 class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
@@ -95,7 +82,9 @@ class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
         return super().embedding_bag_configs()
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        pooled = super().forward(self.remap(refuse_variable_batch(features)))
+        # (FBGEMM's inference kernel takes one batch size for all features)
+        features = refuse_variable_batch(features, QUANTIZED)
+        pooled = super().forward(self.remap(features))
         return pooled if self.combine is None else self.combine(pooled)
 
 

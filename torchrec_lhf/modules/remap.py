@@ -224,6 +224,23 @@ def internal_features(
     )
 
 
+@torch.fx.wrap
+def refuse_variable_batch(features: KeyedJaggedTensor, collection: str) -> KeyedJaggedTensor:
+    """``features``, unless they have a variable batch per feature (VBE), which
+    ``collection`` (named in the message) does not take. One node of a trace.
+
+    Raises:
+        ValueError: a variable batch per feature, naming the features and ``collection``.
+    """
+    if features.variable_stride_per_key():
+        raise ValueError(
+            f"features {features.keys()} have a variable batch per feature (VBE), which "
+            f"{collection} does not take: expected one batch size for every feature (expand "
+            "the batch by its inverse_indices first)"
+        )
+    return features
+
+
 @torch.jit.unused
 def refuse_negative_lengths(features: KeyedJaggedTensor) -> None:
     """:func:`~torchrec_lhf.modules.remap_lookup.length_guard` of a batch, its failure
