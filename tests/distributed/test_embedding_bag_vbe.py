@@ -6,17 +6,28 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchrec import KeyedJaggedTensor
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
+from torchrec.datasets.utils import Batch
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.sharding_plan import construct_module_sharding_plan
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.distributed.types import ShardingEnv, ShardingPlan
+from torchrec.models.dlrm import DLRM, DLRMTrain
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from tests._compact import to_compact
-from tests._fixtures import three_tables, two_hash_plan
+from tests._fixtures import placement, three_tables, two_hash_plan
 from tests._multiprocess import run_multiprocess
 from tests._vbe import vbe_batch
 from tests.distributed.test_embedding_bag import LR, assert_state_equals, sharded_copy
-from torchrec_lhf import LearnedHashEmbeddingBagCollection
+from torchrec_lhf import LearnedHashEmbeddingBagCollection, apply_hash_plan
 from torchrec_lhf.distributed.embedding_bag import (
     TESTED_SHARDING_TYPES,
     VBE_SHARDING_TYPES,
+    LearnedHashEmbeddingBagCollectionSharder,
 )
 
 BATCH = 3  # per rank
@@ -72,3 +83,76 @@ def test_sharded_vbe_equals_unsharded(sharding_type: str, encoding: str) -> None
     """Outputs and one training step of VBE batches equal the unsharded collection's on
     the written-out batches (TW, RW, CW); TWRW and DP refuse VBE with a ValueError."""
     run_multiprocess(_sharded_vbe, world_size=2, sharding_type=sharding_type, encoding=encoding)
+
+
+def _pipelined_losses(rank: int, world_size: int, vbe: bool) -> list[float]:
+    """Losses of a DLRM with the learned hash, table-wise, trained through
+    TrainPipelineSparseDist on VBE batches or on the same batches written out."""
+    torch.manual_seed(0)
+    model = DLRMTrain(
+        DLRM(
+            embedding_bag_collection=EmbeddingBagCollection(
+                tables=three_tables(), device=torch.device("meta")
+            ),
+            dense_in_features=4,
+            dense_arch_layer_sizes=[16, 8],
+            over_arch_layer_sizes=[16, 1],
+        )
+    )
+    apply_hash_plan(model, two_hash_plan("sum"))
+    fqn = "model.sparse_arch.embedding_bag_collection"
+    ebc = model.get_submodule(fqn)
+    sharder = LearnedHashEmbeddingBagCollectionSharder(
+        fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR}
+    )
+    names = [c.name for c in ebc.internal_embedding_bag_configs()]
+    module_plan = construct_module_sharding_plan(
+        ebc,
+        per_param_sharding={n: placement("table_wise", i, world_size) for i, n in enumerate(names)},
+        sharder=sharder,
+        local_size=world_size,
+        world_size=world_size,
+        device_type="cpu",
+    )
+    dmp = DistributedModelParallel(
+        model,
+        env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
+        plan=ShardingPlan({fqn: module_plan}),
+        sharders=[sharder],
+        device=torch.device("cpu"),
+    )
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(dmp.named_parameters())),
+        lambda params: torch.optim.SGD(params, lr=LR),
+    )
+    pipeline = TrainPipelineSparseDist(
+        dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), torch.device("cpu")
+    )
+    batches = []
+    for step in range(8):
+        g = torch.Generator().manual_seed(step + 100 * rank)
+        as_vbe, written_out = vbe_batch(seed=1000 * rank + step, batch=6)
+        batches.append(
+            Batch(
+                dense_features=torch.randn(6, 4, generator=g),
+                sparse_features=as_vbe if vbe else written_out,
+                labels=(torch.rand(6, generator=g) > 0.5).float(),
+            )
+        )
+    it, losses = iter(batches), []
+    while True:
+        try:
+            loss, _, _ = pipeline.progress(it)
+        except StopIteration:
+            return losses
+        losses.append(float(loss))
+
+
+@pytest.mark.distributed
+def test_vbe_trains_through_the_pipeline_as_the_written_out_batches() -> None:
+    """TrainPipelineSparseDist (the remap inside the pipelined input dist): eight steps on
+    VBE batches give the losses of the same batches written out, to the digit."""
+    with_vbe = run_multiprocess(_pipelined_losses, world_size=2, vbe=True)
+    written_out = run_multiprocess(_pipelined_losses, world_size=2, vbe=False)
+    assert len(with_vbe[0]) == 8
+    assert with_vbe == written_out
