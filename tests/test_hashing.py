@@ -56,3 +56,23 @@ def test_seeded_variant_equals_tail_hash_per_seed_and_rows() -> None:
     assert got.tolist() == expected
     scripted = torch.jit.script(tail_hash_seeded)
     assert torch.equal(scripted(ids, seeds, rows), got)
+
+
+def test_modulo_seed_is_the_hashing_trick() -> None:
+    """``MODULO_SEED``: ``id mod rows`` (negatives into ``[0, rows)``), alone, seeded beside
+    mixed seeds, and scripted."""
+    from torchrec_lhf.hashing import MODULO_SEED, tail_hash_seeded
+
+    ids = torch.tensor([0, 1, 7, 2**63 - 1, -1, -(2**63), 99])
+    assert tail_hash(ids, MODULO_SEED, 7).tolist() == torch.remainder(ids, 7).tolist()
+    seeds = torch.tensor([MODULO_SEED, 3, MODULO_SEED, 3, MODULO_SEED, 0, 5])
+    rows = torch.tensor([7, 7, 5, 97, 2, 10, 97])
+    expected = [
+        int(tail_hash(ids[i : i + 1], int(s), int(r))[0])
+        for i, (s, r) in enumerate(zip(seeds, rows))
+    ]
+    assert tail_hash_seeded(ids, seeds, rows).tolist() == expected
+    assert expected[0] == 0 and expected[2] == 2 and expected[4] == 1
+    assert (
+        torch.jit.script(tail_hash)(ids, MODULO_SEED, 7).tolist() == tail_hash(ids, -1, 7).tolist()
+    )

@@ -65,17 +65,26 @@ def _top62(x: torch.Tensor) -> torch.Tensor:
     return (x >> 2).bitwise_and_((1 << 62) - 1)
 
 
+MODULO_SEED = -1
+"""The tail seed that makes :func:`tail_hash` the hashing trick, ``id mod rows`` (no mixing:
+consecutive ids take consecutive rows). A plan's tail of this seed is computed from the id
+as any other, so the hashing trick stores nothing per id."""
+
+
 def tail_hash(ids_V: torch.Tensor, seed: int, rows: int) -> torch.Tensor:
-    """Rows ``[0, rows)`` of raw ids by a seeded SplitMix64 hash.
+    """Rows ``[0, rows)`` of raw ids by a seeded SplitMix64 hash, or with
+    :data:`MODULO_SEED` by ``id mod rows``.
 
     Args:
         ids_V: integer ids, shape ``(V,)``.
-        seed: the hash's seed (stored in the plan), in ``[0, 2**62)``.
+        seed: the hash's seed (stored in the plan), in ``[0, 2**62)``, or ``MODULO_SEED``.
         rows: how many rows, ``>= 1``.
 
     Returns:
         int64 rows of shape ``(V,)``.
     """
+    if seed == -1:  # MODULO_SEED (TorchScript reads no module-level ints)
+        return torch.remainder(ids_V.to(torch.int64), rows)
     return _top62(mix64(ids_V, seed)).remainder_(rows)
 
 
@@ -95,11 +104,21 @@ def rows_of_mix(x_V: torch.Tensor, rows_V: torch.Tensor) -> torch.Tensor:
     return _top62(x_V).remainder_(rows_V)
 
 
+def tail_rows_keyed(
+    ids_V: torch.Tensor, x_V: torch.Tensor, keys_V: torch.Tensor, rows_V: torch.Tensor
+) -> torch.Tensor:
+    """The tail rows of ids ``ids_V`` whose mixed hashes are ``x_V`` (:func:`mix_keyed` by
+    seed keys ``keys_V``): :func:`rows_of_mix`, and ``id mod rows`` where the key is
+    :data:`MODULO_SEED`'s (0, the only seed whose key is 0)."""
+    rows = rows_of_mix(x_V, rows_V)
+    return torch.where(keys_V == 0, torch.remainder(ids_V.to(torch.int64), rows_V), rows)
+
+
 def tail_hash_keyed(
     ids_V: torch.Tensor, keys_V: torch.Tensor, rows_V: torch.Tensor
 ) -> torch.Tensor:
     """:func:`tail_hash_seeded` with the seeds given as their :func:`seed_keys`."""
-    return rows_of_mix(mix_keyed(ids_V, keys_V), rows_V)
+    return tail_rows_keyed(ids_V, mix_keyed(ids_V, keys_V), keys_V, rows_V)
 
 
 def tail_hash_seeded(
@@ -112,7 +131,7 @@ def tail_hash_seeded(
 
     Args:
         ids_V: integer ids, shape ``(V,)``.
-        seeds_V: int64 seeds in ``[0, 2**62)``, shape ``(V,)``.
+        seeds_V: int64 seeds in ``[0, 2**62)`` or :data:`MODULO_SEED`, shape ``(V,)``.
         rows_V: int64 row counts ``>= 1``, shape ``(V,)``.
 
     Returns:

@@ -48,7 +48,9 @@ def test_tiny_sweep_writes_the_three_outputs_and_resumes(tmp_path: Path) -> None
     full, modulo, lhf = rows
     # 200 ids at dim 4: 3,200 bytes, no remap; half the rows with a uint8 remap per id
     assert full["bytes"] == 200 * 4 * 4 and full["remap_bytes"] == 0
-    assert modulo["embedding_bytes"] == 100 * 4 * 4 and modulo["remap_bytes"] == 200
+    # the hashing trick's remap computed from the id: its tail's three int64 per feature,
+    # nothing per id (before: a uint8 row per id, 200 bytes)
+    assert modulo["embedding_bytes"] == 100 * 4 * 4 and modulo["remap_bytes"] == 3 * 3 * 8
     assert modulo["remap_computable"] is True and lhf["remap_computable"] is False
     assert all(0 <= r["auc"] <= 1 for r in rows)
     table = (tmp_path / "results.md").read_text()

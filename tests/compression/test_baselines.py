@@ -14,9 +14,11 @@ def test_modulo_plan_by_hand() -> None:
     # a: M = round(3.5) = 4 (Python rounds half to even), b: M = 2
     assert plan.table_names == ["a", "b"]
     assert plan["a"].heights == (4,) and plan["b"].heights == (2,)
-    assert plan["a"].mappings[0].tolist() == [0, 1, 2, 3, 0, 1, 2]
-    assert plan["b"].mappings[0].tolist() == [0, 1, 0, 1]
-    assert plan["a"].mappings[0].dtype == torch.int32
+    assert plan["a"].dense_mapping(0).tolist() == [0, 1, 2, 3, 0, 1, 2]
+    assert plan["b"].dense_mapping(0).tolist() == [0, 1, 0, 1]
+    # computed from the id: nothing stored per id
+    assert plan["a"].encodings == ("compact",) and plan["a"].mappings[0].num_head == 0
+    assert plan.remap_bytes() == 0
     assert plan.metadata["method"] == "modulo" and plan.metadata["fraction"] == 0.5
 
 
@@ -24,12 +26,12 @@ def test_modulo_plan_keeps_small_tables_full_and_at_least_one_row() -> None:
     plan = modulo_plan({"big": 10, "small": 3}, fraction=0.01, min_table_rows=5)
     assert plan.table_names == ["big"]
     assert plan["big"].heights == (1,)
-    assert plan["big"].mappings[0].tolist() == [0] * 10
+    assert plan["big"].dense_mapping(0).tolist() == [0] * 10
 
 
 def test_modulo_plan_fraction_one_is_the_identity() -> None:
     plan = modulo_plan({"t": 5}, fraction=1.0)
-    assert plan["t"].mappings[0].tolist() == [0, 1, 2, 3, 4]
+    assert plan["t"].dense_mapping(0).tolist() == [0, 1, 2, 3, 4]
 
 
 def test_modulo_plan_round_trips(tmp_path) -> None:
@@ -50,3 +52,94 @@ def test_bad_heights_are_named() -> None:
     with pytest.raises(ValueError, match="min_table_rows"):
         modulo_plan({"t": 3}, fraction=0.5, min_table_rows=-1)
     assert compressed_rows(10, 0.25) == 2
+
+
+def _modulo_module(heights: dict[str, int], fraction: float, **kwargs):
+    from torchrec import EmbeddingBagConfig
+
+    from torchrec_lhf import LearnedHashEmbeddingBagCollection
+
+    tables = [
+        EmbeddingBagConfig(name=t, embedding_dim=2, num_embeddings=n, feature_names=[f"f_{t}"])
+        for t, n in heights.items()
+    ]
+    plan = modulo_plan(heights, fraction=fraction)
+    return plan, LearnedHashEmbeddingBagCollection(tables=tables, plan=plan, **kwargs)
+
+
+@pytest.mark.parametrize("batch", [3, 300])  # few ids divide, many take the multiply
+@pytest.mark.parametrize("read_lengths_on_cpu", [True, False])  # the kernel, the torch ops
+def test_the_module_computes_id_mod_rows_on_every_path(
+    batch: int, read_lengths_on_cpu: bool
+) -> None:
+    """Every remainder the kernel takes (rows a power of two: a mask; else a multiply for a
+    feature of 64 ids or more, a division below), scripted too; nothing held per id."""
+    from torchrec import KeyedJaggedTensor
+    from torchrec.fx import symbolic_trace
+
+    heights = {"a": 1000, "b": 777, "c": 50, "d": 4096, "e": 3}
+    plan, module = _modulo_module(heights, fraction=0.25)
+    assert [plan[t].heights[0] for t in heights] == [250, 194, 12, 1024, 1]
+    assert module.remap.mapping.numel() == 0 and module.remap.remap_bytes() < 200
+    module.remap.read_lengths_on_cpu = read_lengths_on_cpu
+    g = torch.Generator().manual_seed(batch)
+    lengths = torch.randint(0, 3, (len(heights) * batch,), generator=g)
+    per_key = lengths.view(len(heights), batch).sum(1).tolist()
+    values = torch.cat(
+        [torch.randint(0, n, (k,), generator=g) for n, k in zip(heights.values(), per_key)]
+    )
+    kjt = KeyedJaggedTensor(keys=[f"f_{t}" for t in heights], values=values, lengths=lengths)
+    expected = torch.cat(
+        [ids % plan[t].heights[0] for t, ids in zip(heights, torch.split(values, per_key))]
+    )
+    assert torch.equal(module.remap(kjt).values(), expected)
+    scripted = torch.jit.script(symbolic_trace(module))
+    torch.testing.assert_close(scripted(kjt).values(), module(kjt).values(), rtol=0, atol=0)
+
+
+def test_out_of_range_ids_keep_their_policy() -> None:
+    """``error`` names the id and ``N`` (not the rows); ``modulo`` folds into ``[0, N)``
+    first (so the hashing trick of a folded id is ``(id mod N) mod M``)."""
+    from torchrec import KeyedJaggedTensor
+
+    raw = torch.tensor([2**63 - 1, -1, 1003, 5])
+    kjt = KeyedJaggedTensor(["f_a"], raw, lengths=torch.ones(4, dtype=torch.long))
+    plan, folding = _modulo_module({"a": 1000}, fraction=0.1, out_of_range="modulo")
+    assert folding.remap(kjt).values().tolist() == (torch.remainder(raw, 1000) % 100).tolist()
+    _, strict = _modulo_module({"a": 1000}, fraction=0.1)
+    with pytest.raises(ValueError, match=r"id 9223372036854775807 is out of range \[0, 1000\)"):
+        strict.remap(kjt)
+
+
+def test_a_modulo_tail_behind_a_head_and_in_a_region() -> None:
+    """A compact mapping's tail may be ``id mod rows`` with a head and an offset too."""
+    from torchrec_lhf.hashing import MODULO_SEED
+    from torchrec_lhf.plan_compact import CompactMapping
+
+    m = CompactMapping(
+        torch.tensor([2, 9]),
+        torch.tensor([0, 1], dtype=torch.int16),
+        tail_seed=MODULO_SEED,
+        tail_offset=2,
+        tail_rows=3,
+    )
+    assert m.dense(10).tolist() == [2, 3, 0, 2, 3, 4, 2, 3, 4, 1]
+    assert m.rows(torch.tensor([9, 4, 2])).tolist() == [1, 3, 0]
+    # in a module (heads probed by the mixed hash, the tail by the id): kernel and torch ops
+    from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+
+    from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
+
+    plan = HashPlan([TableHash("t", 10, (m,), (5,))])
+    table = EmbeddingBagConfig(name="t", embedding_dim=2, num_embeddings=10, feature_names=["f"])
+    module = LearnedHashEmbeddingBagCollection(tables=[table], plan=plan)
+    ids = torch.arange(10).repeat(8)  # 80 ids: the kernel's multiply
+    kjt = KeyedJaggedTensor(["f"], ids, lengths=torch.ones(80, dtype=torch.long))
+    for on_cpu in (True, False):
+        module.remap.read_lengths_on_cpu = on_cpu
+        assert module.remap(kjt).values().tolist() == m.dense(10)[ids].tolist()
+    with pytest.raises(ValueError, match=r"tail_seed must be an int in \[-1, "):
+        CompactMapping(
+            torch.tensor([2]), torch.tensor([0], dtype=torch.int16), tail_seed=-2, tail_offset=0,
+            tail_rows=1,
+        )  # fmt: skip

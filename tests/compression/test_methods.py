@@ -15,7 +15,7 @@ from torchrec_lhf.hash_build.plan_builder import build_plan
 
 
 def _rows(plan: HashPlan, name: str = "t") -> list[list[int]]:
-    return [m.tolist() for m in plan[name].mappings]
+    return [plan[name].dense_mapping(h).tolist() for h in range(plan[name].num_hashes)]
 
 
 # ---------------------------------------------------------------------- none, modulo
@@ -43,8 +43,10 @@ def test_qr_pairs_are_unique_and_budget_closest() -> None:
     plan = make_plan("qr", {"t": 1000}, fraction=0.2, combine="sum")
     m, q = plan["t"].heights
     assert (m, q) == (5, 200) and plan["t"].combine == "sum"  # 205 is the closest total to 200
-    pair_N = plan["t"].mappings[0].long() * q + plan["t"].mappings[1].long()
+    pair_N = plan["t"].dense_mapping(0).long() * q + plan["t"].dense_mapping(1).long()
     assert pair_N.unique().numel() == 1000  # complementary partitions: no id shares both rows
+    # the remainder is computed from the id (stored: the quotient's 1,000 uint8 rows)
+    assert plan["t"].encodings == ("compact", "dense") and plan.remap_bytes() == 1000
 
 
 def test_qr_clamps_below_two_sqrt_n(caplog: pytest.LogCaptureFixture) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchrec_lhf import HashPlan
+from torchrec_lhf import HashPlan, TableHash
 from torchrec_lhf.compression import registry
 from torchrec_lhf.compression.methods import (  # registers the built-ins
     get_method,
@@ -77,7 +77,11 @@ def test_a_new_methods_stored_index_counts_without_special_code(
     monkeypatch.setattr(registry, "_STORED_INDEX", dict(registry._STORED_INDEX))
 
     def stored(num_embeddings, *, fraction):  # a per-id index, as cce's, in its plan
-        return make_plan("modulo", num_embeddings, fraction=fraction)
+        plan = make_plan("modulo", num_embeddings, fraction=fraction)
+        return HashPlan(  # the hashing trick's rows held dense: an index per id
+            [TableHash(t.name, t.num_embeddings, (t.dense_mapping(0),), t.heights) for t in plan],
+            metadata=plan.metadata,
+        )
 
     register_method("stored", stored)  # default: what the plan stores (int16 per id)
     register_method("free", stored, stored_index=registry.computed_from_the_id)

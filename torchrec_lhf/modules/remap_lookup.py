@@ -32,7 +32,7 @@ Legend:
 
 import torch
 
-from torchrec_lhf.hashing import mix_keyed, rows_of_mix, seed_keys
+from torchrec_lhf.hashing import mix_keyed, seed_keys, tail_rows_keyed
 from torchrec_lhf.modules import compact_kernel, head_rank, head_table
 
 # NOTE: no ``from __future__ import annotations``: TorchScript reads the annotations.
@@ -284,8 +284,9 @@ def _compact_rows(
     if key_P is None:
         key_P = ids_P.long() + offset_J.index_select(0, j_P)
     slot_keys_S, slot_rows_S, seed_J, tail_offset_J, tail_rows_J = compact[:5]
-    x_P = mix_keyed(ids_P, seed_keys(seed_J).index_select(0, j_P))  # J seeds mixed once, not P
-    rows_P = rows_of_mix(x_P, tail_rows_J.index_select(0, j_P))
+    keys_P = seed_keys(seed_J).index_select(0, j_P)  # J seeds keyed once, not P
+    x_P = mix_keyed(ids_P, keys_P)
+    rows_P = tail_rows_keyed(ids_P, x_P, keys_P, tail_rows_J.index_select(0, j_P))
     rows_P = rows_P.add_(tail_offset_J.index_select(0, j_P))
     if slot_keys_S.numel() > 0:
         # the head: a static cuckoo table probed at slots taken from the same mixed hash

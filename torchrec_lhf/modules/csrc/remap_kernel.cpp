@@ -223,6 +223,9 @@ inline void compact_hash(const Heads& heads, const Feature& f, int64_t count,
   const uint64_t seed = f.seed_key, d = f.tail.d, m = f.tail.m;
   const int shift = f.tail.k - 64;
   const int64_t tail_offset = f.tail_offset, offset = f.offset;
+  // hashing.MODULO_SEED (whose key alone is 0): the tail row is id mod d, not of the mix
+  // (a blend per id, no branch: the loop still vectorizes)
+  const uint64_t plain = seed == 0 ? ~uint64_t{0} : 0;
   for (int64_t b = 0; b < count; ++b) {
     const uint64_t x = finalize(static_cast<uint64_t>(id_b[b]) + seed);
     if (kSlots) {
@@ -230,7 +233,7 @@ inline void compact_hash(const Heads& heads, const Feature& f, int64_t count,
       blk.slot[1][b] = (uint64_t{static_cast<uint32_t>(x >> 32)} * slots) >> 32;
       blk.slot[2][b] = (uint64_t{static_cast<uint32_t>(x >> 16)} * slots) >> 32;
     }
-    const uint64_t v = x >> 2;
+    const uint64_t v = ((x >> 2) & ~plain) | (static_cast<uint64_t>(id_b[b]) & plain);
     uint64_t r;
     if (kMode == Divisor::kMask) {
       r = v & (d - 1);
@@ -734,6 +737,9 @@ torch::Tensor remap_named(const torch::Tensor& ids, c10::IntArrayRef lengths,
       f.tail_offset = t_off_p[j];
       const int64_t rows = t_rows_p[j];
       TORCH_CHECK(rows >= 1, "internal feature ", j, ": tail rows must be >= 1, got ", rows);
+      // (the remainder takes values below 2**62: ids of a MODULO_SEED tail are its value)
+      TORCH_CHECK(f.seed_key != 0 || f.height <= (uint64_t{1} << 62), "internal feature ", j,
+                  ": a modulo tail needs a height of at most 2**62, got ", f.height);
       f.tail.set(static_cast<uint64_t>(rows), lengths[j] >= kReciprocalIds);
       if (last_p != nullptr && last_p[j] > 0) {
         const int64_t base = dir_p[j], nb = last_p[j];

@@ -1,0 +1,140 @@
+"""Memory of the hashing trick's remap at the Criteo 1TB heights: computed against dense.
+
+The hashing trick (``modulo``) maps id ``i`` to row ``i mod M``. Its plan held that as a
+dense int32 row per id (``dense``, the baseline: the representation before 2026-12-04),
+which every rank's remap then held too: 4 bytes an id, 816.7 MB at the MLPerf heights
+(26 tables, 204M ids). :func:`~torchrec_lhf.compression.baselines.modulo_plan` now gives
+each table an empty head and a :data:`~torchrec_lhf.hashing.MODULO_SEED` tail
+(``computed``): nothing per id. Each representation is built in a process of its own (the
+plan, then the learned-hash collection over it with its tables on the meta device, so that
+only the remap is allocated) and reports the plan's stored remap bytes, the module's remap
+buffers and the resident-set peak above the process's before the build (``VmHWM``), plus
+the rows of a sample batch, which must agree.
+
+Linux only (``/proc/self/status``).
+
+Usage::
+
+    python -m benchmarks.modulo_memory --json [--fraction 0.01] [--scale 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+
+import torch
+
+from torchrec_lhf.cli import unit_fraction
+
+FLOWS = ("computed", "dense")
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _heights(scale: float) -> dict[str, int]:
+    from torchrec_lhf.data.criteo_npy import MLPERF_NUM_EMBEDDINGS
+
+    return {f"t{i}": max(1, round(n * scale)) for i, n in enumerate(MLPERF_NUM_EMBEDDINGS)}
+
+
+def measure_one(flow: str, fraction: float, scale: float) -> dict:
+    """Build the hashing trick's plan and collection one way, in this process."""
+    from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+
+    from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
+    from torchrec_lhf.compression.baselines import modulo_plan
+
+    heights = _heights(scale)
+    before = _status_bytes("VmRSS")
+    plan = modulo_plan(heights, fraction=fraction)
+    if flow == "dense":  # the old representation: every id's row, int32
+        plan = HashPlan(
+            [
+                TableHash(
+                    t.name,
+                    t.num_embeddings,
+                    ((torch.arange(t.num_embeddings) % t.heights[0]).to(torch.int32),),
+                    t.heights,
+                )
+                for t in plan
+            ],
+            metadata=plan.metadata,
+        )
+    tables = [
+        EmbeddingBagConfig(name=t, embedding_dim=16, num_embeddings=n, feature_names=[f"f_{t}"])
+        for t, n in heights.items()
+    ]
+    module = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan, device="meta")
+    peak = _status_bytes("VmHWM") - before
+    g = torch.Generator().manual_seed(0)
+    ids = torch.cat([torch.randint(0, n, (64,), generator=g) for n in heights.values()])
+    batch = KeyedJaggedTensor(
+        keys=[f"f_{t}" for t in heights],
+        values=ids,
+        lengths=torch.ones(ids.numel(), dtype=torch.long),
+    )
+    return {
+        "plan_remap_bytes": plan.remap_bytes(),
+        "module_remap_bytes": module.remap.remap_bytes(),
+        "peak_rss_above_start_bytes": peak,
+        "rows": module.remap(batch).values().tolist(),
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    results = {}
+    for flow in FLOWS:
+        argv = [sys.executable, "-m", "benchmarks.modulo_memory", "--one", flow]
+        argv += ["--fraction", str(args.fraction), "--scale", str(args.scale)]
+        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+        results[flow] = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = {flow: results[flow].pop("rows") for flow in FLOWS}
+    heights = _heights(args.scale)
+    computed, dense = results["computed"], results["dense"]
+    return {
+        "benchmark": "modulo_memory",
+        "config": {
+            "fraction": args.fraction,
+            "scale": args.scale,
+            "num_tables": len(heights),
+            "ids": sum(heights.values()),
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+        },
+        "results": results,
+        "same_rows": rows["computed"] == rows["dense"],
+        "module_remap_ratio": computed["module_remap_bytes"] / dense["module_remap_bytes"],
+        "peak_rss_ratio": computed["peak_rss_above_start_bytes"]
+        / dense["peak_rss_above_start_bytes"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fraction", type=unit_fraction, default=0.01)
+    parser.add_argument(
+        "--scale", type=unit_fraction, default=1.0, help="share of the MLPerf heights"
+    )
+    parser.add_argument("--one", choices=FLOWS, help=argparse.SUPPRESS)  # a child's flow
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(measure_one(args.one, args.fraction, args.scale)))
+        return {}
+    out = run(args)
+    print(json.dumps(out, indent=None if args.json else 2))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""benchmarks.modulo_memory on a small share of the MLPerf heights: both flows run, give the
+same rows, and the computed one holds nothing per id."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import modulo_memory
+from tests._fixtures import run_module
+
+
+def test_small_run_reports_both_flows_and_their_ratios() -> None:
+    done = run_module("benchmarks.modulo_memory", ["--json", "--scale", "0.001"])
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    computed, dense = out["results"]["computed"], out["results"]["dense"]
+    ids = out["config"]["ids"]
+    assert out["same_rows"] is True
+    assert computed["plan_remap_bytes"] == 0
+    assert computed["module_remap_bytes"] == 26 * 3 * 8  # each table's tail: 3 int64
+    # dense: a row per id, in the fewest bytes its heights allow (here int16 or uint8)
+    assert ids <= dense["module_remap_bytes"] <= 2 * ids
+    assert out["module_remap_ratio"] == pytest.approx(
+        computed["module_remap_bytes"] / dense["module_remap_bytes"]
+    )
+
+
+def test_heights_follow_the_scale() -> None:
+    heights = modulo_memory._heights(0.5)
+    assert len(heights) == 26 and heights["t0"] == 20_000_000 and heights["t5"] == 2
