@@ -72,8 +72,10 @@ def test_internal_features_carry_each_sources_batch() -> None:
 
 def test_gather_runs_by_hand() -> None:
     data = torch.tensor([10, 11, 12, 20, 30, 31])  # runs of 3, 1, 2
-    assert gather_runs(data, [3, 1, 2], [2, 0, 2, 1]).tolist() == [30, 31, 10, 11, 12, 30, 31, 20]
-    assert gather_runs(data, [3, 1, 2], []).tolist() == []
+    src = [2, 0, 2, 1]
+    got = gather_runs(data, [3, 1, 2], src, torch.tensor(src))
+    assert got.tolist() == [30, 31, 10, 11, 12, 30, 31, 20]
+    assert gather_runs(data, [3, 1, 2], [], torch.zeros(0, dtype=torch.long)).tolist() == []
 
 
 def _vbe_like(vbe: KeyedJaggedTensor, **changes) -> KeyedJaggedTensor:

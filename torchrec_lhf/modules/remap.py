@@ -47,6 +47,7 @@ from torchrec_lhf.modules.remap_ops import (
     remap_values,
     request_ids,
     request_rows,
+    source_rows,
 )
 from torchrec_lhf.modules.remap_state import heads_from_state, heads_to_state
 from torchrec_lhf.plan_compact import rank_blocks, ranks_pay
@@ -203,16 +204,18 @@ def internal_features(
     else:
         per_rank = features.stride_per_key_per_rank()
     inverse_keys, inverse = features.inverse_indices()
-    inverse_index: dict[str, int] = {}
+    named: dict[str, int] = {}
     for i, key in enumerate(inverse_keys):
-        inverse_index[key] = i
+        named[key] = i
     for source in sources:
-        if source not in inverse_index:
+        if source not in named:
             raise ValueError(
                 f"inverse_indices name features {inverse_keys}, not '{source}': expected "
                 "every feature of the batch"
             )
-    rows_J = torch.tensor([inverse_index[s] for s in sources], device=inverse.device)
+    # each internal feature's row of the inverse indices (cached per key order in eager
+    # mode: no copy to the device per batch)
+    rows_J = source_rows(inverse_keys, sources, inverse.device)
     return KeyedJaggedTensor(
         keys=feature_names,
         values=rows_P,

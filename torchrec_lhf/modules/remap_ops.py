@@ -125,6 +125,12 @@ def _layout(
     return _cached_key_layout(tuple(keys), tuple(sources), device)
 
 
+def source_rows(keys: list[str], sources: list[str], device: torch.device) -> torch.Tensor:
+    """The index in ``keys`` of each internal feature's source, int64 ``(J,)`` on
+    ``device`` (:func:`key_layout`'s, cached per key order in eager mode)."""
+    return _layout(keys, sources, device)[0]
+
+
 def needs_length_per_key(keys: list[str], sources: list[str]) -> bool:
     """Whether :func:`remap_values` needs the per-key lengths for input keys ``keys``."""
     _, _, identity, multiplicity = _layout(keys, sources, torch.device("cpu"))
@@ -245,7 +251,7 @@ def remap_values(
         raise ValueError("a variable batch per feature (VBE) needs length_per_key")
     if length_per_key is not None and (values_V.is_cpu or stride_per_key is not None):
         # known on the host (TorchRec's read): no pass over the lengths (a copy on CUDA)
-        per_key_F = torch.tensor(length_per_key, dtype=lengths.dtype, device=lengths.device)
+        per_key_F = host_ints(length_per_key, lengths.dtype, lengths.device)
     else:
         # NOTE: in the lengths' dtype: an int32 sum is 4x faster on CPU than one into int64
         per_key_F = lengths.view(num_keys, stride).sum(1, dtype=lengths.dtype)
@@ -279,7 +285,7 @@ def remap_values(
         if stride_per_key is None:
             out_lengths = lengths.view(num_keys, stride)[src_J].reshape(-1)
         else:  # each internal feature's bags: its source's run of lengths
-            out_lengths = gather_runs(lengths, stride_per_key, src)
+            out_lengths = gather_runs(lengths, stride_per_key, src, src_J)
     tables = [] if compact is None else compact
     segments = (j_P, per_key_J, array_offsets)
     if torch.jit.is_scripting():
@@ -312,7 +318,18 @@ def remap_values(
     return rows_P, out_lengths, weights_V, length_per_key
 
 
-def gather_runs(data: torch.Tensor, run_lengths: list[int], src: list[int]) -> torch.Tensor:
+def host_ints(values: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host ints as a tensor on ``device``; off the CPU through pinned memory, so that the
+    copy does not wait for the device (a copy from pageable memory synchronizes)."""
+    out = torch.tensor(values, dtype=dtype)
+    if device.type == "cpu":
+        return out
+    return out.pin_memory().to(device, non_blocking=True)
+
+
+def gather_runs(
+    data: torch.Tensor, run_lengths: list[int], src: list[int], src_J: torch.Tensor
+) -> torch.Tensor:
     """The runs ``src[0], src[1], ...`` of ``data`` (cut into consecutive runs of
     ``run_lengths``), concatenated: one gather, no loop over the runs.
 
@@ -320,12 +337,12 @@ def gather_runs(data: torch.Tensor, run_lengths: list[int], src: list[int]) -> t
         data: shape ``(sum(run_lengths),)``.
         run_lengths: host ints, one per run (``F``).
         src: which run goes out at each place (``J``), indices into ``run_lengths``.
+        src_J: ``src`` on ``data``'s device, int64.
 
     Returns:
         Shape ``(sum(run_lengths[s] for s in src),)``.
     """
-    size_F = torch.tensor(run_lengths, dtype=torch.long, device=data.device)
-    src_J = torch.tensor(src, dtype=torch.long, device=data.device)
+    size_F = host_ints(run_lengths, torch.long, data.device)
     size_J = size_F[src_J]
     total = 0
     for s in src:
