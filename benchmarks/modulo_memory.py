@@ -8,10 +8,11 @@ each table an empty head and a :data:`~torchrec_lhf.hashing.MODULO_SEED` tail
 (``computed``): nothing per id. Each representation is built in a process of its own (the
 plan, then the learned-hash collection over it with its tables on the meta device, so that
 only the remap is allocated) and reports the plan's stored remap bytes, the module's remap
-buffers and the resident-set peak above the process's before the build (``VmHWM``), plus
+buffers and the resident-set peak above the process's before the build (``VmHWM``, reset
+by ``/proc/self/clear_refs`` first), plus
 the rows of a sample batch, which must agree.
 
-Linux only (``/proc/self/status``).
+Linux only (``/proc/self/status``, ``/proc/self/clear_refs``).
 
 Usage::
 
@@ -28,17 +29,10 @@ import sys
 
 import torch
 
+from benchmarks.clustering import _proc_status_kib, _reset_peak_rss
 from torchrec_lhf.cli import unit_fraction
 
 FLOWS = ("computed", "dense")
-
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _heights(scale: float) -> dict[str, int]:
@@ -55,7 +49,9 @@ def measure_one(flow: str, fraction: float, scale: float) -> dict:
     from torchrec_lhf.compression.baselines import modulo_plan
 
     heights = _heights(scale)
-    before = _status_bytes("VmRSS")
+    if not _reset_peak_rss():  # the high-water mark starts again from the resident set
+        raise RuntimeError("cannot reset the peak resident set (/proc/self/clear_refs)")
+    before = _proc_status_kib("VmRSS") * 1024
     plan = modulo_plan(heights, fraction=fraction)
     if flow == "dense":  # the old representation: every id's row, int32
         plan = HashPlan(
@@ -75,7 +71,7 @@ def measure_one(flow: str, fraction: float, scale: float) -> dict:
         for t, n in heights.items()
     ]
     module = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan, device="meta")
-    peak = _status_bytes("VmHWM") - before
+    peak = _proc_status_kib("VmHWM") * 1024 - before
     g = torch.Generator().manual_seed(0)
     ids = torch.cat([torch.randint(0, n, (64,), generator=g) for n in heights.values()])
     batch = KeyedJaggedTensor(

@@ -110,8 +110,9 @@ def tail_rows_keyed(
     """The tail rows of ids ``ids_V`` whose mixed hashes are ``x_V`` (:func:`mix_keyed` by
     seed keys ``keys_V``): :func:`rows_of_mix`, and ``id mod rows`` where the key is
     :data:`MODULO_SEED`'s (0, the only seed whose key is 0)."""
-    rows = rows_of_mix(x_V, rows_V)
-    return torch.where(keys_V == 0, torch.remainder(ids_V.to(torch.int64), rows_V), rows)
+    # one remainder for both kinds: the id where the key is 0, the mixed hash's top bits
+    # elsewhere (a compare and a select more than rows_of_mix)
+    return torch.where(keys_V == 0, ids_V.to(torch.int64), _top62(x_V)).remainder_(rows_V)
 
 
 def tail_hash_keyed(

@@ -42,6 +42,14 @@ from torchrec_lhf.modules.embedding_bag import (
 )
 
 # The sharding types covered by tests/distributed (world size 2, gloo and CPU).
+TESTED_SHARDING_TYPES: tuple[str, ...] = (
+    ShardingType.TABLE_WISE.value,
+    ShardingType.ROW_WISE.value,
+    ShardingType.COLUMN_WISE.value,
+    ShardingType.TABLE_ROW_WISE.value,
+    ShardingType.DATA_PARALLEL.value,
+)
+
 VBE_SHARDING_TYPES: tuple[str, ...] = (
     ShardingType.TABLE_WISE.value,
     ShardingType.ROW_WISE.value,
@@ -51,14 +59,6 @@ VBE_SHARDING_TYPES: tuple[str, ...] = (
 collection fails on one under the others (checked on CPU/gloo at world size 2: its output
 dist splits the pooled embeddings by the full batch), so the sharded module refuses it
 there, naming the type."""
-
-TESTED_SHARDING_TYPES: tuple[str, ...] = (
-    ShardingType.TABLE_WISE.value,
-    ShardingType.ROW_WISE.value,
-    ShardingType.COLUMN_WISE.value,
-    ShardingType.TABLE_ROW_WISE.value,
-    ShardingType.DATA_PARALLEL.value,
-)
 
 
 class ShardedLearnedHashEmbeddingBagCollection(ShardedEmbeddingBagCollection):

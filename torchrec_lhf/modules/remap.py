@@ -47,7 +47,7 @@ from torchrec_lhf.modules.remap_ops import (
     remap_values,
     request_ids,
     request_rows,
-    source_rows,
+    source_index,
 )
 from torchrec_lhf.modules.remap_state import heads_from_state, heads_to_state
 from torchrec_lhf.plan_compact import rank_blocks, ranks_pay
@@ -194,9 +194,6 @@ def internal_features(
             stride=features.stride(),
             length_per_key=length_per_key,
         )
-    index: dict[str, int] = {}
-    for i, key in enumerate(features.keys()):
-        index[key] = i
     if torch.jit.is_scripting():
         # NOTE: TorchRec's stride_per_key_per_rank fails scripted (its tolist() of an int32
         # tensor); a served request comes from one rank
@@ -213,15 +210,16 @@ def internal_features(
                 f"inverse_indices name features {inverse_keys}, not '{source}': expected "
                 "every feature of the batch"
             )
-    # each internal feature's row of the inverse indices (cached per key order in eager
-    # mode: no copy to the device per batch)
-    rows_J = source_rows(inverse_keys, sources, inverse.device)
+    # each internal feature's source among the keys and its row of the inverse indices
+    # (cached per key order in eager mode: no copy to the device per batch)
+    _, src = source_index(features.keys(), sources, inverse.device)
+    rows_J, _ = source_index(inverse_keys, sources, inverse.device)
     return KeyedJaggedTensor(
         keys=feature_names,
         values=rows_P,
         lengths=lengths,
         weights=weights_P,
-        stride_per_key_per_rank=[per_rank[index[s]] for s in sources],
+        stride_per_key_per_rank=[per_rank[j] for j in src],
         length_per_key=length_per_key,
         inverse_indices=(feature_names, inverse.index_select(0, rows_J)),
     )

@@ -125,10 +125,13 @@ def _layout(
     return _cached_key_layout(tuple(keys), tuple(sources), device)
 
 
-def source_rows(keys: list[str], sources: list[str], device: torch.device) -> torch.Tensor:
-    """The index in ``keys`` of each internal feature's source, int64 ``(J,)`` on
-    ``device`` (:func:`key_layout`'s, cached per key order in eager mode)."""
-    return _layout(keys, sources, device)[0]
+def source_index(
+    keys: list[str], sources: list[str], device: torch.device
+) -> tuple[torch.Tensor, list[int]]:
+    """The index in ``keys`` of each internal feature's source, as int64 ``(J,)`` on
+    ``device`` and as a list (:func:`key_layout`'s, cached per key order in eager mode)."""
+    src_J, src, _, _ = _layout(keys, sources, device)
+    return src_J, src
 
 
 def needs_length_per_key(keys: list[str], sources: list[str]) -> bool:
