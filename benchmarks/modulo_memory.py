@@ -1,11 +1,15 @@
-"""Memory of the hashing trick's remap at the Criteo 1TB heights: computed against dense.
+"""Memory of the hashing trick's (and QR's) remap at the Criteo 1TB heights: computed
+against dense.
 
 The hashing trick (``modulo``) maps id ``i`` to row ``i mod M``. Its plan held that as a
 dense int32 row per id (``dense``, the baseline: the representation before 2026-12-04),
 which every rank's remap then held too: 4 bytes an id, 816.7 MB at the MLPerf heights
 (26 tables, 204M ids). :func:`~torchrec_lhf.compression.baselines.modulo_plan` now gives
 each table an empty head and a :data:`~torchrec_lhf.hashing.MODULO_SEED` tail
-(``computed``): nothing per id. Each representation is built in a process of its own (the
+(``computed``): nothing per id. QR (``--method qr``) maps ``i`` to ``(i mod m, i // m)``;
+its remainder has been computed so since that change, its quotient was dense (the
+baseline) until the divided tails (:func:`~torchrec_lhf.hashing.quotient_seed`) computed
+it too. Each representation is built in a process of its own (the
 plan, then the learned-hash collection over it with its tables on the meta device, so that
 only the remap is allocated) and reports the plan's stored remap bytes, the module's remap
 buffers and the resident-set peak above the process's before the build (``VmHWM``, reset
@@ -16,7 +20,7 @@ Linux only (``/proc/self/status``, ``/proc/self/clear_refs``).
 
 Usage::
 
-    python -m benchmarks.modulo_memory --json [--fraction 0.01] [--scale 1.0]
+    python -m benchmarks.modulo_memory --json [--method modulo|qr] [--fraction 0.01] [--scale 1.0]
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from benchmarks.clustering import _proc_status_kib, _reset_peak_rss
 from torchrec_lhf.cli import unit_fraction
 
 FLOWS = ("computed", "dense")
+# the hash functions each method's plan held dense before they were computed (the baseline)
+DENSE_BEFORE = {"modulo": (0,), "qr": (1,)}
 
 
 def _heights(scale: float) -> dict[str, int]:
@@ -41,26 +47,30 @@ def _heights(scale: float) -> dict[str, int]:
     return {f"t{i}": max(1, round(n * scale)) for i, n in enumerate(MLPERF_NUM_EMBEDDINGS)}
 
 
-def measure_one(flow: str, fraction: float, scale: float) -> dict:
-    """Build the hashing trick's plan and collection one way, in this process."""
+def measure_one(flow: str, method: str, fraction: float, scale: float) -> dict:
+    """Build the method's plan and collection one way, in this process."""
     from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
 
     from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
-    from torchrec_lhf.compression.baselines import modulo_plan
+    from torchrec_lhf.compression.methods import get_method
 
     heights = _heights(scale)
     if not _reset_peak_rss():  # the high-water mark starts again from the resident set
         raise RuntimeError("cannot reset the peak resident set (/proc/self/clear_refs)")
     before = _proc_status_kib("VmRSS") * 1024
-    plan = modulo_plan(heights, fraction=fraction)
+    plan = get_method(method)(heights, fraction=fraction)
     if flow == "dense":  # the old representation: every id's row, int32
+        dense = DENSE_BEFORE[method]
         plan = HashPlan(
             [
                 TableHash(
                     t.name,
                     t.num_embeddings,
-                    ((torch.arange(t.num_embeddings) % t.heights[0]).to(torch.int32),),
+                    tuple(
+                        t.dense_mapping(h) if h in dense else m for h, m in enumerate(t.mappings)
+                    ),
                     t.heights,
+                    t.combine,
                 )
                 for t in plan
             ],
@@ -91,7 +101,8 @@ def run(args: argparse.Namespace) -> dict:
     results = {}
     for flow in FLOWS:
         argv = [sys.executable, "-m", "benchmarks.modulo_memory", "--one", flow]
-        argv += ["--fraction", str(args.fraction), "--scale", str(args.scale)]
+        argv += ["--method", args.method, "--fraction", str(args.fraction)]
+        argv += ["--scale", str(args.scale)]
         done = subprocess.run(argv, capture_output=True, text=True, check=True)
         results[flow] = json.loads(done.stdout.strip().splitlines()[-1])
     rows = {flow: results[flow].pop("rows") for flow in FLOWS}
@@ -100,6 +111,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "modulo_memory",
         "config": {
+            "method": args.method,
             "fraction": args.fraction,
             "scale": args.scale,
             "num_tables": len(heights),
@@ -117,6 +129,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--method", choices=sorted(DENSE_BEFORE), default="modulo")
     parser.add_argument("--fraction", type=unit_fraction, default=0.01)
     parser.add_argument(
         "--scale", type=unit_fraction, default=1.0, help="share of the MLPerf heights"
@@ -125,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(measure_one(args.one, args.fraction, args.scale)))
+        print(json.dumps(measure_one(args.one, args.method, args.fraction, args.scale)))
         return {}
     out = run(args)
     print(json.dumps(out, indent=None if args.json else 2))

@@ -76,3 +76,29 @@ def test_modulo_seed_is_the_hashing_trick() -> None:
     assert (
         torch.jit.script(tail_hash)(ids, MODULO_SEED, 7).tolist() == tail_hash(ids, -1, 7).tolist()
     )
+
+
+def test_a_negative_seed_divides() -> None:
+    """``quotient_seed(d)``: ``(id // d) mod rows`` (floor division, negatives into
+    ``[0, rows)``), alone, seeded beside mixed and modulo seeds, and scripted; a bad
+    divisor is named."""
+    from torchrec_lhf.hashing import MODULO_SEED, quotient_seed, tail_hash_seeded
+
+    ids = torch.tensor([0, 1, 7, 2**62 - 1, -1, -(2**63), 99, 2**63 - 1])
+    for d in (1, 3, 4, 2**62):
+        expected = torch.remainder(torch.div(ids, d, rounding_mode="floor"), 5)
+        assert tail_hash(ids, quotient_seed(d), 5).tolist() == expected.tolist()
+    assert quotient_seed(1) == MODULO_SEED
+    seeds = torch.tensor([quotient_seed(3), 3, MODULO_SEED, quotient_seed(2**62), 0, -7, 5, -2])
+    rows = torch.tensor([7, 7, 5, 97, 2, 10, 97, 3])
+    expected = [
+        int(tail_hash(ids[i : i + 1], int(s), int(r))[0])
+        for i, (s, r) in enumerate(zip(seeds, rows))
+    ]
+    assert tail_hash_seeded(ids, seeds, rows).tolist() == expected
+    assert expected[0] == 0 and expected[2] == 2 and expected[6] != 99 % 97
+    assert torch.jit.script(tail_hash_seeded)(ids, seeds, rows).tolist() == expected
+    assert torch.jit.script(tail_hash)(ids, -3, 7).tolist() == tail_hash(ids, -3, 7).tolist()
+    for bad in (0, -1, 2**62 + 1, True, 2.0):
+        with pytest.raises(ValueError, match=f"divisor must be an int in .*got {bad!r}"):
+            quotient_seed(bad)

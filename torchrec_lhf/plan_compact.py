@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from torchrec_lhf.hashing import MODULO_SEED, tail_hash
+from torchrec_lhf.hashing import tail_hash
 
 DENSE, COMPACT = "dense", "compact"
 # compact and dense mappings of tables up to this height compare (and fingerprint) by
@@ -104,9 +104,12 @@ class CompactMapping:
         head_ids: the head's raw ids, sorted, unique, in ``[0, N)``, shape ``(K,)``
             (any integer dtype; stored as int64 on CPU). ``K`` may be 0.
         head_rows: their rows, int16 or int32 of shape ``(K,)``, in ``[0, M_h)``.
-        tail_seed: the tail hash's seed, in ``[0, 2**62)``, or
-            :data:`~torchrec_lhf.hashing.MODULO_SEED` (-1) for ``id mod tail_rows`` (the
-            hashing trick: an empty head and this tail store nothing per id).
+        tail_seed: the tail hash's seed, in ``[0, 2**62)``, or a divisor's ``-d`` in
+            ``[-2**62, -1]`` for ``(id // d) mod tail_rows``
+            (:func:`~torchrec_lhf.hashing.quotient_seed`):
+            :data:`~torchrec_lhf.hashing.MODULO_SEED` (-1) is ``id mod tail_rows``, the
+            hashing trick, and ``-m`` QR's quotient (an empty head and such a tail store
+            nothing per id).
         tail_offset: first row of the tail region, ``>= 0``.
         tail_rows: rows of the tail region, ``>= 1``; the region
             ``[tail_offset, tail_offset + tail_rows)`` lies within ``[0, M_h)``.
@@ -133,7 +136,7 @@ class CompactMapping:
                 f"head_rows has shape {tuple(rows.shape)}, head_ids {tuple(ids.shape)}"
             )
         for name, value, low, high in (
-            ("tail_seed", self.tail_seed, MODULO_SEED, _MAX_SEED),
+            ("tail_seed", self.tail_seed, -_MAX_SEED, _MAX_SEED),
             ("tail_offset", self.tail_offset, 0, 2**31),
             ("tail_rows", self.tail_rows, 1, 2**31),
         ):

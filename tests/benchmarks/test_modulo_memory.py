@@ -1,5 +1,5 @@
 """benchmarks.modulo_memory on a small share of the MLPerf heights: both flows run, give the
-same rows, and the computed one holds nothing per id."""
+same rows, and the computed one holds nothing per id (the hashing trick and QR)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,20 @@ def test_small_run_reports_both_flows_and_their_ratios() -> None:
     assert out["module_remap_ratio"] == pytest.approx(
         computed["module_remap_bytes"] / dense["module_remap_bytes"]
     )
+
+
+def test_qr_reports_its_dense_quotient_as_the_baseline() -> None:
+    """``--method qr``: the computed flow holds nothing per id (the quotient's divided
+    tail), the baseline its quotient's row per id; both give the same rows."""
+    done = run_module("benchmarks.modulo_memory", ["--json", "--method", "qr", "--scale", "0.001"])
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    computed, dense = out["results"]["computed"], out["results"]["dense"]
+    assert out["config"]["method"] == "qr" and out["same_rows"] is True
+    assert computed["plan_remap_bytes"] == 0
+    assert computed["module_remap_bytes"] == 26 * 2 * 3 * 8  # two tails a table: 3 int64 each
+    ids = out["config"]["ids"]
+    assert ids <= dense["plan_remap_bytes"] <= 2 * ids  # the quotient's rows, uint8 or int16
 
 
 def test_heights_follow_the_scale() -> None:

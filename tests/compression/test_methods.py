@@ -45,8 +45,19 @@ def test_qr_pairs_are_unique_and_budget_closest() -> None:
     assert (m, q) == (5, 200) and plan["t"].combine == "sum"  # 205 is the closest total to 200
     pair_N = plan["t"].dense_mapping(0).long() * q + plan["t"].dense_mapping(1).long()
     assert pair_N.unique().numel() == 1000  # complementary partitions: no id shares both rows
-    # the remainder is computed from the id (stored: the quotient's 1,000 uint8 rows)
-    assert plan["t"].encodings == ("compact", "dense") and plan.remap_bytes() == 1000
+    # both computed from the id (id mod m, id // m): nothing stored per id
+    assert plan["t"].encodings == ("compact", "compact") and plan.remap_bytes() == 0
+    assert [mp.tail_seed for mp in plan["t"].mappings] == [-1, -5]
+
+
+def test_qr_plan_round_trips_with_its_divided_tail(tmp_path) -> None:  # noqa: ANN001
+    """Saved and loaded, the computed quotient stays a divided tail (nothing per id)."""
+    plan = make_plan("qr", {"t": 1000, "u": 77}, fraction=0.2)
+    plan.save(tmp_path / "qr.safetensors")
+    loaded = HashPlan.load(tmp_path / "qr.safetensors")
+    assert loaded == plan and loaded.remap_bytes() == 0
+    assert loaded["t"].mappings[1].tail_seed == -plan["t"].heights[0]
+    assert torch.equal(loaded["t"].dense_mapping(1), torch.arange(1000, dtype=torch.int32) // 5)
 
 
 def test_qr_clamps_below_two_sqrt_n(caplog: pytest.LogCaptureFixture) -> None:

@@ -18,6 +18,7 @@ from tests._fixtures import placement, shard_on_cpu, three_tables, two_hash_plan
 from tests._multiprocess import run_multiprocess
 from tests.modules._host_reads import host_reads
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
+from torchrec_lhf.compression.methods import qr_plan
 from torchrec_lhf.distributed.embedding_bag import (
     TESTED_SHARDING_TYPES,
     LearnedHashEmbeddingBagCollectionSharder,
@@ -62,7 +63,10 @@ def _sharded_vs_unsharded(
 ) -> None:
     torch.manual_seed(1)
     plan = two_hash_plan(combine)
-    if encoding == "compact":  # every hash function compact (head/tail)
+    if encoding == "computed":  # QR: id mod m and id // m computed from the id (divided tail)
+        plan = qr_plan({"t0": 40, "t1": 30}, fraction=0.4, combine=combine)
+        assert _all_divided(plan)
+    elif encoding == "compact":  # every hash function compact (head/tail)
         plan = to_compact(plan)
     elif encoding == "ranked":  # every head's rows its ranks: held ranked (head_rank)
         plan = to_compact(plan, ranked=True)
@@ -107,6 +111,11 @@ def _sharded_vs_unsharded(
     with torch.no_grad():
         expected = reference(_concat(batches)).values()[rank * BATCH : (rank + 1) * BATCH]
     torch.testing.assert_close(out.values(), expected)
+
+
+def _all_divided(plan: HashPlan) -> bool:
+    """Whether every table of ``plan`` has a divided tail (a seed below -1: computed)."""
+    return all(any(getattr(m, "tail_seed", 0) < -1 for m in t.mappings) for t in plan)
 
 
 def sharded_copy(
@@ -160,7 +169,13 @@ def _concat(batches: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     ("encoding", "weighted"),
-    [("dense", False), ("compact", False), ("ranked", False), ("compact", True)],
+    [
+        ("dense", False),
+        ("compact", False),
+        ("ranked", False),
+        ("compact", True),
+        ("computed", False),
+    ],
 )
 @pytest.mark.parametrize("sharding_type", TESTED_SHARDING_TYPES)
 def test_sharded_equals_unsharded(sharding_type: str, encoding: str, weighted: bool) -> None:

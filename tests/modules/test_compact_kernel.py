@@ -54,6 +54,7 @@ def _packed_table(
         tail_offset,
         rows - tail_offset,
         torch.ones(3, dtype=torch.bool),
+        torch.zeros(0, dtype=torch.long),  # no divided tail
     ]
     return compact, offsets, heights
 

@@ -28,6 +28,7 @@ def _layout(packed: bool) -> tuple[dict, list[int]]:
         torch.cat([pad, compact3[3]]),
         torch.cat([pad + 1, compact3[4]]),
         torch.tensor([False, False, True, True, True]),
+        compact3[6],  # (no divided tail)
     ]
     offset_J = torch.cat([torch.tensor([IDENTITY, 0]), key_offsets]).int()
     args = {
@@ -99,6 +100,26 @@ def test_fused_remap_equals_the_torch_ops(
         assert bool(in_tail.any()) and bool((~in_tail).any())
 
 
+# one internal feature of height 2**62 at key offset 0, no dense mapping
+_ONE_FEATURE = (torch.zeros(0, dtype=torch.int16), torch.tensor([0]), torch.tensor([2**62]))
+
+
+def _tail(seed: torch.Tensor, rows: int) -> list[torch.Tensor]:
+    """The compact tensors of one head-less feature of tail seed ``seed`` (shape ``(1,)``)
+    into ``rows`` rows from row 3 (its divisor held where the seed is one)."""
+    from torchrec_lhf.hashing import tail_divisors
+
+    return [
+        torch.zeros(0, dtype=torch.long),  # no heads: every id is tail
+        torch.zeros(0, dtype=torch.int32),
+        seed,
+        torch.tensor([3]),
+        torch.tensor([rows]),
+        torch.tensor([True]),
+        tail_divisors(seed) if int(seed[0]) < -1 else torch.zeros(0, dtype=torch.long),
+    ]
+
+
 @pytest.mark.parametrize(
     "rows", [1, 2, 3, 4, 7, 40_000, 2**20, 2**31 - 1, 2**31 + 11, 2**40, 2**40 + 3]
 )
@@ -109,23 +130,7 @@ def test_tail_remainder_is_exact_for_any_divisor(rows: int, num_ids: int) -> Non
     g = torch.Generator().manual_seed(rows % 1000)
     ids = torch.randint(0, 2**62, (num_ids,), generator=g)
     seed = torch.tensor([12345])
-    compact = [
-        torch.zeros(0, dtype=torch.long),  # no heads: every id is tail
-        torch.zeros(0, dtype=torch.int32),
-        seed,
-        torch.tensor([3]),
-        torch.tensor([rows]),
-        torch.tensor([True]),
-    ]
-    fused = compact_kernel.fused_remap(
-        ids,
-        [ids.numel()],
-        torch.zeros(0, dtype=torch.int16),
-        torch.tensor([0]),
-        torch.tensor([2**62]),
-        False,
-        compact,
-    )
+    fused = compact_kernel.fused_remap(ids, [ids.numel()], *_ONE_FEATURE, False, _tail(seed, rows))
     expected = rows_of_mix(mix_keyed(ids, seed_keys(seed).expand(ids.numel())), torch.tensor(rows))
     assert fused is not None and torch.equal(fused, expected + 3)
 
@@ -193,6 +198,28 @@ def test_map_ids_uses_it_with_lengths_and_not_without(monkeypatch) -> None:  # n
     assert calls == [1]
     without = remap_lookup.map_ids(ids, segments, *common)
     assert calls == [1] and torch.equal(with_lengths, without)
+
+
+@pytest.mark.parametrize("divisor", [2, 3, 7, 2**20, 2**31 + 11, 2**40 + 3, 2**62])
+@pytest.mark.parametrize("num_ids", [50_000, 40], ids=["many", "few"])
+def test_divided_tail_is_exact_for_any_divisor(divisor: int, num_ids: int) -> None:
+    """A divided tail (``quotient_seed(d)``): the kernel's quotient equals ``//`` on 62-bit
+    ids, whichever way it takes it (a shift for powers of two, a multiply for a feature
+    of many ids, a division for few), then the remainder by the rows; the torch ops too."""
+    from torchrec_lhf.hashing import quotient_seed
+
+    g = torch.Generator().manual_seed(divisor % 1000)
+    ids = torch.randint(0, 2**62, (num_ids,), generator=g)
+    ids[:4] = torch.tensor([0, divisor - 1, min(divisor, 2**62 - 1), 2**62 - 1])  # (boundaries)
+    seed = torch.tensor([quotient_seed(divisor)])
+    for rows in (5, 2**16, 2**61 + 1):
+        compact = _tail(seed, rows)
+        fused = compact_kernel.fused_remap(ids, [ids.numel()], *_ONE_FEATURE, False, compact)
+        expected = torch.div(ids, divisor, rounding_mode="floor") % rows + 3
+        assert fused is not None and torch.equal(fused, expected)
+        segments = (None, torch.tensor([ids.numel()]), None)
+        torch_ops = remap_lookup.map_ids(ids, segments, *_ONE_FEATURE, False, False, compact)
+        assert torch.equal(torch_ops, expected)
 
 
 def _operator_args(modulo: bool) -> tuple:

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.skipif(not CAN_BUILD, reason="needs a C++ compiler and 
 def _op_args(remap: FeatureRemap, ids: torch.Tensor, length_J: list[int], modulo: bool) -> tuple:
     """``fused_remap_ranked``'s arguments for ``remap``'s buffers."""
     c = remap._compact_tensors()
-    assert len(c) == 12  # six compact tensors and six ranked ones
-    return (ids, length_J, remap.offset_J, remap.height_J, remap.mapping, *c, modulo)
+    assert len(c) == 13  # six compact tensors, the divisors (empty) and six ranked ones
+    assert c[6].numel() == 0  # (the kernel reads a divided tail's divisor from its seed)
+    return (ids, length_J, remap.offset_J, remap.height_J, remap.mapping, *c[:6], *c[7:], modulo)
 
 
 def _layout(few: bool, wild: bool) -> tuple[FeatureRemap, torch.Tensor, list[int], torch.Tensor]:
@@ -76,7 +77,8 @@ def test_fused_ranked_lookup_equals_the_plans_rows(few: bool, dtype, modulo: boo
     remap, ids, length_J, expected = _layout(few, wild=modulo)
     ids = ids.to(dtype)
     args = _op_args(remap, ids, length_J, modulo)
-    rows = compact_kernel.fused_remap(ids, length_J, *args[4:5], *args[2:4], modulo, [*args[5:17]])
+    compact = remap._compact_tensors()
+    rows = compact_kernel.fused_remap(ids, length_J, *args[4:5], *args[2:4], modulo, compact)
     assert rows is not None and rows.dtype == dtype
     assert torch.equal(rows.long(), expected)
     assert torch.equal(torch.ops.torchrec_lhf.fused_remap_ranked(*args).long(), expected)

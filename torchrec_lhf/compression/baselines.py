@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import torch
 
-from torchrec_lhf.hashing import MODULO_SEED
+from torchrec_lhf.hashing import MODULO_SEED, quotient_seed
 from torchrec_lhf.plan import HashPlan, TableHash
 from torchrec_lhf.plan_compact import CompactMapping, row_dtype
 
@@ -84,6 +84,19 @@ def modulo_mapping(rows: int) -> CompactMapping:
         torch.zeros(0, dtype=torch.int64),
         torch.zeros(0, dtype=row_dtype(rows)),
         tail_seed=MODULO_SEED,
+        tail_offset=0,
+        tail_rows=rows,
+    )
+
+
+def quotient_mapping(divisor: int, rows: int) -> CompactMapping:
+    """``id // divisor`` over ``rows`` rows (QR's quotient: ``rows = ceil(N / divisor)``)
+    as a mapping that stores nothing per id: an empty head and a divided tail
+    (:func:`~torchrec_lhf.hashing.quotient_seed`), ``(id // divisor) mod rows``."""
+    return CompactMapping(
+        torch.zeros(0, dtype=torch.int64),
+        torch.zeros(0, dtype=row_dtype(rows)),
+        tail_seed=quotient_seed(divisor),
         tail_offset=0,
         tail_rows=rows,
     )

@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from torchrec_lhf.compression.baselines import modulo_mapping, modulo_plan
+from torchrec_lhf.compression.baselines import modulo_mapping, modulo_plan, quotient_mapping
 from torchrec_lhf.compression.budget import split_rows
 from torchrec_lhf.compression.cce import cce_plan
 from torchrec_lhf.compression.registry import (
@@ -137,9 +137,8 @@ def qr_plan(
                 m,
                 q,
             )
-        # the remainder computed from the id (nothing stored per id), the quotient dense
-        quotient_N = (torch.arange(n, dtype=torch.int64) // m).to(torch.int32)
-        mappings = (modulo_mapping(m), quotient_N)
+        # both computed from the id: nothing stored per id
+        mappings = (modulo_mapping(m), quotient_mapping(m, q))
         tables.append(TableHash(name, n, mappings, (m, q), combine))
     return HashPlan(tables, metadata={"combine": combine})
 

@@ -52,6 +52,7 @@ from typing import TextIO
 
 import torch
 
+from torchrec_lhf.hashing import tail_divisors
 from torchrec_lhf.modules import head_rank
 
 logger = logging.getLogger(__name__)
@@ -328,8 +329,9 @@ def fused_remap(
         ids_P: raw ids laid out per internal feature, shape ``(P,)``.
         length_J: the ids of each internal feature (host ints, summing to ``P``).
         mapping, offset_J, height_J, modulo, compact: as for
-            :func:`~torchrec_lhf.modules.remap_ops.remap_values` (``compact[6:]``: the
-            ranked heads, :mod:`~torchrec_lhf.modules.head_rank`).
+            :func:`~torchrec_lhf.modules.remap_ops.remap_values` (``compact[7:13]``: the
+            ranked heads, :mod:`~torchrec_lhf.modules.head_rank`; the kernel reads a
+            divided tail's divisor from its seed, not ``compact[6]``).
         quiet: a batch the kernel refuses (an id out of range, lengths that do not add
             up to the ids) gives None instead of the error below.
 
@@ -344,10 +346,10 @@ def fused_remap(
         return None
     tables = _tables(mapping, compact)
     try:
-        if len(compact) > 6:  # ranked heads: the same pass looks them up
+        if len(compact) > 7:  # ranked heads: the same pass looks them up
             return module.fused_remap_ranked_eager(
                 ids_P.contiguous(), length_J, offset_J, height_J, mapping, *tables,
-                *compact[6:12], modulo,
+                *compact[7:13], modulo,
             )  # fmt: skip
         return module.fused_remap_eager(
             ids_P.contiguous(), length_J, offset_J, height_J, mapping, *tables, modulo
@@ -375,7 +377,7 @@ def fused_rows(
     up to the ids) gets None, so that the caller's general path names the problem.
     Scripted, the operator ``torchrec_lhf::fused_remap`` (one op where the interpreter ran
     about 25 and their statements), or
-    ``torchrec_lhf::fused_remap_ranked`` where there are ranked heads (``compact[6:]``,
+    ``torchrec_lhf::fused_remap_ranked`` where there are ranked heads (``compact[7:13]``,
     :mod:`~torchrec_lhf.modules.head_rank`: looked up in the same pass).
 
     Args as for :func:`fused_remap`, plus ``array_offsets`` (see
@@ -391,10 +393,10 @@ def fused_rows(
         return None
     ids_P = ids_P.contiguous()  # (the kernel reads them as such; no copy where they are)
     t = _tables(mapping, compact)  # scripted: the operators (not the pybind functions)
-    if len(compact) > 6:
+    if len(compact) > 7:
         return torch.ops.torchrec_lhf.fused_remap_ranked(
             ids_P, length_J, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
-            compact[6], compact[7], compact[8], compact[9], compact[10], compact[11], modulo,
+            compact[7], compact[8], compact[9], compact[10], compact[11], compact[12], modulo,
         )  # fmt: skip
     return torch.ops.torchrec_lhf.fused_remap(
         ids_P, length_J, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
@@ -453,10 +455,10 @@ def fused_rows_of_bags(
         return None
     ids_P = ids_P.contiguous()  # (as in fused_rows)
     t = _tables(mapping, compact)
-    if len(compact) > 6:
+    if len(compact) > 7:
         return torch.ops.torchrec_lhf.fused_remap_ranked_bags(
             ids_P, bag_lengths, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
-            compact[6], compact[7], compact[8], compact[9], compact[10], compact[11], modulo,
+            compact[7], compact[8], compact[9], compact[10], compact[11], compact[12], modulo,
             names,
         )  # fmt: skip
     return torch.ops.torchrec_lhf.fused_remap_bags(
@@ -580,6 +582,7 @@ def _fallback(
     possible (no compiler; another device; ids or rows of other dtypes), the torch ops of
     ``map_ids``."""
     compact = [slot_keys, slot_rows, seeds, tail_offset, tail_rows, is_compact]
+    compact.append(tail_divisors(seeds))
     return _fallback_rows(ids, lengths, offset, height, mapping, compact, modulo)
 
 
@@ -606,7 +609,7 @@ def _fallback_ranked(
     """``fused_remap_ranked`` where its C++ kernel is not registered: as :func:`_fallback`,
     the ranked heads looked up by the torch ops where the kernel cannot run."""
     compact = [slot_keys, slot_rows, seeds, tail_offset, tail_rows, is_compact]
-    compact += [blocks, offsets, dir_J, last_J, steps, fine]
+    compact += [tail_divisors(seeds), blocks, offsets, dir_J, last_J, steps, fine]
     return _fallback_rows(ids, lengths, offset, height, mapping, compact, modulo)
 
 
@@ -619,15 +622,16 @@ def _fallback_rows(
     compact: list[torch.Tensor],
     modulo: bool,
 ) -> torch.Tensor:
-    """The fallbacks' rows: the kernel where it can be built (``compact[6:]``: ranked
-    heads), else ``map_ids``'s torch ops (``compact`` empty where no feature is compact)."""
+    """The fallbacks' rows: the kernel where it can be built (``compact[7:13]``: ranked
+    heads), else ``map_ids``'s torch ops (``compact`` empty where no feature is compact;
+    ``compact[6]``, the divisors, every seed's: correct for every tail)."""
     compact = compact if compact[5].numel() > 0 else []
     module = _module() if _applies(ids, compact) else None
     if module is not None:  # (loading it registered its kernel: later calls go there)
         tables = _tables(mapping, compact)
-        if len(compact) > 6:
+        if len(compact) > 7:
             return module.fused_remap_ranked_eager(
-                ids.contiguous(), lengths, offset, height, mapping, *tables, *compact[6:], modulo
+                ids.contiguous(), lengths, offset, height, mapping, *tables, *compact[7:13], modulo
             )
         return module.fused_remap_eager(
             ids.contiguous(), lengths, offset, height, mapping, *tables, modulo
@@ -656,6 +660,7 @@ def _fallback_bags(
     """``fused_remap_bags`` where its C++ kernel is not registered: as :func:`_fallback`,
     the ids per feature summed here."""
     compact = [slot_keys, slot_rows, seeds, tail_offset, tail_rows, is_compact]
+    compact.append(tail_divisors(seeds))
     return _fallback_bag_rows(ids, bag_lengths, offset, height, mapping, compact, modulo, names)
 
 
@@ -682,7 +687,7 @@ def _fallback_ranked_bags(
 ) -> torch.Tensor:
     """``fused_remap_ranked_bags`` where its C++ kernel is not registered."""
     compact = [slot_keys, slot_rows, seeds, tail_offset, tail_rows, is_compact]
-    compact += [blocks, offsets, dir_J, last_J, steps, fine]
+    compact += [tail_divisors(seeds), blocks, offsets, dir_J, last_J, steps, fine]
     return _fallback_bag_rows(ids, bag_lengths, offset, height, mapping, compact, modulo, names)
 
 
@@ -705,12 +710,13 @@ def _fallback_bag_rows(
         )
     present = compact if compact[5].numel() > 0 else []
     if _applies(ids, present) and _module() is not None and _kernel_registered():
-        if len(compact) > 6:
+        if len(compact) > 7:
             return torch.ops.torchrec_lhf.fused_remap_ranked_bags(
-                ids, bag_lengths, offset, height, mapping, *compact, modulo, names
-            )
+                ids, bag_lengths, offset, height, mapping, *compact[:6], *compact[7:13], modulo,
+                names,
+            )  # fmt: skip
         return torch.ops.torchrec_lhf.fused_remap_bags(
-            ids, bag_lengths, offset, height, mapping, *compact, modulo, names
+            ids, bag_lengths, offset, height, mapping, *compact[:6], modulo, names
         )
     lengths = _bag_sums(bag_lengths, offset.numel(), ids.numel(), names)
     if names is None:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_lhf.hashing import mix_keyed, seed_keys
+from torchrec_lhf.hashing import mix_keyed, seed_keys, tail_divisors
 from torchrec_lhf.modules import compact_kernel, head_rank, head_table
 from torchrec_lhf.modules.remap_layout import (  # noqa: F401 (the module's names, as before)
     MAPPING_DTYPES,
@@ -336,6 +336,7 @@ class FeatureRemap(nn.Module):
             ("tail_rows_J", torch.tensor([t[2] for t in tails]), self.has_compact),
         ):
             self.register_buffer(name, column.to(mapping.device), persistent=persistent)
+        self._set_divisors(self.tail_seed_J)
         # NOTE: the heads are held only in their lookup's forms: the cuckoo table (1/LOAD of
         # their size) and, for heads whose rows are their ranks, the ranked blocks
         # (head_rank: 2 bytes an id); the state dict shows them sorted (``head_keys``,
@@ -389,6 +390,14 @@ class FeatureRemap(nn.Module):
             rows_K = torch.cat([rows_K.cpu(), ranked_rows.to(self.head_row_dtype)])
         keys_K, order_K = torch.sort(keys_K)
         return keys_K, rows_K[order_K]
+
+    def _set_divisors(self, seed_J: torch.Tensor) -> None:
+        """Hold each tail's divisor (:func:`~torchrec_lhf.hashing.tail_divisors`) where a
+        tail is divided (QR's quotient, seeds below -1), else an empty tensor: the torch
+        lookup then takes no division per id. (Re)registers the buffer."""
+        divided = self.has_compact and bool((seed_J < -1).any())
+        divisor_J = tail_divisors(seed_J) if divided else seed_J.new_zeros(0)
+        self.register_buffer("tail_divisor_J", divisor_J.to(self.mapping.device), persistent=False)
 
     def _set_heads(self, keys_K: torch.Tensor, rows_K: torch.Tensor, device: torch.device) -> None:
         """Hold sorted head keys and rows in their lookup's forms, on ``device``: ranked
@@ -446,8 +455,10 @@ class FeatureRemap(nn.Module):
         if keys_K.numel() == 0:
             return keys_K, rows_K
         # each key's feature (the compact feature with the largest key offset <= key) and
-        # its tail seed: the probes come from the same mix as the tail hash
-        compact = {f.offset: f.tail[0] for f in self.features if f.tail is not None}
+        # its tail seed (as held: a loaded state's): the probes come from the same mix as
+        # the tail hash
+        seed_J = self.tail_seed_J.tolist()
+        compact = {f.offset: seed_J[j] for j, f in enumerate(self.features) if f.tail is not None}
         offsets_T = torch.tensor(sorted(compact), dtype=torch.int64)
         seeds_T = torch.tensor([compact[o] for o in sorted(compact)], dtype=torch.int64)
         t_K = torch.searchsorted(offsets_T, keys_K.long(), right=True) - 1
@@ -546,6 +557,7 @@ class FeatureRemap(nn.Module):
             self.tail_offset_J,
             self.tail_rows_J,
             self.compact_J,
+            self.tail_divisor_J,
         ]
         if self.has_ranked:  # (the ranked heads' lookup: remap_lookup._compact_rows)
             tensors += [

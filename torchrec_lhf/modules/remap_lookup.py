@@ -32,7 +32,7 @@ Legend:
 
 import torch
 
-from torchrec_lhf.hashing import mix_keyed, seed_keys, tail_rows_keyed
+from torchrec_lhf.hashing import mix_keyed, seed_keys, tail_rows_divided, tail_rows_keyed
 from torchrec_lhf.modules import compact_kernel, head_rank, head_table
 
 # NOTE: no ``from __future__ import annotations``: TorchScript reads the annotations.
@@ -286,15 +286,20 @@ def _compact_rows(
     slot_keys_S, slot_rows_S, seed_J, tail_offset_J, tail_rows_J = compact[:5]
     keys_P = seed_keys(seed_J).index_select(0, j_P)  # J seeds keyed once, not P
     x_P = mix_keyed(ids_P, keys_P)
-    rows_P = tail_rows_keyed(ids_P, x_P, keys_P, tail_rows_J.index_select(0, j_P))
+    tail_rows_P = tail_rows_J.index_select(0, j_P)
+    divisor_J = compact[6]
+    if divisor_J.numel() > 0:  # some tail divided (QR's quotient): a division per id more
+        rows_P = tail_rows_divided(ids_P, x_P, divisor_J.index_select(0, j_P), tail_rows_P)
+    else:
+        rows_P = tail_rows_keyed(ids_P, x_P, keys_P, tail_rows_P)
     rows_P = rows_P.add_(tail_offset_J.index_select(0, j_P))
     if slot_keys_S.numel() > 0:
         # the head: a static cuckoo table probed at slots taken from the same mixed hash
         rows_P = head_table.lookup(
             key_P.to(slot_keys_S.dtype), x_P, slot_keys_S, slot_rows_S, rows_P
         )
-    if len(compact) > 6:  # ranked heads (rows = ranks): a bisection in each id's span
-        blocks_D, offsets_R, dir_J, last_J, steps_S, fine_F = compact[6:12]
+    if len(compact) > 7:  # ranked heads (rows = ranks): a bisection in each id's span
+        blocks_D, offsets_R, dir_J, last_J, steps_S, fine_F = compact[7:13]
         rows_P = head_rank.lookup(
             ids_P.long(), j_P, blocks_D, offsets_R, dir_J, last_J, steps_S, rows_P, fine_F
         )

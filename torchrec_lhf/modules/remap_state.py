@@ -32,17 +32,28 @@ def heads_from_state(
     error_msgs: list[str],
 ) -> None:
     """Load-state-dict pre-hook: rebuild the heads' lookup forms (cuckoo table, ranked
-    blocks) from the incoming sorted heads (and take them out of ``state_dict``: they are
+    blocks) and the tails' divisors from the incoming sorted heads and seeds (and take them out of ``state_dict``: they are
     no buffer)."""
+    seed_J = state_dict.get(f"{prefix}tail_seed_J")
+    new_seeds = (
+        isinstance(seed_J, torch.Tensor)
+        and seed_J.shape == module.tail_seed_J.shape
+        and not torch.equal(seed_J.cpu().long(), module.tail_seed_J.cpu())
+    )
+    mine_K, my_rows_K = module._sorted_heads()  # (read before the seeds change)
+    if new_seeds:  # the heads' probes and the divided tails follow the incoming seeds
+        module.tail_seed_J.copy_(seed_J)
+        module._set_divisors(module.tail_seed_J)
     names = (f"{prefix}head_keys", f"{prefix}head_rows")
     if not all(n in state_dict for n in names):
         missing_keys.extend(n for n in names if n not in state_dict)
+        if new_seeds:
+            module._set_heads(mine_K, my_rows_K, module.slot_keys.device)
         return
     keys_K, rows_K = (state_dict.pop(n) for n in names)
-    mine_K, my_rows_K = module._sorted_heads()
     if keys_K.shape == mine_K.shape and torch.equal(keys_K.cpu().long(), mine_K.cpu().long()):
-        if torch.equal(rows_K.cpu().long(), my_rows_K.cpu().long()):
-            return  # the same heads: nothing to rebuild
+        if torch.equal(rows_K.cpu().long(), my_rows_K.cpu().long()) and not new_seeds:
+            return  # the same heads and seeds: nothing to rebuild
     module._set_heads(keys_K.to(mine_K.dtype), rows_K.to(my_rows_K.dtype), module.slot_keys.device)
 
 

@@ -188,6 +188,8 @@ struct Feature {
   uint64_t seed_key = 0;
   int64_t tail_offset = 0;
   Divisor tail;
+  bool divided = false;  // a divided tail (a seed -d below -1): (id / quot.d) mod tail.d
+  Divisor quot;
   int64_t rank_dir = 0;    // ranked: its directory's first entry in the blocks
   int64_t rank_last = 0;   // ranked: its directory's last (end) entry, relative to rank_dir
   int64_t rank_first = 0;  // ranked: the position of its first head id (its rank 0)
@@ -214,18 +216,48 @@ struct CompactBlock {
   alignas(64) uint64_t slot[3][kBlock];  // the three probe slots
 };
 
+// floor(v / q.d) for each of `count` values v < 2**62 (a mask's shift, the multiplier or a
+// division, as Divisor::mode says for the remainder): a divided tail's quotients
+inline void quotients(const Divisor& q, int64_t count, const int64_t* in, int64_t* out) {
+  const int mode = q.mode();
+  if (mode == Divisor::kMask) {
+    const int bits = __builtin_ctzll(q.d);
+    for (int64_t b = 0; b < count; ++b) {
+      out[b] = static_cast<int64_t>(static_cast<uint64_t>(in[b]) >> bits);
+    }
+  } else if (mode == Divisor::kMultiply) {
+    const uint64_t m = q.m;
+    const int shift = q.k - 64;
+    for (int64_t b = 0; b < count; ++b) {
+      out[b] = static_cast<int64_t>(mul_high(static_cast<uint64_t>(in[b]), m) >> shift);
+    }
+  } else {
+    const uint64_t d = q.d;
+    for (int64_t b = 0; b < count; ++b) {
+      out[b] = static_cast<int64_t>(static_cast<uint64_t>(in[b]) / d);
+    }
+  }
+}
+
 // A block of one compact feature's (in-range) ids `id_b`: the mixed hash, the probe slots
 // and the tail row of each (the remainder as Divisor::mode says).
-template <int kMode, bool kSlots = true>
+template <int kMode, bool kSlots = true, bool kDivided = false>
 inline void compact_hash(const Heads& heads, const Feature& f, int64_t count,
                          const int64_t* id_b, CompactBlock& blk) {
   const uint32_t slots = static_cast<uint32_t>(heads.slots);  // (<= 2**31: make_heads)
   const uint64_t seed = f.seed_key, d = f.tail.d, m = f.tail.m;
   const int shift = f.tail.k - 64;
   const int64_t tail_offset = f.tail_offset, offset = f.offset;
-  // hashing.MODULO_SEED (whose key alone is 0): the tail row is id mod d, not of the mix
-  // (a blend per id, no branch: the loop still vectorizes)
-  const uint64_t plain = seed == 0 ? ~uint64_t{0} : 0;
+  // hashing.MODULO_SEED (whose key alone is 0): the tail row is id mod d, not of the mix;
+  // a divided tail's (kDivided: its own instance, so that the others' loop is as before)
+  // is (id / quot.d) mod d (a blend per id, no branch: the loop still vectorizes)
+  const uint64_t plain = kDivided || seed == 0 ? ~uint64_t{0} : 0;
+  alignas(64) int64_t quot[kDivided ? kBlock : 1];
+  const int64_t* val_b = id_b;
+  if constexpr (kDivided) {
+    quotients(f.quot, count, id_b, quot);
+    val_b = quot;
+  }
   for (int64_t b = 0; b < count; ++b) {
     const uint64_t x = finalize(static_cast<uint64_t>(id_b[b]) + seed);
     if (kSlots) {
@@ -233,7 +265,7 @@ inline void compact_hash(const Heads& heads, const Feature& f, int64_t count,
       blk.slot[1][b] = (uint64_t{static_cast<uint32_t>(x >> 32)} * slots) >> 32;
       blk.slot[2][b] = (uint64_t{static_cast<uint32_t>(x >> 16)} * slots) >> 32;
     }
-    const uint64_t v = ((x >> 2) & ~plain) | (static_cast<uint64_t>(id_b[b]) & plain);
+    const uint64_t v = ((x >> 2) & ~plain) | (static_cast<uint64_t>(val_b[b]) & plain);
     uint64_t r;
     if (kMode == Divisor::kMask) {
       r = v & (d - 1);
@@ -340,6 +372,16 @@ inline const int16_t* search(const int16_t* lo, const int16_t* hi, const int16_t
 template <bool kSlots>
 inline void hash_block(int mode, const Heads& heads, const Feature& f, int64_t count,
                        const int64_t* id_b, CompactBlock& blk) {
+  if (f.divided) {  // (QR's quotient)
+    if (mode == Divisor::kMultiply) {
+      compact_hash<Divisor::kMultiply, kSlots, true>(heads, f, count, id_b, blk);
+    } else if (mode == Divisor::kMask) {
+      compact_hash<Divisor::kMask, kSlots, true>(heads, f, count, id_b, blk);
+    } else {
+      compact_hash<Divisor::kDivide, kSlots, true>(heads, f, count, id_b, blk);
+    }
+    return;
+  }
   if (mode == Divisor::kMultiply) {
     compact_hash<Divisor::kMultiply, kSlots>(heads, f, count, id_b, blk);
   } else if (mode == Divisor::kMask) {
@@ -737,10 +779,17 @@ torch::Tensor remap_named(const torch::Tensor& ids, c10::IntArrayRef lengths,
       f.tail_offset = t_off_p[j];
       const int64_t rows = t_rows_p[j];
       TORCH_CHECK(rows >= 1, "internal feature ", j, ": tail rows must be >= 1, got ", rows);
-      // (the remainder takes values below 2**62: ids of a MODULO_SEED tail are its value)
-      TORCH_CHECK(f.seed_key != 0 || f.height <= (uint64_t{1} << 62), "internal feature ", j,
-                  ": a modulo tail needs a height of at most 2**62, got ", f.height);
+      // (the remainder takes values below 2**62: ids of a MODULO_SEED tail are its value,
+      // a divided tail's quotients at most them)
+      TORCH_CHECK(seeds_p[j] >= 0 || f.height <= (uint64_t{1} << 62), "internal feature ", j,
+                  ": a modulo or divided tail needs a height of at most 2**62, got ", f.height);
       f.tail.set(static_cast<uint64_t>(rows), lengths[j] >= kReciprocalIds);
+      if (seeds_p[j] < -1) {  // hashing.quotient_seed: -d
+        TORCH_CHECK(seeds_p[j] >= -(int64_t{1} << 62), "internal feature ", j,
+                    ": a divided tail's seed must be at least -2**62, got ", seeds_p[j]);
+        f.divided = true;
+        f.quot.set(static_cast<uint64_t>(-seeds_p[j]), lengths[j] >= kReciprocalIds);
+      }
       if (last_p != nullptr && last_p[j] > 0) {
         const int64_t base = dir_p[j], nb = last_p[j];
         TORCH_CHECK(base >= 0 && base + nb + 1 < blocks.numel(), "internal feature ", j,
