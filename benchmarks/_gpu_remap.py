@@ -74,6 +74,7 @@ class Tables:
                 torch.zeros(num_j, dtype=torch.int64),
                 torch.tensor(rows, dtype=torch.int64),
                 torch.ones(num_j, dtype=torch.bool),
+                torch.zeros(0, dtype=torch.int64),  # no divided tail (QR's quotient)
             )
         ]
         self.mapping = self.mapping[:0]  # no dense mapping left
