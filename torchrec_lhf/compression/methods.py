@@ -39,7 +39,7 @@ Example::
 
     >>> from torchrec_lhf.compression.methods import get_method
     >>> plan = get_method("qr")({"t": 10}, fraction=0.7)
-    >>> plan["t"].heights, plan["t"].combine, plan["t"].mappings[1].tolist()
+    >>> plan["t"].heights, plan["t"].combine, plan["t"].dense_mapping(1).tolist()
     ((2, 5), 'mult', [0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
 """
 
