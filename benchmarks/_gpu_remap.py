@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from torchrec_lhf.hashing import mix_keyed, seed_keys
+from torchrec_lhf.hashing import mix_keyed, seed_keys, tail_divisors
 from torchrec_lhf.modules import compact_kernel, head_table
 from torchrec_lhf.modules.remap_ops import (
     combine_plan,
@@ -27,8 +27,15 @@ class Tables:
     """A learned-hash layout as remap_values takes it: H hash functions per table."""
 
     def __init__(
-        self, heights: list[int], num_hashes: int, device: str, seed: int = 0, compact: bool = False
+        self,
+        heights: list[int],
+        num_hashes: int,
+        device: str,
+        seed: int = 0,
+        compact: bool | str = False,
     ) -> None:
+        """``compact``: head/tail mappings instead of dense; ``"divided"``: every other
+        feature's tail divided (``(id // d) mod rows``, as QR's quotient)."""
         g = torch.Generator().manual_seed(seed)
         self.heights = heights
         self.keys = [f"f{i}" for i in range(len(heights))]
@@ -49,12 +56,17 @@ class Tables:
         )
         self.compact: list[torch.Tensor] = []
         if compact:
-            self._make_compact(pieces, rows, device)
+            self._make_compact(pieces, rows, device, divided=compact == "divided")
 
-    def _make_compact(self, pieces: list[torch.Tensor], rows: list[int], device: str) -> None:
+    def _make_compact(
+        self, pieces: list[torch.Tensor], rows: list[int], device: str, divided: bool
+    ) -> None:
         """Head/tail instead of dense: each internal feature's smallest 10% of ids (the
-        frequent ones of :func:`make_batch`) in the cuckoo table, the others hashed."""
+        frequent ones of :func:`make_batch`) in the cuckoo table, the others hashed (with
+        ``divided``, every other feature's tail divided by ``j + 2``)."""
         seeds_J = torch.arange(len(pieces), dtype=torch.int64) + 11
+        if divided:
+            seeds_J[1::2] = -(torch.arange(1, len(pieces), 2) + 2)  # hashing.quotient_seed
         keys, head_rows, xs = [], [], []
         for j, (piece, offset) in enumerate(zip(pieces, self.offset_J.tolist())):
             ids_K = torch.arange(max(1, piece.numel() // 10))
@@ -74,7 +86,7 @@ class Tables:
                 torch.zeros(num_j, dtype=torch.int64),
                 torch.tensor(rows, dtype=torch.int64),
                 torch.ones(num_j, dtype=torch.bool),
-                torch.zeros(0, dtype=torch.int64),  # no divided tail (QR's quotient)
+                tail_divisors(seeds_J) if divided else torch.zeros(0, dtype=torch.int64),
             )
         ]
         self.mapping = self.mapping[:0]  # no dense mapping left
@@ -190,8 +202,9 @@ def check_operator(device: str) -> dict:
     dense and compact."""
     heights = [min(h, 100_000) for h in CRITEO_HEIGHTS]
     result: dict = {"cpu_kernel_built": compact_kernel.available()}
-    for encoding in ("dense", "compact"):
-        tables = Tables(heights, 1, "cpu", compact=encoding == "compact")
+    encodings = ("dense", "compact", "divided")
+    for encoding in encodings:
+        tables = Tables(heights, 1, "cpu", compact=encoding != "dense" and encoding)
         batch = make_batch(heights, 512, 0, weighted=False, device="cpu")
         length_J = batch["lengths"].view(len(heights), -1).sum(1).tolist()
         t = compact_kernel._tables(tables.mapping, tables.compact)
@@ -214,7 +227,7 @@ def check_operator(device: str) -> dict:
                 device,
             ),
         }
-    result["ok"] = all(result[e]["equal"] and result[e]["bags_equal"] for e in ("dense", "compact"))
+    result["ok"] = all(result[e]["equal"] and result[e]["bags_equal"] for e in encodings)
     return result
 
 

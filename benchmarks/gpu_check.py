@@ -10,7 +10,8 @@ Steps:
 
 * ``sync``: the remap (one-hot, multi-hot, weighted, two hashes, an uneven layout with
   per-key lengths given, a compact head/tail layout; where the keys are the features in
-  order, also the serving wrapper's remap of a request, ``request_rows``) and the combine
+  order, also the serving wrapper's remap of a request, ``request_rows``; a layout with
+  divided tails, as QR's quotient) and the combine
   (sum, concat; forward and backward) under ``torch.cuda.set_sync_debug_mode("error")``,
   which raises on any host-device sync;
 * ``remap``: seconds per batch of the remap of a Criteo-sized batch (26 features, ids
@@ -19,7 +20,8 @@ Steps:
   rows by a plain lookup (``torch.nn.functional.embedding_bag`` of the internal rows);
 * ``combine``: seconds per batch of the two-hash combine (sum and concat);
 * ``operator``: the serving operator ``torchrec_lhf::fused_remap`` (its torch-ops fallback
-  on CUDA) gives the rows the CPU gives (the C++ kernel where this machine builds it);
+  on CUDA) gives the rows the CPU gives (the C++ kernel where this machine builds it),
+  dense, compact and with divided tails;
 * ``remap_profile``: kernels launched per remap of a 4,096 batch (dense and compact,
   pooling 4) and the five costliest, from ``torch.profiler``: where the time goes when the
   remap is launch-bound;
@@ -78,8 +80,10 @@ def check_sync(device: str) -> dict:
         ("two_hash", 2, 0, True, False),
         ("uneven_with_length_per_key", 1, 0, False, "drop"),
         ("compact_multi_hot", 1, 0, False, "compact"),
+        ("divided_multi_hot", 1, 0, False, "divided"),  # QR's quotient: a division per id
     ]:
-        tables = Tables(heights, num_hashes, device, compact=reorder == "compact")
+        compact = reorder if reorder in ("compact", "divided") else False
+        tables = Tables(heights, num_hashes, device, compact=compact)
         batch = make_batch(heights, 64, pooling, weighted=weighted, device=device)
         if reorder == "drop":
             tables.drop_first()

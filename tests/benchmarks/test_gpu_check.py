@@ -22,7 +22,9 @@ def test_cpu_dry_run_passes_every_step() -> None:
     assert result["sync"]["ok"], result["sync"]
     assert set(result["sync"]["cases"]) >= {"one_hot", "multi_hot", "weighted", "two_hash"}
     assert result["sync"]["cases"]["compact_multi_hot"] == "ok"
+    assert result["sync"]["cases"]["divided_multi_hot"] == "ok"
     assert result["operator"]["ok"], result["operator"]
+    assert result["operator"]["divided"]["equal"] and result["operator"]["divided"]["ids"] > 0
     remap = result["remap_batch_64"]
     assert remap["dense_pooling_4"]["ids"] == remap["compact_pooling_4"]["ids"] == 26 * 64 * 4
     for encoding in ("dense", "compact"):
