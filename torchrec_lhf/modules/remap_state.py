@@ -32,8 +32,9 @@ def heads_from_state(
     error_msgs: list[str],
 ) -> None:
     """Load-state-dict pre-hook: rebuild the heads' lookup forms (cuckoo table, ranked
-    blocks) and the tails' divisors from the incoming sorted heads and seeds (and take them out of ``state_dict``: they are
-    no buffer)."""
+    blocks) from the incoming sorted heads (and take them out of ``state_dict``: they are
+    no buffer), and the tails' divisors and the heads' table from incoming tail seeds that
+    differ from the module's (the table is probed at slots of the seeds' mix)."""
     seed_J = state_dict.get(f"{prefix}tail_seed_J")
     new_seeds = (
         isinstance(seed_J, torch.Tensor)
