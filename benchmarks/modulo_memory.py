@@ -1,5 +1,5 @@
-"""Memory of the hashing trick's (and QR's) remap at the Criteo 1TB heights: computed
-against dense.
+"""Memory of the hashing trick's (and QR's, and MEM-REC's) remap at the Criteo 1TB
+heights: computed against dense.
 
 The hashing trick (``modulo``) maps id ``i`` to row ``i mod M``. Its plan held that as a
 dense int32 row per id (``dense``, the baseline: the representation before 2026-12-04),
@@ -9,7 +9,11 @@ each table an empty head and a :data:`~torchrec_lhf.hashing.MODULO_SEED` tail
 (``computed``): nothing per id. QR (``--method qr``) maps ``i`` to ``(i mod m, i // m)``;
 its remainder has been computed so since that change, its quotient was dense (the
 baseline) until the divided tails (:func:`~torchrec_lhf.hashing.quotient_seed`) computed
-it too. Each representation is built in a process of its own (the
+it too. MEM-REC (``--method memrec``) held each of its three hashes (two token tables and
+the weight table) as a dense random permutation ``mod M_h`` until they became seeded
+hashes computed from the id (:func:`~torchrec_lhf.compression.methods.hashed_mapping`);
+its baseline holds the same rows dense, int32 as before (the old plan drew a permutation
+instead, a different draw of rows at the same bytes). Each representation is built in a process of its own (the
 plan, then the learned-hash collection over it with its tables on the meta device, so that
 only the remap is allocated) and reports the plan's stored remap bytes, the module's remap
 buffers and the resident-set peak above the process's before the build (``VmHWM``, reset
@@ -20,7 +24,7 @@ Linux only (``/proc/self/status``, ``/proc/self/clear_refs``).
 
 Usage::
 
-    python -m benchmarks.modulo_memory --json [--method modulo|qr] [--fraction 0.01] [--scale 1.0]
+    python -m benchmarks.modulo_memory --json [--method modulo|qr|memrec] [--fraction 0.01] [--scale 1.0]
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from torchrec_lhf.cli import unit_fraction
 
 FLOWS = ("computed", "dense")
 # the hash functions each method's plan held dense before they were computed (the baseline)
-DENSE_BEFORE = {"modulo": (0,), "qr": (1,)}
+DENSE_BEFORE = {"modulo": (0,), "qr": (1,), "memrec": (0, 1, 2)}
 
 
 def _heights(scale: float) -> dict[str, int]:

@@ -10,8 +10,10 @@ from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
 
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
 from torchrec_lhf.compression.baselines import modulo_plan
-from torchrec_lhf.compression.methods import balanced_hash, make_plan
+from torchrec_lhf.compression.methods import hash_seed, hashed_mapping, make_plan
 from torchrec_lhf.hash_build.plan_builder import build_plan
+from torchrec_lhf.hashing import tail_hash
+from torchrec_lhf.plan_compact import CompactMapping, ranked_bytes
 
 
 def _rows(plan: HashPlan, name: str = "t") -> list[list[int]]:
@@ -86,9 +88,38 @@ def test_fbdh_by_hand() -> None:
     map0, map1 = _rows(plan)
     assert [map0[i] for i in (1, 3, 7, 8)] == [0, 1, 2, 3]
     assert [map1[i] for i in (1, 3, 7, 8)] == [1, 1, 1, 1]  # the frequent ids' shared bias row
-    rest = [0, 2, 4, 5, 6, 9]
-    assert sorted(map0[i] for i in rest) == [4, 4, 4, 5, 5, 5]  # balanced over rows 4..5
-    assert [map1[i] for i in rest] == [0] * 6
+    rest = torch.tensor([0, 2, 4, 5, 6, 9])
+    # the others: hashed from the id into rows 4..5 of table 0 and row 0 of table 1
+    hashed = 4 + tail_hash(rest, hash_seed(0, "fbdh/t/0"), 2)
+    assert [map0[i] for i in rest.tolist()] == hashed.tolist()
+    assert [map1[i] for i in rest.tolist()] == [0] * 6
+
+
+def test_fbdh_stores_only_its_frequent_ids() -> None:
+    plan = make_plan("fbdh", {"t": 10}, fraction=0.8, counts={"t": COUNTS})
+    m0, m1 = plan["t"].mappings
+    assert isinstance(m0, CompactMapping) and isinstance(m1, CompactMapping)
+    assert m0.head_ids.tolist() == m1.head_ids.tolist() == [1, 3, 7, 8]
+    assert (m0.tail_offset, m0.tail_rows, m1.tail_offset, m1.tail_rows) == (4, 2, 0, 1)
+    assert m0.ranked(10) and not m1.ranked(10)  # table 0's rows are the ids' ranks
+    # table 0's ranked head + table 1's ids (int32) and bias rows (int16); nothing per other id
+    assert plan.remap_bytes() == ranked_bytes(4, 10) + 4 * (4 + 2)
+    # the hashing trick's size of table: a head of K ids costs the same at any height
+    big = make_plan("fbdh", {"t": 10**6}, fraction=1e-3, counts={"t": torch.arange(10**6)})
+    k = big["t"].mappings[0].num_head
+    assert k == 500 and big.remap_bytes() == ranked_bytes(k, 10**6) + k * 6
+
+
+def test_fbdh_every_id_frequent_and_plain_double_hashing() -> None:
+    # retain = 1, R = N: every id gets its own row (no hashed part; the tails are never read)
+    counts = {"t": torch.tensor([3, 1, 4, 1])}
+    full = make_plan("fbdh", {"t": 4}, fraction=1.0, counts=counts, retain=1.0)
+    assert full["t"].heights == (4, 1) and _rows(full) == [[0, 1, 2, 3], [0, 0, 0, 0]]
+    # retain = 0: two independent hashes, no head, nothing stored
+    plain = make_plan("fbdh", {"t": 1000}, fraction=0.1, retain=0)
+    assert plain["t"].heights == (50, 50) and plain.remap_bytes() == 0
+    assert all(m.num_head == 0 for m in plain["t"].mappings)
+    assert _rows(plain)[0] != _rows(plain)[1]
 
 
 def test_fbdh_frequent_ids_unique_and_budget_on_a_larger_table() -> None:
@@ -98,14 +129,17 @@ def test_fbdh_frequent_ids_unique_and_budget_on_a_larger_table() -> None:
     t = plan["t"]
     assert t.num_rows == 100  # K = 30, bias 1, hashed 69 = 35 + 34
     assert t.heights == (30 + 35, 34 + 1)
+    map0, map1 = t.dense_mapping(0), t.dense_mapping(1)
     top = torch.argsort(counts, descending=True)[:30]
-    assert t.mappings[0][top].tolist() == list(range(30))
-    assert (t.mappings[1][top] == 34).all()
+    assert map0[top.sort().values].tolist() == list(range(30))  # a row each, in id order
+    assert (map1[top] == 34).all()
     others = torch.ones(n, dtype=torch.bool)
     others[top] = False
-    assert (t.mappings[0][others] >= 30).all() and (t.mappings[1][others] < 34).all()
+    assert (map0[others] >= 30).all() and (map1[others] < 34).all()
+    # every hashed row is used (970 ids into 35 and 34 rows)
+    assert map0[others].unique().numel() == 35 and map1[others].unique().numel() == 34
     # the two hashes are independent: the pairs almost never collide (69 rows, 970 ids, 1190 pairs)
-    pairs = t.mappings[0][others].long() * 35 + t.mappings[1][others].long()
+    pairs = map0[others].long() * 35 + map1[others].long()
     assert pairs.unique().numel() > 500
 
 
@@ -131,9 +165,22 @@ def test_memrec_budget_and_layout() -> None:
     t = plan["t"]  # R = 20: weight 5, tokens 15 = 5 + 5 + 5
     assert t.heights == (5, 5, 5, 5) and t.combine == "scaled_sum" and t.num_hashes == 4
     assert plan["u"].heights == (2, 2, 2, 2)  # R = 8: weight 2, tokens 6
-    for m, h in zip(t.mappings, t.heights):
-        assert torch.bincount(m.long(), minlength=h).tolist() == [100 // h] * h  # balanced
-    assert len({tuple(m.tolist()) for m in t.mappings}) == 4  # independent hashes
+    ids = torch.arange(100)
+    roles = ["token0", "token1", "token2", "weight"]
+    for h, (role, m) in enumerate(zip(roles, t.heights)):
+        expected = tail_hash(ids, hash_seed(0, f"memrec/t/{role}"), m)
+        assert t.dense_mapping(h).tolist() == expected.tolist()  # computed from the id
+        assert torch.bincount(expected, minlength=m).min() > 0  # every row used
+    assert len({tuple(t.dense_mapping(h).tolist()) for h in range(4)}) == 4  # independent
+    assert plan.remap_bytes() == 0
+
+
+def test_memrec_stores_nothing_per_id_at_any_height() -> None:
+    # the Criteo 1TB's largest table: nothing of size N is built or stored
+    plan = make_plan("memrec", {"t": 40_000_000}, fraction=0.01, seed=3)
+    assert plan["t"].heights == (150_000, 150_000, 100_000)
+    assert all(m.num_head == 0 for m in plan["t"].mappings) and plan.remap_bytes() == 0
+    assert plan["t"].mappings[2].tail_seed == hash_seed(3, "memrec/t/weight")
 
 
 def test_memrec_combine_by_hand() -> None:
@@ -209,12 +256,13 @@ def test_plans_save_and_load(tmp_path) -> None:
     assert loaded == plan and loaded.metadata["method"] == "memrec"
 
 
-def test_balanced_hash() -> None:
-    h = balanced_hash(10, 3, seed=0, key="x")
-    assert sorted(torch.bincount(h).tolist()) == [3, 3, 4]
-    assert torch.equal(h, balanced_hash(10, 3, seed=0, key="x"))
-    assert not torch.equal(
-        balanced_hash(100, 10, seed=0, key="x"), balanced_hash(100, 10, seed=0, key="y")
-    )
-    with pytest.raises(ValueError, match="rows must be >= 1, got 0"):
-        balanced_hash(10, 0, seed=0, key="x")
+def test_hashed_mapping() -> None:
+    m = hashed_mapping(6, seed=1, key="x", head_ids=torch.tensor([2, 5]),
+                       head_rows=torch.tensor([0, 1]), tail_offset=2)  # fmt: skip
+    ids = torch.arange(10)
+    rows = m.rows(ids)
+    assert rows[[2, 5]].tolist() == [0, 1]
+    others = torch.tensor([0, 1, 3, 4, 6, 7, 8, 9])
+    assert rows[others].tolist() == (2 + tail_hash(others, hash_seed(1, "x"), 4)).tolist()
+    assert hash_seed(1, "x") != hash_seed(1, "y") and hash_seed(1, "x") != hash_seed(2, "x")
+    assert m.head_rows.dtype == torch.int16 and m.nbytes(10) == 2 * (4 + 2)

@@ -31,9 +31,11 @@ Built-in methods (see each function for how it splits ``R``):
 ``mlet`` (narrower tables, :mod:`torchrec_lhf.modules.mlet`) and ``mch`` (TorchRec's
 managed collisions) change the model, not the plan, so they are not registered here.
 
-Hashed methods use a seeded balanced random hash: a random permutation of the ids (seeded by
-``seed``, the table name and the hash's role), then ``mod M``, so every row gets
-``floor(N / M)`` or ``ceil(N / M)`` ids and two hashes of a table are independent.
+Hashed methods (``fbdh``'s and ``memrec``'s) use a seeded hash computed from the id
+(:func:`hashed_mapping`: :func:`~torchrec_lhf.hashing.tail_hash`, seeded by ``seed``, the
+table name and the hash's role), so two hashes of a table are independent and nothing is
+stored per hashed id: a plan of ``memrec`` stores nothing per id at all, one of ``fbdh``
+only its frequent ids (see :func:`fbdh_plan`), as the ``modulo`` and ``qr`` plans.
 
 Example::
 
@@ -66,11 +68,11 @@ from torchrec_lhf.compression.registry import (
     register_method,
 )
 from torchrec_lhf.plan import HashPlan, TableHash
-from torchrec_lhf.plan_compact import row_dtype
+from torchrec_lhf.plan_compact import CompactMapping, row_dtype
 
 __all__ = [
     "MethodFn",
-    "balanced_hash",
+    "hashed_mapping",
     "fbdh_plan",
     "get_method",
     "lhf_plan",
@@ -155,13 +157,17 @@ def fbdh_plan(
     """Frequency-based double hashing: the most frequent ids get their own rows.
 
     Budget ``R`` split: ``K = round(retain * R)`` rows for the ``K`` most frequent ids
-    (by ``counts``, ties to the lower id), in internal table 0 (rows ``0..K-1``, by
-    decreasing count); one bias row; and the remaining ``R - K - 1`` rows split evenly over
-    two hashed parts. Every other id is hashed into rows ``K..K+M_0-1`` of table 0 and,
-    independently, into rows ``0..M_1-1`` of table 1; the two are summed (``H = 2``,
-    ``combine="sum"``). A frequent id's hash into table 1 is the dedicated last row ``M_1``,
-    which so acts as a bias shared by all frequent ids. ``K`` shrinks if needed to leave one
-    row per hashed part; ``retain=0`` is plain double hashing (no counts needed).
+    (by ``counts``, ties to the lower id), in internal table 0 (rows ``0..K-1``, in id
+    order); one bias row; and the remaining ``R - K - 1`` rows split evenly over two hashed
+    parts. Every other id is hashed into rows ``K..K+M_0-1`` of table 0 and, independently,
+    into rows ``0..M_1-1`` of table 1; the two are summed (``H = 2``, ``combine="sum"``). A
+    frequent id's row in table 1 is the dedicated last row ``M_1``, which so acts as a bias
+    shared by all frequent ids. ``K`` shrinks if needed to leave one row per hashed part;
+    ``retain=0`` is plain double hashing (no counts needed).
+
+    Both hash functions are compact (:func:`hashed_mapping`): the frequent ids are their
+    head, the others a computed tail, so the plan stores the ``K`` ids twice (table 0's
+    held ranked, 2 bytes an id; table 1's with their bias row) and nothing per other id.
 
     Args:
         counts: table name -> access counts, shape ``(N,)``; required when ``retain > 0``.
@@ -188,17 +194,18 @@ def fbdh_plan(
         rest = n - k
         hashed = max(2, rows - k - bias) if rest else 0
         m0, m1 = min(rest, -(-hashed // 2)), min(rest, hashed // 2)
-        map0_N = torch.empty(n, dtype=torch.int64)
-        map1_N = torch.empty(n, dtype=torch.int64)
-        map0_N[order_N[:k]] = torch.arange(k)
-        map1_N[order_N[:k]] = m1
-        if rest:
-            map0_N[order_N[k:]] = k + balanced_hash(rest, m0, seed=seed, key=f"fbdh/{name}/0")
-            map1_N[order_N[k:]] = balanced_hash(rest, m1, seed=seed, key=f"fbdh/{name}/1")
         heights = (k + m0, m1 + bias)
-        tables.append(
-            TableHash(name, n, (map0_N.to(torch.int32), map1_N.to(torch.int32)), heights, "sum")
-        )
+        top_K = order_N[:k].sort().values
+        # all ids frequent (rest = 0): the tails are never read; any region in the table
+        map0 = hashed_mapping(
+            heights[0], seed=seed, key=f"fbdh/{name}/0", head_ids=top_K,
+            head_rows=torch.arange(k), tail_offset=k if rest else 0,
+        )  # fmt: skip
+        map1 = hashed_mapping(
+            heights[1], seed=seed, key=f"fbdh/{name}/1", head_ids=top_K,
+            head_rows=torch.full((k,), m1), tail_rows=max(m1, 1),
+        )  # fmt: skip
+        tables.append(TableHash(name, n, (map0, map1), heights, "sum"))
     return HashPlan(tables, metadata={"retain": retain})
 
 
@@ -242,7 +249,7 @@ def memrec_plan(
         ]
         roles = [f"token{j}" for j in range(num_token_hashes)] + ["weight"]
         mappings = tuple(
-            balanced_hash(n, m, seed=seed, key=f"memrec/{name}/{role}").to(torch.int32)
+            hashed_mapping(m, seed=seed, key=f"memrec/{name}/{role}")
             for m, role in zip(heights, roles)
         )
         tables.append(TableHash(name, n, mappings, tuple(heights), "scaled_sum"))
@@ -314,19 +321,50 @@ def lhf_plan(
 
 
 # ------------------------------------------------------------------------- helpers
-def balanced_hash(num_ids: int, rows: int, *, seed: int, key: str) -> torch.Tensor:
-    """A seeded balanced random hash of ``0..num_ids-1`` into ``[0, rows)``.
+def hash_seed(seed: int, key: str) -> int:
+    """The tail seed of a method's hash: ``crc32`` of ``"{seed}/{key}"``, in ``[0, 2**32)``
+    (stable across runs and processes; independent for different keys)."""
+    return zlib.crc32(f"{seed}/{key}".encode())
 
-    A random permutation (seeded by ``seed`` and ``key``) followed by ``mod rows``: every
-    row gets ``floor`` or ``ceil`` of ``num_ids / rows`` ids; different keys are independent.
 
-    Returns:
-        int64 tensor of shape ``(num_ids,)``.
+def hashed_mapping(
+    height: int,
+    *,
+    seed: int,
+    key: str,
+    head_ids: torch.Tensor | None = None,
+    head_rows: torch.Tensor | None = None,
+    tail_offset: int = 0,
+    tail_rows: int | None = None,
+) -> CompactMapping:
+    """A seeded hash into rows ``[tail_offset, tail_offset + tail_rows)`` of an internal
+    table of ``height`` rows, computed from the id (:func:`~torchrec_lhf.hashing.tail_hash`,
+    seed :func:`hash_seed`), except for the ids of an optional head, which go to their
+    ``head_rows``. It stores nothing per hashed id.
+
+    Args:
+        height: the internal table's rows ``M_h``.
+        seed, key: the method's seed and the hash's role (e.g. ``"memrec/t/token0"``).
+        head_ids: sorted unique raw ids, shape ``(K,)`` (default none).
+        head_rows: their rows in ``[0, height)``, shape ``(K,)``.
+        tail_rows: the tail region's rows (default ``height - tail_offset``).
+
+    Example::
+
+        >>> m = hashed_mapping(4, seed=0, key="memrec/t/weight")
+        >>> m.num_head, m.tail_rows, m.nbytes(10**9)
+        (0, 4, 0)
     """
-    if rows < 1:
-        raise ValueError(f"balanced_hash: rows must be >= 1, got {rows}")
-    g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{key}".encode()))
-    return torch.randperm(num_ids, generator=g) % rows
+    empty = torch.zeros(0, dtype=torch.int64)
+    ids_K = empty if head_ids is None else head_ids.to(torch.int64)
+    rows_K = empty if head_rows is None else head_rows
+    return CompactMapping(
+        ids_K,
+        rows_K.to(row_dtype(height)),
+        tail_seed=hash_seed(seed, key),
+        tail_offset=tail_offset,
+        tail_rows=height - tail_offset if tail_rows is None else tail_rows,
+    )
 
 
 def _planned(num_embeddings: Mapping[str, int], min_table_rows: int) -> list[tuple[str, int]]:
@@ -342,23 +380,10 @@ def _planned(num_embeddings: Mapping[str, int], min_table_rows: int) -> list[tup
     return kept
 
 
-def _fbdh_index(table: TableHash) -> int:
-    """fbdh's stored index: its ``K`` frequent ids and their rows (sorted ids, int32, and
-    rows at their width); the other ids are hashed. The frequent ids are those on table 1's
-    bias row (its last) whose table-0 rows all precede the hashed ids' (``K = 0``: none)."""
-    last_N = table.dense_mapping(1) == table.heights[1] - 1
-    rows0_N = table.dense_mapping(0)
-    if not bool(last_N.any()) or bool(last_N.all()):
-        return 0
-    if int(rows0_N[last_N].max()) >= int(rows0_N[~last_N].min()):
-        return 0  # no bias row: retain=0
-    return int(last_N.sum()) * (4 + row_dtype(table.heights[0]).itemsize)
-
-
 register_method("none", none_plan)
 register_method("modulo", _modulo, stored_index=computed_from_the_id)
 register_method("qr", qr_plan, stored_index=computed_from_the_id)
-register_method("fbdh", fbdh_plan, stored_index=_fbdh_index)
+register_method("fbdh", fbdh_plan)  # its stored heads: what the plan stores
 register_method("memrec", memrec_plan, stored_index=computed_from_the_id)
 register_method("lhf", lhf_plan)
 register_method("cce", cce_plan)
