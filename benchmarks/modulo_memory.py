@@ -34,6 +34,7 @@ import json
 import platform
 import subprocess
 import sys
+from typing import Any
 
 import torch
 
@@ -51,11 +52,29 @@ def _heights(scale: float) -> dict[str, int]:
     return {f"t{i}": max(1, round(n * scale)) for i, n in enumerate(MLPERF_NUM_EMBEDDINGS)}
 
 
+def dense_plan(plan: Any, hashes: tuple[int, ...]) -> Any:
+    """``plan`` with hash functions ``hashes`` of every table held dense (a row per id,
+    int32): the same rows, stored as before they were computed."""
+    from torchrec_lhf import HashPlan, TableHash
+
+    tables = [
+        TableHash(
+            t.name,
+            t.num_embeddings,
+            tuple(t.dense_mapping(h) if h in hashes else m for h, m in enumerate(t.mappings)),
+            t.heights,
+            t.combine,
+        )
+        for t in plan
+    ]
+    return HashPlan(tables, metadata=plan.metadata)
+
+
 def measure_one(flow: str, method: str, fraction: float, scale: float) -> dict:
     """Build the method's plan and collection one way, in this process."""
     from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
 
-    from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
+    from torchrec_lhf import LearnedHashEmbeddingBagCollection
     from torchrec_lhf.compression.methods import get_method
 
     heights = _heights(scale)
@@ -64,22 +83,7 @@ def measure_one(flow: str, method: str, fraction: float, scale: float) -> dict:
     before = _proc_status_kib("VmRSS") * 1024
     plan = get_method(method)(heights, fraction=fraction)
     if flow == "dense":  # the old representation: every id's row, int32
-        dense = DENSE_BEFORE[method]
-        plan = HashPlan(
-            [
-                TableHash(
-                    t.name,
-                    t.num_embeddings,
-                    tuple(
-                        t.dense_mapping(h) if h in dense else m for h, m in enumerate(t.mappings)
-                    ),
-                    t.heights,
-                    t.combine,
-                )
-                for t in plan
-            ],
-            metadata=plan.metadata,
-        )
+        plan = dense_plan(plan, DENSE_BEFORE[method])
     tables = [
         EmbeddingBagConfig(name=t, embedding_dim=16, num_embeddings=n, feature_names=[f"f_{t}"])
         for t, n in heights.items()
