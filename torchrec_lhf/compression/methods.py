@@ -72,9 +72,10 @@ from torchrec_lhf.plan_compact import CompactMapping, row_dtype
 
 __all__ = [
     "MethodFn",
-    "hashed_mapping",
     "fbdh_plan",
     "get_method",
+    "hash_seed",
+    "hashed_mapping",
     "lhf_plan",
     "list_methods",
     "make_plan",
