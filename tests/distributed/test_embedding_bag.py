@@ -18,7 +18,7 @@ from tests._fixtures import placement, shard_on_cpu, three_tables, two_hash_plan
 from tests._multiprocess import run_multiprocess
 from tests.modules._host_reads import host_reads
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
-from torchrec_lhf.compression.methods import qr_plan
+from torchrec_lhf.compression.methods import fbdh_plan, memrec_plan, qr_plan
 from torchrec_lhf.distributed.embedding_bag import (
     TESTED_SHARDING_TYPES,
     LearnedHashEmbeddingBagCollectionSharder,
@@ -66,6 +66,13 @@ def _sharded_vs_unsharded(
     if encoding == "computed":  # QR: id mod m and id // m computed from the id (divided tail)
         plan = qr_plan({"t0": 40, "t1": 30}, fraction=0.4, combine=combine)
         assert _all_divided(plan)
+    elif encoding == "memrec":  # three seeded hashes computed from the id, scaled_sum
+        plan = memrec_plan({"t0": 40, "t1": 30}, fraction=0.3, seed=3)
+        assert plan.remap_bytes() == 0 and plan["t0"].combine == "scaled_sum"
+    elif encoding == "fbdh":  # frequent ids as heads (table 0's ranked), hashed tails
+        counts = {"t0": torch.arange(40) % 7, "t1": torch.arange(30) % 5}
+        plan = fbdh_plan({"t0": 40, "t1": 30}, fraction=0.5, counts=counts, seed=3)
+        assert plan["t0"].mappings[0].ranked(40) and plan["t0"].mappings[1].tail_offset == 0
     elif encoding == "compact":  # every hash function compact (head/tail)
         plan = to_compact(plan)
     elif encoding == "ranked":  # every head's rows its ranks: held ranked (head_rank)
@@ -73,7 +80,7 @@ def _sharded_vs_unsharded(
     reference = LearnedHashEmbeddingBagCollection(
         tables=three_tables(), plan=plan, is_weighted=weighted
     )
-    assert reference.remap.has_ranked == (encoding == "ranked")
+    assert reference.remap.has_ranked == (encoding in ("ranked", "fbdh"))
     model = sharded_copy(reference, plan, sharding_type, world_size)
 
     batches = [_batch(seed, weighted) for seed in range(world_size)]
@@ -175,6 +182,8 @@ def _concat(batches: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:
         ("ranked", False),
         ("compact", True),
         ("computed", False),
+        ("memrec", False),
+        ("fbdh", True),
     ],
 )
 @pytest.mark.parametrize("sharding_type", TESTED_SHARDING_TYPES)
