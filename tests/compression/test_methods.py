@@ -249,11 +249,16 @@ def test_budget_is_honest(method: str, fraction: float) -> None:
     json.dumps(plan.metadata)  # HashPlan.save writes it into the file's manifest
 
 
-def test_plans_save_and_load(tmp_path) -> None:
-    plan = make_plan("memrec", {"t": 50}, fraction=0.2, seed=4)
+@pytest.mark.parametrize("method", ["memrec", "fbdh"])
+def test_plans_save_and_load(tmp_path, method: str) -> None:
+    counts = {"t": torch.arange(50) % 9}
+    plan = make_plan(method, {"t": 50}, fraction=0.2, seed=4, counts=counts)
     plan.save(tmp_path / "p.safetensors")
     loaded = HashPlan.load(tmp_path / "p.safetensors")
-    assert loaded == plan and loaded.metadata["method"] == "memrec"
+    assert loaded == plan and loaded.metadata["method"] == method
+    for h in range(plan["t"].num_hashes):  # the same rows, computed from the loaded seeds
+        assert torch.equal(loaded["t"].dense_mapping(h), plan["t"].dense_mapping(h))
+    assert [m.tail_seed for m in loaded["t"].mappings] == [m.tail_seed for m in plan["t"].mappings]
 
 
 def test_hashed_mapping() -> None:
