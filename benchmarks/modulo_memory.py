@@ -13,9 +13,9 @@ it too. MEM-REC (``--method memrec``) held each of its three hashes (two token t
 the weight table) as a dense random permutation ``mod M_h`` until they became seeded
 hashes computed from the id (:func:`~torchrec_lhf.compression.methods.hashed_mapping`);
 its baseline holds the same rows dense, int32 as before (the old plan drew a permutation
-instead, a different draw of rows at the same bytes). Each representation is built in a process of its own (the
-plan, then the learned-hash collection over it with its tables on the meta device, so that
-only the remap is allocated) and reports the plan's stored remap bytes, the module's remap
+instead, a different draw of rows at the same bytes). Each representation is built in a
+process of its own (the plan, then the learned-hash collection over it with its tables on
+the meta device, so that only the remap is allocated) and reports the plan's stored remap bytes, the module's remap
 buffers and the resident-set peak above the process's before the build (``VmHWM``, reset
 by ``/proc/self/clear_refs`` first), plus
 the rows of a sample batch, which must agree.
