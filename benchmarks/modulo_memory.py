@@ -11,7 +11,7 @@ its remainder has been computed so since that change, its quotient was dense (th
 baseline) until the divided tails (:func:`~torchrec_lhf.hashing.quotient_seed`) computed
 it too. MEM-REC (``--method memrec``) held each of its three hashes (two token tables and
 the weight table) as a dense random permutation ``mod M_h`` until they became seeded
-hashes computed from the id (:func:`~torchrec_lhf.compression.methods.hashed_mapping`);
+hashes computed from the id (:func:`~torchrec_lhf.compression.baselines.computed_mapping`);
 its baseline holds the same rows dense, int32 as before (the old plan drew a permutation
 instead, a different draw of rows at the same bytes). Each representation is built in a
 process of its own (the plan, then the learned-hash collection over it with its tables on

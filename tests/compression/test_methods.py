@@ -9,8 +9,8 @@ import torch
 from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
 
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
-from torchrec_lhf.compression.baselines import modulo_plan
-from torchrec_lhf.compression.methods import hash_seed, hashed_mapping, make_plan
+from torchrec_lhf.compression.baselines import computed_mapping, modulo_plan
+from torchrec_lhf.compression.methods import fbdh_plan, hash_seed, make_plan
 from torchrec_lhf.hash_build.plan_builder import build_plan
 from torchrec_lhf.hashing import tail_hash
 from torchrec_lhf.plan_compact import CompactMapping, ranked_bytes
@@ -148,6 +148,10 @@ def test_fbdh_needs_counts_and_a_good_retain() -> None:
         make_plan("fbdh", {"t": 10}, fraction=0.5)
     with pytest.raises(ValueError, match="retain must be in \\[0, 1\\], got 1.5"):
         make_plan("fbdh", {"t": 10}, fraction=0.5, counts={"t": COUNTS}, retain=1.5)
+    # counts of another shape, also where fbdh_plan is called without make_plan's checks
+    bad = r"counts of table 't' must have shape \(10,\), got shape \(9,\)"
+    with pytest.raises(ValueError, match=bad):
+        fbdh_plan({"t": 10}, fraction=0.5, counts={"t": COUNTS[:9]})
     plan = make_plan("fbdh", {"t": 10}, fraction=0.4, retain=0)  # plain double hashing
     assert plan["t"].heights == (2, 2)
 
@@ -261,13 +265,10 @@ def test_plans_save_and_load(tmp_path, method: str) -> None:
     assert [m.tail_seed for m in loaded["t"].mappings] == [m.tail_seed for m in plan["t"].mappings]
 
 
-def test_hashed_mapping() -> None:
-    m = hashed_mapping(6, seed=1, key="x", head_ids=torch.tensor([2, 5]),
-                       head_rows=torch.tensor([0, 1]), tail_offset=2)  # fmt: skip
+def test_computed_mapping_and_hash_seed() -> None:
+    m = computed_mapping(4, hash_seed(1, "x"))
     ids = torch.arange(10)
-    rows = m.rows(ids)
-    assert rows[[2, 5]].tolist() == [0, 1]
-    others = torch.tensor([0, 1, 3, 4, 6, 7, 8, 9])
-    assert rows[others].tolist() == (2 + tail_hash(others, hash_seed(1, "x"), 4)).tolist()
+    assert m.num_head == 0 and m.nbytes(10**9) == 0 and m.head_rows.dtype == torch.int16
+    assert m.rows(ids).tolist() == tail_hash(ids, hash_seed(1, "x"), 4).tolist()
     assert hash_seed(1, "x") != hash_seed(1, "y") and hash_seed(1, "x") != hash_seed(2, "x")
-    assert m.head_rows.dtype == torch.int16 and m.nbytes(10) == 2 * (4 + 2)
+    assert 0 <= hash_seed(1, "x") < 2**32

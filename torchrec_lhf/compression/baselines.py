@@ -75,31 +75,33 @@ def modulo_plan(
     )
 
 
+def computed_mapping(rows: int, tail_seed: int) -> CompactMapping:
+    """A hash function computed from the id, stored as nothing per id: an empty head and a
+    tail over all ``rows`` rows of seed ``tail_seed``
+    (:func:`~torchrec_lhf.hashing.tail_hash`: a seeded mixed hash for a seed in
+    ``[0, 2**62)``, a divided or modulo tail for a negative one)."""
+    return CompactMapping(
+        torch.zeros(0, dtype=torch.int64),
+        torch.zeros(0, dtype=row_dtype(rows)),
+        tail_seed=tail_seed,
+        tail_offset=0,
+        tail_rows=rows,
+    )
+
+
 def modulo_mapping(rows: int) -> CompactMapping:
     """``id mod rows`` as a mapping that stores nothing per id: an empty head and a
     :data:`~torchrec_lhf.hashing.MODULO_SEED` tail over all ``rows`` (the module computes
     it from the id, where a dense mapping held ``N`` rows on every rank: 816 MB at the
     Criteo 1TB heights)."""
-    return CompactMapping(
-        torch.zeros(0, dtype=torch.int64),
-        torch.zeros(0, dtype=row_dtype(rows)),
-        tail_seed=MODULO_SEED,
-        tail_offset=0,
-        tail_rows=rows,
-    )
+    return computed_mapping(rows, MODULO_SEED)
 
 
 def quotient_mapping(divisor: int, rows: int) -> CompactMapping:
     """``id // divisor`` over ``rows`` rows (QR's quotient: ``rows = ceil(N / divisor)``)
     as a mapping that stores nothing per id: an empty head and a divided tail
     (:func:`~torchrec_lhf.hashing.quotient_seed`), ``(id // divisor) mod rows``."""
-    return CompactMapping(
-        torch.zeros(0, dtype=torch.int64),
-        torch.zeros(0, dtype=row_dtype(rows)),
-        tail_seed=quotient_seed(divisor),
-        tail_offset=0,
-        tail_rows=rows,
-    )
+    return computed_mapping(rows, quotient_seed(divisor))
 
 
 def _check_fraction(fraction: float) -> None:

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
+from torchrec_lhf.compression.baselines import computed_mapping
 from torchrec_lhf.compression.budget import split_rows
 from torchrec_lhf.hashing import tail_hash
 from torchrec_lhf.plan import HashPlan, TableHash
@@ -131,7 +132,7 @@ def cce_plan(
             clustered_N = tail_hash(ids_N, phase_seed(seed, name, 0, "clustered", i), m0)
             mappings += [
                 clustered_N.to(torch.int32),
-                _pure_hash(phase_seed(seed, name, 0, column=i), m1),
+                computed_mapping(m1, phase_seed(seed, name, 0, column=i)),
             ]
         tables.append(
             TableHash(
@@ -162,12 +163,6 @@ def fit_columns(embedding_dim: int, columns: int) -> int:
             "cce: %d columns instead of %d for embedding_dim %d", c, columns, embedding_dim
         )
     return c
-
-
-def _pure_hash(tail_seed: int, rows: int) -> CompactMapping:
-    """A seeded hash onto ``rows`` rows that stores nothing per id."""
-    empty = torch.zeros(0, dtype=torch.int64)
-    return CompactMapping(empty, empty.int(), tail_seed=tail_seed, tail_offset=0, tail_rows=rows)
 
 
 def phase_seed(seed: int, table: str, phase: int, role: str = "hashed", column: int = 0) -> int:
@@ -382,6 +377,6 @@ def reclustered_table(table: TableHash, results: list[Reclustered]) -> TableHash
     for i, r in enumerate(results):
         mappings += [
             r.clustered_N.to("cpu", torch.int32),
-            _pure_hash(r.tail_seed, table.heights[2 * i + HASHED]),
+            computed_mapping(table.heights[2 * i + HASHED], r.tail_seed),
         ]
     return dataclasses.replace(table, mappings=tuple(mappings))

@@ -31,11 +31,13 @@ Built-in methods (see each function for how it splits ``R``):
 ``mlet`` (narrower tables, :mod:`torchrec_lhf.modules.mlet`) and ``mch`` (TorchRec's
 managed collisions) change the model, not the plan, so they are not registered here.
 
-Hashed methods (``fbdh``'s and ``memrec``'s) use a seeded hash computed from the id
-(:func:`hashed_mapping`: :func:`~torchrec_lhf.hashing.tail_hash`, seeded by ``seed``, the
-table name and the hash's role), so two hashes of a table are independent and nothing is
-stored per hashed id: a plan of ``memrec`` stores nothing per id at all, one of ``fbdh``
-only its frequent ids (see :func:`fbdh_plan`), as the ``modulo`` and ``qr`` plans.
+Hashed methods (``fbdh``'s and ``memrec``'s) use a seeded hash computed from the id (a
+compact mapping's tail, :func:`~torchrec_lhf.hashing.tail_hash`, its seed
+:func:`hash_seed` of ``seed``, the table name and the hash's role), so two hashes of a
+table are independent and nothing is stored per hashed id: a plan of ``memrec`` stores
+nothing per id at all (:func:`~torchrec_lhf.compression.baselines.computed_mapping`, as
+the ``modulo`` and ``qr`` plans), one of ``fbdh`` only its frequent ids (see
+:func:`fbdh_plan`).
 
 Example::
 
@@ -55,11 +57,17 @@ from typing import Any
 
 import torch
 
-from torchrec_lhf.compression.baselines import modulo_mapping, modulo_plan, quotient_mapping
+from torchrec_lhf.compression.baselines import (
+    computed_mapping,
+    modulo_mapping,
+    modulo_plan,
+    quotient_mapping,
+)
 from torchrec_lhf.compression.budget import split_rows
 from torchrec_lhf.compression.cce import cce_plan
 from torchrec_lhf.compression.registry import (
     MethodFn,
+    check_counts,
     computed_from_the_id,
     get_method,
     is_int,
@@ -75,7 +83,6 @@ __all__ = [
     "fbdh_plan",
     "get_method",
     "hash_seed",
-    "hashed_mapping",
     "lhf_plan",
     "list_methods",
     "make_plan",
@@ -166,8 +173,8 @@ def fbdh_plan(
     shared by all frequent ids. ``K`` shrinks if needed to leave one row per hashed part;
     ``retain=0`` is plain double hashing (no counts needed).
 
-    Both hash functions are compact (:func:`hashed_mapping`): the frequent ids are their
-    head, the others a computed tail, so the plan stores the ``K`` ids twice (table 0's
+    Both hash functions are compact mappings: the frequent ids are their head, the others
+    a seeded tail hash (:func:`hash_seed`), so the plan stores the ``K`` ids twice (table 0's
     held ranked, 2 bytes an id; table 1's with their bias row) and nothing per other id.
 
     Args:
@@ -176,6 +183,7 @@ def fbdh_plan(
     """
     if isinstance(retain, bool) or not (isinstance(retain, (int, float)) and 0.0 <= retain <= 1.0):
         raise ValueError(f"method 'fbdh': retain must be in [0, 1], got {retain!r}")
+    check_counts("fbdh", num_embeddings, counts)  # (also when called without make_plan)
     tables = []
     for name, n in _planned(num_embeddings, min_table_rows):
         rows = max(2, round(fraction * n))
@@ -198,13 +206,14 @@ def fbdh_plan(
         heights = (k + m0, m1 + bias)
         top_K = order_N[:k].sort().values
         # all ids frequent (rest = 0): the tails are never read; any region in the table
-        map0 = hashed_mapping(
-            heights[0], seed=seed, key=f"fbdh/{name}/0", head_ids=top_K,
-            head_rows=torch.arange(k), tail_offset=k if rest else 0,
+        map0 = CompactMapping(
+            top_K, torch.arange(k, dtype=row_dtype(heights[0])),
+            tail_seed=hash_seed(seed, f"fbdh/{name}/0"),
+            tail_offset=k if rest else 0, tail_rows=m0 if rest else k,
         )  # fmt: skip
-        map1 = hashed_mapping(
-            heights[1], seed=seed, key=f"fbdh/{name}/1", head_ids=top_K,
-            head_rows=torch.full((k,), m1), tail_rows=max(m1, 1),
+        map1 = CompactMapping(
+            top_K, torch.full((k,), m1, dtype=row_dtype(heights[1])),
+            tail_seed=hash_seed(seed, f"fbdh/{name}/1"), tail_offset=0, tail_rows=max(m1, 1),
         )  # fmt: skip
         tables.append(TableHash(name, n, (map0, map1), heights, "sum"))
     return HashPlan(tables, metadata={"retain": retain})
@@ -250,7 +259,7 @@ def memrec_plan(
         ]
         roles = [f"token{j}" for j in range(num_token_hashes)] + ["weight"]
         mappings = tuple(
-            hashed_mapping(m, seed=seed, key=f"memrec/{name}/{role}")
+            computed_mapping(m, hash_seed(seed, f"memrec/{name}/{role}"))
             for m, role in zip(heights, roles)
         )
         tables.append(TableHash(name, n, mappings, tuple(heights), "scaled_sum"))
@@ -326,46 +335,6 @@ def hash_seed(seed: int, key: str) -> int:
     """The tail seed of a method's hash: ``crc32`` of ``"{seed}/{key}"``, in ``[0, 2**32)``
     (stable across runs and processes; independent for different keys)."""
     return zlib.crc32(f"{seed}/{key}".encode())
-
-
-def hashed_mapping(
-    height: int,
-    *,
-    seed: int,
-    key: str,
-    head_ids: torch.Tensor | None = None,
-    head_rows: torch.Tensor | None = None,
-    tail_offset: int = 0,
-    tail_rows: int | None = None,
-) -> CompactMapping:
-    """A seeded hash into rows ``[tail_offset, tail_offset + tail_rows)`` of an internal
-    table of ``height`` rows, computed from the id (:func:`~torchrec_lhf.hashing.tail_hash`,
-    seed :func:`hash_seed`), except for the ids of an optional head, which go to their
-    ``head_rows``. It stores nothing per hashed id.
-
-    Args:
-        height: the internal table's rows ``M_h``.
-        seed, key: the method's seed and the hash's role (e.g. ``"memrec/t/token0"``).
-        head_ids: sorted unique raw ids, shape ``(K,)`` (default none).
-        head_rows: their rows in ``[0, height)``, shape ``(K,)``.
-        tail_rows: the tail region's rows (default ``height - tail_offset``).
-
-    Example::
-
-        >>> m = hashed_mapping(4, seed=0, key="memrec/t/weight")
-        >>> m.num_head, m.tail_rows, m.nbytes(10**9)
-        (0, 4, 0)
-    """
-    empty = torch.zeros(0, dtype=torch.int64)
-    ids_K = empty if head_ids is None else head_ids.to(torch.int64)
-    rows_K = empty if head_rows is None else head_rows
-    return CompactMapping(
-        ids_K,
-        rows_K.to(row_dtype(height)),
-        tail_seed=hash_seed(seed, key),
-        tail_offset=tail_offset,
-        tail_rows=height - tail_offset if tail_rows is None else tail_rows,
-    )
 
 
 def _planned(num_embeddings: Mapping[str, int], min_table_rows: int) -> list[tuple[str, int]]:

@@ -317,10 +317,10 @@ def _check_common(
         )
     if not is_int(seed, 0):
         raise ValueError(f"method {name!r}: seed must be an int >= 0, got {seed!r}")
-    _check_counts(name, num_embeddings, counts)
+    check_counts(name, num_embeddings, counts)
 
 
-def _check_counts(
+def check_counts(
     name: str, num_embeddings: Mapping[str, int], counts: Mapping[str, torch.Tensor] | None
 ) -> None:
     """Check each planned table's counts: shape ``(N,)``, finite and ``>= 0``."""
