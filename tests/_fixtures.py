@@ -8,10 +8,11 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from torchrec import EmbeddingBagConfig
+from torchrec import EmbeddingBagConfig, EmbeddingConfig, KeyedJaggedTensor
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.sharding_plan import (
@@ -69,6 +70,38 @@ def three_tables(
         EmbeddingBagConfig(name=f"t{i}", embedding_dim=d, num_embeddings=n, feature_names=f)
         for i, (n, d, f) in enumerate(zip(heights, dims, features))
     ]
+
+
+def sequence_tables() -> list[EmbeddingConfig]:
+    """:func:`three_tables` as sequence tables (``t0``: ``f0``, ``f1``; ``t1``: ``f2``;
+    ``t2``: ``f3``; dim 8)."""
+    return [
+        EmbeddingConfig(
+            name=c.name,
+            embedding_dim=c.embedding_dim,
+            num_embeddings=c.num_embeddings,
+            feature_names=list(c.feature_names),
+        )
+        for c in three_tables()
+    ]
+
+
+SEQUENCE_KEYS = ["f3", "f0", "f2", "f1"]  # not the tables' order
+SEQUENCE_HEIGHTS = {"f0": 40, "f1": 40, "f2": 30, "f3": 12}
+"""The features of :func:`sequence_tables` and their tables' heights."""
+
+
+def sequence_batch(seed: int = 0) -> KeyedJaggedTensor:
+    """Ids of the four features of :func:`sequence_tables` for 3 samples, 0 to 3 a sample."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 4, (len(SEQUENCE_KEYS), 3), generator=g)
+    values = torch.cat(
+        [
+            torch.randint(0, SEQUENCE_HEIGHTS[k], (int(lengths[i].sum()),), generator=g)
+            for i, k in enumerate(SEQUENCE_KEYS)
+        ]
+    )
+    return KeyedJaggedTensor(keys=SEQUENCE_KEYS, values=values, lengths=lengths.flatten())
 
 
 def two_hash_plan(combine: str) -> HashPlan:
@@ -129,6 +162,17 @@ def shard_on_cpu(
         sharders=[sharder],
         device=torch.device("cpu"),
     )
+
+
+def pipeline_losses(pipeline: Any, batches: list) -> list[float]:
+    """Each step's loss of a TorchRec train ``pipeline`` (``progress``) run over ``batches``."""
+    it, losses = iter(batches), []
+    while True:
+        try:
+            loss, _, _ = pipeline.progress(it)
+        except StopIteration:
+            return losses
+        losses.append(float(loss))
 
 
 def count_learned_trainings(monkeypatch, train_module) -> list[str | None]:

@@ -1,5 +1,6 @@
 """torchrec_lhf: learned hash functions for TorchRec embedding tables."""
 
+from torchrec_lhf.modules.embedding import LearnedHashEmbeddingCollection
 from torchrec_lhf.modules.embedding_bag import (
     LearnedHashEmbeddingBagCollection,
     apply_hash_plan,
@@ -10,6 +11,8 @@ __all__ = [
     "HashPlan",
     "LearnedHashEmbeddingBagCollection",
     "LearnedHashEmbeddingBagCollectionSharder",
+    "LearnedHashEmbeddingCollection",
+    "LearnedHashEmbeddingCollectionSharder",
     "TableHash",
     "apply_hash_plan",
     "build_plan",
@@ -22,6 +25,10 @@ def __getattr__(name: str):
         from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
 
         return LearnedHashEmbeddingBagCollectionSharder
+    if name == "LearnedHashEmbeddingCollectionSharder":
+        from torchrec_lhf.distributed.embedding import LearnedHashEmbeddingCollectionSharder
+
+        return LearnedHashEmbeddingCollectionSharder
     if name == "build_plan":
         from torchrec_lhf.hash_build.plan_builder import build_plan
 

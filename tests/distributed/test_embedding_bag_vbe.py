@@ -19,7 +19,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from tests._compact import to_compact
-from tests._fixtures import placement, three_tables, two_hash_plan
+from tests._fixtures import pipeline_losses, placement, three_tables, two_hash_plan
 from tests._multiprocess import run_multiprocess
 from tests._vbe import vbe_batch
 from tests.distributed.test_embedding_bag import LR, assert_state_equals, sharded_copy
@@ -139,13 +139,7 @@ def _pipelined_losses(rank: int, world_size: int, vbe: bool) -> list[float]:
                 labels=(torch.rand(6, generator=g) > 0.5).float(),
             )
         )
-    it, losses = iter(batches), []
-    while True:
-        try:
-            loss, _, _ = pipeline.progress(it)
-        except StopIteration:
-            return losses
-        losses.append(float(loss))
+    return pipeline_losses(pipeline, batches)
 
 
 @pytest.mark.distributed

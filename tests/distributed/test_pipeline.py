@@ -16,6 +16,7 @@ from torchrec.models.dlrm import DLRM, DLRMTrain
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
+from tests._fixtures import pipeline_losses
 from tests._multiprocess import run_multiprocess
 from torchrec_lhf import HashPlan, apply_hash_plan
 from torchrec_lhf.distributed.embedding_bag import (
@@ -105,14 +106,7 @@ def _train(rank: int, world_size: int) -> dict:
     opt = CombinedOptimizer([dmp.fused_optimizer, dense_opt])
     pipeline = TrainPipelineSparseDist(dmp, opt, torch.device("cpu"))
     batches = _batches(rank, 60)
-    it = iter(batches)
-    losses = []
-    while True:
-        try:
-            loss, _logits, _labels = pipeline.progress(it)
-        except StopIteration:
-            break
-        losses.append(float(loss))
+    losses = pipeline_losses(pipeline, batches)
     return {
         "tables": sorted(lhf_plan),
         "sharding_types": sorted({ps.sharding_type for ps in lhf_plan.values()}),

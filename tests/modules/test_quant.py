@@ -10,10 +10,20 @@ from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.quant.embedding_modules import MODULE_ATTR_REGISTER_TBES_BOOL
 
-from tests._fixtures import three_tables, two_hash_plan
+from tests._fixtures import sequence_batch, sequence_tables, three_tables, two_hash_plan
 from tests._vbe import vbe_batch
-from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, apply_hash_plan
-from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection, quantize_learned_hash
+from torchrec_lhf import (
+    HashPlan,
+    LearnedHashEmbeddingBagCollection,
+    LearnedHashEmbeddingCollection,
+    apply_hash_plan,
+)
+from torchrec_lhf.compression.methods import memrec_plan
+from torchrec_lhf.modules.quant import (
+    QuantLearnedHashEmbeddingBagCollection,
+    QuantLearnedHashEmbeddingCollection,
+    quantize_learned_hash,
+)
 
 
 def _setup(combine: str) -> tuple[LearnedHashEmbeddingBagCollection, KeyedJaggedTensor]:
@@ -103,3 +113,36 @@ def test_quantized_refuses_a_variable_batch_per_feature() -> None:
     with pytest.raises(torch.jit.Error, match=match):
         scripted(vbe)
     torch.testing.assert_close(scripted(full).values(), quantized(full).values())
+
+
+@pytest.mark.parametrize("encoding", ["sum", "memrec"])
+def test_quantized_sequence_collection(encoding: str) -> None:
+    """The learned-hash EmbeddingCollection quantizes to its twin (int8 close to float,
+    fp16 closer), keeps both config views, traces and scripts equal to eager, and refuses
+    a variable batch per feature by name."""
+    torch.manual_seed(0)
+    plan = (
+        two_hash_plan("sum")
+        if encoding == "sum"
+        else memrec_plan({"t0": 40, "t1": 30}, fraction=0.3, seed=3)
+    )
+    float_module = LearnedHashEmbeddingCollection(tables=sequence_tables(), plan=plan)
+    kjt = sequence_batch(2)
+    expected = float_module(kjt)
+    for dtype, atol in ((torch.qint8, 0.01), (torch.float16, 0.001)):
+        quantized = quantize_learned_hash(float_module, dtype=dtype)
+        assert type(quantized) is QuantLearnedHashEmbeddingCollection
+        got = quantized(kjt)
+        assert sorted(got) == sorted(expected)
+        for f, jt in expected.items():
+            torch.testing.assert_close(got[f].values(), jt.values(), atol=atol, rtol=0)
+            assert torch.equal(got[f].lengths(), jt.lengths())
+    assert [c.name for c in quantized.embedding_configs()] == ["t0", "t1", "t2"]
+    internal = [c.name for c in quantized.internal_embedding_configs()]
+    assert internal == [c.name for c in float_module.internal_embedding_configs()]
+    scripted = torch.jit.script(symbolic_trace(quantized))
+    for f, jt in quantized(kjt).items():
+        assert torch.equal(scripted(kjt)[f].values(), jt.values())
+    vbe, _ = vbe_batch(seed=2, batch=4)
+    with pytest.raises(ValueError, match=r"variable batch per feature \(VBE\), which TorchRec's"):
+        quantized(vbe)

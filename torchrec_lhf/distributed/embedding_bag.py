@@ -35,7 +35,10 @@ from torchrec.distributed.types import (
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from torchrec_lhf.distributed.embedding import ShardedLearnedHashEmbeddingCollection
+from torchrec_lhf.distributed.sharding_types import check_placements, requested_types
 from torchrec_lhf.modules import logical_view
+from torchrec_lhf.modules.embedding import LearnedHashEmbeddingCollection
 from torchrec_lhf.modules.embedding_bag import (
     LearnedHashEmbeddingBagCollection,
     _check_remap_on_load,
@@ -161,7 +164,7 @@ class LearnedHashEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
         sharding_types: restrict the offered types to these (default: all tested types).
 
     Raises:
-        ValueError: a requested sharding type is not among the tested ones.
+        ValueError: ``sharding_types`` empty, or a type not among the tested ones.
     """
 
     def __init__(
@@ -172,16 +175,9 @@ class LearnedHashEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
         sharding_types: list[str] | None = None,
     ) -> None:
         super().__init__(fused_params=fused_params, qcomm_codecs_registry=qcomm_codecs_registry)
-        requested = (
-            list(sharding_types) if sharding_types is not None else list(TESTED_SHARDING_TYPES)
+        self._sharding_types = requested_types(
+            sharding_types, TESTED_SHARDING_TYPES, "learned-hash tables"
         )
-        for st in requested:
-            if st not in TESTED_SHARDING_TYPES:
-                raise ValueError(
-                    f"sharding type {st!r} is not supported for learned-hash tables; "
-                    f"expected one of {list(TESTED_SHARDING_TYPES)}"
-                )
-        self._sharding_types = requested
 
     def sharding_types(self, compute_device_type: str) -> list[str]:
         # NOTE: TorchRec's base offers row-wise only on CUDA; on CPU (gloo) it works and is tested.
@@ -195,12 +191,7 @@ class LearnedHashEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
         device: torch.device | None = None,
         module_fqn: str | None = None,
     ) -> ShardedLearnedHashEmbeddingBagCollection:
-        for name, ps in params.items():
-            if ps.sharding_type not in self._sharding_types:
-                raise ValueError(
-                    f"table {name!r}: sharding type {ps.sharding_type!r} is not supported; "
-                    f"expected one of {self._sharding_types}"
-                )
+        check_placements(params, self._sharding_types)
         return ShardedLearnedHashEmbeddingBagCollection(
             module,
             params,
@@ -221,11 +212,12 @@ class LearnedHashEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
 
 
 def remap_bytes(model: nn.Module) -> int:
-    """Bytes of all learned-hash remap buffers in ``model`` (replicated on every rank)."""
-    return sum(
-        m.remap.remap_bytes()
-        for m in model.modules()
-        if isinstance(
-            m, (LearnedHashEmbeddingBagCollection, ShardedLearnedHashEmbeddingBagCollection)
-        )
+    """Bytes of all learned-hash remap buffers in ``model`` (replicated on every rank): of
+    its pooled and sequence collections, sharded or not."""
+    kinds = (
+        LearnedHashEmbeddingBagCollection,
+        ShardedLearnedHashEmbeddingBagCollection,
+        LearnedHashEmbeddingCollection,
+        ShardedLearnedHashEmbeddingCollection,
     )
+    return sum(m.remap.remap_bytes() for m in model.modules() if isinstance(m, kinds))

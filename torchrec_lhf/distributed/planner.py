@@ -89,20 +89,24 @@ def check_constraint_names(
         return
     planned: set[str] = set()
     internal_of: dict[str, list[str]] = {}
-    for m in module.modules():
-        internal = getattr(m, "internal_embedding_bag_configs", None)
-        if internal is None or not hasattr(m, "embedding_bag_configs"):
+    for m in module.modules():  # pooled collections, then sequence ones
+        internal = getattr(m, "internal_embedding_bag_configs", None) or getattr(
+            m, "internal_embedding_configs", None
+        )
+        logical = getattr(m, "embedding_bag_configs", None) or getattr(m, "embedding_configs", None)
+        if internal is None or logical is None:
             continue
         names = [c.name for c in internal()]
         planned.update(names)
-        for c in m.embedding_bag_configs():
+        for c in logical():
             internal_of[c.name] = [n for n in names if n.startswith(f"{c.name}__h")]
     wrong = {k: internal_of[k] for k in constraints if k not in planned and internal_of.get(k)}
     if wrong:
         raise ValueError(
             f"sharding constraints name tables {sorted(wrong)} that the planner plans as their "
             f"internal tables (one per hash function): constrain {wrong} instead (each "
-            "collection's internal_embedding_bag_configs() lists them)"
+            "collection's internal_embedding_bag_configs() or internal_embedding_configs() "
+            "lists them)"
         )
 
 

@@ -349,16 +349,20 @@ def apply_hash_plan(
     out_of_range: str = "error",
     filter_fn: Callable[[str, EmbeddingBagCollection], bool] | None = None,
 ) -> nn.Module:
-    """Swap every EmbeddingBagCollection of ``model`` for the learned-hash one, in place.
+    """Swap every EmbeddingBagCollection and EmbeddingCollection of ``model`` that holds a
+    table of ``plan`` for the learned-hash one, in place.
 
     Use it before sharding, also on a model built on the meta device. The new modules keep
-    the device, weighting and logical configs of the ones they replace.
+    the device, weighting and logical configs of the ones they replace
+    (:class:`LearnedHashEmbeddingBagCollection`,
+    :class:`~torchrec_lhf.modules.embedding.LearnedHashEmbeddingCollection`).
 
     Args:
-        model: any module; a bare EmbeddingBagCollection is converted and returned.
+        model: any module; a bare EmbeddingBagCollection or EmbeddingCollection is
+            converted and returned.
         plan: the hash plan; each of its tables must belong to some swapped collection.
         out_of_range: see :class:`FeatureRemap`.
-        filter_fn: optional ``(fqn, ebc) -> bool`` choosing which collections to swap.
+        filter_fn: optional ``(fqn, collection) -> bool`` choosing which collections to swap.
 
     Returns:
         ``model`` (or the new module when ``model`` itself is an EmbeddingBagCollection).
@@ -396,11 +400,18 @@ def apply_hash_plan(
         logger.info("learned hashing for %s: tables %s", fqn or "<root>", sorted(names & planned))
         return new
 
+    # NOTE: imported here: the sequence module builds on this one
+    from torchrec_lhf.modules.embedding import sequence_replacements
+
     built = build_replacements(model, convert)
+    built += sequence_replacements(
+        model, plan, out_of_range=out_of_range, filter_fn=filter_fn, seen=seen
+    )
     unused = sorted(planned - seen)
     if unused:
         raise ValueError(
-            f"hash plan tables {unused} match no EmbeddingBagCollection table of the model"
+            f"hash plan tables {unused} match no EmbeddingBagCollection or "
+            "EmbeddingCollection table of the model"
         )
     return swap_in(model, built)
 

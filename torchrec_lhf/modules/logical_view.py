@@ -22,11 +22,18 @@ from typing import Any
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import get_embedding_names_by_table
 
 
 def logical_configs(self) -> list[EmbeddingBagConfig]:
     """The logical table configs, as given (heights ``N``, dims ``D``)."""
     return self._logical_configs
+
+
+def logical_embedding_names(self) -> list[list[str]]:
+    """The logical features of each logical table: a sequence collection's output keys
+    (``embedding_names_by_table()`` of TorchRec's EmbeddingCollection)."""
+    return get_embedding_names_by_table(self._logical_configs)
 
 
 def plan_fingerprint(self) -> str:

@@ -1,7 +1,7 @@
-"""Quantized (inference) learned-hash EmbeddingBagCollection.
+"""Quantized (inference) learned-hash EmbeddingBagCollection and EmbeddingCollection.
 
 ``torchrec.inference.modules.quantize_embeddings`` maps modules by exact type, so the
-learned-hash module needs its own entry: :func:`quantize_learned_hash` passes it.
+learned-hash modules need their own entries: :func:`quantize_learned_hash` passes them.
 """
 
 # NOTE: no ``from __future__ import annotations``: torch.fx copies forward's annotations
@@ -10,8 +10,8 @@ learned-hash module needs its own entry: :func:`quantize_learned_hash` passes it
 import torch
 from torch import nn
 from torchrec.inference.modules import quantize_embeddings
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.quant.embedding_modules import (
     MODULE_ATTR_CACHE_FEATURES_ORDER,
     MODULE_ATTR_EMB_CONFIG_NAME_TO_NUM_ROWS_POST_PRUNING_DICT,
@@ -22,15 +22,20 @@ from torchrec.quant.embedding_modules import (
 from torchrec.quant.embedding_modules import (
     EmbeddingBagCollection as QuantEmbeddingBagCollection,
 )
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.quant.embedding_modules import (
+    EmbeddingCollection as QuantEmbeddingCollection,
+)
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from torchrec_lhf.modules import logical_view
+from torchrec_lhf.modules.embedding import LearnedHashEmbeddingCollection
 from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection
 from torchrec_lhf.modules.remap import refuse_variable_batch
 
 torch.fx.wrap("refuse_variable_batch")  # one node of a trace (it reads the keys)
 
 QUANTIZED = "TorchRec's quantized EmbeddingBagCollection"
+QUANTIZED_SEQUENCE = "TorchRec's quantized EmbeddingCollection"
 
 # The options TorchRec's from_float reads from the float module (set by users on it).
 _FROM_FLOAT_OPTIONS = (
@@ -64,11 +69,7 @@ class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
             )
         # TorchRec's from_float reads the tables from embedding_bag_configs() and expects only
         # table weights in the state dict: hand it the internal tables (shared, no copy).
-        tables = module.internal_tables()
-        for option in _FROM_FLOAT_OPTIONS:
-            if hasattr(module, option):
-                setattr(tables, option, getattr(module, option))
-        quantized = super().from_float(tables, use_precomputed_fake_quant)
+        quantized = super().from_float(_internal_view(module), use_precomputed_fake_quant)
         logical_view.copy_learned_hash_parts(module, quantized)
         return quantized
 
@@ -88,6 +89,48 @@ class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
         return pooled if self.combine is None else self.combine(pooled)
 
 
+def _internal_view(module: nn.Module) -> nn.Module:
+    """``module``'s internal tables view, carrying the options TorchRec's ``from_float``
+    reads from the float module (shared tables, no copy)."""
+    tables = module.internal_tables()
+    for option in _FROM_FLOAT_OPTIONS:
+        if hasattr(module, option):
+            setattr(tables, option, getattr(module, option))
+    return tables
+
+
+class QuantLearnedHashEmbeddingCollection(QuantEmbeddingCollection):
+    """TorchRec's quantized EmbeddingCollection over the compressed tables, with the same
+    remap and combine: the sequence twin of :class:`QuantLearnedHashEmbeddingBagCollection`
+    (``embedding_configs()`` the logical tables, ``internal_embedding_configs()`` the
+    quantized compressed ones)."""
+
+    @classmethod
+    def from_float(
+        cls, module: LearnedHashEmbeddingCollection, use_precomputed_fake_quant: bool = False
+    ) -> "QuantLearnedHashEmbeddingCollection":
+        if not isinstance(module, LearnedHashEmbeddingCollection):
+            raise ValueError(
+                f"expected a LearnedHashEmbeddingCollection, got {type(module).__name__}"
+            )
+        quantized = super().from_float(_internal_view(module), use_precomputed_fake_quant)
+        logical_view.copy_learned_hash_parts(module, quantized)
+        return quantized
+
+    embedding_configs = logical_view.logical_configs
+    logical_configs = logical_view.logical_configs
+    plan_fingerprint = property(logical_view.plan_fingerprint)
+
+    def internal_embedding_configs(self) -> list[EmbeddingConfig]:
+        """The quantized compressed tables' configs (TorchRec's, with their data types)."""
+        return super().embedding_configs()
+
+    def forward(self, features: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
+        features = refuse_variable_batch(features, QUANTIZED_SEQUENCE)
+        embeddings = super().forward(self.remap(features))
+        return embeddings if self.combine is None else self.combine(embeddings)
+
+
 def quantize_learned_hash(
     model: nn.Module,
     *,
@@ -95,7 +138,8 @@ def quantize_learned_hash(
     output_dtype: torch.dtype = torch.float,
     inplace: bool = False,
 ) -> nn.Module:
-    """Quantize every (learned-hash or plain) EmbeddingBagCollection of ``model``.
+    """Quantize every (learned-hash or plain) EmbeddingBagCollection and EmbeddingCollection
+    of ``model``.
 
     Args:
         model: a float model (unsharded).
@@ -106,7 +150,7 @@ def quantize_learned_hash(
     Returns:
         The quantized model (or module, if ``model`` is itself a collection).
     """
-    if isinstance(model, EmbeddingBagCollection):
+    if isinstance(model, (EmbeddingBagCollection, EmbeddingCollection)):
         # quantize_dynamic swaps children only: wrap a bare collection.
         holder = nn.ModuleDict({"ebc": model})
         return quantize_learned_hash(
@@ -116,9 +160,13 @@ def quantize_learned_hash(
         model,
         dtype=dtype,
         inplace=inplace,
-        additional_qconfig_spec_keys=[LearnedHashEmbeddingBagCollection],
+        additional_qconfig_spec_keys=[
+            LearnedHashEmbeddingBagCollection,
+            LearnedHashEmbeddingCollection,
+        ],
         additional_mapping={
-            LearnedHashEmbeddingBagCollection: QuantLearnedHashEmbeddingBagCollection
+            LearnedHashEmbeddingBagCollection: QuantLearnedHashEmbeddingBagCollection,
+            LearnedHashEmbeddingCollection: QuantLearnedHashEmbeddingCollection,
         },
         output_dtype=output_dtype,
     )
