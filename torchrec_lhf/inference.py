@@ -4,9 +4,10 @@ The steps TorchRec's own inference examples take (``torchrec.inference.dlrm_pred
 with the learned-hash modules added where TorchRec matches modules by exact type:
 
 1. :func:`quantize_for_inference`: ``quantize_inference_model`` with the learned-hash
-   collection mapped to :class:`~torchrec_lhf.modules.quant.QuantLearnedHashEmbeddingBagCollection`;
+   collections mapped to :class:`~torchrec_lhf.modules.quant.QuantLearnedHashEmbeddingBagCollection`
+   and, for sequence features, :class:`~torchrec_lhf.modules.quant.QuantLearnedHashEmbeddingCollection`;
 2. :func:`shard_for_inference`: ``shard_quant_model`` (one rank, table-wise) with the
-   quantized learned-hash sharder next to TorchRec's EBC one (:func:`inference_sharders`),
+   quantized learned-hash sharders next to TorchRec's (:func:`inference_sharders`),
    the quantized weights copied into the sharded tables (TorchRec's sharding allocates
    them empty);
 3. :func:`script_for_inference`: ``torchrec.fx.symbolic_trace`` then ``torch.jit.script``;
@@ -50,9 +51,10 @@ from typing import Any
 import torch
 import torchrec.fx
 from torch import nn
-from torchrec import EmbeddingBagCollection
+from torchrec import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.distributed.fused_params import FUSED_PARAM_QUANT_STATE_DICT_SPLIT_SCALE_BIAS
 from torchrec.distributed.global_settings import get_propogate_device, set_propogate_device
+from torchrec.distributed.quant_embedding import QuantEmbeddingCollectionSharder
 from torchrec.distributed.quant_embeddingbag import QuantEmbeddingBagCollectionSharder
 from torchrec.inference.modules import (
     DEFAULT_FUSED_PARAMS,
@@ -69,12 +71,17 @@ from torchrec_lhf import _spill
 from torchrec_lhf._io import atomic_path, not_a_file
 from torchrec_lhf._memory import trim_heap
 from torchrec_lhf.cli import check_int
+from torchrec_lhf.distributed.quant_embedding import QuantLearnedHashEmbeddingCollectionSharder
 from torchrec_lhf.distributed.quant_embedding_bag import (
     QuantLearnedHashEmbeddingBagCollectionSharder,
 )
 from torchrec_lhf.modules import logical_view
+from torchrec_lhf.modules.embedding import LearnedHashEmbeddingCollection
 from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection
-from torchrec_lhf.modules.quant import QuantLearnedHashEmbeddingBagCollection
+from torchrec_lhf.modules.quant import (
+    QuantLearnedHashEmbeddingBagCollection,
+    QuantLearnedHashEmbeddingCollection,
+)
 from torchrec_lhf.modules.remap import FeatureRemap
 from torchrec_lhf.serving_request import at_least_one_sample, check_request, scores_of
 
@@ -204,17 +211,20 @@ class RemapOnRequest(nn.Module):
 
 
 def quantization_mapping() -> dict[str, type[nn.Module]]:
-    """TorchRec's default float -> quantized module mapping plus the learned-hash one."""
+    """TorchRec's default float -> quantized module mapping plus the learned-hash ones
+    (pooled and sequence collections)."""
     mapping = dict(DEFAULT_QUANT_MAPPING)
-    name = trim_torch_package_prefix_from_typename(
-        torch.typename(LearnedHashEmbeddingBagCollection)
-    )
-    mapping[name] = QuantLearnedHashEmbeddingBagCollection
+    for float_type, quant_type in (
+        (LearnedHashEmbeddingBagCollection, QuantLearnedHashEmbeddingBagCollection),
+        (LearnedHashEmbeddingCollection, QuantLearnedHashEmbeddingCollection),
+    ):
+        mapping[trim_torch_package_prefix_from_typename(torch.typename(float_type))] = quant_type
     return mapping
 
 
 def inference_sharders() -> list:
-    """Quantized learned-hash and plain EBC sharders with TorchRec's inference defaults,
+    """Quantized learned-hash and plain sharders, of pooled (EBC) and sequence (EC)
+    collections, with TorchRec's inference defaults,
     except that scale and bias stay inside the int8/int4 rows (``quant_state_dict_split_
     scale_bias`` off): fp16/fp32 tables have none to split, and table-wise sharding (the one
     used here) does not need the split."""
@@ -223,7 +233,19 @@ def inference_sharders() -> list:
     return [
         QuantLearnedHashEmbeddingBagCollectionSharder(fused_params=fused_params),
         QuantEmbeddingBagCollectionSharder(fused_params=fused_params),
+        QuantLearnedHashEmbeddingCollectionSharder(fused_params=dict(fused_params)),
+        TableWiseQuantEmbeddingCollectionSharder(fused_params=dict(fused_params)),
     ]
+
+
+class TableWiseQuantEmbeddingCollectionSharder(QuantEmbeddingCollectionSharder):
+    """TorchRec's quantized EmbeddingCollection sharder, table-wise only: its row- and
+    column-wise shardings need the scale and bias split out of the rows (TorchRec asserts
+    so), which :func:`inference_sharders` keeps in them, and its planner picks them for
+    small tables."""
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        return ["table_wise"]
 
 
 def quantize_for_inference(model: nn.Module, *, dtype: str = "int8") -> nn.Module:
@@ -248,7 +270,7 @@ def quantize_for_inference(model: nn.Module, *, dtype: str = "int8") -> nn.Modul
     # out, so copies of them would only add their bytes to the export's peak
     shared = {id(t): t for t in embedding_tables(model)}
     for m in model.modules():
-        if isinstance(m, LearnedHashEmbeddingBagCollection):
+        if isinstance(m, (LearnedHashEmbeddingBagCollection, LearnedHashEmbeddingCollection)):
             shared.update(logical_view.remap_tensors(m))
     return quantize_inference_model(
         copy.deepcopy(model, shared),
@@ -259,11 +281,10 @@ def quantize_for_inference(model: nn.Module, *, dtype: str = "int8") -> nn.Modul
 
 
 def embedding_tables(model: nn.Module) -> list[torch.Tensor]:
-    """The float tables of ``model``'s embedding bag collections (TorchRec's and the
-    learned-hash one's), which quantization replaces."""
-    return [
-        t for m in model.modules() if isinstance(m, EmbeddingBagCollection) for t in m.parameters()
-    ]
+    """The float tables of ``model``'s embedding (bag) collections (TorchRec's and the
+    learned-hash ones), which quantization replaces."""
+    kinds = (EmbeddingBagCollection, EmbeddingCollection)
+    return [t for m in model.modules() if isinstance(m, kinds) for t in m.parameters()]
 
 
 @contextlib.contextmanager

@@ -176,6 +176,24 @@ def _remap_in_kernel(sharded: ShardedQuantLearnedHashEmbeddingBagCollection) -> 
     return True
 
 
+def shard_fused_params(sharder: Any, module: nn.Module) -> dict[str, Any]:
+    """The TBE options a quantized sharder's ``shard`` passes for ``module``, as TorchRec's
+    quantized sharders make them (the module's output dtype, and its scale-bias split and
+    TBE registration unless given), without mutating ``sharder.fused_params``."""
+    fused_params = dict(sharder.fused_params or {})
+    fused_params["output_dtype"] = data_type_to_sparse_type(
+        dtype_to_data_type(module.output_dtype())
+    )
+    fused_params.setdefault(
+        FUSED_PARAM_QUANT_STATE_DICT_SPLIT_SCALE_BIAS,
+        getattr(module, MODULE_ATTR_QUANT_STATE_DICT_SPLIT_SCALE_BIAS, False),
+    )
+    fused_params.setdefault(
+        FUSED_PARAM_REGISTER_TBE_BOOL, getattr(module, FUSED_PARAM_REGISTER_TBE_BOOL, False)
+    )
+    return fused_params
+
+
 class QuantLearnedHashEmbeddingBagCollectionSharder(QuantEmbeddingBagCollectionSharder):
     """Shards :class:`QuantLearnedHashEmbeddingBagCollection` for inference.
 
@@ -214,20 +232,8 @@ class QuantLearnedHashEmbeddingBagCollectionSharder(QuantEmbeddingBagCollectionS
                     f"table {name!r}: sharding type {ps.sharding_type!r} is not supported for "
                     f"quantized learned-hash tables; expected one of {list(TESTED_SHARDING_TYPES)}"
                 )
-        # As QuantEmbeddingBagCollectionSharder.shard, without mutating self.fused_params.
-        fused_params = dict(self.fused_params or {})
-        fused_params["output_dtype"] = data_type_to_sparse_type(
-            dtype_to_data_type(module.output_dtype())
-        )
-        fused_params.setdefault(
-            FUSED_PARAM_QUANT_STATE_DICT_SPLIT_SCALE_BIAS,
-            getattr(module, MODULE_ATTR_QUANT_STATE_DICT_SPLIT_SCALE_BIAS, False),
-        )
-        fused_params.setdefault(
-            FUSED_PARAM_REGISTER_TBE_BOOL, getattr(module, FUSED_PARAM_REGISTER_TBE_BOOL, False)
-        )
         return ShardedQuantLearnedHashEmbeddingBagCollection(
-            module, params, env, fused_params=fused_params, device=device
+            module, params, env, fused_params=shard_fused_params(self, module), device=device
         )
 
     @property
