@@ -1,4 +1,5 @@
-"""Forward+backward cost of the learned-hash EBC against a plain EBC of the same size.
+"""Forward+backward cost of the learned-hash EBC against a plain EBC of the same size
+(``--collection sequence``: the EmbeddingCollections).
 
 Both collections have the same compressed tables (heights ``fraction * N``); the learned-hash
 one is fed raw ids, the plain one the very rows those ids map to (so both touch the same rows
@@ -19,6 +20,10 @@ a filled head), held ranked (:mod:`torchrec_lhf.modules.head_rank`: 2 bytes an i
 ``--scatter_ids``: each table's ids pass through a fixed random permutation (seed 2), so
 that its most frequent ids, and its head, are spread over the id space as hashed ids are
 (a ranked head is then searched in its blocks, not read off contiguous ids).
+
+``--collection sequence`` times the sequence twins instead: TorchRec's EmbeddingCollection
+(per-id embeddings, no pooling) against the learned-hash one, each step's loss the sum of
+every id's embedding.
 
 ``--clock cpu`` times with the process's CPU time instead of wall time: on a shared machine
 other processes then slow neither side's figure (their cache and memory traffic still do).
@@ -47,21 +52,52 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec import (
+    EmbeddingBagCollection,
+    EmbeddingBagConfig,
+    EmbeddingCollection,
+    EmbeddingConfig,
+    KeyedJaggedTensor,
+)
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.types import ShardingEnv
 from torchrec.test_utils import get_free_port
 
-from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
+from torchrec_lhf import (
+    HashPlan,
+    LearnedHashEmbeddingBagCollection,
+    LearnedHashEmbeddingCollection,
+    TableHash,
+)
 from torchrec_lhf.cli import int_at_least, unit_fraction
 from torchrec_lhf.compression.budget import MIN_TABLE_ROWS
+from torchrec_lhf.distributed.embedding import LearnedHashEmbeddingCollectionSharder
 from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
 from torchrec_lhf.distributed.planner import make_topology
 from torchrec_lhf.plan_compact import CompactMapping, row_dtype
 
 HEAD_SHARE = 0.1  # --encoding compact: share of each table's ids in the head
+
+COLLECTIONS = {
+    # --collection: (table config, plain collection, learned-hash one, their sharders)
+    "pooled": (
+        EmbeddingBagConfig,
+        EmbeddingBagCollection,
+        LearnedHashEmbeddingBagCollection,
+        EmbeddingBagCollectionSharder,
+        LearnedHashEmbeddingBagCollectionSharder,
+    ),
+    "sequence": (
+        EmbeddingConfig,
+        EmbeddingCollection,
+        LearnedHashEmbeddingCollection,
+        EmbeddingCollectionSharder,
+        LearnedHashEmbeddingCollectionSharder,
+    ),
+}
 
 # Criteo Kaggle cardinalities (26 tables), capped by --max_rows.
 CRITEO_HEIGHTS = [
@@ -232,16 +268,13 @@ def _tables(
     heights = [min(h, args.max_rows) for h in CRITEO_HEIGHTS]
     full = [h < args.min_table_rows for h in heights]  # uncompressed in both models
     compressed = [h if f else max(1, round(h * args.fraction)) for h, f in zip(heights, full)]
+    config = COLLECTIONS[args.collection][0]
     logical = [
-        EmbeddingBagConfig(
-            name=f"t{i}", embedding_dim=args.dim, num_embeddings=h, feature_names=[f"f{i}"]
-        )
+        config(name=f"t{i}", embedding_dim=args.dim, num_embeddings=h, feature_names=[f"f{i}"])
         for i, h in enumerate(heights)
     ]
     small = [
-        EmbeddingBagConfig(
-            name=f"t{i}", embedding_dim=args.dim, num_embeddings=m, feature_names=[f"f{i}"]
-        )
+        config(name=f"t{i}", embedding_dim=args.dim, num_embeddings=m, feature_names=[f"f{i}"])
         for i, m in enumerate(compressed)
     ]
     g = torch.Generator().manual_seed(0)
@@ -299,13 +332,21 @@ def _fresh(kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
     )
 
 
+def _total(out: object) -> torch.Tensor:
+    """The sum of a collection's output: a pooled KeyedTensor, or a sequence collection's
+    JaggedTensor per feature."""
+    if isinstance(out, dict):
+        return torch.stack([jt.values().sum() for jt in out.values()]).sum()
+    return out.values().sum()
+
+
 def _sgd_step(module: torch.nn.Module, kjt: KeyedJaggedTensor) -> Callable[[], None]:
     """One forward, backward and SGD step of an unsharded collection."""
     opt = torch.optim.SGD(module.parameters(), lr=0.01)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        module(_fresh(kjt)).values().sum().backward()
+        _total(module(_fresh(kjt))).backward()
         opt.step()
 
     return step
@@ -313,7 +354,7 @@ def _sgd_step(module: torch.nn.Module, kjt: KeyedJaggedTensor) -> Callable[[], N
 
 def _fused_step(module: DistributedModelParallel, kjt: KeyedJaggedTensor) -> Callable[[], None]:
     """One forward and backward of a DMP-wrapped collection (the optimizer is fused)."""
-    return lambda: module(_fresh(kjt)).wait().values().sum().backward()
+    return lambda: _total(module(_fresh(kjt)).wait()).backward()
 
 
 def _time_fused(
@@ -326,14 +367,14 @@ def _time_fused(
 ) -> dict[str, float]:
     """Median step seconds of the plain and learned-hash collections under DMP (fused SGD)."""
     fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.01}
+    _, plain, learned, plain_sharder, learned_sharder = COLLECTIONS[args.collection]
+    meta = torch.device("meta")
     plain_dmp = _dmp(
-        EmbeddingBagCollection(tables=small, device=torch.device("meta")),
-        [EmbeddingBagCollectionSharder(fused_params=fused)],
-        args.batch_size,
+        plain(tables=small, device=meta), [plain_sharder(fused_params=fused)], args.batch_size
     )
     lhf_dmp = _dmp(
-        LearnedHashEmbeddingBagCollection(tables=logical, plan=plan, device=torch.device("meta")),
-        [LearnedHashEmbeddingBagCollectionSharder(fused_params=fused)],
+        learned(tables=logical, plan=plan, device=meta),
+        [learned_sharder(fused_params=fused)],
         args.batch_size,
     )
     return time_pair(
@@ -349,11 +390,12 @@ def run(args: argparse.Namespace) -> dict:
     order = _order(heights, args.scatter_ids and args.encoding != "dense")
     raw = _inputs(heights, args.batch_size, args.pooling, seed=1, order=order)
     results: dict = {}
-    lhf = LearnedHashEmbeddingBagCollection(tables=logical, plan=plan)
+    _, plain, learned, _, _ = COLLECTIONS[args.collection]
+    lhf = learned(tables=logical, plan=plan)
     in_range = lhf.remap(raw)  # the same rows, already mapped
     results["unsharded"] = time_pair(
         {
-            "plain": _sgd_step(EmbeddingBagCollection(tables=small), in_range),
+            "plain": _sgd_step(plain(tables=small), in_range),
             "lhf": _sgd_step(lhf, raw),
         },
         args.iters,
@@ -393,6 +435,7 @@ def report(
             "embedding_dim": args.dim,
             "fraction": args.fraction,
             "max_rows": args.max_rows,
+            "collection": args.collection,
             "encoding": args.encoding,
             "scatter_ids": args.scatter_ids,
             "min_table_rows": args.min_table_rows,
@@ -433,6 +476,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="dense",
         help="the hash functions' encoding (compact: head = most frequent 10%% of ids; "
         "ranked: that head at its ranks, held ranked)",
+    )
+    parser.add_argument(
+        "--collection",
+        choices=tuple(COLLECTIONS),
+        default="pooled",
+        help="pooled: EmbeddingBagCollections; sequence: EmbeddingCollections (per-id embeddings)",
     )
     parser.add_argument(
         "--scatter_ids",

@@ -58,13 +58,18 @@ def test_the_goal_verdict_reads_the_whole_interval(interval: list[float], expect
     assert bench.verdict(interval) == expected
 
 
-@pytest.mark.parametrize("encoding", ["dense", "compact", "ranked"])
-def test_tiny_run_reports_both_collections(encoding: str, monkeypatch) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    ("encoding", "collection"),
+    [("dense", "pooled"), ("compact", "pooled"), ("ranked", "pooled"), ("ranked", "sequence")],
+)
+def test_tiny_run_reports_both_collections(encoding: str, collection: str, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(get_free_port()))
     argv = ["--batch_size", "8", "--max_rows", "2000", "--iters", "2", "--warmup", "1"]
+    argv += ["--collection", collection]
     result = bench.main([*argv, "--encoding", encoding, "--clock", "cpu", "--json"])
     assert result["config"]["clock"] == "cpu" and result["config"]["encoding"] == encoding
+    assert result["config"]["collection"] == collection
     assert result["config"]["ids_per_batch"] == 26 * 8
     for mode in ("unsharded", "fused"):
         r = result["seconds_per_batch"][mode]
@@ -93,6 +98,17 @@ def test_tables_under_min_table_rows_stay_full_in_both_models(encoding: str) -> 
     ranked = [t.mappings[0].ranked(t.num_embeddings) for t in every if t.encodings[0] != "dense"]
     assert (encoding == "ranked") == any(ranked)
     assert encoding != "ranked" or all(r for t, r in zip(every, ranked) if t.num_embeddings > 99)
+
+
+def test_sequence_collections_are_timed_as_embedding_collections() -> None:
+    args = bench.parse_args(["--collection", "sequence", "--max_rows", "2000"])
+    _, logical, small, plan = bench._tables(args)
+    assert all(type(c).__name__ == "EmbeddingConfig" for c in (*logical, *small))
+    module = bench.LearnedHashEmbeddingCollection(tables=logical, plan=plan)
+    kjt = bench._inputs([min(h, 2000) for h in bench.CRITEO_HEIGHTS], 4, 2, seed=1, order=None)
+    out = module(kjt)
+    assert len(out) == 26 and bench._total(out).shape == ()
+    torch.testing.assert_close(bench._total(out), sum(jt.values().sum() for jt in out.values()))
 
 
 def test_a_negative_min_table_rows_is_refused(capsys) -> None:  # noqa: ANN001
