@@ -59,16 +59,23 @@ def _rows(out: dict, keys: list[str]) -> dict[str, torch.Tensor]:
 
 
 def sharded(
-    plan: HashPlan, sharding_type: str, world_size: int, optimizer: EmbOptimType
+    plan: HashPlan,
+    sharding_type: str,
+    world_size: int,
+    optimizer: EmbOptimType,
+    gather_select: bool = False,
 ) -> DistributedModelParallel:
     """A learned-hash sequence collection of :func:`sequence_tables` by ``plan``, built on
     meta and sharded by DMP, each internal table placed by ``sharding_type``, with the fused
-    ``optimizer`` at ``LR``."""
+    ``optimizer`` at ``LR`` (``gather_select``: TorchRec's ``use_gather_select``)."""
     sharder = LearnedHashEmbeddingCollectionSharder(
         fused_params={"optimizer": optimizer, "learning_rate": LR}
     )
     module = LearnedHashEmbeddingCollection(
-        tables=sequence_tables(), plan=plan, device=torch.device("meta")
+        tables=sequence_tables(),
+        plan=plan,
+        device=torch.device("meta"),
+        use_gather_select=gather_select,
     )
     names = [c.name for c in module.internal_embedding_configs()]
     return shard_on_cpu(
@@ -79,11 +86,13 @@ def sharded(
     )
 
 
-def _sharded_vs_unsharded(rank: int, world_size: int, sharding_type: str, encoding: str) -> None:
+def _sharded_vs_unsharded(
+    rank: int, world_size: int, sharding_type: str, encoding: str, gather_select: bool = False
+) -> None:
     torch.manual_seed(1)
     plan = _plan(encoding)
     reference = LearnedHashEmbeddingCollection(tables=sequence_tables(), plan=plan)
-    model = sharded(plan, sharding_type, world_size, EmbOptimType.EXACT_SGD)
+    model = sharded(plan, sharding_type, world_size, EmbOptimType.EXACT_SGD, gather_select)
     model.load_state_dict({k: v.clone() for k, v in reference.state_dict().items()})
     assert remap_bytes(model) == reference.remap.remap_bytes()
 
@@ -127,6 +136,20 @@ def test_sharded_equals_unsharded(sharding_type: str, encoding: str) -> None:
     computed ``memrec`` plan (``scaled_sum`` of three tables)."""
     run_multiprocess(
         _sharded_vs_unsharded, world_size=2, sharding_type=sharding_type, encoding=encoding
+    )
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("sharding_type", ["row_wise", "column_wise"])
+def test_gather_select_output_equals_unsharded(sharding_type: str) -> None:
+    """TorchRec's ``use_gather_select`` (the sharded output put back in order by a gather)
+    travels with the collection and changes nothing of its output or training step."""
+    run_multiprocess(
+        _sharded_vs_unsharded,
+        world_size=2,
+        sharding_type=sharding_type,
+        encoding="dense",
+        gather_select=True,
     )
 
 

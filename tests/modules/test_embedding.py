@@ -156,6 +156,10 @@ def test_apply_hash_plan_converts_sequence_and_pooled_collections() -> None:
     assert type(model["seq"]) is LearnedHashEmbeddingCollection
     assert type(model["pooled"]) is LearnedHashEmbeddingBagCollection
     assert torch.equal(model["seq"].embeddings["t2"].weight, kept)  # uncompressed: kept
+    # TorchRec's options of the collection travel with it, to the view its sharder reads
+    gathered = EmbeddingCollection(tables=sequence_tables(), use_gather_select=True)
+    converted = apply_hash_plan(gathered, plan_of(["t0"]))
+    assert converted.use_gather_select() and converted.internal_tables().use_gather_select()
     # a bare collection is converted and returned; a plan table in no collection is named
     bare = apply_hash_plan(EmbeddingCollection(tables=sequence_tables()), plan_of(["t0"]))
     assert type(bare) is LearnedHashEmbeddingCollection

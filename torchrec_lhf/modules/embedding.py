@@ -174,6 +174,8 @@ class LearnedHashEmbeddingCollection(EmbeddingCollection):
         device: device of the tables; the remap lives on CPU when this is ``meta``.
         need_indices: must be False: TorchRec would return the internal rows as the
             indices, not the raw ids.
+        use_gather_select, use_gather_select_per_sharding: as for EmbeddingCollection (how
+            the sharded output is put back in order).
         out_of_range: ``"error"`` or ``"modulo"`` (see :class:`FeatureRemap`).
         strict: every table of ``plan`` must be one of ``tables``; ``False`` ignores the
             others (a plan spanning several collections, as :func:`apply_hash_plan` passes it).
@@ -208,6 +210,8 @@ class LearnedHashEmbeddingCollection(EmbeddingCollection):
         *,
         device: torch.device | str | None = None,
         need_indices: bool = False,
+        use_gather_select: bool = False,
+        use_gather_select_per_sharding: dict[str, bool] | None = None,
         out_of_range: str = "error",
         strict: bool = True,
     ) -> None:
@@ -224,7 +228,12 @@ class LearnedHashEmbeddingCollection(EmbeddingCollection):
         sources = sequence_sources(logical, plan)
         layout = internal_layout(logical, plan)
         device = torch.device(device) if isinstance(device, str) else device
-        super().__init__(layout.configs, device=device)
+        super().__init__(
+            layout.configs,
+            device=device,
+            use_gather_select=use_gather_select,
+            use_gather_select_per_sharding=use_gather_select_per_sharding,
+        )
         for cfg in logical:  # as EmbeddingCollection fills its configs in
             cfg.feature_names = list(cfg.feature_names) or [cfg.name]
         self._logical_configs = logical
@@ -252,7 +261,13 @@ class LearnedHashEmbeddingCollection(EmbeddingCollection):
     def internal_tables(self) -> "InternalEmbeddings":
         """The compressed tables as a plain collection view, for TorchRec's sharder
         (shares ``embeddings``; nothing is copied)."""
-        return InternalEmbeddings(self._internal_configs, self.embeddings, device=self.device)
+        return InternalEmbeddings(
+            self._internal_configs,
+            self.embeddings,
+            device=self.device,
+            use_gather_select=self.use_gather_select(),
+            use_gather_select_per_sharding=self.use_gather_select_per_sharding(),
+        )
 
     def forward(self, features: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
         """Args: features: raw ids of the logical features. Returns: feature name ->
@@ -273,15 +288,24 @@ class InternalEmbeddings(nn.Module):
         configs: the internal table configs.
         embeddings: the tables (shared, not copied), keyed by internal table name.
         device: the tables' device.
+        use_gather_select, use_gather_select_per_sharding: the collection's.
     """
 
     def __init__(
-        self, configs: list[EmbeddingConfig], embeddings: nn.ModuleDict, *, device: torch.device
+        self,
+        configs: list[EmbeddingConfig],
+        embeddings: nn.ModuleDict,
+        *,
+        device: torch.device,
+        use_gather_select: bool = False,
+        use_gather_select_per_sharding: dict[str, bool] | None = None,
     ) -> None:
         super().__init__()
         self.embeddings = embeddings
         self._configs = configs
         self._device = device
+        self._use_gather_select = use_gather_select
+        self._use_gather_select_per_sharding = use_gather_select_per_sharding
 
     def embedding_configs(self) -> list[EmbeddingConfig]:
         return self._configs
@@ -296,10 +320,10 @@ class InternalEmbeddings(nn.Module):
         return False
 
     def use_gather_select(self) -> bool:
-        return False
+        return self._use_gather_select
 
-    def use_gather_select_per_sharding(self) -> None:
-        return None
+    def use_gather_select_per_sharding(self) -> dict[str, bool] | None:
+        return self._use_gather_select_per_sharding
 
     @property
     def device(self) -> torch.device:
@@ -327,6 +351,8 @@ def sequence_replacements(
             plan,
             device=ec.device,
             need_indices=ec.need_indices(),
+            use_gather_select=ec.use_gather_select(),
+            use_gather_select_per_sharding=ec.use_gather_select_per_sharding(),
             out_of_range=out_of_range,
             strict=False,
         )
