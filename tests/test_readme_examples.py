@@ -1,5 +1,6 @@
 """The README's Python examples run: "Use it in your model" (a DLRM on the meta device, a
-saved plan applied) and its sharding with DMP, at world size 2 on gloo, then a batch.
+saved plan applied) and its sharding with DMP, at world size 2 on gloo, then a batch; and
+its sequence features' example.
 
 The first block runs as written, next to a ``plan.safetensors``. The second is written for
 GPUs and leaves ``fused``, ``world_size``, ``batch_size`` and ``pg`` to the reader: they are
@@ -62,3 +63,16 @@ def test_use_it_in_your_model_runs_as_the_readme_says(tmp_path: Path) -> None:
     for result in results:
         assert result["logits"] == [4, 1]
         assert result["kinds"] == ["ShardedLearnedHashEmbeddingBagCollection"]
+
+
+def test_the_sequence_example_runs_as_the_readme_says() -> None:
+    third = python_blocks(README.read_text())[2]
+    assert "EmbeddingCollection" in third
+    names: dict = {}
+    exec(third, names)  # noqa: S102 (the README's own example)
+    per_id = names["per_id"]
+    assert type(names["ec"]).__name__ == "LearnedHashEmbeddingCollection"
+    assert list(per_id.values().shape) == [3, 16] and per_id.lengths().tolist() == [2, 1]
+    weight = names["ec"].embeddings["item"].weight
+    assert weight.shape[0] == 10_000
+    torch.testing.assert_close(per_id.values(), weight[torch.tensor([3, 999_999, 42]) % 10_000])
