@@ -383,7 +383,9 @@ def fused_rows(
     Args as for :func:`fused_remap`, plus ``array_offsets`` (see
     :func:`~torchrec_lhf.modules.remap_ops.remap_values`).
     """
-    if not torch.jit.is_scripting():
+    # NOTE: torch.compile takes the operators too (it traces them by their shape functions;
+    # the pybind functions it could not trace)
+    if not (torch.jit.is_scripting() or torch.compiler.is_compiling()):
         if len(compact) == 0 and array_offsets is not None:
             return None
         return fused_remap(

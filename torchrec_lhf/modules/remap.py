@@ -110,15 +110,19 @@ def remap_features(
     # guard runs where the operator does not), elsewhere before the lookup reads the
     # lengths it is added to
     length_check: torch.Tensor | None = None
+    # scripted or compiled (torch.compile): the operators' paths, no host read of the lengths
+    traced = torch.jit.is_scripting() or torch.compiler.is_compiling()
     if not on_cpu:
         length_check = length_guard(features.lengths())
-    elif not torch.jit.is_scripting():
-        refuse_negative_lengths(features)
+    elif not torch.jit.is_scripting():  # (TorchScript compiles no call in this branch)
+        if not torch.compiler.is_compiling():
+            refuse_negative_lengths(features)
     if on_cpu and keys == sources:  # DLRM's layout on CPU: the kernel's pass, nothing else
         length_per_key: list[int] | None = None
-        if torch.jit.is_scripting() and not vbe:
-            # scripted (serving): the operator sums each feature's bags itself (TorchScript's
-            # per-key lengths cost more than the whole lookup of a one-sample request)
+        if traced and not vbe:
+            # scripted (serving) or compiled: the operator sums each feature's bags itself
+            # (TorchScript's per-key lengths cost more than the whole lookup of a one-sample
+            # request; torch.compile would break its graph on their host read)
             length_per_key = features.length_per_key_or_none()
             rows_P = compact_kernel.fused_rows_of_bags(
                 features.values(), features.lengths(), mapping, offset_J, height_J, modulo,
@@ -137,7 +141,7 @@ def remap_features(
                 features, feature_names, sources, rows_P, features.lengths(),
                 features.weights_or_none(), length_per_key,
             )  # fmt: skip
-    if length_check is None and torch.jit.is_scripting():  # (CPU: the operator did not run)
+    if length_check is None and traced:  # (CPU: the operator did not run)
         length_check = length_guard(features.lengths())
     length_per_key = features.length_per_key_or_none()
     if length_per_key is None and (

@@ -120,7 +120,7 @@ def _cached_key_layout(
 def _layout(
     keys: list[str], sources: list[str], device: torch.device
 ) -> tuple[torch.Tensor, list[int], bool, int]:
-    if torch.jit.is_scripting():
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():  # (no Python cache there)
         return key_layout(keys, sources, device)
     return _cached_key_layout(tuple(keys), tuple(sources), device)
 
