@@ -42,8 +42,9 @@ SEQUENCE_SHARDING_TYPES: tuple[str, ...] = (
 )
 """The sharding types offered for learned-hash sequence tables, each covered by
 tests/distributed at world size 2 on CPU/gloo. TorchRec's EmbeddingCollectionSharder also
-offers data parallel, but TorchRec 1.8's own collection fails under it there once the
-ranks' batches differ in ids (its output splits by the other rank's lengths)."""
+offers data parallel, but TorchRec 1.8's own collection fails under it there, even with
+the same batch on both ranks (its output is split by lengths that add up to more rows than
+its lookup returns)."""
 
 
 class ShardedLearnedHashEmbeddingCollection(ShardedEmbeddingCollection):
