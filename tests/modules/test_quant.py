@@ -138,6 +138,7 @@ def test_quantized_sequence_collection(encoding: str) -> None:
             torch.testing.assert_close(got[f].values(), jt.values(), atol=atol, rtol=0)
             assert torch.equal(got[f].lengths(), jt.lengths())
     assert [c.name for c in quantized.embedding_configs()] == ["t0", "t1", "t2"]
+    assert quantized.embedding_names_by_table() == [["f0", "f1"], ["f2"], ["f3"]]
     internal = [c.name for c in quantized.internal_embedding_configs()]
     assert internal == [c.name for c in float_module.internal_embedding_configs()]
     scripted = torch.jit.script(symbolic_trace(quantized))

@@ -119,6 +119,7 @@ class QuantLearnedHashEmbeddingCollection(QuantEmbeddingCollection):
 
     embedding_configs = logical_view.logical_configs
     logical_configs = logical_view.logical_configs
+    embedding_names_by_table = logical_view.logical_embedding_names
     plan_fingerprint = property(logical_view.plan_fingerprint)
 
     def internal_embedding_configs(self) -> list[EmbeddingConfig]:
