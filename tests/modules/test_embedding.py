@@ -25,6 +25,7 @@ from torchrec_lhf import (
 from torchrec_lhf.compression.methods import memrec_plan
 from torchrec_lhf.distributed.embedding_bag import remap_bytes
 from torchrec_lhf.distributed.planner import make_planner
+from torchrec_lhf.modules.embedding import JaggedCombine
 from torchrec_lhf.plan_compact import dense_mapping
 
 
@@ -98,6 +99,8 @@ def test_bad_input_is_named() -> None:
     tables = sequence_tables()
     with pytest.raises(ValueError, match=r"table 't1': combine 'concat' splits the dim"):
         LearnedHashEmbeddingCollection(tables=tables, plan=two_hash_plan("concat"))
+    with pytest.raises(ValueError, match=r"feature 'f': combine 'concat' splits the dim"):
+        JaggedCombine([("f", ["f__h0", "f__h1"], "concat")])
     with pytest.raises(ValueError, match="need_indices=True is not supported"):
         LearnedHashEmbeddingCollection(tables=tables, plan=two_hash_plan("sum"), need_indices=True)
     with pytest.raises(TypeError, match="list of EmbeddingConfig, got items of types"):

@@ -41,6 +41,18 @@ SEQUENCE_COMBINES: tuple[str, ...] = ("sum", "mult", "scaled_sum")
 table's dim (TorchRec's EmbeddingCollection holds tables of one dim)."""
 
 
+def check_sequence_combine(what: str, combine: str, num_hashes: int) -> None:
+    """Raise ValueError, naming ``what`` (a table or feature), unless ``combine`` is one of
+    :data:`SEQUENCE_COMBINES`: the others split the dim over the ``num_hashes`` internal
+    tables."""
+    if combine not in SEQUENCE_COMBINES:
+        raise ValueError(
+            f"{what}: combine {combine!r} splits the dim over its {num_hashes} internal "
+            "tables, which an EmbeddingCollection (tables of one dim) cannot hold; expected "
+            f"one of {list(SEQUENCE_COMBINES)}"
+        )
+
+
 class JaggedCombine(nn.Module):
     """Internal per-id embeddings -> the logical ones (``sum``, ``mult``, ``scaled_sum``).
 
@@ -70,12 +82,7 @@ class JaggedCombine(nn.Module):
             if len(internal) == 1:
                 self._passthrough.append((name, internal[0]))
                 continue
-            if combine not in SEQUENCE_COMBINES:
-                raise ValueError(
-                    f"feature {name!r}: combine {combine!r} splits the dim over its "
-                    f"{len(internal)} internal tables, which an EmbeddingCollection cannot "
-                    f"hold; expected one of {list(SEQUENCE_COMBINES)}"
-                )
+            check_sequence_combine(f"feature {name!r}", combine, len(internal))
             groups.setdefault((combine, len(internal)), []).append((name, list(internal)))
         self._groups = [
             (combine, [n for n, _ in members], [list(ks) for ks in zip(*(i for _, i in members))])
@@ -145,12 +152,8 @@ def sequence_sources(
     for cfg in tables:
         th = plan[cfg.name] if cfg.name in plan else None
         num_hashes = th.num_hashes if th is not None else 1
-        if num_hashes > 1 and th.combine not in SEQUENCE_COMBINES:
-            raise ValueError(
-                f"table {cfg.name!r}: combine {th.combine!r} splits the dim over its "
-                f"{num_hashes} internal tables, which an EmbeddingCollection (tables of one "
-                f"dim) cannot hold; expected one of {list(SEQUENCE_COMBINES)}"
-            )
+        if num_hashes > 1:
+            check_sequence_combine(f"table {cfg.name!r}", th.combine, num_hashes)
         for f in list(cfg.feature_names) or [cfg.name]:
             internal = [hashed_name(f, h, num_hashes) for h in range(num_hashes)]
             sources.append((f, internal, th.combine if th is not None else "sum"))

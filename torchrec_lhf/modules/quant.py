@@ -7,6 +7,8 @@ learned-hash modules need their own entries: :func:`quantize_learned_hash` passe
 # NOTE: no ``from __future__ import annotations``: torch.fx copies forward's annotations
 # into the traced code, and TorchScript needs them as types, not strings.
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torchrec.inference.modules import quantize_embeddings
@@ -63,15 +65,12 @@ class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
     def from_float(
         cls, module: LearnedHashEmbeddingBagCollection, use_precomputed_fake_quant: bool = False
     ) -> "QuantLearnedHashEmbeddingBagCollection":
-        if not isinstance(module, LearnedHashEmbeddingBagCollection):
-            raise ValueError(
-                f"expected a LearnedHashEmbeddingBagCollection, got {type(module).__name__}"
-            )
-        # TorchRec's from_float reads the tables from embedding_bag_configs() and expects only
-        # table weights in the state dict: hand it the internal tables (shared, no copy).
-        quantized = super().from_float(_internal_view(module), use_precomputed_fake_quant)
-        logical_view.copy_learned_hash_parts(module, quantized)
-        return quantized
+        return quantized_twin(
+            super().from_float,
+            module,
+            LearnedHashEmbeddingBagCollection,
+            use_precomputed_fake_quant,
+        )
 
     # the logical tables (as the float module's), bound from logical_view
     embedding_bag_configs = logical_view.logical_configs
@@ -89,14 +88,31 @@ class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
         return pooled if self.combine is None else self.combine(pooled)
 
 
-def _internal_view(module: nn.Module) -> nn.Module:
-    """``module``'s internal tables view, carrying the options TorchRec's ``from_float``
-    reads from the float module (shared tables, no copy)."""
+def quantized_twin(
+    base_from_float: Callable[[nn.Module, bool], nn.Module],
+    module: nn.Module,
+    expected: type,
+    use_precomputed_fake_quant: bool,
+) -> nn.Module:
+    """TorchRec's ``from_float`` (``base_from_float``) of a learned-hash collection's
+    internal tables, given the collection's remap, combine and logical view.
+
+    TorchRec's ``from_float`` reads the tables from the module's configs and expects only
+    table weights in its state dict: it gets the internal tables (shared, no copy) with the
+    options it reads from the float module (``qconfig`` and the like).
+
+    Raises:
+        ValueError: ``module`` is not an ``expected``.
+    """
+    if not isinstance(module, expected):
+        raise ValueError(f"expected a {expected.__name__}, got {type(module).__name__}")
     tables = module.internal_tables()
     for option in _FROM_FLOAT_OPTIONS:
         if hasattr(module, option):
             setattr(tables, option, getattr(module, option))
-    return tables
+    quantized = base_from_float(tables, use_precomputed_fake_quant)
+    logical_view.copy_learned_hash_parts(module, quantized)
+    return quantized
 
 
 class QuantLearnedHashEmbeddingCollection(QuantEmbeddingCollection):
@@ -109,13 +125,9 @@ class QuantLearnedHashEmbeddingCollection(QuantEmbeddingCollection):
     def from_float(
         cls, module: LearnedHashEmbeddingCollection, use_precomputed_fake_quant: bool = False
     ) -> "QuantLearnedHashEmbeddingCollection":
-        if not isinstance(module, LearnedHashEmbeddingCollection):
-            raise ValueError(
-                f"expected a LearnedHashEmbeddingCollection, got {type(module).__name__}"
-            )
-        quantized = super().from_float(_internal_view(module), use_precomputed_fake_quant)
-        logical_view.copy_learned_hash_parts(module, quantized)
-        return quantized
+        return quantized_twin(
+            super().from_float, module, LearnedHashEmbeddingCollection, use_precomputed_fake_quant
+        )
 
     embedding_configs = logical_view.logical_configs
     logical_configs = logical_view.logical_configs
