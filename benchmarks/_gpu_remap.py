@@ -87,6 +87,7 @@ class Tables:
                 torch.tensor(rows, dtype=torch.int64),
                 torch.ones(num_j, dtype=torch.bool),
                 tail_divisors(seeds_J) if divided else torch.zeros(0, dtype=torch.int64),
+                torch.zeros(0, dtype=torch.int64),  # no probe salts: the seeds differ
             )
         ]
         self.mapping = self.mapping[:0]  # no dense mapping left

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from torchrec import EmbeddingBagConfig
 
 from torchrec_lhf import HashPlan, TableHash
 from torchrec_lhf.plan_compact import CompactMapping, row_dtype
@@ -51,3 +52,25 @@ def to_compact(
         )
         tables.append(TableHash(t.name, t.num_embeddings, ms, t.heights, t.combine))
     return HashPlan(tables, metadata=plan.metadata)
+
+
+def same_seed_plan(n: int = 5000) -> tuple[list[EmbeddingBagConfig], HashPlan]:
+    """Five tables whose heads are the same ids (their most frequent, 0 to 599) with the
+    hashing trick's tail (``MODULO_SEED``), and a sixth of four hash functions of one hashed
+    seed, one held ranked: a hand-made plan the cuckoo table could not hold before (the
+    same id of one seed had the same slots in every hash function)."""
+    g = torch.Generator().manual_seed(7)
+    head = torch.arange(600)
+
+    def mapping(seed: int, ranked: bool = False) -> CompactMapping:
+        rows = torch.arange(600) if ranked else torch.randint(0, 700, (600,), generator=g)
+        return CompactMapping(head, rows.int(), tail_seed=seed, tail_offset=700, tail_rows=300)
+
+    tables = [TableHash(f"t{i}", n, (mapping(-1),), (1000,)) for i in range(5)]
+    four = tuple(mapping(11, ranked=h == 3) for h in range(4))
+    tables.append(TableHash("t5", n, four, (1000,) * 4))
+    configs = [
+        EmbeddingBagConfig(name=t.name, embedding_dim=4, num_embeddings=n, feature_names=[f"f{i}"])
+        for i, t in enumerate(tables)
+    ]
+    return configs, HashPlan(tables)

@@ -55,6 +55,7 @@ def _packed_table(
         rows - tail_offset,
         torch.ones(3, dtype=torch.bool),
         torch.zeros(0, dtype=torch.long),  # no divided tail
+        torch.zeros(0, dtype=torch.long),  # no probe salts (the seeds differ)
     ]
     return compact, offsets, heights
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests._compact import same_seed_plan
 from tests.modules.test_compact_kernel import CAN_BUILD, _packed_table
+from torchrec_lhf import LearnedHashEmbeddingBagCollection
 from torchrec_lhf.hashing import mix_keyed, rows_of_mix, seed_keys
 from torchrec_lhf.modules import compact_kernel, remap_lookup
 from torchrec_lhf.modules.remap_ops import IDENTITY
@@ -29,6 +31,7 @@ def _layout(packed: bool) -> tuple[dict, list[int]]:
         torch.cat([pad + 1, compact3[4]]),
         torch.tensor([False, False, True, True, True]),
         compact3[6],  # (no divided tail)
+        compact3[7],  # (no probe salts)
     ]
     offset_J = torch.cat([torch.tensor([IDENTITY, 0]), key_offsets]).int()
     args = {
@@ -117,6 +120,7 @@ def _tail(seed: torch.Tensor, rows: int) -> list[torch.Tensor]:
         torch.tensor([rows]),
         torch.tensor([True]),
         tail_divisors(seed) if int(seed[0]) < -1 else torch.zeros(0, dtype=torch.long),
+        torch.zeros(0, dtype=torch.long),  # no probe salts
     ]
 
 
@@ -367,3 +371,38 @@ def test_the_bags_operator_passes_torch_library_opcheck() -> None:
         torch.library.opcheck(
             torch.ops.torchrec_lhf.fused_remap_bags, (op_args[0], bags, *op_args[2:], NAMES)
         )
+
+
+def test_the_operators_take_the_probe_salts(monkeypatch) -> None:  # noqa: ANN001
+    """Hash functions that share a seed and head ids (``same_seed_plan``) have their probes
+    salted: the operators (the one-pass and the bags one, their fallbacks where the kernel
+    is not built) find every head with the salts and miss heads without them."""
+    configs, plan = same_seed_plan()
+    remap = LearnedHashEmbeddingBagCollection(tables=configs, plan=plan).remap
+    c = remap._compact_tensors()
+    assert len(c) == 14 and c[7].numel() == len(remap.features)  # ranked heads, salted
+    g = torch.Generator().manual_seed(2)
+    length_J = [int(n) for n in torch.randint(20, 60, (len(remap.features),), generator=g)]
+    # most ids in the heads (0 to 599), whose lookups the salts steer
+    ids = torch.randint(0, 700, (sum(length_J),), generator=g)
+    source_of = {f"f{i}": t for i, t in enumerate(plan)}
+    expected = []
+    for f, piece in zip(remap.features, ids.split(length_J)):
+        table = source_of[f.source]
+        h = int(f.name.rpartition("__h")[2]) if "__h" in f.name else 0
+        expected.append(table.mappings[h].rows(piece))
+    expected = torch.cat(expected)
+    args = (ids, length_J, remap.offset_J, remap.height_J, remap.mapping, *c[:6], *c[8:], False)
+    op = torch.ops.torchrec_lhf.fused_remap_ranked
+    assert torch.equal(op(*args, c[7]), expected)
+    assert not torch.equal(op(*args), expected)  # unsalted probes miss the salted heads
+    bags = torch.tensor(length_J)  # one bag a feature
+    bag_args = (ids, bags, *args[2:])
+    assert torch.equal(
+        torch.ops.torchrec_lhf.fused_remap_ranked_bags(*bag_args, None, c[7]), expected
+    )
+    torch.library.opcheck(op, (*args, c[7]))
+    torch.library.opcheck(torch.ops.torchrec_lhf.fused_remap_ranked_bags, (*bag_args, None, c[7]))
+    monkeypatch.setattr(compact_kernel, "_module", lambda: None)
+    assert torch.equal(compact_kernel._fallback_ranked(*args, c[7]), expected)
+    assert torch.equal(compact_kernel._fallback_ranked_bags(*bag_args, None, c[7]), expected)

@@ -21,9 +21,10 @@ pytestmark = pytest.mark.skipif(not CAN_BUILD, reason="needs a C++ compiler and 
 def _op_args(remap: FeatureRemap, ids: torch.Tensor, length_J: list[int], modulo: bool) -> tuple:
     """``fused_remap_ranked``'s arguments for ``remap``'s buffers."""
     c = remap._compact_tensors()
-    assert len(c) == 13  # six compact tensors, the divisors (empty) and six ranked ones
+    assert len(c) == 14  # six compact tensors, the divisors and salts (empty), six ranked
     assert c[6].numel() == 0  # (the kernel reads a divided tail's divisor from its seed)
-    return (ids, length_J, remap.offset_J, remap.height_J, remap.mapping, *c[:6], *c[7:], modulo)
+    assert c[7].numel() == 0  # (no two compact mappings share a seed)
+    return (ids, length_J, remap.offset_J, remap.height_J, remap.mapping, *c[:6], *c[8:], modulo)
 
 
 def _layout(few: bool, wild: bool) -> tuple[FeatureRemap, torch.Tensor, list[int], torch.Tensor]:

@@ -72,3 +72,34 @@ def test_insertion_fails_cleanly_when_the_slots_cannot_hold_the_keys() -> None:
     x_K = mix64(torch.arange(10), 0)
     assert head_table._insert(x_K, 5) is None  # 10 keys, 5 slots
     assert head_table._insert(x_K, 13) is not None
+
+
+def test_probe_salts_by_hand() -> None:
+    """0 for the first hash function of each seed (by key offset, whatever the order given),
+    a distinct nonzero mix for the later ones; none at all where the seeds differ."""
+    offsets = torch.tensor([30, 0, 20, 10, 40])
+    seeds = torch.tensor([5, 5, -1, 5, -1])
+    salts = head_table.probe_salts(offsets, seeds).tolist()
+    assert salts[1] == 0 and salts[2] == 0  # offsets 0 (seed 5) and 20 (seed -1) come first
+    later = [salts[0], salts[3], salts[4]]
+    assert all(s != 0 for s in later) and len(set(later)) == 3
+    assert salts[3] == head_table.probe_salts(torch.tensor([10, 0]), torch.tensor([5, 5]))[0]
+    distinct = head_table.probe_salts(torch.tensor([0, 7, 9]), torch.tensor([1, 2, -3]))
+    assert distinct.tolist() == [0, 0, 0]
+    assert head_table.probe_salts(torch.zeros(0, dtype=torch.long), torch.zeros(0)).numel() == 0
+
+
+def test_the_same_keys_of_one_mix_fit_once_salted() -> None:
+    """Entries whose mixed hashes are equal (one id in the heads of hash functions of one
+    seed) share their three slots, so four of them could not be placed; salted, they are."""
+    ids = torch.arange(50)
+    keys = torch.cat([ids + 100 * t for t in range(5)]).int()  # five hash functions' keys
+    x = mix64(ids, 3).repeat(5)
+    rows = torch.arange(250, dtype=torch.int16)
+    with pytest.raises(RuntimeError, match="no cuckoo table"):
+        head_table.build(keys, rows, x)
+    salt_T = head_table.probe_salts(torch.arange(5) * 100, torch.full((5,), 3))
+    probe = x ^ salt_T.repeat_interleave(50)
+    table = head_table.build(keys, rows, probe)
+    d = torch.full((250,), -1, dtype=torch.long)
+    assert head_table.lookup(keys, probe, *table, d).tolist() == list(range(250))

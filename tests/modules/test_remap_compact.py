@@ -12,12 +12,12 @@ import torch
 from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
 from torchrec.fx import symbolic_trace as torchrec_trace
 
-from tests._compact import compact_of, to_compact
+from tests._compact import compact_of, same_seed_plan, to_compact
 from tests._fixtures import three_tables, two_hash_plan
 from tests.modules._host_reads import host_reads
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection, TableHash
 from torchrec_lhf.distributed.embedding_bag import remap_bytes
-from torchrec_lhf.modules import head_table
+from torchrec_lhf.modules import compact_kernel, head_table
 from torchrec_lhf.modules.quant import quantize_learned_hash
 from torchrec_lhf.plan_compact import CompactMapping
 
@@ -216,3 +216,73 @@ def test_remap_state_round_trip_rebuilds_the_head_table() -> None:
     assert torch.equal(other(kjt).values(), expected)
     with pytest.raises(RuntimeError, match="Missing key.*head_keys"):
         other.load_state_dict({k: v for k, v in original.items() if k != "head_keys"})
+
+
+def test_hash_functions_sharing_a_seed_and_head_ids(monkeypatch) -> None:  # noqa: ANN001
+    """Before, building the module failed ("no cuckoo table of ... slots holds these ...
+    keys"); now every path maps every id as the plan does: the kernel, the torch ops (as on
+    CUDA), the scripted and quantized models (the operators, with the salts), a saved and
+    loaded served model, and a state dict loaded into a fresh module."""
+    configs, plan = same_seed_plan()
+    ebc = LearnedHashEmbeddingBagCollection(tables=configs, plan=plan)
+    salts = ebc.remap.probe_salt_J
+    assert salts.numel() == 9 and int((salts != 0).sum()) == 7  # the first of each seed: 0
+    g = torch.Generator().manual_seed(1)
+    keys = [f"f{i}" for i in range(6)]
+    lengths = torch.randint(0, 5, (6 * 8,), generator=g)
+    # half the ids in the shared head, half anywhere
+    values = torch.where(
+        torch.rand(int(lengths.sum()), generator=g) < 0.5,
+        torch.randint(0, 600, (int(lengths.sum()),), generator=g),
+        torch.randint(0, 5000, (int(lengths.sum()),), generator=g),
+    )
+    kjt = KeyedJaggedTensor(keys, values, lengths=lengths)
+    feats = kjt.to_dict()
+    expected = {
+        (f"f{i}" if t.num_hashes == 1 else f"f{i}__h{h}"): t.mappings[h].rows(
+            feats[f"f{i}"].values()
+        )
+        for i, t in enumerate(plan)
+        for h in range(t.num_hashes)
+    }
+
+    def check(remapped: KeyedJaggedTensor) -> None:
+        got = remapped.to_dict()
+        assert sorted(got) == sorted(expected)
+        for name, rows in expected.items():
+            assert torch.equal(got[name].values().long(), rows), name
+
+    check(ebc.remap(kjt))
+    out = ebc(kjt).values()
+    with monkeypatch.context() as patch:  # the torch ops (as on CUDA): no kernel
+        patch.setattr(compact_kernel, "fused_rows", lambda *args: None)
+        check(ebc.remap(kjt))
+        torch.testing.assert_close(ebc(kjt).values(), out, rtol=0, atol=0)
+    torch.testing.assert_close(
+        torch.jit.script(torchrec_trace(ebc))(kjt).values(), out, rtol=0, atol=0
+    )
+    q = quantize_learned_hash(copy.deepcopy(ebc).eval(), dtype=torch.qint8)
+    check(q.remap(kjt))
+    scripted = torch.jit.script(torchrec_trace(q))
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    torch.testing.assert_close(
+        torch.jit.load(buffer)(kjt).values(), q(kjt).values(), rtol=0, atol=0
+    )
+    fresh = LearnedHashEmbeddingBagCollection(tables=configs, plan=plan)
+    fresh.load_state_dict(ebc.state_dict())
+    check(fresh.remap(kjt))
+
+
+def test_distinct_seeds_probe_as_before() -> None:
+    """Where no two compact hash functions share a seed the salts are empty and the table
+    is the one built from the unsalted mix (what models scripted before the salts hold)."""
+    ebc = LearnedHashEmbeddingBagCollection(tables=three_tables(), plan=_compact_plan("compact"))
+    remap = ebc.remap
+    assert remap.probe_salt_J.numel() == 0
+    keys_K, rows_K = remap.head_keys, remap.head_rows
+    offsets_T, seeds_T, salts_T = remap._probe_salts()
+    assert salts_T.abs().sum() == 0
+    rebuilt = remap._head_table(keys_K, rows_K, offsets_T, seeds_T, torch.zeros_like(salts_T))
+    assert torch.equal(rebuilt[0], remap.slot_keys)

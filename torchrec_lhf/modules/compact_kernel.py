@@ -329,9 +329,10 @@ def fused_remap(
         ids_P: raw ids laid out per internal feature, shape ``(P,)``.
         length_J: the ids of each internal feature (host ints, summing to ``P``).
         mapping, offset_J, height_J, modulo, compact: as for
-            :func:`~torchrec_lhf.modules.remap_ops.remap_values` (``compact[7:13]``: the
-            ranked heads, :mod:`~torchrec_lhf.modules.head_rank`; the kernel reads a
-            divided tail's divisor from its seed, not ``compact[6]``).
+            :func:`~torchrec_lhf.modules.remap_ops.remap_values` (``compact[7]``: the
+            probe salts, ``compact[8:14]``: the ranked heads,
+            :mod:`~torchrec_lhf.modules.head_rank`; the kernel reads a divided tail's
+            divisor from its seed, not ``compact[6]``).
         quiet: a batch the kernel refuses (an id out of range, lengths that do not add
             up to the ids) gives None instead of the error below.
 
@@ -345,14 +346,15 @@ def fused_remap(
     if module is None:
         return None
     tables = _tables(mapping, compact)
+    salt = _salt(mapping, compact)
     try:
-        if len(compact) > 7:  # ranked heads: the same pass looks them up
+        if len(compact) > 8:  # ranked heads: the same pass looks them up
             return module.fused_remap_ranked_eager(
                 ids_P.contiguous(), length_J, offset_J, height_J, mapping, *tables,
-                *compact[7:13], modulo,
+                *compact[8:14], modulo, salt,
             )  # fmt: skip
         return module.fused_remap_eager(
-            ids_P.contiguous(), length_J, offset_J, height_J, mapping, *tables, modulo
+            ids_P.contiguous(), length_J, offset_J, height_J, mapping, *tables, modulo, salt
         )
     except RuntimeError:
         if quiet:  # the caller's general path names the problem
@@ -377,7 +379,7 @@ def fused_rows(
     up to the ids) gets None, so that the caller's general path names the problem.
     Scripted, the operator ``torchrec_lhf::fused_remap`` (one op where the interpreter ran
     about 25 and their statements), or
-    ``torchrec_lhf::fused_remap_ranked`` where there are ranked heads (``compact[7:13]``,
+    ``torchrec_lhf::fused_remap_ranked`` where there are ranked heads (``compact[8:14]``,
     :mod:`~torchrec_lhf.modules.head_rank`: looked up in the same pass).
 
     Args as for :func:`fused_remap`, plus ``array_offsets`` (see
@@ -395,14 +397,16 @@ def fused_rows(
         return None
     ids_P = ids_P.contiguous()  # (the kernel reads them as such; no copy where they are)
     t = _tables(mapping, compact)  # scripted: the operators (not the pybind functions)
-    if len(compact) > 7:
+    salt = _salt(mapping, compact)
+    if len(compact) > 8:
         return torch.ops.torchrec_lhf.fused_remap_ranked(
             ids_P, length_J, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
-            compact[7], compact[8], compact[9], compact[10], compact[11], compact[12], modulo,
+            compact[8], compact[9], compact[10], compact[11], compact[12], compact[13], modulo,
+            salt,
         )  # fmt: skip
     return torch.ops.torchrec_lhf.fused_remap(
         ids_P, length_J, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
-        modulo,
+        modulo, salt,
     )  # fmt: skip
 
 
@@ -457,15 +461,16 @@ def fused_rows_of_bags(
         return None
     ids_P = ids_P.contiguous()  # (as in fused_rows)
     t = _tables(mapping, compact)
-    if len(compact) > 7:
+    salt = _salt(mapping, compact)
+    if len(compact) > 8:
         return torch.ops.torchrec_lhf.fused_remap_ranked_bags(
             ids_P, bag_lengths, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
-            compact[7], compact[8], compact[9], compact[10], compact[11], compact[12], modulo,
-            names,
+            compact[8], compact[9], compact[10], compact[11], compact[12], compact[13], modulo,
+            names, salt,
         )  # fmt: skip
     return torch.ops.torchrec_lhf.fused_remap_bags(
         ids_P, bag_lengths, offset_J, height_J, mapping, t[0], t[1], t[2], t[3], t[4], t[5],
-        modulo, names,
+        modulo, names, salt,
     )  # fmt: skip
 
 
@@ -531,30 +536,45 @@ def _tables(mapping: torch.Tensor, compact: list[torch.Tensor]) -> list[torch.Te
     return [empty, empty, empty, empty, empty, empty]
 
 
+def _salt(mapping: torch.Tensor, compact: list[torch.Tensor]) -> torch.Tensor:
+    """The kernel's probe salts: ``compact[7]`` (empty where no mappings share a seed,
+    :func:`~torchrec_lhf.modules.head_table.probe_salts`), or an empty tensor."""
+    if len(compact) > 7:
+        return compact[7]
+    return mapping.new_zeros(0, dtype=torch.long)
+
+
 _COMPACT = (
     "Tensor offset, Tensor height, Tensor mapping, Tensor slot_keys, Tensor slot_rows, "
     "Tensor seeds, Tensor tail_offset, Tensor tail_rows, Tensor is_compact"
 )
 _TABLES = f"{_COMPACT}, bool modulo"
-SCHEMA = f"fused_remap(Tensor ids, int[] lengths, {_TABLES}) -> Tensor"
+_SALT = "Tensor? salt=None"
+SCHEMA = f"fused_remap(Tensor ids, int[] lengths, {_TABLES}, {_SALT}) -> Tensor"
 """The operator's schema. ``seeds``: the tail hashes' seeds; the empty tensors of a module
-without compact features stand for its absent tables (``is_compact`` empty)."""
+without compact features stand for its absent tables (``is_compact`` empty). ``salt``: each
+internal feature's probe salt (:func:`~torchrec_lhf.modules.head_table.probe_salts`), or
+none (empty or None); models scripted before it was added call the operators without it,
+and their head tables were built without salts."""
 _NAMES = "str[]? names=None"
-SCHEMA_BAGS = f"fused_remap_bags(Tensor ids, Tensor bag_lengths, {_TABLES}, {_NAMES}) -> Tensor"
+SCHEMA_BAGS = (
+    f"fused_remap_bags(Tensor ids, Tensor bag_lengths, {_TABLES}, {_NAMES}, {_SALT}) -> Tensor"
+)
 """``fused_remap`` with the per-bag lengths ``(J * B,)`` in place of the ids per feature.
 ``names``: the logical feature of each internal feature (``J``), read only to word an error
 (a negative length, an id out of range) with the feature's name instead of its index; models
 scripted before it was added call the operator without it."""
 _RANKED = "Tensor blocks, Tensor offsets, Tensor dir, Tensor last, Tensor steps, Tensor fine"
 SCHEMA_RANKED = (
-    f"fused_remap_ranked(Tensor ids, int[] lengths, {_COMPACT}, {_RANKED}, bool modulo) -> Tensor"
+    f"fused_remap_ranked(Tensor ids, int[] lengths, {_COMPACT}, {_RANKED}, bool modulo, "
+    f"{_SALT}) -> Tensor"
 )
 """``fused_remap`` with the ranked heads (:mod:`~torchrec_lhf.modules.head_rank`'s
 buffers; ``steps`` is only the torch fallback's, ``fine`` the spans' directory both
 read) looked up in the same pass."""
 SCHEMA_RANKED_BAGS = (
     f"fused_remap_ranked_bags(Tensor ids, Tensor bag_lengths, {_COMPACT}, {_RANKED}, "
-    f"bool modulo, {_NAMES}) -> Tensor"
+    f"bool modulo, {_NAMES}, {_SALT}) -> Tensor"
 )
 """``fused_remap_ranked`` with the per-bag lengths ``(J * B,)``."""
 SCHEMA_RANK = (
@@ -578,14 +598,20 @@ def _fallback(
     tail_rows: torch.Tensor,
     is_compact: torch.Tensor,
     modulo: bool,
+    salt: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The operator where the C++ kernel is not registered for the ids' device: on CPU it
     builds (or loads) the kernel, which registers itself, and calls it; where that is not
     possible (no compiler; another device; ids or rows of other dtypes), the torch ops of
     ``map_ids``."""
     compact = [slot_keys, slot_rows, seeds, tail_offset, tail_rows, is_compact]
-    compact.append(tail_divisors(seeds))
+    compact += [tail_divisors(seeds), _salt_or_empty(salt, seeds)]
     return _fallback_rows(ids, lengths, offset, height, mapping, compact, modulo)
+
+
+def _salt_or_empty(salt: torch.Tensor | None, seeds: torch.Tensor) -> torch.Tensor:
+    """An operator's optional probe salts as ``compact[7]`` (empty for none)."""
+    return seeds.new_zeros(0, dtype=torch.long) if salt is None else salt
 
 
 def _fallback_ranked(
@@ -607,11 +633,13 @@ def _fallback_ranked(
     steps: torch.Tensor,
     fine: torch.Tensor,
     modulo: bool,
+    salt: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``fused_remap_ranked`` where its C++ kernel is not registered: as :func:`_fallback`,
     the ranked heads looked up by the torch ops where the kernel cannot run."""
     compact = [slot_keys, slot_rows, seeds, tail_offset, tail_rows, is_compact]
-    compact += [tail_divisors(seeds), blocks, offsets, dir_J, last_J, steps, fine]
+    compact += [tail_divisors(seeds), _salt_or_empty(salt, seeds)]
+    compact += [blocks, offsets, dir_J, last_J, steps, fine]
     return _fallback_rows(ids, lengths, offset, height, mapping, compact, modulo)
 
 
@@ -624,19 +652,22 @@ def _fallback_rows(
     compact: list[torch.Tensor],
     modulo: bool,
 ) -> torch.Tensor:
-    """The fallbacks' rows: the kernel where it can be built (``compact[7:13]``: ranked
-    heads), else ``map_ids``'s torch ops (``compact`` empty where no feature is compact;
-    ``compact[6]``, the divisors, every seed's: correct for every tail)."""
+    """The fallbacks' rows: the kernel where it can be built (``compact[7]``: the probe
+    salts, ``compact[8:14]``: ranked heads), else ``map_ids``'s torch ops (``compact``
+    empty where no feature is compact; ``compact[6]``, the divisors, every seed's: correct
+    for every tail)."""
     compact = compact if compact[5].numel() > 0 else []
     module = _module() if _applies(ids, compact) else None
     if module is not None:  # (loading it registered its kernel: later calls go there)
         tables = _tables(mapping, compact)
-        if len(compact) > 7:
+        salt = _salt(mapping, compact)
+        if len(compact) > 8:
             return module.fused_remap_ranked_eager(
-                ids.contiguous(), lengths, offset, height, mapping, *tables, *compact[7:13], modulo
-            )
+                ids.contiguous(), lengths, offset, height, mapping, *tables, *compact[8:14],
+                modulo, salt,
+            )  # fmt: skip
         return module.fused_remap_eager(
-            ids.contiguous(), lengths, offset, height, mapping, *tables, modulo
+            ids.contiguous(), lengths, offset, height, mapping, *tables, modulo, salt
         )
     from torchrec_lhf.modules.remap_lookup import map_ids  # (it imports this module)
 
@@ -658,11 +689,12 @@ def _fallback_bags(
     is_compact: torch.Tensor,
     modulo: bool,
     names: list[str] | None = None,
+    salt: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``fused_remap_bags`` where its C++ kernel is not registered: as :func:`_fallback`,
     the ids per feature summed here."""
     compact = [slot_keys, slot_rows, seeds, tail_offset, tail_rows, is_compact]
-    compact.append(tail_divisors(seeds))
+    compact += [tail_divisors(seeds), _salt_or_empty(salt, seeds)]
     return _fallback_bag_rows(ids, bag_lengths, offset, height, mapping, compact, modulo, names)
 
 
@@ -686,10 +718,12 @@ def _fallback_ranked_bags(
     fine: torch.Tensor,
     modulo: bool,
     names: list[str] | None = None,
+    salt: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``fused_remap_ranked_bags`` where its C++ kernel is not registered."""
     compact = [slot_keys, slot_rows, seeds, tail_offset, tail_rows, is_compact]
-    compact += [tail_divisors(seeds), blocks, offsets, dir_J, last_J, steps, fine]
+    compact += [tail_divisors(seeds), _salt_or_empty(salt, seeds)]
+    compact += [blocks, offsets, dir_J, last_J, steps, fine]
     return _fallback_bag_rows(ids, bag_lengths, offset, height, mapping, compact, modulo, names)
 
 
@@ -712,13 +746,13 @@ def _fallback_bag_rows(
         )
     present = compact if compact[5].numel() > 0 else []
     if _applies(ids, present) and _module() is not None and _kernel_registered():
-        if len(compact) > 7:
+        if len(compact) > 8:
             return torch.ops.torchrec_lhf.fused_remap_ranked_bags(
-                ids, bag_lengths, offset, height, mapping, *compact[:6], *compact[7:13], modulo,
-                names,
+                ids, bag_lengths, offset, height, mapping, *compact[:6], *compact[8:14], modulo,
+                names, compact[7],
             )  # fmt: skip
         return torch.ops.torchrec_lhf.fused_remap_bags(
-            ids, bag_lengths, offset, height, mapping, *compact[:6], modulo, names
+            ids, bag_lengths, offset, height, mapping, *compact[:6], modulo, names, compact[7]
         )
     lengths = _bag_sums(bag_lengths, offset.numel(), ids.numel(), names)
     if names is None:

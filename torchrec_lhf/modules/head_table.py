@@ -16,7 +16,12 @@ alternate from id to id, and ``torch.where``'s CPU kernel then mispredicts its b
 ``x`` is the SplitMix64 mix that the tail hash computes anyway (see
 :mod:`torchrec_lhf.hashing`), so the probe costs no extra hashing of the ids; each choice
 takes a different 32-bit window of ``x``, scaled into ``[0, S)`` by a multiply and a
-shift (Lemire's "fastrange"; no division).
+shift (Lemire's "fastrange"; no division). That mix depends on the id and the tail's seed
+only, so the same id in the heads of two hash functions of one seed (a plan may give every
+table the hashing trick's tail, ``MODULO_SEED``) would have the same slots in both, and more
+than ``NUM_CHOICES`` such entries could not be placed at all: each hash function XORs its
+probe salt (:func:`probe_salts`) into ``x`` for its slots, 0 for the first of each seed
+(so that a module whose hash functions' seeds all differ probes as it always did).
 
 Construction is the parallel random-walk cuckoo insertion of Alcantara et al. ("Real-time
 parallel hashing on the GPU", 2009): every entry not yet placed writes itself into its
@@ -34,6 +39,8 @@ elsewhere), so the smallest of the three is the answer. :func:`lookup` takes eit
 
 import torch
 
+from torchrec_lhf.hashing import mix64
+
 NUM_CHOICES = 3
 """Probes per lookup; 3-choice cuckoo tables fill to ~91% before insertion fails."""
 LOAD = 0.8
@@ -43,6 +50,30 @@ _MAX_GROWTHS = 20
 _EMPTY = -1
 PACKED_EMPTY = 2**31 - 1
 """The key of an empty slot in the packed form (real keys are below it)."""
+
+
+def probe_salts(offsets_T: torch.Tensor, seeds_T: torch.Tensor) -> torch.Tensor:
+    """What each compact hash function XORs into its ids' mixed hashes for their probe slots
+    (not their tail rows): 0 for the first hash function of each tail seed, by key offset,
+    and a SplitMix64 mix of its key offset for the others, which share a seed with an
+    earlier one (see the module docstring).
+
+    Args:
+        offsets_T: the ``T`` compact hash functions' key offsets, distinct, int64 ``(T,)``.
+        seeds_T: their tail seeds, int64 ``(T,)``.
+
+    Returns:
+        int64 ``(T,)``.
+    """
+    order_T = torch.argsort(offsets_T)
+    seeds_sorted = seeds_T[order_T]
+    _, group_T = torch.unique(seeds_sorted, return_inverse=True)
+    # the position (in offset order) of each seed's first hash function
+    first_G = torch.full((int(group_T.max()) + 1 if group_T.numel() else 0,), len(group_T))
+    first_G.scatter_reduce_(0, group_T, torch.arange(len(group_T)), "amin")
+    later_T = first_G[group_T] != torch.arange(len(group_T))
+    salts = torch.where(later_T, mix64(offsets_T[order_T], 0x5A17), 0)
+    return torch.empty_like(salts).scatter_(0, order_T, salts)
 
 
 def slots_of(x_P: torch.Tensor, num_slots: int) -> list[torch.Tensor]:

@@ -410,6 +410,12 @@ class FeatureRemap(nn.Module):
         cuckoo table (:meth:`_head_table`) for the rest. (Re)registers the buffers."""
         keys_K, rows_K = keys_K.cpu(), rows_K.cpu()
         self.head_row_dtype = rows_K.dtype
+        offsets_T, seeds_T, salts_T = self._probe_salts()
+        salt_of = dict(zip(offsets_T.tolist(), salts_T.tolist()))
+        salt_J = [salt_of[f.offset] if f.tail is not None else 0 for f in self.features]
+        # (empty where no compact mappings share a seed: the lookup then XORs nothing)
+        salt = torch.tensor(salt_J if any(salt_J) else [], dtype=torch.int64)
+        self.register_buffer("probe_salt_J", salt.to(device), persistent=False)
         ranked = []
         cuckoo_K = torch.ones(keys_K.numel(), dtype=torch.bool)
         for offset, n in self.rank_ranges:
@@ -423,7 +429,9 @@ class FeatureRemap(nn.Module):
             ranked.append(is_ranked)
             if is_ranked:
                 cuckoo_K[lo:hi] = False
-        slot_keys, slot_rows = self._head_table(keys_K[cuckoo_K], rows_K[cuckoo_K])
+        slot_keys, slot_rows = self._head_table(
+            keys_K[cuckoo_K], rows_K[cuckoo_K], offsets_T, seeds_T, salts_T
+        )
         self.register_buffer("slot_keys", slot_keys.to(device), persistent=False)
         self.register_buffer("slot_rows", slot_rows.to(device), persistent=False)
         self.has_ranked = any(ranked)
@@ -449,25 +457,36 @@ class FeatureRemap(nn.Module):
         ):
             self.register_buffer(name, value.to(device), persistent=False)
 
-    def _head_table(
-        self, keys_K: torch.Tensor, rows_K: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cuckoo table of the heads (:mod:`~torchrec_lhf.modules.head_table`), built
-        from sorted head keys and rows, on the host: ``(slot_keys, slot_rows)``, or the
-        packed entries and an empty ``slot_rows``."""
-        keys_K, rows_K = keys_K.cpu(), rows_K.cpu()
-        if keys_K.numel() == 0:
-            return keys_K, rows_K
-        # each key's feature (the compact feature with the largest key offset <= key) and
-        # its tail seed (as held: a loaded state's): the probes come from the same mix as
-        # the tail hash
+    def _probe_salts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each compact mapping's key offset (ascending), tail seed (as held: a loaded
+        state's) and probe salt (:func:`~torchrec_lhf.modules.head_table.probe_salts`),
+        int64 ``(T,)`` each."""
         seed_J = self.tail_seed_J.tolist()
         compact = {f.offset: seed_J[j] for j, f in enumerate(self.features) if f.tail is not None}
         offsets_T = torch.tensor(sorted(compact), dtype=torch.int64)
         seeds_T = torch.tensor([compact[o] for o in sorted(compact)], dtype=torch.int64)
+        return offsets_T, seeds_T, head_table.probe_salts(offsets_T, seeds_T)
+
+    def _head_table(
+        self,
+        keys_K: torch.Tensor,
+        rows_K: torch.Tensor,
+        offsets_T: torch.Tensor,
+        seeds_T: torch.Tensor,
+        salts_T: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cuckoo table of the heads (:mod:`~torchrec_lhf.modules.head_table`), built
+        from sorted head keys and rows and the compact mappings' key offsets, seeds and
+        probe salts (:meth:`_probe_salts`), on the host: ``(slot_keys, slot_rows)``, or
+        the packed entries and an empty ``slot_rows``."""
+        keys_K, rows_K = keys_K.cpu(), rows_K.cpu()
+        if keys_K.numel() == 0:
+            return keys_K, rows_K
+        # each key's mapping (the one with the largest key offset <= key): the probes come
+        # from the same mix as the tail hash, XORed with the mapping's salt
         t_K = torch.searchsorted(offsets_T, keys_K.long(), right=True) - 1
         x_K = mix_keyed(keys_K.long() - offsets_T[t_K], seed_keys(seeds_T)[t_K])
-        slot_keys, slot_rows = head_table.build(keys_K, rows_K, x_K)
+        slot_keys, slot_rows = head_table.build(keys_K, rows_K, x_K ^ salts_T[t_K])
         # NOTE: int32 keys and rows are held packed (same bytes, one read a probe); the
         # slot_rows buffer is then empty
         packed = head_table.pack(slot_keys, slot_rows)
@@ -562,6 +581,7 @@ class FeatureRemap(nn.Module):
             self.tail_rows_J,
             self.compact_J,
             self.tail_divisor_J,
+            self.probe_salt_J,
         ]
         if self.has_ranked:  # (the ranked heads' lookup: remap_lookup._compact_rows)
             tensors += [

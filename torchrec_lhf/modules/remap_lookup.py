@@ -295,11 +295,14 @@ def _compact_rows(
     rows_P = rows_P.add_(tail_offset_J.index_select(0, j_P))
     if slot_keys_S.numel() > 0:
         # the head: a static cuckoo table probed at slots taken from the same mixed hash
+        # (salted where compact mappings share a seed: head_table.probe_salts)
+        salt_J = compact[7]
+        probe_P = x_P if salt_J.numel() == 0 else x_P ^ salt_J.index_select(0, j_P)
         rows_P = head_table.lookup(
-            key_P.to(slot_keys_S.dtype), x_P, slot_keys_S, slot_rows_S, rows_P
+            key_P.to(slot_keys_S.dtype), probe_P, slot_keys_S, slot_rows_S, rows_P
         )
-    if len(compact) > 7:  # ranked heads (rows = ranks): a bisection in each id's span
-        blocks_D, offsets_R, dir_J, last_J, steps_S, fine_F = compact[7:13]
+    if len(compact) > 8:  # ranked heads (rows = ranks): a bisection in each id's span
+        blocks_D, offsets_R, dir_J, last_J, steps_S, fine_F = compact[8:14]
         rows_P = head_rank.lookup(
             ids_P.long(), j_P, blocks_D, offsets_R, dir_J, last_J, steps_S, rows_P, fine_F
         )

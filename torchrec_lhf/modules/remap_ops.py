@@ -213,13 +213,15 @@ def remap_values(
         modulo: fold ids into ``[0, N)`` first; otherwise out-of-range ids fail.
         has_identity: some internal feature is uncompressed (offset ``IDENTITY``).
         compact: empty or None without compact hash functions, else ``[slot_keys_S,
-            slot_rows_S, tail_seed_J, tail_offset_J, tail_rows_J, compact_J, divisor_J]``:
-            the cuckoo table of all heads (keys int32 or int64, ``-1`` empty; rows
-            int16/int32; see :func:`~torchrec_lhf.modules.head_table.build`), the int64
-            tail hash of each internal feature, which internal features are compact (bool),
-            and each tail's divisor (:func:`~torchrec_lhf.hashing.tail_divisors`; empty
-            where no tail is divided), then the ranked heads' six tensors where there are
-            any (:mod:`~torchrec_lhf.modules.head_rank`).
+            slot_rows_S, tail_seed_J, tail_offset_J, tail_rows_J, compact_J, divisor_J,
+            salt_J]``: the cuckoo table of all heads (keys int32 or int64, ``-1`` empty;
+            rows int16/int32; see :func:`~torchrec_lhf.modules.head_table.build`), the
+            int64 tail hash of each internal feature, which internal features are compact
+            (bool), each tail's divisor (:func:`~torchrec_lhf.hashing.tail_divisors`; empty
+            where no tail is divided) and each feature's probe salt
+            (:func:`~torchrec_lhf.modules.head_table.probe_salts`; empty where no compact
+            mappings share a seed), then the ranked heads' six tensors where there are any
+            (:mod:`~torchrec_lhf.modules.head_rank`).
         array_offsets: optional, for a CPU batch in eager mode: the mapping's regions as
             FBGEMM's ``pruned_array_lookup`` takes them, shape ``(J + 1,)`` (see
             :func:`~torchrec_lhf.modules.remap_lookup.array_offsets`); the dense lookup is

@@ -186,6 +186,7 @@ struct Feature {
   uint64_t height = 0;
   int64_t offset = 0;  // dense: the mapping's start; compact: the key offset
   uint64_t seed_key = 0;
+  uint64_t salt = 0;  // compact: XORed into the mixed hash for the probe slots only
   int64_t tail_offset = 0;
   Divisor tail;
   bool divided = false;  // a divided tail (a seed -d below -1): (id / quot.d) mod tail.d
@@ -245,7 +246,7 @@ template <int kMode, bool kSlots = true, bool kDivided = false>
 inline void compact_hash(const Heads& heads, const Feature& f, int64_t count,
                          const int64_t* id_b, CompactBlock& blk) {
   const uint32_t slots = static_cast<uint32_t>(heads.slots);  // (<= 2**31: make_heads)
-  const uint64_t seed = f.seed_key, d = f.tail.d, m = f.tail.m;
+  const uint64_t seed = f.seed_key, salt = f.salt, d = f.tail.d, m = f.tail.m;
   const int shift = f.tail.k - 64;
   const int64_t tail_offset = f.tail_offset, offset = f.offset;
   // hashing.MODULO_SEED (whose key alone is 0): the tail row is id mod d, not of the mix;
@@ -261,9 +262,10 @@ inline void compact_hash(const Heads& heads, const Feature& f, int64_t count,
   for (int64_t b = 0; b < count; ++b) {
     const uint64_t x = finalize(static_cast<uint64_t>(id_b[b]) + seed);
     if (kSlots) {
-      blk.slot[0][b] = (uint64_t{static_cast<uint32_t>(x)} * slots) >> 32;
-      blk.slot[1][b] = (uint64_t{static_cast<uint32_t>(x >> 32)} * slots) >> 32;
-      blk.slot[2][b] = (uint64_t{static_cast<uint32_t>(x >> 16)} * slots) >> 32;
+      const uint64_t p = x ^ salt;
+      blk.slot[0][b] = (uint64_t{static_cast<uint32_t>(p)} * slots) >> 32;
+      blk.slot[1][b] = (uint64_t{static_cast<uint32_t>(p >> 32)} * slots) >> 32;
+      blk.slot[2][b] = (uint64_t{static_cast<uint32_t>(p >> 16)} * slots) >> 32;
     }
     const uint64_t v = ((x >> 2) & ~plain) | (static_cast<uint64_t>(val_b[b]) & plain);
     uint64_t r;
@@ -703,6 +705,9 @@ void remap_all(const torch::Tensor& ids, torch::Tensor& out, c10::ArrayRef<Featu
 // ranked feature's ids are not probed in the cuckoo table. Empty `blocks`: none (the
 // operator torchrec_lhf::fused_remap, whose schema exported models call).
 // `names`: see Names (the bags operators' callers pass them; errors then name the features).
+// `salt_in`: per feature, what is XORed into a compact feature's mixed hash for its probe
+// slots only, not its tail row (head_table.probe_salts: 0 but where compact mappings share
+// a seed, whose same ids would otherwise share their slots); empty: none.
 torch::Tensor remap_named(const torch::Tensor& ids, c10::IntArrayRef lengths,
                           const torch::Tensor& offset, const torch::Tensor& height,
                           const torch::Tensor& mapping, const torch::Tensor& slot_keys,
@@ -711,7 +716,7 @@ torch::Tensor remap_named(const torch::Tensor& ids, c10::IntArrayRef lengths,
                           const torch::Tensor& is_compact, const torch::Tensor& blocks,
                           const torch::Tensor& offsets, const torch::Tensor& dir,
                           const torch::Tensor& last, const torch::Tensor& fine, bool modulo,
-                          const Names& names) {
+                          const Names& names, const torch::Tensor& salt_in) {
   TORCH_CHECK(ids.device().is_cpu() && ids.is_contiguous());
   TORCH_CHECK(ids.scalar_type() == torch::kInt64 || ids.scalar_type() == torch::kInt32);
   const int64_t num = static_cast<int64_t>(lengths.size());
@@ -726,7 +731,7 @@ torch::Tensor remap_named(const torch::Tensor& ids, c10::IntArrayRef lengths,
   const int64_t* off_64 = off32 ? nullptr : off.data_ptr<int64_t>();
   const int64_t* hgt_64 = hgt.data_ptr<int64_t>();
   const bool any_compact = is_compact.numel() > 0;
-  torch::Tensor comp, seeds, t_off, t_rows;
+  torch::Tensor comp, seeds, t_off, t_rows, salts;
   if (any_compact) {
     comp = as(is_compact, torch::kBool);
     seeds = as(seeds_in, torch::kInt64);
@@ -734,6 +739,11 @@ torch::Tensor remap_named(const torch::Tensor& ids, c10::IntArrayRef lengths,
     t_rows = as(tail_rows, torch::kInt64);
     TORCH_CHECK(comp.numel() == num && seeds.numel() == num && t_off.numel() == num &&
                 t_rows.numel() == num);
+    if (salt_in.numel() > 0) {
+      salts = as(salt_in, torch::kInt64);
+      TORCH_CHECK(salts.numel() == num, "probe salts must have ", num, " entries (or none), got ",
+                  salts.numel());
+    }
   }
   const Heads heads = any_compact ? make_heads(slot_keys, slot_rows) : Heads{};
   RankIndex ranks;
@@ -763,6 +773,7 @@ torch::Tensor remap_named(const torch::Tensor& ids, c10::IntArrayRef lengths,
   const int64_t* seeds_p = any_compact ? seeds.data_ptr<int64_t>() : nullptr;
   const int64_t* t_off_p = any_compact ? t_off.data_ptr<int64_t>() : nullptr;
   const int64_t* t_rows_p = any_compact ? t_rows.data_ptr<int64_t>() : nullptr;
+  const int64_t* salt_p = salts.defined() ? salts.data_ptr<int64_t>() : nullptr;
   c10::SmallVector<Feature, 64> feats(num);
   int64_t at = 0;
   for (int64_t j = 0; j < num; ++j) {
@@ -776,6 +787,7 @@ torch::Tensor remap_named(const torch::Tensor& ids, c10::IntArrayRef lengths,
       f.kind = kCompact;
       // hashing.seed_keys: (seed + 1) * golden, wrapping
       f.seed_key = (static_cast<uint64_t>(seeds_p[j]) + 1) * kGolden;
+      f.salt = salt_p != nullptr ? static_cast<uint64_t>(salt_p[j]) : 0;
       f.tail_offset = t_off_p[j];
       const int64_t rows = t_rows_p[j];
       TORCH_CHECK(rows >= 1, "internal feature ", j, ": tail rows must be >= 1, got ", rows);
@@ -832,6 +844,21 @@ torch::Tensor remap_named(const torch::Tensor& ids, c10::IntArrayRef lengths,
   return out;
 }
 
+// An empty int32 tensor, the absent ranked heads' arguments: made once (allocated on every
+// call, it was about a tenth of what the remap adds to a one-sample request) and never freed
+// (a static tensor's destructor could run after libtorch's at exit).
+const torch::Tensor& no_tensor() {
+  static const torch::Tensor* const none = new torch::Tensor(torch::empty({0}, torch::kInt32));
+  return *none;
+}
+
+// The operators' optional probe salts (`Tensor? salt=None`: models scripted before them call
+// the operators without, and their head tables were built without salts), or none.
+using Salt = std::optional<torch::Tensor>;
+const torch::Tensor& salt_or_none(const Salt& salt) {
+  return salt.has_value() ? *salt : no_tensor();
+}
+
 // The operator torchrec_lhf::fused_remap_ranked: remap_named with no names.
 torch::Tensor fused_remap_ranked(const torch::Tensor& ids, c10::IntArrayRef lengths,
                                  const torch::Tensor& offset, const torch::Tensor& height,
@@ -841,19 +868,11 @@ torch::Tensor fused_remap_ranked(const torch::Tensor& ids, c10::IntArrayRef leng
                                  const torch::Tensor& is_compact, const torch::Tensor& blocks,
                                  const torch::Tensor& offsets, const torch::Tensor& dir,
                                  const torch::Tensor& last, const torch::Tensor& steps,
-                                 const torch::Tensor& fine, bool modulo) {
+                                 const torch::Tensor& fine, bool modulo, const Salt& salt) {
   (void)steps;
   return remap_named(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
                      tail_offset, tail_rows, is_compact, blocks, offsets, dir, last, fine, modulo,
-                     std::nullopt);
-}
-
-// An empty int32 tensor, the absent ranked heads' arguments: made once (allocated on every
-// call, it was about a tenth of what the remap adds to a one-sample request) and never freed
-// (a static tensor's destructor could run after libtorch's at exit).
-const torch::Tensor& no_tensor() {
-  static const torch::Tensor* const none = new torch::Tensor(torch::empty({0}, torch::kInt32));
-  return *none;
+                     std::nullopt, salt_or_none(salt));
 }
 
 // The operator torchrec_lhf::fused_remap: fused_remap_ranked without ranked heads.
@@ -862,11 +881,11 @@ torch::Tensor fused_remap(const torch::Tensor& ids, c10::IntArrayRef lengths,
                           const torch::Tensor& mapping, const torch::Tensor& slot_keys,
                           const torch::Tensor& slot_rows, const torch::Tensor& seeds,
                           const torch::Tensor& tail_offset, const torch::Tensor& tail_rows,
-                          const torch::Tensor& is_compact, bool modulo) {
+                          const torch::Tensor& is_compact, bool modulo, const Salt& salt) {
   const torch::Tensor& none = no_tensor();
   return remap_named(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
                      tail_offset, tail_rows, is_compact, none, none, none, none, none, modulo,
-                     std::nullopt);
+                     std::nullopt, salt_or_none(salt));
 }
 
 // Names, where given, must name each of the `num` internal features.
@@ -920,13 +939,14 @@ torch::Tensor fused_remap_bags(const torch::Tensor& ids, const torch::Tensor& ba
                                const torch::Tensor& mapping, const torch::Tensor& slot_keys,
                                const torch::Tensor& slot_rows, const torch::Tensor& seeds,
                                const torch::Tensor& tail_offset, const torch::Tensor& tail_rows,
-                               const torch::Tensor& is_compact, bool modulo, Names names) {
+                               const torch::Tensor& is_compact, bool modulo, Names names,
+                               const Salt& salt) {
   check_names(names, offset.numel());
   const auto lengths = bag_sums(bag_lengths, offset.numel(), names);
   const torch::Tensor& none = no_tensor();
   return remap_named(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
                      tail_offset, tail_rows, is_compact, none, none, none, none, none, modulo,
-                     names);
+                     names, salt_or_none(salt));
 }
 
 // fused_remap_ranked with the per-bag lengths (the operator
@@ -937,13 +957,14 @@ torch::Tensor fused_remap_ranked_bags(
     const torch::Tensor& slot_rows, const torch::Tensor& seeds, const torch::Tensor& tail_offset,
     const torch::Tensor& tail_rows, const torch::Tensor& is_compact, const torch::Tensor& blocks,
     const torch::Tensor& offsets, const torch::Tensor& dir, const torch::Tensor& last,
-    const torch::Tensor& steps, const torch::Tensor& fine, bool modulo, Names names) {
+    const torch::Tensor& steps, const torch::Tensor& fine, bool modulo, Names names,
+    const Salt& salt) {
   (void)steps;
   check_names(names, offset.numel());
   const auto lengths = bag_sums(bag_lengths, offset.numel(), names);
   return remap_named(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
                      tail_offset, tail_rows, is_compact, blocks, offsets, dir, last, fine, modulo,
-                     names);
+                     names, salt_or_none(salt));
 }
 
 // fused_remap for eager Python callers (pybind: a few microseconds less per call than the
@@ -952,9 +973,10 @@ torch::Tensor fused_remap_eager(torch::Tensor ids, std::vector<int64_t> lengths,
                                 torch::Tensor offset, torch::Tensor height, torch::Tensor mapping,
                                 torch::Tensor slot_keys, torch::Tensor slot_rows,
                                 torch::Tensor seeds, torch::Tensor tail_offset,
-                                torch::Tensor tail_rows, torch::Tensor is_compact, bool modulo) {
+                                torch::Tensor tail_rows, torch::Tensor is_compact, bool modulo,
+                                torch::Tensor salt) {
   return fused_remap(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
-                     tail_offset, tail_rows, is_compact, modulo);
+                     tail_offset, tail_rows, is_compact, modulo, salt);
 }
 
 torch::Tensor fused_remap_ranked_eager(
@@ -962,10 +984,10 @@ torch::Tensor fused_remap_ranked_eager(
     torch::Tensor mapping, torch::Tensor slot_keys, torch::Tensor slot_rows, torch::Tensor seeds,
     torch::Tensor tail_offset, torch::Tensor tail_rows, torch::Tensor is_compact,
     torch::Tensor blocks, torch::Tensor offsets, torch::Tensor dir, torch::Tensor last,
-    torch::Tensor steps, torch::Tensor fine, bool modulo) {
+    torch::Tensor steps, torch::Tensor fine, bool modulo, torch::Tensor salt) {
   return fused_remap_ranked(ids, lengths, offset, height, mapping, slot_keys, slot_rows, seeds,
                             tail_offset, tail_rows, is_compact, blocks, offsets, dir, last, steps,
-                            fine, modulo);
+                            fine, modulo, salt);
 }
 
 // rank_overlay: `rows` (fused_remap's, which holds no ranked head: those ids got their tail
