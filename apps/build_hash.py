@@ -33,6 +33,7 @@ from torchrec_lhf.cli import (
     add_config_flags,
     check_input_path,
     check_output_path,
+    checked_fields,
     config_from_args,
     is_finite_number,
     run_command,
@@ -66,6 +67,7 @@ class LaunchConfig:
     rank 0 waits for the others in a blocking receive, so it must exceed the slowest rank's
     share."""
 
+    @checked_fields
     def __post_init__(self) -> None:
         # (inf passed here and ended in timedelta's OverflowError at the process group,
         # 1e12 in a store that timed out at once)

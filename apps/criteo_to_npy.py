@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apps.dlrm.runtime import setup_logging
-from torchrec_lhf.cli import add_config_flags, check_output_path, config_from_args, run_command
+from torchrec_lhf.cli import (
+    add_config_flags,
+    check_fields,
+    check_output_path,
+    config_from_args,
+    run_command,
+)
 from torchrec_lhf.data.criteo_convert import convert_criteo_tsv
 
 
@@ -29,6 +35,9 @@ class CriteoToNpyConfig:
     """A Criteo TSV (``train.txt``, ``day_N``, or a ``.gz`` of one), or a directory of them."""
     out: Path
     """The output directory of ``{stem}_{dense,sparse,labels}.npy``."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def parse_args(argv: list[str] | None = None) -> CriteoToNpyConfig:

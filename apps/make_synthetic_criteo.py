@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apps.dlrm.runtime import setup_logging
-from torchrec_lhf.cli import add_config_flags, check_output_path, config_from_args, run_command
+from torchrec_lhf.cli import (
+    add_config_flags,
+    check_fields,
+    check_output_path,
+    config_from_args,
+    run_command,
+)
 from torchrec_lhf.data.synthetic_criteo import SyntheticCriteoConfig, write_synthetic_criteo
 
 
@@ -27,6 +33,9 @@ class OutputConfig:
 
     out: Path
     """The output directory (created if missing; files of the same names are replaced)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SyntheticCriteoConfig, OutputConfig]:

@@ -55,6 +55,7 @@ from torchrec_lhf.cli import (
     add_config_flags,
     check_output_path,
     check_unique,
+    checked_fields,
     config_from_args,
     run_command,
 )
@@ -227,6 +228,7 @@ class PipelineConfig:
     plot: str | None = None
     """Also write the plot here (``make demo``: docs/demo.png)."""
 
+    @checked_fields
     def __post_init__(self) -> None:
         check_dataset_spec(self.dataset, self.dataset_options)
         if not 0 < self.fraction <= 1:

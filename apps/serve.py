@@ -44,6 +44,7 @@ from torchrec_lhf.cli import (
     check_input_path,
     check_int,
     check_output_path,
+    checked_fields,
     config_from_args,
     run_command,
 )
@@ -73,6 +74,7 @@ class ServeConfig:
     out: str
     """The scores CSV to write."""
 
+    @checked_fields
     def __post_init__(self) -> None:
         check_dataset_spec(self.dataset, self.dataset_options)
         check_int("batch_size", self.batch_size, low=1)

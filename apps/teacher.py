@@ -47,7 +47,13 @@ from apps.dlrm.model import EBC_FQN
 from apps.dlrm.runtime import DistEnv, distributed, setup_logging
 from apps.dlrm.train import check_train_outputs
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.cli import add_config_flags, check_output_path, config_from_args, run_command
+from torchrec_lhf.cli import (
+    add_config_flags,
+    check_output_path,
+    checked_fields,
+    config_from_args,
+    run_command,
+)
 from torchrec_lhf.data import RecDataset, check_dataset_files
 from torchrec_lhf.distributed.gather import gather_to_rank0
 from torchrec_lhf.hash_build.artifact import stream_order, write_teacher
@@ -86,6 +92,7 @@ class TeacherConfig:
     counts stay those of the whole training split, exactly as a full teacher counts them.
     Its values then carry no memory of the other rows' labels (1: every row, the paper's)."""
 
+    @checked_fields
     def __post_init__(self) -> None:
         if not self.out:
             raise ValueError(f"out must name a directory, got {self.out!r}")

@@ -17,9 +17,11 @@ from tests._fixtures import run_module
 from torchrec_lhf.cli import (
     FlagError,
     add_config_flags,
+    check_fields,
     check_input_path,
     check_output_path,
     check_unique,
+    checked_fields,
     comma_list,
     config_from_args,
     field_docs,
@@ -392,3 +394,109 @@ def test_benchmarks_refuse_numbers_they_cannot_measure_before_they_start(
         bench.main(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@dataclass(kw_only=True)
+class _Typed:
+    count: int = 1
+    rate: float = 0.5
+    name: str = "a"
+    flag: bool = False
+    where: Path = Path("x")
+    sizes: list[int] = field(default_factory=lambda: [1, 2])
+    cap: int | None = None
+    mode: str = field(default="sum", metadata={"choices": ("sum", "concat")})
+    options: dict = field(default_factory=dict)
+
+    @checked_fields
+    def __post_init__(self) -> None:
+        if self.count > 10:  # (breaks with a TypeError where count is not a number)
+            raise ValueError(f"count must be at most 10, got {self.count}")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"count": True}, "count must be an int, got True"),
+        ({"count": "3"}, "count must be an int, got '3'"),  # (its own check: a TypeError)
+        ({"rate": float("nan")}, "rate must be a number, got nan"),
+        ({"rate": None}, "rate must be a number, got None"),
+        ({"name": 3}, "name must be a string, got 3"),
+        ({"flag": 1}, "flag must be a bool, got 1"),
+        ({"where": 3.0}, "where must be a path, got 3.0"),
+        ({"sizes": [1, "2"]}, r"sizes must be a list of ints, got \[1, '2'\]"),
+        ({"sizes": 3}, "sizes must be a list of ints, got 3"),
+        ({"cap": 1.5}, "cap must be an int or None, got 1.5"),
+        ({"mode": "max"}, r"mode must be one of \['sum', 'concat'\], got 'max'"),
+        ({"options": [1]}, r"options must be a mapping, got \[1\]"),
+        ({"count": 11}, "count must be at most 10, got 11"),  # the config's own message first
+    ],
+)
+def test_check_fields_names_the_field_and_what_it_expects(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        _Typed(**kwargs)
+
+
+def test_check_fields_takes_what_the_flags_give() -> None:
+    import numpy as np
+
+    config = _Typed(count=np.int64(3), rate=2, where="y", sizes=(3, 4), cap=7, mode="concat")
+    check_fields(config)
+    assert config.count == 3
+
+
+def _configs() -> list[tuple[type, dict]]:
+    """Every config dataclass of the project, with its required values."""
+    from apps.make_synthetic_criteo import OutputConfig
+    from torchrec_lhf.clustering.config import AgglomerativeConfig
+    from torchrec_lhf.compression.cce import CCEConfig
+    from torchrec_lhf.data.synthetic import SyntheticConfig
+    from torchrec_lhf.data.synthetic_criteo import SyntheticCriteoConfig
+
+    return [
+        (AgglomerativeConfig, {}),
+        (BuildConfig, {"out": "out", "fraction": 0.1}),
+        (CCEConfig, {}),
+        (SyntheticConfig, {}),
+        (SyntheticCriteoConfig, {}),
+        (teacher.TeacherConfig, {"train": TrainConfig(), "out": "out"}),
+        (build_hash.LaunchConfig, {}),
+        (criteo_to_npy.CriteoToNpyConfig, {"input": "in.tsv", "out": "out"}),
+        (TrainConfig, {}),
+        (OutputConfig, {"out": "out"}),
+        (pipeline.PipelineConfig, {}),
+        (serve.ServeConfig, {"model": "m.pt", "dataset": "movielens-100k", "out": "out"}),
+    ]
+
+
+_JUNK = [None, "x", 1.5, float("nan"), True, [1], {"a": 1}]
+
+
+@pytest.mark.parametrize("cls", [c for c, _ in _configs()], ids=lambda c: c.__name__)
+def test_every_config_refuses_a_value_of_the_wrong_type_by_name(cls: type) -> None:
+    """A config built in Python refuses a value its flag could not give with a ValueError
+    naming the field: before, some such values failed with a TypeError deep in its checks
+    (``PipelineConfig(fraction="x")``) or were taken (``PipelineConfig(clustering=3)``,
+    ``TrainConfig(learning_rate=None)``)."""
+    from typing import get_type_hints
+
+    from torchrec_lhf.cli import _is_of
+
+    required = dict(_configs())[cls]
+    cls(**required)  # its defaults are fine
+    hints = get_type_hints(cls)
+    checked = 0
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        for junk in _JUNK:
+            if _is_of(junk, hints[f.name]):
+                continue  # (a value of its type: the config's own checks judge it)
+            with pytest.raises(ValueError) as error:
+                cls(**{**required, f.name: junk})
+            # the field by name, or its words (a nested config's check: "head min_count"; an
+            # entry of a list: "sharding type must be one of ...")
+            words = [part.removesuffix("s") for part in f.name.split("_")]
+            assert all(word in str(error.value) for word in words), (f.name, junk)
+            checked += 1
+    assert checked > 0

@@ -51,6 +51,8 @@ from typing import Any
 __all__ = [
     "FlagError",
     "add_config_flags",
+    "check_fields",
+    "checked_fields",
     "check_input_path",
     "check_int",
     "is_finite_number",
@@ -301,6 +303,107 @@ def config_from_args(
 def is_finite_number(value: Any) -> bool:
     """Whether ``value`` is a finite real number (any real type, not a bool)."""
     return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def check_fields(config: Any) -> None:
+    """Raise ValueError where a field of the dataclass ``config`` is not of its annotated
+    type, or not among its ``choices`` (field metadata), naming the field, what it expects
+    and the value: what a flag's parser would have refused, for a config built in Python.
+    Every config runs it after its own checks (:func:`checked_fields`).
+
+    Types as for the flags (``int``, ``float``, ``str``, ``Path``, ``bool``, lists and tuples
+    of these, ``dict``, ``X | None``): an ``int`` is any integral type but a bool, a
+    ``float`` any real number but a bool or NaN, a list a list or tuple of its items, a
+    ``Path`` a string or path; a type beyond these is not checked.
+    """
+    cls = type(config)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        value, tp = getattr(config, f.name), hints[f.name]
+        if not _is_of(value, tp):
+            raise ValueError(f"{f.name} must be {_type_text(tp)}, got {value!r}")
+        choices = f.metadata.get("choices")
+        if choices is not None and value is not None and value not in choices:
+            raise ValueError(f"{f.name} must be one of {list(choices)}, got {value!r}")
+
+
+def checked_fields(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Decorate a config's ``__post_init__``: its own checks (which word a bad value with
+    its range), then :func:`check_fields` for what they leave; a value of the wrong type
+    that breaks them with a ``TypeError`` or ``AttributeError`` (``0 < "x"``) is named by
+    :func:`check_fields`' ``ValueError`` instead."""
+
+    @functools.wraps(post_init)
+    def checked(self: Any) -> None:
+        try:
+            post_init(self)
+        except (TypeError, AttributeError):
+            check_fields(self)  # (raises, naming the field, where a type is wrong)
+            raise
+        check_fields(self)
+
+    return checked
+
+
+def _is_of(value: Any, tp: Any) -> bool:
+    """Whether ``value`` is of the field type ``tp`` (see :func:`check_fields`)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_of(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if tp is float:
+        return (
+            isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
+        )  # (NaN is no value of any field)
+    if tp is str:
+        return isinstance(value, str)
+    if tp is Path:
+        return isinstance(value, str | os.PathLike)
+    if origin in (list, tuple):
+        items = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        if not isinstance(value, list | tuple):
+            return False
+        if origin is tuple and len(items) > 1:  # a fixed-length tuple
+            return len(value) == len(items) and all(map(_is_of, value, items))
+        return not items or all(_is_of(v, items[0]) for v in value)
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        return isinstance(value, Mapping)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # (another config)
+        return isinstance(value, tp)
+    return True  # (Any, callables, other classes: not checked)
+
+
+def _type_text(tp: Any) -> str:
+    """A field type in words, for :func:`check_fields`' message."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_text(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "None"
+    if tp is bool:
+        return "a bool"
+    if tp is int:
+        return "an int"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if tp is Path:
+        return "a path"
+    if origin in (list, tuple):
+        items = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        plural = {bool: "bools", int: "ints", float: "numbers", str: "strings", Path: "paths"}
+        return "a list" + (f" of {plural.get(items[0], items[0])}" if len(items) == 1 else "")
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        return "a mapping"
+    return f"a {tp.__name__}" if isinstance(tp, type) else str(tp)
 
 
 def check_int(name: str, value: Any, *, low: int) -> None:

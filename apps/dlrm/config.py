@@ -28,6 +28,7 @@ from torchrec_lhf.cli import (
     FlagError,
     add_config_flags,
     check_unique,
+    checked_fields,
     comma_list,
     config_from_args,
 )
@@ -178,6 +179,7 @@ class TrainConfig:
     log_every: int = 100
     """Log the training loss every this many steps (rank 0)."""
 
+    @checked_fields
     def __post_init__(self) -> None:
         self._check_values()
         check_compression(self)
@@ -258,6 +260,10 @@ class TrainConfig:
             raise ValueError(f"--fraction {self.fraction} needs --compression (got 'none')")
         if not self.sharding_types:
             raise ValueError("sharding_types must name at least one type")
+        if isinstance(self.sharding_types, str):  # (not its letters, one by one)
+            raise ValueError(
+                f"sharding_types must be a list of strings, got {self.sharding_types!r}"
+            )
         for st in self.sharding_types:
             check_choice("sharding type", st, SHARDING_TYPES)
         check_unique("sharding_types", self.sharding_types)

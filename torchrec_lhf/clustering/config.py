@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import torch
 
+from torchrec_lhf.cli import checked_fields, is_finite_number
+
 FILTER_NAMES = ("frequency", "distance", "size")
 RANKING_FILTERS = ("frequency", "distance")
 
@@ -64,11 +66,12 @@ class AgglomerativeConfig:
     """Merged value = access-count-weighted mean (``True``) or plain mean of the merged
     clusters' values (``False``)."""
 
+    @checked_fields
     def __post_init__(self) -> None:
         k = self.merges_per_step
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ValueError(f"merges_per_step must be an int >= 1 or None, got {k!r}")
-        if not 0.0 < float(self.merge_fraction) <= 1.0:
+        if not (is_finite_number(self.merge_fraction) and 0.0 < self.merge_fraction <= 1.0):
             raise ValueError(f"merge_fraction must be in (0, 1], got {self.merge_fraction!r}")
         limit = self.max_cluster_size
         if limit is not None and limit != "auto":
@@ -76,8 +79,8 @@ class AgglomerativeConfig:
                 raise ValueError(
                     f"max_cluster_size must be an int >= 1, 'auto' or None, got {limit!r}"
                 )
-        if not float(self.size_factor) >= 1.0:
-            raise ValueError(f"size_factor must be >= 1, got {self.size_factor!r}")
+        if not (is_finite_number(self.size_factor) and self.size_factor >= 1.0):
+            raise ValueError(f"size_factor must be a finite number >= 1, got {self.size_factor!r}")
         filters = tuple(self.filters)
         bad = [f for f in filters if f not in FILTER_NAMES]
         if bad or len(set(filters)) != len(filters):

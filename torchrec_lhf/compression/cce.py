@@ -49,6 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
+from torchrec_lhf.cli import checked_fields
 from torchrec_lhf.compression.baselines import computed_mapping
 from torchrec_lhf.compression.budget import split_rows
 from torchrec_lhf.hashing import tail_hash
@@ -82,6 +83,7 @@ class CCEConfig:
     reset_optimizer: bool = True
     """Zero the optimizer state of the re-initialised tables at each phase."""
 
+    @checked_fields
     def __post_init__(self) -> None:
         for name, low in (("phases", 0), ("kmeans_iters", 1), ("sample_factor", 1)):
             value = getattr(self, name)

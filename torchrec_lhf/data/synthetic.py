@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from torchrec_lhf.cli import check_int, is_finite_number
+from torchrec_lhf.cli import check_int, checked_fields, is_finite_number
 from torchrec_lhf.data._util import exclusive_cumsum, seeded_permutation, split_by_order
 from torchrec_lhf.data.dataset import RecDataset
 
@@ -76,6 +76,7 @@ class SyntheticConfig:
     seed: int = 0
     """Seed of the groups, the effects, the samples and the split."""
 
+    @checked_fields
     def __post_init__(self) -> None:
         for name, low in (("num_samples", 1), ("num_groups", 1), ("num_dense", 1), ("seed", 0)):
             check_int(name, getattr(self, name), low=low)

@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from torchrec_lhf._io import atomic_write_json
-from torchrec_lhf.cli import check_int, is_finite_number
+from torchrec_lhf.cli import check_int, checked_fields, is_finite_number
 from torchrec_lhf.data.criteo_convert import write_npy_parts
 from torchrec_lhf.data.criteo_npy import META_FILE, MLPERF_NUM_EMBEDDINGS
 from torchrec_lhf.data.synthetic import SyntheticConfig
@@ -88,6 +88,7 @@ class SyntheticCriteoConfig:
     seed: int = 0
     """Seed of the groups, permutations, effects and rows."""
 
+    @checked_fields
     def __post_init__(self) -> None:
         if not (is_finite_number(self.scale) and self.scale > 0):
             raise ValueError(f"scale must be a finite number > 0, got {self.scale!r}")

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from torchrec_lhf.cli import checked_fields
 from torchrec_lhf.clustering.registry import check_clustering_options, get_clustering
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS, allocate_rows
 from torchrec_lhf.hash_build.byte_budget import fit_head_to_bytes, learned_rows_for_bytes
@@ -191,6 +192,7 @@ class BuildConfig:
     """The teacher artifact's directory (``apps.build_hash`` reads it; recorded in the
     plan's metadata, not in the fingerprint)."""
 
+    @checked_fields
     def __post_init__(self) -> None:
         if (self.fraction is None) == (self.rows_per_table is None):
             raise ValueError(
