@@ -190,3 +190,26 @@ def test_two_hashes_or_shared_tables_keep_the_remap_outside_the_kernel() -> None
     assert not sharded.ebc.remap_in_kernel
     batch = _inputs(5)
     torch.testing.assert_close(sharded(*batch), quantized(*batch), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("combine", ["sum", "concat"])
+def test_sum_and_mean_tables_interleaved_shard_as_they_quantize(combine: str) -> None:
+    """A MEAN table between SUM ones (TorchRec's quantized EBC groups them by pooling type):
+    the quantized model stays close to the float one (it did not, before) and the sharded
+    one equals it."""
+    from torchrec.modules.embedding_configs import PoolingType
+
+    torch.manual_seed(0)
+    pooling = (PoolingType.SUM, PoolingType.MEAN, PoolingType.SUM)
+    tables = [
+        dataclasses.replace(t, pooling=p) for t, p in zip(three_tables(dims=(8, 8, 4)), pooling)
+    ]
+    ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=two_hash_plan(combine))
+    model = _Pooled(ebc, ["f3", "f2", "f1", "f0"]).eval()
+    quantized = quantize_for_inference(model, dtype="int8")
+    batch = _inputs(5)
+    torch.testing.assert_close(quantized(*batch), model(*batch), atol=0.02, rtol=0)
+    sharded = shard_for_inference(quantized, _inputs(2))
+    for b in (1, 5, 8):
+        batch = _inputs(b)
+        torch.testing.assert_close(sharded(*batch), quantized(*batch), atol=0, rtol=0)

@@ -147,3 +147,58 @@ def test_quantized_sequence_collection(encoding: str) -> None:
     vbe, _ = vbe_batch(seed=2, batch=4)
     with pytest.raises(ValueError, match=r"variable batch per feature \(VBE\), which TorchRec's"):
         quantized(vbe)
+
+
+@pytest.mark.parametrize("combine", ["sum", "concat"])
+def test_quantized_with_sum_and_mean_tables_interleaved(combine: str) -> None:
+    """TorchRec's quantized EBC groups its tables by pooling type, so with a SUM, a MEAN and
+    a SUM table its output keys come out of the configs' order. The combine read them in
+    that order before: every feature after the MEAN table got another's columns (fp32
+    rows: off by up to 8 here). Now each feature equals the float module's, eager and
+    scripted."""
+    import dataclasses
+
+    from torchrec.modules.embedding_configs import PoolingType
+
+    torch.manual_seed(0)
+    pooling = (PoolingType.SUM, PoolingType.MEAN, PoolingType.SUM)
+    tables = [dataclasses.replace(t, pooling=p) for t, p in zip(three_tables(), pooling)]
+    ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=two_hash_plan(combine)).eval()
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(0, 4, (4 * 5,), generator=g)
+    heights = torch.tensor([40, 40, 30, 12]).repeat_interleave(5)
+    values = torch.cat(
+        [torch.randint(0, int(h), (int(n),), generator=g) for h, n in zip(heights, lengths)]
+    )
+    kjt = KeyedJaggedTensor(keys=["f0", "f1", "f2", "f3"], values=values, lengths=lengths)
+    expected = ebc(kjt).to_dict()
+    quantized = quantize_learned_hash(ebc, dtype=torch.float32)
+    keys, _ = quantized.internal_output_order()
+    assert keys == ["f0", "f1", "f3", "f2__h0", "f2__h1"]  # the MEAN table's features last
+    got = quantized(kjt)
+    assert got.keys() == ["f0", "f1", "f2", "f3"]  # the float module's order
+    for f, pooled in got.to_dict().items():
+        torch.testing.assert_close(pooled, expected[f], rtol=1e-6, atol=1e-6)
+    scripted = torch.jit.script(symbolic_trace(quantized))
+    torch.testing.assert_close(scripted(kjt).values(), got.values(), rtol=0, atol=0)
+
+
+def test_a_dim_the_quantized_rows_cannot_have_is_named() -> None:
+    """FBGEMM's n-bit rows need ``dim * n / 8`` bytes to be even: a concat plan splits a
+    dim-6 table into two of dim 3, which int8 rows cannot hold. Before, FBGEMM failed with
+    "ncols needs to be multiple of 2 Bytes"; now the table is named, internal and logical."""
+    tables = [EmbeddingBagConfig(name="t", embedding_dim=6, num_embeddings=10, feature_names=["a"])]
+    plan = HashPlan.from_multi_mappings(
+        {"t": [torch.arange(10) % 3, torch.arange(10) % 4]}, combine="concat"
+    )
+    ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan)
+    match = r"table 't__h0' \(an internal table of 't'.*has dim 3, but FBGEMM's torch.qint8 rows need a dim that is a multiple of 2"
+    with pytest.raises(ValueError, match=match):
+        quantize_learned_hash(ebc, dtype=torch.qint8)
+    quantize_learned_hash(ebc, dtype=torch.float16)  # float rows take any dim
+    plain = EmbeddingBagCollection(tables=tables)
+    quantize_learned_hash(plain, dtype=torch.qint8)  # dim 6: even
+    with pytest.raises(
+        ValueError, match=r"table 't' has dim 6, .*torch.quint4x2 rows need .* multiple of 4"
+    ):
+        quantize_learned_hash(plain, dtype=torch.quint4x2)

@@ -65,12 +65,35 @@ class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
     def from_float(
         cls, module: LearnedHashEmbeddingBagCollection, use_precomputed_fake_quant: bool = False
     ) -> "QuantLearnedHashEmbeddingBagCollection":
-        return quantized_twin(
+        quantized = quantized_twin(
             super().from_float,
             module,
             LearnedHashEmbeddingBagCollection,
             use_precomputed_fake_quant,
         )
+        if quantized.combine is not None:
+            # TorchRec's quantized EBC groups its tables by pooling type: with SUM and MEAN
+            # tables interleaved its output keys are not in the configs' order, which the
+            # combine's column gathers assume; the combine follows the order it returns
+            keys, dims = quantized.internal_output_order()
+            if keys != quantized.combine.in_keys:
+                quantized.combine = quantized.combine.for_input_order(keys, dims)
+        return quantized
+
+    def internal_output_order(self) -> tuple[list[str], list[int]]:
+        """The keys and dims of the internal pooled embeddings, in the order TorchRec's
+        quantized EBC returns them (grouped by pooling type): those of one forward of a
+        sample without ids (public API only)."""
+        names = [f for c in self.internal_embedding_bag_configs() for f in c.feature_names]
+        device = self.remap.mapping.device
+        empty = KeyedJaggedTensor(
+            keys=names,
+            values=torch.zeros(0, dtype=torch.long, device=device),
+            lengths=torch.zeros(len(names), dtype=torch.int32, device=device),
+            weights=torch.zeros(0, device=device) if self._is_weighted else None,
+        )
+        pooled = super().forward(empty)
+        return pooled.keys(), pooled.length_per_key()
 
     # the logical tables (as the float module's), bound from logical_view
     embedding_bag_configs = logical_view.logical_configs
@@ -162,7 +185,11 @@ def quantize_learned_hash(
 
     Returns:
         The quantized model (or module, if ``model`` is itself a collection).
+
+    Raises:
+        ValueError: a table whose dim ``dtype``'s rows cannot have (:func:`check_quantizable`).
     """
+    check_quantizable(model, dtype)
     if isinstance(model, (EmbeddingBagCollection, EmbeddingCollection)):
         # quantize_dynamic swaps children only: wrap a bare collection.
         holder = nn.ModuleDict({"ebc": model})
@@ -183,3 +210,55 @@ def quantize_learned_hash(
         },
         output_dtype=output_dtype,
     )
+
+
+PACKED_BITS = {torch.qint8: 8, torch.quint8: 8, torch.quint4x2: 4, torch.quint2x4: 2}
+"""Bits a weight of each integer quantized dtype takes in FBGEMM's rows."""
+
+
+def check_quantizable(model: nn.Module, dtype: torch.dtype) -> None:
+    """Raise ValueError where a table of ``model`` has a dim whose ``dtype`` rows FBGEMM
+    cannot hold: an n-bit row's ``dim * n / 8`` bytes must be a multiple of 2 (int8 needs an
+    even dim, int4 a multiple of 4, int2 of 8), else FBGEMM fails with "ncols needs to be
+    multiple of 2 Bytes". A learned-hash table's internal tables are checked, since a
+    ``concat`` plan splits its dim (8 into 4 + 4, but 6 into 3 + 3).
+
+    Args:
+        model: a float model, or a collection.
+        dtype: the weights' quantized dtype (float ones pass).
+    """
+    bits = PACKED_BITS.get(dtype)
+    if bits is None:
+        return
+    multiple = 16 // bits
+    for path, module in model.named_modules():
+        learned = isinstance(
+            module, (LearnedHashEmbeddingBagCollection, LearnedHashEmbeddingCollection)
+        )
+        if isinstance(module, LearnedHashEmbeddingBagCollection):
+            configs = module.internal_embedding_bag_configs()
+        elif isinstance(module, LearnedHashEmbeddingCollection):
+            configs = module.internal_embedding_configs()
+        elif isinstance(module, EmbeddingBagCollection):
+            configs = module.embedding_bag_configs()
+        elif isinstance(module, EmbeddingCollection):
+            configs = module.embedding_configs()
+        else:
+            continue
+        for config in configs:
+            if config.embedding_dim % multiple == 0:
+                continue
+            where = f"{path}: " if path else ""
+            logical = config.name.partition("__h")[0]
+            split = (
+                f" (an internal table of {logical!r}, whose dim its plan splits over its hash "
+                "functions)"
+                if learned and logical != config.name
+                else ""
+            )
+            raise ValueError(
+                f"{where}table {config.name!r}{split} has dim {config.embedding_dim}, but "
+                f"FBGEMM's {dtype} rows need a dim that is a multiple of {multiple}; quantize "
+                f"to torch.float16, or give the table a dim whose every part is a multiple of "
+                f"{multiple}"
+            )
