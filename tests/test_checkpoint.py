@@ -283,3 +283,36 @@ def test_metadata_reader_refuses_pickled_code_and_objects(tmp_path: Path) -> Non
     (tmp_path / "latest").write_text(json.dumps({"kind": checkpoint.KIND, "dir": "../x"}))
     with pytest.raises(ValueError, match="not a checkpoint pointer"):
         checkpoint.load(tmp_path, model=model, optimizer=opt)
+
+
+def test_a_damaged_checkpoint_is_a_value_error(tmp_path: Path) -> None:
+    """Before, a truncated tensor file or index escaped as DCP's ``CheckpointException`` (a
+    ``BaseException``, which ``except Exception`` misses), a manifest without its step as a
+    ``KeyError``, and an index whose byte length was damaged as a ``MemoryError``; each is
+    now a ValueError naming the file, and nothing is loaded into the model."""
+    model, opt = _linear()
+    path = checkpoint.save(tmp_path, model=model, optimizer=opt, step=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def damaged(file: Path, data: bytes, match: str) -> None:
+        good = file.read_bytes()
+        file.write_bytes(data)
+        try:
+            with pytest.raises(ValueError, match=match):
+                checkpoint.load(tmp_path, model=model, optimizer=opt)
+        finally:
+            file.write_bytes(good)
+
+    (data_file,) = path.glob("*.distcp")
+    damaged(data_file, data_file.read_bytes()[:-40], "the saved tensors cannot be read")
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["step"]
+    damaged(
+        path / "manifest.json", json.dumps(manifest).encode(), "step must be an int >= 0, got None"
+    )
+    # a pickle that asks for a buffer of 2**62 bytes (BYTEARRAY8 and its length)
+    huge = pickle.PROTO + bytes([5]) + b"\x96" + (2**62).to_bytes(8, "little") + pickle.STOP
+    damaged(path / ".metadata", huge, "not a safe DCP checkpoint index")
+    damaged(tmp_path / "latest", b"{not json", "cannot be read as a checkpoint pointer")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert checkpoint.load(tmp_path, model=model, optimizer=opt).step == 1  # restored: loads

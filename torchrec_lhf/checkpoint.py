@@ -63,7 +63,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint import CheckpointException, FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
 from torchrec_lhf._io import atomic_write_json
@@ -169,7 +169,8 @@ def _same_meta(path: Path, meta: Mapping[str, Any] | None) -> bool:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    return manifest.get("meta") == json.loads(json.dumps(dict(meta or {})))
+    expected = json.loads(json.dumps(dict(meta or {})))
+    return isinstance(manifest, dict) and manifest.get("meta") == expected
 
 
 RNG_BY_RANK = "cpu_by_rank"
@@ -261,7 +262,10 @@ def read_latest(directory: str | os.PathLike) -> dict[str, Any] | None:
                 "start a new checkpoint directory"
             )
         return None
-    pointer = json.loads(path.read_text())
+    try:
+        pointer = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # (JSON and UTF-8 errors are ValueErrors)
+        raise ValueError(f"{path} cannot be read as a checkpoint pointer of {KIND}: {e}") from None
     if (
         not isinstance(pointer, dict)
         or pointer.get("kind") != KIND
@@ -338,9 +342,7 @@ def load(
     if pointer is None:
         return None
     path = Path(directory) / pointer["dir"]
-    manifest = json.loads((path / MANIFEST).read_text())
-    if manifest.get("kind") != KIND:
-        raise ValueError(f"{path / MANIFEST} is not a manifest of {KIND}")
+    manifest = _read_manifest(path)
     _check_expected(path, manifest.get("meta", {}), expect or {})
     reader = SafeFileSystemReader(path)
     metadata = reader.read_metadata()
@@ -361,7 +363,10 @@ def load(
     }
     cpu_key, cuda_key, rng = _rng_to_load(path, metadata)
     state = _state(model_sd, optim_sd["state"], extra, rng)
-    dcp.load(state, storage_reader=reader)
+    try:
+        dcp.load(state, storage_reader=reader)
+    except CheckpointException as e:  # (a BaseException: callers' `except Exception` miss it)
+        raise ValueError(f"{path}: the saved tensors cannot be read (damaged?): {e}") from None
     model.load_state_dict(model_sd)
     optimizer.load_state_dict(optim_sd)
     torch.set_rng_state(rng[cpu_key])
@@ -375,6 +380,29 @@ def load(
         meta=manifest.get("meta", {}),
         extra=extra,
     )
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the step directory ``path``, checked: ``kind``, an int ``step`` and
+    ``world_size``, a ``meta`` mapping.
+
+    Raises:
+        ValueError: a manifest that is not JSON or not one of ours (a damaged file).
+    """
+    file = path / MANIFEST
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, ValueError) as e:  # (JSON and UTF-8 errors are ValueErrors)
+        raise ValueError(f"{file} cannot be read as a manifest of {KIND}: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
+        raise ValueError(f"{file} is not a manifest of {KIND}")
+    for key in ("step", "world_size"):
+        value = manifest.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{file}: {key} must be an int >= 0, got {value!r} (damaged?)")
+    if not isinstance(manifest.get("meta", {}), dict):
+        raise ValueError(f"{file}: meta must be a mapping, got {manifest['meta']!r} (damaged?)")
+    return manifest
 
 
 def _check_expected(path: Path, meta: Mapping[str, Any], expect: Mapping[str, Any]) -> None:
@@ -444,7 +472,17 @@ class SafeFileSystemReader(FileSystemReader):
         path = Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata")
         try:
             metadata = _MetadataUnpickler(io.BytesIO(path.read_bytes())).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError) as error:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            AttributeError,
+            TypeError,
+            ValueError,
+            KeyError,
+            IndexError,
+            OverflowError,
+            MemoryError,  # (a damaged length: the unpickler sizes a buffer by it)
+        ) as error:
             raise ValueError(f"{path}: not a safe DCP checkpoint index ({error})") from error
         if not isinstance(metadata, Metadata):
             raise ValueError(f"{path}: not a DCP checkpoint index ({type(metadata).__name__})")
