@@ -90,7 +90,7 @@ class QuantLearnedHashEmbeddingBagCollection(QuantEmbeddingBagCollection):
             keys=names,
             values=torch.zeros(0, dtype=torch.long, device=device),
             lengths=torch.zeros(len(names), dtype=torch.int32, device=device),
-            weights=torch.zeros(0, device=device) if self._is_weighted else None,
+            weights=torch.zeros(0, device=device) if self.is_weighted() else None,
         )
         pooled = super().forward(empty)
         return pooled.keys(), pooled.length_per_key()
