@@ -149,8 +149,10 @@ def test_quantized_sequence_collection(encoding: str) -> None:
         quantized(vbe)
 
 
-@pytest.mark.parametrize("combine", ["sum", "concat"])
-def test_quantized_with_sum_and_mean_tables_interleaved(combine: str) -> None:
+@pytest.mark.parametrize(
+    ("combine", "weighted"), [("sum", False), ("concat", False), ("sum", True)]
+)
+def test_quantized_with_sum_and_mean_tables_interleaved(combine: str, weighted: bool) -> None:
     """TorchRec's quantized EBC groups its tables by pooling type, so with a SUM, a MEAN and
     a SUM table its output keys come out of the configs' order. The combine read them in
     that order before: every feature after the MEAN table got another's columns (fp32
@@ -161,20 +163,32 @@ def test_quantized_with_sum_and_mean_tables_interleaved(combine: str) -> None:
     from torchrec.modules.embedding_configs import PoolingType
 
     torch.manual_seed(0)
-    pooling = (PoolingType.SUM, PoolingType.MEAN, PoolingType.SUM)
+    # (PyTorch's float bags take per-id weights with SUM only: the weighted case reads the
+    # quantized EBC's order of weighted tables, all SUM)
+    mean = PoolingType.SUM if weighted else PoolingType.MEAN
+    pooling = (PoolingType.SUM, mean, PoolingType.SUM)
     tables = [dataclasses.replace(t, pooling=p) for t, p in zip(three_tables(), pooling)]
-    ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=two_hash_plan(combine)).eval()
+    plan = two_hash_plan(combine)
+    ebc = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan, is_weighted=weighted).eval()
     g = torch.Generator().manual_seed(3)
     lengths = torch.randint(0, 4, (4 * 5,), generator=g)
     heights = torch.tensor([40, 40, 30, 12]).repeat_interleave(5)
     values = torch.cat(
         [torch.randint(0, int(h), (int(n),), generator=g) for h, n in zip(heights, lengths)]
     )
-    kjt = KeyedJaggedTensor(keys=["f0", "f1", "f2", "f3"], values=values, lengths=lengths)
+    weights = torch.rand(values.numel(), generator=g) if weighted else None
+    kjt = KeyedJaggedTensor(
+        keys=["f0", "f1", "f2", "f3"], values=values, lengths=lengths, weights=weights
+    )
     expected = ebc(kjt).to_dict()
     quantized = quantize_learned_hash(ebc, dtype=torch.float32)
     keys, _ = quantized.internal_output_order()
-    assert keys == ["f0", "f1", "f3", "f2__h0", "f2__h1"]  # the MEAN table's features last
+    # the MEAN table's features last
+    assert keys == [
+        "f0",
+        "f1",
+        *(["f2__h0", "f2__h1", "f3"] if weighted else ["f3", "f2__h0", "f2__h1"]),
+    ]
     got = quantized(kjt)
     assert got.keys() == ["f0", "f1", "f2", "f3"]  # the float module's order
     for f, pooled in got.to_dict().items():
