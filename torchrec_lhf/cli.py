@@ -317,7 +317,7 @@ def check_fields(config: Any) -> None:
     ``Path`` a string or path; a type beyond these is not checked.
     """
     cls = type(config)
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
@@ -327,6 +327,12 @@ def check_fields(config: Any) -> None:
         choices = f.metadata.get("choices")
         if choices is not None and value is not None and value not in choices:
             raise ValueError(f"{f.name} must be one of {list(choices)}, got {value!r}")
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """A config class's resolved field types (once per class: every config built checks them)."""
+    return typing.get_type_hints(cls)
 
 
 def checked_fields(post_init: Callable[[Any], None]) -> Callable[[Any], None]:

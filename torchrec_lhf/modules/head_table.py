@@ -67,9 +67,9 @@ def probe_salts(offsets_T: torch.Tensor, seeds_T: torch.Tensor) -> torch.Tensor:
     """
     order_T = torch.argsort(offsets_T)
     seeds_sorted = seeds_T[order_T]
-    _, group_T = torch.unique(seeds_sorted, return_inverse=True)
+    seeds_G, group_T = torch.unique(seeds_sorted, return_inverse=True)
     # the position (in offset order) of each seed's first hash function
-    first_G = torch.full((int(group_T.max()) + 1 if group_T.numel() else 0,), len(group_T))
+    first_G = torch.full((seeds_G.numel(),), len(group_T))
     first_G.scatter_reduce_(0, group_T, torch.arange(len(group_T)), "amin")
     later_T = first_G[group_T] != torch.arange(len(group_T))
     salts = torch.where(later_T, mix64(offsets_T[order_T], 0x5A17), 0)
