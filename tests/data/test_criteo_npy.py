@@ -190,6 +190,10 @@ def _break(directory: Path, what: str) -> str:
         path = directory / "day_1_sparse.npy"
         path.write_bytes(path.read_bytes()[:-8])
         return "day_1_sparse.npy: truncated"
+    if what == "damaged_header":  # NumPy's header tokenizer raised TokenError
+        path = directory / "day_0_labels.npy"
+        path.write_bytes(path.read_bytes().replace(b"}", b" ", 1))
+        return "day_0_labels.npy: not an .npy file"
     if what == "not_npy":
         (directory / "day_0_dense.npy").write_bytes(b"hello")
         return "day_0_dense.npy: not an .npy file"
@@ -209,6 +213,7 @@ def _break(directory: Path, what: str) -> str:
         "gap_in_days",
         "both_layouts",
         "truncated",
+        "damaged_header",
         "not_npy",
         "meta",
         "meta_string",
@@ -231,3 +236,24 @@ def test_bad_paths_and_options_are_named(tmp_path: Path) -> None:
         load_criteo_npy(tmp_path, num_embeddings_per_feature=[5, 5])
     with pytest.raises(ValueError, match="unknown split"):
         load_criteo_npy(tmp_path).num_batches("dev", 2)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_dense_value_is_named_where_its_batch_is_read(
+    tmp_path: Path, value: float
+) -> None:
+    """Before, a NaN (or inf) dense value was read into its batch, and the loss of every
+    step after it was NaN, without a word. As a bad label: the batch that holds it names
+    the file, the row and the column; the other batches read as before."""
+    _write_set(tmp_path, ["day_0", "day_1"], [10, 12])
+    dense = np.load(tmp_path / "day_0_dense.npy")
+    dense[6, 4] = value  # global row 6
+    np.save(tmp_path / "day_0_dense.npy", dense)
+    ds = load_criteo_npy(tmp_path, num_embeddings_per_feature=HEIGHTS)
+    match = rf"day_0_dense\.npy: row 6 has dense value {value} in column 4; expected finite"
+    assert _rows_of(ds.batches("train", 3, limit=2)) == list(range(6))
+    with pytest.raises(ValueError, match=match):
+        list(ds.batches("train", 3))  # the third batch holds rows 6..8
+    with pytest.raises(ValueError, match=match):
+        ds.make_batch(torch.tensor([9, 6]))
+    assert ds.make_batch(torch.tensor([9, 5])).dense_features.shape == (2, 13)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,9 @@ class NpyFile:
                 if read is None:
                     raise ValueError(f"unsupported .npy version {version}")
                 shape, fortran, dtype = read(f)
-            except ValueError as e:
-                raise ValueError(f"{path}: not an .npy file ({e})") from None
+            except (ValueError, SyntaxError, tokenize.TokenError) as e:
+                # (NumPy tokenizes the header: a damaged one can raise TokenError)
+                raise ValueError(f"{path}: not an .npy file ({e!r})") from None
             offset = f.tell()
         cols = PART_COLUMNS[part]
         kind_ok = dtype.kind == "f" if part == "dense" else dtype.kind in "iu"

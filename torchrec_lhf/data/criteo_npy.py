@@ -7,7 +7,8 @@ features, ``D`` = 13 dense features, ``T`` ids of all tables together (``sum`` h
 
 The format is what ``python -m torchrec.datasets.scripts.npy_preproc_criteo`` writes
 (``BinaryCriteoUtils.tsv_to_npys``): per file stem, ``{stem}_dense.npy`` float32 ``(N, 13)``
-(``log(x - min + 2)`` with ``min`` the smallest integer of the whole file, empty -> 0),
+(``log(x - min + 2)`` with ``min`` the smallest integer of the whole file, empty -> 0;
+a NaN or inf is a ValueError naming its file and row when its batch is read),
 ``{stem}_sparse.npy`` int64 ``(N, 26)`` (the hex value as an integer, empty -> 0) and
 ``{stem}_labels.npy`` int32 ``(N, 1)`` (0 or 1: another label is a ValueError naming its file
 and row when its batch is read). A directory holds either the Criteo 1TB days
@@ -299,17 +300,19 @@ class CriteoNpyDataset:
         """The ``Batch`` of global rows ``[start, start + batch_size)``.
 
         Raises:
-            ValueError: a label other than 0 or 1, naming its file and row.
+            ValueError: a label other than 0 or 1 or a non-finite dense value, naming its
+                file and row.
         """
         dense, sparse, labels = self._read_range(start, start + batch_size)
-        self._check_labels(labels, lambda i: start + i)
+        self._check_rows(dense, labels, lambda i: start + i)
         return self._to_batch(dense, sparse, labels)
 
     def make_batch(self, rows_B: torch.Tensor) -> Batch:
         """The ``Batch`` of global rows ``rows_B`` (int64, shape ``(B,)``), in that order.
 
         Raises:
-            ValueError: a row outside the files, or a label other than 0 or 1 (named).
+            ValueError: a row outside the files, a label other than 0 or 1 or a non-finite
+                dense value (named).
         """
         rows = rows_B.numpy().astype(np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
@@ -320,25 +323,38 @@ class CriteoNpyDataset:
             mask = file_B == i
             for p in PARTS:
                 out[p][mask] = self.files[i][p].take(rows[mask] - self._starts[i])
-        self._check_labels(out["labels"], lambda i: int(rows[i]))
+        self._check_rows(out["dense"], out["labels"], lambda i: int(rows[i]))
         return self._to_batch(out["dense"], out["sparse"], out["labels"])
 
-    def _check_labels(self, labels: np.ndarray, global_row: Callable[[int], int]) -> None:
-        """Raise ValueError, naming the file and row, unless every label of a batch is 0 or 1
-        (a click or not: another value trains against a target the loss does not define,
-        without a word). One compare of ``B`` ints a batch; ``global_row(i)``, the batch's
-        ``i``-th row in the files, is asked only for a bad one."""
+    def _check_rows(
+        self, dense: np.ndarray, labels: np.ndarray, global_row: Callable[[int], int]
+    ) -> None:
+        """Raise ValueError, naming the file, row and value, unless every label of a batch
+        is 0 or 1 (a click or not: another value trains against a target the loss does not
+        define) and every dense value is finite (a NaN or inf would make the loss NaN),
+        without a word either way before. Two compares of ``B`` rows a batch;
+        ``global_row(i)``, the batch's ``i``-th row in the files, is asked only for a bad one.
+        """
         labels_B = labels.reshape(-1)
-        bad_B = (labels_B != 0) & (labels_B != 1)
-        if not bad_B.any():
-            return
-        i = int(np.flatnonzero(bad_B)[0])
-        row = global_row(i)
-        f = int(np.searchsorted(self._starts, row, side="right")) - 1
-        raise ValueError(
-            f"{self.files[f]['labels'].path}: row {row - self._starts[f]} has label "
-            f"{labels_B[i]}; expected 0 or 1"
-        )
+        bad_labels_B = (labels_B != 0) & (labels_B != 1)
+        bad_dense_BD = ~np.isfinite(dense)
+        for part, bad_B, expected in (
+            ("labels", bad_labels_B, "expected 0 or 1"),
+            ("dense", bad_dense_BD.any(axis=1), "expected finite values"),
+        ):
+            if not bad_B.any():
+                continue
+            i = int(np.flatnonzero(bad_B)[0])
+            if part == "labels":
+                what = f"label {labels_B[i]}"
+            else:
+                col = int(np.flatnonzero(bad_dense_BD[i])[0])
+                what = f"dense value {dense[i, col]} in column {col}"
+            row = global_row(i)
+            f = int(np.searchsorted(self._starts, row, side="right")) - 1
+            raise ValueError(
+                f"{self.files[f][part].path}: row {row - self._starts[f]} has {what}; {expected}"
+            )
 
     def id_counts(self, split: str = "train") -> list[torch.Tensor]:
         """Per feature, how often each id (after the modulo) occurs in ``split``: int64
