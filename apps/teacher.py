@@ -56,15 +56,12 @@ from torchrec_lhf.cli import (
 )
 from torchrec_lhf.data import RecDataset, check_dataset_files
 from torchrec_lhf.distributed.gather import gather_to_rank0
+from torchrec_lhf.distributed.sharding_types import FUSED_DIM_MULTIPLE
 from torchrec_lhf.hash_build.artifact import stream_order, write_teacher
 
 logger = logging.getLogger(__name__)
 
 TableItem = tuple[str, torch.Tensor, torch.Tensor]
-
-FUSED_DIM_MULTIPLE = 4
-"""TorchRec shards FBGEMM's fused tables only at widths divisible by 4; narrower teachers
-(the paper's dim 2) train ``data_parallel`` with the dense kernel and the dense optimizer."""
 
 TEACHER_DEFAULTS: dict[str, Any] = {"embedding_dim": 4}
 """Where the teacher's flags default otherwise than :class:`TrainConfig`'s (the one source of
@@ -72,8 +69,9 @@ the teacher's dim, also for ``apps.pipeline``)."""
 
 
 def teacher_sharding_types(embedding_dim: int) -> list[str] | None:
-    """``["data_parallel"]`` for a dim FBGEMM's fused tables reject, else ``None`` (the
-    :class:`TrainConfig` default)."""
+    """``["data_parallel"]`` for a dim FBGEMM's fused tables reject (narrower teachers, the
+    paper's dim 2, train with the dense kernel and the dense optimizer), else ``None`` (the
+    :class:`TrainConfig` default, which checks the dim against the sharding types)."""
     return ["data_parallel"] if embedding_dim % FUSED_DIM_MULTIPLE else None
 
 
@@ -97,13 +95,6 @@ class TeacherConfig:
         if not self.out:
             raise ValueError(f"out must name a directory, got {self.out!r}")
         check_train_window(self.train_window)
-        dim, types = self.train.embedding_dim, self.train.sharding_types
-        if dim % FUSED_DIM_MULTIPLE and set(types) != {"data_parallel"}:
-            raise ValueError(
-                f"teacher embedding_dim={dim} is not a multiple of {FUSED_DIM_MULTIPLE}: TorchRec's "
-                f"fused FBGEMM tables reject it, so sharding_types must be ['data_parallel'] "
-                f"(dense kernel), got {types}"
-            )
         if self.train.learned_hash is not None or self.train.compression != "none":
             raise ValueError(
                 f"the teacher trains full tables; got learned_hash={self.train.learned_hash!r}, "

@@ -28,16 +28,16 @@ from torchrec_lhf.modules.remap import FeatureRemap
 FEATURES = ["f0", "f1"]
 
 
-def _dlrm(plan: HashPlan | None) -> DLRM:
+def _dlrm(plan: HashPlan | None, dim: int = 4) -> DLRM:
     torch.manual_seed(0)
     tables = [
-        EmbeddingBagConfig(name=f"t{i}", embedding_dim=4, num_embeddings=30, feature_names=[f])
+        EmbeddingBagConfig(name=f"t{i}", embedding_dim=dim, num_embeddings=30, feature_names=[f])
         for i, f in enumerate(FEATURES)
     ]
     dlrm = DLRM(
         embedding_bag_collection=EmbeddingBagCollection(tables=tables),
         dense_in_features=3,
-        dense_arch_layer_sizes=[8, 4],
+        dense_arch_layer_sizes=[8, dim],
         over_arch_layer_sizes=[8, 1],
     )
     if plan is not None:
@@ -292,3 +292,20 @@ def test_the_sharded_serving_model_shares_the_quantized_remaps_mappings() -> Non
     assert pointers((*remap.buffers(), *remap.parameters())) == mappings
     batch = _batch()
     torch.testing.assert_close(sharded(*batch), scoring(*batch), atol=1e-6, rtol=0)
+
+
+def test_a_table_int8_rows_cannot_hold_is_named_and_fp32_serves_it() -> None:
+    """A concat plan splits ``t0``'s dim 6 into 3 + 3: int8 rows need an even dim. Before,
+    FBGEMM failed inside the flow ("ncols needs to be multiple of 2 Bytes"); the flow now
+    names the internal table before it quantizes, and the fp32 model scores as before."""
+    plan = HashPlan.from_multi_mappings(
+        {"t0": [torch.arange(30) % 7, torch.arange(30) % 5]}, combine="concat"
+    )
+    dlrm = _dlrm(plan, dim=6)
+    match = r"table 't0__h0' \(an internal table of 't0', whose .*\) has dim 3, but .*qint8"
+    with pytest.raises(ValueError, match=match):
+        script_serving_model(dlrm, FEATURES, num_dense=3, dtype="int8")
+    batch = _batch()
+    scripted = script_serving_model(dlrm, FEATURES, num_dense=3, dtype="fp32")
+    expected = ScoringModule(dlrm, FEATURES)(*batch)
+    torch.testing.assert_close(scripted(*batch), expected, atol=1e-6, rtol=0)

@@ -81,6 +81,7 @@ from torchrec_lhf.modules.embedding_bag import LearnedHashEmbeddingBagCollection
 from torchrec_lhf.modules.quant import (
     QuantLearnedHashEmbeddingBagCollection,
     QuantLearnedHashEmbeddingCollection,
+    check_quantizable,
 )
 from torchrec_lhf.modules.remap import FeatureRemap
 from torchrec_lhf.serving_request import at_least_one_sample, check_request, scores_of
@@ -260,10 +261,14 @@ def quantize_for_inference(model: nn.Module, *, dtype: str = "int8") -> nn.Modul
         The quantized copy.
 
     Raises:
-        ValueError: an unknown ``dtype``.
+        ValueError: an unknown ``dtype``, or a table whose dim ``dtype``'s rows cannot have
+            (:func:`~torchrec_lhf.modules.quant.check_quantizable`: before, FBGEMM failed
+            with "ncols needs to be multiple of 2 Bytes", e.g. for int8 and a concat plan
+            that splits dim 6 into 3 + 3).
     """
     if dtype not in WEIGHT_DTYPES:
         raise ValueError(f"dtype must be one of {list(WEIGHT_DTYPES)}, got {dtype!r}")
+    check_quantizable(model, WEIGHT_DTYPES[dtype])
     # NOTE: the copy shares the float tables and the learned hashes' mappings with ``model``
     # (a deepcopy memo that maps them to themselves): quantization reads the tables into
     # tables of its own, takes one copy of each remap, and swaps the copy's collections

@@ -35,6 +35,7 @@ from torchrec_lhf.cli import (
 from torchrec_lhf.compression.budget import BUDGETS, MIN_TABLE_ROWS
 from torchrec_lhf.compression.cce import DEFAULT_COLUMNS, CCEConfig
 from torchrec_lhf.data import check_dataset_spec
+from torchrec_lhf.distributed.sharding_types import FUSED_DIM_MULTIPLE
 
 __all__ = [
     "COMPRESSION_FIELDS",
@@ -287,6 +288,23 @@ class TrainConfig:
                 )
         if not isinstance(self.dataset_options, dict):
             raise ValueError(f"dataset_options must be a JSON object, got {self.dataset_options!r}")
+        types = list(self.sharding_types)
+        if self.sharded_dim % FUSED_DIM_MULTIPLE and set(types) != {"data_parallel"}:
+            # (before, TorchRec asserted where it built the kernel, after the data was read)
+            flag = "mlet_inner_dim" if self.sharded_dim != self.embedding_dim else "embedding_dim"
+            raise ValueError(
+                f"{flag}={self.sharded_dim} is not a multiple of {FUSED_DIM_MULTIPLE}: TorchRec "
+                f"shards FBGEMM's fused embedding-bag tables only at such dims, so give one, or "
+                f"sharding_types ['data_parallel'] (the dense kernel), got {types}"
+            )
+
+    @property
+    def sharded_dim(self) -> int:
+        """The dim of the tables the model shards: MLET's inner width, else ``embedding_dim``
+        (a ``concat`` plan splits it over its hash functions)."""
+        if self.mlet_fraction is None:
+            return self.embedding_dim
+        return self.mlet_inner_dim or self.embedding_dim
 
     @property
     def model_dim(self) -> int:

@@ -33,7 +33,14 @@ from tqdm import tqdm
 from apps.dlrm import checkpoint as ckpt
 from apps.dlrm.batches import batches_from, fold_ids
 from apps.dlrm.config import TrainConfig
-from apps.dlrm.model import build_model, make_optimizer, shard_model, table_configs, table_stats
+from apps.dlrm.model import (
+    build_model,
+    check_table_dims,
+    make_optimizer,
+    shard_model,
+    table_configs,
+    table_stats,
+)
 from apps.dlrm.runtime import DistEnv
 from torchrec_lhf.compression.cce import phase_steps
 from torchrec_lhf.data import RecDataset, load_dataset
@@ -142,6 +149,7 @@ def build_session(
     """Build, convert and shard the model; seed first so that runs are reproducible."""
     heights = config.num_embeddings_per_feature or list(dataset.num_embeddings)
     tables = table_configs(dataset.feature_names, heights, config.embedding_dim)
+    check_table_dims(config, tables, plan)
     torch.manual_seed(config.seed)  # NOTE: before DMP, which initializes the sharded tables
     unsharded = build_model(
         config, tables, num_dense=len(dataset.dense_names), plan=plan, dense_device=env.device

@@ -44,6 +44,7 @@ from torchrec_lhf.distributed.embedding_bag import (
 from torchrec_lhf.distributed.mch import ManagedCollisionSharder
 from torchrec_lhf.distributed.mlet import PipelinedMLET
 from torchrec_lhf.distributed.planner import make_planner
+from torchrec_lhf.distributed.sharding_types import check_fused_dims
 from torchrec_lhf.modules.embedding_bag import (
     LearnedHashEmbeddingBagCollection,
     apply_hash_plan,
@@ -56,6 +57,8 @@ from torchrec_lhf.modules.mch import (
     mch_state_bytes,
 )
 from torchrec_lhf.modules.mlet import apply_mlet
+from torchrec_lhf.modules.quant import check_quantizable_dims
+from torchrec_lhf.modules.remap_layout import hashed_name
 from torchrec_lhf.plan import HashPlan
 
 logger = logging.getLogger(__name__)
@@ -91,6 +94,41 @@ def table_configs(
         )
         for t, f, n in zip(names, feature_names, num_embeddings)
     ]
+
+
+def check_table_dims(
+    config: TrainConfig, tables: list[EmbeddingBagConfig], plan: HashPlan | None
+) -> None:
+    """Before the model is built (after the plan, which may split a dim): every table the
+    model shards fits TorchRec's fused kernels (:func:`check_fused_dims`), and with
+    ``--export_model`` every table of the exported model fits FBGEMM's int8 rows (an even
+    dim; MLET exports its tables at the model's dim). Before, the first failed where
+    TorchRec built its kernel, the second after the whole training, in the export.
+
+    Raises:
+        ValueError: naming the (internal) table, its dim and what it needs.
+    """
+
+    def dims(width: int) -> dict[str, int]:  # internal table -> its dim
+        out: dict[str, int] = {}
+        for t in tables:
+            th = plan[t.name] if plan is not None and t.name in plan else None
+            if th is None:
+                out[t.name] = width
+                continue
+            for h, dim in enumerate(th.internal_dims(width)):
+                out[hashed_name(t.name, h, th.num_hashes)] = dim
+        return out
+
+    check_fused_dims(dims(config.sharded_dim), config.sharding_types)
+    if config.export_model:
+        try:
+            check_quantizable_dims(dims(config.model_dim), torch.qint8)
+        except ValueError as e:
+            raise ValueError(
+                "--export_model writes int8 tables, which need other dims (--embedding_dim, "
+                f"--mlet_fraction or the plan's combine): {e}"
+            ) from None
 
 
 def build_model(
@@ -132,9 +170,8 @@ def build_model(
     else:
         dlrm = DLRM(**common)
     if config.mlet_fraction is not None:
-        inner = config.mlet_inner_dim or config.embedding_dim
         mlet = apply_mlet(
-            ebc, inner / config.model_dim, plan=plan, out_of_range=config.out_of_range
+            ebc, config.sharded_dim / config.model_dim, plan=plan, out_of_range=config.out_of_range
         )
         dlrm.sparse_arch.embedding_bag_collection = PipelinedMLET(mlet)
     elif plan is not None:

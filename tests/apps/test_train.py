@@ -22,6 +22,8 @@ def test_flags_parse_into_a_config() -> None:
     assert config.dense_arch_layer_sizes == [16, 8] and config.over_arch_layer_sizes == [16, 1]
     assert (config.compression, config.fraction, config.epochs) == ("modulo", 0.25, 3)
     assert TrainConfig(embedding_dim=4).dense_arch_layer_sizes == [64, 4]
+    # a dim TorchRec's fused tables reject trains with the dense kernel
+    assert TrainConfig(embedding_dim=6, sharding_types=["data_parallel"]).sharded_dim == 6
 
 
 @pytest.mark.parametrize(
@@ -57,6 +59,11 @@ def test_flags_parse_into_a_config() -> None:
             r"equal the model's embedding dim 8 \(embedding_dim=8, mlet_fraction=None\), got \[16, 4\]",
         ),
         ({"over_arch_layer_sizes": [16, 2]}, r"must be 1, got \[16, 2\]"),
+        (  # before: TorchRec asserted where it built the kernel, after the data was read
+            {"embedding_dim": 6},
+            r"embedding_dim=6 is not a multiple of 4: .* or sharding_types \['data_parallel'\]",
+        ),
+        ({"mlet_fraction": 0.5, "mlet_inner_dim": 10}, "mlet_inner_dim=10 is not a multiple of 4"),
         ({"resume": True}, "--resume needs --checkpoint_dir"),
         ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
         ({"learning_rate": float("inf")}, "learning_rate must be a finite number > 0, got inf"),
@@ -169,6 +176,24 @@ def test_unknown_compression_option_is_named() -> None:
                 '{"colour": 1}',
             ]
         )
+
+
+def test_table_dims_a_plan_or_the_export_cannot_take_are_named_before_training(
+    tmp_path: Path,
+) -> None:
+    """A concat plan splits dim 12 into 6 + 6, which TorchRec's fused tables reject; MLET
+    at 0.625 of dim 8 exports dim-5 tables, which int8 rows cannot hold. Before, the first
+    failed where TorchRec built its kernel (an AssertionError), the second after the whole
+    training, in the export (FBGEMM's "ncols needs to be multiple of 2 Bytes")."""
+    wide = [*SMALL, *NO_MINIMUM, "--embedding_dim", "12", "--dense_arch_layer_sizes", "16,12"]
+    concat = ["--compression", "qr", "--fraction", "0.5", "--compression_options"]
+    with pytest.raises(ValueError, match=r"table 'cat_0__h0' \(an internal .* has dim 6, but"):
+        main([*wide, *concat, '{"combine": "concat"}'])
+    narrow = [*SMALL, "--dense_arch_layer_sizes", "16,5", "--compression", "mlet"]
+    export = [*narrow, "--fraction", "0.625", "--export_model", str(tmp_path / "m")]
+    with pytest.raises(ValueError, match=r"--export_model writes int8 .* 'cat_0' has dim 5"):
+        main(export)
+    assert not (tmp_path / "m").exists()
 
 
 def test_a_bad_dataset_spec_fails_before_the_run() -> None:

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.sharding_plan import data_parallel, table_wise
 from torchrec.distributed.types import ParameterSharding
 
+from tests._fixtures import shard_on_cpu, three_tables, two_hash_plan
+from tests._multiprocess import run_multiprocess
+from torchrec_lhf import LearnedHashEmbeddingBagCollection
 from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
-from torchrec_lhf.distributed.sharding_types import check_placements, requested_types
+from torchrec_lhf.distributed.sharding_types import (
+    check_fused_dims,
+    check_placements,
+    requested_types,
+)
+from torchrec_lhf.modules.embedding_bag import internal_table_configs
+
+DENSE = EmbeddingComputeKernel.DENSE.value
+FUSED = EmbeddingComputeKernel.FUSED.value
 
 
 def test_requested_types() -> None:
@@ -23,9 +37,51 @@ def test_requested_types() -> None:
 
 def test_check_placements_names_the_table() -> None:
     params = {
-        "t0": ParameterSharding(sharding_type="row_wise", compute_kernel="fused"),
+        "t0": ParameterSharding(sharding_type="row_wise", compute_kernel=FUSED),
         "t1__h1": ParameterSharding(sharding_type="data_parallel", compute_kernel="dense"),
     }
     check_placements(params, ["row_wise", "data_parallel"])
     with pytest.raises(ValueError, match=r"table 't1__h1': sharding type 'data_parallel' is not"):
         check_placements(params, ["row_wise"])
+
+
+def test_check_fused_dims_names_the_table_and_passes_data_parallel() -> None:
+    check_fused_dims({"t": 8, "u__h0": 4}, ["row_wise"])
+    check_fused_dims({"t": 6}, ["data_parallel"])  # (the dense kernel takes any dim)
+    with pytest.raises(ValueError, match=r"table 't' has dim 6, but .* multiples of 4"):
+        check_fused_dims({"u": 4, "t": 6}, ["table_wise", "data_parallel"])
+    match = r"table 'u__h1' \(an internal table of 'u'; its plan sets its dim\) has dim 3"
+    with pytest.raises(ValueError, match=match):
+        check_fused_dims({"u__h0": 4, "u__h1": 3}, ["row_wise"])
+
+
+def _shard_concat_at_dim_6(rank: int, world_size: int, kernel: str) -> str:
+    """``t1``'s concat plan splits dim 6 into 3 + 3; its tables placed on ``kernel``."""
+    tables = three_tables(dims=(8, 6, 8))
+    module = LearnedHashEmbeddingBagCollection(
+        tables=tables, plan=two_hash_plan("concat"), device=torch.device("meta")
+    )
+    sharder = LearnedHashEmbeddingBagCollectionSharder()
+    per_param = {
+        c.name: data_parallel()
+        if kernel == DENSE and c.embedding_dim == 3
+        else table_wise(rank=0, compute_kernel=FUSED)
+        for c in internal_table_configs(module)
+    }
+    try:
+        shard_on_cpu(module, sharder, per_param, world_size)
+    except Exception as e:  # (the type and message go back to the test)
+        return f"{type(e).__name__}: {e}"
+    return "sharded"
+
+
+@pytest.mark.distributed
+def test_the_sharder_names_a_concat_part_a_fused_table_cannot_have() -> None:
+    """Before, TorchRec asserted where it built the kernel (``AssertionError: table t1__h0
+    has local_cols=3 not divisible by 4 ... adjusting min_partition``); the sharder now
+    names the table and the cause. Placed data_parallel (dense kernel), the parts shard."""
+    (fused,) = run_multiprocess(_shard_concat_at_dim_6, world_size=1, kernel=FUSED)
+    assert fused.startswith("ValueError: table 't1__h0' (an internal table of 't1'"), fused
+    assert "has dim 3" in fused
+    (dense,) = run_multiprocess(_shard_concat_at_dim_6, world_size=1, kernel=DENSE)
+    assert dense == "sharded"

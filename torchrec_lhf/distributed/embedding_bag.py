@@ -36,7 +36,11 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_lhf.distributed.embedding import ShardedLearnedHashEmbeddingCollection
-from torchrec_lhf.distributed.sharding_types import check_placements, requested_types
+from torchrec_lhf.distributed.sharding_types import (
+    check_fused_placements,
+    check_placements,
+    requested_types,
+)
 from torchrec_lhf.modules import logical_view
 from torchrec_lhf.modules.embedding import LearnedHashEmbeddingCollection
 from torchrec_lhf.modules.embedding_bag import (
@@ -164,7 +168,9 @@ class LearnedHashEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
         sharding_types: restrict the offered types to these (default: all tested types).
 
     Raises:
-        ValueError: ``sharding_types`` empty, or a type not among the tested ones.
+        ValueError: ``sharding_types`` empty, or a type not among the tested ones; (on
+            ``shard``) a table placed by a type not offered, or on a fused kernel at a dim
+            it rejects (:func:`~torchrec_lhf.distributed.sharding_types.check_fused_dims`).
     """
 
     def __init__(
@@ -192,6 +198,8 @@ class LearnedHashEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
         module_fqn: str | None = None,
     ) -> ShardedLearnedHashEmbeddingBagCollection:
         check_placements(params, self._sharding_types)
+        dims = {c.name: c.embedding_dim for c in module.internal_embedding_bag_configs()}
+        check_fused_placements(params, dims)
         return ShardedLearnedHashEmbeddingBagCollection(
             module,
             params,

@@ -37,3 +37,47 @@ def check_placements(params: Mapping[str, ParameterSharding], allowed: list[str]
                 f"table {name!r}: sharding type {ps.sharding_type!r} is not supported; "
                 f"expected one of {allowed}"
             )
+
+
+FUSED_DIM_MULTIPLE = 4
+"""TorchRec shards a fused FBGEMM embedding-bag table (every compute kernel but ``dense``,
+which ``data_parallel`` uses) only at widths divisible by 4 (it asserts so when it builds
+the kernel)."""
+
+
+def check_fused_dims(dims: Mapping[str, int], sharding_types: Iterable[str]) -> None:
+    """Raise ValueError naming the first table of ``dims`` (table name -> dim) whose dim
+    TorchRec's fused embedding-bag tables reject (:data:`FUSED_DIM_MULTIPLE`), unless
+    ``sharding_types`` holds ``data_parallel`` alone (the dense kernel takes any dim).
+
+    Before, such a table failed where TorchRec built its kernel, with an ``AssertionError``
+    that suggests planner constraints; an internal table of a ``concat`` plan (dim 6 split
+    into 3 + 3) did so on every rank, after the data was read and the plan built.
+    """
+    types = list(sharding_types)
+    if set(types) <= {"data_parallel"}:
+        return
+    for name, dim in dims.items():
+        if dim % FUSED_DIM_MULTIPLE == 0:
+            continue
+        logical = name.partition("__h")[0]
+        note = (
+            f" (an internal table of {logical!r}; its plan sets its dim)" if logical != name else ""
+        )
+        raise ValueError(
+            f"table {name!r}{note} has dim {dim}, but TorchRec shards FBGEMM's fused "
+            f"embedding-bag tables (sharding types {types}) only at dims that are multiples "
+            f"of {FUSED_DIM_MULTIPLE}: give it such a dim (with a concat plan, every part), "
+            "or shard it data_parallel only (the dense kernel)"
+        )
+
+
+def check_fused_placements(
+    params: Mapping[str, ParameterSharding], dims: Mapping[str, int]
+) -> None:
+    """:func:`check_fused_dims` of the tables of a sharding plan (``dims``: every table's
+    dim) that it places on a fused kernel (all but the ``dense`` one of ``data_parallel``).
+    """
+    fused = {n: dims[n] for n, ps in params.items() if ps.compute_kernel != "dense" and n in dims}
+    kinds = sorted({params[n].sharding_type for n in fused})
+    check_fused_dims(fused, kinds)

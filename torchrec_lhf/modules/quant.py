@@ -218,19 +218,13 @@ PACKED_BITS = {torch.qint8: 8, torch.quint8: 8, torch.quint4x2: 4, torch.quint2x
 
 def check_quantizable(model: nn.Module, dtype: torch.dtype) -> None:
     """Raise ValueError where a table of ``model`` has a dim whose ``dtype`` rows FBGEMM
-    cannot hold: an n-bit row's ``dim * n / 8`` bytes must be a multiple of 2 (int8 needs an
-    even dim, int4 a multiple of 4, int2 of 8), else FBGEMM fails with "ncols needs to be
-    multiple of 2 Bytes". A learned-hash table's internal tables are checked, since a
-    ``concat`` plan splits its dim (8 into 4 + 4, but 6 into 3 + 3).
+    cannot hold (:func:`check_quantizable_dims`). A learned-hash table's internal tables are
+    checked, since a ``concat`` plan splits its dim (8 into 4 + 4, but 6 into 3 + 3).
 
     Args:
         model: a float model, or a collection.
         dtype: the weights' quantized dtype (float ones pass).
     """
-    bits = PACKED_BITS.get(dtype)
-    if bits is None:
-        return
-    multiple = 16 // bits
     for path, module in model.named_modules():
         learned = isinstance(
             module, (LearnedHashEmbeddingBagCollection, LearnedHashEmbeddingCollection)
@@ -245,20 +239,41 @@ def check_quantizable(model: nn.Module, dtype: torch.dtype) -> None:
             configs = module.embedding_configs()
         else:
             continue
-        for config in configs:
-            if config.embedding_dim % multiple == 0:
-                continue
-            where = f"{path}: " if path else ""
-            logical = config.name.partition("__h")[0]
-            split = (
-                f" (an internal table of {logical!r}, whose dim its plan splits over its hash "
-                "functions)"
-                if learned and logical != config.name
-                else ""
-            )
-            raise ValueError(
-                f"{where}table {config.name!r}{split} has dim {config.embedding_dim}, but "
-                f"FBGEMM's {dtype} rows need a dim that is a multiple of {multiple}; quantize "
-                f"to torch.float16, or give the table a dim whose every part is a multiple of "
-                f"{multiple}"
-            )
+        dims = {c.name: c.embedding_dim for c in configs}
+        check_quantizable_dims(dims, dtype, where=f"{path}: " if path else "", learned=learned)
+
+
+def check_quantizable_dims(
+    dims: dict[str, int], dtype: torch.dtype, *, where: str = "", learned: bool = True
+) -> None:
+    """Raise ValueError naming the first table of ``dims`` (table name -> dim) whose
+    ``dtype`` rows FBGEMM cannot hold: an n-bit row's ``dim * n / 8`` bytes must be a
+    multiple of 2 (int8 needs an even dim, int4 a multiple of 4, int2 of 8), else FBGEMM
+    fails with "ncols needs to be multiple of 2 Bytes".
+
+    Args:
+        dims: the tables' dims (a learned-hash table's internal ones: ``t__h{h}``).
+        dtype: the weights' quantized dtype (float ones pass).
+        where: the message's prefix (the module's path).
+        learned: the names are a learned-hash module's (``t__h{h}``: an internal table).
+    """
+    bits = PACKED_BITS.get(dtype)
+    if bits is None:
+        return
+    multiple = 16 // bits
+    for name, dim in dims.items():
+        if dim % multiple == 0:
+            continue
+        logical = name.partition("__h")[0]
+        split = (
+            f" (an internal table of {logical!r}, whose dim its plan splits over its hash "
+            "functions)"
+            if learned and logical != name
+            else ""
+        )
+        raise ValueError(
+            f"{where}table {name!r}{split} has dim {dim}, but "
+            f"FBGEMM's {dtype} rows need a dim that is a multiple of {multiple}; quantize "
+            f"to torch.float16, or give the table a dim whose every part is a multiple of "
+            f"{multiple}"
+        )
