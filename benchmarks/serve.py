@@ -138,8 +138,9 @@ def run(args: argparse.Namespace) -> dict:
     remap = lhf_f.sparse_arch.embedding_bag_collection.remap
     plain = _serving(plain_f, features, args)
     lhf = _serving(lhf_f, features, args)
-    # the plain model without reading the request's lengths: what that check costs (both
-    # models pay it, so it moves their ratio towards 1)
+    # the plain model without reading the request's lengths and ids: what that check costs
+    # (the lengths' part both models pay; the ids' only the plain one, where the remap
+    # checks the learned hash's), and the plain speed the goal is judged against
     unchecked = _serving(plain_f, features, args, check_lengths=False)
     results: dict[str, dict] = {}
     for batch in args.batch_sizes:
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> dict:
                 args.warmup,
             )
             # apart, so that a third model in the loop does not change the pair above:
-            # the plain model ("lhf" here) over its twin that does not read the lengths
+            # the plain model ("lhf" here) over its twin that does not read the lengths or ids
             check = time_pair(
                 {
                     "plain": functools.partial(unchecked, *plain_in),
@@ -170,17 +171,23 @@ def run(args: argparse.Namespace) -> dict:
             )
         # (not seconds' "ratio_paired", a ratio: its QPS twin is its inverse)
         qps = {name: batch / seconds[name] for name in ("plain", "lhf")}
+        ratio_paired = 1.0 / seconds["ratio_paired"]
         results[str(batch)] = {
             "seconds_per_call": seconds,
             "qps": qps,
             "ratio": qps["lhf"] / qps["plain"],
-            "ratio_paired": 1.0 / seconds["ratio_paired"],
+            "ratio_paired": ratio_paired,
             # (the seconds' interval, inverted: its QPS twin)
             "ratio_paired_ci95": [1.0 / x for x in reversed(seconds["ratio_paired_ci95"])],
             "max_score_diff": max_diff,
-            # the plain model's call over its twin's without the lengths' check (paired)
-            "lengths_check_cost": check["ratio_paired"],
-            "seconds_per_call_lengths_unchecked": check["plain"],
+            # the plain model's call over its twin's without the request check (paired; its
+            # lengths and, since 2026-12-04, its ids; "lengths_check_cost" before)
+            "request_check_cost": check["ratio_paired"],
+            "seconds_per_call_unchecked": check["plain"],
+            # the learned hash's QPS over the unchecked plain model's (the two pairs' ratios
+            # chained): what the goal reads, so that the plain model's own check (its ids:
+            # 8% of a 64-sample request) does not lift the ratio
+            "ratio_vs_plain_unchecked": ratio_paired / check["ratio_paired"],
         }
     return report(args, results, num_tables=len(heights))
 
@@ -210,8 +217,11 @@ def report(args: argparse.Namespace, results: dict, *, num_tables: int) -> dict:
         },
         "results": results,
         "load_average": list(os.getloadavg()),
-        "goal": f"lhf qps / plain qps >= {GOAL} at every batch size",
-        "goal_met": all(r["ratio"] >= GOAL for r in results.values()),
+        "goal": (
+            f"lhf qps / plain qps >= {GOAL} at every batch size, against the plain model "
+            "without its request check (ratio_vs_plain_unchecked)"
+        ),
+        "goal_met": all(r["ratio_vs_plain_unchecked"] >= GOAL for r in results.values()),
     }
 
 

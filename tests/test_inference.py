@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.models.dlrm import DLRM
 
@@ -16,6 +17,7 @@ from torchrec_lhf.inference import (
     ScoringModule,
     example_batch,
     load_scripted,
+    plain_id_heights,
     quantize_for_inference,
     save_scripted,
     script_for_inference,
@@ -23,7 +25,9 @@ from torchrec_lhf.inference import (
     shard_for_inference,
 )
 from torchrec_lhf.modules import compact_kernel
+from torchrec_lhf.modules.mch import MCHEmbeddingBagCollection
 from torchrec_lhf.modules.remap import FeatureRemap
+from torchrec_lhf.serving_request import id_limits
 
 FEATURES = ["f0", "f1"]
 
@@ -309,3 +313,24 @@ def test_a_table_int8_rows_cannot_hold_is_named_and_fp32_serves_it() -> None:
     scripted = script_serving_model(dlrm, FEATURES, num_dense=3, dtype="fp32")
     expected = ScoringModule(dlrm, FEATURES)(*batch)
     torch.testing.assert_close(scripted(*batch), expected, atol=1e-6, rtol=0)
+
+
+def test_plain_id_heights_names_the_features_plain_tables_read() -> None:
+    """The served model checks the ids of features plain tables read (TorchRec builds its
+    quantized tables with no bounds check); a learned hash's remap checks its own, and a
+    managed-collision collection's tables take remapped ids, so neither is listed."""
+    assert torch.equal(plain_id_heights(_dlrm(None), FEATURES), torch.tensor([30, 30]))
+    assert torch.equal(plain_id_heights(_dlrm(None), ["f1", "x"]), torch.tensor([30, -1]))
+    plan = HashPlan.from_mappings({"t0": torch.arange(30) % 7})
+    assert plain_id_heights(_dlrm(plan), FEATURES) is None  # (t1 is in the remap too)
+    quantized = quantize_for_inference(ScoringModule(_dlrm(None), FEATURES, 3))
+    assert torch.equal(quantized.id_limits, id_limits(torch.tensor([30, 30])))
+    assert torch.equal(plain_id_heights(quantized, FEATURES), torch.tensor([30, 30]))
+    assert "id_limits" not in quantized.state_dict()
+    tables = [  # t managed (5 rows for its 10 ids), u a plain table beside it
+        EmbeddingBagConfig(name=n, embedding_dim=4, num_embeddings=h, feature_names=[f])
+        for n, h, f in (("t", 10, "a"), ("u", 7, "b"))
+    ]
+    managed = MCHEmbeddingBagCollection(tables, zch_sizes={"t": 5})
+    heights = plain_id_heights(nn.ModuleDict({"m": managed}), ["a", "b"])
+    assert torch.equal(heights, torch.tensor([-1, 7]))

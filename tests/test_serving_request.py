@@ -10,7 +10,13 @@ from tests._compact import to_compact
 from tests.test_inference import FEATURES, _batch, _dlrm
 from torchrec_lhf import HashPlan
 from torchrec_lhf.inference import RemapOnRequest, ScoringModule, script_serving_model
-from torchrec_lhf.serving_request import at_least_one_sample, check_request, scores_of
+from torchrec_lhf.serving_request import (
+    at_least_one_sample,
+    check_request,
+    id_limits,
+    ids_out_of_range,
+    scores_of,
+)
 
 DENSE, VALUES, LENGTHS = _batch()  # 3 samples, 2 features, 3 dense features
 
@@ -124,14 +130,16 @@ def test_the_scripted_serving_model_names_every_malformed_request(
 
 @pytest.mark.parametrize("bad", [30, 31, 2**40, -1])
 @pytest.mark.parametrize("feature", [0, 1])
-@pytest.mark.parametrize("kind", ["dense", "compact"])
-def test_the_served_learned_hash_refuses_an_id_outside_its_table(
-    scripted: dict[str | None, torch.jit.ScriptModule], kind: str, feature: int, bad: int
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_served_model_refuses_an_id_outside_its_table(
+    scripted: dict[str | None, torch.jit.ScriptModule], kind: str | None, feature: int, bad: int
 ) -> None:
     """Before, the dense plan's served model (FBGEMM remaps inside its kernel) read its
     remapping array out of bounds: an error naming a garbage row, another id's row, or a
-    segmentation fault. Both tables (t0 compressed, t1 not) have 30 ids. The feature is
-    named (before, by its index: ``internal feature 1``)."""
+    segmentation fault; and the plain model (TorchRec's quantized tables, FBGEMM's bounds
+    check off) scored ids 30, 31 and -1 with rows read from memory outside the table.
+    Both tables (t0 compressed, t1 not) have 30 ids. The feature is named (before, by its
+    index: ``internal feature 1``)."""
     model = scripted[kind]
     good = model(DENSE, VALUES, LENGTHS)
     values = VALUES.clone()
@@ -141,6 +149,20 @@ def test_the_served_learned_hash_refuses_an_id_outside_its_table(
     ):
         model(DENSE, values, LENGTHS)
     torch.testing.assert_close(model(DENSE, VALUES, LENGTHS), good, atol=0, rtol=0)
+
+
+def test_ids_out_of_range_names_the_first_checked_id_and_counts_them() -> None:
+    limits = id_limits(torch.tensor([-1, 5, 3]))  # f0 unchecked (a remap checks it)
+    names = ["f0", "f1", "f2"]
+    lengths = torch.tensor([2, 0, 1, 1, 0, 3])  # 2 samples: f0 3 ids, f1 2, f2 3
+    values = torch.tensor([99, -7, 1, 4, 2, 0, 1])
+    assert ids_out_of_range(values, lengths, limits, names) == ""
+    assert ids_out_of_range(values.int(), lengths.int(), limits, names) == ""
+    values = torch.tensor([99, -7, 1, 4, 2, 3, -1])
+    expected = "feature 'f2': id 3 is out of range [0, 3) (2 such ids in the request)"
+    assert ids_out_of_range(values, lengths, limits, names) == expected
+    values[3] = 5  # f1's second id: the first bad one in request order
+    assert ids_out_of_range(values, lengths, limits, names).startswith("feature 'f1': id 5 ")
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -65,6 +65,9 @@ from torchrec.inference.modules import (
     shard_quant_model,
     trim_torch_package_prefix_from_typename,
 )
+from torchrec.modules.mc_embedding_modules import BaseManagedCollisionEmbeddingCollection
+from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
+from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_lhf import _spill
@@ -84,7 +87,12 @@ from torchrec_lhf.modules.quant import (
     check_quantizable,
 )
 from torchrec_lhf.modules.remap import FeatureRemap
-from torchrec_lhf.serving_request import at_least_one_sample, check_request, scores_of
+from torchrec_lhf.serving_request import (
+    at_least_one_sample,
+    check_request,
+    id_limits,
+    scores_of,
+)
 
 torch.fx.wrap("check_request")  # one opaque node in a trace (it reads the request's lengths)
 torch.fx.wrap("at_least_one_sample")
@@ -113,7 +121,8 @@ class ScoringModule(nn.Module):
         num_dense: the model's dense features, checked on every request; None: not checked.
         check_lengths: also read each request's lengths (on the CPU: each ``>= 0``, adding
             up to its ids; two reductions, 4% of a one-sample request to
-            ``benchmarks.serve``'s model): False for callers that check them upstream.
+            ``benchmarks.serve``'s model), and the ids of features that plain tables read
+            (:func:`plain_id_heights`): False for callers that check them upstream.
 
     Shapes (``B`` samples, ``F = len(feature_names)``): ``dense`` ``(B, num_dense)``,
     ``values`` ``(sum lengths,)`` raw ids, ``lengths`` ``(F * B,)`` feature-major (as a
@@ -139,13 +148,18 @@ class ScoringModule(nn.Module):
         self.feature_names = list(feature_names)
         self.num_dense = None if num_dense is None else int(num_dense)
         self.check_lengths = bool(check_lengths)
+        # (not in the state dict: derived from the model; None where no table needs it)
+        heights = plain_id_heights(model, self.feature_names)
+        limits = None if heights is None else id_limits(heights)
+        self.register_buffer("id_limits", limits, persistent=False)
 
     def forward(
         self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
         check_request(
-            dense, values, lengths, self.feature_names, self.num_dense, self.check_lengths
-        )
+            dense, values, lengths, self.feature_names, self.num_dense, self.check_lengths,
+            self.id_limits,
+        )  # fmt: skip
         # (FBGEMM's kernels read the ids' memory as contiguous: a strided view's other
         # elements were scored; no copy where they are contiguous)
         sparse = KeyedJaggedTensor(
@@ -156,6 +170,51 @@ class ScoringModule(nn.Module):
     def score(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """Probabilities ``(B,)`` of a batch of sparse features already made."""
         return torch.sigmoid(self.model(dense, sparse)).reshape(-1)
+
+
+_PLAIN_COLLECTIONS = (
+    EmbeddingBagCollection,
+    EmbeddingCollection,
+    QuantEmbeddingBagCollection,
+    QuantEmbeddingCollection,
+)
+
+
+def plain_id_heights(model: nn.Module, feature_names: list[str]) -> torch.Tensor | None:
+    """Per request feature, the height of the table a plain TorchRec collection of
+    ``model`` reads its ids from (float or quantized; the smallest where several do), -1
+    for the others (a learned hash's remap checks its ids); None where no feature has one.
+
+    The served model checks those ids (:func:`~torchrec_lhf.serving_request.check_request`):
+    TorchRec builds its quantized tables with FBGEMM's bounds check off, so an id outside
+    the table scored a row read from memory outside it (the float model raises). A
+    managed-collision collection's tables, which its remapped ids index, are skipped.
+
+    Returns:
+        ``(F,)`` int64, or None.
+    """
+    heights: dict[str, int] = {}
+
+    def visit(module: nn.Module) -> None:
+        if isinstance(module, BaseManagedCollisionEmbeddingCollection):
+            return  # (ids remapped inside)
+        if type(module) in _PLAIN_COLLECTIONS:  # (exact: not the learned-hash subclasses)
+            configs = (
+                module.embedding_bag_configs()
+                if hasattr(module, "embedding_bag_configs")
+                else module.embedding_configs()
+            )
+            for c in configs:
+                for f in c.feature_names:
+                    heights[f] = min(heights.get(f, c.num_embeddings), c.num_embeddings)
+            return
+        for child in module.children():
+            visit(child)
+
+    visit(model)
+    if not any(f in heights for f in feature_names):
+        return None
+    return torch.tensor([heights.get(f, -1) for f in feature_names], dtype=torch.int64)
 
 
 class RemapOnRequest(nn.Module):
