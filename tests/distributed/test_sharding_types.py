@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, ShardMetadata
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.sharding_plan import data_parallel, table_wise
 from torchrec.distributed.types import ParameterSharding
@@ -14,6 +15,7 @@ from torchrec_lhf import LearnedHashEmbeddingBagCollection
 from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
 from torchrec_lhf.distributed.sharding_types import (
     check_fused_dims,
+    check_fused_placements,
     check_placements,
     requested_types,
 )
@@ -85,3 +87,27 @@ def test_the_sharder_names_a_concat_part_a_fused_table_cannot_have() -> None:
     assert "has dim 3" in fused
     (dense,) = run_multiprocess(_shard_concat_at_dim_6, world_size=1, kernel=DENSE)
     assert dense == "sharded"
+
+
+def _placed(sharding_type: str, kernel: str, widths: list[int]) -> ParameterSharding:
+    """A placement of a 10-row table in column shards of ``widths`` (none: no spec)."""
+    offsets = [sum(widths[:i]) for i in range(len(widths))]
+    shards = [
+        ShardMetadata(shard_offsets=[0, o], shard_sizes=[10, w], placement=f"rank:{r}/cpu")
+        for r, (o, w) in enumerate(zip(offsets, widths))
+    ]
+    spec = EnumerableShardingSpec(shards) if shards else None
+    return ParameterSharding(sharding_type, kernel, list(range(len(widths))), spec)
+
+
+def test_check_fused_placements_reads_the_tables_and_their_shards_widths() -> None:
+    """A dim-12 table split column-wise over two ranks is two shards of width 6, which
+    TorchRec's fused kernel rejects: named with the widths. A dim-6 table is named on a
+    fused kernel and passes on data_parallel's dense one."""
+    dims = {"t": 12, "u": 6}
+    check_fused_placements({"t": _placed("column_wise", FUSED, [8, 4])}, dims)
+    check_fused_placements({"u": _placed("data_parallel", DENSE, [])}, dims)
+    with pytest.raises(ValueError, match=r"table 't' \(dim 12\) is placed column_wise in "):
+        check_fused_placements({"t": _placed("column_wise", FUSED, [6, 6])}, dims)
+    with pytest.raises(ValueError, match=r"table 'u' has dim 6, but .*\['table_wise'\]"):
+        check_fused_placements({"u": _placed("table_wise", FUSED, [6])}, dims)

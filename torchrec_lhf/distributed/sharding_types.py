@@ -76,8 +76,18 @@ def check_fused_placements(
     params: Mapping[str, ParameterSharding], dims: Mapping[str, int]
 ) -> None:
     """:func:`check_fused_dims` of the tables of a sharding plan (``dims``: every table's
-    dim) that it places on a fused kernel (all but the ``dense`` one of ``data_parallel``).
-    """
+    dim) that it places on a fused kernel (all but the ``dense`` one of ``data_parallel``),
+    and of their shards' widths: a column-wise shard holds part of the dim (12 over two
+    ranks: 6 + 6), and TorchRec checks each shard's."""
     fused = {n: dims[n] for n, ps in params.items() if ps.compute_kernel != "dense" and n in dims}
-    kinds = sorted({params[n].sharding_type for n in fused})
-    check_fused_dims(fused, kinds)
+    check_fused_dims(fused, sorted({params[n].sharding_type for n in fused}))
+    for name in fused:
+        ps = params[name]
+        widths = sorted({int(s.shard_sizes[1]) for s in getattr(ps.sharding_spec, "shards", [])})
+        if any(w % FUSED_DIM_MULTIPLE for w in widths):
+            raise ValueError(
+                f"table {name!r} (dim {dims[name]}) is placed {ps.sharding_type} in shards of "
+                f"widths {widths}, but TorchRec shards FBGEMM's fused embedding-bag tables only "
+                f"at widths that are multiples of {FUSED_DIM_MULTIPLE}: split it into such "
+                "widths (the planner's column-wise shards are)"
+            )
