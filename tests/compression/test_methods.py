@@ -10,7 +10,9 @@ from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
 
 from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
 from torchrec_lhf.compression.baselines import computed_mapping, modulo_plan
+from torchrec_lhf.compression.budget import byte_budget
 from torchrec_lhf.compression.methods import fbdh_plan, hash_seed, make_plan
+from torchrec_lhf.compression.registry import plan_bytes
 from torchrec_lhf.hash_build.plan_builder import build_plan
 from torchrec_lhf.hashing import tail_hash
 from torchrec_lhf.plan_compact import CompactMapping, ranked_bytes
@@ -234,6 +236,28 @@ def test_lhf_calls_build_plan() -> None:
     assert plan == build_plan(emb, None, fraction=0.5, min_table_rows=3, projection="dim:0")
     assert _rows(plan) == [[0, 1, 0, 1]]
     assert plan.metadata["method"] == "lhf" and plan.metadata["clustering"] == "agglomerative"
+
+
+@pytest.mark.parametrize("budget", ["bytes", "total"])
+def test_lhf_counts_the_tables_it_leaves_full_in_its_budget(budget: str) -> None:
+    """Before, the method handed the clustering the planned tables alone, so a byte budget
+    was spent on them as if the small table took nothing: 68 rows and 4,776 bytes for a
+    budget of 3,360 (the small table's 1,600 bytes over). Now its plan is the clustering's
+    over every table (the small one a zero-width stand-in), within the budget."""
+    heights = {"a": 1000, "b": 50}
+    g = torch.Generator().manual_seed(0)
+    emb = {"a": torch.randn(1000, 4, generator=g)}
+    counts = {"a": torch.randint(0, 5, (1000,), generator=g)}
+    kw = dict(fraction=0.1, min_table_rows=100, budget=budget, embedding_dim=8)
+    plan = make_plan("lhf", heights, teacher_embeddings=emb, counts=counts, **kw)
+    full = {**emb, "b": torch.zeros(50, 4)}  # (build_plan reads only b's size)
+    assert plan == build_plan(full, counts, **kw)
+    assert plan.table_names == ["a"]
+    if budget == "bytes":
+        assert plan["a"].num_rows == 23  # (1,760 bytes left - 1,000 of remap) / 32
+        assert plan_bytes(plan, heights, 8).total <= byte_budget(heights, 0.1, 8) == 3360
+    else:  # as every method: 10% of all 1,050 rows, the small table's 50 kept
+        assert plan["a"].num_rows == make_plan("modulo", heights, **kw)["a"].num_rows == 55
 
 
 # ------------------------------------------------------------------------- general

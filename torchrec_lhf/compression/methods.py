@@ -314,8 +314,15 @@ def lhf_plan(
         build_plan,  # the clustering code, only when used
     )
 
+    # every table, so that "total" and "bytes" count the ones left full (as the other
+    # methods do): for those a zero-width stand-in, of which build_plan reads only the size
+    # (before, a byte budget was spent on the planned tables alone: over it by their bytes)
+    embeddings = {
+        name: teacher_embeddings[name] if name in planned else torch.empty(n, 0)
+        for name, n in num_embeddings.items()
+    }
     plan = build_plan(
-        {name: teacher_embeddings[name] for name in planned},
+        embeddings,
         None if counts is None else {name: counts[name] for name in planned if name in counts},
         fraction=fraction,
         min_table_rows=min_table_rows,
