@@ -108,6 +108,16 @@ def check_cce(config: TrainConfig) -> None:
             f"--compression cce does not combine with --mlet_fraction {config.mlet_fraction!r} "
             "(its columns split the model's dim, which MLET narrows: not built)"
         )
+    types = config.sharding_types
+    if config.cce_phases and isinstance(types, list) and set(types) == {"data_parallel"}:
+        # (before: refused at its first phase, after part of the training; with other
+        # types given, shard_model keeps the cce tables off data_parallel)
+        raise ValueError(
+            f"--compression cce re-clusters its tables during training (--cce_phases "
+            f"{config.cce_phases}), which needs them sharded: --sharding_types {types} leaves "
+            "them whole on every rank; add table_wise, row_wise, column_wise or "
+            "table_row_wise, or pass --cce_phases 0"
+        )
 
 
 def is_positive_number(value: Any) -> bool:

@@ -56,7 +56,7 @@ from torchrec_lhf.modules.mch import (
     mch_rows,
     mch_state_bytes,
 )
-from torchrec_lhf.modules.mlet import apply_mlet
+from torchrec_lhf.modules.mlet import apply_mlet, uncollapsible_tables
 from torchrec_lhf.modules.quant import check_quantizable_dims
 from torchrec_lhf.modules.remap_layout import hashed_name
 from torchrec_lhf.plan import HashPlan
@@ -105,6 +105,9 @@ def check_table_dims(
     dim; MLET exports its tables at the model's dim). Before, the first failed where
     TorchRec built its kernel, the second after the whole training, in the export.
 
+    With ``--export_model`` and MLET it also checks that the plan's tables can be collapsed
+    (:func:`~torchrec_lhf.modules.mlet.uncollapsible_tables`), as the export does.
+
     Raises:
         ValueError: naming the (internal) table, its dim and what it needs.
     """
@@ -121,6 +124,14 @@ def check_table_dims(
         return out
 
     check_fused_dims(dims(config.sharded_dim), config.sharding_types)
+    if config.export_model and config.mlet_fraction is not None and plan is not None:
+        bad = uncollapsible_tables(plan, [t.name for t in tables])
+        if bad:  # (before: refused by the export's collapse, after the whole training)
+            raise ValueError(
+                f"--export_model serves MLET collapsed (W @ P per table), which tables {bad} "
+                "cannot be: their plan combines by mult/scaled_sum (not linear per table); "
+                "export without --mlet_fraction, or with a sum or concat plan"
+            )
     if config.export_model:
         try:
             check_quantizable_dims(dims(config.model_dim), torch.qint8)
@@ -346,9 +357,10 @@ def shard_model(
     """Plan with the planner (collectively) and wrap ``model`` in DistributedModelParallel."""
     sharders = make_sharders(config)
     table_names = [c.name for c in internal_table_configs(embedding_collection(model))]
-    constraints = {
-        t: ParameterConstraints(sharding_types=list(config.sharding_types)) for t in table_names
-    }
+    types = list(config.sharding_types)
+    if config.compression == "cce" and config.cce_phases:  # (its phases need sharded tables)
+        types = [t for t in types if t != "data_parallel"]
+    constraints = {t: ParameterConstraints(sharding_types=types) for t in table_names}
     planner = make_planner(
         world_size=world_size,
         compute_device=device.type,

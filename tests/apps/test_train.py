@@ -24,6 +24,8 @@ def test_flags_parse_into_a_config() -> None:
     assert TrainConfig(embedding_dim=4).dense_arch_layer_sizes == [64, 4]
     # a dim TorchRec's fused tables reject trains with the dense kernel
     assert TrainConfig(embedding_dim=6, sharding_types=["data_parallel"]).sharded_dim == 6
+    dp_cce = {"compression": "cce", "fraction": 0.5, "sharding_types": ["data_parallel"]}
+    assert TrainConfig(**dp_cce, cce_phases=0).cce_phases == 0  # (no phase: no re-clustering)
 
 
 @pytest.mark.parametrize(
@@ -64,6 +66,10 @@ def test_flags_parse_into_a_config() -> None:
             r"embedding_dim=6 is not a multiple of 4: .* or sharding_types \['data_parallel'\]",
         ),
         ({"mlet_fraction": 0.5, "mlet_inner_dim": 10}, "mlet_inner_dim=10 is not a multiple of 4"),
+        (  # before: refused at its first phase, after part of the training
+            {"compression": "cce", "fraction": 0.5, "sharding_types": ["data_parallel"]},
+            r"--compression cce re-clusters its tables .* --sharding_types \['data_parallel'\]",
+        ),
         ({"resume": True}, "--resume needs --checkpoint_dir"),
         ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
         ({"learning_rate": float("inf")}, "learning_rate must be a finite number > 0, got inf"),
@@ -184,7 +190,8 @@ def test_table_dims_a_plan_or_the_export_cannot_take_are_named_before_training(
     """A concat plan splits dim 12 into 6 + 6, which TorchRec's fused tables reject; MLET
     at 0.625 of dim 8 exports dim-5 tables, which int8 rows cannot hold. Before, the first
     failed where TorchRec built its kernel (an AssertionError), the second after the whole
-    training, in the export (FBGEMM's "ncols needs to be multiple of 2 Bytes")."""
+    training, in the export (FBGEMM's "ncols needs to be multiple of 2 Bytes"); so did MLET
+    over a mult plan (its collapse refused it)."""
     wide = [*SMALL, *NO_MINIMUM, "--embedding_dim", "12", "--dense_arch_layer_sizes", "16,12"]
     concat = ["--compression", "qr", "--fraction", "0.5", "--compression_options"]
     with pytest.raises(ValueError, match=r"table 'cat_0__h0' \(an internal .* has dim 6, but"):
@@ -193,6 +200,12 @@ def test_table_dims_a_plan_or_the_export_cannot_take_are_named_before_training(
     export = [*narrow, "--fraction", "0.625", "--export_model", str(tmp_path / "m")]
     with pytest.raises(ValueError, match=r"--export_model writes int8 .* 'cat_0' has dim 5"):
         main(export)
+    assert not (tmp_path / "m").exists()
+    # MLET over a plan that combines by mult: the export's collapse (W @ P) cannot fold it
+    mult = ["--compression", "qr", "--fraction", "0.5", "--mlet_fraction", "0.5"]
+    mult += ["--compression_options", '{"combine": "mult"}', "--dense_arch_layer_sizes", "16,4"]
+    with pytest.raises(ValueError, match=r"--export_model serves MLET collapsed .* \['cat_0'"):
+        main([*SMALL, *NO_MINIMUM, *mult, "--export_model", str(tmp_path / "m")])
     assert not (tmp_path / "m").exists()
 
 

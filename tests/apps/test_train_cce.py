@@ -66,6 +66,18 @@ def test_cce_trains_end_to_end_with_its_phases(caplog: pytest.LogCaptureFixture)
     assert one["embedding_bytes"] == one["rows"] * 8 * 4 == metrics["embedding_bytes"]
 
 
+def test_cce_keeps_its_tables_off_data_parallel() -> None:
+    """Given data_parallel with another type, the planner placed these small tables data
+    parallel and the first phase refused them, after part of the training (``cce table
+    'cat_0': ... is not sharded``); the cce tables are now kept off it. data_parallel alone
+    is refused before any work (test_train.py)."""
+    metrics = main(
+        [*CCE, *SHORT, "--cce_phases", "1", "--sharding_types", "data_parallel,table_wise"]
+    )
+    assert metrics["cce_phases"] == 1 and math.isfinite(metrics["logloss"])
+    assert metrics["plan_fingerprint"] != metrics["start_plan_fingerprint"]
+
+
 def _train_cce(rank: int, world_size: int) -> dict:
     return main([*CCE, *SHORT, "--cce_phases", "1"])
 

@@ -39,7 +39,7 @@ import copy
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -275,11 +275,7 @@ class MultiLayerEmbeddingBagCollection(nn.Module):
         # where the weights are (a module materialized from meta still reports meta)
         device = next(iter(self.inner.embedding_bags.values())).weight.device
         if plan is not None:
-            bad = [
-                t.name
-                for t in plan
-                if t.name in names and t.num_hashes > 1 and t.combine in ("mult", "scaled_sum")
-            ]
+            bad = uncollapsible_tables(plan, names)
             if bad:
                 raise ValueError(
                     f"tables {bad} combine by mult/scaled_sum, which is not linear per table: MLET "
@@ -322,6 +318,18 @@ class MultiLayerEmbeddingBagCollection(nn.Module):
 
     def extra_repr(self) -> str:
         return f"inner_dim_fraction={self.inner_dim_fraction}, plan={'yes' if self._plan is not None else 'no'}"
+
+
+def uncollapsible_tables(plan: HashPlan, names: Iterable[str]) -> list[str]:
+    """The tables of ``names`` whose plan combines several hash functions by ``mult`` or
+    ``scaled_sum``: not linear per table, so :meth:`MultiLayerEmbeddingBagCollection.
+    collapse` cannot fold MLET's projection into them."""
+    names = set(names)
+    return [
+        t.name
+        for t in plan
+        if t.name in names and t.num_hashes > 1 and t.combine in ("mult", "scaled_sum")
+    ]
 
 
 def hands_raw_ids(inner: nn.Module) -> bool:
