@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
-from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingEnv
@@ -39,6 +38,7 @@ from torchrec_lhf.compression.budget import (
 from torchrec_lhf.compression.registry import index_bytes
 from torchrec_lhf.distributed.embedding_bag import (
     LearnedHashEmbeddingBagCollectionSharder,
+    PlainEmbeddingBagCollectionSharder,
     remap_bytes,
 )
 from torchrec_lhf.distributed.mch import ManagedCollisionSharder
@@ -338,7 +338,8 @@ def _logical_name(internal: str, logical: dict[str, int]) -> str:
 
 
 def make_sharders(config: TrainConfig) -> list:
-    """Learned-hash, managed-collision and stock EBC sharders with the fused row-wise Adagrad."""
+    """Learned-hash, managed-collision and plain EBC sharders with the fused row-wise Adagrad
+    (the plain one TorchRec's, offering row-wise types on the CPU too)."""
     fused_params = {
         "optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
         "learning_rate": config.table_learning_rate,
@@ -347,7 +348,7 @@ def make_sharders(config: TrainConfig) -> list:
     return [
         LearnedHashEmbeddingBagCollectionSharder(fused_params=fused_params),
         ManagedCollisionSharder(fused_params=fused_params),
-        EmbeddingBagCollectionSharder(fused_params=fused_params),
+        PlainEmbeddingBagCollectionSharder(fused_params=fused_params),
     ]
 
 

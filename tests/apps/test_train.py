@@ -209,6 +209,15 @@ def test_table_dims_a_plan_or_the_export_cannot_take_are_named_before_training(
     assert not (tmp_path / "m").exists()
 
 
+def test_the_full_model_plans_row_wise_on_cpu() -> None:
+    """Before, the full model (a plain EBC) with ``--sharding_types row_wise`` failed to plan
+    on CPU ("No available sharding type and compute kernel combination"): TorchRec's plain
+    sharder offers row-wise types on CUDA only; its learned-hash twin planned."""
+    short = ["--limit_train_batches", "3", "--limit_val_batches", "1", "--limit_test_batches", "1"]
+    metrics = main([*SMALL, *short, "--sharding_types", "row_wise"])
+    assert metrics["steps"] == 3 and math.isfinite(metrics["logloss"])
+
+
 def test_a_bad_dataset_spec_fails_before_the_run() -> None:
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'; expected one of"):
         parse_args(["--dataset", "imagenet"])

@@ -22,6 +22,7 @@ from torchrec_lhf.compression.methods import fbdh_plan, memrec_plan, qr_plan
 from torchrec_lhf.distributed.embedding_bag import (
     TESTED_SHARDING_TYPES,
     LearnedHashEmbeddingBagCollectionSharder,
+    PlainEmbeddingBagCollectionSharder,
 )
 from torchrec_lhf.modules.embedding_bag import internal_table_configs
 
@@ -242,3 +243,43 @@ def test_sharded_step_reads_no_more_than_plain_ebc() -> None:
     (learned,) = run_multiprocess(_sharded_step_host_reads, world_size=1, learned=True)
     (plain,) = run_multiprocess(_sharded_step_host_reads, world_size=1, learned=False)
     assert learned <= plain, (learned, plain)
+
+
+def _plain_sharded_vs_unsharded(rank: int, world_size: int, sharding_type: str) -> None:
+    """A plain EBC sharded by :class:`PlainEmbeddingBagCollectionSharder`: forward and one
+    fused SGD step equal the unsharded collection's."""
+    torch.manual_seed(1)
+    reference = EmbeddingBagCollection(tables=three_tables())
+    sharder = PlainEmbeddingBagCollectionSharder(
+        fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR}
+    )
+    module = EmbeddingBagCollection(tables=three_tables(), device=torch.device("meta"))
+    names = [c.name for c in module.embedding_bag_configs()]
+    per_param = {n: placement(sharding_type, i, world_size) for i, n in enumerate(names)}
+    model = shard_on_cpu(module, sharder, per_param, world_size)
+    model.load_state_dict({k: v.clone() for k, v in reference.state_dict().items()})
+    batches = [_batch(seed) for seed in range(world_size)]
+    out = model(batches[rank]).wait()
+    ref_out = reference(_concat(batches))
+    torch.testing.assert_close(out.values(), ref_out.values()[rank * BATCH : (rank + 1) * BATCH])
+    w = torch.arange(out.values().shape[1], dtype=torch.float32) / 10
+    (out.values() * w).sum().backward()
+    dense = dict(in_backward_optimizer_filter(model.named_parameters()))
+    if dense:  # (table_row_wise's test placement is on the dense kernel: not fused)
+        torch.optim.SGD(dense.values(), lr=LR).step()
+    (ref_out.values() * w).sum().div(world_size).backward()
+    torch.optim.SGD(reference.parameters(), lr=LR).step()
+    assert_state_equals(model, reference.state_dict(), rank)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("sharding_type", ["row_wise", "table_row_wise"])
+def test_the_plain_sharder_shards_row_wise_on_cpu(sharding_type: str) -> None:
+    """TorchRec's EBC sharder offers row_wise and table_row_wise on CUDA only: a plain
+    model restricted to them (the DLRM app's full baseline or teacher with
+    ``--sharding_types row_wise``) failed to plan on CPU. Offered here, it shards."""
+    assert sharding_type not in EmbeddingBagCollectionSharder().sharding_types("cpu")
+    assert sharding_type in PlainEmbeddingBagCollectionSharder().sharding_types("cpu")
+    cuda = EmbeddingBagCollectionSharder().sharding_types("cuda")
+    assert PlainEmbeddingBagCollectionSharder().sharding_types("cuda") == cuda
+    run_multiprocess(_plain_sharded_vs_unsharded, world_size=2, sharding_type=sharding_type)

@@ -219,6 +219,23 @@ class LearnedHashEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
         return ShardedLearnedHashEmbeddingBagCollection
 
 
+class PlainEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
+    """TorchRec's sharder of plain EmbeddingBagCollections, offering on the CPU too the types
+    the learned-hash sharder is tested with (:data:`TESTED_SHARDING_TYPES`): TorchRec's
+    offers ``row_wise`` and ``table_row_wise`` on CUDA only, so a plain model (the full
+    baseline, a teacher) restricted to them failed to plan on CPU ("No available sharding
+    type and compute kernel combination"), where its learned-hash twin, over the same
+    fused kernels, shards. Elsewhere TorchRec's own list.
+
+    NOTE: one subclass level, as the planner matches sharders by exact module type (the
+    module type is TorchRec's EmbeddingBagCollection).
+    """
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        types = super().sharding_types(compute_device_type)
+        return types + [t for t in TESTED_SHARDING_TYPES if t not in types]
+
+
 def remap_bytes(model: nn.Module) -> int:
     """Bytes of all learned-hash remap buffers in ``model`` (replicated on every rank): of
     its pooled and sequence collections, sharded or not."""
