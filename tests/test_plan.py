@@ -84,6 +84,22 @@ def test_rejects_negative_and_float_mappings_and_duplicates() -> None:
         HashPlan([t, t])
 
 
+@pytest.mark.parametrize(
+    ("mapping", "match"),
+    [  # before: RuntimeError "Could not infer dtype of NoneType", TypeError "new(): invalid
+        # data type 'str'", ValueError "expected sequence of length 1", RuntimeError (complex)
+        (None, r"table 't': mapping must be a 1-D integer tensor .* got NoneType"),
+        ("abc", r"table 't': mapping must be a 1-D integer tensor .* got str"),
+        ([[0], [1, 2]], r"table 't': mapping must be a 1-D integer tensor .* got list"),
+        (torch.tensor([1j]), r"table 't': mapping must be an integer tensor, got torch.complex64"),
+    ],
+)
+def test_a_mapping_that_is_not_a_tensor_of_ints_is_named(mapping: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        HashPlan.from_mappings({"t": mapping})
+    assert HashPlan.from_mappings({"t": [0, 2]})["t"].heights == (3,)  # (a list is taken)
+
+
 def test_summary_bytes() -> None:
     rows = {r["table"]: r for r in _plan().summary(embedding_dim=8)}
     t0 = rows["t0"]

@@ -505,8 +505,14 @@ def choose_encoding(
 def as_int32_mapping(m: torch.Tensor, name: str) -> torch.Tensor:
     """A dense mapping as a contiguous int32 CPU tensor, values checked in ``[0, 2**31)``."""
     if not isinstance(m, torch.Tensor):
-        m = torch.as_tensor(m)
-    if m.is_floating_point() or m.dtype == torch.bool:
+        try:
+            m = torch.as_tensor(m)
+        except (TypeError, RuntimeError, ValueError) as e:  # (None, a string, ragged lists)
+            raise ValueError(
+                f"table {name!r}: mapping must be a 1-D integer tensor (or array or list), got "
+                f"{type(m).__name__} ({e})"
+            ) from None
+    if m.is_floating_point() or m.is_complex() or m.dtype == torch.bool:
         raise ValueError(f"table {name!r}: mapping must be an integer tensor, got {m.dtype}")
     if m.numel() and (int(m.min()) < 0 or int(m.max()) >= 2**31):
         raise ValueError(
