@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchrec import EmbeddingBagConfig, EmbeddingConfig
 
+from torchrec_lhf import HashPlan, LearnedHashEmbeddingBagCollection
+from torchrec_lhf.modules.embedding import LearnedHashEmbeddingCollection
 from torchrec_lhf.modules.remap_layout import (
     MappingPacker,
     check_internal_names,
@@ -51,3 +54,21 @@ def test_internal_names_that_would_clash_are_named() -> None:
         check_internal_names([("t", ["f"], 2), ("t__h0", ["g"], 1)])
     with pytest.raises(ValueError, match=r"internal feature name 'f__h1' clashes"):
         check_internal_names([("t", ["f"], 2), ("u", ["f__h1"], 1)])
+
+
+@pytest.mark.parametrize("name", ["", "a.b"])
+def test_a_table_name_that_cannot_name_a_module_is_named(name: str) -> None:
+    """Before, the learned-hash collections failed in ``nn.ModuleDict`` with a KeyError
+    ("module name can't contain '.'") for an uncompressed table of such a name."""
+    match = rf"table name must be a non-empty string without '\.' .*, got '{name}'"
+    with pytest.raises(ValueError, match=match):
+        check_internal_names([("t", ["f"], 1), (name, ["g"], 1)])
+    plan = HashPlan.from_mappings({"t": torch.tensor([0, 1, 0])})
+    bag = [EmbeddingBagConfig(name=n, embedding_dim=4, num_embeddings=3, feature_names=[f])
+           for n, f in (("t", "f"), (name, "g"))]  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        LearnedHashEmbeddingBagCollection(tables=bag, plan=plan)
+    seq = [EmbeddingConfig(name=c.name, embedding_dim=4, num_embeddings=3,
+                           feature_names=c.feature_names) for c in bag]  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        LearnedHashEmbeddingCollection(tables=seq, plan=plan)

@@ -47,8 +47,16 @@ def check_internal_names(
         tables: per logical table, ``(name, feature names, H)``.
 
     Raises:
-        ValueError: naming both clashing names and where they come from.
+        ValueError: naming both clashing names and where they come from; or a table name
+            that cannot name a module (empty, or with a ``.``: before, ``nn.ModuleDict``'s
+            ``KeyError``).
     """
+    for table, _, _ in tables:
+        if not isinstance(table, str) or not table or "." in table:
+            raise ValueError(
+                f"table name must be a non-empty string without '.' (it names the table's "
+                f"module), got {table!r}"
+            )
     for kind in ("table", "feature"):
         owner: dict[str, tuple[tuple[str, int | None], str]] = {}
         for table, features, num_hashes in tables:
