@@ -134,3 +134,17 @@ def test_tensor_digest_hashes_the_values_not_the_layout():
     assert _io.tensor_digest(dict(state, i=state["i"].int())) != _io.tensor_digest(
         state
     )  # the dtype
+
+
+def test_tensors_that_share_memory_are_saved_each_with_its_values(tmp_path):
+    """Before, safetensors refused them ("Some tensors share memory"): a plan whose hash
+    functions hold one head tensor, or one mapping given twice, could not be saved."""
+    base = torch.arange(10)
+    tensors = {"a": base, "b": base, "c": base[2:5], "d": base.view(2, 5), "e": torch.ones(3)}
+    path = tmp_path / "shared.safetensors"
+    _io.save_tensors(path, tensors, {"kind": "test"})
+    loaded, _ = _io.load_tensors(path, "test")
+    assert sorted(loaded) == sorted(tensors)
+    for name, t in tensors.items():
+        assert torch.equal(loaded[name], t), name
+    assert tensors["b"] is base  # (the caller's tensors are left as they were)

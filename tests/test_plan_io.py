@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests._compact import same_seed_plan
 from tests.test_plan import _plan
 from torchrec_lhf import HashPlan
 
@@ -144,3 +145,15 @@ def test_sizes_of_any_integer_kind_are_python_ints() -> None:
     table = TableHash("t", np.int64(4), (mapping,), (torch.tensor(2),))
     assert table.num_embeddings == 4 and type(table.num_embeddings) is int
     assert table.heights == (2,) and type(table.heights[0]) is int
+
+
+def test_a_plan_whose_hash_functions_share_tensors_round_trips(tmp_path) -> None:
+    """Before, ``save`` failed in safetensors ("Some tensors share memory") for a plan whose
+    compact hash functions hold one head tensor, or whose dense mapping was given twice."""
+    _, plan = same_seed_plan()  # eight hash functions over one head tensor
+    plan.save(tmp_path / "heads.safetensors")
+    assert HashPlan.load(tmp_path / "heads.safetensors") == plan
+    m = torch.tensor([0, 1, 2, 0], dtype=torch.int32)
+    twice = HashPlan.from_multi_mappings({"t": [m, m]})
+    twice.save(tmp_path / "twice.safetensors")
+    assert HashPlan.load(tmp_path / "twice.safetensors") == twice

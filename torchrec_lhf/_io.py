@@ -150,6 +150,19 @@ def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _own_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors``, each after the first of a shared storage copied: safetensors refuses
+    tensors that share memory ("Some tensors share memory"), as a plan's hash functions
+    holding one head tensor, or one mapping given twice, do. A copy only where shared."""
+    seen: set[int] = set()
+    out = {}
+    for name, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr() if t.numel() else 0
+        out[name] = t.clone() if ptr and ptr in seen else t
+        seen.add(ptr)
+    return out
+
+
 def save_tensors(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]
 ) -> None:
@@ -160,7 +173,7 @@ def save_tensors(
         tensors: name -> tensor (moved to CPU, made contiguous).
         manifest: JSON-serializable description stored in the file header.
     """
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    tensors = _own_storage({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
     manifest = dict(manifest, sha256=tensor_digest(tensors))
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
