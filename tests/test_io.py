@@ -9,6 +9,7 @@ import stat
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,3 +149,27 @@ def test_tensors_that_share_memory_are_saved_each_with_its_values(tmp_path):
     for name, t in tensors.items():
         assert torch.equal(loaded[name], t), name
     assert tensors["b"] is base  # (the caller's tensors are left as they were)
+
+
+@pytest.mark.parametrize("write", ["tensors", "json"])
+def test_numpy_and_one_element_tensor_values_are_written_as_numbers(tmp_path, write):
+    """Before: ``TypeError: Object of type int64 is not JSON serializable`` (plan metadata, a
+    manifest, metrics holding a NumPy scalar); other values are named, and nothing is written."""
+    value = {"a": np.int64(3), "b": np.float32(0.5), "c": torch.tensor(2), "d": [np.bool_(True)]}
+    path = tmp_path / "out"
+    if write == "tensors":
+        _io.save_tensors(path, {"t": torch.ones(2)}, {"kind": "test", "meta": value})
+        got = _io.load_tensors(path, "test")[1]["meta"]
+    else:
+        _io.atomic_write_json(path, value)
+        got = json.loads(path.read_text())
+    assert got == {"a": 3, "b": 0.5, "c": 2, "d": [True]}
+    bad = tmp_path / "bad"
+    with pytest.raises(
+        ValueError, match=r"a value of type Tensor \(tensor\(\[0, 1, 2\]\)\) cannot"
+    ):
+        if write == "tensors":
+            _io.save_tensors(bad, {"t": torch.ones(2)}, {"kind": "test", "x": torch.arange(3)})
+        else:
+            _io.atomic_write_json(bad, {"x": torch.arange(3)})
+    assert not bad.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]

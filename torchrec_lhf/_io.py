@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -118,11 +119,27 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         yield f
 
 
+def json_default(obj: Any) -> Any:
+    """``json.dump``'s ``default``: a NumPy scalar or a one-element tensor as its Python
+    number (a config or plan metadata may hold them: before, ``TypeError: Object of type
+    int64 is not JSON serializable``).
+
+    Raises:
+        ValueError: any other value JSON cannot hold, naming its type.
+    """
+    if isinstance(obj, np.generic) or (isinstance(obj, torch.Tensor) and obj.numel() == 1):
+        return obj.item()
+    raise ValueError(
+        f"a value of type {type(obj).__name__} ({obj!r:.60}) cannot be written as JSON; "
+        "expected numbers, strings, bools, None, lists and dicts"
+    )
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    """Write ``obj`` as indented JSON to ``path`` atomically (:func:`json_default`)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=json_default)
     with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
+        f.write(text + "\n")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -175,8 +192,9 @@ def save_tensors(
     """
     tensors = _own_storage({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
     manifest = dict(manifest, sha256=tensor_digest(tensors))
+    text = json.dumps(manifest, sort_keys=True, default=json_default)  # (before any file)
     with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+        save_file(tensors, tmp, metadata={MANIFEST_KEY: text})
 
 
 def load_tensors(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Tensor], dict]:

@@ -66,7 +66,7 @@ from torch import nn
 from torch.distributed.checkpoint import CheckpointException, FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
-from torchrec_lhf._io import atomic_write_json
+from torchrec_lhf._io import atomic_write_json, json_default
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _same_meta(path: Path, meta: Mapping[str, Any] | None) -> bool:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    expected = json.loads(json.dumps(dict(meta or {})))
+    expected = json.loads(json.dumps(dict(meta or {}), default=json_default))
     return isinstance(manifest, dict) and manifest.get("meta") == expected
 
 

@@ -71,7 +71,7 @@ from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddi
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_lhf import _spill
-from torchrec_lhf._io import atomic_path, not_a_file
+from torchrec_lhf._io import atomic_path, json_default, not_a_file
 from torchrec_lhf._memory import trim_heap
 from torchrec_lhf.cli import check_int
 from torchrec_lhf.distributed.quant_embedding import QuantLearnedHashEmbeddingCollectionSharder
@@ -503,7 +503,7 @@ def save_scripted(
     path: str | os.PathLike, model: torch.jit.ScriptModule, manifest: dict[str, Any]
 ) -> None:
     """``torch.jit.save`` ``model`` with ``manifest`` (JSON) inside, atomically."""
-    extra = {MANIFEST_FILE: json.dumps(manifest, sort_keys=True)}
+    extra = {MANIFEST_FILE: json.dumps(manifest, sort_keys=True, default=json_default)}
     with atomic_path(path) as tmp:
         torch.jit.save(model, tmp, _extra_files=extra)
 
