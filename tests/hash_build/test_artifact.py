@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,3 +148,14 @@ def test_a_hand_edited_manifest_is_named(tmp_path: Path, edit, message: str) -> 
     _edit_manifest(tmp_path, edit)
     with pytest.raises(ValueError, match=rf"teacher\.safetensors: .*{message}"):
         TeacherArtifact.load(tmp_path)
+
+
+def test_a_manifest_of_numpy_numbers_is_written_as_numbers(tmp_path: Path) -> None:
+    """Before: ``TypeError: Object of type int64 is not JSON serializable``."""
+    emb = torch.randn(6, 4)
+    artifact = TeacherArtifact(
+        embeddings={"t": emb}, counts={"t": torch.arange(6)}, manifest={"epochs": np.int64(2)}
+    )
+    artifact.save(tmp_path)
+    loaded = TeacherArtifact.load(tmp_path)
+    assert loaded.manifest["epochs"] == 2 and torch.equal(loaded.embeddings["t"], emb)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from torchrec_lhf._io import MANIFEST_KEY, atomic_path, atomic_write_json
+from torchrec_lhf._io import MANIFEST_KEY, atomic_path, atomic_write_json, json_default
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,9 @@ def _header(shapes: dict[str, tuple[int, ...]], manifest: dict[str, Any], sha: s
         dtype = "F32" if kind == "embeddings" else "I64"
         entries[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
         offset += size
-    meta = {MANIFEST_KEY: json.dumps(dict(manifest, sha256=sha), sort_keys=True)}
+    meta = {
+        MANIFEST_KEY: json.dumps(dict(manifest, sha256=sha), sort_keys=True, default=json_default)
+    }
     raw = json.dumps({"__metadata__": meta, **entries}).encode()
     return raw + b" " * (-len(raw) % 8)
 
