@@ -34,7 +34,7 @@ def check_request(
     feature_names: list[str],
     num_dense: int | None = None,
     check_lengths: bool = True,
-    id_limits: torch.Tensor | None = None,
+    limits: torch.Tensor | None = None,
 ) -> None:
     """Raise ValueError, naming the value and what was expected, unless the request is well
     formed.
@@ -47,8 +47,8 @@ def check_request(
         feature_names: the request's sparse features, in order.
         num_dense: the dense width the model takes; None skips that check.
         check_lengths: read the lengths (on the CPU): each ``>= 0``, and adding up to
-            ``values``' size, and the ids ``id_limits`` bounds. False: shapes and dtypes only.
-        id_limits: ``(F,)`` int64 (:func:`id_limits`), where the model reads some
+            ``values``' size, and the ids ``limits`` bounds. False: shapes and dtypes only.
+        limits: ``(F,)`` int64 (:func:`id_limits`), where the model reads some
             features' ids as rows of tables with no check of their own (FBGEMM's quantized
             tables, which TorchRec builds with no bounds check: an id outside a table read
             memory outside it). On the CPU, with ``check_lengths``: each such id in
@@ -105,8 +105,8 @@ def check_request(
     total = int(lengths.sum())
     if total != values.numel():
         raise ValueError(lengths_mismatch(feature_names, total, values.numel()))
-    if id_limits is not None and total > 0:
-        message = ids_out_of_range(values, lengths, id_limits, feature_names)
+    if limits is not None and total > 0:
+        message = ids_out_of_range(values, lengths, limits, feature_names)
         if message:
             raise ValueError(message)
 
@@ -120,9 +120,10 @@ def _unsigned_order(x: torch.Tensor) -> torch.Tensor:
 
 def id_limits(heights: torch.Tensor) -> torch.Tensor:
     """The request check's form of per-feature table heights (``(F,)`` int64, ``<= 0``:
-    not checked): ``height - 1`` (the largest id) in unsigned order (:func:`_unsigned_order`), so that one
-    compare refuses an id above it and, read unsigned, a negative one; an unchecked
-    feature's limit is the largest unsigned value, which no id exceeds."""
+    not checked): ``height - 1`` (the largest id) in unsigned order
+    (:func:`_unsigned_order`), so that one compare refuses an id above it and, read
+    unsigned, a negative one; an unchecked feature's limit is the largest unsigned value,
+    which no id exceeds."""
     return _unsigned_order(torch.where(heights > 0, heights - 1, -1))
 
 
