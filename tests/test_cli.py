@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from apps import build_hash, criteo_to_npy, make_synthetic_criteo, pipeline, serve, teacher
@@ -30,6 +31,7 @@ from torchrec_lhf.cli import (
     unit_fraction,
 )
 from torchrec_lhf.compression.budget import MIN_TABLE_ROWS
+from torchrec_lhf.data import load_dataset
 from torchrec_lhf.hash_build.config import BuildConfig
 
 
@@ -438,11 +440,24 @@ def test_check_fields_names_the_field_and_what_it_expects(kwargs: dict, message:
 
 
 def test_check_fields_takes_what_the_flags_give() -> None:
-    import numpy as np
-
     config = _Typed(count=np.int64(3), rate=2, where="y", sizes=(3, 4), cap=7, mode="concat")
     check_fields(config)
     assert config.count == 3
+
+
+def test_numpy_numbers_are_made_python_numbers_before_any_check() -> None:
+    """Before, ``seed=np.int64(3)`` passed the checks and failed in
+    ``torch.Generator.manual_seed`` ("an integer is required"), and a NumPy int in a list of
+    sizes was refused by the config's own check ("must be a non-empty list of ints")."""
+    config = _Typed(
+        count=np.int64(3), rate=np.float32(0.5), sizes=[1, np.int32(2)], flag=np.bool_(1)
+    )
+    assert (type(config.count), type(config.rate), type(config.flag)) == (int, float, bool)
+    assert config.sizes == [1, 2] and all(type(v) is int for v in config.sizes)
+    train = TrainConfig(embedding_dim=np.int64(8), dense_arch_layer_sizes=[16, np.int64(8)])
+    assert train.dense_arch_layer_sizes == [16, 8] and type(train.embedding_dim) is int
+    ds = load_dataset("synthetic", num_samples=200, seed=np.int64(3), num_embeddings=[50, 70])
+    assert len(ds) == 200
 
 
 def _configs() -> list[tuple[type, dict]]:

@@ -48,6 +48,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "FlagError",
     "add_config_flags",
@@ -314,10 +316,13 @@ def check_fields(config: Any) -> None:
     Types as for the flags (``int``, ``float``, ``str``, ``Path``, ``bool``, lists and tuples
     of these, ``dict``, ``X | None``): an ``int`` is any integral type but a bool, a
     ``float`` any real number but a bool or NaN, a list a list or tuple of its items, a
-    ``Path`` a string or path; a type beyond these is not checked.
+    ``Path`` a string or path; a type beyond these is not checked. A NumPy scalar (alone or
+    in a list or tuple) is first made the Python number it holds (before, ``seed=np.int64(3)``
+    passed and failed in ``torch.Generator.manual_seed``: "an integer is required").
     """
     cls = type(config)
     hints = _type_hints(cls)
+    _native_fields(config)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
@@ -327,6 +332,28 @@ def check_fields(config: Any) -> None:
         choices = f.metadata.get("choices")
         if choices is not None and value is not None and value not in choices:
             raise ValueError(f"{f.name} must be one of {list(choices)}, got {value!r}")
+
+
+def _native_fields(config: Any) -> None:
+    """Set each field of the dataclass ``config`` that holds NumPy scalars to the Python
+    numbers they hold (frozen configs too: fields set once, at construction)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        native = _python_scalars(value)
+        if native is not value:
+            object.__setattr__(config, f.name, native)
+
+
+def _python_scalars(value: Any) -> Any:
+    """``value`` with NumPy scalars (alone, or the items of a list or tuple) as the Python
+    numbers they hold; ``value`` itself where it holds none."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if type(value) in (list, tuple):
+        items = [_python_scalars(v) for v in value]
+        if any(a is not b for a, b in zip(items, value)):
+            return type(value)(items)
+    return value
 
 
 @functools.cache
@@ -343,6 +370,7 @@ def checked_fields(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
 
     @functools.wraps(post_init)
     def checked(self: Any) -> None:
+        _native_fields(self)  # (before the config's own checks, which test for int)
         try:
             post_init(self)
         except (TypeError, AttributeError):
