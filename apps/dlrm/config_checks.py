@@ -109,7 +109,7 @@ def check_cce(config: TrainConfig) -> None:
             "(its columns split the model's dim, which MLET narrows: not built)"
         )
     types = config.sharding_types
-    if config.cce_phases and isinstance(types, list) and set(types) == {"data_parallel"}:
+    if config.cce_phases and isinstance(types, list | tuple) and set(types) == {"data_parallel"}:
         # (before: refused at its first phase, after part of the training; with other
         # types given, shard_model keeps the cce tables off data_parallel)
         raise ValueError(

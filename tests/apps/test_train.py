@@ -70,6 +70,10 @@ def test_flags_parse_into_a_config() -> None:
             {"compression": "cce", "fraction": 0.5, "sharding_types": ["data_parallel"]},
             r"--compression cce re-clusters its tables .* --sharding_types \['data_parallel'\]",
         ),
+        (  # (a tuple, which the list field takes, too)
+            {"compression": "cce", "fraction": 0.5, "sharding_types": ("data_parallel",)},
+            r"--compression cce re-clusters its tables .* --sharding_types \('data_parallel',\)",
+        ),
         ({"resume": True}, "--resume needs --checkpoint_dir"),
         ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
         ({"learning_rate": float("inf")}, "learning_rate must be a finite number > 0, got inf"),
