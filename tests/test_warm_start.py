@@ -16,7 +16,7 @@ from tests._multiprocess import run_multiprocess
 from torchrec_lhf.distributed.gather import gather_to_rank0
 from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.plan import HashPlan
-from torchrec_lhf.warm_start import centroid_tables, warm_start
+from torchrec_lhf.warm_start import centroid_tables, check_teacher, warm_start
 
 
 def _artifact(dim: int = 2) -> TeacherArtifact:
@@ -92,3 +92,49 @@ def test_warm_start_fills_row_wise_shards_at_world_size_2(tmp_path: Path) -> Non
     torch.testing.assert_close(got["cat_0"], expected["cat_0"])  # full table: the teacher's
     torch.testing.assert_close(got["cat_1"], expected["cat_1"])  # 7 centroid rows
     assert got["cat_1"].shape == (7, 4)
+
+
+class _Tables(torch.nn.Module):
+    """A model whose state has ``ebc.embedding_bags.{name}.weight`` for each table."""
+
+    def __init__(self, heights: dict[str, int], dim: int = 2) -> None:
+        super().__init__()
+        self.ebc = torch.nn.Module()
+        self.ebc.embedding_bags = torch.nn.ModuleDict(
+            {k: torch.nn.EmbeddingBag(n, dim) for k, n in heights.items()}
+        )
+
+
+def test_warm_start_refuses_a_teacher_without_a_model_table() -> None:
+    # before: the teacher's tables were copied and 'c' kept its random rows without a word
+    model = _Tables({"a": 4, "b": 2, "c": 3})
+    before = model.ebc.embedding_bags["c"].weight.detach().clone()
+    with pytest.raises(ValueError, match=r"the teacher has no table \['c'\] of the model"):
+        warm_start(model, _artifact(), plan=None, dim=2, collection_fqn="ebc")
+    torch.testing.assert_close(model.ebc.embedding_bags["c"].weight.detach(), before)
+    plan = HashPlan.from_mappings({"c": torch.tensor([0, 1, 0], dtype=torch.int32)})
+    with pytest.raises(ValueError, match=r"planned table 'c' is not in the teacher"):
+        centroid_tables(_artifact(), plan, dim=2)
+
+
+def test_warm_start_names_a_full_table_of_another_height() -> None:
+    model = _Tables({"a": 4, "b": 3})
+    before = model.ebc.embedding_bags["a"].weight.detach().clone()
+    with pytest.raises(ValueError, match=r"the teacher gives table 'b' 2 rows, the model has 3"):
+        warm_start(model, _artifact(), plan=None, dim=2, collection_fqn="ebc")
+    # nothing was copied before the refusal
+    torch.testing.assert_close(model.ebc.embedding_bags["a"].weight.detach(), before)
+    warm_start(_Tables({"a": 4, "b": 2}), _artifact(), plan=None, dim=2, collection_fqn="ebc")
+
+
+def test_check_teacher_against_the_student_heights() -> None:
+    check_teacher(_artifact(), None, 2, {"a": 4, "b": 2})
+    with pytest.raises(ValueError, match=r"the teacher has no table \['c'\] of the model"):
+        check_teacher(_artifact(), None, 2, {"a": 4, "b": 2, "c": 5})
+    with pytest.raises(ValueError, match=r"the model has no table \['b'\] of the teacher"):
+        check_teacher(_artifact(), None, 2, {"a": 4})
+    with pytest.raises(ValueError, match=r"teacher table 'a' has 4 ids, the model's table 5"):
+        check_teacher(_artifact(), None, 2, {"a": 5, "b": 2})
+    plan = HashPlan.from_mappings({"c": torch.tensor([0, 1, 0], dtype=torch.int32)})
+    with pytest.raises(ValueError, match=r"planned table 'c' is not in the teacher"):
+        check_teacher(_artifact(), plan, 2)

@@ -15,6 +15,7 @@ no row has a centroid of its own). The dense layers start fresh.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -24,6 +25,69 @@ from torchrec_lhf.hash_build.artifact import TeacherArtifact
 from torchrec_lhf.plan import HashPlan
 
 logger = logging.getLogger(__name__)
+
+
+def check_teacher(
+    artifact: TeacherArtifact,
+    plan: HashPlan | None,
+    dim: int,
+    heights: Mapping[str, int] | None = None,
+) -> None:
+    """Refuse a teacher that does not fit the student, before anything is built or copied.
+
+    Args:
+        artifact: the teacher (embeddings ``(N, D)`` per table).
+        plan: the student's plan (``None``: every table full).
+        dim: the student's embedding dim.
+        heights: the student's tables and their ids ``N`` (``None``: not checked).
+
+    Raises:
+        ValueError: the teacher's dim is not ``dim``; a planned table has several hashes
+            or is not in the teacher; the teacher and the plan disagree on a table's
+            height; or, given ``heights``, the teacher and the student do not have the
+            same tables of the same heights.
+    """
+    teacher = artifact.embeddings
+    if heights is not None:
+        missing = [name for name in heights if name not in teacher]
+        if missing:  # (they would keep their random rows: a teacher of other data)
+            raise ValueError(
+                f"--init_from: the teacher has no table {missing} of the model; it has "
+                f"{sorted(teacher)}"
+            )
+        extra = [name for name in teacher if name not in heights]
+        if extra:
+            raise ValueError(
+                f"--init_from: the model has no table {extra} of the teacher; it has "
+                f"{sorted(heights)}"
+            )
+    for name, emb_ND in teacher.items():
+        if emb_ND.shape[1] != dim:
+            raise ValueError(
+                f"--init_from: teacher table {name!r} has dim {emb_ND.shape[1]}, the model "
+                f"{dim}; train the teacher at --embedding_dim {dim}"
+            )
+        if heights is not None and emb_ND.shape[0] != heights[name]:
+            raise ValueError(
+                f"--init_from: teacher table {name!r} has {emb_ND.shape[0]} ids, the model's "
+                f"table {heights[name]} (a teacher of other data?)"
+            )
+    for table in [] if plan is None else plan.tables:
+        if table.name not in teacher:
+            raise ValueError(
+                f"--init_from: planned table {table.name!r} is not in the teacher, which has "
+                f"{sorted(teacher)}"
+            )
+        if table.num_hashes != 1:
+            raise ValueError(
+                f"--init_from: table {table.name!r} has {table.num_hashes} hash functions; "
+                "centroids need one (each row then is one group of ids)"
+            )
+        if table.num_embeddings != teacher[table.name].shape[0]:
+            raise ValueError(
+                f"--init_from: table {table.name!r} has {teacher[table.name].shape[0]} ids in "
+                f"the teacher and {table.num_embeddings} in the plan"
+            )
 
 
 def centroid_tables(
@@ -40,30 +104,15 @@ def centroid_tables(
         table name -> ``(M, D)`` (planned) or ``(N, D)`` float32 weights.
 
     Raises:
-        ValueError: the teacher's dim is not ``dim``, a planned table has several hashes,
-            or the teacher and the plan disagree on a table's height.
+        ValueError: see :func:`check_teacher` (without the student's heights).
     """
+    check_teacher(artifact, plan, dim)
     out = {}
     for name, emb_ND in artifact.embeddings.items():
-        if emb_ND.shape[1] != dim:
-            raise ValueError(
-                f"--init_from: teacher table {name!r} has dim {emb_ND.shape[1]}, the model "
-                f"{dim}; train the teacher at --embedding_dim {dim}"
-            )
         if plan is None or name not in plan:
             out[name] = emb_ND.float()
             continue
         table = plan[name]
-        if table.num_hashes != 1:
-            raise ValueError(
-                f"--init_from: table {name!r} has {table.num_hashes} hash functions; "
-                "centroids need one (each row then is one group of ids)"
-            )
-        if table.num_embeddings != emb_ND.shape[0]:
-            raise ValueError(
-                f"--init_from: table {name!r} has {emb_ND.shape[0]} ids in the teacher and "
-                f"{table.num_embeddings} in the plan"
-            )
         rows_N = table.dense_mapping(0).long()
         weight_N = artifact.counts[name].double() + 1.0
         m = table.heights[0]
@@ -96,13 +145,30 @@ def warm_start(
             (its tables are ``{collection_fqn}.embedding_bags.{table}.weight``).
 
     Raises:
-        ValueError: see :func:`centroid_tables`; or the model has no table of that name.
+        ValueError: see :func:`centroid_tables`; or the model and the teacher do not have the
+            same tables, or a full table's height differs. Nothing is copied then.
     """
     tables = centroid_tables(artifact, plan, dim)
     state = model.state_dict()
+    prefix, suffix = f"{collection_fqn}.embedding_bags.", ".weight"
+    model_tables = [
+        k[len(prefix) : -len(suffix)] for k in state if k.startswith(prefix) and k.endswith(suffix)
+    ]
+    missing = [name for name in model_tables if name not in tables]
+    if missing:  # (they would keep their random rows: a teacher of other data)
+        raise ValueError(
+            f"--init_from: the teacher has no table {missing} of the model; it has {sorted(tables)}"
+        )
     for name, weight in tables.items():
-        key = f"{collection_fqn}.embedding_bags.{name}.weight"
+        key = f"{prefix}{name}{suffix}"
         if key not in state:
             raise ValueError(f"--init_from: the model has no table {name!r} ({key})")
+        if weight.shape[0] != state[key].shape[0]:
+            raise ValueError(
+                f"--init_from: the teacher gives table {name!r} {weight.shape[0]} rows, the "
+                f"model has {state[key].shape[0]} (a teacher of other data?)"
+            )
+    for name, weight in tables.items():
+        key = f"{prefix}{name}{suffix}"
         copy_into(key, state[key], weight)
     logger.info("warm start: %d tables from the teacher's centroids", len(tables))

@@ -8,11 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from apps.dlrm.config import TrainConfig
 from apps.dlrm.train import main, parse_args
 from tests._fixtures import run_module
 from tests.apps._train_args import NO_MINIMUM, SMALL
+from torchrec_lhf.hash_build.artifact import TeacherArtifact
 
 
 # ---------------------------------------------------------------------------------- flags
@@ -211,6 +213,31 @@ def test_table_dims_a_plan_or_the_export_cannot_take_are_named_before_training(
     with pytest.raises(ValueError, match=r"--export_model serves MLET collapsed .* \['cat_0'"):
         main([*SMALL, *NO_MINIMUM, *mult, "--export_model", str(tmp_path / "m")])
     assert not (tmp_path / "m").exists()
+
+
+def test_a_teacher_that_does_not_fit_is_refused_before_the_model_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a teacher without one of the model's tables warm-started the others and left
+    that one at its random rows without a word; one whose planned tables had several hash
+    functions (qr) was refused only after the model was built and sharded."""
+    import apps.dlrm.train as train_app
+
+    def not_built(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(train_app, "build_session", not_built)
+    emb = {"cat_0": torch.zeros(40, 8), "cat_1": torch.zeros(60, 8)}
+    counts = {k: torch.zeros(v.shape[0], dtype=torch.int64) for k, v in emb.items()}
+    TeacherArtifact(embeddings=emb, counts=counts, manifest={}).save(tmp_path / "two")
+    with pytest.raises(ValueError, match=r"the teacher has no table \['cat_2'\] of the model"):
+        main([*SMALL, "--init_from", str(tmp_path / "two")])
+    emb["cat_2"] = torch.zeros(200, 8)
+    counts["cat_2"] = torch.zeros(200, dtype=torch.int64)
+    TeacherArtifact(embeddings=emb, counts=counts, manifest={}).save(tmp_path / "three")
+    qr = ["--compression", "qr", "--fraction", "0.5", "--init_from", str(tmp_path / "three")]
+    with pytest.raises(ValueError, match=r"table 'cat_0' has 2 hash functions"):
+        main([*SMALL, *NO_MINIMUM, *qr])
 
 
 def test_the_full_model_plans_row_wise_on_cpu() -> None:
