@@ -1,10 +1,11 @@
 """Every read or write of a TorchRec private attribute, in one place.
 
-TorchRec offers no public way to do the three things below. Each function names what it
+TorchRec offers no public way to do the four things below. Each function names what it
 touches, why, and the public alternative that was tried; ``docs/TORCHREC_PRIVATE.md``
 lists the same (and the private uses that were replaced by public ones). When TorchRec
-is upgraded, ``tests/modules/test_mch.py``, ``tests/distributed/test_mch.py`` and
-``tests/apps/test_train_distributed.py`` exercise them.
+is upgraded, ``tests/modules/test_mch.py``, ``tests/distributed/test_mch.py``,
+``tests/distributed/test_sharding_types.py`` and ``tests/apps/test_train_distributed.py``
+exercise them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 from torchrec.modules.mc_modules import MCHManagedCollisionModule
 
 if TYPE_CHECKING:  # the modules side must not import torchrec.distributed
+    from torch import nn
+    from torchrec.distributed.embedding_types import GroupedEmbeddingConfig
     from torchrec.distributed.mc_embeddingbag import (
         ShardedManagedCollisionEmbeddingBagCollection,
     )
@@ -92,3 +95,33 @@ def grow_mch_history(module: MCHManagedCollisionModule, incoming: int) -> None:
         module.register_buffer(f"_history_{name}", new, persistent=False)
         module._history_metadata[name] = new
     module._input_history_buffer_size = size
+
+
+def fused_groups_per_rank(sharded: nn.Module) -> list[list[GroupedEmbeddingConfig]]:
+    """The tables of a sharded EBC or EC as TorchRec groups them into one kernel each, for
+    every rank (``[rank][group]``; each group's ``embedding_tables`` with their
+    ``local_rows``), over all its sharding types; ``[]`` for another module.
+
+    Reads ``ShardedEmbeddingBagCollection._embedding_shardings`` (a list) or
+    ``ShardedEmbeddingCollection._sharding_type_to_sharding`` (a dict), and each sharding's
+    ``_grouped_embedding_configs_per_rank``: what every rank builds a fused kernel of,
+    known on every rank from the global plan, so that a check of it raises on all ranks
+    alike (no rank goes on alone into the next collective).
+
+    Public alternative tried: the kernels themselves (``BatchedFusedEmbeddingBag.config``)
+    are public, but this rank's only, and not in the public module tree (TorchRec keeps
+    its lookups in a plain list); the plan's ``ParameterSharding`` gives each shard's rows
+    but not the grouping (by pooling, fused params, data type, ...), which decides whether
+    an empty shard runs.
+    """
+    # NOTE: TorchRec private attributes (see docstring).
+    shardings = getattr(sharded, "_embedding_shardings", None)
+    if shardings is None:
+        shardings = list(getattr(sharded, "_sharding_type_to_sharding", {}).values())
+    per_rank: list[list[GroupedEmbeddingConfig]] = []
+    for sharding in shardings:
+        for rank, groups in enumerate(getattr(sharding, "_grouped_embedding_configs_per_rank", [])):
+            while len(per_rank) <= rank:
+                per_rank.append([])
+            per_rank[rank].extend(groups)
+    return per_rank

@@ -205,6 +205,33 @@ def test_resume_equals_uninterrupted_and_rejects_another_plan(tmp_path: Path) ->
     assert fingerprints[0] in result["error"] and fingerprints[1] in result["error"]
 
 
+def _one_row_tables(rank: int, world_size: int, types: str, fraction: str) -> dict | str:
+    short = ["--limit_train_batches", "3", "--limit_val_batches", "1", "--limit_test_batches", "1"]
+    tiny = ["--compression", "modulo", "--fraction", fraction, "--sharding_types", types]
+    try:
+        return main([*SMALL, *NO_MINIMUM, *short, *tiny])
+    except ValueError as e:
+        return str(e)
+
+
+@pytest.mark.distributed
+def test_tables_of_too_few_rows_for_a_row_wise_split_at_world_size_2() -> None:
+    """40, 60 and 200 ids at 0.005: 1 row each, row-wise over 2 ranks ``[1, 0]``. Before,
+    with row_wise allowed the planner split them row-wise, and rank 1's fused kernel of
+    their empty shards alone failed the first step inside FBGEMM ("weights[0] must be a
+    GPU or MTIA tensor"); now they are placed otherwise where the sharding types allow,
+    and refused by name, on both ranks, before training where not. At 0.02 the 200-id
+    table has 4 rows ``[2, 2]``: grouped with them the empty shards run."""
+    for types, fraction in [("row_wise,table_wise", "0.005"), ("row_wise", "0.02")]:
+        trained = run_multiprocess(_one_row_tables, world_size=2, types=types, fraction=fraction)
+        assert all(isinstance(m, dict) and m["steps"] == 3 for m in trained), trained
+        assert math.isfinite(trained[0]["logloss"])
+    refused = run_multiprocess(_one_row_tables, world_size=2, types="row_wise", fraction="0.005")
+    assert refused[0] == refused[1]
+    message = "rank 1 would hold only empty row shards of tables ['cat_0', 'cat_1', 'cat_2']"
+    assert message in refused[0]
+
+
 # ------------------------------------------------------------- gathering sharded state
 def _gather_and_scatter(rank: int, world_size: int) -> dict:
     import torch.distributed as dist

@@ -18,6 +18,8 @@ from torchrec_lhf.distributed.sharding_types import (
     check_fused_placements,
     check_placements,
     requested_types,
+    row_split_leaves_empty,
+    without_empty_row_shards,
 )
 from torchrec_lhf.modules.embedding_bag import internal_table_configs
 
@@ -111,3 +113,87 @@ def test_check_fused_placements_reads_the_tables_and_their_shards_widths() -> No
         check_fused_placements({"t": _placed("column_wise", FUSED, [6, 6])}, dims)
     with pytest.raises(ValueError, match=r"table 'u' has dim 6, but .*\['table_wise'\]"):
         check_fused_placements({"u": _placed("table_wise", FUSED, [6])}, dims)
+
+
+# ------------------------------------------------------------- empty row shards on the CPU
+def test_row_split_leaves_empty_matches_torchrecs_split() -> None:
+    from torchrec.distributed.sharding_plan import _calculate_rw_shard_sizes_and_offsets
+
+    for shards in range(1, 10):
+        for rows in range(1, 50):
+            sizes, _ = _calculate_rw_shard_sizes_and_offsets(rows, shards, 4)
+            expected = any(size[0] == 0 for size in sizes)
+            assert row_split_leaves_empty(rows, shards) == expected, (rows, shards)
+    assert row_split_leaves_empty(1, 2) and row_split_leaves_empty(6, 4)
+    assert not row_split_leaves_empty(3, 2) and not row_split_leaves_empty(10, 4)
+
+
+def test_without_empty_row_shards() -> None:
+    both = ["row_wise", "table_wise", "table_row_wise"]
+    assert without_empty_row_shards(both, 1, 2, 2) == ["table_wise"]
+    assert without_empty_row_shards(both, 3, 2, 2) == both
+    # 6 rows: [2, 2, 2, 0] over 4 ranks, [3, 3] over a host of 2
+    assert without_empty_row_shards(both, 6, 4, 2) == ["table_wise", "table_row_wise"]
+    # nothing else asked for: left as asked (the sharders name what fails)
+    assert without_empty_row_shards(["row_wise"], 1, 2, 2) == ["row_wise"]
+
+
+def _one_row_table(rank: int, world_size: int, kind: str, alone: bool) -> str:
+    """A collection whose table ``t0`` has 1 row (a learned-hash plan, or a plain table),
+    row-wise over 2 ranks: ``[1, 0]`` rows. ``alone``: the other tables table-wise on rank
+    0, so rank 1's row-wise kernel holds that empty shard alone; else all row-wise."""
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from torchrec import EmbeddingBagCollection
+    from torchrec.distributed.sharding_plan import row_wise
+
+    from tests._fixtures import sequence_tables
+    from tests.distributed.test_embedding_bag import _batch
+    from torchrec_lhf import HashPlan, LearnedHashEmbeddingCollection
+    from torchrec_lhf.distributed.embedding import LearnedHashEmbeddingCollectionSharder
+    from torchrec_lhf.distributed.embedding_bag import PlainEmbeddingBagCollectionSharder
+
+    fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.1}
+    meta = torch.device("meta")
+    plan = HashPlan.from_mappings({"t0": torch.zeros(40, dtype=torch.int32)})
+    if kind == "plain":
+        module = EmbeddingBagCollection(tables=three_tables(heights=(1, 30, 12)), device=meta)
+        sharder = PlainEmbeddingBagCollectionSharder(fused_params=fused)
+        names = ["t0", "t1", "t2"]
+    elif kind == "sequence":
+        module = LearnedHashEmbeddingCollection(tables=sequence_tables(), plan=plan, device=meta)
+        sharder = LearnedHashEmbeddingCollectionSharder(fused_params=fused)
+        names = [c.name for c in module.internal_embedding_configs()]
+    else:
+        module = LearnedHashEmbeddingBagCollection(tables=three_tables(), plan=plan, device=meta)
+        sharder = LearnedHashEmbeddingBagCollectionSharder(fused_params=fused)
+        names = [c.name for c in internal_table_configs(module)]
+    placements = {
+        n: table_wise(rank=0, compute_kernel=FUSED)
+        if alone and not n.startswith("t0")
+        else row_wise(compute_kernel=FUSED)
+        for n in names
+    }
+    try:
+        model = shard_on_cpu(module, sharder, placements, world_size)
+    except ValueError as e:
+        return str(e)
+    out = model(_batch(rank)).wait()
+    values = out.values() if kind != "sequence" else torch.cat([v.values() for v in out.values()])
+    values.sum().backward()
+    return "ran"
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("kind", ["learned", "plain", "sequence"])
+def test_a_kernel_of_empty_row_shards_alone_is_refused_on_every_rank(kind: str) -> None:
+    """Before, rank 1 failed the first lookup inside FBGEMM ("weights[0] must be a GPU or
+    MTIA tensor") and rank 0 with a closed connection."""
+    messages = run_multiprocess(_one_row_table, world_size=2, kind=kind, alone=True)
+    assert messages[0] == messages[1]
+    assert "rank 1 would hold only empty row shards of tables ['t0" in messages[0]
+    assert "add table_wise to the sharding types" in messages[0]
+    if kind != "plain":  # grouped with other tables' rows, the empty shard runs
+        assert run_multiprocess(_one_row_table, world_size=2, kind=kind, alone=False) == [
+            "ran",
+            "ran",
+        ]

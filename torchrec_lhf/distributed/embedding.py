@@ -30,7 +30,11 @@ from torchrec.distributed.types import (
 from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from torchrec_lhf.distributed.sharding_types import check_placements, requested_types
+from torchrec_lhf.distributed.sharding_types import (
+    check_no_empty_fused_groups,
+    check_placements,
+    requested_types,
+)
 from torchrec_lhf.modules import logical_view
 from torchrec_lhf.modules.embedding import LearnedHashEmbeddingCollection
 from torchrec_lhf.modules.embedding_bag import _check_remap_on_load
@@ -172,7 +176,7 @@ class LearnedHashEmbeddingCollectionSharder(EmbeddingCollectionSharder):
         module_fqn: str | None = None,
     ) -> ShardedLearnedHashEmbeddingCollection:
         check_placements(params, self._sharding_types)
-        return ShardedLearnedHashEmbeddingCollection(
+        sharded = ShardedLearnedHashEmbeddingCollection(
             module,
             params,
             env,
@@ -182,6 +186,8 @@ class LearnedHashEmbeddingCollectionSharder(EmbeddingCollectionSharder):
             use_index_dedup=self._use_index_dedup,
             module_fqn=module_fqn,
         )
+        check_no_empty_fused_groups(sharded, device)
+        return sharded
 
     @property
     def module_type(self) -> type[LearnedHashEmbeddingCollection]:

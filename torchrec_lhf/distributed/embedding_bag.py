@@ -33,11 +33,13 @@ from torchrec.distributed.types import (
     ShardingType,
 )
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_lhf.distributed.embedding import ShardedLearnedHashEmbeddingCollection
 from torchrec_lhf.distributed.sharding_types import (
     check_fused_placements,
+    check_no_empty_fused_groups,
     check_placements,
     requested_types,
 )
@@ -200,7 +202,7 @@ class LearnedHashEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
         check_placements(params, self._sharding_types)
         dims = {c.name: c.embedding_dim for c in module.internal_embedding_bag_configs()}
         check_fused_placements(params, dims)
-        return ShardedLearnedHashEmbeddingBagCollection(
+        sharded = ShardedLearnedHashEmbeddingBagCollection(
             module,
             params,
             env,
@@ -209,6 +211,8 @@ class LearnedHashEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
             qcomm_codecs_registry=self.qcomm_codecs_registry,
             module_fqn=module_fqn,
         )
+        check_no_empty_fused_groups(sharded, device)
+        return sharded
 
     @property
     def module_type(self) -> type[LearnedHashEmbeddingBagCollection]:
@@ -234,6 +238,18 @@ class PlainEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
     def sharding_types(self, compute_device_type: str) -> list[str]:
         types = super().sharding_types(compute_device_type)
         return types + [t for t in TESTED_SHARDING_TYPES if t not in types]
+
+    def shard(
+        self,
+        module: EmbeddingBagCollection,
+        params: dict[str, ParameterSharding],
+        env: ShardingEnv,
+        device: torch.device | None = None,
+        module_fqn: str | None = None,
+    ) -> ShardedEmbeddingBagCollection:
+        sharded = super().shard(module, params, env, device, module_fqn)
+        check_no_empty_fused_groups(sharded, device)
+        return sharded
 
 
 def remap_bytes(model: nn.Module) -> int:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import torch
+from torch import nn
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.types import ParameterSharding
+
+from torchrec_lhf._torchrec_private import fused_groups_per_rank
 
 
 def requested_types(
@@ -91,3 +96,62 @@ def check_fused_placements(
                 f"at widths that are multiples of {FUSED_DIM_MULTIPLE}: split it into such "
                 "widths (the planner's column-wise shards are)"
             )
+
+
+def empty_fused_groups(sharded: nn.Module, device: torch.device | None) -> dict[int, list[str]]:
+    """Ranks of a sharded collection (on the CPU: ``device`` ``cpu``; elsewhere none) whose
+    fused kernel would hold no rows at all, each with that kernel's tables.
+
+    A row-wise split gives a rank an empty shard where a table has too few rows (TorchRec
+    splits rows in blocks of ``ceil(N / world size)``: 1 row over 2 ranks is ``[1, 0]``, 6
+    over 4 is ``[2, 2, 2, 0]``). Grouped with other tables' rows in one kernel that is
+    harmless, but a fused CPU kernel of empty shards alone fails FBGEMM's first lookup with
+    "weights[0] must be a GPU or MTIA tensor" (FBGEMM's CUDA kernels take it).
+    """
+    if device is None or device.type != "cpu":
+        return {}
+    found: dict[int, list[str]] = {}
+    for rank, groups in enumerate(fused_groups_per_rank(sharded)):
+        for group in groups:
+            if group.compute_kernel != EmbeddingComputeKernel.FUSED:
+                continue
+            if group.embedding_tables and not any(t.local_rows for t in group.embedding_tables):
+                found.setdefault(rank, [t.name for t in group.embedding_tables])
+    return found
+
+
+def check_no_empty_fused_groups(sharded: nn.Module, device: torch.device | None) -> None:
+    """Raise ValueError (on every rank alike) where :func:`empty_fused_groups` finds a
+    kernel, naming the rank, its tables and what to do.
+
+    Before, such a model failed at its first step, inside FBGEMM, on that rank alone.
+    """
+    for rank, tables in empty_fused_groups(sharded, device).items():
+        raise ValueError(
+            f"rank {rank} would hold only empty row shards of tables {tables} in one fused "
+            "kernel: their row-wise split leaves that rank no rows of them, and FBGEMM's "
+            "CPU kernel cannot look up a table of no rows; place these tables table_wise "
+            "or column_wise (e.g. add table_wise to the sharding types), shard over fewer "
+            "ranks, or give them more rows"
+        )
+
+
+def row_split_leaves_empty(num_rows: int, num_shards: int) -> bool:
+    """Whether TorchRec's row-wise split of ``num_rows`` rows over ``num_shards`` ranks
+    (blocks of ``ceil(num_rows / num_shards)``, the last ones short or empty) gives some
+    rank no rows."""
+    block = -(-num_rows // num_shards)
+    return block * (num_shards - 1) >= num_rows
+
+
+def without_empty_row_shards(
+    types: Iterable[str], num_rows: int, world_size: int, local_world_size: int
+) -> list[str]:
+    """``types`` less the row-splitting ones (``row_wise`` over the world,
+    ``table_row_wise`` over a host's ranks) that would leave a rank an empty shard of a
+    table of ``num_rows`` rows, for planner constraints on the CPU
+    (:func:`empty_fused_groups`); ``types`` as they are where none would be left."""
+    types = list(types)
+    over = {"row_wise": world_size, "table_row_wise": local_world_size}
+    kept = [t for t in types if t not in over or not row_split_leaves_empty(num_rows, over[t])]
+    return kept or types
