@@ -121,3 +121,23 @@ def test_build_job_composes_like_build_plan(tmp_path: Path, teacher_dir: Path, w
             _dense(table.mappings[0], table.num_embeddings),
             _dense(independent[table.name].mappings[0], table.num_embeddings),
         )
+
+
+def test_residual_hashes_split_the_head_the_fill_region_extended() -> None:
+    """Rows 17 split 9 + 8: hash 0's head region of 7 rows takes the 4 ids seen 20 times and,
+    filled (``tail_region="fill"``), the 3 next most frequent ones; hash 1's 6 head rows are
+    fewer than those 7 ids, so it splits their cells. Before, the residual stage kept the
+    head before the fill, and its cells (4) did not match the 7 values: an IndexError."""
+    emb = _groups(3, 4)
+    counts = torch.tensor([20.0] * 4 + [5.0, 4.0, 3.0, 2.0] + [0.0] * 4)
+    for encoding in ("dense", "compact"):
+        spec = HeadTail(min_count=10, tail_fraction=0.25, encoding=encoding, tail_region="fill")
+        table, info = build_table_hash(
+            "t", emb, counts, rows=17, num_hashes=2, compose="residual", head_tail=spec
+        )
+        assert info["heights"] == [9, 8]
+        assert [lay["head_rows"] for lay in info["layouts"]] == [7, 6]
+        rows0, rows1 = (_dense(m) for m in table.mappings)
+        assert sorted(rows0[:7].tolist()) == list(range(7))  # a row each, in the filled head
+        assert bool((rows1[:7] < 6).all()) and bool((rows1[7:] >= 6).all())  # head / tail
+        assert len(set(zip(rows0[:7].tolist(), rows1[:7].tolist()))) == 7

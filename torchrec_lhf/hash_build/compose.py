@@ -109,25 +109,31 @@ def split_cells(values_K: torch.Tensor, cells_K: torch.Tensor, rows: int) -> tor
 
 
 def residual_stage(
-    embeddings_ND: torch.Tensor,
-    counts_N: torch.Tensor | None,
-    head_N: torch.Tensor | None,
-) -> Callable[[list[torch.Tensor]], tuple[torch.Tensor, Callable[..., SplitResult]]]:
+    embeddings_ND: torch.Tensor, counts_N: torch.Tensor | None
+) -> Callable[
+    [list[torch.Tensor], torch.Tensor | None], tuple[torch.Tensor, Callable[..., SplitResult]]
+]:
     """The values and the "clustering" of hash ``h >= 1`` given the rows of hashes
-    ``0..h-1`` (dense int mappings ``(N,)``), for :func:`cluster_hashes`' ``compose``.
+    ``0..h-1`` (dense int mappings ``(N,)``) and the head that hash clusters (bool
+    ``(N,)``, or ``None``: every id), for :func:`cluster_hashes`' ``compose``.
 
     The clustering it returns takes the head's values (in id order, as
     :func:`~torchrec_lhf.hash_build.head_tail.head_tail_mapping` passes them) and splits the
     head's cells with :func:`split_cells`; the residuals are computed over the head only.
+    The head is the hash's own: ``tail_region="fill"`` extends it per hash (before, the
+    stage kept the head before the extension, and an extended head's values did not match
+    its cells: an IndexError, or another id's cell).
     """
-    head_K = None if head_N is None else head_N.nonzero().squeeze(1)
 
-    def stage(previous: list[torch.Tensor]) -> tuple[torch.Tensor, Callable[..., SplitResult]]:
+    def stage(
+        previous: list[torch.Tensor], head_N: torch.Tensor | None
+    ) -> tuple[torch.Tensor, Callable[..., SplitResult]]:
         cells_N = cell_ids(previous).to(embeddings_ND.device)  # the rows come back on CPU
         n = cells_N.shape[0]
-        if head_K is None:
+        if head_N is None:
             values_N, cells_K = residual_values(embeddings_ND, counts_N, cells_N), cells_N
         else:
+            head_K = head_N.to(cells_N.device).nonzero().squeeze(1)
             cells_K = torch.unique(cells_N[head_K], return_inverse=True)[1]
             counts_K = None if counts_N is None else counts_N[head_K]
             values_N = torch.zeros(n, dtype=torch.float32, device=cells_N.device)
@@ -135,6 +141,11 @@ def residual_stage(
                 values_N[head_K] = residual_values(embeddings_ND[head_K], counts_K, cells_K)
 
         def split(values_K: torch.Tensor, _counts: object, rows: int, **_: object) -> SplitResult:
+            if values_K.shape[0] != cells_K.shape[0]:
+                raise ValueError(
+                    f"residual split: {values_K.shape[0]} values for a head of "
+                    f"{cells_K.shape[0]} ids (the stage was given another head)"
+                )
             return SplitResult(split_cells(values_K, cells_K, rows))
 
         return values_N, split

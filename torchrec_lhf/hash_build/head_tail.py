@@ -302,14 +302,17 @@ def cluster_hashes(
     spec: HeadTail,
     name: str,
     options: Mapping[str, Any],
-    compose: Callable[[list[torch.Tensor]], tuple[torch.Tensor, Callable[..., Any]]] | None = None,
+    compose: Callable[
+        [list[torch.Tensor], torch.Tensor | None], tuple[torch.Tensor, Callable[..., Any]]
+    ]
+    | None = None,
 ) -> tuple[list[torch.Tensor], list[dict[str, int]], int, int]:
     """One clustering per hash function: hash ``h`` clusters the ids by ``values_HN[h]``.
 
     With a head (``head_N``), only the head is clustered and the tail hashed
     (:func:`~torchrec_lhf.hash_build.head_tail.head_tail_mapping`). With ``compose`` (see
     :func:`~torchrec_lhf.hash_build.compose.residual_stage`), hash ``h >= 1`` takes its
-    values and its clustering from ``compose(rows of hashes 0..h-1)`` instead.
+    values and its clustering from ``compose(rows of hashes 0..h-1, its head)`` instead.
 
     Returns:
         ``(mappings, layouts, fallback_merges, steps)``: per hash the mapping (int32 CPU
@@ -319,12 +322,12 @@ def cluster_hashes(
     """
     mappings, layouts, fallback_merges, steps, rows = [], [], 0, 0, []
     for h, height in enumerate(heights):
-        if compose is not None and h:
-            values_N, cluster_h = compose(rows)  # NOTE: values_HN has hash 0's row only
-        else:
-            values_N, cluster_h = values_HN[h], cluster
         if head_N is not None and spec.tail_region == "fill" and counts_N is not None:
             head_N = fill_head(head_N, counts_N, height, spec.tail_fraction, spec.fill_min_count)
+        if compose is not None and h:  # (given this hash's head, after the fill)
+            values_N, cluster_h = compose(rows, head_N)  # NOTE: values_HN has hash 0's only
+        else:
+            values_N, cluster_h = values_HN[h], cluster
         if head_N is None:
             result = cluster_h(values_N, counts_N, height, **options)
             mapping_N = result.cluster_of_id

@@ -104,7 +104,7 @@ def build_table_hash(
     cluster = get_clustering(clustering)
     mappings, layouts, fallback_merges, steps = cluster_hashes(
         cluster, values_HN, counts_N, heights, head_N, spec, name, clustering_options,
-        compose=residual_stage(embeddings_ND, counts_N, head_N) if composed else None,
+        compose=residual_stage(embeddings_ND, counts_N) if composed else None,
     )  # fmt: skip
     table = TableHash(name, n, tuple(mappings), tuple(heights), combine)
     info = dict(
