@@ -89,7 +89,8 @@ def resume(session: Session, extra_state: Any = None) -> bool:
 
     Raises:
         ValueError: the checkpoint has another hash plan or model configuration (both
-            values named), or is of the old format.
+            values named), is of the old format, or was saved mid-epoch by a run of another
+            ``--seed`` (the data order of that epoch).
     """
     cfg = session.config
     loaded = checkpoint.load(
@@ -106,6 +107,15 @@ def resume(session: Session, extra_state: Any = None) -> bool:
     meta = loaded.meta
     session.epoch, session.step = int(meta["epoch"]), loaded.step
     session.batch = int(meta["batch"])
+    saved_seed = meta.get("config", {}).get("seed")
+    if session.batch and saved_seed is not None and saved_seed != cfg.seed:
+        raise ValueError(
+            f"{loaded.path} was saved mid-epoch (epoch {session.epoch + 1}, batch "
+            f"{session.batch}) by a run with seed {saved_seed}, which orders that epoch's "
+            f"rows; this run has seed {cfg.seed}, so the epoch would go on in another order, "
+            f"training some rows twice and others not at all: resume with --seed {saved_seed} "
+            "(a checkpoint at an epoch's end takes another seed)"
+        )
     global_batch = cfg.batch_size * session.env.world_size
     if session.batch and meta["global_batch_size"] != global_batch:
         # NOTE: rows [0, batch * old) of the epoch's order are trained; continue at the batch

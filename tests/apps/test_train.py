@@ -240,6 +240,27 @@ def test_a_teacher_that_does_not_fit_is_refused_before_the_model_is_built(
         main([*SMALL, *NO_MINIMUM, *qr])
 
 
+def test_a_mid_epoch_checkpoint_resumes_with_its_own_seed_only(tmp_path: Path) -> None:
+    """The seed orders each epoch's rows. Before, a run resumed mid-epoch with another
+    --seed went on in the other order without a word (some rows trained twice, some never);
+    at an epoch's end another seed is taken."""
+    from tests.test_checkpoint import Killed, killed_after_save
+
+    run = [*SMALL, "--epochs", "2", "--limit_train_batches", "6", "--limit_val_batches", "1"]
+    ckpt = ["--checkpoint_dir", str(tmp_path / "ckpt"), "--checkpoint_every", "2"]
+    with killed_after_save(4), pytest.raises(Killed):  # epoch 1, batch 4 of 6
+        main([*run, *ckpt])
+    with pytest.raises(
+        ValueError, match=r"saved mid-epoch \(epoch 1, batch 4\) by a run with seed 0"
+    ):
+        main([*run, *ckpt, "--resume", "--seed", "1"])
+    assert main([*run, *ckpt, "--resume"])["steps"] == 12  # its own seed goes on
+    with killed_after_save(6), pytest.raises(Killed):  # the end of epoch 1
+        main([*run, "--checkpoint_dir", str(tmp_path / "end"), "--checkpoint_every", "6"])
+    resumed = main([*run, "--checkpoint_dir", str(tmp_path / "end"), "--resume", "--seed", "1"])
+    assert resumed["steps"] == 12
+
+
 def test_the_full_model_plans_row_wise_on_cpu() -> None:
     """Before, the full model (a plain EBC) with ``--sharding_types row_wise`` failed to plan
     on CPU ("No available sharding type and compute kernel combination"): TorchRec's plain
