@@ -1,9 +1,10 @@
 """Every read or write of a TorchRec private attribute, in one place.
 
-TorchRec offers no public way to do the four things below. Each function names what it
+TorchRec offers no public way to do the five things below. Each function names what it
 touches, why, and the public alternative that was tried; ``docs/TORCHREC_PRIVATE.md``
 lists the same (and the private uses that were replaced by public ones). When TorchRec
 is upgraded, ``tests/modules/test_mch.py``, ``tests/distributed/test_mch.py``,
+``tests/distributed/test_embedding_bag_mean.py``,
 ``tests/distributed/test_sharding_types.py`` and ``tests/apps/test_train_distributed.py``
 exercise them.
 """
@@ -19,9 +20,11 @@ from torchrec.modules.mc_modules import MCHManagedCollisionModule
 if TYPE_CHECKING:  # the modules side must not import torchrec.distributed
     from torch import nn
     from torchrec.distributed.embedding_types import GroupedEmbeddingConfig
+    from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
     from torchrec.distributed.mc_embeddingbag import (
         ShardedManagedCollisionEmbeddingBagCollection,
     )
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 MCH_SERVING_BUFFERS: tuple[str, ...] = ("_mch_sorted_raw_ids", "_mch_remapped_ids_mapping")
 """The buffers of an MCH module a deployment needs to map raw ids to rows."""
@@ -125,3 +128,32 @@ def fused_groups_per_rank(sharded: nn.Module) -> list[list[GroupedEmbeddingConfi
                 per_rank.append([])
             per_rank[rank].extend(groups)
     return per_rank
+
+
+def divide_row_wise_means_only(
+    sharded: ShardedEmbeddingBagCollection, configs: list[EmbeddingBagConfig]
+) -> None:
+    """Keep TorchRec's mean-pooling division to the features of row-wise MEAN tables.
+
+    A sharded EBC with a MEAN table split row-wise (``row_wise``, ``table_row_wise``)
+    divides its whole pooled output by a divisor built from each feature's lengths, where
+    only the features of row-wise SUM tables get length 1 (TorchRec 1.8,
+    ``_create_mean_pooling_divisor``). So the features of every table-wise, column-wise or
+    data-parallel table, SUM or MEAN (already averaged by its kernel), were divided by their
+    lengths too: wrong outputs and gradients, without a word. Adding those features to
+    ``_pooling_type_to_rs_features["SUM"]`` (which only that divisor reads) gives them
+    length 1.
+
+    Args:
+        sharded: the sharded collection, just built.
+        configs: the tables it shards (``embedding_bag_configs()`` of the module sharded).
+
+    Public alternative tried: none; the divisor is built inside ``input_dist`` from this
+    private map, and the only public switch is the pooling itself.
+    """
+    # NOTE: TorchRec private attribute (see docstring).
+    by_pooling = sharded._pooling_type_to_rs_features
+    if "MEAN" not in by_pooling:  # (no division at all)
+        return
+    row_split = set(by_pooling["MEAN"]) | set(by_pooling["SUM"])
+    by_pooling["SUM"].extend(f for c in configs for f in c.feature_names if f not in row_split)
