@@ -221,14 +221,14 @@ def test_tables_of_too_few_rows_for_a_row_wise_split_at_world_size_2() -> None:
     their empty shards alone failed the first step inside FBGEMM ("weights[0] must be a
     GPU or MTIA tensor"); now they are placed otherwise where the sharding types allow,
     and refused by name, on both ranks, before training where not. At 0.02 the 200-id
-    table has 4 rows ``[2, 2]``: grouped with them the empty shards run."""
+    table has 4 rows ``[2, 2]``: after the empty shards in the kernel, they run."""
     for types, fraction in [("row_wise,table_wise", "0.005"), ("row_wise", "0.02")]:
         trained = run_multiprocess(_one_row_tables, world_size=2, types=types, fraction=fraction)
         assert all(isinstance(m, dict) and m["steps"] == 3 for m in trained), trained
         assert math.isfinite(trained[0]["logloss"])
     refused = run_multiprocess(_one_row_tables, world_size=2, types="row_wise", fraction="0.005")
     assert refused[0] == refused[1]
-    message = "rank 1 would hold only empty row shards of tables ['cat_0', 'cat_1', 'cat_2']"
+    message = "rank 1 would hold empty row shards of tables ['cat_0', 'cat_1', 'cat_2']"
     assert message in refused[0]
 
 

@@ -138,10 +138,12 @@ def test_without_empty_row_shards() -> None:
     assert without_empty_row_shards(["row_wise"], 1, 2, 2) == ["row_wise"]
 
 
-def _one_row_table(rank: int, world_size: int, kind: str, alone: bool) -> str:
-    """A collection whose table ``t0`` has 1 row (a learned-hash plan, or a plain table),
-    row-wise over 2 ranks: ``[1, 0]`` rows. ``alone``: the other tables table-wise on rank
-    0, so rank 1's row-wise kernel holds that empty shard alone; else all row-wise."""
+def _one_row_table(rank: int, world_size: int, kind: str, layout: str) -> str:
+    """A collection with a table of 1 row (a learned-hash plan, or a plain table),
+    row-wise over 2 ranks: ``[1, 0]`` rows. ``alone``: it is ``t0`` and the other tables
+    are table-wise on rank 0, so rank 1's row-wise kernel holds its empty shard alone;
+    ``first`` / ``last``: it is ``t0`` / ``t2`` and all tables are row-wise, so the empty
+    shard comes first / last in rank 1's kernel (of the tables ``t0``, ``t1``, ``t2``)."""
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from torchrec import EmbeddingBagCollection
     from torchrec.distributed.sharding_plan import row_wise
@@ -154,9 +156,11 @@ def _one_row_table(rank: int, world_size: int, kind: str, alone: bool) -> str:
 
     fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.1}
     meta = torch.device("meta")
-    plan = HashPlan.from_mappings({"t0": torch.zeros(40, dtype=torch.int32)})
+    small, ids = ("t2", 12) if layout == "last" else ("t0", 40)
+    plan = HashPlan.from_mappings({small: torch.zeros(ids, dtype=torch.int32)})
     if kind == "plain":
-        module = EmbeddingBagCollection(tables=three_tables(heights=(1, 30, 12)), device=meta)
+        heights = (40, 30, 1) if layout == "last" else (1, 30, 12)
+        module = EmbeddingBagCollection(tables=three_tables(heights=heights), device=meta)
         sharder = PlainEmbeddingBagCollectionSharder(fused_params=fused)
         names = ["t0", "t1", "t2"]
     elif kind == "sequence":
@@ -169,7 +173,7 @@ def _one_row_table(rank: int, world_size: int, kind: str, alone: bool) -> str:
         names = [c.name for c in internal_table_configs(module)]
     placements = {
         n: table_wise(rank=0, compute_kernel=FUSED)
-        if alone and not n.startswith("t0")
+        if layout == "alone" and not n.startswith(small)
         else row_wise(compute_kernel=FUSED)
         for n in names
     }
@@ -177,23 +181,27 @@ def _one_row_table(rank: int, world_size: int, kind: str, alone: bool) -> str:
         model = shard_on_cpu(module, sharder, placements, world_size)
     except ValueError as e:
         return str(e)
-    out = model(_batch(rank)).wait()
-    values = out.values() if kind != "sequence" else torch.cat([v.values() for v in out.values()])
-    values.sum().backward()
+    for step in range(3):
+        out = model(_batch(rank + 2 * step)).wait()
+        values = (
+            out.values() if kind != "sequence" else torch.cat([v.values() for v in out.values()])
+        )
+        values.sum().backward()
     return "ran"
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("kind", ["learned", "plain", "sequence"])
-def test_a_kernel_of_empty_row_shards_alone_is_refused_on_every_rank(kind: str) -> None:
-    """Before, rank 1 failed the first lookup inside FBGEMM ("weights[0] must be a GPU or
-    MTIA tensor") and rank 0 with a closed connection."""
-    messages = run_multiprocess(_one_row_table, world_size=2, kind=kind, alone=True)
-    assert messages[0] == messages[1]
-    assert "rank 1 would hold only empty row shards of tables ['t0" in messages[0]
-    assert "add table_wise to the sharding types" in messages[0]
-    if kind != "plain":  # grouped with other tables' rows, the empty shard runs
-        assert run_multiprocess(_one_row_table, world_size=2, kind=kind, alone=False) == [
-            "ran",
-            "ran",
-        ]
+def test_a_kernel_ending_with_an_empty_row_shard_is_refused_on_every_rank(kind: str) -> None:
+    """Before, rank 1 failed inside FBGEMM: the first lookup of a kernel of the empty shard
+    alone ("weights[0] must be a GPU or MTIA tensor", rank 0 then with a closed
+    connection), and, where the empty shard came last in the kernel, the backward at
+    random steps ("... more than 2B rows"). An empty shard before shards with rows runs."""
+    for layout in ("alone", "last"):
+        messages = run_multiprocess(_one_row_table, world_size=2, kind=kind, layout=layout)
+        assert messages[0] == messages[1], layout
+        small = "t2" if layout == "last" else "t0"
+        assert f"rank 1 would hold empty row shards of tables ['{small}" in messages[0]
+        assert "add table_wise to the sharding types" in messages[0]
+    ran = run_multiprocess(_one_row_table, world_size=2, kind=kind, layout="first")
+    assert ran == ["ran", "ran"]
