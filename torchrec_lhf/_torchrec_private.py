@@ -114,8 +114,7 @@ def fused_groups_per_rank(sharded: nn.Module) -> list[list[GroupedEmbeddingConfi
     Public alternative tried: the kernels themselves (``BatchedFusedEmbeddingBag.config``)
     are public, but this rank's only, and not in the public module tree (TorchRec keeps
     its lookups in a plain list); the plan's ``ParameterSharding`` gives each shard's rows
-    but not the grouping (by pooling, fused params, data type, ...), which decides whether
-    an empty shard runs.
+    but not the grouping into kernels (by pooling, fused params, data type, ...).
     """
     # NOTE: TorchRec private attributes (see docstring).
     shardings = getattr(sharded, "_embedding_shardings", None)

@@ -365,8 +365,8 @@ def shard_model(
         types = [t for t in types if t != "data_parallel"]
     local_world_size = _local_world_size(world_size)
     constraints = {
-        # NOTE: on CPU, not row-wise where that leaves a rank an empty shard (FBGEMM's CPU
-        # kernel cannot look up a kernel of empty shards alone; the sharders refuse it)
+        # NOTE: on CPU, not row-wise where that leaves a rank an empty shard, which FBGEMM's
+        # CPU kernels mishandle (the sharders refuse it: distributed/sharding_types.py)
         t: ParameterConstraints(
             sharding_types=without_empty_row_shards(types, n, world_size, local_world_size)
             if device.type == "cpu"

@@ -99,48 +99,48 @@ def check_fused_placements(
 
 
 def empty_fused_groups(sharded: nn.Module, device: torch.device | None) -> dict[int, list[str]]:
-    """Ranks of a sharded collection (on the CPU: ``device`` ``cpu``; elsewhere none) with
-    a fused kernel whose last tables hold no rows, each with those tables (the kernel's
-    tables in its order, from the last one with rows on).
+    """Ranks of a sharded collection (on the CPU: ``device`` ``cpu``; elsewhere none) that
+    hold an empty shard of a table in a fused kernel, each with the tables of its first
+    such kernel that are empty there.
 
     A row-wise split gives a rank an empty shard where a table has too few rows (TorchRec
     splits rows in blocks of ``ceil(N / world size)``: 1 row over 2 ranks is ``[1, 0]``, 6
-    over 4 is ``[2, 2, 2, 0]``). Before tables with rows in the same kernel, that ran in
-    every test; a fused CPU kernel of empty shards alone fails FBGEMM's first lookup
-    ("weights[0] must be a GPU or MTIA tensor"), and one ending with an empty shard failed
-    its backward at random steps ("CPU exact rowwise adagrad currently doesn't support
-    embedding tables with more than 2B rows", with SGD too: consistent with the table
-    size of that last table being read past the kernel's sizes). FBGEMM's CUDA kernels
-    take empty shards.
+    over 4 is ``[2, 2, 2, 0]``). FBGEMM's CPU kernels mishandle it, in every position
+    tried: a kernel of empty shards alone fails its first lookup ("weights[0] must be a
+    GPU or MTIA tensor"); one ending with an empty shard failed its backward at random
+    steps ("CPU exact rowwise adagrad currently doesn't support embedding tables with more
+    than 2B rows", with SGD too); and empty shards of dim-12 tables before a dim-16 table
+    left the last 4 columns of that table's rows out of its update, without a word.
+    FBGEMM's CUDA kernels take empty shards.
     """
     if device is None or device.type != "cpu":
         return {}
     found: dict[int, list[str]] = {}
     for rank, groups in enumerate(fused_groups_per_rank(sharded)):
         for group in groups:
-            tables = group.embedding_tables
-            if group.compute_kernel != EmbeddingComputeKernel.FUSED or not tables:
+            if group.compute_kernel != EmbeddingComputeKernel.FUSED or rank in found:
                 continue
-            if tables[-1].local_rows == 0 and rank not in found:
-                with_rows = [i for i, t in enumerate(tables) if t.local_rows]
-                found[rank] = [t.name for t in tables[(with_rows[-1] + 1 if with_rows else 0) :]]
+            empty = [t.name for t in group.embedding_tables if t.local_rows == 0]
+            if empty:
+                found[rank] = empty
     return found
 
 
 def check_no_empty_fused_groups(sharded: nn.Module, device: torch.device | None) -> None:
-    """Raise ValueError (on every rank alike) where :func:`empty_fused_groups` finds a
-    kernel, naming the rank, the empty tables and what to do.
+    """Raise ValueError (on every rank alike) where :func:`empty_fused_groups` finds an
+    empty shard, naming the rank, the tables and what to do.
 
-    Before, such a model failed inside FBGEMM, on that rank alone: at its first step, or
-    at random steps of its backward.
+    Before, such a model failed inside FBGEMM, on that rank alone (at its first step, or
+    at random steps of its backward), or trained another table's rows only in part.
     """
     for rank, tables in empty_fused_groups(sharded, device).items():
         raise ValueError(
-            f"rank {rank} would hold empty row shards of tables {tables} at the end of a "
-            "fused kernel: their row-wise split leaves that rank no rows of them, and "
-            "FBGEMM's CPU kernel fails on such a kernel (at its first lookup, or at random "
-            "steps of its backward); place these tables table_wise or column_wise (e.g. add "
-            "table_wise to the sharding types), shard over fewer ranks, or give them more rows"
+            f"rank {rank} would hold empty row shards of tables {tables} in a fused "
+            "kernel: their row-wise split leaves that rank no rows of them, and FBGEMM's "
+            "CPU kernels mishandle an empty shard (failing at the first lookup or at random "
+            "steps of the backward, or updating the next table in part); place these tables "
+            "table_wise or column_wise (e.g. add table_wise to the sharding types), shard "
+            "over fewer ranks, or give them more rows"
         )
 
 
