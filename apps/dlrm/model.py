@@ -44,7 +44,7 @@ from torchrec_lhf.distributed.embedding_bag import (
 from torchrec_lhf.distributed.mch import ManagedCollisionSharder
 from torchrec_lhf.distributed.mlet import PipelinedMLET
 from torchrec_lhf.distributed.planner import make_planner
-from torchrec_lhf.distributed.sharding_types import check_fused_dims, without_empty_row_shards
+from torchrec_lhf.distributed.sharding_types import check_fused_dims
 from torchrec_lhf.modules.embedding_bag import (
     LearnedHashEmbeddingBagCollection,
     apply_hash_plan,
@@ -357,28 +357,16 @@ def shard_model(
 ) -> DistributedModelParallel:
     """Plan with the planner (collectively) and wrap ``model`` in DistributedModelParallel."""
     sharders = make_sharders(config)
-    heights = {
-        c.name: c.num_embeddings for c in internal_table_configs(embedding_collection(model))
-    }
+    table_names = [c.name for c in internal_table_configs(embedding_collection(model))]
     types = list(config.sharding_types)
     if config.compression == "cce" and config.cce_phases:  # (its phases need sharded tables)
         types = [t for t in types if t != "data_parallel"]
-    local_world_size = _local_world_size(world_size)
-    constraints = {
-        # NOTE: on CPU, not row-wise where that leaves a rank an empty shard, which FBGEMM's
-        # CPU kernels mishandle (the sharders refuse it: distributed/sharding_types.py)
-        t: ParameterConstraints(
-            sharding_types=without_empty_row_shards(types, n, world_size, local_world_size)
-            if device.type == "cpu"
-            else types
-        )
-        for t, n in heights.items()
-    }
+    constraints = {t: ParameterConstraints(sharding_types=types) for t in table_names}
     planner = make_planner(
         world_size=world_size,
         compute_device=device.type,
         batch_size=config.batch_size,
-        local_world_size=local_world_size,
+        local_world_size=_local_world_size(world_size),
         constraints=constraints,
     )
     pg = dist.GroupMember.WORLD

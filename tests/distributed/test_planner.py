@@ -9,7 +9,7 @@ import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.distributed.planner import Topology
 from torchrec.distributed.planner.types import ParameterConstraints
-from torchrec.distributed.types import ShardingType
+from torchrec.distributed.types import ParameterSharding, ShardingType
 
 from torchrec_lhf import HashPlan, apply_hash_plan
 from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollectionSharder
@@ -59,6 +59,39 @@ def test_a_multi_hash_table_constrained_by_its_logical_name_is_named() -> None:
     )
     with pytest.raises(ValueError, match=match):
         _plan(constraints)
+
+
+def _one_row_plan(types: list[str], compute_device: str = "cpu") -> dict[str, ParameterSharding]:
+    """The plan of ``_model()``'s tables with ``t1`` in 1 row, each allowed ``types``."""
+    tables = [
+        EmbeddingBagConfig(
+            name=f"t{i}", embedding_dim=4, num_embeddings=100, feature_names=[f"f{i}"]
+        )
+        for i in range(2)
+    ]
+    model = torch.nn.ModuleDict(
+        {"ebc": EmbeddingBagCollection(tables=tables, device=torch.device("meta"))}
+    )
+    ids = torch.arange(100, dtype=torch.int32)
+    model = apply_hash_plan(model, HashPlan.from_mappings({"t0": ids % 9, "t1": ids * 0}))
+    constraints = {t: ParameterConstraints(sharding_types=types) for t in ("t0", "t1")}
+    planner = make_planner(
+        world_size=2, compute_device=compute_device, batch_size=8, constraints=constraints
+    )
+    plan = planner.plan(model, [LearnedHashEmbeddingBagCollectionSharder()])
+    return plan.plan["ebc"]
+
+
+def test_on_the_cpu_a_table_of_too_few_rows_is_not_split_row_wise() -> None:
+    """1 row over 2 ranks is [1, 0] row-wise, an empty shard FBGEMM's CPU kernels
+    mishandle: the planner places it otherwise where its constraints allow. Before, it
+    chose row-wise for it."""
+    tw, rw = ShardingType.TABLE_WISE.value, ShardingType.ROW_WISE.value
+    planned = _one_row_plan([rw, tw])
+    assert planned["t1"].sharding_type == tw
+    # row-wise alone: kept (the sharder then refuses it by name); on CUDA, as TorchRec plans
+    assert _one_row_plan([rw])["t1"].sharding_type == rw
+    assert _one_row_plan([rw, tw], "cuda")["t1"].sharding_type == rw
 
 
 @pytest.mark.parametrize("compute_device", ["cpu", "cuda"])

@@ -18,8 +18,6 @@ from torchrec_lhf.distributed.sharding_types import (
     check_fused_placements,
     check_placements,
     requested_types,
-    row_split_leaves_empty,
-    without_empty_row_shards,
 )
 from torchrec_lhf.modules.embedding_bag import internal_table_configs
 
@@ -116,28 +114,6 @@ def test_check_fused_placements_reads_the_tables_and_their_shards_widths() -> No
 
 
 # ------------------------------------------------------------- empty row shards on the CPU
-def test_row_split_leaves_empty_matches_torchrecs_split() -> None:
-    from torchrec.distributed.sharding_plan import _calculate_rw_shard_sizes_and_offsets
-
-    for shards in range(1, 10):
-        for rows in range(1, 50):
-            sizes, _ = _calculate_rw_shard_sizes_and_offsets(rows, shards, 4)
-            expected = any(size[0] == 0 for size in sizes)
-            assert row_split_leaves_empty(rows, shards) == expected, (rows, shards)
-    assert row_split_leaves_empty(1, 2) and row_split_leaves_empty(6, 4)
-    assert not row_split_leaves_empty(3, 2) and not row_split_leaves_empty(10, 4)
-
-
-def test_without_empty_row_shards() -> None:
-    both = ["row_wise", "table_wise", "table_row_wise"]
-    assert without_empty_row_shards(both, 1, 2, 2) == ["table_wise"]
-    assert without_empty_row_shards(both, 3, 2, 2) == both
-    # 6 rows: [2, 2, 2, 0] over 4 ranks, [3, 3] over a host of 2
-    assert without_empty_row_shards(both, 6, 4, 2) == ["table_wise", "table_row_wise"]
-    # nothing else asked for: left as asked (the sharders name what fails)
-    assert without_empty_row_shards(["row_wise"], 1, 2, 2) == ["row_wise"]
-
-
 def _one_row_table(rank: int, world_size: int, kind: str, layout: str) -> str:
     """A collection with a table of 1 row (a learned-hash plan, or a plain table),
     row-wise over 2 ranks: ``[1, 0]`` rows. ``alone``: it is ``t0`` and the other tables

@@ -6,18 +6,25 @@ constraints name those tables, see ``internal_embedding_bag_configs()``); the re
 a shardable parameter, is
 replicated on every rank, and TorchRec's storage reservations subtract shardable modules
 wholesale, so it would be invisible. :class:`LearnedHashStorageReservation` reserves it.
+
+On the CPU, :class:`NonEmptyShardsEnumerator` keeps the planner from splitting a table so
+that a rank holds an empty shard of it, which FBGEMM's CPU kernels mishandle
+(:func:`~torchrec_lhf.distributed.sharding_types.empty_fused_groups`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 
 from torch import nn
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
 from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
 from torchrec.distributed.planner.types import (
     KernelConfig,
     ParameterConstraints,
+    ShardingOption,
     StorageReservation,
     TopologyFactory,
     TrainerConfig,
@@ -110,6 +117,30 @@ def check_constraint_names(
         )
 
 
+def without_empty_shards(options: list[ShardingOption]) -> list[ShardingOption]:
+    """``options`` less those that give a shard no rows (a row-wise split of a table with
+    too few rows: 1 row over 2 ranks is ``[1, 0]``), for every table that keeps another
+    option; a table with no other keeps its own (the sharders then refuse it by name)."""
+    by_table: dict[str, list[ShardingOption]] = defaultdict(list)
+    for option in options:
+        by_table[option.fqn].append(option)
+    kept = []
+    for table_options in by_table.values():
+        full = [o for o in table_options if all(s.size[0] > 0 for s in o.shards)]
+        kept.extend(full or table_options)
+    return kept
+
+
+class NonEmptyShardsEnumerator(EmbeddingEnumerator):
+    """TorchRec's enumerator, less the sharding options :func:`without_empty_shards` drops:
+    what :func:`make_planner` plans with on the CPU."""
+
+    def enumerate(
+        self, module: nn.Module, sharders: list[ModuleSharder[nn.Module]]
+    ) -> list[ShardingOption]:
+        return without_empty_shards(super().enumerate(module, sharders))
+
+
 def make_topology(
     world_size: int, compute_device: str, local_world_size: int | None = None
 ) -> Topology:
@@ -133,7 +164,8 @@ def make_planner(
     local_world_size: int | None = None,
     constraints: dict[str, ParameterConstraints] | None = None,
 ) -> EmbeddingShardingPlanner:
-    """TorchRec's planner with :class:`LearnedHashStorageReservation`.
+    """TorchRec's planner with :class:`LearnedHashStorageReservation` (and, on the CPU,
+    :class:`NonEmptyShardsEnumerator`).
 
     Args:
         world_size: number of ranks.
@@ -147,9 +179,15 @@ def make_planner(
     if compute_device not in ("cpu", "cuda"):
         raise ValueError(f"compute_device must be 'cpu' or 'cuda', got {compute_device!r}")
     topology = make_topology(world_size, compute_device, local_world_size)
+    enumerator = None  # (TorchRec's)
+    if compute_device == "cpu":  # NOTE: FBGEMM's CUDA kernels take empty shards
+        enumerator = NonEmptyShardsEnumerator(
+            topology=topology, batch_size=batch_size, constraints=constraints
+        )
     return EmbeddingShardingPlanner(
         topology=topology,
         batch_size=batch_size,
         constraints=constraints,
         storage_reservation=LearnedHashStorageReservation(),
+        enumerator=enumerator,
     )

@@ -142,24 +142,3 @@ def check_no_empty_fused_groups(sharded: nn.Module, device: torch.device | None)
             "table_wise or column_wise (e.g. add table_wise to the sharding types), shard "
             "over fewer ranks, or give them more rows"
         )
-
-
-def row_split_leaves_empty(num_rows: int, num_shards: int) -> bool:
-    """Whether TorchRec's row-wise split of ``num_rows`` rows over ``num_shards`` ranks
-    (blocks of ``ceil(num_rows / num_shards)``, the last ones short or empty) gives some
-    rank no rows."""
-    block = -(-num_rows // num_shards)
-    return block * (num_shards - 1) >= num_rows
-
-
-def without_empty_row_shards(
-    types: Iterable[str], num_rows: int, world_size: int, local_world_size: int
-) -> list[str]:
-    """``types`` less the row-splitting ones (``row_wise`` over the world,
-    ``table_row_wise`` over a host's ranks) that would leave a rank an empty shard of a
-    table of ``num_rows`` rows, for planner constraints on the CPU
-    (:func:`empty_fused_groups`); ``types`` as they are where none would be left."""
-    types = list(types)
-    over = {"row_wise": world_size, "table_row_wise": local_world_size}
-    kept = [t for t in types if t not in over or not row_split_leaves_empty(num_rows, over[t])]
-    return kept or types
