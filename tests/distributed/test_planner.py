@@ -16,7 +16,9 @@ from torchrec_lhf.distributed.embedding_bag import LearnedHashEmbeddingBagCollec
 from torchrec_lhf.distributed.planner import make_planner, make_topology
 
 
-def _model() -> torch.nn.Module:
+def _model(plan: HashPlan | None = None) -> torch.nn.Module:
+    """Two tables of 100 ids by ``plan`` (default: ``t0`` in two hash functions, internal
+    tables ``t0__h0``, ``t0__h1``; ``t1`` in one)."""
     tables = [
         EmbeddingBagConfig(
             name=f"t{i}", embedding_dim=4, num_embeddings=100, feature_names=[f"f{i}"]
@@ -27,8 +29,7 @@ def _model() -> torch.nn.Module:
         {"ebc": EmbeddingBagCollection(tables=tables, device=torch.device("meta"))}
     )
     ids = torch.arange(100, dtype=torch.int32)
-    # t0: two hash functions (internal tables t0__h0, t0__h1); t1: one (internal table t1)
-    plan = HashPlan.from_multi_mappings({"t0": [ids % 7, ids % 5], "t1": [ids % 9]})
+    plan = plan or HashPlan.from_multi_mappings({"t0": [ids % 7, ids % 5], "t1": [ids % 9]})
     return apply_hash_plan(model, plan)
 
 
@@ -62,18 +63,9 @@ def test_a_multi_hash_table_constrained_by_its_logical_name_is_named() -> None:
 
 
 def _one_row_plan(types: list[str], compute_device: str = "cpu") -> dict[str, ParameterSharding]:
-    """The plan of ``_model()``'s tables with ``t1`` in 1 row, each allowed ``types``."""
-    tables = [
-        EmbeddingBagConfig(
-            name=f"t{i}", embedding_dim=4, num_embeddings=100, feature_names=[f"f{i}"]
-        )
-        for i in range(2)
-    ]
-    model = torch.nn.ModuleDict(
-        {"ebc": EmbeddingBagCollection(tables=tables, device=torch.device("meta"))}
-    )
+    """The plan of ``_model``'s tables with ``t1`` in 1 row, each allowed ``types``."""
     ids = torch.arange(100, dtype=torch.int32)
-    model = apply_hash_plan(model, HashPlan.from_mappings({"t0": ids % 9, "t1": ids * 0}))
+    model = _model(HashPlan.from_mappings({"t0": ids % 9, "t1": ids * 0}))
     constraints = {t: ParameterConstraints(sharding_types=types) for t in ("t0", "t1")}
     planner = make_planner(
         world_size=2, compute_device=compute_device, batch_size=8, constraints=constraints
