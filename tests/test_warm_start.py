@@ -120,7 +120,7 @@ def test_warm_start_refuses_a_teacher_without_a_model_table() -> None:
 def test_warm_start_names_a_full_table_of_another_height() -> None:
     model = _Tables({"a": 4, "b": 3})
     before = model.ebc.embedding_bags["a"].weight.detach().clone()
-    with pytest.raises(ValueError, match=r"the teacher gives table 'b' 2 rows, the model has 3"):
+    with pytest.raises(ValueError, match=r"teacher table 'b' has 2 ids, the model's table 3"):
         warm_start(model, _artifact(), plan=None, dim=2, collection_fqn="ebc")
     # nothing was copied before the refusal
     torch.testing.assert_close(model.ebc.embedding_bags["a"].weight.detach(), before)

@@ -145,29 +145,22 @@ def warm_start(
             (its tables are ``{collection_fqn}.embedding_bags.{table}.weight``).
 
     Raises:
-        ValueError: see :func:`centroid_tables`; or the model and the teacher do not have the
-            same tables, or a full table's height differs. Nothing is copied then.
+        ValueError: see :func:`check_teacher`, with the model's tables and heights. Nothing
+            is copied then.
     """
-    tables = centroid_tables(artifact, plan, dim)
     state = model.state_dict()
     prefix, suffix = f"{collection_fqn}.embedding_bags.", ".weight"
-    model_tables = [
-        k[len(prefix) : -len(suffix)] for k in state if k.startswith(prefix) and k.endswith(suffix)
-    ]
-    missing = [name for name in model_tables if name not in tables]
-    if missing:  # (they would keep their random rows: a teacher of other data)
-        raise ValueError(
-            f"--init_from: the teacher has no table {missing} of the model; it has {sorted(tables)}"
-        )
-    for name, weight in tables.items():
-        key = f"{prefix}{name}{suffix}"
-        if key not in state:
-            raise ValueError(f"--init_from: the model has no table {name!r} ({key})")
-        if weight.shape[0] != state[key].shape[0]:
-            raise ValueError(
-                f"--init_from: the teacher gives table {name!r} {weight.shape[0]} rows, the "
-                f"model has {state[key].shape[0]} (a teacher of other data?)"
-            )
+    rows = {
+        k[len(prefix) : -len(suffix)]: t.shape[0]
+        for k, t in state.items()
+        if k.startswith(prefix) and k.endswith(suffix)
+    }
+    # the model's tables at their full heights (a planned table holds its plan's rows)
+    heights = {
+        n: plan[n].num_embeddings if plan is not None and n in plan else m for n, m in rows.items()
+    }
+    check_teacher(artifact, plan, dim, heights)  # (before anything is copied)
+    tables = centroid_tables(artifact, plan, dim)
     for name, weight in tables.items():
         key = f"{prefix}{name}{suffix}"
         copy_into(key, state[key], weight)

@@ -40,7 +40,7 @@ import torch
 from apps.dlrm.config import PLAN_METHODS, TrainConfig, add_train_flags, train_config_from_args
 from apps.dlrm.export import check_replaceable, export_model
 from apps.dlrm.loop import build_session, check_trains, fit, load_data
-from apps.dlrm.model import EBC_FQN, build_model, table_configs, table_name, table_stats
+from apps.dlrm.model import EBC_FQN, build_model, table_name, table_stats
 from apps.dlrm.runtime import distributed, setup_logging
 from torchrec_lhf._io import atomic_write_json
 from torchrec_lhf.cli import FlagError, check_input_path, check_output_path, run_command
@@ -178,10 +178,8 @@ def run(config: TrainConfig) -> dict[str, Any]:
                 raise ValueError("--init_from does not combine with MLET (its tables are wider)")
             teacher = TeacherArtifact.load(config.init_from)
             # (before the model is built and sharded: at scale that takes minutes)
-            tables = table_configs(dataset.feature_names, heights, config.embedding_dim)
-            check_teacher(
-                teacher, plan, config.embedding_dim, {t.name: t.num_embeddings for t in tables}
-            )
+            names = [table_name(f) for f in dataset.feature_names]
+            check_teacher(teacher, plan, config.embedding_dim, dict(zip(names, heights)))
         session = build_session(config, env, dataset, plan)
         if teacher is not None:
             warm_start(
