@@ -1,16 +1,18 @@
 """Every read or write of a TorchRec private attribute, in one place.
 
-TorchRec offers no public way to do the five things below. Each function names what it
+TorchRec offers no public way to do the six things below. Each function names what it
 touches, why, and the public alternative that was tried; ``docs/TORCHREC_PRIVATE.md``
 lists the same (and the private uses that were replaced by public ones). When TorchRec
 is upgraded, ``tests/modules/test_mch.py``, ``tests/distributed/test_mch.py``,
 ``tests/distributed/test_embedding_bag_mean.py``,
+``tests/distributed/test_variable_batches.py``,
 ``tests/distributed/test_sharding_types.py`` and ``tests/apps/test_train_distributed.py``
 exercise them.
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -156,3 +158,111 @@ def divide_row_wise_means_only(
         return
     row_split = set(by_pooling["MEAN"]) | set(by_pooling["SUM"])
     by_pooling["SUM"].extend(f for c in configs for f in c.feature_names if f not in row_split)
+
+
+def _merge_vbe_outputs(lookup: Any, features_by_group: list, device: torch.device) -> Any:
+    """``GroupedPooledEmbeddingsLookup._forward_with_vbe_merging`` that, on the CPU, merges
+    its kernels' VBE outputs by concatenation (TorchRec's own path for MTIA)."""
+    if device.type != "cpu":
+        return type(lookup)._forward_with_vbe_merging(lookup, features_by_group, device)
+    outputs = lookup._forward(features_by_group)
+    return lookup._merge_variable_batch_embeddings(outputs, lookup._vbe_splits(features_by_group))
+
+
+def _gather_uneven_gradients(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``ReduceScatterV_Wait.backward`` that, on a gloo group with uneven splits, gathers
+    the ranks' gradients by one all-to-all instead of gloo's all-gather (which takes equal
+    sizes only); else ``original``."""
+
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+        myreq = ctx.myreq
+        splits = list(myreq.rsi.input_splits)
+        if len(set(splits)) <= 1 or torch.distributed.get_backend(ctx.pg) != "gloo":
+            return original(ctx, grad_output)
+        if myreq.rsi.codecs is not None:
+            grad_output = myreq.rsi.codecs.backward.encode(grad_output)
+        grad_output = grad_output.contiguous()
+        world_size = len(splits)
+        grad_input = grad_output.new_empty(myreq.rsi.total_input_size)
+        myreq.req = torch.distributed.all_to_all_single(
+            grad_input,
+            torch.cat([grad_output] * world_size),  # this rank's gradient to every rank
+            output_split_sizes=splits,
+            input_split_sizes=[grad_output.shape[0]] * world_size,
+            group=ctx.pg,
+            async_op=True,
+        )
+        myreq.tensor = grad_input
+        return (None, None, myreq.dummy_tensor)
+
+    backward.torchrec_lhf_fix = True  # type: ignore[attr-defined]
+    return backward
+
+
+def _inverse_indices_in_key_order(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``embeddingbag._create_mean_pooling_divisor`` given a VBE batch's inverse indices
+    with their rows in the order of ``keys`` (the features as sharded), by name."""
+
+    def divisor(**kwargs: Any) -> torch.Tensor:
+        inverse = kwargs.get("inverse_indices")
+        keys = list(kwargs["keys"])
+        if kwargs.get("variable_batch_per_feature") and list(inverse[0]) != keys:
+            row = {k: i for i, k in enumerate(inverse[0])}
+            index = torch.tensor([row[k] for k in keys], device=inverse[1].device)
+            kwargs["inverse_indices"] = (keys, inverse[1].index_select(0, index))
+        return original(**kwargs)
+
+    divisor.torchrec_lhf_fix = True  # type: ignore[attr-defined]
+    return divisor
+
+
+def fix_variable_batches(sharded: ShardedEmbeddingBagCollection) -> None:
+    """Make a sharded EBC train on variable batches per feature (VBE) and on batches of
+    unequal sizes across ranks, on the CPU as on CUDA.
+
+    Three TorchRec 1.8 paths fail (checked on its own collection at world size 2):
+
+    * **VBE with a MEAN table split row-wise, the batch's keys in another order than the
+      sharding's** (TorchRec permutes the features into its order): the mean divisor
+      (``embeddingbag._create_mean_pooling_divisor``) reads the batch's inverse indices
+      in the batch's key order against the lengths in the sharding's order, reordering
+      them only where a feature is shared. Some features' means came out divided by
+      another feature's lengths (wrong by up to 10^6 where that bag was empty), or the
+      lookup failed with an IndexError. On any device.
+    * **VBE with several fused kernels on one rank** (a SUM and a MEAN table under one
+      sharding type, or tables FBGEMM groups apart): the lookup merges their outputs into
+      one preallocated tensor (``GroupedPooledEmbeddingsLookup._forward_with_vbe_merging``),
+      which FBGEMM's CPU kernels refuse ("Using pre-allocated vbe_output is not supported
+      on CPU").
+    * **Row-wise (and table-row-wise) tables with ranks of unequal batches** (VBE strides
+      or batch sizes that differ between ranks): the forward's reduce-scatter-v runs, but
+      its backward (``comm_ops.ReduceScatterV_Wait.backward``) gathers the gradients with
+      ``dist.all_gather`` of unequal sizes, which gloo refuses ("invalid tensor size").
+
+    The fixes: the divisor function of ``torchrec.distributed.embeddingbag`` and the static
+    backward of TorchRec's autograd function are wrapped, once for the process (both are
+    module-level, read at each call), so that the divisor gets the inverse indices in its
+    keys' order (by name), and on a gloo group with uneven splits the gradients are gathered
+    by one ``all_to_all_single`` (each rank sending its gradient to every rank); every other
+    call goes to TorchRec's unchanged. This collection's lookups (for these objects only)
+    merge their VBE outputs on the CPU by concatenation, with TorchRec's own
+    ``_merge_variable_batch_embeddings`` (its path for MTIA, which has the same limit).
+
+    Public alternative tried: ``comm_ops.set_use_sync_collectives(True)`` routes the
+    reduce-scatter-v through an all-to-all too, but it makes every collective of the
+    process blocking, pipelines included; TorchRec has no per-module or per-backend choice
+    of either path, and no switch for the other two.
+    """
+    from torchrec.distributed import comm_ops, embeddingbag
+    from torchrec.distributed.embedding_lookup import GroupedPooledEmbeddingsLookup
+
+    # NOTE: TorchRec private names (see docstring).
+    backward = comm_ops.ReduceScatterV_Wait.backward
+    if not getattr(backward, "torchrec_lhf_fix", False):
+        comm_ops.ReduceScatterV_Wait.backward = staticmethod(_gather_uneven_gradients(backward))
+    divisor = embeddingbag._create_mean_pooling_divisor
+    if not getattr(divisor, "torchrec_lhf_fix", False):
+        embeddingbag._create_mean_pooling_divisor = _inverse_indices_in_key_order(divisor)
+    for lookup in sharded._lookups:
+        if isinstance(lookup, GroupedPooledEmbeddingsLookup):
+            lookup._forward_with_vbe_merging = types.MethodType(_merge_vbe_outputs, lookup)

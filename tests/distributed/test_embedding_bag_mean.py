@@ -38,32 +38,38 @@ LAYOUTS = {
 }
 
 
-def _tables(layout: str) -> list[EmbeddingBagConfig]:
+def _tables(layout: list[tuple[PoolingType, str]]) -> list[EmbeddingBagConfig]:
     features, heights = [["f0", "f1"], ["f2"], ["f3"]], [40, 30, 12]
     return [
         EmbeddingBagConfig(
             name=f"t{i}", embedding_dim=8, num_embeddings=n, feature_names=f, pooling=pool
         )
-        for i, ((pool, _), n, f) in enumerate(zip(LAYOUTS[layout], heights, features))
+        for i, ((pool, _), n, f) in enumerate(zip(layout, heights, features))
     ]
 
 
-def _mean_beside_others(rank: int, world_size: int, layout: str, learned: bool) -> None:
-    torch.manual_seed(1)
+def reference_and_sharded(
+    layout: list[tuple[PoolingType, str]], learned: bool, world_size: int
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The unsharded collection of t0 (f0, f1; 40 rows), t1 (f2; 30) and t2 (f3; 12) of
+    dim 8, pooled and placed (by the test placements) as ``layout`` says, in that order,
+    and its sharded copy (fused SGD at ``LR``); ``learned``: t0 in two hashes of 7 rows
+    (both placed as t0), t1 in one of 9."""
     fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LR}
     meta = torch.device("meta")
-    types = {f"t{i}": st for i, (_, st) in enumerate(LAYOUTS[layout])}
-    if learned:  # t0 in two hashes of 7 rows (both placed as t0), t1 in one of 9
+    tables = _tables(layout)
+    types = {f"t{i}": st for i, (_, st) in enumerate(layout)}
+    if learned:
         plan = HashPlan.from_multi_mappings(
             {"t0": [torch.arange(40) % 7, torch.arange(40) // 6], "t1": [torch.arange(30) % 9]}
         )
-        reference = LearnedHashEmbeddingBagCollection(tables=_tables(layout), plan=plan)
-        module = LearnedHashEmbeddingBagCollection(tables=_tables(layout), plan=plan, device=meta)
+        reference = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan)
+        module = LearnedHashEmbeddingBagCollection(tables=tables, plan=plan, device=meta)
         sharder = LearnedHashEmbeddingBagCollectionSharder(fused_params=fused)
         names = [c.name for c in module.internal_embedding_bag_configs()]
     else:
-        reference = EmbeddingBagCollection(tables=_tables(layout))
-        module = EmbeddingBagCollection(tables=_tables(layout), device=meta)
+        reference = EmbeddingBagCollection(tables=tables)
+        module = EmbeddingBagCollection(tables=tables, device=meta)
         sharder = PlainEmbeddingBagCollectionSharder(fused_params=fused)
         names = list(types)
     per_param = {
@@ -71,6 +77,12 @@ def _mean_beside_others(rank: int, world_size: int, layout: str, learned: bool) 
     }
     model = shard_on_cpu(module, sharder, per_param, world_size)
     model.load_state_dict({k: v.clone() for k, v in reference.state_dict().items()})
+    return reference, model
+
+
+def _mean_beside_others(rank: int, world_size: int, layout: str, learned: bool) -> None:
+    torch.manual_seed(1)
+    reference, model = reference_and_sharded(LAYOUTS[layout], learned, world_size)
     batches = [_batch(seed) for seed in range(world_size)]
     out = model(batches[rank]).wait()
     ref_out = reference(_concat(batches))

@@ -198,3 +198,38 @@ def _concat(kjts: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:
 @pytest.mark.distributed
 def test_row_wise_sharded_mch_matches_unsharded() -> None:
     run_multiprocess(_sharded_vs_unsharded, world_size=2)
+
+
+def _unequal_batches(rank: int, world_size: int) -> None:
+    reference = MCHEmbeddingBagCollection(_tables(), zch_sizes=ZCH)
+    state = _state(reference)
+    reference.load_state_dict(state)
+    reference.eval()
+    module = MCHEmbeddingBagCollection(
+        _tables(), zch_sizes=ZCH, world_size=world_size, device=torch.device("meta")
+    )
+    model = _shard(module, world_size)
+    for key, t in model.state_dict().items():
+        copy_into(key, t, state[key])
+    model.eval()  # (no admission or eviction: the hand-made ids stay)
+    # rank 0 scores two samples, rank 1 three: hits only
+    batches = [HITS[0], _kjt([[12], [3, 7, 12], [15]], [[4, 9, 16], [], [1]], [[2], [3], []])]
+    out = model(batches[rank])
+    ref = reference(_concat(batches))
+    rows = slice(0, 2) if rank == 0 else slice(2, 5)
+    torch.testing.assert_close(out.values(), ref.values()[rows])
+    weights = model.module.managed._embedding_module.embedding_bags["t0"].weight
+    before = weights.clone()
+    out.values().sum().backward()  # the fused Adagrad step, in the backward
+    # rank 0 holds t0's rows 0..2 (ids 7, 3 and the miss row), rank 1 rows 3..5 (15, 12,
+    # miss): every held id was read on some rank, the miss rows never
+    changed = (weights != before).any(dim=1).tolist()
+    assert changed == [True, True, False]
+
+
+@pytest.mark.distributed
+def test_row_wise_sharded_mch_trains_on_batches_of_unequal_sizes() -> None:
+    """Ranks of two and three samples: the outputs equal the unsharded module's and the
+    backward updates the rows read (before: gloo refused the backward's all-gather of the
+    ranks' unequal gradients)."""
+    run_multiprocess(_unequal_batches, world_size=2)

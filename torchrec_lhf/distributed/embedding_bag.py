@@ -36,7 +36,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from torchrec_lhf._torchrec_private import divide_row_wise_means_only
+from torchrec_lhf._torchrec_private import divide_row_wise_means_only, fix_variable_batches
 from torchrec_lhf.distributed.embedding import ShardedLearnedHashEmbeddingCollection
 from torchrec_lhf.distributed.sharding_types import (
     check_fused_placements,
@@ -107,6 +107,7 @@ class ShardedLearnedHashEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         logical_view.copy_learned_hash_parts(module, self, device=logical_view.remap_device(device))
         self._internal_configs = module.internal_embedding_bag_configs()
         divide_row_wise_means_only(self, self._internal_configs)
+        fix_variable_batches(self)
         if self.combine is not None:  # the sharded output's key order, not the module's
             self.combine = self.combine.for_input_order(self._embedding_names, self._embedding_dims)
         self.register_load_state_dict_pre_hook(_check_remap_on_load)
@@ -251,6 +252,7 @@ class PlainEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
     ) -> ShardedEmbeddingBagCollection:
         sharded = super().shard(module, params, env, device, module_fqn)
         divide_row_wise_means_only(sharded, module.embedding_bag_configs())
+        fix_variable_batches(sharded)
         check_no_empty_fused_groups(sharded, device)
         return sharded
 

@@ -25,7 +25,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.embeddingbag import (
+    EmbeddingBagCollectionSharder,
+    ShardedEmbeddingBagCollection,
+)
 from torchrec.distributed.mc_embeddingbag import (
     ManagedCollisionEmbeddingBagCollectionSharder,
     ShardedManagedCollisionEmbeddingBagCollection,
@@ -37,10 +40,11 @@ from torchrec.distributed.types import (
     ShardingEnv,
     ShardingType,
 )
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_lhf._torchrec_private import wrap_eviction_tables
+from torchrec_lhf._torchrec_private import fix_variable_batches, wrap_eviction_tables
 from torchrec_lhf.modules.remap import refuse_negative_lengths
 
 __all__ = [
@@ -63,6 +67,18 @@ class RowWiseEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
 
     def sharding_types(self, compute_device_type: str) -> list[str]:
         return list(TESTED_SHARDING_TYPES)
+
+    def shard(
+        self,
+        module: EmbeddingBagCollection,
+        params: dict[str, ParameterSharding],
+        env: ShardingEnv,
+        device: torch.device | None = None,
+        module_fqn: str | None = None,
+    ) -> ShardedEmbeddingBagCollection:
+        sharded = super().shard(module, params, env, device, module_fqn)
+        fix_variable_batches(sharded)  # (row-wise: unequal batches on gloo)
+        return sharded
 
 
 class ManagedCollisionSharder(ManagedCollisionEmbeddingBagCollectionSharder):
