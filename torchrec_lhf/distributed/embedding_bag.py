@@ -106,6 +106,7 @@ class ShardedLearnedHashEmbeddingBagCollection(ShardedEmbeddingBagCollection):
         )
         logical_view.copy_learned_hash_parts(module, self, device=logical_view.remap_device(device))
         self._internal_configs = module.internal_embedding_bag_configs()
+        self.first_batch_vbe: bool | None = None  # (set by the first input_dist)
         divide_row_wise_means_only(self, self._internal_configs)
         fix_variable_batches(self)
         if self.combine is not None:  # the sharded output's key order, not the module's
@@ -126,11 +127,19 @@ class ShardedLearnedHashEmbeddingBagCollection(ShardedEmbeddingBagCollection):
     ) -> Awaitable[Awaitable[KJTList]]:
         """Remap raw ids to internal rows on this rank, then TorchRec's input_dist.
 
+        TorchRec builds a sharded collection's output dist for the kind of its first batch,
+        with a variable batch per feature (VBE) or without, and fails on the other kind
+        (row-wise: a ``TypeError``; any type: a VBE batch after plain ones). So after a
+        VBE first batch, a plain batch goes as VBE (each feature's stride the batch, its
+        inverse indices the identity): training on VBE and evaluating on plain batches
+        works; a VBE batch after a plain first batch is refused by name.
+
         Raises:
-            ValueError: a variable batch per feature (VBE) where a table is sharded by a
-                type not in :data:`VBE_SHARDING_TYPES`.
+            ValueError: a VBE batch where a table is sharded by a type not in
+                :data:`VBE_SHARDING_TYPES`, or after a first batch without VBE.
         """
-        if features.variable_stride_per_key():
+        vbe = features.variable_stride_per_key()
+        if vbe:
             refused = [t for t in self._sharding_types if t not in VBE_SHARDING_TYPES]
             if refused:
                 raise ValueError(
@@ -138,6 +147,19 @@ class ShardedLearnedHashEmbeddingBagCollection(ShardedEmbeddingBagCollection):
                     f"which TorchRec's {refused[0]} sharding does not take: expected tables "
                     f"sharded {', '.join(VBE_SHARDING_TYPES)} only"
                 )
+        if self.first_batch_vbe is None:
+            self.first_batch_vbe = vbe
+        if vbe and not self.first_batch_vbe:
+            raise ValueError(
+                f"features {features.keys()} have a variable batch per feature (VBE), "
+                "but this sharded collection's first batch had none, and TorchRec 1.8 "
+                "builds its output dist for the first batch's kind: expected batches "
+                "without VBE, or a VBE first batch (a plain batch can be given as VBE: "
+                "stride_per_key_per_rank [[B]] per feature, inverse_indices the "
+                "identity), after which both kinds are taken"
+            )
+        if not vbe and self.first_batch_vbe:
+            features = as_variable_batch(features)
         return super().input_dist(ctx, self.remap(features))
 
     def output_dist(
@@ -255,6 +277,21 @@ class PlainEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
         fix_variable_batches(sharded)
         check_no_empty_fused_groups(sharded, device)
         return sharded
+
+
+def as_variable_batch(features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+    """``features`` (``B`` samples, no VBE) as a variable batch per feature of the same
+    bags: each feature's stride ``B``, its inverse indices ``0 .. B - 1``."""
+    stride, keys = features.stride(), features.keys()
+    identity = torch.arange(stride, device=features.device()).expand(len(keys), stride)
+    return KeyedJaggedTensor(
+        keys=keys,
+        values=features.values(),
+        lengths=features.lengths(),
+        weights=features.weights_or_none(),
+        stride_per_key_per_rank=[[stride]] * len(keys),
+        inverse_indices=(keys, identity.contiguous()),
+    )
 
 
 def remap_bytes(model: nn.Module) -> int:
