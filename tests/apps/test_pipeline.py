@@ -372,15 +372,25 @@ def test_width_select_trains_the_clustered_plans_at_narrower_widths_too(tmp_path
         assert metrics["embedding_bytes"] == metrics["rows"] * width * 4
 
 
+TOO_SMALL = {
+    "bytes": r"the learned hash at 0\.001 of the full table bytes: a byte budget of .* bytes is "
+    r"below .*; expected a fraction of the full table bytes of at least ([0-9.]+)",
+    "total": r"a total budget of 1 rows \(0\.001 of 750 ids\) cannot give 3 tables 1 row\(s\) "
+    r"each; expected a fraction of the ids of at least ([0-9.]+)",
+}
+
+
+@pytest.mark.parametrize("budget", list(TOO_SMALL))
 def test_a_fraction_too_small_for_the_learned_hash_names_one_that_fits(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, budget: str
 ) -> None:
     """Before, the learned hash's budget too small ended the pipeline, after the teacher's
-    training, with a traceback naming ``rows_for_bytes``. Now: a usage error (exit status 2)
-    giving the smallest fraction that fits, and ``--resume`` at that fraction reuses the
-    teacher."""
+    training, with a traceback (naming ``rows_for_bytes``, or ``allocate_rows`` under a
+    total budget). Now: a usage error (exit status 2) giving the smallest fraction that
+    fits, and ``--resume`` at that fraction reuses the teacher."""
     args = [*SELECT_ARGS, "--methods", "lhf", "--out_dir", str(tmp_path)]
     args[args.index("--fraction") + 1] = "0.001"
+    args[args.index("--budget") + 1] = budget
     monkeypatch.setattr("sys.argv", ["pipeline", *args])
     with pytest.raises(SystemExit) as exit_:
         run_command(pipeline.main)
@@ -388,9 +398,8 @@ def test_a_fraction_too_small_for_the_learned_hash_names_one_that_fits(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     found = re.search(
-        r"error: --fraction 0\.001: the learned hash at 0\.001 of the full table bytes: a byte "
-        r"budget of .* bytes is below .*; expected a fraction of the full table bytes of at "
-        r"least ([0-9.]+)\. The teacher is kept in .*: --resume with a larger --fraction",
+        r"error: --fraction 0\.001: " + TOO_SMALL[budget] + r"\. The teacher is kept in .*: "
+        r"--resume with a larger --fraction",
         err,
     )
     assert found, err

@@ -66,8 +66,13 @@ def test_budget_errors_name_the_value() -> None:
         allocate_rows(ML, 0.1, budget="weekly")
     with pytest.raises(ValueError, match="got 0"):
         allocate_rows(ML, 0, budget="total")
-    with pytest.raises(ValueError, match="cannot give 8 tables 2 row"):
+    # a usage error of the entry points (BudgetTooSmall, a FlagError), with a fraction that
+    # fits: 16 rows of the 3,541 ids
+    match = r"cannot give 8 tables 2 row\(s\) each; expected a fraction of the ids of at least "
+    with pytest.raises(BudgetTooSmall, match=match + "0.00452"):
         allocate_rows(ML, 0.003, budget="total", num_hashes=2)
+    rows = allocate_rows(ML, 0.00452, budget="total", num_hashes=2)
+    assert sum(rows.values()) == 16 and min(rows.values()) == 2
     with pytest.raises(ValueError, match="table sizes"):
         allocate_rows({"a": 0}, 0.5)
 

@@ -118,9 +118,10 @@ def allocate_rows(
     n_T = torch.tensor([sizes[k] for k in names], dtype=torch.float64)
     total = min(int(n_T.sum()), round(fraction * float(n_T.sum())))
     if total < len(names) * num_hashes and total < int(n_T.sum()):
-        raise ValueError(
+        raise BudgetTooSmall(
             f"a total budget of {total} rows ({fraction} of {int(n_T.sum())} ids) cannot give "
             f"{len(names)} tables {num_hashes} row(s) each"
+            + _smallest_fraction(len(names) * num_hashes, int(n_T.sum()), of="the ids")
         )
     # Small tables stay full, smallest first, while they take at most half of the budget
     # and every other table can keep H rows.
@@ -219,17 +220,17 @@ class ModelBytes:
         }
 
 
-def _smallest_fraction(needed: int, full_bytes: int | None) -> str:
-    """The error's hint: the smallest fraction of ``full_bytes`` holding ``needed`` bytes,
-    rounded up to three significant digits (so that it fits)."""
-    if not full_bytes:
+def _smallest_fraction(needed: int, full: int | None, of: str = "the full table bytes") -> str:
+    """The error's hint: the smallest fraction of ``full`` (bytes, or ids: ``of`` names
+    them) holding ``needed``, rounded up to three significant digits (so that it fits)."""
+    if not full:
         return ""
-    exact = needed / full_bytes
+    exact = needed / full
     if exact > 1:
         return "; it stores more than the full tables even there: no fraction fits"
     scale = 10.0 ** (2 - math.floor(math.log10(exact)))
     least = min(1.0, math.ceil(exact * scale) / scale)
-    return f"; expected a fraction of the full table bytes of at least {least:g}"
+    return f"; expected a fraction of {of} of at least {least:g}"
 
 
 def full_table_bytes(sizes: Mapping[str, int], embedding_dim: int) -> int:
