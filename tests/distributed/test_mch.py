@@ -110,23 +110,28 @@ def _shard(module: MCHEmbeddingBagCollection, world_size: int) -> DistributedMod
     )
 
 
-def _sharded_vs_unsharded(rank: int, world_size: int) -> None:
+def _reference_and_sharded(world_size: int) -> tuple:
+    """The unsharded module in eval mode, the hand-made state, and the sharded module
+    holding that state."""
     reference = MCHEmbeddingBagCollection(_tables(), zch_sizes=ZCH)
     state = _state(reference)
     reference.load_state_dict(state)  # re-sorts each table's held ids
     reference.eval()
-
     module = MCHEmbeddingBagCollection(
         _tables(), zch_sizes=ZCH, world_size=world_size, device=torch.device("meta")
     )
     model = _shard(module, world_size)
-    sharded_state = model.state_dict()
+    for key, t in model.state_dict().items():
+        copy_into(key, t, state[key])
+    return reference, state, model
+
+
+def _sharded_vs_unsharded(rank: int, world_size: int) -> None:
+    reference, state, model = _reference_and_sharded(world_size)
     # the managed tables keep exactly their rows, split in halves over the ranks
-    w0 = sharded_state["managed._embedding_module.embedding_bags.t0.weight"]
+    w0 = model.state_dict()["managed._embedding_module.embedding_bags.t0.weight"]
     assert tuple(w0.shape) == (6, 4)
     assert [s.tensor.shape[0] for s in w0.local_shards()] == [3]
-    for key, t in sharded_state.items():
-        copy_into(key, t, state[key])
 
     # 1. eval: the same ids, rows and pooled embeddings as unsharded (hits only)
     model.eval()
@@ -201,16 +206,7 @@ def test_row_wise_sharded_mch_matches_unsharded() -> None:
 
 
 def _unequal_batches(rank: int, world_size: int) -> None:
-    reference = MCHEmbeddingBagCollection(_tables(), zch_sizes=ZCH)
-    state = _state(reference)
-    reference.load_state_dict(state)
-    reference.eval()
-    module = MCHEmbeddingBagCollection(
-        _tables(), zch_sizes=ZCH, world_size=world_size, device=torch.device("meta")
-    )
-    model = _shard(module, world_size)
-    for key, t in model.state_dict().items():
-        copy_into(key, t, state[key])
+    reference, _, model = _reference_and_sharded(world_size)
     model.eval()  # (no admission or eviction: the hand-made ids stay)
     # rank 0 scores two samples, rank 1 three: hits only
     batches = [HITS[0], _kjt([[12], [3, 7, 12], [15]], [[4, 9, 16], [], [1]], [[2], [3], []])]

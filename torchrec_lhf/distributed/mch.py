@@ -25,10 +25,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchrec.distributed.embeddingbag import (
-    EmbeddingBagCollectionSharder,
-    ShardedEmbeddingBagCollection,
-)
 from torchrec.distributed.mc_embeddingbag import (
     ManagedCollisionEmbeddingBagCollectionSharder,
     ShardedManagedCollisionEmbeddingBagCollection,
@@ -40,11 +36,11 @@ from torchrec.distributed.types import (
     ShardingEnv,
     ShardingType,
 )
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_lhf._torchrec_private import fix_variable_batches, wrap_eviction_tables
+from torchrec_lhf._torchrec_private import wrap_eviction_tables
+from torchrec_lhf.distributed.embedding_bag import PlainEmbeddingBagCollectionSharder
 from torchrec_lhf.modules.remap import refuse_negative_lengths
 
 __all__ = [
@@ -57,28 +53,17 @@ __all__ = [
 TESTED_SHARDING_TYPES: tuple[str, ...] = (ShardingType.ROW_WISE.value,)
 
 
-class RowWiseEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
-    """TorchRec's EBC sharder, offering ``row_wise`` alone, on CPU too.
+class RowWiseEmbeddingBagCollectionSharder(PlainEmbeddingBagCollectionSharder):
+    """The plain EBC sharder (TorchRec's, with its fixes: unequal batches across ranks on
+    gloo, MEAN tables, empty shards refused), offering ``row_wise`` alone, on CPU too.
 
-    NOTE: one subclass level: the MC-EBC sharder asks its inner EBC sharder for
-    ``sharding_types(device)``, and the stock answer on CPU lacks ``row_wise``. Row-wise
-    sharding itself runs on CPU with gloo (tested here and for the learned-hash sharder).
+    NOTE: the MC-EBC sharder asks its inner EBC sharder for ``sharding_types(device)``, and
+    the stock answer on CPU lacks ``row_wise``. Row-wise sharding itself runs on CPU with
+    gloo (tested here and for the learned-hash sharder).
     """
 
     def sharding_types(self, compute_device_type: str) -> list[str]:
         return list(TESTED_SHARDING_TYPES)
-
-    def shard(
-        self,
-        module: EmbeddingBagCollection,
-        params: dict[str, ParameterSharding],
-        env: ShardingEnv,
-        device: torch.device | None = None,
-        module_fqn: str | None = None,
-    ) -> ShardedEmbeddingBagCollection:
-        sharded = super().shard(module, params, env, device, module_fqn)
-        fix_variable_batches(sharded)  # (row-wise: unequal batches on gloo)
-        return sharded
 
 
 class ManagedCollisionSharder(ManagedCollisionEmbeddingBagCollectionSharder):
